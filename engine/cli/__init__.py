@@ -1,0 +1,85 @@
+"""The `engine` command line: a thin shell over named engine functions.
+
+Each command lives in its own module with `register(subparsers, common)`; heavy libraries
+are imported inside the command that needs them, so `engine validate` starts fast.
+
+Exit codes: 0 success, 1 the spec, plan or run failed (the message says why), 2 usage error.
+No user error prints a traceback; an unexpected one prints one line and the path of a
+debug log that holds the details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from engine.errors import EngineError
+from engine.secrets import redact
+from engine.term import paint
+
+COMMANDS = ("validate", "catalog")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("ENGINE_STATE_DIR", ".engine")),
+        metavar="DIR",
+        help="where the engine keeps state, keys, refreshed catalogs and logs "
+        "(default: $ENGINE_STATE_DIR or .engine)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="engine",
+        description="Declarative server fleets on Hetzner Cloud, DigitalOcean and local Docker.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"engine.cli.{name}").register(sub, common)
+    return parser
+
+
+def _debug_log(exc: BaseException, state_dir: Path) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    text = redact("".join(traceback.format_exception(exc)))
+    for folder in (state_dir / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"engine-debug-{stamp}-{os.getpid()}.log"
+            path.write_text(f"engine {' '.join(sys.argv[1:])}\n{text}", encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    raise exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+        return code
+    except EngineError as exc:
+        print(paint("error: ", "red", sys.stderr) + redact(str(exc)), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`engine ... | head`): not an error worth a word.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        log = _debug_log(exc, args.state_dir)
+        print(
+            paint("internal error: ", "red", sys.stderr)
+            + f"{type(exc).__name__} (a bug in the engine; details in {log})",
+            file=sys.stderr,
+        )
+        return 1

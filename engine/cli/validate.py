@@ -1,0 +1,81 @@
+"""engine validate SPEC... [--format text|json]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import Diagnostic, SpecError
+from engine.term import paint
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "validate",
+        parents=[common],
+        help="check fleet specs against the schema, the catalogs and the provider's rules",
+        description="Check fleet specs. Every problem is reported with file, line, column, "
+        "field path, a stable code and how to fix it. Exit 0 when all are valid, 1 otherwise.",
+    )
+    parser.add_argument("specs", nargs="+", metavar="SPEC", help="fleet spec files (YAML)")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(run=run)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Result:
+    file: str
+    errors: tuple[Diagnostic, ...] = ()
+    summary: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "valid": not self.errors,
+            "errors": [d.to_json() for d in self.errors],
+            **(self.summary or {}),
+        }
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.catalog import load_catalog
+    from engine.placement import expand_fleet
+    from engine.spec import load_spec
+
+    results: list[_Result] = []
+    for path in args.specs:
+        try:
+            fleet = load_spec(path, state_dir=args.state_dir)
+        except SpecError as exc:
+            results.append(_Result(file=path, errors=exc.diagnostics))
+            continue
+        servers = expand_fleet(fleet, load_catalog(fleet.provider.name, args.state_dir))
+        summary = {
+            "fleet": fleet.name,
+            "provider": str(fleet.provider.name),
+            "groups": len(fleet.groups),
+            "servers": len(servers),
+        }
+        results.append(_Result(file=path, summary=summary))
+    if args.format == "json":
+        print(json.dumps({"version": 1, "files": [r.to_json() for r in results]}, indent=2))
+    else:
+        for result in results:
+            _print_text(result)
+    return 1 if any(r.errors for r in results) else 0
+
+
+def _print_text(result: _Result) -> None:
+    if result.summary is not None:
+        s = result.summary
+        print(
+            f"{result.file}: {paint('valid', 'green')} (fleet {s['fleet']} on {s['provider']}: "
+            f"{s['groups']} group(s), {s['servers']} server(s))"
+        )
+        return
+    for diagnostic in result.errors:
+        print(diagnostic.to_text())
+    count = len(result.errors)
+    print(f"{result.file}: {paint(f'{count} error' + ('s' if count != 1 else ''), 'red')}")

@@ -1,0 +1,258 @@
+"""The fleet as the engine sees it: frozen values built once from a validated spec.
+
+Nothing here does I/O. Mappings are stored as sorted tuples of pairs so that every model
+value is hashable and compares by content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+Labels = tuple[tuple[str, str], ...]
+
+MANAGED_BY = "fleet-engine"
+LABEL_MANAGED_BY = "managed-by"
+LABEL_FLEET = "fleet"
+LABEL_GROUP = "fleet-group"
+LABEL_SERVER = "fleet-server"
+RESERVED_LABEL_PREFIXES = ("fleet", "managed-by")
+
+
+class ProviderName(StrEnum):
+    HCLOUD = "hcloud"
+    DIGITALOCEAN = "digitalocean"
+    LOCAL = "local"
+
+
+class Readiness(StrEnum):
+    PHONE_HOME = "phone-home"
+    POLL = "poll"
+
+
+class Placement(StrEnum):
+    SPREAD = "spread"
+    NONE = "none"
+
+
+class Protocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+    ICMP = "icmp"
+
+
+class LbProtocol(StrEnum):
+    TCP = "tcp"
+    HTTP = "http"
+    HTTPS = "https"
+
+
+class DockerSource(StrEnum):
+    DOCKER_CE = "docker-ce"
+    DISTRO = "distro"
+
+
+class ImageKind(StrEnum):
+    NAME = "name"
+    SNAPSHOT = "snapshot"
+    CUSTOM = "custom"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Provider:
+    name: ProviderName
+    token_env: str | None = None
+    project: str | None = None
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlPlane:
+    url: str | None = None
+    readiness: Readiness = Readiness.PHONE_HOME
+    token_ttl_s: int = 3600
+    phone_home_timeout_s: int = 600
+    verify_source_ip: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ssh:
+    authorized_keys: tuple[str, ...] = ()
+    user: str = "fleet"
+    port: int = 22
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Image:
+    """An OS image by catalog name, the newest snapshot with some labels, or a custom image."""
+
+    kind: ImageKind
+    name: str = ""
+    labels: Labels = ()
+
+    def describe(self) -> str:
+        if self.kind is ImageKind.SNAPSHOT:
+            return "snapshot " + ",".join(f"{k}={v}" for k, v in self.labels)
+        if self.kind is ImageKind.CUSTOM:
+            return f"custom image {self.name}"
+        return self.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Group:
+    name: str
+    count: int
+    server_type: str
+    image: Image
+    locations: tuple[str, ...]
+    placement: Placement = Placement.NONE
+    firewalls: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    labels: Labels = ()
+    backups: bool = False
+    public_ipv4: bool = True
+    public_ipv6: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FirewallRule:
+    protocol: Protocol
+    sources: tuple[str, ...]
+    port: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Firewall:
+    name: str
+    inbound: tuple[FirewallRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Network:
+    name: str
+    ip_range: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LbService:
+    listen: int
+    destination: int
+    protocol: LbProtocol = LbProtocol.TCP
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadBalancer:
+    name: str
+    targets: str
+    services: tuple[LbService, ...]
+    type: str | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsRecord:
+    zone: str
+    name: str
+    targets: str
+    type: str = "A"
+    ttl: int = 300
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DockerInstall:
+    source: DockerSource = DockerSource.DOCKER_CE
+    log_max_size: str = "10m"
+    log_max_files: int = 3
+    live_restore: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SystemInstall:
+    timezone: str = "UTC"
+    swap: str = "0"
+    unattended_upgrades: bool = True
+    sysctl: Labels = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentInstall:
+    port: int = 7567
+    heartbeat_s: int = 15
+    image: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Install:
+    docker: DockerInstall = DockerInstall()
+    system: SystemInstall = SystemInstall()
+    agent: AgentInstall = AgentInstall()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    servers: int | None = None
+    vcpus: int | None = None
+    memory_gb: float | None = None
+    disk_gb: float | None = None
+    monthly_cost: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fleet:
+    """A validated fleet spec with defaults applied to every group."""
+
+    name: str
+    provider: Provider
+    groups: tuple[Group, ...]
+    description: str = ""
+    control_plane: ControlPlane = ControlPlane()
+    ssh: Ssh = Ssh()
+    firewalls: tuple[Firewall, ...] = ()
+    networks: tuple[Network, ...] = ()
+    load_balancers: tuple[LoadBalancer, ...] = ()
+    dns: tuple[DnsRecord, ...] = ()
+    install: Install = Install()
+    limits: Limits = Limits()
+    source: str = ""
+
+    def group(self, name: str) -> Group:
+        return next(g for g in self.groups if g.name == name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Server:
+    """One desired server, expanded from its group and placed."""
+
+    name: str
+    group: str
+    index: int
+    server_type: str
+    image: Image
+    location: str
+    labels: Labels
+    placement_group: str | None = None
+    firewalls: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    backups: bool = False
+    public_ipv4: bool = True
+    public_ipv6: bool = True
+
+
+def server_name(group: str, index: int) -> str:
+    """The name of the index-th server (1-based) of a group: `web-3`."""
+    return f"{group}-{index}"
+
+
+def ownership_labels(fleet: str, group: str, server: str) -> Labels:
+    """The labels that mark a resource as ours; the engine never touches anything without them."""
+    return (
+        (LABEL_FLEET, fleet),
+        (LABEL_GROUP, group),
+        (LABEL_SERVER, server),
+        (LABEL_MANAGED_BY, MANAGED_BY),
+    )
+
+
+def is_reserved_label(key: str) -> bool:
+    return key.startswith(RESERVED_LABEL_PREFIXES)

@@ -1,0 +1,87 @@
+"""Expand groups into named servers and place each one in a location.
+
+Placement is a small scoring function, predictable rather than optimal (after Puchify's
+scheduler). For each server, in index order, every allowed location gets a score:
+
+    score(location) = (servers of this group already there, position in the group's list)
+
+and the lowest score wins. The candidates are the group's locations where the catalog offers
+its server type (validation refuses any other). With nothing pinned this is round-robin:
+web-1 -> fsn1, web-2 -> nbg1, web-3 -> hel1, web-4 -> fsn1...
+
+Stability: the score of server n depends only on servers 1..n-1, so growing a group never
+moves an existing server, and shrinking removes the highest numbers. Servers that already
+exist can be pinned to where they are (`pinned`), so editing the location list never moves a
+running server that is still in an allowed location; new servers then fill the emptiest
+locations. Placement groups (`placement: spread`) are failure domains of their own: one
+spread group per server group, `<fleet>-<group>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from engine.catalog import Catalog
+from engine.model import Fleet, Group, Placement, Server, ownership_labels, server_name
+
+
+def place_group(group: Group, catalog: Catalog, pinned: Mapping[str, str]) -> dict[str, str]:
+    """Map each server name of `group` to a location.
+
+    >>> # locations [fsn1, nbg1], count 3 -> web-1: fsn1, web-2: nbg1, web-3: fsn1
+    """
+    server_type = catalog.server_types.get(group.server_type)
+    candidates = [
+        loc for loc in group.locations if server_type is None or server_type.is_available(loc)
+    ] or list(group.locations)
+    rank = {loc: i for i, loc in enumerate(candidates)}
+    load = dict.fromkeys(candidates, 0)
+    names = [server_name(group.name, n) for n in range(1, group.count + 1)]
+    placed: dict[str, str] = {}
+    for name in names:
+        location = pinned.get(name)
+        if location is not None and location in load:
+            placed[name] = location
+            load[location] += 1
+    for name in names:
+        if name not in placed:
+            best = min(candidates, key=lambda loc: (load[loc], rank[loc]))
+            placed[name] = best
+            load[best] += 1
+    return {name: placed[name] for name in names}
+
+
+def expand_fleet(
+    fleet: Fleet, catalog: Catalog, pinned: Mapping[str, str] | None = None
+) -> tuple[Server, ...]:
+    """Every desired server of `fleet`, in group order then index order.
+
+    `pinned` maps names of servers that exist to their current location.
+    """
+    pinned = pinned or {}
+    servers: list[Server] = []
+    for group in fleet.groups:
+        spread = f"{fleet.name}-{group.name}" if group.placement is Placement.SPREAD else None
+        for index, (name, location) in enumerate(
+            place_group(group, catalog, pinned).items(), start=1
+        ):
+            labels = dict(group.labels)
+            labels.update(ownership_labels(fleet.name, group.name, name))
+            servers.append(
+                Server(
+                    name=name,
+                    group=group.name,
+                    index=index,
+                    server_type=group.server_type,
+                    image=group.image,
+                    location=location,
+                    labels=tuple(sorted(labels.items())),
+                    placement_group=spread,
+                    firewalls=group.firewalls,
+                    networks=group.networks,
+                    backups=group.backups,
+                    public_ipv4=group.public_ipv4,
+                    public_ipv6=group.public_ipv6,
+                )
+            )
+    return tuple(servers)

@@ -1,0 +1,53 @@
+"""Secrets the engine holds at run time, and the redaction that keeps them out of output.
+
+Every token the engine reads (API tokens from the environment, bootstrap and agent tokens it
+mints) is registered here; `redact` replaces each registered value in any text before that
+text reaches a log file, an error message or a debug log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from engine.errors import EngineError
+
+_SECRETS: set[str] = set()
+MASK = "***"
+
+
+def register_secret(value: str) -> str:
+    """Remember `value` as a secret (values shorter than 8 characters are not tracked)."""
+    if len(value) >= 8:
+        _SECRETS.add(value)
+    return value
+
+
+def redact(text: str) -> str:
+    """`text` with every registered secret replaced by ***."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def read_token(env_name: str) -> str:
+    """The API token in environment variable `env_name`, registered as a secret."""
+    value = os.environ.get(env_name, "").strip()
+    if not value:
+        raise EngineError(
+            f"the environment variable {env_name} is not set; export your API token in it "
+            f"(export {env_name}=...) and run the command again"
+        )
+    return register_secret(value)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks registered secrets in every record it passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True

@@ -1,0 +1,1053 @@
+"""Load a fleet spec: bytes -> YAML -> JSON Schema -> semantic checks -> frozen Fleet.
+
+Every problem becomes a Diagnostic with file, line, column, field path, a stable code and a
+hint that says how to fix it. All problems of a file are reported together: schema errors
+and semantic checks both run, the semantic checks reading the raw data defensively.
+
+Diagnostic codes (stable; tools may match on them):
+
+    file_not_found file_too_large not_text not_utf8 empty not_a_mapping
+    yaml_syntax yaml_tag yaml_alias yaml_merge yaml_complex_key yaml_multiple_documents
+    yaml_too_deep yaml_too_large duplicate_key yaml_value
+    unknown_key missing_key wrong_type invalid_value invalid_format out_of_range
+    too_short too_long too_few too_many not_unique not_allowed
+    literal_secret not_applicable insecure_url duplicate_name unknown_reference
+    unknown_server_type unknown_location unknown_image unavailable architecture_mismatch
+    placement_group_too_large invalid_label reserved_label invalid_port invalid_cidr
+    overlapping_networks port_conflict dns_name_collision
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from collections.abc import Iterator, Mapping
+from functools import cache
+from pathlib import Path as FsPath
+from typing import Any
+
+from engine.catalog import Catalog, load_catalog
+from engine.errors import Diagnostic, SpecError
+from engine.model import (
+    AgentInstall,
+    ControlPlane,
+    DnsRecord,
+    DockerInstall,
+    DockerSource,
+    Firewall,
+    FirewallRule,
+    Fleet,
+    Group,
+    Image,
+    ImageKind,
+    Install,
+    Labels,
+    LbProtocol,
+    LbService,
+    Limits,
+    LoadBalancer,
+    Network,
+    Placement,
+    Protocol,
+    Provider,
+    ProviderName,
+    Readiness,
+    Ssh,
+    SystemInstall,
+    is_reserved_label,
+)
+from engine.yamldoc import Document, Path, YamlProblem, read_yaml, render_path
+
+MAX_SPEC_BYTES = 1 << 20
+HCLOUD_PLACEMENT_GROUP_MAX = 10
+
+_HCLOUD_LABEL_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+_HCLOUD_LABEL_PREFIX = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
+_HCLOUD_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
+_DO_TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
+_PRIVATE_KEY = re.compile(r"PRIVATE KEY|^-----BEGIN")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def load_spec(path: str | FsPath, *, state_dir: FsPath | None = None) -> Fleet:
+    """Read and validate the spec at `path`. Raises SpecError listing every problem.
+
+    >>> fleet = load_spec("specs/demo.yaml")
+    >>> [g.name for g in fleet.groups]
+    ['web']
+    """
+    file = str(path)
+    fs_path = FsPath(path)
+    try:
+        size = fs_path.stat().st_size
+        if fs_path.is_dir():
+            raise _fail("file_not_found", file, "is a directory", "give the path of a .yaml file")
+        if size > MAX_SPEC_BYTES:
+            raise _fail(
+                "file_too_large",
+                file,
+                f"the file has {size:,} bytes; a spec may have at most {MAX_SPEC_BYTES:,}",
+                "a fleet spec describes groups, not single servers: use count",
+            )
+        raw = fs_path.read_bytes()
+    except FileNotFoundError:
+        raise _fail("file_not_found", file, "no such file", "check the path") from None
+    except PermissionError:
+        raise _fail("file_not_found", file, "permission denied", "make it readable") from None
+    return parse_spec(raw, file=file, state_dir=state_dir)
+
+
+def parse_spec(raw: bytes, *, file: str = "<spec>", state_dir: FsPath | None = None) -> Fleet:
+    """Validate spec text given as bytes; `file` is only used in messages."""
+    if len(raw) > MAX_SPEC_BYTES:
+        raise _fail(
+            "file_too_large",
+            file,
+            f"the spec has {len(raw):,} bytes; a spec may have at most {MAX_SPEC_BYTES:,}",
+            "a fleet spec describes groups, not single servers: use count",
+        )
+    text = _decode(raw, file)
+    try:
+        doc = read_yaml(text, file)
+    except YamlProblem as problem:
+        raise SpecError((problem.diagnostic,)) from None
+    if doc.data is None:
+        raise _fail("empty", file, "the file holds no YAML document", _STARTER_HINT)
+    if not isinstance(doc.data, dict):
+        kind = "a list" if isinstance(doc.data, list) else "a single value"
+        line, column = doc.position(())
+        raise SpecError(
+            (
+                Diagnostic(
+                    code="not_a_mapping",
+                    message=f"the document is {kind}, not a map of fields",
+                    hint=_STARTER_HINT,
+                    file=file,
+                    line=line,
+                    column=column,
+                ),
+            )
+        )
+    diagnostics = _schema_diagnostics(doc, file)
+    diagnostics += _Checks(doc, file, state_dir).run()
+    if diagnostics:
+        raise SpecError(_finish(diagnostics))
+    return _build_fleet(doc.data, file)
+
+
+_STARTER_HINT = "start the file with 'apiVersion: fleet/v1' and 'kind: Fleet' (see specs/demo.yaml)"
+
+
+def _fail(code: str, file: str, message: str, hint: str) -> SpecError:
+    return SpecError((Diagnostic(code=code, message=message, hint=hint, file=file),))
+
+
+def _decode(raw: bytes, file: str) -> str:
+    if b"\x00" in raw[:65536]:
+        raise _fail("not_text", file, "this is a binary file, not YAML text", "give a .yaml file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError(
+            (
+                Diagnostic(
+                    code="not_utf8",
+                    message=f"byte 0x{raw[exc.start]:02x} is not valid UTF-8",
+                    hint="save the file as UTF-8",
+                    file=file,
+                    line=line,
+                    column=column,
+                ),
+            )
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def _finish(diagnostics: list[Diagnostic]) -> tuple[Diagnostic, ...]:
+    """Drop other complaints about a field already reported as a literal secret; sort."""
+    secret_paths = {d.path for d in diagnostics if d.code == "literal_secret"}
+    kept = {
+        (d.line, d.column, d.code, d.path, d.message): d
+        for d in diagnostics
+        if d.code == "literal_secret" or d.path not in secret_paths
+    }
+    return tuple(sorted(kept.values(), key=lambda d: (d.line, d.column, d.path, d.code)))
+
+
+def _suggest(word: object, choices: Iterator[str] | list[str] | tuple[str, ...]) -> str:
+    choices = list(choices)
+    if isinstance(word, str):
+        close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+        if close:
+            return f'did you mean "{close[0]}"?'
+    shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
+    return f"choose one of: {shown}"
+
+
+# --- JSON Schema -------------------------------------------------------------------------
+
+
+SCHEMA_PATH = FsPath(__file__).resolve().parent.parent / "schemas" / "fleet.v1.schema.json"
+
+
+@cache
+def fleet_schema() -> dict[str, Any]:
+    """The fleet spec's JSON Schema, read from the checkout's schemas/ folder."""
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text("utf-8"))
+    return schema
+
+
+@cache
+def _validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(fleet_schema())
+
+
+_TYPE_NAMES = {
+    "string": "text",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "a map of fields",
+    "array": "a list",
+    "null": "empty",
+}
+
+
+def _type_of(value: object) -> str:
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a map"
+    return type(value).__name__
+
+
+def _is_safe_to_show(path: Path, value: object) -> bool:
+    """Never echo what could be a secret: token variables and SSH keys stay out of messages."""
+    sensitive = path[:2] == ("provider", "token_env") or path[:1] == ("ssh",)
+    return isinstance(value, str) and len(value) <= 64 and not sensitive
+
+
+def _schema_diagnostics(doc: Document, file: str) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    for error in _validator().iter_errors(doc.data):
+        out.extend(_translate(error, doc, file))
+    return out
+
+
+def _describe(schema: Mapping[str, Any]) -> str:
+    """A hint from the schema: its x-hint, else the first sentence of its description."""
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        schema = {**fleet_schema()["$defs"][ref.removeprefix("#/$defs/")], **schema}
+    if schema.get("x-hint"):
+        return str(schema["x-hint"])
+    first = str(schema.get("description", "")).split(". ")[0].rstrip(".")
+    if first[1:2].islower():
+        first = first[:1].lower() + first[1:]
+    return f"expected: {first}" if first else ""
+
+
+def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
+    path: Path = tuple(error.absolute_path)
+    kind = error.validator
+    schema = error.schema
+    value = error.instance
+
+    def diag(code: str, message: str, hint: str, at: Path = path, key: bool = False) -> Diagnostic:
+        line, column = doc.position(at, key=key)
+        return Diagnostic(
+            code=code,
+            message=message,
+            hint=hint or "see schemas/fleet.v1.schema.json for what this field takes",
+            path=render_path(at),
+            file=file,
+            line=line,
+            column=column,
+        )
+
+    if kind == "oneOf":
+        yield from _translate_one_of(error, doc, file, diag)
+    elif kind == "additionalProperties":
+        allowed = list(schema.get("properties", {}))
+        for key in value:
+            if key not in schema.get("properties", {}):
+                hint = _suggest(key, allowed) if allowed else "remove it"
+                yield diag("unknown_key", f'unknown key "{key}"', hint, (*path, key), key=True)
+    elif kind == "required":
+        props = schema.get("properties", {})
+        for name in error.validator_value:
+            if name not in value:
+                what = _describe(props.get(name, {})).removeprefix("expected: ")
+                hint = f"add {name} ({what})" if what else f"add {name}"
+                yield diag("missing_key", f'"{name}" is required here', hint)
+    elif kind == "type":
+        expected = error.validator_value
+        names = [expected] if isinstance(expected, str) else list(expected)
+        wanted = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
+        hint = _describe(schema) or f"write {wanted} here"
+        yield diag("wrong_type", f"must be {wanted}, not {_type_of(value)}", hint)
+    elif kind in ("enum", "const"):
+        options = error.validator_value if kind == "enum" else [error.validator_value]
+        shown = ", ".join(str(o) for o in options)
+        message = f"must be one of: {shown}" if kind == "enum" else f"must be {shown}"
+        if kind == "enum" and isinstance(value, str) and len(value) <= 64:
+            message = f'"{value}" is not allowed; {message}'
+        yield diag("invalid_value", message, _suggest(value, [str(o) for o in options]))
+    elif kind == "pattern":
+        message = "does not have the required form"
+        if _is_safe_to_show(path, value):
+            message = f'"{value}" {message}'
+        yield diag("invalid_format", message, _describe(schema))
+    elif kind == "propertyNames":
+        # jsonschema reports a bad key at its map's path, with the key as the instance.
+        yield diag(
+            "invalid_format",
+            f'the key "{value}" does not have the required form',
+            _describe(error.validator_value),
+            at=(*path, value),
+            key=True,
+        )
+    elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        bound = error.validator_value
+        word = "at least" if kind.endswith("inimum") else "at most"
+        yield diag("out_of_range", f"must be {word} {bound}, got {value}", _describe(schema))
+    elif kind == "minLength":
+        message = "must not be empty" if error.validator_value == 1 else "is too short"
+        yield diag("too_short", message, _describe(schema))
+    elif kind == "maxLength":
+        limit = error.validator_value
+        yield diag("too_long", f"is longer than {limit} characters", _describe(schema))
+    elif kind in ("minItems", "minProperties"):
+        yield diag("too_few", f"needs at least {error.validator_value}", _describe(schema))
+    elif kind in ("maxItems", "maxProperties"):
+        yield diag("too_many", f"may hold at most {error.validator_value}", _describe(schema))
+    elif kind == "uniqueItems":
+        yield diag("not_unique", "lists the same item twice", "remove the repeated item")
+    elif kind == "not":
+        yield diag("not_allowed", "this value is not allowed", _describe(schema))
+    else:
+        yield diag("invalid_value", error.message, _describe(schema))
+
+
+def _translate_one_of(error: Any, doc: Document, file: str, diag: Any) -> Iterator[Diagnostic]:
+    """`image` is a name or a map; report on the branch the user evidently meant."""
+    value = error.instance
+    if isinstance(value, dict):
+        meant = [
+            i
+            for i, branch in enumerate(error.validator_value)
+            if len(value) == 1 and next(iter(value)) in branch.get("properties", {})
+        ]
+        if meant:
+            for sub in error.context:
+                if sub.relative_schema_path[0] == meant[0]:
+                    yield from _translate(sub, doc, file)
+            return
+        yield diag(
+            "invalid_value",
+            "an image map holds exactly one of: snapshot, custom",
+            'write e.g. image: {snapshot: {labels: {golden: "web"}}}',
+        )
+        return
+    yield diag(
+        "wrong_type",
+        f"must be an image name or a map with snapshot or custom, not {_type_of(value)}",
+        "write e.g. image: debian-12",
+    )
+
+
+# --- semantic checks ---------------------------------------------------------------------
+
+
+def _dicts(value: object) -> Iterator[tuple[int, dict[str, Any]]]:
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, dict):
+                yield i, item
+
+
+def _is_literal_token(value: str) -> bool:
+    """A value that looks like an API token rather than the name of a variable."""
+    if value.startswith(("dop_v1_", "doo_v1_", "dor_v1_")):
+        return True
+    has_lower = any(c.islower() for c in value)
+    has_digit = any(c.isdigit() for c in value)
+    return len(value) >= 24 and has_lower and has_digit and "_" not in value
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as "15s", "10m" or "1h" (already checked by the schema)."""
+    return int(text[:-1]) * _DURATION_UNITS[text[-1]]
+
+
+class _Checks:
+    """What JSON Schema cannot say: references, catalogs, provider rules, secrets."""
+
+    def __init__(self, doc: Document, file: str, state_dir: FsPath | None) -> None:
+        self.doc = doc
+        self.data: dict[str, Any] = doc.data
+        self.file = file
+        self.state_dir = state_dir
+        self.out: list[Diagnostic] = []
+        provider = self.data.get("provider")
+        name = provider.get("name") if isinstance(provider, dict) else None
+        self.provider = name if isinstance(name, str) and name in set(ProviderName) else None
+        self.catalog: Catalog | None = (
+            load_catalog(self.provider, state_dir) if self.provider else None
+        )
+        defaults = self.data.get("defaults")
+        self.defaults: dict[str, Any] = defaults if isinstance(defaults, dict) else {}
+
+    def add(self, code: str, path: Path, message: str, hint: str, *, key: bool = False) -> None:
+        line, column = self.doc.position(path, key=key)
+        self.out.append(
+            Diagnostic(
+                code=code,
+                message=message,
+                hint=hint,
+                path=render_path(path),
+                file=self.file,
+                line=line,
+                column=column,
+            )
+        )
+
+    def run(self) -> list[Diagnostic]:
+        self.check_provider()
+        self.check_control_plane()
+        self.check_ssh()
+        names = {
+            section: self.check_unique_names(section)
+            for section in ("groups", "firewalls", "networks", "load_balancers")
+        }
+        self.check_labels(("defaults", "labels"), self.defaults.get("labels"))
+        self.check_catalog(None, self.defaults)
+        if self.provider == ProviderName.LOCAL and "backups" in self.defaults:
+            self.unsupported(("defaults", "backups"), "backups")
+        for i, group in _dicts(self.data.get("groups")):
+            self.check_group(i, group, names)
+        self.check_firewalls()
+        self.check_networks()
+        self.check_load_balancers(names["groups"])
+        self.check_dns(names["groups"])
+        return self.out
+
+    def unsupported(self, path: Path, what: str, *, key: bool = True) -> None:
+        self.add(
+            "not_applicable",
+            path,
+            f"{what} is not available on the {self.provider} provider",
+            "remove it, or use a provider that has it",
+            key=key,
+        )
+
+    def check_provider(self) -> None:
+        provider = self.data.get("provider")
+        if not isinstance(provider, dict) or self.provider is None:
+            return
+        token_env = provider.get("token_env")
+        if isinstance(token_env, str) and _is_literal_token(token_env):
+            self.add(
+                "literal_secret",
+                ("provider", "token_env"),
+                "this looks like an API token, not the name of an environment variable",
+                "export the token in a variable, e.g. export HCLOUD_TOKEN=..., write the "
+                "variable's name here, and revoke the token if this file was ever shared",
+            )
+        if self.provider == ProviderName.LOCAL:
+            for key in ("token_env", "project", "endpoint"):
+                if key in provider:
+                    self.unsupported(("provider", key), key)
+            return
+        if "token_env" not in provider:
+            default = (
+                "HCLOUD_TOKEN" if self.provider == ProviderName.HCLOUD else "DIGITALOCEAN_TOKEN"
+            )
+            self.add(
+                "missing_key",
+                ("provider",),
+                '"token_env" is required for a cloud provider',
+                f"add token_env: {default} and export your API token in that variable",
+            )
+        if self.provider == ProviderName.HCLOUD and "project" in provider:
+            self.unsupported(("provider", "project"), "project (a token is bound to one project)")
+
+    def check_control_plane(self) -> None:
+        cp = self.data.get("control_plane")
+        cp = cp if isinstance(cp, dict) else {}
+        if self.provider == ProviderName.LOCAL:
+            if "url" in cp:
+                self.unsupported(("control_plane", "url"), "a control plane url (chosen for you)")
+            return
+        if self.provider is None or cp.get("readiness") == Readiness.POLL:
+            return
+        url = cp.get("url")
+        if url is None:
+            self.add(
+                "missing_key",
+                ("control_plane",) if cp else (),
+                "control_plane.url is required: servers phone home to it",
+                "add control_plane: {url: https://ops.example.com}, "
+                "or set control_plane.readiness: poll",
+            )
+        elif isinstance(url, str) and url.startswith("http://"):
+            self.add(
+                "insecure_url",
+                ("control_plane", "url"),
+                "servers send their one-time token to this address in the clear",
+                "use an https:// address",
+            )
+
+    def check_ssh(self) -> None:
+        ssh = self.data.get("ssh")
+        if not isinstance(ssh, dict):
+            return
+        keys = ssh.get("authorized_keys")
+        if isinstance(keys, list):
+            for i, key in enumerate(keys):
+                if isinstance(key, str) and _PRIVATE_KEY.search(key):
+                    self.add(
+                        "literal_secret",
+                        ("ssh", "authorized_keys", i),
+                        "this is a private key; only public keys belong in a spec",
+                        "remove it now, replace that key pair if the file was shared, "
+                        "and paste the .pub file's line instead",
+                    )
+        install = self.data.get("install")
+        agent = install.get("agent") if isinstance(install, dict) else None
+        agent_port = agent.get("port", 7567) if isinstance(agent, dict) else 7567
+        if ssh.get("port") == agent_port:
+            self.add(
+                "port_conflict",
+                ("ssh", "port"),
+                f"sshd and the agent would both listen on port {agent_port}",
+                "choose another ssh.port or install.agent.port",
+            )
+
+    def check_unique_names(self, section: str) -> dict[str, int]:
+        seen: dict[str, int] = {}
+        for i, item in _dicts(self.data.get(section)):
+            name = item.get("name")
+            if not isinstance(name, str):
+                continue
+            if name in seen:
+                self.add(
+                    "duplicate_name",
+                    (section, i, "name"),
+                    f'the name "{name}" is already used by {section}[{seen[name]}]',
+                    "give each entry its own name",
+                )
+            else:
+                seen[name] = i
+        return seen
+
+    def group_field(
+        self, i: int | None, group: dict[str, Any], key: str
+    ) -> tuple[Any, Path | None]:
+        """The group's value for `key`, else the default, with the path it was written at.
+
+        `i` None means `group` is the defaults section itself.
+        """
+        if key in group:
+            return group[key], ("groups", i, key) if i is not None else ("defaults", key)
+        if key in self.defaults:
+            return self.defaults[key], ("defaults", key)
+        return None, None
+
+    def check_group(self, i: int, group: dict[str, Any], names: dict[str, dict[str, int]]) -> None:
+        for key in ("server_type", "image", "locations"):
+            if key not in group and key not in self.defaults:
+                self.add(
+                    "missing_key",
+                    ("groups", i),
+                    f'"{key}" is set neither in this group nor in defaults',
+                    f"add {key} to the group or to defaults",
+                )
+        for section, ref_key in (("firewalls", "firewalls"), ("networks", "networks")):
+            refs = group.get(ref_key)
+            if not isinstance(refs, list):
+                continue
+            for j, ref in enumerate(refs):
+                if isinstance(ref, str) and ref not in names[section]:
+                    self.add(
+                        "unknown_reference",
+                        ("groups", i, ref_key, j),
+                        f'no {section[:-1]} is named "{ref}"',
+                        _suggest(ref, list(names[section]))
+                        if names[section]
+                        else f"define it under {section}:",
+                    )
+        self.check_labels(("groups", i, "labels"), group.get("labels"))
+        if self.provider == ProviderName.LOCAL and "backups" in group:
+            self.unsupported(("groups", i, "backups"), "backups")
+        placement = group.get("placement")
+        count = group.get("count")
+        if placement == Placement.SPREAD and self.provider == ProviderName.DIGITALOCEAN:
+            self.unsupported(("groups", i, "placement"), "placement: spread")
+        elif (
+            placement == Placement.SPREAD
+            and isinstance(count, int)
+            and count > HCLOUD_PLACEMENT_GROUP_MAX
+        ):
+            self.add(
+                "placement_group_too_large",
+                ("groups", i, "count"),
+                f"a spread placement group holds at most {HCLOUD_PLACEMENT_GROUP_MAX} servers, "
+                f"this group has {count}",
+                "split the group in two, or set placement: none",
+            )
+        self.check_catalog(i, group)
+
+    def check_catalog(self, i: int | None, group: dict[str, Any]) -> None:
+        catalog = self.catalog
+        if catalog is None:
+            return
+        type_name, type_path = self.group_field(i, group, "server_type")
+        server_type = None
+        if isinstance(type_name, str) and type_path is not None:
+            server_type = catalog.server_types.get(type_name)
+            if server_type is None:
+                self.add(
+                    "unknown_server_type",
+                    type_path,
+                    f'{catalog.provider} has no server type "{type_name}"',
+                    _suggest(type_name, list(catalog.server_types)),
+                )
+        locations, loc_path = self.group_field(i, group, "locations")
+        if isinstance(locations, list) and loc_path is not None:
+            for j, location in enumerate(locations):
+                if not isinstance(location, str):
+                    continue
+                if location not in catalog.locations:
+                    self.add(
+                        "unknown_location",
+                        (*loc_path, j),
+                        f'{catalog.provider} has no location "{location}"',
+                        _suggest(location, list(catalog.locations)),
+                    )
+                elif server_type is not None and not server_type.is_available(location):
+                    offered = ", ".join(server_type.prices) or "no location"
+                    self.add(
+                        "unavailable",
+                        (*loc_path, j),
+                        f"{server_type.name} is not offered in {location}",
+                        f"{server_type.name} is offered in {offered}; "
+                        "pick one of those or another server type",
+                    )
+        image, image_path = self.group_field(i, group, "image")
+        if image_path is None:
+            return
+        if isinstance(image, str):
+            known = catalog.images.get(image)
+            if known is None:
+                self.add(
+                    "unknown_image",
+                    image_path,
+                    f'{catalog.provider} has no image "{image}"',
+                    _suggest(image, list(catalog.images)),
+                )
+            elif server_type is not None and server_type.architecture not in known.architectures:
+                self.add(
+                    "architecture_mismatch",
+                    image_path,
+                    f"{image} is not built for {server_type.architecture} "
+                    f"({server_type.name}'s architecture)",
+                    "pick an image for that architecture or another server type",
+                )
+        elif isinstance(image, dict):
+            if "custom" in image and self.provider != ProviderName.DIGITALOCEAN:
+                self.unsupported((*image_path, "custom"), "a custom image")
+            if "snapshot" in image and self.provider == ProviderName.LOCAL:
+                self.unsupported((*image_path, "snapshot"), "a snapshot image")
+
+    def check_labels(self, path: Path, labels: object) -> None:
+        if not isinstance(labels, dict) or self.provider is None:
+            return
+        for key, raw in labels.items():
+            if not isinstance(raw, str | int | bool):
+                continue  # the schema reports the type
+            value = _label_text(raw)
+            if is_reserved_label(key):
+                self.add(
+                    "reserved_label",
+                    (*path, key),
+                    f'the label key "{key}" is reserved for the engine\'s ownership labels',
+                    "rename it; keys starting with fleet or managed-by are reserved",
+                    key=True,
+                )
+            elif self.provider == ProviderName.DIGITALOCEAN:
+                if not _DO_TAG.fullmatch(f"{key}:{value}"):
+                    self.add(
+                        "invalid_label",
+                        (*path, key),
+                        f'becomes the DigitalOcean tag "{key}:{value}", which is not valid',
+                        "tags allow letters, digits, ':', '-' and '_' (no dots, slashes "
+                        "or spaces), at most 255 characters",
+                    )
+            else:
+                problem = _hcloud_label_problem(key, value)
+                if problem:
+                    self.add("invalid_label", (*path, key), problem[0], problem[1], key=problem[2])
+
+    def check_firewalls(self) -> None:
+        for i, firewall in _dicts(self.data.get("firewalls")):
+            if self.provider == ProviderName.LOCAL:
+                self.unsupported(("firewalls",), "firewalls")
+                return
+            for j, rule in _dicts(firewall.get("inbound")):
+                path: Path = ("firewalls", i, "inbound", j)
+                self.check_rule(path, rule)
+
+    def check_rule(self, path: Path, rule: dict[str, Any]) -> None:
+        protocol = rule.get("protocol")
+        port = rule.get("port")
+        if protocol == Protocol.ICMP and port is not None:
+            self.add(
+                "invalid_port",
+                (*path, "port"),
+                "icmp has no ports",
+                "remove port from this rule",
+                key=True,
+            )
+        elif protocol in (Protocol.TCP, Protocol.UDP) and port is None:
+            self.add(
+                "missing_key",
+                path,
+                f'"port" is required for {protocol}',
+                'add port: "443" or a range such as "8000-8100"',
+            )
+        elif isinstance(port, str) and re.fullmatch(r"\d{1,5}(-\d{1,5})?", port):
+            low, _, high = port.partition("-")
+            start, end = int(low), int(high or low)
+            if not (1 <= start <= end <= 65535):
+                self.add(
+                    "invalid_port",
+                    (*path, "port"),
+                    f'"{port}" is not a port or range between 1 and 65535',
+                    "write the lower port first, e.g. 8000-8100",
+                )
+        sources = rule.get("sources")
+        if isinstance(sources, list):
+            for k, source in enumerate(sources):
+                if isinstance(source, str):
+                    self.check_cidr((*path, "sources", k), source, private=False)
+
+    def check_cidr(self, path: Path, text: str, *, private: bool) -> None:
+        try:
+            network = ipaddress.ip_network(text, strict=True)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                self.add(
+                    "invalid_cidr",
+                    path,
+                    f'"{text}" is not an address range in CIDR form',
+                    "write e.g. 203.0.113.0/24, 0.0.0.0/0 or ::/0",
+                )
+                return
+            self.add(
+                "invalid_cidr",
+                path,
+                f'"{text}" has bits set after the prefix',
+                f"did you mean {loose}?",
+            )
+            return
+        if private and (network.version != 4 or not network.is_private or network.prefixlen < 8):
+            self.add(
+                "invalid_cidr",
+                path,
+                f'"{text}" is not a private IPv4 range',
+                "use a range inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
+            )
+
+    def check_networks(self) -> None:
+        seen: list[tuple[int, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+        for i, network in _dicts(self.data.get("networks")):
+            if self.provider == ProviderName.LOCAL:
+                self.unsupported(("networks",), "private networks")
+                return
+            ip_range = network.get("ip_range")
+            if not isinstance(ip_range, str):
+                continue
+            before = len(self.out)
+            self.check_cidr(("networks", i, "ip_range"), ip_range, private=True)
+            if len(self.out) != before:
+                continue
+            current = ipaddress.ip_network(ip_range)
+            for j, other in seen:
+                if current.overlaps(other):
+                    self.add(
+                        "overlapping_networks",
+                        ("networks", i, "ip_range"),
+                        f"{current} overlaps {other} of networks[{j}]",
+                        "give each network its own range",
+                    )
+            seen.append((i, current))
+
+    def check_load_balancers(self, groups: dict[str, int]) -> None:
+        for i, lb in _dicts(self.data.get("load_balancers")):
+            if self.provider == ProviderName.LOCAL:
+                self.unsupported(("load_balancers",), "load balancers")
+                return
+            self.check_target(("load_balancers", i, "targets"), lb.get("targets"), groups)
+            lb_type = lb.get("type")
+            catalog = self.catalog
+            if catalog and isinstance(lb_type, str) and lb_type not in catalog.load_balancer_types:
+                self.add(
+                    "unknown_server_type",
+                    ("load_balancers", i, "type"),
+                    f'{catalog.provider} has no load balancer type "{lb_type}"',
+                    _suggest(lb_type, list(catalog.load_balancer_types)),
+                )
+            location = lb.get("location")
+            if catalog and isinstance(location, str) and location not in catalog.locations:
+                self.add(
+                    "unknown_location",
+                    ("load_balancers", i, "location"),
+                    f'{catalog.provider} has no location "{location}"',
+                    _suggest(location, list(catalog.locations)),
+                )
+            listens: set[int] = set()
+            for j, service in _dicts(lb.get("services")):
+                listen = service.get("listen")
+                if isinstance(listen, int) and listen in listens:
+                    self.add(
+                        "port_conflict",
+                        ("load_balancers", i, "services", j, "listen"),
+                        f"port {listen} is listened on twice",
+                        "give each service its own listen port",
+                    )
+                if isinstance(listen, int):
+                    listens.add(listen)
+
+    def check_target(self, path: Path, target: object, groups: dict[str, int]) -> None:
+        if isinstance(target, str) and target not in groups:
+            self.add(
+                "unknown_reference",
+                path,
+                f'no group is named "{target}"',
+                _suggest(target, list(groups)),
+            )
+
+    def check_dns(self, groups: dict[str, int]) -> None:
+        group_data = dict(_dicts(self.data.get("groups")))
+        for i, record in _dicts(self.data.get("dns")):
+            if self.provider != ProviderName.DIGITALOCEAN:
+                self.unsupported(("dns",), "dns (provider-hosted zones)")
+                return
+            target = record.get("targets")
+            self.check_target(("dns", i, "targets"), target, groups)
+            name, zone = record.get("name"), record.get("zone")
+            if not (isinstance(name, str) and isinstance(zone, str) and isinstance(target, str)):
+                continue
+            group = group_data.get(groups.get(target, -1), {})
+            count = group.get("count")
+            if "{server}" not in name and isinstance(count, int) and count > 1:
+                self.add(
+                    "dns_name_collision",
+                    ("dns", i, "name"),
+                    f"all {count} servers of {target} would get the same record name",
+                    'put {server} in the name, e.g. "{server}.' + name + '"',
+                )
+            longest = name.replace("{server}", f"{target}-{count or 1}") + "." + zone
+            if len(longest) > 253 or any(len(p) > 63 for p in longest.split(".")):
+                self.add(
+                    "too_long",
+                    ("dns", i, "name"),
+                    f"{longest} is longer than DNS allows (63 per label, 253 in all)",
+                    "shorten the record name",
+                )
+
+
+def _label_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _hcloud_label_problem(key: str, value: str) -> tuple[str, str, bool] | None:
+    prefix, slash, name = key.rpartition("/")
+    if (slash and not _HCLOUD_LABEL_PREFIX.fullmatch(prefix)) or not _HCLOUD_LABEL_NAME.fullmatch(
+        name
+    ):
+        return (
+            f'"{key}" is not a valid label key',
+            "keys are at most 63 letters, digits, '-', '_' or '.', starting and ending with "
+            "a letter or digit, optionally after a DNS prefix and '/'",
+            True,
+        )
+    if not _HCLOUD_LABEL_VALUE.fullmatch(value):
+        return (
+            f'"{value}" is not a valid label value',
+            "values are empty or at most 63 letters, digits, '-', '_' or '.', starting and "
+            "ending with a letter or digit",
+            False,
+        )
+    return None
+
+
+# --- model -------------------------------------------------------------------------------
+
+
+def _labels(raw: object) -> Labels:
+    if not isinstance(raw, dict):
+        return ()
+    return tuple(sorted((str(k), _label_text(v)) for k, v in raw.items()))
+
+
+def _image(raw: object) -> Image:
+    if isinstance(raw, str):
+        return Image(kind=ImageKind.NAME, name=raw)
+    assert isinstance(raw, dict)
+    if "snapshot" in raw:
+        return Image(kind=ImageKind.SNAPSHOT, labels=_labels(raw["snapshot"]["labels"]))
+    return Image(kind=ImageKind.CUSTOM, name=raw["custom"])
+
+
+def _group(raw: dict[str, Any], defaults: dict[str, Any]) -> Group:
+    def pick(key: str, fallback: Any = None) -> Any:
+        return raw.get(key, defaults.get(key, fallback))
+
+    labels = {**(defaults.get("labels") or {}), **(raw.get("labels") or {})}
+    return Group(
+        name=raw["name"],
+        count=raw["count"],
+        server_type=pick("server_type"),
+        image=_image(pick("image")),
+        locations=tuple(pick("locations")),
+        placement=Placement(raw.get("placement", Placement.NONE)),
+        firewalls=tuple(raw.get("firewalls", ())),
+        networks=tuple(raw.get("networks", ())),
+        labels=_labels(labels),
+        backups=bool(pick("backups", False)),
+        public_ipv4=bool(pick("public_ipv4", True)),
+        public_ipv6=bool(pick("public_ipv6", True)),
+    )
+
+
+def _port(raw: object) -> str | None:
+    return None if raw is None else str(raw)
+
+
+def _build_fleet(data: dict[str, Any], file: str) -> Fleet:
+    provider = data["provider"]
+    cp = data.get("control_plane", {})
+    ssh = data.get("ssh", {})
+    install = data.get("install", {})
+    docker = install.get("docker", {})
+    system = install.get("system", {})
+    agent = install.get("agent", {})
+    limits = data.get("limits", {})
+    defaults = data.get("defaults", {})
+    return Fleet(
+        name=data["name"],
+        description=data.get("description", ""),
+        source=file,
+        provider=Provider(
+            name=ProviderName(provider["name"]),
+            token_env=provider.get("token_env"),
+            project=provider.get("project"),
+            endpoint=provider.get("endpoint"),
+        ),
+        control_plane=ControlPlane(
+            url=cp.get("url"),
+            readiness=Readiness(cp.get("readiness", Readiness.PHONE_HOME)),
+            token_ttl_s=parse_duration(cp.get("token_ttl", "1h")),
+            phone_home_timeout_s=parse_duration(cp.get("phone_home_timeout", "10m")),
+            verify_source_ip=cp.get("verify_source_ip", True),
+        ),
+        ssh=Ssh(
+            authorized_keys=tuple(ssh.get("authorized_keys", ())),
+            user=ssh.get("user", "fleet"),
+            port=ssh.get("port", 22),
+        ),
+        groups=tuple(_group(g, defaults) for g in data["groups"]),
+        firewalls=tuple(
+            Firewall(
+                name=f["name"],
+                inbound=tuple(
+                    FirewallRule(
+                        protocol=Protocol(r["protocol"]),
+                        port=_port(r.get("port")),
+                        sources=tuple(r["sources"]),
+                        description=r.get("description", ""),
+                    )
+                    for r in f.get("inbound", ())
+                ),
+            )
+            for f in data.get("firewalls", ())
+        ),
+        networks=tuple(
+            Network(name=n["name"], ip_range=n["ip_range"]) for n in data.get("networks", ())
+        ),
+        load_balancers=tuple(
+            LoadBalancer(
+                name=lb["name"],
+                targets=lb["targets"],
+                type=lb.get("type"),
+                location=lb.get("location"),
+                services=tuple(
+                    LbService(
+                        listen=s["listen"],
+                        destination=s["destination"],
+                        protocol=LbProtocol(s.get("protocol", LbProtocol.TCP)),
+                    )
+                    for s in lb["services"]
+                ),
+            )
+            for lb in data.get("load_balancers", ())
+        ),
+        dns=tuple(
+            DnsRecord(
+                zone=r["zone"],
+                name=r["name"],
+                targets=r["targets"],
+                type=r.get("type", "A"),
+                ttl=r.get("ttl", 300),
+            )
+            for r in data.get("dns", ())
+        ),
+        install=Install(
+            docker=DockerInstall(
+                source=DockerSource(docker.get("source", DockerSource.DOCKER_CE)),
+                log_max_size=docker.get("log_max_size", "10m"),
+                log_max_files=docker.get("log_max_files", 3),
+                live_restore=docker.get("live_restore", True),
+            ),
+            system=SystemInstall(
+                timezone=system.get("timezone", "UTC"),
+                swap=system.get("swap", "0"),
+                unattended_upgrades=system.get("unattended_upgrades", True),
+                sysctl=_labels(system.get("sysctl")),
+            ),
+            agent=AgentInstall(
+                port=agent.get("port", 7567),
+                heartbeat_s=parse_duration(agent.get("heartbeat", "15s")),
+                image=agent.get("image"),
+            ),
+        ),
+        limits=Limits(
+            servers=limits.get("servers"),
+            vcpus=limits.get("vcpus"),
+            memory_gb=limits.get("memory_gb"),
+            disk_gb=limits.get("disk_gb"),
+            monthly_cost=limits.get("monthly_cost"),
+        ),
+    )

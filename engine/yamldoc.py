@@ -1,0 +1,317 @@
+"""Read one YAML document into plain Python data, remembering where every value came from.
+
+PyYAML's own loaders keep the last of two equal keys, expand aliases without limit and recurse
+once per nesting level. This reader builds the data from libyaml's event stream with an explicit
+stack instead, so it can refuse duplicate keys, alias bombs and deep nesting with a position,
+and record `(line, column)` for every value and every mapping key.
+
+Mapping keys are kept as the text the user wrote (`on:` stays "on", not True); values follow
+YAML's safe schema. Merge keys (`<<: *defaults`) are supported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from engine.errors import Diagnostic
+
+Path = tuple[str | int, ...]
+Position = tuple[int, int]
+
+MAX_DEPTH = 64
+MAX_NODES = 500_000
+
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_MERGE = object()  # what `<<` reads as; it only means "merge" in key position
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_SUPPORTED_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}"
+    for name in ("null", "bool", "int", "float", "str", "timestamp", "map", "seq")
+)
+
+
+@dataclass(slots=True)
+class Document:
+    """The data of a document and the 1-based (line, column) of each value and key."""
+
+    data: Any
+    positions: dict[Path, Position] = field(default_factory=dict)
+    key_positions: dict[Path, Position] = field(default_factory=dict)
+
+    def position(self, path: Path, *, key: bool = False) -> Position:
+        """Where `path` was written; for a value that is absent, where its nearest parent is."""
+        if key and path in self.key_positions:
+            return self.key_positions[path]
+        while path:
+            if path in self.positions:
+                return self.positions[path]
+            path = path[:-1]
+        return self.positions.get((), (1, 1))
+
+
+class YamlProblem(Exception):
+    """A document that cannot be read; `diagnostic` says where and why."""
+
+    def __init__(self, diagnostic: Diagnostic) -> None:
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+
+
+@dataclass(slots=True)
+class _Frame:
+    path: Path
+    anchor: str | None
+    position: Position
+    is_mapping: bool
+    items: list[Any] = field(default_factory=list)
+    pending_key: tuple[str, Position, bool] | None = None
+    size: int = 1
+
+
+def _pos(mark: Any) -> Position:
+    return (mark.line + 1, mark.column + 1)
+
+
+def _problem(code: str, message: str, hint: str, position: Position, file: str) -> YamlProblem:
+    line, column = position
+    return YamlProblem(
+        Diagnostic(code=code, message=message, hint=hint, file=file, line=line, column=column)
+    )
+
+
+class _Reader:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.doc = Document(data=None)
+        self.stack: list[_Frame] = []
+        self.anchors: dict[str, tuple[Any, int]] = {}
+        self.nodes = 0
+        self.documents = 0
+        self.resolver: Any = yaml.resolver.Resolver()
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def fail(self, code: str, message: str, hint: str, mark: Any) -> YamlProblem:
+        return _problem(code, message, hint, _pos(mark), self.file)
+
+    def child_path(self, event: Any) -> Path:
+        if not self.stack:
+            return ()
+        top = self.stack[-1]
+        if not top.is_mapping:
+            return (*top.path, len(top.items))
+        if top.pending_key is None:
+            raise self.fail(
+                "yaml_complex_key",
+                "a key must be a plain word, not a list or a map",
+                "write the key as text",
+                event.start_mark,
+            )
+        return (*top.path, top.pending_key[0])
+
+    def count(self, size: int, mark: Any) -> None:
+        self.nodes += size
+        if self.nodes > MAX_NODES:
+            raise self.fail(
+                "yaml_too_large",
+                f"the document expands to more than {MAX_NODES:,} values",
+                "remove repeated aliases (*name); a fleet spec needs far fewer values",
+                mark,
+            )
+
+    def check_tag(self, tag: str, event: Any) -> None:
+        if tag not in _SUPPORTED_TAGS and tag != _MERGE_TAG:
+            raise self.fail(
+                "yaml_tag",
+                f"the tag {tag} is not supported",
+                "remove the tag; a fleet spec uses plain strings, numbers, booleans, lists, maps",
+                event.start_mark,
+            )
+
+    def scalar(self, event: Any) -> Any:
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = self.resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
+        self.check_tag(tag, event)
+        if tag == _MERGE_TAG:
+            return _MERGE
+        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+        try:
+            return self.constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError) as exc:
+            raise self.fail(
+                "yaml_value", f"cannot read this value: {exc}", "quote it", event.start_mark
+            ) from None
+
+    def add(self, value: Any, size: int, position: Position, event: Any) -> None:
+        """Attach a finished value to its parent (or make it the document's root)."""
+        top = self.stack[-1] if self.stack else None
+        is_key = top is not None and top.is_mapping and top.pending_key is None
+        if value is _MERGE and not is_key:
+            value = "<<"
+        if not self.stack:
+            self.doc.data = value
+            self.doc.positions[()] = position
+            return
+        top = self.stack[-1]
+        top.size += size
+        if not top.is_mapping:
+            self.doc.positions[(*top.path, len(top.items))] = position
+            top.items.append(value)
+            return
+        if top.pending_key is None:
+            top.pending_key = (self.key_text(value, event), position, value is _MERGE)
+            return
+        key, key_position, is_merge = top.pending_key
+        top.pending_key = None
+        if not is_merge:
+            self.doc.positions[(*top.path, key)] = position
+        top.items.append((key, value, key_position, is_merge, event.start_mark))
+
+    def key_text(self, value: Any, event: Any) -> str:
+        if isinstance(value, dict | list):
+            raise self.fail(
+                "yaml_complex_key",
+                "a key must be a plain word, not a list or a map",
+                "write the key as text",
+                event.start_mark,
+            )
+        if value is _MERGE:
+            return "<<"
+        return str(getattr(event, "value", value))
+
+    def close_mapping(self, frame: _Frame) -> dict[str, Any]:
+        explicit: dict[str, Any] = {}
+        merged: dict[str, Any] = {}
+        for key, value, key_position, is_merge, mark in frame.items:
+            if is_merge:
+                sources = value if isinstance(value, list) else [value]
+                if not all(isinstance(s, dict) for s in sources):
+                    raise self.fail(
+                        "yaml_merge",
+                        "<< must be followed by a map or a list of maps",
+                        "merge an anchored map, e.g. <<: *defaults",
+                        mark,
+                    )
+                for source in sources:
+                    for k, v in source.items():
+                        merged.setdefault(k, v)
+                continue
+            if key in explicit:
+                first = self.doc.key_positions.get((*frame.path, key), key_position)
+                line, column = key_position
+                raise YamlProblem(
+                    Diagnostic(
+                        code="duplicate_key",
+                        message=f"the key {key!r} appears twice (first on line {first[0]})",
+                        hint="keep one of them; YAML would silently use only the last",
+                        path=render_path((*frame.path, key)),
+                        file=self.file,
+                        line=line,
+                        column=column,
+                    )
+                )
+            explicit[key] = value
+            self.doc.key_positions[(*frame.path, key)] = key_position
+        if merged:
+            return {**merged, **explicit}
+        return explicit
+
+    def read(self, text: str) -> Document:
+        events = yaml.parse(text, Loader=_Loader)
+        for event in events:
+            if isinstance(event, yaml.DocumentStartEvent):
+                self.documents += 1
+                if self.documents > 1:
+                    raise self.fail(
+                        "yaml_multiple_documents",
+                        "the file holds more than one YAML document",
+                        "keep one fleet per file and remove the extra '---'",
+                        event.start_mark,
+                    )
+            elif isinstance(event, yaml.ScalarEvent):
+                value = self.scalar(event)
+                self.count(1, event.start_mark)
+                if event.anchor:
+                    self.anchors[event.anchor] = (value, 1)
+                self.add(value, 1, _pos(event.start_mark), event)
+            elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+                if len(self.stack) >= MAX_DEPTH:
+                    raise self.fail(
+                        "yaml_too_deep",
+                        f"values are nested more than {MAX_DEPTH} levels deep",
+                        "a fleet spec nests a few levels; check for a runaway structure",
+                        event.start_mark,
+                    )
+                if event.tag not in (None, "!"):
+                    self.check_tag(event.tag, event)
+                self.count(1, event.start_mark)
+                self.stack.append(
+                    _Frame(
+                        path=self.child_path(event),
+                        anchor=event.anchor,
+                        position=_pos(event.start_mark),
+                        is_mapping=isinstance(event, yaml.MappingStartEvent),
+                    )
+                )
+            elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+                frame = self.stack.pop()
+                value = self.close_mapping(frame) if frame.is_mapping else frame.items
+                if frame.anchor:
+                    self.anchors[frame.anchor] = (value, frame.size)
+                self.add(value, frame.size, frame.position, event)
+            elif isinstance(event, yaml.AliasEvent):
+                if event.anchor not in self.anchors:
+                    raise self.fail(
+                        "yaml_alias",
+                        f"the alias *{event.anchor} refers to no anchor defined before it",
+                        f"define &{event.anchor} earlier in the file",
+                        event.start_mark,
+                    )
+                value, size = self.anchors[event.anchor]
+                self.count(size, event.start_mark)
+                self.add(value, size, _pos(event.start_mark), event)
+        return self.doc
+
+
+def render_path(path: Path) -> str:
+    """Render a path the way users read it: `groups[1].labels["app.io/tier"]`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+def read_yaml(text: str, file: str) -> Document:
+    """Parse `text` (one YAML document) into a Document.
+
+    Raises YamlProblem with a positioned Diagnostic for syntax errors, duplicate keys,
+    unsupported tags, alias bombs and nesting deeper than MAX_DEPTH.
+    """
+    reader = _Reader(file)
+    try:
+        return reader.read(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or "invalid YAML"
+        context = f" {exc.context}" if exc.context else ""
+        position = _pos(mark) if mark is not None else (1, 1)
+        raise _problem(
+            "yaml_syntax",
+            f"{problem}{context}",
+            "check the indentation, colons and quotes on this line and the one before",
+            position,
+            file,
+        ) from None
+    except yaml.YAMLError as exc:
+        raise _problem("yaml_syntax", str(exc), "fix the YAML syntax", (1, 1), file) from None

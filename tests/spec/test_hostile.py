@@ -1,0 +1,100 @@
+"""Hostile input ends in one clear error: nothing hangs, nothing crashes, nothing leaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.errors import SpecError
+from engine.spec import MAX_SPEC_BYTES, load_spec, parse_spec
+
+
+def _codes(raw: bytes) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw, file="hostile.yaml")
+    return [d.code for d in info.value.diagnostics]
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"", "empty"),
+        (b"   \n# only a comment\n", "empty"),
+        (b"\x7fELF\x02\x01\x01\x00\x00\x00", "not_text"),
+        (b"name: caf\xe9\n", "not_utf8"),
+        (b"- a\n- b\n", "not_a_mapping"),
+        (b"just a string", "not_a_mapping"),
+        (b"42", "not_a_mapping"),
+        (b"a: [1, 2\n", "yaml_syntax"),
+        (b"a: *undefined\n", "yaml_alias"),
+        (b"? [1, 2]\n: x\n", "yaml_complex_key"),
+        (b"a: !!python/name:os.system x\n", "yaml_tag"),
+        (b"a: !custom x\n", "yaml_tag"),
+        (b"<<: 5\n", "yaml_merge"),
+    ],
+)
+def test_malformed_documents_get_one_clear_error(raw: bytes, code: str) -> None:
+    assert _codes(raw) == [code]
+
+
+def test_alias_bomb_is_refused_before_it_expands() -> None:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 12):
+        refs = ", ".join([f"*a{i - 1}"] * 9)
+        lines.append(f"a{i}: &a{i} [{refs}]")
+    assert _codes("\n".join(lines).encode()) == ["yaml_too_large"]
+
+
+@pytest.mark.parametrize("opener", ["[", "{a: "])
+def test_deep_nesting_is_refused(opener: str) -> None:
+    assert _codes((opener * 100_000).encode()) == ["yaml_too_deep"]
+
+
+def test_deep_block_nesting_is_refused() -> None:
+    raw = "".join(f"{'  ' * i}k{i}:\n" for i in range(200)) + f"{'  ' * 200}x: 1\n"
+    assert _codes(raw.encode()) == ["yaml_too_deep"]
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"# padding\n" * (MAX_SPEC_BYTES // 10 + 1))
+    with pytest.raises(SpecError) as info:
+        load_spec(big)
+    assert [d.code for d in info.value.diagnostics] == ["file_too_large"]
+
+
+def test_a_megabyte_of_values_just_under_the_limit_is_judged() -> None:
+    items = ", ".join(str(i) for i in range(140_000))
+    raw = f"apiVersion: fleet/v1\nkind: Fleet\nname: x\nnoise: [{items}]\n".encode()
+    assert len(raw) < MAX_SPEC_BYTES
+    codes = _codes(raw)
+    assert "unknown_key" in codes
+    assert "missing_key" in codes
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    for target in (tmp_path / "absent.yaml", tmp_path):
+        with pytest.raises(SpecError) as info:
+            load_spec(target)
+        assert [d.code for d in info.value.diagnostics] == ["file_not_found"]
+
+
+def test_a_literal_token_is_never_echoed() -> None:
+    token = "3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a"
+    raw = (
+        "apiVersion: fleet/v1\nkind: Fleet\nname: web\n"
+        f"provider: {{name: hcloud, token_env: {token}}}\n"
+        "control_plane: {url: 'https://ops.example.com'}\n"
+        "groups: [{name: web, count: 1, server_type: cx22, image: debian-12, locations: [fsn1]}]\n"
+    ).encode()
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw)
+    assert [d.code for d in info.value.diagnostics] == ["literal_secret"]
+    assert token not in str(info.value)
+    assert token[:12] not in str(info.value)
+
+
+def test_a_bom_is_accepted() -> None:
+    raw = b"\xef\xbb\xbf" + Path("specs/demo.yaml").read_bytes()
+    assert parse_spec(raw).name == "demo"

@@ -1,0 +1,92 @@
+"""Catalogs: the shipped ones load; `engine catalog refresh` reads a provider API (a fake)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.catalog import load_catalog
+from engine.catalog.refresh import refresh_catalog
+from engine.errors import EngineError, ProviderError
+from engine.spec import load_spec
+from tests.fakes.digitalocean import FakeDigitalOcean
+from tests.fakes.hcloud import FakeHcloud
+from tests.support.http import serve
+
+
+@pytest.mark.parametrize("provider", ["hcloud", "digitalocean", "local"])
+def test_shipped_catalogs_are_consistent(provider: str) -> None:
+    catalog = load_catalog(provider)
+    assert catalog.server_types and catalog.locations and catalog.images
+    for server_type in catalog.server_types.values():
+        assert set(server_type.prices) <= set(catalog.locations), server_type.name
+        assert server_type.cores > 0 and server_type.memory_gb > 0 and server_type.disk_gb > 0
+
+
+def test_hcloud_refresh_reads_every_page_and_changes_validation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeHcloud()
+    monkeypatch.setenv("FAKE_HCLOUD", fake.token)
+    spec = tmp_path / "web.yaml"
+    spec.write_text(
+        Path("specs/hetzner.yaml").read_text().replace("server_type: cx22", "server_type: cx23")
+    )
+    with pytest.raises(EngineError):
+        load_spec(spec, state_dir=tmp_path)  # cx23 is not in the shipped catalog
+    with serve(fake.app()) as url:
+        catalog, path = refresh_catalog(
+            "hcloud", token_env="FAKE_HCLOUD", state_dir=tmp_path, endpoint=f"{url}/v1"
+        )
+    assert path == tmp_path / "catalogs" / "hcloud.json"
+    assert fake.count("/v1/server_types") == 2  # 65 types, 50 per page
+    assert "cx11" not in catalog.server_types  # deprecated
+    assert catalog.server_types["cx23"].prices == {"fsn1": 3.49, "nbg1": 3.49, "hel1": 3.49}
+    assert catalog.server_types["cpx11"].prices["ash"] == 5.49
+    assert catalog.images["debian-12"].architectures == ("arm", "x86")
+    assert catalog.load_balancer_types["lb11"].prices["fsn1"] == 5.39
+    assert load_catalog("hcloud", tmp_path).server_types.keys() == catalog.server_types.keys()
+    with pytest.raises(EngineError) as info:
+        load_spec(spec, state_dir=tmp_path)  # now cx23 exists, but hetzner.yaml uses cx32
+    assert "cx32" in str(info.value)
+
+
+def test_hcloud_refresh_with_a_bad_token_names_the_problem_not_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_HCLOUD", "wrong-token-value-123456")
+    with serve(FakeHcloud().app()) as url, pytest.raises(ProviderError) as info:
+        refresh_catalog("hcloud", token_env="FAKE_HCLOUD", state_dir=tmp_path, endpoint=f"{url}/v1")
+    assert "unauthorized" in str(info.value)
+    assert "wrong-token-value" not in str(info.value)
+    assert not (tmp_path / "catalogs").exists()
+
+
+def test_refresh_without_the_token_variable_says_which_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NOPE_TOKEN", raising=False)
+    with pytest.raises(EngineError, match="NOPE_TOKEN is not set"):
+        refresh_catalog("hcloud", token_env="NOPE_TOKEN", state_dir=tmp_path)
+
+
+def test_digitalocean_refresh_pages_by_200(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeDigitalOcean()
+    monkeypatch.setenv("FAKE_DO", fake.token)
+    with serve(fake.app()) as url:
+        catalog, _ = refresh_catalog(
+            "digitalocean", token_env="FAKE_DO", state_dir=tmp_path, endpoint=url
+        )
+    assert fake.count("/v2/sizes") == 2  # 252 sizes, 200 per page
+    assert catalog.server_types["s-2vcpu-4gb"].memory_gb == 4
+    assert catalog.server_types["s-2vcpu-4gb"].prices["fra1"] == 24.0
+    assert set(catalog.locations) == {"nyc3", "ams3", "fra1", "sgp1"}
+    assert "debian-12-x64" in catalog.images
+
+
+def test_a_damaged_refreshed_catalog_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "catalogs").mkdir()
+    (tmp_path / "catalogs" / "local.json").write_text("{not json")
+    with pytest.raises(EngineError, match="damaged"):
+        load_catalog("local", tmp_path)
