@@ -1,0 +1,203 @@
+"""Images for the local provider, built on first use and rebuilt when their recipe changes.
+
+    base    Debian 12: `debian:bookworm-slim` where a registry answers; otherwise a minimal
+            root file system bootstrapped from the Debian mirror with debootstrap (no registry
+            needed) and imported. The bootstrap is cached as a tarball in the user's cache.
+    golden  FROM base: cloud-init, sshd, curl, python3, sudo, Docker (engine/local/golden/).
+
+Every image is tagged with a hash of its recipe (the files of its build context and its
+parent's tag), so a changed recipe gives a new tag and an unchanged one is never rebuilt.
+Other images (the agent's) are built with the same `build_image`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+
+Say = Callable[[str], None]
+
+SUITE = "bookworm"
+BASE_REPOSITORY = "fleet-engine/debian"
+GOLDEN_REPOSITORY = "fleet-engine/golden"
+GOLDEN_CONTEXT = Path(__file__).resolve().parent / "golden"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+BOOTSTRAP_RECIPE = f"debootstrap --variant=minbase {SUITE} v1"
+
+
+def cache_dir() -> Path:
+    """Where built artefacts are kept between runs: $XDG_CACHE_HOME/fleet-engine."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "fleet-engine"
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialise builders across processes (two test runs building the same tarball)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine uses ($ENGINE_DEBIAN_MIRROR overrides)."""
+    configured = os.environ.get("ENGINE_DEBIAN_MIRROR")
+    if configured:
+        return configured
+    for source in (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")):
+        if source.is_file():
+            match = re.search(r"(?:URIs:|deb)\s+(\S+/debian)\b", source.read_text())
+            if match:
+                return match.group(1)
+    return DEFAULT_MIRROR
+
+
+def _sources_list(mirror: str) -> str:
+    security = mirror.rsplit("/debian", 1)[0] + "/debian-security"
+    return (
+        f"deb {mirror} {SUITE} main\n"
+        f"deb {mirror} {SUITE}-updates main\n"
+        f"deb {security} {SUITE}-security main\n"
+    )
+
+
+def bootstrap_tarball(say: Say) -> Path:
+    """A tarball of a minimal Debian root file system, made once with debootstrap and cached."""
+    mirror = debian_mirror()
+    key = hashlib.sha256(f"{BOOTSTRAP_RECIPE} {mirror}".encode()).hexdigest()[:12]
+    target = cache_dir() / f"rootfs-{SUITE}-minbase-{key}.tar"
+    with _file_lock(target.with_suffix(".lock")):
+        if target.is_file():
+            return target
+        debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+        if not Path(debootstrap).exists():
+            raise EngineError(
+                "no registry answers and debootstrap is not installed, so the local provider "
+                "cannot make its Debian base image; install it (apt-get install debootstrap) "
+                "or make a registry reachable"
+            )
+        say(f"bootstrapping a Debian {SUITE} base from {mirror} (once; about 30 s)")
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix="rootfs-") as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            result = subprocess.run(
+                [debootstrap, "--variant=minbase", SUITE, str(rootfs), mirror],
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode != 0:
+                tail = (result.stdout + result.stderr)[-1500:]
+                raise EngineError(f"debootstrap failed (exit {result.returncode}):\n{tail}")
+            (rootfs / "etc/apt/sources.list").write_text(_sources_list(mirror))
+            for leftover in (rootfs / "var/cache/apt/archives").glob("*.deb"):
+                leftover.unlink()
+            partial = target.with_suffix(".partial")
+            subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
+            partial.replace(target)
+        return target
+
+
+def _has_image(client: Any, tag: str) -> bool:
+    import docker
+
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def ensure_base_image(client: Any, say: Say) -> str:
+    """The tag of the Debian 12 base image in `client`'s engine, making it if needed."""
+    import docker
+
+    mirror = debian_mirror()
+    key = hashlib.sha256(f"{BOOTSTRAP_RECIPE} {mirror}".encode()).hexdigest()[:12]
+    tag = f"{BASE_REPOSITORY}:{SUITE}-{key}"
+    if _has_image(client, tag):
+        return tag
+    try:
+        image = client.images.pull("debian", f"{SUITE}-slim")
+        image.tag(BASE_REPOSITORY, f"{SUITE}-{key}")
+        say(f"using debian:{SUITE}-slim from the registry as the base image")
+        return tag
+    except docker.errors.APIError:
+        pass  # no registry here: bootstrap from the Debian mirror instead
+    tarball = bootstrap_tarball(say)
+    say(f"importing the base image {tag}")
+    client.api.import_image_from_file(
+        str(tarball), repository=BASE_REPOSITORY, tag=f"{SUITE}-{key}"
+    )
+    return tag
+
+
+def context_hash(context: Path, *extra: str) -> str:
+    """A hash of every file in a build context (names, modes, contents) and `extra` strings."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in context.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(context)).encode())
+        digest.update(oct(path.stat().st_mode & 0o777).encode())
+        digest.update(path.read_bytes())
+    for item in extra:
+        digest.update(item.encode())
+    return digest.hexdigest()[:12]
+
+
+def _context_tar(context: Path) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(context, arcname=".")
+    buffer.seek(0)
+    return buffer
+
+
+def build_image(
+    client: Any, repository: str, context: Path, say: Say, *, buildargs: dict[str, str]
+) -> str:
+    """Build `context` as `repository:<recipe hash>` unless that tag exists; return the tag."""
+    tag = f"{repository}:{context_hash(context, *sorted(f'{k}={v}' for k, v in buildargs.items()))}"
+    if _has_image(client, tag):
+        return tag
+    say(f"building {tag} (once per recipe)")
+    lines: list[str] = []
+    for chunk in client.api.build(
+        fileobj=_context_tar(context),
+        custom_context=True,
+        tag=tag,
+        buildargs=buildargs,
+        rm=True,
+        forcerm=True,
+        decode=True,
+    ):
+        if "stream" in chunk:
+            text = chunk["stream"].rstrip()
+            if text:
+                lines.append(text)
+                if text.startswith("Step "):
+                    say(f"  {text}")
+        if "error" in chunk:
+            tail = "\n".join(lines[-15:])
+            raise EngineError(f"building {repository} failed: {chunk['error'].strip()}\n{tail}")
+    return tag
+
+
+def ensure_golden_image(client: Any, say: Say) -> str:
+    """The tag of the golden image for local servers, building base and golden as needed."""
+    base = ensure_base_image(client, say)
+    return build_image(client, GOLDEN_REPOSITORY, GOLDEN_CONTEXT, say, buildargs={"BASE": base})

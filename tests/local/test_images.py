@@ -1,0 +1,59 @@
+"""The local provider's images: built from the Debian mirror, cached by recipe, and bootable."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from engine.local.images import GOLDEN_CONTEXT, context_hash, ensure_golden_image
+from engine.local.machines import MachineSpec, create_machine, write_seed
+
+
+def test_golden_image_is_cached_by_recipe(docker_client: Any, golden_image: str) -> None:
+    messages: list[str] = []
+    assert ensure_golden_image(docker_client, say=messages.append) == golden_image
+    assert messages == []  # nothing rebuilt
+    assert golden_image.endswith(":" + golden_image.rsplit(":", 1)[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "golden"
+        subprocess.run(["cp", "-a", str(GOLDEN_CONTEXT), str(copy)], check=True)
+        same = context_hash(copy)
+        (copy / "boot.sh").write_text((copy / "boot.sh").read_text() + "\n# changed\n")
+        assert context_hash(copy) != same
+
+
+def test_a_golden_container_boots_with_cloud_init_and_serves_ssh(
+    docker_client: Any, golden_image: str, tmp_path: Path
+) -> None:
+    seed = tmp_path / "seed"
+    write_seed(
+        seed,
+        instance_id="i-test-1",
+        hostname="boot-1",
+        user_data="#cloud-config\nruncmd:\n  - [sh, -c, 'echo booted > /run/booted']\n",
+    )
+    container = create_machine(
+        docker_client,
+        MachineSpec(name="boot-1", hostname="boot-1", image=golden_image, seed_dir=seed),
+    )
+    try:
+        result = container.exec_run(["cloud-init", "status", "--wait", "--long"])
+        assert b"status: done" in result.output, result.output.decode()
+        assert container.exec_run(["cat", "/run/booted"]).output == b"booted\n"
+        keys = container.exec_run(["sh", "-c", "ls /etc/ssh/ssh_host_*_key.pub"]).output.split()
+        assert len(keys) == 3
+        data = json.loads(container.exec_run(["cloud-init", "query", "--all"]).output)
+        assert data["v1"]["instance_id"] == "i-test-1"
+        container.reload()
+        address = container.attrs["NetworkSettings"]["IPAddress"]
+        with socket.create_connection((address, 22), timeout=10) as conn:
+            assert conn.recv(8) == b"SSH-2.0-"
+        docker_service = container.exec_run(["/etc/init.d/docker", "status"])
+        assert docker_service.exit_code == 0, docker_service.output.decode()
+    finally:
+        container.remove(force=True, v=True)
+        docker_client.volumes.get("boot-1-docker").remove()
