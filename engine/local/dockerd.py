@@ -198,3 +198,8 @@ class PrivateDaemon:
                 self.process.kill()
                 self.process.wait()
         subprocess.run(["ip", "link", "delete", self.bridge], check=False, capture_output=True)
+        # dockerd bind-mounts its data root; after an unclean end the mount can outlive it.
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        for target in sorted((m.split()[1] for m in mounts), reverse=True):
+            if target.startswith(f"{self.root}/"):
+                subprocess.run(["umount", "-l", target], check=False, capture_output=True)
