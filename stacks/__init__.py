@@ -1,10 +1,12 @@
 """Pulumi programs: the cloud resources of one fleet on Hetzner Cloud or DigitalOcean.
 
 The engine runs them through the Automation API (engine/pulumi_runner.py) with an inline
-program, `fleet_program(inputs)`. Everything they need arrives in `StackInputs`: the Fleet,
-the placed servers from `expand_fleet`, each server's pinned user_data, the SSH keys and the
-addresses the engine connects from. Nothing else is read, so the same inputs always declare
-the same resources with the same inputs.
+program, `fleet_program(inputs, token=...)`. Everything they need arrives in `StackInputs`:
+the Fleet, the placed servers from `expand_fleet`, each server's pinned user_data, the SSH
+keys and the addresses the engine connects from; the API token comes separately and goes to
+the provider as a secret (encrypted in Pulumi's state, never in a command line or a file in
+clear). Nothing else is read, so the same inputs always declare the same resources with the
+same inputs.
 
     stacks/common.py        names, ownership labels and tags, firewall rules, address plans
     stacks/hcloud.py        Hetzner Cloud (pulumi_hcloud)
@@ -28,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from engine.catalog import Catalog
 from engine.errors import EngineError
@@ -60,8 +63,6 @@ class StackInputs:
 def check_inputs(inputs: StackInputs) -> None:
     """Refuse inputs a program cannot declare from, before any resource is declared."""
     provider = inputs.fleet.provider.name
-    if provider not in (ProviderName.HCLOUD, ProviderName.DIGITALOCEAN):
-        raise EngineError(f"the {provider} provider has no Pulumi program; stacks/ is for clouds")
     if inputs.catalog.provider != provider:
         raise EngineError(f"a {inputs.catalog.provider} catalog was given for a {provider} fleet")
     names = [s.name for s in inputs.servers]
@@ -86,8 +87,8 @@ def check_inputs(inputs: StackInputs) -> None:
             raise EngineError(f"{source!r} is not an address range in CIDR form") from None
 
 
-def fleet_program(inputs: StackInputs) -> Callable[[], None]:
-    """The inline Pulumi program for `inputs` (what the Automation API runs).
+def fleet_program(inputs: StackInputs, *, token: str) -> Callable[[], None]:
+    """The inline Pulumi program for `inputs` (what the Automation API runs for preview/up).
 
     It checks the inputs, declares the provider's resources and exports `servers`.
     Provider modules are imported only here, inside a Pulumi run.
@@ -96,19 +97,40 @@ def fleet_program(inputs: StackInputs) -> Callable[[], None]:
     def program() -> None:
         import pulumi
 
-        servers = declare_fleet(inputs)
+        servers = declare_fleet(inputs, token=token)
         pulumi.export(SERVERS_OUTPUT, servers)
 
     return program
 
 
-def declare_fleet(inputs: StackInputs) -> dict[str, dict[str, object]]:
+def provider_program(fleet: Fleet, *, token: str) -> Callable[[], None]:
+    """A program that declares only the fleet's provider, for `destroy`: Pulumi runs it to
+    learn the provider's current settings (a rotated token), then deletes what the state has.
+    """
+
+    def program() -> None:
+        _provider_module(fleet.provider.name).provider(fleet, token)
+
+    return program
+
+
+def declare_fleet(inputs: StackInputs, *, token: str) -> dict[str, dict[str, object]]:
     """Declare the fleet's resources in the running Pulumi program; the server outputs."""
+    module = _provider_module(inputs.fleet.provider.name)
     check_inputs(inputs)
-    if inputs.fleet.provider.name is ProviderName.HCLOUD:
+    result: dict[str, dict[str, object]] = module.declare(
+        inputs, module.provider(inputs.fleet, token)
+    )
+    return result
+
+
+def _provider_module(name: ProviderName) -> Any:
+    if name is ProviderName.HCLOUD:
         from stacks import hcloud
 
-        return hcloud.declare(inputs)
-    from stacks import digitalocean
+        return hcloud
+    if name is ProviderName.DIGITALOCEAN:
+        from stacks import digitalocean
 
-    return digitalocean.declare(inputs)
+        return digitalocean
+    raise EngineError(f"the {name} provider has no Pulumi program; stacks/ is for clouds")

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import pulumi
 
 from engine.errors import EngineError
-from engine.model import FirewallRule, Image, ImageKind, LbProtocol, LoadBalancer, Server
+from engine.model import FirewallRule, Fleet, Image, ImageKind, LbProtocol, LoadBalancer, Server
 from stacks import StackInputs
 from stacks.common import (
     WORLD,
@@ -64,14 +64,16 @@ ALL_OUTBOUND = [
 ]
 
 
-def declare(inputs: StackInputs) -> dict[str, dict[str, object]]:
+def provider(fleet: Fleet, token: str) -> do.Provider:
+    """The fleet's DigitalOcean provider: its token (a secret) and API endpoint."""
+    return do.Provider(
+        "digitalocean", token=pulumi.Output.secret(token), api_endpoint=fleet.provider.endpoint
+    )
+
+
+def declare(inputs: StackInputs, provider: do.Provider) -> dict[str, dict[str, object]]:
     """Declare the fleet on DigitalOcean; returns the server outputs by name."""
     fleet = inputs.fleet
-    provider = do.Provider(
-        "digitalocean",
-        token=pulumi.Config("digitalocean").get_secret("token"),
-        api_endpoint=fleet.provider.endpoint,
-    )
     top = pulumi.ResourceOptions(provider=provider)
     groups = servers_by_group(inputs.servers)
     for server in inputs.servers:

@@ -19,7 +19,15 @@ import pulumi
 import pulumi_hcloud as hcloud
 
 from engine.errors import EngineError
-from engine.model import LABEL_FLEET, FirewallRule, Image, ImageKind, LbProtocol, LoadBalancer
+from engine.model import (
+    LABEL_FLEET,
+    FirewallRule,
+    Fleet,
+    Image,
+    ImageKind,
+    LbProtocol,
+    LoadBalancer,
+)
 from stacks import StackInputs
 from stacks.common import (
     carve,
@@ -45,14 +53,16 @@ Networks = dict[str, hcloud.Network]
 Subnets = dict[tuple[str, str], hcloud.NetworkSubnet]
 
 
-def declare(inputs: StackInputs) -> dict[str, dict[str, object]]:
+def provider(fleet: Fleet, token: str) -> hcloud.Provider:
+    """The fleet's Hetzner Cloud provider: its token (a secret) and API endpoint."""
+    return hcloud.Provider(
+        "hcloud", token=pulumi.Output.secret(token), endpoint=fleet.provider.endpoint
+    )
+
+
+def declare(inputs: StackInputs, provider: hcloud.Provider) -> dict[str, dict[str, object]]:
     """Declare the fleet on Hetzner Cloud; returns the server outputs by name."""
     fleet = inputs.fleet
-    provider = hcloud.Provider(
-        "hcloud",
-        token=pulumi.Config("hcloud").get_secret("token"),
-        endpoint=fleet.provider.endpoint,
-    )
     top = pulumi.ResourceOptions(provider=provider)
     zone_of = {name: location.network_zone for name, location in inputs.catalog.locations.items()}
     groups = servers_by_group(inputs.servers)

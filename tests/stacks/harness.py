@@ -71,6 +71,7 @@ class Declared:
     ignore_changes: tuple[str, ...]
     depends_on: tuple[str, ...]
     id: str
+    secrets: frozenset[str]
 
 
 @dataclass(slots=True)
@@ -129,6 +130,14 @@ class _Monitor(mocks.MockMonitor):
                     ignore_changes=tuple(request.ignoreChanges),
                     depends_on=tuple(request.dependencies),
                     id=response.id,
+                    secrets=frozenset(
+                        name
+                        for name, value in request.object.fields.items()
+                        if value.HasField("struct_value")
+                        and rpc._special_sig_key in value.struct_value.fields
+                        and value.struct_value.fields[rpc._special_sig_key].string_value
+                        == rpc._special_secret_sig
+                    ),
                 )
             )
         return response
@@ -154,12 +163,14 @@ def run_program(
         if program is not None:
             program()
             return None
-        return pulumi.Output.from_input(declare_fleet(inputs)).apply(run.outputs.update)
+        servers = declare_fleet(inputs, token=TOKEN)
+        return pulumi.Output.from_input(servers).apply(run.outputs.update)
 
     declare()
     return run
 
 
+TOKEN = "test-api-token-0123456789abcdef"
 ENGINE_SOURCES = ("198.51.100.7/32", "2001:db8:7::/64")
 
 

@@ -13,6 +13,7 @@ from stacks.common import ssh_fingerprint, tags
 from stacks.group import COMPONENT_TYPE
 from tests.stacks.harness import (
     ENGINE_SOURCES,
+    TOKEN,
     Declared,
     Run,
     fleet_from,
@@ -363,3 +364,10 @@ NO_EXTRAS: dict[str, Any] = {"load_balancers": [], "dns": []}
 def test_what_digitalocean_cannot_do_is_refused(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(EngineError, match=message):
         run_program(stack_inputs(fleet_from(SPEC, **changes)), ANSWERS)
+
+
+def test_the_api_token_reaches_the_provider_as_a_secret(run: Run) -> None:
+    provider = run.of_type(PROVIDER)["digitalocean"]
+    assert provider.secrets == {"token"}
+    assert TOKEN in repr(provider.inputs["token"])
+    assert not [r.name for r in run.resources if r.type != PROVIDER and TOKEN in repr(r.inputs)]

@@ -13,6 +13,7 @@ from stacks.common import ssh_fingerprint
 from stacks.group import COMPONENT_TYPE
 from tests.stacks.harness import (
     ENGINE_SOURCES,
+    TOKEN,
     Run,
     fleet_from,
     is_world,
@@ -374,7 +375,14 @@ def test_bad_inputs_are_refused_before_anything_is_declared(
 
 
 def test_the_inline_program_declares_the_same_fleet(inputs: StackInputs, run: Run) -> None:
-    through_program = run_program(inputs, ANSWERS, program=fleet_program(inputs))
+    through_program = run_program(inputs, ANSWERS, program=fleet_program(inputs, token=TOKEN))
     assert {(r.type, r.name) for r in through_program.resources} == {
         (r.type, r.name) for r in run.resources
     }
+
+
+def test_the_api_token_reaches_the_provider_as_a_secret(run: Run) -> None:
+    provider = run.of_type(PROVIDER)["hcloud"]
+    assert provider.secrets == {"token"}
+    assert TOKEN in repr(provider.inputs["token"])
+    assert not [r.name for r in run.resources if r.type != PROVIDER and TOKEN in repr(r.inputs)]
