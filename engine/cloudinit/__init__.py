@@ -163,7 +163,8 @@ def render_user_data(
         document["packages"] = list(packages)
     document["write_files"] = files
     document["runcmd"] = [["python3", SCRIPT_PATH, "--background"]]
-    body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
+    # No folding: a key line stays one line however long (a 4096-bit RSA key is 740 bytes).
+    body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1 << 16, allow_unicode=True)
     return (
         f"{HEADER}\n"
         f"# {fleet}/{server}, rendered once by fleet-engine and kept: changing it would replace\n"
