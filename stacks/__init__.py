@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.catalog import Catalog
+from engine.cloudinit import lint_user_data
 from engine.errors import EngineError
 from engine.model import Fleet, ProviderName, Server
 
@@ -61,7 +62,8 @@ class StackInputs:
 
 
 def check_inputs(inputs: StackInputs) -> None:
-    """Refuse inputs a program cannot declare from, before any resource is declared."""
+    """Refuse inputs a program cannot declare from, before any resource is declared: every
+    server's user_data is linted here too, so nothing unlinted ever reaches a provider."""
     provider = inputs.fleet.provider.name
     if inputs.catalog.provider != provider:
         raise EngineError(f"a {inputs.catalog.provider} catalog was given for a {provider} fleet")
@@ -73,6 +75,8 @@ def check_inputs(inputs: StackInputs) -> None:
             "user_data must be given for exactly the fleet's servers "
             f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'})"
         )
+    for name in names:
+        lint_user_data(inputs.user_data[name], server=name)
     if not inputs.ssh_public_keys:
         raise EngineError("no SSH public key: the engine's deploy key at least is needed")
     if not inputs.engine_sources:

@@ -62,11 +62,20 @@ def phone_home_script() -> str:
     return _SCRIPT_SOURCE.read_text(encoding="utf-8")
 
 
-class _Dumper(yaml.SafeDumper):
+# libyaml's emitter and parser when PyYAML has them: the same text, 15-30 times faster.
+try:
+    from yaml import CSafeDumper as _SafeDumper
+    from yaml import CSafeLoader as _SafeLoader
+except ImportError:
+    from yaml import SafeDumper as _SafeDumper  # type: ignore[assignment]
+    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+
+
+class _Dumper(_SafeDumper):
     """Block style, and multi-line strings (the script) as readable literal blocks."""
 
 
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+def _represent_str(dumper: _Dumper, value: str) -> yaml.ScalarNode:
     style = "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
@@ -236,7 +245,7 @@ def lint_user_data(text: str, *, server: str = "") -> None:
             "(32 KiB). Remove authorized keys or packages, or bake them into a golden image"
         )
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,21 @@ def body(**overrides: Any) -> dict[str, Any]:
     }
     value.update(overrides)
     return value
+
+
+def test_the_program_runs_on_python_3_7_and_imports_only_the_standard_library() -> None:
+    """Servers run what their image has: Debian 10 and Ubuntu 20.04 have Python 3.7/3.8."""
+    source = Path(phone_home.__file__).read_text()
+    tree = ast.parse(source, feature_version=(3, 7))
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (
+            node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
+        )
+    }
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
 
 
 def test_the_schema_accepts_a_phone_home_body() -> None:

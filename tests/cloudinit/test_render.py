@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from engine import cloudinit
 from engine.cloudinit import (
     CONFIG_PATH,
     SCRIPT_PATH,
@@ -88,6 +89,18 @@ def test_rendering_is_deterministic_and_only_the_token_differs_between_tokens() 
     one, two = render(token="first-token-aaaa"), render(token="other-token-bbbb")
     changed = [(a, b) for a, b in zip(one.splitlines(), two.splitlines(), strict=True) if a != b]
     assert changed == [("  content: first-token-aaaa", "  content: other-token-bbbb")]
+
+
+def test_the_text_does_not_depend_on_libyaml_being_installed() -> None:
+    class PurePython(yaml.SafeDumper):
+        pass
+
+    PurePython.add_representer(str, cloudinit._represent_str)
+    text = render(packages=("jq",), ssh_port=2222, authorized_keys=(OPS_KEY, RSA4096_KEY))
+    _, body = text.split("\nhostname:", 1)
+    document = yaml.safe_load(text)
+    pure = yaml.dump(document, Dumper=PurePython, sort_keys=False, width=1 << 16)
+    assert "hostname:" + body == pure
 
 
 def test_packages_and_a_custom_ssh_port_are_rendered() -> None:

@@ -364,6 +364,15 @@ def test_a_server_without_any_address_is_refused() -> None:
         ({"engine_sources": ()}, "no engine address"),
         ({"engine_sources": ("10.0.0.1/8",)}, "'10.0.0.1/8' is not an address range"),
         ({"ssh_public_keys": ()}, "no SSH public key"),
+        (
+            {
+                "user_data": {
+                    n: "\ufeff#cloud-config\n"
+                    for n in ("web-1", "web-2", "web-3", "worker-1", "worker-2")
+                }
+            },
+            "user_data for web-1 starts with a byte order mark",
+        ),
     ],
 )
 def test_bad_inputs_are_refused_before_anything_is_declared(
