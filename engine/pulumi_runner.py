@@ -144,20 +144,25 @@ def preview(
     inputs: StackInputs, *, token: str, state_dir: Path, on_progress: Progress | None = None
 ) -> RunResult:
     """What `up` would change, per resource (nothing is changed)."""
-    events = StepLog("preview", on_progress)
-    program = fleet_program(inputs, token=token)
-    with _stack(inputs.fleet, program, token, state_dir, events) as stack:
-        stack.preview(on_event=events, color="never")
-    return events.result()
+    return _run("preview", inputs, token, state_dir, on_progress)
 
 
 def up(
     inputs: StackInputs, *, token: str, state_dir: Path, on_progress: Progress | None = None
 ) -> RunResult:
     """Create and update the fleet's resources to match `inputs`; the servers' outputs."""
-    events = StepLog("up", on_progress)
+    return _run("up", inputs, token, state_dir, on_progress)
+
+
+def _run(
+    action: str, inputs: StackInputs, token: str, state_dir: Path, on_progress: Progress | None
+) -> RunResult:
+    events = StepLog(action, on_progress)
     program = fleet_program(inputs, token=token)
     with _stack(inputs.fleet, program, token, state_dir, events) as stack:
+        if action == "preview":
+            stack.preview(on_event=events, color="never")
+            return events.result()
         outcome = stack.up(on_event=events, color="never")
     servers = outcome.outputs.get(SERVERS_OUTPUT)
     return events.result(server_outputs(servers.value if servers else {}))

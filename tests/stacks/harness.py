@@ -21,7 +21,7 @@ from pulumi.runtime import mocks, rpc
 
 from engine.catalog import load_catalog
 from engine.cloudinit import phone_home_url, render_user_data
-from engine.model import Fleet
+from engine.model import Fleet, Server
 from engine.placement import expand_fleet
 from engine.spec import parse_spec
 from stacks import StackInputs, declare_fleet
@@ -208,6 +208,10 @@ def stack_inputs(fleet: Fleet) -> StackInputs:
         engine_sources=ENGINE_SOURCES,
         catalog=catalog,
     )
+
+
+def servers_by_name(inputs: StackInputs) -> dict[str, Server]:
+    return {s.name: s for s in inputs.servers}
 
 
 def token_of(server: str) -> str:

@@ -7,19 +7,17 @@ from typing import Any
 import pytest
 
 from engine.errors import EngineError
-from engine.model import Server
-from stacks import StackInputs, check_inputs, fleet_program
+from stacks import StackInputs, check_inputs
 from stacks.common import ssh_fingerprint
 from stacks.group import COMPONENT_TYPE
 from tests.stacks.harness import (
     ENGINE_SOURCES,
-    TOKEN,
     Run,
     fleet_from,
     is_world,
     run_program,
+    servers_by_name,
     stack_inputs,
-    token_of,
 )
 
 SPEC = "specs/hetzner.yaml"
@@ -46,34 +44,12 @@ def no_keys(_: dict[str, Any]) -> dict[str, Any]:
 ANSWERS = {GET_SSH_KEYS: no_keys}
 
 
-@pytest.fixture(scope="module")
-def inputs() -> StackInputs:
-    return stack_inputs(fleet_from(SPEC))
-
-
-@pytest.fixture(scope="module")
-def run(inputs: StackInputs) -> Run:
-    return run_program(inputs, ANSWERS)
-
-
-def by_name(inputs: StackInputs) -> dict[str, Server]:
-    return {s.name: s for s in inputs.servers}
-
-
-def test_the_servers_are_exactly_the_expanded_fleet(inputs: StackInputs, run: Run) -> None:
-    assert set(run.of_type(SERVER)) == {s.name for s in inputs.servers}
-    assert set(run.outputs) == {s.name for s in inputs.servers}
-    for name, declared in run.of_type(SERVER).items():
-        assert run.outputs[name]["id"] == declared.id
-        assert run.outputs[name]["ipv4"].startswith("95.217.0.")
-
-
 def test_each_server_gets_its_type_location_image_labels_and_choices(
     inputs: StackInputs, run: Run
 ) -> None:
     networks = {r.id: r.inputs["name"] for r in run.of_type(NETWORK).values()}
     placements = {r.id: r.inputs["name"] for r in run.of_type(PLACEMENT).values()}
-    for name, server in by_name(inputs).items():
+    for name, server in servers_by_name(inputs).items():
         got = run.of_type(SERVER)[name].inputs
         assert got["name"] == name
         assert got["serverType"] == server.server_type
@@ -105,26 +81,6 @@ def test_each_server_gets_its_type_location_image_labels_and_choices(
     }
 
 
-def test_each_server_gets_its_own_user_data_with_only_its_own_token(
-    inputs: StackInputs, run: Run
-) -> None:
-    for name, declared in run.of_type(SERVER).items():
-        user_data = declared.inputs["userData"]
-        assert user_data == inputs.user_data[name]
-        assert token_of(name) in user_data
-        others = [token_of(s.name) for s in inputs.servers if s.name != name]
-        assert not [token for token in others if token in user_data]
-
-
-def test_user_data_image_and_keys_are_fixed_at_creation(run: Run) -> None:
-    components = run.of_type(COMPONENT_TYPE)
-    assert set(components) == {"web", "worker"}
-    for name, declared in run.of_type(SERVER).items():
-        assert {"userData", "image", "sshKeys"} <= set(declared.ignore_changes), name
-        assert declared.parent == components[name.rsplit("-", 1)[0]].urn
-        assert declared.provider.startswith(run.of_type(PROVIDER)["hcloud"].urn)
-
-
 def world_open(run: Run, server: Any) -> set[tuple[str, str | None]]:
     rules = [
         rule
@@ -139,7 +95,7 @@ def test_no_port_is_open_to_the_world_unless_the_spec_opens_it(
     inputs: StackInputs, run: Run
 ) -> None:
     fleet = inputs.fleet
-    for name, server in by_name(inputs).items():
+    for name, server in servers_by_name(inputs).items():
         declared = run.of_type(SERVER)[name]
         opened = {
             (str(rule.protocol), rule.port)
@@ -324,29 +280,6 @@ def test_keys_already_in_the_project_are_referenced_not_uploaded(inputs: StackIn
         assert server.inputs["sshKeys"] == ["77", keys["web-prod-key-2cf7e06f"].id]
 
 
-def test_the_provider_endpoint_is_settable() -> None:
-    fleet = fleet_from(
-        SPEC,
-        provider={
-            "name": "hcloud",
-            "token_env": "HCLOUD_TOKEN",
-            "endpoint": "http://127.0.0.1:9/v1",
-        },
-    )
-    run = run_program(stack_inputs(fleet), ANSWERS)
-    assert run.of_type(PROVIDER)["hcloud"].inputs["endpoint"] == "http://127.0.0.1:9/v1"
-
-
-def test_two_runs_over_the_same_inputs_declare_identical_inputs(inputs: StackInputs) -> None:
-    def declared(run: Run) -> list[tuple[Any, ...]]:
-        return sorted(
-            (r.urn, r.parent, repr(r.inputs), r.ignore_changes, tuple(sorted(r.depends_on)))
-            for r in run.resources
-        )
-
-    assert declared(run_program(inputs, ANSWERS)) == declared(run_program(inputs, ANSWERS))
-
-
 def test_a_server_without_any_address_is_refused() -> None:
     fleet = fleet_from(
         SPEC,
@@ -381,17 +314,3 @@ def test_bad_inputs_are_refused_before_anything_is_declared(
     bad = StackInputs(**{**{f: getattr(inputs, f) for f in StackInputs.__slots__}, **change})
     with pytest.raises(EngineError, match=message):
         check_inputs(bad)
-
-
-def test_the_inline_program_declares_the_same_fleet(inputs: StackInputs, run: Run) -> None:
-    through_program = run_program(inputs, ANSWERS, program=fleet_program(inputs, token=TOKEN))
-    assert {(r.type, r.name) for r in through_program.resources} == {
-        (r.type, r.name) for r in run.resources
-    }
-
-
-def test_the_api_token_reaches_the_provider_as_a_secret(run: Run) -> None:
-    provider = run.of_type(PROVIDER)["hcloud"]
-    assert provider.secrets == {"token"}
-    assert TOKEN in repr(provider.inputs["token"])
-    assert not [r.name for r in run.resources if r.type != PROVIDER and TOKEN in repr(r.inputs)]
