@@ -181,7 +181,7 @@ def destroy(
     program = provider_program(fleet, token=token)
     try:
         with _stack(fleet, program, token, state_dir, events, create=False) as stack:
-            stack.destroy(on_event=events, color="never", run_program=True, program=program)
+            stack.destroy(on_event=events, color="never", run_program=True)
     except StackNotFoundError:
         return RunResult(action="destroy", resources=(), counts=())
     return events.result()

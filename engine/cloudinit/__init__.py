@@ -2,9 +2,11 @@
 
 `render_user_data` is pure: from explicit inputs it builds one `#cloud-config` document that
 creates the admin user (keys only, passwordless sudo), installs the packages the image lacks,
-and writes and starts the phone-home program (engine/cloudinit/phone_home.py) with its settings
-and the server's one-time token in root-only files. `lint_user_data` refuses what would make
-cloud-init ignore or a provider reject the document, before any API call.
+and writes the phone-home program (engine/cloudinit/phone_home.py) with its settings and the
+server's one-time token in root-only files, and a per-boot script that starts it once
+cloud-init has done its work, on the first boot and after any reboot until it has succeeded.
+`lint_user_data` refuses what would make cloud-init ignore or a provider reject the document,
+before any API call.
 
 The replacement guard: both clouds replace a server whose user_data changes, so a server's
 user_data is rendered once, stored and reused (`pin_user_data`) and the Pulumi programs ignore
@@ -30,6 +32,8 @@ USER_DATA_LIMIT = 32 * 1024  # Hetzner's limit; DigitalOcean allows 64 KiB
 HEADER = "#cloud-config"
 PHONE_HOME_PATH = "/v1/phone-home"
 SCRIPT_PATH = "/usr/local/sbin/fleet-phone-home"
+# cloud-init runs the scripts here on every boot, the first one included.
+PER_BOOT_PATH = "/var/lib/cloud/scripts/per-boot/fleet-phone-home"
 CONFIG_PATH = "/etc/fleet/phone-home.json"
 TOKEN_PATH = "/etc/fleet/phone-home.token"  # noqa: S105 (a path, not a secret)
 LOG_PATH = "/var/log/fleet-phone-home.log"
@@ -141,6 +145,14 @@ def render_user_data(
             "content": phone_home_script(),
         },
     ]
+    files.append(
+        {
+            "path": PER_BOOT_PATH,
+            "owner": "root:root",
+            "permissions": "0700",
+            "content": f"#!/bin/sh\nexec python3 {SCRIPT_PATH} --background\n",
+        }
+    )
     if ssh_port != 22:
         # Written in cloud-init's first stage, before sshd starts.
         files.append(
@@ -171,7 +183,6 @@ def render_user_data(
         document["package_update"] = True
         document["packages"] = list(packages)
     document["write_files"] = files
-    document["runcmd"] = [["python3", SCRIPT_PATH, "--background"]]
     # No folding: a key line stays one line however long (a 4096-bit RSA key is 740 bytes).
     body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1 << 16, allow_unicode=True)
     return (

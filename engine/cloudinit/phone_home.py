@@ -5,14 +5,16 @@ Shipped to every server by the user_data that engine/cloudinit renders (the engi
 it itself). Python 3.7+ standard library only: cloud-init is Python, so wherever the user_data
 runs, python3 is there; curl, jq or a shell's JSON quoting are not needed.
 
-cloud-init's runcmd starts it with --background: it detaches (cloud-final.service has
-KillMode=process, so it outlives that unit), waits until cloud-init has finished, then POSTs
-the phone-home body (schemas/phone-home.v1.schema.json) with the one-time token in an
-`Authorization: Bearer` header, retrying with capped exponential backoff until the control
-plane answers 2xx. A 4xx other than 429 is final. The token file is deleted when done. Progress
-goes to /var/log/fleet-phone-home.log, which never holds the token.
+cloud-init starts it with --background on every boot (a per-boot script) for as long as the
+token file exists, so a reboot before the control plane answered resumes it. It detaches
+(cloud-final.service has KillMode=process, so it outlives that unit), waits until this boot's
+cloud-init has finished, then POSTs the phone-home body (schemas/phone-home.v1.schema.json)
+with the one-time token in an `Authorization: Bearer` header, retrying with capped exponential
+backoff until the control plane answers 2xx. A 4xx other than 429 is final. The token file is
+deleted when done. Progress goes to /var/log/fleet-phone-home.log, which never holds the token.
 
-Exit codes: 0 accepted, 1 refused by the control plane, 2 gave up (deadline), 3 bad setup.
+Exit codes: 0 accepted (or nothing to do), 1 refused by the control plane, 2 gave up
+(deadline), 3 bad setup.
 """
 
 from __future__ import annotations
@@ -216,11 +218,18 @@ def backoff(attempt: int, retry_after: float | None) -> float:
     return delay * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not a secret)
 
 
+def is_boot_finished() -> bool:
+    """Whether cloud-init has finished this boot (boot-finished newer than the kernel's boot)."""
+    try:
+        return Path(BOOT_FINISHED).stat().st_mtime >= kernel_boot_time()
+    except (OSError, ValueError):
+        return False
+
+
 def wait_for_cloud_init(deadline: float, log: Log) -> None:
-    finished = Path(BOOT_FINISHED)
-    while not finished.exists() and time.monotonic() < deadline:
+    while not is_boot_finished() and time.monotonic() < deadline:
         time.sleep(1)
-    if not finished.exists():
+    if not is_boot_finished():
         log("cloud-init has not finished; phoning home anyway")
 
 
@@ -265,9 +274,12 @@ def detach() -> None:
 
 
 def main(argv: list[str]) -> int:
+    log = Log(LOG)
+    if not Path(TOKEN).exists():
+        log("no token: this server has phoned home already (or was refused); nothing to do")
+        return 0
     if "--background" in argv:
         detach()
-    log = Log(LOG)
     try:
         config = json.loads(Path(CONFIG).read_text())
         token = Path(TOKEN).read_text().strip()

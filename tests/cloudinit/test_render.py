@@ -11,6 +11,7 @@ import yaml
 from engine import cloudinit
 from engine.cloudinit import (
     CONFIG_PATH,
+    PER_BOOT_PATH,
     SCRIPT_PATH,
     SSHD_DROP_IN,
     TOKEN_PATH,
@@ -71,7 +72,13 @@ def test_the_document_creates_the_admin_user_and_starts_the_phone_home() -> None
     assert files[TOKEN_PATH]["content"] == "tok.web-1.c2VjcmV0"
     assert files[TOKEN_PATH]["permissions"] == files[CONFIG_PATH]["permissions"] == "0600"
     assert files[SCRIPT_PATH]["content"].startswith("#!/usr/bin/python3\n")
-    assert doc["runcmd"] == [["python3", SCRIPT_PATH, "--background"]]
+    assert files[PER_BOOT_PATH] == {
+        "path": PER_BOOT_PATH,
+        "owner": "root:root",
+        "permissions": "0700",
+        "content": f"#!/bin/sh\nexec python3 {SCRIPT_PATH} --background\n",
+    }
+    assert "runcmd" not in doc and "bootcmd" not in doc
     assert SSHD_DROP_IN not in files
     assert "packages" not in doc and "package_update" not in doc
 
