@@ -211,9 +211,12 @@ def _check_inputs(
         )
     if not authorized_keys:
         raise UserDataError("no SSH public key for the admin user; nobody could log in")
-    for key in authorized_keys:
+    for number, key in enumerate(authorized_keys, start=1):
         if not _KEY_LINE.fullmatch(key):
-            raise UserDataError(f"{key[:40]!r}... is not one line of an OpenSSH public key file")
+            # Not echoed: what was pasted here may be a private key.
+            raise UserDataError(
+                f"authorized key {number} is not one line of an OpenSSH public key file"
+            )
     for package in packages:
         if not _PACKAGE.fullmatch(package):
             raise UserDataError(f"{package!r} is not a Debian/Ubuntu package name")
