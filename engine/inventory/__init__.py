@@ -85,6 +85,18 @@ READERS: dict[ProviderName, str] = {
 }
 
 
+def require_reader(provider: ProviderName) -> str:
+    """The module of `provider`'s reader, or an EngineError saying there is none yet."""
+    module_name = READERS.get(provider)
+    if module_name is None:
+        raise EngineError(
+            f"this engine has no inventory reader for the {provider} provider yet, "
+            "so it cannot read what exists; compare against a git ref instead "
+            "(engine preview SPEC --against-ref REF)"
+        )
+    return module_name
+
+
 def inventory_reader(
     fleet: Fleet, *, token: str, policy: RetryPolicy | None = None
 ) -> InventoryReader:
@@ -92,13 +104,6 @@ def inventory_reader(
 
     `policy` sets retries, timeouts and the sleep/clock used for back-off (tests inject them).
     """
-    module_name = READERS.get(fleet.provider.name)
-    if module_name is None:
-        raise EngineError(
-            f"this engine has no inventory reader for the {fleet.provider.name} provider yet, "
-            "so it cannot read what exists; compare against a git ref instead "
-            "(engine preview SPEC --against-ref REF)"
-        )
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(require_reader(fleet.provider.name))
     reader: InventoryReader = module.open_reader(fleet, token, policy or RetryPolicy())
     return reader
