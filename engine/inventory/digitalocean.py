@@ -33,7 +33,7 @@ from pydo import Client
 
 from engine.errors import ProviderError
 from engine.inventory import ActualServer, engine_name
-from engine.inventory.retry import ApiCalls, RetryPolicy, TransientError, send
+from engine.inventory.retry import ApiCalls, RetryPolicy, TransientError, read_pages, send
 from engine.model import (
     LABEL_FLEET,
     LABEL_MANAGED_BY,
@@ -91,6 +91,7 @@ class DigitalOceanApi:
             connection_timeout=policy.timeout_s,
             read_timeout=policy.timeout_s,
         )
+        self._workers = policy.workers
         # azure-core refuses to send a bearer token over http; a plain-http endpoint is a
         # local API double, never the real API.
         self._insecure: dict[str, Any] = (
@@ -98,15 +99,31 @@ class DigitalOceanApi:
         )
 
     def list_all(self, call: Callable[..., Any], key: str, **query: Any) -> list[dict[str, Any]]:
-        """Every item of a paged list call, PAGE_SIZE per page."""
-        items: list[dict[str, Any]] = []
-        page = 1
-        while True:
-            body = call(per_page=PAGE_SIZE, page=page, **query, **self._insecure)
-            items.extend(body.get(key, []))
-            if not body.get("links", {}).get("pages", {}).get("next"):
-                return items
-            page += 1
+        """Every item of a paged list call, PAGE_SIZE per page, pages read in parallel.
+
+        The page count comes from `meta.total`; an answer without it is followed page by
+        page along `links.pages.next`.
+        """
+
+        def body(page: int) -> dict[str, Any]:
+            answer: dict[str, Any] = call(per_page=PAGE_SIZE, page=page, **query, **self._insecure)
+            return answer
+
+        first = body(1)
+        total = first.get("meta", {}).get("total")
+        if total is None:
+            items, answer, page = list(first.get(key, [])), first, 1
+            while answer.get("links", {}).get("pages", {}).get("next"):
+                page += 1
+                answer = body(page)
+                items.extend(answer.get(key, []))
+            return items
+
+        def fetch(page: int) -> tuple[list[dict[str, Any]], int]:
+            answer = first if page == 1 else body(page)
+            return answer.get(key, []), max(1, -(-int(total) // PAGE_SIZE))
+
+        return read_pages(fetch, workers=self._workers)
 
 
 def _error_body(error: HttpResponseError) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from hcloud import APIException, Client
 
 from engine.errors import ProviderError
 from engine.inventory import ActualServer, engine_name
-from engine.inventory.retry import ApiCalls, RetryPolicy, TransientError, send
+from engine.inventory.retry import ApiCalls, RetryPolicy, TransientError, read_pages, send
 from engine.model import (
     LABEL_FLEET,
     LABEL_MANAGED_BY,
@@ -134,15 +134,18 @@ class HcloudReader:
     provider = ProviderName.HCLOUD
     list_lag_s = 0.0
 
-    def __init__(self, fleet: Fleet, client: Client, calls: ApiCalls) -> None:
+    def __init__(self, fleet: Fleet, client: Client, calls: ApiCalls, workers: int) -> None:
         self.fleet = fleet
         self.client = client
         self.calls = calls
+        self.workers = workers
 
     def read_servers(self) -> tuple[ActualServer, ...]:
         selector = f"{LABEL_FLEET}={self.fleet.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
         with provider_errors(self.fleet.provider.token_env):
-            servers = self.client.servers.get_all(label_selector=selector)
+            servers = read_pages(
+                lambda page: self._page(page, label_selector=selector), workers=self.workers
+            )
             firewall_ids = {f.firewall.id for s in servers for f in _firewalls(s)}
             network_ids = {n.network.id for s in servers for n in s.private_net or ()}
             firewalls = self._names(self.client.firewalls.get_all) if firewall_ids else {}
@@ -154,10 +157,8 @@ class HcloudReader:
         if not wanted:
             return ()
         with provider_errors(self.fleet.provider.token_env):
-            first, meta = self.client.servers.get_list(page=1, per_page=PAGE_SIZE)
+            first, last = self._page(1)
             found = [s for s in first if s.name in wanted]
-            pagination = meta.pagination if meta else None
-            last = pagination.last_page if pagination and pagination.last_page else 1
             missing = wanted - {s.name for s in first}
             if last > 1 and missing:
                 if len(missing) < last - 1:
@@ -165,9 +166,15 @@ class HcloudReader:
                         found += self.client.servers.get_list(name=name)[0]
                 else:
                     for page in range(2, last + 1):
-                        rest = self.client.servers.get_list(page=page, per_page=PAGE_SIZE)[0]
-                        found += [s for s in rest if s.name in wanted]
+                        found += [s for s in self._page(page)[0] if s.name in wanted]
         return tuple(self._actual(s, {}, {}) for s in found if not self._is_owned(s))
+
+    def _page(self, page: int, label_selector: str | None = None) -> tuple[list[Any], int]:
+        servers, meta = self.client.servers.get_list(
+            page=page, per_page=PAGE_SIZE, label_selector=label_selector
+        )
+        pagination = meta.pagination if meta else None
+        return servers, (pagination.last_page or 1) if pagination else 1
 
     def _is_owned(self, server: Any) -> bool:
         labels = server.labels or {}
@@ -214,4 +221,5 @@ class HcloudReader:
 def open_reader(fleet: Fleet, token: str, policy: RetryPolicy) -> HcloudReader:
     """The hcloud reader for `fleet` (endpoint from the spec's provider.endpoint, if set)."""
     calls = ApiCalls()
-    return HcloudReader(fleet, hcloud_client(token, fleet.provider.endpoint, policy, calls), calls)
+    client = hcloud_client(token, fleet.provider.endpoint, policy, calls)
+    return HcloudReader(fleet, client, calls, policy.workers)

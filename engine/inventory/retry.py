@@ -21,9 +21,11 @@ azure-core pipeline policy for pydo), so every HTTP request the SDK makes goes t
 from __future__ import annotations
 
 import email.utils
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -52,6 +54,7 @@ class RetryPolicy:
     backoff_cap_s: float = 30.0
     longest_wait_s: float = 120.0
     timeout_s: float = 30.0
+    workers: int = 4
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.time
 
@@ -62,13 +65,17 @@ class RetryPolicy:
 
 @dataclass(slots=True)
 class ApiCalls:
-    """What a reader's requests cost: requests per path, retries and time spent waiting."""
+    """What a reader's requests cost: requests per path, retries and time spent waiting.
+
+    Pages are read by several threads at once; `lock` guards every update.
+    """
 
     requests: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     waited_s: float = 0.0
     rate_limit_remaining: int | None = None
     not_before: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def total(self) -> int:
@@ -126,10 +133,12 @@ def send(
     """
     for n in range(policy.attempts):
         hold = calls.not_before - policy.clock()
+        with calls.lock:
+            calls.requests[path] += 1
+            if hold > 0:
+                calls.waited_s += hold
         if hold > 0:
             policy.sleep(hold)
-            calls.waited_s += hold
-        calls.requests[path] += 1
         last = n == policy.attempts - 1
         try:
             status, headers, response = attempt()
@@ -140,7 +149,8 @@ def send(
         else:
             remaining = _number(headers, "RateLimit-Remaining")
             if remaining is not None:
-                calls.rate_limit_remaining = int(remaining)
+                with calls.lock:
+                    calls.rate_limit_remaining = int(remaining)
             if status == 429:
                 asked = retry_after_s(headers, policy.clock())
                 wait = policy.backoff(n) if asked is None else asked
@@ -156,11 +166,29 @@ def send(
                 wait = policy.backoff(n)
             else:
                 now = policy.clock()
-                calls.not_before = now + pace_s(headers, now)
+                with calls.lock:
+                    calls.not_before = now + pace_s(headers, now)
                 return response
             if last:
                 return response
-        calls.retries += 1
-        calls.waited_s += wait
+        with calls.lock:
+            calls.retries += 1
+            calls.waited_s += wait
         policy.sleep(wait)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def read_pages(fetch: Callable[[int], tuple[list[T], int]], *, workers: int) -> list[T]:
+    """Every item of a paged list: page 1 first (it tells the number of pages), then the
+    others `workers` at a time, items kept in page order.
+
+    Same number of requests as reading one page after the other, a fraction of the wait:
+    10,000 Hetzner servers are 200 pages, 30 s or more one by one at real API latency.
+    """
+    items, last = fetch(1)
+    if last <= 1:
+        return items
+    with ThreadPoolExecutor(max_workers=min(workers, last - 1)) as pool:
+        for page, _ in pool.map(fetch, range(2, last + 1)):
+            items.extend(page)
+    return items

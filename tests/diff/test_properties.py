@@ -107,7 +107,7 @@ def drifted(draw: st.DrawFn, fleet: Fleet) -> tuple[list[ActualServer], list[Ser
     servers, records = built(fleet)
     catalog = load_catalog(str(fleet.provider.name))
     types = PROVIDERS[str(fleet.provider.name)]["types"]
-    for _ in range(draw(st.integers(0, 4))):
+    for step in range(draw(st.integers(0, 4))):
         kind = draw(st.sampled_from(["lose", "forget", "orphan", "label", "type", "duplicate"]))
         if kind == "orphan":
             name = f"web-{draw(st.integers(6, 9))}"
@@ -139,7 +139,7 @@ def drifted(draw: st.DrawFn, fleet: Fleet) -> tuple[list[ActualServer], list[Ser
                 victim, server_type=new, disk_gb=max(disk, victim.disk_gb)
             )
         else:
-            servers.append(dataclasses.replace(victim, provider_id=f"{victim.provider_id}-dup"))
+            servers.append(dataclasses.replace(victim, provider_id=f"dup-{step}"))
     return servers, records
 
 

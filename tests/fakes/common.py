@@ -2,7 +2,8 @@
 
 A test queues faults (`fake.faults.append(Fault(status=429, retry_after=7))`); each request
 takes the next one. `Fault(delay_s=2)` answers normally but only after two seconds, which a
-client with a shorter read timeout sees as a timeout.
+client with a shorter read timeout sees as a timeout. `latency_s` delays every answer like a
+distant API does, and `most_in_flight` tells how many requests overlapped.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class FakeApi:
     token: str = ""
     requests: list[Recorded] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    latency_s: float = 0.0
+    in_flight: int = 0
+    most_in_flight: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
 
     def count(self, path: str) -> int:
@@ -55,6 +59,11 @@ class FakeApi:
     async def admit(self, request: Request) -> JSONResponse | None:
         """Record the request; answer it here if it is unauthorised or a fault is queued."""
         self.requests.append(Recorded(request.method, request.url.path, dict(request.query_params)))
+        if self.latency_s:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            await asyncio.sleep(self.latency_s)
+            self.in_flight -= 1
         if request.headers.get("authorization") != f"Bearer {self.token}":
             return self.error(401, "unauthorized", "unable to authenticate")
         if not self.faults:

@@ -53,6 +53,7 @@ class FakeDigitalOcean(FakeApi):
     firewalls: list[dict[str, Any]] = field(default_factory=list)
     vpcs: list[dict[str, Any]] = field(default_factory=list)
     unlisted: set[int] = field(default_factory=set)
+    with_total: bool = True
     rate_limit: int = 5000
     rate_remaining: int = 5000
     rate_reset: int | None = None
@@ -251,9 +252,9 @@ class FakeDigitalOcean(FakeApi):
         if page < last:
             links["next"] = f"{base}{joiner}page={page + 1}"
             links["last"] = f"{base}{joiner}page={last}"
+        meta = {"total": len(items)} if self.with_total else {}
         return JSONResponse(
-            {key: chunk, "links": {"pages": links}, "meta": {"total": len(items)}},
-            headers=self.rate_headers(),
+            {key: chunk, "links": {"pages": links}, "meta": meta}, headers=self.rate_headers()
         )
 
     def app(self) -> Starlette:

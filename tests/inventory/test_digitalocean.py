@@ -63,6 +63,27 @@ def test_a_thousand_droplets_cost_five_list_calls(fake: FakeDigitalOcean, url: s
         assert request.query["per_page"] == "200"
 
 
+def test_pages_are_read_in_parallel_in_page_order(fake: FakeDigitalOcean, url: str) -> None:
+    for n in range(1, 1001):
+        fake.add_droplet(f"api-{n}", tags=_tags(f"api-{n}"))
+    fake.latency_s = 0.05
+    servers = _reader(fake, url).read_servers()
+    assert [s.name for s in servers] == [f"api-{n}" for n in range(1, 1001)]
+    assert fake.most_in_flight > 1
+    assert fake.count("/v2/droplets") == 5
+
+
+def test_an_answer_without_a_total_is_followed_page_by_page(
+    fake: FakeDigitalOcean, url: str
+) -> None:
+    for n in range(1, 451):
+        fake.add_droplet(f"api-{n}", tags=_tags(f"api-{n}"))
+    fake.with_total = False
+    assert len(_reader(fake, url).read_servers()) == 450
+    pages = [r.query["page"] for r in fake.requests if r.path == "/v2/droplets"]
+    assert pages == ["1", "2", "3"]
+
+
 def test_a_droplet_is_read_completely(fake: FakeDigitalOcean, url: str) -> None:
     fake.add_vpc("api-prod-vpc", "fra1")
     one = fake.add_droplet(

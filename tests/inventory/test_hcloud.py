@@ -62,6 +62,16 @@ def test_a_thousand_owned_servers_cost_exactly_twenty_list_calls(
         assert request.query["per_page"] == "50"
 
 
+def test_pages_are_read_in_parallel_in_page_order(fake: FakeHcloud, url: str) -> None:
+    for n in range(1, 301):
+        fake.add_server(f"web-{n}", labels=_owned(f"web-{n}"))
+    fake.latency_s = 0.05
+    servers = _reader(fake, url).read_servers()
+    assert [s.name for s in servers] == [f"web-{n}" for n in range(1, 301)]
+    assert fake.most_in_flight > 1
+    assert len(fake.requests) == 6
+
+
 def test_a_server_is_read_completely(fake: FakeHcloud, url: str) -> None:
     fake.add_firewall("web-prod-web")
     fake.add_network("web-prod-private")
