@@ -18,10 +18,13 @@ retries, so tests can inject the clock.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 from hcloud import APIException, Client
@@ -38,6 +41,8 @@ from engine.model import (
     ImageKind,
     ProviderName,
 )
+
+T = TypeVar("T")
 
 DEFAULT_ENDPOINT = "https://api.hetzner.cloud/v1"
 PAGE_SIZE = 50
@@ -109,27 +114,61 @@ def provider_errors(token_env: str | None) -> Iterator[None]:
         ) from None
 
 
-def _image(raw: Any) -> Image | None:
+def _image(raw: dict[str, Any] | None) -> Image | None:
     if raw is None:
         return None
-    labels = tuple(sorted((raw.labels or {}).items()))
-    if raw.type == "system" or raw.type == "app":
-        return Image(kind=ImageKind.NAME, name=raw.name or str(raw.id), labels=labels)
-    return Image(kind=ImageKind.SNAPSHOT, name=str(raw.id), labels=labels)
+    labels = tuple(sorted((raw.get("labels") or {}).items()))
+    if raw.get("type") in ("system", "app"):
+        return Image(kind=ImageKind.NAME, name=raw.get("name") or str(raw["id"]), labels=labels)
+    return Image(kind=ImageKind.SNAPSHOT, name=str(raw["id"]), labels=labels)
 
 
-def _firewalls(server: Any) -> Any:
-    return (server.public_net.firewalls if server.public_net else None) or ()
+def _ids(server: dict[str, Any], list_key: str, id_key: str) -> tuple[int, ...]:
+    """Firewall ids (public_net.firewalls) or network ids (private_net) of a server."""
+    holder = server.get("public_net") or {} if list_key == "firewalls" else server
+    return tuple(item[id_key] for item in holder.get(list_key) or ())
 
 
-def _created(raw: Any) -> dt.datetime | None:
-    if isinstance(raw, dt.datetime):
-        return raw
-    return dt.datetime.fromisoformat(raw) if raw else None
+class _Listed:
+    """A server as listed, its firewalls and networks still ids (names come later)."""
+
+    __slots__ = ("firewall_ids", "network_ids", "server")
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.firewall_ids = _ids(raw, "firewalls", "id")
+        self.network_ids = _ids(raw, "private_net", "network")
+        self.server = _actual(raw)
+
+
+def _actual(raw: dict[str, Any]) -> ActualServer:
+    labels = tuple(sorted((raw.get("labels") or {}).items()))
+    public = raw.get("public_net") or {}
+    kind = raw.get("server_type") or {}
+    created = raw.get("created")
+    return ActualServer(
+        name=engine_name(labels, raw["name"]),
+        provider_id=str(raw["id"]),
+        labels=labels,
+        server_type=kind.get("name", ""),
+        image=_image(raw.get("image")),
+        location=(raw.get("location") or {}).get("name", ""),
+        status=raw.get("status", ""),
+        ipv4=(public.get("ipv4") or {}).get("ip"),
+        ipv6=(public.get("ipv6") or {}).get("ip"),
+        private_ips=tuple(n["ip"] for n in raw.get("private_net") or ()),
+        disk_gb=int(raw.get("primary_disk_size") or kind.get("disk") or 0),
+        backups=raw.get("backup_window") is not None,
+        placement_group=(raw.get("placement_group") or {}).get("name"),
+        created=dt.datetime.fromisoformat(created) if created else None,
+    )
 
 
 class HcloudReader:
-    """Reads one fleet's servers from one Hetzner Cloud project."""
+    """Reads one fleet's servers from one Hetzner Cloud project.
+
+    Servers are read as the documented JSON through the SDK's `Client.request`: the SDK's
+    domain objects cost about 0.2 ms per server to build (2 s for 10,000), the JSON a tenth.
+    """
 
     provider = ProviderName.HCLOUD
     list_lag_s = 0.0
@@ -143,78 +182,63 @@ class HcloudReader:
     def read_servers(self) -> tuple[ActualServer, ...]:
         selector = f"{LABEL_FLEET}={self.fleet.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
         with provider_errors(self.fleet.provider.token_env):
-            servers = read_pages(
-                lambda page: self._page(page, label_selector=selector), workers=self.workers
+            listed = read_pages(
+                lambda page: self._page("servers", page, _Listed, label_selector=selector),
+                workers=self.workers,
             )
-            firewall_ids = {f.firewall.id for s in servers for f in _firewalls(s)}
-            network_ids = {n.network.id for s in servers for n in s.private_net or ()}
-            firewalls = self._names(self.client.firewalls.get_all) if firewall_ids else {}
-            networks = self._names(self.client.networks.get_all) if network_ids else {}
-        return tuple(self._actual(s, firewalls, networks) for s in servers)
+            firewalls = self._names("firewalls") if any(s.firewall_ids for s in listed) else {}
+            networks = self._names("networks") if any(s.network_ids for s in listed) else {}
+        return tuple(
+            dataclasses.replace(
+                s.server,
+                firewalls=tuple(sorted(firewalls.get(i, str(i)) for i in s.firewall_ids)),
+                networks=tuple(sorted(networks.get(i, str(i)) for i in s.network_ids)),
+            )
+            if s.firewall_ids or s.network_ids
+            else s.server
+            for s in listed
+        )
 
     def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
         wanted = set(names)
         if not wanted:
             return ()
         with provider_errors(self.fleet.provider.token_env):
-            first, last = self._page(1)
+            first, last = self._page("servers", 1, _actual)
             found = [s for s in first if s.name in wanted]
             missing = wanted - {s.name for s in first}
             if last > 1 and missing:
                 if len(missing) < last - 1:
-                    for name in sorted(missing):
-                        found += self.client.servers.get_list(name=name)[0]
+                    asks = [functools.partial(self._page, "servers", 1, _actual, name=name)
+                            for name in sorted(missing)]  # fmt: skip
                 else:
-                    for page in range(2, last + 1):
-                        found += [s for s in self._page(page)[0] if s.name in wanted]
-        return tuple(self._actual(s, {}, {}) for s in found if not self._is_owned(s))
+                    asks = [functools.partial(self._page, "servers", page, _actual)
+                            for page in range(2, last + 1)]  # fmt: skip
+                with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                    for servers, _ in pool.map(lambda ask: ask(), asks):
+                        found += servers
+        return tuple(s for s in found if s.name in wanted and not self._is_owned(s))
 
-    def _page(self, page: int, label_selector: str | None = None) -> tuple[list[Any], int]:
-        servers, meta = self.client.servers.get_list(
-            page=page, per_page=PAGE_SIZE, label_selector=label_selector
+    def _page(
+        self, kind: str, page: int, build: Callable[[dict[str, Any]], T], **query: str
+    ) -> tuple[list[T], int]:
+        body = self.client.request(
+            "GET", f"/{kind}", params={"page": page, "per_page": PAGE_SIZE, **query}
         )
-        pagination = meta.pagination if meta else None
-        return servers, (pagination.last_page or 1) if pagination else 1
+        pagination = (body.get("meta") or {}).get("pagination") or {}
+        return [build(item) for item in body.get(kind, [])], pagination.get("last_page") or 1
 
-    def _is_owned(self, server: Any) -> bool:
-        labels = server.labels or {}
-        return bool(
+    def _names(self, kind: str) -> dict[int, str]:
+        pages = read_pages(
+            lambda page: self._page(kind, page, lambda item: item), workers=self.workers
+        )
+        return {item["id"]: item["name"] for item in pages}
+
+    def _is_owned(self, server: ActualServer) -> bool:
+        labels = dict(server.labels)
+        return (
             labels.get(LABEL_FLEET) == self.fleet.name
             and labels.get(LABEL_MANAGED_BY) == MANAGED_BY
-        )
-
-    @staticmethod
-    def _names(get_all: Callable[[], list[Any]]) -> dict[int, str]:
-        return {item.id: item.name for item in get_all()}
-
-    def _actual(
-        self, server: Any, firewalls: dict[int, str], networks: dict[int, str]
-    ) -> ActualServer:
-        labels = tuple(sorted((server.labels or {}).items()))
-        public = server.public_net
-        return ActualServer(
-            name=engine_name(labels, server.name),
-            provider_id=str(server.id),
-            labels=labels,
-            server_type=server.server_type.name,
-            image=_image(server.image),
-            location=server.location.name if server.location else "",
-            status=server.status,
-            ipv4=public.ipv4.ip if public and public.ipv4 else None,
-            ipv6=public.ipv6.ip if public and public.ipv6 else None,
-            private_ips=tuple(n.ip for n in server.private_net or ()),
-            disk_gb=int(server.primary_disk_size or server.server_type.disk or 0),
-            backups=server.backup_window is not None,
-            firewalls=tuple(
-                sorted(firewalls.get(f.firewall.id, str(f.firewall.id)) for f in _firewalls(server))
-            ),
-            networks=tuple(
-                sorted(
-                    networks.get(n.network.id, str(n.network.id)) for n in server.private_net or ()
-                )
-            ),
-            placement_group=server.placement_group.name if server.placement_group else None,
-            created=_created(server.created),
         )
 
 

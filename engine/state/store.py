@@ -19,7 +19,7 @@ import getpass
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -136,6 +136,9 @@ def _use_sqlite_transactions(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable in WAL mode against application crashes; only a power loss can
+        # lose the last commits, which the next run's reconciliation re-reads from the provider.
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}")
         cursor.close()
 
@@ -282,28 +285,38 @@ class Store:
 
         Returns the record as stored, with created_at and updated_at filled in.
         """
-        now = self._now()
-        with self._write() as connection:
-            old = connection.execute(
-                self._server_query(record.fleet, record.name, for_update=True)
-            ).first()
-            created_at = old.created_at if old is not None else (record.created_at or now)
-            stored = replace(record, created_at=created_at, updated_at=now)
-            values = _server_values(stored)
-            if old is None:
-                connection.execute(insert(self._servers).values(values))
-            else:
-                connection.execute(
-                    update(self._servers)
-                    .where(
-                        self._servers.c.fleet == record.fleet,
-                        self._servers.c.name == record.name,
-                    )
-                    .values(values)
-                )
-            if old is None or old.stage != record.stage:
-                self._add_transition(connection, stored.fleet, stored.name, stored.stage, now, "")
+        (stored,) = self.save_servers([record])
         return stored
+
+    def save_servers(self, records: Iterable[ServerRecord]) -> tuple[ServerRecord, ...]:
+        """save_server for many records, in one transaction (all or none are saved)."""
+        now = self._now()
+        saved = []
+        with self._write() as connection:
+            for record in records:
+                old = connection.execute(
+                    self._server_query(record.fleet, record.name, for_update=True)
+                ).first()
+                created_at = old.created_at if old is not None else (record.created_at or now)
+                stored = replace(record, created_at=created_at, updated_at=now)
+                values = _server_values(stored)
+                if old is None:
+                    connection.execute(insert(self._servers).values(values))
+                else:
+                    connection.execute(
+                        update(self._servers)
+                        .where(
+                            self._servers.c.fleet == record.fleet,
+                            self._servers.c.name == record.name,
+                        )
+                        .values(values)
+                    )
+                if old is None or old.stage != record.stage:
+                    self._add_transition(
+                        connection, stored.fleet, stored.name, stored.stage, now, ""
+                    )
+                saved.append(stored)
+        return tuple(saved)
 
     def set_stage(self, fleet: str, name: str, stage: Stage, reason: str = "") -> None:
         """Move a server to `stage` (recording the transition and why)."""

@@ -145,6 +145,7 @@ class FakeHcloud(FakeApi):
     rate_limit: int = 3600
     rate_remaining: int = 3600
     rate_reset: int | None = None
+    _filtered: dict[tuple[Any, ...], list[dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.locations:
@@ -241,9 +242,10 @@ class FakeHcloud(FakeApi):
         ipv4: bool = True,
         ipv6: bool = True,
         status: str = "running",
+        server_id: int | None = None,
     ) -> dict[str, Any]:
         """Add a server as `GET /servers/{id}` would show it (firewalls and networks by name)."""
-        server_id = self.next_id()
+        server_id = server_id or self.next_id()
         kind = self._server_type(server_type)
         octets = (server_id >> 8) & 255, server_id & 255
         server = {
@@ -284,7 +286,7 @@ class FakeHcloud(FakeApi):
                 for n in networks
             ],
             "server_type": kind,
-            "location": self._named(self.locations, location),
+            "location": self._location(location),
             "image": self._server_image(image, snapshot_labels),
             "iso": None,
             "rescue_enabled": False,
@@ -302,6 +304,14 @@ class FakeHcloud(FakeApi):
         }
         self.servers.append(server)
         return server
+
+    def _location(self, name: str) -> dict[str, Any]:
+        """The location from this fake's catalog, else from the engine's shipped one."""
+        known = next((x for x in self.locations if x["name"] == name), None)
+        if known is not None:
+            return known
+        x = load_catalog("hcloud").locations[name]
+        return _location(self.next_id(), name, x.city, x.country, x.network_zone)
 
     def _server_type(self, name: str) -> dict[str, Any]:
         """The type from this fake's catalog, else from the engine's shipped one."""
@@ -366,13 +376,19 @@ class FakeHcloud(FakeApi):
             return refused
         self.rate_remaining = max(0, self.rate_remaining - 1)
         query = request.query_params
-        if "type" in query:
-            wanted = query.getlist("type")
-            items = [i for i in items if i.get("type") in wanted]
-        if "name" in query:
-            items = [i for i in items if i.get("name") == query["name"]]
-        if "label_selector" in query:
-            items = [i for i in items if matches_selector(i["labels"], query["label_selector"])]
+        filters = (key, len(items), tuple(query.getlist("type")), query.get("name"))
+        filters += (query.get("label_selector"),)
+        if filters not in self._filtered:  # a page of 10,000 servers need not filter all again
+            self._filtered.clear()
+            if "type" in query:
+                items = [i for i in items if i.get("type") in query.getlist("type")]
+            if "name" in query:
+                items = [i for i in items if i.get("name") == query["name"]]
+            if "label_selector" in query:
+                selector = query["label_selector"]
+                items = [i for i in items if matches_selector(i["labels"], selector)]
+            self._filtered[filters] = items
+        items = self._filtered[filters]
         chunk, page, per_page, last = pages(items, request, MAX_PER_PAGE, 25)
         return JSONResponse(
             {

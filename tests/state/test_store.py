@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, text
+from sqlalchemy.exc import StatementError
 
 from engine.errors import EngineError
 from engine.model import Stage
@@ -113,6 +114,15 @@ def test_saving_again_keeps_created_at_and_records_stage_changes(
         Stage.CREATING,
         Stage.BOOTING,
     ]
+
+
+def test_many_records_are_saved_in_one_transaction(store: Store) -> None:
+    saved = store.save_servers(_record(name=f"web-{n}") for n in range(1, 201))
+    assert len(saved) == 200 and len(store.servers("web-prod")) == 200
+    naive = dt.datetime(2026, 1, 1)  # refused: the store only takes aware datetimes
+    with pytest.raises(StatementError):  # a bad record in the batch saves none of it
+        store.save_servers([_record(name="web-201"), _record(name="web-202", created_at=naive)])
+    assert store.server("web-prod", "web-201") is None
 
 
 def test_per_step_durations_come_from_transitions(store: Store, clock: Clock) -> None:
