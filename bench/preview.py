@@ -32,6 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.validate import generated_spec  # noqa: E402
 from engine.catalog import Catalog, load_catalog  # noqa: E402
 from engine.diff import as_built, as_recorded  # noqa: E402
 from engine.inventory import ActualServer  # noqa: E402
@@ -41,44 +42,15 @@ from engine.spec import load_spec  # noqa: E402
 from engine.state import ServerRecord  # noqa: E402
 
 GROUPS, PER_GROUP = 20, 500
-LOCATIONS = ["fsn1", "nbg1", "hel1", "ash", "hil"]
 
 
 def bench_spec(endpoint: str | None = None) -> dict[str, Any]:
-    provider: dict[str, Any] = {"name": "hcloud", "token_env": "HCLOUD_TOKEN"}
+    """bench/validate.py's generated spec, with room in its limits and maybe an endpoint."""
+    spec = generated_spec(GROUPS, PER_GROUP)
     if endpoint:
-        provider["endpoint"] = endpoint
-    return {
-        "apiVersion": "fleet/v1",
-        "kind": "Fleet",
-        "name": "bench",
-        "provider": provider,
-        "control_plane": {"url": "https://ops.example.com"},
-        "defaults": {
-            "server_type": "cpx21",
-            "image": "debian-12",
-            "locations": LOCATIONS,
-            "labels": {"team": "bench", "env": "prod"},
-        },
-        "firewalls": [
-            {
-                "name": "web",
-                "inbound": [{"protocol": "tcp", "port": "443", "sources": ["0.0.0.0/0", "::/0"]}],
-            }
-        ],
-        "networks": [{"name": "private", "ip_range": "10.0.0.0/8"}],
-        "groups": [
-            {
-                "name": f"g{n}",
-                "count": PER_GROUP,
-                "firewalls": ["web"],
-                "networks": ["private"],
-                "labels": {"role": f"r{n % 7}", "tier": "app"},
-            }
-            for n in range(GROUPS)
-        ],
-        "limits": {"servers": 20000, "monthly_cost": 200000},
-    }
+        spec["provider"] = {"name": "hcloud", "token_env": "HCLOUD_TOKEN", "endpoint": endpoint}
+    spec["limits"] = {"servers": 20000, "monthly_cost": 200000}
+    return spec
 
 
 def drifted_inventory(

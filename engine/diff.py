@@ -133,10 +133,12 @@ class _Differ:
 
     # --- usage ---------------------------------------------------------------------------
 
-    def _priced(self, name: str, server_type: str, location: str) -> None:
-        if (server_type, location) in self._unpriced:
-            return
-        if monthly_price(self.catalog, server_type, location, backups=False, ipv4=False) is None:
+    def usage(
+        self, name: str, server_type: str, location: str, *, backups: bool, ipv4: bool, disk: float
+    ) -> Usage:
+        """A server's usage; warns once per type and location the catalog cannot price."""
+        price = monthly_price(self.catalog, server_type, location, backups=False, ipv4=False)
+        if price is None and (server_type, location) not in self._unpriced:
             self._unpriced.add((server_type, location))
             known = server_type in self.catalog.server_types
             what = f"a price for {server_type} in {location}" if known else server_type
@@ -145,28 +147,21 @@ class _Differ:
                 f"{'' if known else 'and size '}count as zero: refresh the catalog "
                 f"(engine catalog refresh {self.catalog.provider})"
             )
-
-    def actual_usage(self, server: ActualServer) -> Usage:
-        self._priced(server.name, server.server_type, server.location)
         return server_usage(
-            self.catalog,
-            server.server_type,
-            server.location,
-            backups=server.backups,
-            ipv4=server.ipv4 is not None,
-            disk_gb=server.disk_gb,
+            self.catalog, server_type, location, backups=backups, ipv4=ipv4, disk_gb=disk
         )
 
-    def desired_usage(self, server: Server, kept_disk_gb: float = 0) -> Usage:
-        self._priced(server.name, server.server_type, server.location)
-        return server_usage(
-            self.catalog,
-            server.server_type,
-            server.location,
-            backups=server.backups,
-            ipv4=server.public_ipv4,
-            disk_gb=kept_disk_gb,
-        )
+    def actual_usage(self, s: ActualServer) -> Usage:
+        return self.usage(
+            s.name, s.server_type, s.location, backups=s.backups, ipv4=s.ipv4 is not None,
+            disk=s.disk_gb,
+        )  # fmt: skip
+
+    def desired_usage(self, s: Server, kept_disk_gb: float = 0) -> Usage:
+        return self.usage(
+            s.name, s.server_type, s.location, backups=s.backups, ipv4=s.public_ipv4,
+            disk=kept_disk_gb,
+        )  # fmt: skip
 
     # --- the walk ------------------------------------------------------------------------
 

@@ -33,7 +33,15 @@ from pydo import Client
 
 from engine.errors import ProviderError
 from engine.inventory import ActualServer, engine_name
-from engine.inventory.retry import ApiCalls, RetryPolicy, TransientError, read_pages, send
+from engine.inventory.retry import (
+    ApiCalls,
+    RetryPolicy,
+    TransientError,
+    read_pages,
+    send,
+    timed_out,
+    unreachable,
+)
 from engine.model import (
     LABEL_FLEET,
     LABEL_MANAGED_BY,
@@ -150,14 +158,9 @@ def provider_errors(token_env: str | None) -> Iterator[None]:
             "digitalocean", message, code=code, correlation_id=str(body.get("request_id", ""))
         ) from None
     except ServiceResponseError:
-        raise ProviderError(
-            "digitalocean", "the API did not answer in time, even after retries", code="timeout"
-        ) from None
+        raise timed_out("digitalocean") from None
     except ServiceRequestError as error:
-        reason = str(error).split(": ")[-1][:200]
-        raise ProviderError(
-            "digitalocean", f"cannot reach the API ({reason})", code="unreachable"
-        ) from None
+        raise unreachable("digitalocean", error) from None
 
 
 def tags_to_labels(tags: list[str]) -> Labels:

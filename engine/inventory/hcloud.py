@@ -31,7 +31,15 @@ from hcloud import APIException, Client
 
 from engine.errors import ProviderError
 from engine.inventory import ActualServer, engine_name
-from engine.inventory.retry import ApiCalls, RetryPolicy, TransientError, read_pages, send
+from engine.inventory.retry import (
+    ApiCalls,
+    RetryPolicy,
+    TransientError,
+    read_pages,
+    send,
+    timed_out,
+    unreachable,
+)
 from engine.model import (
     LABEL_FLEET,
     LABEL_MANAGED_BY,
@@ -104,14 +112,9 @@ def provider_errors(token_env: str | None) -> Iterator[None]:
             "hcloud", message, code=str(error.code), correlation_id=error.correlation_id or ""
         ) from None
     except requests.Timeout:
-        raise ProviderError(
-            "hcloud", "the API did not answer in time, even after retries", code="timeout"
-        ) from None
+        raise timed_out("hcloud") from None
     except requests.ConnectionError as error:
-        reason = str(error).split(": ")[-1][:200]
-        raise ProviderError(
-            "hcloud", f"cannot reach the API ({reason})", code="unreachable"
-        ) from None
+        raise unreachable("hcloud", error) from None
 
 
 def _image(raw: dict[str, Any] | None) -> Image | None:

@@ -92,6 +92,19 @@ def _number(headers: Mapping[str, str], name: str) -> float | None:
         return None
 
 
+def timed_out(provider: str) -> ProviderError:
+    """The error for a request that timed out on every attempt."""
+    return ProviderError(
+        provider, "the API did not answer in time, even after retries", code="timeout"
+    )
+
+
+def unreachable(provider: str, error: BaseException) -> ProviderError:
+    """The error for an API that refused or dropped every connection."""
+    reason = str(error).split(": ")[-1][:200]
+    return ProviderError(provider, f"cannot reach the API ({reason})", code="unreachable")
+
+
 def retry_after_s(headers: Mapping[str, str], now: float) -> float | None:
     """Seconds to wait before retrying a 429, from Retry-After or RateLimit-Reset."""
     raw = headers.get("Retry-After")

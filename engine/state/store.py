@@ -21,7 +21,7 @@ import secrets
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -463,7 +463,7 @@ class Store:
         for _ in range(3):
             try:
                 with self._write() as connection:
-                    connection.execute(insert(self._locks).values(_lock_values(held)))
+                    connection.execute(insert(self._locks).values(asdict(held)))
                 return held
             except exc.IntegrityError:
                 pass
@@ -536,72 +536,31 @@ def _is_stale(lock: Lock) -> bool:
 
 
 def _server_values(record: ServerRecord) -> dict[str, Any]:
-    return {
-        "fleet": record.fleet,
-        "name": record.name,
-        "group": record.group,
-        "provider": record.provider,
-        "provider_id": record.provider_id,
-        "location": record.location,
-        "server_type": record.server_type,
-        "image": record.image,
-        "stage": str(record.stage),
-        "stage_reason": record.stage_reason,
-        "ipv4": record.ipv4,
-        "ipv6": record.ipv6,
-        "private_ips": list(record.private_ips),
-        "labels": dict(record.labels),
-        "user_data_hash": record.user_data_hash,
-        "install_hash": record.install_hash,
-        "host_keys": dict(record.host_keys),
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-    }
+    values = {f.name: getattr(record, f.name) for f in fields(record)}
+    values.update(
+        stage=str(record.stage),
+        private_ips=list(record.private_ips),
+        labels=dict(record.labels),
+        host_keys=dict(record.host_keys),
+    )
+    return values
+
+
+def _known(row: Row[Any], record: type[Any]) -> dict[str, Any]:
+    """The row's columns that `record` has: a column added later does not break it."""
+    return {f.name: row._mapping[f.name] for f in fields(record)}
 
 
 def _server_record(row: Row[Any]) -> ServerRecord:
-    return ServerRecord(
-        fleet=row.fleet,
-        name=row.name,
-        group=row.group,
-        provider=row.provider,
-        provider_id=row.provider_id,
-        location=row.location,
-        server_type=row.server_type,
-        image=row.image,
+    values = _known(row, ServerRecord)
+    values.update(
         stage=Stage(row.stage),
-        stage_reason=row.stage_reason,
-        ipv4=row.ipv4,
-        ipv6=row.ipv6,
         private_ips=tuple(row.private_ips),
         labels=tuple(sorted(row.labels.items())),
-        user_data_hash=row.user_data_hash,
-        install_hash=row.install_hash,
         host_keys=tuple(sorted(row.host_keys.items())),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
     )
-
-
-def _lock_values(held: Lock) -> dict[str, Any]:
-    return {
-        "stack": held.stack,
-        "lock_id": held.lock_id,
-        "holder": held.holder,
-        "host": held.host,
-        "pid": held.pid,
-        "command": held.command,
-        "acquired_at": held.acquired_at,
-    }
+    return ServerRecord(**values)
 
 
 def _lock(row: Row[Any]) -> Lock:
-    return Lock(
-        stack=row.stack,
-        lock_id=row.lock_id,
-        holder=row.holder,
-        host=row.host,
-        pid=row.pid,
-        command=row.command,
-        acquired_at=row.acquired_at,
-    )
+    return Lock(**_known(row, Lock))

@@ -39,6 +39,9 @@ class FakeApi:
     requests: list[Recorded] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     latency_s: float = 0.0
+    rate_limit: int = 3600
+    rate_remaining: int = 3600
+    rate_reset: int | None = None
     in_flight: int = 0
     most_in_flight: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
@@ -66,6 +69,7 @@ class FakeApi:
             self.in_flight -= 1
         if request.headers.get("authorization") != f"Bearer {self.token}":
             return self.error(401, "unauthorized", "unable to authenticate")
+        self.rate_remaining = max(0, self.rate_remaining - 1)
         if not self.faults:
             return None
         fault = self.faults.pop(0)

@@ -56,7 +56,6 @@ class FakeDigitalOcean(FakeApi):
     with_total: bool = True
     rate_limit: int = 5000
     rate_remaining: int = 5000
-    rate_reset: int | None = None
 
     def __post_init__(self) -> None:
         if not self.regions:
@@ -237,7 +236,6 @@ class FakeDigitalOcean(FakeApi):
         refused = await self.admit(request)
         if refused is not None:
             return refused
-        self.rate_remaining = max(0, self.rate_remaining - 1)
         query = request.query_params
         if key == "droplets":
             items = [d for d in items if d["id"] not in self.unlisted]

@@ -142,9 +142,6 @@ class FakeHcloud(FakeApi):
     firewalls: list[dict[str, Any]] = field(default_factory=list)
     networks: list[dict[str, Any]] = field(default_factory=list)
     placement_groups: list[dict[str, Any]] = field(default_factory=list)
-    rate_limit: int = 3600
-    rate_remaining: int = 3600
-    rate_reset: int | None = None
     _filtered: dict[tuple[Any, ...], list[dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -374,7 +371,6 @@ class FakeHcloud(FakeApi):
         refused = await self.admit(request)
         if refused is not None:
             return refused
-        self.rate_remaining = max(0, self.rate_remaining - 1)
         query = request.query_params
         filters = (key, len(items), tuple(query.getlist("type")), query.get("name"))
         filters += (query.get("label_selector"),)

@@ -14,15 +14,6 @@ import pytest
 
 from engine.errors import EngineError
 from engine.state.store import StackLockedError, Store, open_store
-from tests.support.postgres import Cluster
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    cluster: Cluster = request.getfixturevalue("postgres")
-    return cluster.create_database()
 
 
 @pytest.fixture

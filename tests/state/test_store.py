@@ -17,16 +17,6 @@ from engine.secrets import register_secret
 from engine.state import ServerRecord, stage_durations
 from engine.state import schema as state_schema
 from engine.state.store import Store, open_store, state_url, store_exists
-from tests.support.postgres import Cluster
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store URL on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'nested' / 'state.db'}"
-    cluster: Cluster = request.getfixturevalue("postgres")
-    return cluster.create_database()
 
 
 class Clock:
