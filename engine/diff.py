@@ -250,7 +250,10 @@ class _Differ:
                         action=Action.REINSTALL,
                         server=server.name,
                         group=server.group,
-                        reasons=("the install settings changed since it was installed",),
+                        reasons=(
+                            f"installed with settings {record.install_hash}, the spec's now "
+                            f"hash to {self.install_hash}",
+                        ),
                         fields=(
                             FieldChange(
                                 field="install",

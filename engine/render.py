@@ -90,6 +90,8 @@ def describe(change: Change) -> str:
     if change.action is Action.DELETE and change.before is not None:
         before = change.before
         return f"{before.server_type} in {before.location} (id {before.provider_id})"
+    if change.action is Action.REINSTALL:
+        return "install settings changed"
     return "; ".join(
         f"{f.field}: {f.before or '(none)'} -> {f.after or '(none)'}" for f in change.fields
     )
