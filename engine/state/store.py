@@ -81,7 +81,14 @@ def open_store(url: str, *, now: Callable[[], dt.datetime] | None = None) -> Sto
     options: dict[str, Any] = {}
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(parsed.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise EngineError(
+                    f"cannot create the state store's folder {folder}: {error.strerror}; "
+                    "choose another with --state-dir or --state"
+                ) from None
         options["connect_args"] = {"timeout": _BUSY_TIMEOUT_S}
     elif backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -100,7 +107,7 @@ def open_store(url: str, *, now: Callable[[], dt.datetime] | None = None) -> Sto
     store = Store(engine, shown, now=now)
     try:
         store.migrate()
-    except exc.OperationalError as error:
+    except exc.DBAPIError as error:
         engine.dispose()
         reason = redact(str(error.orig).strip().splitlines()[0]) if error.orig else "unknown"
         raise EngineError(

@@ -266,6 +266,18 @@ def test_unusable_urls_are_clear_errors(bad: str, message: str) -> None:
         open_store(bad)
 
 
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_text("this is not a database, just text in the way\n" * 50)
+    with pytest.raises(EngineError, match=r"cannot open the state store at sqlite:///.*database"):
+        open_store(f"sqlite:///{tmp_path / 'state.db'}")
+
+
+def test_a_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(EngineError, match="cannot create the state store's folder"):
+        open_store(f"sqlite:///{tmp_path / 'file' / 'state.db'}")
+
+
 def test_an_unreachable_postgresql_names_the_url_without_the_password() -> None:
     import socket
 
