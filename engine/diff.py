@@ -65,7 +65,8 @@ from engine.plan import (
 from engine.quota import check_limits
 from engine.state import ServerRecord
 
-_IN_FLIGHT = frozenset({Stage.FAILED, Stage.DELETING})
+# A create recorded in these stages is not coming: the list lag does not excuse its absence.
+_ABANDONED = frozenset({Stage.FAILED, Stage.DELETING})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,7 +316,7 @@ class _Differ:
 
     def is_lagging(self, record: ServerRecord) -> bool:
         now = self.options.now
-        if not (record.provider_id and record.created_at and now) or record.stage in _IN_FLIGHT:
+        if not (record.provider_id and record.created_at and now) or record.stage in _ABANDONED:
             return False
         return (now - record.created_at).total_seconds() <= self.options.list_lag_s
 
