@@ -64,7 +64,9 @@ def groups(draw: st.DrawFn, provider: str) -> dict[str, Any]:
     }
     if provider == "hcloud":
         group["placement"] = draw(st.sampled_from(["spread", "none"]))
-        group["public_ipv4"] = draw(st.booleans())
+        # A server needs a public address or a network to be reachable (validation says so).
+        reachable = group["public_ipv6"] or group["networks"]
+        group["public_ipv4"] = draw(st.booleans()) if reachable else True
     return group
 
 

@@ -8,6 +8,7 @@ answered from a table the test gives.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 from collections.abc import Callable, Mapping
@@ -179,6 +180,13 @@ def fleet_from(path: str, **changes: Any) -> Fleet:
     data = yaml.safe_load(Path(path).read_text())
     data.update(changes)
     return parse_spec(yaml.safe_dump(data).encode(), file=path)
+
+
+def with_group(fleet: Fleet, **fields: Any) -> Fleet:
+    """`fleet` with its first group changed, bypassing validation (which refuses what these
+    tests feed the programs too: the programs must not rely on every caller validating)."""
+    first = dataclasses.replace(fleet.groups[0], **fields)
+    return dataclasses.replace(fleet, groups=(first, *fleet.groups[1:]))
 
 
 def stack_inputs(fleet: Fleet) -> StackInputs:

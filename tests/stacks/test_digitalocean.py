@@ -20,6 +20,7 @@ from tests.stacks.harness import (
     run_program,
     servers_by_name,
     stack_inputs,
+    with_group,
 )
 
 SPEC = "specs/digitalocean.yaml"
@@ -255,40 +256,41 @@ def test_keys_already_in_the_account_are_used_by_fingerprint(inputs: StackInputs
 NO_EXTRAS: dict[str, Any] = {"load_balancers": [], "dns": []}
 
 
+TWO_NETWORKS = {
+    **NO_EXTRAS,
+    "networks": [
+        {"name": "a", "ip_range": "10.1.0.0/16"},
+        {"name": "b", "ip_range": "10.2.0.0/16"},
+    ],
+    "groups": [{"name": "api", "count": 1, "networks": ["a"]}],
+}
+ONE_GROUP = {**NO_EXTRAS, "groups": [{"name": "api", "count": 1, "networks": ["vpc"]}]}
+
+
 @pytest.mark.parametrize(
-    ("changes", "message"),
+    ("changes", "group", "message"),
     [
         (
-            {
-                **NO_EXTRAS,
-                "networks": [
-                    {"name": "a", "ip_range": "10.1.0.0/16"},
-                    {"name": "b", "ip_range": "10.2.0.0/16"},
-                ],
-                "groups": [{"name": "api", "count": 1, "networks": ["a", "b"]}],
-            },
+            TWO_NETWORKS,
+            {"networks": ("a", "b")},
             "api-1 lists 2 networks; a droplet sits in one VPC",
         ),
+        (ONE_GROUP, {"public_ipv4": False}, "api-1 asks for IPv6 without IPv4"),
         (
-            {
-                **NO_EXTRAS,
-                "groups": [{"name": "api", "count": 1, "public_ipv4": False, "networks": ["vpc"]}],
-            },
-            "api-1 asks for IPv6 without IPv4",
-        ),
-        (
-            {
-                **NO_EXTRAS,
-                "groups": [{"name": "api", "count": 1, "public_ipv4": False, "public_ipv6": False}],
-            },
+            ONE_GROUP,
+            {"public_ipv4": False, "public_ipv6": False, "networks": ()},
             "api-1 would have no public address and no VPC",
         ),
         (
-            {"dns": [], "groups": [{"name": "api", "count": 1, "locations": ["ams3"]}]},
+            {"dns": [], "groups": [{"name": "api", "count": 1}]},
+            {"locations": ("ams3",)},
             "load balancer api runs in fra1, where group api has no droplet",
         ),
     ],
 )
-def test_what_digitalocean_cannot_do_is_refused(changes: dict[str, Any], message: str) -> None:
+def test_what_digitalocean_cannot_do_is_refused(
+    changes: dict[str, Any], group: dict[str, Any], message: str
+) -> None:
+    fleet = with_group(fleet_from(SPEC, **changes), **group)
     with pytest.raises(EngineError, match=message):
-        run_program(stack_inputs(fleet_from(SPEC, **changes)), ANSWERS)
+        run_program(stack_inputs(fleet), ANSWERS)

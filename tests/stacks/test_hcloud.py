@@ -18,6 +18,7 @@ from tests.stacks.harness import (
     run_program,
     servers_by_name,
     stack_inputs,
+    with_group,
 )
 
 SPEC = "specs/hetzner.yaml"
@@ -281,10 +282,11 @@ def test_keys_already_in_the_project_are_referenced_not_uploaded(inputs: StackIn
 
 
 def test_a_server_without_any_address_is_refused() -> None:
-    fleet = fleet_from(
-        SPEC,
-        groups=[{"name": "dark", "count": 1, "public_ipv4": False, "public_ipv6": False}],
-        load_balancers=[],
+    fleet = with_group(
+        fleet_from(SPEC, groups=[{"name": "dark", "count": 1}], load_balancers=[]),
+        public_ipv4=False,
+        public_ipv6=False,
+        networks=(),
     )
     with pytest.raises(EngineError, match="dark-1 would have no public address and no private"):
         run_program(stack_inputs(fleet), ANSWERS)
