@@ -492,7 +492,7 @@ class _Differ:
                 )
             )
             disruptive.append("the server is powered off to change its placement group")
-        if self.provider is not ProviderName.DIGITALOCEAN:
+        if self.provider is ProviderName.HCLOUD:
             for field, want, has in (
                 ("public_ipv4", server.public_ipv4, actual.ipv4 is not None),
                 ("public_ipv6", server.public_ipv6, actual.ipv6 is not None),
@@ -500,9 +500,14 @@ class _Differ:
                 if want != has:
                     fields.append(FieldChange(field=field, before=_yes(has), after=_yes(want)))
                     disruptive.append("the server is powered off to change its public addresses")
-        elif server.public_ipv6 and actual.ipv6 is None:
+        elif (
+            self.provider is ProviderName.DIGITALOCEAN
+            and server.public_ipv6
+            and actual.ipv6 is None
+        ):
             fields.append(FieldChange(field="public_ipv6", before="no", after="yes"))
             reasons.append("IPv6 is turned on")
+        # Local machines have a bridge address only: nothing public to compare.
         if not fields:
             return None
         return Change(

@@ -50,7 +50,9 @@ def plan_preview(
 
 
 def _token(fleet: Fleet, spec: Path) -> str:
-    env = fleet.provider.token_env or ""
+    env = fleet.provider.token_env
+    if env is None:
+        return ""  # the local provider needs no account
     value = os.environ.get(env, "").strip()
     if not value:
         raise EngineError(

@@ -652,7 +652,10 @@ class _Checks:
             self.unsupported(("groups", i, "backups"), "backups")
         placement = group.get("placement")
         count = group.get("count")
-        if placement == Placement.SPREAD and self.provider == ProviderName.DIGITALOCEAN:
+        if placement == Placement.SPREAD and self.provider in (
+            ProviderName.DIGITALOCEAN,
+            ProviderName.LOCAL,
+        ):
             self.unsupported(("groups", i, "placement"), "placement: spread")
         elif (
             placement == Placement.SPREAD

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
+from engine.local.dockerd import PrivateDaemon
 from engine.model import Stage
 from engine.state import ServerRecord
 from engine.state.store import open_store
@@ -156,10 +157,30 @@ def test_a_missing_token_says_what_to_export_and_offers_against_ref(tmp_path: Pa
     assert "Traceback" not in result.stderr
 
 
-def test_the_local_provider_has_no_reader_yet_and_says_so(tmp_path: Path) -> None:
-    result = engine("preview", str(ROOT / "specs" / "demo.yaml"), cwd=tmp_path)
+def test_the_local_provider_without_docker_says_so(tmp_path: Path) -> None:
+    gone = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    result = engine("preview", str(ROOT / "specs" / "demo.yaml"), cwd=tmp_path, env=gone)
     assert result.returncode == 1
-    assert "no inventory reader for the local provider" in result.stderr
+    assert "no Docker engine answers" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_local_provider_reads_its_containers(tmp_path: Path, dockerd: PrivateDaemon) -> None:
+    result = engine(
+        "preview",
+        str(ROOT / "specs" / "demo.yaml"),
+        "--format",
+        "json",
+        cwd=tmp_path,
+        env={"DOCKER_HOST": dockerd.url},
+    )
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert [(c["action"], c["server"]) for c in plan["changes"]] == [
+        ("create", "web-1"),
+        ("create", "web-2"),
+        ("create", "web-3"),
+    ]
 
 
 # --- against a fake provider API ------------------------------------------------------------

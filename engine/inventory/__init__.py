@@ -76,12 +76,11 @@ class InventoryReader(Protocol):
 
 
 # Provider -> module with `open_reader(fleet, token, policy) -> InventoryReader`, imported only
-# when a fleet of that provider is read. The local provider (Docker containers found by
-# label) adds "engine.inventory.local" here when it lands; until then asking for it is an
-# error, not an empty inventory.
+# when a fleet of that provider is read.
 READERS: dict[ProviderName, str] = {
     ProviderName.HCLOUD: "engine.inventory.hcloud",
     ProviderName.DIGITALOCEAN: "engine.inventory.digitalocean",
+    ProviderName.LOCAL: "engine.inventory.local",
 }
 
 

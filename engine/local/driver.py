@@ -66,6 +66,47 @@ def _is_missing(exc: Exception) -> bool:
     return isinstance(exc, docker.errors.NotFound)
 
 
+def _owner_filter(fleet: str) -> dict[str, list[str]]:
+    return {"label": [f"{LABEL_FLEET}={fleet}", f"{LABEL_MANAGED_BY}={MANAGED_BY}"]}
+
+
+def _describe(container: Any, network: str) -> LocalMachine:
+    labels = container.labels
+    networks = container.attrs["NetworkSettings"]["Networks"]
+    return LocalMachine(
+        name=labels.get(LABEL_SERVER, ""),
+        container=container.name,
+        instance_id=labels.get(LABEL_INSTANCE_ID, ""),
+        server_type=_server_type_of(container.attrs["HostConfig"]),
+        image=labels.get(LABEL_IMAGE, ""),
+        status=container.status,
+        ipv4=(networks.get(network) or {}).get("IPAddress") or None,
+        labels=tuple(sorted(labels.items())),
+        created=container.attrs["Created"],
+    )
+
+
+def fleet_machines(client: Any, fleet: str) -> tuple[LocalMachine, ...]:
+    """Every machine of `fleet`, running or not, found by its ownership labels."""
+    found = client.containers.list(all=True, filters=_owner_filter(fleet))
+    return tuple(sorted((_describe(c, f"fleet-{fleet}") for c in found), key=lambda m: m.name))
+
+
+def container_name(fleet: str, server: str) -> str:
+    return f"{fleet}-{server}"
+
+
+def foreign_container(client: Any, fleet: str, server: str) -> str | None:
+    """The id of a container holding `server`'s container name without the fleet's labels."""
+    try:
+        container = client.containers.get(container_name(fleet, server))
+    except Exception as exc:
+        if _is_missing(exc):
+            return None
+        raise
+    return None if container.labels.get(LABEL_FLEET) == fleet else str(container.id)
+
+
 class LocalDriver:
     """Create, list, resize, signal and delete the machines of one fleet."""
 
@@ -76,14 +117,11 @@ class LocalDriver:
         self.network = f"fleet-{fleet}"
 
     def container_name(self, server: str) -> str:
-        return f"{self.fleet}-{server}"
-
-    def _owner_filter(self) -> dict[str, list[str]]:
-        return {"label": [f"{LABEL_FLEET}={self.fleet}", f"{LABEL_MANAGED_BY}={MANAGED_BY}"]}
+        return container_name(self.fleet, server)
 
     def ensure_network(self) -> str:
         """The fleet's bridge network (created on first use); returns its gateway address."""
-        found = self.client.networks.list(names=[self.network], filters=self._owner_filter())
+        found = self.client.networks.list(names=[self.network], filters=_owner_filter(self.fleet))
         network = next((n for n in found if n.name == self.network), None)
         if network is None:
             network = self.client.networks.create(
@@ -100,24 +138,10 @@ class LocalDriver:
 
     def machines(self) -> tuple[LocalMachine, ...]:
         """Every machine of the fleet, running or not, found by its ownership labels."""
-        found = self.client.containers.list(all=True, filters=self._owner_filter())
-        return tuple(sorted((self._describe(c) for c in found), key=lambda m: m.name))
+        return fleet_machines(self.client, self.fleet)
 
     def _describe(self, container: Any) -> LocalMachine:
-        labels = container.labels
-        networks = container.attrs["NetworkSettings"]["Networks"]
-        ipv4 = (networks.get(self.network) or {}).get("IPAddress") or None
-        return LocalMachine(
-            name=labels.get(LABEL_SERVER, ""),
-            container=container.name,
-            instance_id=labels.get(LABEL_INSTANCE_ID, ""),
-            server_type=_server_type_of(container.attrs["HostConfig"]),
-            image=labels.get(LABEL_IMAGE, ""),
-            status=container.status,
-            ipv4=ipv4,
-            labels=tuple(sorted(labels.items())),
-            created=container.attrs["Created"],
-        )
+        return _describe(container, self.network)
 
     def find(self, server: str) -> LocalMachine | None:
         try:
@@ -215,6 +239,6 @@ class LocalDriver:
         """Delete every machine of the fleet, then its network and seed directory."""
         for machine in self.machines():
             self.delete(machine.name)
-        for network in self.client.networks.list(filters=self._owner_filter()):
+        for network in self.client.networks.list(filters=_owner_filter(self.fleet)):
             network.remove()
         shutil.rmtree(self.seeds, ignore_errors=True)
