@@ -76,6 +76,8 @@ def ensure_fleet_key(state_dir: Path, fleet: str) -> bytes:
     Creation is exclusive, so two engines starting at once end up with the same key.
     """
     path = key_path(state_dir, fleet)
+    if path.exists():
+        return read_fleet_key(state_dir, fleet)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_bytes(KEY_BYTES)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")

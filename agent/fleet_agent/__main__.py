@@ -1,7 +1,8 @@
 """fleet-agent [--config PATH]: load the config, make TLS material if missing, serve HTTPS.
 
-Exit codes: 0 after a clean stop (SIGTERM, as `docker stop` sends), 2 for a bad config or
-TLS material (the message says which file and field), 1 when the port cannot be bound.
+On SIGTERM (`docker stop`) it stops cleanly, logs "stopped cleanly" and ends by that signal,
+as uvicorn does. It exits with 2 for a bad config or TLS material (the message says which file
+and field) and with 1 when the port cannot be bound.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from fleet_agent.app import create_app
 
+    port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config, fingerprint=fingerprint),
+            create_app(config, fingerprint=fingerprint, port=port),
             ssl_certfile=str(config.tls_cert),
             ssl_keyfile=str(config.tls_key),
             http="h11",
@@ -72,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
             h11_max_incomplete_event_size=16 * 1024,
         )
     )
-    port = sock.getsockname()[1]
     log.info(
         "%s for %s/%s listening on https://%s:%d (certificate sha256 %s)",
         __version__,

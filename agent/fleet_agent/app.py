@@ -64,37 +64,43 @@ TaskId = Annotated[str, Path(pattern=TASK_ID_PATTERN)]
 StopTimeout = Annotated[int, Query(ge=0, le=600)]
 
 
-class _FollowingResponse(StreamingResponse):
-    """A stream that ends when the client goes away, even while no output is coming.
+class _DockerStreamResponse(StreamingResponse):
+    """Relays a blocking Docker stream (logs) and always closes it when the answer ends.
 
-    Starlette only notices a gone client when a write fails; a quiet `follow` would then keep a
-    thread and a Docker connection forever. Here the disconnect is awaited alongside.
+    The client going away is awaited alongside the stream, since Starlette alone only notices
+    it when a write fails, and a quiet `follow` would then hold a thread and a connection to
+    Docker until the container printed again. Closing the Docker stream (also when relaying
+    never started) unblocks the thread that reads it.
     """
 
+    def __init__(self, stream: Any) -> None:
+        super().__init__(_relay(stream), media_type="text/plain; charset=utf-8")
+        self.stream = stream
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
+        try:
+            async with anyio.create_task_group() as group:
 
-            async def stream() -> None:
-                with contextlib.suppress(OSError):
-                    await self.stream_response(send)
+                async def relay() -> None:
+                    with contextlib.suppress(OSError):
+                        await self.stream_response(send)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(relay)
+                await self.listen_for_disconnect(receive)
                 group.cancel_scope.cancel()
-
-            group.start_soon(stream)
-            await self.listen_for_disconnect(receive)
-            group.cancel_scope.cancel()
+        finally:
+            self.stream.close()
 
 
 async def _relay(stream: Any) -> AsyncIterator[bytes]:
-    """Chunks of a blocking Docker stream, read in a thread; closing the stream on the way out
-    (also on cancellation) unblocks that thread."""
-    try:
-        while True:
-            chunk = await anyio.to_thread.run_sync(next, stream, None, abandon_on_cancel=True)
-            if chunk is None:
-                return
-            yield chunk
-    finally:
-        stream.close()
+    """Chunks of a blocking Docker stream, each read in a worker thread that is abandoned (and
+    then unblocked by closing the stream) if the answer is cancelled."""
+    while True:
+        chunk = await anyio.to_thread.run_sync(next, stream, None, abandon_on_cancel=True)
+        if chunk is None:
+            return
+        yield chunk
 
 
 def _validation_response(_: Request, exc: Exception) -> JSONResponse:
@@ -125,9 +131,10 @@ def _docker_error_response(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"docker: {exc}"}, status_code=502)
 
 
-def create_app(config: AgentConfig, *, fingerprint: str) -> Any:
-    """The ASGI application: FastAPI routes behind the Guard middleware."""
-    gateway = dockerops.DockerGateway(config.docker_url)
+def create_app(config: AgentConfig, *, fingerprint: str, port: int) -> Any:
+    """The ASGI application: FastAPI routes behind the Guard middleware. `port` is the one
+    actually bound (config.port may be 0), reported in heartbeats."""
+    gateway = dockerops.DockerGateway(config.docker_url, timeout_s=config.docker_timeout_s)
     sampler = CpuSampler(config.cpu_window_s)
     tasks = TaskRunner(config.state_dir, config.host_command_prefix)
     started_at = time.time()
@@ -141,6 +148,7 @@ def create_app(config: AgentConfig, *, fingerprint: str) -> Any:
             reporter = Reporter(
                 config,
                 fingerprint=fingerprint,
+                port=port,
                 gateway=gateway,
                 sampler=sampler,
                 started_at=started_at,
@@ -158,6 +166,7 @@ def create_app(config: AgentConfig, *, fingerprint: str) -> Any:
                 await asyncio.to_thread(reporter.stop)
             await tasks.close()
             gateway.close()
+            log.info("stopped cleanly")
 
     app = FastAPI(
         title="fleet-agent",
@@ -217,7 +226,7 @@ def create_app(config: AgentConfig, *, fingerprint: str) -> Any:
     @app.get("/v1/containers/{ref}/logs")
     async def container_logs(
         ref: Ref,
-        tail: Annotated[int | None, Query(ge=0, le=1_000_000)] = 100,
+        tail: Annotated[int, Query(ge=0, le=1_000_000)] = 100,
         since: dt.datetime | None = None,
         follow: bool = False,
         timestamps: bool = False,
@@ -231,8 +240,7 @@ def create_app(config: AgentConfig, *, fingerprint: str) -> Any:
             follow=follow,
             timestamps=timestamps,
         )
-        response = _FollowingResponse if follow else StreamingResponse
-        return response(_relay(stream), media_type="text/plain; charset=utf-8")
+        return _DockerStreamResponse(stream)
 
     @app.get("/v1/containers/{ref}/stats")
     def container_stats(ref: Ref) -> dict[str, Any]:
@@ -296,7 +304,7 @@ def create_app(config: AgentConfig, *, fingerprint: str) -> Any:
     def task_log(
         task_id: TaskId,
         offset: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1024 * 1024)] = 65536,
+        limit: Annotated[int, Query(ge=16, le=1024 * 1024)] = 65536,
     ) -> dict[str, Any]:
         task = tasks.get(task_id)
         if task is None:

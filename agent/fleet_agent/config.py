@@ -57,6 +57,7 @@ class AgentConfig(BaseModel):
     tls_cert: Path = Path("/etc/fleet-agent/tls/cert.pem")
     tls_key: Path = Path("/etc/fleet-agent/tls/key.pem")
     docker_url: str = "unix:///var/run/docker.sock"
+    docker_timeout_s: float = Field(default=60.0, ge=1.0, le=3600.0)
     host_root: Path = Path("/")
     state_dir: Path = Path("/var/lib/fleet-agent")
     host_command_prefix: tuple[str, ...] = NSENTER_HOST

@@ -32,31 +32,33 @@ class AgentError(Exception):
 
 
 class DockerGateway:
-    """One Docker client for the agent's life, made on first use.
+    """The agent's Docker client, made on first use and kept for its life.
 
-    The API version is negotiated ("auto") because servers run engines from 20.10 (API 1.41)
-    upwards. If the engine is down when the agent starts, the client is made on a later call.
+    Calls time out after `timeout_s`; the SDK lifts that for streams (logs, events, pulls),
+    which may be quiet for hours. The API version is negotiated ("auto") because servers run
+    engines from 20.10 (API 1.41) upwards. If the engine is down when the agent starts, the
+    client is made on a later call.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout_s: float) -> None:
         self._url = url
-        self._client: docker.DockerClient | None = None
+        self._timeout_s = timeout_s
+        self._client: docker.APIClient | None = None
         self._lock = threading.Lock()
 
-    def client(self) -> docker.DockerClient:
+    @property
+    def api(self) -> docker.APIClient:
         with self._lock:
             if self._client is None:
                 try:
-                    self._client = docker.DockerClient(base_url=self._url, version="auto")
+                    self._client = docker.APIClient(
+                        base_url=self._url, version="auto", timeout=self._timeout_s
+                    )
                 except docker.errors.DockerException as exc:
                     raise AgentError(
                         503, f"the Docker engine on this server does not answer ({exc})"
                     ) from None
             return self._client
-
-    @property
-    def api(self) -> docker.APIClient:
-        return self.client().api
 
     def close(self) -> None:
         with self._lock:
@@ -241,7 +243,7 @@ def container_logs(
     gateway: DockerGateway,
     ref: str,
     *,
-    tail: int | None,
+    tail: int,
     since: dt.datetime | None,
     follow: bool,
     timestamps: bool,
@@ -255,7 +257,7 @@ def container_logs(
         stdout=True,
         stderr=True,
         timestamps=timestamps,
-        tail="all" if tail is None else tail,
+        tail=tail,
         since=since,
     )
 

@@ -100,6 +100,7 @@ class Reporter:
         config: AgentConfig,
         *,
         fingerprint: str,
+        port: int,
         gateway: DockerGateway,
         sampler: CpuSampler,
         started_at: float,
@@ -107,6 +108,7 @@ class Reporter:
         assert config.control_plane_url and config.heartbeat_token
         self.config = config
         self.fingerprint = fingerprint
+        self.port = port
         self.gateway = gateway
         self.sampler = sampler
         self.started_at = started_at
@@ -165,7 +167,7 @@ class Reporter:
             "agent": {
                 "version": __version__,
                 "started_at": timestamp(self.started_at),
-                "port": self.config.port,
+                "port": self.port,
             },
             "tls_fingerprint": self.fingerprint,
             "metrics": collect_metrics(cpu, self.config.host_root),

@@ -19,8 +19,14 @@ from tests.support.http import serve
 
 
 @pytest.fixture(scope="session")
-def fleet_key(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return ensure_fleet_key(tmp_path_factory.mktemp("engine-state"), FLEET)
+def engine_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The engine's state directory for the session: it holds the fleet's key."""
+    return tmp_path_factory.mktemp("engine-state")
+
+
+@pytest.fixture(scope="session")
+def fleet_key(engine_state: Path) -> bytes:
+    return ensure_fleet_key(engine_state, FLEET)
 
 
 @pytest.fixture(scope="session")
@@ -55,13 +61,8 @@ def make_agent(
 
     def make(*, control_plane_url: str | None = None, **overrides: Any) -> AgentProcess:
         folder = tmp_path / f"agent-{len(started)}"
-        config = agent_config(
-            folder,
-            fleet_key,
-            docker_url=dockerd.url,
-            control_plane_url=control_plane_url,
-            **overrides,
-        )
+        overrides.setdefault("docker_url", dockerd.url)
+        config = agent_config(folder, fleet_key, control_plane_url=control_plane_url, **overrides)
         process = AgentProcess(folder, config, fleet_key)
         started.append(process)
         return process.start()

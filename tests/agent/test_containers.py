@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,9 @@ import psutil
 import pytest
 
 from engine.agent.client import AgentClient, AgentError
+from engine.local.dockerd import PrivateDaemon
 from tests.support.agent import AgentProcess, Reports, wait_until
+from tests.support.docker import busybox_rootfs
 
 LOOP = "trap 'exit 0' TERM; while true; do sleep 0.1; done"
 
@@ -190,27 +194,55 @@ def test_follow_streams_new_lines_as_they_come(
     assert client.health() == {"status": "ok"}
 
 
-def test_a_quiet_follow_is_let_go_when_the_client_hangs_up(
+def test_a_follow_outlasts_dockers_call_timeout(
     make_agent: Callable[..., AgentProcess], busybox_image: str, cleanup: list[str]
 ) -> None:
+    # Calls to Docker time out (here after 1 s); a follow must not, or a quiet container's
+    # stream would end by itself.
+    agent = make_agent(docker_timeout_s=1.0)
+    cleanup.append("t-late")
+    with AgentClient(agent.endpoint()) as client:
+        script = "sleep 3; echo late; exec sleep 60"
+        run(client, image=busybox_image, name="t-late", command=["sh", "-c", script])
+        seen = b""
+        with client.stream("/v1/containers/t-late/logs", params={"follow": True}) as s:
+            for chunk in s:
+                seen += chunk
+                if b"late" in seen:
+                    break
+    assert seen == b"late\n"
+
+
+def test_a_quiet_follow_is_let_go_when_the_client_hangs_up(
+    make_agent: Callable[..., AgentProcess],
+) -> None:
     # A follow on a container that prints nothing holds a connection to Docker. When the caller
-    # hangs up, the agent must close it, not wait for output that never comes. This agent has
-    # no control plane, so nothing else talks to Docker: its unix sockets are Docker's.
-    agent = make_agent()
-    process = psutil.Process(agent.process.pid if agent.process else 0)
-    cleanup.append("t-quiet")
+    # hangs up, the agent must shut it, not wait for output that never comes. Counted on a
+    # Docker engine of this test's own, whose only client is this agent: the engine's end of
+    # each API connection carries the socket's path.
+    root = Path(tempfile.mkdtemp(prefix="fa-"))  # short: socket paths have a length limit
+    daemon = PrivateDaemon.start(root)
+    try:
+        with docker.APIClient(base_url=daemon.url) as setup:
+            setup.import_image_from_data(busybox_rootfs(), repository="quiet", tag="1")
+        engine = psutil.Process(daemon.process.pid)
+        api_socket = str(daemon.root / "docker.sock")
 
-    def unix_sockets() -> int:
-        return len(process.net_connections(kind="unix"))
+        def api_connections() -> int:
+            return sum(1 for c in engine.net_connections(kind="unix") if c.laddr == api_socket)
 
-    client = AgentClient(agent.endpoint())
-    run(client, image=busybox_image, name="t-quiet", command=["sh", "-c", LOOP])
-    with client.stream("/v1/containers/t-quiet/logs", params={"follow": True}):
-        following = unix_sockets()
-        client.close()
-    wait_until(lambda: unix_sockets() == following - 1, what="the agent to close the stream")
-    with AgentClient(agent.endpoint()) as again:
-        assert again.health() == {"status": "ok"}
+        agent = make_agent(docker_url=daemon.url)
+        client = AgentClient(agent.endpoint())
+        run(client, image="quiet:1", name="t-quiet", command=["sh", "-c", LOOP])
+        with client.stream("/v1/containers/t-quiet/logs", params={"follow": True}):
+            following = api_connections()
+            client.close()
+        wait_until(lambda: api_connections() == following - 1, what="the agent to let go")
+        with AgentClient(agent.endpoint()) as again:
+            assert again.health() == {"status": "ok"}
+    finally:
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_container_that_cannot_start_is_not_left_behind(
