@@ -16,8 +16,9 @@
     GET    /v1/tasks, /v1/tasks/{id}, /v1/tasks/{id}/log?offset=&limit=
 
 Errors are JSON `{"detail": ...}`: 401 without a valid token, 404 for what does not exist,
-409 for conflicts, 413 for oversized bodies, 422 for invalid input (with the field's path),
-502 when Docker or a registry fails, 503 when Docker does not answer. There is no CORS and no
+409 for conflicts, 413/431 for oversized bodies/headers, 422 for invalid input (with the
+field's path), 502 when Docker or a registry fails, 503/504 when Docker does not answer (in
+time). There is no CORS and no
 interactive documentation: the API is for the engine, not for browsers.
 """
 
@@ -128,6 +129,10 @@ def _docker_error_response(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(
             {"detail": "the Docker engine on this server does not answer"}, status_code=503
         )
+    if isinstance(exc, requests.Timeout):
+        return JSONResponse(
+            {"detail": "the Docker engine on this server did not answer in time"}, status_code=504
+        )
     return JSONResponse({"detail": f"docker: {exc}"}, status_code=502)
 
 
@@ -184,7 +189,7 @@ def create_app(config: AgentConfig, *, fingerprint: str, port: int) -> Any:
     app.add_exception_handler(RequestValidationError, _validation_response)
     app.add_exception_handler(dockerops.AgentError, _agent_error_response)
     app.add_exception_handler(docker.errors.DockerException, _docker_error_response)
-    app.add_exception_handler(requests.ConnectionError, _docker_error_response)
+    app.add_exception_handler(requests.RequestException, _docker_error_response)
 
     @app.get("/v1/health")
     def health() -> dict[str, str]:

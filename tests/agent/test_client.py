@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet_agent.tls import ensure_certificate
 
 from engine.agent.client import (
     AgentClient,
@@ -20,6 +19,7 @@ from engine.agent.client import (
     gather_metrics,
 )
 from engine.agent.endpoint import AgentEndpoint
+from fleet_agent.tls import ensure_certificate
 from tests.support.agent import AgentProcess, wait_until
 
 TOKEN = "a-token-that-must-not-leave-the-engine"

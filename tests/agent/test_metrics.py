@@ -21,15 +21,15 @@ from typing import Any
 
 import psutil
 import pytest
+from jsonschema import Draft202012Validator
+
+from engine.agent.client import AgentClient
 from fleet_agent.metrics import (
     busy_percent,
     distinct_file_systems,
     host_partitions,
     overall_percent,
 )
-from jsonschema import Draft202012Validator
-
-from engine.agent.client import AgentClient
 from tests.support.agent import SCHEMAS, AgentProcess, wait_until
 
 Times = namedtuple(

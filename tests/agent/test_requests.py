@@ -12,9 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
+import requests
 
 from engine.agent.client import AgentClient
+from fleet_agent.app import _docker_error_response
 from tests.support.agent import AgentProcess
 
 CASES = json.loads((Path(__file__).parent / "cases" / "bad_requests.json").read_text())["cases"]
@@ -81,3 +84,26 @@ def test_headers_beyond_the_limit_are_refused(client: AgentClient) -> None:
     response = client.send("GET", "/v1/health", headers={"x-padding": "y" * 20000})
     assert response.status_code == 431
     assert response.json() == {"detail": "the request headers are larger than 16384 bytes"}
+
+
+def _docker_api_error(status: int) -> docker.errors.APIError:
+    response = requests.Response()
+    response.status_code = status
+    return docker.errors.APIError("refused", response=response, explanation=f"said {status}")
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "detail"),
+    [
+        (_docker_api_error(404), 404, "docker: said 404"),
+        (_docker_api_error(409), 409, "docker: said 409"),
+        (_docker_api_error(500), 502, "docker: said 500"),
+        (requests.ConnectionError(), 503, "the Docker engine on this server does not answer"),
+        (requests.ReadTimeout(), 504, "the Docker engine on this server did not answer in time"),
+        (docker.errors.DockerException("odd"), 502, "docker: odd"),
+    ],
+)
+def test_dockers_failures_become_clear_statuses(error: Exception, status: int, detail: str) -> None:
+    response = _docker_error_response(None, error)  # type: ignore[arg-type]
+    assert response.status_code == status
+    assert json.loads(bytes(response.body)) == {"detail": detail}

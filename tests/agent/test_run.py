@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from fleet_agent.config import NSENTER_HOST, ConfigError, load_config
 
 from engine.agent.run import (
     AgentSettings,
@@ -21,6 +20,7 @@ from engine.agent.run import (
 )
 from engine.spec import load_spec
 from engine.tokens import agent_token, heartbeat_token, token_sha256
+from fleet_agent.config import NSENTER_HOST, ConfigError, load_config
 
 KEY = bytes(32)
 SETTINGS = AgentSettings(

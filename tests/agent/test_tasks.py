@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_agent.tasks import TaskKind, TaskRunner
 
 from engine.agent.client import AgentClient
+from fleet_agent.tasks import TaskKind, TaskRunner
 from tests.support.agent import AgentProcess, wait_until
 
 APT = "apt-get -q -o DPkg::Lock::Timeout=300"
