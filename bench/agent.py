@@ -36,8 +36,8 @@ CLIENTS = 8
 MAX_REQUESTS = 20_000
 
 
-def idle(agent: AgentProcess, seconds: float) -> tuple[float, float, float]:
-    """CPU % of one core over `seconds`, and the largest and mean RSS in MiB."""
+def idle(agent: AgentProcess, seconds: float) -> tuple[float, float, float, float]:
+    """CPU % of one core over `seconds`, the largest and mean RSS and the final USS in MiB."""
     assert agent.process is not None
     process = psutil.Process(agent.process.pid)
     rss: list[int] = []
@@ -47,7 +47,8 @@ def idle(agent: AgentProcess, seconds: float) -> tuple[float, float, float]:
         time.sleep(1.0)
     after, elapsed = process.cpu_times(), time.monotonic() - started
     cpu = (after.user + after.system - before.user - before.system) / elapsed * 100
-    return cpu, max(rss) / 2**20, statistics.fmean(rss) / 2**20
+    uss = process.memory_full_info().uss / 2**20
+    return cpu, max(rss) / 2**20, statistics.fmean(rss) / 2**20, uss
 
 
 def load(agent: AgentProcess, seconds: float) -> tuple[int, int, float, list[float]]:
@@ -104,7 +105,7 @@ def main() -> int:
             agent = AgentProcess(root / "agent", config, key).start()
             with AgentClient(agent.endpoint()) as client:
                 client.metrics()  # waits for the first CPU window; the agent is settled
-            cpu, rss_max, rss_mean = idle(agent, args.idle_seconds)
+            cpu, rss_max, rss_mean, uss = idle(agent, args.idle_seconds)
             beats = len(received.heartbeats)
             assert agent.process is not None
             process = psutil.Process(agent.process.pid)
@@ -119,6 +120,7 @@ def main() -> int:
         mb = rss_max * 1.048576
         print(f"  RSS max        {rss_max:6.1f} MiB = {mb:5.1f} MB (target <= 60 MB)")
         print(f"  RSS mean       {rss_mean:6.1f} MiB")
+        print(f"  USS            {uss:6.1f} MiB (its own pages, without shared libraries)")
         print(f"load on /v1/metrics: {CLIENTS} clients, {elapsed:.1f} s, {count} requests")
         print(f"  throughput     {count / elapsed:6.0f} requests/s, {errors} errors")
         print(f"  agent CPU      {busy / max(count, 1) * 1000:6.2f} ms per request (all threads)")
