@@ -68,8 +68,10 @@ def _container_summary(gateway: DockerGateway) -> tuple[dict[str, Any] | None, s
     }, None
 
 
-def event_payload(config: AgentConfig, event: dict[str, Any]) -> dict[str, Any]:
-    """The body of POST /v1/agent-events for one Docker event."""
+def event_payload(
+    config: AgentConfig, event: dict[str, Any], *, oom_killed: bool | None = None
+) -> dict[str, Any]:
+    """The body of POST /v1/agent-events for one Docker event (`oom_killed` for a die)."""
     actor = event.get("Actor") or {}
     attributes = actor.get("Attributes") or {}
     nanos = int(event.get("timeNano") or int(event.get("time", 0)) * 1_000_000_000)
@@ -89,7 +91,21 @@ def event_payload(config: AgentConfig, event: dict[str, Any]) -> dict[str, Any]:
             "image": attributes.get("image", ""),
         },
         "exit_code": int(exit_code) if exit_code is not None and exit_code.isdigit() else None,
+        "oom_killed": oom_killed,
     }
+
+
+def _was_oom_killed(gateway: DockerGateway, container_id: str) -> bool | None:
+    """Whether the kernel killed the container for memory; None when it is already gone.
+
+    Docker's own oom event is missed when the kill comes in the container's first moments,
+    before Docker listens for it; the container's state still says so.
+    """
+    try:
+        state = gateway.api.inspect_container(container_id)["State"]
+    except Exception:  # removed already (`--rm`), or Docker restarting: unknown
+        return None
+    return bool(state.get("OOMKilled"))
 
 
 class Reporter:
@@ -222,8 +238,14 @@ class Reporter:
                     nanos = int(event.get("timeNano") or 0)
                     if nanos:
                         since = f"{(nanos + 1) // 1_000_000_000}.{(nanos + 1) % 1_000_000_000:09d}"
-                    if (event.get("Action") or event.get("status")) in EVENTS:
-                        self._enqueue(event_payload(self.config, event))
+                    action = event.get("Action") or event.get("status")
+                    if action in EVENTS:
+                        oom = None
+                        if action == "die":
+                            oom = _was_oom_killed(
+                                self.gateway, (event.get("Actor") or {}).get("ID", "")
+                            )
+                        self._enqueue(event_payload(self.config, event, oom_killed=oom))
             except Exception as exc:  # Docker gone or restarting: wait, then resume from `since`
                 if not self._stopping.is_set():
                     log.warning("Docker event stream lost (%s); reconnecting", type(exc).__name__)

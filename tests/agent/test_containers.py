@@ -118,6 +118,7 @@ def test_a_container_runs_logs_stops_starts_restarts_and_is_removed(
     wait_until(lambda: received.events_of(created["id"]) == expected, what="container events")
     dies = [e for e in received.events if e["container"]["id"] == created["id"]]
     assert {e["exit_code"] for e in dies if e["event"] == "die"} <= {0, 137}
+    assert {e["oom_killed"] for e in dies} == {None, False}  # None: not a die
     assert all(e["container"]["name"] == name for e in dies)
 
 

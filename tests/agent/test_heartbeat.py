@@ -79,7 +79,7 @@ def test_events_wait_for_a_control_plane_that_is_away(
         ids = [e["event_id"] for e in received.events]
         assert len(ids) == len(set(ids))  # each delivered once, in order
         die = next(e for e in received.events if e["event"] == "die")
-        assert die["exit_code"] == 0 and die["server"] == "web-2"
+        assert (die["exit_code"], die["oom_killed"], die["server"]) == (0, False, "web-2")
         wait_until(lambda: heartbeats_of(received, "web-2"), what="heartbeats to resume")
         assert received.rejected == []
 
