@@ -75,7 +75,7 @@ def test_timing_table() -> None:
     )
     assert table.splitlines() == [
         "  server                    create        boot",
-        "  web-1                        1.2s           -",
-        "  web-2                        2.0s        3.5s",
-        "  median                       1.6s        3.5s",
+        "  web-1                       1.2s           -",
+        "  web-2                       2.0s        3.5s",
+        "  median                      1.6s        3.5s",
     ]
