@@ -1,0 +1,215 @@
+"""What an install is asked to do and what it reports, as frozen values that cross processes.
+
+The engine runs pyinfra in a child process per host (see engine/install/runner.py); these
+values go there and back as JSON (`to_json`, `from_json`). Nothing here does I/O except
+`deploys_version`, which reads the deploy code once to fingerprint it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import types
+import typing
+from dataclasses import dataclass
+from enum import Enum
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from engine.model import Install
+
+AGENT_CONTAINER = "fleet-agent"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentFile:
+    """A file the agent needs on the server (config, token, TLS key), written before it starts.
+
+    Secret files are written with mode 0600 and their content never reaches a log.
+    """
+
+    path: str
+    content: str
+    mode: str = "0600"
+    secret: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentRun:
+    """How the agent container runs on one server.
+
+    `image` is the agent image in the engine's Docker: it is copied to the server
+    (`docker save` streamed over SSH into `docker load`) unless the fleet's
+    install.agent.image names a registry image, which the server pulls instead.
+    `options` are `docker run` options (ports, mounts, environment); `health` is a command
+    run on the server that exits 0 once the agent is healthy.
+    """
+
+    image: str
+    health: tuple[str, ...]
+    options: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    files: tuple[AgentFile, ...] = ()
+    name: str = AGENT_CONTAINER
+    health_timeout_s: int = 60
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstallHost:
+    """One server to install: where it is, how to log in, the host keys it must present."""
+
+    name: str
+    address: str
+    user: str
+    host_keys: tuple[str, ...]
+    private_key: str
+    port: int = 22
+    agent: AgentRun | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstallSettings:
+    """What every server of the fleet gets.
+
+    `control_plane` lists the addresses (or CIDR ranges) allowed to reach the agent port;
+    `docker_url` is the engine's Docker, where agent images are copied from (default:
+    $DOCKER_HOST, else the local engine).
+    """
+
+    install: Install
+    control_plane: tuple[str, ...]
+    docker_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageArchive:
+    """An image saved once by the engine and streamed to every server that lacks it."""
+
+    reference: str
+    image_id: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostRequest:
+    """What the per-host child process gets on stdin."""
+
+    host: InstallHost
+    settings: InstallSettings
+    dry_run: bool = False
+    archive: ImageArchive | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperationResult:
+    """One deploy operation on one host; in a dry run `changed` means "would change"."""
+
+    name: str
+    changed: bool
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostResult:
+    """What happened on one host. Store `install_hash` only when `ok`."""
+
+    name: str
+    ok: bool
+    install_hash: str
+    error: str = ""
+    dry_run: bool = False
+    operations: tuple[OperationResult, ...] = ()
+    skipped: tuple[str, ...] = ()
+    connect_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> tuple[str, ...]:
+        """Names of the operations that changed something (or would, in a dry run)."""
+        return tuple(op.name for op in self.operations if op.changed)
+
+
+@cache
+def deploys_version() -> str:
+    """A fingerprint of the deploy code (every file of the `deploys` package)."""
+    spec = importlib.util.find_spec("deploys")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the deploys package is not installed beside the engine")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def install_hash(install: Install) -> str:
+    """A stable hash of the fleet's install settings and the deploy code that applies them.
+
+    The install job reports it per host; the diff compares the stored value with this one
+    and marks a server for reinstall when they differ. Equal settings give equal hashes in
+    every process; any change of a setting or of the code in deploys/ changes it.
+
+    >>> install_hash(Install()) == install_hash(Install())
+    True
+    """
+    document = json.dumps(to_json(install), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(f"{document}\n{deploys_version()}".encode())
+    return digest.hexdigest()[:16]
+
+
+# --- JSON ---------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def to_json(value: Any) -> Any:
+    """A frozen model value as plain JSON data (dataclasses as objects, tuples as lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [to_json(item) for item in value]
+    return value
+
+
+def from_json(cls: type[T], data: Any) -> T:
+    """The inverse of `to_json` for the dataclass `cls`; a mismatch raises ValueError."""
+    return typing.cast(T, _decode(cls, data))
+
+
+def _decode(kind: Any, data: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(kind)
+        if data is None and type(None) in options:
+            return None
+        (inner,) = (option for option in options if option is not type(None))
+        return _decode(inner, data)
+    if origin is tuple:
+        args = typing.get_args(kind)
+        if not isinstance(data, list):
+            raise ValueError(f"expected a list for {kind}, got {type(data).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], item) for item in data)
+        return tuple(_decode(arg, item) for arg, item in zip(args, data, strict=True))
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object for {kind.__name__}")
+        hints = typing.get_type_hints(kind)
+        fields = {f.name for f in dataclasses.fields(kind)}
+        unknown = set(data) - fields
+        if unknown:
+            raise ValueError(f"unknown fields for {kind.__name__}: {', '.join(sorted(unknown))}")
+        return kind(**{name: _decode(hints[name], value) for name, value in data.items()})
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return kind(data)
+    if kind is float and isinstance(data, int | float) and not isinstance(data, bool):
+        return float(data)
+    if isinstance(kind, type) and not isinstance(data, kind):
+        raise ValueError(f"expected {kind.__name__}, got {type(data).__name__}")
+    return data
