@@ -1,0 +1,137 @@
+"""Debian 12 servers to install: golden-image containers booted with cloud-init, an admin user
+that logs in with a test key, and the host key read out of band (`docker exec`), the way
+the real engine gets it from the phone-home. Also a tiny stand-in agent image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.install import AgentFile, AgentRun, InstallHost
+from engine.local.machines import MachineSpec, create_machine, write_seed
+
+ADMIN = "fleet"
+AGENT_PORT = 7567
+BUSYBOX = Path("/bin/busybox")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    container: Any
+    address: str
+    host_key: str
+
+    def host(self, key: Path, *, agent: AgentRun | None = None, host_key: str = "") -> InstallHost:
+        """How the engine reaches this target (the pinned key may be overridden)."""
+        return InstallHost(
+            name=self.name,
+            address=self.address,
+            user=ADMIN,
+            host_keys=(host_key or self.host_key,),
+            private_key=str(key),
+            agent=agent,
+        )
+
+    def run(self, *argv: str, user: str = "root") -> str:
+        """Run a command in the target out of band; fail on a non-zero exit."""
+        result = self.container.exec_run(list(argv), user=user)
+        text = result.output.decode(errors="replace")
+        assert result.exit_code == 0, f"{' '.join(argv)} exited {result.exit_code}: {text}"
+        return text
+
+
+def make_ssh_key(folder: Path) -> Path:
+    """A fresh ed25519 key pair; returns the private key's path (the .pub is beside it)."""
+    key = folder / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-test", "-f", str(key)],
+        check=True,
+    )
+    return key
+
+
+def user_data(public_key: str) -> str:
+    """cloud-init user data that creates the admin user the way the engine's does."""
+    return (
+        "#cloud-config\n"
+        "users:\n"
+        f"  - name: {ADMIN}\n"
+        "    groups: [sudo]\n"
+        "    shell: /bin/bash\n"
+        '    sudo: "ALL=(ALL) NOPASSWD:ALL"\n'
+        "    lock_passwd: true\n"
+        f'    ssh_authorized_keys: ["{public_key}"]\n'
+    )
+
+
+def boot_targets(client: Any, image: str, names: list[str], key: Path, seeds: Path) -> list[Target]:
+    """Boot one container per name, all at once, and return them once cloud-init is done."""
+    public_key = key.with_suffix(".pub").read_text().strip()
+    containers = []
+    for name in names:
+        seed = seeds / name
+        write_seed(seed, instance_id=f"i-{name}", hostname=name, user_data=user_data(public_key))
+        spec = MachineSpec(name=name, hostname=name, image=image, seed_dir=seed)
+        containers.append(create_machine(client, spec))
+    targets = []
+    for name, container in zip(names, containers, strict=True):
+        status = container.exec_run(["cloud-init", "status", "--wait"]).output.decode()
+        assert "status: done" in status, f"{name} did not boot: {status}"
+        container.reload()
+        key_line = container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).output
+        targets.append(
+            Target(
+                name=name,
+                container=container,
+                address=container.attrs["NetworkSettings"]["IPAddress"],
+                host_key=" ".join(key_line.decode().split()[:2]),
+            )
+        )
+    return targets
+
+
+def remove_targets(client: Any, targets: list[Target]) -> None:
+    for target in targets:
+        target.container.remove(force=True, v=True)
+        client.volumes.get(f"{target.name}-docker").remove(force=True)
+
+
+def agent_image(client: Any) -> str:
+    """A stand-in agent image: busybox (from Debian's busybox-static) serving /www over HTTP."""
+    binary = BUSYBOX.read_bytes()
+    tag = f"fleet-test/agent:{hashlib.sha256(binary).hexdigest()[:12]}"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path, data, mode in (
+            ("bin/busybox", binary, 0o755),
+            ("www/index.html", b"fleet test agent\n", 0o644),
+        ):
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.mode = mode
+            tar.addfile(info, io.BytesIO(data))
+    client.api.import_image_from_data(
+        buffer.getvalue(), repository=tag.split(":")[0], tag=tag.split(":")[1]
+    )
+    return tag
+
+
+def agent_run(image: str, *, token: str, network: str) -> AgentRun:
+    """The stand-in agent on the host network ("host") or with its port published ("publish")."""
+    port = (
+        ("--network", "host") if network == "host" else ("--publish", f"{AGENT_PORT}:{AGENT_PORT}")
+    )
+    return AgentRun(
+        image=image,
+        options=(*port, "--volume", "/etc/fleet-agent:/etc/fleet-agent:ro"),
+        command=("/bin/busybox", "httpd", "-f", "-p", str(AGENT_PORT), "-h", "/www"),
+        files=(AgentFile(path="/etc/fleet-agent/token", content=token),),
+        health=("curl", "-fsS", f"http://127.0.0.1:{AGENT_PORT}/"),
+    )
