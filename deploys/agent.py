@@ -121,10 +121,10 @@ def container(run: AgentRun, reference: str) -> Commands:
         if current["running"]:
             host.noop(f"{run.name} is running")
             return
-        yield StringCommand("docker start", run.name)
+        yield StringCommand("docker start", shlex.quote(run.name))
         return
     if current:
-        yield StringCommand("docker rm -f", run.name)
+        yield StringCommand("docker rm -f", shlex.quote(run.name))
     yield StringCommand(
         shlex.join(
             [

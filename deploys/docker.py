@@ -10,6 +10,7 @@ live-restore). The admin user joins the docker group, so its own `docker` comman
 from __future__ import annotations
 
 import json
+import shlex
 from io import StringIO
 
 from pyinfra import host
@@ -20,7 +21,7 @@ from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import files, server
 
 from deploys.apt import packages
-from deploys.facts import DockerVersion
+from deploys.facts import DockerVersion, UserGroups
 from deploys.support import Commands
 from engine.model import DockerInstall, DockerSource
 
@@ -65,7 +66,7 @@ def docker(install: DockerInstall, *, admin: str) -> None:
     else:
         packages(name="Install Docker Engine (docker.io)", present=DISTRO, absent=DOCKER_CE)
     server.service(name="Run Docker now and at boot", service="docker", running=True, enabled=True)
-    server.user(name=f"Let {admin} use Docker", user=admin, groups=["docker"], append=True)
+    docker_group(name=f"Let {admin} use Docker", user=admin)
     answers(name="Check that Docker answers")
 
 
@@ -117,6 +118,18 @@ def repository() -> Commands:
     if not commands:
         host.noop(f"Docker's repository for {name} {codename} is set up")
     yield from commands
+
+
+@operation()
+def docker_group(user: str) -> Commands:
+    """Add `user` to the docker group, so its own `docker` commands work without sudo."""
+    if user == "root":
+        host.noop("root needs no group to use Docker")
+        return
+    if "docker" in host.get_fact(UserGroups, user=user):
+        host.noop(f"{user} is in the docker group")
+        return
+    yield StringCommand("usermod -aG docker", shlex.quote(user))
 
 
 @operation()

@@ -102,6 +102,18 @@ class FirewallMarks(FactBase[list[str]]):
         return [line.strip() for line in output if line.strip()]
 
 
+class UserGroups(FactBase[list[str]]):
+    """The groups `user` belongs to (none when there is no such user)."""
+
+    def command(self, user: str) -> str:
+        return f"id -nG {shlex.quote(user)} 2>/dev/null || true"
+
+    default = list
+
+    def process(self, output: list[str]) -> list[str]:
+        return output[0].split() if output else []
+
+
 class DockerVersion(FactBase[str | None]):
     """The version of the Docker engine when it answers `docker info`, else None."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import shlex
 from io import StringIO
 
 from pyinfra import host
@@ -89,14 +90,11 @@ def timezone(timezone: str) -> Commands:
     if zone["wanted"] is not None and zone["current"] == zone["wanted"]:
         host.noop(f"the time zone is {timezone}")
         return
-    path = f"/usr/share/zoneinfo/{timezone}"
-    yield StringCommand(
-        "test -f",
-        path,
-        f"|| {{ echo 'unknown time zone {timezone}: {path} does not exist' >&2; exit 1; }}",
-    )
+    path = shlex.quote(f"/usr/share/zoneinfo/{timezone}")
+    missing = shlex.quote(f"unknown time zone {timezone}: {path} does not exist")
+    yield StringCommand(f"test -f {path} || {{ echo {missing} >&2; exit 1; }}")
     yield StringCommand("ln -sfn", path, "/etc/localtime")
-    yield StringCommand("echo", timezone, "> /etc/timezone")
+    yield StringCommand("echo", shlex.quote(timezone), "> /etc/timezone")
 
 
 def _normal(value: object) -> str:
