@@ -121,11 +121,10 @@ def sysctl(settings: Labels) -> Commands:
             )
         wanted = {k: v for k, v in wanted.items() if k.startswith(NAMESPACED_SYSCTL)}
     live = host.get_fact(Sysctl, keys=sorted(wanted))
-    # The baseline names settings of every kernel; one without IPv6 lacks a few: skip those.
-    baseline = dict(BASELINE_SYSCTL)
-    wanted = {
-        k: v for k, v in wanted.items() if k in live or k in dict(settings) or k not in baseline
-    }
+    # A kernel without IPv6 lacks some baseline settings: leave those out. One the spec asks
+    # for stays, so that sysctl says what is wrong with it.
+    asked = dict(settings)
+    wanted = {k: v for k, v in wanted.items() if k in live or k in asked}
     lines = "".join(f"{key} = {value}\n" for key, value in sorted(wanted.items()))
     content = f"# Written by the fleet engine.\n{lines}"
     put = list(files.put._inner(src=StringIO(content), dest=SYSCTL_PATH, mode="644"))
@@ -137,7 +136,7 @@ def sysctl(settings: Labels) -> Commands:
     yield StringCommand("sysctl -q -p", SYSCTL_PATH)
 
 
-def swap_bytes(size: str) -> int:
+def _swap_bytes(size: str) -> int:
     """Bytes in a swap size such as 2G, 512M or 0."""
     match = _SIZE.match(size)
     if not match:
@@ -149,7 +148,7 @@ def swap_bytes(size: str) -> int:
 @operation()
 def swap(size: str) -> Commands:
     """A swap file of `size` at /swapfile, enabled now and at boot; "0" removes it."""
-    wanted = swap_bytes(size)
+    wanted = _swap_bytes(size)
     runtime = host.get_fact(ContainerRuntime)
     if runtime:
         if wanted:

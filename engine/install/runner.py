@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,6 +55,7 @@ def install_hosts(
     parallel: int = DEFAULT_PARALLEL,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     log_dir: Path | None = None,
+    on_result: Callable[[HostResult], None] | None = None,
 ) -> tuple[HostResult, ...]:
     """Install every host (or, with `dry_run`, list what would change); one result per host.
 
@@ -62,7 +63,8 @@ def install_hosts(
     `ok=False` and a message; the others go on. Bad input (an unreadable key, a malformed
     pinned host key, an invalid control-plane address) raises EngineError before any host
     is touched. With `log_dir`, each host's pyinfra log is kept as `<name>.log` (secrets
-    masked).
+    masked). `on_result` is called with each host's result as soon as that host is done
+    (from a worker thread), so a caller can record progress before the slowest host ends.
     """
     check_request(hosts, settings)
     for host in hosts:
@@ -77,7 +79,10 @@ def install_hosts(
         def one(host: InstallHost) -> HostResult:
             archive = archives.get(host.agent.image) if host.agent else None
             request = HostRequest(host=host, settings=settings, dry_run=dry_run, archive=archive)
-            return _run_child(request, timeout_s=timeout_s, log_dir=log_dir)
+            result = _run_child(request, timeout_s=timeout_s, log_dir=log_dir)
+            if on_result:
+                on_result(result)
+            return result
 
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             return tuple(pool.map(one, hosts))

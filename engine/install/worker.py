@@ -1,9 +1,9 @@
 """The child-process side of an install: pyinfra runs the deploys on one host.
 
 pyinfra's Python API is used as is, without gevent monkey-patching (which would make Pulumi
-hang in the same process; see ENVIRONMENT.md). Without patching pyinfra's greenlets do not
-overlap, so hosts run in parallel as separate processes (engine/install/runner.py) rather
-than as greenlets of one.
+hang in the same process; see ENVIRONMENT.md). Unpatched, a greenlet waiting for one host's
+output blocks every other host of the process, so each host gets a process of its own
+(engine/install/runner.py) instead of a greenlet.
 
 The host key is checked strictly against the pinned keys (a known_hosts file written from
 them, never accept-new), and the user's ~/.ssh/config is not read. A server that vanishes
@@ -144,7 +144,8 @@ def _failure(
         transport = client.get_transport() if client else None
         cause = getattr(transport, "saved_exception", None) or exc
         return f"lost the SSH connection to {host.address}:{host.port}{where} ({cause})"
-    detail = output or (str(exc) if not str(exc).startswith("No hosts remaining") else "")
+    # "No hosts remaining!" is pyinfra's word for "the only host failed": it says nothing.
+    detail = output or ("" if str(exc).startswith("No hosts remaining") else str(exc))
     detail = detail or "\n".join(errors.lines[-3:]) or type(exc).__name__
     return f"failed{where}: {detail}"
 

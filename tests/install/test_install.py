@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,15 @@ from tests.support.targets import (
 )
 
 TOKEN = "agent-token-" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True)
+class FirstRun:
+    results: dict[str, HostResult]
+    logs: Path
+    finished: list[str]
+
+
 INSTALL = Install(
     docker=DockerInstall(source=DockerSource.DISTRO, log_max_size="20m", log_max_files=4),
     system=SystemInstall(
@@ -126,17 +135,23 @@ def first_run(
     hosts: dict[str, Any],
     settings: InstallSettings,
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[dict[str, HostResult], Path]:
+) -> FirstRun:
     logs = tmp_path_factory.mktemp("install-logs")
     watcher = _cut_off_when_docker_is_configured(docker_client, servers["c"])
-    results = install_hosts([hosts["a"], hosts["b"], hosts["c"]], settings, log_dir=logs)
+    finished: list[str] = []
+    results = install_hosts(
+        [hosts["a"], hosts["b"], hosts["c"]],
+        settings,
+        log_dir=logs,
+        on_result=lambda result: finished.append(result.name),
+    )
     watcher.join(timeout=10)
-    return dict(zip("abc", results, strict=True)), logs
+    return FirstRun(results=dict(zip("abc", results, strict=True)), logs=logs, finished=finished)
 
 
 @pytest.fixture(scope="module")
 def second_run(
-    first_run: tuple[dict[str, HostResult], Path],
+    first_run: FirstRun,
     hosts: dict[str, Any],
     settings: InstallSettings,
 ) -> dict[str, HostResult]:
@@ -195,8 +210,8 @@ def test_a_dry_run_lists_what_would_change_and_changes_nothing(
     assert "FLEET-INPUT" not in a.run("iptables", "-S")
 
 
-def test_the_first_run_changes_things(first_run: tuple[dict[str, HostResult], Path]) -> None:
-    results, _ = first_run
+def test_the_first_run_changes_things(first_run: FirstRun) -> None:
+    results = first_run.results
     for role in "ab":
         result = results[role]
         assert result.ok, result.error
@@ -208,10 +223,11 @@ def test_the_first_run_changes_things(first_run: tuple[dict[str, HostResult], Pa
 
 
 def test_a_server_that_goes_away_fails_alone_with_a_clear_message(
-    first_run: tuple[dict[str, HostResult], Path], servers: dict[str, Target]
+    first_run: FirstRun, servers: dict[str, Target]
 ) -> None:
-    results, _ = first_run
+    results = first_run.results
     assert results["a"].ok and results["b"].ok
+    assert first_run.finished[-1] == servers["c"].name  # reported as each host ended
     lost = results["c"]
     assert not lost.ok
     assert f"lost the SSH connection to {servers['c'].address}:22 during 'docker |" in lost.error
@@ -233,7 +249,7 @@ def test_a_dry_run_after_the_install_lists_nothing(
 
 
 def test_docker_answers_with_the_settings_asked_for(
-    first_run: tuple[dict[str, HostResult], Path], servers: dict[str, Target]
+    first_run: FirstRun, servers: dict[str, Target]
 ) -> None:
     for role in "ab":
         server = servers[role]
@@ -245,7 +261,7 @@ def test_docker_answers_with_the_settings_asked_for(
 
 
 def test_the_agent_answers_its_health_check_and_has_its_token(
-    first_run: tuple[dict[str, HostResult], Path], servers: dict[str, Target]
+    first_run: FirstRun, servers: dict[str, Target]
 ) -> None:
     for role in "ab":
         server = servers[role]
@@ -264,7 +280,7 @@ def test_the_agent_answers_its_health_check_and_has_its_token(
 
 
 def test_the_agent_port_opens_to_the_control_plane_only(
-    first_run: tuple[dict[str, HostResult], Path],
+    first_run: FirstRun,
     servers: dict[str, Target],
     control_plane: str,
     other_source: str,
@@ -291,9 +307,7 @@ def test_flushed_firewall_rules_come_back_with_the_boot_script(
     assert _connect(a.address, AGENT_PORT, control_plane) == "open"
 
 
-def test_sshd_takes_keys_only(
-    first_run: tuple[dict[str, HostResult], Path], servers: dict[str, Target]
-) -> None:
+def test_sshd_takes_keys_only(first_run: FirstRun, servers: dict[str, Target]) -> None:
     a = servers["a"]
     effective = a.run("sshd", "-T")
     assert "passwordauthentication no" in effective
@@ -308,10 +322,8 @@ def test_sshd_takes_keys_only(
         transport.close()
 
 
-def test_the_system_baseline_is_in_place(
-    first_run: tuple[dict[str, HostResult], Path], servers: dict[str, Target]
-) -> None:
-    results, _ = first_run
+def test_the_system_baseline_is_in_place(first_run: FirstRun, servers: dict[str, Target]) -> None:
+    results = first_run.results
     a = servers["a"]
     assert a.run("readlink", "-f", "/etc/localtime").strip() == "/usr/share/zoneinfo/Europe/Berlin"
     assert a.run("sysctl", "-n", "net.core.somaxconn").strip() == "4096"
@@ -330,7 +342,7 @@ def test_the_system_baseline_is_in_place(
 
 
 def test_a_wrong_host_key_is_refused(
-    first_run: tuple[dict[str, HostResult], Path],
+    first_run: FirstRun,
     servers: dict[str, Target],
     key: Path,
     settings: InstallSettings,
@@ -343,9 +355,9 @@ def test_a_wrong_host_key_is_refused(
 
 
 def test_secrets_never_reach_logs_or_results(
-    first_run: tuple[dict[str, HostResult], Path], servers: dict[str, Target]
+    first_run: FirstRun, servers: dict[str, Target]
 ) -> None:
-    results, logs = first_run
+    results, logs = first_run.results, first_run.logs
     assert servers["a"].run("cat", "/etc/fleet-agent/token") == TOKEN  # it was delivered
     assert sorted(p.name for p in logs.iterdir()) == sorted(
         f"{s.name}.log" for s in servers.values()
