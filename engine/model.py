@@ -6,7 +6,9 @@ value is hashable and compares by content.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 Labels = tuple[tuple[str, str], ...]
@@ -23,6 +25,24 @@ class ProviderName(StrEnum):
     HCLOUD = "hcloud"
     DIGITALOCEAN = "digitalocean"
     LOCAL = "local"
+
+
+class Stage(StrEnum):
+    """Where a server is in its life, as the state store records it.
+
+    requested -> creating -> booting -> phoned_home -> installing -> ready, and from any of
+    them failed, unhealthy (ready, but its health checks fail) or deleting.
+    """
+
+    REQUESTED = "requested"
+    CREATING = "creating"
+    BOOTING = "booting"
+    PHONED_HOME = "phoned_home"
+    INSTALLING = "installing"
+    READY = "ready"
+    FAILED = "failed"
+    UNHEALTHY = "unhealthy"
+    DELETING = "deleting"
 
 
 class Readiness(StrEnum):
@@ -256,3 +276,21 @@ def ownership_labels(fleet: str, group: str, server: str) -> Labels:
 
 def is_reserved_label(key: str) -> bool:
     return key.startswith(RESERVED_LABEL_PREFIXES)
+
+
+def fleet_resource_name(fleet: str, name: str) -> str:
+    """The provider-side name of a fleet's firewall, network or placement group: `web-prod-web`.
+
+    Provider projects hold several fleets, so the spec's short names get the fleet as prefix.
+    """
+    return f"{fleet}-{name}"
+
+
+def install_hash(install: Install) -> str:
+    """A stable digest of what the install step puts on a server (`sha256:` + 16 hex digits).
+
+    The state store keeps the digest each server was installed with; a different digest for
+    the spec's current install settings means the server needs a reinstall.
+    """
+    canonical = json.dumps(asdict(install), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -22,7 +22,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from engine.catalog import Catalog
-from engine.model import Fleet, Group, Placement, Server, ownership_labels, server_name
+from engine.model import (
+    Fleet,
+    Group,
+    Placement,
+    Server,
+    fleet_resource_name,
+    ownership_labels,
+    server_name,
+)
 
 
 def place_group(group: Group, catalog: Catalog, pinned: Mapping[str, str]) -> dict[str, str]:
@@ -61,7 +69,11 @@ def expand_fleet(
     pinned = pinned or {}
     servers: list[Server] = []
     for group in fleet.groups:
-        spread = f"{fleet.name}-{group.name}" if group.placement is Placement.SPREAD else None
+        spread = (
+            fleet_resource_name(fleet.name, group.name)
+            if group.placement is Placement.SPREAD
+            else None
+        )
         for index, (name, location) in enumerate(
             place_group(group, catalog, pinned).items(), start=1
         ):

@@ -14,11 +14,13 @@ Diagnostic codes (stable; tools may match on them):
     literal_secret not_applicable insecure_url duplicate_name unknown_reference
     unknown_server_type unknown_location unknown_image unavailable architecture_mismatch
     placement_group_too_large invalid_label reserved_label invalid_port invalid_cidr
-    overlapping_networks port_conflict dns_name_collision
+    overlapping_networks port_conflict dns_name_collision invalid_key user_data_too_large
+    unreachable
 """
 
 from __future__ import annotations
 
+import base64
 import difflib
 import ipaddress
 import json
@@ -62,6 +64,19 @@ from engine.yamldoc import Document, Path, YamlProblem, read_yaml, render_path
 
 MAX_SPEC_BYTES = 1 << 20
 HCLOUD_PLACEMENT_GROUP_MAX = 10
+HCLOUD_FIREWALLS_PER_SERVER = 5
+# Room left in the user_data size estimate for what only `engine up` knows.
+_TOKEN_ALLOWANCE = 256
+_DEPLOY_KEY_ALLOWANCE = "ssh-ed25519 " + "A" * 68 + " fleet-engine-deploy"
+_KEY_TYPES = {
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+}
 
 _HCLOUD_LABEL_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 _HCLOUD_LABEL_PREFIX = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
@@ -529,6 +544,15 @@ class _Checks:
                         "remove it now, replace that key pair if the file was shared, "
                         "and paste the .pub file's line instead",
                     )
+                elif isinstance(key, str) and _is_damaged_public_key(key):
+                    self.add(
+                        "invalid_key",
+                        ("ssh", "authorized_keys", i),
+                        "this public key is damaged: its base64 part does not decode to a key "
+                        "of the type it names",
+                        "copy the whole line again from the .pub file",
+                    )
+            self.check_user_data_budget(keys)
         install = self.data.get("install")
         agent = install.get("agent") if isinstance(install, dict) else None
         agent_port = agent.get("port", 7567) if isinstance(agent, dict) else 7567
@@ -538,6 +562,35 @@ class _Checks:
                 ("ssh", "port"),
                 f"sshd and the agent would both listen on port {agent_port}",
                 "choose another ssh.port or install.agent.port",
+            )
+
+    def check_user_data_budget(self, keys: list[Any]) -> None:
+        """Every server's user_data carries all keys; providers cap its size (32 KiB)."""
+        from engine.cloudinit import USER_DATA_LIMIT, render_user_data
+
+        checked = [d for d in self.out if d.path.startswith("ssh.authorized_keys")]
+        if self.provider is None or checked or not all(isinstance(k, str) for k in keys):
+            return  # an unreadable key is reported already; the estimate needs good ones
+        size = len(
+            render_user_data(
+                fleet="f" * 40,
+                server="s" * 55,
+                hostname="s" * 55,
+                phone_home_url="https://" + "c" * 60 + "/v1/phone-home",
+                token="t" * _TOKEN_ALLOWANCE,
+                admin_user="fleet",
+                authorized_keys=[*keys, _DEPLOY_KEY_ALLOWANCE],
+                provider=ProviderName(self.provider),
+            ).encode()
+        )
+        if size > USER_DATA_LIMIT:
+            self.add(
+                "user_data_too_large",
+                ("ssh", "authorized_keys"),
+                f"each server's user_data would be about {size:,} bytes; providers accept "
+                f"{USER_DATA_LIMIT:,}",
+                "list fewer keys (an ed25519 key costs about 100 bytes, RSA-4096 about 750)",
+                key=True,
             )
 
     def check_unique_names(self, section: str) -> dict[str, int]:
@@ -594,11 +647,15 @@ class _Checks:
                         else f"define it under {section}:",
                     )
         self.check_labels(("groups", i, "labels"), group.get("labels"))
+        self.check_reachability(i, group)
         if self.provider == ProviderName.LOCAL and "backups" in group:
             self.unsupported(("groups", i, "backups"), "backups")
         placement = group.get("placement")
         count = group.get("count")
-        if placement == Placement.SPREAD and self.provider == ProviderName.DIGITALOCEAN:
+        if placement == Placement.SPREAD and self.provider in (
+            ProviderName.DIGITALOCEAN,
+            ProviderName.LOCAL,
+        ):
             self.unsupported(("groups", i, "placement"), "placement: spread")
         elif (
             placement == Placement.SPREAD
@@ -613,6 +670,54 @@ class _Checks:
                 "split the group in two, or set placement: none",
             )
         self.check_catalog(i, group)
+
+    def check_reachability(self, i: int, group: dict[str, Any]) -> None:
+        """What the providers refuse only at create time: unreachable servers, limits."""
+        ipv4, ipv4_path = self.group_field(i, group, "public_ipv4")
+        ipv6, _ = self.group_field(i, group, "public_ipv6")
+        networks = group.get("networks")
+        joins = isinstance(networks, list) and bool(networks)
+        if self.provider == ProviderName.DIGITALOCEAN:
+            if ipv4 is False and ipv4_path is not None:
+                self.add(
+                    "not_applicable",
+                    ipv4_path,
+                    "DigitalOcean droplets always have a public IPv4 address",
+                    "remove public_ipv4: false",
+                )
+            if isinstance(networks, list) and len(networks) > 1:
+                self.add(
+                    "too_many",
+                    ("groups", i, "networks"),
+                    "a droplet joins exactly one VPC",
+                    "list one network for this group",
+                )
+        elif self.provider == ProviderName.HCLOUD:
+            if ipv4 is False and ipv6 is False and not joins:
+                self.add(
+                    "unreachable",
+                    ("groups", i),
+                    "these servers would have no public address and no private network",
+                    "keep public_ipv4 or public_ipv6, or add the group to a network",
+                )
+            firewalls = group.get("firewalls")
+            count = len(firewalls) if isinstance(firewalls, list) else 0
+            # The engine's own firewall, and one per load balancer reaching the group over
+            # the public network, count towards Hetzner's 5 firewalls per server.
+            extra = 1 + sum(
+                1
+                for _, lb in _dicts(self.data.get("load_balancers"))
+                if lb.get("targets") == group.get("name") and not joins
+            )
+            if count and count + extra > HCLOUD_FIREWALLS_PER_SERVER:
+                self.add(
+                    "too_many",
+                    ("groups", i, "firewalls"),
+                    f"Hetzner applies at most {HCLOUD_FIREWALLS_PER_SERVER} firewalls to a "
+                    f"server and the engine adds {extra} of its own here",
+                    f"list at most {HCLOUD_FIREWALLS_PER_SERVER - extra} firewalls, or merge "
+                    "their rules into fewer",
+                )
 
     def check_catalog(self, i: int | None, group: dict[str, Any]) -> None:
         catalog = self.catalog
@@ -824,6 +929,23 @@ class _Checks:
                     f'{catalog.provider} has no location "{location}"',
                     _suggest(location, list(catalog.locations)),
                 )
+            target = lb.get("targets")
+            if (
+                self.provider == ProviderName.DIGITALOCEAN
+                and isinstance(location, str)
+                and isinstance(target, str)
+                and target in groups
+            ):
+                group = dict(_dicts(self.data.get("groups")))[groups[target]]
+                where, _ = self.group_field(groups[target], group, "locations")
+                if isinstance(where, list) and location not in where:
+                    self.add(
+                        "unavailable",
+                        ("load_balancers", i, "location"),
+                        f"no server of {target} runs in {location}; a DigitalOcean load "
+                        "balancer reaches droplets in its own region only",
+                        f"use one of {target}'s locations: {', '.join(map(str, where))}",
+                    )
             listens: set[int] = set()
             for j, service in _dicts(lb.get("services")):
                 listen = service.get("listen")
@@ -874,6 +996,21 @@ class _Checks:
                     f"{longest} is longer than DNS allows (63 per label, 253 in all)",
                     "shorten the record name",
                 )
+
+
+def _is_damaged_public_key(line: str) -> bool:
+    """A key line whose blob does not decode, or names another type than the line does."""
+    parts = line.split()
+    if len(parts) < 2 or parts[0] not in _KEY_TYPES:
+        return False  # the schema's pattern reports a malformed line
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        return True
+    if len(blob) < 4:
+        return True
+    length = int.from_bytes(blob[:4], "big")
+    return blob[4 : 4 + length] != parts[0].encode()
 
 
 def _label_text(value: object) -> str:

@@ -6,7 +6,15 @@ import os
 import sys
 from typing import TextIO
 
-_CODES = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "bold": "1", "dim": "2"}
+_CODES = {
+    "red": "31",
+    "green": "32",
+    "yellow": "33",
+    "blue": "34",
+    "magenta": "35",
+    "bold": "1",
+    "dim": "2",
+}
 
 
 def use_colour(stream: TextIO) -> bool:
@@ -18,8 +26,11 @@ def use_colour(stream: TextIO) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
+def style(text: str, colour: str) -> str:
+    """`text` in `colour`: red, green, yellow, blue, magenta, bold or dim (ANSI codes)."""
+    return f"\x1b[{_CODES[colour]}m{text}\x1b[0m"
+
+
 def paint(text: str, colour: str, stream: TextIO = sys.stdout) -> str:
     """`text` wrapped in the ANSI code for `colour` when `stream` shows colour."""
-    if not use_colour(stream):
-        return text
-    return f"\x1b[{_CODES[colour]}m{text}\x1b[0m"
+    return style(text, colour) if use_colour(stream) else text

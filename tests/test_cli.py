@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from engine import cli
+from tests.support.cli import engine
 
 SPECS = sorted(str(p) for p in Path("specs").glob("*.yaml"))
 CASES = sorted(str(p) for p in Path("tests/spec/cases").glob("*.yaml"))
-
-
-def engine(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "engine", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "PYTHONPATH": str(Path.cwd())},
-    )
 
 
 def test_every_example_spec_is_valid() -> None:

@@ -1,6 +1,7 @@
 """Read a provider's current offer from its API and write it as a catalog file.
 
-Uses the official SDKs (hcloud, pydo), imported here only, so validation never loads them.
+Uses the official SDKs (hcloud, pydo) through the inventory's clients, which retry and pace
+requests; they are imported inside the fetchers only, so validation never loads them.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.catalog import Catalog, catalog_from_json, load_catalog, refreshed_catalog_path
-from engine.errors import EngineError, ProviderError
+from engine.errors import EngineError
+from engine.inventory.retry import ApiCalls, RetryPolicy
 from engine.secrets import read_token
-
-DO_PAGE_SIZE = 200
 
 
 def _today() -> str:
@@ -26,22 +26,18 @@ def _monthly(prices: list[dict[str, Any]]) -> dict[str, float]:
     return {p["location"]: round(float(p["price_monthly"]["net"]), 4) for p in prices}
 
 
-def fetch_hcloud(token: str, endpoint: str | None = None) -> Catalog:
+def fetch_hcloud(token: str, endpoint: str | None = None, token_env: str = "") -> Catalog:
     """Server types (with net monthly prices per location), locations, system images, LB types."""
-    from hcloud import APIException, Client
+    from engine.inventory.hcloud import hcloud_client, provider_errors
 
-    client = Client(token=token, api_endpoint=endpoint or "https://api.hetzner.cloud/v1")
-    try:
+    client = hcloud_client(token, endpoint, RetryPolicy(), ApiCalls())
+    with provider_errors(token_env):
         locations = client.locations.get_all()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             server_types = [t for t in client.server_types.get_all() if not t.deprecated]
         images = client.images.get_all(type=["system"])
         lb_types = client.load_balancer_types.get_all()
-    except APIException as exc:
-        raise ProviderError(
-            "hcloud", str(exc.message), code=str(exc.code), correlation_id=exc.correlation_id or ""
-        ) from None
     architectures: dict[str, set[str]] = {}
     for image in images:
         if image.name and image.architecture:
@@ -87,44 +83,15 @@ def fetch_hcloud(token: str, endpoint: str | None = None) -> Catalog:
     )
 
 
-def _do_pages(call: Any, key: str) -> list[dict[str, Any]]:
-    """Every item of a paged DigitalOcean list call, 200 per page."""
-    items: list[dict[str, Any]] = []
-    page = 1
-    while True:
-        body = call(per_page=DO_PAGE_SIZE, page=page)
-        items.extend(body.get(key, []))
-        if not body.get("links", {}).get("pages", {}).get("next"):
-            return items
-        page += 1
-
-
-def fetch_digitalocean(token: str, endpoint: str | None = None) -> Catalog:
+def fetch_digitalocean(token: str, endpoint: str | None = None, token_env: str = "") -> Catalog:
     """Sizes (with monthly prices, offered regions), regions and distribution images."""
-    from azure.core.exceptions import HttpResponseError
-    from pydo import Client
+    from engine.inventory.digitalocean import DigitalOceanApi, provider_errors
 
-    kwargs: dict[str, Any] = {"endpoint": endpoint} if endpoint else {}
-    client = Client(token, **kwargs)
-    # azure-core refuses to send a bearer token over http; a plain-http endpoint is a local
-    # API double, never the real API.
-    insecure: dict[str, Any] = (
-        {"enforce_https": False} if endpoint and endpoint.startswith("http:") else {}
-    )
-    try:
-        regions = _do_pages(lambda **kw: client.regions.list(**kw, **insecure), "regions")
-        sizes = _do_pages(lambda **kw: client.sizes.list(**kw, **insecure), "sizes")
-        images = _do_pages(
-            lambda **kw: client.images.list(type="distribution", **kw, **insecure), "images"
-        )
-    except HttpResponseError as exc:
-        body = _error_body(exc)
-        raise ProviderError(
-            "digitalocean",
-            str(body.get("message", exc.reason)),
-            code=str(body.get("id", exc.status_code)),
-            correlation_id=str(body.get("request_id", "")),
-        ) from None
+    api = DigitalOceanApi(token, endpoint, RetryPolicy(), ApiCalls())
+    with provider_errors(token_env):
+        regions = api.list_all(api.client.regions.list, "regions")
+        sizes = api.list_all(api.client.sizes.list, "sizes")
+        images = api.list_all(api.client.images.list, "images", type="distribution")
     shipped = load_catalog("digitalocean")
     return catalog_from_json(
         {
@@ -160,15 +127,6 @@ def fetch_digitalocean(token: str, endpoint: str | None = None) -> Catalog:
     )
 
 
-def _error_body(exc: Any) -> dict[str, Any]:
-    """DigitalOcean's error JSON ({"id", "message", "request_id"}), or {} if there is none."""
-    try:
-        body = json.loads(exc.response.text())
-    except (AttributeError, ValueError):
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 FETCHERS = {"hcloud": fetch_hcloud, "digitalocean": fetch_digitalocean}
 
 
@@ -181,7 +139,7 @@ def refresh_catalog(
             f"{provider}: only hcloud and digitalocean catalogs can be refreshed "
             "(the local catalog is fixed)"
         )
-    catalog = FETCHERS[provider](read_token(token_env), endpoint)
+    catalog = FETCHERS[provider](read_token(token_env), endpoint, token_env)
     path = refreshed_catalog_path(state_dir, provider)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

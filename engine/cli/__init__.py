@@ -23,7 +23,7 @@ from engine.errors import EngineError
 from engine.secrets import redact
 from engine.term import paint
 
-COMMANDS = ("validate", "catalog")
+COMMANDS = ("validate", "catalog", "preview", "unlock", "local")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the engine keeps state, keys, refreshed catalogs and logs "
         "(default: $ENGINE_STATE_DIR or .engine)",
+    )
+    common.add_argument(
+        "--state",
+        metavar="URL",
+        help="the state store: sqlite:///PATH or postgresql://USER@HOST/DB "
+        "(default: $ENGINE_STATE_URL, else state.db in the state directory)",
     )
     parser = argparse.ArgumentParser(
         prog="engine",

@@ -67,19 +67,21 @@ def uplink_mtu() -> int:
         return 1500
 
 
+def docker_url() -> str:
+    """Where the local provider's Docker engine is: $DOCKER_HOST, else the system socket."""
+    return os.environ.get("DOCKER_HOST") or f"unix://{SYSTEM_SOCKET}"
+
+
 def ensure_daemon(*, say: Callable[[str], None] = print) -> str:
     """The URL of a running Docker engine, starting the system one if it is installed but idle."""
-    configured = os.environ.get("DOCKER_HOST")
-    if configured:
-        if _ping(configured):
-            return configured
-        raise EngineError(
-            f"DOCKER_HOST is {configured}, but no Docker engine answers there; start it or "
-            "unset DOCKER_HOST to use the local one"
-        )
-    url = f"unix://{SYSTEM_SOCKET}"
+    url = docker_url()
     if _ping(url):
         return url
+    if os.environ.get("DOCKER_HOST"):
+        raise EngineError(
+            f"DOCKER_HOST is {url}, but no Docker engine answers there; start it or "
+            "unset DOCKER_HOST to use the local one"
+        )
     dockerd = shutil.which("dockerd")
     if dockerd is None:
         raise EngineError(
@@ -198,3 +200,8 @@ class PrivateDaemon:
                 self.process.kill()
                 self.process.wait()
         subprocess.run(["ip", "link", "delete", self.bridge], check=False, capture_output=True)
+        # dockerd bind-mounts its data root; after an unclean end the mount can outlive it.
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        for target in sorted((m.split()[1] for m in mounts), reverse=True):
+            if target.startswith(f"{self.root}/"):
+                subprocess.run(["umount", "-l", target], check=False, capture_output=True)

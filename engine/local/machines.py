@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 SEED_MOUNT = "/var/lib/cloud/seed/nocloud"
+# CPU limits as quota per period (not NanoCpus), because `docker update` can change these.
+CPU_PERIOD_US = 100_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,8 +53,10 @@ def create_machine(client: Any, spec: MachineSpec) -> Any:
         cap_add=["ALL"],
         cap_drop=["SYS_RESOURCE"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-        nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+        cpu_period=CPU_PERIOD_US if spec.cpus else None,
+        cpu_quota=int(spec.cpus * CPU_PERIOD_US) if spec.cpus else None,
         mem_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
+        memswap_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
         network_mode=spec.network,
     )
     # What `docker run --security-opt systempaths=unconfined` sets; docker-py has no argument.

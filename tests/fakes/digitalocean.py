@@ -1,12 +1,16 @@
 """A stateful fake of the DigitalOcean API (https://docs.digitalocean.com/reference/api/).
 
 Payloads follow the published reference: list endpoints page with `page`/`per_page` (at most
-200) and answer `links.pages` and `meta.total`; errors are `{"id", "message", "request_id"}`;
-every request needs `Authorization: Bearer <token>`.
+200) and answer `links.pages` and `meta.total`; `GET /v2/droplets` filters by `tag_name` and
+`name`; errors are `{"id", "message", "request_id"}`; answers carry `ratelimit-limit`,
+`ratelimit-remaining` and `ratelimit-reset`; every request needs `Authorization: Bearer
+<token>`. Like the real API, a droplet created moments ago can be missing from list calls
+(`add_droplet(..., listed=False)`). Faults (429, 5xx, slow answers) as in tests.fakes.common.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +18,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from engine.catalog import load_catalog
+from tests.fakes.common import FakeApi, Fault, pages
+
+__all__ = ["FakeDigitalOcean", "Fault"]
 
 MAX_PER_PAGE = 200
 REGIONS = ("nyc3", "ams3", "fra1", "sgp1")
@@ -35,12 +44,18 @@ def _size(slug: str, vcpus: int, memory_mb: int, disk: int, monthly: float) -> d
 
 
 @dataclass
-class FakeDigitalOcean:
+class FakeDigitalOcean(FakeApi):
     token: str = "dop_v1_fake0123456789abcdef"
-    requests: list[tuple[str, str]] = field(default_factory=list)
     regions: list[dict[str, Any]] = field(default_factory=list)
     sizes: list[dict[str, Any]] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
+    droplets: list[dict[str, Any]] = field(default_factory=list)
+    firewalls: list[dict[str, Any]] = field(default_factory=list)
+    vpcs: list[dict[str, Any]] = field(default_factory=list)
+    unlisted: set[int] = field(default_factory=set)
+    with_total: bool = True
+    rate_limit: int = 5000
+    rate_remaining: int = 5000
 
     def __post_init__(self) -> None:
         if not self.regions:
@@ -61,65 +76,210 @@ class FakeDigitalOcean:
             ] + [_size(f"zz-{n}", 1, 512, 10, 1.0) for n in range(250)]
         if not self.images:
             self.images = [
-                {
-                    "id": 1,
-                    "name": "12 x64",
-                    "distribution": "Debian",
-                    "slug": "debian-12-x64",
-                    "public": True,
-                    "regions": list(REGIONS),
-                    "type": "base",
-                    "status": "available",
-                },
-                {
-                    "id": 2,
-                    "name": "24.04 (LTS) x64",
-                    "distribution": "Ubuntu",
-                    "slug": "ubuntu-24-04-x64",
-                    "public": True,
-                    "regions": list(REGIONS),
-                    "type": "base",
-                    "status": "available",
-                },
+                _distribution(1, "12 x64", "Debian", "debian-12-x64"),
+                _distribution(2, "24.04 (LTS) x64", "Ubuntu", "ubuntu-24-04-x64"),
             ]
+        if not self.vpcs:
+            self.vpcs = [self._vpc(f"default-{region}", region, default=True) for region in REGIONS]
 
-    def count(self, path: str) -> int:
-        return sum(1 for _, p in self.requests if p == path)
+    # --- state the tests arrange -------------------------------------------------------------
 
-    def _list(self, request: Request, key: str, items: list[dict[str, Any]]) -> JSONResponse:
-        self.requests.append((request.method, request.url.path))
-        if request.headers.get("authorization") != f"Bearer {self.token}":
-            return JSONResponse(
-                {
-                    "id": "Unauthorized",
-                    "message": "Unable to authenticate you.",
-                    "request_id": "r1",
-                },
-                status_code=401,
-            )
-        per_page = min(int(request.query_params.get("per_page", 20)), MAX_PER_PAGE)
-        page = int(request.query_params.get("page", 1))
-        last = max(1, -(-len(items) // per_page))
-        base = str(request.url.remove_query_params(["page"]))
-        pages: dict[str, str] = {}
-        if page < last:
-            pages["next"] = f"{base}&page={page + 1}" if "?" in base else f"{base}?page={page + 1}"
-            pages["last"] = f"{base}&page={last}" if "?" in base else f"{base}?page={last}"
+    def _vpc(self, name: str, region: str, *, default: bool = False) -> dict[str, Any]:
+        vpc_id = f"5a4981aa-9653-4bd1-bef5-{self.next_id():012d}"
+        return {
+            "id": vpc_id,
+            "urn": f"do:vpc:{vpc_id}",
+            "name": name,
+            "description": "",
+            "region": region,
+            "ip_range": "10.110.0.0/20",
+            "default": default,
+            "created_at": "2026-01-01T00:00:00Z",
+        }
+
+    def add_vpc(self, name: str, region: str) -> dict[str, Any]:
+        vpc = self._vpc(name, region)
+        self.vpcs.append(vpc)
+        return vpc
+
+    def add_firewall(
+        self, name: str, *, droplet_ids: tuple[int, ...] = (), tags: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        firewall = {
+            "id": f"bb4b2611-3d72-467b-8602-{self.next_id():012d}",
+            "status": "succeeded",
+            "created_at": "2026-01-01T00:00:00Z",
+            "pending_changes": [],
+            "name": name,
+            "droplet_ids": list(droplet_ids),
+            "tags": list(tags),
+            "inbound_rules": [],
+            "outbound_rules": [],
+        }
+        self.firewalls.append(firewall)
+        return firewall
+
+    def add_droplet(
+        self,
+        name: str,
+        *,
+        tags: tuple[str, ...] = (),
+        size: str = "s-1vcpu-1gb",
+        region: str = "fra1",
+        image: str = "debian-12-x64",
+        vpc: str | None = None,
+        backups: bool = False,
+        ipv6: bool = True,
+        status: str = "active",
+        listed: bool = True,
+    ) -> dict[str, Any]:
+        """Add a droplet as `GET /v2/droplets/{id}` would show it (its VPC by name)."""
+        droplet_id = self.next_id()
+        kind = self._size(size)
+        vpc_id = next(
+            v["id"]
+            for v in self.vpcs
+            if v["name"] == (vpc or f"default-{region}") and v["region"] == region
+        )
+        octets = (droplet_id >> 8) & 255, droplet_id & 255
+        droplet = {
+            "id": droplet_id,
+            "name": name,
+            "memory": kind["memory"],
+            "vcpus": kind["vcpus"],
+            "disk": kind["disk"],
+            "locked": False,
+            "status": status,
+            "kernel": None,
+            "created_at": "2026-01-01T00:00:00Z",
+            "features": ["monitoring", *(["backups"] if backups else []), "ipv6"],
+            "backup_ids": [],
+            "next_backup_window": (
+                {"start": "2026-01-02T00:00:00Z", "end": "2026-01-02T23:00:00Z"}
+                if backups
+                else None
+            ),
+            "snapshot_ids": [],
+            "image": next(i for i in self.images if i["slug"] == image),
+            "volume_ids": [],
+            "size": kind,
+            "size_slug": size,
+            "networks": {
+                "v4": [
+                    {
+                        "ip_address": f"104.236.{octets[0]}.{octets[1]}",
+                        "netmask": "255.255.192.0",
+                        "gateway": "104.236.0.1",
+                        "type": "public",
+                    },
+                    {
+                        "ip_address": f"10.110.{octets[0]}.{octets[1]}",
+                        "netmask": "255.255.240.0",
+                        "gateway": "10.110.0.1",
+                        "type": "private",
+                    },
+                ],
+                "v6": [
+                    {
+                        "ip_address": f"2604:a880:800:10::{droplet_id:x}",
+                        "netmask": 64,
+                        "gateway": "2604:a880:800:10::1",
+                        "type": "public",
+                    }
+                ]
+                if ipv6
+                else [],
+            },
+            "region": {
+                "name": region.upper(),
+                "slug": region,
+                "features": ["backups", "ipv6", "metadata"],
+                "available": True,
+                "sizes": [size],
+            },
+            "tags": list(tags),
+            "vpc_uuid": vpc_id,
+        }
+        self.droplets.append(droplet)
+        if not listed:
+            self.unlisted.add(droplet_id)
+        return droplet
+
+    def _size(self, slug: str) -> dict[str, Any]:
+        """The size from this fake's catalog, else from the engine's shipped one."""
+        known = next((s for s in self.sizes if s["slug"] == slug), None)
+        if known is not None:
+            return known
+        t = load_catalog("digitalocean").server_types[slug]
+        price = min(t.prices.values(), default=0.0)
+        return _size(slug, t.cores, int(t.memory_gb * 1024), t.disk_gb, price)
+
+    # --- the HTTP side ---------------------------------------------------------------------
+
+    def error(self, status: int, code: str, message: str) -> JSONResponse:
+        request_id = f"req-{len(self.requests)}"
         return JSONResponse(
-            {
-                key: items[(page - 1) * per_page : page * per_page],
-                "links": {"pages": pages},
-                "meta": {"total": len(items)},
-            }
+            {"id": code, "message": message, "request_id": request_id},
+            status_code=status,
+            headers={"x-request-id": request_id},
+        )
+
+    def rate_headers(self) -> dict[str, str]:
+        reset = self.rate_reset if self.rate_reset is not None else int(time.time()) + 60
+        return {
+            "ratelimit-limit": str(self.rate_limit),
+            "ratelimit-remaining": str(self.rate_remaining),
+            "ratelimit-reset": str(reset),
+        }
+
+    async def _list(self, request: Request, key: str, items: list[dict[str, Any]]) -> JSONResponse:
+        refused = await self.admit(request)
+        if refused is not None:
+            return refused
+        query = request.query_params
+        if key == "droplets":
+            items = [d for d in items if d["id"] not in self.unlisted]
+            if "tag_name" in query:
+                items = [d for d in items if query["tag_name"] in d["tags"]]
+            if "name" in query:
+                items = [d for d in items if d["name"] == query["name"]]
+        chunk, page, _, last = pages(items, request, MAX_PER_PAGE, 20)
+        base = str(request.url.remove_query_params(["page"]))
+        joiner = "&" if "?" in base else "?"
+        links: dict[str, str] = {}
+        if page < last:
+            links["next"] = f"{base}{joiner}page={page + 1}"
+            links["last"] = f"{base}{joiner}page={last}"
+        meta = {"total": len(items)} if self.with_total else {}
+        return JSONResponse(
+            {key: chunk, "links": {"pages": links}, "meta": meta}, headers=self.rate_headers()
         )
 
     def app(self) -> Starlette:
         def lister(key: str):  # type: ignore[no-untyped-def]
             async def endpoint(request: Request) -> JSONResponse:
-                return self._list(request, key, getattr(self, key))
+                return await self._list(request, key, getattr(self, key))
 
             return endpoint
 
-        return Starlette(
-            routes=[Route(f"/v2/{key}", lister(key)) for key in ("regions", "sizes", "images")]
-        )
+        keys = ("regions", "sizes", "images", "droplets", "firewalls", "vpcs")
+        return Starlette(routes=[Route(f"/v2/{key}", lister(key)) for key in keys])
+
+
+def _distribution(image_id: int, name: str, distribution: str, slug: str) -> dict[str, Any]:
+    return {
+        "id": image_id,
+        "name": name,
+        "distribution": distribution,
+        "slug": slug,
+        "public": True,
+        "regions": list(REGIONS),
+        "created_at": "2026-01-01T00:00:00Z",
+        "min_disk_size": 10,
+        "type": "base",
+        "size_gigabytes": 2.36,
+        "description": f"{distribution} {name}",
+        "tags": [],
+        "status": "available",
+        "error_message": "",
+    }

@@ -1,13 +1,18 @@
 """A stateful fake of the Hetzner Cloud API (https://docs.hetzner.cloud), for tests.
 
 Payloads follow the published reference: list endpoints page with `page`/`per_page` (at most
-50) and answer `meta.pagination`; errors are `{"error": {"code", "message"}}`; every request
-needs `Authorization: Bearer <token>`. The fake counts requests and can be told to fail the
-next ones (429 with rate-limit headers, 5xx) to exercise retries.
+50) and answer `meta.pagination`; `GET /servers` filters by `label_selector` (the documented
+selector language: `k=v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`, comma = and) and
+`name`; errors are `{"error": {"code", "message", "details"}}` with an `X-Correlation-Id`
+header; every answer carries `RateLimit-Limit/Remaining/Reset`; every request needs
+`Authorization: Bearer <token>`. The fake counts requests and fails the next ones on demand
+(429 with Retry-After, 5xx, slow answers that time out) to exercise retries.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +20,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from engine.catalog import load_catalog
+from tests.fakes.common import FakeApi, Fault, pages
+
+__all__ = ["FakeHcloud", "Fault"]
 
 MAX_PER_PAGE = 50
 
@@ -74,7 +84,7 @@ def _server_type(
     }
 
 
-def _image(i: int, name: str, arch: str) -> dict[str, Any]:
+def _image(i: int, name: str | None, arch: str) -> dict[str, Any]:
     return {
         "id": i,
         "type": "system",
@@ -86,8 +96,8 @@ def _image(i: int, name: str, arch: str) -> dict[str, Any]:
         "created": "2024-01-01T00:00:00+00:00",
         "created_from": None,
         "bound_to": None,
-        "os_flavor": name.split("-")[0],
-        "os_version": name.split("-")[-1],
+        "os_flavor": (name or "debian").split("-")[0],
+        "os_version": (name or "12").split("-")[-1],
         "rapid_deploy": True,
         "protection": {"delete": False},
         "deprecated": None,
@@ -97,21 +107,42 @@ def _image(i: int, name: str, arch: str) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Fault:
-    status: int
-    retry_after: int | None = None
+def _selector_term(term: str) -> Any:
+    term = term.strip()
+    if match := re.fullmatch(r"([^\s!=]+)\s+(in|notin)\s+\((.*)\)", term):
+        key, op, values = match[1], match[2], {v.strip() for v in match[3].split(",")}
+        if op == "in":
+            return lambda labels: labels.get(key) in values
+        return lambda labels: labels.get(key) not in values
+    if "!=" in term:
+        key, value = term.split("!=", 1)
+        return lambda labels: labels.get(key) != value
+    if "=" in term:
+        key, value = term.replace("==", "=").split("=", 1)
+        return lambda labels: labels.get(key) == value
+    if term.startswith("!"):
+        return lambda labels: term[1:] not in labels
+    return lambda labels: term in labels
+
+
+def matches_selector(labels: dict[str, str], selector: str) -> bool:
+    """Whether `labels` satisfy a Hetzner label selector."""
+    terms = re.split(r",(?![^()]*\))", selector)
+    return all(_selector_term(term)(labels) for term in terms if term.strip())
 
 
 @dataclass
-class FakeHcloud:
+class FakeHcloud(FakeApi):
     token: str = "fake-hcloud-token-0123456789"
-    requests: list[tuple[str, str]] = field(default_factory=list)
-    faults: list[Fault] = field(default_factory=list)
     locations: list[dict[str, Any]] = field(default_factory=list)
     server_types: list[dict[str, Any]] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
     load_balancer_types: list[dict[str, Any]] = field(default_factory=list)
+    servers: list[dict[str, Any]] = field(default_factory=list)
+    firewalls: list[dict[str, Any]] = field(default_factory=list)
+    networks: list[dict[str, Any]] = field(default_factory=list)
+    placement_groups: list[dict[str, Any]] = field(default_factory=list)
+    _filtered: dict[tuple[Any, ...], list[dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.locations:
@@ -158,41 +189,203 @@ class FakeHcloud:
                 }
             ]
 
-    def count(self, path: str) -> int:
-        return sum(1 for _, p in self.requests if p == path)
+    # --- state the tests arrange -------------------------------------------------------------
 
-    def _guard(self, request: Request) -> JSONResponse | None:
-        self.requests.append((request.method, request.url.path))
-        if request.headers.get("authorization") != f"Bearer {self.token}":
-            return JSONResponse(
-                {"error": {"code": "unauthorized", "message": "unable to authenticate"}},
-                status_code=401,
-            )
-        if self.faults:
-            fault = self.faults.pop(0)
-            headers = {"RateLimit-Limit": "3600", "RateLimit-Remaining": "0"}
-            if fault.retry_after is not None:
-                headers["RateLimit-Reset"] = str(fault.retry_after)
-                headers["Retry-After"] = str(fault.retry_after)
-            code = "rate_limit_exceeded" if fault.status == 429 else "service_error"
-            return JSONResponse(
-                {"error": {"code": code, "message": "injected fault"}},
-                status_code=fault.status,
-                headers=headers,
-            )
-        return None
+    def add_firewall(self, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        firewall = {
+            "id": self.next_id(),
+            "name": name,
+            "labels": labels or {},
+            "created": "2026-01-01T00:00:00+00:00",
+            "rules": [],
+            "applied_to": [],
+        }
+        self.firewalls.append(firewall)
+        return firewall
 
-    def _list(self, request: Request, key: str, items: list[dict[str, Any]]) -> JSONResponse:
-        refused = self._guard(request)
+    def add_network(self, name: str, ip_range: str = "10.0.0.0/16") -> dict[str, Any]:
+        network = {
+            "id": self.next_id(),
+            "name": name,
+            "ip_range": ip_range,
+            "subnets": [],
+            "routes": [],
+            "servers": [],
+            "load_balancers": [],
+            "protection": {"delete": False},
+            "labels": {},
+            "created": "2026-01-01T00:00:00+00:00",
+            "expose_routes_to_vswitch": False,
+        }
+        self.networks.append(network)
+        return network
+
+    def _named(self, items: list[dict[str, Any]], name: str) -> dict[str, Any]:
+        return next(item for item in items if item["name"] == name)
+
+    def add_server(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str] | None = None,
+        server_type: str = "cx22",
+        location: str = "fsn1",
+        image: str | None = "debian-12",
+        snapshot_labels: dict[str, str] | None = None,
+        firewalls: tuple[str, ...] = (),
+        networks: tuple[str, ...] = (),
+        placement_group: str | None = None,
+        backups: bool = False,
+        ipv4: bool = True,
+        ipv6: bool = True,
+        status: str = "running",
+        server_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Add a server as `GET /servers/{id}` would show it (firewalls and networks by name)."""
+        server_id = server_id or self.next_id()
+        kind = self._server_type(server_type)
+        octets = (server_id >> 8) & 255, server_id & 255
+        server = {
+            "id": server_id,
+            "name": name,
+            "status": status,
+            "created": "2026-01-01T00:00:00+00:00",
+            "public_net": {
+                "ipv4": {
+                    "id": server_id,
+                    "ip": f"203.0.{octets[0]}.{octets[1]}",
+                    "blocked": False,
+                    "dns_ptr": f"static.{server_id}.example.com",
+                }
+                if ipv4
+                else None,
+                "ipv6": {
+                    "id": server_id,
+                    "ip": f"2001:db8:{server_id:x}::/64",
+                    "blocked": False,
+                    "dns_ptr": [],
+                }
+                if ipv6
+                else None,
+                "floating_ips": [],
+                "firewalls": [
+                    {"id": self._named(self.firewalls, f)["id"], "status": "applied"}
+                    for f in firewalls
+                ],
+            },
+            "private_net": [
+                {
+                    "network": self._named(self.networks, n)["id"],
+                    "ip": f"10.0.{octets[0]}.{octets[1]}",
+                    "alias_ips": [],
+                    "mac_address": "86:00:ff:2a:7d:e1",
+                }
+                for n in networks
+            ],
+            "server_type": kind,
+            "location": self._location(location),
+            "image": self._server_image(image, snapshot_labels),
+            "iso": None,
+            "rescue_enabled": False,
+            "locked": False,
+            "backup_window": "22-02" if backups else None,
+            "outgoing_traffic": 0,
+            "ingoing_traffic": 0,
+            "included_traffic": 21990232555520,
+            "protection": {"delete": False, "rebuild": False},
+            "labels": dict(labels or {}),
+            "volumes": [],
+            "load_balancers": [],
+            "primary_disk_size": kind["disk"],
+            "placement_group": self._placement_group(placement_group, server_id),
+        }
+        self.servers.append(server)
+        return server
+
+    def _location(self, name: str) -> dict[str, Any]:
+        """The location from this fake's catalog, else from the engine's shipped one."""
+        known = next((x for x in self.locations if x["name"] == name), None)
+        if known is not None:
+            return known
+        x = load_catalog("hcloud").locations[name]
+        return _location(self.next_id(), name, x.city, x.country, x.network_zone)
+
+    def _server_type(self, name: str) -> dict[str, Any]:
+        """The type from this fake's catalog, else from the engine's shipped one."""
+        known = next((t for t in self.server_types if t["name"] == name), None)
+        if known is not None:
+            return known
+        t = load_catalog("hcloud").server_types[name]
+        return _server_type(
+            self.next_id(), name, t.cores, t.memory_gb, t.disk_gb, t.architecture, dict(t.prices)
+        )
+
+    def _server_image(
+        self, name: str | None, snapshot_labels: dict[str, str] | None
+    ) -> dict[str, Any] | None:
+        if snapshot_labels is not None:
+            snapshot = _image(self.next_id(), None, "x86")
+            snapshot.update(type="snapshot", description="golden", labels=snapshot_labels)
+            return snapshot
+        if name is None:
+            return None  # the image was deleted since
+        return next(i for i in self.images if i["name"] == name)
+
+    def _placement_group(self, name: str | None, server_id: int) -> dict[str, Any] | None:
+        if name is None:
+            return None
+        group = next((g for g in self.placement_groups if g["name"] == name), None)
+        if group is None:
+            group = {
+                "id": self.next_id(),
+                "name": name,
+                "labels": {},
+                "type": "spread",
+                "created": "2026-01-01T00:00:00+00:00",
+                "servers": [],
+            }
+            self.placement_groups.append(group)
+        group["servers"].append(server_id)
+        return group
+
+    # --- the HTTP side ---------------------------------------------------------------------
+
+    def error(self, status: int, code: str, message: str) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"code": code, "message": message, "details": {}}},
+            status_code=status,
+            headers={"X-Correlation-Id": f"corr-{len(self.requests)}"},
+        )
+
+    def rate_headers(self) -> dict[str, str]:
+        reset = self.rate_reset
+        if reset is None:
+            reset = int(time.time()) + (self.rate_limit - self.rate_remaining)
+        return {
+            "RateLimit-Limit": str(self.rate_limit),
+            "RateLimit-Remaining": str(self.rate_remaining),
+            "RateLimit-Reset": str(reset),
+        }
+
+    async def _list(self, request: Request, key: str, items: list[dict[str, Any]]) -> JSONResponse:
+        refused = await self.admit(request)
         if refused is not None:
             return refused
-        per_page = min(int(request.query_params.get("per_page", 25)), MAX_PER_PAGE)
-        page = int(request.query_params.get("page", 1))
-        if "type" in request.query_params:
-            wanted = request.query_params.getlist("type")
-            items = [i for i in items if i.get("type") in wanted]
-        last = max(1, -(-len(items) // per_page))
-        chunk = items[(page - 1) * per_page : page * per_page]
+        query = request.query_params
+        filters = (key, len(items), tuple(query.getlist("type")), query.get("name"))
+        filters += (query.get("label_selector"),)
+        if filters not in self._filtered:  # a page of 10,000 servers need not filter all again
+            self._filtered.clear()
+            if "type" in query:
+                items = [i for i in items if i.get("type") in query.getlist("type")]
+            if "name" in query:
+                items = [i for i in items if i.get("name") == query["name"]]
+            if "label_selector" in query:
+                selector = query["label_selector"]
+                items = [i for i in items if matches_selector(i["labels"], selector)]
+            self._filtered[filters] = items
+        items = self._filtered[filters]
+        chunk, page, per_page, last = pages(items, request, MAX_PER_PAGE, 25)
         return JSONResponse(
             {
                 key: chunk,
@@ -207,19 +400,23 @@ class FakeHcloud:
                     }
                 },
             },
-            headers={"RateLimit-Limit": "3600", "RateLimit-Remaining": "3599"},
+            headers=self.rate_headers(),
         )
 
     def app(self) -> Starlette:
         def lister(key: str):  # type: ignore[no-untyped-def]
             async def endpoint(request: Request) -> JSONResponse:
-                return self._list(request, key, getattr(self, key))
+                return await self._list(request, key, getattr(self, key))
 
             return endpoint
 
-        return Starlette(
-            routes=[
-                Route(f"/v1/{key}", lister(key))
-                for key in ("locations", "server_types", "images", "load_balancer_types")
-            ]
+        keys = (
+            "locations",
+            "server_types",
+            "images",
+            "load_balancer_types",
+            "servers",
+            "firewalls",
+            "networks",
         )
+        return Starlette(routes=[Route(f"/v1/{key}", lister(key)) for key in keys])

@@ -1,4 +1,8 @@
-"""Run an ASGI app on a real uvicorn server on loopback, in a thread, for one test."""
+"""Run an ASGI app on a real uvicorn server in a thread, for one test.
+
+It listens on loopback unless the test gives the address of a bridge it created itself (the
+gateway of its private dockerd, so that containers can reach it).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,11 @@ import uvicorn
 
 
 @contextmanager
-def serve(app: Any, **config: Any) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 and yield its base URL; stop and join on exit."""
+def serve(app: Any, host: str = "127.0.0.1", **config: Any) -> Iterator[str]:
+    """Serve `app` on `host` (a free port) and yield its base URL; stop and join on exit."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -29,7 +33,7 @@ def serve(app: Any, **config: Any) -> Iterator[str]:
         time.sleep(0.01)
     scheme = "https" if "ssl_certfile" in config else "http"
     try:
-        yield f"{scheme}://127.0.0.1:{port}"
+        yield f"{scheme}://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

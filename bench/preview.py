@@ -1,0 +1,264 @@
+"""Benchmark: preview of a 10,000-server fleet against a 10,000-server inventory, 1% drift.
+
+Targets (issue #3): <= 1.5 s wall and <= 300 MB peak RSS on a 2-core machine. Prints two
+figures, each measured in a fresh process:
+
+1. pure: load + validate the spec, expand it, diff it against the inventory and the state
+   store's records (given in memory), and render the plan as text, markdown and JSON;
+2. with the inventory: `engine preview SPEC --format json` as users run it, reading the
+   inventory from the fake Hetzner API (tests/fakes/hcloud.py, another process, over
+   loopback) and the records from a SQLite state store;
+
+and the API calls the preview made, and would make on DigitalOcean for the same fleet.
+
+    python bench/preview.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.validate import generated_spec  # noqa: E402
+from engine.catalog import Catalog, load_catalog  # noqa: E402
+from engine.diff import as_built, as_recorded  # noqa: E402
+from engine.inventory import ActualServer  # noqa: E402
+from engine.model import Fleet, Image, ImageKind, ownership_labels  # noqa: E402
+from engine.placement import expand_fleet  # noqa: E402
+from engine.spec import load_spec  # noqa: E402
+from engine.state import ServerRecord  # noqa: E402
+
+GROUPS, PER_GROUP = 20, 500
+
+
+def bench_spec(endpoint: str | None = None) -> dict[str, Any]:
+    """bench/validate.py's generated spec, with room in its limits and maybe an endpoint."""
+    spec = generated_spec(GROUPS, PER_GROUP)
+    if endpoint:
+        spec["provider"] = {"name": "hcloud", "token_env": "HCLOUD_TOKEN", "endpoint": endpoint}
+    spec["limits"] = {"servers": 20000, "monthly_cost": 200000}
+    return spec
+
+
+def drifted_inventory(
+    fleet: Fleet, catalog: Catalog
+) -> tuple[list[ActualServer], list[ServerRecord], dict[str, int]]:
+    """The fleet as built and recorded, with 1% of it drifted in every way the diff knows."""
+    servers = [
+        as_built(fleet, s, catalog, str(n)) for n, s in enumerate(expand_fleet(fleet, catalog), 1)
+    ]
+    records = [as_recorded(fleet, s, dict(s.labels)["fleet-group"]) for s in servers]
+    drift = {"label": 30, "firewall": 20, "resize": 15, "replace": 10, "create": 10, "delete": 10,
+             "reinstall": 5}  # fmt: skip
+    chosen = iter(range(0, len(servers), len(servers) // 100))
+    for kind, count in drift.items():
+        for _ in range(count if kind != "delete" else 0):
+            i = next(chosen)
+            server = servers[i]
+            if kind == "label":
+                labels = {**dict(server.labels), "role": "drifted"}
+                servers[i] = dataclasses.replace(server, labels=tuple(sorted(labels.items())))
+            elif kind == "firewall":
+                servers[i] = dataclasses.replace(server, firewalls=())
+            elif kind == "resize":
+                servers[i] = dataclasses.replace(server, server_type="cpx11", disk_gb=40)
+            elif kind == "replace":
+                image = Image(kind=ImageKind.NAME, name="debian-11")
+                servers[i] = dataclasses.replace(server, image=image)
+            elif kind == "create":
+                servers[i] = dataclasses.replace(server, provider_id="")  # removed below
+            elif kind == "reinstall":
+                records[i] = dataclasses.replace(records[i], install_hash="sha256:0000000000000000")
+    missing = {s.name for s in servers if not s.provider_id}
+    servers = [s for s in servers if s.provider_id]
+    records = [r for r in records if r.name not in missing]
+    for n in range(PER_GROUP + 1, PER_GROUP + 1 + drift["delete"]):
+        name = f"g0-{n}"
+        extra = dataclasses.replace(
+            servers[0],
+            name=name,
+            provider_id=str(100_000 + n),
+            labels=tuple(sorted({**dict(servers[0].labels),
+                                 **dict(ownership_labels(fleet.name, "g0", name))}.items())),
+        )  # fmt: skip
+        servers.append(extra)
+        records.append(as_recorded(fleet, extra, "g0"))
+    return servers, records, drift
+
+
+def run_pure(spec_path: str) -> dict[str, Any]:
+    """Scenario 1, in this process: the work of a preview once the inventory is in memory."""
+    from engine.diff import diff_fleet
+    from engine.render import render_json, render_markdown, render_text
+
+    fleet = load_spec(spec_path)
+    catalog = load_catalog("hcloud")
+    servers, records, _ = drifted_inventory(fleet, catalog)
+    best: dict[str, float] = {}
+    for _ in range(5):
+        steps: dict[str, float] = {}
+        start = time.perf_counter()
+        fleet = load_spec(spec_path)
+        steps["load + validate"] = time.perf_counter() - start
+        mark = time.perf_counter()
+        plan = diff_fleet(fleet, catalog, servers, records)
+        steps["expand + diff"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        render_text(plan)
+        render_markdown(plan)
+        json.dumps(render_json(plan))
+        steps["render text + markdown + json"] = time.perf_counter() - mark
+        steps["total"] = time.perf_counter() - start
+        best = {k: min(v, best.get(k, v)) for k, v in steps.items()}
+    return {
+        "seconds": best,
+        "changes": {str(k): v for k, v in plan.counts().items()},
+        "unchanged": plan.unchanged,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def serve_fake() -> None:
+    """Scenario 2's fake Hetzner API, in its own process, populated with the inventory."""
+    from tests.fakes.hcloud import FakeHcloud
+    from tests.support.http import serve
+
+    fleet = load_spec(sys.argv[2])
+    catalog = load_catalog("hcloud")
+    servers, _, _ = drifted_inventory(fleet, catalog)
+    fake = FakeHcloud()
+    fake.add_firewall("bench-web")
+    fake.add_network("bench-private")
+    fake.images.append({**fake.images[0], "id": 99, "name": "debian-11"})
+    for server in servers:
+        assert server.image is not None
+        fake.add_server(
+            server.name,
+            labels=dict(server.labels),
+            server_type=server.server_type,
+            location=server.location,
+            image=server.image.name,
+            firewalls=server.firewalls,
+            networks=server.networks,
+            server_id=int(server.provider_id),
+        )
+    with serve(fake.app()) as url:
+        print(url, flush=True)
+        sys.stdin.read()  # until the benchmark closes our stdin
+
+
+def run_with_inventory(folder: Path) -> dict[str, Any]:
+    """Scenario 2: `engine preview` as a process against the fake API and a SQLite store."""
+    from engine.state.store import open_store
+
+    fleet = load_spec(folder / "pure.yaml")
+    catalog = load_catalog("hcloud")
+    _, records, _ = drifted_inventory(fleet, catalog)
+    state = f"sqlite:///{folder / 'state.db'}"
+    with open_store(state) as store:
+        store.save_servers(records)
+    fake = subprocess.Popen(
+        [sys.executable, __file__, "--serve-fake", str(folder / "pure.yaml")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert fake.stdout is not None
+        url = fake.stdout.readline().strip()
+        if not url:
+            raise SystemExit("the fake Hetzner API did not start")
+        spec = folder / "live.yaml"
+        spec.write_text(yaml.safe_dump(bench_spec(f"{url}/v1"), sort_keys=False))
+        env = {**os.environ, "HCLOUD_TOKEN": "fake-hcloud-token-0123456789", "NO_COLOR": "1"}
+        errors = folder / "preview.err"
+        runs = []
+        for _ in range(3):
+            start = time.perf_counter()
+            with errors.open("wb") as err:
+                preview = subprocess.Popen(
+                    [sys.executable, "-m", "engine", "preview", str(spec), "--format", "json",
+                     "--state", state],
+                    stdout=subprocess.PIPE, stderr=err, env=env, cwd=ROOT,
+                )  # fmt: skip
+                assert preview.stdout is not None
+                out = preview.stdout.read()
+                # wait4 gives this one child's peak RSS, apart from the fake's and the probe's.
+                _, status, usage = os.wait4(preview.pid, 0)
+            cpu = usage.ru_utime + usage.ru_stime
+            runs.append((time.perf_counter() - start, usage.ru_maxrss / 1024, cpu))
+            if os.waitstatus_to_exitcode(status) not in (0, 1):
+                raise SystemExit(f"engine preview failed: {errors.read_text()}")
+    finally:
+        if fake.stdin:
+            fake.stdin.close()
+        fake.wait(timeout=30)
+    document = json.loads(out)
+    return {
+        "wall": min(run[0] for run in runs),
+        "rss_mb": max(run[1] for run in runs),
+        "cpu": min(run[2] for run in runs),
+        "document": document,
+    }
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "pure.yaml").write_text(yaml.safe_dump(bench_spec(), sort_keys=False))
+        print(f"engine preview benchmarks: {GROUPS * PER_GROUP:,} servers, 1% drift")
+        probe = subprocess.run(
+            [sys.executable, __file__, "--pure", str(folder / "pure.yaml")],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        )  # fmt: skip
+        pure = json.loads(probe.stdout)
+        print("  1. pure (spec + inventory in memory -> plan -> text, markdown, JSON):")
+        for step, seconds in pure["seconds"].items():
+            print(f"       {step:<32} {seconds * 1000:7.0f} ms")
+        print(
+            f"       (best of 5) peak RSS {pure['rss_mb']:.0f} MB (targets: <= 1500 ms, <= 300 MB)"
+        )
+        print(f"       plan: {pure['changes']}, {pure['unchanged']:,} unchanged")
+        live = run_with_inventory(folder)
+        calls = live["document"]["api_calls"]
+        print("  2. `engine preview --format json` as a process, inventory from the fake")
+        print("     Hetzner API over loopback, records from a SQLite state store:")
+        wall, rss = live["wall"] * 1000, live["rss_mb"]
+        print(
+            f"       wall {wall:.0f} ms (best of 3; the fake API shares the 2 cores), "
+            f"engine CPU {live['cpu'] * 1000:.0f} ms, peak RSS {rss:.0f} MB"
+        )
+        summary = {k: v for k, v in live["document"]["summary"].items() if v and k != "has_changes"}
+        print(f"       plan: {summary}")
+        print(
+            f"       API calls made to read: {calls['read']} {calls['read_by_path']} "
+            f"({calls['retries']} retried)"
+        )
+        print(f"       API calls to apply the plan: about {calls['apply_estimate']}")
+        print(
+            "       DigitalOcean would read the same fleet with "
+            f"{-(-GROUPS * PER_GROUP // 200)} list calls (200 droplets per page)"
+        )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--pure"]:
+        print(json.dumps(run_pure(sys.argv[2])))
+    elif sys.argv[1:2] == ["--serve-fake"]:
+        serve_fake()
+    else:
+        main()

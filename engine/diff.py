@@ -1,0 +1,687 @@
+"""The diff: desired servers against actual servers and the store's records -> a Plan. Pure.
+
+Inputs: the Fleet (expanded with engine.placement, existing servers pinned to where they
+are), the provider's owned servers (engine.inventory), the state store's records, unowned
+servers whose names the plan would take, and DiffOptions. Rules, per server name:
+
+    desired, missing at the provider ........ create (unless the store recorded its create
+                                              less than list_lag_s ago: the provider's list
+                                              may lag, so it is not planned twice)
+    desired, name held by an unowned server . problem name_taken: never touch it
+    location or image differs ............... replace, with the cause (DigitalOcean: also a
+                                              VPC move or a public address that cannot go)
+    server type differs ..................... resize (disruptive); a type with a smaller disk
+                                              than the server has is a problem: disks do not
+                                              shrink
+    labels, firewalls, networks, backups,
+    placement group, public addresses ....... update in place (placement and addresses need
+                                              the server powered off: disruptive)
+    install settings hash differs ........... reinstall (unless replaced anyway)
+    exists, but the store has no record ..... adopt (record it; the engine installs it)
+    owned, not desired, recorded ............ delete
+    owned, not desired, not recorded ........ an orphan: left alone with a warning, deleted
+                                              only when options.delete_orphans
+    two owned servers with one name ......... the one the store knows (else the oldest) is
+                                              kept, the other is deleted (or is an orphan)
+
+A server can get several changes, executed in order: adopt, then replace or resize and
+update, then reinstall. Limits are checked on the fleet as the plan leaves it
+(engine.quota); costs come from the catalog (engine.cost). diff(x, x) is empty.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from engine.catalog import Catalog
+from engine.cost import monthly_price, server_usage
+from engine.inventory import ActualServer
+from engine.model import (
+    LABEL_GROUP,
+    Fleet,
+    Image,
+    ImageKind,
+    ProviderName,
+    Server,
+    Stage,
+    fleet_resource_name,
+    install_hash,
+)
+from engine.placement import expand_fleet
+from engine.plan import (
+    NO_USAGE,
+    Action,
+    ApiCallCount,
+    Change,
+    FieldChange,
+    Plan,
+    Problem,
+    Usage,
+    estimate_writes,
+)
+from engine.quota import check_limits
+from engine.state import ServerRecord
+
+# A create recorded in these stages is not coming: the list lag does not excuse its absence.
+_ABANDONED = frozenset({Stage.FAILED, Stage.DELETING})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiffOptions:
+    """How to diff: orphan deletion, the list-lag window, and what the actual state is."""
+
+    delete_orphans: bool = False
+    now: dt.datetime | None = None
+    list_lag_s: float = 0.0
+    compared_with: str = "the provider"
+    api_calls: ApiCallCount | None = None
+
+
+def is_same_image(desired: Image, actual: Image | None) -> bool:
+    """Whether a server made from `actual` matches `desired` (unknown images match).
+
+    A snapshot matches when it carries at least the labels the spec selects by: a newer
+    snapshot with those labels does not replace running servers.
+    """
+    if actual is None:
+        return True
+    if desired.kind is ImageKind.SNAPSHOT:
+        return actual.kind is ImageKind.SNAPSHOT and set(desired.labels) <= set(actual.labels)
+    return actual.kind is desired.kind and actual.name == desired.name
+
+
+def natural_key(name: str) -> tuple[str, int]:
+    """Sort key that puts web-9 before web-10."""
+    match = re.fullmatch(r"(.*)-(\d+)", name)
+    return (match[1], int(match[2])) if match else (name, 0)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _wants(fleet: Fleet, group: str) -> str:
+    count = fleet.group(group).count
+    return f"{group} wants {count} server{'' if count == 1 else 's'}"
+
+
+class _Differ:
+    def __init__(
+        self,
+        fleet: Fleet,
+        catalog: Catalog,
+        records: Sequence[ServerRecord],
+        unowned: Sequence[ActualServer],
+        options: DiffOptions,
+    ) -> None:
+        self.fleet = fleet
+        self.catalog = catalog
+        self.records = {r.name: r for r in records}
+        self.unowned = {u.name: u for u in unowned}
+        self.options = options
+        self.provider = fleet.provider.name
+        self.install_hash = install_hash(fleet.install)
+        self.changes: list[Change] = []
+        self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+        self.before = NO_USAGE
+        self.after = NO_USAGE
+        self.unchanged = 0
+        self._unpriced: set[tuple[str, str]] = set()
+
+    # --- usage ---------------------------------------------------------------------------
+
+    def usage(
+        self, name: str, server_type: str, location: str, *, backups: bool, ipv4: bool, disk: float
+    ) -> Usage:
+        """A server's usage; warns once per type and location the catalog cannot price."""
+        price = monthly_price(self.catalog, server_type, location, backups=False, ipv4=False)
+        if price is None and (server_type, location) not in self._unpriced:
+            self._unpriced.add((server_type, location))
+            known = server_type in self.catalog.server_types
+            what = f"a price for {server_type} in {location}" if known else server_type
+            self.warnings.append(
+                f"the {self.catalog.provider} catalog has no {what} ({name}); its cost "
+                f"{'' if known else 'and size '}count as zero: refresh the catalog "
+                f"(engine catalog refresh {self.catalog.provider})"
+            )
+        return server_usage(
+            self.catalog, server_type, location, backups=backups, ipv4=ipv4, disk_gb=disk
+        )
+
+    def actual_usage(self, s: ActualServer) -> Usage:
+        return self.usage(
+            s.name, s.server_type, s.location, backups=s.backups, ipv4=s.ipv4 is not None,
+            disk=s.disk_gb,
+        )  # fmt: skip
+
+    def desired_usage(self, s: Server, kept_disk_gb: float = 0) -> Usage:
+        return self.usage(
+            s.name, s.server_type, s.location, backups=s.backups, ipv4=s.public_ipv4,
+            disk=kept_disk_gb,
+        )  # fmt: skip
+
+    # --- the walk ------------------------------------------------------------------------
+
+    def run(self, actual: Sequence[ActualServer]) -> None:
+        keepers, extras = self.split_duplicates(actual)
+        pinned = {a.name: a.location for a in keepers.values()}
+        desired = expand_fleet(self.fleet, self.catalog, pinned)
+        for server in desired:
+            self.desired(server, keepers.get(server.name))
+        wanted = {s.name for s in desired}
+        gone = [a for a in keepers.values() if a.name not in wanted]
+        for leftover in sorted(gone + extras, key=lambda a: natural_key(a.name)):
+            # A second server under a desired name goes: the first is recorded, or adopted
+            # by this very plan, so the next plan would delete it anyway.
+            keeps = leftover in extras and leftover.name in wanted
+            self.undesired(leftover, is_duplicate=leftover in extras, is_recorded=keeps)
+
+    def split_duplicates(
+        self, actual: Sequence[ActualServer]
+    ) -> tuple[dict[str, ActualServer], list[ActualServer]]:
+        """One server per name; a second one with the same name (DigitalOcean) is an extra."""
+        by_name: dict[str, list[ActualServer]] = {}
+        for server in actual:
+            by_name.setdefault(server.name, []).append(server)
+        keepers: dict[str, ActualServer] = {}
+        extras: list[ActualServer] = []
+        for name, servers in by_name.items():
+            record = self.records.get(name)
+            known = record.provider_id if record else ""
+            far_future = dt.datetime.max.replace(tzinfo=dt.UTC)
+            ranked = sorted(
+                servers,
+                key=lambda s: (
+                    s.provider_id != known,
+                    s.created or far_future,
+                    natural_key(s.provider_id),
+                ),
+            )
+            keepers[name] = ranked[0]
+            extras += ranked[1:]
+        return keepers, extras
+
+    def desired(self, server: Server, actual: ActualServer | None) -> None:
+        record = self.records.get(server.name)
+        if actual is None:
+            self.missing(server, record)
+            return
+        usage_before = self.actual_usage(actual)
+        replace_causes = self.replace_causes(server, actual)
+        usage_after = self.desired_usage(server, 0 if replace_causes else actual.disk_gb)
+        self.before += usage_before
+        self.after += usage_after
+        usage = (usage_before, usage_after)
+        changes: list[Change] = []
+        if replace_causes:
+            changes.append(
+                Change(
+                    action=Action.REPLACE,
+                    server=server.name,
+                    group=server.group,
+                    reasons=(
+                        *replace_causes,
+                        "the server is deleted and created anew: its disk and addresses are lost",
+                    ),
+                    disruptive=True,
+                    fields=self.fields(server, actual),
+                    before=actual,
+                    after=server,
+                    usage_before=usage_before,
+                    usage_after=usage_after,
+                )
+            )
+        else:
+            if record is None or record.provider_id not in ("", actual.provider_id):
+                changes.append(self.adopt(server, actual, record))
+            resize = self.resize(server, actual, usage)
+            if resize is not None:
+                changes.append(resize)
+                usage = (NO_USAGE, NO_USAGE)  # the resize carries the cost change
+            update = self.update(server, actual, usage)
+            if update is not None:
+                changes.append(update)
+            if record is not None and record.install_hash not in (None, self.install_hash):
+                changes.append(
+                    Change(
+                        action=Action.REINSTALL,
+                        server=server.name,
+                        group=server.group,
+                        reasons=(
+                            f"installed with settings {record.install_hash}, the spec's now "
+                            f"hash to {self.install_hash}",
+                        ),
+                        fields=(
+                            FieldChange(
+                                field="install",
+                                before=str(record.install_hash),
+                                after=self.install_hash,
+                            ),
+                        ),
+                        before=actual,
+                        after=server,
+                    )
+                )
+        if changes:
+            self.changes += changes
+        else:
+            self.unchanged += 1
+
+    def missing(self, server: Server, record: ServerRecord | None) -> None:
+        usage = self.desired_usage(server)
+        self.after += usage
+        if record is not None and self.is_lagging(record):
+            self.before += usage
+            self.unchanged += 1
+            self.warnings.append(
+                f"{server.name} was created moments ago (id {record.provider_id}) and "
+                f"{self.provider} does not list it yet; it is not planned again"
+            )
+            return
+        clash = self.unowned.get(server.name)
+        if clash is not None:
+            owner = dict(clash.labels).get("fleet")
+            whose = f"belongs to fleet {owner}" if owner else "does not carry this fleet's labels"
+            self.problems.append(
+                Problem(
+                    code="name_taken",
+                    path=f"servers.{server.name}",
+                    message=f"a server named {server.name} exists (id {clash.provider_id}) but "
+                    f"{whose}; the engine will not touch it",
+                    hint="rename or delete that server, or rename this group",
+                )
+            )
+            return
+        reasons = [_wants(self.fleet, server.group)]
+        if record is not None and record.provider_id:
+            reasons.append(
+                f"the state store records it (id {record.provider_id}) but {self.provider} has "
+                "no such server: it was deleted outside the engine"
+            )
+        self.changes.append(
+            Change(
+                action=Action.CREATE,
+                server=server.name,
+                group=server.group,
+                reasons=tuple(reasons),
+                fields=self.fields(server, None),
+                after=server,
+                usage_after=usage,
+            )
+        )
+
+    def is_lagging(self, record: ServerRecord) -> bool:
+        now = self.options.now
+        if not (record.provider_id and record.created_at and now) or record.stage in _ABANDONED:
+            return False
+        return (now - record.created_at).total_seconds() <= self.options.list_lag_s
+
+    def adopt(self, server: Server, actual: ActualServer, record: ServerRecord | None) -> Change:
+        if record is None:
+            reason = "it carries this fleet's labels but the state store has no record of it"
+        else:
+            reason = (
+                f"the state store tracks id {record.provider_id}, the provider has "
+                f"id {actual.provider_id} under this name"
+            )
+        return Change(
+            action=Action.ADOPT,
+            server=server.name,
+            group=server.group,
+            reasons=(reason, "it is recorded and (re)installed, not recreated"),
+            fields=(
+                FieldChange(
+                    field="provider_id",
+                    before=record.provider_id if record else "",
+                    after=actual.provider_id,
+                ),
+            ),
+            before=actual,
+            after=server,
+        )
+
+    # --- comparisons -------------------------------------------------------------------------
+
+    def names(self, short: Iterable[str]) -> tuple[str, ...]:
+        return tuple(sorted(fleet_resource_name(self.fleet.name, n) for n in short))
+
+    def shown(self, names: Iterable[str]) -> str:
+        prefix = f"{self.fleet.name}-"
+        return ", ".join(n.removeprefix(prefix) for n in names) or "(none)"
+
+    def replace_causes(self, server: Server, actual: ActualServer) -> list[str]:
+        causes = []
+        if actual.location != server.location:
+            # Placement pins a server to any location still allowed, so it moves only when
+            # its location left the group's list.
+            group = self.fleet.group(server.group)
+            causes.append(
+                f"location {actual.location} is no longer among {group.name}'s locations "
+                f"({', '.join(group.locations)})"
+            )
+        if not is_same_image(server.image, actual.image):
+            shown = actual.image.describe() if actual.image else "unknown"
+            causes.append(f"image {shown} -> {server.image.describe()}")
+        if actual.image is None:
+            self.warnings.append(
+                f"{server.name}: {self.provider} no longer knows the image it was made from; "
+                "the image is not compared"
+            )
+        if self.provider is ProviderName.DIGITALOCEAN:
+            if server.networks and self.names(server.networks) != actual.networks:
+                wanted = self.shown(self.names(server.networks))
+                causes.append(
+                    f"VPC {self.shown(actual.networks)} -> {wanted}: DigitalOcean cannot move "
+                    "a droplet to another VPC"
+                )
+            if server.public_ipv4 != (actual.ipv4 is not None):
+                causes.append("DigitalOcean sets a droplet's public IPv4 only when creating it")
+            if not server.public_ipv6 and actual.ipv6 is not None:
+                causes.append("DigitalOcean cannot take IPv6 away from a droplet")
+        return causes
+
+    def resize(
+        self, server: Server, actual: ActualServer, usage: tuple[Usage, Usage]
+    ) -> Change | None:
+        if server.server_type == actual.server_type:
+            return None
+        new = self.catalog.server_types[server.server_type]
+        old = self.catalog.server_types.get(actual.server_type)
+        if new.disk_gb < actual.disk_gb:
+            bigger = sorted(
+                (
+                    t
+                    for t in self.catalog.server_types.values()
+                    if t.disk_gb >= actual.disk_gb
+                    and t.is_available(server.location)
+                    and t.architecture == new.architecture
+                ),
+                key=lambda t: t.prices[server.location],
+            )
+            offer = ", ".join(t.name for t in bigger[:3])
+            self.problems.append(
+                Problem(
+                    code="disk_shrink",
+                    path=f"groups.{server.group}.server_type",
+                    message=f"{server.name} has a {actual.disk_gb} GB disk; {new.name} has "
+                    f"{new.disk_gb} GB and disks cannot shrink",
+                    hint=f"choose a type with at least {actual.disk_gb} GB of disk"
+                    + (f" ({offer})" if offer else "")
+                    + ", or replace the server",
+                )
+            )
+            return None
+        detail = (
+            f" ({old.cores} -> {new.cores} vCPU, {old.memory_gb:g} -> {new.memory_gb:g} GB memory)"
+            if old
+            else ""
+        )
+        reasons = [
+            f"server type {actual.server_type} -> {server.server_type}{detail}",
+            "the server is powered off while its type changes",
+        ]
+        if new.disk_gb > actual.disk_gb:
+            reasons.append(
+                f"its disk grows from {actual.disk_gb} to {new.disk_gb} GB and cannot shrink back"
+            )
+        return Change(
+            action=Action.RESIZE,
+            server=server.name,
+            group=server.group,
+            reasons=tuple(reasons),
+            disruptive=True,
+            fields=(
+                FieldChange(
+                    field="server_type", before=actual.server_type, after=server.server_type
+                ),
+            ),
+            before=actual,
+            after=server,
+            usage_before=usage[0],
+            usage_after=usage[1],
+        )
+
+    def update(
+        self, server: Server, actual: ActualServer, usage: tuple[Usage, Usage]
+    ) -> Change | None:
+        fields: list[FieldChange] = []
+        reasons: list[str] = []
+        disruptive: list[str] = []
+        wanted, have = dict(server.labels), dict(actual.labels)
+        for key in sorted(wanted.keys() | have.keys()):
+            if wanted.get(key) != have.get(key):
+                fields.append(
+                    FieldChange(
+                        field=f"labels.{key}", before=have.get(key, ""), after=wanted.get(key, "")
+                    )
+                )
+        if any(f.field.startswith("labels.") for f in fields):
+            reasons.append("labels differ")
+        for kind, desired_names, actual_names in (
+            ("firewalls", self.names(server.firewalls), actual.firewalls),
+            ("networks", self.names(server.networks), actual.networks),
+        ):
+            if kind == "networks" and self.provider is ProviderName.DIGITALOCEAN:
+                continue  # a VPC change is a replacement there
+            if desired_names != actual_names:
+                fields.append(
+                    FieldChange(
+                        field=kind,
+                        before=self.shown(actual_names),
+                        after=self.shown(desired_names),
+                    )
+                )
+                reasons.append(f"{kind} membership differs")
+        if server.backups != actual.backups:
+            fields.append(
+                FieldChange(
+                    field="backups", before=_yes(actual.backups), after=_yes(server.backups)
+                )
+            )
+            reasons.append("backups are " + ("turned on" if server.backups else "turned off"))
+        if server.placement_group != actual.placement_group:
+            fields.append(
+                FieldChange(
+                    field="placement_group",
+                    before=actual.placement_group or "",
+                    after=server.placement_group or "",
+                )
+            )
+            disruptive.append("the server is powered off to change its placement group")
+        if self.provider is ProviderName.HCLOUD:
+            for field, want, has in (
+                ("public_ipv4", server.public_ipv4, actual.ipv4 is not None),
+                ("public_ipv6", server.public_ipv6, actual.ipv6 is not None),
+            ):
+                if want != has:
+                    fields.append(FieldChange(field=field, before=_yes(has), after=_yes(want)))
+                    disruptive.append("the server is powered off to change its public addresses")
+        elif (
+            self.provider is ProviderName.DIGITALOCEAN
+            and server.public_ipv6
+            and actual.ipv6 is None
+        ):
+            fields.append(FieldChange(field="public_ipv6", before="no", after="yes"))
+            reasons.append("IPv6 is turned on")
+        # Local machines have a bridge address only: nothing public to compare.
+        if not fields:
+            return None
+        return Change(
+            action=Action.UPDATE,
+            server=server.name,
+            group=server.group,
+            reasons=tuple(dict.fromkeys(reasons + disruptive)),
+            disruptive=bool(disruptive),
+            fields=tuple(fields),
+            before=actual,
+            after=server,
+            usage_before=usage[0],
+            usage_after=usage[1],
+        )
+
+    def fields(self, server: Server, actual: ActualServer | None) -> tuple[FieldChange, ...]:
+        """What a new server looks like next to the old one (create and replace)."""
+        rows = [
+            ("server_type", actual.server_type if actual else "", server.server_type),
+            ("location", actual.location if actual else "", server.location),
+            (
+                "image",
+                actual.image.describe() if actual and actual.image else "",
+                server.image.describe(),
+            ),
+        ]
+        if server.firewalls or (actual and actual.firewalls):
+            rows.append(
+                (
+                    "firewalls",
+                    self.shown(actual.firewalls) if actual else "",
+                    self.shown(self.names(server.firewalls)),
+                )
+            )
+        if server.networks or (actual and actual.networks):
+            rows.append(
+                (
+                    "networks",
+                    self.shown(actual.networks) if actual else "",
+                    self.shown(self.names(server.networks)),
+                )
+            )
+        if server.backups or (actual and actual.backups):
+            rows.append(("backups", _yes(actual.backups) if actual else "", _yes(server.backups)))
+        return tuple(
+            FieldChange(field=field, before=before, after=after)
+            for field, before, after in rows
+            if actual is None or before != after
+        )
+
+    def undesired(self, server: ActualServer, *, is_duplicate: bool, is_recorded: bool) -> None:
+        usage = self.actual_usage(server)
+        self.before += usage
+        record = self.records.get(server.name)
+        is_recorded = is_recorded or (
+            record is not None and (is_duplicate or record.provider_id in ("", server.provider_id))
+        )
+        group = dict(server.labels).get(LABEL_GROUP, "")
+        if is_duplicate:
+            reason = (
+                f"a second server named {server.name} (created twice, e.g. by an interrupted "
+                "run); the engine keeps one"
+            )
+        elif group and any(g.name == group for g in self.fleet.groups):
+            reason = _wants(self.fleet, group)
+        elif group:
+            reason = f"the group {group} is no longer in the spec"
+        else:
+            reason = "the spec does not want it"
+        if not is_recorded and not self.options.delete_orphans:
+            self.after += usage
+            self.warnings.append(
+                f"{server.name} (id {server.provider_id}) carries this fleet's labels but the "
+                f"state store has no record of it, and {reason}: it is left alone "
+                "(preview or up with --delete-orphans to delete it)"
+            )
+            return
+        reasons = [reason]
+        if not is_recorded:
+            reasons.append("an orphan (no record in the state store); deleting it as asked")
+        self.changes.append(
+            Change(
+                action=Action.DELETE,
+                server=server.name,
+                group=group,
+                reasons=tuple(reasons),
+                disruptive=True,
+                before=server,
+                usage_before=usage,
+            )
+        )
+
+
+def as_built(fleet: Fleet, server: Server, catalog: Catalog, provider_id: str = "") -> ActualServer:
+    """`server` as its provider would list it right after creating it exactly as specified.
+
+    Addresses it cannot know are "" (present) or None (absent). A snapshot image is the
+    snapshot the spec selects. Used to compare a spec with an earlier version of itself
+    (`engine preview --against-ref`), and by the tests' model of a provider.
+    """
+    kind = catalog.server_types.get(server.server_type)
+    return ActualServer(
+        name=server.name,
+        provider_id=provider_id,
+        labels=server.labels,
+        server_type=server.server_type,
+        image=server.image,
+        location=server.location,
+        status="running",
+        ipv4="" if server.public_ipv4 else None,
+        ipv6="" if server.public_ipv6 else None,
+        disk_gb=kind.disk_gb if kind else 0,
+        backups=server.backups,
+        firewalls=tuple(sorted(fleet_resource_name(fleet.name, f) for f in server.firewalls)),
+        networks=tuple(sorted(fleet_resource_name(fleet.name, n) for n in server.networks)),
+        placement_group=server.placement_group,
+    )
+
+
+def as_recorded(fleet: Fleet, server: ActualServer, group: str) -> ServerRecord:
+    """The state store's record of a server the engine built and installed for `fleet`."""
+    return ServerRecord(
+        fleet=fleet.name,
+        name=server.name,
+        group=group,
+        provider=str(fleet.provider.name),
+        provider_id=server.provider_id,
+        location=server.location,
+        server_type=server.server_type,
+        image=server.image.describe() if server.image else "",
+        stage=Stage.READY,
+        labels=server.labels,
+        install_hash=install_hash(fleet.install),
+    )
+
+
+def diff_fleet(
+    fleet: Fleet,
+    catalog: Catalog,
+    actual: Sequence[ActualServer],
+    records: Sequence[ServerRecord] = (),
+    *,
+    unowned: Sequence[ActualServer] = (),
+    options: DiffOptions | None = None,
+) -> Plan:
+    """The plan that turns `actual` (and the store's `records`) into `fleet`.
+
+    >>> # diff_fleet(fleet, catalog, actual=(), records=()) -> one create per server
+    """
+    options = options or DiffOptions()
+    differ = _Differ(fleet, catalog, records, unowned, options)
+    differ.run(actual)
+    changes = tuple(differ.changes)
+    problems = differ.problems + list(
+        check_limits(fleet.limits, differ.before, differ.after, changes, catalog.currency)
+    )
+    api_calls = options.api_calls or ApiCallCount()
+    return Plan(
+        fleet=fleet.name,
+        provider=str(fleet.provider.name),
+        source=fleet.source,
+        compared_with=options.compared_with,
+        currency=catalog.currency,
+        changes=changes,
+        unchanged=differ.unchanged,
+        before=differ.before,
+        after=differ.after,
+        install_hash=differ.install_hash,
+        problems=tuple(problems),
+        warnings=tuple(differ.warnings),
+        api_calls=ApiCallCount(
+            read=api_calls.read,
+            read_by_path=api_calls.read_by_path,
+            retries=api_calls.retries,
+            apply_estimate=estimate_writes(changes),
+        ),
+    )

@@ -1,0 +1,108 @@
+"""Actual state: what servers a provider has for a fleet, read with paged list calls.
+
+One small interface, `InventoryReader`, one frozen record, `ActualServer`. A reader lists the
+fleet's owned servers (those carrying the fleet's ownership labels or tags) with label- or
+tag-filtered paged list calls, never one GET per server, and honours the provider's rate
+limits (see engine.inventory.retry). SDK types stay inside each reader's module; nothing here
+imports an SDK, so the diff and the CLI can import this freely.
+
+    reader = inventory_reader(fleet, token=read_token(fleet.provider.token_env))
+    owned = reader.read_servers()
+    clashes = reader.read_unowned(["web-4"])   # names a create would take
+    reader.calls                               # what the reads cost
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.errors import EngineError
+from engine.inventory.retry import ApiCalls, RetryPolicy
+from engine.model import LABEL_SERVER, Fleet, Image, Labels, ProviderName
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActualServer:
+    """One server as the provider reports it.
+
+    `name` is the engine's name for it (its fleet-server label or tag; the provider's name if
+    it has none). `image` is None when the provider no longer knows the image (deleted since).
+    `firewalls` and `networks` are provider-side names, sorted (default VPCs excluded).
+    """
+
+    name: str
+    provider_id: str
+    labels: Labels
+    server_type: str
+    image: Image | None
+    location: str
+    status: str
+    ipv4: str | None = None
+    ipv6: str | None = None
+    private_ips: tuple[str, ...] = ()
+    disk_gb: int = 0
+    backups: bool = False
+    firewalls: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    placement_group: str | None = None
+    created: dt.datetime | None = None
+
+
+def engine_name(labels: Labels, provider_name: str) -> str:
+    """The server's name in the fleet: its fleet-server label if set, else the provider's."""
+    return dict(labels).get(LABEL_SERVER) or provider_name
+
+
+class InventoryReader(Protocol):
+    """Reads one fleet's servers from one provider account."""
+
+    provider: ProviderName
+    # Seconds during which a server created by the engine may still be missing from list
+    # calls (DigitalOcean's list lag); the diff trusts the state store's record meanwhile.
+    list_lag_s: float
+    calls: ApiCalls
+
+    def read_servers(self) -> tuple[ActualServer, ...]:
+        """Every server that carries the fleet's ownership labels/tags."""
+        ...
+
+    def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
+        """Servers not owned by the fleet whose names are in `names` (name collisions)."""
+        ...
+
+
+# Provider -> module with `open_reader(fleet, token, policy) -> InventoryReader`, imported only
+# when a fleet of that provider is read.
+READERS: dict[ProviderName, str] = {
+    ProviderName.HCLOUD: "engine.inventory.hcloud",
+    ProviderName.DIGITALOCEAN: "engine.inventory.digitalocean",
+    ProviderName.LOCAL: "engine.inventory.local",
+}
+
+
+def require_reader(provider: ProviderName) -> str:
+    """The module of `provider`'s reader, or an EngineError saying there is none yet."""
+    module_name = READERS.get(provider)
+    if module_name is None:
+        raise EngineError(
+            f"this engine has no inventory reader for the {provider} provider yet, "
+            "so it cannot read what exists; compare against a git ref instead "
+            "(engine preview SPEC --against-ref REF)"
+        )
+    return module_name
+
+
+def inventory_reader(
+    fleet: Fleet, *, token: str, policy: RetryPolicy | None = None
+) -> InventoryReader:
+    """The reader for `fleet`'s provider, using `token` (registered as a secret by the caller).
+
+    `policy` sets retries, timeouts and the sleep/clock used for back-off (tests inject them).
+    """
+    module = importlib.import_module(require_reader(fleet.provider.name))
+    reader: InventoryReader = module.open_reader(fleet, token, policy or RetryPolicy())
+    return reader

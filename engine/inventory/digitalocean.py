@@ -1,0 +1,273 @@
+"""DigitalOcean inventory through the official `pydo` SDK.
+
+Owned droplets come from `GET /v2/droplets?tag_name=fleet:<name>`, 200 per page (the API's
+maximum): 1,000 droplets cost 5 requests. Droplets without the `managed-by:fleet-engine` tag
+are left out (the API filters by one tag only). Labels are tags `key:value`. Firewall
+membership (`GET /v2/firewalls`) and VPC names (`GET /v2/vpcs`) cost one paged list each,
+and only when the spec declares firewalls or networks; every droplet sits in its region's
+default VPC unless told otherwise, and default VPCs are not reported as networks.
+
+Droplet names are not unique on DigitalOcean and ownership is by tags, so a droplet of
+someone else called `web-4` does not block ours: `read_unowned` has nothing to find.
+
+List lag: a droplet created moments ago can be missing from list calls for a few seconds.
+`list_lag_s` tells the diff how long to trust the state store's record of a fresh create
+instead of planning it again.
+
+Every request goes through engine.inventory.retry, installed as the pipeline's retry policy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlparse
+
+from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import HTTPPolicy
+from pydo import Client
+
+from engine.errors import ProviderError
+from engine.inventory import ActualServer, engine_name
+from engine.inventory.retry import (
+    ApiCalls,
+    RetryPolicy,
+    TransientError,
+    read_pages,
+    send,
+    timed_out,
+    unreachable,
+)
+from engine.model import (
+    LABEL_FLEET,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    Fleet,
+    Image,
+    ImageKind,
+    Labels,
+    ProviderName,
+)
+
+DEFAULT_ENDPOINT = "https://api.digitalocean.com"
+PAGE_SIZE = 200
+LIST_LAG_S = 60.0
+
+
+class _RetryPolicy(HTTPPolicy):  # type: ignore[type-arg]
+    """azure-core's slot for a retry policy, filled with engine.inventory.retry.send."""
+
+    def __init__(self, policy: RetryPolicy, calls: ApiCalls) -> None:
+        super().__init__()
+        self._policy = policy
+        self._calls = calls
+
+    def send(self, request: PipelineRequest) -> PipelineResponse:  # type: ignore[type-arg]
+        def attempt() -> tuple[int, Any, PipelineResponse]:  # type: ignore[type-arg]
+            try:
+                response = self.next.send(request)
+            except (ServiceRequestError, ServiceResponseError) as error:
+                raise TransientError(error) from error
+            http = response.http_response
+            return http.status_code, http.headers, response
+
+        http_request = request.http_request
+        return send(
+            attempt,
+            path=f"{http_request.method} {urlparse(http_request.url).path}",
+            policy=self._policy,
+            calls=self._calls,
+            provider="digitalocean",
+            correlation_header="x-request-id",
+        )
+
+
+class DigitalOceanApi:
+    """A pydo client with retries and pacing, and paged listing."""
+
+    def __init__(
+        self, token: str, endpoint: str | None, policy: RetryPolicy, calls: ApiCalls
+    ) -> None:
+        self.client = Client(
+            token,
+            endpoint=endpoint or DEFAULT_ENDPOINT,
+            retry_policy=_RetryPolicy(policy, calls),
+            connection_timeout=policy.timeout_s,
+            read_timeout=policy.timeout_s,
+        )
+        self._workers = policy.workers
+        # azure-core refuses to send a bearer token over http; a plain-http endpoint is a
+        # local API double, never the real API.
+        self._insecure: dict[str, Any] = (
+            {"enforce_https": False} if endpoint and endpoint.startswith("http:") else {}
+        )
+
+    def list_all(self, call: Callable[..., Any], key: str, **query: Any) -> list[dict[str, Any]]:
+        """Every item of a paged list call, PAGE_SIZE per page, pages read in parallel.
+
+        The page count comes from `meta.total`; an answer without it is followed page by
+        page along `links.pages.next`.
+        """
+
+        def body(page: int) -> dict[str, Any]:
+            answer: dict[str, Any] = call(per_page=PAGE_SIZE, page=page, **query, **self._insecure)
+            return answer
+
+        first = body(1)
+        total = first.get("meta", {}).get("total")
+        if total is None:
+            items, answer, page = list(first.get(key, [])), first, 1
+            while answer.get("links", {}).get("pages", {}).get("next"):
+                page += 1
+                answer = body(page)
+                items.extend(answer.get(key, []))
+            return items
+
+        def fetch(page: int) -> tuple[list[dict[str, Any]], int]:
+            answer = first if page == 1 else body(page)
+            return answer.get(key, []), max(1, -(-int(total) // PAGE_SIZE))
+
+        return read_pages(fetch, workers=self._workers)
+
+
+def _error_body(error: HttpResponseError) -> dict[str, Any]:
+    """DigitalOcean's error JSON ({"id", "message", "request_id"}), or {} if there is none."""
+    try:
+        body = json.loads(error.response.text()) if error.response is not None else {}
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+@contextmanager
+def provider_errors(token_env: str | None) -> Iterator[None]:
+    """Turn SDK and transport exceptions into ProviderError (code, request id, hint)."""
+    try:
+        yield
+    except HttpResponseError as error:
+        body = _error_body(error)
+        code = str(body.get("id", error.status_code))
+        message = str(body.get("message", error.reason))
+        if error.status_code == 401 and token_env:
+            message += f"; check the API token in {token_env}"
+        raise ProviderError(
+            "digitalocean", message, code=code, correlation_id=str(body.get("request_id", ""))
+        ) from None
+    except ServiceResponseError:
+        raise timed_out("digitalocean") from None
+    except ServiceRequestError as error:
+        raise unreachable("digitalocean", error) from None
+
+
+def tags_to_labels(tags: list[str]) -> Labels:
+    """Tags `key:value` as labels; a tag without a colon is a label with an empty value."""
+    pairs = (tag.partition(":") for tag in tags)
+    return tuple(sorted((key, value) for key, _, value in pairs))
+
+
+def _image(raw: dict[str, Any] | None) -> Image | None:
+    if not raw:
+        return None
+    kind = raw.get("type")
+    if kind == "custom":
+        return Image(kind=ImageKind.CUSTOM, name=str(raw.get("name", raw.get("id"))))
+    if kind in ("snapshot", "backup"):
+        labels = tags_to_labels(raw.get("tags") or [])
+        return Image(kind=ImageKind.SNAPSHOT, name=str(raw.get("id")), labels=labels)
+    return Image(kind=ImageKind.NAME, name=str(raw.get("slug") or raw.get("id")))
+
+
+def _address(droplet: dict[str, Any], version: str, kind: str) -> list[str]:
+    networks = droplet.get("networks") or {}
+    return [n["ip_address"] for n in networks.get(version, ()) if n.get("type") == kind]
+
+
+class DigitalOceanReader:
+    """Reads one fleet's droplets from one DigitalOcean account."""
+
+    provider = ProviderName.DIGITALOCEAN
+    list_lag_s = LIST_LAG_S
+
+    def __init__(self, fleet: Fleet, api: DigitalOceanApi, calls: ApiCalls) -> None:
+        self.fleet = fleet
+        self.api = api
+        self.calls = calls
+
+    def read_servers(self) -> tuple[ActualServer, ...]:
+        client = self.api.client
+        managed = f"{LABEL_MANAGED_BY}:{MANAGED_BY}"
+        with provider_errors(self.fleet.provider.token_env):
+            droplets = [
+                d
+                for d in self.api.list_all(
+                    client.droplets.list,
+                    "droplets",
+                    tag_name=f"{LABEL_FLEET}:{self.fleet.name}",
+                )
+                if managed in d.get("tags", ())
+            ]
+            firewalls = (
+                self.api.list_all(client.firewalls.list, "firewalls")
+                if self.fleet.firewalls and droplets
+                else []
+            )
+            vpcs = (
+                {
+                    v["id"]: v["name"]
+                    for v in self.api.list_all(client.vpcs.list, "vpcs")
+                    if not v.get("default")
+                }
+                if self.fleet.networks and droplets
+                else {}
+            )
+        return tuple(self._actual(d, firewalls, vpcs) for d in droplets)
+
+    def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
+        return ()
+
+    def _actual(
+        self, droplet: dict[str, Any], firewalls: list[dict[str, Any]], vpcs: dict[str, str]
+    ) -> ActualServer:
+        tags = droplet.get("tags") or []
+        labels = tags_to_labels(tags)
+        ipv4 = _address(droplet, "v4", "public")
+        ipv6 = _address(droplet, "v6", "public")
+        vpc = vpcs.get(droplet.get("vpc_uuid") or "")
+        created = droplet.get("created_at")
+        return ActualServer(
+            name=engine_name(labels, droplet["name"]),
+            provider_id=str(droplet["id"]),
+            labels=labels,
+            server_type=droplet.get("size_slug") or droplet.get("size", {}).get("slug", ""),
+            image=_image(droplet.get("image")),
+            location=(droplet.get("region") or {}).get("slug", ""),
+            status=droplet.get("status", ""),
+            ipv4=ipv4[0] if ipv4 else None,
+            ipv6=ipv6[0] if ipv6 else None,
+            private_ips=tuple(_address(droplet, "v4", "private")),
+            disk_gb=int(droplet.get("disk") or 0),
+            backups="backups" in (droplet.get("features") or ())
+            or droplet.get("next_backup_window") is not None,
+            firewalls=tuple(
+                sorted(
+                    f["name"]
+                    for f in firewalls
+                    if droplet["id"] in (f.get("droplet_ids") or ())
+                    or set(f.get("tags") or ()) & set(tags)
+                )
+            ),
+            networks=(vpc,) if vpc else (),
+            created=dt.datetime.fromisoformat(created) if created else None,
+        )
+
+
+def open_reader(fleet: Fleet, token: str, policy: RetryPolicy) -> DigitalOceanReader:
+    """The DigitalOcean reader for `fleet` (endpoint from provider.endpoint, if set)."""
+    calls = ApiCalls()
+    return DigitalOceanReader(
+        fleet, DigitalOceanApi(token, fleet.provider.endpoint, policy, calls), calls
+    )

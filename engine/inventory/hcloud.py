@@ -1,0 +1,252 @@
+"""Hetzner Cloud inventory through the official `hcloud` SDK.
+
+Owned servers come from `GET /servers?label_selector=fleet=<name>,managed-by=fleet-engine`,
+50 per page (the API's maximum): 1,000 servers cost 20 requests. Firewall and network names
+cost one paged list each, and only when a listed server is attached to any.
+
+Name collisions: server names are unique in a Hetzner project, so an unowned server called
+`web-4` blocks creating ours. Such servers cannot be found by label, so `read_unowned` reads
+the first unfiltered page (50 servers and the project's page count); if that does not settle
+every name, it asks by name (`?name=`) when that takes fewer requests than reading the
+remaining pages, and reads the remaining pages otherwise. It costs nothing when nothing is
+to be created, and at most min(1 + names, project pages) requests.
+
+Every request goes through engine.inventory.retry: the SDK's own retry (which sleeps for real
+and ignores Retry-After) is switched off and its requests session replaced by one that
+retries, so tests can inject the clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import requests
+from hcloud import APIException, Client
+
+from engine.errors import ProviderError
+from engine.inventory import ActualServer, engine_name
+from engine.inventory.retry import (
+    ApiCalls,
+    RetryPolicy,
+    TransientError,
+    read_pages,
+    send,
+    timed_out,
+    unreachable,
+)
+from engine.model import (
+    LABEL_FLEET,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    Fleet,
+    Image,
+    ImageKind,
+    ProviderName,
+)
+
+T = TypeVar("T")
+
+DEFAULT_ENDPOINT = "https://api.hetzner.cloud/v1"
+PAGE_SIZE = 50
+
+
+class _RetryingSession(requests.Session):
+    """A requests session whose every request goes through engine.inventory.retry.send."""
+
+    def __init__(self, policy: RetryPolicy, calls: ApiCalls, base: str) -> None:
+        super().__init__()
+        self._policy = policy
+        self._calls = calls
+        self._base = base.rstrip("/")
+
+    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+        plain = super().request
+
+        def attempt() -> tuple[int, Any, requests.Response]:
+            try:
+                response = plain(method, url, *args, **kwargs)
+            except (requests.Timeout, requests.ConnectionError) as error:
+                raise TransientError(error) from error
+            return response.status_code, response.headers, response
+
+        path = str(url).removeprefix(self._base).split("?")[0]
+        return send(
+            attempt,
+            path=f"{method!s} {path}",
+            policy=self._policy,
+            calls=self._calls,
+            provider="hcloud",
+            correlation_header="X-Correlation-Id",
+        )
+
+
+def hcloud_client(token: str, endpoint: str | None, policy: RetryPolicy, calls: ApiCalls) -> Client:
+    """An SDK client whose requests are retried, paced and counted by engine.inventory.retry."""
+    base = endpoint or DEFAULT_ENDPOINT
+    client = Client(
+        token=token, api_endpoint=base, timeout=policy.timeout_s, application_name="fleet-engine"
+    )
+    # The SDK has no public hook for its transport or retry policy; both attributes are
+    # stable since hcloud 2.0 and the inventory tests exercise them against a fake API.
+    client._client._session = _RetryingSession(policy, calls, base)
+    client._client._retry_max_retries = 0
+    return client
+
+
+@contextmanager
+def provider_errors(token_env: str | None) -> Iterator[None]:
+    """Turn SDK and transport exceptions into ProviderError (code, correlation id, hint)."""
+    try:
+        yield
+    except APIException as error:
+        message = str(error.message)
+        if error.code == "unauthorized" and token_env:
+            message += f"; check the API token in {token_env}"
+        raise ProviderError(
+            "hcloud", message, code=str(error.code), correlation_id=error.correlation_id or ""
+        ) from None
+    except requests.Timeout:
+        raise timed_out("hcloud") from None
+    except requests.ConnectionError as error:
+        raise unreachable("hcloud", error) from None
+
+
+def _image(raw: dict[str, Any] | None) -> Image | None:
+    if raw is None:
+        return None
+    labels = tuple(sorted((raw.get("labels") or {}).items()))
+    if raw.get("type") in ("system", "app"):
+        return Image(kind=ImageKind.NAME, name=raw.get("name") or str(raw["id"]), labels=labels)
+    return Image(kind=ImageKind.SNAPSHOT, name=str(raw["id"]), labels=labels)
+
+
+def _ids(server: dict[str, Any], list_key: str, id_key: str) -> tuple[int, ...]:
+    """Firewall ids (public_net.firewalls) or network ids (private_net) of a server."""
+    holder = server.get("public_net") or {} if list_key == "firewalls" else server
+    return tuple(item[id_key] for item in holder.get(list_key) or ())
+
+
+class _Listed:
+    """A server as listed, its firewalls and networks still ids (names come later)."""
+
+    __slots__ = ("firewall_ids", "network_ids", "server")
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.firewall_ids = _ids(raw, "firewalls", "id")
+        self.network_ids = _ids(raw, "private_net", "network")
+        self.server = _actual(raw)
+
+
+def _actual(raw: dict[str, Any]) -> ActualServer:
+    labels = tuple(sorted((raw.get("labels") or {}).items()))
+    public = raw.get("public_net") or {}
+    kind = raw.get("server_type") or {}
+    created = raw.get("created")
+    return ActualServer(
+        name=engine_name(labels, raw["name"]),
+        provider_id=str(raw["id"]),
+        labels=labels,
+        server_type=kind.get("name", ""),
+        image=_image(raw.get("image")),
+        location=(raw.get("location") or {}).get("name", ""),
+        status=raw.get("status", ""),
+        ipv4=(public.get("ipv4") or {}).get("ip"),
+        ipv6=(public.get("ipv6") or {}).get("ip"),
+        private_ips=tuple(n["ip"] for n in raw.get("private_net") or ()),
+        disk_gb=int(raw.get("primary_disk_size") or kind.get("disk") or 0),
+        backups=raw.get("backup_window") is not None,
+        placement_group=(raw.get("placement_group") or {}).get("name"),
+        created=dt.datetime.fromisoformat(created) if created else None,
+    )
+
+
+class HcloudReader:
+    """Reads one fleet's servers from one Hetzner Cloud project.
+
+    Servers are read as the documented JSON through the SDK's `Client.request`: the SDK's
+    domain objects cost about 0.2 ms per server to build (2 s for 10,000), the JSON a tenth.
+    """
+
+    provider = ProviderName.HCLOUD
+    list_lag_s = 0.0
+
+    def __init__(self, fleet: Fleet, client: Client, calls: ApiCalls, workers: int) -> None:
+        self.fleet = fleet
+        self.client = client
+        self.calls = calls
+        self.workers = workers
+
+    def read_servers(self) -> tuple[ActualServer, ...]:
+        selector = f"{LABEL_FLEET}={self.fleet.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
+        with provider_errors(self.fleet.provider.token_env):
+            listed = read_pages(
+                lambda page: self._page("servers", page, _Listed, label_selector=selector),
+                workers=self.workers,
+            )
+            firewalls = self._names("firewalls") if any(s.firewall_ids for s in listed) else {}
+            networks = self._names("networks") if any(s.network_ids for s in listed) else {}
+        return tuple(
+            dataclasses.replace(
+                s.server,
+                firewalls=tuple(sorted(firewalls.get(i, str(i)) for i in s.firewall_ids)),
+                networks=tuple(sorted(networks.get(i, str(i)) for i in s.network_ids)),
+            )
+            if s.firewall_ids or s.network_ids
+            else s.server
+            for s in listed
+        )
+
+    def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
+        wanted = set(names)
+        if not wanted:
+            return ()
+        with provider_errors(self.fleet.provider.token_env):
+            first, last = self._page("servers", 1, _actual)
+            found = [s for s in first if s.name in wanted]
+            missing = wanted - {s.name for s in first}
+            if last > 1 and missing:
+                if len(missing) < last - 1:
+                    asks = [functools.partial(self._page, "servers", 1, _actual, name=name)
+                            for name in sorted(missing)]  # fmt: skip
+                else:
+                    asks = [functools.partial(self._page, "servers", page, _actual)
+                            for page in range(2, last + 1)]  # fmt: skip
+                with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                    for servers, _ in pool.map(lambda ask: ask(), asks):
+                        found += servers
+        return tuple(s for s in found if s.name in wanted and not self._is_owned(s))
+
+    def _page(
+        self, kind: str, page: int, build: Callable[[dict[str, Any]], T], **query: str
+    ) -> tuple[list[T], int]:
+        body = self.client.request(
+            "GET", f"/{kind}", params={"page": page, "per_page": PAGE_SIZE, **query}
+        )
+        pagination = (body.get("meta") or {}).get("pagination") or {}
+        return [build(item) for item in body.get(kind, [])], pagination.get("last_page") or 1
+
+    def _names(self, kind: str) -> dict[int, str]:
+        pages = read_pages(
+            lambda page: self._page(kind, page, lambda item: item), workers=self.workers
+        )
+        return {item["id"]: item["name"] for item in pages}
+
+    def _is_owned(self, server: ActualServer) -> bool:
+        labels = dict(server.labels)
+        return (
+            labels.get(LABEL_FLEET) == self.fleet.name
+            and labels.get(LABEL_MANAGED_BY) == MANAGED_BY
+        )
+
+
+def open_reader(fleet: Fleet, token: str, policy: RetryPolicy) -> HcloudReader:
+    """The hcloud reader for `fleet` (endpoint from the spec's provider.endpoint, if set)."""
+    calls = ApiCalls()
+    client = hcloud_client(token, fleet.provider.endpoint, policy, calls)
+    return HcloudReader(fleet, client, calls, policy.workers)

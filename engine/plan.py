@@ -1,0 +1,182 @@
+"""A plan: what would change to make the actual fleet the desired one. Pure data.
+
+`engine preview` renders a Plan (engine.render); `engine up` executes its changes in order.
+Each Change is one operation on one server; a server can have several (adopt it, then
+update its labels, then reinstall it). Problems block the plan: a plan with problems is not
+executed. Warnings are things a person should read but that block nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from enum import StrEnum
+
+from engine.inventory import ActualServer
+from engine.model import Server
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    DELETE = "delete"
+    UPDATE = "update"
+    RESIZE = "resize"
+    REPLACE = "replace"
+    REINSTALL = "reinstall"
+    ADOPT = "adopt"
+
+
+# The order in which summaries list actions.
+ACTIONS = (
+    Action.CREATE,
+    Action.ADOPT,
+    Action.UPDATE,
+    Action.RESIZE,
+    Action.REINSTALL,
+    Action.REPLACE,
+    Action.DELETE,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    """What some servers take: count, vCPUs, memory, disk and monthly cost."""
+
+    servers: int = 0
+    vcpus: int = 0
+    memory_gb: float = 0.0
+    disk_gb: float = 0.0
+    monthly_cost: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            servers=self.servers + other.servers,
+            vcpus=self.vcpus + other.vcpus,
+            memory_gb=self.memory_gb + other.memory_gb,
+            disk_gb=self.disk_gb + other.disk_gb,
+            monthly_cost=round(self.monthly_cost + other.monthly_cost, 4),
+        )
+
+    def value(self, field: str) -> float:
+        """One of the limits' fields by name: servers, vcpus, memory_gb, disk_gb, monthly_cost."""
+        result: float = getattr(self, field)
+        return result
+
+
+NO_USAGE = Usage()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FieldChange:
+    """One property that differs: `field` (e.g. `labels.role`), before and after as text."""
+
+    field: str
+    before: str
+    after: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """One operation on one server, with why, what differs and what it costs.
+
+    `before` is the server as the provider has it (None for a create); `after` is the server
+    as the spec wants it (None for a delete). `usage_before`/`usage_after` are this change's
+    share of the fleet's usage: a resize moves vCPUs, memory and cost; an update moves none.
+    """
+
+    action: Action
+    server: str
+    group: str
+    reasons: tuple[str, ...]
+    disruptive: bool = False
+    fields: tuple[FieldChange, ...] = ()
+    before: ActualServer | None = None
+    after: Server | None = None
+    usage_before: Usage = NO_USAGE
+    usage_after: Usage = NO_USAGE
+
+    @property
+    def monthly_delta(self) -> float:
+        return round(self.usage_after.monthly_cost - self.usage_before.monthly_cost, 4)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Problem:
+    """Something that blocks the plan, at a field path (`limits.vcpus`, `servers.web-4`)."""
+
+    code: str
+    path: str
+    message: str
+    hint: str = ""
+
+    def to_text(self) -> str:
+        fix = f"; {self.hint}" if self.hint else ""
+        return f"error[{self.code}] {self.path}: {self.message}{fix}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiCallCount:
+    """Requests made to read actual state, and an estimate of the writes to apply the plan."""
+
+    read: int = 0
+    read_by_path: tuple[tuple[str, int], ...] = ()
+    retries: int = 0
+    apply_estimate: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """Everything preview shows and up executes."""
+
+    fleet: str
+    provider: str
+    source: str
+    compared_with: str
+    currency: str
+    changes: tuple[Change, ...]
+    unchanged: int
+    before: Usage
+    after: Usage
+    install_hash: str
+    problems: tuple[Problem, ...] = ()
+    warnings: tuple[str, ...] = ()
+    api_calls: ApiCallCount = ApiCallCount()
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+    @property
+    def is_blocked(self) -> bool:
+        return bool(self.problems)
+
+    def counts(self) -> dict[Action, int]:
+        """How many changes of each action, in summary order, zero counts left out."""
+        counted = Counter(change.action for change in self.changes)
+        return {action: counted[action] for action in ACTIONS if counted[action]}
+
+    @property
+    def monthly_delta(self) -> float:
+        return round(self.after.monthly_cost - self.before.monthly_cost, 4)
+
+
+# Writes each action takes on the provider's API, not counting the progress polls of its
+# asynchronous actions: create 1 (firewalls, networks and labels travel with it), delete 1,
+# resize 3 (power off, change type, power on), replace 2 (delete, create); an update takes
+# one per field it changes; reinstall (over SSH) and adopt (state store only) take none.
+_WRITES = {
+    Action.CREATE: 1,
+    Action.DELETE: 1,
+    Action.RESIZE: 3,
+    Action.REPLACE: 2,
+    Action.REINSTALL: 0,
+    Action.ADOPT: 0,
+}
+
+
+def estimate_writes(changes: tuple[Change, ...]) -> int:
+    """API requests applying `changes` would make (see _WRITES), progress polls aside."""
+    return sum(
+        len(change.fields) if change.action is Action.UPDATE else _WRITES[change.action]
+        for change in changes
+    )

@@ -1,0 +1,312 @@
+"""Run a fleet's Pulumi program (stacks/) through the Automation API.
+
+One stack per fleet (named after it) in the project `fleet-engine`, with an inline program, so
+no Pulumi project files are written by hand. State goes to a local file backend under the
+engine's state directory, `file://<state_dir>/pulumi`, unless the user sets
+PULUMI_BACKEND_URL (an s3://, azblob://, gs:// or Pulumi Cloud URL for a team). Secrets in the
+state (the provider's API token) are encrypted with the passphrase in
+PULUMI_CONFIG_PASSPHRASE (or the file named by PULUMI_CONFIG_PASSPHRASE_FILE); the stack's
+encryption salt sits in `<state_dir>/pulumi/workspace/Pulumi.<fleet>.yaml`, so keep that
+folder with the state.
+
+    preview(inputs, ...)    what `up` would do, per resource
+    up(inputs, ...)         create/update to match; returns the servers' ids and addresses
+    destroy(fleet, ...)     delete everything the stack holds
+
+Each returns a `RunResult`: the outcome per resource, the counts per operation and, for `up`,
+one `ServerOutput` per server. A progress callback sees every resource step as it happens.
+
+Pulumi is imported only inside these functions (never on the `validate`/`preview` start-up
+path), and never in a process that gevent has monkey-patched (pyinfra's CLI does that on
+import), where Pulumi hangs: run installs and Pulumi in separate processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import EngineError
+from engine.model import Fleet
+from engine.secrets import redact, register_secret
+from stacks import PROJECT, SERVERS_OUTPUT, StackInputs, fleet_program, provider_program
+
+if TYPE_CHECKING:
+    from pulumi.automation import EngineEvent, Stack
+
+INSTALL_HINT = (
+    "install it with `curl -fsSL https://get.pulumi.com | sh` (then add ~/.pulumi/bin to PATH "
+    "or open a new shell); in GitHub Actions add the step `uses: pulumi/actions@v6`. "
+    "The local provider needs no Pulumi"
+)
+STACK_TYPE = "pulumi:pulumi:Stack"
+
+
+class PulumiNotInstalled(EngineError):
+    """There is no Pulumi CLI to run the Automation API with."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceStep:
+    """One resource's step in a run: `op` is Pulumi's (create, update, replace, delete, same...);
+    `status` is planned (preview), started, done or failed."""
+
+    urn: str
+    type: str
+    name: str
+    op: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerOutput:
+    """What the provider assigned to one server (from the stack's `servers` output)."""
+
+    name: str
+    id: str
+    location: str
+    ipv4: str | None = None
+    ipv6: str | None = None
+    private_ipv4: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResult:
+    """The result of a preview, up or destroy."""
+
+    action: str
+    resources: tuple[ResourceStep, ...]
+    counts: tuple[tuple[str, int], ...]
+    servers: tuple[ServerOutput, ...] = ()
+
+    def count(self, op: str) -> int:
+        return dict(self.counts).get(op, 0)
+
+
+Progress = Callable[[ResourceStep], None]
+
+
+def backend_url(state_dir: Path) -> str:
+    """Where Pulumi keeps state: $PULUMI_BACKEND_URL, else `file://<state_dir>/pulumi`."""
+    configured = os.environ.get("PULUMI_BACKEND_URL", "").strip()
+    if configured:
+        return configured
+    return f"file://{(state_dir / 'pulumi').resolve()}"
+
+
+def check_passphrase() -> None:
+    """Refuse to run without the passphrase that encrypts the stack's secrets."""
+    if os.environ.get("PULUMI_CONFIG_PASSPHRASE") or os.environ.get(
+        "PULUMI_CONFIG_PASSPHRASE_FILE"
+    ):
+        return
+    raise EngineError(
+        "PULUMI_CONFIG_PASSPHRASE is not set; Pulumi encrypts the provider token in its state "
+        "with it. Export a passphrase (export PULUMI_CONFIG_PASSPHRASE=...) and keep it: every "
+        "later up, preview and destroy of this fleet needs the same one"
+    )
+
+
+def pulumi_root() -> str | None:
+    """Where the Pulumi CLI is: None when it is on PATH, else its installation root.
+
+    Raises PulumiNotInstalled when there is none (`curl ... | sh` puts it in ~/.pulumi/bin,
+    which non-login shells often lack on PATH, so that place is looked at too).
+    """
+    if shutil.which("pulumi"):
+        return None
+    home = Path(os.environ.get("PULUMI_HOME") or Path.home() / ".pulumi")
+    if (home / "bin" / "pulumi").is_file():
+        return str(home)
+    raise PulumiNotInstalled(
+        "the Pulumi CLI is not installed (no `pulumi` on PATH or in ~/.pulumi/bin), and "
+        f"`engine up` and `engine destroy` on Hetzner Cloud and DigitalOcean run it; {INSTALL_HINT}"
+    )
+
+
+def refuse_gevent() -> None:
+    """Pulumi's gRPC hangs in a process gevent has monkey-patched; refuse before it does."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_anything_patched():
+        raise EngineError(
+            "this process was monkey-patched by gevent (pyinfra's command line does that), and "
+            "Pulumi hangs in such a process; run Pulumi and pyinfra in separate processes"
+        )
+
+
+def preview(
+    inputs: StackInputs, *, token: str, state_dir: Path, on_progress: Progress | None = None
+) -> RunResult:
+    """What `up` would change, per resource (nothing is changed)."""
+    return _run("preview", inputs, token, state_dir, on_progress)
+
+
+def up(
+    inputs: StackInputs, *, token: str, state_dir: Path, on_progress: Progress | None = None
+) -> RunResult:
+    """Create and update the fleet's resources to match `inputs`; the servers' outputs."""
+    return _run("up", inputs, token, state_dir, on_progress)
+
+
+def _run(
+    action: str, inputs: StackInputs, token: str, state_dir: Path, on_progress: Progress | None
+) -> RunResult:
+    events = StepLog(action, on_progress)
+    program = fleet_program(inputs, token=token)
+    with _stack(inputs.fleet, program, token, state_dir, events) as stack:
+        if action == "preview":
+            stack.preview(on_event=events, color="never")
+            return events.result()
+        outcome = stack.up(on_event=events, color="never")
+    servers = outcome.outputs.get(SERVERS_OUTPUT)
+    return events.result(server_outputs(servers.value if servers else {}))
+
+
+def destroy(
+    fleet: Fleet, *, token: str, state_dir: Path, on_progress: Progress | None = None
+) -> RunResult:
+    """Delete every resource the fleet's stack holds (an unknown stack has nothing to delete).
+
+    The provider-only program runs first so that a rotated token is the one used.
+    """
+    from pulumi.automation import StackNotFoundError
+
+    events = StepLog("destroy", on_progress)
+    program = provider_program(fleet, token=token)
+    try:
+        with _stack(fleet, program, token, state_dir, events, create=False) as stack:
+            stack.destroy(on_event=events, color="never", run_program=True)
+    except StackNotFoundError:
+        return RunResult(action="destroy", resources=(), counts=())
+    return events.result()
+
+
+def server_outputs(value: Any) -> tuple[ServerOutput, ...]:
+    """The stack's `servers` output as ServerOutputs, by name."""
+    if not isinstance(value, dict):
+        return ()
+    return tuple(
+        ServerOutput(
+            name=name,
+            id=str(out["id"]),
+            location=str(out.get("location", "")),
+            ipv4=out.get("ipv4") or None,
+            ipv6=out.get("ipv6") or None,
+            private_ipv4=out.get("private_ipv4") or None,
+        )
+        for name, out in sorted(value.items())
+    )
+
+
+class StepLog:
+    """Turns Pulumi's engine events into ResourceSteps, for the callback and the result, and
+    keeps the engine's error diagnostics (secrets masked) for the failure message."""
+
+    def __init__(self, action: str, on_progress: Progress | None) -> None:
+        self.action = action
+        self.on_progress = on_progress
+        self.steps: dict[str, ResourceStep] = {}
+        self.errors: list[str] = []
+
+    def __call__(self, event: EngineEvent) -> None:
+        planned = self.action == "preview"
+        if event.resource_pre_event:
+            self._step(event.resource_pre_event.metadata, "planned" if planned else "started")
+        elif event.res_outputs_event and not planned:
+            self._step(event.res_outputs_event.metadata, "done")
+        elif event.res_op_failed_event:
+            self._step(event.res_op_failed_event.metadata, "failed")
+        elif event.diagnostic_event and event.diagnostic_event.severity == "error":
+            self.errors.append(redact(event.diagnostic_event.message.strip()))
+
+    def _step(self, metadata: Any, status: str) -> None:
+        if metadata.type == STACK_TYPE:
+            return
+        step = ResourceStep(
+            urn=metadata.urn,
+            type=metadata.type,
+            name=metadata.urn.rsplit("::", 1)[-1],
+            op=str(metadata.op.value),
+            status=status,
+        )
+        self.steps[step.urn] = step
+        if self.on_progress is not None:
+            self.on_progress(step)
+
+    def result(self, servers: tuple[ServerOutput, ...] = ()) -> RunResult:
+        counts: dict[str, int] = {}
+        for step in self.steps.values():
+            counts[step.op] = counts.get(step.op, 0) + 1
+        return RunResult(
+            action=self.action,
+            resources=tuple(self.steps.values()),
+            counts=tuple(sorted(counts.items())),
+            servers=servers,
+        )
+
+
+@contextmanager
+def _stack(
+    fleet: Fleet,
+    program: Callable[[], None],
+    token: str,
+    state_dir: Path,
+    events: StepLog,
+    *,
+    create: bool = True,
+) -> Iterator[Stack]:
+    """The fleet's stack in a workspace under the state directory; Pulumi's failures become
+    EngineErrors that never carry the token."""
+    refuse_gevent()
+    register_secret(token)
+    root = pulumi_root()
+    check_passphrase()
+    from pulumi import automation as auto
+
+    try:
+        command = auto.PulumiCommand(root=root)
+    except auto.InvalidVersionError as exc:
+        raise EngineError(f"{redact(str(exc))}; upgrade the Pulumi CLI: {INSTALL_HINT}") from None
+    except FileNotFoundError:
+        raise PulumiNotInstalled(f"the Pulumi CLI could not be run; {INSTALL_HINT}") from None
+    backend = backend_url(state_dir)
+    workspace = state_dir / "pulumi" / "workspace"
+    workspace.mkdir(parents=True, exist_ok=True)
+    options = auto.LocalWorkspaceOptions(
+        work_dir=str(workspace),
+        secrets_provider="passphrase",
+        pulumi_command=command,
+        env_vars={"PULUMI_BACKEND_URL": backend, "PULUMI_SKIP_UPDATE_CHECK": "true"},
+        project_settings=auto.ProjectSettings(
+            name=PROJECT, runtime="python", backend=auto.ProjectBackend(url=backend)
+        ),
+    )
+    select = auto.create_or_select_stack if create else auto.select_stack
+    try:
+        yield select(stack_name=fleet.name, project_name=PROJECT, program=program, opts=options)
+    except auto.ConcurrentUpdateError:
+        raise EngineError(
+            f"another Pulumi run holds the stack of fleet {fleet.name}; wait for it, or if it "
+            f"crashed, run `pulumi cancel --stack {fleet.name}` in {workspace}"
+        ) from None
+    except auto.StackNotFoundError:
+        raise
+    except auto.CommandError as exc:
+        raise EngineError(failure_message(fleet, events, exc)) from None
+
+
+def failure_message(fleet: Fleet, events: StepLog, exc: Exception) -> str:
+    """Why a Pulumi run failed: the engine's error diagnostics, else the last lines the command
+    printed; registered secrets masked."""
+    lines = (
+        events.errors
+        or [line.strip() for line in redact(str(exc)).splitlines() if line.strip()][-12:]
+    )
+    detail = "\n".join(dict.fromkeys(lines))
+    return f"pulumi {events.action} of fleet {fleet.name} failed:\n{detail}"

@@ -1,0 +1,373 @@
+"""A Plan as text for a terminal, markdown for a pull-request comment, or JSON. Pure.
+
+    render_text(plan, colour=True)      symbols + ~ - -/+, reasons, warnings, totals
+    render_markdown(plan)               a tuple of comment bodies, each under 65,000 characters
+    render_json(plan)                   a dict following schemas/plan.v1.schema.json
+
+Markdown parts start with the marker `<!-- fleet-engine-preview: SOURCE part I/N -->`, by
+which the pull-request workflow finds, updates and prunes its own comments.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+from typing import Any
+
+from engine.inventory import ActualServer
+from engine.model import Server, fleet_resource_name
+from engine.plan import ACTIONS, Action, Change, Plan, Usage
+from engine.term import style
+
+SCHEMA_VERSION = 1
+MARKDOWN_LIMIT = 65_000
+MARKER = "<!-- fleet-engine-preview: {source} part {part}/{parts} -->"
+
+SYMBOLS = {
+    Action.CREATE: "+",
+    Action.DELETE: "-",
+    Action.UPDATE: "~",
+    Action.RESIZE: "~",
+    Action.REINSTALL: "~",
+    Action.REPLACE: "-/+",
+    Action.ADOPT: "=",
+}
+COLOURS = {
+    Action.CREATE: "green",
+    Action.DELETE: "red",
+    Action.UPDATE: "yellow",
+    Action.RESIZE: "yellow",
+    Action.REINSTALL: "blue",
+    Action.REPLACE: "magenta",
+    Action.ADOPT: "blue",
+}
+_PHRASES = {
+    Action.CREATE: "to create",
+    Action.ADOPT: "to adopt",
+    Action.UPDATE: "to update",
+    Action.RESIZE: "to resize",
+    Action.REINSTALL: "to reinstall",
+    Action.REPLACE: "to replace",
+    Action.DELETE: "to delete",
+}
+
+
+_HARM = {
+    Action.UPDATE: "powered off",
+    Action.RESIZE: "powered off",
+    Action.REPLACE: "recreated",
+    Action.DELETE: "deleted",
+}
+
+
+def money(amount: float, currency: str, *, signed: bool = False) -> str:
+    """`12.30 EUR`, or `+1.20 EUR` when signed."""
+    text = f"{amount:+,.2f}" if signed else f"{amount:,.2f}"
+    return f"{text} {currency}" if currency else text
+
+
+def summary(plan: Plan) -> str:
+    """`2 to create, 1 to delete; 12 unchanged` or `no changes; 12 unchanged`."""
+    counts = plan.counts()
+    head = ", ".join(f"{n} {_PHRASES[action]}" for action, n in counts.items()) or "no changes"
+    return f"{head}; {plan.unchanged} unchanged"
+
+
+def cost_line(plan: Plan) -> str:
+    """`34.56 -> 42.87 EUR a month (+8.31 EUR)`."""
+    before, after = plan.before.monthly_cost, plan.after.monthly_cost
+    if before == after:
+        return f"{money(after, plan.currency)} a month (unchanged)"
+    delta = money(plan.monthly_delta, plan.currency, signed=True)
+    return f"{before:,.2f} -> {money(after, plan.currency)} a month ({delta})"
+
+
+def describe(change: Change) -> str:
+    """One line on what changes: `cx22 in hel1, debian-12` or `labels.role: api -> web`."""
+    after = change.after
+    if change.action is Action.CREATE and after is not None:
+        return f"{after.server_type} in {after.location}, {after.image.describe()}"
+    if change.action is Action.DELETE and change.before is not None:
+        before = change.before
+        return f"{before.server_type} in {before.location} (id {before.provider_id})"
+    if change.action is Action.REINSTALL:
+        return "install settings changed"
+    return "; ".join(
+        f"{f.field}: {f.before or '(none)'} -> {f.after or '(none)'}" for f in change.fields
+    )
+
+
+def _disruptive(plan: Plan) -> list[Change]:
+    return [c for c in plan.changes if c.disruptive]
+
+
+# --- terminal ------------------------------------------------------------------------------
+
+
+def render_text(plan: Plan, *, colour: bool = False) -> str:
+    """The plan for a terminal (colour with ANSI codes when `colour`)."""
+
+    def paint(text: str, name: str) -> str:
+        return style(text, name) if colour else text
+
+    lines = [
+        paint(f"Fleet {plan.fleet} ({plan.provider})", "bold")
+        + f" from {plan.source or 'the spec'}, compared with {plan.compared_with}",
+        "",
+    ]
+    width = max((len(c.server) for c in plan.changes), default=0)
+    for change in plan.changes:
+        symbol = paint(f"{SYMBOLS[change.action]:>3}", COLOURS[change.action])
+        cost = (
+            "  " + money(change.monthly_delta, plan.currency, signed=True) + "/mo"
+            if change.monthly_delta
+            else ""
+        )
+        flag = "  " + paint("! disruptive", "red") if change.disruptive else ""
+        action = paint(f"{change.action:<9}", COLOURS[change.action])
+        lines.append(f"{symbol} {change.server:<{width}}  {action} {describe(change)}{flag}{cost}")
+        lines.extend(paint(f"      {reason}", "dim") for reason in change.reasons)
+    if plan.changes:
+        lines.append("")
+    if plan.warnings:
+        lines.append(paint("Warnings:", "yellow"))
+        lines.extend(f"  ! {warning}" for warning in plan.warnings)
+        lines.append("")
+    if plan.problems:
+        lines.append(paint("The plan cannot be applied:", "red"))
+        lines.extend(f"  {paint(problem.to_text(), 'red')}" for problem in plan.problems)
+        lines.append("")
+    lines.append(paint("Plan: ", "bold") + summary(plan) + ".")
+    disruptive = _disruptive(plan)
+    if disruptive:
+        names = ", ".join(f"{c.server} ({_HARM[c.action]})" for c in disruptive[:10])
+        more = f" and {len(disruptive) - 10} more" if len(disruptive) > 10 else ""
+        lines.append(paint("Disruptive: ", "red") + names + more + ".")
+    lines.append(f"Monthly cost: {cost_line(plan)}.")
+    lines.append(f"API calls: {_api_calls(plan)}.")
+    return "\n".join(lines) + "\n"
+
+
+def _api_calls(plan: Plan) -> str:
+    calls = plan.api_calls
+    detail = ", ".join(f"{path} {n}" for path, n in calls.read_by_path)
+    read = f"{calls.read} to read" + (f" ({detail})" if detail else "")
+    retried = f", {calls.retries} retried" if calls.retries else ""
+    return f"{read}{retried}; about {calls.apply_estimate} to apply (progress polls aside)"
+
+
+# --- markdown ------------------------------------------------------------------------------
+
+
+def _md(text: str) -> str:
+    """Text safe in a markdown table cell: no HTML, no pipes, no inline formatting."""
+    escaped = html.escape(text.replace(" -> ", " → "), quote=False).replace("|", "&#124;")
+    for char in "\\`*_[]":
+        escaped = escaped.replace(char, "\\" + char)
+    return escaped
+
+
+def _code(text: str) -> str:
+    """Text for inside a code span, which shows backslashes as they are."""
+    return text.replace("`", "'")
+
+
+def _table(changes: Iterable[Change], currency: str) -> list[str]:
+    rows = ["| | server | action | what changes | why | monthly |", "|---|---|---|---|---|---:|"]
+    for change in changes:
+        flag = " ⚠️" if change.disruptive else ""
+        cost = money(change.monthly_delta, currency, signed=True) if change.monthly_delta else ""
+        rows.append(
+            f"| `{SYMBOLS[change.action]}` | `{change.server}` | {change.action}{flag} "
+            f"| {_md(describe(change))} | {_md('; '.join(change.reasons))} | {cost} |"
+        )
+    return rows
+
+
+def _markdown_head(plan: Plan) -> list[str]:
+    if plan.is_blocked:
+        status = "🛑 blocked"
+    else:
+        status = "changes pending" if plan.changes else "✅ up to date"
+    lines = [
+        f"### Fleet preview: `{plan.fleet}` ({plan.provider}) — {status}",
+        "",
+        f"**{_md(summary(plan))}** · monthly cost {_md(cost_line(plan))}",
+        "",
+    ]
+    if plan.problems:
+        lines += ["> [!CAUTION]", "> The plan cannot be applied:"]
+        lines += [f"> - `{p.path}`: {_md(p.message)}; {_md(p.hint)}" for p in plan.problems]
+        lines.append("")
+    disruptive = _disruptive(plan)
+    if disruptive:
+        shown = ", ".join(f"`{c.server}` ({_HARM[c.action]})" for c in disruptive[:20])
+        more = f" and {len(disruptive) - 20} more" if len(disruptive) > 20 else ""
+        word = "change" if len(disruptive) == 1 else "changes"
+        lines += ["> [!WARNING]", f"> {len(disruptive)} disruptive {word}: {shown}{more}", ""]
+    return lines
+
+
+def _markdown_tail(plan: Plan) -> list[str]:
+    lines = []
+    if plan.warnings:
+        lines += [f"<details><summary>Warnings ({len(plan.warnings)})</summary>", ""]
+        lines += [f"- {_md(w)}" for w in plan.warnings]
+        lines += ["", "</details>", ""]
+    lines.append(
+        f"<sub>Spec `{_code(plan.source)}` compared with {_md(plan.compared_with)} · "
+        f"API calls: {_md(_api_calls(plan))} · `engine preview --format markdown`</sub>"
+    )
+    return lines
+
+
+def _sections(plan: Plan, budget: int) -> list[str]:
+    """The plan as blocks of markdown, each at most `budget` characters."""
+    blocks = ["\n".join(_markdown_head(plan))]
+    groups: dict[str, list[Change]] = {}
+    for change in plan.changes:
+        groups.setdefault(change.group or "(no group)", []).append(change)
+    for group, changes in groups.items():
+        title = f"#### {_md(group)}: {len(changes)} change{'s' if len(changes) != 1 else ''}"
+        table = _table(changes, plan.currency)
+        header, rows = table[:2], table[2:]
+        block = [title, "", *header]
+        for row in rows:
+            if len("\n".join([*block, row])) > budget:
+                blocks.append("\n".join(block))
+                block = [f"{title} (continued)", "", *header]
+            block.append(row)
+        blocks.append("\n".join(block))
+    blocks.append("\n".join(_markdown_tail(plan)))
+    return blocks
+
+
+def render_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT) -> tuple[str, ...]:
+    """The plan as pull-request comment bodies, each at most `limit` characters.
+
+    Unchanged servers are not listed; changes are grouped by server group. A plan too big for
+    one comment is split between groups (or between rows of a big group) into parts.
+    """
+    marker_room = len(MARKER.format(source=plan.source, part=999, parts=999)) + 40
+    budget = limit - marker_room
+    parts: list[list[str]] = [[]]
+    size = 0
+    for block in _sections(plan, budget):
+        if parts[-1] and size + len(block) + 2 > budget:
+            parts.append([])
+            size = 0
+        parts[-1].append(block)
+        size += len(block) + 2
+    total = len(parts)
+    bodies = []
+    for number, blocks in enumerate(parts, start=1):
+        marker = MARKER.format(source=plan.source, part=number, parts=total)
+        note = [f"*Part {number} of {total}*", ""] if total > 1 else []
+        bodies.append("\n\n".join(["\n".join([marker, *note]).rstrip(), *blocks]) + "\n")
+    return tuple(bodies)
+
+
+# --- JSON ----------------------------------------------------------------------------------
+
+
+def _usage(usage: Usage) -> dict[str, Any]:
+    return {
+        "servers": usage.servers,
+        "vcpus": usage.vcpus,
+        "memory_gb": usage.memory_gb,
+        "disk_gb": usage.disk_gb,
+        "monthly_cost": round(usage.monthly_cost, 4),
+    }
+
+
+def _actual(server: ActualServer | None) -> dict[str, Any] | None:
+    if server is None:
+        return None
+    return {
+        "provider_id": server.provider_id,
+        "status": server.status,
+        "server_type": server.server_type,
+        "location": server.location,
+        "image": server.image.describe() if server.image else None,
+        "labels": dict(server.labels),
+        "firewalls": list(server.firewalls),
+        "networks": list(server.networks),
+        "backups": server.backups,
+        "placement_group": server.placement_group,
+        "public_ipv4": server.ipv4 is not None,
+        "public_ipv6": server.ipv6 is not None,
+        "disk_gb": server.disk_gb,
+    }
+
+
+def _desired(server: Server | None, fleet: str) -> dict[str, Any] | None:
+    if server is None:
+        return None
+    return {
+        "server_type": server.server_type,
+        "location": server.location,
+        "image": server.image.describe(),
+        "labels": dict(server.labels),
+        "firewalls": sorted(fleet_resource_name(fleet, f) for f in server.firewalls),
+        "networks": sorted(fleet_resource_name(fleet, n) for n in server.networks),
+        "backups": server.backups,
+        "placement_group": server.placement_group,
+        "public_ipv4": server.public_ipv4,
+        "public_ipv6": server.public_ipv6,
+    }
+
+
+def render_json(plan: Plan) -> dict[str, Any]:
+    """The plan as a JSON-ready dict, following schemas/plan.v1.schema.json."""
+    counts = plan.counts()
+    return {
+        "version": SCHEMA_VERSION,
+        "fleet": plan.fleet,
+        "provider": plan.provider,
+        "source": plan.source,
+        "compared_with": plan.compared_with,
+        "currency": plan.currency,
+        "install_hash": plan.install_hash,
+        "summary": {
+            **{str(action): counts.get(action, 0) for action in ACTIONS},
+            "unchanged": plan.unchanged,
+            "disruptive": len(_disruptive(plan)),
+            "has_changes": plan.has_changes,
+            "blocked": plan.is_blocked,
+        },
+        "cost": {
+            "monthly_before": round(plan.before.monthly_cost, 4),
+            "monthly_after": round(plan.after.monthly_cost, 4),
+            "monthly_delta": plan.monthly_delta,
+        },
+        "usage": {"before": _usage(plan.before), "after": _usage(plan.after)},
+        "changes": [
+            {
+                "action": str(change.action),
+                "server": change.server,
+                "group": change.group,
+                "disruptive": change.disruptive,
+                "reasons": list(change.reasons),
+                "fields": [
+                    {"field": f.field, "before": f.before, "after": f.after} for f in change.fields
+                ],
+                "before": _actual(change.before),
+                "after": _desired(change.after, plan.fleet),
+                "monthly_before": round(change.usage_before.monthly_cost, 4),
+                "monthly_after": round(change.usage_after.monthly_cost, 4),
+                "monthly_delta": change.monthly_delta,
+            }
+            for change in plan.changes
+        ],
+        "problems": [
+            {"code": p.code, "path": p.path, "message": p.message, "hint": p.hint}
+            for p in plan.problems
+        ],
+        "warnings": list(plan.warnings),
+        "api_calls": {
+            "read": plan.api_calls.read,
+            "read_by_path": dict(plan.api_calls.read_by_path),
+            "retries": plan.api_calls.retries,
+            "apply_estimate": plan.api_calls.apply_estimate,
+        },
+    }

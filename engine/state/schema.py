@@ -1,0 +1,175 @@
+"""The state store's tables, built by an ordered list of numbered migrations.
+
+`MIGRATIONS` is the whole history of the schema. Opening a store applies the ones its
+`schema_version` table does not list yet, in order, in one transaction, under a lock that
+makes two processes opening the same store at once safe (SQLite: `BEGIN IMMEDIATE`;
+PostgreSQL: a transaction-scoped advisory lock). A store written by a newer engine (a version
+above the last one here) is refused rather than guessed at.
+
+Adding a table (jobs, one-time tokens, API keys, heartbeats, ...) is one function and one
+line, appended at the end; never edit or reorder a migration that has shipped:
+
+    def _jobs(metadata: MetaData) -> None:
+        Table(
+            "jobs",
+            metadata,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("fleet", String(63), nullable=False, index=True),
+            Column("kind", String(40), nullable=False),
+            Column("created_at", UtcDateTime(), nullable=False),
+        )
+
+    MIGRATIONS = (
+        ...,
+        Migration(2, "jobs", _jobs),
+    )
+
+The tables a migration declares are created for it. A migration that changes an existing
+table declares the change on the metadata (e.g. `metadata.tables["servers"].append_column(
+column)`) and does the DDL in `upgrade`, e.g. `add_column(connection, "servers", column)`.
+Queries live only in `engine.state.store`, and use `metadata().tables[...]`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.schema import CreateColumn
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("the state store only takes timezone-aware datetimes")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """Schema version `version`: the tables `declare` adds, then any extra DDL in `upgrade`."""
+
+    version: int
+    description: str
+    declare: Callable[[MetaData], None]
+    upgrade: Callable[[Connection], None] | None = None
+
+
+def add_column(connection: Connection, table: str, column: Column[Any]) -> None:
+    """`ALTER TABLE table ADD COLUMN ...` for an `upgrade` step, in the backend's dialect."""
+    spec = CreateColumn(column).compile(dialect=connection.dialect)
+    connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {spec}")
+
+
+def declare_schema_version(metadata: MetaData) -> None:
+    Table(
+        "schema_version",
+        metadata,
+        Column("version", Integer, primary_key=True, autoincrement=False),
+        Column("description", Text, nullable=False),
+        Column("applied_at", UtcDateTime(), nullable=False),
+    )
+
+
+def _servers_events_locks(metadata: MetaData) -> None:
+    Table(
+        "servers",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("name", String(63), primary_key=True),
+        Column("group", String(63), nullable=False),
+        Column("provider", String(20), nullable=False),
+        Column("provider_id", String(100), nullable=False, default=""),
+        Column("location", String(40), nullable=False, default=""),
+        Column("server_type", String(80), nullable=False, default=""),
+        Column("image", Text, nullable=False, default=""),
+        Column("stage", String(20), nullable=False),
+        Column("stage_reason", Text, nullable=False, default=""),
+        Column("ipv4", String(15)),
+        Column("ipv6", String(50)),
+        Column("private_ips", JSON, nullable=False),
+        Column("labels", JSON, nullable=False),
+        Column("user_data_hash", String(80)),
+        Column("install_hash", String(80)),
+        Column("host_keys", JSON, nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("updated_at", UtcDateTime(), nullable=False),
+    )
+    Table(
+        "server_transitions",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("fleet", String(63), nullable=False),
+        Column("server", String(63), nullable=False),
+        Column("stage", String(20), nullable=False),
+        Column("at", UtcDateTime(), nullable=False),
+        Column("reason", Text, nullable=False, default=""),
+        Index("ix_server_transitions_server", "fleet", "server"),
+    )
+    Table(
+        "events",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("fleet", String(63), nullable=False, index=True),
+        Column("server", String(63)),
+        Column("kind", String(60), nullable=False),
+        Column("message", Text, nullable=False),
+        Column("data", JSON, nullable=False),
+        Column("at", UtcDateTime(), nullable=False),
+    )
+    Table(
+        "locks",
+        metadata,
+        Column("stack", String(63), primary_key=True),
+        Column("lock_id", String(32), nullable=False, unique=True),
+        Column("holder", String(100), nullable=False),
+        Column("host", String(255), nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("command", Text, nullable=False),
+        Column("acquired_at", UtcDateTime(), nullable=False),
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "servers, server_transitions, events, locks", _servers_events_locks),
+)
+
+
+@cache
+def metadata() -> MetaData:
+    """The current schema: the schema_version table and every migration's declarations."""
+    result = MetaData()
+    declare_schema_version(result)
+    for migration in MIGRATIONS:
+        migration.declare(result)
+    return result

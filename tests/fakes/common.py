@@ -1,0 +1,95 @@
+"""What every fake provider API shares: bearer auth, a request log, injected faults.
+
+A test queues faults (`fake.faults.append(Fault(status=429, retry_after=7))`); each request
+takes the next one. `Fault(delay_s=2)` answers normally but only after two seconds, which a
+client with a shorter read timeout sees as a timeout. `latency_s` delays every answer like a
+distant API does, and `most_in_flight` tells how many requests overlapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+
+@dataclass
+class Fault:
+    status: int = 0
+    retry_after: int | None = None
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    query: Mapping[str, str]
+
+
+@dataclass
+class FakeApi:
+    """Auth, request log and fault queue; subclasses shape the error bodies and headers."""
+
+    token: str = ""
+    requests: list[Recorded] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    latency_s: float = 0.0
+    rate_limit: int = 3600
+    rate_remaining: int = 3600
+    rate_reset: int | None = None
+    in_flight: int = 0
+    most_in_flight: int = 0
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
+
+    def count(self, path: str) -> int:
+        """How many requests reached `path` (faulted ones included)."""
+        return sum(1 for r in self.requests if r.path == path)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def error(self, status: int, code: str, message: str) -> JSONResponse:
+        raise NotImplementedError
+
+    def rate_headers(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def admit(self, request: Request) -> JSONResponse | None:
+        """Record the request; answer it here if it is unauthorised or a fault is queued."""
+        self.requests.append(Recorded(request.method, request.url.path, dict(request.query_params)))
+        if self.latency_s:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            await asyncio.sleep(self.latency_s)
+            self.in_flight -= 1
+        if request.headers.get("authorization") != f"Bearer {self.token}":
+            return self.error(401, "unauthorized", "unable to authenticate")
+        self.rate_remaining = max(0, self.rate_remaining - 1)
+        if not self.faults:
+            return None
+        fault = self.faults.pop(0)
+        if fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        if not fault.status:
+            return None
+        code = {429: "rate_limit_exceeded"}.get(fault.status, "service_error")
+        response = self.error(fault.status, code, "injected fault")
+        response.headers.update(self.rate_headers())
+        if fault.retry_after is not None:
+            response.headers["Retry-After"] = str(fault.retry_after)
+        return response
+
+
+def pages(
+    items: list[dict[str, object]], request: Request, most: int, default: int
+) -> tuple[list[dict[str, object]], int, int, int]:
+    """The page of `items` a request asks for: (chunk, page, per_page, last_page)."""
+    per_page = min(int(request.query_params.get("per_page", default)), most)
+    page = int(request.query_params.get("page", 1))
+    last = max(1, -(-len(items) // per_page))
+    return items[(page - 1) * per_page : page * per_page], page, per_page, last

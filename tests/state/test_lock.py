@@ -1,0 +1,129 @@
+"""The exclusive stack lock: contention in one process and across processes, stale locks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.errors import EngineError
+from engine.state.store import StackLockedError, Store, open_store
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[Store]:
+    with open_store(url) as opened:
+        yield opened
+
+
+def test_a_second_taker_learns_who_holds_the_lock(store: Store) -> None:
+    with store.lock("web-prod", command="engine up specs/web.yaml") as held:
+        with pytest.raises(StackLockedError) as info:
+            store.acquire_lock("web-prod", command="engine up specs/web.yaml")
+        message = str(info.value)
+        for part in (
+            f"locked by {held.holder}@{socket.gethostname()}",
+            f"pid {os.getpid()}",
+            "`engine up specs/web.yaml`",
+            held.acquired_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            f"lock id {held.lock_id}",
+            f"engine unlock {held.lock_id}",
+        ):
+            assert part in message
+        assert "stale" not in message
+        with store.lock("other-fleet", command="engine up other.yaml"):
+            assert {lock.stack for lock in store.locks()} == {"web-prod", "other-fleet"}
+    assert store.locks() == ()
+
+
+def test_the_lock_is_released_when_the_block_fails(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.lock("web-prod", command="engine up"):
+        raise RuntimeError("the run failed")
+    with store.lock("web-prod", command="engine up"):
+        pass
+
+
+def test_secrets_in_the_command_are_not_recorded(store: Store) -> None:
+    from engine.secrets import register_secret
+
+    token = register_secret("hcloud-token-abcdef0123456789")
+    with store.lock("web-prod", command=f"engine up --token {token}") as held:
+        assert token not in held.command
+        assert store.locks()[0].command == "engine up --token ***"
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import os, sys
+    from engine.state.store import open_store
+    store = open_store(sys.argv[1])
+    held = store.acquire_lock("web-prod", command="engine up specs/web.yaml")
+    print(held.lock_id, flush=True)
+    if sys.argv[2] == "die":
+        os._exit(0)  # a crash: the lock is never given back
+    sys.stdin.readline()
+    store.release_lock(held)
+    print("released", flush=True)
+    """
+)
+
+
+def _holder(url: str, mode: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, url, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )
+
+
+def test_two_processes_contend_for_the_lock(store: Store, url: str) -> None:
+    holder = _holder(url, "wait")
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        lock_id = holder.stdout.readline().strip()  # the holder has the lock once it says so
+        with pytest.raises(StackLockedError) as info:
+            store.acquire_lock("web-prod", command="engine up specs/web.yaml")
+        assert info.value.lock.lock_id == lock_id
+        assert info.value.lock.pid == holder.pid
+        assert "stale" not in str(info.value)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+        assert holder.wait(timeout=30) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    with store.lock("web-prod", command="engine up specs/web.yaml") as mine:
+        assert mine.pid == os.getpid()
+
+
+def test_a_dead_holder_leaves_a_stale_lock_that_unlock_releases(store: Store, url: str) -> None:
+    holder = _holder(url, "die")
+    assert holder.stdout is not None
+    lock_id = holder.stdout.readline().strip()
+    assert holder.wait(timeout=30) == 0
+    with pytest.raises(StackLockedError, match=f"process {holder.pid} is no longer running"):
+        store.acquire_lock("web-prod", command="engine up specs/web.yaml")
+    released = store.unlock(lock_id)
+    assert released.pid == holder.pid
+    (event,) = store.events("web-prod")
+    assert event.kind == "lock.released" and lock_id in event.message
+    with store.lock("web-prod", command="engine up specs/web.yaml"):
+        pass
+
+
+def test_unlocking_an_unknown_lock_lists_the_held_ones(store: Store) -> None:
+    with store.lock("web-prod", command="engine up") as held:
+        with pytest.raises(EngineError) as info:
+            store.unlock("0000")
+        assert f"held now: {held.lock_id} (web-prod)" in str(info.value)
+    with pytest.raises(EngineError, match="no lock is held"):
+        store.unlock("0000")

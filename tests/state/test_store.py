@@ -1,0 +1,291 @@
+"""The state store on SQLite and on a real PostgreSQL server: records, history, migrations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, text
+from sqlalchemy.exc import StatementError
+
+from engine.errors import EngineError
+from engine.model import Stage
+from engine.secrets import register_secret
+from engine.state import ServerRecord, stage_durations
+from engine.state import schema as state_schema
+from engine.state.store import Store, open_store, state_url, store_exists
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = dt.datetime(2026, 11, 5, 10, 0, tzinfo=dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(url: str, clock: Clock) -> Iterator[Store]:
+    with open_store(url, now=clock) as opened:
+        yield opened
+
+
+def _record(**overrides: object) -> ServerRecord:
+    values: dict[str, object] = {
+        "fleet": "web-prod",
+        "name": "web-1",
+        "group": "web",
+        "provider": "hcloud",
+        "provider_id": "4711",
+        "location": "fsn1",
+        "server_type": "cx22",
+        "image": "debian-12",
+        "stage": Stage.CREATING,
+        "ipv4": "203.0.113.7",
+        "ipv6": "2001:db8::/64",
+        "private_ips": ("10.10.0.2",),
+        "labels": (("fleet", "web-prod"), ("role", "web")),
+        "user_data_hash": "sha256:aa",
+        "install_hash": None,
+        "host_keys": (("ssh-ed25519", "AAAAC3Nza..."),),
+    }
+    values.update(overrides)
+    return ServerRecord(**values)  # type: ignore[arg-type]
+
+
+def test_a_fresh_store_has_every_migration(store: Store) -> None:
+    assert store.schema_version() == state_schema.MIGRATIONS[-1].version
+    assert store.servers("web-prod") == ()
+    assert store.locks() == ()
+
+
+def test_opening_again_changes_nothing(url: str, clock: Clock) -> None:
+    with open_store(url, now=clock) as first:
+        first.save_server(_record())
+    with open_store(url, now=clock) as second:
+        assert second.schema_version() == state_schema.MIGRATIONS[-1].version
+        assert [r.name for r in second.servers("web-prod")] == ["web-1"]
+
+
+def test_a_server_record_round_trips(store: Store, clock: Clock) -> None:
+    saved = store.save_server(_record())
+    assert saved.created_at == clock.now and saved.updated_at == clock.now
+    loaded = store.server("web-prod", "web-1")
+    assert loaded == saved
+    assert loaded is not None and loaded.created_at is not None
+    assert loaded.created_at.tzinfo is not None
+    assert store.server("web-prod", "web-2") is None
+    assert store.servers("other-fleet") == ()
+
+
+def test_saving_again_keeps_created_at_and_records_stage_changes(
+    store: Store, clock: Clock
+) -> None:
+    created = store.save_server(_record())
+    clock.advance(30)
+    again = store.save_server(_record(ipv4="203.0.113.8"))  # same stage: no transition
+    clock.advance(12)
+    store.save_server(_record(stage=Stage.BOOTING))
+    assert again.created_at == created.created_at
+    loaded = store.server("web-prod", "web-1")
+    assert loaded is not None and loaded.updated_at == clock.now
+    assert [t.stage for t in store.transitions("web-prod", "web-1")] == [
+        Stage.CREATING,
+        Stage.BOOTING,
+    ]
+
+
+def test_many_records_are_saved_in_one_transaction(store: Store) -> None:
+    saved = store.save_servers(_record(name=f"web-{n}") for n in range(1, 201))
+    assert len(saved) == 200 and len(store.servers("web-prod")) == 200
+    naive = dt.datetime(2026, 1, 1)  # refused: the store only takes aware datetimes
+    with pytest.raises(StatementError):  # a bad record in the batch saves none of it
+        store.save_servers([_record(name="web-201"), _record(name="web-202", created_at=naive)])
+    assert store.server("web-prod", "web-201") is None
+
+
+def test_per_step_durations_come_from_transitions(store: Store, clock: Clock) -> None:
+    store.save_server(_record(stage=Stage.REQUESTED))
+    for stage, seconds in [
+        (Stage.CREATING, 1),
+        (Stage.BOOTING, 9),
+        (Stage.PHONED_HOME, 24),
+        (Stage.INSTALLING, 2),
+        (Stage.READY, 41),
+    ]:
+        clock.advance(seconds)
+        store.set_stage("web-prod", "web-1", stage, reason=f"after {seconds}s")
+    store.set_stage("web-prod", "web-1", Stage.READY)  # not a transition: already there
+    transitions = store.transitions("web-prod", "web-1")
+    assert transitions[-1].reason == "after 41s"
+    assert stage_durations(transitions) == (
+        (Stage.REQUESTED, 1.0),
+        (Stage.CREATING, 9.0),
+        (Stage.BOOTING, 24.0),
+        (Stage.PHONED_HOME, 2.0),
+        (Stage.INSTALLING, 41.0),
+    )
+    loaded = store.server("web-prod", "web-1")
+    assert loaded is not None and loaded.stage is Stage.READY
+
+
+def test_set_stage_of_an_unknown_server_is_an_error(store: Store) -> None:
+    with pytest.raises(EngineError, match="no server web-9 in fleet web-prod"):
+        store.set_stage("web-prod", "web-9", Stage.READY)
+
+
+def test_forgetting_a_server_keeps_its_history(store: Store) -> None:
+    store.save_server(_record())
+    store.forget_server("web-prod", "web-1")
+    assert store.servers("web-prod") == ()
+    assert len(store.transitions("web-prod", "web-1")) == 1
+
+
+def test_events_are_appended_in_order_and_redacted(store: Store) -> None:
+    secret = register_secret("tok-0123456789-abcdef")
+    first = store.record_event("web-prod", "server.created", "web-1 created", server="web-1")
+    second = store.record_event(
+        "web-prod", "phone_home.refused", f"bad token {secret}", data={"ip": "203.0.113.7"}
+    )
+    store.record_event("other", "server.created", "x")
+    events = store.events("web-prod")
+    assert [e.id for e in events] == [first.id, second.id]
+    assert events[1].message == "bad token ***"
+    assert events[1].data == {"ip": "203.0.113.7"}
+    assert store.events("web-prod", after_id=first.id) == (events[1],)
+    assert store.events("web-prod", server="web-1") == (events[0],)
+
+
+def test_a_store_from_a_newer_engine_is_refused(url: str) -> None:
+    open_store(url).close()
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO schema_version (version, description, applied_at) "
+                "VALUES (999, 'future', CURRENT_TIMESTAMP)"
+            )
+        )
+    engine.dispose()
+    with pytest.raises(EngineError, match="schema version 999, newer than this engine"):
+        open_store(url)
+
+
+def test_an_appended_migration_is_applied_to_an_existing_store(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_store(url) as old:
+        old.save_server(_record())
+
+    def heartbeats(metadata: MetaData) -> None:
+        Table(
+            "heartbeats",
+            metadata,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("server", String(63), nullable=False),
+        )
+        metadata.tables["servers"].append_column(Column("agent_version", String(20)))
+
+    def add_agent_version(connection: object) -> None:
+        state_schema.add_column(connection, "servers", Column("agent_version", String(20)))  # type: ignore[arg-type]
+
+    extra = state_schema.Migration(
+        2, "heartbeats, servers.agent_version", heartbeats, add_agent_version
+    )
+    monkeypatch.setattr(state_schema, "MIGRATIONS", (*state_schema.MIGRATIONS, extra))
+    state_schema.metadata.cache_clear()
+    try:
+        with open_store(url) as upgraded:
+            assert upgraded.schema_version() == 2
+            assert [r.name for r in upgraded.servers("web-prod")] == ["web-1"]
+        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO heartbeats (server) VALUES ('web-1')"))
+            agent = connection.execute(text("SELECT agent_version FROM servers")).scalar_one()
+        engine.dispose()
+        assert agent is None
+    finally:
+        state_schema.metadata.cache_clear()
+
+
+def _open_and_close(url: str) -> int:
+    with open_store(url) as opened:
+        return opened.schema_version()
+
+
+def test_processes_opening_a_fresh_store_at_once_all_succeed(url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        versions = pool.map(_open_and_close, [url] * 4)
+    assert versions == [state_schema.MIGRATIONS[-1].version] * 4
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT version FROM schema_version")).all()
+    engine.dispose()
+    assert sorted(r[0] for r in rows) == [m.version for m in state_schema.MIGRATIONS]
+
+
+def test_state_url_prefers_the_option_then_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ENGINE_STATE_URL", raising=False)
+    assert state_url(tmp_path) == f"sqlite:///{tmp_path.resolve()}/state.db"
+    monkeypatch.setenv("ENGINE_STATE_URL", "postgresql://team@db/fleet")
+    assert state_url(tmp_path) == "postgresql://team@db/fleet"
+    assert state_url(tmp_path, "sqlite:////x.db") == "sqlite:////x.db"
+
+
+def test_store_exists_only_after_the_first_open(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    assert not store_exists(url)
+    open_store(url).close()
+    assert store_exists(url)
+    assert store_exists("postgresql://team@db/fleet")
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("mysql://root@db/fleet", "names the mysql database"),
+        ("not a url", "is not a database URL"),
+    ],
+)
+def test_unusable_urls_are_clear_errors(bad: str, message: str) -> None:
+    with pytest.raises(EngineError, match=message):
+        open_store(bad)
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_text("this is not a database, just text in the way\n" * 50)
+    with pytest.raises(EngineError, match=r"cannot open the state store at sqlite:///.*database"):
+        open_store(f"sqlite:///{tmp_path / 'state.db'}")
+
+
+def test_a_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(EngineError, match="cannot create the state store's folder"):
+        open_store(f"sqlite:///{tmp_path / 'file' / 'state.db'}")
+
+
+def test_an_unreachable_postgresql_names_the_url_without_the_password() -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(EngineError) as info:
+        open_store(f"postgresql://team:hunter2-secret@127.0.0.1:{port}/fleet?connect_timeout=2")
+    message = str(info.value)
+    assert f"cannot open the state store at postgresql://team:***@127.0.0.1:{port}" in message
+    assert "hunter2" not in message

@@ -1,0 +1,413 @@
+"""`engine preview` and `engine unlock` as users run them: against git refs, against fake
+provider APIs on loopback, with a state store, and when things go wrong."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+
+from engine.local.dockerd import PrivateDaemon
+from engine.model import Stage
+from engine.state import ServerRecord
+from engine.state.store import open_store
+from tests.fakes.digitalocean import FakeDigitalOcean
+from tests.fakes.hcloud import FakeHcloud
+from tests.support.cli import ROOT, engine
+from tests.support.http import serve
+from tests.support.postgres import Cluster
+
+SCHEMA = json.loads((ROOT / "schemas" / "plan.v1.schema.json").read_text())
+HETZNER = yaml.safe_load((ROOT / "specs" / "hetzner.yaml").read_text())
+DIGITALOCEAN = yaml.safe_load((ROOT / "specs" / "digitalocean.yaml").read_text())
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+
+
+def _write(path: Path, spec: dict[str, object]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git repository whose main branch holds specs/web.yaml (the Hetzner example)."""
+    _git(tmp_path, "init", "-q", "-b", "main")
+    _write(tmp_path / "specs" / "web.yaml", HETZNER)
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "fleet")
+    return tmp_path
+
+
+def _edit(repo: Path, **changes: object) -> None:
+    spec = yaml.safe_load((repo / "specs" / "web.yaml").read_text())
+    web = spec["groups"][0]
+    web.update(changes)
+    _write(repo / "specs" / "web.yaml", spec)
+
+
+def test_against_ref_needs_no_credentials_and_shows_the_change(repo: Path) -> None:
+    _edit(repo, count=4, server_type="cx42")
+    result = engine("preview", "specs/web.yaml", "--against-ref", "main", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "compared with the spec at main" in out
+    assert "  + web-4" in out and "create" in out
+    for n in (1, 2, 3):
+        assert f"  ~ web-{n}" in out
+    assert "server_type: cx32 -> cx42" in out
+    assert "Plan: 1 to create, 3 to resize; 2 unchanged." in out
+    assert not (repo / ".engine").exists()  # nothing written, no state store created
+
+
+def test_detailed_exit_codes(repo: Path) -> None:
+    args = ("preview", "specs/web.yaml", "--against-ref", "main", "--detailed-exitcode")
+    assert engine(*args, cwd=repo).returncode == 0
+    _edit(repo, count=4)
+    assert engine(*args, cwd=repo).returncode == 2
+    _edit(repo, count=19, placement="none")  # over the spec's limits: blocked, an error
+    blocked = engine(*args, cwd=repo)
+    assert blocked.returncode == 1
+    assert "error[over_limit] limits.servers: planned 21 > 20 (now 5)" in blocked.stdout
+
+
+def test_markdown_and_json_formats(repo: Path) -> None:
+    _edit(repo, count=4)
+    markdown = engine(
+        "preview", "specs/web.yaml", "--against-ref", "main", "--format", "markdown", cwd=repo
+    )
+    assert markdown.returncode == 0
+    assert markdown.stdout.startswith("<!-- fleet-engine-preview: specs/web.yaml part 1/1 -->")
+    assert "**1 to create; 5 unchanged**" in markdown.stdout
+    result = engine(
+        "preview", "specs/web.yaml", "--against-ref", "main", "--format", "json", cwd=repo
+    )
+    document = json.loads(result.stdout)
+    Draft202012Validator(SCHEMA).validate(document)
+    assert document["summary"]["create"] == 1 and document["compared_with"] == "the spec at main"
+    assert document["cost"]["monthly_delta"] == pytest.approx(8.66)
+
+
+def test_a_spec_new_in_the_working_tree_is_all_creates(repo: Path) -> None:
+    spec = dict(HETZNER, name="blog")
+    _write(repo / "specs" / "blog.yaml", spec)
+    result = engine("preview", "specs/blog.yaml", "--against-ref", "main", cwd=repo)
+    assert result.returncode == 0
+    assert "specs/blog.yaml does not exist at main: every server is new" in result.stdout
+    assert "Plan: 5 to create; 0 unchanged." in result.stdout
+
+
+def test_a_renamed_fleet_is_not_mistaken_for_the_old_one(repo: Path) -> None:
+    spec = yaml.safe_load((repo / "specs" / "web.yaml").read_text())
+    _write(repo / "specs" / "web.yaml", dict(spec, name="web-next"))
+    result = engine("preview", "specs/web.yaml", "--against-ref", "main", cwd=repo)
+    assert "at main this spec was fleet web-prod on hcloud" in result.stdout
+    assert "Plan: 5 to create; 0 unchanged." in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("no-such-branch", "git knows no commit 'no-such-branch'; fetch it first"),
+    ],
+)
+def test_a_bad_ref_is_a_clear_error(repo: Path, ref: str, message: str) -> None:
+    result = engine("preview", "specs/web.yaml", "--against-ref", ref, cwd=repo)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_against_ref_outside_git_is_a_clear_error(tmp_path: Path) -> None:
+    _write(tmp_path / "web.yaml", HETZNER)
+    result = engine("preview", "web.yaml", "--against-ref", "main", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "is not in a git work tree" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_invalid_spec_at_the_ref_is_reported(repo: Path) -> None:
+    broken = dict(HETZNER, groups=[dict(HETZNER["groups"][0], count="three")])
+    _write(repo / "specs" / "web.yaml", broken)
+    _git(repo, "commit", "-q", "-am", "broken")
+    _write(repo / "specs" / "web.yaml", HETZNER)
+    result = engine("preview", "specs/web.yaml", "--against-ref", "HEAD", cwd=repo)
+    assert result.returncode == 1
+    assert "the spec at HEAD does not validate" in result.stderr
+    assert "HEAD:specs/web.yaml:" in result.stderr and "groups[0].count" in result.stderr
+
+
+def test_a_missing_token_says_what_to_export_and_offers_against_ref(tmp_path: Path) -> None:
+    result = engine("preview", str(ROOT / "specs" / "hetzner.yaml"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "export HCLOUD_TOKEN=..." in result.stderr
+    assert "--against-ref origin/main" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_local_provider_without_docker_says_so(tmp_path: Path) -> None:
+    gone = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    result = engine("preview", str(ROOT / "specs" / "demo.yaml"), cwd=tmp_path, env=gone)
+    assert result.returncode == 1
+    assert "no Docker engine answers" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_local_provider_reads_its_containers(tmp_path: Path, dockerd: PrivateDaemon) -> None:
+    result = engine(
+        "preview",
+        str(ROOT / "specs" / "demo.yaml"),
+        "--format",
+        "json",
+        cwd=tmp_path,
+        env={"DOCKER_HOST": dockerd.url},
+    )
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert [(c["action"], c["server"]) for c in plan["changes"]] == [
+        ("create", "web-1"),
+        ("create", "web-2"),
+        ("create", "web-3"),
+    ]
+
+
+# --- against a fake provider API ------------------------------------------------------------
+
+
+@pytest.fixture
+def hcloud() -> Iterator[tuple[FakeHcloud, str]]:
+    fake = FakeHcloud()
+    with serve(fake.app()) as url:
+        yield fake, f"{url}/v1"
+
+
+def _owned(name: str) -> dict[str, str]:
+    group = name.rsplit("-", 1)[0]
+    return {
+        "fleet": "web-prod",
+        "fleet-group": group,
+        "fleet-server": name,
+        "managed-by": "fleet-engine",
+        "team": "web",
+        "role": group,
+    }
+
+
+def _populate(fake: FakeHcloud) -> None:
+    fake.add_firewall("web-prod-web")
+    fake.add_firewall("web-prod-ssh-only")
+    fake.add_network("web-prod-private")
+    for n, location in enumerate(("fsn1", "nbg1", "hel1"), start=1):
+        fake.add_server(
+            f"web-{n}",
+            labels=_owned(f"web-{n}"),
+            server_type="cx32",
+            location=location,
+            firewalls=("web-prod-web",),
+            networks=("web-prod-private",),
+            placement_group="web-prod-web",
+            backups=True,
+        )
+    fake.add_server(
+        "worker-1",
+        labels=_owned("worker-1"),
+        location="fsn1",
+        firewalls=("web-prod-ssh-only",),
+        networks=("web-prod-private",),
+    )
+
+
+def _spec_for(path: Path, base: dict[str, object], url: str) -> Path:
+    spec = json.loads(json.dumps(base))
+    spec["provider"]["endpoint"] = url
+    return _write(path, spec)
+
+
+def test_preview_reads_the_provider_and_the_store(
+    hcloud: tuple[FakeHcloud, str], tmp_path: Path
+) -> None:
+    fake, url = hcloud
+    _populate(fake)
+    fake.add_server("worker-2", labels={"team": "other"})  # not ours, and its name is wanted
+    spec = _spec_for(tmp_path / "web.yaml", HETZNER, url)
+    state = f"sqlite:///{tmp_path / 'team' / 'state.db'}"
+    with open_store(state) as store:
+        for server in fake.servers[:3]:
+            store.save_server(
+                ServerRecord(
+                    fleet="web-prod",
+                    name=server["name"],
+                    group="web",
+                    provider="hcloud",
+                    provider_id=str(server["id"]),
+                    stage=Stage.READY,
+                    install_hash="sha256:0000000000000000",
+                )
+            )
+    result = engine(
+        "preview", str(spec), "--format", "json", "--state", state,
+        env={"HCLOUD_TOKEN": fake.token},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr  # blocked by the name collision
+    document = json.loads(result.stdout)
+    Draft202012Validator(SCHEMA).validate(document)
+    actions = [(c["action"], c["server"]) for c in document["changes"]]
+    assert actions == [
+        ("reinstall", "web-1"),
+        ("reinstall", "web-2"),
+        ("reinstall", "web-3"),
+        ("adopt", "worker-1"),
+    ]
+    (problem,) = document["problems"]
+    assert problem["code"] == "name_taken" and problem["path"] == "servers.worker-2"
+    assert document["api_calls"]["read"] == len(fake.requests)
+    assert document["api_calls"]["read_by_path"]["GET /servers"] == 2  # owned, then unowned
+    assert fake.token not in result.stdout + result.stderr
+
+
+def test_a_bad_token_ends_in_one_clear_line(hcloud: tuple[FakeHcloud, str], tmp_path: Path) -> None:
+    _fake, url = hcloud
+    spec = _spec_for(tmp_path / "web.yaml", HETZNER, url)
+    result = engine(
+        "preview", str(spec), "--state-dir", str(tmp_path),
+        env={"HCLOUD_TOKEN": "not-the-right-token-123"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: hcloud: unable to authenticate; check the API token in HCLOUD_TOKEN "
+        "[unauthorized] (correlation id corr-1)"
+    )
+    assert not (tmp_path / "state.db").exists()
+
+
+def test_digitalocean_preview_trusts_the_store_during_the_list_lag(tmp_path: Path) -> None:
+    fake = FakeDigitalOcean()
+    fake.add_vpc("api-prod-vpc", "fra1")
+    fake.add_vpc("api-prod-vpc", "ams3")
+    tags = ("fleet:api-prod", "managed-by:fleet-engine", "team:api")
+    fresh = None
+    for name, region in (("api-1", "fra1"), ("api-2", "ams3"), ("worker-1", "fra1")):
+        group = name.rsplit("-", 1)[0]
+        droplet = fake.add_droplet(
+            name,
+            tags=(*tags, f"fleet-group:{group}", f"fleet-server:{name}", f"role:{group}"),
+            size="s-2vcpu-4gb" if group == "api" else "s-1vcpu-2gb",
+            region=region,
+            vpc="api-prod-vpc",
+            backups=group == "api",
+            listed=name != "api-2",
+        )
+        fake.add_firewall(
+            f"api-prod-{'https' if group == 'api' else 'ssh'}", droplet_ids=(droplet["id"],)
+        )
+        if name == "api-2":
+            fresh = droplet
+    assert fresh is not None
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    with open_store(state) as store:
+        store.save_server(
+            ServerRecord(
+                fleet="api-prod",
+                name="api-2",
+                group="api",
+                provider="digitalocean",
+                provider_id=str(fresh["id"]),
+                stage=Stage.CREATING,
+            )
+        )
+    with serve(fake.app()) as url:
+        spec = _spec_for(tmp_path / "api.yaml", DIGITALOCEAN, url)
+        result = engine(
+            "preview", str(spec), "--state", state, "--detailed-exitcode",
+            env={"DIGITALOCEAN_TOKEN": fake.token},
+        )  # fmt: skip
+    assert "api-2 was created moments ago" in result.stdout, result.stdout + result.stderr
+    assert "+ api-2" not in result.stdout
+    assert "Plan: 2 to adopt; 1 unchanged." in result.stdout
+
+
+def test_the_state_store_can_be_postgresql_by_environment(
+    hcloud: tuple[FakeHcloud, str], tmp_path: Path, postgres: Cluster
+) -> None:
+    fake, url = hcloud
+    _populate(fake)
+    fake.add_server("worker-2", labels=_owned("worker-2"), location="nbg1",
+                    firewalls=("web-prod-ssh-only",), networks=("web-prod-private",))  # fmt: skip
+    database = postgres.create_database()
+    with open_store(database) as store:
+        for server in fake.servers:
+            store.save_server(
+                ServerRecord(
+                    fleet="web-prod",
+                    name=server["name"],
+                    group=server["labels"]["fleet-group"],
+                    provider="hcloud",
+                    provider_id=str(server["id"]),
+                    stage=Stage.READY,
+                )
+            )
+    spec = _spec_for(tmp_path / "web.yaml", HETZNER, url)
+    result = engine(
+        "preview", str(spec), "--detailed-exitcode",
+        env={"HCLOUD_TOKEN": fake.token, "ENGINE_STATE_URL": database},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Plan: no changes; 5 unchanged." in result.stdout
+    assert "API calls: 3 to read (GET /firewalls 1, GET /networks 1, GET /servers 1)" in (
+        result.stdout
+    )
+
+
+# --- engine unlock ----------------------------------------------------------------------------
+
+
+def test_unlock_releases_a_stale_lock_by_id(tmp_path: Path) -> None:
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    with open_store(state) as store:
+        held = store.acquire_lock("web-prod", command="engine up specs/web.yaml")
+    result = engine("unlock", held.lock_id, "--state", state)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"released lock {held.lock_id} on web-prod, held by ")
+    again = engine("unlock", held.lock_id, "--state", state)
+    assert again.returncode == 1
+    assert f"there is no lock {held.lock_id}" in again.stderr and "no lock is held" in again.stderr
+    with open_store(state) as store:
+        assert store.locks() == ()
+        assert store.events("web-prod")[-1].kind == "lock.released"
+
+
+def test_unlock_without_a_store_says_so(tmp_path: Path) -> None:
+    result = engine("unlock", "abc", "--state-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "there is no state store at sqlite:///" in result.stderr
+    assert not (tmp_path / "state.db").exists()
+
+
+def test_preview_against_a_ref_imports_no_sdk(repo: Path) -> None:
+    probe = (
+        "import json, sys; from engine.cli import main; "
+        "main(['preview', 'specs/web.yaml', '--against-ref', 'main']); "
+        "heavy = {'hcloud', 'pydo', 'azure', 'sqlalchemy', 'psycopg', 'pulumi', 'requests'}; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & heavy)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        check=True,
+    )
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
