@@ -290,10 +290,18 @@ def test_the_agent_port_opens_to_the_control_plane_only(
     assert "fleet-firewall:" in servers["b"].run("nft", "list", "table", "inet", "fleet")
     for role in "ab":
         address = servers[role].address
-        assert _connect(address, AGENT_PORT, control_plane) == "open"
-        assert _connect(address, AGENT_PORT, other_source) == "refused"
-        assert _connect(address, 22, other_source) == "open"
-        assert _connect(address, 9, control_plane) == "silent"  # the rest is dropped
+        seen = {
+            "agent from the control plane": _connect(address, AGENT_PORT, control_plane),
+            "agent from elsewhere": _connect(address, AGENT_PORT, other_source),
+            "ssh from elsewhere": _connect(address, 22, other_source),
+            "another port": _connect(address, 9, control_plane),
+        }
+        assert seen == {
+            "agent from the control plane": "open",
+            "agent from elsewhere": "refused",
+            "ssh from elsewhere": "open",
+            "another port": "silent",  # the rest is dropped
+        }, f"{role}: {seen}"
 
 
 def test_flushed_firewall_rules_come_back_with_the_boot_script(
