@@ -1,10 +1,11 @@
 """The install, for real: pyinfra over SSH into Debian 12 servers (golden-image containers
 booted with cloud-init), with pinned host keys, run the way the install job runs it.
 
-Three servers share the module: `a` runs the agent on the host network and gets the iptables
-firewall; `b` has nftables installed and publishes the agent's port through Docker; `c` is
-cut off the network in the middle of its install. The test process is the control plane:
-it reaches the servers from its address on the test's own bridge.
+Three servers, booted with the engine's own user_data, share the module: `a` runs the agent
+on the host network and gets the iptables firewall; `b` has nftables installed, sshd on port
+2222 and publishes the agent's port through Docker; `c` is cut off the network in the middle
+of its install. The test process is the control plane: it reaches the servers from its
+address on the test's own bridge.
 """
 
 from __future__ import annotations
@@ -67,8 +68,14 @@ def servers(
     docker_client: Any, golden_image: str, key: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Target]]:
     names = [f"inst-{letter}-{secrets.token_hex(2)}" for letter in "abc"]
+    # b's sshd listens on 2222 (set by its user_data), as `ssh.port` makes it.
     targets = boot_targets(
-        docker_client, golden_image, names, key, tmp_path_factory.mktemp("seeds")
+        docker_client,
+        golden_image,
+        names,
+        key,
+        tmp_path_factory.mktemp("seeds"),
+        ssh_ports={names[1]: 2222},
     )
     try:
         by_role = dict(zip("abc", targets, strict=True))
@@ -285,7 +292,8 @@ def test_the_agent_port_opens_to_the_control_plane_only(
     control_plane: str,
     other_source: str,
 ) -> None:
-    # a: agent on the host network, iptables; b: port published by Docker, nftables.
+    # a: agent on the host network, iptables; b: port published by Docker, nftables, and
+    # sshd on 2222 (so 22 is just another closed port there).
     assert "fleet-firewall:" in servers["a"].run("iptables", "-S", "FLEET-INPUT")
     assert "fleet-firewall:" in servers["b"].run("nft", "list", "table", "inet", "fleet")
     for role in "ab":
@@ -293,8 +301,8 @@ def test_the_agent_port_opens_to_the_control_plane_only(
         seen = {
             "agent from the control plane": _connect(address, AGENT_PORT, control_plane),
             "agent from elsewhere": _connect(address, AGENT_PORT, other_source),
-            "ssh from elsewhere": _connect(address, 22, other_source),
-            "another port": _connect(address, 9, control_plane),
+            "ssh from elsewhere": _connect(address, servers[role].ssh_port, other_source),
+            "another port": _connect(address, 22 if role == "b" else 9, control_plane),
         }
         assert seen == {
             "agent from the control plane": "open",

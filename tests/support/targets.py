@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import secrets
 import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.cloudinit import render_user_data
 from engine.install import AgentFile, AgentRun, InstallHost
 from engine.local.machines import MachineSpec, create_machine, write_seed
+from engine.model import ProviderName
 
 ADMIN = "fleet"
 AGENT_PORT = 7567
@@ -27,6 +30,7 @@ class Target:
     container: Any
     address: str
     host_key: str
+    ssh_port: int = 22
 
     def host(self, key: Path, *, agent: AgentRun | None = None, host_key: str = "") -> InstallHost:
         """How the engine reaches this target (the pinned key may be overridden)."""
@@ -36,6 +40,7 @@ class Target:
             user=ADMIN,
             host_keys=(host_key or self.host_key,),
             private_key=str(key),
+            port=self.ssh_port,
             agent=agent,
         )
 
@@ -57,27 +62,39 @@ def make_ssh_key(folder: Path) -> Path:
     return key
 
 
-def user_data(public_key: str) -> str:
-    """cloud-init user data that creates the admin user the way the engine's does."""
-    return (
-        "#cloud-config\n"
-        "users:\n"
-        f"  - name: {ADMIN}\n"
-        "    groups: [sudo]\n"
-        "    shell: /bin/bash\n"
-        '    sudo: "ALL=(ALL) NOPASSWD:ALL"\n'
-        "    lock_passwd: true\n"
-        f'    ssh_authorized_keys: ["{public_key}"]\n'
+def user_data(name: str, public_key: str, ssh_port: int) -> str:
+    """The engine's own user_data for a local server; its phone-home goes nowhere here."""
+    return render_user_data(
+        fleet="install-tests",
+        server=name,
+        hostname=name,
+        phone_home_url="http://127.0.0.1:9/v1/phone-home",
+        token=secrets.token_urlsafe(24),
+        admin_user=ADMIN,
+        authorized_keys=[public_key],
+        provider=ProviderName.LOCAL,
+        ssh_port=ssh_port,
+        give_up_after_s=30,
     )
 
 
-def boot_targets(client: Any, image: str, names: list[str], key: Path, seeds: Path) -> list[Target]:
+def boot_targets(
+    client: Any,
+    image: str,
+    names: list[str],
+    key: Path,
+    seeds: Path,
+    *,
+    ssh_ports: dict[str, int] | None = None,
+) -> list[Target]:
     """Boot one container per name, all at once, and return them once cloud-init is done."""
     public_key = key.with_suffix(".pub").read_text().strip()
+    ports = ssh_ports or {}
     containers = []
     for name in names:
         seed = seeds / name
-        write_seed(seed, instance_id=f"i-{name}", hostname=name, user_data=user_data(public_key))
+        text = user_data(name, public_key, ports.get(name, 22))
+        write_seed(seed, instance_id=f"i-{name}", hostname=name, user_data=text)
         spec = MachineSpec(name=name, hostname=name, image=image, seed_dir=seed)
         containers.append(create_machine(client, spec))
     targets = []
@@ -92,6 +109,7 @@ def boot_targets(client: Any, image: str, names: list[str], key: Path, seeds: Pa
                 container=container,
                 address=container.attrs["NetworkSettings"]["IPAddress"],
                 host_key=" ".join(key_line.decode().split()[:2]),
+                ssh_port=ports.get(name, 22),
             )
         )
     return targets
