@@ -2,8 +2,9 @@
 
     install_hosts(hosts, settings, dry_run=False) -> tuple[HostResult, ...]
         the entry point the install job calls; runs pyinfra in one child process per host
-    install_hash(install) -> str
-        what the diff compares to mark a server for reinstall
+
+Each result carries engine.model.install_hash(install), the digest the diff compares to
+mark a server for reinstall.
 
 The models (InstallHost, InstallSettings, AgentRun, AgentFile, HostResult, ...) are in
 engine/install/model.py; importing this package loads neither pyinfra nor Docker's SDK.
@@ -16,7 +17,6 @@ from engine.install.model import (
     InstallHost,
     InstallSettings,
     OperationResult,
-    install_hash,
 )
 from engine.install.runner import install_hosts
 
@@ -27,6 +27,5 @@ __all__ = [
     "InstallHost",
     "InstallSettings",
     "OperationResult",
-    "install_hash",
     "install_hosts",
 ]

@@ -1,22 +1,16 @@
 """What an install is asked to do and what it reports, as frozen values that cross processes.
 
 The engine runs pyinfra in a child process per host (see engine/install/runner.py); these
-values go there and back as JSON (`to_json`, `from_json`). Nothing here does I/O except
-`deploys_version`, which reads the deploy code once to fingerprint it.
+values go there and back as JSON (`to_json`, `from_json`). Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib.util
-import json
 import types
 import typing
 from dataclasses import dataclass
 from enum import Enum
-from functools import cache
-from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.model import Install
@@ -130,35 +124,6 @@ class HostResult:
     def changed(self) -> tuple[str, ...]:
         """Names of the operations that changed something (or would, in a dry run)."""
         return tuple(op.name for op in self.operations if op.changed)
-
-
-@cache
-def deploys_version() -> str:
-    """A fingerprint of the deploy code (every file of the `deploys` package)."""
-    spec = importlib.util.find_spec("deploys")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the deploys package is not installed beside the engine")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def install_hash(install: Install) -> str:
-    """A stable hash of the fleet's install settings and the deploy code that applies them.
-
-    The install job reports it per host; the diff compares the stored value with this one
-    and marks a server for reinstall when they differ. Equal settings give equal hashes in
-    every process; any change of a setting or of the code in deploys/ changes it.
-
-    >>> install_hash(Install()) == install_hash(Install())
-    True
-    """
-    document = json.dumps(to_json(install), sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(f"{document}\n{deploys_version()}".encode())
-    return digest.hexdigest()[:16]
 
 
 # --- JSON ---------------------------------------------------------------------------------

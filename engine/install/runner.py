@@ -31,9 +31,9 @@ from engine.install.model import (
     InstallHost,
     InstallSettings,
     from_json,
-    install_hash,
     to_json,
 )
+from engine.model import install_hash
 from engine.secrets import redact, register_secret
 
 HOST_KEY_TYPES = (

@@ -35,8 +35,8 @@ from engine.install.model import (
     HostResult,
     InstallHost,
     OperationResult,
-    install_hash,
 )
+from engine.model import install_hash
 from engine.secrets import RedactingFilter, redact, register_secret
 
 CONNECT_TIMEOUT_S = 15
