@@ -31,6 +31,6 @@ def install_server(request: HostRequest) -> None:
     if request.host.agent is not None:
         agent(
             request.host.agent,
-            registry_image=settings.install.agent.image,
+            pull=settings.install.agent.image is not None,
             archive=request.archive,
         )

@@ -32,9 +32,11 @@ CHUNK_BYTES = 1 << 20
 
 
 @deploy("agent")
-def agent(run: AgentRun, *, registry_image: str | None, archive: ImageArchive | None) -> None:
-    """Deliver, (re)start and check the agent described by `run`."""
-    for directory in sorted({posixpath.dirname(f.path) for f in run.files}):
+def agent(run: AgentRun, *, pull: bool, archive: ImageArchive | None) -> None:
+    """Deliver, (re)start and check the agent described by `run`; `pull` its image from a
+    registry, or load the engine's `archive` of it."""
+    parents = {posixpath.dirname(f.path) for f in run.files}
+    for directory in sorted(parents | set(run.directories)):
         files.directory(name=f"Create {directory}", path=directory, mode="700")
     for item in run.files:
         files.put(
@@ -43,14 +45,8 @@ def agent(run: AgentRun, *, registry_image: str | None, archive: ImageArchive | 
             dest=item.path,
             mode=item.mode,
         )
-    reference = registry_image or run.image
-    image(
-        name="Deliver the agent image",
-        reference=reference,
-        pull=bool(registry_image),
-        archive=archive,
-    )
-    container(name="Run the agent", run=run, reference=reference)
+    image(name="Deliver the agent image", reference=run.image, pull=pull, archive=archive)
+    container(name="Run the agent", run=run)
     healthy(name="Wait for the agent's health check", run=run)
 
 
@@ -98,12 +94,10 @@ def load_archive(state: State, host: Host, path: str) -> bool:
     return True
 
 
-def run_hash(run: AgentRun, reference: str) -> str:
+def run_hash(run: AgentRun) -> str:
     """A hash of everything the container is started with (file contents by their hash)."""
     document = {
-        "image": reference,
-        "options": list(run.options),
-        "command": list(run.command),
+        "argv": list(run.argv),
         "files": [
             [f.path, f.mode, hashlib.sha256(f.content.encode()).hexdigest()] for f in run.files
         ],
@@ -112,37 +106,23 @@ def run_hash(run: AgentRun, reference: str) -> str:
 
 
 @operation()
-def container(run: AgentRun, reference: str) -> Commands:
-    """Run the agent container, recreating it when its image or run options changed."""
-    wanted = run_hash(run, reference)
-    image_id = host.get_fact(DockerImageId, reference=reference)
+def container(run: AgentRun) -> Commands:
+    """Run the agent container, recreating it when its image, command or files changed."""
+    wanted = run_hash(run)
+    image_id = host.get_fact(DockerImageId, reference=run.image)
     current = host.get_fact(DockerContainer, container=run.name)
+    name = shlex.quote(run.name)
     if current and current["image"] == image_id and current["run_hash"] == wanted:
         if current["running"]:
             host.noop(f"{run.name} is running")
             return
-        yield StringCommand("docker start", shlex.quote(run.name))
+        yield StringCommand("docker start", name)
         return
     if current:
-        yield StringCommand("docker rm -f", shlex.quote(run.name))
-    yield StringCommand(
-        shlex.join(
-            [
-                "docker",
-                "run",
-                "--detach",
-                "--name",
-                run.name,
-                "--restart",
-                "unless-stopped",
-                "--label",
-                f"{RUN_HASH_LABEL}={wanted}",
-                *run.options,
-                reference,
-                *run.command,
-            ]
-        )
-    )
+        yield StringCommand("docker rm -f", name)
+    docker, verb, *rest = run.argv
+    label = f"{RUN_HASH_LABEL}={wanted}"
+    yield StringCommand(shlex.join([docker, verb, "--label", label, *rest]))
 
 
 @operation()

@@ -15,12 +15,10 @@ from typing import Any, TypeVar
 
 from engine.model import Install
 
-AGENT_CONTAINER = "fleet-agent"
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentFile:
-    """A file the agent needs on the server (config, token, TLS key), written before it starts.
+    """A file the agent needs on the server (its config, a token), written before it starts.
 
     Secret files are written with mode 0600 and their content never reaches a log.
     """
@@ -35,20 +33,29 @@ class AgentFile:
 class AgentRun:
     """How the agent container runs on one server.
 
-    `image` is the agent image in the engine's Docker: it is copied to the server
-    (`docker save` streamed over SSH into `docker load`) unless the fleet's
-    install.agent.image names a registry image, which the server pulls instead.
-    `options` are `docker run` options (ports, mounts, environment); `health` is a command
-    run on the server that exits 0 once the agent is healthy.
+    `argv` is the whole `docker run` command that starts it, as
+    `engine.agent.run.docker_run_argv(agent_run_options(image, settings))` gives it: it names
+    the container (`--name`) and runs `image`. The server pulls `image` from its registry
+    when the fleet's install.agent.image names it; otherwise the engine copies it from its own
+    Docker (`docker save` streamed over SSH into `docker load`). `directories` are made
+    (mode 0700) and `files` written before the container starts; `health` is a command run
+    on the server that exits 0 once the agent is healthy.
     """
 
     image: str
+    argv: tuple[str, ...]
     health: tuple[str, ...]
-    options: tuple[str, ...] = ()
-    command: tuple[str, ...] = ()
+    directories: tuple[str, ...] = ()
     files: tuple[AgentFile, ...] = ()
-    name: str = AGENT_CONTAINER
     health_timeout_s: int = 60
+
+    @property
+    def name(self) -> str:
+        """The container's name: the value of `--name` in `argv` ("" when there is none)."""
+        words = list(self.argv)
+        if "--name" in words[:-1]:
+            return words[words.index("--name") + 1]
+        return ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

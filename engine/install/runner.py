@@ -25,6 +25,7 @@ from pathlib import Path
 
 from engine.errors import EngineError
 from engine.install.model import (
+    AgentRun,
     HostRequest,
     HostResult,
     ImageArchive,
@@ -120,6 +121,8 @@ def check_request(hosts: Sequence[InstallHost], settings: InstallSettings) -> No
             raise EngineError(
                 f"host {host.name}: the SSH private key {host.private_key} is missing or unreadable"
             )
+        if host.agent:
+            _check_agent(host.name, host.agent, settings)
 
 
 def _check_host_key(name: str, key: str) -> None:
@@ -136,6 +139,24 @@ def _check_host_key(name: str, key: str) -> None:
         raise EngineError(
             f"host {name}: the pinned host key {key[:40]!r} is not an OpenSSH public key; {problem}"
         )
+
+
+def _check_agent(name: str, run: AgentRun, settings: InstallSettings) -> None:
+    where = f"host {name}: the agent's docker run command"
+    if run.argv[:2] != ("docker", "run"):
+        raise EngineError(f"{where} does not start with 'docker run'")
+    if not run.name:
+        raise EngineError(f"{where} names no container; give it --name")
+    if run.image not in run.argv:
+        raise EngineError(f"{where} does not run the agent image {run.image}")
+    registry = settings.install.agent.image
+    if registry and run.image != registry:
+        raise EngineError(
+            f"host {name}: the agent would run {run.image}, but install.agent.image is "
+            f"{registry}; build its run command with the registry image"
+        )
+    if not run.health:
+        raise EngineError(f"host {name}: the agent has no health command to wait for")
 
 
 def _archives(

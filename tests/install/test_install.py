@@ -25,7 +25,7 @@ import paramiko
 import pytest
 
 from engine.errors import EngineError
-from engine.install import HostResult, InstallHost, InstallSettings, install_hosts
+from engine.install import AgentRun, HostResult, InstallHost, InstallSettings, install_hosts
 from engine.local.dockerd import PrivateDaemon
 from engine.model import DockerInstall, DockerSource, Install, SystemInstall
 from tests.support.targets import (
@@ -394,6 +394,9 @@ def test_secrets_never_reach_logs_or_results(
         ({"host_keys": ()}, "no pinned host key"),
         ({"host_keys": ("AAAA nonsense",)}, "is not an OpenSSH public key"),
         ({"private_key": "/nonexistent/key"}, "is missing or unreadable"),
+        ({"agent": ("podman", "run", "--name", "a", "img")}, "does not start with 'docker run'"),
+        ({"agent": ("docker", "run", "img")}, "names no container; give it --name"),
+        ({"agent": ("docker", "run", "--name", "a", "other")}, "does not run the agent image"),
     ],
 )
 def test_bad_input_is_refused_before_anything_runs(
@@ -411,7 +414,9 @@ def test_bad_input_is_refused_before_anything_runs(
         private_key=str(key),
     )
     settings = InstallSettings(install=Install(), control_plane=("192.0.2.10",))
-    host_fields = {k: v for k, v in change.items() if k != "control_plane"}
+    host_fields = {k: v for k, v in change.items() if k not in ("control_plane", "agent")}
+    if "agent" in change:
+        host_fields["agent"] = AgentRun(image="img", argv=change["agent"], health=("true",))
     if "control_plane" in change:
         settings = replace(settings, control_plane=change["control_plane"])
     with pytest.raises(EngineError, match=message):

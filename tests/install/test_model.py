@@ -30,9 +30,10 @@ def test_requests_and_results_survive_json() -> None:
             port=2222,
             agent=AgentRun(
                 image="fleet/agent:1",
-                health=("curl", "-fsS", "http://127.0.0.1:7567/"),
-                options=("--network", "host"),
-                files=(AgentFile(path="/etc/fleet-agent/token", content="x" * 20),),
+                argv=("docker", "run", "--name", "fleet-agent", "fleet/agent:1"),
+                health=("curl", "-fsSk", "https://127.0.0.1:7567/v1/health"),
+                directories=("/etc/fleet-agent",),
+                files=(AgentFile(path="/etc/fleet-agent/config.json", content="x" * 20),),
             ),
         ),
         settings=InstallSettings(
@@ -46,6 +47,7 @@ def test_requests_and_results_survive_json() -> None:
         archive=ImageArchive(reference="fleet/agent:1", image_id="sha256:ab", path="/tmp/a.tgz"),
     )
     assert from_json(HostRequest, to_json(request)) == request
+    assert request.host.agent is not None and request.host.agent.name == "fleet-agent"
     result = HostResult(
         name="web-1",
         ok=True,

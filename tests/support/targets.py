@@ -142,14 +142,22 @@ def agent_image(client: Any) -> str:
 
 
 def agent_run(image: str, *, token: str, network: str) -> AgentRun:
-    """The stand-in agent on the host network ("host") or with its port published ("publish")."""
+    """The stand-in agent on the host network ("host") or with its port published ("publish"),
+    started the way engine.agent.run.docker_run_argv starts the real one."""
     port = (
         ("--network", "host") if network == "host" else ("--publish", f"{AGENT_PORT}:{AGENT_PORT}")
     )
+    config = "/etc/fleet-agent"
     return AgentRun(
         image=image,
-        options=(*port, "--volume", "/etc/fleet-agent:/etc/fleet-agent:ro"),
-        command=("/bin/busybox", "httpd", "-f", "-p", str(AGENT_PORT), "-h", "/www"),
-        files=(AgentFile(path="/etc/fleet-agent/token", content=token),),
+        argv=(
+            *("docker", "run", "--detach", "--name", "fleet-agent"),
+            *("--restart", "unless-stopped", *port),
+            *("--mount", f"type=bind,source={config},target={config},readonly"),
+            image,
+            *("/bin/busybox", "httpd", "-f", "-p", str(AGENT_PORT), "-h", "/www"),
+        ),
+        directories=(config,),
+        files=(AgentFile(path=f"{config}/token", content=token),),
         health=("curl", "-fsS", f"http://127.0.0.1:{AGENT_PORT}/"),
     )
