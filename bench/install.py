@@ -25,8 +25,8 @@ from engine.install import HostResult, InstallSettings, install_hosts  # noqa: E
 from engine.local.dockerd import PrivateDaemon  # noqa: E402
 from engine.local.images import ensure_golden_image  # noqa: E402
 from engine.model import DockerInstall, DockerSource, Install  # noqa: E402
+from tests.support.docker import busybox_rootfs  # noqa: E402
 from tests.support.targets import (  # noqa: E402
-    agent_image,
     agent_run,
     boot_targets,
     make_ssh_key,
@@ -58,7 +58,10 @@ def main() -> None:
     try:
         golden = ensure_golden_image(client, say=print)
         key = make_ssh_key(work)
-        image = agent_image(client)
+        client.api.import_image_from_data(
+            busybox_rootfs(), repository="bench/agent", tag="1", changes=["ENV PATH=/bin"]
+        )
+        image = "bench/agent:1"
         started = time.monotonic()
         names = [f"bench-{n}" for n in range(6)]
         targets = boot_targets(client, golden, names, key, work / "seeds")

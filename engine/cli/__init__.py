@@ -23,7 +23,7 @@ from engine.errors import EngineError
 from engine.secrets import redact
 from engine.term import paint
 
-COMMANDS = ("validate", "catalog", "preview", "unlock", "local")
+COMMANDS = ("validate", "catalog", "preview", "unlock", "local", "containers")
 
 
 def build_parser() -> argparse.ArgumentParser:

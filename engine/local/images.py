@@ -45,7 +45,7 @@ def cache_dir() -> Path:
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Serialise builders across processes (two test runs building the same tarball)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
@@ -83,7 +83,7 @@ def bootstrap_tarball(say: Say) -> Path:
     mirror = debian_mirror()
     key = hashlib.sha256(f"{BOOTSTRAP_RECIPE} {mirror}".encode()).hexdigest()[:12]
     target = cache_dir() / f"rootfs-{SUITE}-minbase-{key}.tar"
-    with _file_lock(target.with_suffix(".lock")):
+    with file_lock(target.with_suffix(".lock")):
         if target.is_file():
             return target
         debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"

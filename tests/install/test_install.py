@@ -30,8 +30,8 @@ from engine.local.dockerd import PrivateDaemon
 from engine.model import DockerInstall, DockerSource, Install, SystemInstall
 from tests.support.targets import (
     AGENT_PORT,
+    STAND_IN_PAGE,
     Target,
-    agent_image,
     agent_run,
     boot_targets,
     make_ssh_key,
@@ -100,12 +100,8 @@ def settings(dockerd: PrivateDaemon, control_plane: str) -> InstallSettings:
 
 
 @pytest.fixture(scope="module")
-def image(docker_client: Any) -> str:
-    return agent_image(docker_client)
-
-
-@pytest.fixture(scope="module")
-def hosts(servers: dict[str, Target], key: Path, image: str) -> dict[str, Any]:
+def hosts(servers: dict[str, Target], key: Path, busybox_image: str) -> dict[str, Any]:
+    image = busybox_image
     return {
         "a": servers["a"].host(key, agent=agent_run(image, token=TOKEN, network="host")),
         "b": servers["b"].host(key, agent=agent_run(image, token=TOKEN, network="publish")),
@@ -272,7 +268,7 @@ def test_the_agent_answers_its_health_check_and_has_its_token(
 ) -> None:
     for role in "ab":
         server = servers[role]
-        assert server.run("curl", "-fsS", f"http://127.0.0.1:{AGENT_PORT}/") == "fleet test agent\n"
+        assert server.run("curl", "-fsS", f"http://127.0.0.1:{AGENT_PORT}/") == f"{STAND_IN_PAGE}\n"
         policy = server.run(
             "docker", "inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}", "fleet-agent"
         )

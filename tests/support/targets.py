@@ -1,15 +1,12 @@
 """Debian 12 servers to install: golden-image containers booted with cloud-init, an admin user
 that logs in with a test key, and the host key read out of band (`docker exec`), the way
-the real engine gets it from the phone-home. Also a tiny stand-in agent image.
+the real engine gets it from the phone-home. Also a stand-in agent to install.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import secrets
 import subprocess
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,7 @@ from engine.model import ProviderName
 
 ADMIN = "fleet"
 AGENT_PORT = 7567
-BUSYBOX = Path("/bin/busybox")
+STAND_IN_PAGE = "fleet-test-agent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,41 +118,22 @@ def remove_targets(client: Any, targets: list[Target]) -> None:
         client.volumes.get(f"{target.name}-docker").remove(force=True)
 
 
-def agent_image(client: Any) -> str:
-    """A stand-in agent image: busybox (from Debian's busybox-static) serving /www over HTTP."""
-    binary = BUSYBOX.read_bytes()
-    tag = f"fleet-test/agent:{hashlib.sha256(binary).hexdigest()[:12]}"
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path, data, mode in (
-            ("bin/busybox", binary, 0o755),
-            ("www/index.html", b"fleet test agent\n", 0o644),
-        ):
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mode = mode
-            tar.addfile(info, io.BytesIO(data))
-    client.api.import_image_from_data(
-        buffer.getvalue(), repository=tag.split(":")[0], tag=tag.split(":")[1]
-    )
-    return tag
-
-
 def agent_run(image: str, *, token: str, network: str) -> AgentRun:
-    """The stand-in agent on the host network ("host") or with its port published ("publish"),
-    started the way engine.agent.run.docker_run_argv starts the real one."""
+    """A stand-in agent from the busybox image (tests.support.docker): an HTTP server on the
+    host network ("host") or with its port published ("publish"), started the way
+    engine.agent.run.docker_run_argv starts the real one."""
     port = (
         ("--network", "host") if network == "host" else ("--publish", f"{AGENT_PORT}:{AGENT_PORT}")
     )
     config = "/etc/fleet-agent"
+    serve = f"echo {STAND_IN_PAGE} > /tmp/index.html && exec httpd -f -p {AGENT_PORT} -h /tmp"
     return AgentRun(
         image=image,
         argv=(
             *("docker", "run", "--detach", "--name", "fleet-agent"),
             *("--restart", "unless-stopped", *port),
             *("--mount", f"type=bind,source={config},target={config},readonly"),
-            image,
-            *("/bin/busybox", "httpd", "-f", "-p", str(AGENT_PORT), "-h", "/www"),
+            *(image, "/bin/sh", "-c", serve),
         ),
         directories=(config,),
         files=(AgentFile(path=f"{config}/token", content=token),),

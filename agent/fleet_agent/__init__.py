@@ -1,0 +1,14 @@
+"""The fleet engine's on-server agent: a small, strict HTTPS API for one server.
+
+config      the JSON config file the engine renders (engine/agent/run.py)
+tls         the agent's key and self-signed certificate, made on first start
+guard       ASGI middleware: bearer token, body size limit, audit log
+metrics     host metrics from psutil, CPU sampled over a window
+dockerops   containers, images and networks through the Docker SDK
+tasks       system tasks (package update/upgrade, reboot) run in the host's namespaces
+reporting   heartbeats and container events sent to the control plane
+app         the FastAPI application and its routes
+__main__    `python -m fleet_agent --config PATH`: load, make TLS, serve
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,331 @@
+"""An HTTPS client for one agent, trusting exactly one certificate: the pinned one.
+
+There is no CA. The TLS handshake is checked against the pinned SHA-256 fingerprint before a
+single byte of HTTP is written, so a server with any other certificate never sees the bearer
+token (the check sits in the socket's handshake, see `pinned_ssl_context`). Errors become
+AgentError with the server's name and what to do; the token never appears in them.
+
+`gather_metrics` asks many agents at once for `engine status`: every agent gets the same
+deadline, and a slow or dead one costs its own row, never the others'.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import ssl
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from engine.agent.endpoint import AgentEndpoint
+from engine.errors import EngineError
+from engine.secrets import redact
+
+DEFAULT_TIMEOUT_S = 30.0
+PULL_TIMEOUT_S = 900.0
+
+
+class AgentError(EngineError):
+    """A call to an agent failed; `status` is the HTTP status (0 when none came back)."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(redact(message))
+        self.status = status
+
+
+class FingerprintMismatch(ssl.SSLCertVerificationError):
+    """The peer's certificate is not the pinned one."""
+
+
+def pinned_ssl_context(fingerprint: str) -> ssl.SSLContext:
+    """A client context that accepts only the certificate whose SHA-256 is `fingerprint`.
+
+    Chain and host name checks are off (the certificate is self-signed and the address may be
+    anything); instead the socket compares the certificate's digest as its handshake ends and
+    closes the connection on a mismatch, before the request is sent.
+    """
+
+    class PinnedSocket(ssl.SSLSocket):
+        def do_handshake(self, block: bool = False) -> None:
+            super().do_handshake(block)
+            der = self.getpeercert(binary_form=True) or b""
+            presented = hashlib.sha256(der).hexdigest()
+            if presented != fingerprint:
+                self.close()
+                raise FingerprintMismatch(f"certificate sha256 {presented} is not the pinned one")
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.sslsocket_class = PinnedSocket
+    return context
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiskUsage:
+    mountpoint: str
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+    percent: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostMetrics:
+    """The parts of GET /v1/metrics the engine shows (the agent sends more)."""
+
+    collected_at: str
+    cpu_percent: float
+    cpu_per_core: tuple[float, ...]
+    load: tuple[float, float, float]
+    memory_total_bytes: int
+    memory_used_bytes: int
+    memory_percent: float
+    swap_total_bytes: int
+    swap_used_bytes: int
+    disks: tuple[DiskUsage, ...]
+    uptime_s: float
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HostMetrics:
+        cpu, memory, swap, load = data["cpu"], data["memory"], data["swap"], data["load"]
+        return cls(
+            collected_at=data["collected_at"],
+            cpu_percent=cpu["percent"],
+            cpu_per_core=tuple(cpu["per_core"]),
+            load=(load["1m"], load["5m"], load["15m"]),
+            memory_total_bytes=memory["total_bytes"],
+            memory_used_bytes=memory["used_bytes"],
+            memory_percent=memory["percent"],
+            swap_total_bytes=swap["total_bytes"],
+            swap_used_bytes=swap["used_bytes"],
+            disks=tuple(
+                DiskUsage(
+                    mountpoint=d["mountpoint"],
+                    total_bytes=d["total_bytes"],
+                    used_bytes=d["used_bytes"],
+                    free_bytes=d["free_bytes"],
+                    percent=d["percent"],
+                )
+                for d in data["disks"]
+            ),
+            uptime_s=data["uptime_s"],
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerSummary:
+    id: str
+    name: str
+    image: str
+    state: str
+    status: str
+    created: str
+    ports: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ContainerSummary:
+        ports = []
+        for p in data["ports"]:
+            inner = f"{p['container_port']}/{p['protocol']}"
+            ports.append(f"{p['host_ip']}:{p['host_port']}->{inner}" if p["host_port"] else inner)
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            image=data["image"],
+            state=data["state"],
+            status=data["status"],
+            created=data["created"],
+            ports=tuple(ports),
+        )
+
+
+def _is_mismatch(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, FingerprintMismatch):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class AgentClient:
+    """Calls to one agent over one pinned, kept-alive HTTPS connection. Use as a context
+    manager, or call `close`."""
+
+    def __init__(self, endpoint: AgentEndpoint, *, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.endpoint = endpoint
+        self._http = httpx.Client(
+            base_url=endpoint.url,
+            verify=pinned_ssl_context(endpoint.fingerprint),
+            headers={"Authorization": f"Bearer {endpoint.token}"},
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            trust_env=False,
+        )
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        content: bytes | Iterator[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> httpx.Response:
+        """One request as it is, whatever its status; only transport failures raise.
+
+        `json` sends a document; `content` sends raw bytes (an iterator is sent chunked)."""
+        extra: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
+        try:
+            return self._http.request(
+                method, path, json=json, params=params, content=content, headers=headers, **extra
+            )
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """One request; the decoded JSON answer (None for 204), or AgentError."""
+        response = self.send(method, path, json=json, params=params, timeout_s=timeout_s)
+        if response.status_code >= 400:
+            raise self._status_error(response)
+        return None if response.status_code == 204 else response.json()
+
+    @contextmanager
+    def stream(
+        self, path: str, *, params: Mapping[str, Any] | None = None
+    ) -> Iterator[Iterator[bytes]]:
+        """A streamed GET (logs with follow): yields an iterator of chunks as they arrive."""
+        try:
+            with self._http.stream("GET", path, params=params, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise self._status_error(response)
+                yield response.iter_bytes()
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+
+    def _transport_error(self, exc: httpx.HTTPError) -> AgentError:
+        where = self.endpoint.where()
+        if _is_mismatch(exc):
+            return AgentError(
+                f"the agent of {where} presented a certificate other than the pinned one "
+                f"(sha256 {self.endpoint.fingerprint}); the connection was closed before the "
+                "token was sent. If the agent was reinstalled, pin its new certificate; if not, "
+                "something else answers at that address"
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return AgentError(f"the agent of {where} did not answer in time ({type(exc).__name__})")
+        return AgentError(f"cannot reach the agent of {where}: {exc or type(exc).__name__}")
+
+    def _status_error(self, response: httpx.Response) -> AgentError:
+        where = self.endpoint.where()
+        try:
+            detail = response.json().get("detail", "")
+        except ValueError:
+            detail = response.text[:500]
+        if response.status_code == 401:
+            return AgentError(
+                f"the agent of {where} refused the engine's token: it was installed with "
+                "another fleet key than the one in this state directory",
+                status=401,
+            )
+        if isinstance(detail, list):  # validation errors: one line per field
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', '')}" for e in detail
+            )
+        return AgentError(
+            f"the agent of {where} answered {response.status_code}: {detail}",
+            status=response.status_code,
+        )
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", "/v1/health")
+        return result
+
+    def metrics(self) -> HostMetrics:
+        return HostMetrics.from_json(self.call("GET", "/v1/metrics"))
+
+    def containers(self, *, include_stopped: bool = True) -> tuple[ContainerSummary, ...]:
+        data = self.call("GET", "/v1/containers", params={"all": include_stopped})
+        return tuple(ContainerSummary.from_json(c) for c in data["containers"])
+
+    def pull_image(self, image: str) -> dict[str, Any]:
+        """Pull on the server (can take minutes: the timeout is long)."""
+        result: dict[str, Any] = self.call(
+            "POST", "/v1/images/pull", json={"image": image}, timeout_s=PULL_TIMEOUT_S
+        )
+        return result
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsResult:
+    """One server's answer to `gather_metrics`: metrics, or why there are none."""
+
+    server: str
+    metrics: HostMetrics | None = None
+    error: str | None = None
+
+
+def _fetch_metrics(endpoint: AgentEndpoint, timeout_s: float) -> MetricsResult:
+    try:
+        with AgentClient(endpoint, timeout_s=timeout_s) as client:
+            return MetricsResult(server=endpoint.server, metrics=client.metrics())
+    except AgentError as exc:
+        return MetricsResult(server=endpoint.server, error=str(exc))
+    except (KeyError, TypeError, ValueError) as exc:
+        return MetricsResult(
+            server=endpoint.server, error=f"the agent's metrics are malformed ({exc!r})"
+        )
+
+
+def gather_metrics(
+    endpoints: Sequence[AgentEndpoint], *, timeout_s: float = 5.0, parallel: int = 16
+) -> dict[str, MetricsResult]:
+    """Live metrics from every endpoint at once, keyed by server in the order given.
+
+    Up to `parallel` agents are asked at a time and each has `timeout_s` to answer; whatever
+    has not answered when its turn's time is up is reported as an error and not waited for.
+    """
+    results: dict[str, MetricsResult] = {}
+    workers = max(1, min(parallel, len(endpoints)))
+    turns = -(-len(endpoints) // workers)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = {pool.submit(_fetch_metrics, e, timeout_s): e for e in endpoints}
+        deadline = time.monotonic() + turns * timeout_s + 1.0
+        for future, endpoint in futures.items():
+            try:
+                results[endpoint.server] = future.result(max(0.0, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                results[endpoint.server] = MetricsResult(
+                    server=endpoint.server,
+                    error=f"the agent of {endpoint.where()} did not answer within {timeout_s:g} s",
+                )
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return results

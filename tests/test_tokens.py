@@ -1,0 +1,100 @@
+"""Per-fleet keys and the tokens derived from them."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.errors import EngineError
+from engine.secrets import redact
+from engine.tokens import (
+    agent_token,
+    derive_token,
+    ensure_fleet_key,
+    heartbeat_token,
+    is_same_token,
+    key_path,
+    read_fleet_key,
+    token_sha256,
+)
+
+KEY = bytes(range(32))
+
+
+def test_the_key_is_made_once_private_and_kept(tmp_path: Path) -> None:
+    key = ensure_fleet_key(tmp_path, "demo")
+    path = key_path(tmp_path, "demo")
+    assert len(key) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert ensure_fleet_key(tmp_path, "demo") == key
+    assert read_fleet_key(tmp_path, "demo") == key
+    assert ensure_fleet_key(tmp_path, "other") != key
+    assert sorted(p.name for p in path.parent.iterdir()) == ["demo.key", "other.key"]
+
+
+def test_engines_starting_together_agree_on_one_key(tmp_path: Path) -> None:
+    code = (
+        "import sys; from pathlib import Path; from engine.tokens import ensure_fleet_key; "
+        "print(ensure_fleet_key(Path(sys.argv[1]), 'demo').hex())"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        )
+        for _ in range(6)
+    ]
+    keys = {p.communicate(timeout=60)[0].strip() for p in processes}
+    assert keys == {read_fleet_key(tmp_path, "demo").hex()}
+
+
+def test_a_missing_or_damaged_key_is_an_error_that_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match=r"no key for fleet demo in .*keys; the engine makes it"):
+        read_fleet_key(tmp_path, "demo")
+    path = key_path(tmp_path, "demo")
+    path.parent.mkdir()
+    path.write_text("not hex at all\n")
+    with pytest.raises(EngineError, match=r"is not a fleet key .* restore it from your backup"):
+        read_fleet_key(tmp_path, "demo")
+    with pytest.raises(EngineError, match="is not a fleet key"):
+        ensure_fleet_key(tmp_path, "demo")  # never silently replaced
+
+
+def test_tokens_are_stable_separate_and_secret() -> None:
+    token = agent_token(KEY, "demo", "web-1")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
+    assert agent_token(KEY, "demo", "web-1") == token
+    others = {
+        heartbeat_token(KEY, "demo", "web-1"),
+        agent_token(KEY, "demo", "web-2"),
+        agent_token(KEY, "prod", "web-1"),
+        agent_token(bytes(32), "demo", "web-1"),
+        derive_token(KEY, "agent", "demo", "web-1", "2026-11-02T10:00:00Z"),
+    }
+    assert token not in others and len(others) == 5
+    assert redact(f"sent {token}") == "sent ***"  # registered as a secret
+
+
+def test_parts_cannot_be_shifted_into_each_other() -> None:
+    assert derive_token(KEY, "agent", "demo", "web-1") != derive_token(
+        KEY, "agent", "demow", "eb-1"
+    )
+    with pytest.raises(ValueError, match="unit separator"):
+        derive_token(KEY, "agent", "demo\x1fweb", "1")
+
+
+def test_digest_and_comparison() -> None:
+    token = agent_token(KEY, "demo", "web-1")
+    assert re.fullmatch(r"[0-9a-f]{64}", token_sha256(token))
+    assert is_same_token(token, token)
+    assert not is_same_token(token, token[:-1] + ("A" if token[-1] != "A" else "B"))
+    assert not is_same_token(token, "")
