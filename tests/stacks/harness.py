@@ -8,6 +8,7 @@ answered from a table the test gives.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import ipaddress
@@ -151,6 +152,12 @@ def run_program(
     outputs `declare_fleet` returned (or run `program`, e.g. the inline `fleet_program`)."""
     run = Run()
     monitor = _Monitor(run, answers)
+    # Pulumi's test harness runs on the thread's current event loop; an earlier test's
+    # asyncio.run() leaves the main thread without one.
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(
         monitor.mocks,
         project="fleet-engine",
