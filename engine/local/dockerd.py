@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -120,6 +121,27 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
         first = line.split()[0]
         if first != "default":
             nets.append(ipaddress.IPv4Network(first, strict=False))
+    return nets + _masqueraded_networks()
+
+
+def _iptables_rules(table: str) -> list[str]:
+    try:
+        result = subprocess.run(
+            ["iptables", "-w", "-t", table, "-S"], capture_output=True, text=True
+        )
+    except FileNotFoundError:
+        return []
+    return result.stdout.splitlines() if result.returncode == 0 else []
+
+
+def _masqueraded_networks() -> list[ipaddress.IPv4Network]:
+    """Sources of NAT rules, even of daemons long gone: a daemon's `-s NET ! -o BRIDGE` rule
+    outlives it, and would masquerade a new daemon's traffic on the same network."""
+    nets = []
+    for rule in _iptables_rules("nat"):
+        words = rule.split()
+        if "-s" in words:
+            nets.append(ipaddress.IPv4Network(words[words.index("-s") + 1], strict=False))
     return nets
 
 
@@ -199,6 +221,16 @@ class PrivateDaemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        # dockerd leaves its iptables rules behind; drop the ones naming this daemon's bridge.
+        for table in ("nat", "filter"):
+            for rule in _iptables_rules(table):
+                words = shlex.split(rule)
+                if words[0] == "-A" and self.bridge in words:
+                    subprocess.run(
+                        ["iptables", "-w", "-t", table, "-D", *words[1:]],
+                        check=False,
+                        capture_output=True,
+                    )
         subprocess.run(["ip", "link", "delete", self.bridge], check=False, capture_output=True)
         # dockerd bind-mounts its data root; after an unclean end the mount can outlive it.
         mounts = Path("/proc/self/mounts").read_text().splitlines()

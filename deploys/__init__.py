@@ -1,0 +1,36 @@
+"""pyinfra deploys that prepare a server for the fleet: system baseline, Docker, the agent.
+
+`install_server(request)` adds them, in that order, to the pyinfra state of one host; the
+engine runs it in a child process per host (engine/install/worker.py). Every decision that
+depends on the server (distribution, init system, firewall tool, container or VM) is made
+from facts inside an operation, so each one is tested by feeding facts (tests/deploys/).
+
+Supported servers: Debian 12 and Ubuntu 22.04/24.04, with systemd or a SysV init.
+"""
+
+from __future__ import annotations
+
+from deploys.agent import agent
+from deploys.docker import docker
+from deploys.system import system
+from engine.install.model import HostRequest
+
+
+def install_server(request: HostRequest) -> None:
+    """Add every deploy for the host of `request` to the current pyinfra state."""
+    settings = request.settings
+    system(
+        settings.install.system,
+        hostname=request.host.name,
+        admin=request.host.user,
+        ssh_port=request.host.port,
+        agent_port=settings.install.agent.port,
+        control_plane=settings.control_plane,
+    )
+    docker(settings.install.docker, admin=request.host.user)
+    if request.host.agent is not None:
+        agent(
+            request.host.agent,
+            pull=settings.install.agent.image is not None,
+            archive=request.archive,
+        )

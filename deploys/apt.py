@@ -1,0 +1,45 @@
+"""Debian packages, installed the way a fresh cloud server needs.
+
+A server that has just booted often has stale package lists and an apt run of its own
+(cloud-init, unattended-upgrades) holding the dpkg lock. So lists are refreshed right before
+anything is installed, never otherwise (a re-run with nothing to install changes nothing),
+apt waits for the lock instead of failing, and downloads are retried.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import StringCommand, operation
+from pyinfra.facts.deb import DebPackages
+
+from deploys.support import Commands
+
+APT_GET = (
+    "DEBIAN_FRONTEND=noninteractive apt-get -y -q"
+    " -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3"
+    " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+)
+
+
+@operation()
+def packages(
+    present: tuple[str, ...] = (), absent: tuple[str, ...] = (), recommends: bool = False
+) -> Commands:
+    """Install the `present` packages that are missing and remove the `absent` ones found.
+
+    `recommends` installs recommended packages too (Docker's own instructions do).
+    """
+    installed = host.get_fact(DebPackages)
+    remove = [name for name in absent if name in installed]
+    missing = [name for name in present if name not in installed]
+    if not remove and not missing:
+        host.noop(f"packages are as wanted: {', '.join(present + absent)}")
+        return
+    # Lists first: if the mirror cannot be reached, nothing has been removed yet.
+    if missing:
+        yield StringCommand(APT_GET, "update")
+    if remove:
+        yield StringCommand(APT_GET, "remove", *remove)
+    if missing:
+        options = () if recommends else ("--no-install-recommends",)
+        yield StringCommand(APT_GET, "install", *options, *missing)

@@ -1,0 +1,176 @@
+"""Facts the deploys read from a server, beyond pyinfra's own.
+
+Every command here exits 0 whatever it finds (pyinfra fails a host whose fact command fails),
+and prints a shape `process` can read without guessing.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import TypedDict
+
+from pyinfra.api import FactBase
+
+
+class ContainerRuntime(FactBase[str | None]):
+    """The container technology this server runs in (docker, lxc, ...), or None on a VM.
+
+    A container shares its host's kernel: swap and most kernel settings belong to the host.
+    """
+
+    def command(self) -> str:
+        return (
+            "if [ -f /.dockerenv ]; then echo docker; "
+            "elif [ -f /run/.containerenv ]; then echo podman; "
+            "elif command -v systemd-detect-virt >/dev/null 2>&1; "
+            "then systemd-detect-virt --container || true; "
+            "else tr '\\0' '\\n' < /proc/1/environ 2>/dev/null | sed -n 's/^container=//p'; fi"
+        )
+
+    def process(self, output: list[str]) -> str | None:
+        value = output[0].strip() if output else ""
+        return None if value in ("", "none") else value
+
+
+class ZoneInfoDict(TypedDict):
+    current: str
+    wanted: str | None
+
+
+class ZoneInfo(FactBase[ZoneInfoDict]):
+    """Where /etc/localtime points and where the zone `timezone` lives, both fully resolved.
+
+    UTC and Etc/UTC are the same file; comparing resolved paths keeps a re-run quiet.
+    """
+
+    def command(self, timezone: str) -> str:
+        zone = shlex.quote(f"/usr/share/zoneinfo/{timezone}")
+        return f"readlink -f /etc/localtime || echo; realpath -e {zone} 2>/dev/null || echo -"
+
+    def process(self, output: list[str]) -> ZoneInfoDict:
+        current, wanted = [*output, "", "-"][:2]
+        return {"current": current.strip(), "wanted": None if wanted.strip() == "-" else wanted}
+
+
+class SwapFileDict(TypedDict):
+    size: int | None
+    active: bool
+    in_fstab: bool
+
+
+class SwapFile(FactBase[SwapFileDict]):
+    """The size of the swap file at `path` (None when absent), whether it is in use, and
+    whether /etc/fstab enables it at boot."""
+
+    def command(self, path: str) -> str:
+        quoted = shlex.quote(path)
+        pattern = shlex.quote(f"^{path}[[:space:]]")
+        return (
+            f"stat -c %s {quoted} 2>/dev/null || echo -; "
+            f"if grep -q {pattern} /proc/swaps 2>/dev/null; then echo active; else echo idle; fi; "
+            f"if grep -q {pattern} /etc/fstab 2>/dev/null; then echo boot; else echo no-boot; fi"
+        )
+
+    def process(self, output: list[str]) -> SwapFileDict:
+        size, state, boot = [*output, "-", "idle", "no-boot"][:3]
+        return {
+            "size": None if size == "-" else int(size),
+            "active": state == "active",
+            "in_fstab": boot == "boot",
+        }
+
+
+class FirewallMarks(FactBase[list[str]]):
+    """The marks of the fleet firewall rules loaded in the kernel, as `family:hash`.
+
+    Each rule set carries a comment with the hash of the script that loaded it, so a
+    missing, stale or hand-flushed rule set shows up as a missing mark.
+    """
+
+    def command(self) -> str:
+        return (
+            "{ iptables -w -S FLEET-INPUT 2>/dev/null | sed 's/^/ipv4 /'; "
+            "ip6tables -w -S FLEET-INPUT 2>/dev/null | sed 's/^/ipv6 /'; "
+            "nft list table inet fleet 2>/dev/null | sed 's/^/inet /'; } "
+            "| sed -n 's/^\\([a-z0-9]*\\) .*fleet-firewall:\\([0-9a-f]*\\).*/\\1:\\2/p' "
+            "| sort -u"
+        )
+
+    default = list
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+
+class UserGroups(FactBase[list[str]]):
+    """The groups `user` belongs to (none when there is no such user)."""
+
+    def command(self, user: str) -> str:
+        return f"id -nG {shlex.quote(user)} 2>/dev/null || true"
+
+    default = list
+
+    def process(self, output: list[str]) -> list[str]:
+        return output[0].split() if output else []
+
+
+class DockerVersion(FactBase[str | None]):
+    """The version of the Docker engine when it answers `docker info`, else None."""
+
+    def command(self) -> str:
+        return "docker info --format '{{.ServerVersion}}' 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str | None:
+        value = output[0].strip() if output else ""
+        return value or None
+
+
+class DockerImageId(FactBase[str | None]):
+    """The id of the local image `reference` (sha256:...), or None when it is absent."""
+
+    def command(self, reference: str) -> str:
+        return (
+            f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(reference)} "
+            "2>/dev/null || true"
+        )
+
+    def process(self, output: list[str]) -> str | None:
+        value = output[0].strip() if output else ""
+        return value or None
+
+
+class DockerContainerDict(TypedDict):
+    image: str
+    run_hash: str
+    running: bool
+
+
+RUN_HASH_LABEL = "fleet.run-hash"
+
+
+class DockerContainer(FactBase[DockerContainerDict | None]):
+    """The image id, run hash label and state of `container`, or None when absent."""
+
+    def command(self, container: str) -> str:
+        template = (
+            f'{{{{.Image}}}} {{{{index .Config.Labels "{RUN_HASH_LABEL}"}}}} {{{{.State.Running}}}}'
+        )
+        target = shlex.quote(container)
+        return f"docker inspect --format {shlex.quote(template)} {target} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> DockerContainerDict | None:
+        fields = output[0].split() if output else []
+        if len(fields) != 3:
+            return None
+        image, run_hash, running = fields
+        return {"image": image, "run_hash": run_hash, "running": running == "true"}
+
+
+class CommandSucceeds(FactBase[bool]):
+    """Whether `argv` exits 0 on the server (its output is discarded)."""
+
+    def command(self, argv: tuple[str, ...]) -> str:
+        return f"if {shlex.join(argv)} >/dev/null 2>&1; then echo yes; else echo no; fi"
+
+    def process(self, output: list[str]) -> bool:
+        return bool(output) and output[0].strip() == "yes"

@@ -1,0 +1,466 @@
+"""The system baseline: host name, time zone, kernel settings, swap, security updates, SSH
+hardening and a host firewall.
+
+The firewall lets in established traffic, loopback, ICMP, SSH and traffic from Docker's own
+bridges; the agent port only from the control plane (both for an agent on the host network
+and for one whose port Docker publishes, which bypasses INPUT); and drops everything else
+that comes in. It uses nftables when `nft` is installed, else iptables, and is re-applied at
+boot by a small service (systemd unit or SysV script, whichever init the server has).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import shlex
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import OperationError, StringCommand, deploy, operation
+from pyinfra.facts.files import Sha256File
+from pyinfra.facts.server import LinuxDistribution, Sysctl, Which
+from pyinfra.operations import files, server
+
+from deploys.apt import packages
+from deploys.facts import ContainerRuntime, FirewallMarks, SwapFile, ZoneInfo
+from deploys.support import Commands, skip
+from engine.model import Labels, SystemInstall
+
+SWAP_PATH = "/swapfile"
+SYSCTL_PATH = "/etc/sysctl.d/90-fleet.conf"
+SSHD_DROP_IN = "/etc/ssh/sshd_config.d/10-fleet.conf"
+FIREWALL_SCRIPT = "/usr/local/sbin/fleet-firewall"
+FIREWALL_UNIT = "/etc/systemd/system/fleet-firewall.service"
+FIREWALL_INITD = "/etc/init.d/fleet-firewall"
+AUTO_UPGRADES = "/etc/apt/apt.conf.d/20auto-upgrades"
+UPGRADE_ORIGINS = "/etc/apt/apt.conf.d/52fleet-unattended-upgrades"
+
+# Network hardening every server gets; the spec's install.system.sysctl comes on top.
+BASELINE_SYSCTL: Labels = (
+    ("net.ipv4.conf.all.accept_redirects", "0"),
+    ("net.ipv4.conf.default.accept_redirects", "0"),
+    ("net.ipv4.conf.all.send_redirects", "0"),
+    ("net.ipv4.conf.default.send_redirects", "0"),
+    ("net.ipv4.conf.all.accept_source_route", "0"),
+    ("net.ipv4.icmp_echo_ignore_broadcasts", "1"),
+    ("net.ipv4.tcp_syncookies", "1"),
+    ("net.ipv6.conf.all.accept_redirects", "0"),
+    ("net.ipv6.conf.default.accept_redirects", "0"),
+)
+# Settings a container has its own copy of; every other one belongs to the host's kernel.
+NAMESPACED_SYSCTL = ("net.", "kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
+
+_SIZE = re.compile(r"^(0|[1-9][0-9]*)([MG]?)$")
+
+
+@deploy("system")
+def system(
+    install: SystemInstall,
+    *,
+    hostname: str,
+    admin: str,
+    ssh_port: int,
+    agent_port: int,
+    control_plane: tuple[str, ...],
+) -> None:
+    """The baseline for one server; `admin` is the user the engine logs in as."""
+    server.hostname(name="Set the host name", hostname=hostname)
+    wanted = ("tzdata", "unattended-upgrades") if install.unattended_upgrades else ("tzdata",)
+    packages(name="Install the base packages", present=wanted)
+    timezone(name="Set the time zone", timezone=install.timezone)
+    sysctl(name="Apply kernel settings", settings=install.sysctl)
+    swap(name="Set up the swap file", size=install.swap)
+    unattended_upgrades(
+        name="Configure unattended security upgrades", enabled=install.unattended_upgrades
+    )
+    sshd(name="Harden sshd", admin=admin)
+    firewall(
+        name="Apply the host firewall",
+        ssh_port=ssh_port,
+        agent_port=agent_port,
+        control_plane=control_plane,
+    )
+
+
+@operation()
+def timezone(timezone: str) -> Commands:
+    """Point /etc/localtime at `timezone` (an IANA name such as Europe/Berlin)."""
+    zone = host.get_fact(ZoneInfo, timezone=timezone)
+    if zone["wanted"] is not None and zone["current"] == zone["wanted"]:
+        host.noop(f"the time zone is {timezone}")
+        return
+    path = shlex.quote(f"/usr/share/zoneinfo/{timezone}")
+    missing = shlex.quote(f"unknown time zone {timezone}: {path} does not exist")
+    yield StringCommand(f"test -f {path} || {{ echo {missing} >&2; exit 1; }}")
+    yield StringCommand("ln -sfn", path, "/etc/localtime")
+    yield StringCommand("echo", shlex.quote(timezone), "> /etc/timezone")
+
+
+def _normal(value: object) -> str:
+    """A kernel setting as sysctl prints it: words separated by one space."""
+    if isinstance(value, list):
+        return " ".join(str(item) for item in value)
+    return " ".join(str(value).split())
+
+
+@operation()
+def sysctl(settings: Labels) -> Commands:
+    """Write the baseline and `settings` to /etc/sysctl.d and apply them.
+
+    In a container only the settings it owns (network, IPC) are applied: the others would
+    change the kernel of the machine the container runs on.
+    """
+    wanted = dict(BASELINE_SYSCTL) | dict(settings)
+    runtime = host.get_fact(ContainerRuntime)
+    if runtime:
+        for key in sorted(k for k in wanted if not k.startswith(NAMESPACED_SYSCTL)):
+            skip(
+                f"sysctl {key}: not set because this server is a {runtime} container; "
+                "the setting belongs to the host's kernel"
+            )
+        wanted = {k: v for k, v in wanted.items() if k.startswith(NAMESPACED_SYSCTL)}
+    live = host.get_fact(Sysctl, keys=sorted(wanted))
+    # A kernel without IPv6 lacks some baseline settings: leave those out. One the spec asks
+    # for stays, so that sysctl says what is wrong with it.
+    asked = dict(settings)
+    wanted = {k: v for k, v in wanted.items() if k in live or k in asked}
+    lines = "".join(f"{key} = {value}\n" for key, value in sorted(wanted.items()))
+    content = f"# Written by the fleet engine.\n{lines}"
+    put = list(files.put._inner(src=StringIO(content), dest=SYSCTL_PATH, mode="644"))
+    stale = [k for k, v in wanted.items() if k not in live or _normal(live[k]) != _normal(v)]
+    if not put and not stale:
+        host.noop("kernel settings are applied")
+        return
+    yield from put
+    yield StringCommand("sysctl -q -p", SYSCTL_PATH)
+
+
+def _swap_bytes(size: str) -> int:
+    """Bytes in a swap size such as 2G, 512M or 0."""
+    match = _SIZE.match(size)
+    if not match:
+        raise OperationError(f"swap size {size!r} is not a size such as 2G, 512M or 0")
+    number, unit = match.groups()
+    return int(number) * {"": 1, "M": 1 << 20, "G": 1 << 30}[unit]
+
+
+@operation()
+def swap(size: str) -> Commands:
+    """A swap file of `size` at /swapfile, enabled now and at boot; "0" removes it."""
+    wanted = _swap_bytes(size)
+    runtime = host.get_fact(ContainerRuntime)
+    if runtime:
+        if wanted:
+            skip(
+                f"swap: not set up because this server is a {runtime} container, "
+                "which cannot enable swap"
+            )
+        else:
+            host.noop("no swap wanted")
+        return
+    current = host.get_fact(SwapFile, path=SWAP_PATH)
+    if wanted == 0:
+        if current["size"] is None and not current["in_fstab"]:
+            host.noop("no swap file, as wanted")
+            return
+        if current["active"]:
+            yield StringCommand("swapoff", SWAP_PATH)
+        if current["in_fstab"]:
+            yield StringCommand(f"sed -i '\\#^{SWAP_PATH}[[:space:]]#d' /etc/fstab")
+        yield StringCommand("rm -f", SWAP_PATH)
+        return
+    commands = []
+    if current["size"] != wanted:
+        if current["active"]:
+            commands.append(StringCommand("swapoff", SWAP_PATH))
+        commands += [
+            StringCommand(
+                f"rm -f {SWAP_PATH} && {{ fallocate -l {wanted} {SWAP_PATH}"
+                f" || dd if=/dev/zero of={SWAP_PATH} bs=1M count={wanted >> 20} status=none; }}"
+            ),
+            StringCommand("chmod 600", SWAP_PATH),
+            StringCommand("mkswap", SWAP_PATH),
+            StringCommand("swapon", SWAP_PATH),
+        ]
+    elif not current["active"]:
+        commands.append(StringCommand("swapon", SWAP_PATH))
+    if not current["in_fstab"]:
+        commands.append(StringCommand(f"echo '{SWAP_PATH} none swap sw 0 0' >> /etc/fstab"))
+    if not commands:
+        host.noop(f"a swap file of {size} is in use")
+    yield from commands
+
+
+# Security updates only: Docker's repository and point releases are left to the operator.
+_ORIGINS = {
+    "Debian": (
+        "#clear Unattended-Upgrade::Origins-Pattern;\n"
+        "Unattended-Upgrade::Origins-Pattern {\n"
+        '        "origin=Debian,codename=${distro_codename}-security,label=Debian-Security";\n'
+        "};\n"
+    ),
+    "Ubuntu": (
+        "#clear Unattended-Upgrade::Allowed-Origins;\n"
+        "#clear Unattended-Upgrade::Origins-Pattern;\n"
+        "Unattended-Upgrade::Allowed-Origins {\n"
+        '        "${distro_id}:${distro_codename}-security";\n'
+        '        "${distro_id}ESMApps:${distro_codename}-apps-security";\n'
+        '        "${distro_id}ESM:${distro_codename}-infra-security";\n'
+        "};\n"
+    ),
+}
+
+
+def distribution() -> str:
+    """The distribution of the current host, Debian or Ubuntu; others are refused."""
+    name = host.get_fact(LinuxDistribution)["name"]
+    if name not in _ORIGINS:
+        raise OperationError(
+            f"this server runs {name or 'an unknown system'}; the deploys support Debian and Ubuntu"
+        )
+    return str(name)
+
+
+@operation()
+def unattended_upgrades(enabled: bool) -> Commands:
+    """Daily security upgrades from the distribution's security archive, or none."""
+    flag = "1" if enabled else "0"
+    periodic = (
+        f'APT::Periodic::Update-Package-Lists "{flag}";\n'
+        f'APT::Periodic::Unattended-Upgrade "{flag}";\n'
+    )
+    commands = list(files.put._inner(src=StringIO(periodic), dest=AUTO_UPGRADES, mode="644"))
+    if enabled:
+        origins = (
+            f"// Written by the fleet engine: security updates only.\n{_ORIGINS[distribution()]}"
+        )
+        commands += files.put._inner(src=StringIO(origins), dest=UPGRADE_ORIGINS, mode="644")
+    if not commands:
+        host.noop("unattended upgrades are configured")
+    yield from commands
+
+
+def sshd_config(admin: str) -> str:
+    """The sshd drop-in: keys only, no passwords, no root login (unless root is the admin)."""
+    root = "prohibit-password" if admin == "root" else "no"
+    return (
+        "# Written by the fleet engine: keys only, no passwords, no root login.\n"
+        "PubkeyAuthentication yes\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "PermitEmptyPasswords no\n"
+        f"PermitRootLogin {root}\n"
+        "X11Forwarding no\n"
+    )
+
+
+@operation()
+def sshd(admin: str) -> Commands:
+    """Install the hardened sshd drop-in, checked with `sshd -t` before sshd reloads.
+
+    sshd takes the first value it reads and includes sshd_config.d/*.conf first, so this
+    file (10-) wins over cloud images' own drop-ins (50-cloud-init.conf). A configuration
+    sshd rejects is rolled back and the run fails: sshd keeps the one it has, and the
+    admin keeps its way in.
+    """
+    config = sshd_config(admin)
+    if host.get_fact(Sha256File, path=SSHD_DROP_IN) == hashlib.sha256(config.encode()).hexdigest():
+        host.noop("sshd is hardened")
+        return
+    staged = f"{SSHD_DROP_IN}.new"
+    yield from files.put._inner(src=StringIO(config), dest=staged, mode="644")
+    live, old = SSHD_DROP_IN, f"{SSHD_DROP_IN}.old"
+    yield StringCommand(
+        f"rm -f {old}; cp -p {live} {old} 2>/dev/null; mv {staged} {live} && "
+        "if ! /usr/sbin/sshd -t; then "
+        f"if [ -e {old} ]; then mv {old} {live}; else rm -f {live}; fi; "
+        "echo 'sshd rejected the hardened configuration; it keeps its previous one' >&2; exit 1; "
+        f"fi; rm -f {old}"
+    )
+    yield from server.service._inner(service="ssh", running=None, reloaded=True)
+
+
+def _sources(control_plane: tuple[str, ...], version: int) -> list[str]:
+    networks = [ipaddress.ip_network(source, strict=False) for source in control_plane]
+    return [str(net) for net in networks if net.version == version]
+
+
+def _iptables_rules(
+    family: int, ssh_port: int, agent_port: int, control_plane: tuple[str, ...]
+) -> str:
+    icmp = "icmp" if family == 4 else "ipv6-icmp"
+    agent_in = "".join(
+        f"-A FLEET-INPUT -p tcp --dport {agent_port} -s {src} -j ACCEPT\n"
+        for src in _sources(control_plane, family)
+    )
+    agent_forward = "".join(
+        f"-A FLEET-FORWARD -p tcp -m conntrack --ctstate NEW --ctorigdstport {agent_port}"
+        f" -s {src} -j RETURN\n"
+        for src in _sources(control_plane, family)
+    )
+    dhcp6 = "-A FLEET-INPUT -s fe80::/10 -p udp --dport 546 -j ACCEPT\n" if family == 6 else ""
+    return (
+        "*filter\n"
+        ":FLEET-INPUT - [0:0]\n"
+        ":FLEET-FORWARD - [0:0]\n"
+        '-A FLEET-INPUT -m comment --comment "fleet-firewall:@MARK@"'
+        " -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n"
+        "-A FLEET-INPUT -m conntrack --ctstate INVALID -j DROP\n"
+        "-A FLEET-INPUT -i lo -j ACCEPT\n"
+        f"{agent_in}"
+        f"-A FLEET-INPUT -p tcp --dport {agent_port} -j REJECT --reject-with tcp-reset\n"
+        f"-A FLEET-INPUT -p {icmp} -j ACCEPT\n"
+        f"-A FLEET-INPUT -p tcp --dport {ssh_port} -j ACCEPT\n"
+        f"{dhcp6}"
+        "-A FLEET-INPUT -i docker0 -j ACCEPT\n"
+        "-A FLEET-INPUT -i br-+ -j ACCEPT\n"
+        "-A FLEET-INPUT -j DROP\n"
+        "-A FLEET-FORWARD -i docker0 -j RETURN\n"
+        "-A FLEET-FORWARD -i br-+ -j RETURN\n"
+        f"{agent_forward}"
+        f"-A FLEET-FORWARD -p tcp -m conntrack --ctstate NEW --ctorigdstport {agent_port}"
+        " -j REJECT --reject-with tcp-reset\n"
+        "COMMIT\n"
+    )
+
+
+def _nft_rules(ssh_port: int, agent_port: int, control_plane: tuple[str, ...]) -> str:
+    v4, v6 = _sources(control_plane, 4), _sources(control_plane, 6)
+    new_agent = f"meta l4proto tcp ct state new ct original proto-dst {agent_port}"
+    agent_in = ""
+    agent_forward = ""
+    if v4:
+        agent_in += f"    tcp dport {agent_port} ip saddr {{ {', '.join(v4)} }} accept\n"
+        agent_forward += f"    {new_agent} ip saddr {{ {', '.join(v4)} }} accept\n"
+    if v6:
+        agent_in += f"    tcp dport {agent_port} ip6 saddr {{ {', '.join(v6)} }} accept\n"
+        agent_forward += f"    {new_agent} ip6 saddr {{ {', '.join(v6)} }} accept\n"
+    return (
+        "table inet fleet\n"
+        "delete table inet fleet\n"
+        "table inet fleet {\n"
+        "  chain input {\n"
+        "    type filter hook input priority filter; policy drop;\n"
+        '    ct state established,related accept comment "fleet-firewall:@MARK@"\n'
+        "    ct state invalid drop\n"
+        "    iif lo accept\n"
+        f"{agent_in}"
+        f"    tcp dport {agent_port} reject with tcp reset\n"
+        "    meta l4proto { icmp, ipv6-icmp } accept\n"
+        f"    tcp dport {ssh_port} accept\n"
+        "    ip6 saddr fe80::/10 udp dport 546 accept\n"
+        '    iifname "docker0" accept\n'
+        '    iifname "br-*" accept\n'
+        "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority filter; policy accept;\n"
+        '    iifname "docker0" accept\n'
+        '    iifname "br-*" accept\n'
+        f"{agent_forward}"
+        f"    {new_agent} reject with tcp reset\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def firewall_script(
+    backend: str, *, ssh_port: int, agent_port: int, control_plane: tuple[str, ...]
+) -> tuple[str, tuple[str, ...]]:
+    """The firewall script for `backend` (nft or iptables) and the marks it leaves loaded.
+
+    Re-running the script replaces the fleet's rules atomically (one nft transaction, or
+    one iptables-restore per family) and touches no other rule: Docker's stay as they are.
+    """
+    head = (
+        "#!/bin/sh\n"
+        "# The host firewall of the fleet engine, written by its install and run at boot.\n"
+        f"# In: established, loopback, ICMP, SSH (port {ssh_port}), Docker's bridges, and the\n"
+        f"# agent (port {agent_port}) from the control plane only; the rest is dropped.\n"
+        "set -eu\n"
+    )
+    if backend == "nft":
+        body = f"nft -f - <<'RULES'\n{_nft_rules(ssh_port, agent_port, control_plane)}RULES\n"
+        families: tuple[str, ...] = ("inet",)
+    else:
+        body = ""
+        for family, tool in ((4, "iptables"), (6, "ip6tables")):
+            rules = _iptables_rules(family, ssh_port, agent_port, control_plane)
+            body += (
+                f"{tool} -w -N DOCKER-USER 2>/dev/null || true\n"
+                f"{tool}-restore -w --noflush <<'RULES'\n{rules}RULES\n"
+                f"{tool} -w -C INPUT -j FLEET-INPUT 2>/dev/null"
+                f" || {tool} -w -I INPUT 1 -j FLEET-INPUT\n"
+                f"{tool} -w -C DOCKER-USER -j FLEET-FORWARD 2>/dev/null"
+                f" || {tool} -w -I DOCKER-USER 1 -j FLEET-FORWARD\n"
+            )
+        families = ("ipv4", "ipv6")
+    mark = hashlib.sha256(f"{head}{body}".encode()).hexdigest()[:12]
+    return f"{head}{body}".replace("@MARK@", mark), tuple(f"{f}:{mark}" for f in families)
+
+
+_UNIT = f"""[Unit]
+Description=Host firewall of the fleet engine
+DefaultDependencies=no
+Wants=network-pre.target
+Before=network-pre.target docker.service shutdown.target
+After=local-fs.target
+Conflicts=shutdown.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={FIREWALL_SCRIPT}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+_INITD = f"""#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          fleet-firewall
+# Required-Start:    $local_fs
+# Required-Stop:
+# X-Start-Before:    docker ssh
+# Default-Start:     2 3 4 5
+# Default-Stop:
+# Short-Description: Host firewall of the fleet engine
+### END INIT INFO
+case "$1" in
+  start|restart|reload|force-reload) exec {FIREWALL_SCRIPT} ;;
+  stop|status) exit 0 ;;
+  *) echo "usage: $0 start|stop|restart|reload|force-reload|status" >&2; exit 3 ;;
+esac
+"""
+
+
+@operation()
+def firewall(ssh_port: int, agent_port: int, control_plane: tuple[str, ...]) -> Commands:
+    """Load the host firewall now and make the server load it at every boot."""
+    if host.get_fact(Which, command="nft"):
+        backend = "nft"
+    elif host.get_fact(Which, command="iptables"):
+        backend = "iptables"
+    else:
+        raise OperationError("neither nft nor iptables is installed: install nftables")
+    script, marks = firewall_script(
+        backend, ssh_port=ssh_port, agent_port=agent_port, control_plane=control_plane
+    )
+    commands = list(files.put._inner(src=StringIO(script), dest=FIREWALL_SCRIPT, mode="755"))
+    if not set(marks) <= set(host.get_fact(FirewallMarks)):
+        commands.append(StringCommand(FIREWALL_SCRIPT))
+    if host.get_fact(Which, command="systemctl"):
+        hook = list(files.put._inner(src=StringIO(_UNIT), dest=FIREWALL_UNIT, mode="644"))
+        if hook:
+            hook += [
+                StringCommand("systemctl daemon-reload"),
+                StringCommand("systemctl enable fleet-firewall.service"),
+            ]
+    else:
+        hook = list(files.put._inner(src=StringIO(_INITD), dest=FIREWALL_INITD, mode="755"))
+        if hook:
+            hook.append(StringCommand("update-rc.d fleet-firewall defaults"))
+    commands += hook
+    if not commands:
+        host.noop(f"the firewall ({backend}) is loaded")
+    yield from commands

@@ -1,0 +1,27 @@
+"""`python -m engine.install`: install one host. A HostRequest as JSON on stdin, a HostResult
+as JSON on stdout, pyinfra's log on stderr (secrets masked). The engine starts one of these
+per host (engine/install/runner.py); it is not meant to be run by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import redirect_stdout
+
+from engine.install.model import HostRequest, from_json, to_json
+from engine.install.worker import configure_logging, run_request
+
+
+def main() -> int:
+    request = from_json(HostRequest, json.load(sys.stdin))
+    configure_logging()
+    # Only the result may reach stdout: the parent reads it as JSON.
+    with redirect_stdout(sys.stderr):
+        result = run_request(request)
+    json.dump(to_json(result), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The project's own pyinfra operations, tested the way pyinfra tests its own: facts in,
+commands out. Each file operations/<module>.<operation>/<case>.json is one behaviour:
+
+    {"kwargs": {...},                    arguments (model values as JSON)
+     "facts": {"server.Which": {"command=nft": null}, "deploys.facts.SwapFile": {...}},
+     "commands": [...],                  what the operation yields, in order
+     "noop": "...",                      optional: the reason it gives for doing nothing
+     "skipped": [...],                   optional: what it leaves out on purpose, and why
+     "exception": "..."}                 optional: the message of the OperationError it raises
+
+A fact with arguments is keyed by them (`path=/etc/x`, lists as JSON). A fact the operation
+asks for and the case does not give fails the test: every input is written down.
+A command is a shell string, {"upload": dest, "lines": [...]} or {"function": name, "args": [...]}.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyinfra.api import Config, FileUploadCommand, FunctionCommand, OperationError, StringCommand
+from pyinfra.context import ctx_host, ctx_state
+
+from deploys.support import skipped_on
+from engine.install.model import from_json
+
+CASES = sorted((Path(__file__).parent / "operations").glob("*/*.json"))
+
+
+class FakeState:
+    def __init__(self) -> None:
+        self.config = Config()
+        self.cwd = None
+        self.is_executing = False
+
+
+class FakeHost:
+    """A host whose facts come from the case file; it records its no-op reason."""
+
+    def __init__(self, name: str, facts: dict[str, Any]) -> None:
+        self.name = name
+        self.print_prefix = f"[{name}] "
+        self.facts = facts
+        self.current_op_global_arguments = None
+        self.noops: list[str] = []
+
+    def get_fact(self, cls: Any, *args: Any, **kwargs: Any) -> Any:
+        assert not args, "pass fact arguments by name"
+        if cls.name not in self.facts:
+            raise AssertionError(f"the case gives no fact {cls.name}")
+        value = self.facts[cls.name]
+        if kwargs:
+            key = ", ".join(f"{k}={_text(v)}" for k, v in sorted(kwargs.items()))
+            if not isinstance(value, dict) or key not in value:
+                raise AssertionError(f"the case gives no fact {cls.name} for {key}")
+            value = value[key]
+        return value
+
+    def noop(self, description: str) -> None:
+        self.noops.append(description)
+
+    def get_temp_filename(self, *args: Any, **kwargs: Any) -> str:
+        return "/tmp/pyinfra-temp"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value)
+
+
+def _command(command: Any) -> Any:
+    if isinstance(command, StringCommand):
+        return command.get_raw_value()
+    if isinstance(command, FileUploadCommand):
+        src = command.src
+        src.seek(0)
+        return {"upload": command.dest, "lines": src.read().splitlines()}
+    if isinstance(command, FunctionCommand):
+        return {"function": command.function.__name__, "args": list(command.args)}
+    raise AssertionError(f"unexpected command {command!r}")
+
+
+def _operation(folder: str) -> Any:
+    module, name = folder.rsplit(".", 1)
+    return getattr(importlib.import_module(f"deploys.{module}"), name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.parent.name}/{c.stem}" for c in CASES])
+def test_operation(case: Path) -> None:
+    spec = json.loads(case.read_text())
+    operation = _operation(case.parent.name)
+    hints = typing.get_type_hints(operation._inner)
+    kwargs = {key: from_json(hints[key], value) for key, value in spec.get("kwargs", {}).items()}
+    host = FakeHost(f"{case.parent.name}/{case.stem}", spec.get("facts", {}))
+    commands: list[Any] = []
+    with ctx_state.use(FakeState()), ctx_host.use(host):
+        if "exception" in spec:
+            with pytest.raises(OperationError) as info:
+                list(operation._inner(**kwargs))
+            assert str(info.value) == spec["exception"]
+            return
+        commands = [_command(c) for c in operation._inner(**kwargs)]
+    assert commands == spec["commands"]
+    if "noop" in spec:
+        assert spec["noop"] in host.noops
+    else:
+        assert commands, f"no commands and no noop expected; the operation said {host.noops}"
+    assert list(skipped_on(host.name)) == spec.get("skipped", [])
+
+
+def test_every_operation_of_the_project_has_cases() -> None:
+    tested = {c.parent.name for c in CASES}
+    for module in ("apt", "system", "docker", "agent"):
+        loaded = importlib.import_module(f"deploys.{module}")
+        for name, value in vars(loaded).items():
+            if hasattr(value, "_inner") and value.__module__ == loaded.__name__:
+                is_deploy = not hasattr(value._inner, "is_idempotent")
+                if not is_deploy:
+                    assert f"{module}.{name}" in tested, f"deploys.{module}.{name} has no cases"
