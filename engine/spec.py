@@ -566,13 +566,13 @@ class _Checks:
 
     def check_user_data_budget(self, keys: list[Any]) -> None:
         """Every server's user_data carries all keys; providers cap its size (32 KiB)."""
-        from engine.cloudinit import USER_DATA_LIMIT, render_user_data
+        from engine.cloudinit import USER_DATA_LIMIT, UserDataError, render_user_data
 
         checked = [d for d in self.out if d.path.startswith("ssh.authorized_keys")]
         if self.provider is None or checked or not all(isinstance(k, str) for k in keys):
             return  # an unreadable key is reported already; the estimate needs good ones
-        size = len(
-            render_user_data(
+        try:
+            text = render_user_data(
                 fleet="f" * 40,
                 server="s" * 55,
                 hostname="s" * 55,
@@ -581,8 +581,10 @@ class _Checks:
                 admin_user="fleet",
                 authorized_keys=[*keys, _DEPLOY_KEY_ALLOWANCE],
                 provider=ProviderName(self.provider),
-            ).encode()
-        )
+            )
+        except UserDataError:
+            return  # a key the schema refuses; that is reported already
+        size = len(text.encode())
         if size > USER_DATA_LIMIT:
             self.add(
                 "user_data_too_large",
