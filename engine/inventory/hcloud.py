@@ -27,7 +27,7 @@ import requests
 from hcloud import APIException, Client
 
 from engine.errors import ProviderError
-from engine.inventory import ActualServer, engine_name
+from engine.inventory import ActualServer, InventoryPage, engine_name
 from engine.inventory.retry import ApiCalls, RetryPolicy, TransientError, send
 from engine.model import (
     LABEL_FLEET,
@@ -139,10 +139,24 @@ class HcloudReader:
         self.client = client
         self.calls = calls
 
-    def read_servers(self) -> tuple[ActualServer, ...]:
-        selector = f"{LABEL_FLEET}={self.fleet.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
+    @property
+    def _selector(self) -> str:
+        return f"{LABEL_FLEET}={self.fleet.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+    def read_page(self, page: int) -> InventoryPage:
         with provider_errors(self.fleet.provider.token_env):
-            servers = self.client.servers.get_all(label_selector=selector)
+            servers, meta = self.client.servers.get_list(
+                label_selector=self._selector, page=page, per_page=PAGE_SIZE
+            )
+        pagination = meta.pagination if meta else None
+        following = pagination.next_page if pagination else None
+        return InventoryPage(
+            servers=tuple(self._actual(s, {}, {}) for s in servers), next_page=following
+        )
+
+    def read_servers(self) -> tuple[ActualServer, ...]:
+        with provider_errors(self.fleet.provider.token_env):
+            servers = self.client.servers.get_all(label_selector=self._selector)
             firewall_ids = {f.firewall.id for s in servers for f in _firewalls(s)}
             network_ids = {n.network.id for s in servers for n in s.private_net or ()}
             firewalls = self._names(self.client.firewalls.get_all) if firewall_ids else {}

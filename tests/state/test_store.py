@@ -200,14 +200,15 @@ def test_an_appended_migration_is_applied_to_an_existing_store(
     def add_agent_version(connection: object) -> None:
         state_schema.add_column(connection, "servers", Column("agent_version", String(20)))  # type: ignore[arg-type]
 
+    version = state_schema.MIGRATIONS[-1].version + 1
     extra = state_schema.Migration(
-        2, "heartbeats, servers.agent_version", heartbeats, add_agent_version
+        version, "heartbeats, servers.agent_version", heartbeats, add_agent_version
     )
     monkeypatch.setattr(state_schema, "MIGRATIONS", (*state_schema.MIGRATIONS, extra))
     state_schema.metadata.cache_clear()
     try:
         with open_store(url) as upgraded:
-            assert upgraded.schema_version() == 2
+            assert upgraded.schema_version() == version
             assert [r.name for r in upgraded.servers("web-prod")] == ["web-1"]
         engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
         with engine.begin() as connection:
