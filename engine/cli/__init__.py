@@ -23,7 +23,7 @@ from engine.errors import EngineError
 from engine.secrets import redact
 from engine.term import paint
 
-COMMANDS = ("validate", "catalog")
+COMMANDS = ("validate", "catalog", "status", "serve", "apikey")
 
 
 def build_parser() -> argparse.ArgumentParser:

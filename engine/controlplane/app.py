@@ -58,7 +58,17 @@ HEARTBEAT_PURPOSE = "heartbeat"
 PHONE_HOME_MAX_BYTES = 64 * 1024
 HEARTBEAT_MAX_BYTES = 1024 * 1024
 EVENT_MAX_BYTES = 64 * 1024
-_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "engine")
+# Logger filters do not see records propagated from child loggers: name every one we use.
+_LOGGERS = (
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "engine",
+    "engine.controlplane",
+    "engine.controlplane.jobs",
+    "engine.controlplane.handlers",
+    "engine.controlplane.monitor",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,11 +86,13 @@ class AppSettings:
 
 
 def install_log_redaction() -> None:
-    """Mask bearer tokens and registered secrets in uvicorn's and the engine's logs."""
-    for name in _LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-            logger.addFilter(RedactingFilter())
+    """Mask bearer tokens and registered secrets in uvicorn's and the engine's logs, and in
+    whatever the root logger's handlers write."""
+    filterers: list[logging.Filterer] = [logging.getLogger(name) for name in _LOGGERS]
+    filterers += logging.getLogger().handlers
+    for filterer in filterers:
+        if not any(isinstance(f, RedactingFilter) for f in filterer.filters):
+            filterer.addFilter(RedactingFilter())
 
 
 def _bearer(request: Request) -> str:

@@ -50,6 +50,8 @@ class ServerRecord:
     host_keys_source: str = ""
     cloud_init_finished_at: dt.datetime | None = None
     installed_at: dt.datetime | None = None
+    # When the polling fallback last saw the server running in the provider's inventory.
+    inventory_seen_at: dt.datetime | None = None
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
 

@@ -167,6 +167,7 @@ def _server_columns_2() -> tuple[Column[Any], ...]:
         Column("host_keys_source", String(20), nullable=False, server_default=""),
         Column("cloud_init_finished_at", UtcDateTime()),
         Column("installed_at", UtcDateTime()),
+        Column("inventory_seen_at", UtcDateTime()),
     )
 
 

@@ -38,6 +38,7 @@ from sqlalchemy import (
     delete,
     event,
     exc,
+    func,
     insert,
     make_url,
     or_,
@@ -48,7 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.errors import EngineError
-from engine.model import Stage
+from engine.model import Labels, Stage
 from engine.secrets import redact, register_secret
 from engine.state import (
     AgentReport,
@@ -640,6 +641,42 @@ class Store:
                 self._enqueue(connection, a.install)
         return outcome
 
+    def move_on_by_polling(
+        self, fleet: str, server: str, host_keys: Labels, install: NewJob
+    ) -> bool:
+        """A booting server found by polling (listed, answering SSH) moves on as if it had
+        phoned home, with host keys from a key scan: stage phoned_home, install enqueued,
+        atomically. False (nothing changed) if it is not booting any more."""
+        with self._write() as connection:
+            row = connection.execute(self._server_query(fleet, server, for_update=True)).first()
+            if row is None or row.stage not in _AWAITING_READINESS:
+                return False
+            fields = {"host_keys": host_keys, "host_keys_source": str(HostKeySource.KEYSCAN)}
+            reason = "reached by polling: no phone-home; host keys from ssh-keyscan"
+            self._update_server(connection, fleet, server, Stage.PHONED_HOME, reason, fields)
+            self._insert_event(
+                connection,
+                fleet,
+                "server.polled",
+                f"{server} answers SSH; its host keys were read by ssh-keyscan, NOT pinned "
+                "from a phone-home",
+                server,
+                {"host_keys": dict(host_keys)},
+            )
+            self._enqueue(connection, install)
+        return True
+
+    def entered(self, fleet: str, stage: Stage) -> dict[str, dt.datetime]:
+        """When each server of `fleet` last entered `stage`, by server name."""
+        table = self._transitions
+        query = (
+            select(table.c.server, func.max(table.c.at).label("at"))
+            .where(table.c.fleet == fleet, table.c.stage == str(stage))
+            .group_by(table.c.server)
+        )
+        with self._read() as connection:
+            return {row.server: row.at for row in connection.execute(query)}
+
     # --- jobs ------------------------------------------------------------------------------
 
     def enqueue(self, job: NewJob) -> Job:
@@ -1145,6 +1182,7 @@ def _server_values(record: ServerRecord) -> dict[str, Any]:
         "host_keys_source": record.host_keys_source,
         "cloud_init_finished_at": record.cloud_init_finished_at,
         "installed_at": record.installed_at,
+        "inventory_seen_at": record.inventory_seen_at,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     }
@@ -1172,11 +1210,14 @@ def _server_record(row: Row[Any]) -> ServerRecord:
         host_keys_source=row.host_keys_source,
         cloud_init_finished_at=row.cloud_init_finished_at,
         installed_at=row.installed_at,
+        inventory_seen_at=row.inventory_seen_at,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
 
 
+# A server still waiting to be reached (a failed one too: a late answer revives it).
+_AWAITING_READINESS = frozenset({str(Stage.BOOTING), str(Stage.FAILED)})
 # Stages after the phone-home: a late phone-home can only confirm what polling found.
 _PAST_PHONE_HOME = frozenset({Stage.PHONED_HOME, Stage.INSTALLING, Stage.READY, Stage.UNHEALTHY})
 _UPDATABLE = frozenset(
@@ -1195,6 +1236,7 @@ _UPDATABLE = frozenset(
         "host_keys_source",
         "cloud_init_finished_at",
         "installed_at",
+        "inventory_seen_at",
     }
 )
 
