@@ -89,15 +89,13 @@ class PhoneHomeService:
         fleet, server = str(body["fleet"]), str(body["server"])
         token = self._genuine_token(raw_token, fleet, server)
         digest = token_hash(token.raw)
-        minted = self._store.phone_home_token(digest)
-        if minted is None:
-            raise ApiError(401, "token_invalid", "this token was not issued by this control plane")
         request_print = fingerprint(body)
-        if minted.spent_at is not None:
-            if minted.fingerprint == request_print:
-                return Answer(outcome=PhoneHomeOutcome.REPLAYED, server=server)
-            raise ApiError(409, "token_spent", "this one-time token has been used already")
+        # The expiry is bound by the MAC, so it needs no lookup; whether the store issued the
+        # token and whether it was spent is settled when it is claimed, in one write.
         if self._clock().timestamp() > token.expires:
+            minted = self._store.phone_home_token(digest)
+            if minted is not None and minted.spent_at and minted.fingerprint == request_print:
+                return Answer(outcome=PhoneHomeOutcome.REPLAYED, server=server)
             raise ApiError(401, "token_expired", "this one-time token has expired")
         settings: FleetSettings | None = self._fleets.get(fleet)
         record = self._store.server(fleet, server)
@@ -133,6 +131,8 @@ class PhoneHomeService:
             install=install_job(fleet, server),
         )
         outcome = self._store.accept_phone_home(acceptance)
+        if outcome is PhoneHomeOutcome.UNKNOWN_TOKEN:
+            raise ApiError(401, "token_invalid", "this token was not issued by this control plane")
         if outcome is PhoneHomeOutcome.SPENT:
             raise ApiError(409, "token_spent", "this one-time token has been used already")
         if outcome is PhoneHomeOutcome.HOST_KEYS_DIFFER:

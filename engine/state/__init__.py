@@ -173,6 +173,7 @@ class PhoneHomeOutcome(StrEnum):
     HOST_KEYS_DIFFER = "host_keys_differ"  # polling pinned other keys: refused, changed nothing
     UNKNOWN_SERVER = "unknown_server"  # no record for the server (not registered yet)
     DELETING = "deleting"  # the server is being deleted
+    UNKNOWN_TOKEN = "unknown_token"  # noqa: S105 (an outcome: the store never issued the token)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

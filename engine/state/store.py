@@ -587,26 +587,40 @@ class Store:
         """
         a = acceptance
         tokens = self._tokens
+        now = self._now()
         with self._write() as connection:
-            query = select(tokens).where(tokens.c.token_hash == a.token_hash)
-            if self._is_postgresql:
-                query = query.with_for_update()
-            token = connection.execute(query).first()
-            if token is None:
-                raise EngineError("accept_phone_home needs a token that the store holds")
-            if token.spent_at is not None:
+            # Spending the token is the claim: one conditional UPDATE, so of two identical
+            # requests racing exactly one goes on (the row lock decides on PostgreSQL).
+            claimed = connection.execute(
+                update(tokens)
+                .where(tokens.c.token_hash == a.token_hash, tokens.c.spent_at.is_(None))
+                .values(spent_at=now, fingerprint=a.fingerprint)
+            ).rowcount
+            if not claimed:
+                token = connection.execute(
+                    select(tokens.c.fingerprint).where(tokens.c.token_hash == a.token_hash)
+                ).first()
+                if token is None:
+                    return PhoneHomeOutcome.UNKNOWN_TOKEN
                 if token.fingerprint == a.fingerprint:
                     return PhoneHomeOutcome.REPLAYED
                 return PhoneHomeOutcome.SPENT
             row = connection.execute(self._server_query(a.fleet, a.server, for_update=True)).first()
-            if row is None:
-                return PhoneHomeOutcome.UNKNOWN_SERVER
-            old = _server_record(row)
-            if old.stage is Stage.DELETING:
-                return PhoneHomeOutcome.DELETING
+            old = None if row is None else _server_record(row)
+            refusal = (
+                PhoneHomeOutcome.UNKNOWN_SERVER
+                if old is None
+                else PhoneHomeOutcome.DELETING
+                if old.stage is Stage.DELETING
+                else PhoneHomeOutcome.HOST_KEYS_DIFFER
+                if old.stage in _PAST_PHONE_HOME and dict(old.host_keys) != dict(a.host_keys)
+                else None
+            )
+            if refusal is not None:
+                connection.rollback()  # the token stays unspent
+                return refusal
+            assert old is not None
             moved_on = old.stage in _PAST_PHONE_HOME
-            if moved_on and dict(old.host_keys) != dict(a.host_keys):
-                return PhoneHomeOutcome.HOST_KEYS_DIFFER
             fields: dict[str, Any] = {
                 "host_keys": a.host_keys,
                 "host_keys_source": str(HostKeySource.PHONE_HOME),
@@ -622,12 +636,6 @@ class Store:
                 fields["private_ips"] = a.private_ips
             stage = None if moved_on else Stage.PHONED_HOME
             self._update_server(connection, a.fleet, a.server, stage, "", fields)
-            now = self._now()
-            connection.execute(
-                update(tokens)
-                .where(tokens.c.token_hash == a.token_hash)
-                .values(spent_at=now, fingerprint=a.fingerprint)
-            )
             outcome = PhoneHomeOutcome.CONFIRMED if moved_on else PhoneHomeOutcome.ACCEPTED
             message = (
                 f"{a.server} phoned home; its host keys are pinned"
