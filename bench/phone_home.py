@@ -9,7 +9,7 @@ The control plane runs in a child process (uvicorn on 127.0.0.1, port 0); this p
 the load generator: keep-alive HTTP/1.1 connections on loopback with pre-built requests, so
 the client costs little. Bounded: N requests per backend, and it stops by itself.
 
-    python bench/phone_home.py [--servers 3000] [--connections 32] [--backend sqlite|postgresql|both]
+    python bench/phone_home.py [--servers 3000] [--connections 32] [--backend sqlite|both]
 """
 
 from __future__ import annotations
