@@ -145,6 +145,10 @@ class ControlPlaneApi:
         self.api_limiter = RateLimiter(settings.api_rate_per_s, settings.api_burst)
         self.failure_limiter = RateLimiter(settings.failure_rate_per_s, settings.failure_burst)
 
+    def close(self) -> None:
+        """Finish the writes still queued (call it once the server stopped taking requests)."""
+        self.phone_home.close()
+
     # --- servers talking to us -------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
@@ -161,23 +165,27 @@ class ControlPlaneApi:
 
     async def _authenticated(self, request: Request, call: Any, *args: Any) -> Any:
         """Run `call` in a thread; count its 401/403 refusals against the source address."""
-        source = _source(request)
         try:
             return await run_in_threadpool(call, *args)
         except ApiError as error:
-            if error.status in (401, 403):
-                self.failure_limiter.take(source)
+            self._count_failure(error, _source(request))
             raise
+
+    def _count_failure(self, error: ApiError, source: str) -> None:
+        if error.status in (401, 403):
+            self.failure_limiter.take(source)
 
     async def post_phone_home(self, request: Request) -> Response:
         source = _source(request)
         self._check_failures(source)
         token = _bearer(request)
         body = check_body("phone-home", await _read_json(request, PHONE_HOME_MAX_BYTES))
-        answer = await self._authenticated(request, self.phone_home.handle, token, body, source)
-        return JSONResponse(
-            {"status": str(answer.outcome), "server": answer.server}, status_code=200
-        )
+        try:
+            answer = await self.phone_home.handle(token, body, source)
+        except ApiError as error:
+            self._count_failure(error, source)
+            raise
+        return JSONResponse({"status": str(answer.outcome), "server": answer.server})
 
     def _check_agent(self, token: str, fleet: str, server: str) -> None:
         key: bytes | None = self.phone_home.keys.get(fleet)

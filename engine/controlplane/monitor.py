@@ -33,8 +33,7 @@ def start_overdue_polling(store: Store, now: dt.datetime) -> int:
     started = 0
     for settings in store.fleets():
         booting = store.entered(settings.name, Stage.BOOTING)
-        candidates = {r.name for r in store.servers(settings.name) if r.stage is Stage.BOOTING}
-        if not candidates:
+        if not booting:
             continue
         live = {
             job.server
@@ -43,8 +42,8 @@ def start_overdue_polling(store: Store, now: dt.datetime) -> int:
             )
         }
         timeout = dt.timedelta(seconds=settings.phone_home_timeout_s)
-        for name in sorted(candidates - live):
-            overdue = now - booting.get(name, now) >= timeout
+        for name in sorted(set(booting) - live):
+            overdue = now - booting[name] >= timeout
             if settings.readiness == "poll" or overdue:
                 for job in polling_jobs(settings, name):
                     store.enqueue(job)

@@ -13,6 +13,11 @@
    for servers behind NAT).
 5. The store applies it atomically: token spent, addresses filled in where the provider gave
    none, host keys pinned, stage phoned_home, install job enqueued.
+
+Checks 3 and 4 and the claim of the token run inside the store's transaction, against the
+record as it is then. Phone-homes arriving together share that transaction (a group commit,
+engine.controlplane.groupcommit), each with its own outcome: a refused one changes nothing
+and gets its own error.
 """
 
 from __future__ import annotations
@@ -21,15 +26,20 @@ import datetime as dt
 import hashlib
 import ipaddress
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
 from engine.controlplane.errors import ApiError
+from engine.controlplane.groupcommit import GroupCommit
 from engine.controlplane.keys import TimedCache, fleet_key
 from engine.controlplane.lookup import InventoryLookup, InventoryUnavailable
 from engine.controlplane.tokens import ParsedToken, is_genuine, parse_token, token_hash
+from engine.inventory import ActualServer
 from engine.state import (
     FleetSettings,
     NewJob,
@@ -67,8 +77,28 @@ class Answer:
     server: str
 
 
+class _Unvouched(ApiError):
+    """The store has no provider id for the server: ask the provider's inventory."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            503,
+            "not_ready",
+            "the provider inventory has not confirmed this instance yet",
+            retry_after_s=RETRY_SOON_S,
+        )
+
+
+Claim = tuple[PhoneHomeAcceptance, Callable[[ServerRecord], ApiError | None]]
+
+
 class PhoneHomeService:
-    """Checks and applies phone-homes. `handle` blocks (store, inventory): run it in a thread."""
+    """Checks phone-homes and applies them through one group-committing writer.
+
+    `handle` runs on the event loop: what it checks there costs microseconds (the token's
+    MAC, the cached fleet settings); the store's part goes to the writer, and the rare slow
+    paths (forged or expired tokens, the provider's inventory) to threads. Close it when done.
+    """
 
     def __init__(
         self,
@@ -83,39 +113,44 @@ class PhoneHomeService:
         self._clock = clock
         self.keys = TimedCache(lambda fleet: fleet_key(state_dir, fleet, create=False), 5.0)
         self._fleets = TimedCache(store.fleet, 5.0)
+        self._committer: GroupCommit[Claim, PhoneHomeOutcome | ApiError] = GroupCommit(
+            self._apply, name="phone-home"
+        )
 
-    def handle(self, raw_token: str, body: Mapping[str, Any], source: str) -> Answer:
+    def _apply(self, claims: Sequence[Claim]) -> list[PhoneHomeOutcome | ApiError]:
+        return self._store.accept_phone_homes(claims)
+
+    def close(self) -> None:
+        """Apply the phone-homes still queued, then stop the writer."""
+        self._committer.close()
+
+    async def handle(self, raw_token: str, body: Mapping[str, Any], source: str) -> Answer:
         """Accept a phone-home whose body passed the schema, or raise ApiError."""
         fleet, server = str(body["fleet"]), str(body["server"])
-        token = self._genuine_token(raw_token, fleet, server)
+        token = await self._genuine_token(raw_token, fleet, server)
         digest = token_hash(token.raw)
         request_print = fingerprint(body)
         # The expiry is bound by the MAC, so it needs no lookup; whether the store issued the
         # token and whether it was spent is settled when it is claimed, in one write.
         if self._clock().timestamp() > token.expires:
-            minted = self._store.phone_home_token(digest)
-            if minted is not None and minted.spent_at and minted.fingerprint == request_print:
-                return Answer(outcome=PhoneHomeOutcome.REPLAYED, server=server)
-            raise ApiError(401, "token_expired", "this one-time token has expired")
+            return await run_in_threadpool(self._expired, digest, request_print, server)
         settings: FleetSettings | None = self._fleets.get(fleet)
-        record = self._store.server(fleet, server)
-        if settings is None or record is None:
+        if settings is None:
             raise ApiError(
                 503,
                 "not_ready",
                 f"{server} is not registered with the control plane yet",
                 retry_after_s=RETRY_SOON_S,
             )
-        known = self._check_instance(settings, record, str(body["instance_id"]))
-        if settings.verify_source_ip:
-            _check_source(source, known, server)
+        instance_id = str(body["instance_id"])
         addresses = body["addresses"]
         acceptance = PhoneHomeAcceptance(
             token_hash=digest,
             fingerprint=request_print,
             fleet=fleet,
             server=server,
-            provider_id=str(body["instance_id"]),
+            source=source,
+            provider_id=instance_id,
             ipv4=_first(addresses["public_ipv4"]),
             ipv6=_first(addresses["public_ipv6"]),
             private_ips=tuple(addresses["private"]),
@@ -123,65 +158,62 @@ class PhoneHomeService:
             cloud_init_finished_at=_timestamp(body["boot"]["cloud_init_finished_at"]),
             event_data={
                 "source": source,
-                "instance_id": body["instance_id"],
+                "instance_id": instance_id,
                 "attempt": body["attempt"],
                 "boot": body["boot"],
                 "cloud_init": body["cloud_init"],
             },
             install=install_job(fleet, server),
         )
-        outcome = self._store.accept_phone_home(acceptance)
-        if outcome is PhoneHomeOutcome.UNKNOWN_TOKEN:
-            raise ApiError(401, "token_invalid", "this token was not issued by this control plane")
-        if outcome is PhoneHomeOutcome.SPENT:
-            raise ApiError(409, "token_spent", "this one-time token has been used already")
-        if outcome is PhoneHomeOutcome.HOST_KEYS_DIFFER:
-            self._store.record_event(
-                fleet,
-                "server.host_keys_conflict",
-                f"{server} phoned home with host keys other than the ones polling pinned; "
-                "refused. Check the server before trusting it",
-                server=server,
-                data={"source": source, "host_keys": dict(body["host_keys"])},
-            )
+        check = partial(_check_claim, settings, instance_id, source, None)
+        outcome = await self._committer.submit((acceptance, check))
+        if isinstance(outcome, _Unvouched):
+            listed = await run_in_threadpool(self._listed, settings, server)
+            check = partial(_check_claim, settings, instance_id, source, listed)
+            outcome = await self._committer.submit((acceptance, check))
+        if isinstance(outcome, ApiError):
+            raise outcome
+        assert isinstance(outcome, PhoneHomeOutcome)
+        refusal = _REFUSALS.get(outcome)
+        if refusal is not None:
+            status, code, message = refusal
             raise ApiError(
-                409,
-                "host_keys_conflict",
-                "the host keys differ from the ones already pinned for this server",
-            )
-        if outcome is PhoneHomeOutcome.DELETING:
-            raise ApiError(409, "server_deleting", f"{server} is being deleted")
-        if outcome is PhoneHomeOutcome.UNKNOWN_SERVER:
-            raise ApiError(
-                503, "not_ready", f"{server} is not registered yet", retry_after_s=RETRY_SOON_S
+                status,
+                code,
+                message.format(server=server),
+                retry_after_s=RETRY_SOON_S if status == 503 else None,
             )
         return Answer(outcome=outcome, server=server)
 
-    def _genuine_token(self, raw: str, fleet: str, server: str) -> ParsedToken:
+    async def _genuine_token(self, raw: str, fleet: str, server: str) -> ParsedToken:
         token = parse_token(raw)
         if token is None:
             raise ApiError(401, "token_invalid", "the bearer token is not a phone-home token")
         key: bytes | None = self.keys.get(fleet)
         if key is not None and is_genuine(key, token, fleet=fleet, server=server):
             return token
+        raise await run_in_threadpool(self._why_not_genuine, raw, fleet, server)
+
+    def _why_not_genuine(self, raw: str, fleet: str, server: str) -> ApiError:
+        """A genuine token for another server or fleet is told apart from a forged one."""
         minted = self._store.phone_home_token(token_hash(raw))
         if minted is not None and minted.fleet != fleet:
-            raise ApiError(403, "token_wrong_fleet", "this token belongs to another fleet")
+            return ApiError(403, "token_wrong_fleet", "this token belongs to another fleet")
         if minted is not None and minted.server != server:
-            raise ApiError(403, "token_wrong_server", "this token belongs to another server")
-        raise ApiError(401, "token_invalid", "the bearer token does not verify")
+            return ApiError(403, "token_wrong_server", "this token belongs to another server")
+        return ApiError(401, "token_invalid", "the bearer token does not verify")
 
-    def _check_instance(
-        self, settings: FleetSettings, record: ServerRecord, instance_id: str
-    ) -> set[str]:
-        """Check the claimed instance id; return the server's addresses the provider knows."""
-        known = _addresses(record.ipv4, record.ipv6, record.private_ips)
-        if record.provider_id:
-            if record.provider_id != instance_id:
-                raise ApiError(403, "instance_mismatch", "the instance id is not this server's")
-            return known
+    def _expired(self, digest: str, request_print: str, server: str) -> Answer:
+        """An expired token is refused, unless this very request spent it in time."""
+        minted = self._store.phone_home_token(digest)
+        if minted is not None and minted.spent_at and minted.fingerprint == request_print:
+            return Answer(outcome=PhoneHomeOutcome.REPLAYED, server=server)
+        raise ApiError(401, "token_expired", "this one-time token has expired")
+
+    def _listed(self, settings: FleetSettings, server: str) -> ActualServer:
+        """The server as the provider's inventory lists it, or ApiError 503."""
         try:
-            listed = self._lookup.find(settings, record.name)
+            listed = self._lookup.find(settings, server)
         except InventoryUnavailable:
             raise ApiError(
                 503,
@@ -196,30 +228,70 @@ class PhoneHomeService:
                 "the provider does not list this server yet",
                 retry_after_s=RETRY_SOON_S,
             )
+        return listed
+
+
+# What the store's refusals answer: status, code, message.
+_REFUSALS: dict[PhoneHomeOutcome, tuple[int, str, str]] = {
+    PhoneHomeOutcome.UNKNOWN_TOKEN: (
+        401,
+        "token_invalid",
+        "this token was not issued by this control plane",
+    ),
+    PhoneHomeOutcome.SPENT: (409, "token_spent", "this one-time token has been used already"),
+    PhoneHomeOutcome.HOST_KEYS_DIFFER: (
+        409,
+        "host_keys_conflict",
+        "the host keys differ from the ones already pinned for this server",
+    ),
+    PhoneHomeOutcome.DELETING: (409, "server_deleting", "{server} is being deleted"),
+    PhoneHomeOutcome.UNKNOWN_SERVER: (503, "not_ready", "{server} is not registered yet"),
+}
+
+
+def _check_claim(
+    settings: FleetSettings,
+    instance_id: str,
+    source: str,
+    listed: ActualServer | None,
+    record: ServerRecord,
+) -> ApiError | None:
+    """Whether the claimed instance id is the server's (the provider id the store recorded,
+    else the one the inventory lists) and the request comes from one of its addresses."""
+    known = _addresses(record.ipv4, record.ipv6, record.private_ips)
+    if not record.provider_id:
+        if listed is None:
+            return _Unvouched()
         if listed.provider_id != instance_id:
-            raise ApiError(403, "instance_mismatch", "the instance id is not this server's")
-        return known | _addresses(listed.ipv4, listed.ipv6, listed.private_ips)
+            return ApiError(403, "instance_mismatch", "the instance id is not this server's")
+        known |= _addresses(listed.ipv4, listed.ipv6, listed.private_ips)
+    elif record.provider_id != instance_id:
+        return ApiError(403, "instance_mismatch", "the instance id is not this server's")
+    if settings.verify_source_ip:
+        return _source_refusal(source, known, record.name)
+    return None
 
 
 def _addresses(ipv4: str | None, ipv6: str | None, private: tuple[str, ...]) -> set[str]:
     return {a for a in (ipv4, ipv6, *private) if a}
 
 
-def _check_source(source: str, known: set[str], server: str) -> None:
+def _source_refusal(source: str, known: set[str], server: str) -> ApiError | None:
     if not known:
-        raise ApiError(
+        return ApiError(
             503,
             "not_ready",
             f"the addresses of {server} are not known yet",
             retry_after_s=RETRY_SOON_S,
         )
     if not is_address_of(source, known):
-        raise ApiError(
+        return ApiError(
             403,
             "source_address_mismatch",
             "the request does not come from one of the server's addresses (behind NAT? set "
             "control_plane.verify_source_ip: false)",
         )
+    return None
 
 
 def is_address_of(source: str, known: set[str]) -> bool:

@@ -144,6 +144,7 @@ def running_control_plane(
         store, state_dir, installer=installer, provisioner=provisioner, readers=readers
     )
     with ExitStack() as stack:
+        stack.callback(app.state.api.close)
         stack.callback(sock.close)
         thread.start()
         deadline = time.monotonic() + 15

@@ -164,7 +164,7 @@ class NewJob:
 
 
 class PhoneHomeOutcome(StrEnum):
-    """What the store did with a verified phone-home (see Store.accept_phone_home)."""
+    """What the store did with a verified phone-home (see Store.accept_phone_homes)."""
 
     ACCEPTED = "accepted"  # the server moved to phoned_home and its install was enqueued
     REPLAYED = "replayed"  # the token was spent by this very request before: nothing to do
@@ -181,13 +181,14 @@ class PhoneHomeAcceptance:
     """A phone-home that passed every check, for the store to apply in one transaction.
 
     Addresses fill in only what the record lacks; `provider_id` too. `install` is the job
-    enqueued when the server moves on.
+    enqueued when the server moves on. `source` is the address the request came from.
     """
 
     token_hash: str
     fingerprint: str
     fleet: str
     server: str
+    source: str
     provider_id: str
     ipv4: str | None
     ipv6: str | None

@@ -21,12 +21,12 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -34,6 +34,7 @@ from sqlalchemy import (
     MetaData,
     Row,
     Table,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -74,6 +75,7 @@ SQLITE_FILE = "state.db"
 # Any fixed 64-bit number: the key of the PostgreSQL advisory lock that serialises migrations.
 _MIGRATION_LOCK_KEY = 0x466C656574456E67
 _BUSY_TIMEOUT_S = 30
+R = TypeVar("R")
 
 
 def state_url(state_dir: Path, url: str | None = None) -> str:
@@ -216,6 +218,7 @@ class Store:
         # SQLite has one writer at a time; threads of this process queue on this lock rather
         # than in SQLite's busy handler, which sleeps in steps of up to 100 ms.
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._phone_home: _PhoneHomeStatements | None = None
 
     def __enter__(self) -> Store:
         return self
@@ -576,78 +579,156 @@ class Store:
             ).first()
         return None if row is None else _token(row)
 
-    def accept_phone_home(self, acceptance: PhoneHomeAcceptance) -> PhoneHomeOutcome:
-        """Apply a verified phone-home atomically: spend the token, record what the server
-        said, move it to phoned_home and enqueue its install; or say why not.
+    def accept_phone_homes(
+        self, claims: Sequence[tuple[PhoneHomeAcceptance, Callable[[ServerRecord], R | None]]]
+    ) -> list[PhoneHomeOutcome | R]:
+        """Apply verified phone-homes in one transaction, each as if it came alone, in order:
+        spend the token, record what the server said, move it to phoned_home and enqueue its
+        install; or say why not. One outcome per claim, in the claims' order.
 
-        A request identical to the one that spent the token (same fingerprint) is REPLAYED
-        and changes nothing. A server that polling already moved on keeps its stage: if it
-        pinned the same host keys, they count as pinned by phone-home now (CONFIRMED); if
-        not, nothing changes (HOST_KEYS_DIFFER).
+        Each claim carries a check of what the request says against the server's record as it
+        is in this transaction (instance id, source address); what the check returns instead
+        of None is that claim's outcome, and the claim changes nothing. Then: a token the
+        store never issued is UNKNOWN_TOKEN; one spent by an identical request (same
+        fingerprint) is REPLAYED and changes nothing, by another request SPENT. A server that
+        polling already moved on keeps its stage: if polling pinned the same host keys they
+        count as pinned by phone-home now (CONFIRMED); if not, only a conflict event is
+        recorded (HOST_KEYS_DIFFER).
+
+        The servers' rows and their claimed tokens are read with one query (on PostgreSQL
+        the server rows are locked, in key order, so concurrent control planes serialise on
+        the servers they share and never deadlock; every spend of a server's token goes
+        through its row) and written with one executemany per table, sent in one round trip:
+        a phone-home costs a few rows, not a few transactions.
         """
-        a = acceptance
-        tokens = self._tokens
+        statements = self._phone_home_statements()
         now = self._now()
+        parameters = {
+            "hashes": sorted({claim.token_hash for claim, _ in claims}),
+            "fleets": sorted({claim.fleet for claim, _ in claims}),
+            "names": sorted({claim.server for claim, _ in claims}),
+        }
+        outcomes: list[PhoneHomeOutcome | R] = []
         with self._write() as connection:
-            # Spending the token is the claim: one conditional UPDATE, so of two identical
-            # requests racing exactly one goes on (the row lock decides on PostgreSQL).
-            claimed = connection.execute(
-                update(tokens)
-                .where(tokens.c.token_hash == a.token_hash, tokens.c.spent_at.is_(None))
-                .values(spent_at=now, fingerprint=a.fingerprint)
-            ).rowcount
-            if not claimed:
-                token = connection.execute(
-                    select(tokens.c.fingerprint).where(tokens.c.token_hash == a.token_hash)
-                ).first()
-                if token is None:
-                    return PhoneHomeOutcome.UNKNOWN_TOKEN
-                if token.fingerprint == a.fingerprint:
-                    return PhoneHomeOutcome.REPLAYED
-                return PhoneHomeOutcome.SPENT
-            row = connection.execute(self._server_query(a.fleet, a.server, for_update=True)).first()
-            old = None if row is None else _server_record(row)
-            refusal = (
-                PhoneHomeOutcome.UNKNOWN_SERVER
-                if old is None
-                else PhoneHomeOutcome.DELETING
-                if old.stage is Stage.DELETING
-                else PhoneHomeOutcome.HOST_KEYS_DIFFER
-                if old.stage in _PAST_PHONE_HOME and dict(old.host_keys) != dict(a.host_keys)
-                else None
+            records: dict[tuple[str, str], ServerRecord] = {}
+            # token hash -> fingerprint of the request that spent it ("" while unspent)
+            spent_by: dict[str, str] = {}
+            for row in connection.execute(statements.read, parameters):
+                records[(row.fleet, row.name)] = _server_record(row)
+                if row.t_hash is not None:
+                    spent = row.t_spent_at is not None
+                    spent_by[row.t_hash] = (row.t_fingerprint or "-") if spent else ""
+            spends: list[dict[str, Any]] = []
+            updated: dict[tuple[str, str], ServerRecord] = {}
+            transitions: list[dict[str, Any]] = []
+            events: list[dict[str, Any]] = []
+            installs: list[dict[str, Any]] = []
+            for claim, check in claims:
+                key = (claim.fleet, claim.server)
+                old = records.get(key)
+                if old is None:
+                    outcomes.append(PhoneHomeOutcome.UNKNOWN_SERVER)
+                    continue
+                objection = check(old)
+                if objection is not None:
+                    outcomes.append(objection)
+                    continue
+                refusal = _phone_home_refusal(claim, old, spent_by)
+                if refusal is not None:
+                    if refusal is PhoneHomeOutcome.HOST_KEYS_DIFFER:
+                        events.append(_host_keys_conflict_event(claim, now))
+                    outcomes.append(refusal)
+                    continue
+                moved_on = old.stage in _PAST_PHONE_HOME
+                records[key] = updated[key] = _phoned_home(old, claim, now)
+                spent_by[claim.token_hash] = claim.fingerprint
+                spends.append({"b_hash": claim.token_hash, "fingerprint": claim.fingerprint})
+                events.append(_phoned_home_event(claim, now, moved_on=moved_on))
+                if moved_on:
+                    outcomes.append(PhoneHomeOutcome.CONFIRMED)
+                    continue
+                transitions.append(
+                    {
+                        "fleet": claim.fleet,
+                        "server": claim.server,
+                        "stage": str(Stage.PHONED_HOME),
+                        "at": now,
+                        "reason": "",
+                    }
+                )
+                installs.append(self._job_values(claim.install, now))
+                outcomes.append(PhoneHomeOutcome.ACCEPTED)
+            with self._pipelined(connection):
+                if spends:
+                    connection.execute(statements.spend, [{**s, "spent_at": now} for s in spends])
+                if updated:
+                    rows = [_phoned_home_values(record) for record in updated.values()]
+                    connection.execute(statements.update_server, rows)
+                if transitions:
+                    connection.execute(statements.add_transition, transitions)
+                if events:
+                    connection.execute(statements.add_event, events)
+                if installs:
+                    connection.execute(statements.enqueue, installs)
+        return outcomes
+
+    def _phone_home_statements(self) -> _PhoneHomeStatements:
+        """The statements of accept_phone_homes, built once per store (building one costs
+        about as much as running it)."""
+        if self._phone_home is None:
+            tokens, servers = self._tokens, self._servers
+            read = (
+                select(
+                    servers,
+                    tokens.c.token_hash.label("t_hash"),
+                    tokens.c.spent_at.label("t_spent_at"),
+                    tokens.c.fingerprint.label("t_fingerprint"),
+                )
+                .outerjoin(
+                    tokens,
+                    (tokens.c.fleet == servers.c.fleet)
+                    & (tokens.c.server == servers.c.name)
+                    & tokens.c.token_hash.in_(bindparam("hashes", expanding=True)),
+                )
+                # Not `(fleet, name) IN (...)`, which SQLite answers by scanning the table:
+                # these two use the primary key. Rows of servers no claim names are unused.
+                .where(
+                    servers.c.fleet.in_(bindparam("fleets", expanding=True)),
+                    servers.c.name.in_(bindparam("names", expanding=True)),
+                )
+                .order_by(servers.c.fleet, servers.c.name)
             )
-            if refusal is not None:
-                connection.rollback()  # the token stays unspent
-                return refusal
-            assert old is not None
-            moved_on = old.stage in _PAST_PHONE_HOME
-            fields: dict[str, Any] = {
-                "host_keys": a.host_keys,
-                "host_keys_source": str(HostKeySource.PHONE_HOME),
-                "cloud_init_finished_at": a.cloud_init_finished_at,
-            }
-            if not old.provider_id:
-                fields["provider_id"] = a.provider_id
-            if old.ipv4 is None and a.ipv4:
-                fields["ipv4"] = a.ipv4
-            if a.ipv6 and (old.ipv6 is None or _is_network_of(old.ipv6, a.ipv6)):
-                fields["ipv6"] = a.ipv6
-            if not old.private_ips and a.private_ips:
-                fields["private_ips"] = a.private_ips
-            stage = None if moved_on else Stage.PHONED_HOME
-            self._update_server(connection, a.fleet, a.server, stage, "", fields)
-            outcome = PhoneHomeOutcome.CONFIRMED if moved_on else PhoneHomeOutcome.ACCEPTED
-            message = (
-                f"{a.server} phoned home; its host keys are pinned"
-                if not moved_on
-                else f"{a.server} phoned home late; the host keys polling found are confirmed"
+            self._phone_home = _PhoneHomeStatements(
+                read=read.with_for_update(of=servers) if self._is_postgresql else read,
+                spend=update(tokens)
+                .where(tokens.c.token_hash == bindparam("b_hash"), tokens.c.spent_at.is_(None))
+                .values(spent_at=bindparam("spent_at"), fingerprint=bindparam("fingerprint")),
+                update_server=update(servers)
+                .where(
+                    servers.c.fleet == bindparam("b_fleet"), servers.c.name == bindparam("b_name")
+                )
+                .values({column: bindparam(column) for column in _PHONED_HOME_COLUMNS}),
+                # inline(): no RETURNING of the new ids, which would wait for the answer.
+                add_transition=insert(self._transitions).inline(),
+                add_event=insert(self._events).inline(),
+                enqueue=self._dialect_insert(self._jobs)
+                .inline()
+                .on_conflict_do_nothing(index_elements=["active_key"]),
             )
-            self._insert_event(
-                connection, a.fleet, "server.phoned_home", message, a.server, a.event_data
-            )
-            if not moved_on:
-                self._enqueue(connection, a.install)
-        return outcome
+        return self._phone_home
+
+    @contextmanager
+    def _pipelined(self, connection: Connection) -> Iterator[None]:
+        """On PostgreSQL, send the block's statements without waiting for each one's answer
+        (psycopg's pipeline mode; an error surfaces at the end of the block): one round trip
+        instead of one a statement. SQLite is in-process: nothing to save."""
+        if not self._is_postgresql:
+            yield
+            return
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        with driver.pipeline():
+            yield
 
     def move_on_by_polling(
         self, fleet: str, server: str, host_keys: Labels, install: NewJob
@@ -675,11 +756,20 @@ class Store:
         return True
 
     def entered(self, fleet: str, stage: Stage) -> dict[str, dt.datetime]:
-        """When each server of `fleet` last entered `stage`, by server name."""
-        table = self._transitions
+        """When each server of `fleet` that is in `stage` now entered it, by server name.
+
+        The monitor asks every second: one indexed query over the servers in that stage,
+        not a read of the whole fleet.
+        """
+        table, servers = self._transitions, self._servers
         query = (
             select(table.c.server, func.max(table.c.at).label("at"))
-            .where(table.c.fleet == fleet, table.c.stage == str(stage))
+            .join(servers, (servers.c.fleet == table.c.fleet) & (servers.c.name == table.c.server))
+            .where(
+                servers.c.fleet == fleet,
+                servers.c.stage == str(stage),
+                table.c.stage == str(stage),
+            )
             .group_by(table.c.server)
         )
         with self._read() as connection:
@@ -693,8 +783,21 @@ class Store:
             return self._enqueue(connection, job)
 
     def _enqueue(self, connection: Connection, job: NewJob) -> Job:
-        now = self._now()
-        values = {
+        statement = (
+            self._dialect_insert(self._jobs)
+            .values(self._job_values(job, self._now()))
+            .on_conflict_do_nothing(index_elements=["active_key"])
+            .returning(self._jobs)
+        )
+        row = connection.execute(statement).first()
+        if row is None:
+            row = connection.execute(
+                select(self._jobs).where(self._jobs.c.active_key == job.key)
+            ).one()
+        return _job(row)
+
+    def _job_values(self, job: NewJob, now: dt.datetime) -> dict[str, Any]:
+        return {
             "kind": job.kind,
             "fleet": job.fleet,
             "server": job.server,
@@ -709,19 +812,10 @@ class Store:
             "created_at": now,
             "updated_at": now,
         }
-        dialect_insert = postgresql.insert if self._is_postgresql else sqlite.insert
-        statement = (
-            dialect_insert(self._jobs)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=["active_key"])
-            .returning(self._jobs)
-        )
-        row = connection.execute(statement).first()
-        if row is None:
-            row = connection.execute(
-                select(self._jobs).where(self._jobs.c.active_key == job.key)
-            ).one()
-        return _job(row)
+
+    def _dialect_insert(self, table: Table) -> Any:
+        """INSERT that can say ON CONFLICT DO NOTHING, in this store's dialect."""
+        return (postgresql.insert if self._is_postgresql else sqlite.insert)(table)
 
     def claim_job(self, owner: str, kinds: Collection[str], lease_s: float) -> Job | None:
         """Take the next job of `kinds` that is due (or whose worker's lease ran out).
@@ -1012,10 +1106,9 @@ class Store:
         data: Mapping[str, Any],
     ) -> bool:
         """Record an agent's event once: False if this event id was recorded before."""
-        dialect_insert = postgresql.insert if self._is_postgresql else sqlite.insert
         with self._write() as connection:
             added = connection.execute(
-                dialect_insert(self._agent_event_ids)
+                self._dialect_insert(self._agent_event_ids)
                 .values(fleet=fleet, server=server, event_id=event_id)
                 .on_conflict_do_nothing()
             )
@@ -1033,7 +1126,13 @@ class Store:
         now = self._now()
         servers, reports = self._servers, self._reports
         query = (
-            select(servers, reports.c.last_heartbeat_at, self._fleets.c.heartbeat_s)
+            select(
+                servers.c.fleet,
+                servers.c.name,
+                servers.c.updated_at,
+                reports.c.last_heartbeat_at,
+                self._fleets.c.heartbeat_s,
+            )
             .join(self._fleets, self._fleets.c.name == servers.c.fleet)
             .outerjoin(
                 reports, (reports.c.fleet == servers.c.fleet) & (reports.c.server == servers.c.name)
@@ -1257,6 +1356,114 @@ def _is_network_of(network: str, address: str) -> bool:
         return ipaddress.ip_address(address) in ipaddress.ip_network(network, strict=False)
     except ValueError:
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class _PhoneHomeStatements:
+    read: Any
+    spend: Any
+    update_server: Any
+    add_transition: Any
+    add_event: Any
+    enqueue: Any
+
+
+# What a phone-home changes in a server's row (accept_phone_homes writes them all).
+_PHONED_HOME_COLUMNS = (
+    "provider_id",
+    "ipv4",
+    "ipv6",
+    "private_ips",
+    "host_keys",
+    "host_keys_source",
+    "cloud_init_finished_at",
+    "stage",
+    "stage_reason",
+    "updated_at",
+)
+
+
+def _phone_home_refusal(
+    claim: PhoneHomeAcceptance, old: ServerRecord, spent_by: Mapping[str, str]
+) -> PhoneHomeOutcome | None:
+    """Why the token or the server's stage refuses a checked claim; None if neither does."""
+    if claim.token_hash not in spent_by:
+        return PhoneHomeOutcome.UNKNOWN_TOKEN
+    if spent_by[claim.token_hash]:
+        if spent_by[claim.token_hash] == claim.fingerprint:
+            return PhoneHomeOutcome.REPLAYED
+        return PhoneHomeOutcome.SPENT
+    if old.stage is Stage.DELETING:
+        return PhoneHomeOutcome.DELETING
+    if old.stage in _PAST_PHONE_HOME and dict(old.host_keys) != dict(claim.host_keys):
+        return PhoneHomeOutcome.HOST_KEYS_DIFFER
+    return None
+
+
+def _phoned_home(old: ServerRecord, claim: PhoneHomeAcceptance, now: dt.datetime) -> ServerRecord:
+    """The record once the phone-home is applied: host keys pinned, addresses and id filled
+    in where the record lacks them, stage phoned_home unless polling moved it on before."""
+    ipv6 = old.ipv6
+    if claim.ipv6 and (old.ipv6 is None or _is_network_of(old.ipv6, claim.ipv6)):
+        ipv6 = claim.ipv6
+    moved_on = old.stage in _PAST_PHONE_HOME
+    return replace(
+        old,
+        provider_id=old.provider_id or claim.provider_id,
+        ipv4=old.ipv4 if old.ipv4 is not None or not claim.ipv4 else claim.ipv4,
+        ipv6=ipv6,
+        private_ips=old.private_ips or claim.private_ips,
+        host_keys=claim.host_keys,
+        host_keys_source=str(HostKeySource.PHONE_HOME),
+        cloud_init_finished_at=claim.cloud_init_finished_at,
+        stage=old.stage if moved_on else Stage.PHONED_HOME,
+        stage_reason=old.stage_reason if moved_on else "",
+        updated_at=now,
+    )
+
+
+def _phoned_home_values(record: ServerRecord) -> dict[str, Any]:
+    values = _server_values(record)
+    return {
+        "b_fleet": record.fleet,
+        "b_name": record.name,
+        **{column: values[column] for column in _PHONED_HOME_COLUMNS},
+    }
+
+
+def _phoned_home_event(
+    claim: PhoneHomeAcceptance, now: dt.datetime, *, moved_on: bool
+) -> dict[str, Any]:
+    message = (
+        f"{claim.server} phoned home late; the host keys polling found are confirmed"
+        if moved_on
+        else f"{claim.server} phoned home; its host keys are pinned"
+    )
+    return _event_values(claim, "server.phoned_home", message, claim.event_data, now)
+
+
+def _host_keys_conflict_event(claim: PhoneHomeAcceptance, now: dt.datetime) -> dict[str, Any]:
+    return _event_values(
+        claim,
+        "server.host_keys_conflict",
+        f"{claim.server} phoned home with host keys other than the ones polling pinned; "
+        "refused. Check the server before trusting it",
+        {"source": claim.source, "host_keys": dict(claim.host_keys)},
+        now,
+    )
+
+
+def _event_values(
+    claim: PhoneHomeAcceptance, kind: str, message: str, data: Mapping[str, Any], at: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "fleet": claim.fleet,
+        "server": claim.server,
+        "kind": kind,
+        "message": redact(message),
+        "data": dict(data),
+        "at": at,
+    }
 
 
 def _fleet(row: Row[Any]) -> FleetSettings:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -254,34 +256,60 @@ def test_tokens_never_reach_the_logs(plane: Plane, caplog: pytest.LogCaptureFixt
     assert all(token not in repr(e) for e in events)
 
 
-def test_a_thousand_concurrent_phone_homes_are_each_recorded_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_thousand_concurrent_phone_homes_are_each_recorded_once(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Valid phone-homes racing with identical retries and with other requests presenting
+    the same tokens, so that they share batches: each server is accepted exactly once."""
     count = 1000
-    for plane in _plane(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", make_fleet(), workers=0):
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        url = request.getfixturevalue("postgres").create_database()
+    other_keys = {"ed25519": HOST_KEYS["ed25519"][:-4] + "AAAA"}
+    for plane in _plane(tmp_path, url, make_fleet(), workers=0):
         plane.add_servers(count - 3, start=4)
         tokens = {n: plane.token(f"web-{n}") for n in range(1, count + 1)}
-        statuses = asyncio.run(_send_all(plane.url, tokens))
-        assert statuses == {200: count}
-        records = plane.store.servers("web-prod")
-        assert {r.stage for r in records} == {Stage.PHONED_HOME}
+        sends = [(n, {}) for n in range(1, count + 1)]
+        sends += [(n, {}) for n in range(1, 51)]  # the same request again
+        sends += [(n, {"host_keys": other_keys}) for n in range(51, 101)]  # another request
+        answers = asyncio.run(_send_all(plane.url, tokens, sends))
+
+        statuses = Counter(status for _n, status, _outcome in answers)
+        assert statuses == {200: count + 50, 409: 50}
+        accepted = Counter(n for n, _status, outcome in answers if outcome == "accepted")
+        assert accepted == dict.fromkeys(range(1, count + 1), 1)
+        records = {r.name: r for r in plane.store.servers("web-prod")}
+        assert {r.stage for r in records.values()} == {Stage.PHONED_HOME}
         assert len(records) == count
         installs = plane.store.jobs("web-prod", kind="install")
-        assert sorted(j.server for j in installs) == sorted(r.name for r in records)
+        assert sorted(j.server for j in installs) == sorted(records)
         phoned = [t for t in plane.store.transitions("web-prod") if t.stage is Stage.PHONED_HOME]
-        assert len(phoned) == count
+        assert sorted(t.server for t in phoned) == sorted(records)
+        events = [e for e in plane.store.events("web-prod", limit=5000)]
+        assert sorted(e.server or "" for e in events) == sorted(records)
+        for n in range(51, 101):
+            won = [a for a in answers if a[0] == n and a[2] == "accepted"]
+            keys = dict(records[f"web-{n}"].host_keys)
+            assert keys in (HOST_KEYS, other_keys) and len(won) == 1
 
 
-async def _send_all(url: str, tokens: dict[int, str]) -> dict[int, int]:
+async def _send_all(
+    url: str, tokens: dict[int, str], sends: list[tuple[int, dict[str, Any]]]
+) -> list[tuple[int, int, str]]:
+    """POST each (server number, body changes) at once; (number, status, status or code)."""
     limits = httpx.Limits(max_connections=100)
-    statuses: dict[int, int] = {}
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
-        async def one(n: int) -> None:
+        async def one(n: int, changes: dict[str, Any]) -> tuple[int, int, str]:
             response = await client.post(
                 f"{url}/v1/phone-home",
-                json=body("web-prod", f"web-{n}", str(4000 + n), address(n)),
+                json=body("web-prod", f"web-{n}", str(4000 + n), address(n), **changes),
                 headers={"Authorization": f"Bearer {tokens[n]}", "X-Forwarded-For": address(n)},
             )
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            document = response.json()
+            outcome = document.get("status") or document["error"]["code"]
+            return n, response.status_code, str(outcome)
 
-        await asyncio.gather(*(one(n) for n in tokens))
-    return statuses
+        return list(await asyncio.gather(*(one(n, changes) for n, changes in sends)))

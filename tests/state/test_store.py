@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import multiprocessing
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,38 +14,7 @@ from engine.secrets import register_secret
 from engine.state import ServerRecord, stage_durations
 from engine.state import schema as state_schema
 from engine.state.store import Store, open_store, state_url, store_exists
-from tests.support.postgres import Cluster
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store URL on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'nested' / 'state.db'}"
-    cluster: Cluster = request.getfixturevalue("postgres")
-    return cluster.create_database()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 11, 5, 10, 0, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(url: str, clock: Clock) -> Iterator[Store]:
-    with open_store(url, now=clock) as opened:
-        yield opened
+from tests.state.conftest import Clock
 
 
 def _record(**overrides: object) -> ServerRecord:
