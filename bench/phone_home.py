@@ -11,8 +11,8 @@ The control plane runs in a child process (uvicorn on 127.0.0.1, port 0); this p
 the load generator: keep-alive HTTP/1.1 connections on loopback with pre-built requests, so
 the client costs little. Bounded: N requests per backend, and it stops by itself.
 
-    python bench/phone_home.py [--servers 3000] [--connections 32] [--backend sqlite|postgresql|both]
-                               [--repeat N]
+    python bench/phone_home.py [--servers 3000] [--connections 32]
+                               [--backend sqlite|postgresql|both] [--repeat N]
 
 The machine is shared: each line ends with the load average, so a slow run on a busy
 machine shows as such. To see where the server's time goes, attach py-spy to its process.

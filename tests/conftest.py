@@ -1,5 +1,14 @@
 """Fixtures shared by the whole suite."""
 
+import pytest
+
+from tests.support.clock import Clock
 from tests.support.postgres import postgres
 
-__all__ = ["postgres"]
+__all__ = ["clock", "postgres"]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A clock standing still until the test advances it."""
+    return Clock()

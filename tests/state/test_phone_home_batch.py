@@ -16,7 +16,7 @@ from engine.state import (
     ServerRecord,
 )
 from engine.state.store import Store
-from tests.state.conftest import Clock
+from tests.support.clock import Clock
 
 KEYS = (("ed25519", "ssh-ed25519 AAAAphonehome"),)
 SCANNED = (("ed25519", "ssh-ed25519 AAAAkeyscan"),)

@@ -14,7 +14,7 @@ from engine.secrets import register_secret
 from engine.state import ServerRecord, stage_durations
 from engine.state import schema as state_schema
 from engine.state.store import Store, open_store, state_url, store_exists
-from tests.state.conftest import Clock
+from tests.support.clock import Clock
 
 
 def _record(**overrides: object) -> ServerRecord:
