@@ -45,7 +45,7 @@ def start_overdue_polling(store: Store, now: dt.datetime) -> int:
         for name in sorted(set(booting) - live):
             overdue = now - booting[name] >= timeout
             if settings.readiness == "poll" or overdue:
-                for job in polling_jobs(settings, name):
+                for job in polling_jobs(settings, name, now):
                     store.enqueue(job)
                 store.record_event(
                     settings.name,

@@ -45,9 +45,13 @@ def request_server(store: Store, fleet: Fleet, server: Server) -> ServerRecord:
     )
 
 
-def polling_jobs(settings: FleetSettings, server: str) -> tuple[NewJob, NewJob]:
-    """The fleet's inventory poller and the server's SSH check (each at most once live)."""
-    deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.phone_home_timeout_s)
+def polling_jobs(
+    settings: FleetSettings, server: str, now: dt.datetime | None = None
+) -> tuple[NewJob, NewJob]:
+    """The fleet's inventory poller and the server's SSH check (each at most once live); the
+    check gives up phone_home_timeout after `now`."""
+    start = now or dt.datetime.now(dt.UTC)
+    deadline = start + dt.timedelta(seconds=settings.phone_home_timeout_s)
     return (
         NewJob(
             kind=POLL_INVENTORY_JOB,
