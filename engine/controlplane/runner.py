@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ from engine.errors import EngineError
 from engine.state.store import Store
 
 log = logging.getLogger("engine.controlplane")
+SWITCH_INTERVAL_S = 0.001
 
 
 def deploy_key_path(state_dir: Path) -> Callable[[str], Path | None]:
@@ -144,6 +146,11 @@ def running_control_plane(
         store, state_dir, installer=installer, provisioner=provisioner, readers=readers
     )
     with ExitStack() as stack:
+        # The phone-home writer gives up the GIL for every statement it sends; when it wants
+        # it back, the event loop thread keeps it for up to a switch interval (5 ms by
+        # default), several times per batch. 1 ms keeps a batch from waiting on that.
+        stack.callback(sys.setswitchinterval, sys.getswitchinterval())
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         stack.callback(app.state.api.close)
         stack.callback(sock.close)
         thread.start()
