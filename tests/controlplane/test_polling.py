@@ -14,6 +14,7 @@ from engine.controlplane.fleets import register_fleet
 from engine.controlplane.handlers import PollInventoryHandler, SshCheckHandler
 from engine.controlplane.jobs import JobRegistry, Worker
 from engine.controlplane.lookup import ReaderFactory
+from engine.controlplane.monitor import start_overdue_polling
 from engine.controlplane.servers import POLL_INVENTORY_JOB, SSH_CHECK_JOB, polling_jobs
 from engine.controlplane.views import host_keys_note
 from engine.inventory import inventory_reader
@@ -41,15 +42,9 @@ def settings(store: Store) -> FleetSettings:
 
 
 def _booting(store: Store, name: str, **fields: Any) -> None:
+    values: dict[str, Any] = {"stage": Stage.BOOTING, **fields}
     store.save_server(
-        ServerRecord(
-            fleet="web-prod",
-            name=name,
-            group="web",
-            provider="hcloud",
-            stage=Stage.BOOTING,
-            **fields,
-        )
+        ServerRecord(fleet="web-prod", name=name, group="web", provider="hcloud", **values)
     )
 
 
@@ -218,3 +213,38 @@ def test_no_answer_before_the_deadline_fails_the_server_with_the_reason(
     assert record.stage_reason == (
         "not reachable: no phone-home and no SSH answer before the deadline"
     )
+
+
+def test_the_monitor_starts_polling_for_servers_whose_phone_home_is_overdue(
+    store: Store, settings: FleetSettings, clock: Clock
+) -> None:
+    store.save_fleet(dataclasses.replace(settings, phone_home_timeout_s=600))
+    _booting(store, "web-1", provider_id="1")
+    clock.advance(300)
+    _booting(store, "web-2", provider_id="2")
+    _booting(store, "web-3", provider_id="3", stage=Stage.READY)
+    clock.advance(301)  # web-1 has booted for 601 s, web-2 for 301 s
+
+    assert start_overdue_polling(store, clock.now) == 1
+    checks = store.jobs("web-prod", kind=SSH_CHECK_JOB)
+    assert [j.server for j in checks] == ["web-1"]
+    assert len(store.jobs("web-prod", kind=POLL_INVENTORY_JOB)) == 1
+    assert [e.server for e in store.events("web-prod") if e.kind == "server.polling"] == ["web-1"]
+    assert start_overdue_polling(store, clock.now) == 0  # its check is live: not twice
+
+    clock.advance(300)
+    assert start_overdue_polling(store, clock.now) == 1
+    assert sorted(j.server or "" for j in store.jobs("web-prod", kind=SSH_CHECK_JOB)) == [
+        "web-1",
+        "web-2",
+    ]
+    assert len(store.jobs("web-prod", kind=POLL_INVENTORY_JOB)) == 1  # one per fleet
+
+
+def test_a_poll_fleet_is_polled_for_at_once(
+    store: Store, settings: FleetSettings, clock: Clock
+) -> None:
+    store.save_fleet(dataclasses.replace(settings, readiness="poll"))
+    _booting(store, "web-1", provider_id="1")
+    assert start_overdue_polling(store, clock.now) == 1
+    assert [j.server for j in store.jobs("web-prod", kind=SSH_CHECK_JOB)] == ["web-1"]
