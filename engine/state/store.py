@@ -595,11 +595,11 @@ class Store:
         count as pinned by phone-home now (CONFIRMED); if not, only a conflict event is
         recorded (HOST_KEYS_DIFFER).
 
-        The servers' rows and their claimed tokens are read with one query (on PostgreSQL
-        the server rows are locked, in key order, so concurrent control planes serialise on
-        the servers they share and never deadlock; every spend of a server's token goes
-        through its row) and written with one executemany per table, sent in one round trip:
-        a phone-home costs a few rows, not a few transactions.
+        The claimed tokens and the servers' rows are read with one query each (on PostgreSQL
+        both are locked, tokens first, each in key order: concurrent control planes serialise
+        on what they share, see each other's spends, and never deadlock) and written with one
+        executemany per table, sent in one round trip: a phone-home costs a few rows, not a few
+        transactions.
         """
         statements = self._phone_home_statements()
         now = self._now()
@@ -610,14 +610,18 @@ class Store:
         }
         outcomes: list[PhoneHomeOutcome | R] = []
         with self._write() as connection:
-            records: dict[tuple[str, str], ServerRecord] = {}
-            # token hash -> fingerprint of the request that spent it ("" while unspent)
-            spent_by: dict[str, str] = {}
-            for row in connection.execute(statements.read, parameters):
-                records[(row.fleet, row.name)] = _server_record(row)
-                if row.t_hash is not None:
-                    spent = row.t_spent_at is not None
-                    spent_by[row.t_hash] = (row.t_fingerprint or "-") if spent else ""
+            # token hash -> fingerprint of the request that spent it ("" while unspent), for
+            # the tokens minted for the server that claims them
+            claimed = {claim.token_hash: (claim.fleet, claim.server) for claim, _ in claims}
+            spent_by = {
+                row.token_hash: (row.fingerprint or "-") if row.spent_at is not None else ""
+                for row in connection.execute(statements.tokens, parameters)
+                if claimed[row.token_hash] == (row.fleet, row.server)
+            }
+            records = {
+                (row.fleet, row.name): _server_record(row)
+                for row in connection.execute(statements.servers, parameters)
+            }
             spends: list[dict[str, Any]] = []
             updated: dict[tuple[str, str], ServerRecord] = {}
             transitions: list[dict[str, Any]] = []
@@ -677,19 +681,19 @@ class Store:
         about as much as running it)."""
         if self._phone_home is None:
             tokens, servers = self._tokens, self._servers
-            read = (
+            token_query = (
                 select(
-                    servers,
-                    tokens.c.token_hash.label("t_hash"),
-                    tokens.c.spent_at.label("t_spent_at"),
-                    tokens.c.fingerprint.label("t_fingerprint"),
+                    tokens.c.token_hash,
+                    tokens.c.fleet,
+                    tokens.c.server,
+                    tokens.c.spent_at,
+                    tokens.c.fingerprint,
                 )
-                .outerjoin(
-                    tokens,
-                    (tokens.c.fleet == servers.c.fleet)
-                    & (tokens.c.server == servers.c.name)
-                    & tokens.c.token_hash.in_(bindparam("hashes", expanding=True)),
-                )
+                .where(tokens.c.token_hash.in_(bindparam("hashes", expanding=True)))
+                .order_by(tokens.c.token_hash)
+            )
+            server_query = (
+                select(servers)
                 # Not `(fleet, name) IN (...)`, which SQLite answers by scanning the table:
                 # these two use the primary key. Rows of servers no claim names are unused.
                 .where(
@@ -698,8 +702,12 @@ class Store:
                 )
                 .order_by(servers.c.fleet, servers.c.name)
             )
+            if self._is_postgresql:
+                token_query = token_query.with_for_update()
+                server_query = server_query.with_for_update()
             self._phone_home = _PhoneHomeStatements(
-                read=read.with_for_update(of=servers) if self._is_postgresql else read,
+                tokens=token_query,
+                servers=server_query,
                 spend=update(tokens)
                 .where(tokens.c.token_hash == bindparam("b_hash"), tokens.c.spent_at.is_(None))
                 .values(spent_at=bindparam("spent_at"), fingerprint=bindparam("fingerprint")),
@@ -1360,7 +1368,8 @@ def _is_network_of(network: str, address: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _PhoneHomeStatements:
-    read: Any
+    tokens: Any
+    servers: Any
     spend: Any
     update_server: Any
     add_transition: Any

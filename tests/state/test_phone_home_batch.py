@@ -4,6 +4,8 @@ on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Callable
 
 from engine.model import Stage
@@ -15,8 +17,9 @@ from engine.state import (
     PhoneHomeToken,
     ServerRecord,
 )
-from engine.state.store import Store
+from engine.state.store import Store, open_store
 from tests.support.clock import Clock
+from tests.support.postgres import Cluster
 
 KEYS = (("ed25519", "ssh-ed25519 AAAAphonehome"),)
 SCANNED = (("ed25519", "ssh-ed25519 AAAAkeyscan"),)
@@ -160,3 +163,52 @@ def test_an_install_already_live_is_not_enqueued_twice(store: Store, clock: Cloc
         PhoneHomeOutcome.ACCEPTED
     ]
     assert [j.id for j in store.jobs("web-prod", kind="install")] == [live.id]
+
+
+def test_control_planes_sharing_a_postgresql_apply_one_token_once(
+    postgres: Cluster, clock: Clock
+) -> None:
+    """The same phone-home reaches two control planes at once (a retry through a load
+    balancer): one accepts it, the other sees that spend and answers it as a replay."""
+    import psycopg
+
+    url = postgres.create_database()
+    with open_store(url, now=clock) as first, open_store(url, now=clock) as second:
+        _server(first, "web-1", Stage.BOOTING)
+        token = _token(first, clock, "web-1")
+        outcomes: list[object] = []
+        with psycopg.connect(url) as holder:
+            # Hold web-1's row, so both control planes are under way before either applies.
+            holder.execute("SELECT 1 FROM servers WHERE name = 'web-1' FOR UPDATE")
+            threads = [
+                threading.Thread(
+                    target=lambda store=store: outcomes.extend(
+                        store.accept_phone_homes([(_claim("web-1", token), _fine)])
+                    )
+                )
+                for store in (first, second)
+            ]
+            for thread in threads:
+                thread.start()
+            _wait_for_waiters(postgres, url, 2)
+            holder.commit()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert sorted(outcomes) == [PhoneHomeOutcome.ACCEPTED, PhoneHomeOutcome.REPLAYED]
+        assert [e.kind for e in first.events("web-prod")] == ["server.phoned_home"]
+        phoned = [t for t in first.transitions("web-prod") if t.stage is Stage.PHONED_HOME]
+        assert len(phoned) == 1
+        assert len(first.jobs("web-prod", kind="install")) == 1
+
+
+def _wait_for_waiters(postgres: Cluster, url: str, count: int) -> None:
+    """Until `count` sessions of the database at `url` wait for a lock."""
+    database = url.rsplit("/", 1)[1]
+    deadline = time.monotonic() + 20
+    query = (
+        "SELECT count(*) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND wait_event_type = 'Lock'"
+    )
+    while int(postgres.psql(query)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} sessions wait for a lock"
+        time.sleep(0.02)
