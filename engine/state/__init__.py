@@ -178,7 +178,8 @@ class PhoneHomeOutcome(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PhoneHomeAcceptance:
-    """A phone-home that passed every check, for the store to apply in one transaction.
+    """A phone-home whose token and body passed their checks, for the store to apply in one
+    transaction (after the checks against the server's record that come with it).
 
     Addresses fill in only what the record lacks; `provider_id` too. `install` is the job
     enqueued when the server moves on. `source` is the address the request came from.
