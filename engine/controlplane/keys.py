@@ -90,12 +90,20 @@ class TimedCache:
         self._values: dict[str, tuple[float, Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> Any:
-        now = time.monotonic()
+    def peek(self, name: str) -> tuple[bool, Any]:
+        """(True, value) while a fresh value is held, else (False, None); never loads."""
         with self._lock:
             held = self._values.get(name)
-        if held is not None and now - held[0] < self._ttl_s:
-            return held[1]
+        if held is not None and time.monotonic() - held[0] < self._ttl_s:
+            return True, held[1]
+        return False, None
+
+    def get(self, name: str) -> Any:
+        """The value, loaded (in the caller's thread) when none is held or it is stale."""
+        fresh, value = self.peek(name)
+        if fresh:
+            return value
+        now = time.monotonic()
         value = self._load(name)
         with self._lock:
             if len(self._values) > 10_000:

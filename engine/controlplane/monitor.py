@@ -32,8 +32,14 @@ def start_overdue_polling(store: Store, now: dt.datetime) -> int:
     """Start polling for booting servers whose phone-home is overdue; how many started."""
     started = 0
     for settings in store.fleets():
-        booting = store.entered(settings.name, Stage.BOOTING)
-        if not booting:
+        # A poll fleet is looked for at once; a phone-home fleet once its phone-home is late.
+        late = (
+            None
+            if settings.readiness == "poll"
+            else now - dt.timedelta(seconds=settings.phone_home_timeout_s)
+        )
+        waiting = store.entered(settings.name, Stage.BOOTING, before=late)
+        if not waiting:
             continue
         live = {
             job.server
@@ -41,19 +47,16 @@ def start_overdue_polling(store: Store, now: dt.datetime) -> int:
                 settings.name, kind=SSH_CHECK_JOB, states=(JobState.QUEUED, JobState.RUNNING)
             )
         }
-        timeout = dt.timedelta(seconds=settings.phone_home_timeout_s)
-        for name in sorted(set(booting) - live):
-            overdue = now - booting[name] >= timeout
-            if settings.readiness == "poll" or overdue:
-                for job in polling_jobs(settings, name, now):
-                    store.enqueue(job)
-                store.record_event(
-                    settings.name,
-                    "server.polling",
-                    f"{name}: no phone-home yet; looking for it by polling",
-                    server=name,
-                )
-                started += 1
+        for name in sorted(set(waiting) - live):
+            for job in polling_jobs(settings, name, now):
+                store.enqueue(job)
+            store.record_event(
+                settings.name,
+                "server.polling",
+                f"{name}: no phone-home yet; looking for it by polling",
+                server=name,
+            )
+            started += 1
     return started
 
 

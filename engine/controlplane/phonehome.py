@@ -134,7 +134,7 @@ class PhoneHomeService:
         # token and whether it was spent is settled when it is claimed, in one write.
         if self._clock().timestamp() > token.expires:
             return await run_in_threadpool(self._expired, digest, request_print, server)
-        settings: FleetSettings | None = self._fleets.get(fleet)
+        settings: FleetSettings | None = await _cached(self._fleets, fleet)
         if settings is None:
             raise ApiError(
                 503,
@@ -189,7 +189,7 @@ class PhoneHomeService:
         token = parse_token(raw)
         if token is None:
             raise ApiError(401, "token_invalid", "the bearer token is not a phone-home token")
-        key: bytes | None = self.keys.get(fleet)
+        key: bytes | None = await _cached(self.keys, fleet)
         if key is not None and is_genuine(key, token, fleet=fleet, server=server):
             return token
         raise await run_in_threadpool(self._why_not_genuine, raw, fleet, server)
@@ -229,6 +229,15 @@ class PhoneHomeService:
                 retry_after_s=RETRY_SOON_S,
             )
         return listed
+
+
+async def _cached(cache: TimedCache, name: str) -> Any:
+    """What `cache` holds for `name`; loading it (a file or the store) happens in a thread,
+    so the event loop never waits for it."""
+    fresh, value = cache.peek(name)
+    if fresh:
+        return value
+    return await run_in_threadpool(cache.get, name)
 
 
 # What the store's refusals answer: status, code, message.

@@ -763,10 +763,13 @@ class Store:
             self._enqueue(connection, install)
         return True
 
-    def entered(self, fleet: str, stage: Stage) -> dict[str, dt.datetime]:
-        """When each server of `fleet` that is in `stage` now entered it, by server name.
+    def entered(
+        self, fleet: str, stage: Stage, *, before: dt.datetime | None = None
+    ) -> dict[str, dt.datetime]:
+        """When each server of `fleet` that is in `stage` now entered it, by server name;
+        with `before`, only the servers that entered it at or before then.
 
-        The monitor asks every second: one indexed query over the servers in that stage,
+        The monitor asks every second: one indexed query that returns only what it acts on,
         not a read of the whole fleet.
         """
         table, servers = self._transitions, self._servers
@@ -780,6 +783,8 @@ class Store:
             )
             .group_by(table.c.server)
         )
+        if before is not None:
+            query = query.having(func.max(table.c.at) <= before)
         with self._read() as connection:
             return {row.server: row.at for row in connection.execute(query)}
 
