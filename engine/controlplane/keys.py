@@ -88,22 +88,36 @@ class TimedCache:
         self._load = load
         self._ttl_s = ttl_s
         self._values: dict[str, tuple[float, Any]] = {}
+        self._reloading: set[str] = set()
         self._lock = threading.Lock()
 
-    def peek(self, name: str) -> tuple[bool, Any]:
-        """(True, value) while a fresh value is held, else (False, None); never loads."""
+    def held(self, name: str) -> tuple[bool, Any]:
+        """(True, value) when a value is held, at once; a stale one is reloaded in a thread
+        meanwhile (one reload at a time), so callers on an event loop never wait for a load
+        and do not all load at once when it expires. (False, None) when none is held."""
         with self._lock:
             held = self._values.get(name)
-        if held is not None and time.monotonic() - held[0] < self._ttl_s:
-            return True, held[1]
-        return False, None
+            if held is None:
+                return False, None
+            if time.monotonic() - held[0] >= self._ttl_s and name not in self._reloading:
+                self._reloading.add(name)
+                threading.Thread(target=self._reload, args=(name,), daemon=True).start()
+        return True, held[1]
+
+    def _reload(self, name: str) -> None:
+        try:
+            self.get(name)
+        finally:
+            with self._lock:
+                self._reloading.discard(name)
 
     def get(self, name: str) -> Any:
         """The value, loaded (in the caller's thread) when none is held or it is stale."""
-        fresh, value = self.peek(name)
-        if fresh:
-            return value
         now = time.monotonic()
+        with self._lock:
+            held = self._values.get(name)
+        if held is not None and now - held[0] < self._ttl_s:
+            return held[1]
         value = self._load(name)
         with self._lock:
             if len(self._values) > 10_000:

@@ -232,10 +232,10 @@ class PhoneHomeService:
 
 
 async def _cached(cache: TimedCache, name: str) -> Any:
-    """What `cache` holds for `name`; loading it (a file or the store) happens in a thread,
-    so the event loop never waits for it."""
-    fresh, value = cache.peek(name)
-    if fresh:
+    """What `cache` holds for `name`; the first load (a file or the store) happens in a
+    thread, so the event loop never waits for one."""
+    held, value = cache.held(name)
+    if held:
         return value
     return await run_in_threadpool(cache.get, name)
 
