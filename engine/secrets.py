@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from engine.errors import EngineError
 
 _SECRETS: set[str] = set()
 MASK = "***"
+# Whatever follows "Bearer " is a credential, registered or not (a token a client sent).
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
 
 
 def register_secret(value: str) -> str:
@@ -24,11 +27,11 @@ def register_secret(value: str) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with every registered secret replaced by ***."""
+    """`text` with every registered secret, and any bearer credential, replaced by ***."""
     for secret in sorted(_SECRETS, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, MASK)
-    return text
+    return _BEARER.sub(rf"\g<1>{MASK}", text)
 
 
 def read_token(env_name: str) -> str:

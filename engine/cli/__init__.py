@@ -23,7 +23,17 @@ from engine.errors import EngineError
 from engine.secrets import redact
 from engine.term import paint
 
-COMMANDS = ("validate", "catalog", "preview", "unlock", "local", "containers")
+COMMANDS = (
+    "validate",
+    "catalog",
+    "preview",
+    "unlock",
+    "status",
+    "serve",
+    "apikey",
+    "local",
+    "containers",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

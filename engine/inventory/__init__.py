@@ -74,6 +74,20 @@ class InventoryReader(Protocol):
         """Servers not owned by the fleet whose names are in `names` (name collisions)."""
         ...
 
+    def read_page(self, page: int) -> InventoryPage:
+        """One page (1-based) of the fleet's owned servers, for a poller that reads a page
+        at a time and carries on where it stopped. Firewall and network names are not
+        resolved (they cost more calls): those fields hold provider ids here."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InventoryPage:
+    """One page of a paged list: its servers and the next page's number (None: the last)."""
+
+    servers: tuple[ActualServer, ...]
+    next_page: int | None
+
 
 # Provider -> module with `open_reader(fleet, token, policy) -> InventoryReader`, imported only
 # when a fleet of that provider is read.

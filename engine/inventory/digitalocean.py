@@ -32,7 +32,7 @@ from azure.core.pipeline.policies import HTTPPolicy
 from pydo import Client
 
 from engine.errors import ProviderError
-from engine.inventory import ActualServer, engine_name
+from engine.inventory import ActualServer, InventoryPage, engine_name
 from engine.inventory.retry import (
     ApiCalls,
     RetryPolicy,
@@ -102,7 +102,7 @@ class DigitalOceanApi:
         self._workers = policy.workers
         # azure-core refuses to send a bearer token over http; a plain-http endpoint is a
         # local API double, never the real API.
-        self._insecure: dict[str, Any] = (
+        self.insecure: dict[str, Any] = (
             {"enforce_https": False} if endpoint and endpoint.startswith("http:") else {}
         )
 
@@ -114,7 +114,7 @@ class DigitalOceanApi:
         """
 
         def body(page: int) -> dict[str, Any]:
-            answer: dict[str, Any] = call(per_page=PAGE_SIZE, page=page, **query, **self._insecure)
+            answer: dict[str, Any] = call(per_page=PAGE_SIZE, page=page, **query, **self.insecure)
             return answer
 
         first = body(1)
@@ -228,6 +228,21 @@ class DigitalOceanReader:
 
     def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
         return ()
+
+    def read_page(self, page: int) -> InventoryPage:
+        managed = f"{LABEL_MANAGED_BY}:{MANAGED_BY}"
+        with provider_errors(self.fleet.provider.token_env):
+            body = self.api.client.droplets.list(
+                per_page=PAGE_SIZE,
+                page=page,
+                tag_name=f"{LABEL_FLEET}:{self.fleet.name}",
+                **self.api.insecure,
+            )
+        droplets = [d for d in body.get("droplets", []) if managed in d.get("tags", ())]
+        following = page + 1 if body.get("links", {}).get("pages", {}).get("next") else None
+        return InventoryPage(
+            servers=tuple(self._actual(d, [], {}) for d in droplets), next_page=following
+        )
 
     def _actual(
         self, droplet: dict[str, Any], firewalls: list[dict[str, Any]], vpcs: dict[str, str]

@@ -30,7 +30,7 @@ import requests
 from hcloud import APIException, Client
 
 from engine.errors import ProviderError
-from engine.inventory import ActualServer, engine_name
+from engine.inventory import ActualServer, InventoryPage, engine_name
 from engine.inventory.retry import (
     ApiCalls,
     RetryPolicy,
@@ -182,11 +182,19 @@ class HcloudReader:
         self.calls = calls
         self.workers = workers
 
+    @property
+    def _selector(self) -> str:
+        return f"{LABEL_FLEET}={self.fleet.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+    def read_page(self, page: int) -> InventoryPage:
+        with provider_errors(self.fleet.provider.token_env):
+            servers, last = self._page("servers", page, _actual, label_selector=self._selector)
+        return InventoryPage(servers=tuple(servers), next_page=page + 1 if page < last else None)
+
     def read_servers(self) -> tuple[ActualServer, ...]:
-        selector = f"{LABEL_FLEET}={self.fleet.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
         with provider_errors(self.fleet.provider.token_env):
             listed = read_pages(
-                lambda page: self._page("servers", page, _Listed, label_selector=selector),
+                lambda page: self._page("servers", page, _Listed, label_selector=self._selector),
                 workers=self.workers,
             )
             firewalls = self._names("firewalls") if any(s.firewall_ids for s in listed) else {}

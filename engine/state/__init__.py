@@ -2,7 +2,9 @@
 
 One record per server (lifecycle stage, addresses, what was rendered and installed for it),
 one row per lifecycle transition (so each step's duration can be computed), an event
-history, and the exclusive stack locks that mutating commands hold.
+history, and the exclusive stack locks that mutating commands hold. For the control plane:
+each fleet's settings, one-time phone-home tokens (as hashes), the durable job queue, API
+keys (as hashes) and what each server's agent last reported.
 
 The records here are plain frozen values, importable without SQLAlchemy, so the pure diff
 can take them. The store itself is `engine.state.store.Store` (SQLite file by default,
@@ -14,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from itertools import pairwise
 from typing import Any
 
@@ -41,6 +44,14 @@ class ServerRecord:
     user_data_hash: str | None = None
     install_hash: str | None = None
     host_keys: Labels = ()
+    # How the host keys were learnt: "phone-home" (sent by the server itself over its
+    # authenticated phone-home) or "keyscan" (read over the network by the polling fallback,
+    # so not pinned from a trusted channel); "" while there are none.
+    host_keys_source: str = ""
+    cloud_init_finished_at: dt.datetime | None = None
+    installed_at: dt.datetime | None = None
+    # When the polling fallback last saw the server running in the provider's inventory.
+    inventory_seen_at: dt.datetime | None = None
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
 
@@ -67,6 +78,150 @@ class Event:
     at: dt.datetime
     server: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
+
+
+class HostKeySource(StrEnum):
+    PHONE_HOME = "phone-home"
+    KEYSCAN = "keyscan"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetSettings:
+    """What the control plane must know about a fleet it serves, registered by `engine up`.
+
+    `token_env` is the NAME of the variable holding the provider token, never the token.
+    """
+
+    name: str
+    provider: str
+    provider_endpoint: str | None = None
+    token_env: str | None = None
+    readiness: str = "phone-home"
+    token_ttl_s: int = 3600
+    phone_home_timeout_s: int = 600
+    verify_source_ip: bool = True
+    heartbeat_s: int = 15
+    ssh_user: str = "fleet"
+    ssh_port: int = 22
+    # dataclasses.asdict(engine.model.Install): what the install step puts on every server.
+    install: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhoneHomeToken:
+    """A minted one-time token, known only by its SHA-256; `spent_at` once it was accepted."""
+
+    token_hash: str
+    fleet: str
+    server: str
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    spent_at: dt.datetime | None = None
+    fingerprint: str | None = None
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """One durable unit of work. `attempts` counts the claims that ran (or died running) it."""
+
+    id: int
+    kind: str
+    fleet: str
+    server: str | None
+    payload: Mapping[str, Any]
+    state: JobState
+    attempts: int
+    max_attempts: int
+    run_after: dt.datetime
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    lease_owner: str | None = None
+    lease_expires_at: dt.datetime | None = None
+    last_error: str = ""
+    result: Mapping[str, Any] = field(default_factory=dict)
+    finished_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    """A job to enqueue. With a `key`, at most one live (queued or running) job has that key:
+    enqueueing again while one is live returns the live one instead of adding a second."""
+
+    kind: str
+    fleet: str
+    server: str | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    key: str | None = None
+    max_attempts: int = 5
+    delay_s: float = 0.0
+
+
+class PhoneHomeOutcome(StrEnum):
+    """What the store did with a verified phone-home (see Store.accept_phone_homes)."""
+
+    ACCEPTED = "accepted"  # the server moved to phoned_home and its install was enqueued
+    REPLAYED = "replayed"  # the token was spent by this very request before: nothing to do
+    CONFIRMED = "confirmed"  # polling got there first; the same host keys are now pinned
+    SPENT = "spent"  # the token was spent by a different request
+    HOST_KEYS_DIFFER = "host_keys_differ"  # polling pinned other keys: refused, changed nothing
+    UNKNOWN_SERVER = "unknown_server"  # no record for the server (not registered yet)
+    DELETING = "deleting"  # the server is being deleted
+    UNKNOWN_TOKEN = "unknown_token"  # noqa: S105 (an outcome: the store never issued the token)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhoneHomeAcceptance:
+    """A phone-home whose token and body passed their checks, for the store to apply in one
+    transaction (after the checks against the server's record that come with it).
+
+    Addresses fill in only what the record lacks; `provider_id` too. `install` is the job
+    enqueued when the server moves on. `source` is the address the request came from.
+    """
+
+    token_hash: str
+    fingerprint: str
+    fleet: str
+    server: str
+    source: str
+    provider_id: str
+    ipv4: str | None
+    ipv6: str | None
+    private_ips: tuple[str, ...]
+    host_keys: Labels
+    cloud_init_finished_at: dt.datetime | None
+    event_data: Mapping[str, Any]
+    install: NewJob
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKey:
+    """A fleet API key, known by its id and the SHA-256 of its secret part."""
+
+    key_id: str
+    name: str
+    secret_hash: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentReport:
+    """What a server's agent said in its last heartbeat."""
+
+    fleet: str
+    server: str
+    last_heartbeat_at: dt.datetime
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    containers: Mapping[str, Any] | None = None
+    tls_fingerprint: str = ""
+    sequence: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

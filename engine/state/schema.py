@@ -40,6 +40,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Connection,
     DateTime,
@@ -160,8 +161,116 @@ def _servers_events_locks(metadata: MetaData) -> None:
     )
 
 
+def _server_columns_2() -> tuple[Column[Any], ...]:
+    """Fresh column objects each call: one set for the metadata, one for each ALTER."""
+    return (
+        Column("host_keys_source", String(20), nullable=False, server_default=""),
+        Column("cloud_init_finished_at", UtcDateTime()),
+        Column("installed_at", UtcDateTime()),
+        Column("inventory_seen_at", UtcDateTime()),
+    )
+
+
+def _control_plane(metadata: MetaData) -> None:
+    servers = metadata.tables["servers"]
+    for column in _server_columns_2():
+        servers.append_column(column)
+    Table(
+        "fleets",
+        metadata,
+        Column("name", String(63), primary_key=True),
+        Column("provider", String(20), nullable=False),
+        Column("provider_endpoint", Text),
+        Column("token_env", String(200)),
+        Column("readiness", String(20), nullable=False),
+        Column("token_ttl_s", Integer, nullable=False),
+        Column("phone_home_timeout_s", Integer, nullable=False),
+        Column("verify_source_ip", Boolean, nullable=False),
+        Column("heartbeat_s", Integer, nullable=False),
+        Column("ssh_user", String(63), nullable=False),
+        Column("ssh_port", Integer, nullable=False),
+        Column("install", JSON, nullable=False),
+        Column("updated_at", UtcDateTime(), nullable=False),
+    )
+    Table(
+        "phone_home_tokens",
+        metadata,
+        Column("token_hash", String(64), primary_key=True),
+        Column("fleet", String(63), nullable=False),
+        Column("server", String(63), nullable=False),
+        Column("expires_at", UtcDateTime(), nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("spent_at", UtcDateTime()),
+        Column("fingerprint", String(64)),
+        Index("ix_phone_home_tokens_server", "fleet", "server"),
+    )
+    Table(
+        "jobs",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("kind", String(40), nullable=False),
+        Column("fleet", String(63), nullable=False),
+        Column("server", String(63)),
+        Column("payload", JSON, nullable=False),
+        Column("state", String(20), nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("max_attempts", Integer, nullable=False),
+        Column("run_after", UtcDateTime(), nullable=False),
+        Column("lease_owner", String(120)),
+        Column("lease_expires_at", UtcDateTime()),
+        # Set while the job is queued or running, cleared when it ends: at most one live job
+        # per key (e.g. one install per server), however many times it is enqueued.
+        Column("active_key", String(200), unique=True),
+        Column("last_error", Text, nullable=False),
+        Column("result", JSON, nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("updated_at", UtcDateTime(), nullable=False),
+        Column("finished_at", UtcDateTime()),
+        Index("ix_jobs_claim", "state", "run_after"),
+        Index("ix_jobs_server", "fleet", "server"),
+    )
+    Table(
+        "api_keys",
+        metadata,
+        Column("key_id", String(32), primary_key=True),
+        Column("name", String(63), nullable=False, unique=True),
+        Column("secret_hash", String(64), nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("revoked_at", UtcDateTime()),
+    )
+    Table(
+        "agent_reports",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("server", String(63), primary_key=True),
+        Column("last_heartbeat_at", UtcDateTime(), nullable=False),
+        Column("sequence", Integer, nullable=False),
+        Column("metrics", JSON, nullable=False),
+        Column("containers", JSON),
+        Column("tls_fingerprint", String(200), nullable=False),
+    )
+    Table(
+        "agent_event_ids",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("server", String(63), primary_key=True),
+        Column("event_id", String(200), primary_key=True),
+    )
+
+
+def _add_server_columns_2(connection: Connection) -> None:
+    for column in _server_columns_2():
+        add_column(connection, "servers", column)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "servers, server_transitions, events, locks", _servers_events_locks),
+    Migration(
+        2,
+        "control plane: fleets, phone-home tokens, jobs, API keys, agent reports",
+        _control_plane,
+        _add_server_columns_2,
+    ),
 )
 
 

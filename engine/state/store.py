@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import ipaddress
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -32,27 +34,48 @@ from sqlalchemy import (
     MetaData,
     Row,
     Table,
+    bindparam,
     create_engine,
     delete,
     event,
     exc,
+    func,
     insert,
     make_url,
+    or_,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.errors import EngineError
-from engine.model import Stage
+from engine.model import Labels, Stage
 from engine.secrets import redact, register_secret
-from engine.state import Event, Lock, ServerRecord, Transition, schema
+from engine.state import (
+    AgentReport,
+    ApiKey,
+    Event,
+    FleetSettings,
+    HostKeySource,
+    Job,
+    JobState,
+    Lock,
+    NewJob,
+    PhoneHomeAcceptance,
+    PhoneHomeOutcome,
+    PhoneHomeToken,
+    ServerRecord,
+    Transition,
+    schema,
+)
 
 STATE_URL_ENV = "ENGINE_STATE_URL"
 SQLITE_FILE = "state.db"
 # Any fixed 64-bit number: the key of the PostgreSQL advisory lock that serialises migrations.
 _MIGRATION_LOCK_KEY = 0x466C656574456E67
 _BUSY_TIMEOUT_S = 30
+R = TypeVar("R")
 
 
 def state_url(state_dir: Path, url: str | None = None) -> str:
@@ -143,8 +166,8 @@ def _use_sqlite_transactions(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable in WAL mode against application crashes; only a power loss can
-        # lose the last commits, which the next run's reconciliation re-reads from the provider.
+        # In WAL mode NORMAL loses no committed transaction when a process dies, only (at
+        # worst) the last ones on a power cut, and it saves an fsync per commit.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}")
         cursor.close()
@@ -193,6 +216,16 @@ class Store:
         self._events: Table = tables["events"]
         self._locks: Table = tables["locks"]
         self._versions: Table = tables["schema_version"]
+        self._fleets: Table = tables["fleets"]
+        self._tokens: Table = tables["phone_home_tokens"]
+        self._jobs: Table = tables["jobs"]
+        self._api_keys: Table = tables["api_keys"]
+        self._reports: Table = tables["agent_reports"]
+        self._agent_event_ids: Table = tables["agent_event_ids"]
+        # SQLite has one writer at a time; threads of this process queue on this lock rather
+        # than in SQLite's busy handler, which sleeps in steps of up to 100 ms.
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._phone_home: _PhoneHomeStatements | None = None
 
     def __enter__(self) -> Store:
         return self
@@ -215,7 +248,13 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._engine.connect() as connection:
+        if self._write_lock is None:
+            with self._engine.connect() as connection:
+                connection.execution_options(engine_write=True)
+                with connection.begin():
+                    yield connection
+            return
+        with self._write_lock, self._engine.connect() as connection:
             connection.execution_options(engine_write=True)
             with connection.begin():
                 yield connection
@@ -340,6 +379,46 @@ class Store:
             if old.stage != stage:
                 self._add_transition(connection, fleet, name, stage, now, reason)
 
+    def update_server(
+        self, fleet: str, name: str, *, stage: Stage | None = None, reason: str = "", **fields: Any
+    ) -> ServerRecord:
+        """Change some fields of a server's record, and its stage if given, in one transaction.
+
+        `fields` are ServerRecord field names (e.g. provider_id="4711", ipv4="203.0.113.7").
+        Returns the record as stored.
+        """
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable server fields: {sorted(unknown)}")
+        with self._write() as connection:
+            return self._update_server(connection, fleet, name, stage, reason, fields)
+
+    def _update_server(
+        self,
+        connection: Connection,
+        fleet: str,
+        name: str,
+        stage: Stage | None,
+        reason: str,
+        fields: Mapping[str, Any],
+    ) -> ServerRecord:
+        old = connection.execute(self._server_query(fleet, name, for_update=True)).first()
+        if old is None:
+            raise EngineError(f"the state store has no server {name} in fleet {fleet}")
+        now = self._now()
+        record = replace(_server_record(old), **fields, updated_at=now)
+        if stage is not None:
+            record = replace(record, stage=stage, stage_reason=reason)
+        values = _server_values(record)
+        connection.execute(
+            update(self._servers)
+            .where(self._servers.c.fleet == fleet, self._servers.c.name == name)
+            .values({key: values[key] for key in (*fields, "stage", "stage_reason", "updated_at")})
+        )
+        if stage is not None and old.stage != stage:
+            self._add_transition(connection, fleet, name, stage, now, reason)
+        return record
+
     def forget_server(self, fleet: str, name: str) -> None:
         """Drop a server's record (its transitions and events stay as history)."""
         with self._write() as connection:
@@ -395,13 +474,25 @@ class Store:
         data: Mapping[str, Any] | None = None,
     ) -> Event:
         """Append one event to the fleet's history (secrets are redacted from the message)."""
+        with self._write() as connection:
+            return self._insert_event(connection, fleet, kind, message, server, data or {})
+
+    def _insert_event(
+        self,
+        connection: Connection,
+        fleet: str,
+        kind: str,
+        message: str,
+        server: str | None,
+        data: Mapping[str, Any],
+    ) -> Event:
         recorded = Event(
             id=0,
             fleet=fleet,
             server=server,
             kind=kind,
             message=redact(message),
-            data=dict(data or {}),
+            data=dict(data),
             at=self._now(),
         )
         values = {
@@ -412,10 +503,9 @@ class Store:
             "data": recorded.data,
             "at": recorded.at,
         }
-        with self._write() as connection:
-            event_id = connection.execute(
-                insert(self._events).values(values).returning(self._events.c.id)
-            ).scalar_one()
+        event_id = connection.execute(
+            insert(self._events).values(values).returning(self._events.c.id)
+        ).scalar_one()
         return replace(recorded, id=event_id)
 
     def events(
@@ -440,6 +530,671 @@ class Store:
             )
             for row in rows
         )
+
+    # --- fleets ----------------------------------------------------------------------------
+
+    def save_fleet(self, settings: FleetSettings) -> None:
+        """Insert or replace a fleet's control-plane settings."""
+        values = {
+            "name": settings.name,
+            "provider": settings.provider,
+            "provider_endpoint": settings.provider_endpoint,
+            "token_env": settings.token_env,
+            "readiness": settings.readiness,
+            "token_ttl_s": settings.token_ttl_s,
+            "phone_home_timeout_s": settings.phone_home_timeout_s,
+            "verify_source_ip": settings.verify_source_ip,
+            "heartbeat_s": settings.heartbeat_s,
+            "ssh_user": settings.ssh_user,
+            "ssh_port": settings.ssh_port,
+            "install": dict(settings.install),
+            "updated_at": self._now(),
+        }
+        with self._write() as connection:
+            done = connection.execute(
+                update(self._fleets).where(self._fleets.c.name == settings.name).values(values)
+            )
+            if done.rowcount == 0:
+                connection.execute(insert(self._fleets).values(values))
+
+    def fleet(self, name: str) -> FleetSettings | None:
+        """A fleet's settings, or None when no `engine up` registered it."""
+        with self._read() as connection:
+            row = connection.execute(
+                select(self._fleets).where(self._fleets.c.name == name)
+            ).first()
+        return None if row is None else _fleet(row)
+
+    def fleets(self) -> tuple[FleetSettings, ...]:
+        """Every registered fleet, by name."""
+        with self._read() as connection:
+            rows = connection.execute(select(self._fleets).order_by(self._fleets.c.name)).all()
+        return tuple(_fleet(row) for row in rows)
+
+    # --- phone-home tokens -----------------------------------------------------------------
+
+    def add_phone_home_token(self, token: PhoneHomeToken) -> None:
+        """Remember a minted token by its hash (the token itself is never stored)."""
+        with self._write() as connection:
+            connection.execute(
+                insert(self._tokens).values(
+                    token_hash=token.token_hash,
+                    fleet=token.fleet,
+                    server=token.server,
+                    expires_at=token.expires_at,
+                    created_at=token.created_at,
+                    spent_at=token.spent_at,
+                    fingerprint=token.fingerprint,
+                )
+            )
+
+    def phone_home_token(self, token_hash: str) -> PhoneHomeToken | None:
+        """The token with this SHA-256, or None."""
+        with self._read() as connection:
+            row = connection.execute(
+                select(self._tokens).where(self._tokens.c.token_hash == token_hash)
+            ).first()
+        return None if row is None else _token(row)
+
+    def accept_phone_homes(
+        self, claims: Sequence[tuple[PhoneHomeAcceptance, Callable[[ServerRecord], R | None]]]
+    ) -> list[PhoneHomeOutcome | R]:
+        """Apply verified phone-homes in one transaction, each as if it came alone, in order:
+        spend the token, record what the server said, move it to phoned_home and enqueue its
+        install; or say why not. One outcome per claim, in the claims' order.
+
+        Each claim carries a check of what the request says against the server's record as it
+        is in this transaction (instance id, source address); what the check returns instead
+        of None is that claim's outcome, and the claim changes nothing. Then: a token the
+        store never issued is UNKNOWN_TOKEN; one spent by an identical request (same
+        fingerprint) is REPLAYED and changes nothing, by another request SPENT. A server that
+        polling already moved on keeps its stage: if polling pinned the same host keys they
+        count as pinned by phone-home now (CONFIRMED); if not, only a conflict event is
+        recorded (HOST_KEYS_DIFFER).
+
+        The claimed tokens and the servers' rows are read with one query each (on PostgreSQL
+        both are locked, tokens first, each in key order: concurrent control planes serialise
+        on what they share, see each other's spends, and never deadlock) and written with one
+        executemany per table, sent in one round trip: a phone-home costs a few rows, not a few
+        transactions.
+        """
+        statements = self._phone_home_statements()
+        now = self._now()
+        parameters = {
+            "hashes": sorted({claim.token_hash for claim, _ in claims}),
+            "fleets": sorted({claim.fleet for claim, _ in claims}),
+            "names": sorted({claim.server for claim, _ in claims}),
+        }
+        outcomes: list[PhoneHomeOutcome | R] = []
+        with self._write() as connection:
+            # token hash -> fingerprint of the request that spent it ("" while unspent), for
+            # the tokens minted for the server that claims them
+            claimed = {claim.token_hash: (claim.fleet, claim.server) for claim, _ in claims}
+            spent_by = {
+                row.token_hash: (row.fingerprint or "-") if row.spent_at is not None else ""
+                for row in connection.execute(statements.tokens, parameters)
+                if claimed[row.token_hash] == (row.fleet, row.server)
+            }
+            records = {
+                (row.fleet, row.name): _server_record(row)
+                for row in connection.execute(statements.servers, parameters)
+            }
+            spends: list[dict[str, Any]] = []
+            updated: dict[tuple[str, str], ServerRecord] = {}
+            transitions: list[dict[str, Any]] = []
+            events: list[dict[str, Any]] = []
+            installs: list[dict[str, Any]] = []
+            for claim, check in claims:
+                key = (claim.fleet, claim.server)
+                old = records.get(key)
+                if old is None:
+                    outcomes.append(PhoneHomeOutcome.UNKNOWN_SERVER)
+                    continue
+                objection = check(old)
+                if objection is not None:
+                    outcomes.append(objection)
+                    continue
+                refusal = _phone_home_refusal(claim, old, spent_by)
+                if refusal is not None:
+                    if refusal is PhoneHomeOutcome.HOST_KEYS_DIFFER:
+                        events.append(_host_keys_conflict_event(claim, now))
+                    outcomes.append(refusal)
+                    continue
+                moved_on = old.stage in _PAST_PHONE_HOME
+                records[key] = updated[key] = _phoned_home(old, claim, now)
+                spent_by[claim.token_hash] = claim.fingerprint
+                spends.append({"b_hash": claim.token_hash, "fingerprint": claim.fingerprint})
+                events.append(_phoned_home_event(claim, now, moved_on=moved_on))
+                if moved_on:
+                    outcomes.append(PhoneHomeOutcome.CONFIRMED)
+                    continue
+                transitions.append(
+                    {
+                        "fleet": claim.fleet,
+                        "server": claim.server,
+                        "stage": str(Stage.PHONED_HOME),
+                        "at": now,
+                        "reason": "",
+                    }
+                )
+                installs.append(self._job_values(claim.install, now))
+                outcomes.append(PhoneHomeOutcome.ACCEPTED)
+            with self._pipelined(connection):
+                if spends:
+                    connection.execute(statements.spend, [{**s, "spent_at": now} for s in spends])
+                if updated:
+                    rows = [_phoned_home_values(record) for record in updated.values()]
+                    connection.execute(statements.update_server, rows)
+                if transitions:
+                    connection.execute(statements.add_transition, transitions)
+                if events:
+                    connection.execute(statements.add_event, events)
+                if installs:
+                    connection.execute(statements.enqueue, installs)
+        return outcomes
+
+    def _phone_home_statements(self) -> _PhoneHomeStatements:
+        """The statements of accept_phone_homes, built once per store (building one costs
+        about as much as running it)."""
+        if self._phone_home is None:
+            tokens, servers = self._tokens, self._servers
+            token_query = (
+                select(
+                    tokens.c.token_hash,
+                    tokens.c.fleet,
+                    tokens.c.server,
+                    tokens.c.spent_at,
+                    tokens.c.fingerprint,
+                )
+                .where(tokens.c.token_hash.in_(bindparam("hashes", expanding=True)))
+                .order_by(tokens.c.token_hash)
+            )
+            server_query = (
+                select(servers)
+                # Not `(fleet, name) IN (...)`, which SQLite answers by scanning the table:
+                # these two use the primary key. Rows of servers no claim names are unused.
+                .where(
+                    servers.c.fleet.in_(bindparam("fleets", expanding=True)),
+                    servers.c.name.in_(bindparam("names", expanding=True)),
+                )
+                .order_by(servers.c.fleet, servers.c.name)
+            )
+            if self._is_postgresql:
+                token_query = token_query.with_for_update()
+                server_query = server_query.with_for_update()
+            self._phone_home = _PhoneHomeStatements(
+                tokens=token_query,
+                servers=server_query,
+                spend=update(tokens)
+                .where(tokens.c.token_hash == bindparam("b_hash"), tokens.c.spent_at.is_(None))
+                .values(spent_at=bindparam("spent_at"), fingerprint=bindparam("fingerprint")),
+                update_server=update(servers)
+                .where(
+                    servers.c.fleet == bindparam("b_fleet"), servers.c.name == bindparam("b_name")
+                )
+                .values({column: bindparam(column) for column in _PHONED_HOME_COLUMNS}),
+                # inline(): no RETURNING of the new ids, which would wait for the answer.
+                add_transition=insert(self._transitions).inline(),
+                add_event=insert(self._events).inline(),
+                enqueue=self._dialect_insert(self._jobs)
+                .inline()
+                .on_conflict_do_nothing(index_elements=["active_key"]),
+            )
+        return self._phone_home
+
+    @contextmanager
+    def _pipelined(self, connection: Connection) -> Iterator[None]:
+        """On PostgreSQL, send the block's statements without waiting for each one's answer
+        (psycopg's pipeline mode; an error surfaces at the end of the block): one round trip
+        instead of one a statement. SQLite is in-process: nothing to save."""
+        if not self._is_postgresql:
+            yield
+            return
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        with driver.pipeline():
+            yield
+
+    def move_on_by_polling(
+        self, fleet: str, server: str, host_keys: Labels, install: NewJob
+    ) -> bool:
+        """A booting server found by polling (listed, answering SSH) moves on as if it had
+        phoned home, with host keys from a key scan: stage phoned_home, install enqueued,
+        atomically. False (nothing changed) if it is not booting any more."""
+        with self._write() as connection:
+            row = connection.execute(self._server_query(fleet, server, for_update=True)).first()
+            if row is None or row.stage not in _AWAITING_READINESS:
+                return False
+            fields = {"host_keys": host_keys, "host_keys_source": str(HostKeySource.KEYSCAN)}
+            reason = "reached by polling: no phone-home; host keys from ssh-keyscan"
+            self._update_server(connection, fleet, server, Stage.PHONED_HOME, reason, fields)
+            self._insert_event(
+                connection,
+                fleet,
+                "server.polled",
+                f"{server} answers SSH; its host keys were read by ssh-keyscan, NOT pinned "
+                "from a phone-home",
+                server,
+                {"host_keys": dict(host_keys)},
+            )
+            self._enqueue(connection, install)
+        return True
+
+    def entered(
+        self, fleet: str, stage: Stage, *, before: dt.datetime | None = None
+    ) -> dict[str, dt.datetime]:
+        """When each server of `fleet` that is in `stage` now entered it, by server name;
+        with `before`, only the servers that entered it at or before then.
+
+        The monitor asks every second: one indexed query that returns only what it acts on,
+        not a read of the whole fleet.
+        """
+        table, servers = self._transitions, self._servers
+        query = (
+            select(table.c.server, func.max(table.c.at).label("at"))
+            .join(servers, (servers.c.fleet == table.c.fleet) & (servers.c.name == table.c.server))
+            .where(
+                servers.c.fleet == fleet,
+                servers.c.stage == str(stage),
+                table.c.stage == str(stage),
+            )
+            .group_by(table.c.server)
+        )
+        if before is not None:
+            query = query.having(func.max(table.c.at) <= before)
+        with self._read() as connection:
+            return {row.server: row.at for row in connection.execute(query)}
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def enqueue(self, job: NewJob) -> Job:
+        """Add a job (or, if its key is live already, return the live job)."""
+        with self._write() as connection:
+            return self._enqueue(connection, job)
+
+    def _enqueue(self, connection: Connection, job: NewJob) -> Job:
+        statement = (
+            self._dialect_insert(self._jobs)
+            .values(self._job_values(job, self._now()))
+            .on_conflict_do_nothing(index_elements=["active_key"])
+            .returning(self._jobs)
+        )
+        row = connection.execute(statement).first()
+        if row is None:
+            row = connection.execute(
+                select(self._jobs).where(self._jobs.c.active_key == job.key)
+            ).one()
+        return _job(row)
+
+    def _job_values(self, job: NewJob, now: dt.datetime) -> dict[str, Any]:
+        return {
+            "kind": job.kind,
+            "fleet": job.fleet,
+            "server": job.server,
+            "payload": dict(job.payload),
+            "state": str(JobState.QUEUED),
+            "attempts": 0,
+            "max_attempts": job.max_attempts,
+            "run_after": now + dt.timedelta(seconds=job.delay_s),
+            "active_key": job.key,
+            "last_error": "",
+            "result": {},
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def _dialect_insert(self, table: Table) -> Any:
+        """INSERT that can say ON CONFLICT DO NOTHING, in this store's dialect."""
+        return (postgresql.insert if self._is_postgresql else sqlite.insert)(table)
+
+    def claim_job(self, owner: str, kinds: Collection[str], lease_s: float) -> Job | None:
+        """Take the next job of `kinds` that is due (or whose worker's lease ran out).
+
+        The claim and the lease are one atomic step: on PostgreSQL the row is locked with
+        FOR UPDATE SKIP LOCKED, so workers never wait for each other nor take the same job;
+        on SQLite the write transaction holds the database's one write lock.
+        """
+        jobs = self._jobs
+        now = self._now()
+        due = or_(
+            (jobs.c.state == str(JobState.QUEUED)) & (jobs.c.run_after <= now),
+            (jobs.c.state == str(JobState.RUNNING)) & (jobs.c.lease_expires_at < now),
+        )
+        query = (
+            select(jobs.c.id)
+            .where(jobs.c.kind.in_(list(kinds)), due)
+            .order_by(jobs.c.run_after, jobs.c.id)
+            .limit(1)
+        )
+        if self._is_postgresql:
+            query = query.with_for_update(skip_locked=True)
+        with self._write() as connection:
+            job_id = connection.execute(query).scalar()
+            if job_id is None:
+                return None
+            row = connection.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    state=str(JobState.RUNNING),
+                    attempts=jobs.c.attempts + 1,
+                    lease_owner=owner,
+                    lease_expires_at=now + dt.timedelta(seconds=lease_s),
+                    updated_at=now,
+                )
+                .returning(jobs)
+            ).one()
+        return _job(row)
+
+    def renew_lease(self, job_id: int, owner: str, lease_s: float) -> bool:
+        """Extend a running job's lease; False if `owner` no longer holds it."""
+        now = self._now()
+        return self._while_leased(
+            job_id, owner, lease_expires_at=now + dt.timedelta(seconds=lease_s), updated_at=now
+        )
+
+    def finish_job(self, job_id: int, owner: str, result: Mapping[str, Any]) -> bool:
+        """Mark a job succeeded; False (and nothing changed) if `owner` lost its lease."""
+        now = self._now()
+        return self._while_leased(
+            job_id,
+            owner,
+            state=str(JobState.SUCCEEDED),
+            result=dict(result),
+            active_key=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=now,
+            finished_at=now,
+        )
+
+    def retry_job(
+        self,
+        job_id: int,
+        owner: str,
+        *,
+        delay_s: float,
+        error: str = "",
+        payload: Mapping[str, Any] | None = None,
+        count_attempt: bool = True,
+    ) -> bool:
+        """Put a running job back in the queue to run again after `delay_s`.
+
+        `count_attempt=False` is for a handler that is waiting for something (polling), not
+        failing: the claim's attempt is given back. False if `owner` lost its lease.
+        """
+        now = self._now()
+        values: dict[str, Any] = {
+            "state": str(JobState.QUEUED),
+            "run_after": now + dt.timedelta(seconds=delay_s),
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "last_error": redact(error),
+            "updated_at": now,
+        }
+        if payload is not None:
+            values["payload"] = dict(payload)
+        if not count_attempt:
+            values["attempts"] = self._jobs.c.attempts - 1
+        return self._while_leased(job_id, owner, **values)
+
+    def fail_job(self, job_id: int, owner: str, error: str) -> bool:
+        """Give a job up for good; False if `owner` lost its lease."""
+        now = self._now()
+        return self._while_leased(
+            job_id,
+            owner,
+            state=str(JobState.FAILED),
+            last_error=redact(error),
+            active_key=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=now,
+            finished_at=now,
+        )
+
+    def _while_leased(self, job_id: int, owner: str, **values: Any) -> bool:
+        jobs = self._jobs
+        with self._write() as connection:
+            done = connection.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.lease_owner == owner,
+                    jobs.c.state == str(JobState.RUNNING),
+                )
+                .values(values)
+            )
+        return bool(done.rowcount)
+
+    def expire_leases(self, owners: Collection[str]) -> int:
+        """End the leases of these (dead) workers now, so their jobs can be claimed again."""
+        if not owners:
+            return 0
+        jobs = self._jobs
+        with self._write() as connection:
+            done = connection.execute(
+                update(jobs)
+                .where(jobs.c.state == str(JobState.RUNNING), jobs.c.lease_owner.in_(list(owners)))
+                .values(lease_expires_at=self._now())
+            )
+        return int(done.rowcount)
+
+    def lease_owners(self) -> tuple[str, ...]:
+        """The workers holding a lease on a running job now."""
+        jobs = self._jobs
+        with self._read() as connection:
+            owners = connection.scalars(
+                select(jobs.c.lease_owner)
+                .where(jobs.c.state == str(JobState.RUNNING), jobs.c.lease_owner.is_not(None))
+                .distinct()
+            ).all()
+        return tuple(str(owner) for owner in owners)
+
+    def job(self, job_id: int) -> Job | None:
+        """One job, or None."""
+        with self._read() as connection:
+            row = connection.execute(select(self._jobs).where(self._jobs.c.id == job_id)).first()
+        return None if row is None else _job(row)
+
+    def jobs(
+        self,
+        fleet: str | None = None,
+        *,
+        kind: str | None = None,
+        server: str | None = None,
+        states: Collection[JobState] = (),
+    ) -> tuple[Job, ...]:
+        """Jobs, oldest first, filtered by fleet, kind, server and states."""
+        jobs = self._jobs
+        query = select(jobs)
+        if fleet is not None:
+            query = query.where(jobs.c.fleet == fleet)
+        if kind is not None:
+            query = query.where(jobs.c.kind == kind)
+        if server is not None:
+            query = query.where(jobs.c.server == server)
+        if states:
+            query = query.where(jobs.c.state.in_([str(s) for s in states]))
+        with self._read() as connection:
+            rows = connection.execute(query.order_by(jobs.c.id)).all()
+        return tuple(_job(row) for row in rows)
+
+    # --- API keys --------------------------------------------------------------------------
+
+    def add_api_key(self, key: ApiKey) -> None:
+        """Store a new API key (its name must be new)."""
+        try:
+            with self._write() as connection:
+                connection.execute(
+                    insert(self._api_keys).values(
+                        key_id=key.key_id,
+                        name=key.name,
+                        secret_hash=key.secret_hash,
+                        created_at=key.created_at,
+                        revoked_at=key.revoked_at,
+                    )
+                )
+        except exc.IntegrityError:
+            raise EngineError(
+                f"there is an API key called {key.name} already; pick another name, or revoke "
+                f"it first (engine apikey revoke {key.name})"
+            ) from None
+
+    def api_key(self, key_id: str) -> ApiKey | None:
+        """The API key with this id, or None."""
+        with self._read() as connection:
+            row = connection.execute(
+                select(self._api_keys).where(self._api_keys.c.key_id == key_id)
+            ).first()
+        return None if row is None else _api_key(row)
+
+    def api_keys(self) -> tuple[ApiKey, ...]:
+        """Every API key, revoked ones included, by name."""
+        with self._read() as connection:
+            rows = connection.execute(select(self._api_keys).order_by(self._api_keys.c.name))
+            return tuple(_api_key(row) for row in rows)
+
+    def revoke_api_key(self, name: str) -> ApiKey:
+        """Revoke the key called `name`; an EngineError if there is none."""
+        table = self._api_keys
+        with self._write() as connection:
+            connection.execute(
+                update(table)
+                .where(table.c.name == name, table.c.revoked_at.is_(None))
+                .values(revoked_at=self._now())
+            )
+            row = connection.execute(select(table).where(table.c.name == name)).first()
+        if row is None:
+            raise EngineError(f"there is no API key called {name}; list them: engine apikey list")
+        return _api_key(row)
+
+    # --- agents ----------------------------------------------------------------------------
+
+    def record_heartbeat(self, report: AgentReport) -> ServerRecord:
+        """Keep an agent's latest report and move its server on: an installed server whose
+        agent reports is ready; an unhealthy one has recovered. Returns the server record."""
+        reports = self._reports
+        values = {
+            "fleet": report.fleet,
+            "server": report.server,
+            "last_heartbeat_at": report.last_heartbeat_at,
+            "sequence": report.sequence,
+            "metrics": dict(report.metrics),
+            "containers": None if report.containers is None else dict(report.containers),
+            "tls_fingerprint": report.tls_fingerprint,
+        }
+        with self._write() as connection:
+            row = connection.execute(
+                self._server_query(report.fleet, report.server, for_update=True)
+            ).first()
+            if row is None:
+                raise EngineError(f"the state store has no server {report.server}")
+            done = connection.execute(
+                update(reports)
+                .where(reports.c.fleet == report.fleet, reports.c.server == report.server)
+                .values(values)
+            )
+            if done.rowcount == 0:
+                connection.execute(insert(reports).values(values))
+            record = _server_record(row)
+            if record.stage is Stage.UNHEALTHY:
+                return self._update_server(
+                    connection, report.fleet, report.server, Stage.READY, "heartbeats resumed", {}
+                )
+            if record.stage is Stage.INSTALLING and record.installed_at is not None:
+                return self._update_server(
+                    connection, report.fleet, report.server, Stage.READY, "", {}
+                )
+        return record
+
+    def agent_report(self, fleet: str, server: str) -> AgentReport | None:
+        """The last heartbeat of a server's agent, or None."""
+        reports = self._reports
+        with self._read() as connection:
+            row = connection.execute(
+                select(reports).where(reports.c.fleet == fleet, reports.c.server == server)
+            ).first()
+        return None if row is None else _report(row)
+
+    def agent_reports(self, fleet: str) -> tuple[AgentReport, ...]:
+        """The last heartbeat of every agent of a fleet, by server."""
+        reports = self._reports
+        with self._read() as connection:
+            rows = connection.execute(
+                select(reports).where(reports.c.fleet == fleet).order_by(reports.c.server)
+            ).all()
+        return tuple(_report(row) for row in rows)
+
+    def record_agent_event(
+        self,
+        fleet: str,
+        server: str,
+        event_id: str,
+        kind: str,
+        message: str,
+        data: Mapping[str, Any],
+    ) -> bool:
+        """Record an agent's event once: False if this event id was recorded before."""
+        with self._write() as connection:
+            added = connection.execute(
+                self._dialect_insert(self._agent_event_ids)
+                .values(fleet=fleet, server=server, event_id=event_id)
+                .on_conflict_do_nothing()
+            )
+            if not added.rowcount:
+                return False
+            self._insert_event(connection, fleet, kind, message, server, data)
+        return True
+
+    def mark_unhealthy(self, misses: int) -> tuple[ServerRecord, ...]:
+        """Move ready servers whose agent missed `misses` heartbeats in a row to unhealthy.
+
+        A server's interval is its fleet's heartbeat_s; a ready server that never reported
+        counts from when it became ready. Returns the servers moved.
+        """
+        now = self._now()
+        servers, reports = self._servers, self._reports
+        query = (
+            select(
+                servers.c.fleet,
+                servers.c.name,
+                servers.c.updated_at,
+                reports.c.last_heartbeat_at,
+                self._fleets.c.heartbeat_s,
+            )
+            .join(self._fleets, self._fleets.c.name == servers.c.fleet)
+            .outerjoin(
+                reports, (reports.c.fleet == servers.c.fleet) & (reports.c.server == servers.c.name)
+            )
+            .where(servers.c.stage == str(Stage.READY))
+        )
+        with self._read() as connection:
+            rows = connection.execute(query).all()
+        moved = []
+        for row in rows:
+            last = row.last_heartbeat_at or row.updated_at
+            silent_s = (now - last).total_seconds()
+            if silent_s <= misses * row.heartbeat_s:
+                continue
+            with self._write() as connection:
+                current = connection.execute(
+                    self._server_query(row.fleet, row.name, for_update=True)
+                ).first()
+                if current is None or current.stage != str(Stage.READY):
+                    continue
+                reason = (
+                    f"no heartbeat for {silent_s:.0f} s ({misses} intervals of {row.heartbeat_s} s)"
+                )
+                moved.append(
+                    self._update_server(
+                        connection, row.fleet, row.name, Stage.UNHEALTHY, reason, {}
+                    )
+                )
+                self._insert_event(
+                    connection, row.fleet, "server.unhealthy", f"{row.name}: {reason}", row.name, {}
+                )
+        return tuple(moved)
 
     # --- locks -----------------------------------------------------------------------------
 
@@ -567,6 +1322,234 @@ def _server_record(row: Row[Any]) -> ServerRecord:
         host_keys=tuple(sorted(row.host_keys.items())),
     )
     return ServerRecord(**values)
+
+
+# A server still waiting to be reached (a failed one too: a late answer revives it).
+_AWAITING_READINESS = frozenset({str(Stage.BOOTING), str(Stage.FAILED)})
+# Stages after the phone-home: a late phone-home can only confirm what polling found.
+_PAST_PHONE_HOME = frozenset({Stage.PHONED_HOME, Stage.INSTALLING, Stage.READY, Stage.UNHEALTHY})
+_UPDATABLE = frozenset(
+    {
+        "provider_id",
+        "location",
+        "server_type",
+        "image",
+        "ipv4",
+        "ipv6",
+        "private_ips",
+        "labels",
+        "user_data_hash",
+        "install_hash",
+        "host_keys",
+        "host_keys_source",
+        "cloud_init_finished_at",
+        "installed_at",
+        "inventory_seen_at",
+    }
+)
+
+
+def _is_network_of(network: str, address: str) -> bool:
+    """Whether `network` (e.g. Hetzner's `2001:db8:1::/64`) is a network holding `address`."""
+    if "/" not in network:
+        return False
+    try:
+        return ipaddress.ip_address(address) in ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class _PhoneHomeStatements:
+    tokens: Any
+    servers: Any
+    spend: Any
+    update_server: Any
+    add_transition: Any
+    add_event: Any
+    enqueue: Any
+
+
+# What a phone-home changes in a server's row (accept_phone_homes writes them all).
+_PHONED_HOME_COLUMNS = (
+    "provider_id",
+    "ipv4",
+    "ipv6",
+    "private_ips",
+    "host_keys",
+    "host_keys_source",
+    "cloud_init_finished_at",
+    "stage",
+    "stage_reason",
+    "updated_at",
+)
+
+
+def _phone_home_refusal(
+    claim: PhoneHomeAcceptance, old: ServerRecord, spent_by: Mapping[str, str]
+) -> PhoneHomeOutcome | None:
+    """Why the token or the server's stage refuses a checked claim; None if neither does."""
+    if claim.token_hash not in spent_by:
+        return PhoneHomeOutcome.UNKNOWN_TOKEN
+    if spent_by[claim.token_hash]:
+        if spent_by[claim.token_hash] == claim.fingerprint:
+            return PhoneHomeOutcome.REPLAYED
+        return PhoneHomeOutcome.SPENT
+    if old.stage is Stage.DELETING:
+        return PhoneHomeOutcome.DELETING
+    if old.stage in _PAST_PHONE_HOME and dict(old.host_keys) != dict(claim.host_keys):
+        return PhoneHomeOutcome.HOST_KEYS_DIFFER
+    return None
+
+
+def _phoned_home(old: ServerRecord, claim: PhoneHomeAcceptance, now: dt.datetime) -> ServerRecord:
+    """The record once the phone-home is applied: host keys pinned, addresses and id filled
+    in where the record lacks them, stage phoned_home unless polling moved it on before."""
+    ipv6 = old.ipv6
+    if claim.ipv6 and (old.ipv6 is None or _is_network_of(old.ipv6, claim.ipv6)):
+        ipv6 = claim.ipv6
+    moved_on = old.stage in _PAST_PHONE_HOME
+    return replace(
+        old,
+        provider_id=old.provider_id or claim.provider_id,
+        ipv4=old.ipv4 if old.ipv4 is not None or not claim.ipv4 else claim.ipv4,
+        ipv6=ipv6,
+        private_ips=old.private_ips or claim.private_ips,
+        host_keys=claim.host_keys,
+        host_keys_source=str(HostKeySource.PHONE_HOME),
+        cloud_init_finished_at=claim.cloud_init_finished_at,
+        stage=old.stage if moved_on else Stage.PHONED_HOME,
+        stage_reason=old.stage_reason if moved_on else "",
+        updated_at=now,
+    )
+
+
+def _phoned_home_values(record: ServerRecord) -> dict[str, Any]:
+    values = _server_values(record)
+    return {
+        "b_fleet": record.fleet,
+        "b_name": record.name,
+        **{column: values[column] for column in _PHONED_HOME_COLUMNS},
+    }
+
+
+def _phoned_home_event(
+    claim: PhoneHomeAcceptance, now: dt.datetime, *, moved_on: bool
+) -> dict[str, Any]:
+    message = (
+        f"{claim.server} phoned home late; the host keys polling found are confirmed"
+        if moved_on
+        else f"{claim.server} phoned home; its host keys are pinned"
+    )
+    return _event_values(claim, "server.phoned_home", message, claim.event_data, now)
+
+
+def _host_keys_conflict_event(claim: PhoneHomeAcceptance, now: dt.datetime) -> dict[str, Any]:
+    return _event_values(
+        claim,
+        "server.host_keys_conflict",
+        f"{claim.server} phoned home with host keys other than the ones polling pinned; "
+        "refused. Check the server before trusting it",
+        {"source": claim.source, "host_keys": dict(claim.host_keys)},
+        now,
+    )
+
+
+def _event_values(
+    claim: PhoneHomeAcceptance, kind: str, message: str, data: Mapping[str, Any], at: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "fleet": claim.fleet,
+        "server": claim.server,
+        "kind": kind,
+        "message": redact(message),
+        "data": dict(data),
+        "at": at,
+    }
+
+
+def _fleet(row: Row[Any]) -> FleetSettings:
+    return FleetSettings(
+        name=row.name,
+        provider=row.provider,
+        provider_endpoint=row.provider_endpoint,
+        token_env=row.token_env,
+        readiness=row.readiness,
+        token_ttl_s=row.token_ttl_s,
+        phone_home_timeout_s=row.phone_home_timeout_s,
+        verify_source_ip=row.verify_source_ip,
+        heartbeat_s=row.heartbeat_s,
+        ssh_user=row.ssh_user,
+        ssh_port=row.ssh_port,
+        install=row.install,
+    )
+
+
+def _token(row: Row[Any]) -> PhoneHomeToken:
+    return PhoneHomeToken(
+        token_hash=row.token_hash,
+        fleet=row.fleet,
+        server=row.server,
+        expires_at=row.expires_at,
+        created_at=row.created_at,
+        spent_at=row.spent_at,
+        fingerprint=row.fingerprint,
+    )
+
+
+def _job(row: Row[Any]) -> Job:
+    return Job(
+        id=row.id,
+        kind=row.kind,
+        fleet=row.fleet,
+        server=row.server,
+        payload=row.payload,
+        state=JobState(row.state),
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        run_after=row.run_after,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        lease_owner=row.lease_owner,
+        lease_expires_at=row.lease_expires_at,
+        last_error=row.last_error,
+        result=row.result,
+        finished_at=row.finished_at,
+    )
+
+
+def _api_key(row: Row[Any]) -> ApiKey:
+    return ApiKey(
+        key_id=row.key_id,
+        name=row.name,
+        secret_hash=row.secret_hash,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _report(row: Row[Any]) -> AgentReport:
+    return AgentReport(
+        fleet=row.fleet,
+        server=row.server,
+        last_heartbeat_at=row.last_heartbeat_at,
+        sequence=row.sequence,
+        metrics=row.metrics,
+        containers=row.containers,
+        tls_fingerprint=row.tls_fingerprint,
+    )
+
+
+def _lock_values(held: Lock) -> dict[str, Any]:
+    return {
+        "stack": held.stack,
+        "lock_id": held.lock_id,
+        "holder": held.holder,
+        "host": held.host,
+        "pid": held.pid,
+        "command": held.command,
+        "acquired_at": held.acquired_at,
+    }
 
 
 def _lock(row: Row[Any]) -> Lock:

@@ -3,10 +3,11 @@
 Payloads follow the published reference: list endpoints page with `page`/`per_page` (at most
 50) and answer `meta.pagination`; `GET /servers` filters by `label_selector` (the documented
 selector language: `k=v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`, comma = and) and
-`name`; errors are `{"error": {"code", "message", "details"}}` with an `X-Correlation-Id`
-header; every answer carries `RateLimit-Limit/Remaining/Reset`; every request needs
-`Authorization: Bearer <token>`. The fake counts requests and fails the next ones on demand
-(429 with Retry-After, 5xx, slow answers that time out) to exercise retries.
+`name`; `POST /servers` creates one (409 `uniqueness_error` for a name in use); errors are
+`{"error": {"code", "message", "details"}}` with an `X-Correlation-Id` header; every answer
+carries `RateLimit-Limit/Remaining/Reset`; every request needs `Authorization: Bearer <token>`.
+The fake counts requests and fails the next ones on demand (429 with Retry-After, 5xx, slow
+answers that time out) to exercise retries.
 """
 
 from __future__ import annotations
@@ -403,9 +404,46 @@ class FakeHcloud(FakeApi):
             headers=self.rate_headers(),
         )
 
+    async def _create_server(self, request: Request) -> JSONResponse:
+        """POST /servers ("Create a Server"): name, server_type, image, location, labels."""
+        refused = await self.admit(request)
+        if refused is not None:
+            return refused
+        self.rate_remaining = max(0, self.rate_remaining - 1)
+        body = await request.json()
+        if not body.get("name") or not body.get("server_type") or not body.get("image"):
+            return self.error(422, "invalid_input", "name, server_type and image are required")
+        if any(s["name"] == body["name"] for s in self.servers):
+            return self.error(409, "uniqueness_error", "server name is already used")
+        server = self.add_server(
+            body["name"],
+            labels=body.get("labels"),
+            server_type=body["server_type"],
+            location=body.get("location") or "fsn1",
+            image=body["image"],
+            status="initializing",
+        )
+        action = {
+            "id": self.next_id(),
+            "command": "create_server",
+            "status": "running",
+            "progress": 0,
+            "started": "2026-01-01T00:00:00+00:00",
+            "finished": None,
+            "resources": [{"id": server["id"], "type": "server"}],
+            "error": None,
+        }
+        return JSONResponse(
+            {"server": server, "action": action, "next_actions": [], "root_password": None},
+            status_code=201,
+            headers=self.rate_headers(),
+        )
+
     def app(self) -> Starlette:
         def lister(key: str):  # type: ignore[no-untyped-def]
             async def endpoint(request: Request) -> JSONResponse:
+                if request.method == "POST":
+                    return await self._create_server(request)
                 return await self._list(request, key, getattr(self, key))
 
             return endpoint
@@ -419,4 +457,11 @@ class FakeHcloud(FakeApi):
             "firewalls",
             "networks",
         )
-        return Starlette(routes=[Route(f"/v1/{key}", lister(key)) for key in keys])
+        return Starlette(
+            routes=[
+                Route(
+                    f"/v1/{key}", lister(key), methods=["GET", "POST"] if key == "servers" else None
+                )
+                for key in keys
+            ]
+        )

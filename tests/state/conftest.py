@@ -1,11 +1,14 @@
-"""The state-store tests run on both backends: a SQLite file and a real PostgreSQL."""
+"""A fresh store on each backend (SQLite and a real PostgreSQL), on the test's clock."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from engine.state.store import Store, open_store
+from tests.support.clock import Clock
 from tests.support.postgres import Cluster
 
 
@@ -16,3 +19,9 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'nested' / 'state.db'}"
     cluster: Cluster = request.getfixturevalue("postgres")
     return cluster.create_database()
+
+
+@pytest.fixture
+def store(url: str, clock: Clock) -> Iterator[Store]:
+    with open_store(url, now=clock) as opened:
+        yield opened

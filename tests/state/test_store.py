@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,28 +16,7 @@ from engine.secrets import register_secret
 from engine.state import ServerRecord, stage_durations
 from engine.state import schema as state_schema
 from engine.state.store import Store, open_store, state_url, store_exists
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 11, 5, 10, 0, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(url: str, clock: Clock) -> Iterator[Store]:
-    with open_store(url, now=clock) as opened:
-        yield opened
+from tests.support.clock import Clock
 
 
 def _record(**overrides: object) -> ServerRecord:
@@ -200,14 +178,15 @@ def test_an_appended_migration_is_applied_to_an_existing_store(
     def add_agent_version(connection: object) -> None:
         state_schema.add_column(connection, "servers", Column("agent_version", String(20)))  # type: ignore[arg-type]
 
+    version = state_schema.MIGRATIONS[-1].version + 1
     extra = state_schema.Migration(
-        2, "heartbeats, servers.agent_version", heartbeats, add_agent_version
+        version, "heartbeats, servers.agent_version", heartbeats, add_agent_version
     )
     monkeypatch.setattr(state_schema, "MIGRATIONS", (*state_schema.MIGRATIONS, extra))
     state_schema.metadata.cache_clear()
     try:
         with open_store(url) as upgraded:
-            assert upgraded.schema_version() == 2
+            assert upgraded.schema_version() == version
             assert [r.name for r in upgraded.servers("web-prod")] == ["web-1"]
         engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
         with engine.begin() as connection:

@@ -1,0 +1,131 @@
+"""engine serve [--listen HOST:PORT] [--state URL] [--spec SPEC]... [--workers N]"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+
+DEFAULT_LISTEN = "127.0.0.1:8470"
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the control plane: phone-home, heartbeats, the fleet API and job workers",
+        description="Run the control plane until interrupted, for fleets that live longer "
+        "than one `engine up`. Several `engine serve` on one PostgreSQL store share the job "
+        "queue. Fleets are served once `engine up` (or --spec) registered them.",
+    )
+    parser.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where to listen (default {DEFAULT_LISTEN}; port 0 picks a free port)",
+    )
+    parser.add_argument("--state", metavar="URL", help="the state store (default: SQLite)")
+    parser.add_argument(
+        "--spec",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="register this fleet spec's settings (repeatable); its provider token variable "
+        "lets the control plane read the provider inventory",
+    )
+    parser.add_argument("--workers", type=int, default=2, metavar="N", help="job worker threads")
+    parser.add_argument(
+        "--install-entry",
+        metavar="MODULE:FUNCTION",
+        help="the install step to run install jobs with (a callable taking the target and "
+        "the fleet's settings); without it install jobs wait for a control plane that has one",
+    )
+    parser.add_argument(
+        "--heartbeat-misses",
+        type=int,
+        default=3,
+        metavar="N",
+        help="heartbeats in a row a ready server may miss before it is unhealthy (default 3)",
+    )
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        metavar="IPS",
+        help="proxies whose X-Forwarded-For is trusted as the client address (default "
+        "127.0.0.1: a reverse proxy on this host)",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.set_defaults(run=run)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets) -> (host, port); an EngineError saying how to write it."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise EngineError(
+            f"--listen {value}: give HOST:PORT, e.g. 0.0.0.0:8470, [::]:8470 or 127.0.0.1:0"
+        )
+    return host, int(port)
+
+
+def load_entry(value: str) -> Any:
+    """The callable MODULE:FUNCTION names."""
+    module_name, sep, name = value.partition(":")
+    if not sep or not module_name or not name:
+        raise EngineError(f"--install-entry {value}: give MODULE:FUNCTION")
+    try:
+        entry = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as error:
+        raise EngineError(f"--install-entry {value}: cannot load it ({error})") from None
+    if not callable(entry):
+        raise EngineError(f"--install-entry {value} is not callable")
+    return entry
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from engine.controlplane.app import install_log_redaction
+    from engine.controlplane.fleets import register_fleet
+    from engine.controlplane.runner import running_control_plane
+    from engine.spec import load_spec
+    from engine.state.store import open_store, state_url
+
+    host, port = parse_listen(args.listen)
+    if args.workers < 0 or args.heartbeat_misses < 1:
+        raise EngineError("--workers must be 0 or more and --heartbeat-misses 1 or more")
+    installer = load_entry(args.install_entry) if args.install_entry else None
+    fleets = [load_spec(path, state_dir=args.state_dir) for path in args.spec]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    install_log_redaction()
+    state_dir = Path(args.state_dir)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with open_store(state_url(state_dir, args.state)) as store:
+        for fleet in fleets:
+            register_fleet(store, fleet)
+        with running_control_plane(
+            store,
+            state_dir,
+            host=host,
+            port=port,
+            installer=installer,
+            workers=args.workers,
+            heartbeat_misses=args.heartbeat_misses,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+            access_log=args.access_log,
+        ) as plane:
+            served = ", ".join(f.name for f in store.fleets()) or "none registered yet"
+            print(f"control plane listening on {plane.url} (fleets: {served})", flush=True)
+            if installer is None:
+                print("no --install-entry: install jobs wait in the queue", file=sys.stderr)
+            stop.wait()
+    return 0

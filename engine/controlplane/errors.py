@@ -1,0 +1,62 @@
+"""Refusals the control plane answers with: an HTTP status, a stable code, a message.
+
+Every error body is `{"error": {"code": ..., "message": ..., "fields": [{"path", "message"}]}}`
+(`fields` only for a body or query that failed validation); 429 and 503 carry Retry-After.
+
+    400 malformed_json, bad_header         the request can never be read
+    401 unauthenticated, token_invalid, token_expired, api_key_invalid
+    403 token_wrong_fleet, token_wrong_server, instance_mismatch, source_address_mismatch
+    404 not_found, fleet_not_found, server_not_found
+    405 method_not_allowed
+    409 token_spent, host_keys_conflict, server_deleting
+    413 body_too_large     415 unsupported_media_type     422 invalid_body, invalid_query
+    429 rate_limited       503 not_ready (try again: the control plane cannot decide yet)
+
+A server's phone-home program stops for good on a 4xx other than 429, so a 4xx means the
+request can never succeed; anything that may sort itself out (a server not registered yet,
+an instance the provider does not list yet) is a 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine.errors import EngineError
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    path: str
+    message: str
+
+
+class ApiError(EngineError):
+    """An answer other than success, with what the client needs to know and nothing more."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        fields: Sequence[FieldError] = (),
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = tuple(fields)
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> dict[str, object]:
+        error: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.fields:
+            error["fields"] = [{"path": f.path, "message": f.message} for f in self.fields]
+        return {"error": error}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(self.retry_after_s)}

@@ -1,0 +1,179 @@
+"""Running the control plane: embedded in `engine up` for one run, or as `engine serve`.
+
+    with running_control_plane(store, state_dir, host="0.0.0.0", installer=install) as cp:
+        cp.url                     # e.g. http://0.0.0.0:41235 (port 0 picks a free port)
+        ...                        # create servers, register them, wait for them
+
+Both run the same pieces: the HTTP API on uvicorn, job workers, and the monitor.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.controlplane.app import AppSettings, ControlPlaneApi, create_app
+from engine.controlplane.handlers import (
+    Installer,
+    InstallHandler,
+    PollInventoryHandler,
+    Provisioner,
+    ProvisionHandler,
+    SshCheckHandler,
+)
+from engine.controlplane.jobs import LEASE_S, JobRegistry, WorkerPool
+from engine.controlplane.lookup import ReaderFactory, provider_reader
+from engine.controlplane.monitor import HEARTBEAT_MISSES, Monitor
+from engine.controlplane.views import last_heartbeat_metrics
+from engine.errors import EngineError
+from engine.state.store import Store
+
+log = logging.getLogger("engine.controlplane")
+SWITCH_INTERVAL_S = 0.001
+
+
+def deploy_key_path(state_dir: Path) -> Callable[[str], Path | None]:
+    """Where the engine's SSH deploy key of each fleet is: <state_dir>/keys/<fleet>-deploy
+    (the seam to the key the user_data authorises; None while there is none)."""
+
+    def path(fleet: str) -> Path | None:
+        found = state_dir / "keys" / f"{fleet}-deploy"
+        return found if found.is_file() else None
+
+    return path
+
+
+def default_registry(
+    store: Store,
+    state_dir: Path,
+    *,
+    installer: Installer | None = None,
+    provisioner: Provisioner | None = None,
+    readers: ReaderFactory = provider_reader,
+) -> JobRegistry:
+    """The handlers of every job kind this control plane can run. Without an installer,
+    install jobs wait in the queue for a control plane that has one."""
+    registry = JobRegistry([PollInventoryHandler(store, readers), SshCheckHandler(store, readers)])
+    if installer is not None:
+        registry.register(InstallHandler(store, installer, deploy_key_path(state_dir)))
+    if provisioner is not None:
+        registry.register(ProvisionHandler(store, provisioner))
+    return registry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunningControlPlane:
+    url: str
+    host: str
+    port: int
+    api: ControlPlaneApi
+    workers: WorkerPool
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise EngineError(
+            f"the control plane cannot listen on {host}:{port}: {error.strerror}; "
+            "pick another address or port (port 0 picks a free one)"
+        ) from None
+    sock.listen(2048)
+    return sock
+
+
+def _uvicorn_config(app: Any, forwarded_allow_ips: str, access_log: bool) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        log_level="info",
+        access_log=access_log,
+        lifespan="off",
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips,
+        backlog=2048,
+        timeout_keep_alive=30,
+    )
+
+
+@contextmanager
+def running_control_plane(
+    store: Store,
+    state_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    registry: JobRegistry | None = None,
+    installer: Installer | None = None,
+    provisioner: Provisioner | None = None,
+    readers: ReaderFactory = provider_reader,
+    workers: int = 2,
+    lease_s: float = LEASE_S,
+    heartbeat_misses: int = HEARTBEAT_MISSES,
+    app_settings: AppSettings | None = None,
+    forwarded_allow_ips: str = "127.0.0.1",
+    access_log: bool = False,
+) -> Iterator[RunningControlPlane]:
+    """Serve the control plane on host:port in a thread, with job workers and the monitor,
+    for the duration of the block; stop everything cleanly when it ends."""
+    import uvicorn
+
+    sock = _listen(host, port)
+    bound = sock.getsockname()[1]
+    app = create_app(
+        store,
+        app_settings or AppSettings(state_dir=state_dir),
+        metrics=last_heartbeat_metrics,
+    )
+    server = uvicorn.Server(_uvicorn_config(app, forwarded_allow_ips, access_log))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="control-plane", daemon=True
+    )
+    chosen = registry or default_registry(
+        store, state_dir, installer=installer, provisioner=provisioner, readers=readers
+    )
+    with ExitStack() as stack:
+        # The phone-home writer gives up the GIL for every statement it sends; when it wants
+        # it back, the event loop thread keeps it for up to a switch interval (5 ms by
+        # default), several times per batch. 1 ms keeps a batch from waiting on that.
+        stack.callback(sys.setswitchinterval, sys.getswitchinterval())
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        # What exists by now (modules, the app, SQLAlchemy's tables) lives as long as the
+        # process. Frozen, the collector stops walking it in every full collection, each of
+        # which otherwise stalls all requests for tens of milliseconds.
+        stack.callback(gc.unfreeze)
+        gc.freeze()
+        stack.callback(app.state.api.close)
+        stack.callback(sock.close)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise EngineError(f"the control plane did not start on {host}:{bound}")
+            time.sleep(0.01)
+
+        def stop_server() -> None:
+            server.should_exit = True
+            thread.join(timeout=15)
+
+        stack.callback(stop_server)
+        pool = stack.enter_context(WorkerPool(store, chosen, workers=workers, lease_s=lease_s))
+        stack.enter_context(Monitor(store, heartbeat_misses=heartbeat_misses))
+        shown = f"[{host}]" if ":" in host else host
+        yield RunningControlPlane(
+            url=f"http://{shown}:{bound}", host=host, port=bound, api=app.state.api, workers=pool
+        )

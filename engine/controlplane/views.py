@@ -1,0 +1,96 @@
+"""Servers and events as JSON documents, for the fleet API and `engine status --format json`.
+
+`MetricsSource` is the seam for live metrics: given a server's record and its agent's last
+report, it returns the metrics to show. The default shows the last heartbeat's snapshot; a
+source that asks the agent directly (over its pinned TLS) can replace it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from engine.lifecycle import step_durations
+from engine.state import AgentReport, Event, HostKeySource, ServerRecord, Transition
+
+MetricsSource = Callable[[ServerRecord, "AgentReport | None"], "Mapping[str, Any] | None"]
+
+
+def last_heartbeat_metrics(
+    record: ServerRecord, report: AgentReport | None
+) -> Mapping[str, Any] | None:
+    """The metrics of the agent's last heartbeat (the default MetricsSource)."""
+    return None if report is None else report.metrics
+
+
+def _iso(at: dt.datetime | None) -> str | None:
+    return None if at is None else at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def host_keys_note(record: ServerRecord) -> str:
+    """How far the pinned host keys can be trusted, in words."""
+    if not record.host_keys:
+        return "no host keys yet"
+    if record.host_keys_source == HostKeySource.KEYSCAN:
+        return "read by ssh-keyscan during polling, NOT pinned from a phone-home"
+    return "pinned from the server's authenticated phone-home"
+
+
+def server_document(
+    record: ServerRecord,
+    transitions: Sequence[Transition],
+    report: AgentReport | None,
+    *,
+    now: dt.datetime,
+    metrics: MetricsSource = last_heartbeat_metrics,
+) -> dict[str, Any]:
+    """One server: stage, age, addresses, host keys, step durations, agent report."""
+    created = record.created_at or now
+    return {
+        "name": record.name,
+        "fleet": record.fleet,
+        "group": record.group,
+        "provider": record.provider,
+        "provider_id": record.provider_id,
+        "location": record.location,
+        "server_type": record.server_type,
+        "stage": str(record.stage),
+        "stage_reason": record.stage_reason,
+        "age_s": round((now - created).total_seconds(), 1),
+        "created_at": _iso(record.created_at),
+        "addresses": {
+            "ipv4": record.ipv4,
+            "ipv6": record.ipv6,
+            "private": list(record.private_ips),
+        },
+        "host_keys": dict(record.host_keys),
+        "host_keys_source": record.host_keys_source or None,
+        "install_hash": record.install_hash,
+        "steps": dict(step_durations(record, transitions)),
+        "transitions": [
+            {"stage": str(t.stage), "at": _iso(t.at), "reason": t.reason}
+            for t in transitions
+            if t.server == record.name
+        ],
+        "agent": None
+        if report is None
+        else {
+            "last_heartbeat_at": _iso(report.last_heartbeat_at),
+            "tls_fingerprint": report.tls_fingerprint,
+            "containers": report.containers,
+            "metrics": metrics(record, report),
+        },
+    }
+
+
+def event_document(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "fleet": event.fleet,
+        "server": event.server,
+        "kind": event.kind,
+        "message": event.message,
+        "data": dict(event.data),
+        "at": _iso(event.at),
+    }

@@ -1,0 +1,158 @@
+"""The fleet API and the agent's routes against the real control plane on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from engine.controlplane.apikeys import create_api_key
+from engine.controlplane.app import AppSettings
+from engine.controlplane.keys import derive_token, fleet_key
+from engine.controlplane.monitor import Monitor
+from engine.model import Stage
+from tests.controlplane.conftest import Plane, _plane, make_fleet
+
+
+def _heartbeat(plane: Plane, server: str, token: str) -> httpx.Response:
+    return plane.client.post(
+        f"{plane.url}/v1/heartbeat",
+        json={
+            "version": 1,
+            "fleet": "web-prod",
+            "server": server,
+            "sequence": 1,
+            "metrics": {"cpu_percent": 3.5},
+            "containers": {"running": 1},
+            "tls_fingerprint": "sha256:ab",
+        },
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+def test_only_health_answers_without_credentials(plane: Plane) -> None:
+    assert plane.client.get(f"{plane.url}/v1/health").json() == {"status": "ok"}
+    for path in ("/v1/servers?fleet=web-prod", "/v1/servers/web-1?fleet=web-prod", "/v1/events"):
+        response = plane.client.get(f"{plane.url}{path}")
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "unauthenticated"
+    wrong = plane.client.get(
+        f"{plane.url}/v1/servers?fleet=web-prod", headers={"Authorization": "Bearer fek_x_y"}
+    )
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, "api_key_invalid")
+
+
+def test_servers_and_events_with_an_api_key(plane: Plane) -> None:
+    key = create_api_key(plane.store, "ops")
+    auth = {"Authorization": f"Bearer {key}"}
+    assert plane.phone_home_as(1).status_code == 200
+    listing = plane.client.get(f"{plane.url}/v1/servers?fleet=web-prod", headers=auth)
+    assert listing.status_code == 200
+    assert [s["name"] for s in listing.json()["servers"]] == ["web-1", "web-2", "web-3"]
+    one = plane.client.get(f"{plane.url}/v1/servers/web-1?fleet=web-prod", headers=auth).json()
+    assert one["host_keys_source"] == "phone-home"
+    assert one["steps"]["create"] is not None
+    events = plane.client.get(f"{plane.url}/v1/events?fleet=web-prod", headers=auth).json()
+    assert "server.phoned_home" in [e["kind"] for e in events["events"]]
+    missing = plane.client.get(f"{plane.url}/v1/servers", headers=auth)
+    assert missing.status_code == 422
+    assert missing.json()["error"]["fields"] == [
+        {"path": "fleet", "message": "required: ?fleet=NAME"}
+    ]
+    bad = plane.client.get(f"{plane.url}/v1/events?fleet=web-prod&limit=0&after=x", headers=auth)
+    assert {f["path"] for f in bad.json()["error"]["fields"]} == {"after", "limit"}
+    assert plane.client.get(f"{plane.url}/v1/servers?fleet=nope", headers=auth).status_code == 404
+    plane.store.revoke_api_key("ops")
+    time.sleep(5.1)  # verified keys are remembered for 5 s
+    gone = plane.client.get(f"{plane.url}/v1/servers?fleet=web-prod", headers=auth)
+    assert gone.status_code == 401
+
+
+def test_the_documented_limits_are_the_defaults(tmp_path: Path) -> None:
+    settings = AppSettings(state_dir=tmp_path)
+    assert (settings.api_rate_per_s, settings.api_burst) == (100.0, 200)
+
+
+def test_a_burst_gets_429_with_a_retry_after_that_is_right(tmp_path: Path) -> None:
+    # The same limiter with a small bucket (5/s, burst 10), so that the burst overruns it
+    # however fast this machine answers.
+    settings = AppSettings(state_dir=tmp_path / "state", api_rate_per_s=5.0, api_burst=10)
+    for plane in _plane(
+        tmp_path, f"sqlite:///{tmp_path / 's.db'}", make_fleet(), app_settings=settings
+    ):
+        _burst(plane)
+
+
+def _burst(plane: Plane) -> None:
+    key = create_api_key(plane.store, "burst")
+    url = f"{plane.url}/v1/servers/web-1?fleet=web-prod"
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=50)) as client:
+            return await asyncio.gather(
+                *(client.get(url, headers={"Authorization": f"Bearer {key}"}) for _ in range(60))
+            )
+
+    answers = asyncio.run(burst())
+    limited = [a for a in answers if a.status_code == 429]
+    assert len(limited) >= 30, "60 requests at once overrun a bucket of 10 refilling 5/s"
+    assert {a.status_code for a in answers} == {200, 429}
+    assert {a.headers["Retry-After"] for a in limited} == {"1"}
+    assert limited[0].json()["error"]["code"] == "rate_limited"
+    time.sleep(int(limited[-1].headers["Retry-After"]))
+    again = plane.client.get(url, headers={"Authorization": f"Bearer {key}"})
+    assert again.status_code == 200
+    assert int(again.headers["RateLimit-Remaining"]) >= 3
+
+
+def test_heartbeats_make_an_installed_server_ready_and_their_absence_unhealthy(
+    plane: Plane,
+) -> None:
+    assert plane.phone_home_as(1).status_code == 200
+    from tests.controlplane.conftest import wait_for
+
+    wait_for(
+        lambda: plane.store.server("web-prod", "web-1").installed_at,  # type: ignore[union-attr]
+        what="the install",
+    )
+    key = fleet_key(plane.state_dir, "web-prod", create=True)
+    assert key is not None
+    token = derive_token(key, "heartbeat", "web-prod", "web-1")
+    assert (
+        _heartbeat(plane, "web-1", derive_token(key, "heartbeat", "web-prod", "web-2")).status_code
+        == 401
+    )
+    assert _heartbeat(plane, "web-1", token[:-2] + "AA").status_code == 401
+    answer = _heartbeat(plane, "web-1", token)
+    assert answer.json() == {"status": "ok", "stage": "ready"}
+    report = plane.store.agent_report("web-prod", "web-1")
+    assert report is not None and report.metrics == {"cpu_percent": 3.5}
+    # No heartbeat for 3 intervals (heartbeat 15 s in the spec): unhealthy.
+    monitor = Monitor(plane.store, heartbeat_misses=3)
+    plane.store._now = lambda: (
+        report.last_heartbeat_at + __import__("datetime").timedelta(seconds=46)
+    )  # type: ignore[method-assign]
+    monitor.sweep()
+    assert plane.store.server("web-prod", "web-1").stage is Stage.UNHEALTHY  # type: ignore[union-attr]
+    assert _heartbeat(plane, "web-1", token).json()["stage"] == "ready"
+    event = {
+        "version": 1,
+        "fleet": "web-prod",
+        "server": "web-1",
+        "event_id": "abc-die-1",
+        "event": "die",
+        "time": "2026-11-05T10:00:00Z",
+        "container": {"id": "abc", "name": "app", "image": "nginx"},
+        "exit_code": 1,
+    }
+    sent = [
+        plane.client.post(
+            f"{plane.url}/v1/agent-events", json=event, headers={"Authorization": f"Bearer {token}"}
+        ).json()["status"]
+        for _ in range(2)
+    ]
+    assert sent == ["recorded", "duplicate"]
+    kinds = [e.kind for e in plane.store.events("web-prod", server="web-1")]
+    assert kinds.count("container.die") == 1

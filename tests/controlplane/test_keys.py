@@ -1,0 +1,35 @@
+"""TimedCache: fleet keys and settings held in memory, reloaded without making anyone wait."""
+
+from __future__ import annotations
+
+import threading
+
+from engine.controlplane.keys import TimedCache
+from tests.controlplane.conftest import wait_for
+
+
+def test_a_held_value_is_answered_at_once_and_a_stale_one_reloaded_once_meanwhile() -> None:
+    loads: list[str] = []
+    release = threading.Event()
+
+    def load(name: str) -> str:
+        loads.append(name)
+        if len(loads) > 1:
+            release.wait(10)  # the reload is slow
+        return f"{name}-{len(loads)}"
+
+    cache = TimedCache(load, ttl_s=0.0)  # every value is stale at once
+    assert cache.held("web-prod") == (False, None)  # nothing held: the caller loads
+    assert cache.get("web-prod") == "web-prod-1"
+    # Stale: the held value comes back at once, however many ask, and one reload starts.
+    assert [cache.held("web-prod") for _ in range(20)] == [(True, "web-prod-1")] * 20
+    release.set()
+    wait_for(lambda: cache.held("web-prod") == (True, "web-prod-2"), what="the reload")
+    assert loads.count("web-prod") <= 3  # the first load, the reload, maybe one more
+
+
+def test_a_fresh_value_is_not_loaded_again() -> None:
+    loads: list[str] = []
+    cache = TimedCache(lambda name: loads.append(name) or name.upper(), ttl_s=3600)
+    assert cache.get("a") == "A" and cache.get("a") == "A" and cache.held("a") == (True, "A")
+    assert loads == ["a"]

@@ -1,0 +1,141 @@
+"""`engine serve` as real processes: a killed worker's job is done once after a restart, and
+several workers on one PostgreSQL share the queue without running a job twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from engine.controlplane.fleets import register_fleet
+from engine.controlplane.phonehome import install_job
+from engine.model import Stage
+from engine.state import JobState, ServerRecord
+from engine.state.store import Store, open_store
+from tests.controlplane.conftest import HOST_KEYS, make_fleet, wait_for
+from tests.support.postgres import Cluster
+
+
+def _phoned_home(store: Store, count: int) -> None:
+    register_fleet(store, make_fleet())
+    for n in range(1, count + 1):
+        store.save_server(
+            ServerRecord(
+                fleet="web-prod",
+                name=f"web-{n}",
+                group="web",
+                provider="hcloud",
+                provider_id=str(4000 + n),
+                ipv4=f"203.0.113.{n}",
+                host_keys=tuple(sorted(HOST_KEYS.items())),
+                host_keys_source="phone-home",
+                stage=Stage.PHONED_HOME,
+            )
+        )
+        store.enqueue(install_job("web-prod", f"web-{n}"))
+
+
+@contextmanager
+def _serve(url: str, state_dir: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            url,
+            "--state-dir",
+            str(state_dir),
+            "--workers",
+            "1",
+            "--install-entry",
+            "tests.controlplane.probe:install",
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path.cwd()), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert "control plane listening on http://127.0.0.1:" in process.stdout.readline()
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+
+
+def _log(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_job_cut_off_by_a_killed_process_is_done_once_after_a_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    log, gate = tmp_path / "probe.log", tmp_path / "gate"
+    log.touch()
+    gate.touch()
+    with open_store(url) as store:
+        _phoned_home(store, 1)
+    env = {"PROBE_LOG": str(log), "PROBE_GATE": str(gate)}
+    with _serve(url, tmp_path / "state", env) as first:
+        wait_for(lambda: any(line[0] == "start" for line in _log(log)), what="the install")
+        first.kill()  # SIGKILL, by the pid we started
+        first.wait(timeout=10)
+    gate.unlink()
+    with open_store(url) as store:
+        (job,) = store.jobs("web-prod", kind="install")
+        assert job.state is JobState.RUNNING  # its worker died holding it
+        with _serve(url, tmp_path / "state", env):
+            done = wait_for(
+                lambda: store.job(job.id).state is JobState.SUCCEEDED,  # type: ignore[union-attr]
+                what="the job to be picked up again and finished",
+            )
+            assert done
+        finished = store.job(job.id)
+        record = store.server("web-prod", "web-1")
+    assert finished is not None and finished.attempts == 2
+    assert [line[:2] for line in _log(log)] == [
+        ["start", "web-1"],
+        ["start", "web-1"],
+        ["done", "web-1"],
+    ]
+    assert record is not None and record.install_hash == "sha256:probe"
+    assert record.stage is Stage.INSTALLING and record.installed_at is not None
+
+
+def test_several_workers_on_postgresql_share_the_queue_and_run_no_job_twice(
+    tmp_path: Path, postgres: Cluster
+) -> None:
+    url = postgres.create_database()
+    log = tmp_path / "probe.log"
+    log.touch()
+    count = 24
+    with open_store(url) as store:
+        _phoned_home(store, count)
+        env = {"PROBE_LOG": str(log), "PROBE_SPREAD": "1"}
+        with (
+            _serve(url, tmp_path / "state", env),
+            _serve(url, tmp_path / "state", env),
+            _serve(url, tmp_path / "state", env),
+        ):
+            wait_for(
+                lambda: all(
+                    j.state is JobState.SUCCEEDED for j in store.jobs("web-prod", kind="install")
+                ),
+                timeout_s=60,
+                what="every install job to finish",
+            )
+        jobs = store.jobs("web-prod", kind="install")
+    lines = _log(log)
+    starts = [line[1] for line in lines if line[0] == "start"]
+    assert sorted(starts) == sorted(f"web-{n}" for n in range(1, count + 1))  # each once
+    assert len({line[2] for line in lines if line[0] == "start"}) >= 2
+    assert all(job.attempts == 1 for job in jobs)
