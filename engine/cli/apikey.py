@@ -23,7 +23,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         child = actions.add_parser(action, parents=[common], help=helptext)
         if action != "list":
             child.add_argument("name", metavar="NAME")
-        child.add_argument("--state", metavar="URL", help="the state store (default: SQLite)")
         child.set_defaults(run=run)
 
 

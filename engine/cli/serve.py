@@ -30,7 +30,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help=f"where to listen (default {DEFAULT_LISTEN}; port 0 picks a free port)",
     )
-    parser.add_argument("--state", metavar="URL", help="the state store (default: SQLite)")
     parser.add_argument(
         "--spec",
         action="append",

@@ -23,7 +23,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
-    parser.add_argument("--state", metavar="URL", help="the state store (default: SQLite)")
     parser.set_defaults(run=run)
 
 
