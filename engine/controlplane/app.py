@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine.controlplane.apikeys import ApiKeyVerifier
-from engine.controlplane.bodies import check_body, parse_json
+from engine.controlplane.bodies import check_body, compile_checks, parse_json
 from engine.controlplane.errors import ApiError, FieldError
 from engine.controlplane.keys import expected_token, is_same_token
 from engine.controlplane.lookup import InventoryLookup
@@ -371,6 +371,8 @@ def create_app(
 ) -> Starlette:
     """The control plane's ASGI app over `store` (which the caller opens and closes)."""
     api = ControlPlaneApi(store, settings, lookup=lookup, metrics=metrics)
+    compile_checks()
+    api.phone_home.warm()
     install_log_redaction()
     app = Starlette(
         routes=[

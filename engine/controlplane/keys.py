@@ -82,7 +82,8 @@ def is_same_token(expected: str, presented: str) -> bool:
 
 class TimedCache:
     """Values by name for `ttl_s` seconds: fleet keys and settings are read for every
-    request otherwise. Unknown names (forged requests) are remembered too, boundedly."""
+    request otherwise. A name with nothing to hold (None: no key or no fleet yet) is looked
+    up again next time, so a fleet registered a moment ago is served at once."""
 
     def __init__(self, load: Callable[[str], Any], ttl_s: float) -> None:
         self._load = load
@@ -120,6 +121,9 @@ class TimedCache:
             return held[1]
         value = self._load(name)
         with self._lock:
+            if value is None:  # gone (or never there): nothing to hold
+                self._values.pop(name, None)
+                return None
             if len(self._values) > 10_000:
                 self._values.clear()
             self._values[name] = (now, value)

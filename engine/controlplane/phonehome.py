@@ -22,6 +22,7 @@ and gets its own error.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import ipaddress
@@ -113,9 +114,19 @@ class PhoneHomeService:
         self._clock = clock
         self.keys = TimedCache(lambda fleet: fleet_key(state_dir, fleet, create=False), 5.0)
         self._fleets = TimedCache(store.fleet, 5.0)
+        # Loads under way on the event loop, by (cache, name).
+        self._first_loads: dict[tuple[int, str], asyncio.Future[Any]] = {}
         self._committer: GroupCommit[Claim, PhoneHomeOutcome | ApiError] = GroupCommit(
             self._apply, name="phone-home"
         )
+
+    def warm(self) -> None:
+        """Load what the first phone-homes would otherwise wait for: the keys and settings
+        of the fleets registered now, and the store's statements (an empty batch)."""
+        for settings in self._store.fleets():
+            self.keys.get(settings.name)
+            self._fleets.get(settings.name)
+        self._store.accept_phone_homes([])
 
     def _apply(self, claims: Sequence[Claim]) -> list[PhoneHomeOutcome | ApiError]:
         return self._store.accept_phone_homes(claims)
@@ -134,7 +145,7 @@ class PhoneHomeService:
         # token and whether it was spent is settled when it is claimed, in one write.
         if self._clock().timestamp() > token.expires:
             return await run_in_threadpool(self._expired, digest, request_print, server)
-        settings: FleetSettings | None = await _cached(self._fleets, fleet)
+        settings: FleetSettings | None = await self._cached(self._fleets, fleet)
         if settings is None:
             raise ApiError(
                 503,
@@ -189,10 +200,25 @@ class PhoneHomeService:
         token = parse_token(raw)
         if token is None:
             raise ApiError(401, "token_invalid", "the bearer token is not a phone-home token")
-        key: bytes | None = await _cached(self.keys, fleet)
+        key: bytes | None = await self._cached(self.keys, fleet)
         if key is not None and is_genuine(key, token, fleet=fleet, server=server):
             return token
         raise await run_in_threadpool(self._why_not_genuine, raw, fleet, server)
+
+    async def _cached(self, cache: TimedCache, name: str) -> Any:
+        """What `cache` holds for `name`. The first load (a file or the store) runs in a
+        thread, once however many requests want it, so the event loop never waits for it
+        and a fleet's first burst of phone-homes does not load it once each."""
+        held, value = cache.held(name)
+        if held:
+            return value
+        key = (id(cache), name)
+        loading = self._first_loads.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(run_in_threadpool(cache.get, name))
+            self._first_loads[key] = loading
+            loading.add_done_callback(lambda _done: self._first_loads.pop(key, None))
+        return await asyncio.shield(loading)
 
     def _why_not_genuine(self, raw: str, fleet: str, server: str) -> ApiError:
         """A genuine token for another server or fleet is told apart from a forged one."""
@@ -229,15 +255,6 @@ class PhoneHomeService:
                 retry_after_s=RETRY_SOON_S,
             )
         return listed
-
-
-async def _cached(cache: TimedCache, name: str) -> Any:
-    """What `cache` holds for `name`; the first load (a file or the store) happens in a
-    thread, so the event loop never waits for one."""
-    held, value = cache.held(name)
-    if held:
-        return value
-    return await run_in_threadpool(cache.get, name)
 
 
 # What the store's refusals answer: status, code, message.

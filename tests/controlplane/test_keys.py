@@ -33,3 +33,12 @@ def test_a_fresh_value_is_not_loaded_again() -> None:
     cache = TimedCache(lambda name: loads.append(name) or name.upper(), ttl_s=3600)
     assert cache.get("a") == "A" and cache.get("a") == "A" and cache.held("a") == (True, "A")
     assert loads == ["a"]
+
+
+def test_nothing_is_held_for_a_name_without_a_value_so_it_is_looked_up_again() -> None:
+    present: dict[str, str] = {}
+    cache = TimedCache(present.get, ttl_s=3600)
+    assert cache.get("staging") is None and cache.held("staging") == (False, None)
+    present["staging"] = "key"  # the fleet was registered a moment later
+    assert cache.get("staging") == "key"
+    assert cache.held("staging") == (True, "key")
