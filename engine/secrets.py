@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 
 from engine.errors import EngineError
 
 _SECRETS: set[str] = set()
+_LOCK = threading.Lock()
+_pattern: re.Pattern[str] | None = None  # every secret, longest first; rebuilt after a change
 MASK = "***"
 # Whatever follows "Bearer " is a credential, registered or not (a token a client sent).
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
@@ -21,16 +24,31 @@ _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
 
 def register_secret(value: str) -> str:
     """Remember `value` as a secret (values shorter than 8 characters are not tracked)."""
-    if len(value) >= 8:
-        _SECRETS.add(value)
+    global _pattern
+    if len(value) >= 8 and value not in _SECRETS:
+        with _LOCK:
+            _SECRETS.add(value)
+            _pattern = None
     return value
 
 
+def _secrets_pattern() -> re.Pattern[str] | None:
+    global _pattern
+    with _LOCK:
+        if _pattern is None and _SECRETS:
+            ordered = sorted(_SECRETS, key=len, reverse=True)
+            _pattern = re.compile("|".join(map(re.escape, ordered)))
+        return _pattern
+
+
 def redact(text: str) -> str:
-    """`text` with every registered secret, and any bearer credential, replaced by ***."""
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, MASK)
+    """`text` with every registered secret, and any bearer credential, replaced by ***.
+
+    One pass over the text whatever the number of secrets (an `engine up` of many servers
+    mints many tokens)."""
+    pattern = _secrets_pattern()
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
     return _BEARER.sub(rf"\g<1>{MASK}", text)
 
 

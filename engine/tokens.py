@@ -95,17 +95,32 @@ def ensure_fleet_key(state_dir: Path, fleet: str) -> bytes:
     return key
 
 
-def derive_token(key: bytes, purpose: str, fleet: str, server: str, *context: str) -> str:
-    """The token for `purpose` of one server of one fleet (43 characters, base64url).
+def find_fleet_key(state_dir: Path, fleet: str) -> bytes | None:
+    """The fleet's secret key, or None when there is none yet (a control plane asks this for
+    every fleet that calls it, and must not make keys)."""
+    if not key_path(state_dir, fleet).exists():
+        return None
+    return read_fleet_key(state_dir, fleet)
+
+
+def expected_token(key: bytes, purpose: str, fleet: str, server: str, *context: str) -> str:
+    """The token for `purpose` of one server of one fleet (43 characters, base64url), not
+    registered as a secret: for checking a presented one, which a long-running control plane
+    does for every request (registering each would grow the secret set without bound).
 
     `context` binds more facts into it (an expiry, an instance id); the verifier must pass the
-    same ones. The result is registered as a secret.
+    same ones.
     """
     parts = (DOMAIN, purpose, fleet, server, *context)
     if any(_SEPARATOR in part for part in parts):
         raise ValueError("token parts must not contain the unit separator")
     digest = hmac.new(key, _SEPARATOR.join(parts).encode("utf-8"), hashlib.sha256).digest()
-    return register_secret(base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii"))
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def derive_token(key: bytes, purpose: str, fleet: str, server: str, *context: str) -> str:
+    """The same token, registered as a secret: for tokens the engine hands out."""
+    return register_secret(expected_token(key, purpose, fleet, server, *context))
 
 
 def agent_token(key: bytes, fleet: str, server: str) -> str:

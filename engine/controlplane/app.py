@@ -37,7 +37,6 @@ from starlette.routing import Route
 from engine.controlplane.apikeys import ApiKeyVerifier
 from engine.controlplane.bodies import check_body, compile_checks, parse_json
 from engine.controlplane.errors import ApiError, FieldError
-from engine.controlplane.keys import expected_token, is_same_token
 from engine.controlplane.lookup import InventoryLookup
 from engine.controlplane.phonehome import PhoneHomeService
 from engine.controlplane.ratelimit import RateLimiter
@@ -51,10 +50,11 @@ from engine.model import Stage
 from engine.secrets import RedactingFilter, redact
 from engine.state import AgentReport
 from engine.state.store import Store
+from engine.tokens import TokenPurpose, expected_token, is_same_token
 
 log = logging.getLogger("engine.controlplane")
 
-HEARTBEAT_PURPOSE = "heartbeat"
+HEARTBEAT_PURPOSE = TokenPurpose.HEARTBEAT
 PHONE_HOME_MAX_BYTES = 64 * 1024
 HEARTBEAT_MAX_BYTES = 1024 * 1024
 EVENT_MAX_BYTES = 64 * 1024

@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.controlplane.errors import ApiError
 from engine.controlplane.groupcommit import GroupCommit
-from engine.controlplane.keys import TimedCache, fleet_key
+from engine.controlplane.keys import TimedCache
 from engine.controlplane.lookup import InventoryLookup, InventoryUnavailable
 from engine.controlplane.tokens import ParsedToken, is_genuine, parse_token, token_hash
 from engine.inventory import ActualServer
@@ -49,6 +49,7 @@ from engine.state import (
     ServerRecord,
 )
 from engine.state.store import Store
+from engine.tokens import find_fleet_key
 
 INSTALL_JOB = "install"
 RETRY_SOON_S = 5
@@ -112,7 +113,7 @@ class PhoneHomeService:
         self._store = store
         self._lookup = lookup
         self._clock = clock
-        self.keys = TimedCache(lambda fleet: fleet_key(state_dir, fleet, create=False), 5.0)
+        self.keys = TimedCache(lambda fleet: find_fleet_key(state_dir, fleet), 5.0)
         self._fleets = TimedCache(store.fleet, 5.0)
         # Loads under way on the event loop, by (cache, name).
         self._first_loads: dict[tuple[int, str], asyncio.Future[Any]] = {}

@@ -18,10 +18,10 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from engine.controlplane.keys import derive_token, expected_token, is_same_token
 from engine.secrets import register_secret
 from engine.state import PhoneHomeToken
 from engine.state.store import Store
+from engine.tokens import derive_token, expected_token, is_same_token
 
 PURPOSE = "phone-home"
 _PREFIX = "ph1"

@@ -15,13 +15,13 @@ import pytest
 
 from engine.controlplane.fleets import register_fleet
 from engine.controlplane.handlers import InstallResult, InstallTarget
-from engine.controlplane.keys import fleet_key
 from engine.controlplane.runner import RunningControlPlane, running_control_plane
 from engine.controlplane.servers import register_server
 from engine.controlplane.tokens import mint_phone_home_token
 from engine.model import Fleet, Stage
 from engine.state import FleetSettings, ServerRecord
 from engine.state.store import Store, open_store
+from engine.tokens import ensure_fleet_key
 from tests.support.fleets import example_fleet
 
 HOST_KEYS = {
@@ -115,7 +115,7 @@ class Plane:
 
     def token(self, server: str, *, fleet: str | None = None, ttl_s: int = 3600, **kw: Any) -> str:
         name = fleet or self.fleet.name
-        key = fleet_key(self.state_dir, name, create=True)
+        key = ensure_fleet_key(self.state_dir, name)
         assert key is not None
         return mint_phone_home_token(self.store, key, fleet=name, server=server, ttl_s=ttl_s, **kw)
 

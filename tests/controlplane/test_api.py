@@ -10,9 +10,9 @@ import httpx
 
 from engine.controlplane.apikeys import create_api_key
 from engine.controlplane.app import AppSettings
-from engine.controlplane.keys import derive_token, fleet_key
 from engine.controlplane.monitor import Monitor
 from engine.model import Stage
+from engine.tokens import derive_token, ensure_fleet_key
 from tests.controlplane.conftest import Plane, _plane, make_fleet
 
 
@@ -117,7 +117,7 @@ def test_heartbeats_make_an_installed_server_ready_and_their_absence_unhealthy(
         lambda: plane.store.server("web-prod", "web-1").installed_at,  # type: ignore[union-attr]
         what="the install",
     )
-    key = fleet_key(plane.state_dir, "web-prod", create=True)
+    key = ensure_fleet_key(plane.state_dir, "web-prod")
     assert key is not None
     token = derive_token(key, "heartbeat", "web-prod", "web-1")
     assert (
