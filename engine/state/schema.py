@@ -263,6 +263,21 @@ def _add_server_columns_2(connection: Connection) -> None:
         add_column(connection, "servers", column)
 
 
+def _user_data(metadata: MetaData) -> None:
+    # The user_data rendered for each server, kept so that it is rendered once and never
+    # changes (a change would replace the server). It holds the server's one-time phone-home
+    # token, short-lived and spent at the first phone-home.
+    Table(
+        "user_data",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("server", String(63), primary_key=True),
+        Column("content", Text(), nullable=False),
+        Column("sha256", String(64), nullable=False),
+        Column("rendered_at", UtcDateTime(), nullable=False),
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "servers, server_transitions, events, locks", _servers_events_locks),
     Migration(
@@ -271,6 +286,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _control_plane,
         _add_server_columns_2,
     ),
+    Migration(3, "user_data rendered once per server", _user_data),
 )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import hashlib
 import ipaddress
 import os
 import secrets
@@ -222,6 +223,7 @@ class Store:
         self._api_keys: Table = tables["api_keys"]
         self._reports: Table = tables["agent_reports"]
         self._agent_event_ids: Table = tables["agent_event_ids"]
+        self._user_data: Table = tables["user_data"]
         # SQLite has one writer at a time; threads of this process queue on this lock rather
         # than in SQLite's busy handler, which sleeps in steps of up to 100 ms.
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
@@ -1195,6 +1197,60 @@ class Store:
                     connection, row.fleet, "server.unhealthy", f"{row.name}: {reason}", row.name, {}
                 )
         return tuple(moved)
+
+    # --- user_data ---------------------------------------------------------------------------
+
+    def get_user_data(self, fleet: str, server: str) -> str | None:
+        """The user_data rendered for a server, or None (engine.cloudinit.UserDataStore)."""
+        with self._read() as connection:
+            row = connection.execute(
+                select(self._user_data.c.content).where(
+                    self._user_data.c.fleet == fleet, self._user_data.c.server == server
+                )
+            ).first()
+        return None if row is None else str(row.content)
+
+    def put_user_data(self, fleet: str, server: str, user_data: str) -> None:
+        """Keep the user_data rendered for a server (replacing what was there) and its hash
+        on the server's record."""
+        digest = hashlib.sha256(user_data.encode("utf-8")).hexdigest()
+        table = self._user_data
+        with self._write() as connection:
+            connection.execute(
+                delete(table).where(table.c.fleet == fleet, table.c.server == server)
+            )
+            connection.execute(
+                insert(table).values(
+                    fleet=fleet,
+                    server=server,
+                    content=user_data,
+                    sha256=digest,
+                    rendered_at=self._now(),
+                )
+            )
+            connection.execute(
+                update(self._servers)
+                .where(self._servers.c.fleet == fleet, self._servers.c.name == server)
+                .values(user_data_hash=f"sha256:{digest}")
+            )
+
+    def forget_fleet(self, fleet: str) -> None:
+        """Drop everything the store holds for `fleet` but its stack lock (held by whoever
+        destroys it): servers, history, tokens, jobs, reports, user_data, settings."""
+        fleet_columns = (
+            (self._servers, self._servers.c.fleet),
+            (self._transitions, self._transitions.c.fleet),
+            (self._events, self._events.c.fleet),
+            (self._tokens, self._tokens.c.fleet),
+            (self._jobs, self._jobs.c.fleet),
+            (self._reports, self._reports.c.fleet),
+            (self._agent_event_ids, self._agent_event_ids.c.fleet),
+            (self._user_data, self._user_data.c.fleet),
+            (self._fleets, self._fleets.c.name),
+        )
+        with self._write() as connection:
+            for table, column in fleet_columns:
+                connection.execute(delete(table).where(column == fleet))
 
     # --- locks -----------------------------------------------------------------------------
 
