@@ -28,6 +28,7 @@ COMMANDS = (
     "catalog",
     "preview",
     "unlock",
+    "up",
     "status",
     "serve",
     "apikey",

@@ -34,6 +34,7 @@ from engine.controlplane.jobs import LEASE_S, JobRegistry, WorkerPool
 from engine.controlplane.lookup import ReaderFactory, provider_reader
 from engine.controlplane.monitor import HEARTBEAT_MISSES, Monitor
 from engine.controlplane.views import last_heartbeat_metrics
+from engine.deploykey import deploy_key_path
 from engine.errors import EngineError
 from engine.state.store import Store
 
@@ -41,12 +42,11 @@ log = logging.getLogger("engine.controlplane")
 SWITCH_INTERVAL_S = 0.001
 
 
-def deploy_key_path(state_dir: Path) -> Callable[[str], Path | None]:
-    """Where the engine's SSH deploy key of each fleet is: <state_dir>/keys/<fleet>-deploy
-    (the seam to the key the user_data authorises; None while there is none)."""
+def _deploy_key(state_dir: Path) -> Callable[[str], Path | None]:
+    """Each fleet's deploy key file, None while the fleet has none."""
 
     def path(fleet: str) -> Path | None:
-        found = state_dir / "keys" / f"{fleet}-deploy"
+        found = deploy_key_path(state_dir, fleet)
         return found if found.is_file() else None
 
     return path
@@ -64,7 +64,7 @@ def default_registry(
     install jobs wait in the queue for a control plane that has one."""
     registry = JobRegistry([PollInventoryHandler(store, readers), SshCheckHandler(store, readers)])
     if installer is not None:
-        registry.register(InstallHandler(store, installer, deploy_key_path(state_dir)))
+        registry.register(InstallHandler(store, installer, _deploy_key(state_dir)))
     if provisioner is not None:
         registry.register(ProvisionHandler(store, provisioner))
     return registry
@@ -95,12 +95,12 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_config(app: Any, forwarded_allow_ips: str, access_log: bool) -> Any:
+def _uvicorn_config(app: Any, forwarded_allow_ips: str, access_log: bool, log_level: str) -> Any:
     import uvicorn
 
     return uvicorn.Config(
         app,
-        log_level="info",
+        log_level=log_level,
         access_log=access_log,
         lifespan="off",
         proxy_headers=True,
@@ -127,6 +127,7 @@ def running_control_plane(
     app_settings: AppSettings | None = None,
     forwarded_allow_ips: str = "127.0.0.1",
     access_log: bool = False,
+    log_level: str = "info",
 ) -> Iterator[RunningControlPlane]:
     """Serve the control plane on host:port in a thread, with job workers and the monitor,
     for the duration of the block; stop everything cleanly when it ends."""
@@ -139,7 +140,7 @@ def running_control_plane(
         app_settings or AppSettings(state_dir=state_dir),
         metrics=last_heartbeat_metrics,
     )
-    server = uvicorn.Server(_uvicorn_config(app, forwarded_allow_ips, access_log))
+    server = uvicorn.Server(_uvicorn_config(app, forwarded_allow_ips, access_log, log_level))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="control-plane", daemon=True
     )

@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -74,19 +73,18 @@ def install_hosts(
                 register_secret(item.content)
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="engine-install-") as tmp:
-        archives = _archives(hosts, settings, Path(tmp), dry_run=dry_run)
+    archives = _archives(hosts, settings, dry_run=dry_run)
 
-        def one(host: InstallHost) -> HostResult:
-            archive = archives.get(host.agent.image) if host.agent else None
-            request = HostRequest(host=host, settings=settings, dry_run=dry_run, archive=archive)
-            result = _run_child(request, timeout_s=timeout_s, log_dir=log_dir)
-            if on_result:
-                on_result(result)
-            return result
+    def one(host: InstallHost) -> HostResult:
+        archive = archives.get(host.agent.image) if host.agent else None
+        request = HostRequest(host=host, settings=settings, dry_run=dry_run, archive=archive)
+        result = _run_child(request, timeout_s=timeout_s, log_dir=log_dir)
+        if on_result:
+            on_result(result)
+        return result
 
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            return tuple(pool.map(one, hosts))
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        return tuple(pool.map(one, hosts))
 
 
 def check_request(hosts: Sequence[InstallHost], settings: InstallSettings) -> None:
@@ -160,7 +158,7 @@ def _check_agent(name: str, run: AgentRun, settings: InstallSettings) -> None:
 
 
 def _archives(
-    hosts: Sequence[InstallHost], settings: InstallSettings, folder: Path, *, dry_run: bool
+    hosts: Sequence[InstallHost], settings: InstallSettings, *, dry_run: bool
 ) -> dict[str, ImageArchive]:
     """Archives of the agent images the servers get copied (none when they pull)."""
     if settings.install.agent.image:
@@ -171,12 +169,13 @@ def _archives(
     import docker
 
     from engine.local.dockerd import ensure_daemon
+    from engine.local.images import cache_dir, file_lock
 
     url = settings.docker_url or ensure_daemon()
     client = docker.DockerClient(base_url=url, timeout=600)
     archives = {}
     try:
-        for number, reference in enumerate(references):
+        for reference in references:
             try:
                 image_id = client.images.get(reference).id
             except docker.errors.ImageNotFound:
@@ -184,12 +183,18 @@ def _archives(
                     f"the agent image {reference} is not in the engine's Docker ({url}); "
                     "build it first"
                 ) from None
-            path = folder / f"image-{number}.tar.gz"
+            # Saved once per image id and kept: every install job of every server that lacks
+            # the image streams the same file.
+            path = cache_dir() / "images" / f"{image_id.removeprefix('sha256:')}.tar.gz"
             if not dry_run:
-                # Level 1: most of the gain for a fraction of the time; layers are plain tars.
-                with gzip.open(path, "wb", compresslevel=1) as out:
-                    for chunk in client.api.get_image(reference):
-                        out.write(chunk)
+                with file_lock(path.with_suffix(".lock")):
+                    if not path.exists():
+                        partial = path.with_suffix(".partial")
+                        # Level 1: most of the gain for a fraction of the time.
+                        with gzip.open(partial, "wb", compresslevel=1) as out:
+                            for chunk in client.api.get_image(reference):
+                                out.write(chunk)
+                        partial.replace(path)
             archives[reference] = ImageArchive(
                 reference=reference, image_id=image_id, path=str(path)
             )

@@ -1,0 +1,54 @@
+"""The engine's own SSH key per fleet: how the install step logs in to the fleet's servers.
+
+    <state_dir>/keys/<fleet>-deploy       the private key (OpenSSH format, mode 0600)
+    <state_dir>/keys/<fleet>-deploy.pub   its public line, added to every server's user_data
+
+The user never hands the engine a private key of theirs: their keys (ssh.authorized_keys) let
+them in, this one lets the engine in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine.errors import EngineError
+
+
+def deploy_key_path(state_dir: Path, fleet: str) -> Path:
+    """Where the fleet's deploy key (private part) is."""
+    return state_dir / "keys" / f"{fleet}-deploy"
+
+
+def ensure_deploy_key(state_dir: Path, fleet: str) -> str:
+    """The deploy key's public line, making the key pair (ed25519) on first use."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = deploy_key_path(state_dir, fleet)
+    public = private.with_name(private.name + ".pub")
+    if private.exists() and public.exists():
+        return public.read_text(encoding="ascii").strip()
+    private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    line = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode("ascii")
+        + f" fleet-engine-deploy@{fleet}"
+    )
+    try:
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise EngineError(
+            f"{private} exists without its public half {public.name}; restore it or delete both"
+        ) from None
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    public.write_text(line + "\n", encoding="ascii")
+    return line

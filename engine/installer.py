@@ -1,0 +1,95 @@
+"""The control plane's install step: one server, over SSH, with the fleet's deploys and agent.
+
+`FleetInstaller` is the `Installer` the control plane's install jobs call. It turns an
+`InstallTarget` (address, pinned host keys, deploy key) into the deploys' `InstallHost`, adds
+the agent (its image, `docker run` command, config with its tokens) and runs
+`engine.install.install_hosts`, which keeps pyinfra in processes of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.agent.run import (
+    CONFIG_PATH,
+    HOST_DIRECTORIES,
+    agent_run_options,
+    agent_settings,
+    docker_run_argv,
+    render_agent_config,
+)
+from engine.controlplane.handlers import InstallResult, InstallTarget
+from engine.install import AgentFile, AgentRun, InstallHost, InstallSettings, install_hosts
+from engine.model import Fleet
+from engine.state import FleetSettings
+from engine.tokens import agent_token, heartbeat_token, read_fleet_key, token_sha256
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetInstaller:
+    """Installs servers of the given fleets.
+
+    `control_plane_url` is where agents send heartbeats (as servers reach it);
+    `control_plane_sources` the addresses the control plane and engine reach servers from
+    (the only ones let in to the agent port); `agent_image` the agent image reference (in
+    `docker_url`'s engine, copied to servers, unless the fleet names a registry image).
+    """
+
+    state_dir: Path
+    fleets: Mapping[str, Fleet]
+    control_plane_url: str
+    control_plane_sources: tuple[str, ...]
+    agent_image: str
+    docker_url: str | None = None
+    log_dir: Path | None = None
+
+    def host(self, target: InstallTarget) -> InstallHost:
+        """The deploys' view of one target, with its agent."""
+        fleet = self.fleets[target.fleet]
+        image = fleet.install.agent.image or self.agent_image
+        settings = agent_settings(fleet, target.name, control_plane_url=self.control_plane_url)
+        key = read_fleet_key(self.state_dir, fleet.name)
+        config = render_agent_config(
+            settings,
+            token_sha256=token_sha256(agent_token(key, fleet.name, target.name)),
+            heartbeat_token=heartbeat_token(key, fleet.name, target.name),
+        )
+        if target.private_key is None:
+            raise RuntimeError(f"fleet {fleet.name} has no deploy key in {self.state_dir}")
+        return InstallHost(
+            name=target.name,
+            address=target.address,
+            user=target.user,
+            host_keys=target.host_keys,
+            private_key=str(target.private_key),
+            port=target.port,
+            agent=AgentRun(
+                image=image,
+                argv=docker_run_argv(agent_run_options(image, settings)),
+                health=("curl", "-fsSk", f"https://127.0.0.1:{settings.port}/v1/health"),
+                directories=HOST_DIRECTORIES,
+                files=(AgentFile(path=CONFIG_PATH, content=config),),
+            ),
+        )
+
+    def __call__(self, target: InstallTarget, fleet: FleetSettings) -> InstallResult:
+        spec = self.fleets.get(fleet.name)
+        if spec is None:
+            return InstallResult(ok=False, error=f"this control plane has no spec of {fleet.name}")
+        (result,) = install_hosts(
+            [self.host(target)],
+            InstallSettings(
+                install=spec.install,
+                control_plane=self.control_plane_sources,
+                docker_url=self.docker_url,
+            ),
+            log_dir=self.log_dir,
+        )
+        return InstallResult(
+            ok=result.ok,
+            install_hash=result.install_hash,
+            changed=result.changed,
+            error=result.error,
+        )

@@ -1,0 +1,109 @@
+"""The local provider as `engine up` uses it: the Docker engine, the images, the fleet's
+network and its machines, behind the same few operations a cloud provider offers.
+
+Servers reach the control plane on the fleet network's gateway address (the host's address
+on that bridge), which is also the address the engine reaches them from. The control plane's
+port is remembered per fleet, so a run that resumes after a crash listens where the servers'
+phone-home programs (still retrying) expect it.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.controlplane.handlers import Provisioned, Provisioner
+from engine.errors import EngineError
+from engine.local.driver import LocalDriver
+from engine.model import Fleet, Server
+from engine.state import FleetSettings, ServerRecord
+from engine.state.store import Store
+
+Say = Callable[[str], None]
+
+
+def _free_port(host: str, port: int) -> int:
+    """`port` if it can be bound on `host` now (any free one for 0), else 0."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return 0
+        return int(probe.getsockname()[1])
+
+
+@dataclass(slots=True)
+class LocalBackend:
+    """The local provider for one fleet; `open` it before use."""
+
+    fleet: Fleet
+    state_dir: Path
+    say: Say
+    client: Any = None
+    docker_url: str = ""
+    golden_image: str = ""
+    agent_image: str = ""
+    gateway: str = ""
+
+    @property
+    def driver(self) -> LocalDriver:
+        return LocalDriver(self.client, self.fleet.name, self.state_dir)
+
+    def open_engine(self) -> None:
+        """Find (or start) the Docker engine."""
+        import docker
+
+        from engine.local.dockerd import ensure_daemon
+
+        self.docker_url = ensure_daemon(say=self.say)
+        self.client = docker.DockerClient(base_url=self.docker_url, timeout=600)
+
+    def open(self) -> None:
+        """The Docker engine, the images (built on first use) and the fleet's network."""
+        from engine.agent.image import ensure_agent_image
+        from engine.local.images import ensure_golden_image
+
+        self.open_engine()
+        self.golden_image = ensure_golden_image(self.client, self.say)
+        self.agent_image = ensure_agent_image(self.client, self.say)
+        self.gateway = self.driver.ensure_network()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    @property
+    def port_file(self) -> Path:
+        return self.state_dir / "local" / self.fleet.name / "control-plane-port"
+
+    def control_plane_port(self) -> tuple[int, bool]:
+        """The port for this run's control plane, remembered for the next run, and whether it
+        differs from the last run's (whose servers may still phone home there)."""
+        try:
+            previous = int(self.port_file.read_text().strip())
+        except (OSError, ValueError):
+            previous = 0
+        port = _free_port(self.gateway, previous) if previous else 0
+        port = port or _free_port(self.gateway, 0)
+        self.port_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.port_file.write_text(f"{port}\n")
+        return port, bool(previous) and port != previous
+
+    def provisioner(self, store: Store, servers: Mapping[str, Server]) -> Provisioner:
+        """Create one machine from the server's stored user_data (or find the one made
+        before: the control plane's provision jobs may run again after a crash)."""
+
+        def provision(record: ServerRecord, fleet: FleetSettings) -> Provisioned:
+            server = servers.get(record.name)
+            user_data = store.get_user_data(record.fleet, record.name)
+            if server is None or user_data is None:
+                raise EngineError(f"{record.name} is no longer in the spec or has no user_data")
+            machine = self.driver.create(server, image=self.golden_image, user_data=user_data)
+            if not machine.ipv4:
+                raise RuntimeError(f"{machine.container} has no address on {self.driver.network}")
+            return Provisioned(provider_id=machine.instance_id, ipv4=machine.ipv4)
+
+        return provision
