@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine.errors import EngineError
 from engine.model import Fleet
-from engine.tokens import agent_token, read_fleet_key
+from engine.tokens import agent_token, find_fleet_key, read_fleet_key
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -90,6 +90,41 @@ def _is_ipv6(text: str) -> bool:
     return True
 
 
+def recorded_endpoints(
+    state_dir: Path, fleet: Fleet, state: str | None = None
+) -> dict[str, AgentEndpoint]:
+    """How to reach each agent of `fleet` that has reported, as the state store knows it:
+    the address the install reached the server at, and the certificate fingerprint the
+    agent sent in its heartbeats (authenticated by its heartbeat token, so only the real
+    agent can pin it). Servers without a heartbeat are left out."""
+    from engine.controlplane.handlers import ssh_address
+    from engine.state.store import open_store, state_url, store_exists
+
+    url = state_url(state_dir, state)
+    if not store_exists(url):
+        return {}
+    key = find_fleet_key(state_dir, fleet.name)
+    if key is None:
+        return {}
+    with open_store(url) as store:
+        records = {r.name: r for r in store.servers(fleet.name)}
+        reports = store.agent_reports(fleet.name)
+    endpoints = {}
+    for report in reports:
+        record = records.get(report.server)
+        address = ssh_address(record) if record else None
+        if address is None or not report.tls_fingerprint:
+            continue
+        endpoints[report.server] = AgentEndpoint(
+            server=report.server,
+            address=address,
+            port=fleet.install.agent.port,
+            fingerprint=normalise_fingerprint(report.tls_fingerprint),
+            token=agent_token(key, fleet.name, report.server),
+        )
+    return endpoints
+
+
 def resolve_endpoint(
     state_dir: Path,
     fleet: Fleet,
@@ -97,20 +132,23 @@ def resolve_endpoint(
     *,
     address: str | None = None,
     fingerprint: str | None = None,
+    state: str | None = None,
 ) -> AgentEndpoint:
-    """How to reach the agent of `server` in `fleet`.
-
-    The token always comes from the fleet's key in `state_dir`. The address and the pinned
-    fingerprint come from the caller (the CLI's --agent and --fingerprint). This is the seam
-    to the state store: once it records each server's address and the fingerprint pinned at
-    install, this function reads them from there when the caller gives none; everything that
-    talks to agents goes through here.
+    """How to reach the agent of `server` in `fleet`: from the state store (see
+    `recorded_endpoints`), or at the `address` and pinned `fingerprint` the caller gives
+    (the CLI's --agent and --fingerprint), for a server installed by another engine.
+    The token always comes from the fleet's key in `state_dir`.
     """
+    if address is None and fingerprint is None:
+        recorded = recorded_endpoints(state_dir, fleet, state).get(server)
+        if recorded is not None:
+            return recorded
     if address is None or fingerprint is None:
         raise EngineError(
-            f"the engine has no record of how to reach the agent of {server} yet; give its "
-            "address and certificate fingerprint with --agent HOST[:PORT] and --fingerprint "
-            f"SHA256 (on the server: openssl x509 -noout -fingerprint -sha256 -in "
+            f"the engine has no record of how to reach the agent of {server} (it has not "
+            "reported yet, or it was installed by another engine); give its address and "
+            "certificate fingerprint with --agent HOST[:PORT] and --fingerprint SHA256 (on "
+            "the server: openssl x509 -noout -fingerprint -sha256 -in "
             "/etc/fleet-agent/tls/cert.pem)"
         )
     host, port = parse_address(address, default_port=fleet.install.agent.port)

@@ -61,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(names)}); check the name"
         )
     endpoint = resolve_endpoint(
-        args.state_dir, fleet, args.server, address=args.agent, fingerprint=args.fingerprint
+        args.state_dir,
+        fleet,
+        args.server,
+        address=args.agent,
+        fingerprint=args.fingerprint,
+        state=args.state,
     )
     with AgentClient(endpoint, timeout_s=args.timeout) as client:
         containers = client.containers(include_stopped=args.all)

@@ -23,6 +23,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--no-live",
+        action="store_true",
+        help="show only what the state store knows; do not ask the agents for live metrics",
+    )
     parser.set_defaults(run=run)
 
 
@@ -51,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
                 for r in store.servers(fleet.name)
             ]
     medians = dict(median_durations([d["steps"] for d in documents]))
+    live = {} if args.no_live else _live_metrics(args, fleet, documents)
+    for document in documents:
+        document["live"] = live.get(document["name"])
     if args.format == "json":
         print(
             json.dumps(
@@ -77,6 +85,20 @@ def run(args: argparse.Namespace) -> int:
         f"{'median':<16} {'':<12} {'':>7}  "
         + " ".join(f"{_seconds(medians[s]):>10}" for s in STEPS)
     )
+    if live:
+        print()
+        print(paint(f"{'server':<16} {'cpu':>6} {'load':>6} {'memory':>17}  fullest disk", "bold"))
+        for name, metrics in live.items():
+            if "error" in metrics:
+                print(f"{name:<16} {paint('no answer', 'red')}: {metrics['error']}")
+                continue
+            memory = f"{metrics['memory_used_gb']:.1f}/{metrics['memory_total_gb']:.1f} GB"
+            disk = metrics["fullest_disk"]
+            shown = f"{disk['percent']:.0f}% {disk['mountpoint']}" if disk else "-"
+            print(
+                f"{name:<16} {metrics['cpu_percent']:>5.1f}% {metrics['load1']:>6.2f} "
+                f"{memory:>17}  {shown}"
+            )
     scanned = [d["name"] for d in documents if d["host_keys_source"] == "keyscan"]
     if scanned:
         print(
@@ -84,3 +106,36 @@ def run(args: argparse.Namespace) -> int:
             "ssh-keyscan during polling, NOT pinned from an authenticated phone-home"
         )
     return 0
+
+
+def _live_metrics(
+    args: argparse.Namespace, fleet: Any, documents: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Metrics from every ready server's agent, asked in parallel over HTTPS (no SSH): an
+    agent that does not answer in time only costs its own row."""
+    from engine.agent.client import gather_metrics
+    from engine.agent.endpoint import recorded_endpoints
+
+    ready = [d["name"] for d in documents if d["stage"] in ("ready", "unhealthy")]
+    endpoints = recorded_endpoints(Path(args.state_dir), fleet, args.state)
+    results = gather_metrics([endpoints[n] for n in ready if n in endpoints], timeout_s=5.0)
+    live: dict[str, dict[str, Any]] = {}
+    for name, result in results.items():
+        if result.metrics is None:
+            live[name] = {"error": result.error or "no answer"}
+            continue
+        m = result.metrics
+        fullest = max(m.disks, key=lambda d: d.percent, default=None)
+        live[name] = {
+            "cpu_percent": m.cpu_percent,
+            "load1": m.load[0],
+            "memory_used_gb": m.memory_used_bytes / 1e9,
+            "memory_total_gb": m.memory_total_bytes / 1e9,
+            "memory_percent": m.memory_percent,
+            "fullest_disk": None
+            if fullest is None
+            else {"mountpoint": fullest.mountpoint, "percent": fullest.percent},
+            "uptime_s": m.uptime_s,
+            "collected_at": m.collected_at,
+        }
+    return live
