@@ -27,7 +27,7 @@ from engine.model import Fleet, ProviderName, Server, Stage
 from engine.plan import Action, Change, Plan
 from engine.progress import ServerStage, StageBoard, render_timings
 from engine.spec import load_spec
-from engine.state import FleetSettings, NewJob, ServerRecord
+from engine.state import FleetSettings, Lock, NewJob, ServerRecord
 from engine.state.store import Store
 
 if TYPE_CHECKING:
@@ -54,6 +54,16 @@ def _require_local(fleet: Fleet) -> None:
             f"engine up and destroy drive the local provider in this version; for "
             f"{fleet.provider.name}, run `engine preview` to see the plan"
         )
+
+
+def _said_stale(board: StageBoard) -> Callable[[Lock], None]:
+    def say(lock: Lock) -> None:
+        board.note(
+            f"taking over the lock {lock.lock_id} of `{lock.command}` (pid {lock.pid}), "
+            "which died without releasing it"
+        )
+
+    return say
 
 
 def _show_plan(plan: Plan, board: StageBoard, out: TextIO) -> None:
@@ -239,7 +249,10 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
     backend.open()
     url = state_url(options.state_dir, options.state)
     try:
-        with open_store(url) as store, store.lock(fleet.name, command=f"engine up {spec}"):
+        with (
+            open_store(url) as store,
+            store.lock(fleet.name, command=f"engine up {spec}", on_stale=_said_stale(board)),
+        ):
             plan = plan_preview(
                 spec,
                 state_dir=options.state_dir,

@@ -1255,13 +1255,28 @@ class Store:
     # --- locks -----------------------------------------------------------------------------
 
     @contextmanager
-    def lock(self, stack: str, *, command: str) -> Iterator[Lock]:
+    def lock(
+        self,
+        stack: str,
+        *,
+        command: str,
+        on_stale: Callable[[Lock], None] | None = None,
+    ) -> Iterator[Lock]:
         """Hold the exclusive lock on `stack` for the duration of the block.
 
         A second taker gets StackLockedError naming the holder, host, pid, command, time and
-        lock id. The lock is released when the block ends, however it ends.
+        lock id. With `on_stale`, a lock whose holder provably died (same host, process gone,
+        e.g. after `kill -9`) is released instead, and `on_stale` is told which. The lock is
+        released when the block ends, however it ends.
         """
-        held = self.acquire_lock(stack, command=command)
+        try:
+            held = self.acquire_lock(stack, command=command)
+        except StackLockedError as locked:
+            if on_stale is None or not _is_stale(locked.lock):
+                raise
+            self.unlock(locked.lock.lock_id)
+            on_stale(locked.lock)
+            held = self.acquire_lock(stack, command=command)
         try:
             yield held
         finally:

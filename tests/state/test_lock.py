@@ -127,3 +127,22 @@ def test_unlocking_an_unknown_lock_lists_the_held_ones(store: Store) -> None:
         assert f"held now: {held.lock_id} (web-prod)" in str(info.value)
     with pytest.raises(EngineError, match="no lock is held"):
         store.unlock("0000")
+
+
+def test_a_run_that_accepts_it_takes_over_a_lock_whose_holder_died(store: Store, url: str) -> None:
+    holder = _holder(url, "die")
+    assert holder.stdout is not None
+    lock_id = holder.stdout.readline().strip()
+    assert holder.wait(timeout=30) == 0
+    taken: list[str] = []
+    with store.lock(
+        "web-prod", command="engine up specs/web.yaml", on_stale=lambda s: taken.append(s.lock_id)
+    ) as mine:
+        assert taken == [lock_id] and mine.pid == os.getpid()
+        with (  # a live holder is never taken over
+            pytest.raises(StackLockedError),
+            store.lock("web-prod", command="engine up", on_stale=lambda s: taken.append("x")),
+        ):
+            pass
+        assert taken == [lock_id]
+    assert [e.kind for e in store.events("web-prod")] == ["lock.released"]
