@@ -1,0 +1,223 @@
+"""The whole lifecycle on the local provider, as a user runs it: real containers running the
+real cloud-init, phone-home to the engine's control plane, install over SSH with pinned host
+keys, the agent in each server's own Docker, and everything gone after destroy.
+
+The servers run in this test session's private Docker engine; the engine runs as a separate
+process, exactly as `engine up` from a shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from engine.local.dockerd import PrivateDaemon
+from engine.model import LABEL_FLEET
+from engine.state.store import open_store
+from tests.support.cli import ROOT, engine
+
+SPEC = {
+    "apiVersion": "fleet/v1",
+    "kind": "Fleet",
+    "name": "e2e",
+    "provider": {"name": "local"},
+    "defaults": {"server_type": "small", "image": "debian-12", "locations": ["local"]},
+    "groups": [{"name": "web", "count": 2}, {"name": "db", "count": 1}],
+    "install": {"docker": {"source": "distro"}, "system": {"unattended_upgrades": False}},
+}
+
+
+class Fleet:
+    """One fleet spec in a temp dir, and the engine run against the private Docker engine."""
+
+    def __init__(self, root: Path, dockerd: PrivateDaemon, spec: dict[str, Any]) -> None:
+        self.root = root
+        self.spec_path = root / f"{spec['name']}.yaml"
+        self.state_dir = root / "state"
+        self.env = {
+            "DOCKER_HOST": dockerd.url,
+            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "HOME": os.environ.get("HOME", "/root"),
+        }
+        self.write(spec)
+
+    def write(self, spec: dict[str, Any]) -> None:
+        self.spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    def args(self, *args: str) -> list[str]:
+        return [*args, str(self.spec_path), "--state-dir", str(self.state_dir)]
+
+    def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        result = engine(*self.args(*args), cwd=self.root, env=self.env, timeout=timeout)
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    def up(self) -> dict[str, Any]:
+        """`engine up --yes --format json`; the final event."""
+        result = self.run("up", "--yes", "--format", "json")
+        events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert events and events[-1]["event"] == "done", result.stdout + result.stderr
+        assert result.returncode == 0, events[-1]
+        return dict(events[-1])
+
+    def plan(self) -> list[tuple[str, str]]:
+        result = self.run("preview", "--format", "json")
+        assert result.returncode == 0, result.stderr
+        return [(c["action"], c["server"]) for c in json.loads(result.stdout)["changes"]]
+
+    def status(self) -> dict[str, Any]:
+        result = self.run("status", "--format", "json")
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+
+def containers(client: Any, fleet: str) -> dict[str, str]:
+    """The fleet's containers by name -> id."""
+    found = client.containers.list(all=True, filters={"label": f"{LABEL_FLEET}={fleet}"})
+    return {c.name: c.id for c in found}
+
+
+def nothing_left(client: Any, fleet: Fleet, name: str) -> None:
+    assert containers(client, name) == {}
+    assert client.networks.list(names=[f"fleet-{name}"]) == []
+    assert [v.name for v in client.volumes.list() if v.name.startswith(f"{name}-")] == []
+    with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
+        assert store.servers(name) == () and store.events(name) == ()
+        assert store.locks() == () and store.fleet(name) is None
+    assert not list((fleet.state_dir / "keys").glob(f"{name}*"))
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    dockerd: PrivateDaemon, golden_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    made = Fleet(tmp_path_factory.mktemp("e2e"), dockerd, SPEC)
+    yield made
+    made.run("destroy", "--yes")
+
+
+def test_up_brings_every_server_to_ready_with_its_agent_answering(fleet: Fleet) -> None:
+    done = fleet.up()
+    assert sorted(done["ready"]) == ["db-1", "web-1", "web-2"] and done["not_ready"] == {}
+    for steps in done["timings"]["servers"].values():
+        assert all(steps[s] is not None for s in ("create", "boot", "install", "agent"))
+    status = fleet.status()
+    by_name = {s["name"]: s for s in status["servers"]}
+    assert {n: s["stage"] for n, s in by_name.items()} == dict.fromkeys(by_name, "ready")
+    for server in by_name.values():
+        assert server["host_keys_source"] == "phone-home"  # pinned, never scanned
+        live = server["live"]
+        assert live is not None and "error" not in live, live
+        assert 0 <= live["cpu_percent"] <= 100 and live["memory_total_gb"] > 0
+
+
+def test_a_second_preview_and_up_have_nothing_to_do(fleet: Fleet) -> None:
+    assert fleet.plan() == []
+    exit_code = fleet.run("preview", "--detailed-exitcode").returncode
+    assert exit_code == 0
+    again = fleet.run("up", "--yes")
+    assert again.returncode == 0 and "Nothing to do" in again.stdout
+
+
+def test_growing_and_resizing_change_only_those_servers(fleet: Fleet, docker_client: Any) -> None:
+    before = containers(docker_client, "e2e")
+    groups = [{"name": "web", "count": 3}, {"name": "db", "count": 1, "server_type": "medium"}]
+    grown = {**SPEC, "groups": groups}
+    fleet.write(grown)
+    assert sorted(fleet.plan()) == [("create", "web-3"), ("resize", "db-1")]
+    done = fleet.up()
+    assert sorted(done["ready"]) == ["db-1", "web-1", "web-2", "web-3"]
+    after = containers(docker_client, "e2e")
+    assert {k: v for k, v in after.items() if k != "e2e-web-3"} == before  # nobody else moved
+    host = docker_client.containers.get("e2e-db-1").attrs["HostConfig"]
+    assert host["CpuQuota"] == 2 * host["CpuPeriod"] and host["Memory"] == 2 * 1024**3
+    assert fleet.plan() == []
+
+
+def test_a_forged_phone_home_from_another_container_on_the_bridge_is_refused(
+    fleet: Fleet, docker_client: Any, golden_image: str
+) -> None:
+    from engine.controlplane.runner import running_control_plane
+    from engine.controlplane.tokens import mint_phone_home_token
+    from engine.tokens import read_fleet_key
+
+    network = docker_client.networks.get("fleet-e2e")
+    gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+    with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
+        web1 = store.server("e2e", "web-1")
+        assert web1 is not None
+        leaked = mint_phone_home_token(
+            store, read_fleet_key(fleet.state_dir, "e2e"), fleet="e2e", server="web-1", ttl_s=600
+        )
+        body = {
+            "version": 1, "fleet": "e2e", "server": "web-1", "hostname": "web-1",
+            "provider": "local", "instance_id": web1.provider_id,
+            "addresses": {"public_ipv4": [], "public_ipv6": [], "private": ["10.9.9.9"]},
+            "host_keys": {"ed25519": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeFakeFakeFakeFake"},
+            "boot": {"kernel_booted_at": "2026-11-01T00:00:00Z",
+                     "cloud_init_finished_at": "2026-11-01T00:00:10Z",
+                     "sent_at": "2026-11-01T00:00:11Z"},
+            "cloud_init": {"status": "done", "errors": []}, "attempt": 1,
+        }  # fmt: skip
+        with running_control_plane(store, fleet.state_dir, host=gateway, port=0) as plane:
+
+            def attack(token: str) -> str:
+                out = docker_client.containers.run(
+                    golden_image,
+                    entrypoint=["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\n", "-X",
+                                "POST", "-H", f"Authorization: Bearer {token}", "-H",
+                                "Content-Type: application/json", "--data", json.dumps(body),
+                                f"{plane.url}/v1/phone-home"],
+                    network="fleet-e2e",
+                    remove=True,
+                )  # fmt: skip
+                return str(out.decode().strip())  # the log keeps whole lines only
+
+            assert attack("forged." + "A" * 40) == "401"  # not a token we made
+            assert attack(leaked) == "403"  # a real token, but not from web-1's address
+        after = store.server("e2e", "web-1")
+    assert after is not None and after.host_keys == web1.host_keys and after.stage == web1.stage
+
+
+def test_kill_9_at_a_random_moment_then_up_again_finishes_exactly_once(
+    dockerd: PrivateDaemon, docker_client: Any, golden_image: str, tmp_path: Path
+) -> None:
+    crash = Fleet(tmp_path, dockerd, {**SPEC, "name": "crash"})
+    moment = random.uniform(1.0, 25.0)
+    print(f"killing engine up after {moment:.1f} s")  # shown when the test fails
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine", *crash.args("up", "--yes")],
+        cwd=crash.root,
+        env={**crash.env, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        process.wait(timeout=moment)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    done = crash.up()
+    assert sorted(done["ready"]) == ["db-1", "web-1", "web-2"]
+    made = containers(docker_client, "crash")
+    assert sorted(made) == ["crash-db-1", "crash-web-1", "crash-web-2"]
+    assert crash.plan() == []
+    destroyed = crash.run("destroy", "--yes")
+    assert destroyed.returncode == 0, destroyed.stderr
+    nothing_left(docker_client, crash, "crash")
+
+
+def test_destroy_leaves_nothing_behind(fleet: Fleet, docker_client: Any) -> None:
+    result = fleet.run("destroy", "--yes")
+    assert result.returncode == 0, result.stderr
+    nothing_left(docker_client, fleet, "e2e")
