@@ -75,7 +75,7 @@ def test_containers_are_listed_through_the_agent(
             ["web-9"],
             "error: web-9 is not a server of fleet demo (its servers: web-1, web-2, web-3)",
         ),
-        (["web-1"], "error: the engine has no record of how to reach the agent of web-1 yet"),
+        (["web-1"], "error: the engine has no record of how to reach the agent of web-1 (it"),
         (
             ["web-1", "--agent", "127.0.0.1", "--fingerprint", "abc"],
             "error: a certificate fingerprint is",
