@@ -1540,75 +1540,23 @@ def _event_values(
 
 
 def _fleet(row: Row[Any]) -> FleetSettings:
-    return FleetSettings(
-        name=row.name,
-        provider=row.provider,
-        provider_endpoint=row.provider_endpoint,
-        token_env=row.token_env,
-        readiness=row.readiness,
-        token_ttl_s=row.token_ttl_s,
-        phone_home_timeout_s=row.phone_home_timeout_s,
-        verify_source_ip=row.verify_source_ip,
-        heartbeat_s=row.heartbeat_s,
-        ssh_user=row.ssh_user,
-        ssh_port=row.ssh_port,
-        install=row.install,
-    )
+    return FleetSettings(**_known(row, FleetSettings))
 
 
 def _token(row: Row[Any]) -> PhoneHomeToken:
-    return PhoneHomeToken(
-        token_hash=row.token_hash,
-        fleet=row.fleet,
-        server=row.server,
-        expires_at=row.expires_at,
-        created_at=row.created_at,
-        spent_at=row.spent_at,
-        fingerprint=row.fingerprint,
-    )
+    return PhoneHomeToken(**_known(row, PhoneHomeToken))
 
 
 def _job(row: Row[Any]) -> Job:
-    return Job(
-        id=row.id,
-        kind=row.kind,
-        fleet=row.fleet,
-        server=row.server,
-        payload=row.payload,
-        state=JobState(row.state),
-        attempts=row.attempts,
-        max_attempts=row.max_attempts,
-        run_after=row.run_after,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        lease_owner=row.lease_owner,
-        lease_expires_at=row.lease_expires_at,
-        last_error=row.last_error,
-        result=row.result,
-        finished_at=row.finished_at,
-    )
+    return Job(**{**_known(row, Job), "state": JobState(row.state)})
 
 
 def _api_key(row: Row[Any]) -> ApiKey:
-    return ApiKey(
-        key_id=row.key_id,
-        name=row.name,
-        secret_hash=row.secret_hash,
-        created_at=row.created_at,
-        revoked_at=row.revoked_at,
-    )
+    return ApiKey(**_known(row, ApiKey))
 
 
 def _report(row: Row[Any]) -> AgentReport:
-    return AgentReport(
-        fleet=row.fleet,
-        server=row.server,
-        last_heartbeat_at=row.last_heartbeat_at,
-        sequence=row.sequence,
-        metrics=row.metrics,
-        containers=row.containers,
-        tls_fingerprint=row.tls_fingerprint,
-    )
+    return AgentReport(**_known(row, AgentReport))
 
 
 def _lock_values(held: Lock) -> dict[str, Any]:
