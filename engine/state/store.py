@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
+from functools import cache
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -1379,9 +1380,15 @@ def _server_values(record: ServerRecord) -> dict[str, Any]:
     return values
 
 
+@cache
+def _field_names(record: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(record))
+
+
 def _known(row: Row[Any], record: type[Any]) -> dict[str, Any]:
     """The row's columns that `record` has: a column added later does not break it."""
-    return {f.name: row._mapping[f.name] for f in fields(record)}
+    mapping = row._mapping
+    return {name: mapping[name] for name in _field_names(record)}
 
 
 def _server_record(row: Row[Any]) -> ServerRecord:
