@@ -25,7 +25,6 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
-from functools import cache
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -1380,9 +1379,15 @@ def _server_values(record: ServerRecord) -> dict[str, Any]:
     return values
 
 
-@cache
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
 def _field_names(record: type[Any]) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(record))
+    """The field names of a record type, looked up once per type (rows come by thousands)."""
+    names = _FIELD_NAMES.get(record)
+    if names is None:
+        names = _FIELD_NAMES[record] = tuple(f.name for f in fields(record))
+    return names
 
 
 def _known(row: Row[Any], record: type[Any]) -> dict[str, Any]:
