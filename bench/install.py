@@ -21,7 +21,7 @@ import docker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.install import HostResult, InstallSettings, install_hosts  # noqa: E402
+from engine.install import HostResult, InstallHost, InstallSettings, install_hosts  # noqa: E402
 from engine.local.dockerd import PrivateDaemon  # noqa: E402
 from engine.local.images import ensure_golden_image  # noqa: E402
 from engine.model import DockerInstall, DockerSource, Install  # noqa: E402
@@ -34,7 +34,7 @@ from tests.support.targets import (  # noqa: E402
 )
 
 
-def timed(label: str, hosts: list, settings: InstallSettings) -> float:
+def timed(label: str, hosts: list[InstallHost], settings: InstallSettings) -> float:
     started = time.monotonic()
     results: tuple[HostResult, ...] = install_hosts(hosts, settings)
     wall = time.monotonic() - started

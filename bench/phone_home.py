@@ -50,16 +50,16 @@ def _prepare(url: str, state_dir: Path, count: int) -> list[tuple[bytes, str]]:
     import dataclasses
 
     from engine.controlplane.fleets import register_fleet
-    from engine.controlplane.keys import fleet_key
     from engine.controlplane.tokens import mint_phone_home_token
     from engine.model import Stage
     from engine.spec import load_spec
     from engine.state import ServerRecord
     from engine.state.store import open_store
+    from engine.tokens import ensure_fleet_key
 
     fleet = load_spec(ROOT / "specs" / "hetzner.yaml")
     fleet = dataclasses.replace(fleet, name="bench")
-    key = fleet_key(state_dir, "bench", create=True)
+    key = ensure_fleet_key(state_dir, "bench")
     assert key is not None
     requests = []
     with open_store(url) as store:
