@@ -111,8 +111,8 @@ def test_no_port_is_open_to_the_world_unless_the_spec_opens_it(
 
 
 def test_the_engine_reaches_ssh_and_the_agent_from_its_own_addresses_only(run: Run) -> None:
-    engine = run.of_type(FIREWALL)["firewall-engine"]
-    assert engine.inputs["name"] == "web-prod-engine"
+    engine = run.of_type(FIREWALL)["firewall.engine"]
+    assert engine.inputs["name"] == "web-prod.engine"
     assert [(r["protocol"], r["port"], r["sourceIps"]) for r in engine.inputs["rules"]] == [
         ("tcp", "22", list(ENGINE_SOURCES)),
         ("tcp", "7567", list(ENGINE_SOURCES)),
@@ -215,7 +215,7 @@ def test_a_load_balancer_without_network_opens_its_ports_to_itself_only() -> Non
     )
     run = run_program(stack_inputs(fleet), ANSWERS)
     assert run.of_type(LB_NETWORK) == {}
-    lb_firewall = run.of_type(FIREWALL)["firewall-lb-web"]
+    lb_firewall = run.of_type(FIREWALL)["firewall.lb-web"]
     assert [(r["port"], r["sourceIps"]) for r in lb_firewall.inputs["rules"]] == [
         ("443", ["95.217.1.1/32", "2a01:4f9::1:1/128"])
     ]
