@@ -152,7 +152,10 @@ def declare(inputs: StackInputs, provider: do.Provider) -> dict[str, dict[str, o
                 public_networking=None if server.public_ipv4 else False,
                 graceful_shutdown=True,
                 opts=component.server(
-                    provider, depends_on=[fleet_tag, members[group.name], *firewalls]
+                    provider,
+                    depends_on=[fleet_tag, members[group.name], *firewalls],
+                    fresh=server.name in inputs.replaced,
+                    adopt=inputs.adopted.get(server.name),
                 ),
             )
             droplets[server.name] = droplet

@@ -182,6 +182,10 @@ def declare(inputs: StackInputs, provider: hcloud.Provider) -> dict[str, dict[st
                     depends_on=[
                         subnets[name, zone_of[server.location]] for name in server.networks
                     ],
+                    fresh=server.name in inputs.replaced,
+                    adopt=inputs.adopted.get(server.name),
+                    # Server names are unique in a project: the old one goes first.
+                    delete_before_replace=True,
                 ),
             )
             servers[server.name] = handle

@@ -281,6 +281,10 @@ def test_keys_already_in_the_project_are_referenced_not_uploaded(inputs: StackIn
         assert server.inputs["sshKeys"] == ["77", keys["web-prod-key-2cf7e06f"].id]
 
 
+def test_a_replaced_server_is_deleted_first_its_name_being_unique(run: Run) -> None:
+    assert all(s.delete_before_replace for s in run.of_type(SERVER).values())
+
+
 def test_a_server_without_any_address_is_refused() -> None:
     fleet = with_group(
         fleet_from(SPEC, groups=[{"name": "dark", "count": 1}], load_balancers=[]),

@@ -25,58 +25,8 @@ from tests.fakes.digitalocean import FakeDigitalOcean
 from tests.fakes.hcloud import FakeHcloud
 from tests.stacks import test_digitalocean, test_hcloud
 from tests.stacks.harness import Answers, Run, fleet_from, run_program, stack_inputs
+from tests.stacks.listed import list_on_digitalocean, list_on_hcloud
 from tests.support.http import serve
-
-
-def list_on_hcloud(run: Run, fake: FakeHcloud) -> None:
-    """Put what the Hetzner program declared into the fake, as its API lists it."""
-    firewalls = {r.id: r.inputs for r in run.of_type(test_hcloud.FIREWALL).values()}
-    networks = {r.id: r.inputs for r in run.of_type(test_hcloud.NETWORK).values()}
-    placements = {r.id: r.inputs["name"] for r in run.of_type(test_hcloud.PLACEMENT).values()}
-    for inputs in firewalls.values():
-        fake.add_firewall(inputs["name"], labels=inputs["labels"])
-    for inputs in networks.values():
-        fake.add_network(inputs["name"], inputs["ipRange"])
-    for server in run.of_type(test_hcloud.SERVER).values():
-        got = server.inputs
-        (public,) = got["publicNets"]
-        placement = got.get("placementGroupId")
-        fake.add_server(
-            got["name"],
-            labels=got["labels"],
-            server_type=got["serverType"],
-            location=got["location"],
-            image=got["image"],
-            firewalls=tuple(firewalls[str(int(i))]["name"] for i in got["firewallIds"]),
-            networks=tuple(networks[str(int(n["networkId"]))]["name"] for n in got["networks"]),
-            placement_group=placements[str(int(placement))] if placement else None,
-            backups=got["backups"],
-            ipv4=public["ipv4Enabled"],
-            ipv6=public["ipv6Enabled"],
-            server_id=int(server.id),
-        )
-
-
-def list_on_digitalocean(run: Run, fake: FakeDigitalOcean) -> None:
-    """Put what the DigitalOcean program declared into the fake, as its API lists it."""
-    vpcs = {r.id: r.inputs for r in run.of_type(test_digitalocean.VPC).values()}
-    for inputs in vpcs.values():
-        fake.add_vpc(inputs["name"], inputs["region"])
-    for firewall in run.of_type(test_digitalocean.FIREWALL).values():
-        fake.add_firewall(firewall.inputs["name"], tags=tuple(firewall.inputs["tags"]))
-    for droplet in run.of_type(test_digitalocean.DROPLET).values():
-        got = droplet.inputs
-        vpc = got.get("vpcUuid")
-        fake.add_droplet(
-            got["name"],
-            tags=tuple(got["tags"]),
-            size=got["size"],
-            region=got["region"],
-            image=got["image"],
-            vpc=vpcs[vpc]["name"] if vpc else None,
-            backups=got["backups"],
-            ipv6=got["ipv6"],
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +116,7 @@ def test_what_the_program_declares_reads_back_as_no_change(
 ) -> None:
     run = run_program(stack_inputs(case.fleet), case.answers)
     case.list_on(run, fake)
-    ids = {name: str(out["id"]) for name, out in run.outputs.items()}
-    if case.fake is FakeDigitalOcean:  # the fake numbers droplets itself, as the API does
-        ids = {d["name"]: str(d["id"]) for d in fake.droplets}
-    plan = plan_against(case, fake, endpoint, ids)
+    plan = plan_against(case, fake, endpoint, {n: str(out["id"]) for n, out in run.outputs.items()})
     assert plan.changes == (), [(c.action, c.server, c.fields) for c in plan.changes]
     assert plan.problems == ()
     assert plan.unchanged == len(run.outputs)
