@@ -140,6 +140,15 @@ def refuse_gevent() -> None:
         )
 
 
+def check_ready() -> str | None:
+    """Refuse, before anything changes, a run Pulumi cannot do here (no CLI, no passphrase,
+    a gevent-patched process); where the CLI is, as `pulumi_root` says."""
+    refuse_gevent()
+    root = pulumi_root()
+    check_passphrase()
+    return root
+
+
 def preview(
     inputs: StackInputs, *, token: str, state_dir: Path, on_progress: Progress | None = None
 ) -> RunResult:
@@ -263,10 +272,8 @@ def _stack(
 ) -> Iterator[Stack]:
     """The fleet's stack in a workspace under the state directory; Pulumi's failures become
     EngineErrors that never carry the token."""
-    refuse_gevent()
     register_secret(token)
-    root = pulumi_root()
-    check_passphrase()
+    root = check_ready()
     from pulumi import automation as auto
 
     try:

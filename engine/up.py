@@ -1,14 +1,22 @@
-"""`engine up` and `engine destroy` as functions.
+"""`engine up` and `engine destroy` as functions: one orchestration for every provider.
 
-    up:       lock the stack -> read what exists -> plan -> show it -> confirm -> start the
-              control plane -> carry out the plan -> drive every server to ready -> timings
-    destroy:  lock -> plan the deletion of everything -> confirm -> delete every resource,
-              every state row and every key of the fleet
+    up:       open the provider's backend (tools, credentials, images: nothing changes yet)
+              -> lock the stack -> read what exists and plan -> show it -> confirm -> register
+              the fleet -> start the control plane -> carry out the plan through the backend
+              (new servers get their user_data, with a one-time token, before they are made)
+              -> drive every server to ready (phone-home, install, agent) -> timings
+    destroy:  open -> lock -> plan the deletion of everything -> confirm -> the backend deletes
+              every resource -> every state row and every key of the fleet go
+
+What differs between providers is a `Backend`: engine/local/backend.py makes containers in the
+engine's Docker, one provision job per server; engine/cloud/backend.py runs the fleet's Pulumi
+program (stacks/), which declares every server at once.
 
 Every step is recorded in the state store as it happens, and every step is safe to repeat,
 so a run that dies anywhere (even `kill -9`) is finished by the next `engine up`: servers
-half-created are provisioned by their durable job, servers booting phone home to a control
-plane listening where they expect it, servers phoned home are installed, nothing is made twice.
+half-created are made by their durable job or the next program run, servers booting phone
+home to a control plane listening where they expect it, servers phoned home are installed,
+nothing is made twice.
 """
 
 from __future__ import annotations
@@ -16,54 +24,144 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from engine.catalog import load_catalog
 from engine.errors import EngineError
 from engine.model import Fleet, ProviderName, Server, Stage
-from engine.plan import Action, Change, Plan
+from engine.plan import Change, Plan
 from engine.progress import ServerStage, StageBoard, render_timings
 from engine.spec import load_spec
 from engine.state import FleetSettings, Lock, NewJob, ServerRecord
 from engine.state.store import Store
 
 if TYPE_CHECKING:
-    from engine.local.backend import LocalBackend
+    from engine.controlplane.handlers import Provisioner
+    from engine.inventory import ActualServer
+    from engine.signals import Signal
 
 Confirm = Callable[[str], bool]
+Say = Callable[[str], None]
 POLL_S = 0.5
 SETTLED = frozenset({Stage.READY, Stage.FAILED, Stage.UNHEALTHY})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunOptions:
+    """How to run. `listen` and `engine_addresses` are for the clouds (see engine.cloud)."""
+
     state_dir: Path
     state: str | None = None
     yes: bool = False
     json_lines: bool = False
     timeout_s: float = 900.0
     delete_orphans: bool = False
+    listen: tuple[str, int] | None = None
+    engine_addresses: tuple[str, ...] = ()
 
 
-def _require_local(fleet: Fleet) -> None:
-    if fleet.provider.name is not ProviderName.LOCAL:
-        raise EngineError(
-            f"engine up and destroy drive the local provider in this version; for "
-            f"{fleet.provider.name}, run `engine preview` to see the plan"
-        )
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Site:
+    """Where a run's control plane listens, and how servers and the engine reach each other.
+
+    `url` is where servers phone home and agents report; `sources` are the addresses the
+    engine connects to servers from, the only ones their firewalls let in to SSH and the
+    agent port; `moved` says the control plane listens elsewhere than the last run's did
+    (servers still booting phone home there, so they are looked for by polling).
+    """
+
+    host: str
+    port: int
+    url: str
+    sources: tuple[str, ...]
+    moved: bool = False
 
 
-def _said_stale(board: StageBoard) -> Callable[[Lock], None]:
-    def say(lock: Lock) -> None:
-        board.note(
-            f"taking over the lock {lock.lock_id} of `{lock.command}` (pid {lock.pid}), "
-            "which died without releasing it"
-        )
+class Backend(Protocol):
+    """One provider as `engine up`, `engine destroy` and `engine server` drive it, for one
+    fleet. Each opening raises an EngineError saying what is missing and how to get it, before
+    anything changes.
 
-    return say
+    `agent_image` is the agent image to install (in `docker_url`'s engine, copied to servers
+    unless the spec names a registry image).
+    """
+
+    agent_image: str
+    docker_url: str | None
+
+    def check_tools(self) -> None:
+        """The tools `carry_out` and `teardown` need (none, or the Pulumi CLI)."""
+        ...
+
+    def connect(self) -> None:
+        """What talking to the provider needs: reading, signals, teardown."""
+        ...
+
+    def open(self) -> None:
+        """`connect`, and what bringing servers to ready needs (images, networks, addresses)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def site(self) -> Site:
+        """Where this run's control plane listens and what servers know it by."""
+        ...
+
+    def provisioner(self, store: Store, servers: Mapping[str, Server]) -> Provisioner | None:
+        """What the control plane's provision jobs create servers with; None when
+        `carry_out` makes them itself."""
+        ...
+
+    def carry_out(self, plan: Plan, run: FleetRun, servers: Sequence[Server]) -> None:
+        """Make the plan's changes happen (the plan lists them in execution order);
+        `servers` is the whole desired fleet, placed."""
+        ...
+
+    def read_servers(self) -> tuple[ActualServer, ...]:
+        """The fleet's servers as they exist now."""
+        ...
+
+    def teardown(self) -> None:
+        """Delete every resource of the fleet."""
+        ...
+
+    def signal(self, record: ServerRecord, signal: Signal, timeout_s: float) -> str:
+        """Reboot, power off, power on or snapshot one server, waiting until the provider says
+        it is done (at most `timeout_s`); what came of it, in a few words."""
+        ...
+
+    def rebuild(
+        self, server: Server, record: ServerRecord, run: FleetRun, timeout_s: float
+    ) -> None:
+        """Make the server's disk anew from its group's image and send it on its way to ready
+        again (booting, phone-home or polling, install)."""
+        ...
+
+
+def backend_for(fleet: Fleet, options: RunOptions, say: Say) -> Backend:
+    """The backend of `fleet`'s provider."""
+    if fleet.provider.name is ProviderName.LOCAL:
+        if options.listen or options.engine_addresses:
+            raise EngineError(
+                "--listen and --engine-address are for Hetzner Cloud and DigitalOcean; the "
+                "local provider's control plane listens on its network's gateway"
+            )
+        from engine.local.backend import LocalBackend
+
+        return LocalBackend(fleet, options.state_dir, say)
+    from engine.cloud.backend import CloudBackend
+
+    return CloudBackend(
+        fleet,
+        options.state_dir,
+        say,
+        listen=options.listen,
+        engine_addresses=options.engine_addresses,
+    )
 
 
 def _show_plan(plan: Plan, board: StageBoard, out: TextIO) -> None:
@@ -77,27 +175,41 @@ def _show_plan(plan: Plan, board: StageBoard, out: TextIO) -> None:
         out.flush()
 
 
-class _Run:
-    """One `engine up` of one fleet, with the store locked and the control plane running."""
+class FleetRun:
+    """One `engine up` of one fleet, with the store locked and the control plane running:
+    the bookkeeping every backend does the same way."""
 
-    def __init__(self, fleet: Fleet, store: Store, state_dir: Path, board: StageBoard) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        store: Store,
+        state_dir: Path,
+        board: StageBoard,
+        settings: FleetSettings,
+        site: Site,
+        *,
+        provisions: bool,
+    ) -> None:
         self.fleet = fleet
         self.store = store
         self.state_dir = state_dir
         self.board = board
+        self.settings = settings
+        self.site = site
+        # Whether the control plane's provision jobs make servers (else the backend does).
+        self.provisions = provisions
 
     # --- carrying out the plan ------------------------------------------------------------
 
-    def create(self, server: Server, phone_home: str) -> None:
+    def user_data(self, server: Server, *, fresh: bool = False) -> str:
+        """The server's pinned user_data: the stored one, else (or when `fresh`) a new one
+        with a new one-time token."""
         from engine.cloudinit import phone_home_url, pin_user_data, render_user_data
-        from engine.controlplane.handlers import PROVISION_JOB
-        from engine.controlplane.servers import request_server
         from engine.controlplane.tokens import mint_phone_home_token
         from engine.deploykey import ensure_deploy_key
         from engine.tokens import ensure_fleet_key
 
         fleet = self.fleet
-        request_server(self.store, fleet, server)
         key = ensure_fleet_key(self.state_dir, fleet.name)
         deploy = ensure_deploy_key(self.state_dir, fleet.name)
 
@@ -113,7 +225,7 @@ class _Run:
                 fleet=fleet.name,
                 server=server.name,
                 hostname=server.name,
-                phone_home_url=phone_home_url(phone_home),
+                phone_home_url=phone_home_url(self.site.url),
                 token=token,
                 admin_user=fleet.ssh.user,
                 authorized_keys=(*fleet.ssh.authorized_keys, deploy),
@@ -122,17 +234,27 @@ class _Run:
                 give_up_after_s=fleet.control_plane.token_ttl_s,
             )
 
-        # A server about to be made gets a new document (and token): nothing was made from
-        # the one stored before, if any.
-        pin_user_data(self.store, fleet=fleet.name, server=server.name, render=render, fresh=True)
-        self.store.enqueue(
-            NewJob(
-                kind=PROVISION_JOB,
-                fleet=fleet.name,
-                server=server.name,
-                key=f"{PROVISION_JOB}/{fleet.name}/{server.name}",
-            )
+        return pin_user_data(
+            self.store, fleet=fleet.name, server=server.name, render=render, fresh=fresh
         )
+
+    def create(self, server: Server, *, provision: bool) -> None:
+        """Record a server about to be made, with new user_data (and token): nothing was made
+        from the one stored before, if any. With `provision`, a provision job makes it."""
+        from engine.controlplane.handlers import PROVISION_JOB
+        from engine.controlplane.servers import request_server
+
+        request_server(self.store, self.fleet, server)
+        self.user_data(server, fresh=True)
+        if provision:
+            self.store.enqueue(
+                NewJob(
+                    kind=PROVISION_JOB,
+                    fleet=self.fleet.name,
+                    server=server.name,
+                    key=f"{PROVISION_JOB}/{self.fleet.name}/{server.name}",
+                )
+            )
 
     def reinstall(self, name: str) -> None:
         from engine.controlplane.phonehome import install_job
@@ -140,14 +262,14 @@ class _Run:
         self.store.update_server(self.fleet.name, name, stage=Stage.INSTALLING)
         self.store.enqueue(install_job(self.fleet.name, name))
 
-    def adopt(self, change: Change, settings: FleetSettings) -> None:
+    def adopt(self, change: Change) -> None:
         from engine.controlplane.servers import register_server, request_server, start_polling
 
         assert change.after is not None and change.before is not None
         request_server(self.store, self.fleet, change.after)
         register_server(
             self.store,
-            settings,
+            self.settings,
             change.server,
             provider_id=change.before.provider_id,
             ipv4=change.before.ipv4,
@@ -155,12 +277,26 @@ class _Run:
             private_ips=change.before.private_ips,
         )
         # Its host keys were never pinned: it is found by polling, keys read by a key scan.
-        start_polling(self.store, settings, change.server)
+        start_polling(self.store, self.settings, change.server)
+
+    def resized(self, name: str, server_type: str) -> None:
+        self.store.update_server(self.fleet.name, name, server_type=server_type)
+        self.store.record_event(
+            self.fleet.name, "server.resized", f"{name} is {server_type} now", server=name
+        )
+
+    def deleted(self, name: str) -> None:
+        self.store.forget_server(self.fleet.name, name)
+        self.store.record_event(self.fleet.name, "server.deleted", f"{name} deleted", server=name)
 
     # --- resuming -------------------------------------------------------------------------
 
-    def resume(self, record: ServerRecord, settings: FleetSettings, *, moved: bool) -> None:
-        """Move on a server an earlier run left on its way (or failed): each step again."""
+    def resume(self, record: ServerRecord) -> None:
+        """Move on a server an earlier run left on its way (or failed): each step again.
+
+        Where the backend makes servers itself (in `carry_out`, which ran already), a server
+        not made yet is left to the next run's backend.
+        """
         from engine.controlplane.handlers import PROVISION_JOB
         from engine.controlplane.phonehome import install_job
         from engine.controlplane.servers import start_polling
@@ -172,11 +308,13 @@ class _Run:
                 stage = Stage.INSTALLING
             elif record.provider_id:
                 stage = Stage.BOOTING
-            else:
+            elif self.provisions:
                 stage = Stage.CREATING
+            else:
+                return
             self.store.update_server(self.fleet.name, name, stage=stage, reason="retried")
             self.board.note(f"{name} failed before ({record.stage_reason}); trying again")
-        if stage in (Stage.REQUESTED, Stage.CREATING):
+        if stage in (Stage.REQUESTED, Stage.CREATING) and self.provisions:
             self.store.enqueue(
                 NewJob(
                     kind=PROVISION_JOB,
@@ -185,9 +323,9 @@ class _Run:
                     key=f"{PROVISION_JOB}/{self.fleet.name}/{name}",
                 )
             )
-        elif stage is Stage.BOOTING and (moved or record.stage is Stage.FAILED):
+        elif stage is Stage.BOOTING and (self.site.moved or record.stage is Stage.FAILED):
             # Its phone-home goes to where the last control plane listened: look for it.
-            start_polling(self.store, settings, name)
+            start_polling(self.store, self.settings, name)
         elif stage in (Stage.PHONED_HOME, Stage.INSTALLING):
             self.store.enqueue(install_job(self.fleet.name, name))
 
@@ -229,29 +367,96 @@ def _timings(store: Store, fleet: str, names: list[str]) -> tuple[str, dict[str,
     return table, {"servers": {k: dict(v) for k, v in rows.items()}, "medians": dict(medians)}
 
 
-def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
-    """Make the fleet in `spec` exist and be ready; 0 when every server is ready."""
+@contextmanager
+def serving(
+    fleet: Fleet,
+    store: Store,
+    backend: Backend,
+    options: RunOptions,
+    board: StageBoard,
+    servers: Mapping[str, Server],
+) -> Iterator[FleetRun]:
+    """The fleet registered, its keys made and a control plane running for the block, with the
+    backend's provisioner and the installer: what bringing servers to ready needs."""
     from engine.controlplane.fleets import register_fleet
     from engine.controlplane.runner import running_control_plane
     from engine.deploykey import ensure_deploy_key
     from engine.installer import FleetInstaller
-    from engine.local.backend import LocalBackend
+    from engine.tokens import ensure_fleet_key
+
+    settings = register_fleet(store, fleet)
+    ensure_fleet_key(options.state_dir, fleet.name)
+    ensure_deploy_key(options.state_dir, fleet.name)
+    site = backend.site()
+    installer = FleetInstaller(
+        state_dir=options.state_dir,
+        fleets={fleet.name: fleet},
+        control_plane_url=site.url,
+        control_plane_sources=site.sources,
+        agent_image=backend.agent_image,
+        docker_url=backend.docker_url,
+        log_dir=options.state_dir / "logs" / "install",
+    )
+    provisioner = backend.provisioner(store, servers)
+    with running_control_plane(
+        store,
+        options.state_dir,
+        host=site.host,
+        port=site.port,
+        installer=installer,
+        provisioner=provisioner,
+        workers=max(2, min(8, len(servers))),
+        log_level="warning",  # the board says what happens; uvicorn's lines would not
+    ):
+        yield FleetRun(
+            fleet,
+            store,
+            options.state_dir,
+            board,
+            settings,
+            site,
+            provisions=provisioner is not None,
+        )
+
+
+def placed_servers(fleet: Fleet, store: Store, state_dir: Path) -> dict[str, Server]:
+    """The fleet's servers by name, those the store knows pinned to where they are."""
     from engine.placement import expand_fleet
+
+    catalog = load_catalog(fleet.provider.name, state_dir)
+    pinned = {r.name: r.location for r in store.servers(fleet.name) if r.location}
+    return {s.name: s for s in expand_fleet(fleet, catalog, pinned)}
+
+
+def locked(
+    store: Store, fleet: Fleet, command: str, board: StageBoard
+) -> AbstractContextManager[Lock]:
+    """The fleet's stack lock, taking over one whose holder provably died (and saying so)."""
+
+    def say(lock: Lock) -> None:
+        board.note(
+            f"taking over the lock {lock.lock_id} of `{lock.command}` (pid {lock.pid}), "
+            "which died without releasing it"
+        )
+
+    return store.lock(fleet.name, command=command, on_stale=say)
+
+
+def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
+    """Make the fleet in `spec` exist and be ready; 0 when every server is ready."""
     from engine.preview import plan_preview
     from engine.state.store import open_store, state_url
-    from engine.tokens import ensure_fleet_key
 
     started = time.monotonic()
     fleet = load_spec(spec, state_dir=options.state_dir)
-    _require_local(fleet)
     board = StageBoard(out, json_lines=options.json_lines)
-    backend = LocalBackend(fleet, options.state_dir, board.note)
-    backend.open()
-    url = state_url(options.state_dir, options.state)
+    backend = backend_for(fleet, options, board.note)
     try:
+        backend.check_tools()
+        backend.open()
         with (
-            open_store(url) as store,
-            store.lock(fleet.name, command=f"engine up {spec}", on_stale=_said_stale(board)),
+            open_store(state_url(options.state_dir, options.state)) as store,
+            locked(store, fleet, f"engine up {spec}", board),
         ):
             plan = plan_preview(
                 spec,
@@ -263,89 +468,33 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
             if plan.is_blocked:
                 return 1
             records = {r.name: r for r in store.servers(fleet.name)}
-            catalog = load_catalog(fleet.provider.name, options.state_dir)
-            pinned = {name: r.location for name, r in records.items() if r.location}
-            servers = {s.name: s for s in expand_fleet(fleet, catalog, pinned)}
+            servers = placed_servers(fleet, store, options.state_dir)
             unsettled = [
                 n for n in servers if n not in records or records[n].stage is not Stage.READY
             ]
             if not plan.has_changes and not unsettled:
                 board.note(f"Nothing to do: all {len(servers)} servers of {fleet.name} are ready.")
+                if board.json_lines:  # machines always get the final event
+                    seconds = time.monotonic() - started
+                    return report(store, fleet, list(servers), records, board, out, seconds)
                 return 0
             if plan.has_changes and not (options.yes or confirm("Apply these changes?")):
                 board.note("Nothing changed.")
                 return 1
-            settings = register_fleet(store, fleet)
-            ensure_fleet_key(options.state_dir, fleet.name)
-            ensure_deploy_key(options.state_dir, fleet.name)
-            port, moved = backend.control_plane_port()
-            url = f"http://{backend.gateway}:{port}"
-            installer = FleetInstaller(
-                state_dir=options.state_dir,
-                fleets={fleet.name: fleet},
-                control_plane_url=url,
-                control_plane_sources=(backend.gateway,),
-                agent_image=backend.agent_image,
-                docker_url=backend.docker_url,
-                log_dir=options.state_dir / "logs" / "install",
-            )
-            run = _Run(fleet, store, options.state_dir, board)
-            with running_control_plane(
-                store,
-                options.state_dir,
-                host=backend.gateway,
-                port=port,
-                installer=installer,
-                provisioner=backend.provisioner(store, servers),
-                workers=max(2, min(8, len(servers))),
-                log_level="warning",  # the board says what happens; uvicorn's lines would not
-            ):
-                _apply(plan, run, backend, settings, url)
+            with serving(fleet, store, backend, options, board, servers) as run:
+                backend.carry_out(plan, run, tuple(servers.values()))
                 changed = {c.server for c in plan.changes}
                 for record in store.servers(fleet.name):
                     if record.name in servers and record.name not in changed:
-                        run.resume(record, settings, moved=moved)
+                        run.resume(record)
                 names = list(servers)
                 final = run.wait(names, options.timeout_s)
-            return _report(store, fleet, names, final, board, out, time.monotonic() - started)
+            return report(store, fleet, names, final, board, out, time.monotonic() - started)
     finally:
         backend.close()
 
 
-def _apply(plan: Plan, run: _Run, backend: LocalBackend, settings: FleetSettings, url: str) -> None:
-    """Carry out the plan's changes in order (the plan lists them in execution order)."""
-    driver = backend.driver
-    for change in plan.changes:
-        name = change.server
-        if change.action is Action.CREATE:
-            assert change.after is not None
-            run.create(change.after, url)
-        elif change.action in (Action.REPLACE, Action.UPDATE):
-            # A local machine's labels, image and location are fixed when it is made.
-            assert change.after is not None
-            run.board.note(f"{name}: {change.action} (the machine is made again)")
-            driver.delete(name)
-            run.store.forget_server(run.fleet.name, name)
-            run.create(change.after, url)
-        elif change.action is Action.RESIZE:
-            assert change.after is not None
-            driver.resize(name, change.after.server_type)
-            run.store.update_server(run.fleet.name, name, server_type=change.after.server_type)
-            run.store.record_event(
-                run.fleet.name, "server.resized", f"{name} is {change.after.server_type} now",
-                server=name,
-            )  # fmt: skip
-        elif change.action is Action.REINSTALL:
-            run.reinstall(name)
-        elif change.action is Action.ADOPT:
-            run.adopt(change, settings)
-        elif change.action is Action.DELETE:
-            driver.delete(name)
-            run.store.forget_server(run.fleet.name, name)
-            run.store.record_event(run.fleet.name, "server.deleted", f"{name} deleted", server=name)
-
-
-def _report(
+def report(
     store: Store,
     fleet: Fleet,
     names: list[str],
@@ -354,6 +503,7 @@ def _report(
     out: TextIO,
     seconds: float,
 ) -> int:
+    """The timing table and who is not ready; 0 when every one of `names` is ready."""
     table, timings = _timings(store, fleet.name, names)
     ready = [n for n in names if n in final and final[n].stage is Stage.READY]
     stuck = {
@@ -383,25 +533,20 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
     """Delete every resource of the fleet, its state rows and its keys."""
     from engine.deploykey import deploy_key_path
     from engine.diff import DiffOptions, diff_fleet
-    from engine.inventory.local import LocalReader
-    from engine.local.backend import LocalBackend
-    from engine.render import render_text
     from engine.state.store import open_store, state_url
-    from engine.term import use_colour
     from engine.tokens import key_path
 
     fleet = load_spec(spec, state_dir=options.state_dir)
-    _require_local(fleet)
     board = StageBoard(out, json_lines=options.json_lines)
-    backend = LocalBackend(fleet, options.state_dir, board.note)
-    backend.open_engine()
-    client = backend.client
+    backend = backend_for(fleet, options, board.note)
     try:
+        backend.check_tools()
+        backend.connect()
         with (
             open_store(state_url(options.state_dir, options.state)) as store,
-            store.lock(fleet.name, command=f"engine destroy {spec}"),
+            locked(store, fleet, f"engine destroy {spec}", board),
         ):
-            actual = LocalReader(client, fleet.name).read_servers()
+            actual = backend.read_servers()
             empty = dataclasses.replace(fleet, groups=())
             catalog = load_catalog(fleet.provider.name, options.state_dir)
             plan = diff_fleet(
@@ -409,20 +554,18 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
                 catalog,
                 actual,
                 store.servers(fleet.name),
-                options=DiffOptions(delete_orphans=True, compared_with="local (read just now)"),
+                options=DiffOptions(
+                    delete_orphans=True,
+                    compared_with=f"{fleet.provider.name} (read just now)",
+                ),
             )
-            if board.json_lines:
-                from engine.render import render_json
-
-                board.event("plan", plan=render_json(plan))
-            else:
-                out.write(render_text(plan, colour=use_colour(out)))
+            _show_plan(plan, board, out)
             if plan.has_changes and not (
                 options.yes or confirm("Destroy every server of this fleet?")
             ):
                 board.note("Nothing changed.")
                 return 1
-            backend.driver.teardown()
+            backend.teardown()
             store.forget_fleet(fleet.name)
             for path in (
                 key_path(options.state_dir, fleet.name),
@@ -431,7 +574,7 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
             ):
                 path.unlink(missing_ok=True)
             board.note(
-                f"Destroyed fleet {fleet.name}: {len(actual)} server(s), its network and state."
+                f"Destroyed fleet {fleet.name}: {len(actual)} server(s), its networks and state."
             )
         return 0
     finally:

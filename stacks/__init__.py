@@ -21,6 +21,8 @@ What every program guarantees:
   addresses only, plus what the spec's firewalls open; nothing else is open to the world.
 - user_data, image and SSH keys are fixed at creation (`ignore_changes`): re-running `up`,
   upgrading the engine, a newer golden snapshot or a rotated key never replaces a server.
+  Only a server the plan replaces is made from the inputs given now.
+- A server the engine adopts is imported into the stack (`import`), never created twice.
 
 The stack exports `servers`: {name: {id, ipv4, ipv6, private_ipv4, location}}.
 """
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.catalog import Catalog
@@ -51,6 +53,10 @@ class StackInputs:
     engine_sources: CIDRs the engine (control plane, installer) connects from; SSH and the
         agent port are open to these only, besides what the spec's firewalls open.
     catalog: the provider catalog the servers were placed with (network zones, architectures).
+    replaced: servers the plan replaces: made anew from these inputs (their fresh user_data
+        and the image), not from the ones fixed at their first creation.
+    adopted: servers that exist but that the engine lost track of, name -> provider id:
+        imported into the stack as they are, never created a second time.
     """
 
     fleet: Fleet
@@ -59,6 +65,8 @@ class StackInputs:
     ssh_public_keys: tuple[str, ...]
     engine_sources: tuple[str, ...]
     catalog: Catalog
+    replaced: frozenset[str] = frozenset()
+    adopted: Mapping[str, str] = field(default_factory=dict)
 
 
 def check_inputs(inputs: StackInputs) -> None:
@@ -68,6 +76,9 @@ def check_inputs(inputs: StackInputs) -> None:
     if inputs.catalog.provider != provider:
         raise EngineError(f"a {inputs.catalog.provider} catalog was given for a {provider} fleet")
     names = [s.name for s in inputs.servers]
+    strangers = sorted((inputs.replaced | set(inputs.adopted)) - set(names))
+    if strangers:
+        raise EngineError(f"replaced or adopted servers not in the fleet: {', '.join(strangers)}")
     missing = sorted(set(names) - set(inputs.user_data))
     extra = sorted(set(inputs.user_data) - set(names))
     if missing or extra:

@@ -1,6 +1,7 @@
-"""What both providers' programs share: names, ownership marks, firewall rules, address plans.
+"""What both providers' programs share: ownership marks, firewall rules, key names, address plans.
 
-Pure functions of the model; no Pulumi here, so they are tested directly.
+Pure functions of the model; no Pulumi here, so they are tested directly. Resource names come
+from engine.naming, through which the inventory readers read them back.
 """
 
 from __future__ import annotations
@@ -27,17 +28,6 @@ from engine.model import (
 )
 
 WORLD = ("0.0.0.0/0", "::/0")
-# DigitalOcean tag that selects the droplets of one group of one fleet; the `fleet-group:<g>`
-# ownership tag alone is not unique across fleets sharing an account.
-MEMBER_TAG = "fleet-member"
-
-
-def resource_name(fleet: str, name: str) -> str:
-    """The provider-side name of a fleet-wide resource: `web-prod-private`.
-
-    Provider projects hold several fleets, so the spec's short names get the fleet as prefix.
-    """
-    return f"{fleet}-{name}"
 
 
 def fleet_labels(fleet: str, group: str | None = None) -> dict[str, str]:
@@ -52,11 +42,6 @@ def tags(labels: Labels | dict[str, str]) -> list[str]:
     """Labels as DigitalOcean tags, `key:value`, sorted (the spec checks the tag alphabet)."""
     pairs = labels.items() if isinstance(labels, dict) else labels
     return sorted(f"{key}:{value}" for key, value in pairs)
-
-
-def member_tag(fleet: str, group: str) -> str:
-    """The DigitalOcean tag firewalls select a group's droplets by: `fleet-member:web-prod:web`."""
-    return f"{MEMBER_TAG}:{fleet}:{group}"
 
 
 def engine_rules(fleet: Fleet, sources: tuple[str, ...]) -> tuple[FirewallRule, ...]:

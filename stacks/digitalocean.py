@@ -22,15 +22,29 @@ from collections.abc import Sequence
 import pulumi
 
 from engine.errors import EngineError
-from engine.model import FirewallRule, Fleet, Image, ImageKind, LbProtocol, LoadBalancer, Server
+from engine.model import (
+    FirewallRule,
+    Fleet,
+    Image,
+    ImageKind,
+    LbProtocol,
+    LoadBalancer,
+    Server,
+    fleet_resource_name,
+)
+from engine.naming import (
+    ENGINE_FIREWALL,
+    engine_resource_name,
+    lb_firewall_name,
+    member_tag,
+    qualified_name,
+)
 from stacks import StackInputs
 from stacks.common import (
     WORLD,
     carve,
     engine_rules,
     lb_location,
-    member_tag,
-    resource_name,
     servers_by_group,
     ssh_fingerprint,
     ssh_key_name,
@@ -83,15 +97,15 @@ def declare(inputs: StackInputs, provider: do.Provider) -> dict[str, dict[str, o
     }
 
     keys = _ssh_keys(inputs, provider)
-    fleet_tag = do.Tag("tag-fleet", name=f"fleet:{fleet.name}", opts=top)
+    fleet_tag = do.Tag("tag.fleet", name=f"fleet:{fleet.name}", opts=top)
     members = {
         group.name: do.Tag(f"tag-{group.name}", name=member_tag(fleet.name, group.name), opts=top)
         for group in fleet.groups
     }
     firewalls: list[do.Firewall] = [
         do.Firewall(
-            "firewall-engine",
-            name=resource_name(fleet.name, "engine"),
+            f"firewall.{ENGINE_FIREWALL}",
+            name=engine_resource_name(fleet.name, ENGINE_FIREWALL),
             tags=[fleet_tag.name],
             inbound_rules=[_rule(r) for r in engine_rules(fleet, inputs.engine_sources)],
             outbound_rules=ALL_OUTBOUND,
@@ -101,16 +115,20 @@ def declare(inputs: StackInputs, provider: do.Provider) -> dict[str, dict[str, o
     spec_firewalls = {fw.name: fw for fw in fleet.firewalls}
     for group in fleet.groups:
         for name in group.firewalls:
-            if spec_firewalls[name].inbound:
-                firewalls.append(
-                    do.Firewall(
-                        f"firewall-{group.name}-{name}",
-                        name=resource_name(fleet.name, f"{group.name}-{name}"),
-                        tags=[members[group.name].name],
-                        inbound_rules=[_rule(r) for r in spec_firewalls[name].inbound],
-                        opts=top,
-                    )
+            inbound = spec_firewalls[name].inbound
+            firewalls.append(
+                do.Firewall(
+                    f"firewall-{name}.{group.name}",
+                    name=qualified_name(fleet.name, name, group.name),
+                    tags=[members[group.name].name],
+                    inbound_rules=[_rule(r) for r in inbound],
+                    # DigitalOcean wants a rule in every firewall; a spec firewall that opens
+                    # nothing still exists (the inventory shows the droplet behind it), with
+                    # the outbound rules the engine's firewall already gives every droplet.
+                    outbound_rules=None if inbound else ALL_OUTBOUND,
+                    opts=top,
                 )
+            )
     vpcs = _vpcs(inputs, lb_regions, top)
 
     outputs: dict[str, dict[str, object]] = {}
@@ -134,7 +152,10 @@ def declare(inputs: StackInputs, provider: do.Provider) -> dict[str, dict[str, o
                 public_networking=None if server.public_ipv4 else False,
                 graceful_shutdown=True,
                 opts=component.server(
-                    provider, depends_on=[fleet_tag, members[group.name], *firewalls]
+                    provider,
+                    depends_on=[fleet_tag, members[group.name], *firewalls],
+                    fresh=server.name in inputs.replaced,
+                    adopt=inputs.adopted.get(server.name),
                 ),
             )
             droplets[server.name] = droplet
@@ -234,7 +255,7 @@ def _vpcs(
         for region in sorted(regions, key=_region_slot):
             vpcs[network.name, region] = do.Vpc(
                 f"vpc-{network.name}-{region}",
-                name=resource_name(fleet.name, f"{network.name}-{region}"),
+                name=qualified_name(fleet.name, network.name, region),
                 region=region,
                 ip_range=carve(
                     network.ip_range, _region_slot(region), len(REGIONS), largest_prefix=16
@@ -319,7 +340,7 @@ def _load_balancer(
     network = fleet.group(lb.targets).networks[:1]
     balancer = do.LoadBalancer(
         f"lb-{lb.name}",
-        name=resource_name(fleet.name, lb.name),
+        name=fleet_resource_name(fleet.name, lb.name),
         region=region,
         size=lb.type or DEFAULT_LB_SIZE,
         droplet_ids=[droplets[s.name].id.apply(int) for s in targets],
@@ -338,8 +359,8 @@ def _load_balancer(
         opts=opts,
     )
     do.Firewall(
-        f"firewall-lb-{lb.name}",
-        name=resource_name(fleet.name, f"lb-{lb.name}"),
+        f"firewall.lb-{lb.name}",
+        name=lb_firewall_name(fleet.name, lb.name),
         tags=[members[lb.targets].name],
         inbound_rules=[
             do.FirewallInboundRuleArgs(

@@ -27,12 +27,22 @@ class ServerGroup(pulumi.ComponentResource):
         return pulumi.ResourceOptions(parent=self, provider=provider, depends_on=list(depends_on))
 
     def server(
-        self, provider: pulumi.ProviderResource, depends_on: Sequence[pulumi.Resource] = ()
+        self,
+        provider: pulumi.ProviderResource,
+        depends_on: Sequence[pulumi.Resource] = (),
+        *,
+        fresh: bool = False,
+        adopt: str | None = None,
+        delete_before_replace: bool = False,
     ) -> pulumi.ResourceOptions:
-        """Options for a server of this group: its immutable inputs are ignored after creation."""
+        """Options for a server of this group: its immutable inputs are ignored after creation,
+        unless it is `fresh` (the plan replaces it with one made from today's inputs, which
+        ignoring them would undo); `adopt` imports the existing server with that id."""
         return pulumi.ResourceOptions(
             parent=self,
             provider=provider,
             depends_on=list(depends_on),
-            ignore_changes=IMMUTABLE_SERVER_INPUTS,
+            ignore_changes=[] if fresh else IMMUTABLE_SERVER_INPUTS,
+            import_=adopt,
+            delete_before_replace=delete_before_replace,
         )

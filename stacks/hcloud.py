@@ -27,14 +27,15 @@ from engine.model import (
     ImageKind,
     LbProtocol,
     LoadBalancer,
+    fleet_resource_name,
 )
+from engine.naming import ENGINE_FIREWALL, engine_resource_name, lb_firewall_name
 from stacks import StackInputs
 from stacks.common import (
     carve,
     engine_rules,
     fleet_labels,
     lb_location,
-    resource_name,
     servers_by_group,
     ssh_fingerprint,
     ssh_key_name,
@@ -71,10 +72,24 @@ def declare(inputs: StackInputs, provider: hcloud.Provider) -> dict[str, dict[st
     }
 
     keys = _ssh_keys(inputs, provider)
+    # The engine's own resources have a dot in their names, which no spec name can have.
     engine_firewall = _firewall(
-        fleet.name, "engine", engine_rules(fleet, inputs.engine_sources), top
+        fleet.name,
+        f"firewall.{ENGINE_FIREWALL}",
+        engine_resource_name(fleet.name, ENGINE_FIREWALL),
+        engine_rules(fleet, inputs.engine_sources),
+        top,
     )
-    firewalls = {fw.name: _firewall(fleet.name, fw.name, fw.inbound, top) for fw in fleet.firewalls}
+    firewalls = {
+        fw.name: _firewall(
+            fleet.name,
+            f"firewall-{fw.name}",
+            fleet_resource_name(fleet.name, fw.name),
+            fw.inbound,
+            top,
+        )
+        for fw in fleet.firewalls
+    }
     networks, subnets = _networks(inputs, zone_of, lb_locations, top)
 
     balancers: list[
@@ -85,7 +100,7 @@ def declare(inputs: StackInputs, provider: hcloud.Provider) -> dict[str, dict[st
         location = lb_locations[lb.name]
         balancer = hcloud.LoadBalancer(
             f"lb-{lb.name}",
-            name=resource_name(fleet.name, lb.name),
+            name=fleet_resource_name(fleet.name, lb.name),
             load_balancer_type=lb.type or DEFAULT_LB_TYPE,
             location=location,
             labels=fleet_labels(fleet.name, lb.targets),
@@ -167,6 +182,10 @@ def declare(inputs: StackInputs, provider: hcloud.Provider) -> dict[str, dict[st
                     depends_on=[
                         subnets[name, zone_of[server.location]] for name in server.networks
                     ],
+                    fresh=server.name in inputs.replaced,
+                    adopt=inputs.adopted.get(server.name),
+                    # Server names are unique in a project: the old one goes first.
+                    delete_before_replace=True,
                 ),
             )
             servers[server.name] = handle
@@ -247,11 +266,15 @@ def _rule(rule: FirewallRule) -> hcloud.FirewallRuleArgs:
 
 
 def _firewall(
-    fleet: str, name: str, rules: Sequence[FirewallRule], opts: pulumi.ResourceOptions
+    fleet: str,
+    resource: str,
+    name: str,
+    rules: Sequence[FirewallRule],
+    opts: pulumi.ResourceOptions,
 ) -> hcloud.Firewall:
     return hcloud.Firewall(
-        f"firewall-{name}",
-        name=resource_name(fleet, name),
+        resource,
+        name=name,
         rules=[_rule(rule) for rule in rules],
         labels=fleet_labels(fleet),
         opts=opts,
@@ -267,8 +290,8 @@ def _lb_firewall(
         balancer.ipv6.apply(lambda ip: f"{ip}/128"),
     ]
     return hcloud.Firewall(
-        f"firewall-lb-{lb.name}",
-        name=resource_name(fleet, f"lb-{lb.name}"),
+        f"firewall.lb-{lb.name}",
+        name=lb_firewall_name(fleet, lb.name),
         rules=[
             hcloud.FirewallRuleArgs(
                 direction="in",
@@ -298,7 +321,7 @@ def _networks(
     for network in fleet.networks:
         handle = hcloud.Network(
             f"network-{network.name}",
-            name=resource_name(fleet.name, network.name),
+            name=fleet_resource_name(fleet.name, network.name),
             ip_range=network.ip_range,
             labels=fleet_labels(fleet.name),
             opts=opts,

@@ -29,6 +29,7 @@ COMMANDS = (
     "preview",
     "unlock",
     "up",
+    "server",
     "status",
     "serve",
     "apikey",

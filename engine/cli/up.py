@@ -1,4 +1,5 @@
 """engine up SPEC [--yes] [--format text|json] [--timeout DURATION] [--delete-orphans]
+               [--listen HOST:PORT] [--engine-address ADDRESS]...
 engine destroy SPEC [--yes] [--format text|json]"""
 
 from __future__ import annotations
@@ -9,6 +10,38 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, waits_for: str) -> None:
+    """--format, --timeout, and where a cloud run's control plane listens (up, server)."""
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text for people; json streams one event per line (plan, stages, done) for CI",
+    )
+    parser.add_argument(
+        "--timeout",
+        default="15m",
+        metavar="DURATION",
+        help=f"how long to wait for {waits_for}, e.g. 900s, 15m (default 15m)",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="Hetzner Cloud and DigitalOcean: where this run's control plane listens; servers "
+        "phone home to control_plane.url, which must lead here (default: 0.0.0.0 and the "
+        "URL's port). The local provider picks its own",
+    )
+    parser.add_argument(
+        "--engine-address",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="Hetzner Cloud and DigitalOcean: an address (or CIDR range) the engine connects "
+        "to servers from; the servers' firewalls let SSH and the agent port in from these "
+        "only (repeatable; default: control_plane.url's host, resolved)",
+    )
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -23,18 +56,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     up.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
     up.add_argument("--yes", action="store_true", help="apply without asking")
-    up.add_argument(
-        "--format",
-        choices=("text", "json"),
-        default="text",
-        help="text for people; json streams one event per line (plan, stages, done) for CI",
-    )
-    up.add_argument(
-        "--timeout",
-        default="15m",
-        metavar="DURATION",
-        help="how long to wait for servers to become ready, e.g. 900s, 15m (default 15m)",
-    )
+    add_run_arguments(up, waits_for="servers to become ready")
     up.add_argument(
         "--delete-orphans",
         action="store_true",
@@ -66,32 +88,37 @@ def ask(question: str) -> bool:
     return answer.strip() == "yes"
 
 
-def _options(args: argparse.Namespace, timeout_s: float = 900.0) -> Any:
+def run_options(args: argparse.Namespace, *, yes: bool) -> Any:
+    """The RunOptions the arguments give (those a command lacks keep their defaults)."""
+    import re
+
+    from engine.cli.serve import parse_listen
+    from engine.spec import parse_duration
     from engine.up import RunOptions
 
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and not re.fullmatch(r"[1-9][0-9]{0,5}[smh]", timeout):
+        raise EngineError(f"--timeout {timeout}: write a duration such as 900s, 15m or 1h")
+    listen = getattr(args, "listen", None)
     return RunOptions(
         state_dir=Path(args.state_dir),
         state=args.state,
-        yes=args.yes,
+        yes=yes,
         json_lines=args.format == "json",
-        timeout_s=timeout_s,
+        timeout_s=parse_duration(timeout) if timeout else 900.0,
         delete_orphans=getattr(args, "delete_orphans", False),
+        listen=parse_listen(listen) if listen else None,
+        engine_addresses=tuple(getattr(args, "engine_address", ())),
     )
 
 
 def run_up(args: argparse.Namespace) -> int:
-    import re
-
-    from engine.spec import parse_duration
     from engine.up import up
 
-    if not re.fullmatch(r"[1-9][0-9]{0,5}[smh]", args.timeout):
-        raise EngineError(f"--timeout {args.timeout}: write a duration such as 900s, 15m or 1h")
-    options = _options(args, timeout_s=parse_duration(args.timeout))
-    return up(Path(args.spec), options, sys.stdout, ask)
+    return up(Path(args.spec), run_options(args, yes=args.yes), sys.stdout, ask)
 
 
 def run_destroy(args: argparse.Namespace) -> int:
     from engine.up import destroy
 
-    return destroy(Path(args.spec), _options(args), sys.stdout, ask)
+    return destroy(Path(args.spec), run_options(args, yes=args.yes), sys.stdout, ask)

@@ -31,7 +31,10 @@ class ActualServer:
 
     `name` is the engine's name for it (its fleet-server label or tag; the provider's name if
     it has none). `image` is None when the provider no longer knows the image (deleted since).
-    `firewalls` and `networks` are provider-side names, sorted (default VPCs excluded).
+    `firewalls` and `networks` are the fleet's names for the spec's firewalls and networks
+    (`fleet_resource_name`, read back through engine.naming), sorted; the engine's own
+    firewalls and default VPCs are left out, and one the fleet did not name keeps its
+    provider-side name.
     """
 
     name: str

@@ -2,10 +2,13 @@
 
 Owned droplets come from `GET /v2/droplets?tag_name=fleet:<name>`, 200 per page (the API's
 maximum): 1,000 droplets cost 5 requests. Droplets without the `managed-by:fleet-engine` tag
-are left out (the API filters by one tag only). Labels are tags `key:value`. Firewall
-membership (`GET /v2/firewalls`) and VPC names (`GET /v2/vpcs`) cost one paged list each,
-and only when the spec declares firewalls or networks; every droplet sits in its region's
-default VPC unless told otherwise, and default VPCs are not reported as networks.
+are left out (the API filters by one tag only). Labels are tags `key:value` (the engine's
+`fleet-member:` tag aside). Firewall membership (`GET /v2/firewalls`) and VPC names
+(`GET /v2/vpcs`) cost one paged list each, and only when the spec declares firewalls or
+networks; they are read back through engine.naming (a VPC per region and a firewall per group
+stand for one spec network or firewall; the engine's own firewalls are left out). Every
+droplet sits in its region's default VPC unless told otherwise, and default VPCs are not
+reported as networks.
 
 Droplet names are not unique on DigitalOcean and ownership is by tags, so a droplet of
 someone else called `web-4` does not block ours: `read_unowned` has nothing to find.
@@ -52,6 +55,7 @@ from engine.model import (
     Labels,
     ProviderName,
 )
+from engine.naming import is_member_tag, spec_resources
 
 DEFAULT_ENDPOINT = "https://api.digitalocean.com"
 PAGE_SIZE = 200
@@ -164,8 +168,9 @@ def provider_errors(token_env: str | None) -> Iterator[None]:
 
 
 def tags_to_labels(tags: list[str]) -> Labels:
-    """Tags `key:value` as labels; a tag without a colon is a label with an empty value."""
-    pairs = (tag.partition(":") for tag in tags)
+    """Tags `key:value` as labels; a tag without a colon is a label with an empty value.
+    The tag the engine's firewalls select a group by is not a label."""
+    pairs = (tag.partition(":") for tag in tags if not is_member_tag(tag))
     return tuple(sorted((key, value) for key, _, value in pairs))
 
 
@@ -267,15 +272,16 @@ class DigitalOceanReader:
             disk_gb=int(droplet.get("disk") or 0),
             backups="backups" in (droplet.get("features") or ())
             or droplet.get("next_backup_window") is not None,
-            firewalls=tuple(
-                sorted(
+            firewalls=spec_resources(
+                self.fleet.name,
+                [
                     f["name"]
                     for f in firewalls
                     if droplet["id"] in (f.get("droplet_ids") or ())
                     or set(f.get("tags") or ()) & set(tags)
-                )
+                ],
             ),
-            networks=(vpc,) if vpc else (),
+            networks=spec_resources(self.fleet.name, [vpc] if vpc else []),
             created=dt.datetime.fromisoformat(created) if created else None,
         )
 

@@ -2,7 +2,8 @@
 
 Owned servers come from `GET /servers?label_selector=fleet=<name>,managed-by=fleet-engine`,
 50 per page (the API's maximum): 1,000 servers cost 20 requests. Firewall and network names
-cost one paged list each, and only when a listed server is attached to any.
+cost one paged list each, and only when a listed server is attached to any; they are read
+back through engine.naming (the engine's own firewalls left out).
 
 Name collisions: server names are unique in a Hetzner project, so an unowned server called
 `web-4` blocks creating ours. Such servers cannot be found by label, so `read_unowned` reads
@@ -49,6 +50,7 @@ from engine.model import (
     ImageKind,
     ProviderName,
 )
+from engine.naming import spec_resources
 
 T = TypeVar("T")
 
@@ -199,11 +201,12 @@ class HcloudReader:
             )
             firewalls = self._names("firewalls") if any(s.firewall_ids for s in listed) else {}
             networks = self._names("networks") if any(s.network_ids for s in listed) else {}
+        fleet = self.fleet.name
         return tuple(
             dataclasses.replace(
                 s.server,
-                firewalls=tuple(sorted(firewalls.get(i, str(i)) for i in s.firewall_ids)),
-                networks=tuple(sorted(networks.get(i, str(i)) for i in s.network_ids)),
+                firewalls=spec_resources(fleet, [firewalls.get(i, str(i)) for i in s.firewall_ids]),
+                networks=spec_resources(fleet, [networks.get(i, str(i)) for i in s.network_ids]),
             )
             if s.firewall_ids or s.network_ids
             else s.server

@@ -1,26 +1,34 @@
-"""The local provider as `engine up` uses it: the Docker engine, the images, the fleet's
-network and its machines, behind the same few operations a cloud provider offers.
+"""The local provider as `engine up` and `engine destroy` drive it (an engine.up.Backend): the
+Docker engine, the images, the fleet's network and its machines.
 
 Servers reach the control plane on the fleet network's gateway address (the host's address
 on that bridge), which is also the address the engine reaches them from. The control plane's
 port is remembered per fleet, so a run that resumes after a crash listens where the servers'
-phone-home programs (still retrying) expect it.
+phone-home programs (still retrying) expect it. Each machine is made by a provision job of
+the control plane, from its stored user_data.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.controlplane.handlers import Provisioned, Provisioner
 from engine.errors import EngineError
+from engine.inventory import ActualServer
 from engine.local.driver import LocalDriver
 from engine.model import Fleet, Server
+from engine.plan import Action, Plan
 from engine.state import FleetSettings, ServerRecord
 from engine.state.store import Store
+from engine.up import Site
+
+if TYPE_CHECKING:
+    from engine.signals import Signal
+    from engine.up import FleetRun
 
 Say = Callable[[str], None]
 
@@ -43,7 +51,7 @@ class LocalBackend:
     state_dir: Path
     say: Say
     client: Any = None
-    docker_url: str = ""
+    docker_url: str | None = None
     golden_image: str = ""
     agent_image: str = ""
     gateway: str = ""
@@ -52,7 +60,10 @@ class LocalBackend:
     def driver(self) -> LocalDriver:
         return LocalDriver(self.client, self.fleet.name, self.state_dir)
 
-    def open_engine(self) -> None:
+    def check_tools(self) -> None:
+        return None  # the Docker engine is found (or started) when connecting
+
+    def connect(self) -> None:
         """Find (or start) the Docker engine."""
         import docker
 
@@ -66,7 +77,7 @@ class LocalBackend:
         from engine.agent.image import ensure_agent_image
         from engine.local.images import ensure_golden_image
 
-        self.open_engine()
+        self.connect()
         self.golden_image = ensure_golden_image(self.client, self.say)
         self.agent_image = ensure_agent_image(self.client, self.say)
         self.gateway = self.driver.ensure_network()
@@ -79,9 +90,9 @@ class LocalBackend:
     def port_file(self) -> Path:
         return self.state_dir / "local" / self.fleet.name / "control-plane-port"
 
-    def control_plane_port(self) -> tuple[int, bool]:
-        """The port for this run's control plane, remembered for the next run, and whether it
-        differs from the last run's (whose servers may still phone home there)."""
+    def site(self) -> Site:
+        """The gateway and a port for this run's control plane, remembered for the next run
+        (`moved` when it differs from the last run's, whose servers may still phone home)."""
         try:
             previous = int(self.port_file.read_text().strip())
         except (OSError, ValueError):
@@ -90,7 +101,13 @@ class LocalBackend:
         port = port or _free_port(self.gateway, 0)
         self.port_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.port_file.write_text(f"{port}\n")
-        return port, bool(previous) and port != previous
+        return Site(
+            host=self.gateway,
+            port=port,
+            url=f"http://{self.gateway}:{port}",
+            sources=(self.gateway,),
+            moved=bool(previous) and port != previous,
+        )
 
     def provisioner(self, store: Store, servers: Mapping[str, Server]) -> Provisioner:
         """Create one machine from the server's stored user_data (or find the one made
@@ -107,3 +124,62 @@ class LocalBackend:
             return Provisioned(provider_id=machine.instance_id, ipv4=machine.ipv4)
 
         return provision
+
+    def carry_out(self, plan: Plan, run: FleetRun, servers: Sequence[Server]) -> None:
+        """Each change in turn; new machines are made by the control plane's provision jobs."""
+        driver = self.driver
+        for change in plan.changes:
+            name = change.server
+            if change.action is Action.CREATE:
+                assert change.after is not None
+                run.create(change.after, provision=True)
+            elif change.action in (Action.REPLACE, Action.UPDATE):
+                # A local machine's labels, image and location are fixed when it is made.
+                assert change.after is not None
+                run.board.note(f"{name}: {change.action} (the machine is made again)")
+                driver.delete(name)
+                run.store.forget_server(run.fleet.name, name)
+                run.create(change.after, provision=True)
+            elif change.action is Action.RESIZE:
+                assert change.after is not None
+                driver.resize(name, change.after.server_type)
+                run.resized(name, change.after.server_type)
+            elif change.action is Action.REINSTALL:
+                run.reinstall(name)
+            elif change.action is Action.ADOPT:
+                run.adopt(change)
+            elif change.action is Action.DELETE:
+                driver.delete(name)
+                run.deleted(name)
+
+    def read_servers(self) -> tuple[ActualServer, ...]:
+        from engine.inventory.local import LocalReader
+
+        return LocalReader(self.client, self.fleet.name).read_servers()
+
+    def teardown(self) -> None:
+        self.driver.teardown()
+
+    def signal(self, record: ServerRecord, signal: Signal, timeout_s: float) -> str:
+        """Docker does each at once: restart, stop, start, or commit the container."""
+        from engine.signals import Signal
+
+        driver, name = self.driver, record.name
+        if signal is Signal.REBOOT:
+            driver.reboot(name)
+            return f"{name} rebooted"
+        if signal is Signal.POWEROFF:
+            driver.poweroff(name)
+            return f"{name} powered off"
+        if signal is Signal.POWERON:
+            driver.poweron(name)
+            return f"{name} powered on"
+        return f"{name}: snapshot {driver.snapshot(name)}"
+
+    def rebuild(
+        self, server: Server, record: ServerRecord, run: FleetRun, timeout_s: float
+    ) -> None:
+        """The machine made again, from fresh user_data with a new token, by a provision job."""
+        self.driver.delete(server.name)
+        run.store.forget_server(run.fleet.name, server.name)
+        run.create(server, provision=True)

@@ -8,6 +8,8 @@ and is deleted with the machine.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from engine.local.dockerd import uplink_mtu
 from engine.local.machines import CPU_PERIOD_US, MachineSpec, create_machine, write_seed
 from engine.model import (
     LABEL_FLEET,
+    LABEL_GROUP,
     LABEL_MANAGED_BY,
     LABEL_SERVER,
     MANAGED_BY,
@@ -28,6 +31,8 @@ from engine.model import (
 
 LABEL_INSTANCE_ID = "fleet-instance-id"
 LABEL_IMAGE = "fleet-image"
+OWNERSHIP_LABELS = frozenset({LABEL_FLEET, LABEL_GROUP, LABEL_SERVER, LABEL_MANAGED_BY})
+SNAPSHOT_REPOSITORY = "fleet-snapshot"
 STOP_TIMEOUT_S = 10
 
 
@@ -223,6 +228,20 @@ class LocalDriver:
 
     def poweron(self, server: str) -> None:
         self._container(server).start()
+
+    def snapshot(self, server: str) -> str:
+        """An image of the machine as it is now (`docker commit`), labelled with the fleet's
+        ownership labels; its reference, `fleet-snapshot/<fleet>:<server>-<UTC time>`."""
+        container = self._container(server)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+        repository, tag = f"{SNAPSHOT_REPOSITORY}/{self.fleet}", f"{server}-{stamp}"
+        owned = {k: v for k, v in container.labels.items() if k in OWNERSHIP_LABELS}
+        container.commit(
+            repository=repository,
+            tag=tag,
+            changes=[f"LABEL {key}={json.dumps(value)}" for key, value in sorted(owned.items())],
+        )
+        return f"{repository}:{tag}"
 
     def delete(self, server: str) -> None:
         """Remove the machine, its Docker volume and its seed; nothing of it is left."""

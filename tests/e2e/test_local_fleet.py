@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from engine.local.dockerd import PrivateDaemon
-from engine.model import LABEL_FLEET
+from engine.model import LABEL_FLEET, Stage
 from engine.state.store import open_store
 from tests.support.cli import ROOT, engine
 
@@ -187,6 +187,77 @@ def test_a_forged_phone_home_from_another_container_on_the_bridge_is_refused(
             assert attack(leaked) == "403"  # a real token, but not from web-1's address
         after = store.server("e2e", "web-1")
     assert after is not None and after.host_keys == web1.host_keys and after.stage == web1.stage
+
+
+def signalled(fleet: Fleet, signal: str, server: str) -> subprocess.CompletedProcess[str]:
+    where = ("--state-dir", str(fleet.state_dir), "--format", "json")
+    result = engine(
+        "server", signal, str(fleet.spec_path), server, *where,
+        cwd=fleet.root, env=fleet.env, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0 and "Traceback" not in result.stderr, (
+        result.stdout + result.stderr
+    )
+    return result
+
+
+def server_events(fleet: Fleet, server: str) -> list[str]:
+    with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
+        kinds = [e.kind for e in store.events("e2e") if e.server == server]
+    return [k for k in kinds if k.startswith("server.") and k.count(".") == 2]
+
+
+def test_poweroff_poweron_and_reboot_act_on_the_machine(fleet: Fleet, docker_client: Any) -> None:
+    def state() -> dict[str, Any]:
+        return dict(docker_client.containers.get("e2e-web-2").attrs["State"])
+
+    booted = state()["StartedAt"]
+    signalled(fleet, "poweroff", "web-2")
+    assert state()["Running"] is False
+    signalled(fleet, "poweron", "web-2")
+    assert state()["Running"] is True and state()["StartedAt"] != booted
+    started = state()["StartedAt"]
+    signalled(fleet, "reboot", "web-2")
+    assert state()["Running"] is True and state()["StartedAt"] != started
+    assert server_events(fleet, "web-2") == [
+        f"server.{signal}.{outcome}"
+        for signal in ("poweroff", "poweron", "reboot")
+        for outcome in ("started", "succeeded")
+    ]
+
+
+def test_a_snapshot_is_an_image_labelled_for_the_fleet(fleet: Fleet, docker_client: Any) -> None:
+    result = signalled(fleet, "snapshot", "db-1")
+    reference = json.loads(result.stdout.splitlines()[-1])["message"].split("snapshot ")[-1]
+    assert reference.startswith("fleet-snapshot/e2e:db-1-")
+    image = docker_client.images.get(reference)
+    try:
+        labels = image.labels
+        assert (labels["fleet"], labels["fleet-server"], labels["managed-by"]) == (
+            "e2e", "db-1", "fleet-engine",
+        )  # fmt: skip
+    finally:
+        docker_client.images.remove(image.id, force=True)
+
+
+def test_rebuild_makes_the_machine_again_with_fresh_user_data_and_it_is_ready(
+    fleet: Fleet, docker_client: Any
+) -> None:
+    container = docker_client.containers.get("e2e-web-1").id
+    with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
+        old = store.server("e2e", "web-1")
+        document = store.get_user_data("e2e", "web-1")
+    result = signalled(fleet, "rebuild", "web-1")
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert done["event"] == "done" and done["ready"] == ["web-1"], done
+    assert docker_client.containers.get("e2e-web-1").id != container
+    with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
+        new = store.server("e2e", "web-1")
+        assert store.get_user_data("e2e", "web-1") != document  # a new one-time token
+    assert old is not None and new is not None and new.stage is Stage.READY
+    assert new.provider_id != old.provider_id and new.host_keys != old.host_keys
+    assert new.host_keys_source == "phone-home"
+    assert fleet.plan() == []
 
 
 def test_kill_9_at_a_random_moment_then_up_again_finishes_exactly_once(

@@ -1,16 +1,21 @@
-"""What every fake provider API shares: bearer auth, a request log, injected faults.
+"""What every fake provider API shares: bearer auth, a request log, injected faults, and how
+server actions end.
 
 A test queues faults (`fake.faults.append(Fault(status=429, retry_after=7))`); each request
 takes the next one. `Fault(delay_s=2)` answers normally but only after two seconds, which a
 client with a shorter read timeout sees as a timeout. `latency_s` delays every answer like a
 distant API does, and `most_in_flight` tells how many requests overlapped.
+
+Server actions (reboot, rebuild, ...) start running; each later read of one moves it on, and
+after `ActionScript.reads` reads it ends as `ActionScript.ends` says: "success", "error", or
+"never" (it keeps running, for timeouts). `fake.action_script` sets how the next ones go.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -22,6 +27,28 @@ class Fault:
     status: int = 0
     retry_after: int | None = None
     delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ActionScript:
+    ends: str = "success"
+    reads: int = 1
+    error: str = "injected failure"
+
+
+@dataclass
+class FakeAction:
+    """One action and what it does to the fake when it succeeds."""
+
+    payload: dict[str, object]
+    script: ActionScript
+    effect: Callable[[], None]
+    reads: int = 0
+
+    def read(self) -> bool:
+        """Move on by one read; whether the action has just ended."""
+        self.reads += 1
+        return self.script.ends != "never" and self.reads >= self.script.reads
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,11 @@ Payloads follow the published reference: list endpoints page with `page`/`per_pa
 `name`; errors are `{"id", "message", "request_id"}`; answers carry `ratelimit-limit`,
 `ratelimit-remaining` and `ratelimit-reset`; every request needs `Authorization: Bearer
 <token>`. Like the real API, a droplet created moments ago can be missing from list calls
-(`add_droplet(..., listed=False)`). Faults (429, 5xx, slow answers) as in tests.fakes.common.
+(`add_droplet(..., listed=False)`). `POST /v2/droplets/{id}/actions` (`type` reboot,
+power_off, power_on, rebuild, snapshot) starts an action that `GET /v2/actions/{id}` reports
+`in-progress`, then `completed` or `errored` (tests.fakes.common.ActionScript);
+`DELETE /v2/droplets/{id}` answers 204. Faults (429, 5xx, slow answers) as in
+tests.fakes.common.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine.catalog import load_catalog
-from tests.fakes.common import FakeApi, Fault, pages
+from tests.fakes.common import ActionScript, FakeAction, FakeApi, Fault, pages
 
 __all__ = ["FakeDigitalOcean", "Fault"]
 
@@ -53,6 +57,10 @@ class FakeDigitalOcean(FakeApi):
     firewalls: list[dict[str, Any]] = field(default_factory=list)
     vpcs: list[dict[str, Any]] = field(default_factory=list)
     unlisted: set[int] = field(default_factory=set)
+    actions: dict[int, FakeAction] = field(default_factory=dict)
+    action_script: ActionScript = field(default_factory=ActionScript)
+    # (droplet id, request body) of every droplet action asked for.
+    action_requests: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     with_total: bool = True
     rate_limit: int = 5000
     rate_remaining: int = 5000
@@ -132,9 +140,10 @@ class FakeDigitalOcean(FakeApi):
         ipv6: bool = True,
         status: str = "active",
         listed: bool = True,
+        droplet_id: int | None = None,
     ) -> dict[str, Any]:
         """Add a droplet as `GET /v2/droplets/{id}` would show it (its VPC by name)."""
-        droplet_id = self.next_id()
+        droplet_id = droplet_id or self.next_id()
         kind = self._size(size)
         vpc_id = next(
             v["id"]
@@ -255,6 +264,73 @@ class FakeDigitalOcean(FakeApi):
             {key: chunk, "links": {"pages": links}, "meta": meta}, headers=self.rate_headers()
         )
 
+    # --- droplet actions -----------------------------------------------------------------
+
+    def _droplet(self, droplet_id: int) -> dict[str, Any] | None:
+        return next((d for d in self.droplets if d["id"] == droplet_id), None)
+
+    async def _droplet_action(self, request: Request) -> JSONResponse:
+        """POST /v2/droplets/{id}/actions: 201 with the action, `in-progress`."""
+        refused = await self.admit(request)
+        if refused is not None:
+            return refused
+        droplet = self._droplet(int(request.path_params["id"]))
+        if droplet is None:
+            return self.error(404, "not_found", "The resource you requested could not be found.")
+        body = await request.json()
+        self.action_requests.append((droplet["id"], body))
+        kind = body.get("type")
+        effects = {
+            "reboot": lambda: None,
+            "power_off": lambda: droplet.update(status="off"),
+            "power_on": lambda: droplet.update(status="active"),
+            "rebuild": lambda: droplet.update(status="active"),
+            "snapshot": lambda: droplet["snapshot_ids"].append(self.next_id()),
+        }
+        if kind not in effects:
+            return self.error(422, "unprocessable_entity", f"unknown action type {kind!r}")
+        payload = {
+            "id": self.next_id(),
+            "status": "in-progress",
+            "type": kind,
+            "started_at": "2026-01-01T00:00:00Z",
+            "completed_at": None,
+            "resource_id": droplet["id"],
+            "resource_type": "droplet",
+            "region": droplet["region"],
+            "region_slug": droplet["region"]["slug"],
+        }
+        self.actions[int(payload["id"])] = FakeAction(payload, self.action_script, effects[kind])
+        return JSONResponse({"action": payload}, status_code=201, headers=self.rate_headers())
+
+    async def _get_action(self, request: Request) -> JSONResponse:
+        """GET /v2/actions/{id}: each read moves an action in progress on to its end."""
+        refused = await self.admit(request)
+        if refused is not None:
+            return refused
+        action = self.actions.get(int(request.path_params["id"]))
+        if action is None:
+            return self.error(404, "not_found", "The resource you requested could not be found.")
+        payload = action.payload
+        if payload["status"] == "in-progress" and action.read():
+            ok = action.script.ends == "success"
+            payload.update(status="completed" if ok else "errored",
+                           completed_at="2026-01-01T00:01:00Z")  # fmt: skip
+            if ok:
+                action.effect()
+        return JSONResponse({"action": payload}, headers=self.rate_headers())
+
+    async def _delete_droplet(self, request: Request) -> Response:
+        """DELETE /v2/droplets/{id}: 204, the droplet gone."""
+        refused = await self.admit(request)
+        if refused is not None:
+            return refused
+        droplet = self._droplet(int(request.path_params["id"]))
+        if droplet is None:
+            return self.error(404, "not_found", "The resource you requested could not be found.")
+        self.droplets.remove(droplet)
+        return Response(status_code=204, headers=self.rate_headers())
+
     def app(self) -> Starlette:
         def lister(key: str):  # type: ignore[no-untyped-def]
             async def endpoint(request: Request) -> JSONResponse:
@@ -263,7 +339,14 @@ class FakeDigitalOcean(FakeApi):
             return endpoint
 
         keys = ("regions", "sizes", "images", "droplets", "firewalls", "vpcs")
-        return Starlette(routes=[Route(f"/v2/{key}", lister(key)) for key in keys])
+        return Starlette(
+            routes=[
+                *(Route(f"/v2/{key}", lister(key)) for key in keys),
+                Route("/v2/droplets/{id:int}/actions", self._droplet_action, methods=["POST"]),
+                Route("/v2/droplets/{id:int}", self._delete_droplet, methods=["DELETE"]),
+                Route("/v2/actions/{id:int}", self._get_action),
+            ]
+        )
 
 
 def _distribution(image_id: int, name: str, distribution: str, slug: str) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 Payloads follow the published reference: list endpoints page with `page`/`per_page` (at most
 50) and answer `meta.pagination`; `GET /servers` filters by `label_selector` (the documented
 selector language: `k=v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`, comma = and) and
-`name`; `POST /servers` creates one (409 `uniqueness_error` for a name in use); errors are
+`name`; `POST /servers` creates one (409 `uniqueness_error` for a name in use);
+`POST /servers/{id}/actions/{reboot,poweroff,poweron,rebuild,create_image}` and
+`DELETE /servers/{id}` start an action that `GET /actions/{id}` reports running (with its
+progress), then success or error (tests.fakes.common.ActionScript); errors are
 `{"error": {"code", "message", "details"}}` with an `X-Correlation-Id` header; every answer
 carries `RateLimit-Limit/Remaining/Reset`; every request needs `Authorization: Bearer <token>`.
 The fake counts requests and fails the next ones on demand (429 with Retry-After, 5xx, slow
@@ -23,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from engine.catalog import load_catalog
-from tests.fakes.common import FakeApi, Fault, pages
+from tests.fakes.common import ActionScript, FakeAction, FakeApi, Fault, pages
 
 __all__ = ["FakeHcloud", "Fault"]
 
@@ -143,6 +146,12 @@ class FakeHcloud(FakeApi):
     firewalls: list[dict[str, Any]] = field(default_factory=list)
     networks: list[dict[str, Any]] = field(default_factory=list)
     placement_groups: list[dict[str, Any]] = field(default_factory=list)
+    actions: dict[int, FakeAction] = field(default_factory=dict)
+    action_script: ActionScript = field(default_factory=ActionScript)
+    # (server id, command, request body) of every server action asked for.
+    action_requests: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    # The user_data a rebuild was given, by server id (the API never shows it back).
+    user_data: dict[int, str] = field(default_factory=dict)
     _filtered: dict[tuple[Any, ...], list[dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -439,6 +448,115 @@ class FakeHcloud(FakeApi):
             headers=self.rate_headers(),
         )
 
+    # --- server actions ------------------------------------------------------------------
+
+    def _action(self, command: str, server_id: int, effect: Any) -> dict[str, Any]:
+        """A new running action on a server (as `GET /actions/{id}` shows it)."""
+        payload: dict[str, Any] = {
+            "id": self.next_id(),
+            "command": command,
+            "status": "running",
+            "progress": 0,
+            "started": "2026-01-01T00:00:00+00:00",
+            "finished": None,
+            "resources": [{"id": server_id, "type": "server"}],
+            "error": None,
+        }
+        self.actions[payload["id"]] = FakeAction(payload, self.action_script, effect)
+        return payload
+
+    def _server(self, server_id: int) -> dict[str, Any] | None:
+        return next((s for s in self.servers if s["id"] == server_id), None)
+
+    async def _server_action(self, request: Request) -> JSONResponse:
+        """POST /servers/{id}/actions/{action}: reboot, poweroff, poweron, rebuild,
+        create_image (each answered 201 with the running action)."""
+        refused = await self.admit(request)
+        if refused is not None:
+            return refused
+        server_id, verb = int(request.path_params["id"]), request.path_params["action"]
+        server = self._server(server_id)
+        if server is None:
+            return self.error(404, "not_found", f"server with ID '{server_id}' not found")
+        body = await request.json() if await request.body() else {}
+        self.action_requests.append((server_id, verb, body))
+        answer: dict[str, Any] = {}
+
+        def status(value: str) -> Any:
+            return lambda: server.update(status=value)
+
+        if verb == "reboot":
+            action = self._action("reboot_server", server_id, lambda: None)
+        elif verb == "poweroff":
+            action = self._action("stop_server", server_id, status("off"))
+        elif verb == "poweron":
+            action = self._action("start_server", server_id, status("running"))
+        elif verb == "rebuild":
+            image = next((i for i in self.images if i["name"] == body.get("image")), None)
+            if image is None:
+                return self.error(422, "invalid_input", f"image {body.get('image')!r} not found")
+            if "user_data" in body:
+                self.user_data[server_id] = body["user_data"]
+            action = self._action(
+                "rebuild_server", server_id, lambda: server.update(image=image, status="running")
+            )
+            answer["root_password"] = None
+        elif verb == "create_image":
+            snapshot = _image(self.next_id(), None, server["image"]["architecture"])
+            snapshot.update(
+                type="snapshot",
+                status="creating",
+                description=body.get("description"),
+                labels=body.get("labels") or {},
+                created_from={"id": server_id, "name": server["name"]},
+            )
+            self.images.append(snapshot)
+            action = self._action(
+                "create_image", server_id, lambda: snapshot.update(status="available")
+            )
+            answer["image"] = snapshot
+        else:
+            return self.error(404, "not_found", f"no action {verb}")
+        return JSONResponse(
+            {"action": action, **answer}, status_code=201, headers=self.rate_headers()
+        )
+
+    async def _delete_server(self, request: Request) -> JSONResponse:
+        """DELETE /servers/{id}: answered with the running delete_server action."""
+        refused = await self.admit(request)
+        if refused is not None:
+            return refused
+        server = self._server(int(request.path_params["id"]))
+        if server is None:
+            return self.error(404, "not_found", "server not found")
+        self.action_requests.append((server["id"], "delete", {}))
+        action = self._action("delete_server", server["id"], lambda: self.servers.remove(server))
+        return JSONResponse({"action": action}, headers=self.rate_headers())
+
+    async def _get_action(self, request: Request) -> JSONResponse:
+        """GET /actions/{id}: each read moves a running action on (progress, then its end)."""
+        refused = await self.admit(request)
+        if refused is not None:
+            return refused
+        action = self.actions.get(int(request.path_params["id"]))
+        if action is None:
+            return self.error(404, "not_found", "action not found")
+        payload = action.payload
+        if payload["status"] == "running":
+            if action.read():
+                ok = action.script.ends == "success"
+                payload.update(
+                    status="success" if ok else "error",
+                    progress=100,
+                    finished="2026-01-01T00:01:00+00:00",
+                    error=None if ok else {"code": "action_failed", "message": action.script.error},
+                )
+                if ok:
+                    action.effect()
+            else:
+                payload["progress"] = min(90, int(payload["progress"]) + 30)
+        return JSONResponse({"action": payload}, headers=self.rate_headers())
+
     def app(self) -> Starlette:
         def lister(key: str):  # type: ignore[no-untyped-def]
             async def endpoint(request: Request) -> JSONResponse:
@@ -459,9 +577,18 @@ class FakeHcloud(FakeApi):
         )
         return Starlette(
             routes=[
+                *(
+                    Route(
+                        f"/v1/{key}",
+                        lister(key),
+                        methods=["GET", "POST"] if key == "servers" else None,
+                    )
+                    for key in keys
+                ),
                 Route(
-                    f"/v1/{key}", lister(key), methods=["GET", "POST"] if key == "servers" else None
-                )
-                for key in keys
+                    "/v1/servers/{id:int}/actions/{action}", self._server_action, methods=["POST"]
+                ),
+                Route("/v1/servers/{id:int}", self._delete_server, methods=["DELETE"]),
+                Route("/v1/actions/{id:int}", self._get_action),
             ]
         )

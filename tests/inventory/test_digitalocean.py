@@ -85,22 +85,23 @@ def test_an_answer_without_a_total_is_followed_page_by_page(
 
 
 def test_a_droplet_is_read_completely(fake: FakeDigitalOcean, url: str) -> None:
-    fake.add_vpc("api-prod-vpc", "fra1")
+    fake.add_vpc("api-prod-vpc.fra1", "fra1")
     one = fake.add_droplet(
         "api-1",
-        tags=_tags("api-1", "role:api"),
+        tags=_tags("api-1", "role:api", "fleet-member:api-prod:api"),
         size="s-2vcpu-4gb",
-        vpc="api-prod-vpc",
+        vpc="api-prod-vpc.fra1",
         backups=True,
     )
     fake.add_droplet("api-2", tags=_tags("api-2", "edge"), region="ams3", ipv6=False)
     fake.add_droplet("api-9", tags=("fleet:api-prod",))  # not managed by the engine
-    fake.add_firewall("api-prod-https", droplet_ids=(one["id"],))
+    fake.add_firewall("api-prod-https.api", tags=("fleet-member:api-prod:api",))
+    fake.add_firewall("api-prod.engine", tags=("fleet:api-prod",))  # the engine's own
     fake.add_firewall("api-prod-ssh", tags=("edge",))
     fake.add_firewall("unrelated")
     first, second = _reader(fake, url).read_servers()
     assert first.name == "api-1" and first.provider_id == str(one["id"])
-    assert dict(first.labels)["role"] == "api"
+    assert dict(first.labels)["role"] == "api" and "fleet-member" not in dict(first.labels)
     assert (first.server_type, first.location, first.disk_gb) == ("s-2vcpu-4gb", "fra1", 80)
     assert first.image == Image(kind=ImageKind.NAME, name="debian-12-x64")
     assert first.networks == ("api-prod-vpc",) and first.firewalls == ("api-prod-https",)
@@ -112,7 +113,8 @@ def test_a_droplet_is_read_completely(fake: FakeDigitalOcean, url: str) -> None:
 
 
 def test_tags_become_labels() -> None:
-    assert tags_to_labels(["role:api", "fleet-server:api-1", "edge", "url:a:b"]) == (
+    tags = ["role:api", "fleet-server:api-1", "edge", "url:a:b", "fleet-member:api-prod:api"]
+    assert tags_to_labels(tags) == (
         ("edge", ""),
         ("fleet-server", "api-1"),
         ("role", "api"),

@@ -74,13 +74,15 @@ def test_pages_are_read_in_parallel_in_page_order(fake: FakeHcloud, url: str) ->
 
 def test_a_server_is_read_completely(fake: FakeHcloud, url: str) -> None:
     fake.add_firewall("web-prod-web")
+    fake.add_firewall("web-prod.engine")  # the engine's own: not the spec's business
+    fake.add_firewall("legacy-office")  # someone else's: kept, so the diff sees it
     fake.add_network("web-prod-private")
     fake.add_server(
         "web-1",
         labels={**_owned("web-1"), "role": "web"},
         server_type="cx32",
         location="nbg1",
-        firewalls=("web-prod-web",),
+        firewalls=("web-prod-web", "web-prod.engine", "legacy-office"),
         networks=("web-prod-private",),
         placement_group="web-prod-web",
         backups=True,
@@ -93,7 +95,8 @@ def test_a_server_is_read_completely(fake: FakeHcloud, url: str) -> None:
     assert dict(one.labels)["role"] == "web"
     assert (one.server_type, one.location, one.disk_gb) == ("cx32", "nbg1", 80)
     assert one.image == Image(kind=ImageKind.NAME, name="debian-12")
-    assert one.firewalls == ("web-prod-web",) and one.networks == ("web-prod-private",)
+    assert one.firewalls == ("legacy-office", "web-prod-web")
+    assert one.networks == ("web-prod-private",)
     assert one.private_ips and one.placement_group == "web-prod-web"
     assert one.backups and one.ipv4 is None and one.ipv6 and one.status == "running"
     assert one.created is not None and one.created.tzinfo is not None

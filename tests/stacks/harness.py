@@ -74,6 +74,8 @@ class Declared:
     depends_on: tuple[str, ...]
     id: str
     secrets: frozenset[str]
+    import_id: str = ""
+    delete_before_replace: bool = False
 
 
 @dataclass(slots=True)
@@ -132,6 +134,8 @@ class _Monitor(mocks.MockMonitor):
                     ignore_changes=tuple(request.ignoreChanges),
                     depends_on=tuple(request.dependencies),
                     id=response.id,
+                    import_id=request.importId,
+                    delete_before_replace=request.deleteBeforeReplace,
                     secrets=frozenset(
                         name
                         for name, value in request.object.fields.items()

@@ -12,7 +12,6 @@ from engine.model import Protocol
 from stacks.common import (
     carve,
     engine_rules,
-    member_tag,
     ssh_fingerprint,
     ssh_key_name,
     tags,
@@ -72,7 +71,6 @@ def test_a_network_too_small_to_carve_is_refused() -> None:
 
 def test_labels_become_sorted_tags() -> None:
     assert tags((("role", "web"), ("fleet", "demo"))) == ["fleet:demo", "role:web"]
-    assert member_tag("web-prod", "web") == "fleet-member:web-prod:web"
 
 
 def test_the_engine_opens_its_ssh_port_and_agent_port() -> None:

@@ -56,7 +56,7 @@ def test_each_droplet_gets_its_size_region_image_tags_and_vpc(
         assert got["tags"] == [*tags(server.labels), f"fleet-member:api-prod:{server.group}"]
         assert got["backups"] is server.backups
         assert got["ipv6"] is True and "publicNetworking" not in got
-        assert vpcs[got["vpcUuid"]] == (server.location, f"api-prod-vpc-{server.location}")
+        assert vpcs[got["vpcUuid"]] == (server.location, f"api-prod-vpc.{server.location}")
     assert run.of_type(DROPLET)["api-1"].inputs["tags"] == [
         "fleet-group:api",
         "fleet-server:api-1",
@@ -87,7 +87,7 @@ def test_no_port_is_open_to_the_world_unless_the_spec_opens_it(
     for name, server in servers_by_name(inputs).items():
         droplet = run.of_type(DROPLET)[name]
         applied = firewalls_of(run, droplet)
-        assert "firewall-engine" in {fw.name for fw in applied}, name
+        assert "firewall.engine" in {fw.name for fw in applied}, name
         open_to_world = {
             (r["protocol"], r.get("portRange"))
             for fw in applied
@@ -103,11 +103,11 @@ def test_no_port_is_open_to_the_world_unless_the_spec_opens_it(
         }
         assert open_to_world == opened, name
     api = {fw.name for fw in firewalls_of(run, run.of_type(DROPLET)["api-1"])}
-    assert api == {"firewall-engine", "firewall-api-https", "firewall-lb-api"}
+    assert api == {"firewall.engine", "firewall-https.api", "firewall.lb-api"}
 
 
 def test_firewalls_and_tags_exist_before_the_droplets(run: Run) -> None:
-    firewalls = {r.urn for r in run.of_type(FIREWALL).values() if r.name != "firewall-lb-api"}
+    firewalls = {r.urn for r in run.of_type(FIREWALL).values() if r.name != "firewall.lb-api"}
     tag = {r.inputs["name"]: r.urn for r in run.of_type(TAG).values()}
     for droplet in run.of_type(DROPLET).values():
         group = droplet.name.rsplit("-", 1)[0]
@@ -121,8 +121,8 @@ def test_firewalls_and_tags_exist_before_the_droplets(run: Run) -> None:
 
 
 def test_the_engine_firewall_opens_ssh_and_agent_to_it_and_everything_outbound(run: Run) -> None:
-    engine = run.of_type(FIREWALL)["firewall-engine"]
-    assert engine.inputs["name"] == "api-prod-engine"
+    engine = run.of_type(FIREWALL)["firewall.engine"]
+    assert engine.inputs["name"] == "api-prod.engine"
     assert engine.inputs["tags"] == ["fleet:api-prod"]
     assert engine.inputs["inboundRules"] == [
         {"protocol": "tcp", "portRange": "22", "sourceAddresses": list(ENGINE_SOURCES)},
@@ -168,7 +168,7 @@ def test_the_load_balancer_targets_the_group_in_its_region(run: Run) -> None:
         {"entryPort": 443, "entryProtocol": "tcp", "targetPort": 443, "targetProtocol": "tcp"}
     ]
     assert lb.inputs["healthcheck"] == {"protocol": "tcp", "port": 443}
-    reach = run.of_type(FIREWALL)["firewall-lb-api"]
+    reach = run.of_type(FIREWALL)["firewall.lb-api"]
     assert reach.inputs["tags"] == ["fleet-member:api-prod:api"]
     assert reach.inputs["inboundRules"] == [
         {"protocol": "tcp", "portRange": "443", "sourceLoadBalancerUids": [lb.id]}

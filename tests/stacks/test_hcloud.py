@@ -111,8 +111,8 @@ def test_no_port_is_open_to_the_world_unless_the_spec_opens_it(
 
 
 def test_the_engine_reaches_ssh_and_the_agent_from_its_own_addresses_only(run: Run) -> None:
-    engine = run.of_type(FIREWALL)["firewall-engine"]
-    assert engine.inputs["name"] == "web-prod-engine"
+    engine = run.of_type(FIREWALL)["firewall.engine"]
+    assert engine.inputs["name"] == "web-prod.engine"
     assert [(r["protocol"], r["port"], r["sourceIps"]) for r in engine.inputs["rules"]] == [
         ("tcp", "22", list(ENGINE_SOURCES)),
         ("tcp", "7567", list(ENGINE_SOURCES)),
@@ -215,7 +215,7 @@ def test_a_load_balancer_without_network_opens_its_ports_to_itself_only() -> Non
     )
     run = run_program(stack_inputs(fleet), ANSWERS)
     assert run.of_type(LB_NETWORK) == {}
-    lb_firewall = run.of_type(FIREWALL)["firewall-lb-web"]
+    lb_firewall = run.of_type(FIREWALL)["firewall.lb-web"]
     assert [(r["port"], r["sourceIps"]) for r in lb_firewall.inputs["rules"]] == [
         ("443", ["95.217.1.1/32", "2a01:4f9::1:1/128"])
     ]
@@ -279,6 +279,10 @@ def test_keys_already_in_the_project_are_referenced_not_uploaded(inputs: StackIn
     assert keys["web-prod-key-2cf7e06f"].inputs["publicKey"] == deploy
     for server in run.of_type(SERVER).values():
         assert server.inputs["sshKeys"] == ["77", keys["web-prod-key-2cf7e06f"].id]
+
+
+def test_a_replaced_server_is_deleted_first_its_name_being_unique(run: Run) -> None:
+    assert all(s.delete_before_replace for s in run.of_type(SERVER).values())
 
 
 def test_a_server_without_any_address_is_refused() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -97,6 +97,24 @@ def test_user_data_image_and_keys_are_fixed_at_creation(case: Case, run: Run) ->
         assert server.provider.startswith(
             run.of_type(case.provider_type)[case.provider["name"]].urn
         )
+
+
+def test_only_a_server_the_plan_replaces_is_made_from_todays_inputs(
+    case: Case, inputs: StackInputs
+) -> None:
+    first, second = inputs.servers[0].name, inputs.servers[1].name
+    run = run_program(replace(inputs, replaced=frozenset({first})), case.answers)
+    servers = run.of_type(case.server_type)
+    assert servers[first].ignore_changes == ()
+    assert servers[first].inputs["userData"] == inputs.user_data[first]
+    assert {"userData", "image", "sshKeys"} <= set(servers[second].ignore_changes)
+
+
+def test_an_adopted_server_is_imported_not_created_again(case: Case, inputs: StackInputs) -> None:
+    adopted = inputs.servers[-1].name
+    run = run_program(replace(inputs, adopted={adopted: "4711"}), case.answers)
+    imports = {name: r.import_id for name, r in run.of_type(case.server_type).items()}
+    assert imports == {s.name: "4711" if s.name == adopted else "" for s in inputs.servers}
 
 
 def test_the_api_token_reaches_the_provider_as_a_secret(case: Case, run: Run) -> None:

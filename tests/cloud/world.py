@@ -1,0 +1,134 @@
+"""A cloud fleet for tests: a spec pointed at a stateful fake API on loopback, and Pulumi's
+part played by the fleet's program under Pulumi's mocks (there is no Pulumi CLI here).
+
+`engine.pulumi_runner` is the boundary: the stand-in runs the program under the mocks and
+makes what it declared exist in the fake (what a real `pulumi up` converges the provider to).
+Everything else is the real engine: the plan read from the fake over HTTP, the state store,
+tokens and user_data, the control plane on loopback.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.pulumi_runner import RunResult, server_outputs
+from engine.state.store import Store, open_store
+from engine.up import RunOptions, up
+from stacks import StackInputs
+from tests.fakes.digitalocean import FakeDigitalOcean
+from tests.fakes.hcloud import FakeHcloud
+from tests.stacks import test_digitalocean, test_hcloud
+from tests.stacks.harness import Answers, Run, run_program
+from tests.stacks.listed import list_on_digitalocean, list_on_hcloud
+
+TOKEN_ENV = {"hcloud": "HCLOUD_TOKEN", "digitalocean": "DIGITALOCEAN_TOKEN"}
+
+
+HELD = ("servers", "droplets", "firewalls", "networks", "placement_groups", "vpcs")
+
+
+@dataclass
+class ProgramUnderMocks:
+    """engine.pulumi_runner's up and destroy, as far as they can run without the CLI: the
+    program declares the fleet under Pulumi's mocks, and the fake provider then holds what it
+    declared in place of what the stack held before, as a real run leaves it. What the stack
+    never held (made by someone else) is left alone, as Pulumi leaves it."""
+
+    fake: Any
+    answers: Answers
+    list_on: Callable[[Run, Any], None]
+    ups: list[StackInputs] = field(default_factory=list)
+    destroys: int = 0
+    held: set[tuple[str, str]] = field(default_factory=set)
+
+    def _items(self) -> dict[str, list[dict[str, Any]]]:
+        return {name: getattr(self.fake, name) for name in HELD if hasattr(self.fake, name)}
+
+    def clear(self) -> None:
+        for name, items in self._items().items():
+            setattr(self.fake, name, [i for i in items if (name, str(i["id"])) not in self.held])
+        self.held.clear()
+
+    def up(self, inputs: StackInputs, **_: Any) -> RunResult:
+        self.ups.append(inputs)
+        run = run_program(inputs, self.answers)
+        self.clear()
+        before = {(name, str(i["id"])) for name, items in self._items().items() for i in items}
+        self.list_on(run, self.fake)
+        after = {(name, str(i["id"])) for name, items in self._items().items() for i in items}
+        self.held = after - before
+        return RunResult(action="up", resources=(), counts=(), servers=server_outputs(run.outputs))
+
+    def destroy(self, *_: Any, **__: Any) -> RunResult:
+        self.destroys += 1
+        self.clear()
+        return RunResult(action="destroy", resources=(), counts=())
+
+
+@dataclass(frozen=True)
+class Cloud:
+    spec: str
+    fake: Callable[[], Any]
+    answers: Answers
+    list_on: Callable[[Run, Any], None]
+    api_path: str
+
+
+CLOUDS = {
+    "hcloud": Cloud(test_hcloud.SPEC, FakeHcloud, test_hcloud.ANSWERS, list_on_hcloud, "/v1"),
+    "digitalocean": Cloud(
+        test_digitalocean.SPEC,
+        FakeDigitalOcean,
+        test_digitalocean.ANSWERS,
+        list_on_digitalocean,
+        "",
+    ),
+}
+
+
+@dataclass
+class World:
+    """One cloud fleet's spec, state directory, fake provider and Pulumi stand-in."""
+
+    provider: str
+    spec: Path
+    state_dir: Path
+    fake: Any
+    pulumi: ProgramUnderMocks
+    fleet: str
+
+    def write(self, **changes: Any) -> None:
+        data = yaml.safe_load(self.spec.read_text())
+        data.update(changes)
+        self.spec.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def options(self, timeout_s: float = 0.5, *, delete_orphans: bool = False) -> RunOptions:
+        return RunOptions(
+            state_dir=self.state_dir,
+            yes=True,
+            json_lines=True,
+            timeout_s=timeout_s,
+            delete_orphans=delete_orphans,
+            listen=("127.0.0.1", 0),
+            engine_addresses=("198.51.100.7",),
+        )
+
+    def up(self, *, delete_orphans: bool = False) -> tuple[int, list[dict[str, Any]]]:
+        out = io.StringIO()
+        code = up(self.spec, self.options(delete_orphans=delete_orphans), out, lambda _: False)
+        return code, [json.loads(line) for line in out.getvalue().splitlines()]
+
+    def store(self) -> Store:
+        return open_store(f"sqlite:///{self.state_dir / 'state.db'}")
+
+    def provider_id(self, server: str) -> int:
+        """The id of `server` at the fake provider."""
+        listed = getattr(self.fake, "servers", None) or self.fake.droplets
+        return int(next(s["id"] for s in listed if s["name"] == server))
