@@ -34,8 +34,11 @@ Say = Callable[[str], None]
 
 
 def _free_port(host: str, port: int) -> int:
-    """`port` if it can be bound on `host` now (any free one for 0), else 0."""
+    """`port` if the control plane can listen on it on `host` now (any free one for 0), else
+    0. As uvicorn binds with SO_REUSEADDR, so does the probe: the last run's connections
+    lingering in TIME_WAIT do not make its port look taken."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
