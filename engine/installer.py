@@ -8,7 +8,7 @@ the agent (its image, `docker run` command, config with its tokens) and runs
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,14 @@ from engine.agent.run import (
     render_agent_config,
 )
 from engine.controlplane.handlers import InstallResult, InstallTarget
-from engine.install import AgentFile, AgentRun, InstallHost, InstallSettings, install_hosts
+from engine.install import (
+    AgentFile,
+    AgentRun,
+    HostResult,
+    InstallHost,
+    InstallSettings,
+    install_hosts,
+)
 from engine.model import Fleet
 from engine.state import FleetSettings
 from engine.tokens import agent_token, heartbeat_token, read_fleet_key, token_sha256
@@ -74,22 +81,38 @@ class FleetInstaller:
             ),
         )
 
+    def settings(self, fleet: Fleet) -> InstallSettings:
+        """The deploys' settings for `fleet`'s servers."""
+        return InstallSettings(
+            install=fleet.install,
+            control_plane=self.control_plane_sources,
+            docker_url=self.docker_url,
+        )
+
     def __call__(self, target: InstallTarget, fleet: FleetSettings) -> InstallResult:
         spec = self.fleets.get(fleet.name)
         if spec is None:
             return InstallResult(ok=False, error=f"this control plane has no spec of {fleet.name}")
-        (result,) = install_hosts(
-            [self.host(target)],
-            InstallSettings(
-                install=spec.install,
-                control_plane=self.control_plane_sources,
-                docker_url=self.docker_url,
-            ),
-            log_dir=self.log_dir,
-        )
+        (result,) = install_hosts([self.host(target)], self.settings(spec), log_dir=self.log_dir)
         return InstallResult(
             ok=result.ok,
             install_hash=result.install_hash,
             changed=result.changed,
             error=result.error,
+        )
+
+    def dry_run(
+        self, targets: Sequence[InstallTarget], on_result: Callable[[HostResult], None]
+    ) -> tuple[HostResult, ...]:
+        """What installing each target (all of one fleet) would change, in parallel; nothing
+        changes on them. `on_result` hears of each host as soon as it is done."""
+        if not targets:
+            return ()
+        spec = self.fleets[targets[0].fleet]
+        return install_hosts(
+            [self.host(target) for target in targets],
+            self.settings(spec),
+            dry_run=True,
+            log_dir=self.log_dir,
+            on_result=on_result,
         )

@@ -5,6 +5,7 @@
               the fleet -> start the control plane -> carry out the plan through the backend
               (new servers get their user_data, with a one-time token, before they are made)
               -> drive every server to ready (phone-home, install, agent) -> timings
+    dry run:  plan -> ask every installed server over SSH what an install would change
     destroy:  open -> lock -> plan the deletion of everything -> confirm -> the backend deletes
               every resource -> every state row and every key of the fleet go
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -41,6 +43,8 @@ from engine.state.store import Store
 
 if TYPE_CHECKING:
     from engine.controlplane.handlers import Provisioner
+    from engine.install import HostResult
+    from engine.installer import FleetInstaller
     from engine.inventory import ActualServer
     from engine.signals import Signal
 
@@ -381,22 +385,13 @@ def serving(
     from engine.controlplane.fleets import register_fleet
     from engine.controlplane.runner import running_control_plane
     from engine.deploykey import ensure_deploy_key
-    from engine.installer import FleetInstaller
     from engine.tokens import ensure_fleet_key
 
     settings = register_fleet(store, fleet)
     ensure_fleet_key(options.state_dir, fleet.name)
     ensure_deploy_key(options.state_dir, fleet.name)
     site = backend.site()
-    installer = FleetInstaller(
-        state_dir=options.state_dir,
-        fleets={fleet.name: fleet},
-        control_plane_url=site.url,
-        control_plane_sources=site.sources,
-        agent_image=backend.agent_image,
-        docker_url=backend.docker_url,
-        log_dir=options.state_dir / "logs" / "install",
-    )
+    installer = _installer(fleet, backend, site, options.state_dir)
     provisioner = backend.provisioner(store, servers)
     with running_control_plane(
         store,
@@ -417,6 +412,20 @@ def serving(
             site,
             provisions=provisioner is not None,
         )
+
+
+def _installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> FleetInstaller:
+    from engine.installer import FleetInstaller
+
+    return FleetInstaller(
+        state_dir=state_dir,
+        fleets={fleet.name: fleet},
+        control_plane_url=site.url,
+        control_plane_sources=site.sources,
+        agent_image=backend.agent_image,
+        docker_url=backend.docker_url,
+        log_dir=state_dir / "logs" / "install",
+    )
 
 
 def placed_servers(fleet: Fleet, store: Store, state_dir: Path) -> dict[str, Server]:
@@ -492,6 +501,68 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
             return report(store, fleet, names, final, board, out, time.monotonic() - started)
     finally:
         backend.close()
+
+
+def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
+    """`engine up --dry-run`: the plan, and for every installed server the install operations
+    that would change something (pyinfra's facts read over SSH with the pinned host keys).
+    Nothing changes: no lock, no control plane, no server touched. 0 when every server could
+    be asked and the plan is not blocked."""
+    from engine.controlplane.handlers import install_target, ssh_address
+    from engine.deploykey import deploy_key_path
+    from engine.preview import plan_preview
+    from engine.state.store import open_store, state_url
+
+    fleet = load_spec(spec, state_dir=options.state_dir)
+    board = StageBoard(out, json_lines=options.json_lines)
+    plan = plan_preview(
+        spec, state_dir=options.state_dir, state=options.state,
+        delete_orphans=options.delete_orphans,
+    )  # fmt: skip
+    _show_plan(plan, board, out)
+    with open_store(state_url(options.state_dir, options.state)) as store:
+        settings = store.fleet(fleet.name)
+        records = store.servers(fleet.name)
+    installed = [r for r in records if r.installed_at and r.host_keys and ssh_address(r)]
+    if settings is None or not installed:
+        board.note(f"No server of {fleet.name} is installed yet: no install to compare.")
+        return 1 if plan.is_blocked else 0
+    key = deploy_key_path(options.state_dir, fleet.name)
+    targets = [install_target(r, settings, ssh_address(r) or "", key) for r in installed]
+    backend = backend_for(fleet, options, board.note)
+    try:
+        backend.open()
+        installer = _installer(fleet, backend, backend.site(), options.state_dir)
+        board.note(
+            f"Asking {len(targets)} installed server(s) what an install would change "
+            "(dry run: nothing changes)"
+        )
+
+        one_at_a_time = threading.Lock()  # results come from the installer's threads
+
+        def said(result: HostResult) -> None:
+            with one_at_a_time:
+                _said_dry_run(board, result)
+
+        results = installer.dry_run(targets, said)
+    finally:
+        backend.close()
+    return 0 if all(r.ok for r in results) and not plan.is_blocked else 1
+
+
+def _said_dry_run(board: StageBoard, result: HostResult) -> None:
+    if board.json_lines:
+        board.event("install_dry_run", server=result.name, ok=result.ok,
+                    would_change=list(result.changed), error=result.error)  # fmt: skip
+    elif not result.ok:
+        board.note(f"{result.name}: could not ask: {result.error}")
+    elif result.changed:
+        board.note(
+            f"{result.name}: {len(result.changed)} operation(s) would change: "
+            + "; ".join(result.changed)
+        )
+    else:
+        board.note(f"{result.name}: nothing would change")
 
 
 def report(

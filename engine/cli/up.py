@@ -1,5 +1,5 @@
-"""engine up SPEC [--yes] [--format text|json] [--timeout DURATION] [--delete-orphans]
-               [--listen HOST:PORT] [--engine-address ADDRESS]...
+"""engine up SPEC [--yes] [--dry-run] [--format text|json] [--timeout DURATION]
+               [--delete-orphans] [--listen HOST:PORT] [--engine-address ADDRESS]...
 engine destroy SPEC [--yes] [--format text|json]"""
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="also delete servers that carry the fleet's labels but that neither the spec "
         "nor the state store knows",
     )
+    up.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="change nothing: show the plan and ask every installed server over SSH which "
+        "install operations would change something",
+    )
     up.set_defaults(run=run_up)
     destroy = sub.add_parser(
         "destroy",
@@ -113,9 +119,12 @@ def run_options(args: argparse.Namespace, *, yes: bool) -> Any:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from engine.up import up
+    from engine.up import dry_run, up
 
-    return up(Path(args.spec), run_options(args, yes=args.yes), sys.stdout, ask)
+    options = run_options(args, yes=args.yes)
+    if args.dry_run:
+        return dry_run(Path(args.spec), options, sys.stdout)
+    return up(Path(args.spec), options, sys.stdout, ask)
 
 
 def run_destroy(args: argparse.Namespace) -> int:

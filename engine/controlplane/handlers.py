@@ -111,6 +111,23 @@ def ssh_address(record: ServerRecord) -> str | None:
     return record.private_ips[0] if record.private_ips else None
 
 
+def install_target(
+    record: ServerRecord, settings: FleetSettings, address: str, private_key: Path | None
+) -> InstallTarget:
+    """How the installer reaches a server at `address` (its `ssh_address`), checked against
+    the host keys pinned for it."""
+    return InstallTarget(
+        fleet=settings.name,
+        name=record.name,
+        address=address,
+        port=settings.ssh_port,
+        user=settings.ssh_user,
+        host_keys=tuple(key for _type, key in record.host_keys),
+        host_keys_source=record.host_keys_source,
+        private_key=private_key,
+    )
+
+
 def _fail(store: Store, job: Job, reason: str) -> None:
     if job.server is None:
         return
@@ -150,16 +167,7 @@ class InstallHandler:
         started = self.clock()
         if record.stage is Stage.PHONED_HOME:
             record = self.store.update_server(job.fleet, record.name, stage=Stage.INSTALLING)
-        target = InstallTarget(
-            fleet=job.fleet,
-            name=record.name,
-            address=address,
-            port=settings.ssh_port,
-            user=settings.ssh_user,
-            host_keys=tuple(key for _type, key in record.host_keys),
-            host_keys_source=record.host_keys_source,
-            private_key=self.private_key(job.fleet),
-        )
+        target = install_target(record, settings, address, self.private_key(job.fleet))
         result = self.installer(target, settings)
         if not result.ok:
             raise RuntimeError(result.error or "the install failed")

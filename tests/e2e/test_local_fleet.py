@@ -129,6 +129,42 @@ def test_a_second_preview_and_up_have_nothing_to_do(fleet: Fleet) -> None:
     assert again.returncode == 0 and "Nothing to do" in again.stdout
 
 
+def test_a_dry_run_lists_what_an_install_would_change_and_changes_nothing(
+    fleet: Fleet, docker_client: Any
+) -> None:
+    def dry_run() -> tuple[list[tuple[str, str]], dict[str, Any]]:
+        result = fleet.run("up", "--dry-run", "--format", "json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        (plan,) = [e["plan"] for e in events if e["event"] == "plan"]
+        asked = {e["server"]: e for e in events if e["event"] == "install_dry_run"}
+        return [(c["action"], c["server"]) for c in plan["changes"]], asked
+
+    def zone(server: str) -> bytes:
+        return bytes(docker_client.containers.get(f"e2e-{server}").exec_run("cat /etc/timezone")[1])
+
+    changes, asked = dry_run()
+    assert changes == [] and sorted(asked) == ["db-1", "web-1", "web-2"]
+    assert [(e["ok"], e["would_change"]) for e in asked.values()] == [(True, [])] * 3
+    berlin = yaml.safe_load(fleet.spec_path.read_text())
+    berlin["install"]["system"]["timezone"] = "Europe/Berlin"
+    fleet.write(berlin)
+    try:
+        before = zone("web-1")
+        changes, asked = dry_run()
+        assert sorted(changes) == [
+            ("reinstall", "db-1"),
+            ("reinstall", "web-1"),
+            ("reinstall", "web-2"),
+        ]
+        for event in asked.values():
+            assert (event["ok"], event["would_change"]) == (True, ["system | Set the time zone"])
+        assert zone("web-1") == before and b"Berlin" not in before
+    finally:
+        fleet.write(SPEC)
+    assert fleet.plan() == []
+
+
 def test_growing_and_resizing_change_only_those_servers(fleet: Fleet, docker_client: Any) -> None:
     before = containers(docker_client, "e2e")
     groups = [{"name": "web", "count": 3}, {"name": "db", "count": 1, "server_type": "medium"}]
