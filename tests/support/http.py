@@ -6,7 +6,6 @@ gateway of its private dockerd, so that containers can reach it).
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,13 +14,13 @@ from typing import Any
 
 import uvicorn
 
+from engine.controlplane.runner import listening_socket
+
 
 @contextmanager
 def serve(app: Any, host: str = "127.0.0.1", **config: Any) -> Iterator[str]:
     """Serve `app` on `host` (a free port) and yield its base URL; stop and join on exit."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
+    sock = listening_socket(host, 0, backlog=128)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
