@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 Confirm = Callable[[str], bool]
 Say = Callable[[str], None]
 POLL_S = 0.5
-SETTLED = frozenset({Stage.READY, Stage.FAILED, Stage.UNHEALTHY})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,24 +335,23 @@ class FleetRun:
     # --- waiting --------------------------------------------------------------------------
 
     def wait(self, names: list[str], timeout_s: float) -> dict[str, ServerRecord]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            records = {r.name: r for r in self.store.servers(self.fleet.name) if r.name in names}
+        """Until every one of `names` is settled (or the timeout), the board kept current."""
+        from engine.controlplane.servers import wait_until_ready
+
+        def show(records: Mapping[str, ServerRecord]) -> None:
+            now = dt.datetime.now(dt.UTC)
             self.board.update(
                 [
                     ServerStage(
-                        name=r.name,
-                        stage=r.stage,
-                        since=r.updated_at or dt.datetime.now(dt.UTC),
-                        reason=r.stage_reason,
+                        name=r.name, stage=r.stage, since=r.updated_at or now, reason=r.stage_reason
                     )
                     for r in sorted(records.values(), key=lambda r: names.index(r.name))
                 ]
             )
-            done = len(records) == len(names) and all(r.stage in SETTLED for r in records.values())
-            if done or time.monotonic() >= deadline:
-                return records
-            time.sleep(POLL_S)
+
+        return wait_until_ready(
+            self.store, self.fleet.name, names, timeout_s=timeout_s, poll_s=POLL_S, on_poll=show
+        )
 
 
 def _timings(store: Store, fleet: str, names: list[str]) -> tuple[str, dict[str, object]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from engine.model import Fleet, Server, Stage
@@ -112,18 +112,16 @@ def wait_until_ready(
     *,
     timeout_s: float,
     poll_s: float = 0.5,
-    on_change: Callable[[ServerRecord], None] | None = None,
+    on_poll: Callable[[Mapping[str, ServerRecord]], None] | None = None,
 ) -> dict[str, ServerRecord]:
     """Wait until every named server is ready, failed or unhealthy, or `timeout_s` passes;
-    the records as they are then. `on_change` sees each stage change as it is noticed."""
+    the records as they are then. The store is read every `poll_s` (the stages are written
+    by other threads and processes); `on_poll` sees the records each time."""
     deadline = time.monotonic() + timeout_s
-    seen: dict[str, Stage] = {}
     while True:
         records = {r.name: r for r in store.servers(fleet) if r.name in names}
-        for record in records.values():
-            if on_change is not None and seen.get(record.name) != record.stage:
-                on_change(record)
-            seen[record.name] = record.stage
+        if on_poll is not None:
+            on_poll(records)
         settled = all(r.stage in SETTLED for r in records.values()) and len(records) == len(names)
         if settled or time.monotonic() >= deadline:
             return records
