@@ -16,9 +16,10 @@ import hashlib
 import hmac
 import re
 import secrets
-import threading
 import time
+from collections.abc import Callable
 
+from engine.controlplane.keys import TimedCache
 from engine.errors import EngineError
 from engine.secrets import register_secret
 from engine.state import ApiKey
@@ -26,7 +27,6 @@ from engine.state.store import Store
 
 _SHAPE = re.compile(r"fek_([0-9a-f]{16})_([0-9a-f]{64})")
 _NAME = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
-_CACHE_S = 5.0
 
 
 def create_api_key(store: Store, name: str) -> str:
@@ -53,12 +53,12 @@ def _sha256(text: str) -> str:
 
 
 class ApiKeyVerifier:
-    """Checks presented keys against the store, remembering recent answers briefly."""
+    """Checks presented keys against the store, remembering the stored keys for `ttl_s`."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._seen: dict[str, tuple[float, ApiKey | None]] = {}
-        self._lock = threading.Lock()
+    def __init__(
+        self, store: Store, *, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._keys = TimedCache(store.api_key, ttl_s, clock=clock)
 
     def verify(self, presented: str) -> ApiKey | None:
         """The live key `presented` is, or None (unknown, wrong secret, revoked)."""
@@ -66,16 +66,7 @@ class ApiKeyVerifier:
         if match is None:
             return None
         key_id, secret = match[1], match[2]
-        now = time.monotonic()
-        with self._lock:
-            held = self._seen.get(key_id)
-        if held is None or now - held[0] > _CACHE_S:
-            held = (now, self._store.api_key(key_id))
-            with self._lock:
-                if len(self._seen) > 10_000:
-                    self._seen.clear()
-                self._seen[key_id] = held
-        key = held[1]
+        key = self._keys.get(key_id)
         if key is None or key.revoked_at is not None:
             return None
         if not hmac.compare_digest(key.secret_hash, _sha256(secret)):

@@ -6,22 +6,31 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
-class TimedCache:
+class TimedCache(Generic[T]):
     """Values by name for `ttl_s` seconds: fleet keys and settings are read for every
     request otherwise. A name with nothing to hold (None: no key or no fleet yet) is looked
     up again next time, so a fleet registered a moment ago is served at once."""
 
-    def __init__(self, load: Callable[[str], Any], ttl_s: float) -> None:
+    def __init__(
+        self,
+        load: Callable[[str], T | None],
+        ttl_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._load = load
         self._ttl_s = ttl_s
-        self._values: dict[str, tuple[float, Any]] = {}
+        self._clock = clock
+        self._values: dict[str, tuple[float, T]] = {}
         self._reloading: set[str] = set()
         self._lock = threading.Lock()
 
-    def held(self, name: str) -> tuple[bool, Any]:
+    def held(self, name: str) -> tuple[bool, T | None]:
         """(True, value) when a value is held, at once; a stale one is reloaded in a thread
         meanwhile (one reload at a time), so callers on an event loop never wait for a load
         and do not all load at once when it expires. (False, None) when none is held."""
@@ -29,7 +38,7 @@ class TimedCache:
             held = self._values.get(name)
             if held is None:
                 return False, None
-            if time.monotonic() - held[0] >= self._ttl_s and name not in self._reloading:
+            if self._clock() - held[0] >= self._ttl_s and name not in self._reloading:
                 self._reloading.add(name)
                 threading.Thread(target=self._reload, args=(name,), daemon=True).start()
         return True, held[1]
@@ -41,9 +50,9 @@ class TimedCache:
             with self._lock:
                 self._reloading.discard(name)
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> T | None:
         """The value, loaded (in the caller's thread) when none is held or it is stale."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             held = self._values.get(name)
         if held is not None and now - held[0] < self._ttl_s:

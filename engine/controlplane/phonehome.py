@@ -206,7 +206,7 @@ class PhoneHomeService:
             return token
         raise await run_in_threadpool(self._why_not_genuine, raw, fleet, server)
 
-    async def _cached(self, cache: TimedCache, name: str) -> Any:
+    async def _cached(self, cache: TimedCache[Any], name: str) -> Any:
         """What `cache` holds for `name`. The first load (a file or the store) runs in a
         thread, once however many requests want it, so the event loop never waits for it
         and a fleet's first burst of phone-homes does not load it once each."""
