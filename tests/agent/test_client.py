@@ -20,7 +20,8 @@ from engine.agent.client import (
 )
 from engine.agent.endpoint import AgentEndpoint
 from fleet_agent.tls import ensure_certificate
-from tests.support.agent import AgentProcess, wait_until
+from tests.support.agent import AgentProcess
+from tests.support.wait import wait_until
 
 TOKEN = "a-token-that-must-not-leave-the-engine"
 

@@ -20,8 +20,9 @@ import pytest
 
 from engine.agent.client import AgentClient, AgentError
 from engine.local.dockerd import PrivateDaemon
-from tests.support.agent import AgentProcess, Reports, wait_until
+from tests.support.agent import AgentProcess, Reports
 from tests.support.docker import busybox_rootfs
+from tests.support.wait import wait_until
 
 LOOP = "trap 'exit 0' TERM; while true; do sleep 0.1; done"
 

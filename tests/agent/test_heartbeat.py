@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.agent.client import AgentClient
-from tests.support.agent import SERVER, AgentProcess, Reports, wait_until
+from tests.support.agent import SERVER, AgentProcess, Reports
 from tests.support.http import serve
+from tests.support.wait import wait_until
 
 
 def heartbeats_of(received: Reports, server: str) -> list[dict[str, Any]]:

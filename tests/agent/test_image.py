@@ -33,8 +33,9 @@ from engine.agent.run import (
 from engine.local.dockerd import PrivateDaemon
 from engine.local.machines import MachineSpec, create_machine, write_seed
 from engine.tokens import agent_token, heartbeat_token, token_sha256
-from tests.support.agent import FLEET, Reports, wait_until
+from tests.support.agent import FLEET, Reports
 from tests.support.http import serve
+from tests.support.wait import wait_until
 
 SERVER = "agent-1"
 

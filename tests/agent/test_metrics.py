@@ -30,7 +30,8 @@ from fleet_agent.metrics import (
     host_partitions,
     overall_percent,
 )
-from tests.support.agent import SCHEMAS, AgentProcess, wait_until
+from tests.support.agent import SCHEMAS, AgentProcess
+from tests.support.wait import wait_until
 
 Times = namedtuple(
     "Times", "user nice system idle iowait irq softirq steal guest guest_nice", defaults=(0.0,) * 10

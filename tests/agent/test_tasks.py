@@ -18,7 +18,8 @@ import pytest
 
 from engine.agent.client import AgentClient
 from fleet_agent.tasks import TaskKind, TaskRunner
-from tests.support.agent import AgentProcess, wait_until
+from tests.support.agent import AgentProcess
+from tests.support.wait import wait_until
 
 APT = "apt-get -q -o DPkg::Lock::Timeout=300"
 
@@ -134,8 +135,9 @@ def test_log_pages_never_split_a_character(tmp_path: Path) -> None:
     async def run() -> str:
         runner.load()
         task = runner.start(TaskKind.UPDATE)
-        while runner.get(task.id).state == "running":  # type: ignore[union-attr]
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(30):  # the task runs in this loop: poll it, with a deadline
+            while runner.get(task.id).state == "running":  # type: ignore[union-attr]
+                await asyncio.sleep(0.02)
         return task.id
 
     task_id = asyncio.run(run())

@@ -175,19 +175,5 @@ def _plane(tmp_path: Path, url: str, fleet: Fleet, **options: Any) -> Iterator[P
             yield made
 
 
-def wait_for(condition: Any, *, timeout_s: float = 20.0, what: str = "the condition") -> Any:
-    """Poll `condition()` until it returns something truthy; fail after `timeout_s`."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def utc(*args: int) -> dt.datetime:
     return dt.datetime(*args, tzinfo=dt.UTC)

@@ -38,6 +38,6 @@ def install(target: InstallTarget, fleet: FleetSettings) -> InstallResult:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-    time.sleep(0.05)
+    time.sleep(0.05)  # an install takes a while: two at once would overlap in the log
     _log(f"done {target.name} {os.getpid()}")
     return InstallResult(ok=True, install_hash="sha256:probe", changed=("probe",))

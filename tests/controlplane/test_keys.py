@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from engine.controlplane.keys import TimedCache
-from tests.controlplane.conftest import wait_for
+from tests.support.wait import wait_until
 
 
 def test_a_held_value_is_answered_at_once_and_a_stale_one_reloaded_once_meanwhile() -> None:
@@ -24,7 +24,7 @@ def test_a_held_value_is_answered_at_once_and_a_stale_one_reloaded_once_meanwhil
     # Stale: the held value comes back at once, however many ask, and one reload starts.
     assert [cache.held("web-prod") for _ in range(20)] == [(True, "web-prod-1")] * 20
     release.set()
-    wait_for(lambda: cache.held("web-prod") == (True, "web-prod-2"), what="the reload")
+    wait_until(lambda: cache.held("web-prod") == (True, "web-prod-2"), what="the reload")
     assert loads.count("web-prod") <= 3  # the first load, the reload, maybe one more
 
 

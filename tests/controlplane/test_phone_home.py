@@ -22,10 +22,10 @@ from tests.controlplane.conftest import (
     address,
     body,
     make_fleet,
-    wait_for,
 )
 from tests.fakes.hcloud import FakeHcloud
 from tests.support.http import serve
+from tests.support.wait import wait_until
 
 
 def _error(response: httpx.Response) -> str:
@@ -46,8 +46,8 @@ def test_a_valid_phone_home_pins_keys_moves_the_server_on_and_installs_it(plane:
     assert stages[:3] == [Stage.CREATING, Stage.BOOTING, Stage.PHONED_HOME]
     installs = plane.store.jobs("web-prod", kind="install", server="web-1")
     assert len(installs) == 1
-    wait_for(lambda: plane.installer.installed.get("web-1"), what="the install")
-    wait_for(
+    wait_until(lambda: plane.installer.installed.get("web-1"), what="the install")
+    wait_until(
         lambda: plane.store.job(installs[0].id).state is JobState.SUCCEEDED,  # type: ignore[union-attr]
         what="the install job to succeed",
     )
@@ -61,7 +61,7 @@ def test_a_retry_of_an_accepted_request_is_answered_again_without_doing_anything
 ) -> None:
     token = plane.token("web-1")
     assert plane.phone_home_as(1, token).status_code == 200
-    wait_for(lambda: plane.installer.installed.get("web-1"), what="the install")
+    wait_until(lambda: plane.installer.installed.get("web-1"), what="the install")
     before = plane.store.transitions("web-prod"), plane.store.jobs("web-prod")
     boot = {**body("x", "x", "1", "1.1.1.1")["boot"], "sent_at": "2026-11-05T10:00:45Z"}
     again = plane.phone_home_as(1, token, attempt=2, boot=boot)

@@ -16,8 +16,9 @@ from engine.controlplane.phonehome import install_job
 from engine.model import Stage
 from engine.state import JobState, ServerRecord
 from engine.state.store import Store, open_store
-from tests.controlplane.conftest import HOST_KEYS, make_fleet, wait_for
+from tests.controlplane.conftest import HOST_KEYS, make_fleet
 from tests.support.postgres import Cluster
+from tests.support.wait import wait_until
 
 
 def _phoned_home(store: Store, count: int) -> None:
@@ -86,7 +87,7 @@ def test_a_job_cut_off_by_a_killed_process_is_done_once_after_a_restart(tmp_path
         _phoned_home(store, 1)
     env = {"PROBE_LOG": str(log), "PROBE_GATE": str(gate)}
     with _serve(url, tmp_path / "state", env) as first:
-        wait_for(lambda: any(line[0] == "start" for line in _log(log)), what="the install")
+        wait_until(lambda: any(line[0] == "start" for line in _log(log)), what="the install")
         first.kill()  # SIGKILL, by the pid we started
         first.wait(timeout=10)
     gate.unlink()
@@ -94,7 +95,7 @@ def test_a_job_cut_off_by_a_killed_process_is_done_once_after_a_restart(tmp_path
         (job,) = store.jobs("web-prod", kind="install")
         assert job.state is JobState.RUNNING  # its worker died holding it
         with _serve(url, tmp_path / "state", env):
-            done = wait_for(
+            done = wait_until(
                 lambda: store.job(job.id).state is JobState.SUCCEEDED,  # type: ignore[union-attr]
                 what="the job to be picked up again and finished",
             )
@@ -126,7 +127,7 @@ def test_several_workers_on_postgresql_share_the_queue_and_run_no_job_twice(
             _serve(url, tmp_path / "state", env),
             _serve(url, tmp_path / "state", env),
         ):
-            wait_for(
+            wait_until(
                 lambda: all(
                     j.state is JobState.SUCCEEDED for j in store.jobs("web-prod", kind="install")
                 ),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -59,7 +60,7 @@ class Recorded:
 
 
 @dataclass
-class FakeApi:
+class FakeApi(ABC):
     """Auth, request log and fault queue; subclasses shape the error bodies and headers."""
 
     token: str = ""
@@ -80,11 +81,13 @@ class FakeApi:
     def next_id(self) -> int:
         return next(self._ids)
 
+    @abstractmethod
     def error(self, status: int, code: str, message: str) -> JSONResponse:
-        raise NotImplementedError
+        """An error answer shaped as this provider's API documents it."""
 
+    @abstractmethod
     def rate_headers(self) -> dict[str, str]:
-        raise NotImplementedError
+        """This provider's rate-limit headers for the current budget."""
 
     async def admit(self, request: Request) -> JSONResponse | None:
         """Record the request; answer it here if it is unauthorised or a fault is queued."""

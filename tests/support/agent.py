@@ -15,8 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from starlette.routing import Route
 from engine.agent.endpoint import AgentEndpoint, fingerprint_of
 from engine.agent.run import AgentSettings, render_agent_config
 from engine.tokens import agent_token, heartbeat_token, is_same_token, token_sha256
+from tests.support.wait import wait_until
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 FLEET = "demo"
@@ -39,18 +38,6 @@ START_TIMEOUT_S = 30.0
 
 def schema_validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(json.loads((SCHEMAS / name).read_text()))
-
-
-def wait_until(condition: Callable[[], Any], *, timeout_s: float = 20.0, what: str = "") -> Any:
-    """Poll `condition` until it returns something truthy; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}")
-        time.sleep(0.05)
 
 
 @dataclass
