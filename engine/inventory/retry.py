@@ -20,6 +20,7 @@ azure-core pipeline policy for pydo), so every HTTP request the SDK makes goes t
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import threading
 import time
@@ -111,10 +112,8 @@ def retry_after_s(headers: Mapping[str, str], now: float) -> float | None:
     if raw is not None:
         if raw.strip().isdigit():
             return float(raw)
-        try:
+        with contextlib.suppress(TypeError, ValueError):  # neither: see RateLimit-Reset
             return max(0.0, email.utils.parsedate_to_datetime(raw).timestamp() - now)
-        except (TypeError, ValueError):
-            pass
     reset = _number(headers, "RateLimit-Reset")
     return None if reset is None else max(0.0, reset - now)
 

@@ -1299,7 +1299,7 @@ class Store:
                     connection.execute(insert(self._locks).values(asdict(held)))
                 return held
             except exc.IntegrityError:
-                pass
+                pass  # someone holds it: who (it may have been released meanwhile)?
             holder = self._lock_where(self._locks.c.stack == stack)
             if holder is not None:
                 raise StackLockedError(holder, is_stale=_is_stale(holder))
