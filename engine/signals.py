@@ -26,9 +26,7 @@ from pathlib import Path
 from typing import TextIO
 
 from engine.errors import EngineError
-from engine.progress import StageBoard
-from engine.spec import load_spec
-from engine.up import RunOptions, backend_for, locked, placed_servers, report, serving
+from engine.up import RunOptions, locked_session, placed_servers, report, serving
 
 
 class Signal(StrEnum):
@@ -44,56 +42,44 @@ class Signal(StrEnum):
 def signal_server(spec: Path, name: str, signal: Signal, options: RunOptions, out: TextIO) -> int:
     """Send `signal` to server `name` of the fleet in `spec`; 0 when it is done (a rebuilt
     server: when it is ready again)."""
-    from engine.state.store import open_store, state_url
-
     started = time.monotonic()
-    fleet = load_spec(spec, state_dir=options.state_dir)
-    board = StageBoard(out, json_lines=options.json_lines)
-    backend = backend_for(fleet, options, board.note)
-    try:
-        if signal is Signal.REBUILD:
-            backend.open()
-        else:
-            backend.connect()
-        with (
-            open_store(state_url(options.state_dir, options.state)) as store,
-            locked(store, fleet, f"engine server {signal} {spec} {name}", board),
-        ):
-            record = store.server(fleet.name, name)
-            if record is None or not record.provider_id:
-                known = ", ".join(r.name for r in store.servers(fleet.name) if r.provider_id)
-                raise EngineError(
-                    f"fleet {fleet.name} has no server {name} that the engine made "
-                    f"(it knows: {known or 'none'}); `engine status {spec}` lists them"
-                )
-            store.record_event(
-                fleet.name, f"server.{signal}.started", f"{signal} of {name} asked", server=name
+    command = f"engine server {signal} {spec} {name}"
+    rebuild = signal is Signal.REBUILD
+    with locked_session(spec, options, out, command, tools=False, full=rebuild) as session:
+        fleet, board, backend, store = session.fleet, session.board, session.backend, session.store
+        record = store.server(fleet.name, name)
+        if record is None or not record.provider_id:
+            known = ", ".join(r.name for r in store.servers(fleet.name) if r.provider_id)
+            raise EngineError(
+                f"fleet {fleet.name} has no server {name} that the engine made "
+                f"(it knows: {known or 'none'}); `engine status {spec}` lists them"
             )
-            try:
-                if signal is Signal.REBUILD:
-                    servers = placed_servers(fleet, store, options.state_dir)
-                    if name not in servers:
-                        raise EngineError(f"{name} is no longer in the spec; nothing to rebuild")
-                    with serving(fleet, store, backend, options, board, servers) as run:
-                        backend.rebuild(servers[name], record, run, options.timeout_s)
-                        store.record_event(
-                            fleet.name,
-                            f"server.{signal}.succeeded",
-                            f"{name} rebuilt; on its way to ready",
-                            server=name,
-                        )
-                        final = run.wait([name], options.timeout_s)
-                    seconds = time.monotonic() - started
-                    return report(store, fleet, [name], final, board, out, seconds)
-                outcome = backend.signal(record, signal, options.timeout_s)
-            except EngineError as error:
-                store.record_event(
-                    fleet.name, f"server.{signal}.failed", f"{signal} of {name}: {error}",
-                    server=name,
-                )  # fmt: skip
-                raise
-            store.record_event(fleet.name, f"server.{signal}.succeeded", outcome, server=name)
-            board.note(outcome)
-            return 0
-    finally:
-        backend.close()
+        store.record_event(
+            fleet.name, f"server.{signal}.started", f"{signal} of {name} asked", server=name
+        )
+        try:
+            if rebuild:
+                servers = placed_servers(fleet, store, options.state_dir)
+                if name not in servers:
+                    raise EngineError(f"{name} is no longer in the spec; nothing to rebuild")
+                with serving(fleet, store, backend, options, board, servers) as run:
+                    backend.rebuild(servers[name], record, run, options.timeout_s)
+                    store.record_event(
+                        fleet.name,
+                        f"server.{signal}.succeeded",
+                        f"{name} rebuilt; on its way to ready",
+                        server=name,
+                    )
+                    final = run.wait([name], options.timeout_s)
+                seconds = time.monotonic() - started
+                return report(store, fleet, [name], final, board, out, seconds)
+            outcome = backend.signal(record, signal, options.timeout_s)
+        except EngineError as error:
+            store.record_event(
+                fleet.name, f"server.{signal}.failed", f"{signal} of {name}: {error}",
+                server=name,
+            )  # fmt: skip
+            raise
+        store.record_event(fleet.name, f"server.{signal}.succeeded", outcome, server=name)
+        board.note(outcome)
+        return 0

@@ -435,7 +435,7 @@ def placed_servers(fleet: Fleet, store: Store, state_dir: Path) -> dict[str, Ser
     return {s.name: s for s in expand_fleet(fleet, catalog, pinned)}
 
 
-def locked(
+def _locked(
     store: Store, fleet: Fleet, command: str, board: StageBoard
 ) -> AbstractContextManager[Lock]:
     """The fleet's stack lock, taking over one whose holder provably died (and saying so)."""
@@ -449,56 +449,81 @@ def locked(
     return store.lock(fleet.name, command=command, on_stale=say)
 
 
-def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
-    """Make the fleet in `spec` exist and be ready; 0 when every server is ready."""
-    from engine.preview import plan_preview
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A mutating command's fleet, board, provider backend and state store, lock held."""
+
+    fleet: Fleet
+    board: StageBoard
+    backend: Backend
+    store: Store
+
+
+@contextmanager
+def locked_session(
+    spec: Path, options: RunOptions, out: TextIO, command: str, *, tools: bool, full: bool
+) -> Iterator[Session]:
+    """The fleet of `spec` with its backend ready (its tools checked first when `tools`;
+    `open`ed when `full`, else only connected: nothing changes before), the state store,
+    and the fleet's lock held for `command` (the command line, as the lock shows it)."""
     from engine.state.store import open_store, state_url
 
-    started = time.monotonic()
     fleet = load_spec(spec, state_dir=options.state_dir)
     board = StageBoard(out, json_lines=options.json_lines)
     backend = backend_for(fleet, options, board.note)
     try:
-        backend.check_tools()
-        backend.open()
+        if tools:
+            backend.check_tools()
+        if full:
+            backend.open()
+        else:
+            backend.connect()
         with (
             open_store(state_url(options.state_dir, options.state)) as store,
-            locked(store, fleet, f"engine up {spec}", board),
+            _locked(store, fleet, command, board),
         ):
-            plan = plan_preview(
-                spec,
-                state_dir=options.state_dir,
-                state=options.state,
-                delete_orphans=options.delete_orphans,
-            )
-            _show_plan(plan, board, out)
-            if plan.is_blocked:
-                return 1
-            records = {r.name: r for r in store.servers(fleet.name)}
-            servers = placed_servers(fleet, store, options.state_dir)
-            unsettled = [
-                n for n in servers if n not in records or records[n].stage is not Stage.READY
-            ]
-            if not plan.has_changes and not unsettled:
-                board.note(f"Nothing to do: all {len(servers)} servers of {fleet.name} are ready.")
-                if board.json_lines:  # machines always get the final event
-                    seconds = time.monotonic() - started
-                    return report(store, fleet, list(servers), records, board, out, seconds)
-                return 0
-            if plan.has_changes and not (options.yes or confirm("Apply these changes?")):
-                board.note("Nothing changed.")
-                return 1
-            with serving(fleet, store, backend, options, board, servers) as run:
-                backend.carry_out(plan, run, tuple(servers.values()))
-                changed = {c.server for c in plan.changes}
-                for record in store.servers(fleet.name):
-                    if record.name in servers and record.name not in changed:
-                        run.resume(record)
-                names = list(servers)
-                final = run.wait(names, options.timeout_s)
-            return report(store, fleet, names, final, board, out, time.monotonic() - started)
+            yield Session(fleet, board, backend, store)
     finally:
         backend.close()
+
+
+def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
+    """Make the fleet in `spec` exist and be ready; 0 when every server is ready."""
+    from engine.preview import plan_preview
+
+    started = time.monotonic()
+    with locked_session(spec, options, out, f"engine up {spec}", tools=True, full=True) as session:
+        fleet, board, backend, store = session.fleet, session.board, session.backend, session.store
+        plan = plan_preview(
+            spec,
+            state_dir=options.state_dir,
+            state=options.state,
+            delete_orphans=options.delete_orphans,
+        )
+        _show_plan(plan, board, out)
+        if plan.is_blocked:
+            return 1
+        records = {r.name: r for r in store.servers(fleet.name)}
+        servers = placed_servers(fleet, store, options.state_dir)
+        unsettled = [n for n in servers if n not in records or records[n].stage is not Stage.READY]
+        if not plan.has_changes and not unsettled:
+            board.note(f"Nothing to do: all {len(servers)} servers of {fleet.name} are ready.")
+            if board.json_lines:  # machines always get the final event
+                seconds = time.monotonic() - started
+                return report(store, fleet, list(servers), records, board, out, seconds)
+            return 0
+        if plan.has_changes and not (options.yes or confirm("Apply these changes?")):
+            board.note("Nothing changed.")
+            return 1
+        with serving(fleet, store, backend, options, board, servers) as run:
+            backend.carry_out(plan, run, tuple(servers.values()))
+            changed = {c.server for c in plan.changes}
+            for record in store.servers(fleet.name):
+                if record.name in servers and record.name not in changed:
+                    run.resume(record)
+            names = list(servers)
+            final = run.wait(names, options.timeout_s)
+        return report(store, fleet, names, final, board, out, time.monotonic() - started)
 
 
 def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
@@ -602,49 +627,38 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
     """Delete every resource of the fleet, its state rows and its keys."""
     from engine.deploykey import deploy_key_path
     from engine.diff import DiffOptions, diff_fleet
-    from engine.state.store import open_store, state_url
     from engine.tokens import key_path
 
-    fleet = load_spec(spec, state_dir=options.state_dir)
-    board = StageBoard(out, json_lines=options.json_lines)
-    backend = backend_for(fleet, options, board.note)
-    try:
-        backend.check_tools()
-        backend.connect()
-        with (
-            open_store(state_url(options.state_dir, options.state)) as store,
-            locked(store, fleet, f"engine destroy {spec}", board),
+    with locked_session(
+        spec, options, out, f"engine destroy {spec}", tools=True, full=False
+    ) as session:
+        fleet, board, store = session.fleet, session.board, session.store
+        actual = session.backend.read_servers()
+        empty = dataclasses.replace(fleet, groups=())
+        catalog = load_catalog(fleet.provider.name, options.state_dir)
+        plan = diff_fleet(
+            empty,
+            catalog,
+            actual,
+            store.servers(fleet.name),
+            options=DiffOptions(
+                delete_orphans=True,
+                compared_with=f"{fleet.provider.name} (read just now)",
+            ),
+        )
+        _show_plan(plan, board, out)
+        if plan.has_changes and not (options.yes or confirm("Destroy every server of this fleet?")):
+            board.note("Nothing changed.")
+            return 1
+        session.backend.teardown()
+        store.forget_fleet(fleet.name)
+        for path in (
+            key_path(options.state_dir, fleet.name),
+            deploy_key_path(options.state_dir, fleet.name),
+            deploy_key_path(options.state_dir, fleet.name).with_suffix(".pub"),
         ):
-            actual = backend.read_servers()
-            empty = dataclasses.replace(fleet, groups=())
-            catalog = load_catalog(fleet.provider.name, options.state_dir)
-            plan = diff_fleet(
-                empty,
-                catalog,
-                actual,
-                store.servers(fleet.name),
-                options=DiffOptions(
-                    delete_orphans=True,
-                    compared_with=f"{fleet.provider.name} (read just now)",
-                ),
-            )
-            _show_plan(plan, board, out)
-            if plan.has_changes and not (
-                options.yes or confirm("Destroy every server of this fleet?")
-            ):
-                board.note("Nothing changed.")
-                return 1
-            backend.teardown()
-            store.forget_fleet(fleet.name)
-            for path in (
-                key_path(options.state_dir, fleet.name),
-                deploy_key_path(options.state_dir, fleet.name),
-                deploy_key_path(options.state_dir, fleet.name).with_suffix(".pub"),
-            ):
-                path.unlink(missing_ok=True)
-            board.note(
-                f"Destroyed fleet {fleet.name}: {len(actual)} server(s), its networks and state."
-            )
-        return 0
-    finally:
-        backend.close()
+            path.unlink(missing_ok=True)
+        board.note(
+            f"Destroyed fleet {fleet.name}: {len(actual)} server(s), its networks and state."
+        )
+    return 0
