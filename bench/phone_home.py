@@ -56,6 +56,7 @@ def _prepare(url: str, state_dir: Path, count: int) -> list[tuple[bytes, str]]:
     from engine.state import ServerRecord
     from engine.state.store import open_store
     from engine.tokens import ensure_fleet_key
+    from tests.controlplane.conftest import body as phone_home_body
 
     fleet = load_spec(ROOT / "specs" / "hetzner.yaml")
     fleet = dataclasses.replace(fleet, name="bench")
@@ -78,25 +79,7 @@ def _prepare(url: str, state_dir: Path, count: int) -> list[tuple[bytes, str]]:
                 )
             )
             token = mint_phone_home_token(store, key, fleet="bench", server=name, ttl_s=3600)
-            body = json.dumps(
-                {
-                    "version": 1,
-                    "fleet": "bench",
-                    "server": name,
-                    "hostname": name,
-                    "provider": "hcloud",
-                    "instance_id": str(100000 + n),
-                    "addresses": {"public_ipv4": [], "public_ipv6": [], "private": [address]},
-                    "host_keys": {"ed25519": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmQ3k1u7"},
-                    "boot": {
-                        "kernel_booted_at": "2026-11-05T10:00:00Z",
-                        "cloud_init_finished_at": "2026-11-05T10:00:30Z",
-                        "sent_at": "2026-11-05T10:00:31Z",
-                    },
-                    "cloud_init": {"status": "done", "errors": []},
-                    "attempt": 1,
-                }
-            ).encode()
+            body = json.dumps(phone_home_body("bench", name, str(100000 + n), address)).encode()
             head = (
                 "POST /v1/phone-home HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 f"Authorization: Bearer {token}\r\nX-Forwarded-For: {address}\r\n"
