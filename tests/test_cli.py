@@ -105,3 +105,27 @@ def test_catalog_show(tmp_path: Path) -> None:
     assert "cx22" in result.stdout and "fsn1" in result.stdout
     as_json = json.loads(engine("catalog", "show", "local", "--format", "json").stdout)
     assert [t["name"] for t in as_json["server_types"]] == ["small", "medium", "large"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["validate", "x.yaml"], {}, ".engine"),
+        (["validate", "x.yaml"], {"ENGINE_STATE_DIR": "state/here"}, "state/here"),
+        (["up", "x.yaml", "--state-dir", "rel"], {}, "rel"),
+    ],
+)
+def test_the_state_dir_is_absolute_before_any_command_runs(
+    argv: list[str],
+    env: dict[str, str],
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Docker refuses a relative bind mount; a relative default once reached it unresolved.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ENGINE_STATE_DIR", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = cli.resolve_paths(cli.build_parser().parse_args(argv))
+    assert args.state_dir == tmp_path / expected

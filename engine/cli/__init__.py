@@ -78,8 +78,16 @@ def _debug_log(exc: BaseException, state_dir: Path) -> Path:
     raise exc
 
 
+def resolve_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """Make every directory the engine hands to Docker, pyinfra or Pulumi absolute, once, here:
+    they resolve a relative path against their own working directory (Docker refuses a
+    relative bind mount outright), not the user's."""
+    args.state_dir = Path(args.state_dir).expanduser().absolute()
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = resolve_paths(build_parser().parse_args(argv))
     try:
         code: int = args.run(args)
         return code
