@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -79,9 +80,7 @@ def _run_as() -> tuple[int, int] | None:
 @contextmanager
 def postgres_cluster() -> Iterator[Cluster]:
     """Start a fresh cluster and yield it; stop it and delete its files on exit."""
-    for tool in ("initdb", "postgres"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} is not on PATH; install Debian's postgresql package")
+    initdb, postgres = _tool("initdb"), _tool("postgres")
     root = Path(tempfile.mkdtemp(prefix="engine-pg-"))
     owner = _run_as()
     data, sockets = root / "data", root / "sockets"
@@ -93,7 +92,7 @@ def postgres_cluster() -> Iterator[Cluster]:
     process: subprocess.Popen[bytes] | None = None
     try:
         subprocess.run(
-            ["initdb", "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8"],
+            [initdb, "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8"],
             check=True,
             capture_output=True,
             **user,  # type: ignore[arg-type]
@@ -105,7 +104,7 @@ def postgres_cluster() -> Iterator[Cluster]:
         # A port picked here can be taken by someone else before postgres binds it: try again.
         for attempt in range(3):
             port = _free_port()
-            process = _start(data, sockets, port, log_path, user)
+            process = _start(postgres, data, sockets, port, log_path, user)
             cluster = Cluster(port=port, root=root, process=process)
             try:
                 _wait_until_ready(cluster, log_path)
@@ -120,13 +119,24 @@ def postgres_cluster() -> Iterator[Cluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _tool(name: str) -> str:
+    """Where a PostgreSQL server program is: on PATH or in this environment's bin (where
+    .ci/setup links Debian's /usr/lib/postgresql/<version>/bin), its real path, which the
+    `postgres` user can reach even when the environment lives in a private directory."""
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    found = shutil.which(name, path=search)
+    if found is None:
+        raise RuntimeError(f"{name} not found; run `bash .ci/setup` (Debian's postgresql package)")
+    return os.path.realpath(found)
+
+
 def _start(
-    data: Path, sockets: Path, port: int, log: Path, user: dict[str, int]
+    program: str, data: Path, sockets: Path, port: int, log: Path, user: dict[str, int]
 ) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [
-                "postgres",
+                program,
                 "-D",
                 str(data),
                 "-p",
