@@ -178,6 +178,19 @@ def test_a_body_without_its_marker_is_refused() -> None:
     assert "lacks the preview marker" in result.stderr
 
 
+def test_what_a_pull_request_sends_is_capped_in_count_and_size() -> None:
+    # The bodies come from the pull request's own run: anyone can make them many or huge.
+    bodies = [_body(f"s{i:02}.yaml", 1, 1, "x" * (100_000 if i == 0 else 10)) for i in range(25)]
+    outcome = _sticky([], bodies)
+    posted = [c["body"] for c in outcome["comments"]]
+    assert len(posted) == 20
+    assert all(len(body) <= 65_000 for body in posted)
+    assert posted[0].startswith(bodies[0][:60]) and "(cut: the preview is longer" in posted[0]
+    assert posted[18] == bodies[18]
+    assert posted[19].startswith("<!-- fleet-engine-preview: more part 1/1 -->")
+    assert "6 more preview part(s) are not posted" in posted[19]
+
+
 @pytest.mark.parametrize("name", ["preview.yml", "preview-comment.yml"])
 def test_the_workflows_are_valid_yaml_with_least_privilege(name: str) -> None:
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / name).read_text())
@@ -188,5 +201,7 @@ def test_the_workflows_are_valid_yaml_with_least_privilege(name: str) -> None:
         steps = json.dumps(workflow["jobs"]["preview"]["steps"])
         assert "preview-specs.sh" in steps and "upload-artifact" in steps
     else:
+        # Without contents: read the checkout fails in a private repository.
+        assert permissions == {"actions": "read", "contents": "read", "pull-requests": "write"}
         assert workflow[True]["workflow_run"]["workflows"] == ["preview"]
         assert "sticky-comment.js" in json.dumps(workflow["jobs"]["comment"]["steps"])
