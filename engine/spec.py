@@ -24,7 +24,9 @@ import base64
 import difflib
 import ipaddress
 import json
+import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path as FsPath
@@ -94,24 +96,54 @@ def load_spec(path: str | FsPath, *, state_dir: FsPath | None = None) -> Fleet:
     ['web']
     """
     file = str(path)
-    fs_path = FsPath(path)
     try:
-        size = fs_path.stat().st_size
-        if fs_path.is_dir():
-            raise _fail("file_not_found", file, "is a directory", "give the path of a .yaml file")
-        if size > MAX_SPEC_BYTES:
-            raise _fail(
-                "file_too_large",
-                file,
-                f"the file has {size:,} bytes; a spec may have at most {MAX_SPEC_BYTES:,}",
-                "a fleet spec describes groups, not single servers: use count",
-            )
-        raw = fs_path.read_bytes()
+        raw = _read_regular_file(file)
     except FileNotFoundError:
         raise _fail("file_not_found", file, "no such file", "check the path") from None
     except PermissionError:
         raise _fail("file_not_found", file, "permission denied", "make it readable") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise _fail("file_not_found", file, f"cannot be read: {reason}", "check the path") from None
     return parse_spec(raw, file=file, state_dir=state_dir)
+
+
+_NOT_FILES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _refuse_unless_regular(file: str, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for is_kind, name in _NOT_FILES if is_kind(mode)), "not a regular file")
+    raise _fail("file_not_found", file, f"is {kind}, not a file", "give the path of a .yaml file")
+
+
+def _read_regular_file(file: str) -> bytes:
+    """At most MAX_SPEC_BYTES + 1 bytes of the regular file at `file`.
+
+    A path may name /dev/zero, /dev/urandom or a FIFO nobody writes to: its type is checked
+    (through symlinks) before it is opened, so nothing blocks or fills memory. O_NONBLOCK and
+    the second check on the open descriptor cover a path swapped for a FIFO in between.
+    """
+    _refuse_unless_regular(file, FsPath(file).stat().st_mode)
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        _refuse_unless_regular(file, info.st_mode)
+        if info.st_size > MAX_SPEC_BYTES:
+            raise _fail(
+                "file_too_large",
+                file,
+                f"the file has {info.st_size:,} bytes; a spec may have at most {MAX_SPEC_BYTES:,}",
+                "a fleet spec describes groups, not single servers: use count",
+            )
+        return handle.read(MAX_SPEC_BYTES + 1)
 
 
 def parse_spec(raw: bytes, *, file: str = "<spec>", state_dir: FsPath | None = None) -> Fleet:
