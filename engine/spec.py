@@ -62,7 +62,7 @@ from engine.model import (
     SystemInstall,
     is_reserved_label,
 )
-from engine.yamldoc import Document, Path, YamlProblem, read_yaml, render_path
+from engine.yamldoc import Document, Path, YamlProblem, read_yaml, render_path, yaml11_reading
 
 MAX_SPEC_BYTES = 1 << 20
 HCLOUD_PLACEMENT_GROUP_MAX = 10
@@ -310,6 +310,21 @@ def _describe(schema: Mapping[str, Any]) -> str:
     return f"expected: {first}" if first else ""
 
 
+def _yaml11_hint(value: object, types: list[str]) -> str:
+    """For text that YAML 1.1 read as one of `types` (`yes`, `3_0`): what to write instead."""
+    if not isinstance(value, str):
+        return ""
+    meant = yaml11_reading(value)
+    if isinstance(meant, bool):
+        if "boolean" not in types:
+            return ""
+        return f'write true or false: "{value}" is text in YAML 1.2, not a boolean'
+    wanted = ("integer", "number") if isinstance(meant, int) else ("number",)
+    if isinstance(meant, int | float) and any(t in types for t in wanted):
+        return f'write {meant}: "{value}" is text in YAML 1.2, not a number'
+    return ""
+
+
 def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
     path: Path = tuple(error.absolute_path)
     kind = error.validator
@@ -347,7 +362,7 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
         expected = error.validator_value
         names = [expected] if isinstance(expected, str) else list(expected)
         wanted = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
-        hint = _describe(schema) or f"write {wanted} here"
+        hint = _yaml11_hint(value, names) or _describe(schema) or f"write {wanted} here"
         yield diag("wrong_type", f"must be {wanted}, not {_type_of(value)}", hint)
     elif kind in ("enum", "const"):
         options = error.validator_value if kind == "enum" else [error.validator_value]

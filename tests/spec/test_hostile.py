@@ -11,6 +11,7 @@ import pytest
 
 from engine.errors import SpecError
 from engine.spec import MAX_SPEC_BYTES, load_spec, parse_spec
+from engine.yamldoc import MAX_DEPTH
 from tests.support.cli import engine
 
 
@@ -53,6 +54,18 @@ def test_alias_bomb_is_refused_before_it_expands() -> None:
 @pytest.mark.parametrize("opener", ["[", "{a: "])
 def test_deep_nesting_is_refused(opener: str) -> None:
     assert _codes((opener * 100_000).encode()) == ["yaml_too_deep"]
+
+
+def test_nesting_stops_at_our_limit_with_the_position_of_the_first_level_too_many() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), file="deep.yaml")
+    (diagnostic,) = info.value.diagnostics
+    assert (diagnostic.code, diagnostic.line, diagnostic.column) == (
+        "yaml_too_deep",
+        1,
+        MAX_DEPTH + 1,
+    )
+    assert _codes(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH) == ["not_a_mapping"]
 
 
 def test_deep_block_nesting_is_refused() -> None:
