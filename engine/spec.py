@@ -177,6 +177,7 @@ def parse_spec(raw: bytes, *, file: str = "<spec>", state_dir: FsPath | None = N
                 ),
             )
         )
+    doc.data = _whole_numbers(doc.data, fleet_schema())
     diagnostics = _schema_diagnostics(doc, file)
     diagnostics += _Checks(doc, file, state_dir).run()
     if diagnostics:
@@ -255,6 +256,38 @@ def _validator() -> Any:
     return Draft202012Validator(fleet_schema())
 
 
+def _definition(ref: str) -> dict[str, Any]:
+    definition: dict[str, Any] = fleet_schema()["$defs"][ref.removeprefix("#/$defs/")]
+    return definition
+
+
+# Beyond 2**53 a float no longer holds every whole number; such a count is out of range anyway.
+_EXACT_FLOAT = 2**53
+
+
+def _whole_numbers(value: Any, schema: Mapping[str, Any]) -> Any:
+    """`value` with whole-number floats made int where `schema` wants an integer.
+
+    JSON Schema (and so ajv and editors) takes `count: 3.0` as the integer 3: it becomes one
+    here, once, so the checks and the model never meet a float where they count or number.
+    """
+    if "$ref" in schema:
+        schema = {**_definition(schema["$ref"]), **schema}
+    for branch in (*schema.get("anyOf", ()), *schema.get("oneOf", ())):
+        value = _whole_numbers(value, branch)
+    if isinstance(value, float) and schema.get("type") == "integer":
+        return int(value) if value.is_integer() and abs(value) <= _EXACT_FLOAT else value
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        other = extra if isinstance(extra, dict) else {}
+        return {k: _whole_numbers(v, properties.get(k, other)) for k, v in value.items()}
+    items = schema.get("items")
+    if isinstance(value, list) and isinstance(items, dict):
+        return [_whole_numbers(v, items) for v in value]
+    return value
+
+
 _TYPE_NAMES = {
     "string": "text",
     "integer": "a whole number",
@@ -301,7 +334,7 @@ def _describe(schema: Mapping[str, Any]) -> str:
     """A hint from the schema: its x-hint, else the first sentence of its description."""
     ref = schema.get("$ref", "")
     if ref.startswith("#/$defs/"):
-        schema = {**fleet_schema()["$defs"][ref.removeprefix("#/$defs/")], **schema}
+        schema = {**_definition(ref), **schema}
     if schema.get("x-hint"):
         return str(schema["x-hint"])
     first = str(schema.get("description", "")).split(". ")[0].rstrip(".")

@@ -124,3 +124,14 @@ def test_yes_is_an_ordinary_label_value() -> None:
     raw = SPEC.format(count=1, ipv4="true").replace("count: 1", "count: 1, labels: {ok: yes}")
     fleet = parse_spec(raw.encode())
     assert fleet.groups[0].labels == (("ok", "yes"),)
+
+
+def test_whole_number_floats_become_integers_where_the_schema_wants_one() -> None:
+    raw = SPEC.format(count="3.0", ipv4="true") + (
+        "ssh: {port: 2.2e1}\ninstall: {agent: {port: 8000.0}}\nlimits: {memory_gb: 16.0}\n"
+    )
+    fleet = parse_spec(raw.encode())
+    numbers = (fleet.groups[0].count, fleet.ssh.port, fleet.install.agent.port)
+    assert numbers == (3, 22, 8000)
+    assert all(type(n) is int for n in numbers)
+    assert fleet.limits.memory_gb == 16.0
