@@ -330,14 +330,77 @@ def _schema_diagnostics(doc: Document, file: str) -> list[Diagnostic]:
     return out
 
 
+_NAME_HINT = "use lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+_SYSTEM = "/$defs/install/properties/system/properties"
+
+# How to fix a value a schema node refuses, by the node's JSON pointer. They live here and not
+# in the schema: strict validators (ajv, and so editors) refuse a keyword they do not know.
+# A branch of an anyOf takes its parent's hint.
+SCHEMA_HINTS = {
+    "/properties/ssh/properties/authorized_keys/items": "paste one line of a .pub file, "
+    "e.g. 'ssh-ed25519 AAAAC3... you@laptop'",
+    "/$defs/name40": _NAME_HINT,
+    "/$defs/name63": _NAME_HINT,
+    "/$defs/group/properties/name": _NAME_HINT,
+    "/$defs/envName": "write the name of an environment variable, e.g. HCLOUD_TOKEN, and export "
+    "the token in that variable",
+    "/$defs/unixUser": "use a lowercase user name other than root, e.g. fleet",
+    "/$defs/duration": "write a number followed by s, m or h, e.g. 30s, 10m, 1h",
+    "/$defs/port": 'write a port such as "443" or a range such as "8000-8100"',
+    "/$defs/dnsRecord/properties/zone": "write a lowercase domain such as example.com",
+    "/$defs/dnsRecord/properties/name": 'write a record name such as "{server}" or "{server}.web"',
+    "/$defs/install/properties/docker/properties/log_max_size": "write a size such as 10m or 1g",
+    f"{_SYSTEM}/timezone": "write an IANA zone name such as UTC or Europe/Berlin",
+    f"{_SYSTEM}/swap": "write a size such as 2G or 512M, or 0 for no swap",
+    "/$defs/install/properties/agent/properties/image": "write an image reference such as "
+    "registry.example.com/fleet-agent:1.0",
+}
+_BRANCH = re.compile(r"/anyOf/[0-9]+$")
+# A sentence ends at a full stop and a space, but not at "e.g. " or "i.e. ".
+_SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)\.(?:\s|$)")
+
+
+@cache
+def schema_nodes() -> dict[str, dict[str, Any]]:
+    """Every map in the fleet schema by its JSON pointer ("" is the root)."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(node: Any, pointer: str) -> None:
+        if isinstance(node, dict):
+            found[pointer] = node
+            for key, value in node.items():
+                walk(value, f"{pointer}/{key.replace('~', '~0').replace('/', '~1')}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{pointer}/{i}")
+
+    walk(fleet_schema(), "")
+    return found
+
+
+@cache
+def _pointers() -> dict[int, str]:
+    # By identity: jsonschema hands each error the very sub-schema of fleet_schema() that failed.
+    return {id(node): pointer for pointer, node in schema_nodes().items()}
+
+
 def _describe(schema: Mapping[str, Any]) -> str:
-    """A hint from the schema: its x-hint, else the first sentence of its description."""
+    """A hint for a schema node: its entry in SCHEMA_HINTS, else its description's first
+    sentence. A node that is a branch of an anyOf, or a $ref, also speaks for its parent or
+    for the definition it refers to."""
+    nodes = [schema]
+    pointer = _pointers().get(id(schema), "")
+    if _BRANCH.search(pointer):
+        nodes.append(schema_nodes()[_BRANCH.sub("", pointer)])
     ref = schema.get("$ref", "")
     if ref.startswith("#/$defs/"):
-        schema = {**_definition(ref), **schema}
-    if schema.get("x-hint"):
-        return str(schema["x-hint"])
-    first = str(schema.get("description", "")).split(". ")[0].rstrip(".")
+        nodes.append(_definition(ref))
+    for node in nodes:
+        hint = SCHEMA_HINTS.get(_pointers().get(id(node), ""))
+        if hint:
+            return hint
+    description = next((str(n["description"]) for n in nodes if n.get("description")), "")
+    first = _SENTENCE_END.split(description, maxsplit=1)[0]
     if first[1:2].islower():
         first = first[:1].lower() + first[1:]
     return f"expected: {first}" if first else ""
@@ -378,6 +441,8 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
 
     if kind == "oneOf":
         yield from _translate_one_of(error, doc, file, diag)
+    elif kind == "anyOf":
+        yield from _translate_any_of(error, doc, file, diag)
     elif kind == "additionalProperties":
         allowed = list(schema.get("properties", {}))
         for key in value:
@@ -438,6 +503,42 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
         yield diag("not_allowed", "this value is not allowed", _describe(schema))
     else:
         yield diag("invalid_value", error.message, _describe(schema))
+
+
+_PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "object": dict,
+    "array": list,
+    "null": type(None),
+}
+
+
+def _is_of_type(value: object, name: str) -> bool:
+    if isinstance(value, bool):
+        return name == "boolean"
+    return isinstance(value, _PYTHON_TYPES[name])
+
+
+def _translate_any_of(error: Any, doc: Document, file: str, diag: Any) -> Iterator[Diagnostic]:
+    """A value with several forms (a port is "443" or 443): report on the form whose type the
+    value has; with none, say which types are wanted."""
+    value = error.instance
+    branches = error.validator_value
+    fitting = [i for i, b in enumerate(branches) if "type" in b and _is_of_type(value, b["type"])]
+    if len(fitting) == 1:
+        for sub in error.context:
+            if sub.relative_schema_path[0] == fitting[0]:
+                yield from _translate(sub, doc, file)
+        return
+    types = [str(b.get("type", "")) for b in branches]
+    wanted = " or ".join(
+        _TYPE_NAMES[b["type"]] if "type" in b else json.dumps(b.get("const")) for b in branches
+    )
+    hint = _yaml11_hint(value, types) or _describe(error.schema) or f"write {wanted} here"
+    yield diag("wrong_type", f"must be {wanted}, not {_type_of(value)}", hint)
 
 
 def _translate_one_of(error: Any, doc: Document, file: str, diag: Any) -> Iterator[Diagnostic]:
@@ -1252,7 +1353,7 @@ def _build_fleet(data: dict[str, Any], file: str) -> Fleet:
             ),
             system=SystemInstall(
                 timezone=system.get("timezone", "UTC"),
-                swap=system.get("swap", "0"),
+                swap=str(system.get("swap", "0")),
                 unattended_upgrades=system.get("unattended_upgrades", True),
                 sysctl=_labels(system.get("sysctl")),
             ),
