@@ -86,6 +86,11 @@ _HCLOUD_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])
 _DO_TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
 _PRIVATE_KEY = re.compile(r"PRIVATE KEY|^-----BEGIN")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+# What a group gets when neither it nor defaults say: the local provider has one sensible
+# choice of each, so a first spec needs no catalog knowledge. Names from engine/catalog/local.json.
+PROVIDER_DEFAULTS: dict[ProviderName, dict[str, Any]] = {
+    ProviderName.LOCAL: {"server_type": "small", "image": "debian-12", "locations": ["local"]},
+}
 
 
 def load_spec(path: str | FsPath, *, state_dir: FsPath | None = None) -> Fleet:
@@ -807,8 +812,9 @@ class _Checks:
         return None, None
 
     def check_group(self, i: int, group: dict[str, Any], names: dict[str, dict[str, int]]) -> None:
+        built_in = PROVIDER_DEFAULTS.get(ProviderName(self.provider), {}) if self.provider else {}
         for key in ("server_type", "image", "locations"):
-            if key not in group and key not in self.defaults:
+            if key not in group and key not in self.defaults and key not in built_in:
                 self.add(
                     "missing_key",
                     ("groups", i),
@@ -1275,7 +1281,10 @@ def _build_fleet(data: dict[str, Any], file: str) -> Fleet:
     system = install.get("system", {})
     agent = install.get("agent", {})
     limits = data.get("limits", {})
-    defaults = data.get("defaults", {})
+    defaults = {
+        **PROVIDER_DEFAULTS.get(ProviderName(provider["name"]), {}),
+        **data.get("defaults", {}),
+    }
     return Fleet(
         name=data["name"],
         description=data.get("description", ""),

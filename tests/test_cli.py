@@ -152,7 +152,6 @@ def test_a_whole_number_float_is_an_integer(tmp_path: Path) -> None:
     spec = tmp_path / "float.yaml"
     spec.write_text(
         "apiVersion: fleet/v1\nkind: Fleet\nname: float\nprovider: {name: local}\n"
-        "defaults: {server_type: small, image: debian-12, locations: [local]}\n"
         "groups: [{name: web, count: 3.0}, {name: db, count: 1e1}]\n"
         "install: {agent: {port: 8000.0}}\nlimits: {servers: 2e1, memory_gb: 16.0}\n"
     )
@@ -164,6 +163,20 @@ def test_a_whole_number_float_is_an_integer(tmp_path: Path) -> None:
     result = engine("preview", "float.yaml", "--against-ref", "HEAD", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "web-3" in result.stdout and "db-10" in result.stdout
+
+
+def test_a_five_line_local_spec_validates_and_previews(tmp_path: Path) -> None:
+    (tmp_path / "first.yaml").write_text(
+        "apiVersion: fleet/v1\nkind: Fleet\nname: first\nprovider: {name: local}\n"
+        "groups: [{name: web, count: 2}]\n"
+    )
+    result = engine("validate", "first.yaml", cwd=tmp_path)
+    assert result.stdout == "first.yaml: valid (fleet first on local: 1 group(s), 2 server(s))\n"
+    _git(tmp_path, "init", "-q", "-b", "main")
+    _git(tmp_path, "commit", "-q", "--allow-empty", "-m", "nothing yet")
+    result = engine("preview", "first.yaml", "--against-ref", "HEAD", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "web-2" in result.stdout and "small" in result.stdout
 
 
 def test_catalog_show(tmp_path: Path) -> None:

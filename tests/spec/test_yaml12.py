@@ -94,7 +94,6 @@ SPEC = """apiVersion: fleet/v1
 kind: Fleet
 name: web
 provider: {{name: local}}
-defaults: {{server_type: small, image: debian-12, locations: [local]}}
 groups:
   - {{name: web, count: {count}, public_ipv4: {ipv4}}}
 """
