@@ -332,13 +332,14 @@ def read_scalar(text: str) -> Any:
 
 
 def _read_tagged(kind: str, text: str) -> Any:
-    """A scalar with an explicit tag (`!!int "3"`): the core schema's reading of that kind."""
+    """A scalar with an explicit tag (`!!int "3"`): its plain reading, if that is of the kind.
+
+    `!!float 3` and `!!bool yes` are refused: editors warn about them and read text.
+    """
     if kind == "str":
         return text
     value = read_scalar(text)
-    if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    readings = {"null": type(None), "bool": bool, "int": int}
+    readings = {"null": type(None), "bool": bool, "int": int, "float": float}
     if kind in readings and type(value) is readings[kind]:
         return value
     raise ValueError(f'"{text}" is not a YAML 1.2 {kind}')

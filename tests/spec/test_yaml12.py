@@ -53,7 +53,7 @@ VALUES: list[tuple[str, object]] = [
     ("-.Inf", -math.inf),
     ("!!int '3'", 3),
     ("!!str 3", "3"),
-    ("!!float 3", 3.0),
+    ("!!float 3.5", 3.5),
     ("!!null ''", None),
 ]
 
@@ -74,6 +74,8 @@ def test_not_a_number(text: str) -> None:
     ("text", "code"),
     [
         ("!!bool yes", "yaml_value"),
+        ("!!float 3", "yaml_value"),
+        ("!!int 3.0", "yaml_value"),
         ("!!int 3_0", "yaml_value"),
         ("!!timestamp 2026-01-01", "yaml_tag"),
         ("1" * 5000, "yaml_value"),
