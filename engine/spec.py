@@ -16,6 +16,7 @@ Diagnostic codes (stable; tools may match on them):
     placement_group_too_large invalid_label reserved_label invalid_port invalid_cidr
     overlapping_networks port_conflict dns_name_collision invalid_key user_data_too_large
     unreachable
+    internal_error (only from `engine validate`: a bug met in one of several files)
 """
 
 from __future__ import annotations
