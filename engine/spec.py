@@ -16,6 +16,7 @@ Diagnostic codes (stable; tools may match on them):
     placement_group_too_large invalid_label reserved_label invalid_port invalid_cidr
     overlapping_networks port_conflict dns_name_collision invalid_key user_data_too_large
     unreachable
+    internal_error (only from `engine validate`: a bug met in one of several files)
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import base64
 import difflib
 import ipaddress
 import json
+import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path as FsPath
@@ -60,7 +63,7 @@ from engine.model import (
     SystemInstall,
     is_reserved_label,
 )
-from engine.yamldoc import Document, Path, YamlProblem, read_yaml, render_path
+from engine.yamldoc import Document, Path, YamlProblem, read_yaml, render_path, yaml11_reading
 
 MAX_SPEC_BYTES = 1 << 20
 HCLOUD_PLACEMENT_GROUP_MAX = 10
@@ -84,6 +87,11 @@ _HCLOUD_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])
 _DO_TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
 _PRIVATE_KEY = re.compile(r"PRIVATE KEY|^-----BEGIN")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+# What a group gets when neither it nor defaults say: the local provider has one sensible
+# choice of each, so a first spec needs no catalog knowledge. Names from engine/catalog/local.json.
+PROVIDER_DEFAULTS: dict[ProviderName, dict[str, Any]] = {
+    ProviderName.LOCAL: {"server_type": "small", "image": "debian-12", "locations": ["local"]},
+}
 
 
 def load_spec(path: str | FsPath, *, state_dir: FsPath | None = None) -> Fleet:
@@ -94,24 +102,54 @@ def load_spec(path: str | FsPath, *, state_dir: FsPath | None = None) -> Fleet:
     ['web']
     """
     file = str(path)
-    fs_path = FsPath(path)
     try:
-        size = fs_path.stat().st_size
-        if fs_path.is_dir():
-            raise _fail("file_not_found", file, "is a directory", "give the path of a .yaml file")
-        if size > MAX_SPEC_BYTES:
-            raise _fail(
-                "file_too_large",
-                file,
-                f"the file has {size:,} bytes; a spec may have at most {MAX_SPEC_BYTES:,}",
-                "a fleet spec describes groups, not single servers: use count",
-            )
-        raw = fs_path.read_bytes()
+        raw = _read_regular_file(file)
     except FileNotFoundError:
         raise _fail("file_not_found", file, "no such file", "check the path") from None
     except PermissionError:
         raise _fail("file_not_found", file, "permission denied", "make it readable") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise _fail("file_not_found", file, f"cannot be read: {reason}", "check the path") from None
     return parse_spec(raw, file=file, state_dir=state_dir)
+
+
+_NOT_FILES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _refuse_unless_regular(file: str, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for is_kind, name in _NOT_FILES if is_kind(mode)), "not a regular file")
+    raise _fail("file_not_found", file, f"is {kind}, not a file", "give the path of a .yaml file")
+
+
+def _read_regular_file(file: str) -> bytes:
+    """At most MAX_SPEC_BYTES + 1 bytes of the regular file at `file`.
+
+    A path may name /dev/zero, /dev/urandom or a FIFO nobody writes to: its type is checked
+    (through symlinks) before it is opened, so nothing blocks or fills memory. O_NONBLOCK and
+    the second check on the open descriptor cover a path swapped for a FIFO in between.
+    """
+    _refuse_unless_regular(file, FsPath(file).stat().st_mode)
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        _refuse_unless_regular(file, info.st_mode)
+        if info.st_size > MAX_SPEC_BYTES:
+            raise _fail(
+                "file_too_large",
+                file,
+                f"the file has {info.st_size:,} bytes; a spec may have at most {MAX_SPEC_BYTES:,}",
+                "a fleet spec describes groups, not single servers: use count",
+            )
+        return handle.read(MAX_SPEC_BYTES + 1)
 
 
 def parse_spec(raw: bytes, *, file: str = "<spec>", state_dir: FsPath | None = None) -> Fleet:
@@ -145,6 +183,7 @@ def parse_spec(raw: bytes, *, file: str = "<spec>", state_dir: FsPath | None = N
                 ),
             )
         )
+    doc.data = _whole_numbers(doc.data, fleet_schema())
     diagnostics = _schema_diagnostics(doc, file)
     diagnostics += _Checks(doc, file, state_dir).run()
     if diagnostics:
@@ -223,6 +262,38 @@ def _validator() -> Any:
     return Draft202012Validator(fleet_schema())
 
 
+def _definition(ref: str) -> dict[str, Any]:
+    definition: dict[str, Any] = fleet_schema()["$defs"][ref.removeprefix("#/$defs/")]
+    return definition
+
+
+# Beyond 2**53 a float no longer holds every whole number; such a count is out of range anyway.
+_EXACT_FLOAT = 2**53
+
+
+def _whole_numbers(value: Any, schema: Mapping[str, Any]) -> Any:
+    """`value` with whole-number floats made int where `schema` wants an integer.
+
+    JSON Schema (and so ajv and editors) takes `count: 3.0` as the integer 3: it becomes one
+    here, once, so the checks and the model never meet a float where they count or number.
+    """
+    if "$ref" in schema:
+        schema = {**_definition(schema["$ref"]), **schema}
+    for branch in (*schema.get("anyOf", ()), *schema.get("oneOf", ())):
+        value = _whole_numbers(value, branch)
+    if isinstance(value, float) and schema.get("type") == "integer":
+        return int(value) if value.is_integer() and abs(value) <= _EXACT_FLOAT else value
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        other = extra if isinstance(extra, dict) else {}
+        return {k: _whole_numbers(v, properties.get(k, other)) for k, v in value.items()}
+    items = schema.get("items")
+    if isinstance(value, list) and isinstance(items, dict):
+        return [_whole_numbers(v, items) for v in value]
+    return value
+
+
 _TYPE_NAMES = {
     "string": "text",
     "integer": "a whole number",
@@ -265,17 +336,95 @@ def _schema_diagnostics(doc: Document, file: str) -> list[Diagnostic]:
     return out
 
 
+_NAME_HINT = "use lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+_SYSTEM = "/$defs/install/properties/system/properties"
+
+# How to fix a value a schema node refuses, by the node's JSON pointer. They live here and not
+# in the schema: strict validators (ajv, and so editors) refuse a keyword they do not know.
+# A branch of an anyOf takes its parent's hint.
+SCHEMA_HINTS = {
+    "/properties/ssh/properties/authorized_keys/items": "paste one line of a .pub file, "
+    "e.g. 'ssh-ed25519 AAAAC3... you@laptop'",
+    "/$defs/name40": _NAME_HINT,
+    "/$defs/name63": _NAME_HINT,
+    "/$defs/group/properties/name": _NAME_HINT,
+    "/$defs/envName": "write the name of an environment variable, e.g. HCLOUD_TOKEN, and export "
+    "the token in that variable",
+    "/$defs/unixUser": "use a lowercase user name other than root, e.g. fleet",
+    "/$defs/duration": "write a number followed by s, m or h, e.g. 30s, 10m, 1h",
+    "/$defs/port": 'write a port such as "443" or a range such as "8000-8100"',
+    "/$defs/dnsRecord/properties/zone": "write a lowercase domain such as example.com",
+    "/$defs/dnsRecord/properties/name": 'write a record name such as "{server}" or "{server}.web"',
+    "/$defs/install/properties/docker/properties/log_max_size": "write a size such as 10m or 1g",
+    f"{_SYSTEM}/timezone": "write an IANA zone name such as UTC or Europe/Berlin",
+    f"{_SYSTEM}/swap": "write a size such as 2G or 512M, or 0 for no swap",
+    "/$defs/install/properties/agent/properties/image": "write an image reference such as "
+    "registry.example.com/fleet-agent:1.0",
+}
+_BRANCH = re.compile(r"/anyOf/[0-9]+$")
+# A sentence ends at a full stop and a space, but not at "e.g. " or "i.e. ".
+_SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)\.(?:\s|$)")
+
+
+@cache
+def schema_nodes() -> dict[str, dict[str, Any]]:
+    """Every map in the fleet schema by its JSON pointer ("" is the root)."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(node: Any, pointer: str) -> None:
+        if isinstance(node, dict):
+            found[pointer] = node
+            for key, value in node.items():
+                walk(value, f"{pointer}/{key.replace('~', '~0').replace('/', '~1')}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{pointer}/{i}")
+
+    walk(fleet_schema(), "")
+    return found
+
+
+@cache
+def _pointers() -> dict[int, str]:
+    # By identity: jsonschema hands each error the very sub-schema of fleet_schema() that failed.
+    return {id(node): pointer for pointer, node in schema_nodes().items()}
+
+
 def _describe(schema: Mapping[str, Any]) -> str:
-    """A hint from the schema: its x-hint, else the first sentence of its description."""
+    """A hint for a schema node: its entry in SCHEMA_HINTS, else its description's first
+    sentence. A node that is a branch of an anyOf, or a $ref, also speaks for its parent or
+    for the definition it refers to."""
+    nodes = [schema]
+    pointer = _pointers().get(id(schema), "")
+    if _BRANCH.search(pointer):
+        nodes.append(schema_nodes()[_BRANCH.sub("", pointer)])
     ref = schema.get("$ref", "")
     if ref.startswith("#/$defs/"):
-        schema = {**fleet_schema()["$defs"][ref.removeprefix("#/$defs/")], **schema}
-    if schema.get("x-hint"):
-        return str(schema["x-hint"])
-    first = str(schema.get("description", "")).split(". ")[0].rstrip(".")
+        nodes.append(_definition(ref))
+    for node in nodes:
+        hint = SCHEMA_HINTS.get(_pointers().get(id(node), ""))
+        if hint:
+            return hint
+    description = next((str(n["description"]) for n in nodes if n.get("description")), "")
+    first = _SENTENCE_END.split(description, maxsplit=1)[0]
     if first[1:2].islower():
         first = first[:1].lower() + first[1:]
     return f"expected: {first}" if first else ""
+
+
+def _yaml11_hint(value: object, types: list[str]) -> str:
+    """For text that YAML 1.1 read as one of `types` (`yes`, `3_0`): what to write instead."""
+    if not isinstance(value, str):
+        return ""
+    meant = yaml11_reading(value)
+    if isinstance(meant, bool):
+        if "boolean" not in types:
+            return ""
+        return f'write true or false: "{value}" is text in YAML 1.2, not a boolean'
+    wanted = ("integer", "number") if isinstance(meant, int) else ("number",)
+    if isinstance(meant, int | float) and any(t in types for t in wanted):
+        return f'write {meant}: "{value}" is text in YAML 1.2, not a number'
+    return ""
 
 
 def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
@@ -298,6 +447,8 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
 
     if kind == "oneOf":
         yield from _translate_one_of(error, doc, file, diag)
+    elif kind == "anyOf":
+        yield from _translate_any_of(error, doc, file, diag)
     elif kind == "additionalProperties":
         allowed = list(schema.get("properties", {}))
         for key in value:
@@ -315,7 +466,7 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
         expected = error.validator_value
         names = [expected] if isinstance(expected, str) else list(expected)
         wanted = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
-        hint = _describe(schema) or f"write {wanted} here"
+        hint = _yaml11_hint(value, names) or _describe(schema) or f"write {wanted} here"
         yield diag("wrong_type", f"must be {wanted}, not {_type_of(value)}", hint)
     elif kind in ("enum", "const"):
         options = error.validator_value if kind == "enum" else [error.validator_value]
@@ -358,6 +509,42 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
         yield diag("not_allowed", "this value is not allowed", _describe(schema))
     else:
         yield diag("invalid_value", error.message, _describe(schema))
+
+
+_PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "object": dict,
+    "array": list,
+    "null": type(None),
+}
+
+
+def _is_of_type(value: object, name: str) -> bool:
+    if isinstance(value, bool):
+        return name == "boolean"
+    return isinstance(value, _PYTHON_TYPES[name])
+
+
+def _translate_any_of(error: Any, doc: Document, file: str, diag: Any) -> Iterator[Diagnostic]:
+    """A value with several forms (a port is "443" or 443): report on the form whose type the
+    value has; with none, say which types are wanted."""
+    value = error.instance
+    branches = error.validator_value
+    fitting = [i for i, b in enumerate(branches) if "type" in b and _is_of_type(value, b["type"])]
+    if len(fitting) == 1:
+        for sub in error.context:
+            if sub.relative_schema_path[0] == fitting[0]:
+                yield from _translate(sub, doc, file)
+        return
+    types = [str(b.get("type", "")) for b in branches]
+    wanted = " or ".join(
+        _TYPE_NAMES[b["type"]] if "type" in b else json.dumps(b.get("const")) for b in branches
+    )
+    hint = _yaml11_hint(value, types) or _describe(error.schema) or f"write {wanted} here"
+    yield diag("wrong_type", f"must be {wanted}, not {_type_of(value)}", hint)
 
 
 def _translate_one_of(error: Any, doc: Document, file: str, diag: Any) -> Iterator[Diagnostic]:
@@ -626,8 +813,9 @@ class _Checks:
         return None, None
 
     def check_group(self, i: int, group: dict[str, Any], names: dict[str, dict[str, int]]) -> None:
+        built_in = PROVIDER_DEFAULTS.get(ProviderName(self.provider), {}) if self.provider else {}
         for key in ("server_type", "image", "locations"):
-            if key not in group and key not in self.defaults:
+            if key not in group and key not in self.defaults and key not in built_in:
                 self.add(
                     "missing_key",
                     ("groups", i),
@@ -1094,7 +1282,10 @@ def _build_fleet(data: dict[str, Any], file: str) -> Fleet:
     system = install.get("system", {})
     agent = install.get("agent", {})
     limits = data.get("limits", {})
-    defaults = data.get("defaults", {})
+    defaults = {
+        **PROVIDER_DEFAULTS.get(ProviderName(provider["name"]), {}),
+        **data.get("defaults", {}),
+    }
     return Fleet(
         name=data["name"],
         description=data.get("description", ""),
@@ -1172,7 +1363,7 @@ def _build_fleet(data: dict[str, Any], file: str) -> Fleet:
             ),
             system=SystemInstall(
                 timezone=system.get("timezone", "UTC"),
-                swap=system.get("swap", "0"),
+                swap=str(system.get("swap", "0")),
                 unattended_upgrades=system.get("unattended_upgrades", True),
                 sysctl=_labels(system.get("sysctl")),
             ),

@@ -5,8 +5,14 @@ once per nesting level. This reader builds the data from libyaml's event stream 
 stack instead, so it can refuse duplicate keys, alias bombs and deep nesting with a position,
 and record `(line, column)` for every value and every mapping key.
 
-Mapping keys are kept as the text the user wrote (`on:` stays "on", not True); values follow
-YAML's safe schema. Merge keys (`<<: *defaults`) are supported.
+Values follow the YAML 1.2 core schema, as editors do (yaml-language-server reads with the npm
+`yaml` package): `yes`, `on`, `3_0`, `1:20` and `2026-01-01` are text, `0o17` is a number.
+PyYAML alone would read YAML 1.1, where they are booleans, numbers and dates: a spec would mean
+one thing to the engine and another to the editor that checked it. Mapping keys are kept as the
+text the user wrote (`on:` stays "on", not True). Merge keys (`<<: *defaults`) are supported.
+
+Nesting is limited by MAX_DEPTH whatever the parser: libyaml 0.2.5 and later stop at 1000
+levels themselves, and that error is reported as yaml_too_deep like ours.
 """
 
 from __future__ import annotations
@@ -30,10 +36,23 @@ _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _MERGE = object()  # what `<<` reads as; it only means "merge" in key position
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_TAG = "tag:yaml.org,2002:"
 _SUPPORTED_TAGS = frozenset(
-    f"tag:yaml.org,2002:{name}"
-    for name in ("null", "bool", "int", "float", "str", "timestamp", "map", "seq")
+    f"{_TAG}{name}" for name in ("null", "bool", "int", "float", "str", "map", "seq")
 )
+
+# The YAML 1.2 core schema (spec section 10.3.2): plain scalars matching none of these are text.
+_CORE_NULL = frozenset({"", "~", "null", "Null", "NULL"})
+_CORE_BOOL = {
+    **dict.fromkeys(("true", "True", "TRUE"), True),
+    **dict.fromkeys(("false", "False", "FALSE"), False),
+}
+_CORE_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_CORE_FLOAT = re.compile(
+    r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"
+)
+# libyaml's own nesting limit (0.2.5 and later); its message is the only sign of it.
+_LIBYAML_TOO_DEEP = "exceeded maximum nesting depth"
 
 
 @dataclass(slots=True)
@@ -93,8 +112,6 @@ class _Reader:
         self.anchors: dict[str, tuple[Any, int]] = {}
         self.nodes = 0
         self.documents = 0
-        self.resolver: Any = yaml.resolver.Resolver()
-        self.constructor = yaml.constructor.SafeConstructor()
 
     def fail(self, code: str, message: str, hint: str, mark: Any) -> YamlProblem:
         return _problem(code, message, hint, _pos(mark), self.file)
@@ -135,17 +152,23 @@ class _Reader:
 
     def scalar(self, event: Any) -> Any:
         tag = event.tag
-        if tag is None or tag == "!":
-            tag = self.resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
-        self.check_tag(tag, event)
-        if tag == _MERGE_TAG:
+        is_plain = tag is None and event.implicit[0]
+        if is_plain and event.value == "<<":
             return _MERGE
-        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+        if tag not in (None, "!"):
+            self.check_tag(tag, event)
+            if tag == _MERGE_TAG:
+                return _MERGE
         try:
-            return self.constructor.construct_object(node)
-        except (yaml.YAMLError, ValueError) as exc:
+            if tag in (None, "!"):
+                return read_scalar(event.value) if is_plain else event.value
+            return _read_tagged(tag.removeprefix(_TAG), event.value)
+        except ValueError as exc:
             raise self.fail(
-                "yaml_value", f"cannot read this value: {exc}", "quote it", event.start_mark
+                "yaml_value",
+                f"cannot read this value: {exc}",
+                "quote it to make it text, or write a plain number, true/false or null",
+                event.start_mark,
             ) from None
 
     def add(self, value: Any, size: int, position: Position, event: Any) -> None:
@@ -242,12 +265,7 @@ class _Reader:
                 self.add(value, 1, _pos(event.start_mark), event)
             elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
                 if len(self.stack) >= MAX_DEPTH:
-                    raise self.fail(
-                        "yaml_too_deep",
-                        f"values are nested more than {MAX_DEPTH} levels deep",
-                        "a fleet spec nests a few levels; check for a runaway structure",
-                        event.start_mark,
-                    )
+                    raise _too_deep(_pos(event.start_mark), self.file)
                 if event.tag not in (None, "!"):
                     self.check_tag(event.tag, event)
                 self.count(1, event.start_mark)
@@ -279,6 +297,77 @@ class _Reader:
         return self.doc
 
 
+def _too_deep(position: Position, file: str) -> YamlProblem:
+    return _problem(
+        "yaml_too_deep",
+        f"values are nested more than {MAX_DEPTH} levels deep",
+        "a fleet spec nests a few levels; check for a runaway structure",
+        position,
+        file,
+    )
+
+
+def read_scalar(text: str) -> Any:
+    """What a plain (unquoted) scalar means under the YAML 1.2 core schema.
+
+    >>> [read_scalar(t) for t in ("yes", "3_0", "0o17", "0x1F", "1e3", "~", "TRUE", "1:20")]
+    ['yes', '3_0', 15, 31, 1000.0, None, True, '1:20']
+
+    Raises ValueError for an integer too long to convert (over 4300 digits).
+    """
+    if text in _CORE_NULL:
+        return None
+    if text in _CORE_BOOL:
+        return _CORE_BOOL[text]
+    if _CORE_INT.fullmatch(text):
+        if text.startswith("0o"):
+            return int(text[2:], 8)
+        return int(text[2:], 16) if text.startswith("0x") else int(text)
+    if _CORE_FLOAT.fullmatch(text):
+        lowered = text.lower()
+        if lowered.endswith((".inf", ".nan")):
+            return float(lowered.replace(".", ""))
+        return float(text)
+    return text
+
+
+def _read_tagged(kind: str, text: str) -> Any:
+    """A scalar with an explicit tag (`!!int "3"`): its plain reading, if that is of the kind.
+
+    `!!float 3` and `!!bool yes` are refused: editors warn about them and read text.
+    """
+    if kind == "str":
+        return text
+    value = read_scalar(text)
+    readings = {"null": type(None), "bool": bool, "int": int, "float": float}
+    if kind in readings and type(value) is readings[kind]:
+        return value
+    raise ValueError(f'"{text}" is not a YAML 1.2 {kind}')
+
+
+_YAML11_TAGS = frozenset(f"{_TAG}{name}" for name in ("bool", "int", "float"))
+_YAML11_RESOLVER: Any = yaml.resolver.Resolver()
+
+
+def yaml11_reading(text: str) -> Any:
+    """What YAML 1.1 (PyYAML's and older tools' default) reads from a plain scalar.
+
+    Only for hints: `yes` was True there and `3_0` was 30, so a user who wrote them meant that.
+
+    >>> [yaml11_reading(t) for t in ("yes", "3_0", "1:20", "web")]
+    [True, 30, 80, 'web']
+    """
+    if text in ("y", "Y", "n", "N"):
+        return text in ("y", "Y")  # YAML 1.1 booleans that PyYAML's resolver leaves out
+    tag = _YAML11_RESOLVER.resolve(yaml.ScalarNode, text, (True, False))
+    if tag not in _YAML11_TAGS:
+        return text
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(yaml.ScalarNode(tag, text))
+    except (yaml.YAMLError, ValueError):
+        return text
+
+
 def render_path(path: Path) -> str:
     """Render a path the way users read it: `groups[1].labels["app.io/tier"]`."""
     out = ""
@@ -296,7 +385,7 @@ def read_yaml(text: str, file: str) -> Document:
     """Parse `text` (one YAML document) into a Document.
 
     Raises YamlProblem with a positioned Diagnostic for syntax errors, duplicate keys,
-    unsupported tags, alias bombs and nesting deeper than MAX_DEPTH.
+    unsupported tags, unreadable values, alias bombs and nesting deeper than MAX_DEPTH.
     """
     reader = _Reader(file)
     try:
@@ -306,6 +395,8 @@ def read_yaml(text: str, file: str) -> Document:
         problem = exc.problem or "invalid YAML"
         context = f" {exc.context}" if exc.context else ""
         position = _pos(mark) if mark is not None else (1, 1)
+        if _LIBYAML_TOO_DEEP in problem:
+            raise _too_deep(position, file) from None
         raise _problem(
             "yaml_syntax",
             f"{problem}{context}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,85 @@ def test_an_unexpected_error_prints_one_line_and_writes_a_debug_log(
     text = logs[0].read_text()
     assert "Traceback" in text and "boom" in text
     assert "secret-value-0123456789" not in text
+
+
+def _explode_on_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_spec meets a bug in the second of the CASES and works on every other file."""
+    from engine import spec
+
+    real = spec.load_spec
+
+    def load(path: str, **kwargs: Path) -> object:
+        if path == CASES[1]:
+            raise RuntimeError("boom")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(spec, "load_spec", load)
+
+
+def test_json_report_survives_a_bug_in_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _explode_on_second(monkeypatch)
+    args = ["validate", "--state-dir", str(tmp_path), "--format", "json", *SPECS[:1], *CASES[:3]]
+    code = cli.main(args)
+    out, err = capsys.readouterr()
+    assert code == 1 and err == ""
+    files = json.loads(out)["files"]
+    assert [f["file"] for f in files] == [SPECS[0], *CASES[:3]]
+    assert [f["valid"] for f in files] == [True, False, False, False]
+    (bug,) = files[2]["errors"]
+    assert bug["code"] == "internal_error" and bug["file"] == CASES[1]
+    assert bug["message"].startswith("RuntimeError in ") and "Traceback" not in out
+    assert files[3]["errors"][0]["code"] != "internal_error"
+    assert len(list((tmp_path / "logs").glob("engine-debug-*.log"))) == 1
+
+
+def test_text_report_names_the_bug_on_stderr_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _explode_on_second(monkeypatch)
+    code = cli.main(["validate", "--state-dir", str(tmp_path), *CASES[:3]])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err.count("internal error: RuntimeError in ") == 1 and len(err.splitlines()) == 1
+    assert f"{CASES[0]}: " in out and f"{CASES[2]}: " in out and CASES[1] not in out
+
+
+def _git(repo: Path, *args: str) -> None:
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args]
+    subprocess.run(git, cwd=repo, check=True, capture_output=True)
+
+
+def test_a_whole_number_float_is_an_integer(tmp_path: Path) -> None:
+    spec = tmp_path / "float.yaml"
+    spec.write_text(
+        "apiVersion: fleet/v1\nkind: Fleet\nname: float\nprovider: {name: local}\n"
+        "groups: [{name: web, count: 3.0}, {name: db, count: 1e1}]\n"
+        "install: {agent: {port: 8000.0}}\nlimits: {servers: 2e1, memory_gb: 16.0}\n"
+    )
+    result = engine("validate", str(spec))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 group(s), 13 server(s)" in result.stdout
+    _git(tmp_path, "init", "-q", "-b", "main")
+    _git(tmp_path, "commit", "-q", "--allow-empty", "-m", "nothing yet")
+    result = engine("preview", "float.yaml", "--against-ref", "HEAD", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "web-3" in result.stdout and "db-10" in result.stdout
+
+
+def test_a_five_line_local_spec_validates_and_previews(tmp_path: Path) -> None:
+    (tmp_path / "first.yaml").write_text(
+        "apiVersion: fleet/v1\nkind: Fleet\nname: first\nprovider: {name: local}\n"
+        "groups: [{name: web, count: 2}]\n"
+    )
+    result = engine("validate", "first.yaml", cwd=tmp_path)
+    assert result.stdout == "first.yaml: valid (fleet first on local: 1 group(s), 2 server(s))\n"
+    _git(tmp_path, "init", "-q", "-b", "main")
+    _git(tmp_path, "commit", "-q", "--allow-empty", "-m", "nothing yet")
+    result = engine("preview", "first.yaml", "--against-ref", "HEAD", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "web-2" in result.stdout and "small" in result.stdout
 
 
 def test_catalog_show(tmp_path: Path) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 from jsonschema import Draft202012Validator
 
-from engine.spec import fleet_schema
+from engine.errors import SpecError
+from engine.spec import SCHEMA_HINTS, _describe, fleet_schema, parse_spec, schema_nodes
 
 SCHEMA = fleet_schema()
 
@@ -45,3 +48,26 @@ def test_every_property_has_a_description() -> None:
     for path, node in _objects(SCHEMA):
         for name, prop in node["properties"].items():
             assert _resolve(prop).get("description"), f"{path}/properties/{name}"
+
+
+def test_every_hint_names_a_node_of_the_schema() -> None:
+    nodes = schema_nodes()
+    assert set(SCHEMA_HINTS) <= set(nodes)
+
+
+def test_a_hint_is_found_through_a_ref_and_from_an_any_of_branch() -> None:
+    raw = Path("specs/demo.yaml").read_text()
+    raw = raw.replace("name: demo", "name: Demo").replace('swap: "0"', "swap: 2g")
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw.encode())
+    hints = {d.path: d.hint for d in info.value.diagnostics}
+    assert hints == {
+        "name": SCHEMA_HINTS["/$defs/name40"],
+        "install.system.swap": SCHEMA_HINTS["/$defs/install/properties/system/properties/swap"],
+    }
+
+
+def test_no_hint_stops_inside_e_g() -> None:
+    for pointer, node in schema_nodes().items():
+        hint = _describe(node)
+        assert not hint.endswith(("e.g", "i.e")), f"{pointer}: {hint}"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine.errors import Diagnostic, SpecError
 from engine.term import paint
+
+_INTERNAL = "internal_error"
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -48,10 +52,14 @@ def run(args: argparse.Namespace) -> int:
     for path in args.specs:
         try:
             fleet = load_spec(path, state_dir=args.state_dir)
+            servers = expand_fleet(fleet, load_catalog(fleet.provider.name, args.state_dir))
         except SpecError as exc:
             results.append(_Result(file=path, errors=exc.diagnostics))
             continue
-        servers = expand_fleet(fleet, load_catalog(fleet.provider.name, args.state_dir))
+        except Exception as exc:
+            # A bug met in one file must not cost the report on the others.
+            results.append(_Result(file=path, errors=(_internal_error(exc, path, args.state_dir),)))
+            continue
         summary = {
             "fleet": fleet.name,
             "provider": str(fleet.provider.name),
@@ -67,6 +75,19 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(r.errors for r in results) else 0
 
 
+def _internal_error(exc: Exception, file: str, state_dir: Path) -> Diagnostic:
+    """What `engine` says of an unexpected error, with the path of its debug log."""
+    from engine.cli import _debug_log
+
+    log = _debug_log(exc, state_dir)
+    return Diagnostic(
+        code=_INTERNAL,
+        message=f"{type(exc).__name__} in {file} (a bug in the engine; details in {log})",
+        hint="report it with the debug log",
+        file=file,
+    )
+
+
 def _print_text(result: _Result) -> None:
     if result.summary is not None:
         s = result.summary
@@ -74,6 +95,10 @@ def _print_text(result: _Result) -> None:
             f"{result.file}: {paint('valid', 'green')} (fleet {s['fleet']} on {s['provider']}: "
             f"{s['groups']} group(s), {s['servers']} server(s))"
         )
+        return
+    if result.errors[0].code == _INTERNAL:
+        message = result.errors[0].message
+        print(paint("internal error: ", "red", sys.stderr) + message, file=sys.stderr)
         return
     for diagnostic in result.errors:
         print(diagnostic.to_text())

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from engine.errors import SpecError
 from engine.spec import MAX_SPEC_BYTES, load_spec, parse_spec
+from engine.yamldoc import MAX_DEPTH
+from tests.support.cli import engine
 
 
 def _codes(raw: bytes) -> list[str]:
@@ -51,6 +56,18 @@ def test_deep_nesting_is_refused(opener: str) -> None:
     assert _codes((opener * 100_000).encode()) == ["yaml_too_deep"]
 
 
+def test_nesting_stops_at_our_limit_with_the_position_of_the_first_level_too_many() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), file="deep.yaml")
+    (diagnostic,) = info.value.diagnostics
+    assert (diagnostic.code, diagnostic.line, diagnostic.column) == (
+        "yaml_too_deep",
+        1,
+        MAX_DEPTH + 1,
+    )
+    assert _codes(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH) == ["not_a_mapping"]
+
+
 def test_deep_block_nesting_is_refused() -> None:
     raw = "".join(f"{'  ' * i}k{i}:\n" for i in range(200)) + f"{'  ' * 200}x: 1\n"
     assert _codes(raw.encode()) == ["yaml_too_deep"]
@@ -78,6 +95,38 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         with pytest.raises(SpecError) as info:
             load_spec(target)
         assert [d.code for d in info.value.diagnostics] == ["file_not_found"]
+
+
+@pytest.fixture
+def not_files(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """Paths that name no regular file: endless devices, a FIFO nobody writes, a socket."""
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "fifo.yaml")
+    (tmp_path / "folder.yaml").mkdir()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / "socket.yaml"))
+        yield {
+            "zero.yaml": tmp_path / "zero.yaml",
+            "/dev/urandom": Path("/dev/urandom"),
+            "fifo.yaml": tmp_path / "fifo.yaml",
+            "socket.yaml": tmp_path / "socket.yaml",
+            "folder.yaml": tmp_path / "folder.yaml",
+        }
+
+
+@pytest.mark.parametrize("command", ["validate", "preview", "up"])
+def test_what_is_not_a_file_is_refused_unread_by_every_command(
+    command: str, not_files: dict[str, Path], tmp_path: Path
+) -> None:
+    for name, path in not_files.items():
+        # The deadline only ends a hang; a refusal is immediate.
+        result = engine(command, "--state-dir", str(tmp_path / "state"), str(path), timeout=30)
+        assert result.returncode == 1, name
+        errors = [line for line in (result.stdout + result.stderr).splitlines() if "error[" in line]
+        assert len(errors) == 1, result.stdout + result.stderr
+        assert "error[file_not_found]" in errors[0] and "not a file" in errors[0]
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "state").exists()
 
 
 def test_a_literal_token_is_never_echoed() -> None:
