@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _debug_log(exc: BaseException, state_dir: Path) -> Path:
+def debug_log(exc: BaseException, state_dir: Path) -> Path:
+    """Write `exc`'s traceback (secrets masked) to a debug log; its path, for a one-line note."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     text = redact("".join(traceback.format_exception(exc)))
     for folder in (state_dir / "logs", Path(tempfile.gettempdir())):
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as exc:
-        log = _debug_log(exc, args.state_dir)
+        log = debug_log(exc, args.state_dir)
         print(
             paint("internal error: ", "red", sys.stderr)
             + f"{type(exc).__name__} (a bug in the engine; details in {log})",

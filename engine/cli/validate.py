@@ -77,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _internal_error(exc: Exception, file: str, state_dir: Path) -> Diagnostic:
     """What `engine` says of an unexpected error, with the path of its debug log."""
-    from engine.cli import _debug_log
+    from engine.cli import debug_log
 
-    log = _debug_log(exc, state_dir)
+    log = debug_log(exc, state_dir)
     return Diagnostic(
         code=_INTERNAL,
         message=f"{type(exc).__name__} in {file} (a bug in the engine; details in {log})",
