@@ -11,6 +11,7 @@ without touching the user's engine.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import secrets
 import shlex
@@ -107,6 +108,27 @@ def ensure_daemon(*, say: Callable[[str], None] = print) -> str:
     return url
 
 
+def _end(pid: int, timeout_s: float = 30.0) -> None:
+    """End a daemon this process did not start (but whose pid file it owns): TERM, then KILL."""
+    for signum, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while _is_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _is_running(pid: int) -> bool:
+    """Whether `pid` lives (a zombie, ended but not yet reaped by its new parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def _used_networks() -> list[ipaddress.IPv4Network]:
     out = subprocess.run(
         ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True
@@ -156,21 +178,30 @@ def _free_block(used: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
 
 @dataclass(slots=True)
 class PrivateDaemon:
-    """A dockerd of our own, for tests and benchmarks; `stop` ends it and removes its bridge."""
+    """A dockerd of our own, for tests and benchmarks; `stop` ends it and removes its bridge.
+
+    `prepare` makes the bridge and picks the addresses without starting anything, for a
+    daemon that someone else starts with `config()` as its daemon.json (the engine itself,
+    when a test runs it as a stranger would); `start` does both.
+    """
 
     root: Path
     bridge: str
     subnet: ipaddress.IPv4Network
     pool: ipaddress.IPv4Network
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"unix://{self.root / 'docker.sock'}"
 
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "docker.pid"
+
     @classmethod
-    def start(cls, root: Path) -> PrivateDaemon:
-        """Start a daemon whose every file lives under `root`.
+    def prepare(cls, root: Path) -> PrivateDaemon:
+        """The bridge and the addresses of a daemon whose every file lives under `root`.
 
         Its bridge gets a random free /24 and its user-defined networks a free /16 pool, so
         daemons started by parallel test runs never share addresses.
@@ -185,28 +216,41 @@ class PrivateDaemon:
         subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
         subprocess.run(["ip", "addr", "add", gateway, "dev", bridge], check=True)
         subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+        return cls(root=root, bridge=bridge, subnet=subnet, pool=pool)
+
+    def config(self) -> dict[str, object]:
+        """The daemon.json of this daemon: its files, bridge and address pool (no socket)."""
+        return {
+            "data-root": str(self.root / "data"),
+            "exec-root": str(self.root / "exec"),
+            "pidfile": str(self.pidfile),
+            "bridge": self.bridge,
+            "default-address-pools": [{"base": str(self.pool), "size": 24}],
+            "iptables": True,
+        }
+
+    @classmethod
+    def start(cls, root: Path) -> PrivateDaemon:
+        """Prepare a daemon under `root` and start it on its own socket there."""
+        daemon = cls.prepare(root)
+        config = root / "daemon.json"
+        config.write_text(json.dumps(daemon.config()), encoding="utf-8")
         log = root / "dockerd.log"
         with log.open("ab") as out:
-            process = subprocess.Popen(
+            daemon.process = subprocess.Popen(
                 [
                     "dockerd",
-                    f"--host=unix://{root / 'docker.sock'}",
-                    f"--data-root={root / 'data'}",
-                    f"--exec-root={root / 'exec'}",
-                    f"--pidfile={root / 'docker.pid'}",
-                    f"--bridge={bridge}",
-                    f"--default-address-pool=base={pool},size=24",
+                    f"--config-file={config}",
+                    f"--host={daemon.url}",
                     f"--mtu={uplink_mtu()}",
-                    "--iptables=true",
                 ],
                 stdout=out,
                 stderr=out,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        daemon = cls(root=root, bridge=bridge, subnet=subnet, pool=pool, process=process)
         try:
-            _wait_for(daemon.url, process, log)
+            _wait_for(daemon.url, daemon.process, log)
         except BaseException:
             daemon.stop()
             raise
@@ -214,13 +258,16 @@ class PrivateDaemon:
 
     def stop(self) -> None:
         """Stop the daemon (its containers die with it) and delete its bridge."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+        elif self.pidfile.is_file():
+            _end(int(self.pidfile.read_text().strip()))
         # dockerd leaves its iptables rules behind; drop the ones naming this daemon's bridge.
         for table in ("nat", "filter"):
             for rule in _iptables_rules(table):
