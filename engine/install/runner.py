@@ -35,6 +35,7 @@ from engine.install.model import (
 )
 from engine.model import install_hash
 from engine.secrets import redact, register_secret
+from engine.state.files import private_dir
 
 HOST_KEY_TYPES = (
     "ssh-ed25519",
@@ -72,7 +73,7 @@ def install_hosts(
             if item.secret:
                 register_secret(item.content)
     if log_dir:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(log_dir)
     archives = _archives(hosts, settings, dry_run=dry_run)
 
     def one(host: InstallHost) -> HostResult:

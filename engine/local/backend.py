@@ -23,6 +23,7 @@ from engine.local.driver import LocalDriver
 from engine.model import Fleet, Server
 from engine.plan import Action, Plan
 from engine.state import FleetSettings, ServerRecord
+from engine.state.files import private_dir
 from engine.state.store import Store
 from engine.up import Site
 
@@ -102,7 +103,7 @@ class LocalBackend:
             previous = 0
         port = _free_port(self.gateway, previous) if previous else 0
         port = port or _free_port(self.gateway, 0)
-        self.port_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.state_dir, "local", self.fleet.name)
         self.port_file.write_text(f"{port}\n")
         return Site(
             host=self.gateway,

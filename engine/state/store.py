@@ -70,6 +70,7 @@ from engine.state import (
     Transition,
     schema,
 )
+from engine.state.files import FILE_MODE, private_dir, private_file
 
 STATE_URL_ENV = "ENGINE_STATE_URL"
 SQLITE_FILE = "state.db"
@@ -105,14 +106,7 @@ def open_store(url: str, *, now: Callable[[], dt.datetime] | None = None) -> Sto
     options: dict[str, Any] = {}
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            folder = Path(parsed.database).parent
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise EngineError(
-                    f"cannot create the state store's folder {folder}: {error.strerror}; "
-                    "choose another with --state-dir or --state"
-                ) from None
+            _private_sqlite_file(Path(parsed.database))
         options["connect_args"] = {"timeout": _BUSY_TIMEOUT_S}
     elif backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -141,6 +135,25 @@ def open_store(url: str, *, now: Callable[[], dt.datetime] | None = None) -> Sto
         engine.dispose()
         raise
     return store
+
+
+def _private_sqlite_file(database: Path) -> None:
+    """The SQLite file and its companions readable by their owner only. The file is made here
+    (0600) rather than by SQLite (0644 under the usual umask); the -wal, -shm and -journal
+    files SQLite makes take the database file's mode. A folder made for it is 0700; an
+    existing one is left as it is (it may be the user's own, not the state directory)."""
+    folder = database.parent
+    if not folder.is_dir():
+        private_dir(folder)
+    try:
+        os.close(os.open(database, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    except OSError as error:
+        raise EngineError(
+            f"cannot create the state store {database}: {error.strerror}; "
+            "choose another with --state-dir or --state"
+        ) from None
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        private_file(database.with_name(database.name + suffix))
 
 
 def _parse_url(url: str) -> Any:
