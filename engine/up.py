@@ -208,7 +208,7 @@ class FleetRun:
         """The server's pinned user_data: the stored one, else (or when `fresh`) a new one
         with a new one-time token."""
         from engine.cloudinit import phone_home_url, pin_user_data, render_user_data
-        from engine.controlplane.tokens import mint_phone_home_token
+        from engine.controlplane.tokens import PhoneHomeSeal, mint_phone_home_token
         from engine.deploykey import ensure_deploy_key
         from engine.tokens import ensure_fleet_key
 
@@ -238,7 +238,12 @@ class FleetRun:
             )
 
         return pin_user_data(
-            self.store, fleet=fleet.name, server=server.name, render=render, fresh=fresh
+            self.store,
+            fleet=fleet.name,
+            server=server.name,
+            seal=PhoneHomeSeal(key=key, fleet=fleet.name, server=server.name),
+            render=render,
+            fresh=fresh,
         )
 
     def create(self, server: Server, *, provision: bool) -> None:

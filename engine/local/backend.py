@@ -116,10 +116,15 @@ class LocalBackend:
     def provisioner(self, store: Store, servers: Mapping[str, Server]) -> Provisioner:
         """Create one machine from the server's stored user_data (or find the one made
         before: the control plane's provision jobs may run again after a crash)."""
+        from engine.cloudinit import pinned_user_data
+        from engine.controlplane.tokens import PhoneHomeSeal
+        from engine.tokens import read_fleet_key
 
         def provision(record: ServerRecord, fleet: FleetSettings) -> Provisioned:
             server = servers.get(record.name)
-            user_data = store.get_user_data(record.fleet, record.name)
+            key = read_fleet_key(self.state_dir, record.fleet)
+            seal = PhoneHomeSeal(key=key, fleet=record.fleet, server=record.name)
+            user_data = pinned_user_data(store, fleet=record.fleet, server=record.name, seal=seal)
             if server is None or user_data is None:
                 raise EngineError(f"{record.name} is no longer in the spec or has no user_data")
             machine = self.driver.create(server, image=self.golden_image, user_data=user_data)

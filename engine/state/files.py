@@ -29,19 +29,18 @@ def private_dir(base: Path, *parts: str) -> Path:
     An EngineError says which folder could not be made or tightened, and why.
     """
     missing = []
-    ancestor = base
+    ancestor = base.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         missing.append(ancestor)
         ancestor = ancestor.parent
-    for folder in reversed(missing):
-        _make(folder)
-    _tighten(base)
-    path = base
+    folders = [base]
     for part in parts:
-        path = path / part
-        _make(path)
-        _tighten(path)
-    return path
+        folders.append(folders[-1] / part)
+    for folder in (*reversed(missing), *folders):
+        _make(folder)
+    for folder in folders:
+        _tighten(folder)
+    return folders[-1]
 
 
 def private_file(path: Path) -> None:

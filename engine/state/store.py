@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
-import hashlib
 import ipaddress
 import os
 import secrets
@@ -67,6 +66,7 @@ from engine.state import (
     PhoneHomeOutcome,
     PhoneHomeToken,
     ServerRecord,
+    StoredUserData,
     Transition,
     schema,
 )
@@ -298,11 +298,13 @@ class Store:
                     f"the state store at {self.url} has schema version {max(applied)}, newer "
                     f"than this engine knows ({known}); upgrade the engine"
                 )
+            scrub = False
             for migration in schema.MIGRATIONS:
                 before = set(scratch.tables)
                 migration.declare(scratch)
                 if migration.version in applied:
                     continue
+                scrub = scrub or migration.scrub
                 new = [table for name, table in scratch.tables.items() if name not in before]
                 scratch.create_all(connection, tables=new)
                 if migration.upgrade is not None:
@@ -314,6 +316,21 @@ class Store:
                         applied_at=self._now(),
                     )
                 )
+        if scrub and not self._is_postgresql:
+            self._rebuild_sqlite_file()
+
+    def _rebuild_sqlite_file(self) -> None:
+        """VACUUM (outside any transaction) and empty the write-ahead log: the text of rows a
+        migration rewrote stays in free pages and in the log until then. (PostgreSQL's own
+        vacuum reclaims dead rows; nothing there is a file a user copies around.)"""
+        connection = self._engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute("VACUUM")
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor.close()
+        finally:
+            connection.close()
 
     def schema_version(self) -> int:
         """The newest migration applied to this store."""
@@ -1213,20 +1230,20 @@ class Store:
 
     # --- user_data ---------------------------------------------------------------------------
 
-    def get_user_data(self, fleet: str, server: str) -> str | None:
-        """The user_data rendered for a server, or None (engine.cloudinit.UserDataStore)."""
+    def get_user_data(self, fleet: str, server: str) -> StoredUserData | None:
+        """The user_data kept for a server, or None (engine.cloudinit.UserDataStore)."""
+        table = self._user_data
         with self._read() as connection:
             row = connection.execute(
-                select(self._user_data.c.content).where(
-                    self._user_data.c.fleet == fleet, self._user_data.c.server == server
+                select(table.c.content, table.c.sha256).where(
+                    table.c.fleet == fleet, table.c.server == server
                 )
             ).first()
-        return None if row is None else str(row.content)
+        return None if row is None else StoredUserData(content=row.content, sha256=row.sha256)
 
-    def put_user_data(self, fleet: str, server: str, user_data: str) -> None:
-        """Keep the user_data rendered for a server (replacing what was there) and its hash
-        on the server's record."""
-        digest = hashlib.sha256(user_data.encode("utf-8")).hexdigest()
+    def put_user_data(self, fleet: str, server: str, user_data: StoredUserData) -> None:
+        """Keep the user_data rendered for a server (replacing what was there), its hash on
+        the server's record as `sha256:<hex>`."""
         table = self._user_data
         with self._write() as connection:
             connection.execute(
@@ -1236,15 +1253,15 @@ class Store:
                 insert(table).values(
                     fleet=fleet,
                     server=server,
-                    content=user_data,
-                    sha256=digest,
+                    content=user_data.content,
+                    sha256=user_data.sha256,
                     rendered_at=self._now(),
                 )
             )
             connection.execute(
                 update(self._servers)
                 .where(self._servers.c.fleet == fleet, self._servers.c.name == server)
-                .values(user_data_hash=f"sha256:{digest}")
+                .values(user_data_hash=f"sha256:{user_data.sha256}")
             )
 
     def forget_fleet(self, fleet: str) -> None:

@@ -283,13 +283,15 @@ def test_rebuild_makes_the_machine_again_with_fresh_user_data_and_it_is_ready(
     with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
         old = store.server("e2e", "web-1")
         document = store.get_user_data("e2e", "web-1")
+        assert document is not None
     result = signalled(fleet, "rebuild", "web-1")
     done = json.loads(result.stdout.splitlines()[-1])
     assert done["event"] == "done" and done["ready"] == ["web-1"], done
     assert docker_client.containers.get("e2e-web-1").id != container
     with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
         new = store.server("e2e", "web-1")
-        assert store.get_user_data("e2e", "web-1") != document  # a new one-time token
+        renewed = store.get_user_data("e2e", "web-1")
+        assert renewed is not None and renewed.sha256 != document.sha256  # a new token
     assert old is not None and new is not None and new.stage is Stage.READY
     assert new.provider_id != old.provider_id and new.host_keys != old.host_keys
     assert new.host_keys_source == "phone-home"
