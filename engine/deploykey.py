@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from engine.errors import EngineError
+from engine.state.files import private_dir, private_file
 
 
 def deploy_key_path(state_dir: Path, fleet: str) -> Path:
@@ -21,15 +22,17 @@ def deploy_key_path(state_dir: Path, fleet: str) -> Path:
 
 
 def ensure_deploy_key(state_dir: Path, fleet: str) -> str:
-    """The deploy key's public line, making the key pair (ed25519) on first use."""
+    """The deploy key's public line, making the key pair (ed25519) on first use (0600, in a
+    0700 folder, as `engine.tokens.ensure_fleet_key` keeps the fleet key)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     private = deploy_key_path(state_dir, fleet)
     public = private.with_name(private.name + ".pub")
+    private_dir(state_dir, private.parent.name)
     if private.exists() and public.exists():
+        private_file(private)
         return public.read_text(encoding="ascii").strip()
-    private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,

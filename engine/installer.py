@@ -93,7 +93,14 @@ class FleetInstaller:
         spec = self.fleets.get(fleet.name)
         if spec is None:
             return InstallResult(ok=False, error=f"this control plane has no spec of {fleet.name}")
-        (result,) = install_hosts([self.host(target)], self.settings(spec), log_dir=self.log_dir)
+        (result,) = install_hosts(
+            [self.host(target)],
+            self.settings(spec),
+            log_dir=self.log_dir,
+            # Per server, for as long as its install process lives: a run resumed after the
+            # engine died waits for the install of the dead one to end.
+            lock_dir=self.state_dir / "locks" / spec.name,
+        )
         return InstallResult(
             ok=result.ok,
             install_hash=result.install_hash,

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import EngineError
 from engine.model import Fleet
 from engine.secrets import redact, register_secret
+from engine.state.files import private_dir
 from stacks import PROJECT, SERVERS_OUTPUT, StackInputs, fleet_program, provider_program
 
 if TYPE_CHECKING:
@@ -283,8 +284,7 @@ def _stack(
     except FileNotFoundError:
         raise PulumiNotInstalled(f"the Pulumi CLI could not be run; {INSTALL_HINT}") from None
     backend = backend_url(state_dir)
-    workspace = state_dir / "pulumi" / "workspace"
-    workspace.mkdir(parents=True, exist_ok=True)
+    workspace = private_dir(state_dir, "pulumi", "workspace")
     options = auto.LocalWorkspaceOptions(
         work_dir=str(workspace),
         secrets_provider="passphrase",

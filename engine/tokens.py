@@ -28,6 +28,7 @@ from pathlib import Path
 
 from engine.errors import EngineError
 from engine.secrets import register_secret
+from engine.state.files import private_dir, private_file
 
 KEY_BYTES = 32
 DOMAIN = "fleet-engine/v1"
@@ -71,14 +72,16 @@ def read_fleet_key(state_dir: Path, fleet: str) -> bytes:
 
 
 def ensure_fleet_key(state_dir: Path, fleet: str) -> bytes:
-    """The fleet's secret key, made (0600, in a 0700 folder) if it does not exist yet.
+    """The fleet's secret key, made (0600, in a 0700 folder) if it does not exist yet; the
+    state directory, the keys folder and the key are tightened to that if they are more open.
 
     Creation is exclusive, so two engines starting at once end up with the same key.
     """
     path = key_path(state_dir, fleet)
+    private_dir(state_dir, path.parent.name)
     if path.exists():
+        private_file(path)
         return read_fleet_key(state_dir, fleet)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_bytes(KEY_BYTES)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -208,7 +208,7 @@ class FleetRun:
         """The server's pinned user_data: the stored one, else (or when `fresh`) a new one
         with a new one-time token."""
         from engine.cloudinit import phone_home_url, pin_user_data, render_user_data
-        from engine.controlplane.tokens import mint_phone_home_token
+        from engine.controlplane.tokens import PhoneHomeSeal, mint_phone_home_token
         from engine.deploykey import ensure_deploy_key
         from engine.tokens import ensure_fleet_key
 
@@ -238,7 +238,12 @@ class FleetRun:
             )
 
         return pin_user_data(
-            self.store, fleet=fleet.name, server=server.name, render=render, fresh=fresh
+            self.store,
+            fleet=fleet.name,
+            server=server.name,
+            seal=PhoneHomeSeal(key=key, fleet=fleet.name, server=server.name),
+            render=render,
+            fresh=fresh,
         )
 
     def create(self, server: Server, *, provision: bool) -> None:
@@ -414,6 +419,7 @@ def serving(
 
 def _installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> FleetInstaller:
     from engine.installer import FleetInstaller
+    from engine.state.files import private_dir
 
     return FleetInstaller(
         state_dir=state_dir,
@@ -422,7 +428,7 @@ def _installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> F
         control_plane_sources=site.sources,
         agent_image=backend.agent_image,
         docker_url=backend.docker_url,
-        log_dir=state_dir / "logs" / "install",
+        log_dir=private_dir(state_dir, "logs", "install"),
     )
 
 
@@ -466,10 +472,12 @@ def locked_session(
     """The fleet of `spec` with its backend ready (its tools checked first when `tools`;
     `open`ed when `full`, else only connected: nothing changes before), the state store,
     and the fleet's lock held for `command` (the command line, as the lock shows it)."""
+    from engine.state.files import private_dir
     from engine.state.store import open_store, state_url
 
     fleet = load_spec(spec, state_dir=options.state_dir)
     board = StageBoard(out, json_lines=options.json_lines)
+    private_dir(options.state_dir)
     backend = backend_for(fleet, options, board.note)
     try:
         if tools:

@@ -16,6 +16,7 @@ from engine.catalog import Catalog, catalog_from_json, load_catalog, refreshed_c
 from engine.errors import EngineError
 from engine.inventory.retry import ApiCalls, RetryPolicy
 from engine.secrets import read_token
+from engine.state.files import private_dir
 
 
 def _today() -> str:
@@ -141,7 +142,7 @@ def refresh_catalog(
         )
     catalog = FETCHERS[provider](read_token(token_env), endpoint, token_env)
     path = refreshed_catalog_path(state_dir, provider)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir, path.parent.name)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(catalog.to_json(), indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)

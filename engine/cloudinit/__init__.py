@@ -11,11 +11,13 @@ before any API call.
 The replacement guard: both clouds replace a server whose user_data changes, so a server's
 user_data is rendered once, stored and reused (`pin_user_data`) and the Pulumi programs ignore
 later differences. Re-running `up`, upgrading the engine or rotating secrets never replaces a
-server.
+server. What is stored has the secret part of the one-time token cut out (`TokenSeal`): it is
+derived again from the fleet key when the document is sent, to the same bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -27,6 +29,7 @@ import yaml
 
 from engine.errors import EngineError
 from engine.model import ProviderName
+from engine.state import StoredUserData
 
 USER_DATA_LIMIT = 32 * 1024  # Hetzner's limit; DigitalOcean allows 64 KiB
 HEADER = "#cloud-config"
@@ -272,11 +275,28 @@ def lint_user_data(text: str, *, server: str = "") -> None:
 class UserDataStore(Protocol):
     """Where rendered user_data is kept, by fleet and server (the state store implements it)."""
 
-    def get_user_data(self, fleet: str, server: str) -> str | None:
-        """The text stored for `server` of `fleet`, or None."""
+    def get_user_data(self, fleet: str, server: str) -> StoredUserData | None:
+        """What is kept for `server` of `fleet`, or None."""
 
-    def put_user_data(self, fleet: str, server: str, user_data: str) -> None:
-        """Store (or overwrite) the text for `server` of `fleet`."""
+    def put_user_data(self, fleet: str, server: str, user_data: StoredUserData) -> None:
+        """Keep (or overwrite) what is kept for `server` of `fleet`."""
+
+
+class TokenSeal(Protocol):
+    """Cuts the secret part of a server's one-time token out of its user_data before the
+    document is kept, and puts it back, byte for byte, when it is sent
+    (engine.controlplane.tokens.PhoneHomeSeal): the store never holds a usable token."""
+
+    def conceal(self, text: str) -> str:
+        """`text` with no usable token in it."""
+
+    def reveal(self, text: str) -> str:
+        """The document `conceal` was given."""
+
+
+def user_data_sha256(text: str) -> str:
+    """The SHA-256 (hex) of user_data as it is sent: what `user_data_hash` records."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def pin_user_data(
@@ -284,22 +304,44 @@ def pin_user_data(
     *,
     fleet: str,
     server: str,
+    seal: TokenSeal,
     render: Callable[[], str],
     fresh: bool = False,
 ) -> str:
-    """The user_data of `server`: what was stored for it, else `render()`, linted and stored.
+    """The user_data of `server`, as it is sent: what was kept for it (`pinned_user_data`),
+    else `render()`, linted and kept with its token sealed.
 
-    `render` runs only when nothing is stored (so no token is minted for a server that has
+    `render` runs only when nothing is kept (so no token is minted for a server that has
     its user_data already). Pass `fresh=True` for a server that is about to be created anew
-    (it never existed, or it is being replaced): its stored token is spent or expired, so a
-    new document replaces the stored one. Both paths lint before returning.
+    (it never existed, or it is being replaced): its kept token is spent or expired, so a
+    new document replaces the kept one. Both paths lint before returning.
     """
     if not fresh:
-        stored = store.get_user_data(fleet, server)
-        if stored is not None:
-            lint_user_data(stored, server=server)
-            return stored
+        kept = pinned_user_data(store, fleet=fleet, server=server, seal=seal)
+        if kept is not None:
+            return kept
     text = render()
     lint_user_data(text, server=server)
-    store.put_user_data(fleet, server, text)
+    sealed = StoredUserData(content=seal.conceal(text), sha256=user_data_sha256(text))
+    store.put_user_data(fleet, server, sealed)
+    return text
+
+
+def pinned_user_data(
+    store: UserDataStore, *, fleet: str, server: str, seal: TokenSeal
+) -> str | None:
+    """The user_data kept for `server`, its token put back and linted: the same bytes as
+    when it was rendered (checked against its SHA-256), or None when nothing is kept."""
+    kept = store.get_user_data(fleet, server)
+    if kept is None:
+        return None
+    text = seal.reveal(kept.content)
+    if user_data_sha256(text) != kept.sha256:
+        raise UserDataError(
+            f"the user_data kept for {server} of {fleet} does not come back as it was rendered "
+            "(its SHA-256 differs): the fleet key in the state directory is not the one it "
+            "was made with. Restore that key from your backup; different user_data would "
+            "make the provider replace the server"
+        )
+    lint_user_data(text, server=server)
     return text

@@ -8,6 +8,13 @@ checks it by recomputing the MAC (constant-time comparison) without trusting any
 request says. The store keeps only its SHA-256, with the fleet and server it was minted for,
 when it expires and, once accepted, a fingerprint of the accepting request (so an identical
 retry is answered again and anything else is refused).
+
+The user_data a token is sent in is kept too (it must never change), but sealed: the MAC is
+replaced by a placeholder no check accepts, and derived again from the key when the document
+is sent (`PhoneHomeSeal`). Expiry and nonce stay, so the same token, and the same bytes, come
+back; whoever reads the store holds nothing a phone-home would accept.
+
+    ph1.1767225600.q1w2e3r4t5y6u7i8.MAC-NOT-STORED
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import datetime as dt
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.secrets import register_secret
 from engine.state import PhoneHomeToken
@@ -26,6 +33,12 @@ from engine.tokens import derive_token, expected_token, is_same_token
 PURPOSE = "phone-home"
 _PREFIX = "ph1"
 _SHAPE = re.compile(r"ph1\.([0-9]{1,12})\.([A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{43})")
+# Not 43 characters, so a sealed token fails the shape check before any MAC is compared.
+_SEALED_MAC = "MAC-NOT-STORED"
+# A token (or a sealed one) standing alone in a document, not part of a longer word.
+_IN_TEXT = r"(?<![\w.-])ph1\.([0-9]{{1,12}})\.([A-Za-z0-9_-]{{16}})\.{mac}(?![\w-])"
+_TOKEN_IN_TEXT = re.compile(_IN_TEXT.format(mac="[A-Za-z0-9_-]{43}"))
+_SEALED_IN_TEXT = re.compile(_IN_TEXT.format(mac=re.escape(_SEALED_MAC)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +92,32 @@ def is_genuine(key: bytes, token: ParsedToken, *, fleet: str, server: str) -> bo
     """Whether `token` was minted with `key` for `server` of `fleet` (constant time)."""
     expected = expected_token(key, PURPOSE, fleet, server, str(token.expires), token.nonce)
     return is_same_token(expected, token.mac)
+
+
+def seal_tokens(text: str) -> str:
+    """`text` with the MAC of every phone-home token in it replaced by a placeholder."""
+    return _TOKEN_IN_TEXT.sub(lambda m: f"{_PREFIX}.{m[1]}.{m[2]}.{_SEALED_MAC}", text)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhoneHomeSeal:
+    """The engine.cloudinit.TokenSeal of the user_data of `server` of `fleet`: tokens sealed
+    for the store, and unsealed with the fleet key when the document is sent."""
+
+    key: bytes = field(repr=False)
+    fleet: str
+    server: str
+
+    def conceal(self, text: str) -> str:
+        return seal_tokens(text)
+
+    def reveal(self, text: str) -> str:
+        def unseal(match: re.Match[str]) -> str:
+            expires, nonce = match[1], match[2]
+            mac = derive_token(self.key, PURPOSE, self.fleet, self.server, expires, nonce)
+            return register_secret(f"{_PREFIX}.{expires}.{nonce}.{mac}")
+
+        return _SEALED_IN_TEXT.sub(unseal, text)
 
 
 def token_hash(raw: str) -> str:

@@ -4,12 +4,20 @@ Each child (`python -m engine.install`) runs pyinfra for its host only, so hosts
 in parallel, a host that hangs or crashes is killed or reported alone, and pyinfra's gevent
 never shares a process with Pulumi. The agent image, when it is copied rather than pulled,
 is saved and compressed once here and streamed by every child whose server lacks it.
+
+A child never outlives the engine: it watches a pipe from this process (its lifeline) and
+ends itself and its process group at end of file, which the kernel makes happen when this
+process ends however it ends (`kill -9` too). And one host is never installed by two children
+at once: each child holds the host's lock file for as long as it lives, so the install of a
+resumed run waits until the child of the run that died before it is gone.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import gzip
 import ipaddress
 import json
@@ -18,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,6 +43,7 @@ from engine.install.model import (
 )
 from engine.model import install_hash
 from engine.secrets import redact, register_secret
+from engine.state.files import private_dir
 
 HOST_KEY_TYPES = (
     "ssh-ed25519",
@@ -45,6 +54,7 @@ HOST_KEY_TYPES = (
 )
 DEFAULT_PARALLEL = 10
 DEFAULT_TIMEOUT_S = 1800.0
+LOCK_POLL_S = 0.2
 
 
 def install_hosts(
@@ -55,6 +65,7 @@ def install_hosts(
     parallel: int = DEFAULT_PARALLEL,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     log_dir: Path | None = None,
+    lock_dir: Path | None = None,
     on_result: Callable[[HostResult], None] | None = None,
 ) -> tuple[HostResult, ...]:
     """Install every host (or, with `dry_run`, list what would change); one result per host.
@@ -63,7 +74,9 @@ def install_hosts(
     `ok=False` and a message; the others go on. Bad input (an unreadable key, a malformed
     pinned host key, an invalid control-plane address) raises EngineError before any host
     is touched. With `log_dir`, each host's pyinfra log is kept as `<name>.log` (secrets
-    masked). `on_result` is called with each host's result as soon as that host is done
+    masked). With `lock_dir`, a host is installed only while its child holds
+    `<lock_dir>/<name>.lock`: a host whose lock another child holds waits for it (within
+    `timeout_s`). `on_result` is called with each host's result as soon as that host is done
     (from a worker thread), so a caller can record progress before the slowest host ends.
     """
     check_request(hosts, settings)
@@ -72,13 +85,16 @@ def install_hosts(
             if item.secret:
                 register_secret(item.content)
     if log_dir:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(log_dir)
+    if lock_dir:
+        private_dir(lock_dir)
     archives = _archives(hosts, settings, dry_run=dry_run)
 
     def one(host: InstallHost) -> HostResult:
         archive = archives.get(host.agent.image) if host.agent else None
         request = HostRequest(host=host, settings=settings, dry_run=dry_run, archive=archive)
-        result = _run_child(request, timeout_s=timeout_s, log_dir=log_dir)
+        lock = lock_dir / f"{host.name}.lock" if lock_dir else None
+        result = _run_child(request, timeout_s=timeout_s, log_dir=log_dir, lock=lock)
         if on_result:
             on_result(result)
         return result
@@ -203,24 +219,39 @@ def _archives(
     return archives
 
 
-def _run_child(request: HostRequest, *, timeout_s: float, log_dir: Path | None) -> HostResult:
+def _run_child(
+    request: HostRequest, *, timeout_s: float, log_dir: Path | None, lock: Path | None
+) -> HostResult:
     name = request.host.name
     started = time.monotonic()
-    env = {**os.environ, "PYINFRA_PROGRESS": "off"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "engine.install"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        out, err = process.communicate(json.dumps(to_json(request)).encode(), timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        return _failed(request, started, f"did not finish within {timeout_s:.0f} s; stopped")
+    deadline = started + timeout_s
+    with _host_lock(lock, deadline) as held:
+        if held is None:
+            return _failed(
+                request,
+                started,
+                f"another install of {name} still runs (it holds {lock}) and did not end within "
+                f"{timeout_s:.0f} s; nothing was done",
+            )
+        # The lifeline: the child reads its end until end of file. PR_SET_PDEATHSIG would be
+        # shorter, but it fires when the *thread* that started the child ends (this is a pool
+        # thread), and only on Linux; a pipe's end of file comes when this process is gone.
+        # Both ends are not inheritable, so no other child of this process keeps it open.
+        lifeline, keep = os.pipe()
+        try:
+            process = _start_child(lifeline, held)
+        finally:
+            os.close(lifeline)
+        try:
+            out, err = process.communicate(
+                json.dumps(to_json(request)).encode(), timeout=max(0.0, deadline - time.monotonic())
+            )
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+            return _failed(request, started, f"did not finish within {timeout_s:.0f} s; stopped")
+        finally:
+            os.close(keep)
     log = redact(err.decode(errors="replace"))
     if log_dir:
         (log_dir / f"{name}.log").write_text(log, encoding="utf-8")
@@ -231,6 +262,46 @@ def _run_child(request: HostRequest, *, timeout_s: float, log_dir: Path | None) 
         return _failed(
             request, started, f"the install process ended with code {process.returncode}: {tail}"
         )
+
+
+def _start_child(lifeline: int, lock: tuple[int, ...]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.install", str(lifeline)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYINFRA_PROGRESS": "off"},
+        # Its own process group, so that it and all it starts can be stopped at once.
+        start_new_session=True,
+        # The lock's open file goes with it: the lock stays held until the child is gone,
+        # even if this process dies first.
+        pass_fds=(lifeline, *lock),
+    )
+
+
+@contextlib.contextmanager
+def _host_lock(path: Path | None, deadline: float) -> Iterator[tuple[int, ...] | None]:
+    """The host's lock held (its file descriptor, for the child to inherit), () when there
+    is no lock to take, or None when another holder kept it past `deadline`."""
+    if path is None:
+        yield ()
+        return
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        yield (descriptor,) if _wait_for_lock(descriptor, deadline) else None
+    finally:
+        os.close(descriptor)
+
+
+def _wait_for_lock(descriptor: int, deadline: float) -> bool:
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(LOCK_POLL_S)
 
 
 def _failed(request: HostRequest, started: float, message: str) -> HostResult:

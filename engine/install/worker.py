@@ -14,9 +14,12 @@ instead of when the kernel gives up on it, many minutes later.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -239,6 +242,26 @@ def _finish(result: HostResult, started: float, *, error: str, **fields: Any) ->
         seconds=round(time.monotonic() - started, 3),
         **fields,
     )
+
+
+def stop_with_parent(lifeline: int) -> None:
+    """Kill this process and its process group as soon as `lifeline` reads end of file.
+
+    The engine keeps the other end of that pipe open and never writes to it, so end of file
+    means the engine is gone (or gave up on this install): the kernel closes its end however
+    it ended, `kill -9` included. The engine starts this process as the leader of a session
+    of its own, so the group is this process and whatever it started (ssh, pyinfra's
+    subprocesses); started otherwise, only this process ends.
+    """
+
+    def watch() -> None:
+        while os.read(lifeline, 512):
+            pass
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
 
 
 def configure_logging() -> None:

@@ -23,6 +23,7 @@ from engine.local.driver import LocalDriver
 from engine.model import Fleet, Server
 from engine.plan import Action, Plan
 from engine.state import FleetSettings, ServerRecord
+from engine.state.files import private_dir
 from engine.state.store import Store
 from engine.up import Site
 
@@ -102,7 +103,7 @@ class LocalBackend:
             previous = 0
         port = _free_port(self.gateway, previous) if previous else 0
         port = port or _free_port(self.gateway, 0)
-        self.port_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.state_dir, "local", self.fleet.name)
         self.port_file.write_text(f"{port}\n")
         return Site(
             host=self.gateway,
@@ -115,10 +116,15 @@ class LocalBackend:
     def provisioner(self, store: Store, servers: Mapping[str, Server]) -> Provisioner:
         """Create one machine from the server's stored user_data (or find the one made
         before: the control plane's provision jobs may run again after a crash)."""
+        from engine.cloudinit import pinned_user_data
+        from engine.controlplane.tokens import PhoneHomeSeal
+        from engine.tokens import read_fleet_key
 
         def provision(record: ServerRecord, fleet: FleetSettings) -> Provisioned:
             server = servers.get(record.name)
-            user_data = store.get_user_data(record.fleet, record.name)
+            key = read_fleet_key(self.state_dir, record.fleet)
+            seal = PhoneHomeSeal(key=key, fleet=record.fleet, server=record.name)
+            user_data = pinned_user_data(store, fleet=record.fleet, server=record.name, seal=seal)
             if server is None or user_data is None:
                 raise EngineError(f"{record.name} is no longer in the spec or has no user_data")
             machine = self.driver.create(server, image=self.golden_image, user_data=user_data)

@@ -28,6 +28,7 @@ from engine.model import (
     MANAGED_BY,
     Server,
 )
+from engine.state.files import private_dir, private_file
 
 LABEL_INSTANCE_ID = "fleet-instance-id"
 LABEL_IMAGE = "fleet-image"
@@ -118,6 +119,7 @@ class LocalDriver:
     def __init__(self, client: Any, fleet: str, state_dir: Path) -> None:
         self.client = client
         self.fleet = fleet
+        self.state_dir = state_dir
         self.seeds = state_dir / "local" / fleet
         self.network = f"fleet-{fleet}"
 
@@ -176,13 +178,10 @@ class LocalDriver:
             return existing
         self.ensure_network()
         instance_id = f"i-{secrets.token_hex(8)}"
-        seed = self.seeds / server.name / "seed"
-        self.seeds.mkdir(parents=True, exist_ok=True, mode=0o700)
+        seed = private_dir(self.state_dir, "local", self.fleet, server.name, "seed")
         write_seed(seed, instance_id=instance_id, hostname=server.name, user_data=user_data)
-        for path in (seed.parent, seed):
-            path.chmod(0o700)
         for path in seed.iterdir():
-            path.chmod(0o600)
+            private_file(path)
         cpus, memory_mb = self._resources(server.server_type)
         labels = {
             **dict(server.labels),

@@ -108,6 +108,16 @@ class FleetSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StoredUserData:
+    """A server's user_data as the store keeps it: `content` is the document with the secret
+    part of its one-time token cut out (engine.cloudinit.TokenSeal), `sha256` the hex digest
+    of the whole document as it is sent, by which the token put back is checked."""
+
+    content: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PhoneHomeToken:
     """A minted one-time token, known only by its SHA-256; `spent_at` once it was accepted."""
 

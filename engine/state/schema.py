@@ -51,6 +51,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    select,
+    sql,
+    update,
 )
 from sqlalchemy.schema import CreateColumn
 from sqlalchemy.types import TypeDecorator
@@ -78,12 +81,17 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """Schema version `version`: the tables `declare` adds, then any extra DDL in `upgrade`."""
+    """Schema version `version`: the tables `declare` adds, then any extra DDL in `upgrade`.
+
+    `scrub` says `upgrade` rewrites rows that held secrets: SQLite keeps the old text in free
+    pages (and its write-ahead log) until the file is rebuilt, so the store vacuums it after.
+    """
 
     version: int
     description: str
     declare: Callable[[MetaData], None]
     upgrade: Callable[[Connection], None] | None = None
+    scrub: bool = False
 
 
 def add_column(connection: Connection, table: str, column: Column[Any]) -> None:
@@ -266,7 +274,7 @@ def _add_server_columns_2(connection: Connection) -> None:
 def _user_data(metadata: MetaData) -> None:
     # The user_data rendered for each server, kept so that it is rendered once and never
     # changes (a change would replace the server). It holds the server's one-time phone-home
-    # token, short-lived and spent at the first phone-home.
+    # token, short-lived and spent at the first phone-home (sealed since migration 4).
     Table(
         "user_data",
         metadata,
@@ -278,6 +286,27 @@ def _user_data(metadata: MetaData) -> None:
     )
 
 
+def _nothing(metadata: MetaData) -> None:
+    """For a migration that changes rows, not tables."""
+
+
+def _seal_user_data_tokens(connection: Connection) -> None:
+    # Imported here: the token format is the control plane's, and it imports the store.
+    from engine.controlplane.tokens import seal_tokens
+
+    # The table as this migration found it, whatever later ones make of it.
+    kept = sql.table("user_data", sql.column("fleet"), sql.column("server"), sql.column("content"))
+    rows = connection.execute(select(kept.c.fleet, kept.c.server, kept.c.content)).all()
+    for row in rows:
+        sealed = seal_tokens(row.content)
+        if sealed != row.content:
+            connection.execute(
+                update(kept)
+                .where(kept.c.fleet == row.fleet, kept.c.server == row.server)
+                .values(content=sealed)
+            )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "servers, server_transitions, events, locks", _servers_events_locks),
     Migration(
@@ -287,6 +316,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         _add_server_columns_2,
     ),
     Migration(3, "user_data rendered once per server", _user_data),
+    Migration(
+        4,
+        "user_data keeps its phone-home token sealed (no usable token in the store)",
+        _nothing,
+        _seal_user_data_tokens,
+        scrub=True,
+    ),
 )
 
 

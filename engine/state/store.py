@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
-import hashlib
 import ipaddress
 import os
 import secrets
@@ -67,9 +66,11 @@ from engine.state import (
     PhoneHomeOutcome,
     PhoneHomeToken,
     ServerRecord,
+    StoredUserData,
     Transition,
     schema,
 )
+from engine.state.files import FILE_MODE, private_dir, private_file
 
 STATE_URL_ENV = "ENGINE_STATE_URL"
 SQLITE_FILE = "state.db"
@@ -105,14 +106,7 @@ def open_store(url: str, *, now: Callable[[], dt.datetime] | None = None) -> Sto
     options: dict[str, Any] = {}
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            folder = Path(parsed.database).parent
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise EngineError(
-                    f"cannot create the state store's folder {folder}: {error.strerror}; "
-                    "choose another with --state-dir or --state"
-                ) from None
+            _private_sqlite_file(Path(parsed.database))
         options["connect_args"] = {"timeout": _BUSY_TIMEOUT_S}
     elif backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -141,6 +135,25 @@ def open_store(url: str, *, now: Callable[[], dt.datetime] | None = None) -> Sto
         engine.dispose()
         raise
     return store
+
+
+def _private_sqlite_file(database: Path) -> None:
+    """The SQLite file and its companions readable by their owner only. The file is made here
+    (0600) rather than by SQLite (0644 under the usual umask); the -wal, -shm and -journal
+    files SQLite makes take the database file's mode. A folder made for it is 0700; an
+    existing one is left as it is (it may be the user's own, not the state directory)."""
+    folder = database.parent
+    if not folder.is_dir():
+        private_dir(folder)
+    try:
+        os.close(os.open(database, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    except OSError as error:
+        raise EngineError(
+            f"cannot create the state store {database}: {error.strerror}; "
+            "choose another with --state-dir or --state"
+        ) from None
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        private_file(database.with_name(database.name + suffix))
 
 
 def _parse_url(url: str) -> Any:
@@ -285,11 +298,13 @@ class Store:
                     f"the state store at {self.url} has schema version {max(applied)}, newer "
                     f"than this engine knows ({known}); upgrade the engine"
                 )
+            scrub = False
             for migration in schema.MIGRATIONS:
                 before = set(scratch.tables)
                 migration.declare(scratch)
                 if migration.version in applied:
                     continue
+                scrub = scrub or migration.scrub
                 new = [table for name, table in scratch.tables.items() if name not in before]
                 scratch.create_all(connection, tables=new)
                 if migration.upgrade is not None:
@@ -301,6 +316,21 @@ class Store:
                         applied_at=self._now(),
                     )
                 )
+        if scrub and not self._is_postgresql:
+            self._rebuild_sqlite_file()
+
+    def _rebuild_sqlite_file(self) -> None:
+        """VACUUM (outside any transaction) and empty the write-ahead log: the text of rows a
+        migration rewrote stays in free pages and in the log until then. (PostgreSQL's own
+        vacuum reclaims dead rows; nothing there is a file a user copies around.)"""
+        connection = self._engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute("VACUUM")
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor.close()
+        finally:
+            connection.close()
 
     def schema_version(self) -> int:
         """The newest migration applied to this store."""
@@ -1200,20 +1230,20 @@ class Store:
 
     # --- user_data ---------------------------------------------------------------------------
 
-    def get_user_data(self, fleet: str, server: str) -> str | None:
-        """The user_data rendered for a server, or None (engine.cloudinit.UserDataStore)."""
+    def get_user_data(self, fleet: str, server: str) -> StoredUserData | None:
+        """The user_data kept for a server, or None (engine.cloudinit.UserDataStore)."""
+        table = self._user_data
         with self._read() as connection:
             row = connection.execute(
-                select(self._user_data.c.content).where(
-                    self._user_data.c.fleet == fleet, self._user_data.c.server == server
+                select(table.c.content, table.c.sha256).where(
+                    table.c.fleet == fleet, table.c.server == server
                 )
             ).first()
-        return None if row is None else str(row.content)
+        return None if row is None else StoredUserData(content=row.content, sha256=row.sha256)
 
-    def put_user_data(self, fleet: str, server: str, user_data: str) -> None:
-        """Keep the user_data rendered for a server (replacing what was there) and its hash
-        on the server's record."""
-        digest = hashlib.sha256(user_data.encode("utf-8")).hexdigest()
+    def put_user_data(self, fleet: str, server: str, user_data: StoredUserData) -> None:
+        """Keep the user_data rendered for a server (replacing what was there), its hash on
+        the server's record as `sha256:<hex>`."""
         table = self._user_data
         with self._write() as connection:
             connection.execute(
@@ -1223,15 +1253,15 @@ class Store:
                 insert(table).values(
                     fleet=fleet,
                     server=server,
-                    content=user_data,
-                    sha256=digest,
+                    content=user_data.content,
+                    sha256=user_data.sha256,
                     rendered_at=self._now(),
                 )
             )
             connection.execute(
                 update(self._servers)
                 .where(self._servers.c.fleet == fleet, self._servers.c.name == server)
-                .values(user_data_hash=f"sha256:{digest}")
+                .values(user_data_hash=f"sha256:{user_data.sha256}")
             )
 
     def forget_fleet(self, fleet: str) -> None:

@@ -25,6 +25,7 @@ from tests.cloud.world import World
 from tests.fakes.common import ActionScript
 from tests.support.cli import engine
 from tests.support.clock import Clock
+from tests.support.tokens import sent_user_data
 
 
 def requested(world: World) -> list[tuple[int, Any]]:
@@ -162,7 +163,7 @@ def test_a_snapshot_names_the_fleet_and_server(world: World) -> None:
 def test_rebuild_sends_the_server_back_through_boot_and_install(world: World) -> None:
     world.up()
     with world.store() as store:
-        before = store.get_user_data(world.fleet, "worker-1")
+        before = sent_user_data(store, world.state_dir, world.fleet, "worker-1")
         store.update_server(
             world.fleet, "worker-1", host_keys=(("ssh-ed25519", "AAAAold"),),
             host_keys_source="phone-home",
@@ -175,7 +176,7 @@ def test_rebuild_sends_the_server_back_through_boot_and_install(world: World) ->
         record = store.server(world.fleet, "worker-1")
         assert record is not None and record.stage is Stage.BOOTING
         assert record.host_keys == () and record.installed_at is None
-        after = store.get_user_data(world.fleet, "worker-1")
+        after = sent_user_data(store, world.state_dir, world.fleet, "worker-1")
         kinds = {j.kind for j in store.jobs(world.fleet)}
     server_id = world.provider_id("worker-1")
     if world.provider == "hcloud":

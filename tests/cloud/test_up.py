@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from engine.cloud.backend import CloudBackend, engine_sources, resolved_sources
+from engine.cloudinit import user_data_sha256
 from engine.errors import EngineError
 from engine.model import Stage
 from engine.preview import plan_preview
@@ -27,6 +28,7 @@ from engine.up import destroy
 from tests.cloud.world import World
 from tests.stacks.harness import fleet_from
 from tests.support.cli import ROOT, engine
+from tests.support.tokens import sent_user_data, usable_tokens
 
 # --- without the Pulumi CLI ------------------------------------------------------------------
 
@@ -106,12 +108,21 @@ def test_up_runs_the_program_once_over_the_fleet_and_registers_what_it_made(
         records = {r.name: r for r in store.servers(world.fleet)}
         assert set(records) == set(names)
         for name in names:
-            # The program got each server's pinned user_data, carrying its own token.
-            assert inputs.user_data[name] == store.get_user_data(world.fleet, name)
+            # The program got each server's pinned user_data, carrying its own token, and
+            # would get the same bytes again.
+            sent = inputs.user_data[name]
+            assert sent == sent_user_data(store, world.state_dir, world.fleet, name)
+            assert (
+                "ph1." in sent
+                and records[name].user_data_hash == f"sha256:{user_data_sha256(sent)}"
+            )
             assert records[name].stage is Stage.BOOTING and records[name].provider_id
         listed = {s["name"]: str(s["id"]) for s in getattr(world.fake, "servers", [])}
         listed |= {d["name"]: str(d["id"]) for d in getattr(world.fake, "droplets", [])}
         assert {n: r.provider_id for n, r in records.items()} == listed
+    # Whoever reads the store's file finds no token a phone-home would be accepted with.
+    database = world.state_dir / "state.db"
+    assert usable_tokens(database, world.state_dir, {world.fleet: names}) == []
     plan = plan_preview(world.spec, state_dir=world.state_dir)
     assert plan.changes == ()
 
@@ -122,7 +133,7 @@ def test_a_second_up_changes_nothing_and_growing_makes_only_the_new_server(
     world.up()
     with world.store() as store:
         before = {r.name: r.provider_id for r in store.servers(world.fleet)}
-        documents = {n: store.get_user_data(world.fleet, n) for n in before}
+        documents = {n: sent_user_data(store, world.state_dir, world.fleet, n) for n in before}
     world.up()  # still booting: waited for again, the program is not run again
     assert len(world.pulumi.ups) == 1
     groups = yaml.safe_load(world.spec.read_text())["groups"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -20,9 +21,13 @@ from engine.cloudinit import (
     lint_user_data,
     phone_home_url,
     pin_user_data,
+    pinned_user_data,
     render_user_data,
 )
+from engine.controlplane.tokens import PURPOSE, PhoneHomeSeal
 from engine.model import ProviderName
+from engine.state import StoredUserData
+from engine.tokens import expected_token
 from tests.support.keys import DEPLOY_KEY, OPS_KEY, RSA4096_KEY
 
 
@@ -186,16 +191,31 @@ def test_the_size_budget_leaves_room_for_many_keys() -> None:
 
 class MemoryStore:
     def __init__(self) -> None:
-        self.texts: dict[tuple[str, str], str] = {}
+        self.kept: dict[tuple[str, str], StoredUserData] = {}
 
-    def get_user_data(self, fleet: str, server: str) -> str | None:
-        return self.texts.get((fleet, server))
+    def get_user_data(self, fleet: str, server: str) -> StoredUserData | None:
+        return self.kept.get((fleet, server))
 
-    def put_user_data(self, fleet: str, server: str, user_data: str) -> None:
-        self.texts[fleet, server] = user_data
+    def put_user_data(self, fleet: str, server: str, user_data: StoredUserData) -> None:
+        self.kept[fleet, server] = user_data
 
 
-def test_user_data_is_rendered_once_then_reused() -> None:
+KEY = bytes(range(32))
+
+
+def seal(server: str = "web-1", fleet: str = "web-prod") -> PhoneHomeSeal:
+    return PhoneHomeSeal(key=KEY, fleet=fleet, server=server)
+
+
+def phone_home_token(server: str, nonce: str) -> str:
+    """A token as minted for `server` of web-prod (the control plane would accept it)."""
+    expires = "1767225600"
+    return (
+        f"ph1.{expires}.{nonce}.{expected_token(KEY, PURPOSE, 'web-prod', server, expires, nonce)}"
+    )
+
+
+def test_user_data_is_rendered_once_then_reused_and_kept_without_its_token() -> None:
     store = MemoryStore()
     calls: list[str] = []
 
@@ -206,24 +226,38 @@ def test_user_data_is_rendered_once_then_reused() -> None:
 
         return run
 
-    first = pin_user_data(store, fleet="web-prod", server="web-1", render=rendering("token-one"))
-    again = pin_user_data(store, fleet="web-prod", server="web-1", render=rendering("token-two"))
-    assert first == again and "token-one" in again
-    assert calls == ["token-one"]  # no second token minted for a server that has user_data
-    other = pin_user_data(store, fleet="web-prod", server="web-2", render=rendering("token-3"))
-    assert "token-3" in other
-    fresh = pin_user_data(
-        store, fleet="web-prod", server="web-1", render=rendering("token-four"), fresh=True
+    one, two = phone_home_token("web-1", "n" * 16), phone_home_token("web-1", "m" * 16)
+    first = pin_user_data(
+        store, fleet="web-prod", server="web-1", seal=seal(), render=rendering(one)
     )
-    assert "token-four" in fresh
-    assert store.get_user_data("web-prod", "web-1") == fresh
+    again = pin_user_data(
+        store, fleet="web-prod", server="web-1", seal=seal(), render=rendering(two)
+    )
+    assert first == again and one in again
+    assert calls == [one]  # no second token minted for a server that has user_data
+    three = phone_home_token("web-2", "o" * 16)
+    other = pin_user_data(
+        store, fleet="web-prod", server="web-2", seal=seal("web-2"), render=rendering(three)
+    )
+    assert three in other
+    four = phone_home_token("web-1", "p" * 16)
+    fresh = pin_user_data(
+        store, fleet="web-prod", server="web-1", seal=seal(), render=rendering(four), fresh=True
+    )
+    assert four in fresh
+    assert pinned_user_data(store, fleet="web-prod", server="web-1", seal=seal()) == fresh
+    kept = "".join(document.content for document in store.kept.values())
+    assert [token for token in (one, three, four) if token in kept] == []
 
 
 def test_the_guard_lints_before_storing_and_on_reuse() -> None:
     store = MemoryStore()
     with pytest.raises(UserDataError, match="byte order mark"):
-        pin_user_data(store, fleet="f", server="s", render=lambda: "\ufeff" + GOOD)
-    assert store.texts == {}
-    store.put_user_data("f", "s", GOOD.replace("\n", "\r\n"))
+        pin_user_data(store, fleet="f", server="s", seal=seal(), render=lambda: "\ufeff" + GOOD)
+    assert store.kept == {}
+    crlf = GOOD.replace("\n", "\r\n")
+    store.put_user_data(
+        "f", "s", StoredUserData(content=crlf, sha256=hashlib.sha256(crlf.encode()).hexdigest())
+    )
     with pytest.raises(UserDataError, match="carriage return"):
-        pin_user_data(store, fleet="f", server="s", render=lambda: GOOD)
+        pin_user_data(store, fleet="f", server="s", seal=seal(), render=lambda: GOOD)

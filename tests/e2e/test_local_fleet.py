@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from engine.local.dockerd import PrivateDaemon
 from engine.model import LABEL_FLEET, Stage
 from engine.state.store import open_store
 from tests.support.cli import ROOT, engine
+from tests.support.tokens import usable_tokens
 
 SPEC = {
     "apiVersion": "fleet/v1",
@@ -119,6 +121,12 @@ def test_up_brings_every_server_to_ready_with_its_agent_answering(fleet: Fleet) 
         live = server["live"]
         assert live is not None and "error" not in live, live
         assert 0 <= live["cpu_percent"] <= 100 and live["memory_total_gb"] > 0
+    # What the engine keeps is its owner's only, and no token in it would pass a phone-home.
+    state = fleet.state_dir
+    for folder in (state, state / "keys", state / "logs", state / "local"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE((state / "state.db").stat().st_mode) == 0o600
+    assert usable_tokens(state / "state.db", state, {"e2e": sorted(by_name)}) == []
 
 
 def test_a_second_preview_and_up_have_nothing_to_do(fleet: Fleet) -> None:
@@ -283,13 +291,15 @@ def test_rebuild_makes_the_machine_again_with_fresh_user_data_and_it_is_ready(
     with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
         old = store.server("e2e", "web-1")
         document = store.get_user_data("e2e", "web-1")
+        assert document is not None
     result = signalled(fleet, "rebuild", "web-1")
     done = json.loads(result.stdout.splitlines()[-1])
     assert done["event"] == "done" and done["ready"] == ["web-1"], done
     assert docker_client.containers.get("e2e-web-1").id != container
     with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
         new = store.server("e2e", "web-1")
-        assert store.get_user_data("e2e", "web-1") != document  # a new one-time token
+        renewed = store.get_user_data("e2e", "web-1")
+        assert renewed is not None and renewed.sha256 != document.sha256  # a new token
     assert old is not None and new is not None and new.stage is Stage.READY
     assert new.provider_id != old.provider_id and new.host_keys != old.host_keys
     assert new.host_keys_source == "phone-home"

@@ -253,7 +253,7 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_a_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(EngineError, match="cannot create the state store's folder"):
+    with pytest.raises(EngineError, match=r"file is a file, where the engine keeps a folder"):
         open_store(f"sqlite:///{tmp_path / 'file' / 'state.db'}")
 
 

@@ -1,0 +1,197 @@
+"""An install process never outlives the engine that started it, and a server is never
+installed by two at once: the real install runner in a real parent process, installing a real
+server (a golden-image container booted with cloud-init), killed with `kill -9` mid-install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from engine.install import InstallHost, InstallSettings, install_hosts
+from engine.install.model import to_json
+from engine.local.dockerd import PrivateDaemon
+from engine.model import DockerInstall, DockerSource, Install
+from tests.support.cli import ROOT
+from tests.support.targets import Target, boot_targets, make_ssh_key, remove_targets
+from tests.support.wait import wait_until
+
+# The engine's part, as a process of its own: it runs the install runner and nothing else.
+PARENT = """
+import json, sys
+from pathlib import Path
+from engine.install import InstallHost, InstallSettings, install_hosts
+from engine.install.model import from_json
+
+data = json.load(sys.stdin)
+host = from_json(InstallHost, data["host"])
+settings = from_json(InstallSettings, data["settings"])
+install_hosts([host], settings, lock_dir=Path(data["lock_dir"]))
+"""
+# An engine and an install process that starts a child of its own (as ssh or pyinfra's
+# subprocesses would be): the engine starts it as the runner does, and prints both pids.
+ENGINE = """
+import os, subprocess, sys
+lifeline, keep = os.pipe()
+worker = subprocess.Popen(
+    [sys.executable, "-c", sys.argv[1], str(lifeline)], pass_fds=(lifeline,),
+    start_new_session=True,
+)
+os.close(lifeline)
+print(worker.pid, flush=True)
+worker.wait()
+"""
+WORKER = """
+import subprocess, sys
+from engine.install.worker import stop_with_parent
+stop_with_parent(int(sys.argv[1]))
+child = subprocess.Popen(["sleep", "600"])
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+@pytest.fixture(scope="module")
+def server(
+    docker_client: Any, golden_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Target, Path]]:
+    key = make_ssh_key(tmp_path_factory.mktemp("ssh"))
+    name = f"orphan-{secrets.token_hex(2)}"
+    (target,) = boot_targets(
+        docker_client, golden_image, [name], key, tmp_path_factory.mktemp("seeds")
+    )
+    try:
+        yield target, key
+    finally:
+        remove_targets(docker_client, [target])
+
+
+def _install_workers(parent: psutil.Process) -> list[psutil.Process]:
+    return [
+        child
+        for child in parent.children()
+        if child.is_running() and "engine.install" in " ".join(child.cmdline())
+    ]
+
+
+def _is_logged_in(worker: psutil.Process, target: Target) -> bool:
+    """Whether the install process has its SSH connection to the server open."""
+    try:
+        connections = worker.net_connections(kind="tcp")
+    except psutil.NoSuchProcess:
+        return False
+    return any(
+        c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.ip == target.address
+        for c in connections
+    )
+
+
+def _is_alive(process: psutil.Process) -> bool:
+    """Running, and not a zombie (dead, waiting for whoever adopted it to reap it)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _group(leader: int) -> list[psutil.Process]:
+    """The live processes of the process group `leader` leads: it and all it started."""
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == leader and _is_alive(process):
+                members.append(process)
+        except ProcessLookupError:
+            continue
+    return members
+
+
+def test_kill_9_of_the_engine_ends_its_installs_and_frees_the_server_for_the_next_run(
+    server: tuple[Target, Path], dockerd: PrivateDaemon, tmp_path: Path
+) -> None:
+    target, key = server
+    host: InstallHost = target.host(key)
+    settings = InstallSettings(
+        install=Install(docker=DockerInstall(source=DockerSource.DISTRO)),
+        control_plane=(str(dockerd.subnet.network_address + 1),),
+        docker_url=dockerd.url,
+    )
+    locks = tmp_path / "locks"
+    request = {"host": to_json(host), "settings": to_json(settings), "lock_dir": str(locks)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT],
+        stdin=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    worker_pid = 0
+    try:
+        assert parent.stdin is not None
+        parent.stdin.write(json.dumps(request).encode())
+        parent.stdin.close()
+        (worker,) = wait_until(
+            lambda: _install_workers(psutil.Process(parent.pid)), what="the install process"
+        )
+        worker_pid = worker.pid
+        wait_until(lambda: _is_logged_in(worker, target), what="the install's SSH login")
+
+        # While it runs, nobody else installs that server: a second install waits for the
+        # lock, and here gives up at once, having done nothing.
+        (refused,) = install_hosts([host], settings, lock_dir=locks, timeout_s=0.5)
+        assert not refused.ok and refused.operations == ()
+        assert refused.error.startswith(f"another install of {host.name} still runs")
+
+        started = [worker, *worker.children(recursive=True), *_group(worker_pid)]
+        assert worker_pid in {p.pid for p in _group(worker_pid)}
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        gone = wait_until(
+            lambda: not _group(worker_pid) or None, timeout_s=5, what="the install's processes"
+        )
+        assert gone and not [p for p in started if _is_alive(p)]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if worker_pid and _group(worker_pid):
+            os.killpg(worker_pid, signal.SIGKILL)
+
+    # The resumed run's install gets the server, and finishes.
+    (resumed,) = install_hosts([host], settings, lock_dir=locks)
+    assert resumed.ok, resumed.error
+
+
+def test_what_an_install_process_started_ends_with_it_when_the_engine_dies() -> None:
+    engine = subprocess.Popen(
+        [sys.executable, "-c", ENGINE, WORKER],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    worker_pid = 0
+    try:
+        assert engine.stdout is not None
+        worker_pid, child_pid = int(engine.stdout.readline()), int(engine.stdout.readline())
+        started = [psutil.Process(worker_pid), psutil.Process(child_pid)]
+        assert all(_is_alive(p) for p in started)
+        os.kill(engine.pid, signal.SIGKILL)
+        engine.wait()
+        wait_until(
+            lambda: not [p for p in started if _is_alive(p)], timeout_s=5, what="both to end"
+        )
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
+        if worker_pid and _group(worker_pid):
+            os.killpg(worker_pid, signal.SIGKILL)
