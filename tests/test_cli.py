@@ -96,6 +96,10 @@ def test_an_unexpected_error_prints_one_line_and_writes_a_debug_log(
     logs = list((tmp_path / "logs").glob("engine-debug-*.log"))
     assert len(logs) == 1 and str(logs[0]) in err
     text = logs[0].read_text()
+    assert (
+        logs[0].stat().st_mode & 0o777 == 0o600
+        and (tmp_path / "logs").stat().st_mode & 0o777 == 0o700
+    )
     assert "Traceback" in text and "boom" in text
     assert "secret-value-0123456789" not in text
 

@@ -65,16 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def debug_log(exc: BaseException, state_dir: Path) -> Path:
-    """Write `exc`'s traceback (secrets masked) to a debug log; its path, for a one-line note."""
+    """Write `exc`'s traceback (secrets masked) to a debug log only its owner may read, in the
+    state dir's private logs folder (else the temp dir); its path, for a one-line note."""
+    from engine.state.files import private_dir
+
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     text = redact("".join(traceback.format_exception(exc)))
-    for folder in (state_dir / "logs", Path(tempfile.gettempdir())):
+    name = f"engine-debug-{stamp}-{os.getpid()}.log"
+    for folder in (lambda: private_dir(state_dir, "logs"), lambda: Path(tempfile.gettempdir())):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"engine-debug-{stamp}-{os.getpid()}.log"
-            path.write_text(f"engine {' '.join(sys.argv[1:])}\n{text}", encoding="utf-8")
+            path = folder() / name
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(f"engine {' '.join(sys.argv[1:])}\n{text}")
             return path
-        except OSError:
+        except (OSError, EngineError):
             continue
     raise exc
 
