@@ -145,7 +145,8 @@ def declare(inputs: StackInputs, provider: do.Provider) -> dict[str, dict[str, o
                 region=server.location,
                 ssh_keys=keys,
                 tags=[*tags(server.labels), member_tag(fleet.name, group.name)],
-                user_data=inputs.user_data[server.name],
+                # A secret: Pulumi keeps it encrypted in its state (it holds a one-time token).
+                user_data=pulumi.Output.secret(inputs.user_data[server.name]),
                 vpc_uuid=vpcs[server.networks[0], server.location].id if server.networks else None,
                 backups=server.backups,
                 ipv6=server.public_ipv6,

@@ -163,7 +163,8 @@ def declare(inputs: StackInputs, provider: hcloud.Provider) -> dict[str, dict[st
                 location=server.location,
                 ssh_keys=keys,
                 labels=dict(server.labels),
-                user_data=inputs.user_data[server.name],
+                # A secret: Pulumi keeps it encrypted in its state (it holds a one-time token).
+                user_data=pulumi.Output.secret(inputs.user_data[server.name]),
                 firewall_ids=[_int(fw.id) for fw in attached],
                 networks=[
                     hcloud.ServerNetworkArgs(network_id=_int(networks[name].id))

@@ -77,11 +77,20 @@ def test_the_servers_are_exactly_the_expanded_fleet(
         assert run.outputs[name]["ipv4"]
 
 
+def _secret(value: object) -> str:
+    """The plain text of a Pulumi secret input (as a mock receives it); fails if not secret."""
+    from pulumi.runtime import rpc
+
+    assert isinstance(value, dict), "user_data must be a secret: it holds a one-time token"
+    assert value.get(rpc._special_sig_key) == rpc._special_secret_sig
+    return str(value["value"])
+
+
 def test_each_server_gets_its_own_user_data_with_only_its_own_token(
     case: Case, inputs: StackInputs, run: Run
 ) -> None:
     for name, server in run.of_type(case.server_type).items():
-        user_data = server.inputs["userData"]
+        user_data = _secret(server.inputs["userData"])
         assert user_data == inputs.user_data[name]
         assert token_of(name) in user_data
         others = [token_of(s.name) for s in inputs.servers if s.name != name]
@@ -106,7 +115,7 @@ def test_only_a_server_the_plan_replaces_is_made_from_todays_inputs(
     run = run_program(replace(inputs, replaced=frozenset({first})), case.answers)
     servers = run.of_type(case.server_type)
     assert servers[first].ignore_changes == ()
-    assert servers[first].inputs["userData"] == inputs.user_data[first]
+    assert _secret(servers[first].inputs["userData"]) == inputs.user_data[first]
     assert {"userData", "image", "sshKeys"} <= set(servers[second].ignore_changes)
 
 
