@@ -11,6 +11,7 @@ debug log that holds the details.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib
 import os
@@ -72,13 +73,17 @@ def debug_log(exc: BaseException, state_dir: Path) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     text = redact("".join(traceback.format_exception(exc)))
     name = f"engine-debug-{stamp}-{os.getpid()}.log"
-    for folder in (lambda: private_dir(state_dir, "logs"), lambda: Path(tempfile.gettempdir())):
+    folders = [Path(tempfile.gettempdir())]
+    with contextlib.suppress(EngineError):  # no private logs folder: the temp dir will do
+        folders.insert(0, private_dir(state_dir, "logs"))
+    for folder in folders:
         try:
-            path = folder() / name
-            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-                f.write(f"engine {' '.join(sys.argv[1:])}\n{text}")
-            return path
-        except (OSError, EngineError):
+            with os.fdopen(
+                os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w"
+            ) as log:
+                log.write(f"engine {' '.join(sys.argv[1:])}\n{text}")
+            return folder / name
+        except OSError:
             continue
     raise exc
 
