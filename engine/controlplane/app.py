@@ -11,8 +11,9 @@
 Every other route is 404. API keys go in `Authorization: Bearer fek_...`; each key has a
 token bucket (100 requests a second, bursts of 200 by default) and a request over it gets
 429 with Retry-After. Source addresses that keep presenting bad tokens are slowed down the
-same way. Bodies are JSON, limited in size (413 past it), checked against their schema (422
-with one entry per bad field). Errors are described in engine.controlplane.errors.
+same way. Bodies are JSON, limited in size (413 past it) and in nesting depth (400 past
+32 levels, found before any parser recurses), checked against their schema (422 with one
+entry per bad field). Errors are described in engine.controlplane.errors.
 
 Tokens only ever travel in the Authorization header, which nothing here logs; the logging
 filter installed by `install_log_redaction` masks any bearer token and registered secret in
