@@ -16,10 +16,11 @@
     GET    /v1/tasks, /v1/tasks/{id}, /v1/tasks/{id}/log?offset=&limit=
 
 Errors are JSON `{"detail": ...}`: 401 without a valid token, 404 for what does not exist,
-409 for conflicts, 413/431 for oversized bodies/headers, 422 for invalid input (with the
-field's path), 502 when Docker or a registry fails, 503/504 when Docker does not answer (in
-time). There is no CORS and no
-interactive documentation: the API is for the engine, not for browsers.
+409 for conflicts, 413/431 for oversized bodies/headers, 400 for a body nested too deep, 422
+for invalid input (with the field's path), 502 when Docker or a registry fails, 503/504 when
+Docker does not answer (in time). The guard's refusals (400, 401, 413, 431) also carry a
+stable `code` (fleet_agent.guard). There is no CORS and no interactive documentation: the
+API is for the engine, not for browsers.
 """
 
 from __future__ import annotations

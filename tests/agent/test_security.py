@@ -69,7 +69,10 @@ def test_every_route_but_health_refuses_wrong_tokens_and_does_nothing(
             )
             assert response.status_code == 401, what
             assert response.headers["www-authenticate"] == "Bearer"
-            assert response.json() == {"detail": "a valid bearer token is required"}
+            assert response.json() == {
+                "detail": "a valid bearer token is required",
+                "code": "unauthenticated",
+            }
     assert docker_client.api.containers(all=True) == containers
 
 
