@@ -10,6 +10,12 @@ stream in a thread (no polling: an idle server costs nothing) and queued; a send
 delivers them in order and retries with backoff while the control plane is away. The queue is
 bounded: when it overflows the oldest events go and the next heartbeat says how many. After a
 lost connection to Docker the stream resumes from the last event seen, so none are skipped.
+
+A die says whether the kernel killed the container for memory (`oom_killed`). Docker learns
+that from a notification of its own, which may come just after it reports the die: then its
+oom event follows the die and State.OOMKilled turns true a moment late. So a die not known as
+an OOM kill yet waits in the queue, up to OOM_SETTLE_S after it came, while the sender asks
+again every OOM_POLL_S; the events behind it wait with it (order is kept), heartbeats do not.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import collections
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -35,6 +42,17 @@ MAX_QUEUED_EVENTS = 1000
 MAX_LISTED_CONTAINERS = 200
 REQUEST_TIMEOUT_S = (5.0, 10.0)
 MAX_BACKOFF_S = 30.0
+OOM_SETTLE_S = 0.5
+OOM_POLL_S = 0.05
+MAX_REMEMBERED_OOMS = 256
+
+
+@dataclass(slots=True)
+class _Queued:
+    """An event to send; a die not known as an OOM kill yet may learn it until `settle_by`."""
+
+    payload: dict[str, Any]
+    settle_by: float | None = None
 
 
 def _container_summary(gateway: DockerGateway) -> tuple[dict[str, Any] | None, str | None]:
@@ -96,11 +114,8 @@ def event_payload(
 
 
 def _was_oom_killed(gateway: DockerGateway, container_id: str) -> bool | None:
-    """Whether the kernel killed the container for memory; None when it is already gone.
-
-    Docker's own oom event is missed when the kill comes in the container's first moments,
-    before Docker listens for it; the container's state still says so.
-    """
+    """Whether Docker's state says the kernel killed the container for memory; None when the
+    container is gone already (`--rm`)."""
     try:
         state = gateway.api.inspect_container(container_id)["State"]
     except Exception:  # removed already (`--rm`), or Docker restarting: unknown
@@ -133,8 +148,10 @@ class Reporter:
             "Authorization": f"Bearer {config.heartbeat_token}",
             "User-Agent": f"fleet-agent/{__version__}",
         }
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._queue: collections.deque[_Queued] = collections.deque()
         self._queue_changed = threading.Condition()
+        # Containers whose oom event came since they last started (under _queue_changed).
+        self._ooms: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._dropped = 0
         self._stopping = threading.Event()
         self._stream: Any = None
@@ -215,13 +232,44 @@ class Reporter:
             log.warning("%s; retrying", message)
             self._failing = True
 
-    def _enqueue(self, payload: dict[str, Any]) -> None:
+    def _enqueue(self, payload: dict[str, Any], *, settle_by: float | None = None) -> None:
         with self._queue_changed:
             if len(self._queue) >= MAX_QUEUED_EVENTS:
                 self._queue.popleft()
                 self._dropped += 1
-            self._queue.append(payload)
+            self._queue.append(_Queued(payload, settle_by))
             self._queue_changed.notify()
+
+    def _remember(self, action: str, container_id: str) -> None:
+        """Note an oom event until the container starts again (a new life, a new verdict)."""
+        with self._queue_changed:
+            if action == "oom":
+                self._ooms[container_id] = None
+                if len(self._ooms) > MAX_REMEMBERED_OOMS:
+                    self._ooms.popitem(last=False)
+            else:
+                self._ooms.pop(container_id, None)
+
+    def _oom_killed(self, container_id: str) -> bool | None:
+        """Whether Docker knows by now that the container's death was an OOM kill: by its oom
+        event or by its state; None when the container is gone and sent no oom event."""
+        with self._queue_changed:
+            if container_id in self._ooms:
+                return True
+        return _was_oom_killed(self.gateway, container_id)
+
+    def _settle(self, queued: _Queued) -> None:
+        """Give Docker until the die's `settle_by` to say it was an OOM kill."""
+        assert queued.settle_by is not None
+        container_id = queued.payload["container"]["id"]
+        while True:
+            if self._oom_killed(container_id):
+                queued.payload["oom_killed"] = True
+                break
+            left = queued.settle_by - time.monotonic()
+            if left <= 0 or self._stopping.wait(min(OOM_POLL_S, left)):
+                break
+        queued.settle_by = None
 
     def _watch_events(self) -> None:
         since = f"{time.time():.9f}"
@@ -239,13 +287,18 @@ class Reporter:
                     if nanos:
                         since = f"{(nanos + 1) // 1_000_000_000}.{(nanos + 1) % 1_000_000_000:09d}"
                     action = event.get("Action") or event.get("status")
-                    if action in EVENTS:
-                        oom = None
-                        if action == "die":
-                            oom = _was_oom_killed(
-                                self.gateway, (event.get("Actor") or {}).get("ID", "")
-                            )
-                        self._enqueue(event_payload(self.config, event, oom_killed=oom))
+                    if action not in EVENTS:
+                        continue
+                    container_id = (event.get("Actor") or {}).get("ID", "")
+                    if action == "die":
+                        oom = self._oom_killed(container_id)
+                        self._enqueue(
+                            event_payload(self.config, event, oom_killed=oom),
+                            settle_by=None if oom else time.monotonic() + OOM_SETTLE_S,
+                        )
+                    else:
+                        self._remember(action, container_id)
+                        self._enqueue(event_payload(self.config, event))
             except Exception as exc:  # Docker gone or restarting: wait, then resume from `since`
                 if not self._stopping.is_set():
                     log.warning("Docker event stream lost (%s); reconnecting", type(exc).__name__)
@@ -261,10 +314,12 @@ class Reporter:
                     self._queue_changed.wait()
                 if self._stopping.is_set():
                     return
-                payload = self._queue[0]
-            if self._post(session, "/v1/agent-events", payload):
+                queued = self._queue[0]
+            if queued.settle_by is not None:
+                self._settle(queued)
+            if self._post(session, "/v1/agent-events", queued.payload):
                 with self._queue_changed:
-                    if self._queue and self._queue[0] is payload:
+                    if self._queue and self._queue[0] is queued:
                         self._queue.popleft()
                 backoff = 1.0
             else:
