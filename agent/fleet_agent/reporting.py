@@ -11,11 +11,11 @@ delivers them in order and retries with backoff while the control plane is away.
 bounded: when it overflows the oldest events go and the next heartbeat says how many. After a
 lost connection to Docker the stream resumes from the last event seen, so none are skipped.
 
-A die says whether the kernel killed the container for memory (`oom_killed`). Docker learns
-that from a notification of its own, which may come just after it reports the die: then its
-oom event follows the die and State.OOMKilled turns true a moment late. So a die not known as
-an OOM kill yet waits in the queue, up to OOM_SETTLE_S after it came, while the sender asks
-again every OOM_POLL_S; the events behind it wait with it (order is kept), heartbeats do not.
+A die says whether the kernel killed the container for memory (`oom_killed`), as the kernel's
+log, Docker's oom event or Docker's state tell (fleet_agent.oomkills). Docker's oom event may
+come just after the die, so a die not known as an OOM kill yet waits in the queue, up to
+OOM_SETTLE_S after it came, while the sender asks again every OOM_POLL_S; the events behind
+it wait with it (order is kept), heartbeats do not.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from fleet_agent import __version__
 from fleet_agent.config import AgentConfig
 from fleet_agent.dockerops import AgentError, DockerGateway
 from fleet_agent.metrics import CpuSampler, collect_metrics, timestamp
+from fleet_agent.oomkills import OomWitness
 
 log = logging.getLogger("fleet_agent")
 
@@ -44,7 +45,6 @@ REQUEST_TIMEOUT_S = (5.0, 10.0)
 MAX_BACKOFF_S = 30.0
 OOM_SETTLE_S = 0.5
 OOM_POLL_S = 0.05
-MAX_REMEMBERED_OOMS = 256
 
 
 @dataclass(slots=True)
@@ -135,6 +135,7 @@ class Reporter:
         gateway: DockerGateway,
         sampler: CpuSampler,
         started_at: float,
+        oom: OomWitness,
     ) -> None:
         assert config.control_plane_url and config.heartbeat_token
         self.config = config
@@ -143,6 +144,7 @@ class Reporter:
         self.gateway = gateway
         self.sampler = sampler
         self.started_at = started_at
+        self.oom = oom
         self._url = config.control_plane_url
         self._headers = {
             "Authorization": f"Bearer {config.heartbeat_token}",
@@ -150,8 +152,6 @@ class Reporter:
         }
         self._queue: collections.deque[_Queued] = collections.deque()
         self._queue_changed = threading.Condition()
-        # Containers whose oom event came since they last started (under _queue_changed).
-        self._ooms: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._dropped = 0
         self._stopping = threading.Event()
         self._stream: Any = None
@@ -240,22 +240,12 @@ class Reporter:
             self._queue.append(_Queued(payload, settle_by))
             self._queue_changed.notify()
 
-    def _remember(self, action: str, container_id: str) -> None:
-        """Note an oom event until the container starts again (a new life, a new verdict)."""
-        with self._queue_changed:
-            if action == "oom":
-                self._ooms[container_id] = None
-                if len(self._ooms) > MAX_REMEMBERED_OOMS:
-                    self._ooms.popitem(last=False)
-            else:
-                self._ooms.pop(container_id, None)
-
     def _oom_killed(self, container_id: str) -> bool | None:
-        """Whether Docker knows by now that the container's death was an OOM kill: by its oom
-        event or by its state; None when the container is gone and sent no oom event."""
-        with self._queue_changed:
-            if container_id in self._ooms:
-                return True
+        """Whether the container's death is known by now to be an OOM kill: by the kernel's
+        log, Docker's oom event or Docker's state; None when the container is gone and
+        neither the kernel nor Docker said so."""
+        if self.oom.death_was_oom(container_id):
+            return True
         return _was_oom_killed(self.gateway, container_id)
 
     def _settle(self, queued: _Queued) -> None:
@@ -297,7 +287,7 @@ class Reporter:
                             settle_by=None if oom else time.monotonic() + OOM_SETTLE_S,
                         )
                     else:
-                        self._remember(action, container_id)
+                        self.oom.saw(action, container_id)
                         self._enqueue(event_payload(self.config, event))
             except Exception as exc:  # Docker gone or restarting: wait, then resume from `since`
                 if not self._stopping.is_set():
