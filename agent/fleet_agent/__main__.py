@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fleet_agent import __version__
 from fleet_agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from fleet_agent.tls import TlsError, ensure_certificate
+from fleet_agent.tls import CIPHERS, TlsError, ensure_certificate
 
 log = logging.getLogger("fleet_agent")
 
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             create_app(config, fingerprint=fingerprint, port=port),
             ssl_certfile=str(config.tls_cert),
             ssl_keyfile=str(config.tls_key),
+            ssl_ciphers=CIPHERS,
             http="h11",
             ws="none",
             loop="asyncio",

@@ -16,10 +16,11 @@
     GET    /v1/tasks, /v1/tasks/{id}, /v1/tasks/{id}/log?offset=&limit=
 
 Errors are JSON `{"detail": ...}`: 401 without a valid token, 404 for what does not exist,
-409 for conflicts, 413/431 for oversized bodies/headers, 422 for invalid input (with the
-field's path), 502 when Docker or a registry fails, 503/504 when Docker does not answer (in
-time). There is no CORS and no
-interactive documentation: the API is for the engine, not for browsers.
+409 for conflicts, 413/431 for oversized bodies/headers, 400 for a body nested too deep, 422
+for invalid input (with the field's path), 502 when Docker or a registry fails, 503/504 when
+Docker does not answer (in time). The guard's refusals (400, 401, 413, 431) also carry a
+stable `code` (fleet_agent.guard). There is no CORS and no interactive documentation: the
+API is for the engine, not for browsers.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from fleet_agent.bodies import (
 from fleet_agent.config import AgentConfig
 from fleet_agent.guard import AuditLog, Guard
 from fleet_agent.metrics import CpuSampler, collect_metrics
+from fleet_agent.oomkills import OomWitness
 from fleet_agent.reporting import Reporter
 from fleet_agent.tasks import TaskBusy, TaskKind, TaskRunner
 
@@ -142,6 +144,7 @@ def create_app(config: AgentConfig, *, fingerprint: str, port: int) -> Any:
     gateway = dockerops.DockerGateway(config.docker_url, timeout_s=config.docker_timeout_s)
     sampler = CpuSampler(config.cpu_window_s)
     tasks = TaskRunner(config.state_dir, config.host_command_prefix)
+    oom = OomWitness()
     started_at = time.time()
 
     @asynccontextmanager
@@ -157,6 +160,7 @@ def create_app(config: AgentConfig, *, fingerprint: str, port: int) -> Any:
                 gateway=gateway,
                 sampler=sampler,
                 started_at=started_at,
+                oom=oom,
             )
             background.append(reporter.start())
         try:
@@ -170,6 +174,7 @@ def create_app(config: AgentConfig, *, fingerprint: str, port: int) -> Any:
             if reporter is not None:
                 await asyncio.to_thread(reporter.stop)
             await tasks.close()
+            oom.close()
             gateway.close()
             log.info("stopped cleanly")
 
@@ -210,7 +215,11 @@ def create_app(config: AgentConfig, *, fingerprint: str, port: int) -> Any:
 
     @app.get("/v1/containers/{ref}")
     def inspect_container(ref: Ref) -> dict[str, Any]:
-        return dockerops.inspect_container(gateway, ref)
+        details = dockerops.inspect_container(gateway, ref)
+        # Docker's state misses some OOM kills the agent knows of (fleet_agent.oomkills).
+        if oom.last_death_was_oom(details["id"]):
+            details["state"]["oom_killed"] = True
+        return details
 
     @app.post("/v1/containers/{ref}/start")
     def start_container(ref: Ref) -> dict[str, Any]:

@@ -4,9 +4,15 @@ It is plain ASGI and runs before routing, so an unauthenticated request learns n
 even whether a route exists. Only `GET /v1/health` is open. The token is compared as its
 SHA-256 against the stored digest with hmac.compare_digest (constant time, equal lengths);
 the agent never holds the token itself. Bodies are read up to the limit before the app sees
-them, so an oversized request is refused whole (413) and changes nothing. Every mutating call
-and every refused token goes to the audit log as one JSON line, without secrets: the body is
-recorded as its SHA-256 plus a few fields that identify what was touched.
+them, so an oversized request is refused whole (413) and changes nothing; so is one nesting
+arrays and objects deeper than any body needs (400), measured in one pass before json (here
+or in the app) recurses through it. Every mutating call and every refused token goes to the
+audit log as one JSON line, without secrets: the body is recorded as its SHA-256 plus a few
+fields that identify what was touched.
+
+The guard's own refusals are `{"detail": <message>, "code": <stable code>}`:
+
+    400 body_too_deep    401 unauthenticated    413 body_too_large    431 headers_too_large
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -31,6 +38,8 @@ OPEN_ROUTES = frozenset({("GET", "/v1/health")})
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_TOKEN_BYTES = 1024
 MAX_HEADER_BYTES = 16 * 1024
+# The bodies need three levels; json and pydantic recurse once per level.
+MAX_JSON_DEPTH = 32
 # Body fields that name what a call touched; everything else (env, command) may hold secrets.
 AUDITED_FIELDS = ("image", "name", "network", "subnet", "dangling_only")
 
@@ -71,8 +80,43 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def _reply(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
-    body = json.dumps({"detail": detail}).encode()
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*(?:"|\Z)')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def is_nested_deeper(body: bytes, limit: int) -> bool:
+    """Whether the JSON `body` nests arrays and objects more than `limit` levels deep.
+
+    Read as json.loads reads bytes, in one pass without recursion, brackets inside strings
+    ignored: escapes go first (so `\\"` ends no string), then strings, then all that is not a
+    bracket. On a body that is not JSON it may find more depth than json.loads reaches, never
+    less: json.loads stops at the first error, and up to there both read alike. The control
+    plane measures its bodies the same way (engine.controlplane.bodies; the agent is a package
+    of its own).
+    """
+    try:
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+    except UnicodeDecodeError:
+        return False  # not JSON at all: the app refuses it
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
+    depth = 0
+    for bracket in brackets:
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+async def _reply(
+    send: Send, status: int, code: str, detail: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    body = json.dumps({"detail": detail, "code": code}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -121,13 +165,21 @@ class Guard:
         }
         if sum(len(k) + len(v) for k, v in scope.get("headers", ())) > MAX_HEADER_BYTES:
             await _reply(
-                send, 431, f"the request headers are larger than {MAX_HEADER_BYTES} bytes", []
+                send,
+                431,
+                "headers_too_large",
+                f"the request headers are larger than {MAX_HEADER_BYTES} bytes",
+                [],
             )
             return
         if (method, path) not in OPEN_ROUTES and not self._is_authorised(scope):
             self.audit.record({**entry, "status": 401, "event": "refused-token"})
             await _reply(
-                send, 401, "a valid bearer token is required", [(b"www-authenticate", b"Bearer")]
+                send,
+                401,
+                "unauthenticated",
+                "a valid bearer token is required",
+                [(b"www-authenticate", b"Bearer")],
             )
             return
         body = await self._read_body(scope, receive)
@@ -135,7 +187,22 @@ class Guard:
             if method in MUTATING_METHODS:
                 self.audit.record({**entry, "status": 413, "event": "body-too-large"})
             await _reply(
-                send, 413, f"the request body is larger than {self.max_body_bytes} bytes", []
+                send,
+                413,
+                "body_too_large",
+                f"the request body is larger than {self.max_body_bytes} bytes",
+                [],
+            )
+            return
+        if is_nested_deeper(body, MAX_JSON_DEPTH):
+            if method in MUTATING_METHODS:
+                self.audit.record({**entry, "status": 400, "event": "body-too-deep"})
+            await _reply(
+                send,
+                400,
+                "body_too_deep",
+                f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
+                [],
             )
             return
         status = 500

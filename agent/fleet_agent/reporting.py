@@ -10,6 +10,12 @@ stream in a thread (no polling: an idle server costs nothing) and queued; a send
 delivers them in order and retries with backoff while the control plane is away. The queue is
 bounded: when it overflows the oldest events go and the next heartbeat says how many. After a
 lost connection to Docker the stream resumes from the last event seen, so none are skipped.
+
+A die says whether the kernel killed the container for memory (`oom_killed`), as the kernel's
+log, Docker's oom event or Docker's state tell (fleet_agent.oomkills). Docker's oom event may
+come just after the die, so a die not known as an OOM kill yet waits in the queue, up to
+OOM_SETTLE_S after it came, while the sender asks again every OOM_POLL_S; the events behind
+it wait with it (order is kept), heartbeats do not.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import collections
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -27,6 +34,7 @@ from fleet_agent import __version__
 from fleet_agent.config import AgentConfig
 from fleet_agent.dockerops import AgentError, DockerGateway
 from fleet_agent.metrics import CpuSampler, collect_metrics, timestamp
+from fleet_agent.oomkills import OomWitness
 
 log = logging.getLogger("fleet_agent")
 
@@ -35,6 +43,16 @@ MAX_QUEUED_EVENTS = 1000
 MAX_LISTED_CONTAINERS = 200
 REQUEST_TIMEOUT_S = (5.0, 10.0)
 MAX_BACKOFF_S = 30.0
+OOM_SETTLE_S = 0.5
+OOM_POLL_S = 0.05
+
+
+@dataclass(slots=True)
+class _Queued:
+    """An event to send; a die not known as an OOM kill yet may learn it until `settle_by`."""
+
+    payload: dict[str, Any]
+    settle_by: float | None = None
 
 
 def _container_summary(gateway: DockerGateway) -> tuple[dict[str, Any] | None, str | None]:
@@ -96,11 +114,8 @@ def event_payload(
 
 
 def _was_oom_killed(gateway: DockerGateway, container_id: str) -> bool | None:
-    """Whether the kernel killed the container for memory; None when it is already gone.
-
-    Docker's own oom event is missed when the kill comes in the container's first moments,
-    before Docker listens for it; the container's state still says so.
-    """
+    """Whether Docker's state says the kernel killed the container for memory; None when the
+    container is gone already (`--rm`)."""
     try:
         state = gateway.api.inspect_container(container_id)["State"]
     except Exception:  # removed already (`--rm`), or Docker restarting: unknown
@@ -120,6 +135,7 @@ class Reporter:
         gateway: DockerGateway,
         sampler: CpuSampler,
         started_at: float,
+        oom: OomWitness,
     ) -> None:
         assert config.control_plane_url and config.heartbeat_token
         self.config = config
@@ -128,12 +144,13 @@ class Reporter:
         self.gateway = gateway
         self.sampler = sampler
         self.started_at = started_at
+        self.oom = oom
         self._url = config.control_plane_url
         self._headers = {
             "Authorization": f"Bearer {config.heartbeat_token}",
             "User-Agent": f"fleet-agent/{__version__}",
         }
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._queue: collections.deque[_Queued] = collections.deque()
         self._queue_changed = threading.Condition()
         self._dropped = 0
         self._stopping = threading.Event()
@@ -215,13 +232,34 @@ class Reporter:
             log.warning("%s; retrying", message)
             self._failing = True
 
-    def _enqueue(self, payload: dict[str, Any]) -> None:
+    def _enqueue(self, payload: dict[str, Any], *, settle_by: float | None = None) -> None:
         with self._queue_changed:
             if len(self._queue) >= MAX_QUEUED_EVENTS:
                 self._queue.popleft()
                 self._dropped += 1
-            self._queue.append(payload)
+            self._queue.append(_Queued(payload, settle_by))
             self._queue_changed.notify()
+
+    def _oom_killed(self, container_id: str) -> bool | None:
+        """Whether the container's death is known by now to be an OOM kill: by the kernel's
+        log, Docker's oom event or Docker's state; None when the container is gone and
+        neither the kernel nor Docker said so."""
+        if self.oom.death_was_oom(container_id):
+            return True
+        return _was_oom_killed(self.gateway, container_id)
+
+    def _settle(self, queued: _Queued) -> None:
+        """Give Docker until the die's `settle_by` to say it was an OOM kill."""
+        assert queued.settle_by is not None
+        container_id = queued.payload["container"]["id"]
+        while True:
+            if self._oom_killed(container_id):
+                queued.payload["oom_killed"] = True
+                break
+            left = queued.settle_by - time.monotonic()
+            if left <= 0 or self._stopping.wait(min(OOM_POLL_S, left)):
+                break
+        queued.settle_by = None
 
     def _watch_events(self) -> None:
         since = f"{time.time():.9f}"
@@ -239,13 +277,18 @@ class Reporter:
                     if nanos:
                         since = f"{(nanos + 1) // 1_000_000_000}.{(nanos + 1) % 1_000_000_000:09d}"
                     action = event.get("Action") or event.get("status")
-                    if action in EVENTS:
-                        oom = None
-                        if action == "die":
-                            oom = _was_oom_killed(
-                                self.gateway, (event.get("Actor") or {}).get("ID", "")
-                            )
-                        self._enqueue(event_payload(self.config, event, oom_killed=oom))
+                    if action not in EVENTS:
+                        continue
+                    container_id = (event.get("Actor") or {}).get("ID", "")
+                    if action == "die":
+                        oom = self._oom_killed(container_id)
+                        self._enqueue(
+                            event_payload(self.config, event, oom_killed=oom),
+                            settle_by=None if oom else time.monotonic() + OOM_SETTLE_S,
+                        )
+                    else:
+                        self.oom.saw(action, container_id)
+                        self._enqueue(event_payload(self.config, event))
             except Exception as exc:  # Docker gone or restarting: wait, then resume from `since`
                 if not self._stopping.is_set():
                     log.warning("Docker event stream lost (%s); reconnecting", type(exc).__name__)
@@ -261,10 +304,12 @@ class Reporter:
                     self._queue_changed.wait()
                 if self._stopping.is_set():
                     return
-                payload = self._queue[0]
-            if self._post(session, "/v1/agent-events", payload):
+                queued = self._queue[0]
+            if queued.settle_by is not None:
+                self._settle(queued)
+            if self._post(session, "/v1/agent-events", queued.payload):
                 with self._queue_changed:
-                    if self._queue and self._queue[0] is payload:
+                    if self._queue and self._queue[0] is queued:
                         self._queue.popleft()
                 backoff = 1.0
             else:

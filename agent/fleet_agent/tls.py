@@ -4,6 +4,9 @@ There is no CA: the engine pins the SHA-256 fingerprint of this certificate (rea
 install, or from the first heartbeat), so the certificate only has to stay the same. It is made
 with the openssl command line tool (a fixed argument list, no shell), which keeps a crypto
 library out of the agent's memory. The key never leaves the server and is kept mode 0600.
+
+The server speaks TLS 1.3, or TLS 1.2 with an ephemeral key exchange and an AEAD cipher
+(`CIPHERS`); nothing older than 1.2 (Python's floor for a server context), no CBC suite.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import tempfile
 from pathlib import Path
 
 VALID_DAYS = 3650
+# The TLS 1.2 suites the server accepts (OpenSSL's syntax; TLS 1.3 suites are all AEAD and
+# not chosen by this string). Uvicorn's default would take any TLS 1.0 suite, CBC included.
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 class TlsError(Exception):

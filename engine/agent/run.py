@@ -17,6 +17,8 @@ What the container gets, and why:
     /var/lib/fleet-agent audit log and task records, kept across agent upgrades
     SYS_ADMIN, SYS_PTRACE, apparmor=unconfined   system tasks enter the host's namespaces
                          (nsenter --target 1), which needs setns and access to /proc/1/ns
+    /dev/kmsg, read-only, SYSLOG   the kernel's log, which records every OOM kill, also those
+                         Docker never learns of (fleet_agent.kernellog)
     --restart unless-stopped   back after a reboot or a crash, unless an operator stopped it
 
 Holding the Docker socket already makes the agent root on the server; the added capabilities
@@ -102,6 +104,7 @@ class AgentRunOptions:
     mounts: tuple[Mount, ...]
     cap_add: tuple[str, ...]
     security_opt: tuple[str, ...]
+    devices: tuple[str, ...]
     labels: Labels
     command: tuple[str, ...]
 
@@ -120,8 +123,9 @@ def agent_run_options(image: str, settings: AgentSettings) -> AgentRunOptions:
             Mount(source=DOCKER_SOCKET, target=DOCKER_SOCKET),
             Mount(source="/", target=HOST_ROOT, read_only=True, propagation="rslave"),
         ),
-        cap_add=("SYS_ADMIN", "SYS_PTRACE"),
+        cap_add=("SYS_ADMIN", "SYS_PTRACE", "SYSLOG"),
         security_opt=("apparmor=unconfined",),
+        devices=("/dev/kmsg:/dev/kmsg:r",),
         labels=(
             (LABEL_FLEET, settings.fleet),
             (LABEL_SERVER, settings.server),
@@ -151,6 +155,8 @@ def docker_run_argv(options: AgentRunOptions) -> tuple[str, ...]:
         argv += ["--cap-add", capability]
     for option in options.security_opt:
         argv += ["--security-opt", option]
+    for device in options.devices:
+        argv += ["--device", device]
     for mount in options.mounts:
         argv += ["--mount", mount.to_arg()]
     for key, value in options.labels:

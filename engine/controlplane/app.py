@@ -10,9 +10,12 @@
 
 Every other route is 404. API keys go in `Authorization: Bearer fek_...`; each key has a
 token bucket (100 requests a second, bursts of 200 by default) and a request over it gets
-429 with Retry-After. Source addresses that keep presenting bad tokens are slowed down the
-same way. Bodies are JSON, limited in size (413 past it), checked against their schema (422
-with one entry per bad field). Errors are described in engine.controlplane.errors.
+429 with Retry-After. Source addresses whose requests keep being refused are slowed down the
+same way: every error answer (4xx or 5xx, whatever gave it) spends a token of its source's
+bucket, so a client cannot probe for free with requests that fail before a token is checked.
+Bodies are JSON, limited in size (413 past it) and in nesting depth (400 past 32 levels,
+found before any parser recurses), checked against their schema (422 with one entry per bad
+field). Errors are described in engine.controlplane.errors.
 
 Tokens only ever travel in the Authorization header, which nothing here logs; the logging
 filter installed by `install_log_redaction` masks any bearer token and registered secret in
@@ -78,8 +81,8 @@ class AppSettings:
     state_dir: Path
     api_rate_per_s: float = 100.0
     api_burst: int = 200
-    # Requests with bad tokens per source address: a fleet booting behind one NAT never
-    # fails, a scanner does.
+    # Refused requests per source address: a fleet booting behind one NAT is refused rarely
+    # (a 503 while it is not registered yet), a scanner is refused all the time.
     failure_rate_per_s: float = 2.0
     failure_burst: int = 50
     inventory_min_interval_s: float = 5.0
@@ -163,28 +166,16 @@ class ControlPlaneApi:
                 retry_after_s=max(1, round(1 / self.settings.failure_rate_per_s)),
             )
 
-    async def _authenticated(self, request: Request, call: Any, *args: Any) -> Any:
-        """Run `call` in a thread; count its 401/403 refusals against the source address."""
-        try:
-            return await run_in_threadpool(call, *args)
-        except ApiError as error:
-            self._count_failure(error, _source(request))
-            raise
-
-    def _count_failure(self, error: ApiError, source: str) -> None:
-        if error.status in (401, 403):
-            self.failure_limiter.take(source)
+    def count_refusal(self, request: Request) -> None:
+        """Spend a token of the source address's bucket of refused requests."""
+        self.failure_limiter.take(_source(request))
 
     async def post_phone_home(self, request: Request) -> Response:
         source = _source(request)
         self._check_failures(source)
         token = _bearer(request)
         body = check_body("phone-home", await _read_json(request, PHONE_HOME_MAX_BYTES))
-        try:
-            answer = await self.phone_home.handle(token, body, source)
-        except ApiError as error:
-            self._count_failure(error, source)
-            raise
+        answer = await self.phone_home.handle(token, body, source)
         return JSONResponse({"status": str(answer.outcome), "server": answer.server})
 
     def _check_agent(self, token: str, fleet: str, server: str) -> None:
@@ -221,7 +212,7 @@ class ControlPlaneApi:
         self._check_failures(_source(request))
         token = _bearer(request)
         body = check_body("heartbeat", await _read_json(request, HEARTBEAT_MAX_BYTES))
-        return JSONResponse(await self._authenticated(request, self._heartbeat, token, body))
+        return JSONResponse(await run_in_threadpool(self._heartbeat, token, body))
 
     def _agent_event(self, token: str, body: dict[str, Any]) -> dict[str, Any]:
         fleet, server = body["fleet"], body["server"]
@@ -242,7 +233,7 @@ class ControlPlaneApi:
         self._check_failures(_source(request))
         token = _bearer(request)
         body = check_body("agent-event", await _read_json(request, EVENT_MAX_BYTES))
-        return JSONResponse(await self._authenticated(request, self._agent_event, token, body))
+        return JSONResponse(await run_in_threadpool(self._agent_event, token, body))
 
     # --- the fleet API ---------------------------------------------------------------------
 
@@ -250,7 +241,6 @@ class ControlPlaneApi:
         """Check the API key and spend a token of its bucket; the rate-limit headers."""
         key = self.api_keys.verify(_bearer(request))
         if key is None:
-            self.failure_limiter.take(_source(request))
             raise ApiError(401, "api_key_invalid", "this API key is unknown or revoked")
         wait = self.api_limiter.take(key.key_id)
         if wait is not None:
@@ -341,13 +331,18 @@ class ControlPlaneApi:
         )
 
 
+# Every error answer leaves through one of these three handlers, which is where it is counted.
+
+
 async def _api_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ApiError)
+    request.app.state.api.count_refusal(request)
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
+    request.app.state.api.count_refusal(request)
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
     return JSONResponse(
         {"error": {"code": code, "message": str(error.detail)}}, status_code=error.status_code
@@ -355,6 +350,7 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:
+    request.app.state.api.count_refusal(request)
     log.error("%s %s failed: %s", request.method, request.url.path, redact(repr(error)))
     return JSONResponse(
         {"error": {"code": "internal", "message": "the control plane failed; see its log"}},

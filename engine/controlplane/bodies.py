@@ -10,12 +10,17 @@ code compiled from the schema (about 10 microseconds a body, against about 250 f
 jsonschema, which would be a quarter of a phone-home's whole cost); jsonschema then lists
 every bad field for the answer. The schemas use no keyword whose meaning differs between
 the two (no `$ref` beside other keywords, no `unevaluated*`, no `prefixItems`).
+
+Before any of that, the nesting depth is measured in one pass that does not recurse: json and
+both validators recurse once per level, and a body of nothing but `[` would otherwise end in
+a RecursionError (a 500) before anyone looked at its token.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -25,6 +30,12 @@ from engine.controlplane.errors import ApiError, FieldError
 
 SCHEMAS = Path(__file__).resolve().parent.parent.parent / "schemas"
 MAX_FIELD_ERRORS = 20
+# The bodies need five levels; json and the validators recurse once per level.
+MAX_JSON_DEPTH = 32
+
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*(?:"|\Z)')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 _DNS_LABEL = {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"}
 
@@ -117,11 +128,44 @@ def compile_checks() -> None:
         _validator(kind)
 
 
+def is_nested_deeper(text: str, limit: int) -> bool:
+    """Whether the JSON `text` nests arrays and objects more than `limit` levels deep.
+
+    One pass, no recursion, brackets inside strings ignored: escapes go first (so `\\"`
+    ends no string), then strings, then all that is not a bracket. On text that is not JSON
+    it may find more depth than json.loads reaches, never less: json.loads stops at the first
+    error, and up to there both read the text alike. `is_nested_deeper('[[1]]', 1)` is True.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
+    depth = 0
+    for bracket in brackets:
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 def parse_json(raw: bytes) -> Any:
-    """The JSON document in `raw`, or ApiError 400."""
+    """The JSON document in `raw`, or ApiError 400 (malformed_json, body_too_deep)."""
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
+        # Decoded as json.loads would decode bytes, so the depth is measured on what it reads.
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    except UnicodeDecodeError as error:
+        raise ApiError(400, "malformed_json", f"the body is not JSON: {error}") from None
+    if is_nested_deeper(text, MAX_JSON_DEPTH):
+        raise ApiError(
+            400,
+            "body_too_deep",
+            f"the body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
+        )
+    try:
+        return json.loads(text)
+    except ValueError as error:
         raise ApiError(400, "malformed_json", f"the body is not JSON: {error}") from None
 
 

@@ -3,7 +3,7 @@
 Every error body is `{"error": {"code": ..., "message": ..., "fields": [{"path", "message"}]}}`
 (`fields` only for a body or query that failed validation); 429 and 503 carry Retry-After.
 
-    400 malformed_json, bad_header         the request can never be read
+    400 malformed_json, body_too_deep, bad_header   the request can never be read
     401 unauthenticated, token_invalid, token_expired, api_key_invalid
     403 token_wrong_fleet, token_wrong_server, instance_mismatch, source_address_mismatch
     404 not_found, fleet_not_found, server_not_found

@@ -5,8 +5,10 @@ user_data a cloud provider would get) mounted where cloud-init looks for it, its
 and address on a bridge network, CPU and memory limits from the local catalog, and a volume
 for the Docker engine that runs inside it. It gets every capability except CAP_SYS_RESOURCE
 (which this sandbox lacks, so --privileged fails) and no seccomp/AppArmor/masked paths, which is
-what a nested dockerd needs (checked in ENVIRONMENT.md). `docker restart` is a reboot: cloud-init
-sees the same instance id and skips its once-per-instance modules.
+what a nested dockerd needs (checked in ENVIRONMENT.md). It also gets /dev/kmsg, the kernel's
+log, as a cloud server has it: the agent reads OOM kills there (the kernel is the host's, so
+the log holds the host's records too). `docker restart` is a reboot: cloud-init sees the same
+instance id and skips its once-per-instance modules.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def create_machine(client: Any, spec: MachineSpec) -> Any:
         cap_add=["ALL"],
         cap_drop=["SYS_RESOURCE"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+        devices=["/dev/kmsg:/dev/kmsg:rwm"],
         cpu_period=CPU_PERIOD_US if spec.cpus else None,
         cpu_quota=int(spec.cpus * CPU_PERIOD_US) if spec.cpus else None,
         mem_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,

@@ -212,7 +212,7 @@ def test_an_oom_kill_is_reported_as_it_happens(installed: Installed, busybox_ima
         die = wait_until(lambda c=container_id: died(c), what=f"the die of {container_id[:12]}")
         assert (die["exit_code"], die["oom_killed"]) == (137, True)
     # Docker's own oom event comes when the kill is not in the container's first moments (a
-    # kill right at the start may come before Docker listens, so the die says it instead).
+    # kill right at the start may come before Docker listens: the kernel's log tells the agent).
     wait_until(lambda: "oom" in received.events_of(later), what="the oom event")
     assert received.events_of(later)[0] == "start"
     details = installed.client.call("GET", "/v1/containers/t-oom")

@@ -64,7 +64,10 @@ def test_an_oversized_body_is_refused_before_the_app_sees_it(
     before = docker_state(docker_client, client)
     response = client.send("POST", "/v1/containers", json=body)
     assert response.status_code == 413
-    assert response.json() == {"detail": "the request body is larger than 65536 bytes"}
+    assert response.json() == {
+        "detail": "the request body is larger than 65536 bytes",
+        "code": "body_too_large",
+    }
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit counts what arrives
         data = json.dumps(body).encode()
@@ -80,10 +83,53 @@ def test_an_oversized_body_is_refused_before_the_app_sees_it(
     assert len(refused) >= 2 and refused[-1]["path"] == "/v1/containers"
 
 
+BODY_ROUTES = [
+    ("POST", "/v1/containers"),
+    ("POST", "/v1/containers/t-deep/start"),
+    ("POST", "/v1/containers/t-deep/stop"),
+    ("POST", "/v1/containers/t-deep/restart"),
+    ("DELETE", "/v1/containers/t-deep"),
+    ("POST", "/v1/images/pull"),
+    ("POST", "/v1/images/prune"),
+    ("POST", "/v1/networks"),
+    ("POST", "/v1/system/update"),
+    ("POST", "/v1/system/upgrade"),
+    ("POST", "/v1/system/reboot"),
+]
+# 60 kB each: under the body limit, far over the depth limit.
+DEEP = {"arrays": b"[" * 60_000, "objects": b'{"a":' * 12_000}
+
+
+@pytest.mark.parametrize(("method", "path"), BODY_ROUTES)
+def test_a_body_nested_too_deep_gets_400_and_no_traceback(
+    client: AgentClient, agent: AgentProcess, docker_client: Any, method: str, path: str
+) -> None:
+    before = docker_state(docker_client, client)
+    logged = len(agent.log_text())
+    for shape, content in DEEP.items():
+        response = client.send(
+            method, path, content=content, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, (shape, response.text)
+        assert response.json() == {
+            "detail": "the request body nests arrays and objects more than 32 levels deep",
+            "code": "body_too_deep",
+        }
+    assert "Traceback" not in agent.log_text()[logged:]
+    assert docker_state(docker_client, client) == before  # the agent still serves, unchanged
+    refused = [e for e in agent.audit() if e["event"] == "body-too-deep"]
+    assert [(e["method"], e["path"], e["status"]) for e in refused[-2:]] == [
+        (method, path, 400)
+    ] * 2
+
+
 def test_headers_beyond_the_limit_are_refused(client: AgentClient) -> None:
     response = client.send("GET", "/v1/health", headers={"x-padding": "y" * 20000})
     assert response.status_code == 431
-    assert response.json() == {"detail": "the request headers are larger than 16384 bytes"}
+    assert response.json() == {
+        "detail": "the request headers are larger than 16384 bytes",
+        "code": "headers_too_large",
+    }
 
 
 def _docker_api_error(status: int) -> docker.errors.APIError:

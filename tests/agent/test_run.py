@@ -32,8 +32,8 @@ def test_the_docker_run_command_line() -> None:
     argv = docker_run_argv(agent_run_options("fleet-engine/agent:0123abcd", SETTINGS))
     assert shlex.join(argv) == (
         "docker run --detach --name fleet-agent --restart unless-stopped --network host "
-        "--pid host --cap-add SYS_ADMIN --cap-add SYS_PTRACE "
-        "--security-opt apparmor=unconfined "
+        "--pid host --cap-add SYS_ADMIN --cap-add SYS_PTRACE --cap-add SYSLOG "
+        "--security-opt apparmor=unconfined --device /dev/kmsg:/dev/kmsg:r "
         "--mount type=bind,source=/etc/fleet-agent,target=/etc/fleet-agent "
         "--mount type=bind,source=/var/lib/fleet-agent,target=/var/lib/fleet-agent "
         "--mount type=bind,source=/var/run/docker.sock,target=/var/run/docker.sock "

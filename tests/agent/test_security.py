@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +71,10 @@ def test_every_route_but_health_refuses_wrong_tokens_and_does_nothing(
             )
             assert response.status_code == 401, what
             assert response.headers["www-authenticate"] == "Bearer"
-            assert response.json() == {"detail": "a valid bearer token is required"}
+            assert response.json() == {
+                "detail": "a valid bearer token is required",
+                "code": "unauthenticated",
+            }
     assert docker_client.api.containers(all=True) == containers
 
 
@@ -101,6 +106,46 @@ def test_no_cors_headers_are_ever_sent(agent: AgentProcess, client: AgentClient)
     assert [a.status_code for a in answers] == [401, 200, 405, 200]
     for answer in answers:
         assert not [h for h in answer.headers if h.lower().startswith("access-control-")]
+
+
+def _client_context(
+    *, ciphers: str | None = None, tls: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+) -> ssl.SSLContext:
+    """A client that offers exactly TLS version `tls` and, for TLS 1.2, only `ciphers`."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = context.maximum_version = tls
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
+    return context
+
+
+def _handshake(agent: AgentProcess, context: ssl.SSLContext) -> tuple[str | None, str]:
+    """The protocol and cipher a real handshake with the agent settles on."""
+    with (
+        socket.create_connection(("127.0.0.1", agent.port), timeout=10) as sock,
+        context.wrap_socket(sock) as tls,
+    ):
+        cipher = tls.cipher()
+        assert cipher is not None
+        return tls.version(), cipher[0]
+
+
+# Every CBC suite OpenSSL has for TLS 1.2, with an ephemeral key exchange or without.
+CBC_ONLY = "ECDHE+AES+SHA1:ECDHE+AES+SHA256:ECDHE+AES+SHA384:RSA+AES:!AESGCM:!AESCCM"
+
+
+def test_tls_is_1_3_or_1_2_with_an_aead_cipher_and_never_cbc(agent: AgentProcess) -> None:
+    offered = [c["name"] for c in _client_context(ciphers=CBC_ONLY).get_ciphers()]
+    assert "ECDHE-ECDSA-AES128-SHA" in offered and "ECDHE-ECDSA-AES256-SHA384" in offered
+    with pytest.raises(ssl.SSLError):
+        _handshake(agent, _client_context(ciphers=CBC_ONLY))
+    assert _handshake(agent, _client_context(tls=ssl.TLSVersion.TLSv1_3))[0] == "TLSv1.3"
+    for suite in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"):
+        assert _handshake(agent, _client_context(ciphers=suite)) == ("TLSv1.2", suite)
+    # The engine's own client, pinning the certificate, gets the best of them.
+    assert _handshake(agent, pinned_ssl_context(agent.fingerprint))[0] == "TLSv1.3"
 
 
 def test_the_agent_keeps_only_a_digest_of_its_token(agent: AgentProcess) -> None:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from engine.controlplane.apikeys import ApiKeyVerifier, create_api_key
-from engine.controlplane.app import AppSettings
+from engine.controlplane.app import AppSettings, create_app
 from engine.controlplane.monitor import Monitor
 from engine.controlplane.ratelimit import RateLimiter
 from engine.model import Stage
+from engine.state import AgentReport, ServerRecord
 from engine.tokens import derive_token, ensure_fleet_key
-from tests.controlplane.conftest import Plane, _plane, make_fleet
+from tests.controlplane.conftest import Plane, _plane, body, make_fleet
 from tests.support.clock import Clock
+from tests.support.http import serve
 from tests.support.wait import wait_until
 
 
@@ -118,6 +124,77 @@ def _burst(plane: Plane) -> None:
         timeout_s=int(limited[-1].headers["Retry-After"]) + 10,
         what="the rate limiter to let requests in again",
     )
+
+
+def _broken_metrics(record: ServerRecord, report: AgentReport | None) -> Mapping[str, Any]:
+    raise RuntimeError("the metrics source failed")
+
+
+def _refused(plane: Plane, url: str, kind: str, source: str, key: str) -> httpx.Response:
+    """One request from `source` that the control plane refuses, of the given kind."""
+    headers = {"X-Forwarded-For": source}
+    if kind == "unknown route":
+        return plane.client.get(f"{url}/v1/nothing", headers=headers)
+    if kind == "no token":
+        return plane.client.get(f"{url}/v1/events?fleet=web-prod", headers=headers)
+    headers["Authorization"] = f"Bearer {key}"
+    if kind == "invalid body":
+        return plane.client.post(f"{url}/v1/heartbeat", json={"fleet": "web-prod"}, headers=headers)
+    if kind == "body too deep":
+        headers["Content-Type"] = "application/json"
+        return plane.client.post(f"{url}/v1/heartbeat", content=b"[" * 5000, headers=headers)
+    if kind == "internal error":  # the metrics source fails for a server with a report
+        plane.store.record_heartbeat(
+            AgentReport(
+                fleet="web-prod",
+                server="web-1",
+                last_heartbeat_at=dt.datetime.now(dt.UTC),
+                metrics={},
+                containers=None,
+                tls_fingerprint="sha256:ab",
+            )
+        )
+        # uvicorn drops the connection after the error: do not send the next request on it.
+        headers["Connection"] = "close"
+        return plane.client.get(f"{url}/v1/servers?fleet=web-prod", headers=headers)
+    assert kind == "not ready"  # a genuine token of a server that is not registered
+    headers["Authorization"] = f"Bearer {plane.token('web-9')}"
+    document = body("web-prod", "web-9", "4009", source)
+    return plane.client.post(f"{url}/v1/phone-home", json=document, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        ("unknown route", 404),
+        ("no token", 401),
+        ("invalid body", 422),
+        ("body too deep", 400),
+        ("internal error", 500),
+        ("not ready", 503),
+    ],
+)
+def test_every_refused_request_counts_against_its_source_address(
+    plane: Plane, kind: str, status: int
+) -> None:
+    settings = AppSettings(state_dir=plane.state_dir, failure_rate_per_s=0.01, failure_burst=3)
+    app = create_app(plane.store, settings, metrics=_broken_metrics)
+    key = create_api_key(plane.store, "ops")
+    try:
+        with serve(app, proxy_headers=True, forwarded_allow_ips="127.0.0.1") as url:
+
+            def events(source: str) -> httpx.Response:
+                headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": source}
+                return plane.client.get(f"{url}/v1/events?fleet=web-prod", headers=headers)
+
+            answers = [_refused(plane, url, kind, "198.51.100.7", key) for _ in range(3)]
+            assert [a.status_code for a in answers] == [status] * 3
+            limited = events("198.51.100.7")
+            assert (limited.status_code, limited.json()["error"]["code"]) == (429, "rate_limited")
+            assert limited.headers["Retry-After"] == "100"
+            assert events("198.51.100.8").status_code == 200  # buckets are per source address
+    finally:
+        app.state.api.close()
 
 
 def test_a_bucket_says_when_a_token_is_back_and_refills_at_its_rate() -> None:
