@@ -475,6 +475,23 @@ def test_unlock_releases_a_stale_lock_by_id(tmp_path: Path) -> None:
         assert store.events("web-prod")[-1].kind == "lock.released"
 
 
+def test_the_readmes_unlock_example_is_what_unlock_prints(tmp_path: Path) -> None:
+    command, example = console_example("State and locks")
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    with open_store(state) as store:
+        held = store.acquire_lock("web-prod", command="engine up specs/hetzner.yaml")
+    result = engine("unlock", held.lock_id, "--state", state)
+    assert result.returncode == 0, result.stderr
+    readme_id = command.split()[-1]
+    assert re.fullmatch("[0-9a-f]{16}", readme_id) and re.fullmatch("[0-9a-f]{16}", held.lock_id)
+    shown = example.replace(readme_id, held.lock_id)
+    shown = shown.replace("alice@build-7", f"{held.holder}@{held.host}").replace(
+        "4242", f"{held.pid}"
+    )
+    since = held.acquired_at.strftime("%Y-%m-%d %H:%M:%S")
+    assert result.stdout == shown.replace("2026-11-05 10:32:01", since)
+
+
 def test_unlock_without_a_store_says_so(tmp_path: Path) -> None:
     result = engine("unlock", "abc", "--state-dir", str(tmp_path))
     assert result.returncode == 1
