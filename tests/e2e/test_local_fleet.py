@@ -25,6 +25,7 @@ from engine.local.dockerd import PrivateDaemon
 from engine.model import LABEL_FLEET, Stage
 from engine.state.store import open_store
 from tests.support.cli import ROOT, engine
+from tests.support.readme import console_example
 
 SPEC = {
     "apiVersion": "fleet/v1",
@@ -129,6 +130,20 @@ def test_a_second_preview_and_up_have_nothing_to_do(fleet: Fleet) -> None:
     assert again.returncode == 0 and "Nothing to do" in again.stdout
 
 
+def test_containers_are_listed_through_the_agent_the_store_recorded(fleet: Fleet) -> None:
+    command, example = console_example("The agent")
+    assert command == "engine containers specs/demo.yaml web-1"
+    where = ("--state-dir", str(fleet.state_dir))
+    result = engine("containers", str(fleet.spec_path), "web-1", *where, cwd=fleet.root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    header, agent = result.stdout.splitlines()[:2]  # no --agent, no --fingerprint: recorded
+    readme_header, readme_agent = example.splitlines()[:2]
+    assert header.split() == readme_header.split()
+    name, image, state, status = agent.split()[:4]
+    assert [name, state, status] == [readme_agent.split()[i] for i in (0, 2, 3)]
+    assert image.startswith(readme_agent.split()[1].removesuffix("…"))
+
+
 def test_a_dry_run_lists_what_an_install_would_change_and_changes_nothing(
     fleet: Fleet, docker_client: Any
 ) -> None:
@@ -177,6 +192,22 @@ def test_growing_and_resizing_change_only_those_servers(fleet: Fleet, docker_cli
     assert {k: v for k, v in after.items() if k != "e2e-web-3"} == before  # nobody else moved
     host = docker_client.containers.get("e2e-db-1").attrs["HostConfig"]
     assert host["CpuQuota"] == 2 * host["CpuPeriod"] and host["Memory"] == 2 * 1024**3
+    assert fleet.plan() == []
+
+
+def test_a_changed_label_makes_the_local_machine_again(fleet: Fleet, docker_client: Any) -> None:
+    spec = yaml.safe_load(fleet.spec_path.read_text())
+    spec["groups"][1]["labels"] = {"tier": "data"}
+    fleet.write(spec)
+    before = containers(docker_client, "e2e")
+    assert fleet.plan() == [("replace", "db-1")]  # container labels are fixed
+    assert "db-1" in fleet.up()["ready"]
+    after = containers(docker_client, "e2e")
+    assert after["e2e-db-1"] != before["e2e-db-1"]
+    assert {k: v for k, v in after.items() if k != "e2e-db-1"} == {
+        k: v for k, v in before.items() if k != "e2e-db-1"
+    }
+    assert docker_client.containers.get("e2e-db-1").labels["tier"] == "data"
     assert fleet.plan() == []
 
 
