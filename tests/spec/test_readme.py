@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 from pathlib import Path
 
+from engine import spec, yamldoc
 from engine.catalog import load_catalog
 from engine.model import Fleet, ProviderName
 from engine.placement import expand_fleet
@@ -54,3 +56,27 @@ def test_the_example_specs_hold_what_the_readme_says(tmp_path: Path) -> None:
     assert "`digitalocean.yaml` (two regions, VPC, DNS records)" in described
     digitalocean, regions = spec("digitalocean.yaml")
     assert len(regions) == 2 and digitalocean.networks and digitalocean.dns
+
+
+def test_every_code_the_loader_gives_is_listed_at_the_top_of_spec_py() -> None:
+    """The README sends readers to engine/spec.py's docstring for the diagnostic codes."""
+    assert spec.__doc__ is not None
+    listed = set(re.findall(r"\b[a-z][a-z0-9_]*\b", spec.__doc__.split("Diagnostic codes")[1]))
+    given = set()
+    for module in (spec, yamldoc):
+        assert module.__file__ is not None
+        for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            first = node.args[0] if node.args else None
+            if name in ("add", "diag", "fail", "_fail", "_problem") and isinstance(
+                first, ast.Constant
+            ):
+                given.add(first.value)
+            given |= {
+                k.value.value
+                for k in node.keywords
+                if k.arg == "code" and isinstance(k.value, ast.Constant)
+            }
+    assert len(given) > 40 and given <= listed, sorted(given - listed)
