@@ -1,4 +1,4 @@
-"""What `engine up` hands each new server, before anything is made (engine/up.py)."""
+"""How long `engine up` waits, and what it hands each new server before anything is made."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 
 from engine.catalog import load_catalog
+from engine.cli import build_parser
+from engine.cli.up import run_options
 from engine.cloudinit import CONFIG_PATH
 from engine.controlplane.fleets import register_fleet
 from engine.placement import expand_fleet
@@ -40,3 +42,11 @@ def test_a_server_phones_home_for_as_long_as_its_token_lives(tmp_path: Path) -> 
         document = yaml.safe_load(run.user_data(server))
     (settings,) = [f for f in document["write_files"] if f["path"] == CONFIG_PATH]
     assert json.loads(settings["content"])["give_up_after_s"] == 20 * 60
+
+
+def test_up_and_a_signal_wait_fifteen_minutes_unless_told() -> None:
+    parser = build_parser()
+    for args in (["up", "web.yaml"], ["server", "reboot", "web.yaml", "web-1"]):
+        assert run_options(parser.parse_args(args), yes=False).timeout_s == 15 * 60
+        told = parser.parse_args([*args, "--timeout", "90s"])
+        assert run_options(told, yes=False).timeout_s == 90
