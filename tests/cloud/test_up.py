@@ -142,6 +142,21 @@ def test_the_readmes_hetzner_example_is_what_a_run_prints(
     assert_shaped_like(example, shown.replace("goes ahead: ", "goes ahead: yes\n"))
 
 
+@pytest.mark.parametrize("world", ["hcloud"], indirect=True)
+def test_up_asks_and_only_yes_goes_ahead(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["up", str(world.spec), "--state-dir", str(world.state_dir), "--listen", "127.0.0.1:0",
+            "--engine-address", "203.0.113.10"]  # fmt: skip
+    monkeypatch.setattr("sys.stdin", Typed("y\n"))
+    assert main(args) == 1
+    assert capsys.readouterr().out.endswith("Only 'yes' goes ahead: Nothing changed.\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))  # a pipe, not a person
+    assert main(args) == 1
+    assert "there is no terminal to ask on; run again with --yes" in capsys.readouterr().err
+    assert world.pulumi.ups == [] and world.fake.servers == []
+
+
 def test_a_second_up_changes_nothing_and_growing_makes_only_the_new_server(
     world: World,
 ) -> None:
