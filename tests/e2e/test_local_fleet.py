@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from engine.local.dockerd import PrivateDaemon
 from engine.model import LABEL_FLEET, Stage
 from engine.state.store import open_store
 from tests.support.cli import ROOT, engine
-from tests.support.readme import console_example
+from tests.support.readme import console_example, section
 
 SPEC = {
     "apiVersion": "fleet/v1",
@@ -98,6 +99,14 @@ def nothing_left(client: Any, fleet: Fleet, name: str) -> None:
     assert not list((fleet.state_dir / "keys").glob(f"{name}*"))
 
 
+def host_memory_gb() -> float:
+    """This machine's memory in GB (10^9 bytes), as its kernel counts it."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    raise AssertionError("/proc/meminfo has no MemTotal")
+
+
 @pytest.fixture(scope="module")
 def fleet(
     dockerd: PrivateDaemon, golden_image: str, tmp_path_factory: pytest.TempPathFactory
@@ -120,6 +129,8 @@ def test_up_brings_every_server_to_ready_with_its_agent_answering(fleet: Fleet) 
         live = server["live"]
         assert live is not None and "error" not in live, live
         assert 0 <= live["cpu_percent"] <= 100 and live["memory_total_gb"] > 0
+        # A small server's agent sees the host's memory: containers share the host's kernel.
+        assert round(live["memory_total_gb"], 1) == round(host_memory_gb(), 1)
 
 
 def test_a_second_preview_and_up_have_nothing_to_do(fleet: Fleet) -> None:
@@ -174,6 +185,17 @@ def test_a_dry_run_lists_what_an_install_would_change_and_changes_nothing(
         ]
         for event in asked.values():
             assert (event["ok"], event["would_change"]) == (True, ["system | Set the time zone"])
+        # As text, and while another run holds the fleet's lock: a dry run takes none.
+        said = re.search(r"e\.g\. `([^`]+)` after", section("Up, destroy and day-2 signals"))
+        assert said, "the README gives no dry-run example"
+        with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
+            held = store.acquire_lock("e2e", command="engine up e2e.yaml")
+            try:
+                text = fleet.run("up", "--dry-run")
+            finally:
+                store.release_lock(held)
+        assert text.returncode == 0, text.stdout + text.stderr
+        assert " ".join(said.group(1).split()) in text.stdout.splitlines()
         assert zone("web-1") == before and b"Berlin" not in before
     finally:
         fleet.write(SPEC)
