@@ -331,7 +331,8 @@ def test_the_readmes_preview_example_is_what_preview_prints(
     hcloud: tuple[FakeHcloud, str], tmp_path: Path
 ) -> None:
     """The README's example, run as it says: the Hetzner example fleet exists and is recorded,
-    then web grows 3 -> 4 and the workers go cx22 -> cx32 and gain a label."""
+    then web grows 3 -> 4 and the workers go cx22 -> cx32 and gain a label. It runs while an
+    `engine up` holds the fleet's lock, and changes nothing: preview takes no lock."""
     fake, url = hcloud
     _populate(fake)
     fake.add_server("worker-2", labels=_owned("worker-2"), location="nbg1",
@@ -356,9 +357,14 @@ def test_the_readmes_preview_example_is_what_preview_prints(
     _spec_for(tmp_path / "specs" / "hetzner.yaml", edited, url)
     command, example = console_example("Preview")
     assert command == "engine preview specs/hetzner.yaml"
-    result = engine(
-        *command.split()[1:], "--state", state, cwd=tmp_path, env={"HCLOUD_TOKEN": fake.token}
-    )
+    with open_store(state) as store:
+        before = (store.servers("web-prod"), store.events("web-prod"))
+        held = store.acquire_lock("web-prod", command="engine up specs/hetzner.yaml")
+        result = engine(
+            *command.split()[1:], "--state", state, cwd=tmp_path, env={"HCLOUD_TOKEN": fake.token}
+        )
+        assert store.locks() == (held,)
+        assert (store.servers("web-prod"), store.events("web-prod")) == before
     assert (result.returncode, result.stderr) == (0, "")
     assert_shaped_like(example, result.stdout)
     assert {r.method for r in fake.requests} == {"GET"}  # a read-only token is enough
