@@ -9,7 +9,8 @@ servers whose names the plan would take, and DiffOptions. Rules, per server name
                                               may lag, so it is not planned twice)
     desired, name held by an unowned server . problem name_taken: never touch it
     location or image differs ............... replace, with the cause (DigitalOcean: also a
-                                              VPC move or a public address that cannot go)
+                                              VPC move or a public address that cannot go;
+                                              local: also labels, fixed on a container)
     server type differs ..................... resize (disruptive); a type with a smaller disk
                                               than the server has is a problem: disks do not
                                               shrink
@@ -366,6 +367,8 @@ class _Differ:
         if not is_same_image(server.image, actual.image):
             shown = actual.image.describe() if actual.image else "unknown"
             causes.append(f"image {shown} -> {server.image.describe()}")
+        if self.provider is ProviderName.LOCAL and self.label_changes(server, actual):
+            causes.append("labels differ, and a local machine's are fixed when it is made")
         if actual.image is None:
             self.warnings.append(
                 f"{server.name}: {self.provider} no longer knows the image it was made from; "
@@ -448,19 +451,9 @@ class _Differ:
     def update(
         self, server: Server, actual: ActualServer, usage: tuple[Usage, Usage]
     ) -> Change | None:
-        fields: list[FieldChange] = []
-        reasons: list[str] = []
+        fields = list(self.label_changes(server, actual))
+        reasons = ["labels differ"] if fields else []
         disruptive: list[str] = []
-        wanted, have = dict(server.labels), dict(actual.labels)
-        for key in sorted(wanted.keys() | have.keys()):
-            if wanted.get(key) != have.get(key):
-                fields.append(
-                    FieldChange(
-                        field=f"labels.{key}", before=have.get(key, ""), after=wanted.get(key, "")
-                    )
-                )
-        if any(f.field.startswith("labels.") for f in fields):
-            reasons.append("labels differ")
         for kind, desired_names, actual_names in (
             ("firewalls", self.names(server.firewalls), actual.firewalls),
             ("networks", self.names(server.networks), actual.networks),
@@ -523,6 +516,15 @@ class _Differ:
             usage_after=usage[1],
         )
 
+    def label_changes(self, server: Server, actual: ActualServer) -> tuple[FieldChange, ...]:
+        """The labels that differ, key by key."""
+        wanted, have = dict(server.labels), dict(actual.labels)
+        return tuple(
+            FieldChange(field=f"labels.{key}", before=have.get(key, ""), after=wanted.get(key, ""))
+            for key in sorted(wanted.keys() | have.keys())
+            if wanted.get(key) != have.get(key)
+        )
+
     def fields(self, server: Server, actual: ActualServer | None) -> tuple[FieldChange, ...]:
         """What a new server looks like next to the old one (create and replace)."""
         rows = [
@@ -552,11 +554,14 @@ class _Differ:
             )
         if server.backups or (actual and actual.backups):
             rows.append(("backups", _yes(actual.backups) if actual else "", _yes(server.backups)))
-        return tuple(
+        changed = tuple(
             FieldChange(field=field, before=before, after=after)
             for field, before, after in rows
             if actual is None or before != after
         )
+        if actual is not None and self.provider is ProviderName.LOCAL:
+            changed += self.label_changes(server, actual)  # a replacement's cause there
+        return changed
 
     def undesired(self, server: ActualServer, *, is_duplicate: bool, is_recorded: bool) -> None:
         usage = self.actual_usage(server)

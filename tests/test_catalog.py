@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from engine.errors import EngineError, ProviderError
 from engine.spec import load_spec
 from tests.fakes.digitalocean import FakeDigitalOcean
 from tests.fakes.hcloud import FakeHcloud
+from tests.support.cli import engine
 from tests.support.http import serve
+from tests.support.readme import section
 
 
 @pytest.mark.parametrize("provider", ["hcloud", "digitalocean", "local"])
@@ -22,6 +25,17 @@ def test_shipped_catalogs_are_consistent(provider: str) -> None:
     for server_type in catalog.server_types.values():
         assert set(server_type.prices) <= set(catalog.locations), server_type.name
         assert server_type.cores > 0 and server_type.memory_gb > 0 and server_type.disk_gb > 0
+
+
+def test_the_local_types_are_the_sizes_the_readme_gives() -> None:
+    said = re.search(
+        r"\(`small` (\d+) vCPU/(\d+) GB, `medium` (\d+)/(\d+), `large` (\d+)/(\d+);",
+        " ".join(section("The local provider").split()),
+    )
+    assert said, "the README gives no sizes of the local server types"
+    types = load_catalog("local").server_types
+    sizes = [(types[n].cores, types[n].memory_gb) for n in ("small", "medium", "large")]
+    assert [n for pair in sizes for n in pair] == [int(n) for n in said.groups()]
 
 
 def test_hcloud_refresh_reads_every_page_and_changes_validation(
@@ -50,6 +64,18 @@ def test_hcloud_refresh_reads_every_page_and_changes_validation(
     with pytest.raises(EngineError) as info:
         load_spec(spec, state_dir=tmp_path)  # now cx23 exists, but hetzner.yaml uses cx32
     assert "cx32" in str(info.value)
+
+
+def test_the_command_reads_hcloud_token_and_writes_under_dot_engine(tmp_path: Path) -> None:
+    fake = FakeHcloud()
+    with serve(fake.app()) as url:
+        refresh = ("catalog", "refresh", "hcloud", "--endpoint", f"{url}/v1")
+        result = engine(*refresh, cwd=tmp_path, env={"HCLOUD_TOKEN": fake.token})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {tmp_path / '.engine' / 'catalogs' / 'hcloud.json'}: ")
+    shown = engine("catalog", "show", "hcloud", cwd=tmp_path)
+    assert "cx23" in shown.stdout  # the refreshed copy is the one in use
+    assert fake.token not in result.stdout + result.stderr + shown.stdout
 
 
 def test_hcloud_refresh_with_a_bad_token_names_the_problem_not_the_token(

@@ -4,6 +4,9 @@ provider APIs on loopback, with a state store, and when things go wrong."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ from tests.fakes.hcloud import FakeHcloud
 from tests.support.cli import ROOT, engine
 from tests.support.http import serve
 from tests.support.postgres import Cluster
+from tests.support.readme import assert_shaped_like, console_example, section
 
 SCHEMA = json.loads((ROOT / "schemas" / "plan.v1.schema.json").read_text())
 HETZNER = yaml.safe_load((ROOT / "specs" / "hetzner.yaml").read_text())
@@ -85,6 +89,22 @@ def test_detailed_exit_codes(repo: Path) -> None:
     assert "error[over_limit] limits.servers: planned 21 > 20 (now 5)" in blocked.stdout
 
 
+def test_a_plan_over_a_limit_fails_with_the_readmes_message(repo: Path) -> None:
+    """The README's limits example: 40 vCPUs now (five cx42), four more cx42 planned."""
+    spec = yaml.safe_load((repo / "specs" / "web.yaml").read_text())
+    for group in spec["groups"]:
+        group["server_type"] = "cx42"
+    _write(repo / "specs" / "web.yaml", spec)
+    _git(repo, "commit", "-q", "-am", "cx42")
+    _edit(repo, count=7)
+    found = re.search(r"a plan over a limit fails with `([^`]+)`", section("Preview"))
+    assert found, "the README's Preview section gives no limit message"
+    message = " ".join(found.group(1).split())
+    result = engine("preview", "specs/web.yaml", "--against-ref", "main", cwd=repo)
+    assert result.returncode == 1
+    assert f"  error[over_limit] {message}; " in result.stdout, result.stdout  # then a hint
+
+
 def test_markdown_and_json_formats(repo: Path) -> None:
     _edit(repo, count=4)
     markdown = engine(
@@ -100,6 +120,36 @@ def test_markdown_and_json_formats(repo: Path) -> None:
     Draft202012Validator(SCHEMA).validate(document)
     assert document["summary"]["create"] == 1 and document["compared_with"] == "the spec at main"
     assert document["cost"]["monthly_delta"] == pytest.approx(8.66)
+
+
+def _on_a_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """What `engine ARGS` shows on a terminal (a pseudo-terminal as its stdout and stderr)."""
+    main, child = pty.openpty()
+    command = [sys.executable, "-m", "engine", *args]
+    with subprocess.Popen(command, stdout=child, stderr=child, cwd=cwd, env=env) as process:
+        os.close(child)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the engine closed its side
+                break
+            if not chunk:
+                break
+            shown += chunk
+        process.wait(timeout=60)
+    os.close(main)
+    return shown.decode()
+
+
+def test_text_is_coloured_on_a_terminal_unless_no_color_is_set(repo: Path) -> None:
+    _edit(repo, count=4)
+    args = ["preview", "specs/web.yaml", "--against-ref", "main"]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    coloured = _on_a_terminal(args, repo, env)
+    assert "\x1b[32m  +\x1b[0m web-4" in coloured
+    plain = _on_a_terminal(args, repo, env | {"NO_COLOR": "1"})
+    assert "  + web-4" in plain and "\x1b[" not in plain
 
 
 def test_a_spec_new_in_the_working_tree_is_all_creates(repo: Path) -> None:
@@ -277,6 +327,49 @@ def test_preview_reads_the_provider_and_the_store(
     assert fake.token not in result.stdout + result.stderr
 
 
+def test_the_readmes_preview_example_is_what_preview_prints(
+    hcloud: tuple[FakeHcloud, str], tmp_path: Path
+) -> None:
+    """The README's example, run as it says: the Hetzner example fleet exists and is recorded,
+    then web grows 3 -> 4 and the workers go cx22 -> cx32 and gain a label. It runs while an
+    `engine up` holds the fleet's lock, and changes nothing: preview takes no lock."""
+    fake, url = hcloud
+    _populate(fake)
+    fake.add_server("worker-2", labels=_owned("worker-2"), location="nbg1",
+                    firewalls=("web-prod-ssh-only",), networks=("web-prod-private",))  # fmt: skip
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    with open_store(state) as store:
+        for server in fake.servers:
+            store.save_server(
+                ServerRecord(
+                    fleet="web-prod",
+                    name=server["name"],
+                    group=server["labels"]["fleet-group"],
+                    provider="hcloud",
+                    provider_id=str(server["id"]),
+                    stage=Stage.READY,
+                )
+            )
+    edited = json.loads(json.dumps(HETZNER))
+    edited["groups"][0]["count"] = 4
+    edited["groups"][1]["server_type"] = "cx32"
+    edited["groups"][1]["labels"]["tier"] = "batch"
+    _spec_for(tmp_path / "specs" / "hetzner.yaml", edited, url)
+    command, example = console_example("Preview")
+    assert command == "engine preview specs/hetzner.yaml"
+    with open_store(state) as store:
+        before = (store.servers("web-prod"), store.events("web-prod"))
+        held = store.acquire_lock("web-prod", command="engine up specs/hetzner.yaml")
+        result = engine(
+            *command.split()[1:], "--state", state, cwd=tmp_path, env={"HCLOUD_TOKEN": fake.token}
+        )
+        assert store.locks() == (held,)
+        assert (store.servers("web-prod"), store.events("web-prod")) == before
+    assert (result.returncode, result.stderr) == (0, "")
+    assert_shaped_like(example, result.stdout)
+    assert {r.method for r in fake.requests} == {"GET"}  # a read-only token is enough
+
+
 def test_a_bad_token_ends_in_one_clear_line(hcloud: tuple[FakeHcloud, str], tmp_path: Path) -> None:
     _fake, url = hcloud
     spec = _spec_for(tmp_path / "web.yaml", HETZNER, url)
@@ -386,6 +479,23 @@ def test_unlock_releases_a_stale_lock_by_id(tmp_path: Path) -> None:
     with open_store(state) as store:
         assert store.locks() == ()
         assert store.events("web-prod")[-1].kind == "lock.released"
+
+
+def test_the_readmes_unlock_example_is_what_unlock_prints(tmp_path: Path) -> None:
+    command, example = console_example("State and locks")
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    with open_store(state) as store:
+        held = store.acquire_lock("web-prod", command="engine up specs/hetzner.yaml")
+    result = engine("unlock", held.lock_id, "--state", state)
+    assert result.returncode == 0, result.stderr
+    readme_id = command.split()[-1]
+    assert re.fullmatch("[0-9a-f]{16}", readme_id) and re.fullmatch("[0-9a-f]{16}", held.lock_id)
+    shown = example.replace(readme_id, held.lock_id)
+    shown = shown.replace("alice@build-7", f"{held.holder}@{held.host}").replace(
+        "4242", f"{held.pid}"
+    )
+    since = held.acquired_at.strftime("%Y-%m-%d %H:%M:%S")
+    assert result.stdout == shown.replace("2026-11-05 10:32:01", since)
 
 
 def test_unlock_without_a_store_says_so(tmp_path: Path) -> None:

@@ -191,6 +191,19 @@ def test_what_a_pull_request_sends_is_capped_in_count_and_size() -> None:
     assert "6 more preview part(s) are not posted" in posted[19]
 
 
+def test_pull_requests_from_forks_get_no_secrets_and_preview_against_the_base() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "preview.yml").read_text())
+    (step,) = [
+        s for s in workflow["jobs"]["preview"]["steps"] if "preview-specs.sh" in s.get("run", "")
+    ]
+    same_repository = "github.event.pull_request.head.repo.full_name == github.repository && "
+    secrets = {name: value for name, value in step["env"].items() if "secrets." in value}
+    assert set(secrets) == {"HCLOUD_TOKEN", "DIGITALOCEAN_TOKEN", "ENGINE_STATE_URL"}
+    for name, value in secrets.items():
+        assert value == f"${{{{ {same_repository}secrets.{name} || '' }}}}", name
+    assert step["env"]["MODE"] == f"${{{{ {same_repository}'live' || 'ref' }}}}"
+
+
 @pytest.mark.parametrize("name", ["preview.yml", "preview-comment.yml"])
 def test_the_workflows_are_valid_yaml_with_least_privilege(name: str) -> None:
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / name).read_text())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from engine.cli import main
 from engine.cloud.backend import CloudBackend, engine_sources, resolved_sources
 from engine.cloudinit import user_data_sha256
 from engine.errors import EngineError
@@ -28,6 +30,7 @@ from engine.up import destroy
 from tests.cloud.world import World
 from tests.stacks.harness import fleet_from
 from tests.support.cli import ROOT, engine
+from tests.support.readme import assert_shaped_like, console_example
 from tests.support.tokens import sent_user_data, usable_tokens
 
 # --- without the Pulumi CLI ------------------------------------------------------------------
@@ -125,6 +128,44 @@ def test_up_runs_the_program_once_over_the_fleet_and_registers_what_it_made(
     assert usable_tokens(database, world.state_dir, {world.fleet: names}) == []
     plan = plan_preview(world.spec, state_dir=world.state_dir)
     assert plan.changes == ()
+
+
+class Typed(io.StringIO):
+    """What a person types at the terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("world", ["hcloud"], indirect=True)
+def test_the_readmes_hetzner_example_is_what_a_run_prints(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command, example = console_example("Cloud servers: Hetzner Cloud and DigitalOcean")
+    args = shlex.split(command)[1:]
+    assert args[:2] == ["up", "specs/hetzner.yaml"]
+    args[1] = str(world.spec)
+    args[args.index("--listen") + 1] = "127.0.0.1:0"  # a free port, not the README's 8470
+    monkeypatch.setattr("sys.stdin", Typed("yes\n"))
+    assert main([*args, "--state-dir", str(world.state_dir), "--timeout", "1s"]) == 1
+    shown = capsys.readouterr().out.replace(str(world.spec), "specs/hetzner.yaml")
+    # The terminal echoes the answer typed after the question.
+    assert_shaped_like(example, shown.replace("goes ahead: ", "goes ahead: yes\n"))
+
+
+@pytest.mark.parametrize("world", ["hcloud"], indirect=True)
+def test_up_asks_and_only_yes_goes_ahead(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["up", str(world.spec), "--state-dir", str(world.state_dir), "--listen", "127.0.0.1:0",
+            "--engine-address", "203.0.113.10"]  # fmt: skip
+    monkeypatch.setattr("sys.stdin", Typed("y\n"))
+    assert main(args) == 1
+    assert capsys.readouterr().out.endswith("Only 'yes' goes ahead: Nothing changed.\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))  # a pipe, not a person
+    assert main(args) == 1
+    assert "there is no terminal to ask on; run again with --yes" in capsys.readouterr().err
+    assert world.pulumi.ups == [] and world.fake.servers == []
 
 
 def test_a_second_up_changes_nothing_and_growing_makes_only_the_new_server(

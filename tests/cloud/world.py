@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from engine.pulumi_runner import RunResult, server_outputs
+from engine.pulumi_runner import Progress, ResourceStep, RunResult, server_outputs
 from engine.state.store import Store, open_store
 from engine.up import RunOptions, up
 from stacks import StackInputs
@@ -39,7 +39,9 @@ class ProgramUnderMocks:
     """engine.pulumi_runner's up and destroy, as far as they can run without the CLI: the
     program declares the fleet under Pulumi's mocks, and the fake provider then holds what it
     declared in place of what the stack held before, as a real run leaves it. What the stack
-    never held (made by someone else) is left alone, as Pulumi leaves it."""
+    never held (made by someone else) is left alone, as Pulumi leaves it. Each declared
+    resource is reported to `on_progress` as Pulumi's events report it once done: created if
+    the stack did not hold it, else the same."""
 
     fake: Any
     answers: Answers
@@ -47,6 +49,7 @@ class ProgramUnderMocks:
     ups: list[StackInputs] = field(default_factory=list)
     destroys: int = 0
     held: set[tuple[str, str]] = field(default_factory=set)
+    urns: set[str] = field(default_factory=set)
 
     def _items(self) -> dict[str, list[dict[str, Any]]]:
         return {name: getattr(self.fake, name) for name in HELD if hasattr(self.fake, name)}
@@ -56,9 +59,17 @@ class ProgramUnderMocks:
             setattr(self.fake, name, [i for i in items if (name, str(i["id"])) not in self.held])
         self.held.clear()
 
-    def up(self, inputs: StackInputs, **_: Any) -> RunResult:
+    def up(
+        self, inputs: StackInputs, *, on_progress: Progress | None = None, **_: Any
+    ) -> RunResult:
         self.ups.append(inputs)
         run = run_program(inputs, self.answers)
+        for resource in run.resources:
+            op = "same" if resource.urn in self.urns else "create"
+            if on_progress is not None:
+                on_progress(ResourceStep(urn=resource.urn, type=resource.type,
+                                         name=resource.name, op=op, status="done"))  # fmt: skip
+        self.urns = {resource.urn for resource in run.resources}
         self.clear()
         before = {(name, str(i["id"])) for name, items in self._items().items() for i in items}
         self.list_on(run, self.fake)
@@ -69,6 +80,7 @@ class ProgramUnderMocks:
     def destroy(self, *_: Any, **__: Any) -> RunResult:
         self.destroys += 1
         self.clear()
+        self.urns.clear()
         return RunResult(action="destroy", resources=(), counts=())
 
 

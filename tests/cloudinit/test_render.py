@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import pytest
 import yaml
 
+from bench.cloudinit import fitting
+from bench.cloudinit import render as render_longest
 from engine import cloudinit
 from engine.cloudinit import (
     CONFIG_PATH,
@@ -29,6 +32,7 @@ from engine.model import ProviderName
 from engine.state import StoredUserData
 from engine.tokens import expected_token
 from tests.support.keys import DEPLOY_KEY, OPS_KEY, RSA4096_KEY
+from tests.support.readme import section
 
 
 def render(**overrides: Any) -> str:
@@ -187,6 +191,22 @@ def test_the_size_budget_leaves_room_for_many_keys() -> None:
     lint_user_data(render(authorized_keys=(DEPLOY_KEY,) + (RSA4096_KEY,) * fits))
     with pytest.raises(UserDataError, match="Remove authorized keys or packages"):
         lint_user_data(render(authorized_keys=(DEPLOY_KEY,) + (RSA4096_KEY,) * (fits + 1)))
+
+
+def test_the_readmes_size_figures_are_the_budget_of_the_longest_names() -> None:
+    """The README's "about" figures, within a tenth, for the longest names and URL the spec
+    allows (as bench/cloudinit.py renders them) and key lines with a common comment."""
+    said = re.search(
+        r"fixed part is about (\d+) KB, which leaves room for about (\d+) RSA-4096 or (\d+) "
+        r"ed25519 keys",
+        " ".join(section("cloud-init and phone-home").split()),
+    )
+    assert said, "the README gives no user_data size figures"
+    fixed_kb, rsa_keys, ed25519_keys = (int(n) for n in said.groups())
+    assert round(len(render_longest((DEPLOY_KEY,)).encode()) / 1000) == fixed_kb
+    assert abs(fitting(DEPLOY_KEY, RSA4096_KEY) - rsa_keys) <= rsa_keys / 10
+    ed25519 = OPS_KEY.replace("ops@laptop", "someone@example-laptop")
+    assert abs(fitting(DEPLOY_KEY, ed25519) - ed25519_keys) <= ed25519_keys / 10
 
 
 class MemoryStore:

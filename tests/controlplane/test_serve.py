@@ -1,5 +1,6 @@
-"""`engine serve` as real processes: a killed worker's job is done once after a restart, and
-several workers on one PostgreSQL share the queue without running a job twice."""
+"""`engine serve` as real processes: a killed worker's job is done once after a restart,
+several workers on one PostgreSQL share the queue without running a job twice, and the fleet
+API answers the keys `engine apikey` makes."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+
 from engine.controlplane.fleets import register_fleet
 from engine.controlplane.phonehome import install_job
 from engine.model import Stage
 from engine.state import JobState, ServerRecord
 from engine.state.store import Store, open_store
 from tests.controlplane.conftest import HOST_KEYS, make_fleet
+from tests.support.cli import ROOT, engine
 from tests.support.postgres import Cluster
 from tests.support.wait import wait_until
 
@@ -41,7 +45,11 @@ def _phoned_home(store: Store, count: int) -> None:
 
 
 @contextmanager
-def _serve(url: str, state_dir: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+def _serve(
+    url: str, state_dir: Path, env: dict[str, str], *more: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`engine serve` (install jobs run by tests/controlplane/probe.py, plus `more` options)
+    and the URL it listens at."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -58,6 +66,7 @@ def _serve(url: str, state_dir: Path, env: dict[str, str]) -> Iterator[subproces
             "1",
             "--install-entry",
             "tests.controlplane.probe:install",
+            *more,
         ],
         env={**os.environ, "PYTHONPATH": str(Path.cwd()), **env},
         stdout=subprocess.PIPE,
@@ -66,8 +75,9 @@ def _serve(url: str, state_dir: Path, env: dict[str, str]) -> Iterator[subproces
     )
     try:
         assert process.stdout is not None
-        assert "control plane listening on http://127.0.0.1:" in process.stdout.readline()
-        yield process
+        said = process.stdout.readline()
+        assert said.startswith("control plane listening on http://127.0.0.1:"), said
+        yield process, said.split()[4]
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -86,7 +96,7 @@ def test_a_job_cut_off_by_a_killed_process_is_done_once_after_a_restart(tmp_path
     with open_store(url) as store:
         _phoned_home(store, 1)
     env = {"PROBE_LOG": str(log), "PROBE_GATE": str(gate)}
-    with _serve(url, tmp_path / "state", env) as first:
+    with _serve(url, tmp_path / "state", env) as (first, _):
         wait_until(lambda: any(line[0] == "start" for line in _log(log)), what="the install")
         first.kill()  # SIGKILL, by the pid we started
         first.wait(timeout=10)
@@ -140,3 +150,21 @@ def test_several_workers_on_postgresql_share_the_queue_and_run_no_job_twice(
     assert sorted(starts) == sorted(f"web-{n}" for n in range(1, count + 1))  # each once
     assert len({line[2] for line in lines if line[0] == "start"}) >= 2
     assert all(job.attempts == 1 for job in jobs)
+
+
+def test_the_fleet_api_answers_a_key_made_by_engine_apikey(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    made = engine("apikey", "create", "ops-dashboard", "--state", url)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert key.startswith("fek_")  # as the README's curl example shows it
+    for path in tmp_path.iterdir():  # stored only as a hash
+        assert key.encode() not in path.read_bytes(), path
+    listed = engine("apikey", "list", "--state", url)
+    assert listed.stdout.startswith("ops-dashboard\tcreated ") and key not in listed.stdout
+    spec = str(ROOT / "specs" / "hetzner.yaml")
+    with _serve(url, tmp_path / "state", {}, "--spec", spec) as (_, base):
+        servers = f"{base}/v1/servers?fleet=web-prod"
+        answer = httpx.get(servers, headers={"Authorization": f"Bearer {key}"})
+        assert (answer.status_code, answer.json()["servers"]) == (200, [])
+        assert httpx.get(servers).status_code == 401

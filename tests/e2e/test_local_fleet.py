@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -26,6 +27,7 @@ from engine.local.dockerd import PrivateDaemon
 from engine.model import LABEL_FLEET, Stage
 from engine.state.store import open_store
 from tests.support.cli import ROOT, engine
+from tests.support.readme import console_example, section
 from tests.support.tokens import usable_tokens
 
 SPEC = {
@@ -99,6 +101,14 @@ def nothing_left(client: Any, fleet: Fleet, name: str) -> None:
     assert not list((fleet.state_dir / "keys").glob(f"{name}*"))
 
 
+def host_memory_gb() -> float:
+    """This machine's memory in GB (10^9 bytes), as its kernel counts it."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    raise AssertionError("/proc/meminfo has no MemTotal")
+
+
 @pytest.fixture(scope="module")
 def fleet(
     dockerd: PrivateDaemon, golden_image: str, tmp_path_factory: pytest.TempPathFactory
@@ -121,6 +131,8 @@ def test_up_brings_every_server_to_ready_with_its_agent_answering(fleet: Fleet) 
         live = server["live"]
         assert live is not None and "error" not in live, live
         assert 0 <= live["cpu_percent"] <= 100 and live["memory_total_gb"] > 0
+        # A small server's agent sees the host's memory: containers share the host's kernel.
+        assert round(live["memory_total_gb"], 1) == round(host_memory_gb(), 1)
     # What the engine keeps is its owner's only, and no token in it would pass a phone-home.
     state = fleet.state_dir
     for folder in (state, state / "keys", state / "logs", state / "local"):
@@ -135,6 +147,20 @@ def test_a_second_preview_and_up_have_nothing_to_do(fleet: Fleet) -> None:
     assert exit_code == 0
     again = fleet.run("up", "--yes")
     assert again.returncode == 0 and "Nothing to do" in again.stdout
+
+
+def test_containers_are_listed_through_the_agent_the_store_recorded(fleet: Fleet) -> None:
+    command, example = console_example("The agent")
+    assert command == "engine containers specs/demo.yaml web-1"
+    where = ("--state-dir", str(fleet.state_dir))
+    result = engine("containers", str(fleet.spec_path), "web-1", *where, cwd=fleet.root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    header, agent = result.stdout.splitlines()[:2]  # no --agent, no --fingerprint: recorded
+    readme_header, readme_agent = example.splitlines()[:2]
+    assert header.split() == readme_header.split()
+    name, image, state, status = agent.split()[:4]
+    assert [name, state, status] == [readme_agent.split()[i] for i in (0, 2, 3)]
+    assert image.startswith(readme_agent.split()[1].removesuffix("…"))
 
 
 def test_a_dry_run_lists_what_an_install_would_change_and_changes_nothing(
@@ -167,6 +193,17 @@ def test_a_dry_run_lists_what_an_install_would_change_and_changes_nothing(
         ]
         for event in asked.values():
             assert (event["ok"], event["would_change"]) == (True, ["system | Set the time zone"])
+        # As text, and while another run holds the fleet's lock: a dry run takes none.
+        said = re.search(r"e\.g\. `([^`]+)` after", section("Up, destroy and day-2 signals"))
+        assert said, "the README gives no dry-run example"
+        with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
+            held = store.acquire_lock("e2e", command="engine up e2e.yaml")
+            try:
+                text = fleet.run("up", "--dry-run")
+            finally:
+                store.release_lock(held)
+        assert text.returncode == 0, text.stdout + text.stderr
+        assert " ".join(said.group(1).split()) in text.stdout.splitlines()
         assert zone("web-1") == before and b"Berlin" not in before
     finally:
         fleet.write(SPEC)
@@ -185,6 +222,22 @@ def test_growing_and_resizing_change_only_those_servers(fleet: Fleet, docker_cli
     assert {k: v for k, v in after.items() if k != "e2e-web-3"} == before  # nobody else moved
     host = docker_client.containers.get("e2e-db-1").attrs["HostConfig"]
     assert host["CpuQuota"] == 2 * host["CpuPeriod"] and host["Memory"] == 2 * 1024**3
+    assert fleet.plan() == []
+
+
+def test_a_changed_label_makes_the_local_machine_again(fleet: Fleet, docker_client: Any) -> None:
+    spec = yaml.safe_load(fleet.spec_path.read_text())
+    spec["groups"][1]["labels"] = {"tier": "data"}
+    fleet.write(spec)
+    before = containers(docker_client, "e2e")
+    assert fleet.plan() == [("replace", "db-1")]  # container labels are fixed
+    assert "db-1" in fleet.up()["ready"]
+    after = containers(docker_client, "e2e")
+    assert after["e2e-db-1"] != before["e2e-db-1"]
+    assert {k: v for k, v in after.items() if k != "e2e-db-1"} == {
+        k: v for k, v in before.items() if k != "e2e-db-1"
+    }
+    assert docker_client.containers.get("e2e-db-1").labels["tier"] == "data"
     assert fleet.plan() == []
 
 

@@ -26,7 +26,7 @@ import pytest
 
 from engine.local.dockerd import PrivateDaemon
 from tests.support.cli import ROOT
-from tests.support.readme import readme_command
+from tests.support.readme import assert_shaped_like, console_example, readme_command
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,11 @@ def test_the_readmes_first_command_works_on_a_fresh_clone(world: World, tmp_path
     assert up.returncode == 0, said[-6000:]
     assert "Traceback" not in said
     assert "starting the Docker engine" in said  # no engine ran: it started one
+    assert (world.root / "log" / "fleet-engine-dockerd.log").is_file()  # /var/log, inside
     assert "3 servers ready" in up.stdout
+    # What the README shows it prints once the images exist: what came before is their making.
+    _, example = console_example("Two commands on a fresh machine (Debian 12)", clone / "README.md")
+    assert_shaped_like(example, up.stdout[up.stdout.index("Fleet demo") :], any_number=True)
     assert (clone / ".engine" / "state.db").is_file()  # the default state dir, in the clone
 
     status = world.run(".venv/bin/engine status specs/demo.yaml --format json", clone, 300)

@@ -1,14 +1,21 @@
-"""Private Docker daemons leave nothing behind that could trouble the next one."""
+"""Private Docker daemons leave nothing behind that could trouble the next one; without root,
+`engine up` asks for the Docker engine it cannot start."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
+import shutil
 import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from engine.local.dockerd import PrivateDaemon, _iptables_rules, _used_networks
+from tests.support.cli import ROOT
 
 
 def test_a_stopped_daemon_leaves_no_iptables_rule(
@@ -34,3 +41,32 @@ def test_networks_of_leftover_nat_rules_count_as_used() -> None:
         assert network in _used_networks()
     finally:
         subprocess.run(["iptables", "-w", "-t", "nat", "-D", *rule], check=True)
+
+
+def test_without_root_up_asks_for_a_running_docker_engine_and_changes_nothing() -> None:
+    """Why the README says to run its first command as root: as another user, with no Docker
+    engine that user can reach, `engine up` cannot start one and says what to do."""
+    if os.geteuid() != 0:
+        pytest.fail("this test becomes another user with setpriv, which needs root")
+    home = Path(tempfile.mkdtemp(prefix="not-root-"))  # pytest's own folders are root's only
+    home.chmod(0o777)
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    try:
+        result = subprocess.run(
+            [*as_nobody, sys.executable, "-m", "engine", "up", "specs/demo.yaml", "--yes",
+             "--state-dir", str(home / "state")],
+            cwd=ROOT,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(ROOT),
+                 "NO_COLOR": "1", "HOME": str(home)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert (result.returncode, result.stderr) == (
+            1,
+            "error: the Docker engine is installed but not running; start it "
+            "(sudo systemctl start docker, or sudo dockerd &) and try again\n",
+        )
+        assert not (home / "state").exists()
+    finally:
+        shutil.rmtree(home)

@@ -9,8 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from engine.local.dockerd import PrivateDaemon
 from engine.local.images import GOLDEN_CONTEXT, context_hash, ensure_golden_image
 from engine.local.machines import MachineSpec, create_machine, write_seed
+from tests.support.cli import engine
 
 
 def test_golden_image_is_cached_by_recipe(docker_client: Any, golden_image: str) -> None:
@@ -24,6 +26,15 @@ def test_golden_image_is_cached_by_recipe(docker_client: Any, golden_image: str)
         same = context_hash(copy)
         (copy / "boot.sh").write_text((copy / "boot.sh").read_text() + "\n# changed\n")
         assert context_hash(copy) != same
+
+
+def test_engine_local_image_shows_the_golden_image(
+    dockerd: PrivateDaemon, golden_image: str
+) -> None:
+    result = engine("local", "image", env={"DOCKER_HOST": dockerd.url}, timeout=600)
+    assert (result.returncode, result.stderr) == (0, "")  # built already: nothing to say
+    tag, _id, size, unit, built, _when = result.stdout.split()
+    assert (tag, unit, built) == (golden_image, "MB", "built") and int(size) > 0
 
 
 def test_a_golden_container_boots_with_cloud_init_and_serves_ssh(

@@ -144,6 +144,16 @@ def test_a_literal_token_is_never_echoed() -> None:
     assert token[:12] not in str(info.value)
 
 
+def test_a_private_key_among_the_public_keys_is_never_echoed() -> None:
+    case = Path(__file__).parent / "cases" / "private_key.yaml"
+    secret = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ"
+    assert secret in case.read_text()
+    with pytest.raises(SpecError) as info:
+        load_spec(case)
+    assert [d.code for d in info.value.diagnostics] == ["literal_secret"]
+    assert secret[:12] not in str(info.value)
+
+
 def test_a_bom_is_accepted() -> None:
     raw = b"\xef\xbb\xbf" + Path("specs/demo.yaml").read_bytes()
     assert parse_spec(raw).name == "demo"

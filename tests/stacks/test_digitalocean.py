@@ -175,6 +175,17 @@ def test_the_load_balancer_targets_the_group_in_its_region(run: Run) -> None:
     ]
 
 
+def test_an_https_service_passes_tls_through_to_the_droplets() -> None:
+    services = [{"listen": 443, "destination": 8443, "protocol": "https"}]
+    lb = {"name": "api", "type": "lb-small", "location": "fra1", "targets": "api",
+          "services": services}  # fmt: skip
+    run = run_program(stack_inputs(fleet_from(SPEC, load_balancers=[lb])), ANSWERS)
+    assert run.of_type(LB)["lb-api"].inputs["forwardingRules"] == [
+        {"entryPort": 443, "entryProtocol": "https", "targetPort": 8443,
+         "targetProtocol": "https", "tlsPassthrough": True}
+    ]  # fmt: skip
+
+
 def test_droplets_and_balancers_join_the_project(run: Run) -> None:
     (project,) = run.of_type(PROJECT).values()
     assert [args for token, args in run.calls if token == GET_PROJECT] == [{"name": "api"}]

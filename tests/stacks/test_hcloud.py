@@ -207,6 +207,15 @@ def test_the_load_balancer_targets_its_group_over_the_private_network(run: Run) 
     assert all(int(t.inputs["loadBalancerId"]) == int(lb.id) for t in targets.values())
 
 
+def test_an_https_service_passes_tls_through_to_the_servers() -> None:
+    services = [{"listen": 443, "destination": 8443, "protocol": "https"}]
+    lb = {"name": "web", "type": "lb11", "location": "fsn1", "targets": "web", "services": services}
+    run = run_program(stack_inputs(fleet_from(SPEC, load_balancers=[lb])), ANSWERS)
+    (service,) = run.of_type(LB_SERVICE).values()
+    assert (service.inputs["protocol"], service.inputs["destinationPort"]) == ("tcp", 8443)
+    assert "http" not in service.inputs  # no certificate: nothing ends TLS at the balancer
+
+
 def test_a_load_balancer_without_network_opens_its_ports_to_itself_only() -> None:
     fleet = fleet_from(
         SPEC,
