@@ -3,7 +3,7 @@
 A server that has just booted often has stale package lists and an apt run of its own
 (cloud-init, unattended-upgrades) holding the dpkg lock. So lists are refreshed right before
 anything is installed, never otherwise (a re-run with nothing to install changes nothing),
-apt waits for the lock instead of failing, and downloads are retried.
+apt waits for its locks instead of failing, and downloads are retried.
 """
 
 from __future__ import annotations
@@ -18,6 +18,14 @@ APT_GET = (
     "DEBIAN_FRONTEND=noninteractive apt-get -y -q"
     " -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3"
     " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+)
+# `apt-get update` takes the lists' lock without waiting (DPkg::Lock::Timeout is for dpkg's),
+# so an apt run of the server's own, or one left running by an install whose engine died (a
+# remote command outlives its SSH session), would fail it. Wait for that lock first, at most
+# as long: python3 is on every server cloud-init runs on, and apt's locks are fcntl locks.
+WAIT_FOR_LISTS = (
+    "python3 -c \"import fcntl, signal; signal.alarm(600); "
+    "fcntl.lockf(open('/var/lib/apt/lists/lock', 'a'), fcntl.LOCK_EX)\" &&"
 )
 
 
@@ -37,7 +45,7 @@ def packages(
         return
     # Lists first: if the mirror cannot be reached, nothing has been removed yet.
     if missing:
-        yield StringCommand(APT_GET, "update")
+        yield StringCommand(WAIT_FOR_LISTS, APT_GET, "update")
     if remove:
         yield StringCommand(APT_GET, "remove", *remove)
     if missing:
