@@ -477,7 +477,6 @@ def locked_session(
 
     fleet = load_spec(spec, state_dir=options.state_dir)
     board = StageBoard(out, json_lines=options.json_lines)
-    private_dir(options.state_dir)
     backend = backend_for(fleet, options, board.note)
     try:
         if tools:
@@ -486,6 +485,7 @@ def locked_session(
             backend.open()
         else:
             backend.connect()
+        private_dir(options.state_dir)  # only now: a run that cannot start leaves nothing
         with (
             open_store(state_url(options.state_dir, options.state)) as store,
             _locked(store, fleet, command, board),

@@ -61,7 +61,11 @@ def test_a_retry_of_an_accepted_request_is_answered_again_without_doing_anything
 ) -> None:
     token = plane.token("web-1")
     assert plane.phone_home_as(1, token).status_code == 200
-    wait_until(lambda: plane.installer.installed.get("web-1"), what="the install")
+    # Settled: the install job recorded as done (the installer returning is not yet that).
+    wait_until(
+        lambda: [j.state for j in plane.store.jobs("web-prod")] == [JobState.SUCCEEDED],
+        what="the install job to succeed",
+    )
     before = plane.store.transitions("web-prod"), plane.store.jobs("web-prod")
     boot = {**body("x", "x", "1", "1.1.1.1")["boot"], "sent_at": "2026-11-05T10:00:45Z"}
     again = plane.phone_home_as(1, token, attempt=2, boot=boot)

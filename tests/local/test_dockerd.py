@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -50,13 +51,23 @@ def test_without_root_up_asks_for_a_running_docker_engine_and_changes_nothing() 
         pytest.fail("this test becomes another user with setpriv, which needs root")
     home = Path(tempfile.mkdtemp(prefix="not-root-"))  # pytest's own folders are root's only
     home.chmod(0o777)
+    # The checkout may sit in a folder only root can enter (a fresh clone in a private temp
+    # dir): the other user sees it through a bind mount in a mount namespace of its own.
+    view = home / "repo"
+    view.mkdir()
+    python = Path(sys.executable)
+    if python.is_relative_to(ROOT):
+        python = view / python.relative_to(ROOT)
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    engine_up = [str(python), "-m", "engine", "up", "specs/demo.yaml", "--yes",
+                 "--state-dir", str(home / "state")]  # fmt: skip
+    script = f"mount --bind {shlex.quote(str(ROOT))} {view} && cd {view} && exec " + shlex.join(
+        [*as_nobody, *engine_up]
+    )
     try:
         result = subprocess.run(
-            [*as_nobody, sys.executable, "-m", "engine", "up", "specs/demo.yaml", "--yes",
-             "--state-dir", str(home / "state")],
-            cwd=ROOT,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(ROOT),
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(view),
                  "NO_COLOR": "1", "HOME": str(home)},
             capture_output=True,
             text=True,
