@@ -44,7 +44,7 @@ from engine.state.store import Store
 if TYPE_CHECKING:
     from engine.controlplane.handlers import Provisioner
     from engine.install import HostResult
-    from engine.installer import FleetInstaller
+    from engine.install.installer import FleetInstaller
     from engine.inventory import ActualServer
     from engine.signals import Signal
 
@@ -209,7 +209,7 @@ class FleetRun:
         with a new one-time token."""
         from engine.cloudinit import phone_home_url, pin_user_data, render_user_data
         from engine.controlplane.tokens import PhoneHomeSeal, mint_phone_home_token
-        from engine.deploykey import ensure_deploy_key
+        from engine.install.deploykey import ensure_deploy_key
         from engine.tokens import ensure_fleet_key
 
         fleet = self.fleet
@@ -387,7 +387,7 @@ def serving(
     backend's provisioner and the installer: what bringing servers to ready needs."""
     from engine.controlplane.fleets import register_fleet
     from engine.controlplane.runner import running_control_plane
-    from engine.deploykey import ensure_deploy_key
+    from engine.install.deploykey import ensure_deploy_key
     from engine.tokens import ensure_fleet_key
 
     settings = register_fleet(store, fleet)
@@ -418,7 +418,7 @@ def serving(
 
 
 def _installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> FleetInstaller:
-    from engine.installer import FleetInstaller
+    from engine.install.installer import FleetInstaller
     from engine.state.files import private_dir
 
     return FleetInstaller(
@@ -540,7 +540,7 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
     Nothing changes: no lock, no control plane, no server touched. 0 when every server could
     be asked and the plan is not blocked."""
     from engine.controlplane.handlers import install_target, ssh_address
-    from engine.deploykey import deploy_key_path
+    from engine.install.deploykey import deploy_key_path
     from engine.preview import plan_preview
     from engine.state.store import open_store, state_url
 
@@ -633,8 +633,8 @@ def report(
 
 def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
     """Delete every resource of the fleet, its state rows and its keys."""
-    from engine.deploykey import deploy_key_path
     from engine.diff import DiffOptions, diff_fleet
+    from engine.install.deploykey import deploy_key_path
     from engine.tokens import key_path
 
     with locked_session(

@@ -34,8 +34,8 @@ from engine.controlplane.jobs import LEASE_S, JobRegistry, WorkerPool
 from engine.controlplane.lookup import ReaderFactory, provider_reader
 from engine.controlplane.monitor import HEARTBEAT_MISSES, Monitor
 from engine.controlplane.views import last_heartbeat_metrics
-from engine.deploykey import deploy_key_path
 from engine.errors import EngineError
+from engine.install.deploykey import deploy_key_path
 from engine.state.store import Store
 
 log = logging.getLogger("engine.controlplane")

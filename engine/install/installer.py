@@ -12,14 +12,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.agent.run import (
-    CONFIG_PATH,
-    HOST_DIRECTORIES,
-    agent_run_options,
-    agent_settings,
-    docker_run_argv,
-    render_agent_config,
-)
 from engine.controlplane.handlers import InstallResult, InstallTarget
 from engine.install import (
     AgentFile,
@@ -28,6 +20,14 @@ from engine.install import (
     InstallHost,
     InstallSettings,
     install_hosts,
+)
+from engine.install.agent import (
+    CONFIG_PATH,
+    HOST_DIRECTORIES,
+    agent_run_options,
+    agent_settings,
+    docker_run_argv,
+    render_agent_config,
 )
 from engine.model import Fleet
 from engine.state import FleetSettings
