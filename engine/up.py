@@ -539,8 +539,8 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
     that would change something (pyinfra's facts read over SSH with the pinned host keys).
     Nothing changes: no lock, no control plane, no server touched. 0 when every server could
     be asked and the plan is not blocked."""
-    from engine.controlplane.handlers import install_target, ssh_address
     from engine.install.deploykey import deploy_key_path
+    from engine.install.seam import install_target, ssh_address
     from engine.preview import plan_preview
     from engine.state.store import open_store, state_url
 

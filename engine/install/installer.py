@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.controlplane.handlers import InstallResult, InstallTarget
 from engine.install import (
     AgentFile,
     AgentRun,
@@ -29,6 +28,7 @@ from engine.install.agent import (
     docker_run_argv,
     render_agent_config,
 )
+from engine.install.seam import InstallResult, InstallTarget
 from engine.model import Fleet
 from engine.state import FleetSettings
 from engine.tokens import agent_token, heartbeat_token, read_fleet_key, token_sha256

@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from engine.controlplane.fleets import register_fleet
-from engine.controlplane.handlers import InstallResult, InstallTarget
 from engine.controlplane.runner import RunningControlPlane, running_control_plane
 from engine.controlplane.servers import register_server
 from engine.controlplane.tokens import mint_phone_home_token
+from engine.install.seam import InstallResult, InstallTarget
 from engine.model import Fleet, Stage
 from engine.state import FleetSettings, ServerRecord
 from engine.state.store import Store, open_store
