@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from engine.errors import EngineError
+from engine.install.digest import install_hash
 from engine.install.model import (
     AgentRun,
     HostRequest,
@@ -41,7 +42,6 @@ from engine.install.model import (
     from_json,
     to_json,
 )
-from engine.model import install_hash
 from engine.secrets import redact, register_secret
 from engine.state.files import private_dir
 
