@@ -43,8 +43,8 @@ from engine.state.store import Store
 
 if TYPE_CHECKING:
     from engine.controlplane.handlers import Provisioner
-    from engine.install import HostResult
     from engine.install.installer import FleetInstaller
+    from engine.install.model import HostResult
     from engine.inventory import ActualServer
     from engine.signals import Signal
 

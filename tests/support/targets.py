@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cloudinit import render_user_data
-from engine.install import AgentFile, AgentRun, InstallHost
+from engine.install.model import AgentFile, AgentRun, InstallHost
 from engine.local.machines import MachineSpec, create_machine, write_seed
 from engine.model import ProviderName
 
