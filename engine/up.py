@@ -208,22 +208,18 @@ class FleetRun:
         """The server's pinned user_data: the stored one, else (or when `fresh`) a new one
         with a new one-time token."""
         from engine.cloudinit import phone_home_url, pin_user_data, render_user_data
-        from engine.controlplane.tokens import PhoneHomeSeal, mint_phone_home_token
         from engine.install.deploykey import ensure_deploy_key
-        from engine.tokens import ensure_fleet_key
+        from engine.tokens import PhoneHomeSeal, ensure_fleet_key, mint_phone_home_token
 
         fleet = self.fleet
         key = ensure_fleet_key(self.state_dir, fleet.name)
         deploy = ensure_deploy_key(self.state_dir, fleet.name)
 
         def render() -> str:
-            token = mint_phone_home_token(
-                self.store,
-                key,
-                fleet=fleet.name,
-                server=server.name,
-                ttl_s=fleet.control_plane.token_ttl_s,
+            token, record = mint_phone_home_token(
+                key, fleet=fleet.name, server=server.name, ttl_s=fleet.control_plane.token_ttl_s
             )
+            self.store.add_phone_home_token(record)
             return render_user_data(
                 fleet=fleet.name,
                 server=server.name,
