@@ -21,7 +21,8 @@ import docker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.install import HostResult, InstallHost, InstallSettings, install_hosts  # noqa: E402
+from engine.install.model import HostResult, InstallHost, InstallSettings  # noqa: E402
+from engine.install.runner import install_hosts  # noqa: E402
 from engine.local.dockerd import PrivateDaemon  # noqa: E402
 from engine.local.images import ensure_golden_image  # noqa: E402
 from engine.model import DockerInstall, DockerSource, Install  # noqa: E402

@@ -50,13 +50,13 @@ def _prepare(url: str, state_dir: Path, count: int) -> list[tuple[bytes, str]]:
     import dataclasses
 
     from engine.controlplane.fleets import register_fleet
-    from engine.controlplane.tokens import mint_phone_home_token
     from engine.model import Stage
     from engine.spec import load_spec
     from engine.state import ServerRecord
     from engine.state.store import open_store
     from engine.tokens import ensure_fleet_key
     from tests.controlplane.conftest import body as phone_home_body
+    from tests.support.tokens import mint_stored
 
     fleet = load_spec(ROOT / "specs" / "hetzner.yaml")
     fleet = dataclasses.replace(fleet, name="bench")
@@ -78,7 +78,7 @@ def _prepare(url: str, state_dir: Path, count: int) -> list[tuple[bytes, str]]:
                     stage=Stage.BOOTING,
                 )
             )
-            token = mint_phone_home_token(store, key, fleet="bench", server=name, ttl_s=3600)
+            token = mint_stored(store, key, fleet="bench", server=name, ttl_s=3600)
             body = json.dumps(phone_home_body("bench", name, str(100000 + n), address)).encode()
             head = (
                 "POST /v1/phone-home HTTP/1.1\r\nHost: 127.0.0.1\r\n"

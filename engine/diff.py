@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from engine.catalog import Catalog
 from engine.cost import monthly_price, server_usage
+from engine.install.digest import install_hash
 from engine.inventory import ActualServer
 from engine.model import (
     LABEL_GROUP,
@@ -49,7 +50,6 @@ from engine.model import (
     Server,
     Stage,
     fleet_resource_name,
-    install_hash,
 )
 from engine.placement import expand_fleet
 from engine.plan import (

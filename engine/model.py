@@ -1,19 +1,14 @@
 """The fleet as the engine sees it: frozen values built once from a validated spec.
 
-Nothing here does I/O, except `deploys_version`, which reads the engine's own deploy code once
-to fingerprint it. Mappings are stored as sorted tuples of pairs so that every model value is
-hashable and compares by content.
+Nothing here does I/O (the install digest, which reads the deploy code, is in
+engine/install/digest.py). Mappings are stored as sorted tuples of pairs so that every model
+value is hashable and compares by content.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
-from pathlib import Path
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -288,30 +283,3 @@ def fleet_resource_name(fleet: str, name: str) -> str:
     Provider projects hold several fleets, so the spec's short names get the fleet as prefix.
     """
     return f"{fleet}-{name}"
-
-
-@cache
-def deploys_version() -> str:
-    """A fingerprint of the deploy code: every file of the `deploys` package beside the engine."""
-    spec = importlib.util.find_spec("deploys")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the deploys package is not installed beside the engine")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def install_hash(install: Install) -> str:
-    """A stable digest of what the install step puts on a server (`sha256:` + 16 hex digits):
-    the fleet's install settings and the deploy code that applies them (deploys/).
-
-    The install reports it per server and the state store keeps it; a different digest for
-    the spec's current settings (or after an engine upgrade that changed the deploys) means
-    the server needs a reinstall. Equal inputs give equal digests in every process.
-    """
-    canonical = json.dumps(asdict(install), sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(f"{canonical}\n{deploys_version()}".encode())
-    return "sha256:" + digest.hexdigest()[:16]

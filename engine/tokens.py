@@ -1,4 +1,4 @@
-"""Per-server tokens, derived from one secret key per fleet.
+"""Every token the engine hands out, derived from one secret key per fleet.
 
     key      <state_dir>/keys/<fleet>.key: 32 random bytes as hex, mode 0600, made on first use
     token    base64url(HMAC-SHA256(key, "fleet-engine/v1" US purpose US fleet US server US ...))
@@ -10,24 +10,45 @@ heartbeat token or the other way round, and a token of one server is useless for
 
     agent_token      engine -> agent (the agent stores only its SHA-256: `token_sha256`)
     heartbeat_token  agent -> control plane (heartbeats and container events)
+    phone-home       server -> control plane, once, when it has booted (below)
 
-Other parts add their own purposes (phone-home tokens bind an expiry through `context`).
 Every token made here is registered with engine.secrets, so it is masked in any output.
+
+Phone-home tokens are minted when a server's user_data is rendered, and spent once:
+
+    ph1.<expires, unix seconds>.<nonce>.<mac>
+    mac = derive_token(fleet key, "phone-home", fleet, server, expires, nonce)
+
+The token binds fleet, server and expiry under the fleet's secret key, so the control plane
+checks it by recomputing the MAC (`is_genuine`) without trusting anything the request says.
+The store keeps only its SHA-256 (the record `mint_phone_home_token` returns), with the fleet
+and server it was minted for, when it expires and, once accepted, a fingerprint of the
+accepting request (so an identical retry is answered again and anything else is refused).
+
+The user_data a token is sent in is kept too (it must never change), but sealed: the MAC is
+replaced by a placeholder no check accepts, and derived again from the key when the document
+is sent (`PhoneHomeSeal`). Expiry and nonce stay, so the same token, and the same bytes, come
+back; whoever reads the store holds nothing a phone-home would accept.
+
+    ph1.1767225600.q1w2e3r4t5y6u7i8.MAC-NOT-STORED
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import os
 import re
 import secrets
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from engine.errors import EngineError
 from engine.secrets import register_secret
+from engine.state import PhoneHomeToken
 from engine.state.files import private_dir, private_file
 
 KEY_BYTES = 32
@@ -39,6 +60,7 @@ _KEY_TEXT = re.compile(r"^[0-9a-f]{64}$")
 class TokenPurpose(StrEnum):
     AGENT = "agent"
     HEARTBEAT = "heartbeat"
+    PHONE_HOME = "phone-home"
 
 
 def key_path(state_dir: Path, fleet: str) -> Path:
@@ -137,10 +159,102 @@ def heartbeat_token(key: bytes, fleet: str, server: str) -> str:
 
 
 def token_sha256(token: str) -> str:
-    """What the agent stores instead of its token: SHA-256, 64 lowercase hex digits."""
+    """What is kept instead of a token (by the agent; by the store, of a phone-home token):
+    its SHA-256, 64 lowercase hex digits."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def is_same_token(expected: str, presented: str) -> bool:
     """Whether `presented` is `expected`, in time independent of where they differ."""
     return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8"))
+
+
+# --- phone-home tokens --------------------------------------------------------------------
+
+_PHONE_HOME_PREFIX = "ph1"
+_SHAPE = re.compile(r"ph1\.([0-9]{1,12})\.([A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{43})")
+# Not 43 characters, so a sealed token fails the shape check before any MAC is compared.
+_SEALED_MAC = "MAC-NOT-STORED"
+# A token (or a sealed one) standing alone in a document, not part of a longer word.
+_IN_TEXT = r"(?<![\w.-])ph1\.([0-9]{{1,12}})\.([A-Za-z0-9_-]{{16}})\.{mac}(?![\w-])"
+_TOKEN_IN_TEXT = re.compile(_IN_TEXT.format(mac="[A-Za-z0-9_-]{43}"))
+_SEALED_IN_TEXT = re.compile(_IN_TEXT.format(mac=re.escape(_SEALED_MAC)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParsedToken:
+    raw: str
+    expires: int
+    nonce: str
+    mac: str
+
+
+def mint_phone_home_token(
+    key: bytes,
+    *,
+    fleet: str,
+    server: str,
+    ttl_s: int,
+    now: dt.datetime | None = None,
+) -> tuple[str, PhoneHomeToken]:
+    """A new one-time token for `server` of `fleet`, valid `ttl_s` seconds from `now`, and the
+    record the store keeps of it (its hash, never the token): the caller stores the record.
+
+    The token is registered as a secret, for the user_data renderer to embed.
+    """
+    minted_at = now or dt.datetime.now(dt.UTC)
+    expires = int(minted_at.timestamp()) + ttl_s
+    nonce = secrets.token_urlsafe(12)
+    token = _phone_home_token(key, fleet, server, str(expires), nonce)
+    record = PhoneHomeToken(
+        token_hash=token_sha256(token),
+        fleet=fleet,
+        server=server,
+        expires_at=dt.datetime.fromtimestamp(expires, dt.UTC),
+        created_at=minted_at,
+    )
+    return token, record
+
+
+def _phone_home_token(key: bytes, fleet: str, server: str, expires: str, nonce: str) -> str:
+    mac = derive_token(key, TokenPurpose.PHONE_HOME, fleet, server, expires, nonce)
+    return register_secret(f"{_PHONE_HOME_PREFIX}.{expires}.{nonce}.{mac}")
+
+
+def parse_token(raw: str) -> ParsedToken | None:
+    """The parts of a well-formed phone-home token, or None."""
+    match = _SHAPE.fullmatch(raw)
+    if match is None:
+        return None
+    return ParsedToken(raw=raw, expires=int(match[1]), nonce=match[2], mac=match[3])
+
+
+def is_genuine(key: bytes, token: ParsedToken, *, fleet: str, server: str) -> bool:
+    """Whether `token` was minted with `key` for `server` of `fleet` (constant time)."""
+    context = (str(token.expires), token.nonce)
+    expected = expected_token(key, TokenPurpose.PHONE_HOME, fleet, server, *context)
+    return is_same_token(expected, token.mac)
+
+
+def seal_tokens(text: str) -> str:
+    """`text` with the MAC of every phone-home token in it replaced by a placeholder."""
+    return _TOKEN_IN_TEXT.sub(lambda m: f"{_PHONE_HOME_PREFIX}.{m[1]}.{m[2]}.{_SEALED_MAC}", text)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhoneHomeSeal:
+    """The engine.cloudinit.TokenSeal of the user_data of `server` of `fleet`: tokens sealed
+    for the store, and unsealed with the fleet key when the document is sent."""
+
+    key: bytes = field(repr=False)
+    fleet: str
+    server: str
+
+    def conceal(self, text: str) -> str:
+        return seal_tokens(text)
+
+    def reveal(self, text: str) -> str:
+        def unseal(match: re.Match[str]) -> str:
+            return _phone_home_token(self.key, self.fleet, self.server, match[1], match[2])
+
+        return _SEALED_IN_TEXT.sub(unseal, text)

@@ -43,8 +43,8 @@ from engine.state.store import Store
 
 if TYPE_CHECKING:
     from engine.controlplane.handlers import Provisioner
-    from engine.install import HostResult
-    from engine.installer import FleetInstaller
+    from engine.install.installer import FleetInstaller
+    from engine.install.model import HostResult
     from engine.inventory import ActualServer
     from engine.signals import Signal
 
@@ -208,22 +208,18 @@ class FleetRun:
         """The server's pinned user_data: the stored one, else (or when `fresh`) a new one
         with a new one-time token."""
         from engine.cloudinit import phone_home_url, pin_user_data, render_user_data
-        from engine.controlplane.tokens import PhoneHomeSeal, mint_phone_home_token
-        from engine.deploykey import ensure_deploy_key
-        from engine.tokens import ensure_fleet_key
+        from engine.install.deploykey import ensure_deploy_key
+        from engine.tokens import PhoneHomeSeal, ensure_fleet_key, mint_phone_home_token
 
         fleet = self.fleet
         key = ensure_fleet_key(self.state_dir, fleet.name)
         deploy = ensure_deploy_key(self.state_dir, fleet.name)
 
         def render() -> str:
-            token = mint_phone_home_token(
-                self.store,
-                key,
-                fleet=fleet.name,
-                server=server.name,
-                ttl_s=fleet.control_plane.token_ttl_s,
+            token, record = mint_phone_home_token(
+                key, fleet=fleet.name, server=server.name, ttl_s=fleet.control_plane.token_ttl_s
             )
+            self.store.add_phone_home_token(record)
             return render_user_data(
                 fleet=fleet.name,
                 server=server.name,
@@ -387,7 +383,7 @@ def serving(
     backend's provisioner and the installer: what bringing servers to ready needs."""
     from engine.controlplane.fleets import register_fleet
     from engine.controlplane.runner import running_control_plane
-    from engine.deploykey import ensure_deploy_key
+    from engine.install.deploykey import ensure_deploy_key
     from engine.tokens import ensure_fleet_key
 
     settings = register_fleet(store, fleet)
@@ -418,7 +414,7 @@ def serving(
 
 
 def _installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> FleetInstaller:
-    from engine.installer import FleetInstaller
+    from engine.install.installer import FleetInstaller
     from engine.state.files import private_dir
 
     return FleetInstaller(
@@ -539,8 +535,8 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
     that would change something (pyinfra's facts read over SSH with the pinned host keys).
     Nothing changes: no lock, no control plane, no server touched. 0 when every server could
     be asked and the plan is not blocked."""
-    from engine.controlplane.handlers import install_target, ssh_address
-    from engine.deploykey import deploy_key_path
+    from engine.install.deploykey import deploy_key_path
+    from engine.install.seam import install_target, ssh_address
     from engine.preview import plan_preview
     from engine.state.store import open_store, state_url
 
@@ -633,8 +629,8 @@ def report(
 
 def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
     """Delete every resource of the fleet, its state rows and its keys."""
-    from engine.deploykey import deploy_key_path
     from engine.diff import DiffOptions, diff_fleet
+    from engine.install.deploykey import deploy_key_path
     from engine.tokens import key_path
 
     with locked_session(

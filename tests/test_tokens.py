@@ -1,7 +1,8 @@
-"""Per-fleet keys and the tokens derived from them."""
+"""Per-fleet keys and the tokens derived from them: the agent's, heartbeats' and phone-home's."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import stat
@@ -14,13 +15,18 @@ import pytest
 from engine.errors import EngineError
 from engine.secrets import redact
 from engine.tokens import (
+    PhoneHomeSeal,
     agent_token,
     derive_token,
     ensure_fleet_key,
     heartbeat_token,
+    is_genuine,
     is_same_token,
     key_path,
+    mint_phone_home_token,
+    parse_token,
     read_fleet_key,
+    seal_tokens,
     token_sha256,
 )
 
@@ -98,3 +104,30 @@ def test_digest_and_comparison() -> None:
     assert is_same_token(token, token)
     assert not is_same_token(token, token[:-1] + ("A" if token[-1] != "A" else "B"))
     assert not is_same_token(token, "")
+
+
+def test_a_minted_phone_home_token_is_returned_with_the_record_that_keeps_only_its_hash() -> None:
+    now = dt.datetime(2026, 11, 2, 10, 0, tzinfo=dt.UTC)
+    token, record = mint_phone_home_token(KEY, fleet="demo", server="web-1", ttl_s=600, now=now)
+    assert record.token_hash == token_sha256(token) and token not in repr(record)
+    assert (record.fleet, record.server) == ("demo", "web-1")
+    assert (record.created_at, record.expires_at) == (now, now + dt.timedelta(seconds=600))
+    assert record.spent_at is None
+    parsed = parse_token(token)
+    assert parsed is not None and parsed.expires == int(record.expires_at.timestamp())
+    assert is_genuine(KEY, parsed, fleet="demo", server="web-1")
+    assert not is_genuine(KEY, parsed, fleet="demo", server="web-2")
+    assert not is_genuine(bytes(32), parsed, fleet="demo", server="web-1")
+    assert redact(f"sent {token}") == "sent ***"
+
+
+def test_a_sealed_phone_home_token_is_useless_until_the_seal_gives_it_back() -> None:
+    token, _record = mint_phone_home_token(KEY, fleet="demo", server="web-1", ttl_s=600)
+    document = f"token: {token}\nnot.{token}\n"
+    sealed = seal_tokens(document)
+    assert sealed.count(token) == 1  # only the token standing alone is sealed
+    assert parse_token(sealed.split()[1]) is None
+    seal = PhoneHomeSeal(key=KEY, fleet="demo", server="web-1")
+    assert seal.conceal(document) == sealed
+    assert seal.reveal(sealed) == document
+    assert PhoneHomeSeal(key=KEY, fleet="demo", server="web-2").reveal(sealed) != document

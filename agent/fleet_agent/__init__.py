@@ -1,6 +1,6 @@
 """The fleet engine's on-server agent: a small, strict HTTPS API for one server.
 
-config      the JSON config file the engine renders (engine/agent/run.py)
+config      the JSON config file the engine renders (engine/install/agent.py)
 tls         the agent's key and self-signed certificate, made on first start
 guard       ASGI middleware: bearer token, body size limit, audit log
 metrics     host metrics from psutil, CPU sampled over a window

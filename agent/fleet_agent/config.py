@@ -1,6 +1,6 @@
 """The agent's configuration: one JSON file written by the engine at install.
 
-The engine renders it (engine/agent/run.py: render_agent_config) into
+The engine renders it (engine/install/agent.py: render_agent_config) into
 /etc/fleet-agent/config.json, mode 0600, because it holds the heartbeat token. Only the SHA-256
 of the inbound bearer token is stored, so reading the file does not let anyone call the agent.
 Unknown keys are refused, so a typo in a hand-edited file is reported instead of ignored.

@@ -17,7 +17,7 @@ holds the container id:
 so by the time Docker reports the die, the record is there to read (/dev/kmsg, read without
 blocking when a death is judged, from where the last read stopped; what was logged before the
 agent started is skipped). Where kernel.dmesg_restrict is 1 this needs CAP_SYSLOG, which
-engine/agent/run.py gives the agent's container along with the device. Where the log cannot
+engine/install/agent.py gives the agent's container along with the device. Where the log cannot
 be read the agent says so once, and Docker's word stands. The kernel writes at most ten such
 reports every five seconds, so in a storm of kills some are missing here too.
 

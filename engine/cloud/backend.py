@@ -163,7 +163,7 @@ class CloudBackend:
     def carry_out(self, plan: Plan, run: FleetRun, servers: Sequence[Server]) -> None:
         """The plan's bookkeeping, then one run of the program over the whole fleet, then the
         new servers registered from its outputs."""
-        from engine.deploykey import ensure_deploy_key
+        from engine.install.deploykey import ensure_deploy_key
         from engine.pulumi_runner import up
         from stacks import StackInputs
 

@@ -285,7 +285,7 @@ class UserDataStore(Protocol):
 class TokenSeal(Protocol):
     """Cuts the secret part of a server's one-time token out of its user_data before the
     document is kept, and puts it back, byte for byte, when it is sent
-    (engine.controlplane.tokens.PhoneHomeSeal): the store never holds a usable token."""
+    (engine.tokens.PhoneHomeSeal): the store never holds a usable token."""
 
     def conceal(self, text: str) -> str:
         """`text` with no usable token in it."""

@@ -1,7 +1,7 @@
 """The control plane's job handlers, and the seams to the parts that do the real work.
 
     install         InstallHandler: a phoned-home server, installed over SSH through the
-                    `Installer` seam (engine.install's entry point, wired by `engine up`)
+                    `Installer` seam (engine/install/seam.py, wired by `engine up`)
     poll-inventory  PollInventoryHandler: one page of the fleet's inventory per run, carrying
                     on from the page where it stopped; marks booting servers it sees running
     ssh-check       SshCheckHandler: every 2 s, is a seen server answering SSH? Then it moves
@@ -25,6 +25,7 @@ from engine.controlplane.lookup import ReaderFactory, provider_reader
 from engine.controlplane.phonehome import INSTALL_JOB, install_job
 from engine.controlplane.servers import POLL_INVENTORY_JOB, SSH_CHECK_JOB, register_server
 from engine.controlplane.ssh import has_ssh_banner, scan_host_keys
+from engine.install.seam import Installer, install_target, ssh_address
 from engine.inventory import InventoryReader
 from engine.model import Labels, Stage
 from engine.state import FleetSettings, Job, ServerRecord
@@ -37,41 +38,6 @@ SSH_CHECK_INTERVAL_S = 2.0
 PAGE_INTERVAL_S = 2.0
 PASS_INTERVAL_S = 15.0
 _RUNNING = frozenset({"running", "active"})  # hcloud, DigitalOcean
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InstallTarget:
-    """One server to install, as the install step needs it.
-
-    `host_keys` are `type base64` lines to require from the server (StrictHostKeyChecking);
-    `host_keys_source` says whether they came from the phone-home or from a key scan.
-    """
-
-    fleet: str
-    name: str
-    address: str
-    port: int
-    user: str
-    host_keys: tuple[str, ...]
-    host_keys_source: str
-    private_key: Path | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InstallResult:
-    """What the install step reports for one host."""
-
-    ok: bool
-    install_hash: str = ""
-    changed: tuple[str, ...] = ()
-    error: str = ""
-
-
-class Installer(Protocol):
-    """The install entry point: install one host with the fleet's install settings
-    (`fleet.install` is dataclasses.asdict(engine.model.Install)). Idempotent."""
-
-    def __call__(self, target: InstallTarget, fleet: FleetSettings) -> InstallResult: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,32 +66,6 @@ def _record(store: Store, job: Job) -> ServerRecord:
     if record is None:
         raise Permanent(f"fleet {job.fleet} has no server {job.server} any more")
     return record
-
-
-def ssh_address(record: ServerRecord) -> str | None:
-    """Where to reach a server over SSH: its public IPv4, else IPv6, else a private address."""
-    if record.ipv4:
-        return record.ipv4
-    if record.ipv6 and "/" not in record.ipv6:
-        return record.ipv6
-    return record.private_ips[0] if record.private_ips else None
-
-
-def install_target(
-    record: ServerRecord, settings: FleetSettings, address: str, private_key: Path | None
-) -> InstallTarget:
-    """How the installer reaches a server at `address` (its `ssh_address`), checked against
-    the host keys pinned for it."""
-    return InstallTarget(
-        fleet=settings.name,
-        name=record.name,
-        address=address,
-        port=settings.ssh_port,
-        user=settings.ssh_user,
-        host_keys=tuple(key for _type, key in record.host_keys),
-        host_keys_source=record.host_keys_source,
-        private_key=private_key,
-    )
 
 
 def _fail(store: Store, job: Job, reason: str) -> None:

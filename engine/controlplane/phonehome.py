@@ -39,7 +39,6 @@ from engine.controlplane.errors import ApiError
 from engine.controlplane.groupcommit import GroupCommit
 from engine.controlplane.keys import TimedCache
 from engine.controlplane.lookup import InventoryLookup, InventoryUnavailable
-from engine.controlplane.tokens import ParsedToken, is_genuine, parse_token, token_hash
 from engine.inventory import ActualServer
 from engine.state import (
     FleetSettings,
@@ -49,7 +48,7 @@ from engine.state import (
     ServerRecord,
 )
 from engine.state.store import Store
-from engine.tokens import find_fleet_key
+from engine.tokens import ParsedToken, find_fleet_key, is_genuine, parse_token, token_sha256
 
 INSTALL_JOB = "install"
 RETRY_SOON_S = 5
@@ -140,7 +139,7 @@ class PhoneHomeService:
         """Accept a phone-home whose body passed the schema, or raise ApiError."""
         fleet, server = str(body["fleet"]), str(body["server"])
         token = await self._genuine_token(raw_token, fleet, server)
-        digest = token_hash(token.raw)
+        digest = token_sha256(token.raw)
         request_print = fingerprint(body)
         # The expiry is bound by the MAC, so it needs no lookup; whether the store issued the
         # token and whether it was spent is settled when it is claimed, in one write.
@@ -223,7 +222,7 @@ class PhoneHomeService:
 
     def _why_not_genuine(self, raw: str, fleet: str, server: str) -> ApiError:
         """A genuine token for another server or fleet is told apart from a forged one."""
-        minted = self._store.phone_home_token(token_hash(raw))
+        minted = self._store.phone_home_token(token_sha256(raw))
         if minted is not None and minted.fleet != fleet:
             return ApiError(403, "token_wrong_fleet", "this token belongs to another fleet")
         if minted is not None and minted.server != server:

@@ -23,7 +23,6 @@ from typing import Any
 
 from engine.controlplane.app import AppSettings, ControlPlaneApi, create_app
 from engine.controlplane.handlers import (
-    Installer,
     InstallHandler,
     PollInventoryHandler,
     Provisioner,
@@ -34,8 +33,9 @@ from engine.controlplane.jobs import LEASE_S, JobRegistry, WorkerPool
 from engine.controlplane.lookup import ReaderFactory, provider_reader
 from engine.controlplane.monitor import HEARTBEAT_MISSES, Monitor
 from engine.controlplane.views import last_heartbeat_metrics
-from engine.deploykey import deploy_key_path
 from engine.errors import EngineError
+from engine.install.deploykey import deploy_key_path
+from engine.install.seam import Installer
 from engine.state.store import Store
 
 log = logging.getLogger("engine.controlplane")

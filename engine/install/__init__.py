@@ -1,31 +1,25 @@
-"""Installing servers over SSH: Docker, the system baseline and the agent (deploys/).
+"""Installing servers over SSH: Docker, the system baseline and the agent.
 
-    install_hosts(hosts, settings, dry_run=False) -> tuple[HostResult, ...]
-        the entry point the install job calls; runs pyinfra in one child process per host
+Where each part of the install is:
 
-Each result carries engine.model.install_hash(install), the digest the diff compares to
-mark a server for reinstall.
+    seam.py       what the control plane's install job calls: the Installer protocol, the
+                  InstallTarget it gets (install_target, ssh_address) and the InstallResult
+    installer.py  FleetInstaller, the Installer `engine up` wires in: a target plus the fleet's
+                  spec and keys become an InstallHost with its agent, then install_hosts
+    agent.py      how the agent's container is started on a server (`docker run` options and
+                  why) and the config file it reads (pure)
+    deploykey.py  the engine's own SSH key per fleet, which the install logs in with
+    digest.py     install_hash: the fleet's install settings and the deploy code, as the one
+                  value the diff compares to mark a server for reinstall
+    model.py      the values an install is asked for and reports (InstallHost,
+                  InstallSettings, AgentRun, HostResult...), as JSON across processes
+    runner.py     install_hosts(hosts, settings, dry_run=False): one child process per host,
+                  a bounded number at a time, each host locked while its child lives
+    worker.py     the child's side (`python -m engine.install`, __main__.py): pyinfra runs
+                  the deploys on one host with its pinned host keys
 
-The models (InstallHost, InstallSettings, AgentRun, AgentFile, HostResult, ...) are in
-engine/install/model.py; importing this package loads neither pyinfra nor Docker's SDK.
+The deploys themselves (the pyinfra operations: docker, system, agent) are the top-level
+`deploys` package. Only worker.py loads pyinfra and only runner.py loads Docker's SDK (to save
+the agent image the servers get copied), both when they run; importing this package loads
+neither.
 """
-
-from engine.install.model import (
-    AgentFile,
-    AgentRun,
-    HostResult,
-    InstallHost,
-    InstallSettings,
-    OperationResult,
-)
-from engine.install.runner import install_hosts
-
-__all__ = [
-    "AgentFile",
-    "AgentRun",
-    "HostResult",
-    "InstallHost",
-    "InstallSettings",
-    "OperationResult",
-    "install_hosts",
-]

@@ -34,7 +34,7 @@ class AgentRun:
     """How the agent container runs on one server.
 
     `argv` is the whole `docker run` command that starts it, as
-    `engine.agent.run.docker_run_argv(agent_run_options(image, settings))` gives it: it names
+    `engine.install.agent.docker_run_argv(agent_run_options(image, settings))` gives it: it names
     the container (`--name`) and runs `image`. The server pulls `image` from its registry
     when the fleet's install.agent.image names it; otherwise the engine copies it from its own
     Docker (`docker save` streamed over SSH into `docker load`). `directories` are made

@@ -18,6 +18,7 @@ import base64
 import binascii
 import contextlib
 import fcntl
+import functools
 import gzip
 import ipaddress
 import json
@@ -26,11 +27,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from engine.errors import EngineError
+from engine.install.digest import install_hash
 from engine.install.model import (
     AgentRun,
     HostRequest,
@@ -41,7 +43,6 @@ from engine.install.model import (
     from_json,
     to_json,
 )
-from engine.model import install_hash
 from engine.secrets import redact, register_secret
 from engine.state.files import private_dir
 
@@ -182,12 +183,20 @@ def _archives(
     references = sorted({host.agent.image for host in hosts if host.agent})
     if not references:
         return {}
+    return _save_images(settings.docker_url, references, dry_run=dry_run)
+
+
+def _save_images(
+    url: str | None, references: Sequence[str], *, dry_run: bool
+) -> dict[str, ImageArchive]:
+    """The archive of each image of `references` in the engine's Docker (`url`, else the
+    local one). The one place the install touches Docker's SDK: the engine's own Docker is
+    the local provider's business."""
     import docker
 
     from engine.local.dockerd import ensure_daemon
-    from engine.local.images import cache_dir, file_lock
 
-    url = settings.docker_url or ensure_daemon()
+    url = url or ensure_daemon()
     client = docker.DockerClient(base_url=url, timeout=600)
     archives = {}
     try:
@@ -199,24 +208,33 @@ def _archives(
                     f"the agent image {reference} is not in the engine's Docker ({url}); "
                     "build it first"
                 ) from None
-            # Saved once per image id and kept: every install job of every server that lacks
-            # the image streams the same file.
-            path = cache_dir() / "images" / f"{image_id.removeprefix('sha256:')}.tar.gz"
-            if not dry_run:
-                with file_lock(path.with_suffix(".lock")):
-                    if not path.exists():
-                        partial = path.with_suffix(".partial")
-                        # Level 1: most of the gain for a fraction of the time.
-                        with gzip.open(partial, "wb", compresslevel=1) as out:
-                            for chunk in client.api.get_image(reference):
-                                out.write(chunk)
-                        partial.replace(path)
-            archives[reference] = ImageArchive(
-                reference=reference, image_id=image_id, path=str(path)
-            )
+            tar = functools.partial(client.api.get_image, reference)
+            archives[reference] = _cached_archive(reference, image_id, tar, dry_run=dry_run)
     finally:
         client.close()
     return archives
+
+
+def _cached_archive(
+    reference: str, image_id: str, tar: Callable[[], Iterable[bytes]], *, dry_run: bool
+) -> ImageArchive:
+    """The image saved (`tar` streams it), compressed, in the engine's cache; in a dry run
+    only where it would be."""
+    from engine.local.images import cache_dir, file_lock
+
+    # Saved once per image id and kept: every install job of every server that lacks the
+    # image streams the same file.
+    path = cache_dir() / "images" / f"{image_id.removeprefix('sha256:')}.tar.gz"
+    if not dry_run:
+        with file_lock(path.with_suffix(".lock")):
+            if not path.exists():
+                partial = path.with_suffix(".partial")
+                # Level 1: most of the gain for a fraction of the time.
+                with gzip.open(partial, "wb", compresslevel=1) as out:
+                    for chunk in tar():
+                        out.write(chunk)
+                partial.replace(path)
+    return ImageArchive(reference=reference, image_id=image_id, path=str(path))
 
 
 def _run_child(

@@ -33,13 +33,13 @@ from pyinfra.api.state import BaseStateCallback
 
 from deploys import install_server
 from deploys.support import skipped_on
+from engine.install.digest import install_hash
 from engine.install.model import (
     HostRequest,
     HostResult,
     InstallHost,
     OperationResult,
 )
-from engine.model import install_hash
 from engine.secrets import RedactingFilter, redact, register_secret
 
 CONNECT_TIMEOUT_S = 15

@@ -117,8 +117,7 @@ class LocalBackend:
         """Create one machine from the server's stored user_data (or find the one made
         before: the control plane's provision jobs may run again after a crash)."""
         from engine.cloudinit import pinned_user_data
-        from engine.controlplane.tokens import PhoneHomeSeal
-        from engine.tokens import read_fleet_key
+        from engine.tokens import PhoneHomeSeal, read_fleet_key
 
         def provision(record: ServerRecord, fleet: FleetSettings) -> Provisioned:
             server = servers.get(record.name)

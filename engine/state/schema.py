@@ -291,8 +291,8 @@ def _nothing(metadata: MetaData) -> None:
 
 
 def _seal_user_data_tokens(connection: Connection) -> None:
-    # Imported here: the token format is the control plane's, and it imports the store.
-    from engine.controlplane.tokens import seal_tokens
+    # Imported here: the token format is engine.tokens', a layer above the store.
+    from engine.tokens import seal_tokens
 
     # The table as this migration found it, whatever later ones make of it.
     kept = sql.table("user_data", sql.column("fleet"), sql.column("server"), sql.column("content"))

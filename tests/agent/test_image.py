@@ -1,6 +1,6 @@
 """The agent's image, installed on a local server the way the deploy installs it: config and
 folders written, image loaded into the server's own Docker, started with the exact
-`docker run` line from engine/agent/run.py. Then it answers over HTTPS at the server's address
+`docker run` line from engine/install/agent.py. Then it answers over HTTPS at the server's address
 with the certificate it made, heartbeats to a control plane on the host, reports OOM kills,
 and runs a real `apt-get update` in the server's namespaces."""
 
@@ -20,7 +20,7 @@ import pytest
 from engine.agent.client import AgentClient
 from engine.agent.endpoint import AgentEndpoint, fingerprint_of
 from engine.agent.image import ensure_agent_image
-from engine.agent.run import (
+from engine.install.agent import (
     CERT_PATH,
     CONFIG_DIR,
     CONFIG_PATH,

@@ -237,8 +237,8 @@ def _loaded(imports: str, prefixes: tuple[str, ...]) -> list[str]:
 
 def test_the_process_that_runs_pulumi_never_loads_pyinfra_or_gevent() -> None:
     imports = (
-        "import engine.up, engine.cloud.backend, engine.installer, engine.controlplane.runner\n"
-        "import engine.pulumi_runner, stacks.hcloud, stacks.digitalocean"
+        "import engine.up, engine.cloud.backend, engine.install.installer, engine.pulumi_runner\n"
+        "import engine.controlplane.runner, stacks.hcloud, stacks.digitalocean"
     )
     assert _loaded(imports, ("pyinfra", "gevent", "pulumi")) == ["pulumi"]
 

@@ -27,10 +27,9 @@ from engine.cloudinit import (
     pinned_user_data,
     render_user_data,
 )
-from engine.controlplane.tokens import PURPOSE, PhoneHomeSeal
 from engine.model import ProviderName
 from engine.state import StoredUserData
-from engine.tokens import expected_token
+from engine.tokens import PhoneHomeSeal, TokenPurpose, expected_token
 from tests.support.keys import DEPLOY_KEY, OPS_KEY, RSA4096_KEY
 from tests.support.readme import section
 
@@ -230,9 +229,8 @@ def seal(server: str = "web-1", fleet: str = "web-prod") -> PhoneHomeSeal:
 def phone_home_token(server: str, nonce: str) -> str:
     """A token as minted for `server` of web-prod (the control plane would accept it)."""
     expires = "1767225600"
-    return (
-        f"ph1.{expires}.{nonce}.{expected_token(KEY, PURPOSE, 'web-prod', server, expires, nonce)}"
-    )
+    mac = expected_token(KEY, TokenPurpose.PHONE_HOME, "web-prod", server, expires, nonce)
+    return f"ph1.{expires}.{nonce}.{mac}"
 
 
 def test_user_data_is_rendered_once_then_reused_and_kept_without_its_token() -> None:

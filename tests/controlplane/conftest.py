@@ -14,15 +14,15 @@ import httpx
 import pytest
 
 from engine.controlplane.fleets import register_fleet
-from engine.controlplane.handlers import InstallResult, InstallTarget
 from engine.controlplane.runner import RunningControlPlane, running_control_plane
 from engine.controlplane.servers import register_server
-from engine.controlplane.tokens import mint_phone_home_token
+from engine.install.seam import InstallResult, InstallTarget
 from engine.model import Fleet, Stage
 from engine.state import FleetSettings, ServerRecord
 from engine.state.store import Store, open_store
 from engine.tokens import ensure_fleet_key
 from tests.support.fleets import example_fleet
+from tests.support.tokens import mint_stored
 
 HOST_KEYS = {
     "ed25519": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmQ3k1u7ZbY2tW3rIvv0yfo1ahJFhT3nJr1sI6Rk3xX",
@@ -117,7 +117,7 @@ class Plane:
         name = fleet or self.fleet.name
         key = ensure_fleet_key(self.state_dir, name)
         assert key is not None
-        return mint_phone_home_token(self.store, key, fleet=name, server=server, ttl_s=ttl_s, **kw)
+        return mint_stored(self.store, key, fleet=name, server=server, ttl_s=ttl_s, **kw)
 
     def phone_home(
         self, token: str, document: dict[str, Any], *, source: str | None = None

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from engine.controlplane.handlers import InstallResult, InstallTarget
+from engine.install.seam import InstallResult, InstallTarget
 from engine.state import FleetSettings
 
 

@@ -245,15 +245,15 @@ def test_a_forged_phone_home_from_another_container_on_the_bridge_is_refused(
     fleet: Fleet, docker_client: Any, golden_image: str
 ) -> None:
     from engine.controlplane.runner import running_control_plane
-    from engine.controlplane.tokens import mint_phone_home_token
     from engine.tokens import read_fleet_key
+    from tests.support.tokens import mint_stored
 
     network = docker_client.networks.get("fleet-e2e")
     gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
     with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
         web1 = store.server("e2e", "web-1")
         assert web1 is not None
-        leaked = mint_phone_home_token(
+        leaked = mint_stored(
             store, read_fleet_key(fleet.state_dir, "e2e"), fleet="e2e", server="web-1", ttl_s=600
         )
         body = {

@@ -18,8 +18,8 @@ from typing import Any
 import psutil
 import pytest
 
-from engine.install import InstallHost, InstallSettings, install_hosts
-from engine.install.model import to_json
+from engine.install.model import InstallHost, InstallSettings, to_json
+from engine.install.runner import install_hosts
 from engine.local.dockerd import PrivateDaemon
 from engine.model import DockerInstall, DockerSource, Install
 from tests.support.cli import ROOT
@@ -30,8 +30,8 @@ from tests.support.wait import wait_until
 PARENT = """
 import json, sys
 from pathlib import Path
-from engine.install import InstallHost, InstallSettings, install_hosts
-from engine.install.model import from_json
+from engine.install.model import InstallHost, InstallSettings, from_json
+from engine.install.runner import install_hosts
 
 data = json.load(sys.stdin)
 host = from_json(InstallHost, data["host"])

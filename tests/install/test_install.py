@@ -25,7 +25,8 @@ import paramiko
 import pytest
 
 from engine.errors import EngineError
-from engine.install import AgentRun, HostResult, InstallHost, InstallSettings, install_hosts
+from engine.install.model import AgentRun, HostResult, InstallHost, InstallSettings
+from engine.install.runner import install_hosts
 from engine.local.dockerd import PrivateDaemon
 from engine.model import DockerInstall, DockerSource, Install, SystemInstall
 from tests.support.targets import (

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.deploykey import deploy_key_path, ensure_deploy_key
 from engine.errors import EngineError
+from engine.install.deploykey import deploy_key_path, ensure_deploy_key
 from engine.model import Stage
 from engine.state import ServerRecord
 from engine.state.files import private_dir

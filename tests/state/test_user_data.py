@@ -14,20 +14,19 @@ import pytest
 from sqlalchemy import Engine, event
 
 from engine.cloudinit import UserDataError, pin_user_data, pinned_user_data, render_user_data
-from engine.controlplane.tokens import PhoneHomeSeal, mint_phone_home_token
 from engine.model import ProviderName, Stage
 from engine.state import ServerRecord, StoredUserData
 from engine.state import schema as state_schema
 from engine.state.store import Store, open_store
-from engine.tokens import ensure_fleet_key
-from tests.support.tokens import usable_tokens
+from engine.tokens import PhoneHomeSeal, ensure_fleet_key
+from tests.support.tokens import mint_stored, usable_tokens
 
 FLEET = "f"
 
 
 def _document(store: Store, key: bytes, server: str = "web-1", *, users: int = 1) -> str:
     """What `engine up` renders: the engine's user_data with a freshly minted token."""
-    token = mint_phone_home_token(store, key, fleet=FLEET, server=server, ttl_s=600)
+    token = mint_stored(store, key, fleet=FLEET, server=server, ttl_s=600)
     return render_user_data(
         fleet=FLEET,
         server=server,

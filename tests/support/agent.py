@@ -1,7 +1,7 @@
 """The real agent as a process on loopback, and a stand-in for the control plane's receivers.
 
 `AgentProcess` runs `python -m fleet_agent --config ...` exactly as the image does, with a
-config rendered by the engine (engine.agent.run.render_agent_config) and a few test settings
+config rendered by the engine (engine.install.agent.render_agent_config) and a few test settings
 on top (loopback, port 0, private paths, the test's dockerd). `Reports` is a small Starlette
 app that takes heartbeats and container events the way the control plane must: bearer token
 checked by deriving it again, body validated against the JSON Schemas in schemas/.
@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from engine.agent.endpoint import AgentEndpoint, fingerprint_of
-from engine.agent.run import AgentSettings, render_agent_config
+from engine.install.agent import AgentSettings, render_agent_config
 from engine.tokens import agent_token, heartbeat_token, is_same_token, token_sha256
 from tests.support.wait import wait_until
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cloudinit import render_user_data
-from engine.install import AgentFile, AgentRun, InstallHost
+from engine.install.model import AgentFile, AgentRun, InstallHost
 from engine.local.machines import MachineSpec, create_machine, write_seed
 from engine.model import ProviderName
 
@@ -121,7 +121,7 @@ def remove_targets(client: Any, targets: list[Target]) -> None:
 def agent_run(image: str, *, token: str, network: str) -> AgentRun:
     """A stand-in agent from the busybox image (tests.support.docker): an HTTP server on the
     host network ("host") or with its port published ("publish"), started the way
-    engine.agent.run.docker_run_argv starts the real one."""
+    engine.install.agent.docker_run_argv starts the real one."""
     port = (
         ("--network", "host") if network == "host" else ("--publish", f"{AGENT_PORT}:{AGENT_PORT}")
     )

@@ -1,19 +1,42 @@
-"""What a phone-home token looks like from the outside: the user_data the engine sends, and
-every token a reader of the state store's files could lift and use."""
+"""Phone-home tokens in tests: minted and stored as `engine up` does, and what one looks like
+from the outside: the user_data the engine sends, and every token a reader of the state
+store's files could lift and use."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
 from engine.cloudinit import UserDataStore, pinned_user_data
-from engine.controlplane.tokens import PhoneHomeSeal, is_genuine, parse_token
-from engine.tokens import read_fleet_key
+from engine.state.store import Store
+from engine.tokens import (
+    PhoneHomeSeal,
+    is_genuine,
+    mint_phone_home_token,
+    parse_token,
+    read_fleet_key,
+)
 
 # Anything shaped like a token, however mangled, so the check below decides, not this pattern.
 _CANDIDATE = re.compile(rb"ph1\.[0-9]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def mint_stored(
+    store: Store,
+    key: bytes,
+    *,
+    fleet: str,
+    server: str,
+    ttl_s: int,
+    now: dt.datetime | None = None,
+) -> str:
+    """A new phone-home token for `server` of `fleet`, its record kept in `store`."""
+    token, record = mint_phone_home_token(key, fleet=fleet, server=server, ttl_s=ttl_s, now=now)
+    store.add_phone_home_token(record)
+    return token
 
 
 def sent_user_data(store: UserDataStore, state_dir: Path, fleet: str, server: str) -> str | None:

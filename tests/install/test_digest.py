@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from engine import model
+from engine.install import digest
+from engine.install.digest import install_hash
 from engine.model import (
     AgentInstall,
     DockerInstall,
     DockerSource,
     Install,
     SystemInstall,
-    install_hash,
 )
 
 CHANGES = {
@@ -47,7 +47,10 @@ def test_every_setting_changes_the_hash(name: str) -> None:
 
 
 def test_the_hash_is_the_same_in_another_process() -> None:
-    code = "from engine.model import Install, install_hash; print(install_hash(Install()))"
+    code = (
+        "from engine.model import Install; from engine.install.digest import install_hash; "
+        "print(install_hash(Install()))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == install_hash(Install())
 
@@ -57,13 +60,13 @@ def test_a_change_to_the_deploy_code_changes_the_hash(
 ) -> None:
     before = install_hash(Install())
     copy = tmp_path / "deploys"
-    shutil.copytree(Path(model.__file__).parents[1] / "deploys", copy)
+    shutil.copytree(Path(digest.__file__).parents[2] / "deploys", copy)
     (copy / "system.py").write_text((copy / "system.py").read_text() + "\n# changed\n")
     fake = ModuleSpec("deploys", None, is_package=True)
     fake.submodule_search_locations = [str(copy)]
-    monkeypatch.setattr(model.importlib.util, "find_spec", lambda name: fake)
-    model.deploys_version.cache_clear()
+    monkeypatch.setattr(digest.importlib.util, "find_spec", lambda name: fake)
+    digest.deploys_version.cache_clear()
     try:
         assert install_hash(Install()) != before
     finally:
-        model.deploys_version.cache_clear()
+        digest.deploys_version.cache_clear()

@@ -3,7 +3,7 @@
 `FleetInstaller` is the `Installer` the control plane's install jobs call. It turns an
 `InstallTarget` (address, pinned host keys, deploy key) into the deploys' `InstallHost`, adds
 the agent (its image, `docker run` command, config with its tokens) and runs
-`engine.install.install_hosts`, which keeps pyinfra in processes of its own.
+`engine.install.runner.install_hosts`, which keeps pyinfra in processes of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.agent.run import (
+from engine.install.agent import (
     CONFIG_PATH,
     HOST_DIRECTORIES,
     agent_run_options,
@@ -20,15 +20,9 @@ from engine.agent.run import (
     docker_run_argv,
     render_agent_config,
 )
-from engine.controlplane.handlers import InstallResult, InstallTarget
-from engine.install import (
-    AgentFile,
-    AgentRun,
-    HostResult,
-    InstallHost,
-    InstallSettings,
-    install_hosts,
-)
+from engine.install.model import AgentFile, AgentRun, HostResult, InstallHost, InstallSettings
+from engine.install.runner import install_hosts
+from engine.install.seam import InstallResult, InstallTarget
 from engine.model import Fleet
 from engine.state import FleetSettings
 from engine.tokens import agent_token, heartbeat_token, read_fleet_key, token_sha256

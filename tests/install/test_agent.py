@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.agent.run import (
+from engine.install.agent import (
     AgentSettings,
     agent_run_options,
     agent_settings,

@@ -1,0 +1,76 @@
+"""The install step as the control plane's install jobs see it.
+
+Installer       the entry point: install one server (FleetInstaller in installer.py)
+InstallTarget   one server to install: where it is, how to log in, the host keys it pins
+InstallResult   what the install reports for it
+install_target  the InstallTarget of a server's record; ssh_address, the address in it
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from engine.state import FleetSettings, ServerRecord
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstallTarget:
+    """One server to install, as the install step needs it.
+
+    `host_keys` are `type base64` lines to require from the server (StrictHostKeyChecking);
+    `host_keys_source` says whether they came from the phone-home or from a key scan.
+    """
+
+    fleet: str
+    name: str
+    address: str
+    port: int
+    user: str
+    host_keys: tuple[str, ...]
+    host_keys_source: str
+    private_key: Path | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstallResult:
+    """What the install step reports for one host."""
+
+    ok: bool
+    install_hash: str = ""
+    changed: tuple[str, ...] = ()
+    error: str = ""
+
+
+class Installer(Protocol):
+    """The install entry point: install one host with the fleet's install settings
+    (`fleet.install` is dataclasses.asdict(engine.model.Install)). Idempotent."""
+
+    def __call__(self, target: InstallTarget, fleet: FleetSettings) -> InstallResult: ...
+
+
+def ssh_address(record: ServerRecord) -> str | None:
+    """Where to reach a server over SSH: its public IPv4, else IPv6, else a private address."""
+    if record.ipv4:
+        return record.ipv4
+    if record.ipv6 and "/" not in record.ipv6:
+        return record.ipv6
+    return record.private_ips[0] if record.private_ips else None
+
+
+def install_target(
+    record: ServerRecord, settings: FleetSettings, address: str, private_key: Path | None
+) -> InstallTarget:
+    """How the installer reaches a server at `address` (its `ssh_address`), checked against
+    the host keys pinned for it."""
+    return InstallTarget(
+        fleet=settings.name,
+        name=record.name,
+        address=address,
+        port=settings.ssh_port,
+        user=settings.ssh_user,
+        host_keys=tuple(key for _type, key in record.host_keys),
+        host_keys_source=record.host_keys_source,
+        private_key=private_key,
+    )
