@@ -24,7 +24,7 @@ APT_GET = (
 # remote command outlives its SSH session), would fail it. Wait for that lock first, at most
 # as long: python3 is on every server cloud-init runs on, and apt's locks are fcntl locks.
 WAIT_FOR_LISTS = (
-    "python3 -c \"import fcntl, signal; signal.alarm(600); "
+    'python3 -c "import fcntl, signal; signal.alarm(600); '
     "fcntl.lockf(open('/var/lib/apt/lists/lock', 'a'), fcntl.LOCK_EX)\" &&"
 )
 
