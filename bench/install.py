@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.install import HostResult, InstallHost, InstallSettings, install_hosts  # noqa: E402
-from engine.local.dockerd import PrivateDaemon  # noqa: E402
-from engine.local.images import ensure_golden_image  # noqa: E402
 from engine.model import DockerInstall, DockerSource, Install  # noqa: E402
+from engine.providers.local.dockerd import PrivateDaemon  # noqa: E402
+from engine.providers.local.images import ensure_golden_image  # noqa: E402
 from tests.support.docker import busybox_rootfs  # noqa: E402
 from tests.support.targets import (  # noqa: E402
     agent_run,

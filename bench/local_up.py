@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.agent.image import ensure_agent_image  # noqa: E402
-from engine.local.dockerd import PrivateDaemon  # noqa: E402
-from engine.local.images import ensure_golden_image  # noqa: E402
+from engine.providers.local.dockerd import PrivateDaemon  # noqa: E402
+from engine.providers.local.images import ensure_golden_image  # noqa: E402
 
 
 def spec(count: int) -> dict[str, object]:

@@ -22,11 +22,11 @@ from pathlib import Path
 from engine.catalog import Catalog, load_catalog
 from engine.diff import DiffOptions, as_built, as_recorded, diff_fleet
 from engine.errors import EngineError, SpecError
-from engine.inventory import ActualServer, inventory_reader, require_reader
-from engine.inventory.retry import RetryPolicy
 from engine.model import Fleet
 from engine.placement import expand_fleet
 from engine.plan import ApiCallCount, Plan
+from engine.providers import ActualServer, inventory_reader, require_reader
+from engine.providers.retry import RetryPolicy
 from engine.secrets import register_secret
 from engine.spec import load_spec, parse_spec
 from engine.state import ServerRecord

@@ -1,8 +1,8 @@
 """Day-2 signals to one server: `engine server reboot|poweroff|poweron|rebuild|snapshot SPEC NAME`.
 
-Each holds the fleet's lock, has the provider act through its SDK (engine.cloud.actions) or
-the local Docker engine (engine.local.driver), waits until the provider says the action
-succeeded or failed (at most the timeout, with its progress shown), and records it in the
+Each holds the fleet's lock, has the provider act through its SDK (engine.providers.cloud.actions)
+or the local Docker engine (engine.providers.local.driver), waits until the provider says the
+action succeeded or failed (at most the timeout, with its progress shown), and records it in the
 state store: a `server.<signal>.started` event, then `.succeeded` or `.failed` with why.
 
     reboot, poweroff,   the server's stage stays; its agent's heartbeats tell the control

@@ -9,9 +9,10 @@
     destroy:  open -> lock -> plan the deletion of everything -> confirm -> the backend deletes
               every resource -> every state row and every key of the fleet go
 
-What differs between providers is a `Backend`: engine/local/backend.py makes containers in the
-engine's Docker, one provision job per server; engine/cloud/backend.py runs the fleet's Pulumi
-program (stacks/), which declares every server at once.
+What differs between providers is a `Backend`: the local one
+(engine/providers/local/backend.py) makes containers in the engine's Docker, one provision job
+per server; the clouds' (engine/providers/cloud/backend.py) runs the fleet's Pulumi program
+(stacks/), which declares every server at once.
 
 Every step is recorded in the state store as it happens, and every step is safe to repeat,
 so a run that dies anywhere (even `kill -9`) is finished by the next `engine up`: servers
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from engine.controlplane.handlers import Provisioner
     from engine.install import HostResult
     from engine.installer import FleetInstaller
-    from engine.inventory import ActualServer
+    from engine.providers import ActualServer
     from engine.signals import Signal
 
 Confirm = Callable[[str], bool]
@@ -55,7 +56,7 @@ POLL_S = 0.5
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunOptions:
-    """How to run. `listen` and `engine_addresses` are for the clouds (see engine.cloud)."""
+    """How to run. `listen` and `engine_addresses` are for the clouds (engine.providers.cloud)."""
 
     state_dir: Path
     state: str | None = None
@@ -153,10 +154,10 @@ def backend_for(fleet: Fleet, options: RunOptions, say: Say) -> Backend:
                 "--listen and --engine-address are for Hetzner Cloud and DigitalOcean; the "
                 "local provider's control plane listens on its network's gateway"
             )
-        from engine.local.backend import LocalBackend
+        from engine.providers.local.backend import LocalBackend
 
         return LocalBackend(fleet, options.state_dir, say)
-    from engine.cloud.backend import CloudBackend
+    from engine.providers.cloud.backend import CloudBackend
 
     return CloudBackend(
         fleet,

@@ -32,7 +32,7 @@ from engine.model import (
     Server,
     fleet_resource_name,
 )
-from engine.naming import (
+from engine.providers.naming import (
     ENGINE_FIREWALL,
     engine_resource_name,
     lb_firewall_name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.model import fleet_resource_name
-from engine.naming import (
+from engine.providers.naming import (
     engine_resource_name,
     is_member_tag,
     lb_firewall_name,

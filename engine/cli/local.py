@@ -29,8 +29,8 @@ def _say(message: str) -> None:
 def run_image(args: argparse.Namespace) -> int:
     import docker
 
-    from engine.local.dockerd import ensure_daemon
-    from engine.local.images import ensure_golden_image
+    from engine.providers.local.dockerd import ensure_daemon
+    from engine.providers.local.images import ensure_golden_image
 
     client = docker.DockerClient(base_url=ensure_daemon(say=_say), timeout=600)
     tag = ensure_golden_image(client, _say)

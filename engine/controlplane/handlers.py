@@ -25,8 +25,8 @@ from engine.controlplane.lookup import ReaderFactory, provider_reader
 from engine.controlplane.phonehome import INSTALL_JOB, install_job
 from engine.controlplane.servers import POLL_INVENTORY_JOB, SSH_CHECK_JOB, register_server
 from engine.controlplane.ssh import has_ssh_banner, scan_host_keys
-from engine.inventory import InventoryReader
 from engine.model import Labels, Stage
+from engine.providers import InventoryReader
 from engine.state import FleetSettings, Job, ServerRecord
 from engine.state.store import Store
 

@@ -40,7 +40,7 @@ from engine.controlplane.groupcommit import GroupCommit
 from engine.controlplane.keys import TimedCache
 from engine.controlplane.lookup import InventoryLookup, InventoryUnavailable
 from engine.controlplane.tokens import ParsedToken, is_genuine, parse_token, token_hash
-from engine.inventory import ActualServer
+from engine.providers import ActualServer
 from engine.state import (
     FleetSettings,
     NewJob,

@@ -184,8 +184,8 @@ def _archives(
         return {}
     import docker
 
-    from engine.local.dockerd import ensure_daemon
-    from engine.local.images import cache_dir, file_lock
+    from engine.providers.local.dockerd import ensure_daemon
+    from engine.providers.local.images import cache_dir, file_lock
 
     url = settings.docker_url or ensure_daemon()
     client = docker.DockerClient(base_url=url, timeout=600)

@@ -3,7 +3,7 @@
 One small interface, `InventoryReader`, one frozen record, `ActualServer`. A reader lists the
 fleet's owned servers (those carrying the fleet's ownership labels or tags) with label- or
 tag-filtered paged list calls, never one GET per server, and honours the provider's rate
-limits (see engine.inventory.retry). SDK types stay inside each reader's module; nothing here
+limits (see engine.providers.retry). SDK types stay inside each reader's module; nothing here
 imports an SDK, so the diff and the CLI can import this freely.
 
     reader = inventory_reader(fleet, token=read_token(fleet.provider.token_env))
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from engine.errors import EngineError
-from engine.inventory.retry import ApiCalls, RetryPolicy
 from engine.model import LABEL_SERVER, Fleet, Image, Labels, ProviderName
+from engine.providers.retry import ApiCalls, RetryPolicy
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,7 +32,7 @@ class ActualServer:
     `name` is the engine's name for it (its fleet-server label or tag; the provider's name if
     it has none). `image` is None when the provider no longer knows the image (deleted since).
     `firewalls` and `networks` are the fleet's names for the spec's firewalls and networks
-    (`fleet_resource_name`, read back through engine.naming), sorted; the engine's own
+    (`fleet_resource_name`, read back through engine.providers.naming), sorted; the engine's own
     firewalls and default VPCs are left out, and one the fleet did not name keeps its
     provider-side name.
     """
@@ -95,9 +95,9 @@ class InventoryPage:
 # Provider -> module with `open_reader(fleet, token, policy) -> InventoryReader`, imported only
 # when a fleet of that provider is read.
 READERS: dict[ProviderName, str] = {
-    ProviderName.HCLOUD: "engine.inventory.hcloud",
-    ProviderName.DIGITALOCEAN: "engine.inventory.digitalocean",
-    ProviderName.LOCAL: "engine.inventory.local",
+    ProviderName.HCLOUD: "engine.providers.hcloud.inventory",
+    ProviderName.DIGITALOCEAN: "engine.providers.digitalocean.inventory",
+    ProviderName.LOCAL: "engine.providers.local.inventory",
 }
 
 

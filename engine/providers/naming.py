@@ -2,7 +2,7 @@
 
 Provider projects and accounts hold several fleets, and a fleet holds resources of its own
 beside those its spec declares. The Pulumi programs (stacks/) name every resource from here,
-and the inventory readers (engine/inventory/) read the names back through here:
+and the inventory readers (engine/providers/) read the names back through here:
 
     a spec resource            fleet_resource_name(fleet, name)          web-prod-private
       one per group or region  qualified_name(fleet, name, qualifier)    api-prod-https.api

@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.catalog import Catalog, catalog_from_json, load_catalog, refreshed_catalog_path
 from engine.errors import EngineError
-from engine.inventory.retry import ApiCalls, RetryPolicy
+from engine.providers.retry import ApiCalls, RetryPolicy
 from engine.secrets import read_token
 from engine.state.files import private_dir
 
@@ -29,7 +29,7 @@ def _monthly(prices: list[dict[str, Any]]) -> dict[str, float]:
 
 def fetch_hcloud(token: str, endpoint: str | None = None, token_env: str = "") -> Catalog:
     """Server types (with net monthly prices per location), locations, system images, LB types."""
-    from engine.inventory.hcloud import hcloud_client, provider_errors
+    from engine.providers.hcloud.inventory import hcloud_client, provider_errors
 
     client = hcloud_client(token, endpoint, RetryPolicy(), ApiCalls())
     with provider_errors(token_env):
@@ -86,7 +86,7 @@ def fetch_hcloud(token: str, endpoint: str | None = None, token_env: str = "") -
 
 def fetch_digitalocean(token: str, endpoint: str | None = None, token_env: str = "") -> Catalog:
     """Sizes (with monthly prices, offered regions), regions and distribution images."""
-    from engine.inventory.digitalocean import DigitalOceanApi, provider_errors
+    from engine.providers.digitalocean.inventory import DigitalOceanApi, provider_errors
 
     api = DigitalOceanApi(token, endpoint, RetryPolicy(), ApiCalls())
     with provider_errors(token_env):

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.local.dockerd import PrivateDaemon
 from engine.model import LABEL_FLEET, Stage
+from engine.providers.local.dockerd import PrivateDaemon
 from engine.state.store import open_store
 from tests.support.cli import ROOT, engine
 from tests.support.tokens import usable_tokens

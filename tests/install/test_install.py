@@ -26,8 +26,8 @@ import pytest
 
 from engine.errors import EngineError
 from engine.install import AgentRun, HostResult, InstallHost, InstallSettings, install_hosts
-from engine.local.dockerd import PrivateDaemon
 from engine.model import DockerInstall, DockerSource, Install, SystemInstall
+from engine.providers.local.dockerd import PrivateDaemon
 from tests.support.targets import (
     AGENT_PORT,
     STAND_IN_PAGE,

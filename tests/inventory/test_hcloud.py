@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from engine.errors import ProviderError
-from engine.inventory import InventoryReader, inventory_reader
-from engine.inventory.retry import RetryPolicy
 from engine.model import Image, ImageKind
+from engine.providers import InventoryReader, inventory_reader
+from engine.providers.retry import RetryPolicy
 from tests.fakes.hcloud import FakeHcloud, Fault
 from tests.support.fleets import example_fleet
 from tests.support.http import serve

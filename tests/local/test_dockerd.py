@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from engine.local.dockerd import PrivateDaemon, _iptables_rules, _used_networks
+from engine.providers.local.dockerd import PrivateDaemon, _iptables_rules, _used_networks
 
 
 def test_a_stopped_daemon_leaves_no_iptables_rule(

@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.local.images import GOLDEN_CONTEXT, context_hash, ensure_golden_image
-from engine.local.machines import MachineSpec, create_machine, write_seed
+from engine.providers.local.images import GOLDEN_CONTEXT, context_hash, ensure_golden_image
+from engine.providers.local.machines import MachineSpec, create_machine, write_seed
 
 
 def test_golden_image_is_cached_by_recipe(docker_client: Any, golden_image: str) -> None:

@@ -10,10 +10,10 @@ import pytest
 
 from engine.catalog import load_catalog
 from engine.diff import diff_fleet
-from engine.inventory.local import LocalReader
-from engine.local.driver import LocalDriver
 from engine.placement import expand_fleet
 from engine.plan import Action
+from engine.providers.local.driver import LocalDriver
+from engine.providers.local.inventory import LocalReader
 from engine.spec import parse_spec
 
 SPEC = b"""

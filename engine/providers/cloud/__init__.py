@@ -1,4 +1,4 @@
-"""Hetzner Cloud and DigitalOcean as the engine changes them (reading is engine.inventory's).
+"""Hetzner Cloud and DigitalOcean as the engine changes them (reading is engine.providers's).
 
-engine/cloud/backend.py   `engine up` and `destroy`: the fleet's Pulumi program (stacks/)
+engine/providers/cloud/backend.py   `engine up` and `destroy`: the fleet's Pulumi program (stacks/)
 """

@@ -18,7 +18,7 @@ ends or the timeout passes; its clock and sleep are injectable.
     snapshot   Hetzner `create_image` (type snapshot, with labels), DigitalOcean `snapshot`
     delete     a server the fleet's stack does not hold (an orphan the plan deletes)
 
-Requests go through engine.inventory.retry like the readers' (rate limits, 5xx, timeouts);
+Requests go through engine.providers.retry like the readers' (rate limits, 5xx, timeouts);
 SDK errors become ProviderErrors.
 """
 
@@ -32,10 +32,10 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from engine.errors import EngineError
-from engine.inventory import digitalocean as do_inventory
-from engine.inventory import hcloud as hcloud_inventory
-from engine.inventory.retry import ApiCalls, RetryPolicy
 from engine.model import Fleet, Image, ImageKind, Labels, ProviderName
+from engine.providers.digitalocean import inventory as do_inventory
+from engine.providers.hcloud import inventory as hcloud_inventory
+from engine.providers.retry import ApiCalls, RetryPolicy
 from engine.signals import Signal
 
 POLL_S = 1.0

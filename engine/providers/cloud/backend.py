@@ -1,6 +1,6 @@
 """Hetzner Cloud and DigitalOcean as `engine up` and `engine destroy` drive them (an
 engine.up.Backend): the fleet's Pulumi program (stacks/) run through the Automation API
-(engine.pulumi_runner), one stack per fleet.
+(engine.providers.cloud.pulumi_runner), one stack per fleet.
 
 The program declares the whole fleet at once, so every server's user_data is pinned before it
 runs: servers the plan creates or replaces get new user_data with a fresh one-time token, the
@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 
 from engine.catalog import load_catalog
 from engine.errors import EngineError
-from engine.inventory import ActualServer, inventory_reader
 from engine.model import Fleet, Server, Stage, ownership_labels
 from engine.plan import Action, Plan
+from engine.providers import ActualServer, inventory_reader
 from engine.secrets import read_token
 from engine.signals import Signal
 from engine.state import ServerRecord
@@ -42,9 +42,9 @@ from engine.state.store import Store
 from engine.up import Site
 
 if TYPE_CHECKING:
-    from engine.cloud.actions import ActionState, ProviderActions
     from engine.controlplane.handlers import Provisioner
-    from engine.pulumi_runner import ResourceStep, RunResult
+    from engine.providers.cloud.actions import ActionState, ProviderActions
+    from engine.providers.cloud.pulumi_runner import ResourceStep, RunResult
     from engine.up import FleetRun
 
 Say = Callable[[str], None]
@@ -95,7 +95,7 @@ class CloudBackend:
 
     def check_tools(self) -> None:
         """The Pulumi CLI and its passphrase, or an error saying how to get them."""
-        from engine.pulumi_runner import check_ready
+        from engine.providers.cloud.pulumi_runner import check_ready
 
         check_ready()
 
@@ -128,7 +128,7 @@ class CloudBackend:
         import docker
 
         from engine.agent.image import ensure_agent_image
-        from engine.local.dockerd import ensure_daemon
+        from engine.providers.local.dockerd import ensure_daemon
 
         self.docker_url = ensure_daemon(say=self.say)
         client = docker.DockerClient(base_url=self.docker_url, timeout=600)
@@ -164,7 +164,7 @@ class CloudBackend:
         """The plan's bookkeeping, then one run of the program over the whole fleet, then the
         new servers registered from its outputs."""
         from engine.deploykey import ensure_deploy_key
-        from engine.pulumi_runner import up
+        from engine.providers.cloud.pulumi_runner import up
         from stacks import StackInputs
 
         replaced: set[str] = set()
@@ -226,7 +226,7 @@ class CloudBackend:
         }
         if not doomed:
             return
-        from engine.cloud.actions import provider_actions, wait_for_action
+        from engine.providers.cloud.actions import provider_actions, wait_for_action
 
         actions = provider_actions(self.fleet, self.token)
         for server in self.read_servers():
@@ -275,7 +275,7 @@ class CloudBackend:
         return inventory_reader(self.fleet, token=self.token).read_servers()
 
     def teardown(self) -> None:
-        from engine.pulumi_runner import destroy
+        from engine.providers.cloud.pulumi_runner import destroy
 
         def show(step: ResourceStep) -> None:
             if step.status in ("done", "failed"):
@@ -286,7 +286,7 @@ class CloudBackend:
     def signal(self, record: ServerRecord, signal: Signal, timeout_s: float) -> str:
         """The provider's action for `signal`, waited on; a snapshot is labelled (Hetzner) and
         named after the fleet and the server."""
-        from engine.cloud.actions import provider_actions
+        from engine.providers.cloud.actions import provider_actions
 
         actions = provider_actions(self.fleet, self.token)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
@@ -306,8 +306,8 @@ class CloudBackend:
         """The provider rebuilds the disk from the group's image. Hetzner takes new user_data
         (with a new token): the server phones home as on its first boot. DigitalOcean keeps
         the first user_data, whose token is spent: the server is found by polling."""
-        from engine.cloud.actions import provider_actions
         from engine.controlplane.servers import start_polling
+        from engine.providers.cloud.actions import provider_actions
 
         actions = provider_actions(self.fleet, self.token)
         user_data = run.user_data(server, fresh=True) if actions.takes_user_data() else None
@@ -339,7 +339,7 @@ class CloudBackend:
     def _waited(
         self, actions: ProviderActions, started: ActionState, name: str, timeout_s: float
     ) -> ActionState:
-        from engine.cloud.actions import ActionStatus, wait_for_action
+        from engine.providers.cloud.actions import ActionStatus, wait_for_action
 
         shown: set[int | None] = set()
 

@@ -5,9 +5,9 @@ maximum): 1,000 droplets cost 5 requests. Droplets without the `managed-by:fleet
 are left out (the API filters by one tag only). Labels are tags `key:value` (the engine's
 `fleet-member:` tag aside). Firewall membership (`GET /v2/firewalls`) and VPC names
 (`GET /v2/vpcs`) cost one paged list each, and only when the spec declares firewalls or
-networks; they are read back through engine.naming (a VPC per region and a firewall per group
-stand for one spec network or firewall; the engine's own firewalls are left out). Every
-droplet sits in its region's default VPC unless told otherwise, and default VPCs are not
+networks; they are read back through engine.providers.naming (a VPC per region and a firewall
+per group stand for one spec network or firewall; the engine's own firewalls are left out).
+Every droplet sits in its region's default VPC unless told otherwise, and default VPCs are not
 reported as networks.
 
 Droplet names are not unique on DigitalOcean and ownership is by tags, so a droplet of
@@ -17,7 +17,7 @@ List lag: a droplet created moments ago can be missing from list calls for a few
 `list_lag_s` tells the diff how long to trust the state store's record of a fresh create
 instead of planning it again.
 
-Every request goes through engine.inventory.retry, installed as the pipeline's retry policy.
+Every request goes through engine.providers.retry, installed as the pipeline's retry policy.
 """
 
 from __future__ import annotations
@@ -35,16 +35,6 @@ from azure.core.pipeline.policies import HTTPPolicy
 from pydo import Client
 
 from engine.errors import ProviderError
-from engine.inventory import ActualServer, InventoryPage, engine_name
-from engine.inventory.retry import (
-    ApiCalls,
-    RetryPolicy,
-    TransientError,
-    read_pages,
-    send,
-    timed_out,
-    unreachable,
-)
 from engine.model import (
     LABEL_FLEET,
     LABEL_MANAGED_BY,
@@ -55,7 +45,17 @@ from engine.model import (
     Labels,
     ProviderName,
 )
-from engine.naming import is_member_tag, spec_resources
+from engine.providers import ActualServer, InventoryPage, engine_name
+from engine.providers.naming import is_member_tag, spec_resources
+from engine.providers.retry import (
+    ApiCalls,
+    RetryPolicy,
+    TransientError,
+    read_pages,
+    send,
+    timed_out,
+    unreachable,
+)
 
 DEFAULT_ENDPOINT = "https://api.digitalocean.com"
 PAGE_SIZE = 200
@@ -63,7 +63,7 @@ LIST_LAG_S = 60.0
 
 
 class _RetryPolicy(HTTPPolicy):  # type: ignore[type-arg]
-    """azure-core's slot for a retry policy, filled with engine.inventory.retry.send."""
+    """azure-core's slot for a retry policy, filled with engine.providers.retry.send."""
 
     def __init__(self, policy: RetryPolicy, calls: ApiCalls) -> None:
         super().__init__()

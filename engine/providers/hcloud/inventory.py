@@ -3,7 +3,7 @@
 Owned servers come from `GET /servers?label_selector=fleet=<name>,managed-by=fleet-engine`,
 50 per page (the API's maximum): 1,000 servers cost 20 requests. Firewall and network names
 cost one paged list each, and only when a listed server is attached to any; they are read
-back through engine.naming (the engine's own firewalls left out).
+back through engine.providers.naming (the engine's own firewalls left out).
 
 Name collisions: server names are unique in a Hetzner project, so an unowned server called
 `web-4` blocks creating ours. Such servers cannot be found by label, so `read_unowned` reads
@@ -12,7 +12,7 @@ every name, it asks by name (`?name=`) when that takes fewer requests than readi
 remaining pages, and reads the remaining pages otherwise. It costs nothing when nothing is
 to be created, and at most min(1 + names, project pages) requests.
 
-Every request goes through engine.inventory.retry: the SDK's own retry (which sleeps for real
+Every request goes through engine.providers.retry: the SDK's own retry (which sleeps for real
 and ignores Retry-After) is switched off and its requests session replaced by one that
 retries, so tests can inject the clock.
 """
@@ -31,16 +31,6 @@ import requests
 from hcloud import APIException, Client
 
 from engine.errors import ProviderError
-from engine.inventory import ActualServer, InventoryPage, engine_name
-from engine.inventory.retry import (
-    ApiCalls,
-    RetryPolicy,
-    TransientError,
-    read_pages,
-    send,
-    timed_out,
-    unreachable,
-)
 from engine.model import (
     LABEL_FLEET,
     LABEL_MANAGED_BY,
@@ -50,7 +40,17 @@ from engine.model import (
     ImageKind,
     ProviderName,
 )
-from engine.naming import spec_resources
+from engine.providers import ActualServer, InventoryPage, engine_name
+from engine.providers.naming import spec_resources
+from engine.providers.retry import (
+    ApiCalls,
+    RetryPolicy,
+    TransientError,
+    read_pages,
+    send,
+    timed_out,
+    unreachable,
+)
 
 T = TypeVar("T")
 
@@ -59,7 +59,7 @@ PAGE_SIZE = 50
 
 
 class _RetryingSession(requests.Session):
-    """A requests session whose every request goes through engine.inventory.retry.send."""
+    """A requests session whose every request goes through engine.providers.retry.send."""
 
     def __init__(self, policy: RetryPolicy, calls: ApiCalls, base: str) -> None:
         super().__init__()
@@ -89,7 +89,7 @@ class _RetryingSession(requests.Session):
 
 
 def hcloud_client(token: str, endpoint: str | None, policy: RetryPolicy, calls: ApiCalls) -> Client:
-    """An SDK client whose requests are retried, paced and counted by engine.inventory.retry."""
+    """An SDK client whose requests are retried, paced and counted by engine.providers.retry."""
     base = endpoint or DEFAULT_ENDPOINT
     client = Client(
         token=token, api_endpoint=base, timeout=policy.timeout_s, application_name="fleet-engine"

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from engine.controlplane.handlers import Provisioned, Provisioner
 from engine.errors import EngineError
-from engine.inventory import ActualServer
-from engine.local.driver import LocalDriver
 from engine.model import Fleet, Server
 from engine.plan import Action, Plan
+from engine.providers import ActualServer
+from engine.providers.local.driver import LocalDriver
 from engine.state import FleetSettings, ServerRecord
 from engine.state.files import private_dir
 from engine.state.store import Store
@@ -71,7 +71,7 @@ class LocalBackend:
         """Find (or start) the Docker engine."""
         import docker
 
-        from engine.local.dockerd import ensure_daemon
+        from engine.providers.local.dockerd import ensure_daemon
 
         self.docker_url = ensure_daemon(say=self.say)
         self.client = docker.DockerClient(base_url=self.docker_url, timeout=600)
@@ -79,7 +79,7 @@ class LocalBackend:
     def open(self) -> None:
         """The Docker engine, the images (built on first use) and the fleet's network."""
         from engine.agent.image import ensure_agent_image
-        from engine.local.images import ensure_golden_image
+        from engine.providers.local.images import ensure_golden_image
 
         self.connect()
         self.golden_image = ensure_golden_image(self.client, self.say)
@@ -162,7 +162,7 @@ class LocalBackend:
                 run.deleted(name)
 
     def read_servers(self) -> tuple[ActualServer, ...]:
-        from engine.inventory.local import LocalReader
+        from engine.providers.local.inventory import LocalReader
 
         return LocalReader(self.client, self.fleet.name).read_servers()
 

@@ -3,7 +3,7 @@
     base    Debian 12: `debian:bookworm-slim` where a registry answers; otherwise a minimal
             root file system bootstrapped from the Debian mirror with debootstrap (no registry
             needed) and imported. The bootstrap is cached as a tarball in the user's cache.
-    golden  FROM base: cloud-init, sshd, curl, python3, sudo, Docker (engine/local/golden/).
+    golden  FROM base: cloud-init, sshd, curl, python3, sudo, Docker (golden/ beside this file).
 
 Every image is tagged with a hash of its recipe (the files of its build context and its
 parent's tag), so a changed recipe gives a new tag and an unchanged one is never rebuilt.

@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import EngineError
-from engine.inventory import ActualServer
-from engine.inventory.retry import ApiCalls, RetryPolicy
-from engine.local.driver import (
+from engine.model import Fleet, Image, ImageKind, ProviderName
+from engine.providers import ActualServer
+from engine.providers.local.driver import (
     LABEL_IMAGE,
     LABEL_INSTANCE_ID,
     LocalMachine,
     fleet_machines,
     foreign_container,
 )
-from engine.model import Fleet, Image, ImageKind, ProviderName
+from engine.providers.retry import ApiCalls, RetryPolicy
 
 _BOOKKEEPING = {LABEL_INSTANCE_ID, LABEL_IMAGE}
 
@@ -31,7 +31,7 @@ def docker_client() -> Any:
     """A client for the Docker engine the local provider uses, if one answers."""
     import docker
 
-    from engine.local.dockerd import docker_url
+    from engine.providers.local.dockerd import docker_url
 
     try:
         client = docker.DockerClient(base_url=docker_url(), timeout=60)
