@@ -25,7 +25,8 @@ from engine.errors import EngineError, SpecError
 from engine.model import Fleet
 from engine.placement import expand_fleet
 from engine.plan import ApiCallCount, Plan
-from engine.providers import ActualServer, inventory_reader, require_reader
+from engine.providers import ActualServer
+from engine.providers.registry import inventory_reader, require_reader
 from engine.providers.retry import RetryPolicy
 from engine.secrets import register_secret
 from engine.spec import load_spec, parse_spec

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from engine.errors import EngineError
 from engine.model import Fleet, Provider, ProviderName
-from engine.providers import READERS, ActualServer, InventoryReader, inventory_reader
+from engine.providers import ActualServer, InventoryReader
+from engine.providers.registry import READERS, inventory_reader
 from engine.secrets import register_secret
 from engine.state import FleetSettings
 

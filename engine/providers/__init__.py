@@ -6,7 +6,7 @@ tag-filtered paged list calls, never one GET per server, and honours the provide
 limits (see engine.providers.retry). SDK types stay inside each reader's module; nothing here
 imports an SDK, so the diff and the CLI can import this freely.
 
-    reader = inventory_reader(fleet, token=read_token(fleet.provider.token_env))
+    reader = inventory_reader(fleet, token=...)    # engine.providers.registry
     owned = reader.read_servers()
     clashes = reader.read_unowned(["web-4"])   # names a create would take
     reader.calls                               # what the reads cost
@@ -15,14 +15,12 @@ imports an SDK, so the diff and the CLI can import this freely.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine.errors import EngineError
-from engine.model import LABEL_SERVER, Fleet, Image, Labels, ProviderName
-from engine.providers.retry import ApiCalls, RetryPolicy
+from engine.model import LABEL_SERVER, Image, Labels, ProviderName
+from engine.providers.retry import ApiCalls
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,36 +88,3 @@ class InventoryPage:
 
     servers: tuple[ActualServer, ...]
     next_page: int | None
-
-
-# Provider -> module with `open_reader(fleet, token, policy) -> InventoryReader`, imported only
-# when a fleet of that provider is read.
-READERS: dict[ProviderName, str] = {
-    ProviderName.HCLOUD: "engine.providers.hcloud.inventory",
-    ProviderName.DIGITALOCEAN: "engine.providers.digitalocean.inventory",
-    ProviderName.LOCAL: "engine.providers.local.inventory",
-}
-
-
-def require_reader(provider: ProviderName) -> str:
-    """The module of `provider`'s reader, or an EngineError saying there is none yet."""
-    module_name = READERS.get(provider)
-    if module_name is None:
-        raise EngineError(
-            f"this engine has no inventory reader for the {provider} provider yet, "
-            "so it cannot read what exists; compare against a git ref instead "
-            "(engine preview SPEC --against-ref REF)"
-        )
-    return module_name
-
-
-def inventory_reader(
-    fleet: Fleet, *, token: str, policy: RetryPolicy | None = None
-) -> InventoryReader:
-    """The reader for `fleet`'s provider, using `token` (registered as a secret by the caller).
-
-    `policy` sets retries, timeouts and the sleep/clock used for back-off (tests inject them).
-    """
-    module = importlib.import_module(require_reader(fleet.provider.name))
-    reader: InventoryReader = module.open_reader(fleet, token, policy or RetryPolicy())
-    return reader

@@ -16,9 +16,9 @@ from engine.providers.cloud.actions import (
     ActionState,
     ActionStatus,
     ActionTimedOut,
-    provider_actions,
     wait_for_action,
 )
+from engine.providers.registry import provider_actions
 from engine.signals import Signal, signal_server
 from engine.spec import load_spec
 from tests.cloud.world import World

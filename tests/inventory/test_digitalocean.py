@@ -9,8 +9,9 @@ import pytest
 
 from engine.errors import ProviderError
 from engine.model import Image, ImageKind
-from engine.providers import InventoryReader, inventory_reader
+from engine.providers import InventoryReader
 from engine.providers.digitalocean.inventory import tags_to_labels
+from engine.providers.registry import inventory_reader
 from engine.providers.retry import RetryPolicy
 from tests.fakes.digitalocean import FakeDigitalOcean, Fault
 from tests.support.fleets import example_fleet

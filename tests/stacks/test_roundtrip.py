@@ -19,7 +19,7 @@ from engine.catalog import load_catalog
 from engine.diff import diff_fleet
 from engine.model import Fleet
 from engine.plan import Action, Plan
-from engine.providers import inventory_reader
+from engine.providers.registry import inventory_reader
 from engine.state import ServerRecord
 from tests.fakes.digitalocean import FakeDigitalOcean
 from tests.fakes.hcloud import FakeHcloud

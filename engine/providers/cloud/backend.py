@@ -34,7 +34,8 @@ from engine.catalog import load_catalog
 from engine.errors import EngineError
 from engine.model import Fleet, Server, Stage, ownership_labels
 from engine.plan import Action, Plan
-from engine.providers import ActualServer, inventory_reader
+from engine.providers import ActualServer
+from engine.providers.registry import inventory_reader
 from engine.secrets import read_token
 from engine.signals import Signal
 from engine.state import ServerRecord
@@ -226,7 +227,8 @@ class CloudBackend:
         }
         if not doomed:
             return
-        from engine.providers.cloud.actions import provider_actions, wait_for_action
+        from engine.providers.cloud.actions import wait_for_action
+        from engine.providers.registry import provider_actions
 
         actions = provider_actions(self.fleet, self.token)
         for server in self.read_servers():
@@ -286,7 +288,7 @@ class CloudBackend:
     def signal(self, record: ServerRecord, signal: Signal, timeout_s: float) -> str:
         """The provider's action for `signal`, waited on; a snapshot is labelled (Hetzner) and
         named after the fleet and the server."""
-        from engine.providers.cloud.actions import provider_actions
+        from engine.providers.registry import provider_actions
 
         actions = provider_actions(self.fleet, self.token)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
@@ -307,7 +309,7 @@ class CloudBackend:
         (with a new token): the server phones home as on its first boot. DigitalOcean keeps
         the first user_data, whose token is spent: the server is found by polling."""
         from engine.controlplane.servers import start_polling
-        from engine.providers.cloud.actions import provider_actions
+        from engine.providers.registry import provider_actions
 
         actions = provider_actions(self.fleet, self.token)
         user_data = run.user_data(server, fresh=True) if actions.takes_user_data() else None
