@@ -126,13 +126,11 @@ class CloudBackend:
         if self.fleet.install.agent.image:
             self.agent_image = self.fleet.install.agent.image
             return
-        import docker
-
         from engine.agent.image import ensure_agent_image
-        from engine.providers.local.dockerd import ensure_daemon
+        from engine.providers.local.dockerd import daemon_client, ensure_daemon
 
         self.docker_url = ensure_daemon(say=self.say)
-        client = docker.DockerClient(base_url=self.docker_url, timeout=600)
+        client = daemon_client(self.docker_url)
         try:
             self.agent_image = ensure_agent_image(client, self.say)
         finally:

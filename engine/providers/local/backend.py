@@ -69,12 +69,10 @@ class LocalBackend:
 
     def connect(self) -> None:
         """Find (or start) the Docker engine."""
-        import docker
-
-        from engine.providers.local.dockerd import ensure_daemon
+        from engine.providers.local.dockerd import daemon_client, ensure_daemon
 
         self.docker_url = ensure_daemon(say=self.say)
-        self.client = docker.DockerClient(base_url=self.docker_url, timeout=600)
+        self.client = daemon_client(self.docker_url)
 
     def open(self) -> None:
         """The Docker engine, the images (built on first use) and the fleet's network."""

@@ -27,14 +27,14 @@ from engine.providers.retry import ApiCalls, RetryPolicy
 _BOOKKEEPING = {LABEL_INSTANCE_ID, LABEL_IMAGE}
 
 
-def docker_client() -> Any:
+def _answering_client() -> Any:
     """A client for the Docker engine the local provider uses, if one answers."""
     import docker
 
-    from engine.providers.local.dockerd import docker_url
+    from engine.providers.local.dockerd import daemon_client, docker_url
 
     try:
-        client = docker.DockerClient(base_url=docker_url(), timeout=60)
+        client = daemon_client(docker_url(), timeout=60)
         client.ping()
     except docker.errors.DockerException:
         raise EngineError(
@@ -95,4 +95,4 @@ class LocalReader:
 
 def open_reader(fleet: Fleet, token: str, policy: RetryPolicy) -> LocalReader:
     """The local reader for `fleet` (`token` and `policy` are unused: no account, no limits)."""
-    return LocalReader(docker_client(), fleet.name)
+    return LocalReader(_answering_client(), fleet.name)
