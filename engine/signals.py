@@ -21,22 +21,12 @@ state store: a `server.<signal>.started` event, then `.succeeded` or `.failed` w
 from __future__ import annotations
 
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
 
 from engine.errors import EngineError
-from engine.up import RunOptions, locked_session, placed_servers, report, serving
-
-
-class Signal(StrEnum):
-    """What `engine server` can tell a server to do."""
-
-    REBOOT = "reboot"
-    POWEROFF = "poweroff"
-    POWERON = "poweron"
-    REBUILD = "rebuild"
-    SNAPSHOT = "snapshot"
+from engine.providers.seam import RunOptions, Signal
+from engine.up import locked_session, placed_servers, report, serving
 
 
 def signal_server(spec: Path, name: str, signal: Signal, options: RunOptions, out: TextIO) -> int:

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine.addresses import ssh_address
 from engine.controlplane.jobs import Again, Done, Permanent
 from engine.controlplane.lookup import ReaderFactory, provider_reader
 from engine.controlplane.phonehome import INSTALL_JOB, install_job
 from engine.controlplane.servers import POLL_INVENTORY_JOB, SSH_CHECK_JOB, register_server
 from engine.controlplane.ssh import has_ssh_banner, scan_host_keys
 from engine.model import Labels, Stage
-from engine.providers import InventoryReader
+from engine.providers.seam import InventoryReader, Provisioner
 from engine.state import FleetSettings, Job, ServerRecord
 from engine.state.store import Store
 
@@ -74,20 +75,6 @@ class Installer(Protocol):
     def __call__(self, target: InstallTarget, fleet: FleetSettings) -> InstallResult: ...
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Provisioned:
-    provider_id: str
-    ipv4: str | None = None
-    ipv6: str | None = None
-    private_ips: tuple[str, ...] = ()
-
-
-class Provisioner(Protocol):
-    """Creates one server (or finds the one created before: idempotent)."""
-
-    def __call__(self, record: ServerRecord, fleet: FleetSettings) -> Provisioned: ...
-
-
 def _settings(store: Store, fleet: str) -> FleetSettings:
     settings = store.fleet(fleet)
     if settings is None:
@@ -100,15 +87,6 @@ def _record(store: Store, job: Job) -> ServerRecord:
     if record is None:
         raise Permanent(f"fleet {job.fleet} has no server {job.server} any more")
     return record
-
-
-def ssh_address(record: ServerRecord) -> str | None:
-    """Where to reach a server over SSH: its public IPv4, else IPv6, else a private address."""
-    if record.ipv4:
-        return record.ipv4
-    if record.ipv6 and "/" not in record.ipv6:
-        return record.ipv6
-    return record.private_ips[0] if record.private_ips else None
 
 
 def install_target(

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 from engine.errors import EngineError
 from engine.model import Fleet, Provider, ProviderName
-from engine.providers import ActualServer, InventoryReader
+from engine.providers import ActualServer
 from engine.providers.registry import READERS, inventory_reader
+from engine.providers.seam import InventoryReader
 from engine.secrets import register_secret
 from engine.state import FleetSettings
 

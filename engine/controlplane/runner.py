@@ -26,7 +26,6 @@ from engine.controlplane.handlers import (
     Installer,
     InstallHandler,
     PollInventoryHandler,
-    Provisioner,
     ProvisionHandler,
     SshCheckHandler,
 )
@@ -36,6 +35,7 @@ from engine.controlplane.monitor import HEARTBEAT_MISSES, Monitor
 from engine.controlplane.views import last_heartbeat_metrics
 from engine.deploykey import deploy_key_path
 from engine.errors import EngineError
+from engine.providers.seam import Provisioner
 from engine.state.store import Store
 
 log = logging.getLogger("engine.controlplane")

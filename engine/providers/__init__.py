@@ -1,26 +1,33 @@
-"""Actual state: what servers a provider has for a fleet, read with paged list calls.
+"""The providers: Hetzner Cloud, DigitalOcean and the local Docker provider, one folder each.
 
-One small interface, `InventoryReader`, one frozen record, `ActualServer`. A reader lists the
-fleet's owned servers (those carrying the fleet's ownership labels or tags) with label- or
-tag-filtered paged list calls, never one GET per server, and honours the provider's rate
-limits (see engine.providers.retry). SDK types stay inside each reader's module; nothing here
-imports an SDK, so the diff and the CLI can import this freely.
+This module is what the pure core knows of them: `ActualServer`, one server as its provider
+reports it, which the diff compares with the spec. It imports no SDK and does no I/O, so the
+diff, the plan and its rendering import it freely. The rest of the package, bottom to top:
 
-    reader = inventory_reader(fleet, token=...)    # engine.providers.registry
-    owned = reader.read_servers()
-    clashes = reader.read_unowned(["web-4"])   # names a create would take
-    reader.calls                               # what the reads cost
+    seam.py       what the orchestrator and the control plane drive a provider through:
+                  Backend, InventoryReader, Provisioner, and the run types (Site, RunOptions,
+                  Signal, the FleetRun a backend reports to)
+    retry.py      the one retry and rate-limit policy of every provider API call
+    naming.py     what a fleet's resources are called at the clouds, and the way back
+    hcloud/       Hetzner Cloud through `hcloud`: client, inventory, actions, catalog
+    digitalocean/ DigitalOcean through `pydo`: client, inventory, actions, catalog, tags
+    local/        servers as containers through docker-py: dockerd, images, machines, driver,
+                  inventory, and its Backend
+    cloud/        what both clouds share: the Pulumi-driven Backend, its runner (stacks/ are
+                  its programs), waiting on actions
+    registry.py   which module serves each provider (readers, actions, catalog fetchers)
+    refresh.py    `engine catalog refresh`
+
+An SDK is imported only inside its provider's folder, and only when a fleet of that provider
+needs it: `engine validate` and `engine preview --against-ref` load none.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Protocol
 
-from engine.model import LABEL_SERVER, Image, Labels, ProviderName
-from engine.providers.retry import ApiCalls
+from engine.model import LABEL_SERVER, Image, Labels
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,30 +63,6 @@ class ActualServer:
 def engine_name(labels: Labels, provider_name: str) -> str:
     """The server's name in the fleet: its fleet-server label if set, else the provider's."""
     return dict(labels).get(LABEL_SERVER) or provider_name
-
-
-class InventoryReader(Protocol):
-    """Reads one fleet's servers from one provider account."""
-
-    provider: ProviderName
-    # Seconds during which a server created by the engine may still be missing from list
-    # calls (DigitalOcean's list lag); the diff trusts the state store's record meanwhile.
-    list_lag_s: float
-    calls: ApiCalls
-
-    def read_servers(self) -> tuple[ActualServer, ...]:
-        """Every server that carries the fleet's ownership labels/tags."""
-        ...
-
-    def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
-        """Servers not owned by the fleet whose names are in `names` (name collisions)."""
-        ...
-
-    def read_page(self, page: int) -> InventoryPage:
-        """One page (1-based) of the fleet's owned servers, for a poller that reads a page
-        at a time and carries on where it stopped. Firewall and network names are not
-        resolved (they cost more calls): those fields hold provider ids here."""
-        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,8 +25,8 @@ from engine.providers.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from engine.catalog import Catalog
-    from engine.providers import InventoryReader
     from engine.providers.cloud.actions import ProviderActions
+    from engine.providers.seam import InventoryReader
 
 READERS: dict[ProviderName, str] = {
     ProviderName.HCLOUD: "engine.providers.hcloud.inventory",

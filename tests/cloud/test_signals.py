@@ -19,7 +19,8 @@ from engine.providers.cloud.actions import (
     wait_for_action,
 )
 from engine.providers.registry import provider_actions
-from engine.signals import Signal, signal_server
+from engine.providers.seam import Signal
+from engine.signals import signal_server
 from engine.spec import load_spec
 from tests.cloud.world import World
 from tests.fakes.common import ActionScript

@@ -20,8 +20,9 @@ from typing import Any
 import yaml
 
 from engine.providers.cloud.pulumi_runner import RunResult, server_outputs
+from engine.providers.seam import RunOptions
 from engine.state.store import Store, open_store
-from engine.up import RunOptions, up
+from engine.up import up
 from stacks import StackInputs
 from tests.fakes.digitalocean import FakeDigitalOcean
 from tests.fakes.hcloud import FakeHcloud

@@ -9,9 +9,9 @@ import pytest
 
 from engine.errors import ProviderError
 from engine.model import Image, ImageKind
-from engine.providers import InventoryReader
 from engine.providers.registry import inventory_reader
 from engine.providers.retry import RetryPolicy
+from engine.providers.seam import InventoryReader
 from tests.fakes.hcloud import FakeHcloud, Fault
 from tests.support.fleets import example_fleet
 from tests.support.http import serve

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from engine.errors import EngineError
 from engine.model import Image, Labels, ProviderName
-from engine.signals import Signal
+from engine.providers.seam import Signal
 
 POLL_S = 1.0
 

@@ -21,7 +21,7 @@ from engine.model import Fleet, Image, ImageKind, Labels, ProviderName
 from engine.providers.cloud.actions import ActionState, ActionStatus
 from engine.providers.digitalocean.client import DigitalOceanApi, provider_errors
 from engine.providers.retry import ApiCalls, RetryPolicy
-from engine.signals import Signal
+from engine.providers.seam import Signal
 
 _DO_TYPES = {
     Signal.REBOOT: "reboot",

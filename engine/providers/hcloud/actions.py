@@ -22,7 +22,7 @@ from engine.model import Fleet, Image, ImageKind, Labels, ProviderName
 from engine.providers.cloud.actions import ActionState, ActionStatus
 from engine.providers.hcloud.client import hcloud_client, provider_errors
 from engine.providers.retry import ApiCalls, RetryPolicy
-from engine.signals import Signal
+from engine.providers.seam import Signal
 
 _HCLOUD_STATUS = {"running": ActionStatus.RUNNING, "success": ActionStatus.SUCCESS}
 

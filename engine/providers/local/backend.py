@@ -1,5 +1,6 @@
-"""The local provider as `engine up` and `engine destroy` drive it (an engine.up.Backend): the
-Docker engine, the images, the fleet's network and its machines.
+"""The local provider as `engine up` and `engine destroy` drive it (an
+engine.providers.seam.Backend): the Docker engine, the images, the fleet's network and its
+machines.
 
 Servers reach the control plane on the fleet network's gateway address (the host's address
 on that bridge), which is also the address the engine reaches them from. The control plane's
@@ -16,20 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.controlplane.handlers import Provisioned, Provisioner
 from engine.errors import EngineError
 from engine.model import Fleet, Server
 from engine.plan import Action, Plan
-from engine.providers import ActualServer
 from engine.providers.local.driver import LocalDriver
+from engine.providers.seam import Provisioned, Provisioner, Signal, Site
 from engine.state import FleetSettings, ServerRecord
 from engine.state.files import private_dir
-from engine.state.store import Store
-from engine.up import Site
 
 if TYPE_CHECKING:
-    from engine.signals import Signal
-    from engine.up import FleetRun
+    from engine.providers.local.inventory import LocalReader
+    from engine.providers.seam import FleetRun
+    from engine.state.store import Store
 
 Say = Callable[[str], None]
 
@@ -159,18 +158,17 @@ class LocalBackend:
                 driver.delete(name)
                 run.deleted(name)
 
-    def read_servers(self) -> tuple[ActualServer, ...]:
+    def reader(self) -> LocalReader:
+        """The fleet's containers, read through this backend's Docker client."""
         from engine.providers.local.inventory import LocalReader
 
-        return LocalReader(self.client, self.fleet.name).read_servers()
+        return LocalReader(self.client, self.fleet.name)
 
     def teardown(self) -> None:
         self.driver.teardown()
 
     def signal(self, record: ServerRecord, signal: Signal, timeout_s: float) -> str:
         """Docker does each at once: restart, stop, start, or commit the container."""
-        from engine.signals import Signal
-
         driver, name = self.driver, record.name
         if signal is Signal.REBOOT:
             driver.reboot(name)

@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.model import Fleet, Image, ImageKind, ProviderName
-from engine.providers import ActualServer
+from engine.providers import ActualServer, InventoryPage
 from engine.providers.local.driver import (
     LABEL_IMAGE,
     LABEL_INSTANCE_ID,
@@ -71,6 +71,11 @@ class LocalReader:
     def read_servers(self) -> tuple[ActualServer, ...]:
         self.calls.requests["GET /containers/json"] += 1
         return tuple(actual_server(m) for m in fleet_machines(self.client, self.fleet))
+
+    def read_page(self, page: int) -> InventoryPage:
+        """Every machine is on page 1: the Docker engine lists them in one call."""
+        servers = self.read_servers() if page == 1 else ()
+        return InventoryPage(servers=servers, next_page=None)
 
     def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
         """Containers that hold a name the fleet would take but carry none of its labels."""
