@@ -424,18 +424,18 @@ def locked_session(
 
 
 def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
-    """Make the fleet in `spec` exist and be ready; 0 when every server is ready."""
-    from engine.preview import plan_preview
+    """Make the fleet in `spec` exist and be ready; 0 when every server is ready.
+
+    The spec is read once, and the plan made once: from what the backend it opened reads and
+    the records of the store it locked."""
+    from engine.preview import observe, plan_fleet
 
     started = time.monotonic()
     with locked_session(spec, options, out, f"engine up {spec}", tools=True, full=True) as session:
         fleet, board, backend, store = session.fleet, session.board, session.backend, session.store
-        plan = plan_preview(
-            spec,
-            state_dir=options.state_dir,
-            state=options.state,
-            delete_orphans=options.delete_orphans,
-        )
+        catalog = load_catalog(fleet.provider.name, options.state_dir)
+        observed = observe(fleet, catalog, backend.reader(), store.servers(fleet.name))
+        plan = plan_fleet(fleet, catalog, observed, delete_orphans=options.delete_orphans)
         _show_plan(plan, board, out)
         if plan.is_blocked:
             return 1
@@ -470,13 +470,13 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
     from engine.addresses import ssh_address
     from engine.controlplane.handlers import install_target
     from engine.deploykey import deploy_key_path
-    from engine.preview import plan_preview
+    from engine.preview import preview_fleet
     from engine.state.store import open_store, state_url
 
     fleet = load_spec(spec, state_dir=options.state_dir)
     board = StageBoard(out, json_lines=options.json_lines)
-    plan = plan_preview(
-        spec, state_dir=options.state_dir, state=options.state,
+    plan = preview_fleet(
+        fleet, spec, state_dir=options.state_dir, state=options.state,
         delete_orphans=options.delete_orphans,
     )  # fmt: skip
     _show_plan(plan, board, out)
