@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.agent.client import AgentClient  # noqa: E402
-from engine.local.dockerd import PrivateDaemon  # noqa: E402
+from engine.providers.local.dockerd import PrivateDaemon  # noqa: E402
 from engine.tokens import ensure_fleet_key  # noqa: E402
 from tests.support.agent import FLEET, AgentProcess, Reports, agent_config  # noqa: E402
 from tests.support.http import serve  # noqa: E402

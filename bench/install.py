@@ -16,16 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import docker
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.install.model import HostResult, InstallHost, InstallSettings  # noqa: E402
 from engine.install.runner import install_hosts  # noqa: E402
-from engine.local.dockerd import PrivateDaemon  # noqa: E402
-from engine.local.images import ensure_golden_image  # noqa: E402
 from engine.model import DockerInstall, DockerSource, Install  # noqa: E402
+from engine.providers.local.dockerd import PrivateDaemon, daemon_client  # noqa: E402
+from engine.providers.local.images import ensure_golden_image  # noqa: E402
 from tests.support.docker import busybox_rootfs  # noqa: E402
 from tests.support.targets import (  # noqa: E402
     agent_run,
@@ -54,7 +52,7 @@ def timed(label: str, hosts: list[InstallHost], settings: InstallSettings) -> fl
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-install-"))
     daemon = PrivateDaemon.start(work / "dockerd")
-    client = docker.DockerClient(base_url=daemon.url, timeout=300)
+    client = daemon_client(daemon.url, timeout=300)
     targets = []
     try:
         golden = ensure_golden_image(client, say=print)

@@ -20,15 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import docker
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.agent.image import ensure_agent_image  # noqa: E402
-from engine.local.dockerd import PrivateDaemon  # noqa: E402
-from engine.local.images import ensure_golden_image  # noqa: E402
+from engine.providers.local.dockerd import PrivateDaemon, daemon_client  # noqa: E402
+from engine.providers.local.images import ensure_golden_image  # noqa: E402
 
 
 def spec(count: int) -> dict[str, object]:
@@ -60,7 +59,7 @@ def main() -> None:
     daemon = PrivateDaemon.start(work / "dockerd")
     env = {**os.environ, "DOCKER_HOST": daemon.url, "NO_COLOR": "1"}
     try:
-        client = docker.DockerClient(base_url=daemon.url, timeout=600)
+        client = daemon_client(daemon.url)
         started = time.monotonic()
         ensure_golden_image(client, say=lambda _: None)
         ensure_agent_image(client, say=lambda _: None)

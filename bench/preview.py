@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 from bench.validate import generated_spec  # noqa: E402
 from engine.catalog import Catalog, load_catalog  # noqa: E402
 from engine.diff import as_built, as_recorded  # noqa: E402
-from engine.inventory import ActualServer  # noqa: E402
 from engine.model import Fleet, Image, ImageKind, ownership_labels  # noqa: E402
 from engine.placement import expand_fleet  # noqa: E402
+from engine.providers import ActualServer  # noqa: E402
 from engine.spec import load_spec  # noqa: E402
 from engine.state import ServerRecord  # noqa: E402
 

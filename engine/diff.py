@@ -1,7 +1,7 @@
 """The diff: desired servers against actual servers and the store's records -> a Plan. Pure.
 
 Inputs: the Fleet (expanded with engine.placement, existing servers pinned to where they
-are), the provider's owned servers (engine.inventory), the state store's records, unowned
+are), the provider's owned servers (engine.providers), the state store's records, unowned
 servers whose names the plan would take, and DiffOptions. Rules, per server name:
 
     desired, missing at the provider ........ create (unless the store recorded its create
@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from engine.catalog import Catalog
 from engine.cost import monthly_price, server_usage
 from engine.install.digest import install_hash
-from engine.inventory import ActualServer
 from engine.model import (
     LABEL_GROUP,
     Fleet,
@@ -63,6 +62,7 @@ from engine.plan import (
     Usage,
     estimate_writes,
 )
+from engine.providers import ActualServer
 from engine.quota import check_limits
 from engine.state import ServerRecord
 

@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 
-from engine.inventory import ActualServer
 from engine.model import Server
+from engine.providers import ActualServer
 
 
 class Action(StrEnum):

@@ -1,8 +1,10 @@
-"""What `engine preview` does, as a function: load the spec, read what exists, diff.
+"""What `engine preview` does, as a function: load the spec, read what exists, plan.
 
-The effects live here (environment, state store, provider API, git); the decisions live in
-the pure engine.diff. Nothing is written and no lock is taken: a preview never changes
-anything, and a missing SQLite state file is not created.
+The effects are one step, `observe`: the fleet's servers read through an inventory reader,
+with the state store's records beside them. The decisions are the pure `plan_fleet` (over
+engine.diff). `engine up` plans with the same two, fed by the backend and the store its run
+already holds open; a preview opens a reader of its own. Nothing is written and no lock is
+taken: a preview never changes anything, and a missing SQLite state file is not created.
 
 Actual state comes from one of two places:
 - the provider (`plan_preview(...)`): the fleet's owned servers read with paged list calls,
@@ -17,19 +19,76 @@ import dataclasses
 import datetime as dt
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.catalog import Catalog, load_catalog
 from engine.diff import DiffOptions, as_built, as_recorded, diff_fleet
 from engine.errors import EngineError, SpecError
-from engine.inventory import ActualServer, inventory_reader, require_reader
-from engine.inventory.retry import RetryPolicy
 from engine.model import Fleet
 from engine.placement import expand_fleet
 from engine.plan import ApiCallCount, Plan
+from engine.providers import ActualServer
+from engine.providers.registry import inventory_reader, require_reader
+from engine.providers.retry import RetryPolicy
+from engine.providers.seam import InventoryReader
 from engine.secrets import register_secret
 from engine.spec import load_spec, parse_spec
 from engine.state import ServerRecord
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Observed:
+    """What exists, read once: the fleet's owned servers, unowned servers holding names the
+    plan would create, the state store's records, and what reading cost."""
+
+    actual: tuple[ActualServer, ...]
+    unowned: tuple[ActualServer, ...]
+    records: tuple[ServerRecord, ...]
+    read_at: dt.datetime
+    list_lag_s: float
+    calls: ApiCallCount
+
+
+def observe(
+    fleet: Fleet, catalog: Catalog, reader: InventoryReader, records: tuple[ServerRecord, ...]
+) -> Observed:
+    """The one I/O step of a plan: the fleet's servers and the unowned ones holding names it
+    would create, read through `reader`; `records` are the state store's (read by the caller,
+    who holds the store)."""
+    actual = reader.read_servers()
+    listed = {server.name for server in actual}
+    wanted = {server.name for server in expand_fleet(fleet, catalog)}
+    unowned = reader.read_unowned(sorted(wanted - listed))
+    calls = reader.calls
+    return Observed(
+        actual=actual,
+        unowned=unowned,
+        records=records,
+        read_at=dt.datetime.now(dt.UTC),
+        list_lag_s=reader.list_lag_s,
+        calls=ApiCallCount(
+            read=calls.total,
+            read_by_path=tuple(sorted(calls.requests.items())),
+            retries=calls.retries,
+        ),
+    )
+
+
+def plan_fleet(
+    fleet: Fleet, catalog: Catalog, observed: Observed, *, delete_orphans: bool = False
+) -> Plan:
+    """The plan that makes what `observed` saw into `fleet`. Pure: no I/O."""
+    options = DiffOptions(
+        delete_orphans=delete_orphans,
+        now=observed.read_at,
+        list_lag_s=observed.list_lag_s,
+        compared_with=f"{fleet.provider.name} (read just now)",
+        api_calls=observed.calls,
+    )
+    return diff_fleet(
+        fleet, catalog, observed.actual, observed.records, unowned=observed.unowned, options=options
+    )
 
 
 def plan_preview(
@@ -43,10 +102,35 @@ def plan_preview(
 ) -> Plan:
     """The plan for `spec`, against the provider (and the state store) or against a git ref."""
     fleet = load_spec(spec, state_dir=state_dir)
+    return preview_fleet(
+        fleet,
+        Path(spec),
+        state_dir=state_dir,
+        state=state,
+        against_ref=against_ref,
+        delete_orphans=delete_orphans,
+        policy=policy,
+    )
+
+
+def preview_fleet(
+    fleet: Fleet,
+    spec: Path,
+    *,
+    state_dir: Path,
+    state: str | None = None,
+    against_ref: str | None = None,
+    delete_orphans: bool = False,
+    policy: RetryPolicy | None = None,
+) -> Plan:
+    """`plan_preview` of a fleet already loaded from `spec`."""
     catalog = load_catalog(str(fleet.provider.name), state_dir)
     if against_ref is not None:
-        return _against_ref(fleet, catalog, Path(spec), against_ref, state_dir, delete_orphans)
-    return _against_provider(fleet, catalog, Path(spec), state_dir, state, delete_orphans, policy)
+        return _against_ref(fleet, catalog, spec, against_ref, state_dir, delete_orphans)
+    require_reader(fleet.provider.name)
+    reader = inventory_reader(fleet, token=_token(fleet, spec), policy=policy)
+    observed = observe(fleet, catalog, reader, _records(fleet, state_dir, state))
+    return plan_fleet(fleet, catalog, observed, delete_orphans=delete_orphans)
 
 
 def _token(fleet: Fleet, spec: Path) -> str:
@@ -71,37 +155,6 @@ def _records(fleet: Fleet, state_dir: Path, state: str | None) -> tuple[ServerRe
         return ()
     with open_store(url) as store:
         return store.servers(fleet.name)
-
-
-def _against_provider(
-    fleet: Fleet,
-    catalog: Catalog,
-    spec: Path,
-    state_dir: Path,
-    state: str | None,
-    delete_orphans: bool,
-    policy: RetryPolicy | None,
-) -> Plan:
-    require_reader(fleet.provider.name)
-    reader = inventory_reader(fleet, token=_token(fleet, spec), policy=policy)
-    records = _records(fleet, state_dir, state)
-    actual = reader.read_servers()
-    listed = {server.name for server in actual}
-    wanted = {server.name for server in expand_fleet(fleet, catalog)}
-    unowned = reader.read_unowned(sorted(wanted - listed))
-    calls = reader.calls
-    options = DiffOptions(
-        delete_orphans=delete_orphans,
-        now=dt.datetime.now(dt.UTC),
-        list_lag_s=reader.list_lag_s,
-        compared_with=f"{fleet.provider.name} (read just now)",
-        api_calls=ApiCallCount(
-            read=calls.total,
-            read_by_path=tuple(sorted(calls.requests.items())),
-            retries=calls.retries,
-        ),
-    )
-    return diff_fleet(fleet, catalog, actual, records, unowned=unowned, options=options)
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:

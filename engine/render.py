@@ -14,9 +14,9 @@ import html
 from collections.abc import Iterable
 from typing import Any
 
-from engine.inventory import ActualServer
 from engine.model import Server, fleet_resource_name
 from engine.plan import ACTIONS, Action, Change, Plan, Usage
+from engine.providers import ActualServer
 from engine.term import style
 
 SCHEMA_VERSION = 1

@@ -1,8 +1,8 @@
 """Day-2 signals to one server: `engine server reboot|poweroff|poweron|rebuild|snapshot SPEC NAME`.
 
-Each holds the fleet's lock, has the provider act through its SDK (engine.cloud.actions) or
-the local Docker engine (engine.local.driver), waits until the provider says the action
-succeeded or failed (at most the timeout, with its progress shown), and records it in the
+Each holds the fleet's lock, has the provider act through its SDK (engine.providers.cloud.actions)
+or the local Docker engine (engine.providers.local.driver), waits until the provider says the
+action succeeded or failed (at most the timeout, with its progress shown), and records it in the
 state store: a `server.<signal>.started` event, then `.succeeded` or `.failed` with why.
 
     reboot, poweroff,   the server's stage stays; its agent's heartbeats tell the control
@@ -21,22 +21,12 @@ state store: a `server.<signal>.started` event, then `.succeeded` or `.failed` w
 from __future__ import annotations
 
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
 
 from engine.errors import EngineError
-from engine.up import RunOptions, locked_session, placed_servers, report, serving
-
-
-class Signal(StrEnum):
-    """What `engine server` can tell a server to do."""
-
-    REBOOT = "reboot"
-    POWEROFF = "poweroff"
-    POWERON = "poweron"
-    REBUILD = "rebuild"
-    SNAPSHOT = "snapshot"
+from engine.providers.seam import RunOptions, Signal
+from engine.up import locked_session, placed_servers, report, serving
 
 
 def signal_server(spec: Path, name: str, signal: Signal, options: RunOptions, out: TextIO) -> int:

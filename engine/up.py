@@ -9,9 +9,10 @@
     destroy:  open -> lock -> plan the deletion of everything -> confirm -> the backend deletes
               every resource -> every state row and every key of the fleet go
 
-What differs between providers is a `Backend`: engine/local/backend.py makes containers in the
-engine's Docker, one provision job per server; engine/cloud/backend.py runs the fleet's Pulumi
-program (stacks/), which declares every server at once.
+What differs between providers is a `Backend` (engine.providers.seam, which backends import
+instead of this module): the local one (engine/providers/local/backend.py) makes containers in
+the engine's Docker, one provision job per server; the clouds' (engine/providers/cloud/
+backend.py) runs the fleet's Pulumi program (stacks/), which declares every server at once.
 
 Every step is recorded in the state store as it happens, and every step is safe to repeat,
 so a run that dies anywhere (even `kill -9`) is finished by the next `engine up`: servers
@@ -26,123 +27,29 @@ import dataclasses
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from engine.catalog import load_catalog
 from engine.errors import EngineError
 from engine.model import Fleet, ProviderName, Server, Stage
 from engine.plan import Change, Plan
 from engine.progress import ServerStage, StageBoard, render_timings
+from engine.providers.seam import Backend, Provisioned, RunOptions, Site
 from engine.spec import load_spec
 from engine.state import FleetSettings, Lock, NewJob, ServerRecord
 from engine.state.store import Store
 
 if TYPE_CHECKING:
-    from engine.controlplane.handlers import Provisioner
     from engine.install.installer import FleetInstaller
     from engine.install.model import HostResult
-    from engine.inventory import ActualServer
-    from engine.signals import Signal
 
 Confirm = Callable[[str], bool]
 Say = Callable[[str], None]
 POLL_S = 0.5
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunOptions:
-    """How to run. `listen` and `engine_addresses` are for the clouds (see engine.cloud)."""
-
-    state_dir: Path
-    state: str | None = None
-    yes: bool = False
-    json_lines: bool = False
-    timeout_s: float = 900.0
-    delete_orphans: bool = False
-    listen: tuple[str, int] | None = None
-    engine_addresses: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Site:
-    """Where a run's control plane listens, and how servers and the engine reach each other.
-
-    `url` is where servers phone home and agents report; `sources` are the addresses the
-    engine connects to servers from, the only ones their firewalls let in to SSH and the
-    agent port; `moved` says the control plane listens elsewhere than the last run's did
-    (servers still booting phone home there, so they are looked for by polling).
-    """
-
-    host: str
-    port: int
-    url: str
-    sources: tuple[str, ...]
-    moved: bool = False
-
-
-class Backend(Protocol):
-    """One provider as `engine up`, `engine destroy` and `engine server` drive it, for one
-    fleet. Each opening raises an EngineError saying what is missing and how to get it, before
-    anything changes.
-
-    `agent_image` is the agent image to install (in `docker_url`'s engine, copied to servers
-    unless the spec names a registry image).
-    """
-
-    agent_image: str
-    docker_url: str | None
-
-    def check_tools(self) -> None:
-        """The tools `carry_out` and `teardown` need (none, or the Pulumi CLI)."""
-        ...
-
-    def connect(self) -> None:
-        """What talking to the provider needs: reading, signals, teardown."""
-        ...
-
-    def open(self) -> None:
-        """`connect`, and what bringing servers to ready needs (images, networks, addresses)."""
-        ...
-
-    def close(self) -> None: ...
-
-    def site(self) -> Site:
-        """Where this run's control plane listens and what servers know it by."""
-        ...
-
-    def provisioner(self, store: Store, servers: Mapping[str, Server]) -> Provisioner | None:
-        """What the control plane's provision jobs create servers with; None when
-        `carry_out` makes them itself."""
-        ...
-
-    def carry_out(self, plan: Plan, run: FleetRun, servers: Sequence[Server]) -> None:
-        """Make the plan's changes happen (the plan lists them in execution order);
-        `servers` is the whole desired fleet, placed."""
-        ...
-
-    def read_servers(self) -> tuple[ActualServer, ...]:
-        """The fleet's servers as they exist now."""
-        ...
-
-    def teardown(self) -> None:
-        """Delete every resource of the fleet."""
-        ...
-
-    def signal(self, record: ServerRecord, signal: Signal, timeout_s: float) -> str:
-        """Reboot, power off, power on or snapshot one server, waiting until the provider says
-        it is done (at most `timeout_s`); what came of it, in a few words."""
-        ...
-
-    def rebuild(
-        self, server: Server, record: ServerRecord, run: FleetRun, timeout_s: float
-    ) -> None:
-        """Make the server's disk anew from its group's image and send it on its way to ready
-        again (booting, phone-home or polling, install)."""
-        ...
 
 
 def backend_for(fleet: Fleet, options: RunOptions, say: Say) -> Backend:
@@ -153,10 +60,10 @@ def backend_for(fleet: Fleet, options: RunOptions, say: Say) -> Backend:
                 "--listen and --engine-address are for Hetzner Cloud and DigitalOcean; the "
                 "local provider's control plane listens on its network's gateway"
             )
-        from engine.local.backend import LocalBackend
+        from engine.providers.local.backend import LocalBackend
 
         return LocalBackend(fleet, options.state_dir, say)
-    from engine.cloud.backend import CloudBackend
+    from engine.providers.cloud.backend import CloudBackend
 
     return CloudBackend(
         fleet,
@@ -180,7 +87,8 @@ def _show_plan(plan: Plan, board: StageBoard, out: TextIO) -> None:
 
 class FleetRun:
     """One `engine up` of one fleet, with the store locked and the control plane running:
-    the bookkeeping every backend does the same way."""
+    the bookkeeping every backend does the same way (what it is to a backend is
+    engine.providers.seam.FleetRun)."""
 
     def __init__(
         self,
@@ -266,22 +174,43 @@ class FleetRun:
         self.store.update_server(self.fleet.name, name, stage=Stage.INSTALLING)
         self.store.enqueue(install_job(self.fleet.name, name))
 
-    def adopt(self, change: Change) -> None:
-        from engine.controlplane.servers import register_server, request_server, start_polling
+    def register(self, name: str, made: Provisioned) -> None:
+        """A server the backend made: its id and addresses recorded, and it is booting."""
+        from engine.controlplane.servers import register_server
 
-        assert change.after is not None and change.before is not None
-        request_server(self.store, self.fleet, change.after)
         register_server(
             self.store,
             self.settings,
+            name,
+            provider_id=made.provider_id,
+            ipv4=made.ipv4,
+            ipv6=made.ipv6,
+            private_ips=made.private_ips,
+        )
+
+    def start_polling(self, name: str) -> None:
+        """Look for a booting server by polling (it will not phone home)."""
+        from engine.controlplane.servers import start_polling
+
+        start_polling(self.store, self.settings, name)
+
+    def adopt(self, change: Change) -> None:
+        from engine.controlplane.servers import request_server
+
+        assert change.after is not None and change.before is not None
+        request_server(self.store, self.fleet, change.after)
+        before = change.before
+        self.register(
             change.server,
-            provider_id=change.before.provider_id,
-            ipv4=change.before.ipv4,
-            ipv6=change.before.ipv6,
-            private_ips=change.before.private_ips,
+            Provisioned(
+                provider_id=before.provider_id,
+                ipv4=before.ipv4,
+                ipv6=before.ipv6,
+                private_ips=before.private_ips,
+            ),
         )
         # Its host keys were never pinned: it is found by polling, keys read by a key scan.
-        start_polling(self.store, self.settings, change.server)
+        self.start_polling(change.server)
 
     def resized(self, name: str, server_type: str) -> None:
         self.store.update_server(self.fleet.name, name, server_type=server_type)
@@ -303,7 +232,6 @@ class FleetRun:
         """
         from engine.controlplane.handlers import PROVISION_JOB
         from engine.controlplane.phonehome import install_job
-        from engine.controlplane.servers import start_polling
 
         name = record.name
         stage = record.stage
@@ -329,7 +257,7 @@ class FleetRun:
             )
         elif stage is Stage.BOOTING and (self.site.moved or record.stage is Stage.FAILED):
             # Its phone-home goes to where the last control plane listened: look for it.
-            start_polling(self.store, self.settings, name)
+            self.start_polling(name)
         elif stage in (Stage.PHONED_HOME, Stage.INSTALLING):
             self.store.enqueue(install_job(self.fleet.name, name))
 
@@ -492,18 +420,18 @@ def locked_session(
 
 
 def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
-    """Make the fleet in `spec` exist and be ready; 0 when every server is ready."""
-    from engine.preview import plan_preview
+    """Make the fleet in `spec` exist and be ready; 0 when every server is ready.
+
+    The spec is read once, and the plan made once: from what the backend it opened reads and
+    the records of the store it locked."""
+    from engine.preview import observe, plan_fleet
 
     started = time.monotonic()
     with locked_session(spec, options, out, f"engine up {spec}", tools=True, full=True) as session:
         fleet, board, backend, store = session.fleet, session.board, session.backend, session.store
-        plan = plan_preview(
-            spec,
-            state_dir=options.state_dir,
-            state=options.state,
-            delete_orphans=options.delete_orphans,
-        )
+        catalog = load_catalog(fleet.provider.name, options.state_dir)
+        observed = observe(fleet, catalog, backend.reader(), store.servers(fleet.name))
+        plan = plan_fleet(fleet, catalog, observed, delete_orphans=options.delete_orphans)
         _show_plan(plan, board, out)
         if plan.is_blocked:
             return 1
@@ -535,15 +463,16 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
     that would change something (pyinfra's facts read over SSH with the pinned host keys).
     Nothing changes: no lock, no control plane, no server touched. 0 when every server could
     be asked and the plan is not blocked."""
+    from engine.addresses import ssh_address
     from engine.install.deploykey import deploy_key_path
-    from engine.install.seam import install_target, ssh_address
-    from engine.preview import plan_preview
+    from engine.install.seam import install_target
+    from engine.preview import preview_fleet
     from engine.state.store import open_store, state_url
 
     fleet = load_spec(spec, state_dir=options.state_dir)
     board = StageBoard(out, json_lines=options.json_lines)
-    plan = plan_preview(
-        spec, state_dir=options.state_dir, state=options.state,
+    plan = preview_fleet(
+        fleet, spec, state_dir=options.state_dir, state=options.state,
         delete_orphans=options.delete_orphans,
     )  # fmt: skip
     _show_plan(plan, board, out)
@@ -637,7 +566,7 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
         spec, options, out, f"engine destroy {spec}", tools=True, full=False
     ) as session:
         fleet, board, store = session.fleet, session.board, session.store
-        actual = session.backend.read_servers()
+        actual = session.backend.reader().read_servers()
         empty = dataclasses.replace(fleet, groups=())
         catalog = load_catalog(fleet.provider.name, options.state_dir)
         plan = diff_fleet(

@@ -1,12 +1,12 @@
 """Pulumi programs: the cloud resources of one fleet on Hetzner Cloud or DigitalOcean.
 
-The engine runs them through the Automation API (engine/pulumi_runner.py) with an inline
-program, `fleet_program(inputs, token=...)`. Everything they need arrives in `StackInputs`:
-the Fleet, the placed servers from `expand_fleet`, each server's pinned user_data, the SSH
-keys and the addresses the engine connects from; the API token comes separately and goes to
-the provider as a secret (encrypted in Pulumi's state, never in a command line or a file in
-clear). Nothing else is read, so the same inputs always declare the same resources with the
-same inputs.
+The engine runs them through the Automation API (engine/providers/cloud/pulumi_runner.py) with
+an inline program, `fleet_program(inputs, token=...)`. Everything they need arrives in
+`StackInputs`: the Fleet, the placed servers from `expand_fleet`, each server's pinned
+user_data, the SSH keys and the addresses the engine connects from; the API token comes
+separately and goes to the provider as a secret (encrypted in Pulumi's state, never in a
+command line or a file in clear). Nothing else is read, so the same inputs always declare
+the same resources with the same inputs.
 
     stacks/common.py        names, ownership labels and tags, firewall rules, address plans
     stacks/hcloud.py        Hetzner Cloud (pulumi_hcloud)

@@ -1,7 +1,7 @@
 """What both providers' programs share: ownership marks, firewall rules, key names, address plans.
 
 Pure functions of the model; no Pulumi here, so they are tested directly. Resource names come
-from engine.naming, through which the inventory readers read them back.
+from engine.providers.naming, through which the inventory readers read them back.
 """
 
 from __future__ import annotations

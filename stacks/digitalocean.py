@@ -32,11 +32,11 @@ from engine.model import (
     Server,
     fleet_resource_name,
 )
-from engine.naming import (
+from engine.providers.digitalocean.naming import member_tag
+from engine.providers.naming import (
     ENGINE_FIREWALL,
     engine_resource_name,
     lb_firewall_name,
-    member_tag,
     qualified_name,
 )
 from stacks import StackInputs

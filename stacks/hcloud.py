@@ -29,7 +29,7 @@ from engine.model import (
     LoadBalancer,
     fleet_resource_name,
 )
-from engine.naming import ENGINE_FIREWALL, engine_resource_name, lb_firewall_name
+from engine.providers.naming import ENGINE_FIREWALL, engine_resource_name, lb_firewall_name
 from stacks import StackInputs
 from stacks.common import (
     carve,

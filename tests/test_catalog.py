@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine.catalog import load_catalog
-from engine.catalog.refresh import refresh_catalog
 from engine.errors import EngineError, ProviderError
+from engine.providers.refresh import refresh_catalog
 from engine.spec import load_spec
 from tests.fakes.digitalocean import FakeDigitalOcean
 from tests.fakes.hcloud import FakeHcloud

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 from engine.model import fleet_resource_name
-from engine.naming import (
+from engine.providers.digitalocean.naming import is_member_tag, member_tag
+from engine.providers.naming import (
     engine_resource_name,
-    is_member_tag,
     lb_firewall_name,
-    member_tag,
     qualified_name,
     spec_resource,
     spec_resources,

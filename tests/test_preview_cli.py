@@ -16,8 +16,8 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from engine.local.dockerd import PrivateDaemon
 from engine.model import Stage
+from engine.providers.local.dockerd import PrivateDaemon
 from engine.state import ServerRecord
 from engine.state.store import open_store
 from tests.fakes.digitalocean import FakeDigitalOcean

@@ -15,7 +15,7 @@ import pytest
 from pulumi.automation import EngineEvent, PulumiCommand
 
 from engine.errors import EngineError
-from engine.pulumi_runner import (
+from engine.providers.cloud.pulumi_runner import (
     PulumiNotInstalled,
     ResourceStep,
     StepLog,
@@ -70,7 +70,7 @@ def test_up_preview_and_destroy_without_a_cli_say_how_to_install_it(no_cli: Path
 
 def test_the_missing_cli_is_one_line_from_the_command_line(no_cli: Path) -> None:
     script = (
-        "from engine.pulumi_runner import up\n"
+        "from engine.providers.cloud.pulumi_runner import up\n"
         "from tests.stacks.harness import TOKEN, fleet_from, stack_inputs\n"
         "from engine.errors import EngineError\n"
         "import sys\n"
@@ -119,7 +119,7 @@ def test_a_gevent_patched_process_is_refused() -> None:
     script = (
         "import gevent.monkey\n"
         "gevent.monkey.patch_all()\n"
-        "from engine.pulumi_runner import refuse_gevent\n"
+        "from engine.providers.cloud.pulumi_runner import refuse_gevent\n"
         "from engine.errors import EngineError\n"
         "try:\n"
         "    refuse_gevent()\n"
@@ -134,7 +134,7 @@ def test_a_gevent_patched_process_is_refused() -> None:
 
 def test_importing_the_runner_and_the_stacks_loads_no_pulumi() -> None:
     probe = (
-        "import sys, engine.pulumi_runner, stacks\n"
+        "import sys, engine.providers.cloud.pulumi_runner, stacks\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0].startswith('pulumi')))\n"
     )
     result = subprocess.run(

@@ -97,7 +97,7 @@ def recorded_endpoints(
     the address the install reached the server at, and the certificate fingerprint the
     agent sent in its heartbeats (authenticated by its heartbeat token, so only the real
     agent can pin it). Servers without a heartbeat are left out."""
-    from engine.install.seam import ssh_address
+    from engine.addresses import ssh_address
     from engine.state.store import open_store, state_url, store_exists
 
     url = state_url(state_dir, state)

@@ -4,7 +4,7 @@ The build context is assembled in a temporary folder: agent/Dockerfile, the flee
 sources, and a wheelhouse (agent/requirements.lock plus pip itself) downloaded on the host with
 `pip download` for the image's Python (Debian 12: CPython 3.11) and the Docker engine's CPU
 architecture. The wheelhouse is cached per lock file and architecture, so an unchanged agent
-gives the same context hash and is never rebuilt (engine.local.images.build_image).
+gives the same context hash and is never rebuilt (engine.providers.local.images.build_image).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
-from engine.local.images import Say, build_image, cache_dir, ensure_base_image, file_lock
+from engine.providers.local.images import Say, build_image, cache_dir, ensure_base_image, file_lock
 
 AGENT_REPOSITORY = "fleet-engine/agent"
 AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agent"

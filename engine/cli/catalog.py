@@ -57,7 +57,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_refresh(args: argparse.Namespace) -> int:
-    from engine.catalog.refresh import refresh_catalog
+    from engine.providers.refresh import refresh_catalog
 
     token_env = args.token_env or DEFAULT_TOKEN_ENV[args.provider]
     catalog, path = refresh_catalog(

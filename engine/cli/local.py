@@ -27,12 +27,10 @@ def _say(message: str) -> None:
 
 
 def run_image(args: argparse.Namespace) -> int:
-    import docker
+    from engine.providers.local.dockerd import daemon_client, ensure_daemon
+    from engine.providers.local.images import ensure_golden_image
 
-    from engine.local.dockerd import ensure_daemon
-    from engine.local.images import ensure_golden_image
-
-    client = docker.DockerClient(base_url=ensure_daemon(say=_say), timeout=600)
+    client = daemon_client(ensure_daemon(say=_say))
     tag = ensure_golden_image(client, _say)
     image = client.images.get(tag)
     size_mb = image.attrs["Size"] / 1e6

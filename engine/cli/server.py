@@ -32,7 +32,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.cli.up import run_options
-    from engine.signals import Signal, signal_server
+    from engine.providers.seam import Signal
+    from engine.signals import signal_server
 
     return signal_server(
         Path(args.spec), args.name, Signal(args.signal), run_options(args, yes=True), sys.stdout

@@ -99,8 +99,8 @@ def run_options(args: argparse.Namespace, *, yes: bool) -> Any:
     import re
 
     from engine.cli.serve import parse_listen
+    from engine.providers.seam import RunOptions
     from engine.spec import parse_duration
-    from engine.up import RunOptions
 
     timeout = getattr(args, "timeout", None)
     if timeout is not None and not re.fullmatch(r"[1-9][0-9]{0,5}[smh]", timeout):

@@ -16,18 +16,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from engine.addresses import ssh_address
 from engine.controlplane.jobs import Again, Done, Permanent
 from engine.controlplane.lookup import ReaderFactory, provider_reader
 from engine.controlplane.phonehome import INSTALL_JOB, install_job
 from engine.controlplane.servers import POLL_INVENTORY_JOB, SSH_CHECK_JOB, register_server
 from engine.controlplane.ssh import has_ssh_banner, scan_host_keys
-from engine.install.seam import Installer, install_target, ssh_address
-from engine.inventory import InventoryReader
+from engine.install.seam import Installer, install_target
 from engine.model import Labels, Stage
+from engine.providers.seam import InventoryReader, Provisioner
 from engine.state import FleetSettings, Job, ServerRecord
 from engine.state.store import Store
 
@@ -38,20 +38,6 @@ SSH_CHECK_INTERVAL_S = 2.0
 PAGE_INTERVAL_S = 2.0
 PASS_INTERVAL_S = 15.0
 _RUNNING = frozenset({"running", "active"})  # hcloud, DigitalOcean
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Provisioned:
-    provider_id: str
-    ipv4: str | None = None
-    ipv6: str | None = None
-    private_ips: tuple[str, ...] = ()
-
-
-class Provisioner(Protocol):
-    """Creates one server (or finds the one created before: idempotent)."""
-
-    def __call__(self, record: ServerRecord, fleet: FleetSettings) -> Provisioned: ...
 
 
 def _settings(store: Store, fleet: str) -> FleetSettings:

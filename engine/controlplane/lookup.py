@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.errors import EngineError
-from engine.inventory import READERS, ActualServer, InventoryReader, inventory_reader
 from engine.model import Fleet, Provider, ProviderName
+from engine.providers import ActualServer
+from engine.providers.registry import READERS, inventory_reader
+from engine.providers.seam import InventoryReader
 from engine.secrets import register_secret
 from engine.state import FleetSettings
 

@@ -39,7 +39,7 @@ from engine.controlplane.errors import ApiError
 from engine.controlplane.groupcommit import GroupCommit
 from engine.controlplane.keys import TimedCache
 from engine.controlplane.lookup import InventoryLookup, InventoryUnavailable
-from engine.inventory import ActualServer
+from engine.providers import ActualServer
 from engine.state import (
     FleetSettings,
     NewJob,

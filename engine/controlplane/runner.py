@@ -25,7 +25,6 @@ from engine.controlplane.app import AppSettings, ControlPlaneApi, create_app
 from engine.controlplane.handlers import (
     InstallHandler,
     PollInventoryHandler,
-    Provisioner,
     ProvisionHandler,
     SshCheckHandler,
 )
@@ -36,6 +35,7 @@ from engine.controlplane.views import last_heartbeat_metrics
 from engine.errors import EngineError
 from engine.install.deploykey import deploy_key_path
 from engine.install.seam import Installer
+from engine.providers.seam import Provisioner
 from engine.state.store import Store
 
 log = logging.getLogger("engine.controlplane")

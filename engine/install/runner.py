@@ -18,7 +18,6 @@ import base64
 import binascii
 import contextlib
 import fcntl
-import functools
 import gzip
 import ipaddress
 import json
@@ -190,29 +189,14 @@ def _save_images(
     url: str | None, references: Sequence[str], *, dry_run: bool
 ) -> dict[str, ImageArchive]:
     """The archive of each image of `references` in the engine's Docker (`url`, else the
-    local one). The one place the install touches Docker's SDK: the engine's own Docker is
-    the local provider's business."""
-    import docker
+    local one), which is the local provider's business."""
+    from engine.providers.local.images import image_sources
 
-    from engine.local.dockerd import ensure_daemon
-
-    url = url or ensure_daemon()
-    client = docker.DockerClient(base_url=url, timeout=600)
-    archives = {}
-    try:
-        for reference in references:
-            try:
-                image_id = client.images.get(reference).id
-            except docker.errors.ImageNotFound:
-                raise EngineError(
-                    f"the agent image {reference} is not in the engine's Docker ({url}); "
-                    "build it first"
-                ) from None
-            tar = functools.partial(client.api.get_image, reference)
-            archives[reference] = _cached_archive(reference, image_id, tar, dry_run=dry_run)
-    finally:
-        client.close()
-    return archives
+    with image_sources(url, references) as sources:
+        return {
+            reference: _cached_archive(reference, image_id, tar, dry_run=dry_run)
+            for reference, (image_id, tar) in sources.items()
+        }
 
 
 def _cached_archive(
@@ -220,7 +204,7 @@ def _cached_archive(
 ) -> ImageArchive:
     """The image saved (`tar` streams it), compressed, in the engine's cache; in a dry run
     only where it would be."""
-    from engine.local.images import cache_dir, file_lock
+    from engine.providers.local.images import cache_dir, file_lock
 
     # Saved once per image id and kept: every install job of every server that lacks the
     # image streams the same file.

@@ -3,7 +3,7 @@
 Installer       the entry point: install one server (FleetInstaller in installer.py)
 InstallTarget   one server to install: where it is, how to log in, the host keys it pins
 InstallResult   what the install reports for it
-install_target  the InstallTarget of a server's record; ssh_address, the address in it
+install_target  the InstallTarget of a server's record (at its engine.addresses.ssh_address)
 """
 
 from __future__ import annotations
@@ -50,20 +50,11 @@ class Installer(Protocol):
     def __call__(self, target: InstallTarget, fleet: FleetSettings) -> InstallResult: ...
 
 
-def ssh_address(record: ServerRecord) -> str | None:
-    """Where to reach a server over SSH: its public IPv4, else IPv6, else a private address."""
-    if record.ipv4:
-        return record.ipv4
-    if record.ipv6 and "/" not in record.ipv6:
-        return record.ipv6
-    return record.private_ips[0] if record.private_ips else None
-
-
 def install_target(
     record: ServerRecord, settings: FleetSettings, address: str, private_key: Path | None
 ) -> InstallTarget:
-    """How the installer reaches a server at `address` (its `ssh_address`), checked against
-    the host keys pinned for it."""
+    """How the installer reaches a server at `address` (its engine.addresses.ssh_address),
+    checked against the host keys pinned for it."""
     return InstallTarget(
         fleet=settings.name,
         name=record.name,

@@ -12,7 +12,7 @@ import docker.errors
 import pytest
 
 from engine.agent.client import AgentClient
-from engine.local.dockerd import PrivateDaemon
+from engine.providers.local.dockerd import PrivateDaemon
 from engine.tokens import ensure_fleet_key
 from tests.support.agent import FLEET, AgentProcess, Reports, agent_config
 from tests.support.http import serve

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from engine.agent.client import AgentClient, AgentError
-from engine.local.dockerd import PrivateDaemon
+from engine.providers.local.dockerd import PrivateDaemon
 from tests.support.agent import AgentProcess, Reports
 from tests.support.docker import busybox_rootfs
 from tests.support.wait import wait_until

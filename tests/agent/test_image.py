@@ -30,8 +30,8 @@ from engine.install.agent import (
     docker_run_argv,
     render_agent_config,
 )
-from engine.local.dockerd import PrivateDaemon
-from engine.local.machines import MachineSpec, create_machine, write_seed
+from engine.providers.local.dockerd import PrivateDaemon
+from engine.providers.local.machines import MachineSpec, create_machine, write_seed
 from engine.tokens import agent_token, heartbeat_token, token_sha256
 from tests.support.agent import FLEET, Reports
 from tests.support.http import serve

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from engine.agent.client import AgentClient, AgentError
-from engine.local.dockerd import PrivateDaemon
+from engine.providers.local.dockerd import PrivateDaemon
 from tests.support.docker import busybox_rootfs
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import pulumi_runner
+from engine.providers.cloud import pulumi_runner
 from tests.cloud.world import CLOUDS, TOKEN_ENV, ProgramUnderMocks, World
 from tests.support.cli import ROOT
 from tests.support.http import serve

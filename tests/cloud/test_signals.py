@@ -9,17 +9,18 @@ from typing import Any
 
 import pytest
 
-from engine.cloud.actions import (
-    ActionState,
-    ActionStatus,
-    ActionTimedOut,
-    provider_actions,
-    wait_for_action,
-)
 from engine.controlplane.servers import POLL_INVENTORY_JOB, SSH_CHECK_JOB
 from engine.errors import EngineError
 from engine.model import Stage
-from engine.signals import Signal, signal_server
+from engine.providers.cloud.actions import (
+    ActionState,
+    ActionStatus,
+    ActionTimedOut,
+    wait_for_action,
+)
+from engine.providers.registry import provider_actions
+from engine.providers.seam import Signal
+from engine.signals import signal_server
 from engine.spec import load_spec
 from tests.cloud.world import World
 from tests.fakes.common import ActionScript

@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from engine.cli import main
-from engine.cloud.backend import CloudBackend, engine_sources, resolved_sources
 from engine.cloudinit import user_data_sha256
 from engine.errors import EngineError
 from engine.model import Stage
 from engine.preview import plan_preview
+from engine.providers.cloud.backend import CloudBackend, engine_sources, resolved_sources
 from engine.state.store import open_store
 from engine.up import destroy
 from tests.cloud.world import World
@@ -237,8 +237,9 @@ def _loaded(imports: str, prefixes: tuple[str, ...]) -> list[str]:
 
 def test_the_process_that_runs_pulumi_never_loads_pyinfra_or_gevent() -> None:
     imports = (
-        "import engine.up, engine.cloud.backend, engine.install.installer, engine.pulumi_runner\n"
-        "import engine.controlplane.runner, stacks.hcloud, stacks.digitalocean"
+        "import engine.up, engine.providers.cloud.backend, engine.install.installer\n"
+        "import engine.controlplane.runner, engine.providers.cloud.pulumi_runner\n"
+        "import stacks.hcloud, stacks.digitalocean"
     )
     assert _loaded(imports, ("pyinfra", "gevent", "pulumi")) == ["pulumi"]
 

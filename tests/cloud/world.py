@@ -1,8 +1,9 @@
 """A cloud fleet for tests: a spec pointed at a stateful fake API on loopback, and Pulumi's
 part played by the fleet's program under Pulumi's mocks (there is no Pulumi CLI here).
 
-`engine.pulumi_runner` is the boundary: the stand-in runs the program under the mocks and
-makes what it declared exist in the fake (what a real `pulumi up` converges the provider to).
+`engine.providers.cloud.pulumi_runner` is the boundary: the stand-in runs the program under the
+mocks and makes what it declared exist in the fake (what a real `pulumi up` converges the
+provider to).
 Everything else is the real engine: the plan read from the fake over HTTP, the state store,
 tokens and user_data, the control plane on loopback.
 """
@@ -18,9 +19,10 @@ from typing import Any
 
 import yaml
 
-from engine.pulumi_runner import Progress, ResourceStep, RunResult, server_outputs
+from engine.providers.cloud.pulumi_runner import Progress, ResourceStep, RunResult, server_outputs
+from engine.providers.seam import RunOptions
 from engine.state.store import Store, open_store
-from engine.up import RunOptions, up
+from engine.up import up
 from stacks import StackInputs
 from tests.fakes.digitalocean import FakeDigitalOcean
 from tests.fakes.hcloud import FakeHcloud
@@ -36,10 +38,10 @@ HELD = ("servers", "droplets", "firewalls", "networks", "placement_groups", "vpc
 
 @dataclass
 class ProgramUnderMocks:
-    """engine.pulumi_runner's up and destroy, as far as they can run without the CLI: the
-    program declares the fleet under Pulumi's mocks, and the fake provider then holds what it
-    declared in place of what the stack held before, as a real run leaves it. What the stack
-    never held (made by someone else) is left alone, as Pulumi leaves it. Each declared
+    """engine.providers.cloud.pulumi_runner's up and destroy, as far as they can run without the
+    CLI: the program declares the fleet under Pulumi's mocks, and the fake provider then holds
+    what it declared in place of what the stack held before, as a real run leaves it. What the
+    stack never held (made by someone else) is left alone, as Pulumi leaves it. Each declared
     resource is reported to `on_progress` as Pulumi's events report it once done: created if
     the stack did not hold it, else the same."""
 

@@ -28,9 +28,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from engine.cloudinit import LOG_PATH, TOKEN_PATH, phone_home_url, render_user_data
-from engine.local.dockerd import PrivateDaemon
-from engine.local.machines import MachineSpec, create_machine, write_seed
 from engine.model import ProviderName
+from engine.providers.local.dockerd import PrivateDaemon
+from engine.providers.local.machines import MachineSpec, create_machine, write_seed
 from tests.support.http import serve
 from tests.support.keys import DEPLOY_KEY
 

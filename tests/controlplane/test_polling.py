@@ -17,9 +17,9 @@ from engine.controlplane.lookup import ReaderFactory
 from engine.controlplane.monitor import start_overdue_polling
 from engine.controlplane.servers import POLL_INVENTORY_JOB, SSH_CHECK_JOB, polling_jobs
 from engine.controlplane.views import host_keys_note
-from engine.inventory import inventory_reader
-from engine.inventory.retry import RetryPolicy
 from engine.model import Stage
+from engine.providers.registry import inventory_reader
+from engine.providers.retry import RetryPolicy
 from engine.state import FleetSettings, Job, JobState, ServerRecord
 from engine.state.store import Store, open_store
 from tests.controlplane.conftest import make_fleet

@@ -12,11 +12,12 @@ import pytest
 
 from engine.catalog import load_catalog
 from engine.controlplane.fleets import register_fleet
-from engine.controlplane.handlers import PROVISION_JOB, Provisioned, ProvisionHandler
+from engine.controlplane.handlers import PROVISION_JOB, ProvisionHandler
 from engine.controlplane.jobs import JobRegistry, Worker
 from engine.controlplane.servers import POLL_INVENTORY_JOB, SSH_CHECK_JOB, request_server
 from engine.model import Stage
 from engine.placement import expand_fleet
+from engine.providers.seam import Provisioned
 from engine.state import FleetSettings, Job, JobState, NewJob, ServerRecord
 from engine.state.store import Store, open_store
 from tests.controlplane.conftest import make_fleet

@@ -13,9 +13,9 @@ import itertools
 
 from engine.catalog import Catalog
 from engine.diff import as_built, as_recorded
-from engine.inventory import ActualServer
 from engine.model import Fleet
 from engine.plan import Action, Plan
+from engine.providers import ActualServer
 from engine.state import ServerRecord
 
 _ids = itertools.count(900_000)

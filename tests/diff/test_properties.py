@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 
 from engine.catalog import load_catalog
 from engine.diff import DiffOptions, as_built, as_recorded, diff_fleet
-from engine.inventory import ActualServer
 from engine.model import Fleet, ownership_labels
 from engine.placement import expand_fleet
 from engine.plan import Action
+from engine.providers import ActualServer
 from engine.spec import parse_spec
 from engine.state import ServerRecord
 from tests.diff.model import apply_plan

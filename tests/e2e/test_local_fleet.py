@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.local.dockerd import PrivateDaemon
 from engine.model import LABEL_FLEET, Stage
+from engine.providers.local.dockerd import PrivateDaemon
 from engine.state.store import open_store
 from tests.support.cli import ROOT, engine
 from tests.support.readme import console_example, section
@@ -385,6 +385,40 @@ def test_kill_9_at_a_random_moment_then_up_again_finishes_exactly_once(
     destroyed = crash.run("destroy", "--yes")
     assert destroyed.returncode == 0, destroyed.stderr
     nothing_left(docker_client, crash, "crash")
+
+
+# `engine ARGS` (argv[2:]) as from a shell, counting the opens of the spec file (argv[1]).
+COUNTING_SPEC_OPENS = """
+import sys
+spec, argv, opened = sys.argv[1], sys.argv[2:], []
+sys.addaudithook(lambda event, args: event == "open" and args[0] == spec and opened.append(1))
+from engine.cli import main
+code = main(argv)
+print(f"the spec was opened {len(opened)} time(s)", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_up_reads_the_spec_once_and_plans_with_what_it_holds_open(
+    dockerd: PrivateDaemon, docker_client: Any, golden_image: str, tmp_path: Path
+) -> None:
+    once = Fleet(
+        tmp_path, dockerd, {**SPEC, "name": "once", "groups": [{"name": "web", "count": 1}]}
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", COUNTING_SPEC_OPENS, str(once.spec_path),
+         *once.args("up", "--yes", "--format", "json")],
+        capture_output=True, text=True, cwd=once.root, timeout=900,
+        env={**once.env, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        done = json.loads(result.stdout.splitlines()[-1])
+        assert done["event"] == "done" and done["ready"] == ["web-1"], done
+        assert "the spec was opened 1 time(s)" in result.stderr.splitlines(), result.stderr
+    finally:
+        assert once.run("destroy", "--yes").returncode == 0
+    nothing_left(docker_client, once, "once")
 
 
 def test_destroy_leaves_nothing_behind(fleet: Fleet, docker_client: Any) -> None:

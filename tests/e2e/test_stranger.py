@@ -24,7 +24,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from engine.local.dockerd import PrivateDaemon
+from engine.providers.local.dockerd import PrivateDaemon
 from tests.support.cli import ROOT
 from tests.support.readme import assert_shaped_like, console_example, readme_command
 

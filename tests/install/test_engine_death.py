@@ -20,8 +20,8 @@ import pytest
 
 from engine.install.model import InstallHost, InstallSettings, to_json
 from engine.install.runner import install_hosts
-from engine.local.dockerd import PrivateDaemon
 from engine.model import DockerInstall, DockerSource, Install
+from engine.providers.local.dockerd import PrivateDaemon
 from tests.support.cli import ROOT
 from tests.support.targets import Target, boot_targets, make_ssh_key, remove_targets
 from tests.support.wait import wait_until

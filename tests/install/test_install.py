@@ -27,8 +27,8 @@ import pytest
 from engine.errors import EngineError
 from engine.install.model import AgentRun, HostResult, InstallHost, InstallSettings
 from engine.install.runner import install_hosts
-from engine.local.dockerd import PrivateDaemon
 from engine.model import DockerInstall, DockerSource, Install, SystemInstall
+from engine.providers.local.dockerd import PrivateDaemon
 from tests.support.targets import (
     AGENT_PORT,
     STAND_IN_PAGE,

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from engine.errors import ProviderError
-from engine.inventory import InventoryReader, inventory_reader
-from engine.inventory.retry import RetryPolicy
 from engine.model import Image, ImageKind
+from engine.providers.registry import inventory_reader
+from engine.providers.retry import RetryPolicy
+from engine.providers.seam import InventoryReader
 from tests.fakes.hcloud import FakeHcloud, Fault
 from tests.support.fleets import example_fleet
 from tests.support.http import serve

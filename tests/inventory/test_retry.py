@@ -7,7 +7,7 @@ import email.utils
 import pytest
 
 from engine.errors import ProviderError
-from engine.inventory.retry import (
+from engine.providers.retry import (
     ApiCalls,
     RetryPolicy,
     TransientError,

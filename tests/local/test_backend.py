@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from engine.local.backend import LocalBackend
+from engine.providers.local.backend import LocalBackend
 from engine.spec import parse_spec
 
 SPEC = b"""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.local.dockerd import PrivateDaemon, _iptables_rules, _used_networks
+from engine.providers.local.dockerd import PrivateDaemon, _iptables_rules, _used_networks
 from tests.support.cli import ROOT
 
 

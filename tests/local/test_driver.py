@@ -9,8 +9,8 @@ import pytest
 
 from engine.catalog import load_catalog
 from engine.errors import EngineError
-from engine.local.driver import LocalDriver
 from engine.placement import expand_fleet
+from engine.providers.local.driver import LocalDriver
 from engine.spec import parse_spec
 
 SPEC = b"""

@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.local.dockerd import PrivateDaemon
-from engine.local.images import GOLDEN_CONTEXT, context_hash, ensure_golden_image
-from engine.local.machines import MachineSpec, create_machine, write_seed
+from engine.providers.local.dockerd import PrivateDaemon
+from engine.providers.local.images import GOLDEN_CONTEXT, context_hash, ensure_golden_image
+from engine.providers.local.machines import MachineSpec, create_machine, write_seed
 from tests.support.cli import engine
 
 

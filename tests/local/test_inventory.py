@@ -10,10 +10,10 @@ import pytest
 
 from engine.catalog import load_catalog
 from engine.diff import diff_fleet
-from engine.inventory.local import LocalReader
-from engine.local.driver import LocalDriver
 from engine.placement import expand_fleet
 from engine.plan import Action
+from engine.providers.local.driver import LocalDriver
+from engine.providers.local.inventory import LocalReader
 from engine.spec import parse_spec
 
 SPEC = b"""
@@ -58,6 +58,17 @@ def test_machines_built_as_specified_leave_nothing_to_do(
     resized = diff_fleet(fleet, catalog, reader.read_servers())
     assert (Action.RESIZE, "web-2") in [(c.action, c.server) for c in resized.changes]
     assert reader.calls.total == 3
+
+
+def test_a_poller_finds_every_machine_on_the_first_page(
+    driver: LocalDriver, docker_client: Any, golden_image: str
+) -> None:
+    for server in expand_fleet(parse_spec(SPEC), load_catalog("local")):
+        driver.create(server, image=golden_image, user_data="#cloud-config\n{}\n")
+    reader = LocalReader(docker_client, "inv")
+    first = reader.read_page(1)
+    assert [s.name for s in first.servers] == ["web-1", "web-2"] and first.next_page is None
+    assert reader.read_page(2).servers == ()
 
 
 def test_a_stranger_holding_a_name_is_reported_unowned(

@@ -17,9 +17,9 @@ import pytest
 
 from engine.catalog import load_catalog
 from engine.diff import diff_fleet
-from engine.inventory import inventory_reader
 from engine.model import Fleet
 from engine.plan import Action, Plan
+from engine.providers.registry import inventory_reader
 from engine.state import ServerRecord
 from tests.fakes.digitalocean import FakeDigitalOcean
 from tests.fakes.hcloud import FakeHcloud

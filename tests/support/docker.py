@@ -14,8 +14,8 @@ from typing import Any
 import docker
 import pytest
 
-from engine.local.dockerd import PrivateDaemon
-from engine.local.images import ensure_golden_image
+from engine.providers.local.dockerd import PrivateDaemon
+from engine.providers.local.images import ensure_golden_image
 
 
 @pytest.fixture(scope="session")

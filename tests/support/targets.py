@@ -13,8 +13,8 @@ from typing import Any
 
 from engine.cloudinit import render_user_data
 from engine.install.model import AgentFile, AgentRun, InstallHost
-from engine.local.machines import MachineSpec, create_machine, write_seed
 from engine.model import ProviderName
+from engine.providers.local.machines import MachineSpec, create_machine, write_seed
 
 ADMIN = "fleet"
 AGENT_PORT = 7567

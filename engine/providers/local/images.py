@@ -3,7 +3,7 @@
     base    Debian 12: `debian:bookworm-slim` where a registry answers; otherwise a minimal
             root file system bootstrapped from the Debian mirror with debootstrap (no registry
             needed) and imported. The bootstrap is cached as a tarball in the user's cache.
-    golden  FROM base: cloud-init, sshd, curl, python3, sudo, Docker (engine/local/golden/).
+    golden  FROM base: cloud-init, sshd, curl, python3, sudo, Docker (golden/ beside this file).
 
 Every image is tagged with a hash of its recipe (the files of its build context and its
 parent's tag), so a changed recipe gives a new tag and an unchanged one is never rebuilt.
@@ -13,6 +13,7 @@ Other images (the agent's) are built with the same `build_image`.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import io
 import os
@@ -21,7 +22,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,33 @@ def ensure_golden_image(client: Any, say: Say) -> str:
     """The tag of the golden image for local servers, building base and golden as needed."""
     base = ensure_base_image(client, say)
     return build_image(client, GOLDEN_REPOSITORY, GOLDEN_CONTEXT, say, buildargs={"BASE": base})
+
+
+ImageSource = tuple[str, Callable[[], Iterable[bytes]]]
+
+
+@contextmanager
+def image_sources(url: str | None, references: Sequence[str]) -> Iterator[dict[str, ImageSource]]:
+    """For each image of `references` in the engine's Docker (`url`, else the local one): its
+    id, and a function that streams it as `docker save` does. The client stays open for the
+    block; an EngineError names an image that is not there."""
+    import docker
+
+    from engine.providers.local.dockerd import daemon_client, ensure_daemon
+
+    url = url or ensure_daemon()
+    client = daemon_client(url)
+    try:
+        sources: dict[str, ImageSource] = {}
+        for reference in references:
+            try:
+                image_id = client.images.get(reference).id
+            except docker.errors.ImageNotFound:
+                raise EngineError(
+                    f"the agent image {reference} is not in the engine's Docker ({url}); "
+                    "build it first"
+                ) from None
+            sources[reference] = (image_id, functools.partial(client.api.get_image, reference))
+        yield sources
+    finally:
+        client.close()

@@ -13,28 +13,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import EngineError
-from engine.inventory import ActualServer
-from engine.inventory.retry import ApiCalls, RetryPolicy
-from engine.local.driver import (
+from engine.model import Fleet, Image, ImageKind, ProviderName
+from engine.providers import ActualServer, InventoryPage
+from engine.providers.local.driver import (
     LABEL_IMAGE,
     LABEL_INSTANCE_ID,
     LocalMachine,
     fleet_machines,
     foreign_container,
 )
-from engine.model import Fleet, Image, ImageKind, ProviderName
+from engine.providers.retry import ApiCalls, RetryPolicy
 
 _BOOKKEEPING = {LABEL_INSTANCE_ID, LABEL_IMAGE}
 
 
-def docker_client() -> Any:
+def _answering_client() -> Any:
     """A client for the Docker engine the local provider uses, if one answers."""
     import docker
 
-    from engine.local.dockerd import docker_url
+    from engine.providers.local.dockerd import daemon_client, docker_url
 
     try:
-        client = docker.DockerClient(base_url=docker_url(), timeout=60)
+        client = daemon_client(docker_url(), timeout=60)
         client.ping()
     except docker.errors.DockerException:
         raise EngineError(
@@ -72,6 +72,11 @@ class LocalReader:
         self.calls.requests["GET /containers/json"] += 1
         return tuple(actual_server(m) for m in fleet_machines(self.client, self.fleet))
 
+    def read_page(self, page: int) -> InventoryPage:
+        """Every machine is on page 1: the Docker engine lists them in one call."""
+        servers = self.read_servers() if page == 1 else ()
+        return InventoryPage(servers=servers, next_page=None)
+
     def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
         """Containers that hold a name the fleet would take but carry none of its labels."""
         found = []
@@ -95,4 +100,4 @@ class LocalReader:
 
 def open_reader(fleet: Fleet, token: str, policy: RetryPolicy) -> LocalReader:
     """The local reader for `fleet` (`token` and `policy` are unused: no account, no limits)."""
-    return LocalReader(docker_client(), fleet.name)
+    return LocalReader(_answering_client(), fleet.name)

@@ -1,6 +1,6 @@
 """Hetzner Cloud and DigitalOcean as `engine up` and `engine destroy` drive them (an
-engine.up.Backend): the fleet's Pulumi program (stacks/) run through the Automation API
-(engine.pulumi_runner), one stack per fleet.
+engine.providers.seam.Backend): the fleet's Pulumi program (stacks/) run through the Automation
+API (engine.providers.cloud.pulumi_runner), one stack per fleet.
 
 The program declares the whole fleet at once, so every server's user_data is pinned before it
 runs: servers the plan creates or replaces get new user_data with a fresh one-time token, the
@@ -32,20 +32,18 @@ from urllib.parse import urlsplit
 
 from engine.catalog import load_catalog
 from engine.errors import EngineError
-from engine.inventory import ActualServer, inventory_reader
 from engine.model import Fleet, Server, Stage, ownership_labels
 from engine.plan import Action, Plan
+from engine.providers.registry import inventory_reader, provider_actions
+from engine.providers.seam import InventoryReader, Provisioned, Signal, Site
 from engine.secrets import read_token
-from engine.signals import Signal
 from engine.state import ServerRecord
-from engine.state.store import Store
-from engine.up import Site
 
 if TYPE_CHECKING:
-    from engine.cloud.actions import ActionState, ProviderActions
-    from engine.controlplane.handlers import Provisioner
-    from engine.pulumi_runner import ResourceStep, RunResult
-    from engine.up import FleetRun
+    from engine.providers.cloud.actions import ActionState, ProviderActions
+    from engine.providers.cloud.pulumi_runner import ResourceStep, RunResult
+    from engine.providers.seam import FleetRun, Provisioner
+    from engine.state.store import Store
 
 Say = Callable[[str], None]
 
@@ -95,7 +93,7 @@ class CloudBackend:
 
     def check_tools(self) -> None:
         """The Pulumi CLI and its passphrase, or an error saying how to get them."""
-        from engine.pulumi_runner import check_ready
+        from engine.providers.cloud.pulumi_runner import check_ready
 
         check_ready()
 
@@ -125,13 +123,11 @@ class CloudBackend:
         if self.fleet.install.agent.image:
             self.agent_image = self.fleet.install.agent.image
             return
-        import docker
-
         from engine.agent.image import ensure_agent_image
-        from engine.local.dockerd import ensure_daemon
+        from engine.providers.local.dockerd import daemon_client, ensure_daemon
 
         self.docker_url = ensure_daemon(say=self.say)
-        client = docker.DockerClient(base_url=self.docker_url, timeout=600)
+        client = daemon_client(self.docker_url)
         try:
             self.agent_image = ensure_agent_image(client, self.say)
         finally:
@@ -164,7 +160,7 @@ class CloudBackend:
         """The plan's bookkeeping, then one run of the program over the whole fleet, then the
         new servers registered from its outputs."""
         from engine.install.deploykey import ensure_deploy_key
-        from engine.pulumi_runner import up
+        from engine.providers.cloud.pulumi_runner import up
         from stacks import StackInputs
 
         replaced: set[str] = set()
@@ -226,10 +222,10 @@ class CloudBackend:
         }
         if not doomed:
             return
-        from engine.cloud.actions import provider_actions, wait_for_action
+        from engine.providers.cloud.actions import wait_for_action
 
         actions = provider_actions(self.fleet, self.token)
-        for server in self.read_servers():
+        for server in self.reader().read_servers():
             if server.provider_id in doomed:
                 run.board.note(
                     f"  delete   {server.name} (id {server.provider_id}), not in the stack"
@@ -254,28 +250,27 @@ class CloudBackend:
     def _register(self, run: FleetRun, result: RunResult) -> None:
         """Every server the program made (or made anew) gets its id and addresses recorded,
         which moves it to booting."""
-        from engine.controlplane.servers import register_server
-
         records = {r.name: r for r in run.store.servers(run.fleet.name)}
         for out in result.servers:
             record = records.get(out.name)
             if record is None or record.provider_id == out.id:
                 continue
-            register_server(
-                run.store,
-                run.settings,
+            run.register(
                 out.name,
-                provider_id=out.id,
-                ipv4=out.ipv4,
-                ipv6=out.ipv6,
-                private_ips=(out.private_ipv4,) if out.private_ipv4 else (),
+                Provisioned(
+                    provider_id=out.id,
+                    ipv4=out.ipv4,
+                    ipv6=out.ipv6,
+                    private_ips=(out.private_ipv4,) if out.private_ipv4 else (),
+                ),
             )
 
-    def read_servers(self) -> tuple[ActualServer, ...]:
-        return inventory_reader(self.fleet, token=self.token).read_servers()
+    def reader(self) -> InventoryReader:
+        """The provider's inventory, read with the token this backend holds."""
+        return inventory_reader(self.fleet, token=self.token)
 
     def teardown(self) -> None:
-        from engine.pulumi_runner import destroy
+        from engine.providers.cloud.pulumi_runner import destroy
 
         def show(step: ResourceStep) -> None:
             if step.status in ("done", "failed"):
@@ -286,7 +281,6 @@ class CloudBackend:
     def signal(self, record: ServerRecord, signal: Signal, timeout_s: float) -> str:
         """The provider's action for `signal`, waited on; a snapshot is labelled (Hetzner) and
         named after the fleet and the server."""
-        from engine.cloud.actions import provider_actions
 
         actions = provider_actions(self.fleet, self.token)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
@@ -306,8 +300,6 @@ class CloudBackend:
         """The provider rebuilds the disk from the group's image. Hetzner takes new user_data
         (with a new token): the server phones home as on its first boot. DigitalOcean keeps
         the first user_data, whose token is spent: the server is found by polling."""
-        from engine.cloud.actions import provider_actions
-        from engine.controlplane.servers import start_polling
 
         actions = provider_actions(self.fleet, self.token)
         user_data = run.user_data(server, fresh=True) if actions.takes_user_data() else None
@@ -334,12 +326,12 @@ class CloudBackend:
                                     reason=f"rebuild: {error}")  # fmt: skip
             raise
         if user_data is None:
-            start_polling(run.store, run.settings, server.name)
+            run.start_polling(server.name)
 
     def _waited(
         self, actions: ProviderActions, started: ActionState, name: str, timeout_s: float
     ) -> ActionState:
-        from engine.cloud.actions import ActionStatus, wait_for_action
+        from engine.providers.cloud.actions import ActionStatus, wait_for_action
 
         shown: set[int | None] = set()
 

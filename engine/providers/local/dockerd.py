@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.errors import EngineError
 
@@ -30,12 +31,18 @@ SYSTEM_LOG = Path("/var/log/fleet-engine-dockerd.log")
 START_TIMEOUT_S = 60.0
 
 
-def _ping(url: str, timeout: float = 3.0) -> bool:
-    """Whether a Docker engine answers at `url` (unix:// or tcp://)."""
+def daemon_client(url: str, *, timeout: float = 600) -> Any:
+    """A docker-py client for the Docker engine at `url` (unix:// or tcp://); the engine's one
+    way to make one, so docker-py stays inside the local provider."""
     import docker
 
+    return docker.DockerClient(base_url=url, timeout=timeout)
+
+
+def _ping(url: str, timeout: float = 3.0) -> bool:
+    """Whether a Docker engine answers at `url` (unix:// or tcp://)."""
     try:
-        client = docker.DockerClient(base_url=url, timeout=timeout)
+        client = daemon_client(url, timeout=timeout)
         try:
             return bool(client.ping())
         finally:

@@ -1,6 +1,6 @@
 """Retries and rate limits for provider API calls, independent of any SDK.
 
-Each reader hooks `send` into its SDK's transport (a requests session for hcloud, an
+Each provider's client hooks `send` into its SDK's transport (a requests session for hcloud, an
 azure-core pipeline policy for pydo), so every HTTP request the SDK makes goes through it:
 
 - 429: wait what `Retry-After` says (seconds or an HTTP date), else until `RateLimit-Reset`,
@@ -9,7 +9,7 @@ azure-core pipeline policy for pydo), so every HTTP request the SDK makes goes t
 - 500, 502, 503, 504, timeouts and dropped connections: exponential back-off (1, 2, 4, ... s,
   at most `backoff_cap_s`). No jitter: one CLI process is not a thundering herd.
 - After `attempts` tries the last answer goes back to the SDK, which turns it into its error;
-  the reader turns that into a ProviderError with the code and correlation id.
+  its `provider_errors` turns that into a ProviderError with the code and correlation id.
 - Pacing: after an answer that says `RateLimit-Remaining: 0`, the next request waits until one
   request is available again: min(RateLimit-Reset - now, 3600 s / RateLimit-Limit), which is
   1 s on Hetzner (its bucket refills one request a second) and the reset time or less on

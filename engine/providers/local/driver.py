@@ -18,8 +18,6 @@ from typing import Any
 
 from engine.catalog import load_catalog
 from engine.errors import EngineError
-from engine.local.dockerd import uplink_mtu
-from engine.local.machines import CPU_PERIOD_US, MachineSpec, create_machine, write_seed
 from engine.model import (
     LABEL_FLEET,
     LABEL_GROUP,
@@ -28,6 +26,8 @@ from engine.model import (
     MANAGED_BY,
     Server,
 )
+from engine.providers.local.dockerd import uplink_mtu
+from engine.providers.local.machines import CPU_PERIOD_US, MachineSpec, create_machine, write_seed
 from engine.state.files import private_dir, private_file
 
 LABEL_INSTANCE_ID = "fleet-instance-id"

@@ -1,13 +1,13 @@
-"""DigitalOcean inventory through the official `pydo` SDK.
+"""DigitalOcean inventory: the fleet's droplets, read with paged list calls.
 
 Owned droplets come from `GET /v2/droplets?tag_name=fleet:<name>`, 200 per page (the API's
 maximum): 1,000 droplets cost 5 requests. Droplets without the `managed-by:fleet-engine` tag
 are left out (the API filters by one tag only). Labels are tags `key:value` (the engine's
 `fleet-member:` tag aside). Firewall membership (`GET /v2/firewalls`) and VPC names
 (`GET /v2/vpcs`) cost one paged list each, and only when the spec declares firewalls or
-networks; they are read back through engine.naming (a VPC per region and a firewall per group
-stand for one spec network or firewall; the engine's own firewalls are left out). Every
-droplet sits in its region's default VPC unless told otherwise, and default VPCs are not
+networks; they are read back through engine.providers.naming (a VPC per region and a firewall
+per group stand for one spec network or firewall; the engine's own firewalls are left out).
+Every droplet sits in its region's default VPC unless told otherwise, and default VPCs are not
 reported as networks.
 
 Droplet names are not unique on DigitalOcean and ownership is by tags, so a droplet of
@@ -17,34 +17,16 @@ List lag: a droplet created moments ago can be missing from list calls for a few
 `list_lag_s` tells the diff how long to trust the state store's record of a fresh create
 instead of planning it again.
 
-Every request goes through engine.inventory.retry, installed as the pipeline's retry policy.
+Every request goes through the client of engine.providers.digitalocean.client (retried and
+paced by engine.providers.retry).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from typing import Any
-from urllib.parse import urlparse
 
-from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-from azure.core.pipeline import PipelineRequest, PipelineResponse
-from azure.core.pipeline.policies import HTTPPolicy
-from pydo import Client
-
-from engine.errors import ProviderError
-from engine.inventory import ActualServer, InventoryPage, engine_name
-from engine.inventory.retry import (
-    ApiCalls,
-    RetryPolicy,
-    TransientError,
-    read_pages,
-    send,
-    timed_out,
-    unreachable,
-)
 from engine.model import (
     LABEL_FLEET,
     LABEL_MANAGED_BY,
@@ -55,116 +37,13 @@ from engine.model import (
     Labels,
     ProviderName,
 )
-from engine.naming import is_member_tag, spec_resources
+from engine.providers import ActualServer, InventoryPage, engine_name
+from engine.providers.digitalocean.client import PAGE_SIZE, DigitalOceanApi, provider_errors
+from engine.providers.digitalocean.naming import is_member_tag
+from engine.providers.naming import spec_resources
+from engine.providers.retry import ApiCalls, RetryPolicy
 
-DEFAULT_ENDPOINT = "https://api.digitalocean.com"
-PAGE_SIZE = 200
 LIST_LAG_S = 60.0
-
-
-class _RetryPolicy(HTTPPolicy):  # type: ignore[type-arg]
-    """azure-core's slot for a retry policy, filled with engine.inventory.retry.send."""
-
-    def __init__(self, policy: RetryPolicy, calls: ApiCalls) -> None:
-        super().__init__()
-        self._policy = policy
-        self._calls = calls
-
-    def send(self, request: PipelineRequest) -> PipelineResponse:  # type: ignore[type-arg]
-        def attempt() -> tuple[int, Any, PipelineResponse]:  # type: ignore[type-arg]
-            try:
-                response = self.next.send(request)
-            except (ServiceRequestError, ServiceResponseError) as error:
-                raise TransientError(error) from error
-            http = response.http_response
-            return http.status_code, http.headers, response
-
-        http_request = request.http_request
-        return send(
-            attempt,
-            path=f"{http_request.method} {urlparse(http_request.url).path}",
-            policy=self._policy,
-            calls=self._calls,
-            provider="digitalocean",
-            correlation_header="x-request-id",
-        )
-
-
-class DigitalOceanApi:
-    """A pydo client with retries and pacing, and paged listing."""
-
-    def __init__(
-        self, token: str, endpoint: str | None, policy: RetryPolicy, calls: ApiCalls
-    ) -> None:
-        self.client = Client(
-            token,
-            endpoint=endpoint or DEFAULT_ENDPOINT,
-            retry_policy=_RetryPolicy(policy, calls),
-            connection_timeout=policy.timeout_s,
-            read_timeout=policy.timeout_s,
-        )
-        self._workers = policy.workers
-        # azure-core refuses to send a bearer token over http; a plain-http endpoint is a
-        # local API double, never the real API.
-        self.insecure: dict[str, Any] = (
-            {"enforce_https": False} if endpoint and endpoint.startswith("http:") else {}
-        )
-
-    def list_all(self, call: Callable[..., Any], key: str, **query: Any) -> list[dict[str, Any]]:
-        """Every item of a paged list call, PAGE_SIZE per page, pages read in parallel.
-
-        The page count comes from `meta.total`; an answer without it is followed page by
-        page along `links.pages.next`.
-        """
-
-        def body(page: int) -> dict[str, Any]:
-            answer: dict[str, Any] = call(per_page=PAGE_SIZE, page=page, **query, **self.insecure)
-            return answer
-
-        first = body(1)
-        total = first.get("meta", {}).get("total")
-        if total is None:
-            items, answer, page = list(first.get(key, [])), first, 1
-            while answer.get("links", {}).get("pages", {}).get("next"):
-                page += 1
-                answer = body(page)
-                items.extend(answer.get(key, []))
-            return items
-
-        def fetch(page: int) -> tuple[list[dict[str, Any]], int]:
-            answer = first if page == 1 else body(page)
-            return answer.get(key, []), max(1, -(-int(total) // PAGE_SIZE))
-
-        return read_pages(fetch, workers=self._workers)
-
-
-def _error_body(error: HttpResponseError) -> dict[str, Any]:
-    """DigitalOcean's error JSON ({"id", "message", "request_id"}), or {} if there is none."""
-    try:
-        body = json.loads(error.response.text()) if error.response is not None else {}
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-@contextmanager
-def provider_errors(token_env: str | None) -> Iterator[None]:
-    """Turn SDK and transport exceptions into ProviderError (code, request id, hint)."""
-    try:
-        yield
-    except HttpResponseError as error:
-        body = _error_body(error)
-        code = str(body.get("id", error.status_code))
-        message = str(body.get("message", error.reason))
-        if error.status_code == 401 and token_env:
-            message += f"; check the API token in {token_env}"
-        raise ProviderError(
-            "digitalocean", message, code=code, correlation_id=str(body.get("request_id", ""))
-        ) from None
-    except ServiceResponseError:
-        raise timed_out("digitalocean") from None
-    except ServiceRequestError as error:
-        raise unreachable("digitalocean", error) from None
 
 
 def tags_to_labels(tags: list[str]) -> Labels:

@@ -2,7 +2,8 @@
 
 Provider projects and accounts hold several fleets, and a fleet holds resources of its own
 beside those its spec declares. The Pulumi programs (stacks/) name every resource from here,
-and the inventory readers (engine/inventory/) read the names back through here:
+and the inventory readers (engine/providers/<name>/inventory.py) read the names back through
+here:
 
     a spec resource            fleet_resource_name(fleet, name)          web-prod-private
       one per group or region  qualified_name(fleet, name, qualifier)    api-prod-https.api
@@ -16,8 +17,8 @@ maps a provider-side name back to the name the diff compares, `fleet_resource_na
 spec resource, and gives None for the engine's own (not the spec's business). A name the
 fleet did not give is kept as it is, so the diff shows it as a difference.
 
-On DigitalOcean, where firewalls select droplets by tag, a droplet also carries
-`member_tag(fleet, group)`; it is the engine's, not a label (`is_member_tag`).
+Both clouds share these names; what only one provider needs lives in its folder
+(engine/providers/digitalocean/naming.py: the tag its firewalls select droplets by).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 from engine.model import fleet_resource_name
 
 ENGINE_FIREWALL = "engine"
-MEMBER_TAG = "fleet-member"
 
 
 def qualified_name(fleet: str, name: str, qualifier: str) -> str:
@@ -65,15 +65,3 @@ def spec_resources(fleet: str, provider_names: list[str]) -> tuple[str, ...]:
     """`spec_resource` of each name, the engine's own left out, sorted, each once."""
     mapped = (spec_resource(fleet, name) for name in provider_names)
     return tuple(sorted({name for name in mapped if name is not None}))
-
-
-def member_tag(fleet: str, group: str) -> str:
-    """The DigitalOcean tag firewalls select a group's droplets by: `fleet-member:web-prod:web`.
-
-    The `fleet-group:<g>` ownership tag alone is not unique across fleets sharing an account.
-    """
-    return f"{MEMBER_TAG}:{fleet}:{group}"
-
-
-def is_member_tag(tag: str) -> bool:
-    return tag.startswith(f"{MEMBER_TAG}:")

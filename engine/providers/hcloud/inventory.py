@@ -1,9 +1,9 @@
-"""Hetzner Cloud inventory through the official `hcloud` SDK.
+"""Hetzner Cloud inventory: the fleet's servers, read with paged list calls.
 
 Owned servers come from `GET /servers?label_selector=fleet=<name>,managed-by=fleet-engine`,
 50 per page (the API's maximum): 1,000 servers cost 20 requests. Firewall and network names
 cost one paged list each, and only when a listed server is attached to any; they are read
-back through engine.naming (the engine's own firewalls left out).
+back through engine.providers.naming (the engine's own firewalls left out).
 
 Name collisions: server names are unique in a Hetzner project, so an unowned server called
 `web-4` blocks creating ours. Such servers cannot be found by label, so `read_unowned` reads
@@ -12,9 +12,8 @@ every name, it asks by name (`?name=`) when that takes fewer requests than readi
 remaining pages, and reads the remaining pages otherwise. It costs nothing when nothing is
 to be created, and at most min(1 + names, project pages) requests.
 
-Every request goes through engine.inventory.retry: the SDK's own retry (which sleeps for real
-and ignores Retry-After) is switched off and its requests session replaced by one that
-retries, so tests can inject the clock.
+Every request goes through the client of engine.providers.hcloud.client (retried and paced by
+engine.providers.retry).
 """
 
 from __future__ import annotations
@@ -22,25 +21,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import requests
-from hcloud import APIException, Client
-
-from engine.errors import ProviderError
-from engine.inventory import ActualServer, InventoryPage, engine_name
-from engine.inventory.retry import (
-    ApiCalls,
-    RetryPolicy,
-    TransientError,
-    read_pages,
-    send,
-    timed_out,
-    unreachable,
-)
 from engine.model import (
     LABEL_FLEET,
     LABEL_MANAGED_BY,
@@ -50,73 +34,17 @@ from engine.model import (
     ImageKind,
     ProviderName,
 )
-from engine.naming import spec_resources
+from engine.providers import ActualServer, InventoryPage, engine_name
+from engine.providers.hcloud.client import hcloud_client, provider_errors
+from engine.providers.naming import spec_resources
+from engine.providers.retry import ApiCalls, RetryPolicy, read_pages
+
+if TYPE_CHECKING:
+    from hcloud import Client
 
 T = TypeVar("T")
 
-DEFAULT_ENDPOINT = "https://api.hetzner.cloud/v1"
 PAGE_SIZE = 50
-
-
-class _RetryingSession(requests.Session):
-    """A requests session whose every request goes through engine.inventory.retry.send."""
-
-    def __init__(self, policy: RetryPolicy, calls: ApiCalls, base: str) -> None:
-        super().__init__()
-        self._policy = policy
-        self._calls = calls
-        self._base = base.rstrip("/")
-
-    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
-        plain = super().request
-
-        def attempt() -> tuple[int, Any, requests.Response]:
-            try:
-                response = plain(method, url, *args, **kwargs)
-            except (requests.Timeout, requests.ConnectionError) as error:
-                raise TransientError(error) from error
-            return response.status_code, response.headers, response
-
-        path = str(url).removeprefix(self._base).split("?")[0]
-        return send(
-            attempt,
-            path=f"{method!s} {path}",
-            policy=self._policy,
-            calls=self._calls,
-            provider="hcloud",
-            correlation_header="X-Correlation-Id",
-        )
-
-
-def hcloud_client(token: str, endpoint: str | None, policy: RetryPolicy, calls: ApiCalls) -> Client:
-    """An SDK client whose requests are retried, paced and counted by engine.inventory.retry."""
-    base = endpoint or DEFAULT_ENDPOINT
-    client = Client(
-        token=token, api_endpoint=base, timeout=policy.timeout_s, application_name="fleet-engine"
-    )
-    # The SDK has no public hook for its transport or retry policy; both attributes are
-    # stable since hcloud 2.0 and the inventory tests exercise them against a fake API.
-    client._client._session = _RetryingSession(policy, calls, base)
-    client._client._retry_max_retries = 0
-    return client
-
-
-@contextmanager
-def provider_errors(token_env: str | None) -> Iterator[None]:
-    """Turn SDK and transport exceptions into ProviderError (code, correlation id, hint)."""
-    try:
-        yield
-    except APIException as error:
-        message = str(error.message)
-        if error.code == "unauthorized" and token_env:
-            message += f"; check the API token in {token_env}"
-        raise ProviderError(
-            "hcloud", message, code=str(error.code), correlation_id=error.correlation_id or ""
-        ) from None
-    except requests.Timeout:
-        raise timed_out("hcloud") from None
-    except requests.ConnectionError as error:
-        raise unreachable("hcloud", error) from None
 
 
 def _image(raw: dict[str, Any] | None) -> Image | None:

@@ -1,5 +1,6 @@
-"""The local provider as `engine up` and `engine destroy` drive it (an engine.up.Backend): the
-Docker engine, the images, the fleet's network and its machines.
+"""The local provider as `engine up` and `engine destroy` drive it (an
+engine.providers.seam.Backend): the Docker engine, the images, the fleet's network and its
+machines.
 
 Servers reach the control plane on the fleet network's gateway address (the host's address
 on that bridge), which is also the address the engine reaches them from. The control plane's
@@ -16,20 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.controlplane.handlers import Provisioned, Provisioner
 from engine.errors import EngineError
-from engine.inventory import ActualServer
-from engine.local.driver import LocalDriver
 from engine.model import Fleet, Server
 from engine.plan import Action, Plan
+from engine.providers.local.driver import LocalDriver
+from engine.providers.seam import Provisioned, Provisioner, Signal, Site
 from engine.state import FleetSettings, ServerRecord
 from engine.state.files import private_dir
-from engine.state.store import Store
-from engine.up import Site
 
 if TYPE_CHECKING:
-    from engine.signals import Signal
-    from engine.up import FleetRun
+    from engine.providers.local.inventory import LocalReader
+    from engine.providers.seam import FleetRun
+    from engine.state.store import Store
 
 Say = Callable[[str], None]
 
@@ -69,17 +68,15 @@ class LocalBackend:
 
     def connect(self) -> None:
         """Find (or start) the Docker engine."""
-        import docker
-
-        from engine.local.dockerd import ensure_daemon
+        from engine.providers.local.dockerd import daemon_client, ensure_daemon
 
         self.docker_url = ensure_daemon(say=self.say)
-        self.client = docker.DockerClient(base_url=self.docker_url, timeout=600)
+        self.client = daemon_client(self.docker_url)
 
     def open(self) -> None:
         """The Docker engine, the images (built on first use) and the fleet's network."""
         from engine.agent.image import ensure_agent_image
-        from engine.local.images import ensure_golden_image
+        from engine.providers.local.images import ensure_golden_image
 
         self.connect()
         self.golden_image = ensure_golden_image(self.client, self.say)
@@ -160,18 +157,17 @@ class LocalBackend:
                 driver.delete(name)
                 run.deleted(name)
 
-    def read_servers(self) -> tuple[ActualServer, ...]:
-        from engine.inventory.local import LocalReader
+    def reader(self) -> LocalReader:
+        """The fleet's containers, read through this backend's Docker client."""
+        from engine.providers.local.inventory import LocalReader
 
-        return LocalReader(self.client, self.fleet.name).read_servers()
+        return LocalReader(self.client, self.fleet.name)
 
     def teardown(self) -> None:
         self.driver.teardown()
 
     def signal(self, record: ServerRecord, signal: Signal, timeout_s: float) -> str:
         """Docker does each at once: restart, stop, start, or commit the container."""
-        from engine.signals import Signal
-
         driver, name = self.driver, record.name
         if signal is Signal.REBOOT:
             driver.reboot(name)

@@ -1,4 +1,0 @@
-"""Hetzner Cloud and DigitalOcean as the engine changes them (reading is engine.inventory's).
-
-engine/cloud/backend.py   `engine up` and `destroy`: the fleet's Pulumi program (stacks/)
-"""

@@ -1,0 +1,73 @@
+"""The providers: Hetzner Cloud, DigitalOcean and the local Docker provider, one folder each.
+
+This module is what the pure core knows of them: `ActualServer`, one server as its provider
+reports it, which the diff compares with the spec. It imports no SDK and does no I/O, so the
+diff, the plan and its rendering import it freely. The rest of the package, bottom to top:
+
+    seam.py       what the orchestrator and the control plane drive a provider through:
+                  Backend, InventoryReader, Provisioner, and the run types (Site, RunOptions,
+                  Signal, the FleetRun a backend reports to)
+    retry.py      the one retry and rate-limit policy of every provider API call
+    naming.py     what a fleet's resources are called at the clouds, and the way back
+    hcloud/       Hetzner Cloud through `hcloud`: client, inventory, actions, catalog
+    digitalocean/ DigitalOcean through `pydo`: client, inventory, actions, catalog, tags
+    local/        servers as containers through docker-py: dockerd, images, machines, driver,
+                  inventory, and its Backend
+    cloud/        what both clouds share: the Pulumi-driven Backend, its runner (stacks/ are
+                  its programs), waiting on actions
+    registry.py   which module serves each provider (readers, actions, catalog fetchers)
+    refresh.py    `engine catalog refresh`
+
+An SDK is imported only inside its provider's folder, and only when a fleet of that provider
+needs it: `engine validate` and `engine preview --against-ref` load none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from engine.model import LABEL_SERVER, Image, Labels
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActualServer:
+    """One server as the provider reports it.
+
+    `name` is the engine's name for it (its fleet-server label or tag; the provider's name if
+    it has none). `image` is None when the provider no longer knows the image (deleted since).
+    `firewalls` and `networks` are the fleet's names for the spec's firewalls and networks
+    (`fleet_resource_name`, read back through engine.providers.naming), sorted; the engine's own
+    firewalls and default VPCs are left out, and one the fleet did not name keeps its
+    provider-side name.
+    """
+
+    name: str
+    provider_id: str
+    labels: Labels
+    server_type: str
+    image: Image | None
+    location: str
+    status: str
+    ipv4: str | None = None
+    ipv6: str | None = None
+    private_ips: tuple[str, ...] = ()
+    disk_gb: int = 0
+    backups: bool = False
+    firewalls: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    placement_group: str | None = None
+    created: dt.datetime | None = None
+
+
+def engine_name(labels: Labels, provider_name: str) -> str:
+    """The server's name in the fleet: its fleet-server label if set, else the provider's."""
+    return dict(labels).get(LABEL_SERVER) or provider_name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InventoryPage:
+    """One page of a paged list: its servers and the next page's number (None: the last)."""
+
+    servers: tuple[ActualServer, ...]
+    next_page: int | None

@@ -1,0 +1,1 @@
+"""DigitalOcean through the official `pydo` SDK: client, inventory, actions, catalog, tags."""

@@ -1,0 +1,1 @@
+"""Hetzner Cloud through the official `hcloud` SDK: client, inventory, actions, catalog."""
