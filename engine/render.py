@@ -2,7 +2,7 @@
 
     render_text(plan, colour=True)      symbols + ~ - -/+, reasons, warnings, totals
     render_markdown(plan)               a tuple of comment bodies, each under 65,000 characters
-    render_json(plan)                   a dict following schemas/plan.v1.schema.json
+    render_json(plan)                   a dict following schemas/plan.v2.schema.json
 
 Markdown parts start with the marker `<!-- fleet-engine-preview: SOURCE part I/N -->`, by
 which the pull-request workflow finds, updates and prunes its own comments.
@@ -19,7 +19,7 @@ from engine.plan import ACTIONS, Action, Change, Plan, Usage
 from engine.providers import ActualServer
 from engine.term import style
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MARKDOWN_LIMIT = 65_000
 MARKER = "<!-- fleet-engine-preview: {source} part {part}/{parts} -->"
 
@@ -318,7 +318,7 @@ def _desired(server: Server | None, fleet: str) -> dict[str, Any] | None:
 
 
 def render_json(plan: Plan) -> dict[str, Any]:
-    """The plan as a JSON-ready dict, following schemas/plan.v1.schema.json."""
+    """The plan as a JSON-ready dict, following schemas/plan.v2.schema.json."""
     counts = plan.counts()
     return {
         "version": SCHEMA_VERSION,

@@ -27,7 +27,7 @@ from tests.support.http import serve
 from tests.support.postgres import Cluster
 from tests.support.readme import assert_shaped_like, console_example, section
 
-SCHEMA = json.loads((ROOT / "schemas" / "plan.v1.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "schemas" / "plan.v2.schema.json").read_text())
 HETZNER = yaml.safe_load((ROOT / "specs" / "hetzner.yaml").read_text())
 DIGITALOCEAN = yaml.safe_load((ROOT / "specs" / "digitalocean.yaml").read_text())
 

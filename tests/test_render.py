@@ -21,7 +21,7 @@ from engine.render import MARKDOWN_LIMIT, render_json, render_markdown, render_t
 from engine.spec import parse_spec
 from tests.diff.test_cases import CASES, load_case
 
-SCHEMA = json.loads(Path("schemas/plan.v1.schema.json").read_text())
+SCHEMA = json.loads(Path("schemas/plan.v2.schema.json").read_text())
 
 
 def _plan(case: str) -> Plan:
@@ -55,7 +55,7 @@ def _big_plan(groups: int, per_group: int) -> Plan:
 def test_json_follows_the_published_schema(path: Path) -> None:
     document = render_json(_plan(path.stem))
     Draft202012Validator(SCHEMA).validate(json.loads(json.dumps(document)))
-    assert document["version"] == 1
+    assert document["version"] == 2
 
 
 def test_json_carries_the_whole_plan() -> None:
