@@ -238,7 +238,7 @@ class FleetRun:
             )
 
         return pin_user_data(
-            self.store,
+            self.store.user_data,
             fleet=fleet.name,
             server=server.name,
             seal=PhoneHomeSeal(key=key, fleet=fleet.name, server=server.name),
@@ -255,7 +255,7 @@ class FleetRun:
         request_server(self.store, self.fleet, server)
         self.user_data(server, fresh=True)
         if provision:
-            self.store.enqueue(
+            self.store.jobs.enqueue(
                 NewJob(
                     kind=PROVISION_JOB,
                     fleet=self.fleet.name,
@@ -267,8 +267,8 @@ class FleetRun:
     def reinstall(self, name: str) -> None:
         from engine.controlplane.phonehome import install_job
 
-        self.store.update_server(self.fleet.name, name, stage=Stage.INSTALLING)
-        self.store.enqueue(install_job(self.fleet.name, name))
+        self.store.servers.update(self.fleet.name, name, stage=Stage.INSTALLING)
+        self.store.jobs.enqueue(install_job(self.fleet.name, name))
 
     def adopt(self, change: Change) -> None:
         from engine.controlplane.servers import register_server, request_server, start_polling
@@ -288,14 +288,14 @@ class FleetRun:
         start_polling(self.store, self.settings, change.server)
 
     def resized(self, name: str, server_type: str) -> None:
-        self.store.update_server(self.fleet.name, name, server_type=server_type)
-        self.store.record_event(
+        self.store.servers.update(self.fleet.name, name, server_type=server_type)
+        self.store.events.record(
             self.fleet.name, "server.resized", f"{name} is {server_type} now", server=name
         )
 
     def deleted(self, name: str) -> None:
-        self.store.forget_server(self.fleet.name, name)
-        self.store.record_event(self.fleet.name, "server.deleted", f"{name} deleted", server=name)
+        self.store.servers.forget(self.fleet.name, name)
+        self.store.events.record(self.fleet.name, "server.deleted", f"{name} deleted", server=name)
 
     # --- resuming -------------------------------------------------------------------------
 
@@ -320,10 +320,10 @@ class FleetRun:
                 stage = Stage.CREATING
             else:
                 return
-            self.store.update_server(self.fleet.name, name, stage=stage, reason="retried")
+            self.store.servers.update(self.fleet.name, name, stage=stage, reason="retried")
             self.board.note(f"{name} failed before ({record.stage_reason}); trying again")
         if stage in (Stage.REQUESTED, Stage.CREATING) and self.provisions:
-            self.store.enqueue(
+            self.store.jobs.enqueue(
                 NewJob(
                     kind=PROVISION_JOB,
                     fleet=self.fleet.name,
@@ -335,7 +335,7 @@ class FleetRun:
             # Its phone-home goes to where the last control plane listened: look for it.
             start_polling(self.store, self.settings, name)
         elif stage in (Stage.PHONED_HOME, Stage.INSTALLING):
-            self.store.enqueue(install_job(self.fleet.name, name))
+            self.store.jobs.enqueue(install_job(self.fleet.name, name))
 
     # --- waiting --------------------------------------------------------------------------
 
@@ -362,8 +362,8 @@ class FleetRun:
 def _timings(store: Store, fleet: str, names: list[str]) -> tuple[str, dict[str, object]]:
     from engine.lifecycle import STEPS, median_durations, step_durations
 
-    transitions = store.transitions(fleet)
-    records = {r.name: r for r in store.servers(fleet)}
+    transitions = store.servers.transitions(fleet)
+    records = {r.name: r for r in store.servers.all(fleet)}
     rows = {
         name: step_durations(records[name], [t for t in transitions if t.server == name])
         for name in names
@@ -437,7 +437,7 @@ def placed_servers(fleet: Fleet, store: Store, state_dir: Path) -> dict[str, Ser
     from engine.placement import expand_fleet
 
     catalog = load_catalog(fleet.provider.name, state_dir)
-    pinned = {r.name: r.location for r in store.servers(fleet.name) if r.location}
+    pinned = {r.name: r.location for r in store.servers.all(fleet.name) if r.location}
     return {s.name: s for s in expand_fleet(fleet, catalog, pinned)}
 
 
@@ -452,7 +452,7 @@ def _locked(
             "which died without releasing it"
         )
 
-    return store.lock(fleet.name, command=command, on_stale=say)
+    return store.locks.hold(fleet.name, command=command, on_stale=say)
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,7 +511,7 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
         _show_plan(plan, board, out)
         if plan.is_blocked:
             return 1
-        records = {r.name: r for r in store.servers(fleet.name)}
+        records = {r.name: r for r in store.servers.all(fleet.name)}
         servers = placed_servers(fleet, store, options.state_dir)
         unsettled = [n for n in servers if n not in records or records[n].stage is not Stage.READY]
         if not plan.has_changes and not unsettled:
@@ -526,7 +526,7 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
         with serving(fleet, store, backend, options, board, servers) as run:
             backend.carry_out(plan, run, tuple(servers.values()))
             changed = {c.server for c in plan.changes}
-            for record in store.servers(fleet.name):
+            for record in store.servers.all(fleet.name):
                 if record.name in servers and record.name not in changed:
                     run.resume(record)
             names = list(servers)
@@ -552,8 +552,8 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
     )  # fmt: skip
     _show_plan(plan, board, out)
     with open_store(state_url(options.state_dir, options.state)) as store:
-        settings = store.fleet(fleet.name)
-        records = store.servers(fleet.name)
+        settings = store.fleets.get(fleet.name)
+        records = store.servers.all(fleet.name)
     installed = [r for r in records if r.installed_at and r.host_keys and ssh_address(r)]
     if settings is None or not installed:
         board.note(f"No server of {fleet.name} is installed yet: no install to compare.")
@@ -648,7 +648,7 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
             empty,
             catalog,
             actual,
-            store.servers(fleet.name),
+            store.servers.all(fleet.name),
             options=DiffOptions(
                 delete_orphans=True,
                 compared_with=f"{fleet.provider.name} (read just now)",

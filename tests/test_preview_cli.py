@@ -245,7 +245,7 @@ def test_preview_reads_the_provider_and_the_store(
     state = f"sqlite:///{tmp_path / 'team' / 'state.db'}"
     with open_store(state) as store:
         for server in fake.servers[:3]:
-            store.save_server(
+            store.servers.save(
                 ServerRecord(
                     fleet="web-prod",
                     name=server["name"],
@@ -317,7 +317,7 @@ def test_digitalocean_preview_trusts_the_store_during_the_list_lag(tmp_path: Pat
     assert fresh is not None
     state = f"sqlite:///{tmp_path / 'state.db'}"
     with open_store(state) as store:
-        store.save_server(
+        store.servers.save(
             ServerRecord(
                 fleet="api-prod",
                 name="api-2",
@@ -348,7 +348,7 @@ def test_the_state_store_can_be_postgresql_by_environment(
     database = postgres.create_database()
     with open_store(database) as store:
         for server in fake.servers:
-            store.save_server(
+            store.servers.save(
                 ServerRecord(
                     fleet="web-prod",
                     name=server["name"],
@@ -376,7 +376,7 @@ def test_the_state_store_can_be_postgresql_by_environment(
 def test_unlock_releases_a_stale_lock_by_id(tmp_path: Path) -> None:
     state = f"sqlite:///{tmp_path / 'state.db'}"
     with open_store(state) as store:
-        held = store.acquire_lock("web-prod", command="engine up specs/web.yaml")
+        held = store.locks.acquire("web-prod", command="engine up specs/web.yaml")
     result = engine("unlock", held.lock_id, "--state", state)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"released lock {held.lock_id} on web-prod, held by ")
@@ -384,8 +384,8 @@ def test_unlock_releases_a_stale_lock_by_id(tmp_path: Path) -> None:
     assert again.returncode == 1
     assert f"there is no lock {held.lock_id}" in again.stderr and "no lock is held" in again.stderr
     with open_store(state) as store:
-        assert store.locks() == ()
-        assert store.events("web-prod")[-1].kind == "lock.released"
+        assert store.locks.all() == ()
+        assert store.events.all("web-prod")[-1].kind == "lock.released"
 
 
 def test_unlock_without_a_store_says_so(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ class PhoneHomeService:
         self._lookup = lookup
         self._clock = clock
         self.keys = TimedCache(lambda fleet: find_fleet_key(state_dir, fleet), 5.0)
-        self._fleets = TimedCache(store.fleet, 5.0)
+        self._fleets = TimedCache(store.fleets.get, 5.0)
         # Loads under way on the event loop, by (cache, name).
         self._first_loads: dict[tuple[int, str], asyncio.Future[Any]] = {}
         self._committer: GroupCommit[Claim, PhoneHomeOutcome | ApiError] = GroupCommit(
@@ -124,13 +124,13 @@ class PhoneHomeService:
     def warm(self) -> None:
         """Load what the first phone-homes would otherwise wait for: the keys and settings
         of the fleets registered now, and the store's statements (an empty batch)."""
-        for settings in self._store.fleets():
+        for settings in self._store.fleets.all():
             self.keys.get(settings.name)
             self._fleets.get(settings.name)
-        self._store.accept_phone_homes([])
+        self._store.phone_homes.accept([])
 
     def _apply(self, claims: Sequence[Claim]) -> list[PhoneHomeOutcome | ApiError]:
-        return self._store.accept_phone_homes(claims)
+        return self._store.phone_homes.accept(claims)
 
     def close(self) -> None:
         """Apply the phone-homes still queued, then stop the writer."""
@@ -223,7 +223,7 @@ class PhoneHomeService:
 
     def _why_not_genuine(self, raw: str, fleet: str, server: str) -> ApiError:
         """A genuine token for another server or fleet is told apart from a forged one."""
-        minted = self._store.phone_home_token(token_hash(raw))
+        minted = self._store.phone_homes.token(token_hash(raw))
         if minted is not None and minted.fleet != fleet:
             return ApiError(403, "token_wrong_fleet", "this token belongs to another fleet")
         if minted is not None and minted.server != server:
@@ -232,7 +232,7 @@ class PhoneHomeService:
 
     def _expired(self, digest: str, request_print: str, server: str) -> Answer:
         """An expired token is refused, unless this very request spent it in time."""
-        minted = self._store.phone_home_token(digest)
+        minted = self._store.phone_homes.token(digest)
         if minted is not None and minted.spent_at and minted.fingerprint == request_print:
             return Answer(outcome=PhoneHomeOutcome.REPLAYED, server=server)
         raise ApiError(401, "token_expired", "this one-time token has expired")

@@ -68,7 +68,7 @@ def mint_phone_home_token(
     nonce = secrets.token_urlsafe(12)
     mac = derive_token(key, PURPOSE, fleet, server, str(expires), nonce)
     token = register_secret(f"{_PREFIX}.{expires}.{nonce}.{mac}")
-    store.add_phone_home_token(
+    store.phone_homes.add_token(
         PhoneHomeToken(
             token_hash=token_hash(token),
             fleet=fleet,

@@ -8,7 +8,8 @@ keys (as hashes) and what each server's agent last reported.
 
 The records here are plain frozen values, importable without SQLAlchemy, so the pure diff
 can take them. The store itself is `engine.state.store.Store` (SQLite file by default,
-PostgreSQL by URL); its tables and migrations are in `engine.state.schema`.
+PostgreSQL by URL), a repository per aggregate; its tables and migrations are in
+`engine.state.schema`.
 """
 
 from __future__ import annotations
@@ -76,6 +77,17 @@ class Event:
     kind: str
     message: str
     at: dt.datetime
+    server: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewEvent:
+    """An event to append; the store gives it its id and time, and redacts its message."""
+
+    fleet: str
+    kind: str
+    message: str
     server: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
 
@@ -174,7 +186,7 @@ class NewJob:
 
 
 class PhoneHomeOutcome(StrEnum):
-    """What the store did with a verified phone-home (see Store.accept_phone_homes)."""
+    """What the store did with a verified phone-home (engine.state.phonehomes)."""
 
     ACCEPTED = "accepted"  # the server moved to phoned_home and its install was enqueued
     REPLAYED = "replayed"  # the token was spent by this very request before: nothing to do
