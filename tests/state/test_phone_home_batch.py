@@ -1,17 +1,16 @@
-"""store.phone_homes.accept: a batch of claims in one transaction, each with its own outcome,
-on SQLite and on PostgreSQL."""
+"""store.phone_homes.accept: a batch of claims in one transaction, each decided by the control
+plane's rules as if it came alone, with its own outcome, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable
 
+from engine.controlplane.phonehome import PhoneHomeClaim, decide_phone_home
 from engine.model import Stage
 from engine.state import (
     JobState,
     NewJob,
-    PhoneHomeAcceptance,
     PhoneHomeOutcome,
     PhoneHomeToken,
     ServerRecord,
@@ -52,13 +51,15 @@ def _token(store: Store, clock: Clock, server: str) -> str:
     return digest
 
 
-def _claim(server: str, digest: str, fingerprint: str = "a" * 64) -> PhoneHomeAcceptance:
-    return PhoneHomeAcceptance(
+def _claim(
+    server: str, digest: str, fingerprint: str = "a" * 64, source: str = "203.0.113.9"
+) -> PhoneHomeClaim:
+    return PhoneHomeClaim(
         token_hash=digest,
         fingerprint=fingerprint,
         fleet="web-prod",
         server=server,
-        source="203.0.113.9",
+        source=source,
         provider_id=f"id-{server}",
         ipv4=None,
         ipv6="2001:db8::1",
@@ -69,11 +70,12 @@ def _claim(server: str, digest: str, fingerprint: str = "a" * 64) -> PhoneHomeAc
         install=NewJob(
             kind="install", fleet="web-prod", server=server, key=f"install/web-prod/{server}"
         ),
+        verify_source_ip=True,
     )
 
 
-def _fine(record: ServerRecord) -> str | None:
-    return None
+def _accept(store: Store, *claims: PhoneHomeClaim) -> list[PhoneHomeOutcome]:
+    return store.phone_homes.accept(claims, decide_phone_home)
 
 
 def test_a_batch_gives_each_claim_its_own_outcome_and_applies_only_the_good_ones(
@@ -88,28 +90,25 @@ def test_a_batch_gives_each_claim_its_own_outcome_and_applies_only_the_good_ones
     before = store.servers.all("web-prod")
     clock.advance(40)
 
-    def objecting(record: ServerRecord) -> str | None:
-        return f"not {record.name}'s address"
-
-    claims: list[tuple[PhoneHomeAcceptance, Callable[[ServerRecord], str | None]]] = [
-        (_claim("web-1", tokens[1]), _fine),
-        (_claim("web-1", tokens[1]), _fine),  # its own retry, in the same batch
-        (_claim("web-1", tokens[1], fingerprint="b" * 64), _fine),  # another request
-        (_claim("web-2", tokens[2]), objecting),
-        (_claim("web-3", "f" * 64), _fine),  # never issued
-        (_claim("web-9", "e" * 64), _fine),  # no such server
-        (_claim("web-5", tokens[5]), _fine),  # polling pinned other keys
-        (_claim("web-6", tokens[6]), _fine),
-        (_claim("web-7", tokens[7]), _fine),  # polling pinned these very keys
-        (_claim("web-4", tokens[4]), _fine),
-    ]
-    outcomes = store.phone_homes.accept(claims)
+    outcomes = _accept(
+        store,
+        _claim("web-1", tokens[1]),
+        _claim("web-1", tokens[1]),  # its own retry, in the same batch
+        _claim("web-1", tokens[1], fingerprint="b" * 64),  # another request
+        _claim("web-2", tokens[2], source="198.51.100.9"),  # not from web-2's address
+        _claim("web-3", "f" * 64),  # never issued
+        _claim("web-9", "e" * 64),  # no such server
+        _claim("web-5", tokens[5]),  # polling pinned other keys
+        _claim("web-6", tokens[6]),
+        _claim("web-7", tokens[7]),  # polling pinned these very keys
+        _claim("web-4", tokens[4]),
+    )
 
     assert outcomes == [
         PhoneHomeOutcome.ACCEPTED,
         PhoneHomeOutcome.REPLAYED,
         PhoneHomeOutcome.SPENT,
-        "not web-2's address",
+        PhoneHomeOutcome.SOURCE_MISMATCH,
         PhoneHomeOutcome.UNKNOWN_TOKEN,
         PhoneHomeOutcome.UNKNOWN_SERVER,
         PhoneHomeOutcome.HOST_KEYS_DIFFER,
@@ -149,10 +148,8 @@ def test_a_batch_gives_each_claim_its_own_outcome_and_applies_only_the_good_ones
         ("server.phoned_home", "web-7"),
     ]
 
-    # The refused claim left web-2's token unspent: without the objection it goes through.
-    assert store.phone_homes.accept([(_claim("web-2", tokens[2]), _fine)]) == [
-        PhoneHomeOutcome.ACCEPTED
-    ]
+    # The refused claim left web-2's token unspent: from web-2's address it goes through.
+    assert _accept(store, _claim("web-2", tokens[2])) == [PhoneHomeOutcome.ACCEPTED]
 
 
 def test_an_install_already_live_is_not_enqueued_twice(store: Store, clock: Clock) -> None:
@@ -161,9 +158,7 @@ def test_an_install_already_live_is_not_enqueued_twice(store: Store, clock: Cloc
         NewJob(kind="install", fleet="web-prod", server="web-1", key="install/web-prod/web-1")
     )
     token = _token(store, clock, "web-1")
-    assert store.phone_homes.accept([(_claim("web-1", token), _fine)]) == [
-        PhoneHomeOutcome.ACCEPTED
-    ]
+    assert _accept(store, _claim("web-1", token)) == [PhoneHomeOutcome.ACCEPTED]
     assert [j.id for j in store.jobs.all("web-prod", kind="install")] == [live.id]
 
 
@@ -185,7 +180,7 @@ def test_control_planes_sharing_a_postgresql_apply_one_token_once(
             threads = [
                 threading.Thread(
                     target=lambda store=store: outcomes.extend(
-                        store.phone_homes.accept([(_claim("web-1", token), _fine)])
+                        _accept(store, _claim("web-1", token))
                     )
                 )
                 for store in (first, second)
