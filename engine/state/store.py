@@ -185,7 +185,8 @@ class Store(Repositories):
     @contextmanager
     def transaction(self) -> Iterator[Repositories]:
         """The repositories with every call in one write transaction, committed when the
-        block ends without error (and none of it otherwise)."""
+        block ends without error (and none of it otherwise). Inside the block, write through
+        them, not through the store's own: on SQLite those would wait for this one to end."""
         with self._database.write() as connection:
             yield Repositories(self._database, connection)
 

@@ -130,6 +130,21 @@ def test_forgetting_a_server_keeps_its_history(store: Store) -> None:
     assert len(store.servers.transitions("web-prod", "web-1")) == 1
 
 
+def test_a_transaction_across_repositories_commits_all_of_it_or_none(store: Store) -> None:
+    store.servers.save(_record())
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.servers.set_stage("web-prod", "web-1", Stage.FAILED, reason="no answer")
+        tx.events.record("web-prod", "server.failed", "web-1: no answer", server="web-1")
+        raise RuntimeError("the step after them failed")
+    assert store.servers.get("web-prod", "web-1").stage is Stage.CREATING  # type: ignore[union-attr]
+    assert store.events.all("web-prod") == ()
+    with store.transaction() as tx:
+        tx.servers.set_stage("web-prod", "web-1", Stage.FAILED, reason="no answer")
+        tx.events.record("web-prod", "server.failed", "web-1: no answer", server="web-1")
+    assert store.servers.get("web-prod", "web-1").stage is Stage.FAILED  # type: ignore[union-attr]
+    assert [e.kind for e in store.events.all("web-prod")] == ["server.failed"]
+
+
 def test_events_are_appended_in_order_and_redacted(store: Store) -> None:
     secret = register_secret("tok-0123456789-abcdef")
     first = store.events.record("web-prod", "server.created", "web-1 created", server="web-1")
