@@ -67,7 +67,7 @@ def _prepare(url: str, state_dir: Path, count: int) -> list[tuple[bytes, str]]:
         register_fleet(store, fleet)
         for n in range(count):
             name, address = f"web-{n + 1}", f"10.{n // 62500}.{n // 250 % 250}.{n % 250 + 1}"
-            store.save_server(
+            store.servers.save(
                 ServerRecord(
                     fleet="bench",
                     name=name,
@@ -140,9 +140,9 @@ def run(backend: str, url: str, servers: int, connections: int) -> None:
             if child.is_alive():
                 child.kill()
         with open_store(url) as store:
-            phoned = sum(1 for r in store.servers("bench") if r.stage == "phoned_home")
-            installs = len({j.server for j in store.jobs("bench", kind="install")})
-            moves = [t for t in store.transitions("bench") if t.stage == "phoned_home"]
+            phoned = sum(1 for r in store.servers.all("bench") if r.stage == "phoned_home")
+            installs = len({j.server for j in store.jobs.all("bench", kind="install")})
+            moves = [t for t in store.servers.transitions("bench") if t.stage == "phoned_home"]
             once = len(moves) == len({t.server for t in moves}) == phoned
     ordered = sorted(latencies)
     p50 = statistics.median(ordered) * 1000

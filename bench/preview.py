@@ -169,7 +169,7 @@ def run_with_inventory(folder: Path) -> dict[str, Any]:
     _, records, _ = drifted_inventory(fleet, catalog)
     state = f"sqlite:///{folder / 'state.db'}"
     with open_store(state) as store:
-        store.save_servers(records)
+        store.servers.save_all(records)
     fake = subprocess.Popen(
         [sys.executable, __file__, "--serve-fake", str(folder / "pure.yaml")],
         stdin=subprocess.PIPE,

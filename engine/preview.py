@@ -154,7 +154,7 @@ def _records(fleet: Fleet, state_dir: Path, state: str | None) -> tuple[ServerRe
     if not store_exists(url):
         return ()
     with open_store(url) as store:
-        return store.servers(fleet.name)
+        return store.servers.all(fleet.name)
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:

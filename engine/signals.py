@@ -37,14 +37,14 @@ def signal_server(spec: Path, name: str, signal: Signal, options: RunOptions, ou
     rebuild = signal is Signal.REBUILD
     with locked_session(spec, options, out, command, tools=False, full=rebuild) as session:
         fleet, board, backend, store = session.fleet, session.board, session.backend, session.store
-        record = store.server(fleet.name, name)
+        record = store.servers.get(fleet.name, name)
         if record is None or not record.provider_id:
-            known = ", ".join(r.name for r in store.servers(fleet.name) if r.provider_id)
+            known = ", ".join(r.name for r in store.servers.all(fleet.name) if r.provider_id)
             raise EngineError(
                 f"fleet {fleet.name} has no server {name} that the engine made "
                 f"(it knows: {known or 'none'}); `engine status {spec}` lists them"
             )
-        store.record_event(
+        store.events.record(
             fleet.name, f"server.{signal}.started", f"{signal} of {name} asked", server=name
         )
         try:
@@ -54,7 +54,7 @@ def signal_server(spec: Path, name: str, signal: Signal, options: RunOptions, ou
                     raise EngineError(f"{name} is no longer in the spec; nothing to rebuild")
                 with serving(fleet, store, backend, options, board, servers) as run:
                     backend.rebuild(servers[name], record, run, options.timeout_s)
-                    store.record_event(
+                    store.events.record(
                         fleet.name,
                         f"server.{signal}.succeeded",
                         f"{name} rebuilt; on its way to ready",
@@ -65,11 +65,11 @@ def signal_server(spec: Path, name: str, signal: Signal, options: RunOptions, ou
                 return report(store, fleet, [name], final, board, out, seconds)
             outcome = backend.signal(record, signal, options.timeout_s)
         except EngineError as error:
-            store.record_event(
+            store.events.record(
                 fleet.name, f"server.{signal}.failed", f"{signal} of {name}: {error}",
                 server=name,
             )  # fmt: skip
             raise
-        store.record_event(fleet.name, f"server.{signal}.succeeded", outcome, server=name)
+        store.events.record(fleet.name, f"server.{signal}.succeeded", outcome, server=name)
         board.note(outcome)
         return 0

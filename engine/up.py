@@ -127,7 +127,7 @@ class FleetRun:
             token, record = mint_phone_home_token(
                 key, fleet=fleet.name, server=server.name, ttl_s=fleet.control_plane.token_ttl_s
             )
-            self.store.add_phone_home_token(record)
+            self.store.phone_homes.add_token(record)
             return render_user_data(
                 fleet=fleet.name,
                 server=server.name,
@@ -142,7 +142,7 @@ class FleetRun:
             )
 
         return pin_user_data(
-            self.store,
+            self.store.user_data,
             fleet=fleet.name,
             server=server.name,
             seal=PhoneHomeSeal(key=key, fleet=fleet.name, server=server.name),
@@ -159,7 +159,7 @@ class FleetRun:
         request_server(self.store, self.fleet, server)
         self.user_data(server, fresh=True)
         if provision:
-            self.store.enqueue(
+            self.store.jobs.enqueue(
                 NewJob(
                     kind=PROVISION_JOB,
                     fleet=self.fleet.name,
@@ -171,8 +171,8 @@ class FleetRun:
     def reinstall(self, name: str) -> None:
         from engine.controlplane.phonehome import install_job
 
-        self.store.update_server(self.fleet.name, name, stage=Stage.INSTALLING)
-        self.store.enqueue(install_job(self.fleet.name, name))
+        self.store.servers.update(self.fleet.name, name, stage=Stage.INSTALLING)
+        self.store.jobs.enqueue(install_job(self.fleet.name, name))
 
     def register(self, name: str, made: Provisioned) -> None:
         """A server the backend made: its id and addresses recorded, and it is booting."""
@@ -213,14 +213,14 @@ class FleetRun:
         self.start_polling(change.server)
 
     def resized(self, name: str, server_type: str) -> None:
-        self.store.update_server(self.fleet.name, name, server_type=server_type)
-        self.store.record_event(
+        self.store.servers.update(self.fleet.name, name, server_type=server_type)
+        self.store.events.record(
             self.fleet.name, "server.resized", f"{name} is {server_type} now", server=name
         )
 
     def deleted(self, name: str) -> None:
-        self.store.forget_server(self.fleet.name, name)
-        self.store.record_event(self.fleet.name, "server.deleted", f"{name} deleted", server=name)
+        self.store.servers.forget(self.fleet.name, name)
+        self.store.events.record(self.fleet.name, "server.deleted", f"{name} deleted", server=name)
 
     # --- resuming -------------------------------------------------------------------------
 
@@ -244,10 +244,10 @@ class FleetRun:
                 stage = Stage.CREATING
             else:
                 return
-            self.store.update_server(self.fleet.name, name, stage=stage, reason="retried")
+            self.store.servers.update(self.fleet.name, name, stage=stage, reason="retried")
             self.board.note(f"{name} failed before ({record.stage_reason}); trying again")
         if stage in (Stage.REQUESTED, Stage.CREATING) and self.provisions:
-            self.store.enqueue(
+            self.store.jobs.enqueue(
                 NewJob(
                     kind=PROVISION_JOB,
                     fleet=self.fleet.name,
@@ -259,7 +259,7 @@ class FleetRun:
             # Its phone-home goes to where the last control plane listened: look for it.
             self.start_polling(name)
         elif stage in (Stage.PHONED_HOME, Stage.INSTALLING):
-            self.store.enqueue(install_job(self.fleet.name, name))
+            self.store.jobs.enqueue(install_job(self.fleet.name, name))
 
     # --- waiting --------------------------------------------------------------------------
 
@@ -286,8 +286,8 @@ class FleetRun:
 def _timings(store: Store, fleet: str, names: list[str]) -> tuple[str, dict[str, object]]:
     from engine.lifecycle import STEPS, median_durations, step_durations
 
-    transitions = store.transitions(fleet)
-    records = {r.name: r for r in store.servers(fleet)}
+    transitions = store.servers.transitions(fleet)
+    records = {r.name: r for r in store.servers.all(fleet)}
     rows = {
         name: step_durations(records[name], [t for t in transitions if t.server == name])
         for name in names
@@ -361,7 +361,7 @@ def placed_servers(fleet: Fleet, store: Store, state_dir: Path) -> dict[str, Ser
     from engine.placement import expand_fleet
 
     catalog = load_catalog(fleet.provider.name, state_dir)
-    pinned = {r.name: r.location for r in store.servers(fleet.name) if r.location}
+    pinned = {r.name: r.location for r in store.servers.all(fleet.name) if r.location}
     return {s.name: s for s in expand_fleet(fleet, catalog, pinned)}
 
 
@@ -376,7 +376,7 @@ def _locked(
             "which died without releasing it"
         )
 
-    return store.lock(fleet.name, command=command, on_stale=say)
+    return store.locks.hold(fleet.name, command=command, on_stale=say)
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,12 +430,12 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
     with locked_session(spec, options, out, f"engine up {spec}", tools=True, full=True) as session:
         fleet, board, backend, store = session.fleet, session.board, session.backend, session.store
         catalog = load_catalog(fleet.provider.name, options.state_dir)
-        observed = observe(fleet, catalog, backend.reader(), store.servers(fleet.name))
+        observed = observe(fleet, catalog, backend.reader(), store.servers.all(fleet.name))
         plan = plan_fleet(fleet, catalog, observed, delete_orphans=options.delete_orphans)
         _show_plan(plan, board, out)
         if plan.is_blocked:
             return 1
-        records = {r.name: r for r in store.servers(fleet.name)}
+        records = {r.name: r for r in store.servers.all(fleet.name)}
         servers = placed_servers(fleet, store, options.state_dir)
         unsettled = [n for n in servers if n not in records or records[n].stage is not Stage.READY]
         if not plan.has_changes and not unsettled:
@@ -450,7 +450,7 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
         with serving(fleet, store, backend, options, board, servers) as run:
             backend.carry_out(plan, run, tuple(servers.values()))
             changed = {c.server for c in plan.changes}
-            for record in store.servers(fleet.name):
+            for record in store.servers.all(fleet.name):
                 if record.name in servers and record.name not in changed:
                     run.resume(record)
             names = list(servers)
@@ -477,8 +477,8 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
     )  # fmt: skip
     _show_plan(plan, board, out)
     with open_store(state_url(options.state_dir, options.state)) as store:
-        settings = store.fleet(fleet.name)
-        records = store.servers(fleet.name)
+        settings = store.fleets.get(fleet.name)
+        records = store.servers.all(fleet.name)
     installed = [r for r in records if r.installed_at and r.host_keys and ssh_address(r)]
     if settings is None or not installed:
         board.note(f"No server of {fleet.name} is installed yet: no install to compare.")
@@ -573,7 +573,7 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
             empty,
             catalog,
             actual,
-            store.servers(fleet.name),
+            store.servers.all(fleet.name),
             options=DiffOptions(
                 delete_orphans=True,
                 compared_with=f"{fleet.provider.name} (read just now)",

@@ -39,7 +39,6 @@ from engine.providers.naming import (
     lb_firewall_name,
     qualified_name,
 )
-from stacks import StackInputs
 from stacks.common import (
     WORLD,
     carve,
@@ -52,6 +51,7 @@ from stacks.common import (
     unique_keys,
 )
 from stacks.group import ServerGroup
+from stacks.inputs import StackInputs
 
 with warnings.catch_warnings():
     # The SDK warns about its own deprecated enums on import; nothing we use.

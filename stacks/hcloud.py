@@ -30,7 +30,6 @@ from engine.model import (
     fleet_resource_name,
 )
 from engine.providers.naming import ENGINE_FIREWALL, engine_resource_name, lb_firewall_name
-from stacks import StackInputs
 from stacks.common import (
     carve,
     engine_rules,
@@ -42,6 +41,7 @@ from stacks.common import (
     unique_keys,
 )
 from stacks.group import ServerGroup
+from stacks.inputs import StackInputs
 
 # Hetzner's network zones in a fixed order: a network's range is cut in four, one part per
 # zone, so that a zone joining later never moves a subnet that servers sit in.

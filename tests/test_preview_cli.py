@@ -295,7 +295,7 @@ def test_preview_reads_the_provider_and_the_store(
     state = f"sqlite:///{tmp_path / 'team' / 'state.db'}"
     with open_store(state) as store:
         for server in fake.servers[:3]:
-            store.save_server(
+            store.servers.save(
                 ServerRecord(
                     fleet="web-prod",
                     name=server["name"],
@@ -340,7 +340,7 @@ def test_the_readmes_preview_example_is_what_preview_prints(
     state = f"sqlite:///{tmp_path / 'state.db'}"
     with open_store(state) as store:
         for server in fake.servers:
-            store.save_server(
+            store.servers.save(
                 ServerRecord(
                     fleet="web-prod",
                     name=server["name"],
@@ -358,13 +358,13 @@ def test_the_readmes_preview_example_is_what_preview_prints(
     command, example = console_example("Preview")
     assert command == "engine preview specs/hetzner.yaml"
     with open_store(state) as store:
-        before = (store.servers("web-prod"), store.events("web-prod"))
-        held = store.acquire_lock("web-prod", command="engine up specs/hetzner.yaml")
+        before = (store.servers.all("web-prod"), store.events.all("web-prod"))
+        held = store.locks.acquire("web-prod", command="engine up specs/hetzner.yaml")
         result = engine(
             *command.split()[1:], "--state", state, cwd=tmp_path, env={"HCLOUD_TOKEN": fake.token}
         )
-        assert store.locks() == (held,)
-        assert (store.servers("web-prod"), store.events("web-prod")) == before
+        assert store.locks.all() == (held,)
+        assert (store.servers.all("web-prod"), store.events.all("web-prod")) == before
     assert (result.returncode, result.stderr) == (0, "")
     assert_shaped_like(example, result.stdout)
     assert {r.method for r in fake.requests} == {"GET"}  # a read-only token is enough
@@ -410,7 +410,7 @@ def test_digitalocean_preview_trusts_the_store_during_the_list_lag(tmp_path: Pat
     assert fresh is not None
     state = f"sqlite:///{tmp_path / 'state.db'}"
     with open_store(state) as store:
-        store.save_server(
+        store.servers.save(
             ServerRecord(
                 fleet="api-prod",
                 name="api-2",
@@ -441,7 +441,7 @@ def test_the_state_store_can_be_postgresql_by_environment(
     database = postgres.create_database()
     with open_store(database) as store:
         for server in fake.servers:
-            store.save_server(
+            store.servers.save(
                 ServerRecord(
                     fleet="web-prod",
                     name=server["name"],
@@ -469,7 +469,7 @@ def test_the_state_store_can_be_postgresql_by_environment(
 def test_unlock_releases_a_stale_lock_by_id(tmp_path: Path) -> None:
     state = f"sqlite:///{tmp_path / 'state.db'}"
     with open_store(state) as store:
-        held = store.acquire_lock("web-prod", command="engine up specs/web.yaml")
+        held = store.locks.acquire("web-prod", command="engine up specs/web.yaml")
     result = engine("unlock", held.lock_id, "--state", state)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"released lock {held.lock_id} on web-prod, held by ")
@@ -477,15 +477,15 @@ def test_unlock_releases_a_stale_lock_by_id(tmp_path: Path) -> None:
     assert again.returncode == 1
     assert f"there is no lock {held.lock_id}" in again.stderr and "no lock is held" in again.stderr
     with open_store(state) as store:
-        assert store.locks() == ()
-        assert store.events("web-prod")[-1].kind == "lock.released"
+        assert store.locks.all() == ()
+        assert store.events.all("web-prod")[-1].kind == "lock.released"
 
 
 def test_the_readmes_unlock_example_is_what_unlock_prints(tmp_path: Path) -> None:
     command, example = console_example("State and locks")
     state = f"sqlite:///{tmp_path / 'state.db'}"
     with open_store(state) as store:
-        held = store.acquire_lock("web-prod", command="engine up specs/hetzner.yaml")
+        held = store.locks.acquire("web-prod", command="engine up specs/hetzner.yaml")
     result = engine("unlock", held.lock_id, "--state", state)
     assert result.returncode == 0, result.stderr
     readme_id = command.split()[-1]

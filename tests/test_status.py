@@ -37,8 +37,8 @@ def state_dir(tmp_path: Path) -> Path:
     start = clock.now
     with open_store(state_url(tmp_path), now=clock) as store:
         for name in ("web-1", "web-2", "web-3"):
-            store.save_server(_server(name))
-            store.set_stage("web-prod", name, Stage.CREATING)
+            store.servers.save(_server(name))
+            store.servers.set_stage("web-prod", name, Stage.CREATING)
 
         def at(seconds: int) -> dt.datetime:
             clock.now = start + dt.timedelta(seconds=seconds)
@@ -49,11 +49,11 @@ def state_dir(tmp_path: Path) -> Path:
             ("web-2", 30, 40, 4, 100, 2),
         ):
             at(create)
-            store.set_stage("web-prod", name, Stage.BOOTING)
+            store.servers.set_stage("web-prod", name, Stage.BOOTING)
             finished = at(create + boot)
             at(create + boot + phone_home)
             source = "keyscan" if name == "web-2" else "phone-home"
-            store.update_server(
+            store.servers.update(
                 "web-prod",
                 name,
                 stage=Stage.PHONED_HOME,
@@ -61,15 +61,15 @@ def state_dir(tmp_path: Path) -> Path:
                 host_keys=(("ed25519", "ssh-ed25519 AAAA"),),
                 host_keys_source=source,
             )
-            store.set_stage("web-prod", name, Stage.INSTALLING)
+            store.servers.set_stage("web-prod", name, Stage.INSTALLING)
             installed = at(create + boot + phone_home + install)
-            store.update_server("web-prod", name, installed_at=installed)
+            store.servers.update("web-prod", name, installed_at=installed)
             at(create + boot + phone_home + install + agent)
-            store.set_stage("web-prod", name, Stage.READY)
+            store.servers.set_stage("web-prod", name, Stage.READY)
         at(100)
-        store.set_stage("web-prod", "web-3", Stage.BOOTING)
+        store.servers.set_stage("web-prod", "web-3", Stage.BOOTING)
         at(700)
-        store.set_stage("web-prod", "web-3", Stage.FAILED, "not reachable: no SSH answer")
+        store.servers.set_stage("web-prod", "web-3", Stage.FAILED, "not reachable: no SSH answer")
     return tmp_path
 
 

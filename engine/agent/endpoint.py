@@ -107,8 +107,8 @@ def recorded_endpoints(
     if key is None:
         return {}
     with open_store(url) as store:
-        records = {r.name: r for r in store.servers(fleet.name)}
-        reports = store.agent_reports(fleet.name)
+        records = {r.name: r for r in store.servers.all(fleet.name)}
+        reports = store.agents.reports(fleet.name)
     endpoints = {}
     for report in reports:
         record = records.get(report.server)

@@ -34,10 +34,10 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "create":
             print(create_api_key(store, args.name))
         elif args.action == "revoke":
-            store.revoke_api_key(args.name)
+            store.api_keys.revoke(args.name)
             print(f"revoked {args.name}")
         else:
-            for key in store.api_keys():
+            for key in store.api_keys.all():
                 state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
                 print(f"{key.name}\tcreated {key.created_at:%Y-%m-%d %H:%M}\t{state}")
     return 0

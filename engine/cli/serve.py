@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             forwarded_allow_ips=args.forwarded_allow_ips,
             access_log=args.access_log,
         ) as plane:
-            served = ", ".join(f.name for f in store.fleets()) or "none registered yet"
+            served = ", ".join(f.name for f in store.fleets.all()) or "none registered yet"
             print(f"control plane listening on {plane.url} (fleets: {served})", flush=True)
             if installer is None:
                 print("no --install-entry: install jobs wait in the queue", file=sys.stderr)

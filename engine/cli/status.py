@@ -49,11 +49,11 @@ def run(args: argparse.Namespace) -> int:
     documents: list[dict[str, Any]] = []
     if store_exists(url):
         with open_store(url) as store:
-            transitions = store.transitions(fleet.name)
-            reports = {r.server: r for r in store.agent_reports(fleet.name)}
+            transitions = store.servers.transitions(fleet.name)
+            reports = {r.server: r for r in store.agents.reports(fleet.name)}
             documents = [
                 server_document(r, transitions, reports.get(r.name), now=now)
-                for r in store.servers(fleet.name)
+                for r in store.servers.all(fleet.name)
             ]
     medians = dict(median_durations([d["steps"] for d in documents]))
     live = {} if args.no_live else _live_metrics(args, fleet, documents)

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if not store_exists(url):
         raise EngineError(f"there is no state store at {url}, so nothing is locked")
     with open_store(url) as store:
-        lock = store.unlock(args.lock_id)
+        lock = store.locks.unlock(args.lock_id)
     since = lock.acquired_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     print(
         f"released lock {lock.lock_id} on {lock.stack}, held by {lock.holder}@{lock.host} "

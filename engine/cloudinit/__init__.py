@@ -273,12 +273,13 @@ def lint_user_data(text: str, *, server: str = "") -> None:
 
 
 class UserDataStore(Protocol):
-    """Where rendered user_data is kept, by fleet and server (the state store implements it)."""
+    """Where rendered user_data is kept, by fleet and server (the state store's user_data
+    repository implements it)."""
 
-    def get_user_data(self, fleet: str, server: str) -> StoredUserData | None:
+    def get(self, fleet: str, server: str) -> StoredUserData | None:
         """What is kept for `server` of `fleet`, or None."""
 
-    def put_user_data(self, fleet: str, server: str, user_data: StoredUserData) -> None:
+    def put(self, fleet: str, server: str, user_data: StoredUserData) -> None:
         """Keep (or overwrite) what is kept for `server` of `fleet`."""
 
 
@@ -323,7 +324,7 @@ def pin_user_data(
     text = render()
     lint_user_data(text, server=server)
     sealed = StoredUserData(content=seal.conceal(text), sha256=user_data_sha256(text))
-    store.put_user_data(fleet, server, sealed)
+    store.put(fleet, server, sealed)
     return text
 
 
@@ -332,7 +333,7 @@ def pinned_user_data(
 ) -> str | None:
     """The user_data kept for `server`, its token put back and linted: the same bytes as
     when it was rendered (checked against its SHA-256), or None when nothing is kept."""
-    kept = store.get_user_data(fleet, server)
+    kept = store.get(fleet, server)
     if kept is None:
         return None
     text = seal.reveal(kept.content)

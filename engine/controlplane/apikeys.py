@@ -37,7 +37,7 @@ def create_api_key(store: Store, name: str) -> str:
             "'-' (at most 63), e.g. ops-dashboard"
         )
     key_id, secret = secrets.token_hex(8), secrets.token_hex(32)
-    store.add_api_key(
+    store.api_keys.add(
         ApiKey(
             key_id=key_id,
             name=name,
@@ -58,7 +58,7 @@ class ApiKeyVerifier:
     def __init__(
         self, store: Store, *, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._keys = TimedCache(store.api_key, ttl_s, clock=clock)
+        self._keys = TimedCache(store.api_keys.get, ttl_s, clock=clock)
 
     def verify(self, presented: str) -> ApiKey | None:
         """The live key `presented` is, or None (unknown, wrong secret, revoked)."""

@@ -184,14 +184,14 @@ class ControlPlaneApi:
             expected_token(key, HEARTBEAT_PURPOSE, fleet, server), token
         ):
             raise ApiError(401, "token_invalid", "the heartbeat token does not verify")
-        if self.store.server(fleet, server) is None:
+        if self.store.servers.get(fleet, server) is None:
             raise ApiError(404, "server_not_found", f"fleet {fleet} has no server {server}")
 
     def _heartbeat(self, token: str, body: dict[str, Any]) -> dict[str, Any]:
         fleet, server = body["fleet"], body["server"]
         self._check_agent(token, fleet, server)
-        before = self.store.server(fleet, server)
-        record = self.store.record_heartbeat(
+        before = self.store.servers.get(fleet, server)
+        record = self.store.agents.record_heartbeat(
             AgentReport(
                 fleet=fleet,
                 server=server,
@@ -203,7 +203,7 @@ class ControlPlaneApi:
             )
         )
         if before is not None and before.stage != record.stage and record.stage is Stage.READY:
-            self.store.record_event(
+            self.store.events.record(
                 fleet, "server.ready", f"{server} is ready: its agent reports", server=server
             )
         return {"status": "ok", "stage": str(record.stage)}
@@ -219,7 +219,7 @@ class ControlPlaneApi:
         self._check_agent(token, fleet, server)
         container = body["container"]
         name = container.get("name") or container.get("id", "")[:12] or "?"
-        recorded = self.store.record_agent_event(
+        recorded = self.store.agents.record_event(
             fleet,
             server,
             body["event_id"],
@@ -262,21 +262,21 @@ class ControlPlaneApi:
                 "say which fleet",
                 fields=[FieldError("fleet", "required: ?fleet=NAME")],
             )
-        if self.store.fleet(fleet) is None:
+        if self.store.fleets.get(fleet) is None:
             raise ApiError(404, "fleet_not_found", f"this control plane serves no fleet {fleet}")
         return fleet
 
     def _servers(self, fleet: str) -> dict[str, Any]:
         now = dt.datetime.now(dt.UTC)
-        transitions = self.store.transitions(fleet)
-        reports = {r.server: r for r in self.store.agent_reports(fleet)}
+        transitions = self.store.servers.transitions(fleet)
+        reports = {r.server: r for r in self.store.agents.reports(fleet)}
         return {
             "fleet": fleet,
             "servers": [
                 server_document(
                     record, transitions, reports.get(record.name), now=now, metrics=self.metrics
                 )
-                for record in self.store.servers(fleet)
+                for record in self.store.servers.all(fleet)
             ],
         }
 
@@ -287,13 +287,13 @@ class ControlPlaneApi:
         return JSONResponse(await run_in_threadpool(self._servers, fleet), headers=headers)
 
     def _server(self, fleet: str, name: str) -> dict[str, Any]:
-        record = self.store.server(fleet, name)
+        record = self.store.servers.get(fleet, name)
         if record is None:
             raise ApiError(404, "server_not_found", f"fleet {fleet} has no server {name}")
         return server_document(
             record,
-            self.store.transitions(fleet, name),
-            self.store.agent_report(fleet, name),
+            self.store.servers.transitions(fleet, name),
+            self.store.agents.report(fleet, name),
             now=dt.datetime.now(dt.UTC),
             metrics=self.metrics,
         )
@@ -320,7 +320,7 @@ class ControlPlaneApi:
         if fields:
             raise ApiError(422, "invalid_query", "the query is not valid", fields=fields)
         events = await run_in_threadpool(
-            self.store.events,
+            self.store.events.all,
             fleet,
             server=query.get("server"),
             after_id=int(after),

@@ -33,5 +33,5 @@ def fleet_settings(fleet: Fleet) -> FleetSettings:
 def register_fleet(store: Store, fleet: Fleet) -> FleetSettings:
     """Record (or update) the fleet's settings, so any control plane on this store serves it."""
     settings = fleet_settings(fleet)
-    store.save_fleet(settings)
+    store.fleets.save(settings)
     return settings

@@ -1,6 +1,6 @@
 """Group commit: many requests' writes applied by one thread, a batch per transaction.
 
-    committer = GroupCommit(store.accept_phone_homes, name="phone-home")
+    committer = GroupCommit(partial(store.phone_homes.accept, decide=rules), name="phone-home")
     outcome = await committer.submit(claim)      # from any request, on any event loop
     committer.close()
 

@@ -41,14 +41,14 @@ _RUNNING = frozenset({"running", "active"})  # hcloud, DigitalOcean
 
 
 def _settings(store: Store, fleet: str) -> FleetSettings:
-    settings = store.fleet(fleet)
+    settings = store.fleets.get(fleet)
     if settings is None:
         raise Permanent(f"fleet {fleet} is not registered with this control plane")
     return settings
 
 
 def _record(store: Store, job: Job) -> ServerRecord:
-    record = store.server(job.fleet, job.server or "")
+    record = store.servers.get(job.fleet, job.server or "")
     if record is None:
         raise Permanent(f"fleet {job.fleet} has no server {job.server} any more")
     return record
@@ -57,11 +57,11 @@ def _record(store: Store, job: Job) -> ServerRecord:
 def _fail(store: Store, job: Job, reason: str) -> None:
     if job.server is None:
         return
-    record = store.server(job.fleet, job.server)
+    record = store.servers.get(job.fleet, job.server)
     if record is None or record.stage in (Stage.READY, Stage.UNHEALTHY):
         return
-    store.update_server(job.fleet, job.server, stage=Stage.FAILED, reason=reason)
-    store.record_event(job.fleet, "server.failed", f"{job.server}: {reason}", server=job.server)
+    store.servers.update(job.fleet, job.server, stage=Stage.FAILED, reason=reason)
+    store.events.record(job.fleet, "server.failed", f"{job.server}: {reason}", server=job.server)
 
 
 class InstallHandler:
@@ -92,21 +92,21 @@ class InstallHandler:
         settings = _settings(self.store, job.fleet)
         started = self.clock()
         if record.stage is Stage.PHONED_HOME:
-            record = self.store.update_server(job.fleet, record.name, stage=Stage.INSTALLING)
+            record = self.store.servers.update(job.fleet, record.name, stage=Stage.INSTALLING)
         target = install_target(record, settings, address, self.private_key(job.fleet))
         result = self.installer(target, settings)
         if not result.ok:
             raise RuntimeError(result.error or "the install failed")
-        report = self.store.agent_report(job.fleet, record.name)
+        report = self.store.agents.report(job.fleet, record.name)
         heard = report is not None and report.last_heartbeat_at >= started
-        self.store.update_server(
+        self.store.servers.update(
             job.fleet,
             record.name,
             stage=Stage.READY if heard else None,
             install_hash=result.install_hash,
             installed_at=self.clock(),
         )
-        self.store.record_event(
+        self.store.events.record(
             job.fleet,
             "install.succeeded",
             f"{record.name} installed ({len(result.changed)} operation(s) changed)",
@@ -143,7 +143,7 @@ class PollInventoryHandler:
         settings = _settings(self.store, job.fleet)
         waiting = {
             r.name: r
-            for r in self.store.servers(job.fleet)
+            for r in self.store.servers.all(job.fleet)
             if r.stage is Stage.BOOTING and r.inventory_seen_at is None
         }
         if not waiting:
@@ -175,13 +175,13 @@ class PollInventoryHandler:
                 fields["ipv6"] = server.ipv6
             if not record.private_ips and server.private_ips:
                 fields["private_ips"] = server.private_ips
-            self.store.update_server(job.fleet, server.name, **fields)
+            self.store.servers.update(job.fleet, server.name, **fields)
         if found.next_page is not None:
             return Again(PAGE_INTERVAL_S, {"page": found.next_page})
         return Again(PASS_INTERVAL_S, {"page": 1})
 
     def give_up(self, job: Job, error: str) -> None:
-        self.store.record_event(
+        self.store.events.record(
             job.fleet, "poll.failed", f"inventory polling stopped: {error}", data={}
         )
 
@@ -223,7 +223,7 @@ class SshCheckHandler:
         keys = self.keyscan(address, settings.ssh_port)
         if not keys:
             return Again(SSH_CHECK_INTERVAL_S)
-        moved = self.store.move_on_by_polling(
+        moved = self.store.servers.move_on_by_polling(
             job.fleet, record.name, keys, install_job(job.fleet, record.name)
         )
         return Done({"moved_on": moved, "address": address})
@@ -245,7 +245,7 @@ class ProvisionHandler:
             return Done({"provider_id": record.provider_id, "skipped": str(record.stage)})
         settings = _settings(self.store, job.fleet)
         if record.stage is Stage.REQUESTED:
-            record = self.store.update_server(job.fleet, record.name, stage=Stage.CREATING)
+            record = self.store.servers.update(job.fleet, record.name, stage=Stage.CREATING)
         made = self.provisioner(record, settings)
         register_server(
             self.store,

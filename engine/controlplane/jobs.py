@@ -1,7 +1,7 @@
 """Durable jobs: handlers by kind, and workers that run them from the state store's queue.
 
     registry = JobRegistry([InstallHandler(...), PollInventoryHandler(...)])
-    store.enqueue(NewJob(kind="install", fleet="web-prod", server="web-1", key="install/..."))
+    store.jobs.enqueue(NewJob(kind="install", fleet="web-prod", server="web-1", key="install/..."))
     with WorkerPool(store, registry, workers=2):   # threads; `engine serve` runs them too
         ...
 
@@ -119,8 +119,8 @@ def is_dead_owner(owner: str) -> bool:
 
 def reap_dead_workers(store: Store) -> int:
     """End the leases of dead workers of this host, so their jobs run again now."""
-    dead = [owner for owner in store.lease_owners() if is_dead_owner(owner)]
-    return store.expire_leases(dead)
+    dead = [owner for owner in store.jobs.lease_owners() if is_dead_owner(owner)]
+    return store.jobs.expire_leases(dead)
 
 
 class Worker:
@@ -142,14 +142,14 @@ class Worker:
 
     def run_once(self) -> Job | None:
         """Claim one due job and run it; the job as claimed, or None if none was due."""
-        job = self.store.claim_job(self.owner, self.registry.kinds, self.lease_s)
+        job = self.store.jobs.claim(self.owner, self.registry.kinds, self.lease_s)
         if job is None:
             return None
         handler = self.registry.handler(job.kind)
         if job.attempts > job.max_attempts:
             # Its last attempt died with its worker.
             error = job.last_error or "the worker running it died"
-            if self.store.fail_job(job.id, self.owner, error):
+            if self.store.jobs.fail(job.id, self.owner, error):
                 handler.give_up(job, error)
             return job
         stop_renewing = threading.Event()
@@ -167,19 +167,19 @@ class Worker:
             if job.attempts >= job.max_attempts:
                 self._give_up(handler, job, message)
             else:
-                self.store.retry_job(
+                self.store.jobs.retry(
                     job.id, self.owner, delay_s=backoff_s(job.attempts), error=message
                 )
         else:
             if isinstance(outcome, Again):
-                self.store.retry_job(
+                self.store.jobs.retry(
                     job.id,
                     self.owner,
                     delay_s=outcome.after_s,
                     payload=outcome.payload,
                     count_attempt=False,
                 )
-            elif not self.store.finish_job(job.id, self.owner, outcome.result):
+            elif not self.store.jobs.finish(job.id, self.owner, outcome.result):
                 log.warning("%s job %s finished after losing its lease", job.kind, job.id)
         finally:
             stop_renewing.set()
@@ -187,12 +187,12 @@ class Worker:
         return job
 
     def _give_up(self, handler: Handler, job: Job, error: str) -> None:
-        if self.store.fail_job(job.id, self.owner, error):
+        if self.store.jobs.fail(job.id, self.owner, error):
             handler.give_up(job, error)
 
     def _renew(self, job_id: int, stop: threading.Event) -> None:
         while not stop.wait(self.lease_s / 3):
-            if not self.store.renew_lease(job_id, self.owner, self.lease_s):
+            if not self.store.jobs.renew_lease(job_id, self.owner, self.lease_s):
                 log.warning("job %s: lease lost; another worker may run it", job_id)
                 return
 

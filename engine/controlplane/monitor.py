@@ -1,7 +1,7 @@
 """Once a second: heartbeats missed, phone-homes overdue, workers dead.
 
 - A ready server whose agent missed `heartbeat_misses` heartbeats in a row is unhealthy; its
-  next heartbeat makes it ready again (engine.state.store.Store.record_heartbeat).
+  next heartbeat makes it ready again (engine.state.agents.Agents.record_heartbeat).
 - A booting server of a phone-home fleet that has not phoned home within the fleet's
   phone_home_timeout is looked for by polling (inventory pages and SSH checks).
 - Jobs leased by dead workers of this host are freed (every 10 s).
@@ -31,26 +31,26 @@ _REAP_EVERY_S = 10.0
 def start_overdue_polling(store: Store, now: dt.datetime) -> int:
     """Start polling for booting servers whose phone-home is overdue; how many started."""
     started = 0
-    for settings in store.fleets():
+    for settings in store.fleets.all():
         # A poll fleet is looked for at once; a phone-home fleet once its phone-home is late.
         late = (
             None
             if settings.readiness == "poll"
             else now - dt.timedelta(seconds=settings.phone_home_timeout_s)
         )
-        waiting = store.entered(settings.name, Stage.BOOTING, before=late)
+        waiting = store.servers.entered(settings.name, Stage.BOOTING, before=late)
         if not waiting:
             continue
         live = {
             job.server
-            for job in store.jobs(
+            for job in store.jobs.all(
                 settings.name, kind=SSH_CHECK_JOB, states=(JobState.QUEUED, JobState.RUNNING)
             )
         }
         for name in sorted(set(waiting) - live):
             for job in polling_jobs(settings, name, now):
-                store.enqueue(job)
-            store.record_event(
+                store.jobs.enqueue(job)
+            store.events.record(
                 settings.name,
                 "server.polling",
                 f"{name}: no phone-home yet; looking for it by polling",
@@ -80,7 +80,7 @@ class Monitor:
 
     def sweep(self) -> None:
         """One round of every check."""
-        self.store.mark_unhealthy(self.heartbeat_misses)
+        self.store.agents.mark_unhealthy(self.heartbeat_misses)
         start_overdue_polling(self.store, self.clock())
 
     def _run(self) -> None:

@@ -2,22 +2,27 @@
 
 1. The bearer token is well formed and its MAC verifies under the claimed fleet's key for
    the claimed server. A genuine token presented for another server or fleet is told apart
-   (by its hash in the store) from a forged one: 403 rather than 401.
-2. The store issued it (its hash is there), it is unspent, or spent by this very request
-   (same token, instance id, host keys and addresses: a retry whose answer was lost, answered
-   200 again without doing anything twice), and it has not expired.
-3. The claimed instance id is the server's: the provider id the store recorded at creation,
-   or, when the store has none yet, the one the provider's inventory lists for the server
-   with the fleet's ownership labels (a cached, rate-limited read: engine.controlplane.lookup).
-4. The request comes from one of the server's addresses (fleet setting verify_source_ip; off
+   (by its hash in the store) from a forged one: 403 rather than 401. It has not expired
+   (the expiry is bound by the MAC), unless this very request spent it in time.
+2. The store has a record of the server (it is registered), and the claimed instance id is
+   the server's: the provider id the store recorded at creation, or, when the store has
+   none yet, the one the provider's inventory lists for the server with the fleet's
+   ownership labels (a cached, rate-limited read: engine.controlplane.lookup).
+3. The request comes from one of the server's addresses (fleet setting verify_source_ip; off
    for servers behind NAT).
-5. The store applies it atomically: token spent, addresses filled in where the provider gave
+4. The store issued the token for this server (its hash is there), and it is unspent, or
+   spent by this very request (same token, instance id, host keys and addresses: a retry
+   whose answer was lost, answered 200 again without doing anything twice).
+5. The server is not being deleted; if polling reached it first, it pinned these very host
+   keys (then the phone-home confirms them and the server keeps its stage).
+6. The store applies it atomically: token spent, addresses filled in where the provider gave
    none, host keys pinned, stage phoned_home, install job enqueued.
 
-Checks 3 and 4 and the claim of the token run inside the store's transaction, against the
-record as it is then. Phone-homes arriving together share that transaction (a group commit,
-engine.controlplane.groupcommit), each with its own outcome: a refused one changes nothing
-and gets its own error.
+Checks 2 to 5 and what step 6 writes are one pure function, `decide_phone_home`, that the
+store's transaction calls with the server's record and the token's as they are then
+(engine.state.phonehomes). Phone-homes arriving together share that transaction (a group
+commit, engine.controlplane.groupcommit), each with its own outcome: a refused one changes
+nothing and gets its own error.
 """
 
 from __future__ import annotations
@@ -28,8 +33,7 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +43,16 @@ from engine.controlplane.errors import ApiError
 from engine.controlplane.groupcommit import GroupCommit
 from engine.controlplane.keys import TimedCache
 from engine.controlplane.lookup import InventoryLookup, InventoryUnavailable
+from engine.model import Labels, Stage
 from engine.providers import ActualServer
 from engine.state import (
     FleetSettings,
+    HostKeySource,
+    NewEvent,
     NewJob,
-    PhoneHomeAcceptance,
+    PhoneHomeDecision,
     PhoneHomeOutcome,
+    PhoneHomeToken,
     ServerRecord,
 )
 from engine.state.store import Store
@@ -78,19 +86,32 @@ class Answer:
     server: str
 
 
-class _Unvouched(ApiError):
-    """The store has no provider id for the server: ask the provider's inventory."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhoneHomeClaim:
+    """A phone-home whose token and body passed their checks (step 1), for
+    `decide_phone_home` to judge against the server's record and the token's.
 
-    def __init__(self) -> None:
-        super().__init__(
-            503,
-            "not_ready",
-            "the provider inventory has not confirmed this instance yet",
-            retry_after_s=RETRY_SOON_S,
-        )
+    Addresses fill in only what the record lacks; `provider_id` (the claimed instance id)
+    too. `install` is the job enqueued when the server moves on. `source` is the address the
+    request came from, `verify_source_ip` the fleet's setting, and `listed` the server as the
+    provider's inventory lists it, once asked (None: not asked).
+    """
 
-
-Claim = tuple[PhoneHomeAcceptance, Callable[[ServerRecord], ApiError | None]]
+    token_hash: str
+    fingerprint: str
+    fleet: str
+    server: str
+    source: str
+    provider_id: str
+    ipv4: str | None
+    ipv6: str | None
+    private_ips: tuple[str, ...]
+    host_keys: Labels
+    cloud_init_finished_at: dt.datetime | None
+    event_data: Mapping[str, Any]
+    install: NewJob
+    verify_source_ip: bool
+    listed: ActualServer | None = None
 
 
 class PhoneHomeService:
@@ -113,23 +134,23 @@ class PhoneHomeService:
         self._lookup = lookup
         self._clock = clock
         self.keys = TimedCache(lambda fleet: find_fleet_key(state_dir, fleet), 5.0)
-        self._fleets = TimedCache(store.fleet, 5.0)
+        self._fleets = TimedCache(store.fleets.get, 5.0)
         # Loads under way on the event loop, by (cache, name).
         self._first_loads: dict[tuple[int, str], asyncio.Future[Any]] = {}
-        self._committer: GroupCommit[Claim, PhoneHomeOutcome | ApiError] = GroupCommit(
+        self._committer: GroupCommit[PhoneHomeClaim, PhoneHomeOutcome] = GroupCommit(
             self._apply, name="phone-home"
         )
 
     def warm(self) -> None:
         """Load what the first phone-homes would otherwise wait for: the keys and settings
         of the fleets registered now, and the store's statements (an empty batch)."""
-        for settings in self._store.fleets():
+        for settings in self._store.fleets.all():
             self.keys.get(settings.name)
             self._fleets.get(settings.name)
-        self._store.accept_phone_homes([])
+        self._store.phone_homes.accept([], decide_phone_home)
 
-    def _apply(self, claims: Sequence[Claim]) -> list[PhoneHomeOutcome | ApiError]:
-        return self._store.accept_phone_homes(claims)
+    def _apply(self, claims: Sequence[PhoneHomeClaim]) -> list[PhoneHomeOutcome]:
+        return self._store.phone_homes.accept(claims, decide_phone_home)
 
     def close(self) -> None:
         """Apply the phone-homes still queued, then stop the writer."""
@@ -155,7 +176,7 @@ class PhoneHomeService:
             )
         instance_id = str(body["instance_id"])
         addresses = body["addresses"]
-        acceptance = PhoneHomeAcceptance(
+        claim = PhoneHomeClaim(
             token_hash=digest,
             fingerprint=request_print,
             fleet=fleet,
@@ -175,16 +196,12 @@ class PhoneHomeService:
                 "cloud_init": body["cloud_init"],
             },
             install=install_job(fleet, server),
+            verify_source_ip=settings.verify_source_ip,
         )
-        check = partial(_check_claim, settings, instance_id, source, None)
-        outcome = await self._committer.submit((acceptance, check))
-        if isinstance(outcome, _Unvouched):
+        outcome = await self._committer.submit(claim)
+        if outcome is PhoneHomeOutcome.INSTANCE_UNCONFIRMED:
             listed = await run_in_threadpool(self._listed, settings, server)
-            check = partial(_check_claim, settings, instance_id, source, listed)
-            outcome = await self._committer.submit((acceptance, check))
-        if isinstance(outcome, ApiError):
-            raise outcome
-        assert isinstance(outcome, PhoneHomeOutcome)
+            outcome = await self._committer.submit(replace(claim, listed=listed))
         refusal = _REFUSALS.get(outcome)
         if refusal is not None:
             status, code, message = refusal
@@ -222,7 +239,7 @@ class PhoneHomeService:
 
     def _why_not_genuine(self, raw: str, fleet: str, server: str) -> ApiError:
         """A genuine token for another server or fleet is told apart from a forged one."""
-        minted = self._store.phone_home_token(token_sha256(raw))
+        minted = self._store.phone_homes.token(token_sha256(raw))
         if minted is not None and minted.fleet != fleet:
             return ApiError(403, "token_wrong_fleet", "this token belongs to another fleet")
         if minted is not None and minted.server != server:
@@ -231,8 +248,8 @@ class PhoneHomeService:
 
     def _expired(self, digest: str, request_print: str, server: str) -> Answer:
         """An expired token is refused, unless this very request spent it in time."""
-        minted = self._store.phone_home_token(digest)
-        if minted is not None and minted.spent_at and minted.fingerprint == request_print:
+        minted = self._store.phone_homes.token(digest)
+        if minted is not None and _is_spent_by(minted, request_print):
             return Answer(outcome=PhoneHomeOutcome.REPLAYED, server=server)
         raise ApiError(401, "token_expired", "this one-time token has expired")
 
@@ -257,7 +274,7 @@ class PhoneHomeService:
         return listed
 
 
-# What the store's refusals answer: status, code, message.
+# What the refusals answer: status, code, message.
 _REFUSALS: dict[PhoneHomeOutcome, tuple[int, str, str]] = {
     PhoneHomeOutcome.UNKNOWN_TOKEN: (
         401,
@@ -272,52 +289,156 @@ _REFUSALS: dict[PhoneHomeOutcome, tuple[int, str, str]] = {
     ),
     PhoneHomeOutcome.DELETING: (409, "server_deleting", "{server} is being deleted"),
     PhoneHomeOutcome.UNKNOWN_SERVER: (503, "not_ready", "{server} is not registered yet"),
+    PhoneHomeOutcome.INSTANCE_UNCONFIRMED: (
+        503,
+        "not_ready",
+        "the provider inventory has not confirmed this instance yet",
+    ),
+    PhoneHomeOutcome.INSTANCE_MISMATCH: (
+        403,
+        "instance_mismatch",
+        "the instance id is not this server's",
+    ),
+    PhoneHomeOutcome.ADDRESSES_UNKNOWN: (
+        503,
+        "not_ready",
+        "the addresses of {server} are not known yet",
+    ),
+    PhoneHomeOutcome.SOURCE_MISMATCH: (
+        403,
+        "source_address_mismatch",
+        "the request does not come from one of the server's addresses (behind NAT? set "
+        "control_plane.verify_source_ip: false)",
+    ),
 }
+# Stages after the phone-home: a late phone-home can only confirm what polling found.
+_PAST_PHONE_HOME = frozenset({Stage.PHONED_HOME, Stage.INSTALLING, Stage.READY, Stage.UNHEALTHY})
 
 
-def _check_claim(
-    settings: FleetSettings,
-    instance_id: str,
-    source: str,
-    listed: ActualServer | None,
-    record: ServerRecord,
-) -> ApiError | None:
+def decide_phone_home(
+    claim: PhoneHomeClaim,
+    record: ServerRecord | None,
+    token: PhoneHomeToken | None,
+    now: dt.datetime,
+) -> PhoneHomeDecision:
+    """What a phone-home does, given the server's record and its token's as the store holds
+    them (None: it holds none): checks 2 to 5 of this module, in order, and what step 6
+    writes, stamped `now`. Pure: the store's transaction calls it (engine.state.phonehomes).
+
+    A booting server's first phone-home with its unspent token is ACCEPTED: the record as it
+    becomes (phoned_home, host keys pinned), the token spent, a server.phoned_home event and
+    the install job. A refusal writes nothing but, for HOST_KEYS_DIFFER, a conflict event.
+    """
+    if record is None:
+        return PhoneHomeDecision(outcome=PhoneHomeOutcome.UNKNOWN_SERVER)
+    objection = _objection(claim, record)
+    if objection is not None:
+        return PhoneHomeDecision(outcome=objection)
+    if token is None or (token.fleet, token.server) != (claim.fleet, claim.server):
+        return PhoneHomeDecision(outcome=PhoneHomeOutcome.UNKNOWN_TOKEN)
+    if token.spent_at is not None:
+        if _is_spent_by(token, claim.fingerprint):
+            return PhoneHomeDecision(outcome=PhoneHomeOutcome.REPLAYED)
+        return PhoneHomeDecision(outcome=PhoneHomeOutcome.SPENT)
+    if record.stage is Stage.DELETING:
+        return PhoneHomeDecision(outcome=PhoneHomeOutcome.DELETING)
+    moved_on = record.stage in _PAST_PHONE_HOME
+    if moved_on and dict(record.host_keys) != dict(claim.host_keys):
+        conflict = _event(
+            claim,
+            "server.host_keys_conflict",
+            f"{claim.server} phoned home with host keys other than the ones polling pinned; "
+            "refused. Check the server before trusting it",
+            {"source": claim.source, "host_keys": dict(claim.host_keys)},
+        )
+        return PhoneHomeDecision(outcome=PhoneHomeOutcome.HOST_KEYS_DIFFER, events=(conflict,))
+    phoned = _phoned_home(record, claim, now)
+    spent = replace(token, spent_at=now, fingerprint=claim.fingerprint)
+    if moved_on:
+        late = f"{claim.server} phoned home late; the host keys polling found are confirmed"
+        return PhoneHomeDecision(
+            outcome=PhoneHomeOutcome.CONFIRMED,
+            server=phoned,
+            token=spent,
+            events=(_event(claim, "server.phoned_home", late, claim.event_data),),
+        )
+    pinned = f"{claim.server} phoned home; its host keys are pinned"
+    return PhoneHomeDecision(
+        outcome=PhoneHomeOutcome.ACCEPTED,
+        server=phoned,
+        token=spent,
+        events=(_event(claim, "server.phoned_home", pinned, claim.event_data),),
+        jobs=(claim.install,),
+    )
+
+
+def _is_spent_by(token: PhoneHomeToken, fingerprint: str) -> bool:
+    """Whether the token was spent by a request with this fingerprint (a retry of it)."""
+    return token.spent_at is not None and token.fingerprint == fingerprint
+
+
+def _objection(claim: PhoneHomeClaim, record: ServerRecord) -> PhoneHomeOutcome | None:
     """Whether the claimed instance id is the server's (the provider id the store recorded,
     else the one the inventory lists) and the request comes from one of its addresses."""
     known = _addresses(record.ipv4, record.ipv6, record.private_ips)
+    listed = claim.listed
     if not record.provider_id:
         if listed is None:
-            return _Unvouched()
-        if listed.provider_id != instance_id:
-            return ApiError(403, "instance_mismatch", "the instance id is not this server's")
+            return PhoneHomeOutcome.INSTANCE_UNCONFIRMED
+        if listed.provider_id != claim.provider_id:
+            return PhoneHomeOutcome.INSTANCE_MISMATCH
         known |= _addresses(listed.ipv4, listed.ipv6, listed.private_ips)
-    elif record.provider_id != instance_id:
-        return ApiError(403, "instance_mismatch", "the instance id is not this server's")
-    if settings.verify_source_ip:
-        return _source_refusal(source, known, record.name)
+    elif record.provider_id != claim.provider_id:
+        return PhoneHomeOutcome.INSTANCE_MISMATCH
+    if not claim.verify_source_ip:
+        return None
+    if not known:
+        return PhoneHomeOutcome.ADDRESSES_UNKNOWN
+    if not is_address_of(claim.source, known):
+        return PhoneHomeOutcome.SOURCE_MISMATCH
     return None
+
+
+def _phoned_home(old: ServerRecord, claim: PhoneHomeClaim, now: dt.datetime) -> ServerRecord:
+    """The record once the phone-home is applied: host keys pinned, addresses and id filled
+    in where the record lacks them, stage phoned_home unless polling moved it on before."""
+    ipv6 = old.ipv6
+    if claim.ipv6 and (old.ipv6 is None or _is_network_of(old.ipv6, claim.ipv6)):
+        ipv6 = claim.ipv6
+    moved_on = old.stage in _PAST_PHONE_HOME
+    return replace(
+        old,
+        provider_id=old.provider_id or claim.provider_id,
+        ipv4=old.ipv4 if old.ipv4 is not None or not claim.ipv4 else claim.ipv4,
+        ipv6=ipv6,
+        private_ips=old.private_ips or claim.private_ips,
+        host_keys=claim.host_keys,
+        host_keys_source=str(HostKeySource.PHONE_HOME),
+        cloud_init_finished_at=claim.cloud_init_finished_at,
+        stage=old.stage if moved_on else Stage.PHONED_HOME,
+        stage_reason=old.stage_reason if moved_on else "",
+        updated_at=now,
+    )
+
+
+def _event(claim: PhoneHomeClaim, kind: str, message: str, data: Mapping[str, Any]) -> NewEvent:
+    return NewEvent(
+        fleet=claim.fleet, server=claim.server, kind=kind, message=message, data=dict(data)
+    )
+
+
+def _is_network_of(network: str, address: str) -> bool:
+    """Whether `network` (e.g. Hetzner's `2001:db8:1::/64`) is a network holding `address`."""
+    if "/" not in network:
+        return False
+    try:
+        return ipaddress.ip_address(address) in ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        return False
 
 
 def _addresses(ipv4: str | None, ipv6: str | None, private: tuple[str, ...]) -> set[str]:
     return {a for a in (ipv4, ipv6, *private) if a}
-
-
-def _source_refusal(source: str, known: set[str], server: str) -> ApiError | None:
-    if not known:
-        return ApiError(
-            503,
-            "not_ready",
-            f"the addresses of {server} are not known yet",
-            retry_after_s=RETRY_SOON_S,
-        )
-    if not is_address_of(source, known):
-        return ApiError(
-            403,
-            "source_address_mismatch",
-            "the request does not come from one of the server's addresses (behind NAT? set "
-            "control_plane.verify_source_ip: false)",
-        )
-    return None
 
 
 def is_address_of(source: str, known: set[str]) -> bool:

@@ -1,7 +1,7 @@
 """What `engine up` tells the control plane about its servers, and waiting for them.
 
-    request_server(store, fleet, server)                 # planned: stage requested
-    store.set_stage(fleet.name, name, Stage.CREATING)     # the provider call starts
+    request_server(store, fleet, server)                        # planned: stage requested
+    store.servers.set_stage(fleet.name, name, Stage.CREATING)   # the provider call starts
     register_server(store, settings, name, provider_id=..., ipv4=...)   # created: booting
     wait_until_ready(store, fleet.name, names, timeout_s=900)
 
@@ -28,10 +28,10 @@ SETTLED = frozenset({Stage.READY, Stage.FAILED, Stage.UNHEALTHY})
 
 def request_server(store: Store, fleet: Fleet, server: Server) -> ServerRecord:
     """Record a server the plan creates (stage requested), unless the store has it already."""
-    existing = store.server(fleet.name, server.name)
+    existing = store.servers.get(fleet.name, server.name)
     if existing is not None:
         return existing
-    return store.save_server(
+    return store.servers.save(
         ServerRecord(
             fleet=fleet.name,
             name=server.name,
@@ -72,7 +72,7 @@ def polling_jobs(
 def start_polling(store: Store, settings: FleetSettings, server: str) -> None:
     """Look for the server by polling (inventory pages and an SSH check every 2 s)."""
     for job in polling_jobs(settings, server):
-        store.enqueue(job)
+        store.jobs.enqueue(job)
 
 
 def register_server(
@@ -95,9 +95,9 @@ def register_server(
         fields["ipv4"] = ipv4
     if ipv6:
         fields["ipv6"] = ipv6
-    record = store.server(settings.name, name)
+    record = store.servers.get(settings.name, name)
     moving = record is not None and record.stage in (Stage.REQUESTED, Stage.CREATING)
-    stored = store.update_server(
+    stored = store.servers.update(
         settings.name, name, stage=Stage.BOOTING if moving else None, **fields
     )
     if settings.readiness == "poll" and stored.stage is Stage.BOOTING:
@@ -119,7 +119,7 @@ def wait_until_ready(
     by other threads and processes); `on_poll` sees the records each time."""
     deadline = time.monotonic() + timeout_s
     while True:
-        records = {r.name: r for r in store.servers(fleet) if r.name in names}
+        records = {r.name: r for r in store.servers.all(fleet) if r.name in names}
         if on_poll is not None:
             on_poll(records)
         settled = all(r.stage in SETTLED for r in records.values()) and len(records) == len(names)

@@ -8,7 +8,8 @@ keys (as hashes) and what each server's agent last reported.
 
 The records here are plain frozen values, importable without SQLAlchemy, so the pure diff
 can take them. The store itself is `engine.state.store.Store` (SQLite file by default,
-PostgreSQL by URL); its tables and migrations are in `engine.state.schema`.
+PostgreSQL by URL), a repository per aggregate; its tables and migrations are in
+`engine.state.schema`.
 """
 
 from __future__ import annotations
@@ -76,6 +77,17 @@ class Event:
     kind: str
     message: str
     at: dt.datetime
+    server: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewEvent:
+    """An event to append; the store gives it its id and time, and redacts its message."""
+
+    fleet: str
+    kind: str
+    message: str
     server: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
 
@@ -174,7 +186,7 @@ class NewJob:
 
 
 class PhoneHomeOutcome(StrEnum):
-    """What the store did with a verified phone-home (see Store.accept_phone_homes)."""
+    """What became of a phone-home (engine.controlplane.phonehome.decide_phone_home)."""
 
     ACCEPTED = "accepted"  # the server moved to phoned_home and its install was enqueued
     REPLAYED = "replayed"  # the token was spent by this very request before: nothing to do
@@ -184,30 +196,23 @@ class PhoneHomeOutcome(StrEnum):
     UNKNOWN_SERVER = "unknown_server"  # no record for the server (not registered yet)
     DELETING = "deleting"  # the server is being deleted
     UNKNOWN_TOKEN = "unknown_token"  # noqa: S105 (an outcome: the store never issued the token)
+    # The record has no provider id yet and the provider's inventory was not asked.
+    INSTANCE_UNCONFIRMED = "instance_unconfirmed"
+    INSTANCE_MISMATCH = "instance_mismatch"  # the instance id is not the server's
+    ADDRESSES_UNKNOWN = "addresses_unknown"  # no address to check the source against yet
+    SOURCE_MISMATCH = "source_mismatch"  # the request comes from none of the server's addresses
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PhoneHomeAcceptance:
-    """A phone-home whose token and body passed their checks, for the store to apply in one
-    transaction (after the checks against the server's record that come with it).
+class PhoneHomeDecision:
+    """What one phone-home does: its outcome, and what the store writes for it in the
+    transaction that decided it (nothing, unless the fields say otherwise)."""
 
-    Addresses fill in only what the record lacks; `provider_id` too. `install` is the job
-    enqueued when the server moves on. `source` is the address the request came from.
-    """
-
-    token_hash: str
-    fingerprint: str
-    fleet: str
-    server: str
-    source: str
-    provider_id: str
-    ipv4: str | None
-    ipv6: str | None
-    private_ips: tuple[str, ...]
-    host_keys: Labels
-    cloud_init_finished_at: dt.datetime | None
-    event_data: Mapping[str, Any]
-    install: NewJob
+    outcome: PhoneHomeOutcome
+    server: ServerRecord | None = None  # the server's record as it becomes
+    token: PhoneHomeToken | None = None  # the token as it becomes (spent)
+    events: tuple[NewEvent, ...] = ()
+    jobs: tuple[NewJob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

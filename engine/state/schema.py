@@ -51,12 +51,20 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    insert,
     select,
     sql,
+    text,
     update,
 )
 from sqlalchemy.schema import CreateColumn
 from sqlalchemy.types import TypeDecorator
+
+from engine.errors import EngineError
+from engine.state.database import Database
+
+# Any fixed 64-bit number: the key of the PostgreSQL advisory lock that serialises migrations.
+_MIGRATION_LOCK_KEY = 0x466C656574456E67
 
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
@@ -334,3 +342,50 @@ def metadata() -> MetaData:
     for migration in MIGRATIONS:
         migration.declare(result)
     return result
+
+
+def migrate(database: Database) -> None:
+    """Apply the migrations the store lacks; refuse a store from a newer engine."""
+    scratch = MetaData()
+    declare_schema_version(scratch)
+    with database.write() as connection:
+        if database.is_postgresql:
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+            )
+        versions = scratch.tables["schema_version"]
+        versions.create(connection, checkfirst=True)
+        applied = set(connection.scalars(select(versions.c.version)))
+        known = MIGRATIONS[-1].version
+        if applied and max(applied) > known:
+            raise EngineError(
+                f"the state store at {database.url} has schema version {max(applied)}, newer "
+                f"than this engine knows ({known}); upgrade the engine"
+            )
+        scrub = False
+        for migration in MIGRATIONS:
+            before = set(scratch.tables)
+            migration.declare(scratch)
+            if migration.version in applied:
+                continue
+            scrub = scrub or migration.scrub
+            new = [table for name, table in scratch.tables.items() if name not in before]
+            scratch.create_all(connection, tables=new)
+            if migration.upgrade is not None:
+                migration.upgrade(connection)
+            connection.execute(
+                insert(versions).values(
+                    version=migration.version,
+                    description=migration.description,
+                    applied_at=database.now(),
+                )
+            )
+    if scrub and not database.is_postgresql:
+        database.rebuild_sqlite_file()
+
+
+def version(database: Database) -> int:
+    """The newest migration applied to the store."""
+    versions = metadata().tables["schema_version"]
+    with database.read() as connection:
+        return max(connection.scalars(select(versions.c.version)), default=0)

@@ -40,7 +40,7 @@ def events(world: World, server: str) -> list[tuple[str, str]]:
     with world.store() as store:
         return [
             (e.kind, e.message)
-            for e in store.events(world.fleet)
+            for e in store.events.all(world.fleet)
             if e.server == server and e.kind.startswith("server.")
         ]
 
@@ -119,7 +119,7 @@ def test_reboot_waits_for_the_provider_and_is_recorded(world: World) -> None:
         "server.reboot.succeeded",
     ]
     with world.store() as store:
-        assert store.locks() == ()
+        assert store.locks.all() == ()
 
 
 def test_an_action_that_fails_is_recorded_and_said(world: World) -> None:
@@ -130,7 +130,7 @@ def test_an_action_that_fails_is_recorded_and_said(world: World) -> None:
     kinds = [kind for kind, _ in events(world, "worker-1")]
     assert kinds == ["server.poweroff.started", "server.poweroff.failed"]
     with world.store() as store:
-        assert store.locks() == ()
+        assert store.locks.all() == ()
 
 
 def test_an_action_that_does_not_end_in_time_is_recorded_as_failed(world: World) -> None:
@@ -164,8 +164,8 @@ def test_a_snapshot_names_the_fleet_and_server(world: World) -> None:
 def test_rebuild_sends_the_server_back_through_boot_and_install(world: World) -> None:
     world.up()
     with world.store() as store:
-        before = sent_user_data(store, world.state_dir, world.fleet, "worker-1")
-        store.update_server(
+        before = sent_user_data(store.user_data, world.state_dir, world.fleet, "worker-1")
+        store.servers.update(
             world.fleet, "worker-1", host_keys=(("ssh-ed25519", "AAAAold"),),
             host_keys_source="phone-home",
         )  # fmt: skip
@@ -174,11 +174,11 @@ def test_rebuild_sends_the_server_back_through_boot_and_install(world: World) ->
     final = json.loads(out.splitlines()[-1])
     assert final["event"] == "done" and final["not_ready"] == {"worker-1": "booting"}
     with world.store() as store:
-        record = store.server(world.fleet, "worker-1")
+        record = store.servers.get(world.fleet, "worker-1")
         assert record is not None and record.stage is Stage.BOOTING
         assert record.host_keys == () and record.installed_at is None
-        after = sent_user_data(store, world.state_dir, world.fleet, "worker-1")
-        kinds = {j.kind for j in store.jobs(world.fleet)}
+        after = sent_user_data(store.user_data, world.state_dir, world.fleet, "worker-1")
+        kinds = {j.kind for j in store.jobs.all(world.fleet)}
     server_id = world.provider_id("worker-1")
     if world.provider == "hcloud":
         # Hetzner takes new user_data: a fresh document and token, and it phones home again.

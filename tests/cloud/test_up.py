@@ -41,7 +41,7 @@ def test_without_pulumi_up_and_destroy_say_how_to_install_it_and_change_nothing(
 ) -> None:
     state_dir = tmp_path / "state"
     with open_store(f"sqlite:///{state_dir / 'state.db'}") as store:
-        store.record_event("web-prod", "note", "an earlier run")
+        store.events.record("web-prod", "note", "an earlier run")
     env = {
         "HOME": str(tmp_path / "home"),
         "HCLOUD_TOKEN": "hcloud-secret-token-0123",
@@ -59,9 +59,9 @@ def test_without_pulumi_up_and_destroy_say_how_to_install_it_and_change_nothing(
             assert "secret-token" not in result.stdout + result.stderr
     assert sorted(p.name for p in state_dir.iterdir()) == ["state.db"]
     with open_store(f"sqlite:///{state_dir / 'state.db'}") as store:
-        assert store.locks() == ()
-        assert store.fleets() == () and store.servers("web-prod") == ()
-        assert [e.kind for e in store.events("web-prod")] == ["note"]
+        assert store.locks.all() == ()
+        assert store.fleets.all() == () and store.servers.all("web-prod") == ()
+        assert [e.kind for e in store.events.all("web-prod")] == ["note"]
 
 
 # --- the engine's addresses and where the control plane listens -------------------------------
@@ -107,14 +107,14 @@ def test_up_runs_the_program_once_over_the_fleet_and_registers_what_it_made(
     assert set(events[-1]["not_ready"]) == set(names)
     assert inputs.engine_sources == ("198.51.100.7/32",)
     with world.store() as store:
-        assert store.locks() == ()
-        records = {r.name: r for r in store.servers(world.fleet)}
+        assert store.locks.all() == ()
+        records = {r.name: r for r in store.servers.all(world.fleet)}
         assert set(records) == set(names)
         for name in names:
             # The program got each server's pinned user_data, carrying its own token, and
             # would get the same bytes again.
             sent = inputs.user_data[name]
-            assert sent == sent_user_data(store, world.state_dir, world.fleet, name)
+            assert sent == sent_user_data(store.user_data, world.state_dir, world.fleet, name)
             assert (
                 "ph1." in sent
                 and records[name].user_data_hash == f"sha256:{user_data_sha256(sent)}"
@@ -173,8 +173,10 @@ def test_a_second_up_changes_nothing_and_growing_makes_only_the_new_server(
 ) -> None:
     world.up()
     with world.store() as store:
-        before = {r.name: r.provider_id for r in store.servers(world.fleet)}
-        documents = {n: sent_user_data(store, world.state_dir, world.fleet, n) for n in before}
+        before = {r.name: r.provider_id for r in store.servers.all(world.fleet)}
+        documents = {
+            n: sent_user_data(store.user_data, world.state_dir, world.fleet, n) for n in before
+        }
     world.up()  # still booting: waited for again, the program is not run again
     assert len(world.pulumi.ups) == 1
     groups = yaml.safe_load(world.spec.read_text())["groups"]
@@ -187,7 +189,7 @@ def test_a_second_up_changes_nothing_and_growing_makes_only_the_new_server(
     assert second.replaced == frozenset() and dict(second.adopted) == {}
     assert {n: second.user_data[n] for n in before} == documents  # never a new document
     with world.store() as store:
-        after = {r.name: r.provider_id for r in store.servers(world.fleet)}
+        after = {r.name: r.provider_id for r in store.servers.all(world.fleet)}
         assert {n: after[n] for n in before} == before and after[grown]
     assert plan_preview(world.spec, state_dir=world.state_dir).changes == ()
 
@@ -216,8 +218,8 @@ def test_destroy_runs_the_program_destroy_and_forgets_the_fleet(world: World) ->
     assert destroy(world.spec, world.options(), out, lambda _: False) == 0
     assert world.pulumi.destroys == 1
     with world.store() as store:
-        assert store.servers(world.fleet) == () and store.fleet(world.fleet) is None
-        assert store.locks() == ()
+        assert store.servers.all(world.fleet) == () and store.fleets.get(world.fleet) is None
+        assert store.locks.all() == ()
     assert not list((world.state_dir / "keys").glob(f"{world.fleet}*"))
 
 

@@ -23,7 +23,7 @@ from engine.providers.cloud.pulumi_runner import Progress, ResourceStep, RunResu
 from engine.providers.seam import RunOptions
 from engine.state.store import Store, open_store
 from engine.up import up
-from stacks import StackInputs
+from stacks.inputs import StackInputs
 from tests.fakes.digitalocean import FakeDigitalOcean
 from tests.fakes.hcloud import FakeHcloud
 from tests.stacks import test_digitalocean, test_hcloud

@@ -212,10 +212,10 @@ class MemoryStore:
     def __init__(self) -> None:
         self.kept: dict[tuple[str, str], StoredUserData] = {}
 
-    def get_user_data(self, fleet: str, server: str) -> StoredUserData | None:
+    def get(self, fleet: str, server: str) -> StoredUserData | None:
         return self.kept.get((fleet, server))
 
-    def put_user_data(self, fleet: str, server: str, user_data: StoredUserData) -> None:
+    def put(self, fleet: str, server: str, user_data: StoredUserData) -> None:
         self.kept[fleet, server] = user_data
 
 
@@ -274,7 +274,7 @@ def test_the_guard_lints_before_storing_and_on_reuse() -> None:
         pin_user_data(store, fleet="f", server="s", seal=seal(), render=lambda: "\ufeff" + GOOD)
     assert store.kept == {}
     crlf = GOOD.replace("\n", "\r\n")
-    store.put_user_data(
+    store.put(
         "f", "s", StoredUserData(content=crlf, sha256=hashlib.sha256(crlf.encode()).hexdigest())
     )
     with pytest.raises(UserDataError, match="carriage return"):

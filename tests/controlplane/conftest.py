@@ -95,7 +95,7 @@ class Plane:
 
     def add_servers(self, count: int, *, start: int = 1, provider_ids: bool = True) -> None:
         for n in range(start, start + count):
-            self.store.save_server(
+            self.store.servers.save(
                 ServerRecord(
                     fleet=self.fleet.name,
                     name=f"web-{n}",
@@ -139,10 +139,10 @@ class Plane:
         """Everything a refused request must leave unchanged."""
         name = self.fleet.name
         return (
-            self.store.servers(name),
-            self.store.transitions(name),
-            self.store.jobs(name),
-            self.store.events(name),
+            self.store.servers.all(name),
+            self.store.servers.transitions(name),
+            self.store.jobs.all(name),
+            self.store.events.all(name),
         )
 
 

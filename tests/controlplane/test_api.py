@@ -79,7 +79,7 @@ def test_a_revoked_key_is_refused_once_its_remembered_answer_expires(plane: Plan
     verifier = ApiKeyVerifier(plane.store, ttl_s=5.0, clock=lambda: clock.now.timestamp())
     key = create_api_key(plane.store, "ops")
     assert verifier.verify(key) is not None
-    plane.store.revoke_api_key("ops")
+    plane.store.api_keys.revoke("ops")
     assert verifier.verify(key) is not None  # remembered for 5 s: no database read per request
     clock.advance(5.1)
     assert verifier.verify(key) is None
@@ -144,7 +144,7 @@ def _refused(plane: Plane, url: str, kind: str, source: str, key: str) -> httpx.
         headers["Content-Type"] = "application/json"
         return plane.client.post(f"{url}/v1/heartbeat", content=b"[" * 5000, headers=headers)
     if kind == "internal error":  # the metrics source fails for a server with a report
-        plane.store.record_heartbeat(
+        plane.store.agents.record_heartbeat(
             AgentReport(
                 fleet="web-prod",
                 server="web-1",
@@ -219,7 +219,7 @@ def test_heartbeats_make_an_installed_server_ready_and_their_absence_unhealthy(
     assert plane.phone_home_as(1).status_code == 200
 
     wait_until(
-        lambda: plane.store.server("web-prod", "web-1").installed_at,  # type: ignore[union-attr]
+        lambda: plane.store.servers.get("web-prod", "web-1").installed_at,  # type: ignore[union-attr]
         what="the install",
     )
     key = ensure_fleet_key(plane.state_dir, "web-prod")
@@ -232,15 +232,15 @@ def test_heartbeats_make_an_installed_server_ready_and_their_absence_unhealthy(
     assert _heartbeat(plane, "web-1", token[:-2] + "AA").status_code == 401
     answer = _heartbeat(plane, "web-1", token)
     assert answer.json() == {"status": "ok", "stage": "ready"}
-    report = plane.store.agent_report("web-prod", "web-1")
+    report = plane.store.agents.report("web-prod", "web-1")
     assert report is not None and report.metrics == {"cpu_percent": 3.5}
     # No heartbeat for 3 intervals (heartbeat 15 s in the spec): unhealthy.
     monitor = Monitor(plane.store, heartbeat_misses=3)
-    plane.store._now = lambda: (
+    plane.store._database.now = lambda: (
         report.last_heartbeat_at + __import__("datetime").timedelta(seconds=46)
-    )  # type: ignore[method-assign]
+    )
     monitor.sweep()
-    assert plane.store.server("web-prod", "web-1").stage is Stage.UNHEALTHY  # type: ignore[union-attr]
+    assert plane.store.servers.get("web-prod", "web-1").stage is Stage.UNHEALTHY  # type: ignore[union-attr]
     assert _heartbeat(plane, "web-1", token).json()["stage"] == "ready"
     event = {
         "version": 1,
@@ -259,5 +259,5 @@ def test_heartbeats_make_an_installed_server_ready_and_their_absence_unhealthy(
         for _ in range(2)
     ]
     assert sent == ["recorded", "duplicate"]
-    kinds = [e.kind for e in plane.store.events("web-prod", server="web-1")]
+    kinds = [e.kind for e in plane.store.events.all("web-prod", server="web-1")]
     assert kinds.count("container.die") == 1

@@ -63,36 +63,36 @@ def _worker(store: Store, handler: ProbeHandler, lease_s: float = 30) -> Worker:
 
 
 def _job(store: Store, job_id: int) -> Job:
-    job = store.job(job_id)
+    job = store.jobs.get(job_id)
     assert job is not None
     return job
 
 
 def test_claims_take_due_jobs_in_order_each_by_one_worker(store: Store, clock: Clock) -> None:
-    first = store.enqueue(NewJob(kind=KIND, fleet="web-prod", key="probe/1"))
-    second = store.enqueue(NewJob(kind=KIND, fleet="web-prod"))
-    later = store.enqueue(NewJob(kind=KIND, fleet="web-prod", delay_s=60))
-    store.enqueue(NewJob(kind="other", fleet="web-prod"))
+    first = store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod", key="probe/1"))
+    second = store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod"))
+    later = store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod", delay_s=60))
+    store.jobs.enqueue(NewJob(kind="other", fleet="web-prod"))
     # The same key while the job is live: the live job, not a second one.
-    assert store.enqueue(NewJob(kind=KIND, fleet="web-prod", key="probe/1")).id == first.id
+    assert store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod", key="probe/1")).id == first.id
 
-    a = store.claim_job("worker-a", [KIND], lease_s=300)
-    b = store.claim_job("worker-b", [KIND], lease_s=300)
+    a = store.jobs.claim("worker-a", [KIND], lease_s=300)
+    b = store.jobs.claim("worker-b", [KIND], lease_s=300)
     assert a is not None and b is not None
     assert (a.id, a.lease_owner, a.attempts) == (first.id, "worker-a", 1)
     assert (b.id, b.lease_owner, b.state) == (second.id, "worker-b", JobState.RUNNING)
     assert a.lease_expires_at == clock.now + dt.timedelta(seconds=300)
-    assert store.claim_job("worker-c", [KIND], lease_s=30) is None  # `later` is not due
+    assert store.jobs.claim("worker-c", [KIND], lease_s=30) is None  # `later` is not due
     clock.advance(60)
-    c = store.claim_job("worker-c", [KIND], lease_s=30)
+    c = store.jobs.claim("worker-c", [KIND], lease_s=30)
     assert c is not None and c.id == later.id
 
-    assert store.finish_job(a.id, "worker-a", {"ok": True})
-    assert not store.finish_job(b.id, "worker-a", {})  # not its lease
+    assert store.jobs.finish(a.id, "worker-a", {"ok": True})
+    assert not store.jobs.finish(b.id, "worker-a", {})  # not its lease
     done = _job(store, a.id)
     assert done.state is JobState.SUCCEEDED and done.result == {"ok": True}
     # Its key is free again once it ended.
-    assert store.enqueue(NewJob(kind=KIND, fleet="web-prod", key="probe/1")).id != first.id
+    assert store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod", key="probe/1")).id != first.id
 
 
 def _claim_and_hang(url: str, lease_s: float) -> subprocess.Popen[str]:
@@ -103,7 +103,7 @@ def _claim_and_hang(url: str, lease_s: float) -> subprocess.Popen[str]:
         "from engine.state.store import open_store\n"
         "store = open_store(sys.argv[1])\n"
         "owner = worker_id()\n"
-        f"job = store.claim_job(owner, [{KIND!r}], float(sys.argv[2]))\n"
+        f"job = store.jobs.claim(owner, [{KIND!r}], float(sys.argv[2]))\n"
         "print(job.id, owner, flush=True)\n"
         "time.sleep(600)\n"
     )
@@ -133,7 +133,7 @@ def test_the_job_of_a_killed_worker_is_claimed_again_when_its_lease_runs_out(
     url = f"sqlite:///{tmp_path / 'state.db'}"
     real = Clock(dt.datetime.now(dt.UTC))
     with open_store(url, now=real) as store:
-        job = store.enqueue(NewJob(kind=KIND, fleet="web-prod", key="probe/killed"))
+        job = store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod", key="probe/killed"))
         job_id, dead = _killed_claim(store, lease_s=30)
         assert job_id == job.id
         claimed = _job(store, job_id)
@@ -142,13 +142,13 @@ def test_the_job_of_a_killed_worker_is_claimed_again_when_its_lease_runs_out(
             dead,
             1,
         )
-        assert store.claim_job("survivor", [KIND], lease_s=30) is None  # the lease holds
+        assert store.jobs.claim("survivor", [KIND], lease_s=30) is None  # the lease holds
         real.advance(31)
-        again = store.claim_job("survivor", [KIND], lease_s=30)
+        again = store.jobs.claim("survivor", [KIND], lease_s=30)
         assert again is not None and again.id == job_id
         assert (again.lease_owner, again.attempts) == ("survivor", 2)
         # The dead worker cannot finish it any more.
-        assert not store.finish_job(job_id, dead, {})
+        assert not store.jobs.finish(job_id, dead, {})
         assert _job(store, job_id).lease_owner == "survivor"
 
 
@@ -156,18 +156,18 @@ def test_a_worker_starting_on_the_same_host_frees_the_jobs_of_dead_workers_at_on
     tmp_path: Path,
 ) -> None:
     with open_store(f"sqlite:///{tmp_path / 'state.db'}") as store:
-        store.enqueue(NewJob(kind=KIND, fleet="web-prod"))
+        store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod"))
         job_id, dead = _killed_claim(store, lease_s=3600)
-        assert store.lease_owners() == (dead,)
-        assert store.claim_job("survivor", [KIND], lease_s=30) is None
+        assert store.jobs.lease_owners() == (dead,)
+        assert store.jobs.claim("survivor", [KIND], lease_s=30) is None
         assert reap_dead_workers(store) == 1
-        again = store.claim_job("survivor", [KIND], lease_s=30)
+        again = store.jobs.claim("survivor", [KIND], lease_s=30)
         assert again is not None and again.id == job_id and again.attempts == 2
 
 
 def test_a_killed_workers_last_attempt_ends_the_job_as_failed(tmp_path: Path) -> None:
     with open_store(f"sqlite:///{tmp_path / 'state.db'}") as store:
-        job = store.enqueue(NewJob(kind=KIND, fleet="web-prod", max_attempts=1))
+        job = store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod", max_attempts=1))
         _killed_claim(store, lease_s=3600)
         reap_dead_workers(store)
         handler = ProbeHandler(script=[])
@@ -182,7 +182,7 @@ def test_a_killed_workers_last_attempt_ends_the_job_as_failed(tmp_path: Path) ->
 def test_failed_attempts_back_off_exponentially_and_the_last_one_fails_the_job(
     store: Store, clock: Clock
 ) -> None:
-    job = store.enqueue(NewJob(kind=KIND, fleet="web-prod", server="web-1", max_attempts=4))
+    job = store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod", server="web-1", max_attempts=4))
     handler = ProbeHandler(script=["fail", "fail", "fail", "fail"])
     worker = _worker(store, handler)
     waits = []
@@ -212,7 +212,7 @@ def test_backoff_is_capped() -> None:
 
 
 def test_waiting_is_not_failing_and_permanent_fails_at_once(store: Store, clock: Clock) -> None:
-    job = store.enqueue(NewJob(kind=KIND, fleet="web-prod", max_attempts=2))
+    job = store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod", max_attempts=2))
     handler = ProbeHandler(script=["again", "again", "again", "permanent"])
     worker = _worker(store, handler)
     for _ in range(3):

@@ -36,22 +36,22 @@ def test_a_valid_phone_home_pins_keys_moves_the_server_on_and_installs_it(plane:
     response = plane.phone_home_as(1)
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "accepted", "server": "web-1"}
-    record = plane.store.server("web-prod", "web-1")
+    record = plane.store.servers.get("web-prod", "web-1")
     assert record is not None
     assert dict(record.host_keys) == HOST_KEYS
     assert record.host_keys_source == "phone-home"
     assert record.private_ips == ("10.0.0.5",)  # the provider gave none: filled in
     assert record.cloud_init_finished_at == dt.datetime(2026, 11, 5, 10, 0, 30, tzinfo=dt.UTC)
-    stages = [t.stage for t in plane.store.transitions("web-prod", "web-1")]
+    stages = [t.stage for t in plane.store.servers.transitions("web-prod", "web-1")]
     assert stages[:3] == [Stage.CREATING, Stage.BOOTING, Stage.PHONED_HOME]
-    installs = plane.store.jobs("web-prod", kind="install", server="web-1")
+    installs = plane.store.jobs.all("web-prod", kind="install", server="web-1")
     assert len(installs) == 1
     wait_until(lambda: plane.installer.installed.get("web-1"), what="the install")
     wait_until(
-        lambda: plane.store.job(installs[0].id).state is JobState.SUCCEEDED,  # type: ignore[union-attr]
+        lambda: plane.store.jobs.get(installs[0].id).state is JobState.SUCCEEDED,  # type: ignore[union-attr]
         what="the install job to succeed",
     )
-    installed = plane.store.server("web-prod", "web-1")
+    installed = plane.store.servers.get("web-prod", "web-1")
     assert installed is not None and installed.stage is Stage.INSTALLING
     assert installed.install_hash == plane.installer.installed["web-1"]
 
@@ -63,15 +63,15 @@ def test_a_retry_of_an_accepted_request_is_answered_again_without_doing_anything
     assert plane.phone_home_as(1, token).status_code == 200
     # Settled: the install job recorded as done (the installer returning is not yet that).
     wait_until(
-        lambda: [j.state for j in plane.store.jobs("web-prod")] == [JobState.SUCCEEDED],
+        lambda: [j.state for j in plane.store.jobs.all("web-prod")] == [JobState.SUCCEEDED],
         what="the install job to succeed",
     )
-    before = plane.store.transitions("web-prod"), plane.store.jobs("web-prod")
+    before = plane.store.servers.transitions("web-prod"), plane.store.jobs.all("web-prod")
     boot = {**body("x", "x", "1", "1.1.1.1")["boot"], "sent_at": "2026-11-05T10:00:45Z"}
     again = plane.phone_home_as(1, token, attempt=2, boot=boot)
     assert again.status_code == 200
     assert again.json()["status"] == "replayed"
-    assert (plane.store.transitions("web-prod"), plane.store.jobs("web-prod")) == before
+    assert (plane.store.servers.transitions("web-prod"), plane.store.jobs.all("web-prod")) == before
     assert plane.installer.calls == ["web-1"]
 
 
@@ -83,7 +83,7 @@ def test_a_spent_token_with_a_different_request_is_refused(plane: Plane) -> None
     response = plane.phone_home_as(1, token, host_keys=other_keys)
     assert response.status_code == 409
     assert _error(response) == "token_spent"
-    assert plane.store.server("web-prod", "web-1").host_keys == tuple(  # type: ignore[union-attr]
+    assert plane.store.servers.get("web-prod", "web-1").host_keys == tuple(  # type: ignore[union-attr]
         sorted(HOST_KEYS.items())
     )
     assert len(plane.snapshot()[2]) == len(before[2])
@@ -114,17 +114,17 @@ def test_a_token_from_one_fleet_cannot_touch_another(tmp_path: Path) -> None:
         from engine.controlplane.fleets import register_fleet
 
         other = register_fleet(plane.store, make_fleet("staging"))
-        plane.store.save_server(
-            plane.store.server("web-prod", "web-1").__class__(  # type: ignore[union-attr]
+        plane.store.servers.save(
+            plane.store.servers.get("web-prod", "web-1").__class__(  # type: ignore[union-attr]
                 fleet="staging", name="web-1", group="web", provider="hcloud"
             )
         )
         from engine.controlplane.servers import register_server
 
-        plane.store.set_stage("staging", "web-1", Stage.CREATING)
+        plane.store.servers.set_stage("staging", "web-1", Stage.CREATING)
         register_server(plane.store, other, "web-1", provider_id="4001", ipv4=address(1))
         staging_token = plane.token("web-1", fleet="staging")
-        before = plane.snapshot(), plane.store.servers("staging")
+        before = plane.snapshot(), plane.store.servers.all("staging")
         # The staging token, claiming to be web-prod's web-1 (same name, same instance id).
         response = plane.phone_home_as(1, staging_token)
         assert response.status_code == 403
@@ -134,7 +134,7 @@ def test_a_token_from_one_fleet_cannot_touch_another(tmp_path: Path) -> None:
         claim = body("staging", "web-1", "4001", address(1))
         response = plane.phone_home(prod_token, claim, source=address(1))
         assert (response.status_code, _error(response)) == (403, "token_wrong_fleet")
-        assert (plane.snapshot(), plane.store.servers("staging")) == before
+        assert (plane.snapshot(), plane.store.servers.all("staging")) == before
 
 
 def test_the_instance_id_and_the_source_address_must_be_the_servers(plane: Plane) -> None:
@@ -188,14 +188,14 @@ def test_without_a_recorded_id_the_inventory_vouches_for_the_instance(
     for plane in _plane(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", fleet):
         plane.add_servers(3, start=4, provider_ids=False)
         for n in (4, 5, 6):
-            plane.store.update_server("web-prod", f"web-{n}", ipv4=address(n))
+            plane.store.servers.update("web-prod", f"web-{n}", ipv4=address(n))
         ok = plane.phone_home(
             plane.token("web-4"),
             body("web-prod", "web-4", str(listed[4]["id"]), address(4)),
             source=address(4),
         )
         assert ok.status_code == 200, ok.text
-        assert plane.store.server("web-prod", "web-4").provider_id == str(listed[4]["id"])  # type: ignore[union-attr]
+        assert plane.store.servers.get("web-prod", "web-4").provider_id == str(listed[4]["id"])  # type: ignore[union-attr]
         ok = plane.phone_home(
             plane.token("web-5"),
             body("web-prod", "web-5", str(listed[5]["id"]), address(5)),
@@ -208,7 +208,7 @@ def test_without_a_recorded_id_the_inventory_vouches_for_the_instance(
         )
         assert unlisted.status_code == 503
         assert unlisted.headers["Retry-After"] == "5"
-        assert plane.store.server("web-prod", "web-6").stage is Stage.CREATING  # type: ignore[union-attr]
+        assert plane.store.servers.get("web-prod", "web-6").stage is Stage.CREATING  # type: ignore[union-attr]
         for _ in range(5):  # asked again at once: no new read
             plane.phone_home(
                 plane.token("web-6"), body("web-prod", "web-6", "77", address(6)), source=address(6)
@@ -256,7 +256,7 @@ def test_tokens_never_reach_the_logs(plane: Plane, caplog: pytest.LogCaptureFixt
     assert token not in caplog.text
     assert "abc.def-123" not in caplog.text
     assert "Bearer ***" in caplog.text
-    events = plane.store.events("web-prod")
+    events = plane.store.events.all("web-prod")
     assert all(token not in repr(e) for e in events)
 
 
@@ -284,14 +284,16 @@ def test_a_thousand_concurrent_phone_homes_are_each_recorded_once(
         assert statuses == {200: count + 50, 409: 50}
         accepted = Counter(n for n, _status, outcome in answers if outcome == "accepted")
         assert accepted == dict.fromkeys(range(1, count + 1), 1)
-        records = {r.name: r for r in plane.store.servers("web-prod")}
+        records = {r.name: r for r in plane.store.servers.all("web-prod")}
         assert {r.stage for r in records.values()} == {Stage.PHONED_HOME}
         assert len(records) == count
-        installs = plane.store.jobs("web-prod", kind="install")
+        installs = plane.store.jobs.all("web-prod", kind="install")
         assert sorted(j.server for j in installs) == sorted(records)
-        phoned = [t for t in plane.store.transitions("web-prod") if t.stage is Stage.PHONED_HOME]
+        phoned = [
+            t for t in plane.store.servers.transitions("web-prod") if t.stage is Stage.PHONED_HOME
+        ]
         assert sorted(t.server for t in phoned) == sorted(records)
-        events = [e for e in plane.store.events("web-prod", limit=5000)]
+        events = [e for e in plane.store.events.all("web-prod", limit=5000)]
         assert sorted(e.server or "" for e in events) == sorted(records)
         for n in range(51, 101):
             won = [a for a in answers if a[0] == n and a[2] == "accepted"]

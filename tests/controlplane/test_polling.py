@@ -43,13 +43,13 @@ def settings(store: Store) -> FleetSettings:
 
 def _booting(store: Store, name: str, **fields: Any) -> None:
     values: dict[str, Any] = {"stage": Stage.BOOTING, **fields}
-    store.save_server(
+    store.servers.save(
         ServerRecord(fleet="web-prod", name=name, group="web", provider="hcloud", **values)
     )
 
 
 def _the_job(store: Store, kind: str) -> Job:
-    (job,) = store.jobs("web-prod", kind=kind)
+    (job,) = store.jobs.all("web-prod", kind=kind)
     return job
 
 
@@ -86,7 +86,7 @@ def test_inventory_polling_reads_a_page_a_run_and_carries_on_where_it_stopped(
         _booting(store, f"web-{n}", provider_id=str(listed[n]["id"]), ipv4="198.51.100.1")
     _booting(store, "web-112")  # registered without id or address: polling fills them in
     _booting(store, "web-200", provider_id=str(starting["id"]))
-    store.enqueue(polling_jobs(settings, "web-3", clock.now)[0])
+    store.jobs.enqueue(polling_jobs(settings, "web-3", clock.now)[0])
 
     with serve(fake.app()) as base:
         readers = _fake_reader(fake, f"{base}/v1")
@@ -96,7 +96,7 @@ def test_inventory_polling_reads_a_page_a_run_and_carries_on_where_it_stopped(
             return Worker(store, JobRegistry([handler]))
 
         def seen() -> set[str]:
-            return {r.name for r in store.servers("web-prod") if r.inventory_seen_at}
+            return {r.name for r in store.servers.all("web-prod") if r.inventory_seen_at}
 
         assert worker().run_once() is not None
         job = _the_job(store, POLL_INVENTORY_JOB)
@@ -124,13 +124,13 @@ def test_inventory_polling_reads_a_page_a_run_and_carries_on_where_it_stopped(
         assert (job.run_after - clock.now).total_seconds() == 15.0
         assert _pages_read(fake) == ["1", "2", "2", "3"]
 
-        filled = store.server("web-prod", "web-112")
+        filled = store.servers.get("web-prod", "web-112")
         assert filled is not None
         assert filled.provider_id == str(listed[112]["id"])
         assert filled.ipv4 == listed[112]["public_net"]["ipv4"]["ip"]
-        kept = store.server("web-prod", "web-3")
+        kept = store.servers.get("web-prod", "web-3")
         assert kept is not None and kept.ipv4 == "198.51.100.1"  # known addresses stay
-        assert all(r.stage is Stage.BOOTING for r in store.servers("web-prod"))
+        assert all(r.stage is Stage.BOOTING for r in store.servers.all("web-prod"))
 
         # web-200 (on page 3) was still starting; the next pass sees it running, and then
         # there is nothing left to look for.
@@ -150,9 +150,9 @@ def test_a_server_seen_and_answering_ssh_moves_on_with_keys_not_pinned_by_a_phon
     store: Store, settings: FleetSettings, clock: Clock, tmp_path: Path
 ) -> None:
     port = free_port()
-    store.save_fleet(dataclasses.replace(settings, ssh_port=port))
+    store.fleets.save(dataclasses.replace(settings, ssh_port=port))
     _booting(store, "web-1", provider_id="4711", ipv4="127.0.0.1")
-    store.enqueue(polling_jobs(settings, "web-1", clock.now)[1])
+    store.jobs.enqueue(polling_jobs(settings, "web-1", clock.now)[1])
     fake = FakeHcloud()
     with serve(fake.app()) as base:
         handler = SshCheckHandler(store, _fake_reader(fake, f"{base}/v1"), clock=clock)
@@ -174,25 +174,25 @@ def test_a_server_seen_and_answering_ssh_moves_on_with_keys_not_pinned_by_a_phon
             clock.advance(2)
             assert worker.run_once() is not None
             assert checks_again_in_2_s()
-            assert store.server("web-prod", "web-1").stage is Stage.BOOTING  # type: ignore[union-attr]
+            assert store.servers.get("web-prod", "web-1").stage is Stage.BOOTING  # type: ignore[union-attr]
 
-            store.update_server("web-prod", "web-1", inventory_seen_at=clock.now)
+            store.servers.update("web-prod", "web-1", inventory_seen_at=clock.now)
             clock.advance(2)
             assert worker.run_once() is not None
 
     job = _the_job(store, SSH_CHECK_JOB)
     assert job.state is JobState.SUCCEEDED
     assert job.result == {"moved_on": True, "address": "127.0.0.1"}
-    record = store.server("web-prod", "web-1")
+    record = store.servers.get("web-prod", "web-1")
     assert record is not None
     assert record.stage is Stage.PHONED_HOME
     assert dict(record.host_keys) == sshd.host_keys
     assert record.host_keys_source == "keyscan"
     assert "NOT pinned from a phone-home" in host_keys_note(record)
     assert "ssh-keyscan" in record.stage_reason
-    (event,) = [e for e in store.events("web-prod") if e.kind == "server.polled"]
+    (event,) = [e for e in store.events.all("web-prod") if e.kind == "server.polled"]
     assert "NOT pinned" in event.message
-    installs = store.jobs("web-prod", kind="install", server="web-1")
+    installs = store.jobs.all("web-prod", kind="install", server="web-1")
     assert [j.state for j in installs] == [JobState.QUEUED]
 
 
@@ -201,14 +201,14 @@ def test_no_answer_before_the_deadline_fails_the_server_with_the_reason(
 ) -> None:
     _booting(store, "web-1", provider_id="4711", ipv4="127.0.0.1")
     hurried = dataclasses.replace(settings, phone_home_timeout_s=60)
-    store.enqueue(polling_jobs(hurried, "web-1", clock.now)[1])
+    store.jobs.enqueue(polling_jobs(hurried, "web-1", clock.now)[1])
     handler = SshCheckHandler(store, lambda _settings: None, clock=clock)
     clock.advance(61)
     assert Worker(store, JobRegistry([handler])).run_once() is not None
     job = _the_job(store, SSH_CHECK_JOB)
     assert job.state is JobState.FAILED
     assert job.last_error == "no phone-home and no SSH answer before the deadline"
-    record = store.server("web-prod", "web-1")
+    record = store.servers.get("web-prod", "web-1")
     assert record is not None and record.stage is Stage.FAILED
     assert record.stage_reason == (
         "not reachable: no phone-home and no SSH answer before the deadline"
@@ -218,7 +218,7 @@ def test_no_answer_before_the_deadline_fails_the_server_with_the_reason(
 def test_the_monitor_starts_polling_for_servers_whose_phone_home_is_overdue(
     store: Store, settings: FleetSettings, clock: Clock
 ) -> None:
-    store.save_fleet(dataclasses.replace(settings, phone_home_timeout_s=600))
+    store.fleets.save(dataclasses.replace(settings, phone_home_timeout_s=600))
     _booting(store, "web-1", provider_id="1")
     clock.advance(300)
     _booting(store, "web-2", provider_id="2")
@@ -226,25 +226,27 @@ def test_the_monitor_starts_polling_for_servers_whose_phone_home_is_overdue(
     clock.advance(301)  # web-1 has booted for 601 s, web-2 for 301 s
 
     assert start_overdue_polling(store, clock.now) == 1
-    checks = store.jobs("web-prod", kind=SSH_CHECK_JOB)
+    checks = store.jobs.all("web-prod", kind=SSH_CHECK_JOB)
     assert [j.server for j in checks] == ["web-1"]
-    assert len(store.jobs("web-prod", kind=POLL_INVENTORY_JOB)) == 1
-    assert [e.server for e in store.events("web-prod") if e.kind == "server.polling"] == ["web-1"]
+    assert len(store.jobs.all("web-prod", kind=POLL_INVENTORY_JOB)) == 1
+    assert [e.server for e in store.events.all("web-prod") if e.kind == "server.polling"] == [
+        "web-1"
+    ]
     assert start_overdue_polling(store, clock.now) == 0  # its check is live: not twice
 
     clock.advance(300)
     assert start_overdue_polling(store, clock.now) == 1
-    assert sorted(j.server or "" for j in store.jobs("web-prod", kind=SSH_CHECK_JOB)) == [
+    assert sorted(j.server or "" for j in store.jobs.all("web-prod", kind=SSH_CHECK_JOB)) == [
         "web-1",
         "web-2",
     ]
-    assert len(store.jobs("web-prod", kind=POLL_INVENTORY_JOB)) == 1  # one per fleet
+    assert len(store.jobs.all("web-prod", kind=POLL_INVENTORY_JOB)) == 1  # one per fleet
 
 
 def test_a_poll_fleet_is_polled_for_at_once(
     store: Store, settings: FleetSettings, clock: Clock
 ) -> None:
-    store.save_fleet(dataclasses.replace(settings, readiness="poll"))
+    store.fleets.save(dataclasses.replace(settings, readiness="poll"))
     _booting(store, "web-1", provider_id="1")
     assert start_overdue_polling(store, clock.now) == 1
-    assert [j.server for j in store.jobs("web-prod", kind=SSH_CHECK_JOB)] == ["web-1"]
+    assert [j.server for j in store.jobs.all("web-prod", kind=SSH_CHECK_JOB)] == ["web-1"]

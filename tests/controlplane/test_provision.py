@@ -88,7 +88,7 @@ def _requested(store: Store, *, readiness: str = "phone-home", max_attempts: int
     register_fleet(store, fleet)
     server = expand_fleet(fleet, load_catalog("hcloud"))[0]
     request_server(store, fleet, server)
-    return store.enqueue(
+    return store.jobs.enqueue(
         NewJob(
             kind=PROVISION_JOB,
             fleet=fleet.name,
@@ -100,7 +100,7 @@ def _requested(store: Store, *, readiness: str = "phone-home", max_attempts: int
 
 
 def _job(store: Store, job_id: int) -> Job:
-    job = store.job(job_id)
+    job = store.jobs.get(job_id)
     assert job is not None
     return job
 
@@ -115,7 +115,7 @@ def test_a_requested_server_is_created_once_despite_a_failure_and_a_lost_answer(
 
     fake.faults.append(Fault(status=503))  # the first look-up fails
     assert worker.run_once() is not None
-    record = store.server("web-prod", name or "")
+    record = store.servers.get("web-prod", name or "")
     assert record is not None and record.stage is Stage.CREATING
     failed = _job(store, job.id)
     assert failed.state is JobState.QUEUED and "503" in failed.last_error
@@ -133,20 +133,20 @@ def test_a_requested_server_is_created_once_despite_a_failure_and_a_lost_answer(
     done = _job(store, job.id)
     assert done.state is JobState.SUCCEEDED
     assert done.result == {"provider_id": str(made["id"])}
-    record = store.server("web-prod", name or "")
+    record = store.servers.get("web-prod", name or "")
     assert record is not None and record.stage is Stage.BOOTING
     assert record.provider_id == str(made["id"])
     assert record.ipv4 == made["public_net"]["ipv4"]["ip"]
-    stages = [t.stage for t in store.transitions("web-prod", name)]
+    stages = [t.stage for t in store.servers.transitions("web-prod", name)]
     assert stages == [Stage.REQUESTED, Stage.CREATING, Stage.BOOTING]
     # readiness: poll looks for it by polling at once
-    assert [j.kind for j in store.jobs("web-prod", states=(JobState.QUEUED,))] == [
+    assert [j.kind for j in store.jobs.all("web-prod", states=(JobState.QUEUED,))] == [
         POLL_INVENTORY_JOB,
         SSH_CHECK_JOB,
     ]
 
     # Running the job again (a duplicate, or a crash after the registration) does nothing.
-    again = store.enqueue(NewJob(kind=PROVISION_JOB, fleet="web-prod", server=name))
+    again = store.jobs.enqueue(NewJob(kind=PROVISION_JOB, fleet="web-prod", server=name))
     assert worker.run_once() is not None
     assert _job(store, again.id).result == {"provider_id": str(made["id"]), "skipped": "booting"}
     assert provisioner.calls == [name, name, name]
@@ -161,9 +161,9 @@ def test_a_phone_home_fleet_waits_for_the_phone_home(
         store, JobRegistry([ProvisionHandler(store, HetznerProvisioner(base, fake.token))])
     )
     assert worker.run_once() is not None
-    (record,) = store.servers("web-prod")
+    (record,) = store.servers.all("web-prod")
     assert record.stage is Stage.BOOTING
-    assert store.jobs("web-prod", kind=POLL_INVENTORY_JOB) == ()
+    assert store.jobs.all("web-prod", kind=POLL_INVENTORY_JOB) == ()
 
 
 def test_the_last_failed_attempt_fails_the_server_with_the_reason(
@@ -178,11 +178,11 @@ def test_the_last_failed_attempt_fails_the_server_with_the_reason(
     assert worker.run_once() is not None
     failed = _job(store, job.id)
     assert failed.state is JobState.FAILED and failed.attempts == 2
-    (record,) = store.servers("web-prod")
+    (record,) = store.servers.all("web-prod")
     assert record.stage is Stage.FAILED
     assert record.stage_reason.startswith("creating it failed: HTTPStatusError:")
     assert "403" in record.stage_reason
-    (event,) = [e for e in store.events("web-prod") if e.kind == "server.failed"]
+    (event,) = [e for e in store.events.all("web-prod") if e.kind == "server.failed"]
     assert event.server == record.name
     assert fake.servers == []
 
@@ -190,9 +190,9 @@ def test_the_last_failed_attempt_fails_the_server_with_the_reason(
 def test_a_server_past_creating_is_left_alone(store: Store, fake: FakeHcloud, base: str) -> None:
     job = _requested(store)
     name = _job(store, job.id).server or ""
-    store.set_stage("web-prod", name, Stage.READY)
+    store.servers.set_stage("web-prod", name, Stage.READY)
     provisioner = HetznerProvisioner(base, fake.token)
     Worker(store, JobRegistry([ProvisionHandler(store, provisioner)])).run_once()
     assert _job(store, job.id).result == {"provider_id": "", "skipped": "ready"}
     assert provisioner.calls == [] and fake.servers == []
-    assert store.servers("web-prod")[0].stage is Stage.READY
+    assert store.servers.all("web-prod")[0].stage is Stage.READY

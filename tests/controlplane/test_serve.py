@@ -28,7 +28,7 @@ from tests.support.wait import wait_until
 def _phoned_home(store: Store, count: int) -> None:
     register_fleet(store, make_fleet())
     for n in range(1, count + 1):
-        store.save_server(
+        store.servers.save(
             ServerRecord(
                 fleet="web-prod",
                 name=f"web-{n}",
@@ -41,7 +41,7 @@ def _phoned_home(store: Store, count: int) -> None:
                 stage=Stage.PHONED_HOME,
             )
         )
-        store.enqueue(install_job("web-prod", f"web-{n}"))
+        store.jobs.enqueue(install_job("web-prod", f"web-{n}"))
 
 
 @contextmanager
@@ -102,16 +102,16 @@ def test_a_job_cut_off_by_a_killed_process_is_done_once_after_a_restart(tmp_path
         first.wait(timeout=10)
     gate.unlink()
     with open_store(url) as store:
-        (job,) = store.jobs("web-prod", kind="install")
+        (job,) = store.jobs.all("web-prod", kind="install")
         assert job.state is JobState.RUNNING  # its worker died holding it
         with _serve(url, tmp_path / "state", env):
             done = wait_until(
-                lambda: store.job(job.id).state is JobState.SUCCEEDED,  # type: ignore[union-attr]
+                lambda: store.jobs.get(job.id).state is JobState.SUCCEEDED,  # type: ignore[union-attr]
                 what="the job to be picked up again and finished",
             )
             assert done
-        finished = store.job(job.id)
-        record = store.server("web-prod", "web-1")
+        finished = store.jobs.get(job.id)
+        record = store.servers.get("web-prod", "web-1")
     assert finished is not None and finished.attempts == 2
     assert [line[:2] for line in _log(log)] == [
         ["start", "web-1"],
@@ -139,12 +139,13 @@ def test_several_workers_on_postgresql_share_the_queue_and_run_no_job_twice(
         ):
             wait_until(
                 lambda: all(
-                    j.state is JobState.SUCCEEDED for j in store.jobs("web-prod", kind="install")
+                    j.state is JobState.SUCCEEDED
+                    for j in store.jobs.all("web-prod", kind="install")
                 ),
                 timeout_s=60,
                 what="every install job to finish",
             )
-        jobs = store.jobs("web-prod", kind="install")
+        jobs = store.jobs.all("web-prod", kind="install")
     lines = _log(log)
     starts = [line[1] for line in lines if line[0] == "start"]
     assert sorted(starts) == sorted(f"web-{n}" for n in range(1, count + 1))  # each once

@@ -96,8 +96,8 @@ def nothing_left(client: Any, fleet: Fleet, name: str) -> None:
     assert client.networks.list(names=[f"fleet-{name}"]) == []
     assert [v.name for v in client.volumes.list() if v.name.startswith(f"{name}-")] == []
     with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
-        assert store.servers(name) == () and store.events(name) == ()
-        assert store.locks() == () and store.fleet(name) is None
+        assert store.servers.all(name) == () and store.events.all(name) == ()
+        assert store.locks.all() == () and store.fleets.get(name) is None
     assert not list((fleet.state_dir / "keys").glob(f"{name}*"))
 
 
@@ -197,11 +197,11 @@ def test_a_dry_run_lists_what_an_install_would_change_and_changes_nothing(
         said = re.search(r"e\.g\. `([^`]+)` after", section("Up, destroy and day-2 signals"))
         assert said, "the README gives no dry-run example"
         with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
-            held = store.acquire_lock("e2e", command="engine up e2e.yaml")
+            held = store.locks.acquire("e2e", command="engine up e2e.yaml")
             try:
                 text = fleet.run("up", "--dry-run")
             finally:
-                store.release_lock(held)
+                store.locks.release(held)
         assert text.returncode == 0, text.stdout + text.stderr
         assert " ".join(said.group(1).split()) in text.stdout.splitlines()
         assert zone("web-1") == before and b"Berlin" not in before
@@ -251,7 +251,7 @@ def test_a_forged_phone_home_from_another_container_on_the_bridge_is_refused(
     network = docker_client.networks.get("fleet-e2e")
     gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
     with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
-        web1 = store.server("e2e", "web-1")
+        web1 = store.servers.get("e2e", "web-1")
         assert web1 is not None
         leaked = mint_stored(
             store, read_fleet_key(fleet.state_dir, "e2e"), fleet="e2e", server="web-1", ttl_s=600
@@ -282,7 +282,7 @@ def test_a_forged_phone_home_from_another_container_on_the_bridge_is_refused(
 
             assert attack("forged." + "A" * 40) == "401"  # not a token we made
             assert attack(leaked) == "403"  # a real token, but not from web-1's address
-        after = store.server("e2e", "web-1")
+        after = store.servers.get("e2e", "web-1")
     assert after is not None and after.host_keys == web1.host_keys and after.stage == web1.stage
 
 
@@ -300,7 +300,7 @@ def signalled(fleet: Fleet, signal: str, server: str) -> subprocess.CompletedPro
 
 def server_events(fleet: Fleet, server: str) -> list[str]:
     with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
-        kinds = [e.kind for e in store.events("e2e") if e.server == server]
+        kinds = [e.kind for e in store.events.all("e2e") if e.server == server]
     return [k for k in kinds if k.startswith("server.") and k.count(".") == 2]
 
 
@@ -342,16 +342,16 @@ def test_rebuild_makes_the_machine_again_with_fresh_user_data_and_it_is_ready(
 ) -> None:
     container = docker_client.containers.get("e2e-web-1").id
     with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
-        old = store.server("e2e", "web-1")
-        document = store.get_user_data("e2e", "web-1")
+        old = store.servers.get("e2e", "web-1")
+        document = store.user_data.get("e2e", "web-1")
         assert document is not None
     result = signalled(fleet, "rebuild", "web-1")
     done = json.loads(result.stdout.splitlines()[-1])
     assert done["event"] == "done" and done["ready"] == ["web-1"], done
     assert docker_client.containers.get("e2e-web-1").id != container
     with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
-        new = store.server("e2e", "web-1")
-        renewed = store.get_user_data("e2e", "web-1")
+        new = store.servers.get("e2e", "web-1")
+        renewed = store.user_data.get("e2e", "web-1")
         assert renewed is not None and renewed.sha256 != document.sha256  # a new token
     assert old is not None and new is not None and new.stage is Stage.READY
     assert new.provider_id != old.provider_id and new.host_keys != old.host_keys

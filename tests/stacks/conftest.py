@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stacks import StackInputs
+from stacks.inputs import StackInputs
 from tests.stacks.harness import Run, fleet_from, run_program, stack_inputs
 
 

@@ -26,7 +26,8 @@ from engine.cloudinit import phone_home_url, render_user_data
 from engine.model import Fleet, Server
 from engine.placement import expand_fleet
 from engine.spec import parse_spec
-from stacks import StackInputs, declare_fleet
+from stacks import declare_fleet
+from stacks.inputs import StackInputs
 from tests.support.keys import DEPLOY_KEY
 
 Answers = Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]]

@@ -8,9 +8,9 @@ import pytest
 
 from engine.errors import EngineError
 from engine.model import Fleet
-from stacks import StackInputs
 from stacks.common import ssh_fingerprint, tags
 from stacks.group import COMPONENT_TYPE
+from stacks.inputs import StackInputs
 from tests.stacks.harness import (
     ENGINE_SOURCES,
     Declared,

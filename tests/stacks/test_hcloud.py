@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from engine.errors import EngineError
-from stacks import StackInputs, check_inputs
 from stacks.common import ssh_fingerprint
 from stacks.group import COMPONENT_TYPE
+from stacks.inputs import StackInputs, check_inputs
 from tests.stacks.harness import (
     ENGINE_SOURCES,
     Run,

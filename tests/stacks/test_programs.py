@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from stacks import StackInputs, fleet_program
+from stacks import fleet_program
 from stacks.group import COMPONENT_TYPE
+from stacks.inputs import StackInputs
 from tests.stacks import test_digitalocean, test_hcloud
 from tests.stacks.harness import (
     TOKEN,

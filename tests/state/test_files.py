@@ -34,8 +34,8 @@ def open_umask() -> Iterator[None]:
 def test_a_new_state_directory_and_store_are_private(tmp_path: Path) -> None:
     state_dir = tmp_path / "project" / ".engine"
     with open_store(state_url(state_dir)) as store:
-        store.save_server(ServerRecord(fleet="f", name="web-1", group="web", provider="local"))
-        store.set_stage("f", "web-1", Stage.CREATING)
+        store.servers.save(ServerRecord(fleet="f", name="web-1", group="web", provider="local"))
+        store.servers.set_stage("f", "web-1", Stage.CREATING)
         # While a connection is open in WAL mode, the -wal and -shm files exist.
         files = sorted(state_dir.iterdir())
         assert [f.name for f in files] == ["state.db", "state.db-shm", "state.db-wal"]

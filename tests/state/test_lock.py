@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import EngineError
-from engine.state.store import StackLockedError, Store, open_store
+from engine.state.locks import StackLockedError
+from engine.state.store import Store, open_store
 
 
 @pytest.fixture
@@ -23,9 +24,9 @@ def store(url: str) -> Iterator[Store]:
 
 
 def test_a_second_taker_learns_who_holds_the_lock(store: Store) -> None:
-    with store.lock("web-prod", command="engine up specs/web.yaml") as held:
+    with store.locks.hold("web-prod", command="engine up specs/web.yaml") as held:
         with pytest.raises(StackLockedError) as info:
-            store.acquire_lock("web-prod", command="engine up specs/web.yaml")
+            store.locks.acquire("web-prod", command="engine up specs/web.yaml")
         message = str(info.value)
         for part in (
             f"locked by {held.holder}@{socket.gethostname()}",
@@ -37,15 +38,15 @@ def test_a_second_taker_learns_who_holds_the_lock(store: Store) -> None:
         ):
             assert part in message
         assert "stale" not in message
-        with store.lock("other-fleet", command="engine up other.yaml"):
-            assert {lock.stack for lock in store.locks()} == {"web-prod", "other-fleet"}
-    assert store.locks() == ()
+        with store.locks.hold("other-fleet", command="engine up other.yaml"):
+            assert {lock.stack for lock in store.locks.all()} == {"web-prod", "other-fleet"}
+    assert store.locks.all() == ()
 
 
 def test_the_lock_is_released_when_the_block_fails(store: Store) -> None:
-    with pytest.raises(RuntimeError), store.lock("web-prod", command="engine up"):
+    with pytest.raises(RuntimeError), store.locks.hold("web-prod", command="engine up"):
         raise RuntimeError("the run failed")
-    with store.lock("web-prod", command="engine up"):
+    with store.locks.hold("web-prod", command="engine up"):
         pass
 
 
@@ -53,9 +54,9 @@ def test_secrets_in_the_command_are_not_recorded(store: Store) -> None:
     from engine.secrets import register_secret
 
     token = register_secret("hcloud-token-abcdef0123456789")
-    with store.lock("web-prod", command=f"engine up --token {token}") as held:
+    with store.locks.hold("web-prod", command=f"engine up --token {token}") as held:
         assert token not in held.command
-        assert store.locks()[0].command == "engine up --token ***"
+        assert store.locks.all()[0].command == "engine up --token ***"
 
 
 _HOLDER = textwrap.dedent(
@@ -63,12 +64,12 @@ _HOLDER = textwrap.dedent(
     import os, sys
     from engine.state.store import open_store
     store = open_store(sys.argv[1])
-    held = store.acquire_lock("web-prod", command="engine up specs/web.yaml")
+    held = store.locks.acquire("web-prod", command="engine up specs/web.yaml")
     print(held.lock_id, flush=True)
     if sys.argv[2] == "die":
         os._exit(0)  # a crash: the lock is never given back
     sys.stdin.readline()
-    store.release_lock(held)
+    store.locks.release(held)
     print("released", flush=True)
     """
 )
@@ -90,7 +91,7 @@ def test_two_processes_contend_for_the_lock(store: Store, url: str) -> None:
         assert holder.stdout is not None and holder.stdin is not None
         lock_id = holder.stdout.readline().strip()  # the holder has the lock once it says so
         with pytest.raises(StackLockedError) as info:
-            store.acquire_lock("web-prod", command="engine up specs/web.yaml")
+            store.locks.acquire("web-prod", command="engine up specs/web.yaml")
         assert info.value.lock.lock_id == lock_id
         assert info.value.lock.pid == holder.pid
         assert "stale" not in str(info.value)
@@ -101,7 +102,7 @@ def test_two_processes_contend_for_the_lock(store: Store, url: str) -> None:
     finally:
         if holder.poll() is None:
             holder.kill()
-    with store.lock("web-prod", command="engine up specs/web.yaml") as mine:
+    with store.locks.hold("web-prod", command="engine up specs/web.yaml") as mine:
         assert mine.pid == os.getpid()
 
 
@@ -111,22 +112,22 @@ def test_a_dead_holder_leaves_a_stale_lock_that_unlock_releases(store: Store, ur
     lock_id = holder.stdout.readline().strip()
     assert holder.wait(timeout=30) == 0
     with pytest.raises(StackLockedError, match=f"process {holder.pid} is no longer running"):
-        store.acquire_lock("web-prod", command="engine up specs/web.yaml")
-    released = store.unlock(lock_id)
+        store.locks.acquire("web-prod", command="engine up specs/web.yaml")
+    released = store.locks.unlock(lock_id)
     assert released.pid == holder.pid
-    (event,) = store.events("web-prod")
+    (event,) = store.events.all("web-prod")
     assert event.kind == "lock.released" and lock_id in event.message
-    with store.lock("web-prod", command="engine up specs/web.yaml"):
+    with store.locks.hold("web-prod", command="engine up specs/web.yaml"):
         pass
 
 
 def test_unlocking_an_unknown_lock_lists_the_held_ones(store: Store) -> None:
-    with store.lock("web-prod", command="engine up") as held:
+    with store.locks.hold("web-prod", command="engine up") as held:
         with pytest.raises(EngineError) as info:
-            store.unlock("0000")
+            store.locks.unlock("0000")
         assert f"held now: {held.lock_id} (web-prod)" in str(info.value)
     with pytest.raises(EngineError, match="no lock is held"):
-        store.unlock("0000")
+        store.locks.unlock("0000")
 
 
 def test_a_run_that_accepts_it_takes_over_a_lock_whose_holder_died(store: Store, url: str) -> None:
@@ -135,14 +136,14 @@ def test_a_run_that_accepts_it_takes_over_a_lock_whose_holder_died(store: Store,
     lock_id = holder.stdout.readline().strip()
     assert holder.wait(timeout=30) == 0
     taken: list[str] = []
-    with store.lock(
+    with store.locks.hold(
         "web-prod", command="engine up specs/web.yaml", on_stale=lambda s: taken.append(s.lock_id)
     ) as mine:
         assert taken == [lock_id] and mine.pid == os.getpid()
         with (  # a live holder is never taken over
             pytest.raises(StackLockedError),
-            store.lock("web-prod", command="engine up", on_stale=lambda s: taken.append("x")),
+            store.locks.hold("web-prod", command="engine up", on_stale=lambda s: taken.append("x")),
         ):
             pass
         assert taken == [lock_id]
-    assert [e.kind for e in store.events("web-prod")] == ["lock.released"]
+    assert [e.kind for e in store.events.all("web-prod")] == ["lock.released"]

@@ -44,57 +44,57 @@ def _record(**overrides: object) -> ServerRecord:
 
 def test_a_fresh_store_has_every_migration(store: Store) -> None:
     assert store.schema_version() == state_schema.MIGRATIONS[-1].version
-    assert store.servers("web-prod") == ()
-    assert store.locks() == ()
+    assert store.servers.all("web-prod") == ()
+    assert store.locks.all() == ()
 
 
 def test_opening_again_changes_nothing(url: str, clock: Clock) -> None:
     with open_store(url, now=clock) as first:
-        first.save_server(_record())
+        first.servers.save(_record())
     with open_store(url, now=clock) as second:
         assert second.schema_version() == state_schema.MIGRATIONS[-1].version
-        assert [r.name for r in second.servers("web-prod")] == ["web-1"]
+        assert [r.name for r in second.servers.all("web-prod")] == ["web-1"]
 
 
 def test_a_server_record_round_trips(store: Store, clock: Clock) -> None:
-    saved = store.save_server(_record())
+    saved = store.servers.save(_record())
     assert saved.created_at == clock.now and saved.updated_at == clock.now
-    loaded = store.server("web-prod", "web-1")
+    loaded = store.servers.get("web-prod", "web-1")
     assert loaded == saved
     assert loaded is not None and loaded.created_at is not None
     assert loaded.created_at.tzinfo is not None
-    assert store.server("web-prod", "web-2") is None
-    assert store.servers("other-fleet") == ()
+    assert store.servers.get("web-prod", "web-2") is None
+    assert store.servers.all("other-fleet") == ()
 
 
 def test_saving_again_keeps_created_at_and_records_stage_changes(
     store: Store, clock: Clock
 ) -> None:
-    created = store.save_server(_record())
+    created = store.servers.save(_record())
     clock.advance(30)
-    again = store.save_server(_record(ipv4="203.0.113.8"))  # same stage: no transition
+    again = store.servers.save(_record(ipv4="203.0.113.8"))  # same stage: no transition
     clock.advance(12)
-    store.save_server(_record(stage=Stage.BOOTING))
+    store.servers.save(_record(stage=Stage.BOOTING))
     assert again.created_at == created.created_at
-    loaded = store.server("web-prod", "web-1")
+    loaded = store.servers.get("web-prod", "web-1")
     assert loaded is not None and loaded.updated_at == clock.now
-    assert [t.stage for t in store.transitions("web-prod", "web-1")] == [
+    assert [t.stage for t in store.servers.transitions("web-prod", "web-1")] == [
         Stage.CREATING,
         Stage.BOOTING,
     ]
 
 
 def test_many_records_are_saved_in_one_transaction(store: Store) -> None:
-    saved = store.save_servers(_record(name=f"web-{n}") for n in range(1, 201))
-    assert len(saved) == 200 and len(store.servers("web-prod")) == 200
+    saved = store.servers.save_all(_record(name=f"web-{n}") for n in range(1, 201))
+    assert len(saved) == 200 and len(store.servers.all("web-prod")) == 200
     naive = dt.datetime(2026, 1, 1)  # refused: the store only takes aware datetimes
     with pytest.raises(StatementError):  # a bad record in the batch saves none of it
-        store.save_servers([_record(name="web-201"), _record(name="web-202", created_at=naive)])
-    assert store.server("web-prod", "web-201") is None
+        store.servers.save_all([_record(name="web-201"), _record(name="web-202", created_at=naive)])
+    assert store.servers.get("web-prod", "web-201") is None
 
 
 def test_per_step_durations_come_from_transitions(store: Store, clock: Clock) -> None:
-    store.save_server(_record(stage=Stage.REQUESTED))
+    store.servers.save(_record(stage=Stage.REQUESTED))
     for stage, seconds in [
         (Stage.CREATING, 1),
         (Stage.BOOTING, 9),
@@ -103,9 +103,9 @@ def test_per_step_durations_come_from_transitions(store: Store, clock: Clock) ->
         (Stage.READY, 41),
     ]:
         clock.advance(seconds)
-        store.set_stage("web-prod", "web-1", stage, reason=f"after {seconds}s")
-    store.set_stage("web-prod", "web-1", Stage.READY)  # not a transition: already there
-    transitions = store.transitions("web-prod", "web-1")
+        store.servers.set_stage("web-prod", "web-1", stage, reason=f"after {seconds}s")
+    store.servers.set_stage("web-prod", "web-1", Stage.READY)  # not a transition: already there
+    transitions = store.servers.transitions("web-prod", "web-1")
     assert transitions[-1].reason == "after 41s"
     assert stage_durations(transitions) == (
         (Stage.REQUESTED, 1.0),
@@ -114,35 +114,50 @@ def test_per_step_durations_come_from_transitions(store: Store, clock: Clock) ->
         (Stage.PHONED_HOME, 2.0),
         (Stage.INSTALLING, 41.0),
     )
-    loaded = store.server("web-prod", "web-1")
+    loaded = store.servers.get("web-prod", "web-1")
     assert loaded is not None and loaded.stage is Stage.READY
 
 
 def test_set_stage_of_an_unknown_server_is_an_error(store: Store) -> None:
     with pytest.raises(EngineError, match="no server web-9 in fleet web-prod"):
-        store.set_stage("web-prod", "web-9", Stage.READY)
+        store.servers.set_stage("web-prod", "web-9", Stage.READY)
 
 
 def test_forgetting_a_server_keeps_its_history(store: Store) -> None:
-    store.save_server(_record())
-    store.forget_server("web-prod", "web-1")
-    assert store.servers("web-prod") == ()
-    assert len(store.transitions("web-prod", "web-1")) == 1
+    store.servers.save(_record())
+    store.servers.forget("web-prod", "web-1")
+    assert store.servers.all("web-prod") == ()
+    assert len(store.servers.transitions("web-prod", "web-1")) == 1
+
+
+def test_a_transaction_across_repositories_commits_all_of_it_or_none(store: Store) -> None:
+    store.servers.save(_record())
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.servers.set_stage("web-prod", "web-1", Stage.FAILED, reason="no answer")
+        tx.events.record("web-prod", "server.failed", "web-1: no answer", server="web-1")
+        raise RuntimeError("the step after them failed")
+    assert store.servers.get("web-prod", "web-1").stage is Stage.CREATING  # type: ignore[union-attr]
+    assert store.events.all("web-prod") == ()
+    with store.transaction() as tx:
+        tx.servers.set_stage("web-prod", "web-1", Stage.FAILED, reason="no answer")
+        tx.events.record("web-prod", "server.failed", "web-1: no answer", server="web-1")
+    assert store.servers.get("web-prod", "web-1").stage is Stage.FAILED  # type: ignore[union-attr]
+    assert [e.kind for e in store.events.all("web-prod")] == ["server.failed"]
 
 
 def test_events_are_appended_in_order_and_redacted(store: Store) -> None:
     secret = register_secret("tok-0123456789-abcdef")
-    first = store.record_event("web-prod", "server.created", "web-1 created", server="web-1")
-    second = store.record_event(
+    first = store.events.record("web-prod", "server.created", "web-1 created", server="web-1")
+    second = store.events.record(
         "web-prod", "phone_home.refused", f"bad token {secret}", data={"ip": "203.0.113.7"}
     )
-    store.record_event("other", "server.created", "x")
-    events = store.events("web-prod")
+    store.events.record("other", "server.created", "x")
+    events = store.events.all("web-prod")
     assert [e.id for e in events] == [first.id, second.id]
     assert events[1].message == "bad token ***"
     assert events[1].data == {"ip": "203.0.113.7"}
-    assert store.events("web-prod", after_id=first.id) == (events[1],)
-    assert store.events("web-prod", server="web-1") == (events[0],)
+    assert store.events.all("web-prod", after_id=first.id) == (events[1],)
+    assert store.events.all("web-prod", server="web-1") == (events[0],)
 
 
 def test_a_store_from_a_newer_engine_is_refused(url: str) -> None:
@@ -164,7 +179,7 @@ def test_an_appended_migration_is_applied_to_an_existing_store(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with open_store(url) as old:
-        old.save_server(_record())
+        old.servers.save(_record())
 
     def heartbeats(metadata: MetaData) -> None:
         Table(
@@ -187,7 +202,7 @@ def test_an_appended_migration_is_applied_to_an_existing_store(
     try:
         with open_store(url) as upgraded:
             assert upgraded.schema_version() == version
-            assert [r.name for r in upgraded.servers("web-prod")] == ["web-1"]
+            assert [r.name for r in upgraded.servers.all("web-prod")] == ["web-1"]
         engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
         with engine.begin() as connection:
             connection.execute(text("INSERT INTO heartbeats (server) VALUES ('web-1')"))

@@ -51,30 +51,34 @@ def test_user_data_is_rendered_once_kept_sealed_and_sent_as_rendered(
     store: Store, tmp_path: Path
 ) -> None:
     key = ensure_fleet_key(tmp_path, FLEET)
-    store.save_server(ServerRecord(fleet=FLEET, name="web-1", group="web", provider="local"))
+    store.servers.save(ServerRecord(fleet=FLEET, name="web-1", group="web", provider="local"))
     renders: list[str] = []
 
     def render() -> str:
         renders.append(_document(store, key))
         return renders[-1]
 
-    first = pin_user_data(store, fleet=FLEET, server="web-1", seal=_seal(key), render=render)
-    again = pin_user_data(store, fleet=FLEET, server="web-1", seal=_seal(key), render=render)
+    first = pin_user_data(
+        store.user_data, fleet=FLEET, server="web-1", seal=_seal(key), render=render
+    )
+    again = pin_user_data(
+        store.user_data, fleet=FLEET, server="web-1", seal=_seal(key), render=render
+    )
     assert first == again == renders[0] and len(renders) == 1
-    record = store.server(FLEET, "web-1")
+    record = store.servers.get(FLEET, "web-1")
     assert record is not None and record.user_data_hash == f"sha256:{_sha256(first)}"
-    kept = store.get_user_data(FLEET, "web-1")
+    kept = store.user_data.get(FLEET, "web-1")
     assert kept is not None and kept.sha256 == _sha256(first)
     token = next(line for line in first.splitlines() if "ph1." in line).split()[-1]
     assert token not in kept.content
     assert kept.content == first.replace(token, token.rsplit(".", 1)[0] + ".MAC-NOT-STORED")
 
     fresh = pin_user_data(
-        store, fleet=FLEET, server="web-1", seal=_seal(key), render=render, fresh=True
+        store.user_data, fleet=FLEET, server="web-1", seal=_seal(key), render=render, fresh=True
     )
     assert fresh == renders[1] != first
-    assert pinned_user_data(store, fleet=FLEET, server="web-1", seal=_seal(key)) == fresh
-    assert store.get_user_data(FLEET, "web-2") is None
+    assert pinned_user_data(store.user_data, fleet=FLEET, server="web-1", seal=_seal(key)) == fresh
+    assert store.user_data.get(FLEET, "web-2") is None
 
 
 def test_user_data_kept_under_another_key_is_refused_not_sent_changed(
@@ -83,23 +87,29 @@ def test_user_data_kept_under_another_key_is_refused_not_sent_changed(
     key = ensure_fleet_key(tmp_path / "one", FLEET)
     other = ensure_fleet_key(tmp_path / "other", FLEET)
     document = _document(store, key)
-    pin_user_data(store, fleet=FLEET, server="web-1", seal=_seal(key), render=lambda: document)
+    pin_user_data(
+        store.user_data, fleet=FLEET, server="web-1", seal=_seal(key), render=lambda: document
+    )
     with pytest.raises(UserDataError, match=r"user_data kept for web-1 of f does not come back"):
-        pin_user_data(store, fleet=FLEET, server="web-1", seal=_seal(other), render=lambda: "")
-    assert pinned_user_data(store, fleet=FLEET, server="web-1", seal=_seal(key)) == document
+        pin_user_data(
+            store.user_data, fleet=FLEET, server="web-1", seal=_seal(other), render=lambda: ""
+        )
+    assert (
+        pinned_user_data(store.user_data, fleet=FLEET, server="web-1", seal=_seal(key)) == document
+    )
 
 
 def test_forget_fleet_leaves_no_row_of_it(store: Store) -> None:
     kept = StoredUserData(content="#cloud-config\nhostname: web-1\n", sha256="0" * 64)
     for fleet in ("gone", "kept"):
-        store.save_server(ServerRecord(fleet=fleet, name="web-1", group="web", provider="local"))
-        store.set_stage(fleet, "web-1", Stage.CREATING)
-        store.put_user_data(fleet, "web-1", kept)
-        store.record_event(fleet, "test.event", "something happened", server="web-1")
+        store.servers.save(ServerRecord(fleet=fleet, name="web-1", group="web", provider="local"))
+        store.servers.set_stage(fleet, "web-1", Stage.CREATING)
+        store.user_data.put(fleet, "web-1", kept)
+        store.events.record(fleet, "test.event", "something happened", server="web-1")
     store.forget_fleet("gone")
-    assert store.servers("gone") == () and store.transitions("gone") == ()
-    assert store.events("gone") == () and store.get_user_data("gone", "web-1") is None
-    assert len(store.servers("kept")) == 1 and store.get_user_data("kept", "web-1") == kept
+    assert store.servers.all("gone") == () and store.servers.transitions("gone") == ()
+    assert store.events.all("gone") == () and store.user_data.get("gone", "web-1") is None
+    assert len(store.servers.all("kept")) == 1 and store.user_data.get("kept", "web-1") == kept
 
 
 @pytest.mark.usefixtures("sqlite_keeps_deleted_text")
@@ -117,15 +127,18 @@ def test_a_store_that_kept_tokens_in_clear_is_sealed_when_opened(
             # (replaced, with one more user's key), so its first one is deleted text in the file.
             for name, users in (("web-1", 1), ("web-2", 1), ("web-1", 2)):
                 text = documents[name] = _document(old, key, name, users=users)
-                old.put_user_data(FLEET, name, StoredUserData(content=text, sha256=_sha256(text)))
+                old.user_data.put(FLEET, name, StoredUserData(content=text, sha256=_sha256(text)))
     if database is not None:
         assert len(usable_tokens(database, tmp_path, {FLEET: list(documents)})) == 3
     with open_store(url) as store:
         assert store.schema_version() == state_schema.MIGRATIONS[-1].version
         for name, text in documents.items():
-            kept = store.get_user_data(FLEET, name)
+            kept = store.user_data.get(FLEET, name)
             assert kept is not None and "MAC-NOT-STORED" in kept.content
-            assert pinned_user_data(store, fleet=FLEET, server=name, seal=_seal(key, name)) == text
+            assert (
+                pinned_user_data(store.user_data, fleet=FLEET, server=name, seal=_seal(key, name))
+                == text
+            )
     if database is not None:
         # Neither the rows, nor free pages, nor the write-ahead log keep the old text.
         assert usable_tokens(database, tmp_path, {FLEET: list(documents)}) == []

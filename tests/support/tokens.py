@@ -35,7 +35,7 @@ def mint_stored(
 ) -> str:
     """A new phone-home token for `server` of `fleet`, its record kept in `store`."""
     token, record = mint_phone_home_token(key, fleet=fleet, server=server, ttl_s=ttl_s, now=now)
-    store.add_phone_home_token(record)
+    store.phone_homes.add_token(record)
     return token
 
 

@@ -161,7 +161,7 @@ class CloudBackend:
         new servers registered from its outputs."""
         from engine.install.deploykey import ensure_deploy_key
         from engine.providers.cloud.pulumi_runner import up
-        from stacks import StackInputs
+        from stacks.inputs import StackInputs
 
         replaced: set[str] = set()
         adopted: dict[str, str] = {}
@@ -169,7 +169,7 @@ class CloudBackend:
             if change.action in (Action.CREATE, Action.REPLACE):
                 assert change.after is not None
                 if change.action is Action.REPLACE:
-                    run.store.forget_server(run.fleet.name, change.server)
+                    run.store.servers.forget(run.fleet.name, change.server)
                     replaced.add(change.server)
                 run.create(change.after, provision=False)
             elif change.action is Action.REINSTALL:
@@ -178,14 +178,14 @@ class CloudBackend:
                 assert change.before is not None
                 run.adopt(change)
                 adopted[change.server] = change.before.provider_id
-        records = {r.name: r for r in run.store.servers(run.fleet.name)}
+        records = {r.name: r for r in run.store.servers.all(run.fleet.name)}
         # Made by no run yet, or by one that died before registering them.
         pending = [r for r in records.values() if not r.provider_id]
         if not pending and all(c.action is Action.REINSTALL for c in plan.changes):
             return
         for record in pending:
             if record.stage is Stage.REQUESTED:
-                run.store.set_stage(run.fleet.name, record.name, Stage.CREATING)
+                run.store.servers.set_stage(run.fleet.name, record.name, Stage.CREATING)
         inputs = StackInputs(
             fleet=self.fleet,
             servers=tuple(servers),
@@ -250,7 +250,7 @@ class CloudBackend:
     def _register(self, run: FleetRun, result: RunResult) -> None:
         """Every server the program made (or made anew) gets its id and addresses recorded,
         which moves it to booting."""
-        records = {r.name: r for r in run.store.servers(run.fleet.name)}
+        records = {r.name: r for r in run.store.servers.all(run.fleet.name)}
         for out in result.servers:
             record = records.get(out.name)
             if record is None or record.provider_id == out.id:
@@ -304,7 +304,7 @@ class CloudBackend:
         actions = provider_actions(self.fleet, self.token)
         user_data = run.user_data(server, fresh=True) if actions.takes_user_data() else None
         # Its disk, host keys and install are gone; what it says next is about the new one.
-        run.store.update_server(
+        run.store.servers.update(
             self.fleet.name,
             server.name,
             stage=Stage.BOOTING,
@@ -322,7 +322,7 @@ class CloudBackend:
         try:
             self._waited(actions, started, server.name, timeout_s)
         except EngineError as error:
-            run.store.update_server(self.fleet.name, server.name, stage=Stage.FAILED,
+            run.store.servers.update(self.fleet.name, server.name, stage=Stage.FAILED,
                                     reason=f"rebuild: {error}")  # fmt: skip
             raise
         if user_data is None:

@@ -36,7 +36,8 @@ from engine.errors import EngineError
 from engine.model import Fleet
 from engine.secrets import redact, register_secret
 from engine.state.files import private_dir
-from stacks import PROJECT, SERVERS_OUTPUT, StackInputs, fleet_program, provider_program
+from stacks import PROJECT, SERVERS_OUTPUT, fleet_program, provider_program
+from stacks.inputs import StackInputs
 
 if TYPE_CHECKING:
     from pulumi.automation import EngineEvent, Stack

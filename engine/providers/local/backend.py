@@ -120,7 +120,9 @@ class LocalBackend:
             server = servers.get(record.name)
             key = read_fleet_key(self.state_dir, record.fleet)
             seal = PhoneHomeSeal(key=key, fleet=record.fleet, server=record.name)
-            user_data = pinned_user_data(store, fleet=record.fleet, server=record.name, seal=seal)
+            user_data = pinned_user_data(
+                store.user_data, fleet=record.fleet, server=record.name, seal=seal
+            )
             if server is None or user_data is None:
                 raise EngineError(f"{record.name} is no longer in the spec or has no user_data")
             machine = self.driver.create(server, image=self.golden_image, user_data=user_data)
@@ -143,7 +145,7 @@ class LocalBackend:
                 assert change.after is not None
                 run.board.note(f"{name}: {change.action} (the machine is made again)")
                 driver.delete(name)
-                run.store.forget_server(run.fleet.name, name)
+                run.store.servers.forget(run.fleet.name, name)
                 run.create(change.after, provision=True)
             elif change.action is Action.RESIZE:
                 assert change.after is not None
@@ -185,5 +187,5 @@ class LocalBackend:
     ) -> None:
         """The machine made again, from fresh user_data with a new token, by a provision job."""
         self.driver.delete(server.name)
-        run.store.forget_server(run.fleet.name, server.name)
+        run.store.servers.forget(run.fleet.name, server.name)
         run.create(server, provision=True)
