@@ -1,10 +1,13 @@
 """What every fake provider API shares: bearer auth, a request log, injected faults, and how
 server actions end.
 
-A test queues faults (`fake.faults.append(Fault(status=429, retry_after=7))`); each request
-takes the next one. `Fault(delay_s=2)` answers normally but only after two seconds, which a
-client with a shorter read timeout sees as a timeout. `latency_s` delays every answer like a
-distant API does, and `most_in_flight` tells how many requests overlapped.
+A test queues faults (`fake.faults.append(Fault(status=503))`); each request takes the next
+one; a 429 fault is answered as the provider documents its own (Hetzner: no Retry-After;
+DigitalOcean: `Retry-After: retry_after`). Every fake also keeps the provider's documented rate
+limit itself (`spend`), and refuses past it as the provider does. `Fault(delay_s=2)` answers
+normally but only after two seconds, which a client with a shorter read timeout sees as a
+timeout. `latency_s` delays every answer like a distant API does, and `most_in_flight` tells
+how many requests overlapped.
 
 Server actions (reboot, rebuild, ...) start running; each later read of one moves it on, and
 after `ActionScript.reads` reads it ends as `ActionScript.ends` says: "success", "error", or
@@ -26,7 +29,7 @@ from starlette.responses import JSONResponse
 @dataclass
 class Fault:
     status: int = 0
-    retry_after: int | None = None
+    retry_after: int | None = None  # DigitalOcean's 429 only: Hetzner sends no Retry-After
     delay_s: float = 0.0
 
 
@@ -67,9 +70,6 @@ class FakeApi(ABC):
     requests: list[Recorded] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     latency_s: float = 0.0
-    rate_limit: int = 3600
-    rate_remaining: int = 3600
-    rate_reset: int | None = None
     in_flight: int = 0
     most_in_flight: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
@@ -89,6 +89,14 @@ class FakeApi(ABC):
     def rate_headers(self) -> dict[str, str]:
         """This provider's rate-limit headers for the current budget."""
 
+    @abstractmethod
+    def spend(self) -> JSONResponse | None:
+        """Count one request against the rate limit; the provider's 429 if it is spent."""
+
+    @abstractmethod
+    def refused(self, retry_after: int | None) -> JSONResponse:
+        """The provider's 429, as its documentation shows it."""
+
     async def admit(self, request: Request) -> JSONResponse | None:
         """Record the request; answer it here if it is unauthorised or a fault is queued."""
         self.requests.append(Recorded(request.method, request.url.path, dict(request.query_params)))
@@ -99,19 +107,18 @@ class FakeApi(ABC):
             self.in_flight -= 1
         if request.headers.get("authorization") != f"Bearer {self.token}":
             return self.error(401, "unauthorized", "unable to authenticate")
-        self.rate_remaining = max(0, self.rate_remaining - 1)
-        if not self.faults:
-            return None
+        refused = self.spend()
+        if refused is not None or not self.faults:
+            return refused
         fault = self.faults.pop(0)
         if fault.delay_s:
             await asyncio.sleep(fault.delay_s)
         if not fault.status:
             return None
-        code = {429: "rate_limit_exceeded"}.get(fault.status, "service_error")
-        response = self.error(fault.status, code, "injected fault")
+        if fault.status == 429:
+            return self.refused(fault.retry_after)
+        response = self.error(fault.status, "service_error", "injected fault")
         response.headers.update(self.rate_headers())
-        if fault.retry_after is not None:
-            response.headers["Retry-After"] = str(fault.retry_after)
         return response
 
 

@@ -2,19 +2,24 @@
 
 Payloads follow the published reference: list endpoints page with `page`/`per_page` (at most
 200) and answer `links.pages` and `meta.total`; `GET /v2/droplets` filters by `tag_name` and
-`name`; errors are `{"id", "message", "request_id"}`; answers carry `ratelimit-limit`,
-`ratelimit-remaining` and `ratelimit-reset`; every request needs `Authorization: Bearer
-<token>`. Like the real API, a droplet created moments ago can be missing from list calls
-(`add_droplet(..., listed=False)`). `POST /v2/droplets/{id}/actions` (`type` reboot,
-power_off, power_on, rebuild, snapshot) starts an action that `GET /v2/actions/{id}` reports
-`in-progress`, then `completed` or `errored` (tests.fakes.common.ActionScript);
+`name`; errors are `{"id", "message", "request_id"}`; every request needs
+`Authorization: Bearer <token>`. Rate limits, as documented: `rate_limit` requests an hour
+(5000; answers carry `ratelimit-limit`, `ratelimit-remaining` and `ratelimit-reset`, the time
+the oldest counted request expires) and `per_minute` a minute (250; no header tells it); past
+either, 429 `too_many_requests` with `Retry-After` in seconds. Like the real API, a droplet
+created moments ago can be missing from list calls (`add_droplet(..., listed=False)`).
+`POST /v2/droplets/{id}/actions` (`type` reboot, power_off, power_on, rebuild, snapshot)
+starts an action that `GET /v2/actions/{id}` reports `in-progress`, then `completed` or
+`errored` (tests.fakes.common.ActionScript);
 `DELETE /v2/droplets/{id}` answers 204. Faults (429, 5xx, slow answers) as in
 tests.fakes.common.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +54,8 @@ def _size(slug: str, vcpus: int, memory_mb: int, disk: int, monthly: float) -> d
 
 @dataclass
 class FakeDigitalOcean(FakeApi):
-    token: str = "dop_v1_fake0123456789abcdef"
+    # An account of its own per fake: the engine keeps one rate budget per token and endpoint.
+    token: str = field(default_factory=lambda: f"dop_v1_fake{secrets.token_hex(8)}")
     regions: list[dict[str, Any]] = field(default_factory=list)
     sizes: list[dict[str, Any]] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
@@ -63,7 +69,9 @@ class FakeDigitalOcean(FakeApi):
     action_requests: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     with_total: bool = True
     rate_limit: int = 5000
-    rate_remaining: int = 5000
+    per_minute: int = 250
+    # When each counted request was made (the last hour's), oldest first.
+    counted: deque[float] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         if not self.regions:
@@ -233,13 +241,36 @@ class FakeDigitalOcean(FakeApi):
             headers={"x-request-id": request_id},
         )
 
+    def _expire(self, now: float) -> None:
+        while self.counted and self.counted[0] <= now - 3600:
+            self.counted.popleft()
+
     def rate_headers(self) -> dict[str, str]:
-        reset = self.rate_reset if self.rate_reset is not None else int(time.time()) + 60
+        now = time.time()
+        self._expire(now)
+        oldest = self.counted[0] if self.counted else now
         return {
             "ratelimit-limit": str(self.rate_limit),
-            "ratelimit-remaining": str(self.rate_remaining),
-            "ratelimit-reset": str(reset),
+            "ratelimit-remaining": str(max(0, self.rate_limit - len(self.counted))),
+            "ratelimit-reset": str(int(oldest + 3600)),
         }
+
+    def spend(self) -> JSONResponse | None:
+        now = time.time()
+        self._expire(now)
+        last_minute = [t for t in self.counted if t > now - 60]
+        if len(self.counted) >= self.rate_limit:
+            return self.refused(int(self.counted[0] + 3600 - now) + 1)
+        if len(last_minute) >= self.per_minute:
+            return self.refused(int(last_minute[-self.per_minute] + 60 - now) + 1)
+        self.counted.append(now)
+        return None
+
+    def refused(self, retry_after: int | None) -> JSONResponse:
+        response = self.error(429, "too_many_requests", "API Rate limit exceeded.")
+        response.headers.update(self.rate_headers())
+        response.headers["Retry-After"] = str(retry_after if retry_after is not None else 1)
+        return response
 
     async def _list(self, request: Request, key: str, items: list[dict[str, Any]]) -> JSONResponse:
         refused = await self.admit(request)

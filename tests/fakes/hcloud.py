@@ -7,15 +7,22 @@ selector language: `k=v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`, comm
 `POST /servers/{id}/actions/{reboot,poweroff,poweron,rebuild,create_image}` and
 `DELETE /servers/{id}` start an action that `GET /actions/{id}` reports running (with its
 progress), then success or error (tests.fakes.common.ActionScript); errors are
-`{"error": {"code", "message", "details"}}` with an `X-Correlation-Id` header; every answer
-carries `RateLimit-Limit/Remaining/Reset`; every request needs `Authorization: Bearer <token>`.
-The fake counts requests and fails the next ones on demand (429 with Retry-After, 5xx, slow
-answers that time out) to exercise retries.
+`{"error": {"code", "message", "details"}}` with an `X-Correlation-Id` header; every request
+needs `Authorization: Bearer <token>`.
+
+Rate limit, as documented: a bucket of `rate_limit` requests (3600) per project that refills
+one request a second; every answer carries `RateLimit-Limit`, `RateLimit-Remaining` and
+`RateLimit-Reset` (the UNIX time the bucket is full again); an empty bucket answers 429
+`rate_limit_exceeded`, with those headers and no Retry-After. `meta.pagination.last_page` and
+`total_entries` "may be null" (`unknown_totals`): `next_page` is how to go on then. The fake
+counts requests and fails the next ones on demand (429, 5xx, slow answers that time out) to
+exercise retries.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,7 +144,8 @@ def matches_selector(labels: dict[str, str], selector: str) -> bool:
 
 @dataclass
 class FakeHcloud(FakeApi):
-    token: str = "fake-hcloud-token-0123456789"
+    # A project of its own per fake: the engine keeps one rate budget per token and endpoint.
+    token: str = field(default_factory=lambda: f"fake-hcloud-token-{secrets.token_hex(8)}")
     locations: list[dict[str, Any]] = field(default_factory=list)
     server_types: list[dict[str, Any]] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
@@ -152,6 +160,10 @@ class FakeHcloud(FakeApi):
     action_requests: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     # The user_data a rebuild was given, by server id (the API never shows it back).
     user_data: dict[int, str] = field(default_factory=dict)
+    rate_limit: int = 3600
+    rate_remaining: float = 3600.0
+    rate_at: float = field(default_factory=time.time)
+    unknown_totals: bool = False
     _filtered: dict[tuple[Any, ...], list[dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -367,15 +379,34 @@ class FakeHcloud(FakeApi):
             headers={"X-Correlation-Id": f"corr-{len(self.requests)}"},
         )
 
+    def _refill(self) -> None:
+        now = time.time()
+        per_s = self.rate_limit / 3600
+        self.rate_remaining = min(
+            self.rate_limit, self.rate_remaining + (now - self.rate_at) * per_s
+        )
+        self.rate_at = now
+
     def rate_headers(self) -> dict[str, str]:
-        reset = self.rate_reset
-        if reset is None:
-            reset = int(time.time()) + (self.rate_limit - self.rate_remaining)
+        self._refill()
+        full_in = (self.rate_limit - self.rate_remaining) * 3600 / self.rate_limit
         return {
             "RateLimit-Limit": str(self.rate_limit),
-            "RateLimit-Remaining": str(self.rate_remaining),
-            "RateLimit-Reset": str(reset),
+            "RateLimit-Remaining": str(int(self.rate_remaining)),
+            "RateLimit-Reset": str(int(self.rate_at + full_in)),
         }
+
+    def spend(self) -> JSONResponse | None:
+        self._refill()
+        if self.rate_remaining < 1:
+            return self.refused(None)
+        self.rate_remaining -= 1
+        return None
+
+    def refused(self, retry_after: int | None) -> JSONResponse:
+        response = self.error(429, "rate_limit_exceeded", "limit of 3600 requests per hour reached")
+        response.headers.update(self.rate_headers())
+        return response
 
     async def _list(self, request: Request, key: str, items: list[dict[str, Any]]) -> JSONResponse:
         refused = await self.admit(request)
@@ -405,8 +436,8 @@ class FakeHcloud(FakeApi):
                         "per_page": per_page,
                         "previous_page": page - 1 if page > 1 else None,
                         "next_page": page + 1 if page < last else None,
-                        "last_page": last,
-                        "total_entries": len(items),
+                        "last_page": None if self.unknown_totals else last,
+                        "total_entries": None if self.unknown_totals else len(items),
                     }
                 },
             },
@@ -418,7 +449,6 @@ class FakeHcloud(FakeApi):
         refused = await self.admit(request)
         if refused is not None:
             return refused
-        self.rate_remaining = max(0, self.rate_remaining - 1)
         body = await request.json()
         if not body.get("name") or not body.get("server_type") or not body.get("image"):
             return self.error(422, "invalid_input", "name, server_type and image are required")

@@ -69,8 +69,17 @@ def test_pages_are_read_in_parallel_in_page_order(fake: FakeHcloud, url: str) ->
     fake.latency_s = 0.05
     servers = _reader(fake, url).read_servers()
     assert [s.name for s in servers] == [f"web-{n}" for n in range(1, 301)]
-    assert 1 < fake.most_in_flight <= 4  # four pages at a time
+    assert 1 < fake.most_in_flight <= RetryPolicy().workers  # the five other pages at once
     assert len(fake.requests) == 6
+
+
+def test_without_a_page_count_the_pages_are_followed_one_by_one(fake: FakeHcloud, url: str) -> None:
+    for n in range(1, 121):
+        fake.add_server(f"web-{n}", labels=_owned(f"web-{n}"))
+    fake.unknown_totals = True  # `last_page` and `total_entries` may be null, as documented
+    servers = _reader(fake, url).read_servers()
+    assert [s.name for s in servers] == [f"web-{n}" for n in range(1, 121)]
+    assert [r.query["page"] for r in fake.requests] == ["1", "2", "3"]
 
 
 def test_a_server_is_read_completely(fake: FakeHcloud, url: str) -> None:
@@ -112,32 +121,28 @@ def test_a_server_is_read_completely(fake: FakeHcloud, url: str) -> None:
 def test_rate_limits_server_errors_and_timeouts_are_survived(fake: FakeHcloud, url: str) -> None:
     for n in range(1, 121):
         fake.add_server(f"web-{n}", labels=_owned(f"web-{n}"))
-    fake.faults += [
-        Fault(status=429, retry_after=7),
-        Fault(status=503),
-        Fault(delay_s=1.0),
-        Fault(status=502),
-    ]
+    fake.faults += [Fault(status=429), Fault(status=503), Fault(delay_s=1.0), Fault(status=502)]
     sleeps: list[float] = []
     reader = _reader(fake, url, sleeps, timeout_s=0.25)
     assert len(reader.read_servers()) == 120
-    assert sleeps == [7.0, 2.0, 4.0, 8.0]
+    # A 429 waits for one request's refill (Hetzner sends no Retry-After), then back-off.
+    assert sleeps == [1.0, 2.0, 4.0, 8.0]
     assert reader.calls.retries == 4
     assert fake.count("/v1/servers") == 3 + 4
 
 
-def test_a_spent_rate_limit_paces_the_next_request(fake: FakeHcloud, url: str) -> None:
-    for n in range(1, 61):
+def test_a_spent_bucket_paces_the_reads_instead_of_meeting_a_429(
+    fake: FakeHcloud, url: str
+) -> None:
+    for n in range(1, 201):
         fake.add_server(f"web-{n}", labels=_owned(f"web-{n}"))
-    fake.rate_remaining = 1  # the first page spends the budget
-    clock = 1_800_000_000.0
-    fake.rate_reset = int(clock) + 3599
-    sleeps: list[float] = []
-    retry = RetryPolicy(sleep=sleeps.append, clock=lambda: clock)
-    reader = inventory_reader(example_fleet("hetzner", url), token=fake.token, policy=retry)
-    assert len(reader.read_servers()) == 60
-    assert sleeps == [1.0]  # one request's refill, not the hour until the full reset
-    assert reader.calls.rate_limit_remaining == 0
+    fake.rate_remaining = 3  # what is left of the project's hour; it refills one a second
+    # Real waits (no injected sleep): the fake's bucket refills as time goes.
+    reader = inventory_reader(example_fleet("hetzner", url), token=fake.token, policy=RetryPolicy())
+    assert len(reader.read_servers()) == 200
+    assert fake.count("/v1/servers") == 4  # no request was refused and sent again
+    assert reader.calls.retries == 0
+    assert 0.5 < reader.calls.waited_s < 2.0  # one request's refill, not the hour until "full"
 
 
 def test_a_bad_token_is_a_clear_error_with_the_correlation_id(fake: FakeHcloud, url: str) -> None:

@@ -9,7 +9,7 @@ inventory reader, the droplet actions and the catalog refresh all use this clien
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlparse
@@ -22,10 +22,13 @@ from pydo import Client
 from engine.errors import ProviderError
 from engine.providers.retry import (
     ApiCalls,
+    Paging,
+    RateBudget,
     RetryPolicy,
     TransientError,
     read_pages,
     send,
+    shared_budget,
     timed_out,
     unreachable,
 )
@@ -37,10 +40,11 @@ PAGE_SIZE = 200
 class _RetryPolicy(HTTPPolicy):  # type: ignore[type-arg]
     """azure-core's slot for a retry policy, filled with engine.providers.retry.send."""
 
-    def __init__(self, policy: RetryPolicy, calls: ApiCalls) -> None:
+    def __init__(self, policy: RetryPolicy, calls: ApiCalls, budget: RateBudget) -> None:
         super().__init__()
         self._policy = policy
         self._calls = calls
+        self._budget = budget
 
     def send(self, request: PipelineRequest) -> PipelineResponse:  # type: ignore[type-arg]
         def attempt() -> tuple[int, Any, PipelineResponse]:  # type: ignore[type-arg]
@@ -57,6 +61,7 @@ class _RetryPolicy(HTTPPolicy):  # type: ignore[type-arg]
             path=f"{http_request.method} {urlparse(http_request.url).path}",
             policy=self._policy,
             calls=self._calls,
+            budget=self._budget,
             provider="digitalocean",
             correlation_header="x-request-id",
         )
@@ -66,12 +71,19 @@ class DigitalOceanApi:
     """A pydo client with retries and pacing, and paged listing."""
 
     def __init__(
-        self, token: str, endpoint: str | None, policy: RetryPolicy, calls: ApiCalls
+        self,
+        token: str,
+        endpoint: str | None,
+        policy: RetryPolicy,
+        calls: ApiCalls,
+        budget: RateBudget | None = None,
     ) -> None:
+        endpoint = endpoint or DEFAULT_ENDPOINT
+        budget = budget or shared_budget("digitalocean", endpoint, token)
         self.client = Client(
             token,
-            endpoint=endpoint or DEFAULT_ENDPOINT,
-            retry_policy=_RetryPolicy(policy, calls),
+            endpoint=endpoint,
+            retry_policy=_RetryPolicy(policy, calls, budget),
             connection_timeout=policy.timeout_s,
             read_timeout=policy.timeout_s,
         )
@@ -83,31 +95,23 @@ class DigitalOceanApi:
         )
 
     def list_all(self, call: Callable[..., Any], key: str, **query: Any) -> list[dict[str, Any]]:
-        """Every item of a paged list call, PAGE_SIZE per page, pages read in parallel.
+        """Every item of a paged list call, PAGE_SIZE per page: the pages read in parallel
+        when the first tells `meta.total`, else one by one along `links.pages.next`."""
 
-        The page count comes from `meta.total`; an answer without it is followed page by
-        page along `links.pages.next`.
-        """
-
-        def body(page: int) -> dict[str, Any]:
-            answer: dict[str, Any] = call(per_page=PAGE_SIZE, page=page, **query, **self.insecure)
-            return answer
-
-        first = body(1)
-        total = first.get("meta", {}).get("total")
-        if total is None:
-            items, answer, page = list(first.get(key, [])), first, 1
-            while answer.get("links", {}).get("pages", {}).get("next"):
-                page += 1
-                answer = body(page)
-                items.extend(answer.get(key, []))
-            return items
-
-        def fetch(page: int) -> tuple[list[dict[str, Any]], int]:
-            answer = first if page == 1 else body(page)
-            return answer.get(key, []), max(1, -(-int(total) // PAGE_SIZE))
+        def fetch(page: int) -> tuple[list[dict[str, Any]], Paging]:
+            return page_of(call(per_page=PAGE_SIZE, page=page, **query, **self.insecure), key, page)
 
         return read_pages(fetch, workers=self._workers)
+
+
+def page_of(answer: Mapping[str, Any], key: str, page: int) -> tuple[list[dict[str, Any]], Paging]:
+    """The items of one answer of a list call and what it says of the other pages."""
+    total = (answer.get("meta") or {}).get("total")
+    following = ((answer.get("links") or {}).get("pages") or {}).get("next")
+    return answer.get(key, []), Paging(
+        last=None if total is None else max(1, -(-int(total) // PAGE_SIZE)),
+        next=page + 1 if following else None,
+    )
 
 
 def _error_body(error: HttpResponseError) -> dict[str, Any]:

@@ -38,7 +38,12 @@ from engine.model import (
     ProviderName,
 )
 from engine.providers import ActualServer, InventoryPage, engine_name
-from engine.providers.digitalocean.client import PAGE_SIZE, DigitalOceanApi, provider_errors
+from engine.providers.digitalocean.client import (
+    PAGE_SIZE,
+    DigitalOceanApi,
+    page_of,
+    provider_errors,
+)
 from engine.providers.digitalocean.naming import is_member_tag
 from engine.providers.naming import spec_resources
 from engine.providers.retry import ApiCalls, RetryPolicy
@@ -122,10 +127,10 @@ class DigitalOceanReader:
                 tag_name=f"{LABEL_FLEET}:{self.fleet.name}",
                 **self.api.insecure,
             )
-        droplets = [d for d in body.get("droplets", []) if managed in d.get("tags", ())]
-        following = page + 1 if body.get("links", {}).get("pages", {}).get("next") else None
+        listed, paging = page_of(body, "droplets", page)
+        droplets = [d for d in listed if managed in d.get("tags", ())]
         return InventoryPage(
-            servers=tuple(self._actual(d, [], {}) for d in droplets), next_page=following
+            servers=tuple(self._actual(d, [], {}) for d in droplets), next_page=paging.next
         )
 
     def _actual(

@@ -18,7 +18,6 @@ engine.providers.retry).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import functools
 from collections.abc import Callable, Collection
@@ -37,7 +36,7 @@ from engine.model import (
 from engine.providers import ActualServer, InventoryPage, engine_name
 from engine.providers.hcloud.client import hcloud_client, provider_errors
 from engine.providers.naming import spec_resources
-from engine.providers.retry import ApiCalls, RetryPolicy, read_pages
+from engine.providers.retry import ApiCalls, Paging, RetryPolicy, read_pages
 
 if TYPE_CHECKING:
     from hcloud import Client
@@ -65,35 +64,40 @@ def _ids(server: dict[str, Any], list_key: str, id_key: str) -> tuple[int, ...]:
 class _Listed:
     """A server as listed, its firewalls and networks still ids (names come later)."""
 
-    __slots__ = ("firewall_ids", "network_ids", "server")
+    __slots__ = ("fields", "firewall_ids", "network_ids")
 
     def __init__(self, raw: dict[str, Any]) -> None:
         self.firewall_ids = _ids(raw, "firewalls", "id")
         self.network_ids = _ids(raw, "private_net", "network")
-        self.server = _actual(raw)
+        self.fields = _fields(raw)
 
 
-def _actual(raw: dict[str, Any]) -> ActualServer:
+def _fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """An ActualServer's fields from the server's JSON, but its firewalls and networks."""
     labels = tuple(sorted((raw.get("labels") or {}).items()))
     public = raw.get("public_net") or {}
     kind = raw.get("server_type") or {}
     created = raw.get("created")
-    return ActualServer(
-        name=engine_name(labels, raw["name"]),
-        provider_id=str(raw["id"]),
-        labels=labels,
-        server_type=kind.get("name", ""),
-        image=_image(raw.get("image")),
-        location=(raw.get("location") or {}).get("name", ""),
-        status=raw.get("status", ""),
-        ipv4=(public.get("ipv4") or {}).get("ip"),
-        ipv6=(public.get("ipv6") or {}).get("ip"),
-        private_ips=tuple(n["ip"] for n in raw.get("private_net") or ()),
-        disk_gb=int(raw.get("primary_disk_size") or kind.get("disk") or 0),
-        backups=raw.get("backup_window") is not None,
-        placement_group=(raw.get("placement_group") or {}).get("name"),
-        created=dt.datetime.fromisoformat(created) if created else None,
-    )
+    return {
+        "name": engine_name(labels, raw["name"]),
+        "provider_id": str(raw["id"]),
+        "labels": labels,
+        "server_type": kind.get("name", ""),
+        "image": _image(raw.get("image")),
+        "location": (raw.get("location") or {}).get("name", ""),
+        "status": raw.get("status", ""),
+        "ipv4": (public.get("ipv4") or {}).get("ip"),
+        "ipv6": (public.get("ipv6") or {}).get("ip"),
+        "private_ips": tuple(n["ip"] for n in raw.get("private_net") or ()),
+        "disk_gb": int(raw.get("primary_disk_size") or kind.get("disk") or 0),
+        "backups": raw.get("backup_window") is not None,
+        "placement_group": (raw.get("placement_group") or {}).get("name"),
+        "created": dt.datetime.fromisoformat(created) if created else None,
+    }
+
+
+def _actual(raw: dict[str, Any]) -> ActualServer:
+    return ActualServer(**_fields(raw))
 
 
 class HcloudReader:
@@ -118,8 +122,8 @@ class HcloudReader:
 
     def read_page(self, page: int) -> InventoryPage:
         with provider_errors(self.fleet.provider.token_env):
-            servers, last = self._page("servers", page, _actual, label_selector=self._selector)
-        return InventoryPage(servers=tuple(servers), next_page=page + 1 if page < last else None)
+            servers, paging = self._page("servers", page, _actual, label_selector=self._selector)
+        return InventoryPage(servers=tuple(servers), next_page=paging.next)
 
     def read_servers(self) -> tuple[ActualServer, ...]:
         with provider_errors(self.fleet.provider.token_env):
@@ -131,13 +135,11 @@ class HcloudReader:
             networks = self._names("networks") if any(s.network_ids for s in listed) else {}
         fleet = self.fleet.name
         return tuple(
-            dataclasses.replace(
-                s.server,
+            ActualServer(
+                **s.fields,
                 firewalls=spec_resources(fleet, [firewalls.get(i, str(i)) for i in s.firewall_ids]),
                 networks=spec_resources(fleet, [networks.get(i, str(i)) for i in s.network_ids]),
             )
-            if s.firewall_ids or s.network_ids
-            else s.server
             for s in listed
         )
 
@@ -146,10 +148,12 @@ class HcloudReader:
         if not wanted:
             return ()
         with provider_errors(self.fleet.provider.token_env):
-            first, last = self._page("servers", 1, _actual)
+            first, paging = self._page("servers", 1, _actual)
             found = [s for s in first if s.name in wanted]
             missing = wanted - {s.name for s in first}
-            if last > 1 and missing:
+            # Without a page count (`last_page` may be null), asking by name is the sure way.
+            last = paging.last if paging.last is not None else len(missing) + 2
+            if paging.next is not None and missing:
                 if len(missing) < last - 1:
                     asks = [functools.partial(self._page, "servers", 1, _actual, name=name)
                             for name in sorted(missing)]  # fmt: skip
@@ -163,12 +167,14 @@ class HcloudReader:
 
     def _page(
         self, kind: str, page: int, build: Callable[[dict[str, Any]], T], **query: str
-    ) -> tuple[list[T], int]:
+    ) -> tuple[list[T], Paging]:
         body = self.client.request(
             "GET", f"/{kind}", params={"page": page, "per_page": PAGE_SIZE, **query}
         )
+        # `last_page` (and `total_entries`) may be null, as documented: `next_page` is not.
         pagination = (body.get("meta") or {}).get("pagination") or {}
-        return [build(item) for item in body.get(kind, [])], pagination.get("last_page") or 1
+        paging = Paging(last=pagination.get("last_page"), next=pagination.get("next_page"))
+        return [build(item) for item in body.get(kind, [])], paging
 
     def _names(self, kind: str) -> dict[int, str]:
         pages = read_pages(
