@@ -70,7 +70,7 @@ def test_pages_are_read_in_parallel_in_page_order(fake: FakeDigitalOcean, url: s
     fake.latency_s = 0.05
     servers = _reader(fake, url).read_servers()
     assert [s.name for s in servers] == [f"api-{n}" for n in range(1, 1001)]
-    assert 1 < fake.most_in_flight <= 4  # four pages at a time
+    assert 1 < fake.most_in_flight <= 4  # the four other pages at once
     assert fake.count("/v2/droplets") == 5
 
 
