@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from engine.catalog import Catalog
 from engine.cost import monthly_price, server_usage
+from engine.exposure import Exposure, fleet_exposures
 from engine.install.digest import install_hash
 from engine.model import (
     LABEL_GROUP,
@@ -649,6 +650,16 @@ def as_recorded(fleet: Fleet, server: ActualServer, group: str) -> ServerRecord:
     )
 
 
+def _exposure_problem(exposure: Exposure) -> Problem:
+    return Problem(
+        code="open_to_the_world",
+        path=exposure.path,
+        message=f"{exposure.describe()} opens group {exposure.group} to the whole Internet",
+        hint="let in known addresses only (an office, a VPN, the servers' private network), or "
+        "say it is meant: exposure: public, with a reason",
+    )
+
+
 def diff_fleet(
     fleet: Fleet,
     catalog: Catalog,
@@ -666,9 +677,12 @@ def diff_fleet(
     differ = _Differ(fleet, catalog, records, unowned, options)
     differ.run(actual)
     changes = tuple(differ.changes)
-    problems = differ.problems + list(
-        check_limits(fleet.limits, differ.before, differ.after, changes, catalog.currency)
-    )
+    exposures = fleet_exposures(fleet)
+    problems = [
+        *differ.problems,
+        *check_limits(fleet.limits, differ.before, differ.after, changes, catalog.currency),
+        *(_exposure_problem(e) for e in exposures if e.is_blocking),
+    ]
     api_calls = options.api_calls or ApiCallCount()
     return Plan(
         fleet=fleet.name,
@@ -683,6 +697,7 @@ def diff_fleet(
         install_hash=differ.install_hash,
         problems=tuple(problems),
         warnings=tuple(differ.warnings),
+        exposures=exposures,
         api_calls=ApiCallCount(
             read=api_calls.read,
             read_by_path=api_calls.read_by_path,

@@ -135,10 +135,15 @@ class Group:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FirewallRule:
+    """One inbound rule. `public` says that opening it to the whole Internet is meant (with
+    `reason`, which reviewers read): see engine.exposure."""
+
     protocol: Protocol
     sources: tuple[str, ...]
     port: str | None = None
     description: str = ""
+    public: bool = False
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

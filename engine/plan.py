@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 
+from engine.exposure import Exposure
 from engine.model import Server
 from engine.providers import ActualServer
 
@@ -140,6 +141,8 @@ class Plan:
     install_hash: str
     problems: tuple[Problem, ...] = ()
     warnings: tuple[str, ...] = ()
+    # Rules that open the servers to the whole Internet, the blocking ones among problems too.
+    exposures: tuple[Exposure, ...] = ()
     api_calls: ApiCallCount = ApiCallCount()
 
     @property

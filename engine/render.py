@@ -11,9 +11,10 @@ which the pull-request workflow finds, updates and prunes its own comments.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from engine.exposure import Exposure, Severity
 from engine.model import Server, fleet_resource_name
 from engine.plan import ACTIONS, Action, Change, Plan, Usage
 from engine.providers import ActualServer
@@ -129,6 +130,10 @@ def render_text(plan: Plan, *, colour: bool = False) -> str:
         lines.extend(paint(f"      {reason}", "dim") for reason in change.reasons)
     if plan.changes:
         lines.append("")
+    if plan.exposures:
+        lines.append(paint("Open to the whole Internet:", "bold"))
+        lines.extend(_exposure_line(e, paint) for e in plan.exposures)
+        lines.append("")
     if plan.warnings:
         lines.append(paint("Warnings:", "yellow"))
         lines.extend(f"  ! {warning}" for warning in plan.warnings)
@@ -146,6 +151,24 @@ def render_text(plan: Plan, *, colour: bool = False) -> str:
     lines.append(f"Monthly cost: {cost_line(plan)}.")
     lines.append(f"API calls: {_api_calls(plan)}.")
     return "\n".join(lines) + "\n"
+
+
+def _exposure_verdict(exposure: Exposure) -> str:
+    if exposure.public:
+        return f'meant: "{exposure.reason}"'
+    return {
+        Severity.HIGH: "high: blocks the plan",
+        Severity.WEB: "web: noted",
+        Severity.OPEN: "open: listed",
+    }[exposure.severity]
+
+
+def _exposure_line(exposure: Exposure, paint: Callable[[str, str], str]) -> str:
+    symbol, colour = ("!", "red") if exposure.is_blocking else ("·", "dim")
+    return (
+        f"  {paint(symbol, colour)} {exposure.group}: {exposure.describe()} "
+        f"({exposure.firewall}, {exposure.path}) - {paint(_exposure_verdict(exposure), colour)}"
+    )
 
 
 def _api_calls(plan: Plan) -> str:
@@ -208,8 +231,20 @@ def _markdown_head(plan: Plan) -> list[str]:
     return lines
 
 
+def _markdown_exposures(plan: Plan) -> list[str]:
+    if not plan.exposures:
+        return []
+    lines = [f"<details><summary>Open to the whole Internet ({len(plan.exposures)})</summary>", ""]
+    for e in plan.exposures:
+        lines.append(
+            f"- {'🛑' if e.is_blocking else '·'} `{e.group}`: {_md(e.describe())} "
+            f"(`{e.firewall}`, `{e.path}`): {_md(_exposure_verdict(e))}"
+        )
+    return [*lines, "", "</details>", ""]
+
+
 def _markdown_tail(plan: Plan) -> list[str]:
-    lines = []
+    lines = _markdown_exposures(plan)
     if plan.warnings:
         lines += [f"<details><summary>Warnings ({len(plan.warnings)})</summary>", ""]
         lines += [f"- {_md(w)}" for w in plan.warnings]
@@ -364,6 +399,22 @@ def render_json(plan: Plan) -> dict[str, Any]:
             for p in plan.problems
         ],
         "warnings": list(plan.warnings),
+        "exposures": [
+            {
+                "group": e.group,
+                "firewall": e.firewall,
+                "path": e.path,
+                "protocol": str(e.protocol),
+                "port": e.port,
+                "sources": list(e.sources),
+                "services": list(e.services),
+                "severity": str(e.severity),
+                "public": e.public,
+                "reason": e.reason,
+                "blocking": e.is_blocking,
+            }
+            for e in plan.exposures
+        ],
         "api_calls": {
             "read": plan.api_calls.read,
             "read_by_path": dict(plan.api_calls.read_by_path),

@@ -462,6 +462,17 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
                 what = _describe(props.get(name, {})).removeprefix("expected: ")
                 hint = f"add {name} ({what})" if what else f"add {name}"
                 yield diag("missing_key", f'"{name}" is required here', hint)
+    elif kind == "dependentRequired":
+        props = schema.get("properties", {})
+        for present, needed in error.validator_value.items():
+            for name in needed:
+                if present in value and name not in value:
+                    what = _describe(props.get(name, {})).removeprefix("expected: ")
+                    yield diag(
+                        "missing_key",
+                        f'"{name}" goes with "{present}"',
+                        f"add {name} ({what}), or remove {present}",
+                    )
     elif kind == "type":
         expected = error.validator_value
         names = [expected] if isinstance(expected, str) else list(expected)
@@ -1318,6 +1329,8 @@ def _build_fleet(data: dict[str, Any], file: str) -> Fleet:
                         port=_port(r.get("port")),
                         sources=tuple(r["sources"]),
                         description=r.get("description", ""),
+                        public=r.get("exposure") == "public",
+                        reason=r.get("reason", ""),
                     )
                     for r in f.get("inbound", ())
                 ),

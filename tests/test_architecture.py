@@ -14,6 +14,7 @@ from tests.support.cli import ROOT
 LAYERS = (
     (1, r"engine\.(errors|term|secrets|model|yamldoc)"),
     (2, r"engine\.(spec|catalog|placement|diff|plan|render|cost|quota|lifecycle|progress)"),
+    (2, r"engine\.exposure"),
     (2, r"engine\.(cloudinit(\..+)?|addresses|state|providers)"),
     (3, r"engine\.state\..+"),
     (4, r"engine\.tokens|engine\.install\.deploykey"),

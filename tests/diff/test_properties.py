@@ -82,7 +82,18 @@ def fleets(draw: st.DrawFn, provider: str) -> Fleet:
             st.lists(groups(provider), min_size=1, max_size=3, unique_by=lambda g: g["name"])
         ),
         "firewalls": [
-            {"name": name, "inbound": [{"protocol": "tcp", "port": "22", "sources": ["::/0"]}]}
+            {
+                "name": name,
+                "inbound": [
+                    {
+                        "protocol": "tcp",
+                        "port": "22",
+                        "sources": ["::/0"],
+                        "exposure": "public",
+                        "reason": "a bastion",
+                    }
+                ],
+            }
             for name in ("web", "ssh")
         ],
         "networks": [{"name": "private", "ip_range": "10.0.0.0/16"}],

@@ -106,8 +106,8 @@ def test_no_port_is_open_to_the_world_unless_the_spec_opens_it(
             if is_world(list(rule.sources))
         }
         assert world_open(run, declared) == opened, name
-    assert world_open(run, run.of_type(SERVER)["web-1"]) == {("tcp", "22"), ("tcp", "443")}
-    assert world_open(run, run.of_type(SERVER)["worker-1"]) == {("tcp", "22")}
+    assert world_open(run, run.of_type(SERVER)["web-1"]) == {("tcp", "443")}
+    assert world_open(run, run.of_type(SERVER)["worker-1"]) == set()  # SSH from the office only
 
 
 def test_the_engine_reaches_ssh_and_the_agent_from_its_own_addresses_only(run: Run) -> None:
@@ -125,13 +125,6 @@ def test_spec_firewalls_are_declared_with_their_rules(run: Run) -> None:
     web = run.of_type(FIREWALL)["firewall-web"]
     assert web.inputs["name"] == "web-prod-web"
     assert web.inputs["rules"] == [
-        {
-            "direction": "in",
-            "protocol": "tcp",
-            "port": "22",
-            "sourceIps": ["0.0.0.0/0", "::/0"],
-            "description": "ssh",
-        },
         {
             "direction": "in",
             "protocol": "tcp",
@@ -230,7 +223,7 @@ def test_a_load_balancer_without_network_opens_its_ports_to_itself_only() -> Non
     ]
     for server in run.of_type(SERVER).values():
         assert int(lb_firewall.id) in [int(f) for f in server.inputs["firewallIds"]]
-        assert world_open(run, server) == {("tcp", "22")}
+        assert world_open(run, server) == set()
     assert all(t.inputs["usePrivateIp"] is False for t in run.of_type(LB_TARGET).values())
 
 
