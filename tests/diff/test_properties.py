@@ -102,9 +102,7 @@ def built(fleet: Fleet) -> tuple[list[ActualServer], list[ServerRecord]]:
         for n, s in enumerate(expand_fleet(fleet, catalog), start=1)
     ]
     digest = digest_of(fleet)
-    return servers, [
-        as_recorded(fleet, s, dict(s.labels)["fleet-group"], digest) for s in servers
-    ]
+    return servers, [as_recorded(fleet, s, dict(s.labels)["fleet-group"], digest) for s in servers]
 
 
 @st.composite
