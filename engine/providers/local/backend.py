@@ -144,6 +144,7 @@ class LocalBackend:
             remake = change.action is Action.RETRY and change.retry_by is not RetryBy.INSTALL
             if change.action is Action.CREATE:
                 assert change.after is not None
+                driver.delete(name)  # what a machine removed by hand left: its volume, seed
                 run.create(change.after, provision=True)
             elif change.action in (Action.REPLACE, Action.UPDATE) or remake:
                 # A local machine's labels, image and location are fixed when it is made.
