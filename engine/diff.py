@@ -34,7 +34,8 @@ store's stage is history: a record that says ready proves nothing. Rules, per se
                                               or a server stuck starting); with what failed
                                               and how often
     recorded ready, its agent silent ........ reinstall (an agent that cannot be reached from
-                                              here is a warning, not a verdict)
+                                              here is a warning, not a verdict); recorded
+                                              unhealthy: reinstall too
     install digest differs .................. reinstall (unless replaced, powered on or
                                               retried anyway: those install it too)
     exists, but the store has no record ..... adopt (record it; the engine installs it)
@@ -412,6 +413,12 @@ class _Differ:
                 f"{agent.detail}): installed again"
             )
             fields.append(FieldChange(field="agent", before="silent", after="answering"))
+        elif record.stage is Stage.UNHEALTHY and power is Power.ON:
+            # Only a heartbeat makes it ready again, and the install waits for one.
+            reasons.append(
+                "the store says unhealthy (its agent missed heartbeats): installed again"
+            )
+            fields.append(FieldChange(field="agent", before="unhealthy", after="answering"))
         elif settled and agent is not None and agent.answer is AgentAnswer.UNREACHABLE:
             self.warnings.append(
                 f"{server.name}: its agent cannot be reached from here ({agent.detail}); "

@@ -31,7 +31,7 @@ import dataclasses
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ from engine.errors import EngineError
 from engine.model import Fleet, ProviderName, Server, Stage
 from engine.plan import Change, Plan
 from engine.progress import ServerStage, StageBoard, render_timings
+from engine.providers import ActualServer
 from engine.providers.seam import Backend, Provisioned, RunOptions, Site
 from engine.spec import load_spec
 from engine.state import FleetSettings, Lock, NewJob, ServerRecord
@@ -185,8 +186,27 @@ class FleetRun:
         """Install the server again (its stage goes back to installing, with `reason`)."""
         from engine.controlplane.phonehome import install_job
 
-        self.store.servers.update(self.fleet.name, name, stage=Stage.INSTALLING, reason=reason)
+        # Not installed until this install ends: a heartbeat of the agent as it was must not
+        # make the server ready meanwhile.
+        self.store.servers.update(
+            self.fleet.name, name, stage=Stage.INSTALLING, reason=reason, installed_at=None
+        )
         self.store.jobs.enqueue(install_job(self.fleet.name, name))
+
+    def keep_addresses(self, actual: Sequence[ActualServer]) -> None:
+        """Record the IPv4 address the provider lists for each server it lists under the id the
+        store knows: a machine started again can come back on another address (a local one
+        does), and the engine must reach it, and only it, there."""
+        known = {r.name: r for r in self.store.servers.all(self.fleet.name)}
+        for server in actual:
+            record = known.get(server.name)
+            if record is None or record.provider_id != server.provider_id or not server.ipv4:
+                continue
+            if record.ipv4 != server.ipv4:
+                self.store.servers.update(self.fleet.name, server.name, ipv4=server.ipv4)
+                self.board.note(
+                    f"{server.name} is at {server.ipv4} now (the store had {record.ipv4})"
+                )
 
     def powered_on(self, name: str) -> None:
         """A server the backend started again: installed again if it had phoned home (which
@@ -253,7 +273,8 @@ class FleetRun:
     # --- resuming -------------------------------------------------------------------------
 
     def resume(self, record: ServerRecord) -> None:
-        """Move on a server an earlier run left on its way (or failed): each step again.
+        """Move on a server an earlier run left on its way: each step again. (A failed one is
+        the plan's: it retries it.)
 
         Where the backend makes servers itself (in `carry_out`, which ran already), a server
         not made yet is left to the next run's backend.
@@ -263,17 +284,6 @@ class FleetRun:
 
         name = record.name
         stage = record.stage
-        if stage is Stage.FAILED:
-            if record.host_keys:
-                stage = Stage.INSTALLING
-            elif record.provider_id:
-                stage = Stage.BOOTING
-            elif self.provisions:
-                stage = Stage.CREATING
-            else:
-                return
-            self.store.servers.update(self.fleet.name, name, stage=stage, reason="retried")
-            self.board.note(f"{name} failed before ({record.stage_reason}); trying again")
         if stage in (Stage.REQUESTED, Stage.CREATING) and self.provisions:
             self.store.jobs.enqueue(
                 NewJob(
@@ -283,7 +293,7 @@ class FleetRun:
                     key=f"{PROVISION_JOB}/{self.fleet.name}/{name}",
                 )
             )
-        elif stage is Stage.BOOTING and (self.site.moved or record.stage is Stage.FAILED):
+        elif stage is Stage.BOOTING and self.site.moved:
             # Its phone-home goes to where the last control plane listened: look for it.
             self.start_polling(name)
         elif stage in (Stage.PHONED_HOME, Stage.INSTALLING):
@@ -460,7 +470,7 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
     servers, their power, their agents) and the records of the store it locked. A server that
     fails on its way is looked at again and tried again while its tries last."""
     from engine.converge import converge
-    from engine.preview import fleet_digest, observe, plan_fleet, recorded
+    from engine.preview import Observed, fleet_digest, observe, plan_fleet, recorded
 
     started = time.monotonic()
     with locked_session(spec, options, out, f"engine up {spec}", tools=True, full=True) as session:
@@ -469,18 +479,21 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
         site = backend.site()
         digest = fleet_digest(fleet, site.url, site.sources)
 
-        def plan_now() -> Plan:
-            observed = observe(
+        def observe_now() -> Observed:
+            return observe(
                 fleet, catalog, backend.reader(), recorded(store, fleet.name),
                 state_dir=options.state_dir,
             )  # fmt: skip
+
+        def plan_of(observed: Observed) -> Plan:
             return plan_fleet(
                 fleet, catalog, observed, install_hash=digest,
                 fleet_id=find_fleet_id(options.state_dir, fleet.name),
                 delete_orphans=options.delete_orphans, adopt=options.adopt,
             )  # fmt: skip
 
-        plan = plan_now()
+        observed = observe_now()
+        plan = plan_of(observed)
         _show_plan(plan, board, out)
         if plan.is_blocked:
             return 1
@@ -497,6 +510,13 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
             board.note("Nothing changed.")
             return 1
         with serving(fleet, store, backend, options, board, servers, site) as run:
+
+            def replan() -> Plan:
+                again = observe_now()
+                run.keep_addresses(again.actual)
+                return plan_of(again)
+
+            run.keep_addresses(observed.actual)
             backend.carry_out(plan, run, tuple(servers.values()))
             changed = {c.server for c in plan.changes}
             for record in store.servers.all(fleet.name):
@@ -506,7 +526,7 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
             final, tries = converge(
                 run,
                 names,
-                replan=plan_now,
+                replan=replan,
                 carry_out=lambda again: backend.carry_out(again, run, tuple(servers.values())),
                 tries=options.attempts,
                 timeout_s=options.timeout_s,

@@ -21,6 +21,7 @@ from engine.errors import EngineError
 from engine.model import Fleet, Server
 from engine.plan import Action, Plan, RetryBy
 from engine.providers.local.driver import LocalDriver
+from engine.providers.local.inventory import actual_server
 from engine.providers.seam import Provisioned, Provisioner, Signal, Site
 from engine.state import FleetSettings, ServerRecord
 from engine.state.files import private_dir
@@ -157,6 +158,10 @@ class LocalBackend:
                 run.reinstall(name, f"tried again after {change.failed_attempts} failure(s)")
             elif change.action is Action.POWER_ON:
                 driver.poweron(name)
+                # Docker gives a started container an address anew: maybe another one.
+                started = driver.find(name)
+                if started is not None:
+                    run.keep_addresses([actual_server(started)])
                 run.powered_on(name)
             elif change.action is Action.RESIZE:
                 assert change.after is not None
