@@ -57,6 +57,15 @@ def bench_spec(endpoint: str | None = None, servers: int = GROUPS * PER_GROUP) -
     return spec
 
 
+def bench_digest(fleet: Fleet) -> str:
+    """The install digest the fleet's servers were installed with, as far as the spec goes."""
+    from engine.install.digest import install_digest
+
+    return install_digest(
+        fleet, agent="recipe:bench", control_plane_url="", control_plane_sources=()
+    )
+
+
 def drifted_inventory(
     fleet: Fleet, catalog: Catalog
 ) -> tuple[list[ActualServer], list[ServerRecord], dict[str, int]]:
@@ -64,7 +73,8 @@ def drifted_inventory(
     servers = [
         as_built(fleet, s, catalog, str(n)) for n, s in enumerate(expand_fleet(fleet, catalog), 1)
     ]
-    records = [as_recorded(fleet, s, dict(s.labels)["fleet-group"]) for s in servers]
+    digest = bench_digest(fleet)
+    records = [as_recorded(fleet, s, dict(s.labels)["fleet-group"], digest) for s in servers]
     # 1% drift: 100 changes per 10,000 servers, at least one of each kind.
     per_10k = {"label": 30, "firewall": 20, "resize": 15, "replace": 10, "create": 10,
                "delete": 10, "reinstall": 5}  # fmt: skip
@@ -102,13 +112,13 @@ def drifted_inventory(
                                  **dict(ownership_labels(fleet.name, "g0", name))}.items())),
         )  # fmt: skip
         servers.append(extra)
-        records.append(as_recorded(fleet, extra, "g0"))
+        records.append(as_recorded(fleet, extra, "g0", digest))
     return servers, records, drift
 
 
 def run_pure(spec_path: str) -> dict[str, Any]:
     """Scenario 1, in this process: the work of a preview once the inventory is in memory."""
-    from engine.diff import diff_fleet
+    from engine.diff import DiffOptions, diff_fleet
     from engine.render import render_json, render_markdown, render_text
 
     fleet = load_spec(spec_path)
@@ -121,7 +131,9 @@ def run_pure(spec_path: str) -> dict[str, Any]:
         fleet = load_spec(spec_path)
         steps["load + validate"] = time.perf_counter() - start
         mark = time.perf_counter()
-        plan = diff_fleet(fleet, catalog, servers, records)
+        plan = diff_fleet(
+            fleet, catalog, servers, records, options=DiffOptions(install_hash=bench_digest(fleet))
+        )
         steps["expand + diff"] = time.perf_counter() - mark
         mark = time.perf_counter()
         render_text(plan)

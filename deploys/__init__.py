@@ -26,6 +26,7 @@ def install_server(request: HostRequest) -> None:
         ssh_port=request.host.port,
         agent_port=settings.install.agent.port,
         control_plane=settings.control_plane,
+        keys=settings.authorized_keys,
     )
     docker(settings.install.docker, admin=request.host.user)
     if request.host.agent is not None:

@@ -102,6 +102,31 @@ class FirewallMarks(FactBase[list[str]]):
         return [line.strip() for line in output if line.strip()]
 
 
+class AuthorizedKeysDict(TypedDict):
+    home: str | None
+    sha256: str | None
+
+
+class AuthorizedKeys(FactBase[AuthorizedKeysDict]):
+    """The home of `user` (None when there is no such user) and the SHA-256 of its
+    ~/.ssh/authorized_keys (None when there is none)."""
+
+    def command(self, user: str) -> str:
+        quoted = shlex.quote(user)
+        return (
+            f'home=$(getent passwd {quoted} | cut -d: -f6); echo "${{home:--}}"; '
+            'if [ -n "$home" ] && [ -f "$home/.ssh/authorized_keys" ]; '
+            "then sha256sum \"$home/.ssh/authorized_keys\" | cut -d' ' -f1; else echo -; fi"
+        )
+
+    def process(self, output: list[str]) -> AuthorizedKeysDict:
+        home, digest = [*output, "-", "-"][:2]
+        return {
+            "home": None if home.strip() in ("", "-") else home.strip(),
+            "sha256": None if digest.strip() in ("", "-") else digest.strip(),
+        }
+
+
 class UserGroups(FactBase[list[str]]):
     """The groups `user` belongs to (none when there is no such user)."""
 

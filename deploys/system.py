@@ -1,5 +1,9 @@
-"""The system baseline: host name, time zone, kernel settings, swap, security updates, SSH
-hardening and a host firewall.
+"""The system baseline: host name, time zone, kernel settings, swap, security updates, the
+admin user's authorized keys, SSH hardening and a host firewall.
+
+The admin user's ~/.ssh/authorized_keys is written whole from the spec's ssh.authorized_keys
+and the engine's deploy key: a key removed from the spec stops working at the next install,
+one added starts working (cloud-init only sets them at the first boot).
 
 The firewall lets in established traffic, loopback, ICMP, SSH and traffic from Docker's own
 bridges; the agent port only from the control plane (both for an agent on the host network
@@ -23,7 +27,7 @@ from pyinfra.facts.server import LinuxDistribution, Sysctl, Which
 from pyinfra.operations import files, server
 
 from deploys.apt import packages
-from deploys.facts import ContainerRuntime, FirewallMarks, SwapFile, ZoneInfo
+from deploys.facts import AuthorizedKeys, ContainerRuntime, FirewallMarks, SwapFile, ZoneInfo
 from deploys.support import Commands, skip
 from engine.model import Labels, SystemInstall
 
@@ -63,8 +67,10 @@ def system(
     ssh_port: int,
     agent_port: int,
     control_plane: tuple[str, ...],
+    keys: tuple[str, ...] = (),
 ) -> None:
-    """The baseline for one server; `admin` is the user the engine logs in as."""
+    """The baseline for one server; `admin` is the user the engine logs in as, with `keys`
+    (none: its keys are left as they are)."""
     server.hostname(name="Set the host name", hostname=hostname)
     wanted = ("tzdata", "unattended-upgrades") if install.unattended_upgrades else ("tzdata",)
     packages(name="Install the base packages", present=wanted)
@@ -74,6 +80,8 @@ def system(
     unattended_upgrades(
         name="Configure unattended security upgrades", enabled=install.unattended_upgrades
     )
+    if keys:
+        authorized_keys(name="Write the admin's authorized keys", admin=admin, keys=keys)
     sshd(name="Harden sshd", admin=admin)
     firewall(
         name="Apply the host firewall",
@@ -239,6 +247,41 @@ def unattended_upgrades(enabled: bool) -> Commands:
     if not commands:
         host.noop("unattended upgrades are configured")
     yield from commands
+
+
+def authorized_keys_file(keys: tuple[str, ...]) -> str:
+    """The authorized_keys file for `keys`: each key once, in order."""
+    lines = list(dict.fromkeys(" ".join(key.split()) for key in keys if key.strip()))
+    head = "# Written by the fleet engine: ssh.authorized_keys of the spec, and its deploy key.\n"
+    return head + "".join(f"{line}\n" for line in lines)
+
+
+@operation()
+def authorized_keys(admin: str, keys: tuple[str, ...]) -> Commands:
+    """Make the admin user's ~/.ssh/authorized_keys hold exactly `keys`.
+
+    The new file is written beside the old one and moved over it, so a login never finds it
+    half written, and the engine's own key is among `keys`: it never locks itself out.
+    """
+    if not keys:
+        raise OperationError("no authorized key given: the engine would lock itself out")
+    found = host.get_fact(AuthorizedKeys, user=admin)
+    home = found["home"]
+    if home is None:
+        raise OperationError(f"there is no user {admin} on this server")
+    content = authorized_keys_file(keys)
+    if found["sha256"] == hashlib.sha256(content.encode()).hexdigest():
+        host.noop(f"{admin}'s authorized keys are as wanted")
+        return
+    folder = shlex.quote(f"{home}/.ssh")
+    path = shlex.quote(f"{home}/.ssh/authorized_keys")
+    staged = shlex.quote(f"{home}/.ssh/authorized_keys.new")
+    owner = shlex.quote(f"{admin}:")
+    yield StringCommand(
+        f"umask 077 && mkdir -p {folder} && chown {owner} {folder} && chmod 700 {folder} && "
+        f"printf %s {shlex.quote(content)} > {staged} && chown {owner} {staged} && "
+        f"chmod 600 {staged} && mv -f {staged} {path}"
+    )
 
 
 def sshd_config(admin: str) -> str:

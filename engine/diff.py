@@ -2,12 +2,20 @@
 
 Inputs: the Fleet (expanded with engine.placement, existing servers pinned to where they
 are), the provider's owned servers (engine.providers), the state store's records, unowned
-servers whose names the plan would take, and DiffOptions. Rules, per server name:
+servers whose names the plan would take, what each agent said (engine.health), how often
+each server failed since it was last ready, and DiffOptions (with the install digest the
+orchestrator computed: engine.install.digest). The provider's word is the truth and the
+store's stage is history: a record that says ready proves nothing. Rules, per server name:
 
     desired, missing at the provider ........ create (unless the store recorded its create
                                               less than list_lag_s ago: the provider's list
-                                              may lag, so it is not planned twice)
+                                              may lag, so it is not planned twice); the
+                                              reasons say what the store remembers of it
     desired, name held by an unowned server . problem name_taken: never touch it
+    made by a fleet of this name with another
+      fleet id (another state directory) .... one problem owned_elsewhere for them all; with
+                                              options.adopt, replace (taken over: made anew
+                                              with this engine's keys)
     location or image differs ............... replace, with the cause (DigitalOcean: also a
                                               VPC move or a public address that cannot go;
                                               local: also labels, fixed on a container)
@@ -17,7 +25,19 @@ servers whose names the plan would take, and DiffOptions. Rules, per server name
     labels, firewalls, networks, backups,
     placement group, public addresses ....... update in place (placement and addresses need
                                               the server powered off: disruptive)
-    install settings hash differs ........... reinstall (unless replaced anyway)
+    off at the provider ..................... power on (with how and when it stopped, where
+                                              the provider says); unless it failed before it
+                                              phoned home: then retry
+    recorded failed ......................... retry: installed again if it phoned home and
+                                              runs, else made anew (local), rebuilt with fresh
+                                              user_data (Hetzner) or replaced (DigitalOcean,
+                                              or a server stuck starting); with what failed
+                                              and how often
+    recorded ready, its agent silent ........ reinstall (an agent that cannot be reached from
+                                              here is a warning, not a verdict); recorded
+                                              unhealthy: reinstall too
+    install digest differs .................. reinstall (unless replaced, powered on or
+                                              retried anyway: those install it too)
     exists, but the store has no record ..... adopt (record it; the engine installs it)
     owned, not desired, recorded ............ delete
     owned, not desired, not recorded ........ an orphan: left alone with a warning, deleted
@@ -26,21 +46,22 @@ servers whose names the plan would take, and DiffOptions. Rules, per server name
                                               kept, the other is deleted (or is an orphan)
 
 A server can get several changes, executed in order: adopt, then replace or resize and
-update, then reinstall. Limits are checked on the fleet as the plan leaves it
-(engine.quota); costs come from the catalog (engine.cost). diff(x, x) is empty.
+update, then one repair (power on, retry or reinstall). Limits are checked on the fleet as
+the plan leaves it (engine.quota); costs come from the catalog (engine.cost). diff(x, x) is
+empty.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.catalog import Catalog
 from engine.cost import monthly_price, server_usage
 from engine.exposure import Exposure, fleet_exposures
-from engine.install.digest import install_hash
+from engine.health import AgentAnswer, AgentSeen, Power, power_of
 from engine.model import (
     LABEL_GROUP,
     Fleet,
@@ -60,6 +81,7 @@ from engine.plan import (
     FieldChange,
     Plan,
     Problem,
+    RetryBy,
     Usage,
     estimate_writes,
 )
@@ -73,13 +95,22 @@ _ABANDONED = frozenset({Stage.FAILED, Stage.DELETING})
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DiffOptions:
-    """How to diff: orphan deletion, the list-lag window, and what the actual state is."""
+    """How to diff: orphan deletion, the list-lag window, and what the actual state is.
+
+    `install_hash` is the digest of everything the install would put on a server now
+    (engine.install.digest.install_digest, computed by the orchestrator); "" compares none.
+    `fleet_id` is this state directory's id of the fleet (None: it has none yet); servers
+    carrying another one are another engine's, taken over only with `adopt`.
+    """
 
     delete_orphans: bool = False
     now: dt.datetime | None = None
     list_lag_s: float = 0.0
     compared_with: str = "the provider"
     api_calls: ApiCallCount | None = None
+    install_hash: str = ""
+    fleet_id: str | None = None
+    adopt: bool = False
 
 
 def is_same_image(desired: Image, actual: Image | None) -> bool:
@@ -105,6 +136,10 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+def _when(at: dt.datetime | None) -> str:
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if at else "never"
+
+
 def _wants(fleet: Fleet, group: str) -> str:
     count = fleet.group(group).count
     return f"{group} wants {count} server{'' if count == 1 else 's'}"
@@ -118,20 +153,25 @@ class _Differ:
         records: Sequence[ServerRecord],
         unowned: Sequence[ActualServer],
         options: DiffOptions,
+        agents: Mapping[str, AgentSeen],
+        failures: Mapping[str, int],
     ) -> None:
         self.fleet = fleet
         self.catalog = catalog
         self.records = {r.name: r for r in records}
         self.unowned = {u.name: u for u in unowned}
         self.options = options
+        self.agents = agents
+        self.failures = failures
         self.provider = fleet.provider.name
-        self.install_hash = install_hash(fleet.install)
+        self.install_hash = options.install_hash
         self.changes: list[Change] = []
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self.before = NO_USAGE
         self.after = NO_USAGE
         self.unchanged = 0
+        self.held_elsewhere: set[str] = set()
         self._unpriced: set[tuple[str, str]] = set()
 
     # --- usage ---------------------------------------------------------------------------
@@ -169,6 +209,16 @@ class _Differ:
     # --- the walk ------------------------------------------------------------------------
 
     def run(self, actual: Sequence[ActualServer]) -> None:
+        foreign = [a for a in actual if self.is_foreign(a)]
+        if foreign and not self.options.adopt:
+            # One problem says it all; they are neither created again nor changed here.
+            self.owned_elsewhere(foreign)
+            for held in foreign:
+                usage = self.actual_usage(held)
+                self.before += usage
+                self.after += usage
+                self.held_elsewhere.add(held.name)
+            actual = [a for a in actual if not self.is_foreign(a)]
         keepers, extras = self.split_duplicates(actual)
         pinned = {a.name: a.location for a in keepers.values()}
         desired = expand_fleet(self.fleet, self.catalog, pinned)
@@ -181,6 +231,28 @@ class _Differ:
             # by this very plan, so the next plan would delete it anyway.
             keeps = leftover in extras and leftover.name in wanted
             self.undesired(leftover, is_duplicate=leftover in extras, is_recorded=keeps)
+
+    def is_foreign(self, server: ActualServer) -> bool:
+        """Made by a fleet of this name that another state directory manages."""
+        return bool(server.fleet_id) and server.fleet_id != self.options.fleet_id
+
+    def owned_elsewhere(self, foreign: Sequence[ActualServer]) -> None:
+        ids = ", ".join(sorted({s.fleet_id for s in foreign}))
+        ours = self.options.fleet_id
+        names = ", ".join(sorted((s.name for s in foreign), key=natural_key))
+        self.problems.append(
+            Problem(
+                code="owned_elsewhere",
+                path="fleet",
+                message=f"{self.provider} has servers of fleet {self.fleet.name} ({names}) made "
+                f"by fleet id {ids}, but this state directory knows {self.fleet.name} as "
+                + (f"fleet id {ours}" if ours else "a new fleet (no id yet)")
+                + ": another state directory manages them; nothing was changed",
+                hint="run with the state directory that made them (--state-dir or --state), "
+                "or take them over with `engine up --adopt`: each is made anew with this "
+                "engine's keys",
+            )
+        )
 
     def split_duplicates(
         self, actual: Sequence[ActualServer]
@@ -209,11 +281,18 @@ class _Differ:
 
     def desired(self, server: Server, actual: ActualServer | None) -> None:
         record = self.records.get(server.name)
+        if actual is None and server.name in self.held_elsewhere:
+            return
         if actual is None:
             self.missing(server, record)
             return
         usage_before = self.actual_usage(actual)
         replace_causes = self.replace_causes(server, actual)
+        if self.is_foreign(actual):
+            replace_causes = [
+                f"it carries fleet id {actual.fleet_id}: another state directory made it",
+                "taken over as asked (--adopt): the other engine's keys are not here",
+            ]
         usage_after = self.desired_usage(server, 0 if replace_causes else actual.disk_gb)
         self.before += usage_before
         self.after += usage_after
@@ -238,7 +317,8 @@ class _Differ:
                 )
             )
         else:
-            if record is None or record.provider_id not in ("", actual.provider_id):
+            adopting = record is None or record.provider_id not in ("", actual.provider_id)
+            if adopting:
                 changes.append(self.adopt(server, actual, record))
             resize = self.resize(server, actual, usage)
             if resize is not None:
@@ -247,27 +327,13 @@ class _Differ:
             update = self.update(server, actual, usage)
             if update is not None:
                 changes.append(update)
-            if record is not None and record.install_hash not in (None, self.install_hash):
-                changes.append(
-                    Change(
-                        action=Action.REINSTALL,
-                        server=server.name,
-                        group=server.group,
-                        reasons=(
-                            f"installed with settings {record.install_hash}, the spec's now "
-                            f"hash to {self.install_hash}",
-                        ),
-                        fields=(
-                            FieldChange(
-                                field="install",
-                                before=str(record.install_hash),
-                                after=self.install_hash,
-                            ),
-                        ),
-                        before=actual,
-                        after=server,
-                    )
-                )
+            repair = None
+            if record is not None and not adopting:
+                repair = self.repair(server, actual, record)
+            elif power_of(actual.status) is Power.OFF:  # adopted, and off
+                repair = self.power_on(server, actual, None, stale=False)
+            if repair is not None:
+                changes.append(repair)
         if changes:
             self.changes += changes
         else:
@@ -299,10 +365,13 @@ class _Differ:
             )
             return
         reasons = [_wants(self.fleet, server.group)]
-        if record is not None and record.provider_id:
+        if record is not None and record.stage is Stage.FAILED:
+            reasons.append(f"{self.failed(record)}; {self.provider} has no such server")
+        elif record is not None and record.provider_id:
+            was = "was ready" if record.stage in (Stage.READY, Stage.UNHEALTHY) else "was made"
             reasons.append(
                 f"the state store records it (id {record.provider_id}) but {self.provider} has "
-                "no such server: it was deleted outside the engine"
+                f"no such server: it {was}, and was deleted outside the engine"
             )
         self.changes.append(
             Change(
@@ -314,6 +383,133 @@ class _Differ:
                 after=server,
                 usage_after=usage,
             )
+        )
+
+    # --- repairs: what the provider and the agent say against what the store remembers ------
+
+    def failed(self, record: ServerRecord) -> str:
+        """`failed (3 times): <why>`, from the record and the failures counted since."""
+        count = max(1, self.failures.get(record.name, 0))
+        times = "once" if count == 1 else f"{count} times"
+        return f"it failed ({times}): {record.stage_reason or 'no reason recorded'}"
+
+    def repair(self, server: Server, actual: ActualServer, record: ServerRecord) -> Change | None:
+        """The one repair a server needs, if any: power on, retry or reinstall."""
+        power = power_of(actual.status)
+        phoned_home = bool(record.host_keys)
+        stale = record.install_hash not in (None, self.install_hash) and bool(self.install_hash)
+        if power is Power.OFF and (phoned_home or record.stage is not Stage.FAILED):
+            return self.power_on(server, actual, record, stale=stale)
+        if record.stage is Stage.FAILED:
+            return self.retry(server, actual, record, power)
+        reasons: list[str] = []
+        fields: list[FieldChange] = []
+        agent = self.agents.get(server.name)
+        settled = record.stage in (Stage.READY, Stage.UNHEALTHY) and power is Power.ON
+        if settled and agent is not None and agent.answer is AgentAnswer.SILENT:
+            heard = agent.last_heartbeat_at
+            since = f"last heard {_when(heard)}" if heard else "never heard"
+            reasons.append(
+                f"the store says {record.stage}, but its agent is silent ({since}; "
+                f"{agent.detail}): installed again"
+            )
+            fields.append(FieldChange(field="agent", before="silent", after="answering"))
+        elif record.stage is Stage.UNHEALTHY and power is Power.ON:
+            # Only a heartbeat makes it ready again, and the install waits for one.
+            reasons.append(
+                "the store says unhealthy (its agent missed heartbeats): installed again"
+            )
+            fields.append(FieldChange(field="agent", before="unhealthy", after="answering"))
+        elif settled and agent is not None and agent.answer is AgentAnswer.UNREACHABLE:
+            self.warnings.append(
+                f"{server.name}: its agent cannot be reached from here ({agent.detail}); "
+                "whether it is alive is not known"
+            )
+        if stale:
+            reasons.append(
+                f"installed with {record.install_hash}; what the install puts on a server now "
+                f"hashes to {self.install_hash}"
+            )
+            fields.append(
+                FieldChange(
+                    field="install", before=str(record.install_hash), after=self.install_hash
+                )
+            )
+        if not reasons:
+            return None
+        return Change(
+            action=Action.REINSTALL,
+            server=server.name,
+            group=server.group,
+            reasons=tuple(reasons),
+            fields=tuple(fields),
+            before=actual,
+            after=server,
+        )
+
+    def power_on(
+        self, server: Server, actual: ActualServer, record: ServerRecord | None, *, stale: bool
+    ) -> Change:
+        how = f"{self.provider} says it is {actual.status}"
+        if actual.exit_code is not None:
+            how += f" (exit code {actual.exit_code}"
+            how += f", since {_when(actual.stopped_at)})" if actual.stopped_at else ")"
+        elif actual.stopped_at is not None:
+            how += f" (since {_when(actual.stopped_at)})"
+        said = f"the store says {record.stage}" if record else "the store had no record of it"
+        reasons = [f"{said}, but {how}"]
+        if record is not None and record.stage is Stage.FAILED:
+            reasons.append(self.failed(record))
+        if record is not None and record.host_keys:
+            reasons.append("started, then installed again (which checks it and starts its agent)")
+        else:
+            reasons.append("started, then looked for by polling (its phone-home went already)")
+        if stale:
+            reasons.append(f"the install settings changed too ({self.install_hash})")
+        return Change(
+            action=Action.POWER_ON,
+            server=server.name,
+            group=server.group,
+            reasons=tuple(reasons),
+            fields=(FieldChange(field="power", before=actual.status, after="running"),),
+            before=actual,
+            after=server,
+            failed_attempts=self.failures.get(server.name, 0),
+        )
+
+    def retry_by(self, record: ServerRecord, power: Power) -> tuple[RetryBy, str]:
+        """How to try a failed server again, and why that way."""
+        if record.host_keys and power is Power.ON:
+            return RetryBy.INSTALL, "it phoned home and runs: its install runs again"
+        if self.provider is ProviderName.LOCAL:
+            return RetryBy.REMAKE, "its container is removed and made anew from fresh user_data"
+        if self.provider is ProviderName.HCLOUD and power is not Power.BUSY:
+            return (
+                RetryBy.REBUILD,
+                "it never phoned home: rebuilt with fresh user_data (same id and addresses)",
+            )
+        why = (
+            "it never got out of starting"
+            if power is Power.BUSY
+            else "it never phoned home, and DigitalOcean keeps a droplet's first user_data"
+        )
+        return RetryBy.REPLACE, f"{why}: deleted and created anew"
+
+    def retry(
+        self, server: Server, actual: ActualServer, record: ServerRecord, power: Power
+    ) -> Change:
+        by, how = self.retry_by(record, power)
+        return Change(
+            action=Action.RETRY,
+            server=server.name,
+            group=server.group,
+            reasons=(self.failed(record), how),
+            disruptive=by is not RetryBy.INSTALL,
+            fields=(FieldChange(field="stage", before=str(record.stage), after="ready"),),
+            before=actual,
+            after=server,
+            retry_by=by,
+            failed_attempts=self.failures.get(server.name, 0),
         )
 
     def is_lagging(self, record: ServerRecord) -> bool:
@@ -633,8 +829,11 @@ def as_built(fleet: Fleet, server: Server, catalog: Catalog, provider_id: str = 
     )
 
 
-def as_recorded(fleet: Fleet, server: ActualServer, group: str) -> ServerRecord:
-    """The state store's record of a server the engine built and installed for `fleet`."""
+def as_recorded(
+    fleet: Fleet, server: ActualServer, group: str, install_hash: str | None = None
+) -> ServerRecord:
+    """The state store's record of a server the engine built and installed for `fleet`
+    (with `install_hash`, the digest of its install)."""
     return ServerRecord(
         fleet=fleet.name,
         name=server.name,
@@ -646,7 +845,7 @@ def as_recorded(fleet: Fleet, server: ActualServer, group: str) -> ServerRecord:
         image=server.image.describe() if server.image else "",
         stage=Stage.READY,
         labels=server.labels,
-        install_hash=install_hash(fleet.install),
+        install_hash=install_hash,
     )
 
 
@@ -668,13 +867,17 @@ def diff_fleet(
     *,
     unowned: Sequence[ActualServer] = (),
     options: DiffOptions | None = None,
+    agents: Mapping[str, AgentSeen] | None = None,
+    failures: Mapping[str, int] | None = None,
 ) -> Plan:
-    """The plan that turns `actual` (and the store's `records`) into `fleet`.
+    """The plan that turns `actual` (and the store's `records`) into `fleet`; `agents` are
+    what the agents of servers recorded ready said, `failures` how often each server failed
+    since it was last ready.
 
     >>> # diff_fleet(fleet, catalog, actual=(), records=()) -> one create per server
     """
     options = options or DiffOptions()
-    differ = _Differ(fleet, catalog, records, unowned, options)
+    differ = _Differ(fleet, catalog, records, unowned, options, agents or {}, failures or {})
     differ.run(actual)
     changes = tuple(differ.changes)
     exposures = fleet_exposures(fleet)

@@ -10,6 +10,9 @@ Pure: takes the transitions and the record the state store holds and does no I/O
 
 Without a phone-home (polling fallback) there is no cloud-init time: `boot` runs to the
 moment the server answered SSH and `phone_home` is unknown. A step not reached is None.
+
+`failures_since_ready` counts, per server, the failures since it was last ready: what a plan
+says of a server it retries.
 """
 
 from __future__ import annotations
@@ -58,3 +61,15 @@ def median_durations(per_server: Sequence[StepDurations]) -> StepDurations:
         done = [d[step] for d in per_server if d[step] is not None]
         medians[step] = statistics.median(done) if done else None  # type: ignore[type-var]
     return medians
+
+
+def failures_since_ready(transitions: Sequence[Transition]) -> dict[str, int]:
+    """How often each server entered `failed` since it last entered `ready` (or ever, if it
+    never was ready); servers that have not failed since are left out."""
+    counted: dict[str, int] = {}
+    for transition in sorted(transitions, key=lambda t: t.at):
+        if transition.stage is Stage.READY:
+            counted.pop(transition.server, None)
+        elif transition.stage is Stage.FAILED:
+            counted[transition.server] = counted.get(transition.server, 0) + 1
+    return counted

@@ -17,6 +17,9 @@ LABEL_MANAGED_BY = "managed-by"
 LABEL_FLEET = "fleet"
 LABEL_GROUP = "fleet-group"
 LABEL_SERVER = "fleet-server"
+# The fleet's id (engine.tokens.ensure_fleet_id): which state directory a resource belongs to,
+# when two of them manage fleets of one name.
+LABEL_FLEET_ID = "fleet-id"
 RESERVED_LABEL_PREFIXES = ("fleet", "managed-by")
 
 

@@ -4,6 +4,10 @@
 Each Change is one operation on one server; a server can have several (adopt it, then
 update its labels, then reinstall it). Problems block the plan: a plan with problems is not
 executed. Warnings are things a person should read but that block nothing.
+
+Besides the changes the spec asks for, a plan repairs what the world did to the fleet: a
+server gone is created, one that is off is powered on, one that failed is retried (installed
+again, or made anew: `RetryBy` says how), one whose agent fell silent is reinstalled.
 """
 
 from __future__ import annotations
@@ -25,12 +29,25 @@ class Action(StrEnum):
     REPLACE = "replace"
     REINSTALL = "reinstall"
     ADOPT = "adopt"
+    POWER_ON = "power_on"
+    RETRY = "retry"
+
+
+class RetryBy(StrEnum):
+    """How a failed server is tried again."""
+
+    INSTALL = "install"  # it phoned home and runs: its install runs again
+    REMAKE = "remake"  # local: the container is removed and made anew from fresh user_data
+    REBUILD = "rebuild"  # Hetzner: the disk is rebuilt with fresh user_data (same id, addresses)
+    REPLACE = "replace"  # deleted and created anew
 
 
 # The order in which summaries list actions.
 ACTIONS = (
     Action.CREATE,
     Action.ADOPT,
+    Action.POWER_ON,
+    Action.RETRY,
     Action.UPDATE,
     Action.RESIZE,
     Action.REINSTALL,
@@ -83,6 +100,8 @@ class Change:
     `before` is the server as the provider has it (None for a create); `after` is the server
     as the spec wants it (None for a delete). `usage_before`/`usage_after` are this change's
     share of the fleet's usage: a resize moves vCPUs, memory and cost; an update moves none.
+    A retry says how (`retry_by`); `failed_attempts` is how often the server failed since it
+    was last ready.
     """
 
     action: Action
@@ -95,6 +114,8 @@ class Change:
     after: Server | None = None
     usage_before: Usage = NO_USAGE
     usage_after: Usage = NO_USAGE
+    retry_by: RetryBy | None = None
+    failed_attempts: int = 0
 
     @property
     def monthly_delta(self) -> float:
@@ -165,8 +186,9 @@ class Plan:
 
 # Writes each action takes on the provider's API, not counting the progress polls of its
 # asynchronous actions: create 1 (firewalls, networks and labels travel with it), delete 1,
-# resize 3 (power off, change type, power on), replace 2 (delete, create); an update takes
-# one per field it changes; reinstall (over SSH) and adopt (state store only) take none.
+# resize 3 (power off, change type, power on), replace 2 (delete, create), power on 1; an
+# update takes one per field it changes; reinstall (over SSH) and adopt (state store only)
+# take none; a retry as many as its way (_RETRY_WRITES).
 _WRITES = {
     Action.CREATE: 1,
     Action.DELETE: 1,
@@ -174,12 +196,19 @@ _WRITES = {
     Action.REPLACE: 2,
     Action.REINSTALL: 0,
     Action.ADOPT: 0,
+    Action.POWER_ON: 1,
 }
+_RETRY_WRITES = {RetryBy.INSTALL: 0, RetryBy.REMAKE: 0, RetryBy.REBUILD: 1, RetryBy.REPLACE: 2}
+
+
+def _writes(change: Change) -> int:
+    if change.action is Action.UPDATE:
+        return len(change.fields)
+    if change.action is Action.RETRY:
+        return _RETRY_WRITES[change.retry_by or RetryBy.INSTALL]
+    return _WRITES[change.action]
 
 
 def estimate_writes(changes: tuple[Change, ...]) -> int:
     """API requests applying `changes` would make (see _WRITES), progress polls aside."""
-    return sum(
-        len(change.fields) if change.action is Action.UPDATE else _WRITES[change.action]
-        for change in changes
-    )
+    return sum(_writes(change) for change in changes)

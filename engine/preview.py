@@ -1,14 +1,21 @@
 """What `engine preview` does, as a function: load the spec, read what exists, plan.
 
 The effects are one step, `observe`: the fleet's servers read through an inventory reader,
-with the state store's records beside them. The decisions are the pure `plan_fleet` (over
-engine.diff). `engine up` plans with the same two, fed by the backend and the store its run
-already holds open; a preview opens a reader of its own. Nothing is written and no lock is
-taken: a preview never changes anything, and a missing SQLite state file is not created.
+the agents of servers recorded ready asked whether they are alive (unless a heartbeat came
+within their window), with the state store's records, transitions and heartbeats beside
+them. The decisions are the pure `plan_fleet` (over engine.diff). `engine up` plans with the
+same two, fed by the backend and the store its run already holds open; a preview opens a
+reader of its own. Nothing is written and no lock is taken: a preview never changes anything,
+and a missing SQLite state file is not created.
+
+The install digest (`fleet_digest`) covers the spec's install, the deploy code, the agent's
+recipe and the control plane's address: `engine up` takes the address its control plane
+listens at now, a preview the one the last run recorded.
 
 Actual state comes from one of two places:
 - the provider (`plan_preview(...)`): the fleet's owned servers read with paged list calls,
-  unowned servers holding names the plan would create, and the state store's records;
+  unowned servers holding names the plan would create, what their agents say, and the state
+  store's records;
 - a git ref (`against_ref=REF`): the spec as committed at REF, taken as built exactly as
   specified. No credentials and no network: what a pull request from a fork can show.
 """
@@ -19,13 +26,17 @@ import dataclasses
 import datetime as dt
 import os
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.catalog import Catalog, load_catalog
 from engine.diff import DiffOptions, as_built, as_recorded, diff_fleet
 from engine.errors import EngineError, SpecError
-from engine.model import Fleet
+from engine.health import AgentSeen, Power, is_heard, power_of
+from engine.lifecycle import failures_since_ready
+from engine.model import Fleet, Stage
 from engine.placement import expand_fleet
 from engine.plan import ApiCallCount, Plan
 from engine.providers import ActualServer
@@ -34,13 +45,38 @@ from engine.providers.retry import RetryPolicy
 from engine.providers.seam import InventoryReader
 from engine.secrets import register_secret
 from engine.spec import load_spec, parse_spec
-from engine.state import ServerRecord
+from engine.state import AgentReport, FleetSettings, ServerRecord, Transition
+
+if TYPE_CHECKING:
+    from engine.state.store import Store
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recorded:
+    """What the state store holds of a fleet, read once: its servers' records and lifecycle
+    transitions, its agents' last heartbeats, and its settings (None: never registered)."""
+
+    records: tuple[ServerRecord, ...] = ()
+    transitions: tuple[Transition, ...] = ()
+    reports: tuple[AgentReport, ...] = ()
+    settings: FleetSettings | None = None
+
+
+def recorded(store: Store, fleet: str) -> Recorded:
+    """What `store` holds of `fleet`."""
+    return Recorded(
+        records=store.servers.all(fleet),
+        transitions=store.servers.transitions(fleet),
+        reports=store.agents.reports(fleet),
+        settings=store.fleets.get(fleet),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Observed:
     """What exists, read once: the fleet's owned servers, unowned servers holding names the
-    plan would create, the state store's records, and what reading cost."""
+    plan would create, what their agents say, the state store's records and each server's
+    failures since it was last ready, and what reading cost."""
 
     actual: tuple[ActualServer, ...]
     unowned: tuple[ActualServer, ...]
@@ -48,46 +84,137 @@ class Observed:
     read_at: dt.datetime
     list_lag_s: float
     calls: ApiCallCount
+    agents: Mapping[str, AgentSeen] = field(default_factory=dict)
+    failures: Mapping[str, int] = field(default_factory=dict)
 
 
 def observe(
-    fleet: Fleet, catalog: Catalog, reader: InventoryReader, records: tuple[ServerRecord, ...]
+    fleet: Fleet,
+    catalog: Catalog,
+    reader: InventoryReader,
+    known: Recorded,
+    *,
+    state_dir: Path | None = None,
 ) -> Observed:
     """The one I/O step of a plan: the fleet's servers and the unowned ones holding names it
-    would create, read through `reader`; `records` are the state store's (read by the caller,
-    who holds the store)."""
+    would create, read through `reader`; `known` is what the state store holds (read by the
+    caller, who holds the store). With `state_dir` (where the fleet's key is), the agents of
+    servers recorded ready that run and were not heard within their window are asked now."""
     actual = reader.read_servers()
     listed = {server.name for server in actual}
     wanted = {server.name for server in expand_fleet(fleet, catalog)}
     unowned = reader.read_unowned(sorted(wanted - listed))
     calls = reader.calls
+    now = dt.datetime.now(dt.UTC)
     return Observed(
         actual=actual,
         unowned=unowned,
-        records=records,
-        read_at=dt.datetime.now(dt.UTC),
+        records=known.records,
+        read_at=now,
         list_lag_s=reader.list_lag_s,
         calls=ApiCallCount(
             read=calls.total,
             read_by_path=tuple(sorted(calls.requests.items())),
             retries=calls.retries,
         ),
+        agents={} if state_dir is None else agents_now(fleet, state_dir, known, actual, now),
+        failures=failures_since_ready(known.transitions),
     )
 
 
+def agents_now(
+    fleet: Fleet,
+    state_dir: Path,
+    known: Recorded,
+    actual: Sequence[ActualServer],
+    now: dt.datetime,
+) -> dict[str, AgentSeen]:
+    """What the agent of each server recorded ready (and running) says: heard, when its last
+    heartbeat is within its window; else asked over HTTPS (pinned) whether it is healthy.
+    Agents the engine has no endpoint for (or no key to talk to) are not judged."""
+    from engine.agent.client import ask_health
+    from engine.agent.endpoint import agent_endpoints
+    from engine.health import AgentAnswer
+    from engine.tokens import find_fleet_key
+
+    running = {a.name for a in actual if power_of(a.status) is Power.ON}
+    ready = [
+        r for r in known.records if r.stage in (Stage.READY, Stage.UNHEALTHY) and r.name in running
+    ]
+    reports = {r.server: r for r in known.reports}
+    seen: dict[str, AgentSeen] = {}
+    unheard = []
+    for record in ready:
+        heard = reports[record.name].last_heartbeat_at if record.name in reports else None
+        if is_heard(heard, fleet.install.agent.heartbeat_s, now):
+            seen[record.name] = AgentSeen(answer=AgentAnswer.HEARD, last_heartbeat_at=heard)
+        else:
+            unheard.append(record)
+    key = find_fleet_key(state_dir, fleet.name) if unheard else None
+    if key is None:
+        return seen
+    asked = [reports[r.name] for r in unheard if r.name in reports]
+    endpoints = agent_endpoints(fleet, key, unheard, asked)
+    for name, answer in ask_health(list(endpoints.values())).items():
+        last = reports[name].last_heartbeat_at
+        seen[name] = dataclasses.replace(answer, last_heartbeat_at=last)
+    return seen
+
+
+def fleet_digest(fleet: Fleet, control_plane_url: str, sources: tuple[str, ...]) -> str:
+    """The install digest of `fleet`'s servers with a control plane at `control_plane_url`
+    reaching them from `sources`: the agent is the spec's registry image, or the recipe the
+    engine builds its own from."""
+    from engine.agent.image import agent_recipe
+    from engine.install.digest import install_digest
+
+    return install_digest(
+        fleet,
+        agent=fleet.install.agent.image or agent_recipe(),
+        control_plane_url=control_plane_url,
+        control_plane_sources=sources,
+    )
+
+
+def recorded_digest(fleet: Fleet, settings: FleetSettings | None) -> str:
+    """The install digest with the control plane the last run had (as `settings` recorded
+    it): what a server installed by that run and unchanged since was installed with."""
+    if settings is None:
+        return fleet_digest(fleet, "", ())
+    return fleet_digest(fleet, settings.control_plane_url, settings.control_plane_sources)
+
+
 def plan_fleet(
-    fleet: Fleet, catalog: Catalog, observed: Observed, *, delete_orphans: bool = False
+    fleet: Fleet,
+    catalog: Catalog,
+    observed: Observed,
+    *,
+    install_hash: str,
+    fleet_id: str | None,
+    delete_orphans: bool = False,
+    adopt: bool = False,
 ) -> Plan:
-    """The plan that makes what `observed` saw into `fleet`. Pure: no I/O."""
+    """The plan that makes what `observed` saw into `fleet`, for servers installed with
+    `install_hash` and a fleet whose id in this state directory is `fleet_id`. Pure: no I/O."""
     options = DiffOptions(
         delete_orphans=delete_orphans,
         now=observed.read_at,
         list_lag_s=observed.list_lag_s,
         compared_with=f"{fleet.provider.name} (read just now)",
         api_calls=observed.calls,
+        install_hash=install_hash,
+        fleet_id=fleet_id,
+        adopt=adopt,
     )
     return diff_fleet(
-        fleet, catalog, observed.actual, observed.records, unowned=observed.unowned, options=options
+        fleet,
+        catalog,
+        observed.actual,
+        observed.records,
+        unowned=observed.unowned,
+        options=options,
+        agents=observed.agents,
+        failures=observed.failures,
     )
 
 
@@ -98,6 +225,7 @@ def plan_preview(
     state: str | None = None,
     against_ref: str | None = None,
     delete_orphans: bool = False,
+    adopt: bool = False,
     policy: RetryPolicy | None = None,
 ) -> Plan:
     """The plan for `spec`, against the provider (and the state store) or against a git ref."""
@@ -109,6 +237,7 @@ def plan_preview(
         state=state,
         against_ref=against_ref,
         delete_orphans=delete_orphans,
+        adopt=adopt,
         policy=policy,
     )
 
@@ -121,16 +250,28 @@ def preview_fleet(
     state: str | None = None,
     against_ref: str | None = None,
     delete_orphans: bool = False,
+    adopt: bool = False,
     policy: RetryPolicy | None = None,
 ) -> Plan:
     """`plan_preview` of a fleet already loaded from `spec`."""
+    from engine.tokens import find_fleet_id
+
     catalog = load_catalog(str(fleet.provider.name), state_dir)
     if against_ref is not None:
         return _against_ref(fleet, catalog, spec, against_ref, state_dir, delete_orphans)
     require_reader(fleet.provider.name)
     reader = inventory_reader(fleet, token=_token(fleet, spec), policy=policy)
-    observed = observe(fleet, catalog, reader, _records(fleet, state_dir, state))
-    return plan_fleet(fleet, catalog, observed, delete_orphans=delete_orphans)
+    known = _recorded(fleet, state_dir, state)
+    observed = observe(fleet, catalog, reader, known, state_dir=state_dir)
+    return plan_fleet(
+        fleet,
+        catalog,
+        observed,
+        install_hash=recorded_digest(fleet, known.settings),
+        fleet_id=find_fleet_id(state_dir, fleet.name),
+        delete_orphans=delete_orphans,
+        adopt=adopt,
+    )
 
 
 def _token(fleet: Fleet, spec: Path) -> str:
@@ -147,14 +288,14 @@ def _token(fleet: Fleet, spec: Path) -> str:
     return register_secret(value)
 
 
-def _records(fleet: Fleet, state_dir: Path, state: str | None) -> tuple[ServerRecord, ...]:
+def _recorded(fleet: Fleet, state_dir: Path, state: str | None) -> Recorded:
     from engine.state.store import open_store, state_url, store_exists
 
     url = state_url(state_dir, state)
     if not store_exists(url):
-        return ()
+        return Recorded()
     with open_store(url) as store:
-        return store.servers.all(fleet.name)
+        return recorded(store, fleet.name)
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
@@ -208,10 +349,16 @@ def _against_ref(
             )
         else:
             old_catalog = load_catalog(str(old.provider.name), state_dir)
+            # Both sides with the same control plane: only what the specs say differs.
+            installed = fleet_digest(old, "", ())
             for server in expand_fleet(old, old_catalog):
                 built = as_built(old, server, old_catalog)
                 actual.append(built)
-                records.append(as_recorded(old, built, server.group))
-    options = DiffOptions(delete_orphans=delete_orphans, compared_with=f"the spec at {ref}")
+                records.append(as_recorded(old, built, server.group, installed))
+    options = DiffOptions(
+        delete_orphans=delete_orphans,
+        compared_with=f"the spec at {ref}",
+        install_hash=fleet_digest(fleet, "", ()),
+    )
     plan = diff_fleet(fleet, catalog, actual, records, options=options)
     return dataclasses.replace(plan, warnings=(*notes, *plan.warnings))

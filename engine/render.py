@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.exposure import Exposure, Severity
 from engine.model import Server, fleet_resource_name
-from engine.plan import ACTIONS, Action, Change, Plan, Usage
+from engine.plan import ACTIONS, Action, Change, Plan, RetryBy, Usage
 from engine.providers import ActualServer
 from engine.term import style
 
@@ -32,6 +32,8 @@ SYMBOLS = {
     Action.REINSTALL: "~",
     Action.REPLACE: "-/+",
     Action.ADOPT: "=",
+    Action.POWER_ON: "^",
+    Action.RETRY: "@",
 }
 COLOURS = {
     Action.CREATE: "green",
@@ -41,6 +43,8 @@ COLOURS = {
     Action.REINSTALL: "blue",
     Action.REPLACE: "magenta",
     Action.ADOPT: "blue",
+    Action.POWER_ON: "green",
+    Action.RETRY: "magenta",
 }
 _PHRASES = {
     Action.CREATE: "to create",
@@ -50,6 +54,8 @@ _PHRASES = {
     Action.REINSTALL: "to reinstall",
     Action.REPLACE: "to replace",
     Action.DELETE: "to delete",
+    Action.POWER_ON: "to power on",
+    Action.RETRY: "to retry",
 }
 
 
@@ -59,6 +65,19 @@ _HARM = {
     Action.REPLACE: "recreated",
     Action.DELETE: "deleted",
 }
+_RETRIED = {
+    RetryBy.INSTALL: "installed again",
+    RetryBy.REMAKE: "made anew",
+    RetryBy.REBUILD: "rebuilt",
+    RetryBy.REPLACE: "recreated",
+}
+
+
+def harm(change: Change) -> str:
+    """What a disruptive change does to its server, in two words."""
+    if change.action is Action.RETRY:
+        return _RETRIED[change.retry_by or RetryBy.INSTALL]
+    return _HARM[change.action]
 
 
 def money(amount: float, currency: str, *, signed: bool = False) -> str:
@@ -91,7 +110,11 @@ def describe(change: Change) -> str:
     if change.action is Action.DELETE and change.before is not None:
         before = change.before
         return f"{before.server_type} in {before.location} (id {before.provider_id})"
-    if change.action is Action.REINSTALL:
+    if change.action is Action.RETRY:
+        times = change.failed_attempts
+        failed = f", failed {'once' if times == 1 else f'{times} times'}" if times else ""
+        return f"{_RETRIED[change.retry_by or RetryBy.INSTALL]}{failed}"
+    if change.action is Action.REINSTALL and [f.field for f in change.fields] == ["install"]:
         return "install settings changed"
     return "; ".join(
         f"{f.field}: {f.before or '(none)'} -> {f.after or '(none)'}" for f in change.fields
@@ -125,7 +148,7 @@ def render_text(plan: Plan, *, colour: bool = False) -> str:
             else ""
         )
         flag = "  " + paint("! disruptive", "red") if change.disruptive else ""
-        action = paint(f"{change.action:<9}", COLOURS[change.action])
+        action = paint(f"{change.action.replace('_', ' '):<9}", COLOURS[change.action])
         lines.append(f"{symbol} {change.server:<{width}}  {action} {describe(change)}{flag}{cost}")
         lines.extend(paint(f"      {reason}", "dim") for reason in change.reasons)
     if plan.changes:
@@ -145,7 +168,7 @@ def render_text(plan: Plan, *, colour: bool = False) -> str:
     lines.append(paint("Plan: ", "bold") + summary(plan) + ".")
     disruptive = _disruptive(plan)
     if disruptive:
-        names = ", ".join(f"{c.server} ({_HARM[c.action]})" for c in disruptive[:10])
+        names = ", ".join(f"{c.server} ({harm(c)})" for c in disruptive[:10])
         more = f" and {len(disruptive) - 10} more" if len(disruptive) > 10 else ""
         lines.append(paint("Disruptive: ", "red") + names + more + ".")
     lines.append(f"Monthly cost: {cost_line(plan)}.")
@@ -201,7 +224,8 @@ def _table(changes: Iterable[Change], currency: str) -> list[str]:
         flag = " ⚠️" if change.disruptive else ""
         cost = money(change.monthly_delta, currency, signed=True) if change.monthly_delta else ""
         rows.append(
-            f"| `{SYMBOLS[change.action]}` | `{change.server}` | {change.action}{flag} "
+            f"| `{SYMBOLS[change.action]}` | `{change.server}` | "
+            f"{change.action.replace('_', ' ')}{flag} "
             f"| {_md(describe(change))} | {_md('; '.join(change.reasons))} | {cost} |"
         )
     return rows
@@ -224,7 +248,7 @@ def _markdown_head(plan: Plan) -> list[str]:
         lines.append("")
     disruptive = _disruptive(plan)
     if disruptive:
-        shown = ", ".join(f"`{c.server}` ({_HARM[c.action]})" for c in disruptive[:20])
+        shown = ", ".join(f"`{c.server}` ({harm(c)})" for c in disruptive[:20])
         more = f" and {len(disruptive) - 20} more" if len(disruptive) > 20 else ""
         word = "change" if len(disruptive) == 1 else "changes"
         lines += ["> [!WARNING]", f"> {len(disruptive)} disruptive {word}: {shown}{more}", ""]
@@ -391,6 +415,8 @@ def render_json(plan: Plan) -> dict[str, Any]:
                 "monthly_before": round(change.usage_before.monthly_cost, 4),
                 "monthly_after": round(change.usage_after.monthly_cost, 4),
                 "monthly_delta": change.monthly_delta,
+                "retry_by": None if change.retry_by is None else str(change.retry_by),
+                "failed_attempts": change.failed_attempts,
             }
             for change in plan.changes
         ],

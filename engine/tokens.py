@@ -2,6 +2,9 @@
 
     key      <state_dir>/keys/<fleet>.key: 32 random bytes as hex, mode 0600, made on first use
     token    base64url(HMAC-SHA256(key, "fleet-engine/v1" US purpose US fleet US server US ...))
+    id       <state_dir>/keys/<fleet>.id: 12 random hex digits, no secret: the fleet's id on every
+             resource it makes (label or tag fleet-id), by which two state directories that
+             manage fleets of one name tell their resources apart
 
 Nothing but the key is stored: every token can be recomputed from it, so the control plane
 checks a token by deriving the expected one and comparing in constant time (`is_same_token`).
@@ -55,6 +58,8 @@ KEY_BYTES = 32
 DOMAIN = "fleet-engine/v1"
 _SEPARATOR = "\x1f"  # ASCII unit separator: cannot occur in names, so parts never run together
 _KEY_TEXT = re.compile(r"^[0-9a-f]{64}$")
+ID_BYTES = 6
+_ID_TEXT = re.compile(r"^[0-9a-f]{12}$")
 
 
 class TokenPurpose(StrEnum):
@@ -93,6 +98,24 @@ def read_fleet_key(state_dir: Path, fleet: str) -> bytes:
     return _parse_key(path, text)
 
 
+def _create_once(path: Path, text: str) -> bool:
+    """Write `text` to `path` (0600) unless it exists; False when another process made it
+    first (its content is kept). The file appears whole or not at all."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(text + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    try:
+        os.link(partial, path)  # fails if another process made it first: keep theirs
+    except FileExistsError:
+        return False
+    finally:
+        partial.unlink()
+    return True
+
+
 def ensure_fleet_key(state_dir: Path, fleet: str) -> bytes:
     """The fleet's secret key, made (0600, in a 0700 folder) if it does not exist yet; the
     state directory, the keys folder and the key are tightened to that if they are more open.
@@ -105,19 +128,44 @@ def ensure_fleet_key(state_dir: Path, fleet: str) -> bytes:
         private_file(path)
         return read_fleet_key(state_dir, fleet)
     key = secrets.token_bytes(KEY_BYTES)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(key.hex() + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    try:
-        os.link(partial, path)  # fails if another process made the key first: keep theirs
-    except FileExistsError:
+    if not _create_once(path, key.hex()):
         return read_fleet_key(state_dir, fleet)
-    finally:
-        partial.unlink()
     return key
+
+
+def fleet_id_path(state_dir: Path, fleet: str) -> Path:
+    """Where the fleet's id lives, beside its keys."""
+    return state_dir / "keys" / f"{fleet}.id"
+
+
+def find_fleet_id(state_dir: Path, fleet: str) -> str | None:
+    """The fleet's id in this state directory, or None when it has none yet."""
+    path = fleet_id_path(state_dir, fleet)
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EngineError(f"cannot read the fleet id {path}: {exc}") from None
+    if not _ID_TEXT.match(text):
+        raise EngineError(
+            f"{path} is not a fleet id (12 hex digits); restore it from your backup, or take "
+            "the fleet's servers over with a new one (engine up --adopt)"
+        )
+    return text
+
+
+def ensure_fleet_id(state_dir: Path, fleet: str) -> str:
+    """The fleet's id, made on first use (exclusively: two engines starting at once agree)."""
+    found = find_fleet_id(state_dir, fleet)
+    if found is not None:
+        return found
+    path = fleet_id_path(state_dir, fleet)
+    private_dir(state_dir, path.parent.name)
+    made = secrets.token_hex(ID_BYTES)
+    if not _create_once(path, made):
+        return find_fleet_id(state_dir, fleet) or made
+    return made
 
 
 def find_fleet_key(state_dir: Path, fleet: str) -> bytes | None:

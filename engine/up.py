@@ -1,10 +1,12 @@
 """`engine up` and `engine destroy` as functions: one orchestration for every provider.
 
     up:       open the provider's backend (tools, credentials, images: nothing changes yet)
-              -> lock the stack -> read what exists and plan -> show it -> confirm -> register
-              the fleet -> start the control plane -> carry out the plan through the backend
-              (new servers get their user_data, with a one-time token, before they are made)
-              -> drive every server to ready (phone-home, install, agent) -> timings
+              -> lock the stack -> read what exists (the provider's servers and their power,
+              what their agents say) and plan, repairs included -> show it -> confirm ->
+              register the fleet -> start the control plane -> carry out the plan through the
+              backend (new servers get their user_data, with a one-time token, before they
+              are made) -> drive every server to ready (phone-home, install, agent), trying a
+              server that fails again while its tries last (engine.converge) -> timings
     dry run:  plan -> ask every installed server over SSH what an install would change
     destroy:  open -> lock -> plan the deletion of everything -> confirm -> the backend deletes
               every resource -> every state row and every key of the fleet go
@@ -18,7 +20,9 @@ Every step is recorded in the state store as it happens, and every step is safe 
 so a run that dies anywhere (even `kill -9`) is finished by the next `engine up`: servers
 half-created are made by their durable job or the next program run, servers booting phone
 home to a control plane listening where they expect it, servers phoned home are installed,
-nothing is made twice.
+nothing is made twice. And whatever happened to a server since (deleted, stopped, killed
+mid-install, failed), the next `engine up` plans its repair from what the provider and its
+agent say now, with a fresh budget of tries.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import dataclasses
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +42,12 @@ from engine.errors import EngineError
 from engine.model import Fleet, ProviderName, Server, Stage
 from engine.plan import Change, Plan
 from engine.progress import ServerStage, StageBoard, render_timings
+from engine.providers import ActualServer
 from engine.providers.seam import Backend, Provisioned, RunOptions, Site
 from engine.spec import load_spec
 from engine.state import FleetSettings, Lock, NewJob, ServerRecord
 from engine.state.store import Store
+from engine.tokens import find_fleet_id
 
 if TYPE_CHECKING:
     from engine.install.installer import FleetInstaller
@@ -100,6 +106,7 @@ class FleetRun:
         site: Site,
         *,
         provisions: bool,
+        fleet_id: str = "",
     ) -> None:
         self.fleet = fleet
         self.store = store
@@ -109,6 +116,7 @@ class FleetRun:
         self.site = site
         # Whether the control plane's provision jobs make servers (else the backend does).
         self.provisions = provisions
+        self.fleet_id = fleet_id
 
     # --- carrying out the plan ------------------------------------------------------------
 
@@ -152,10 +160,16 @@ class FleetRun:
 
     def create(self, server: Server, *, provision: bool) -> None:
         """Record a server about to be made, with new user_data (and token): nothing was made
-        from the one stored before, if any. With `provision`, a provision job makes it."""
+        from the one stored before, if any. With `provision`, a provision job makes it.
+
+        A record left from before (a server deleted outside the engine, or one that failed)
+        is history, not the server: it starts again as requested."""
         from engine.controlplane.handlers import PROVISION_JOB
         from engine.controlplane.servers import request_server
 
+        old = self.store.servers.get(self.fleet.name, server.name)
+        if old is not None and (old.provider_id or old.stage is Stage.FAILED):
+            self.store.servers.forget(self.fleet.name, server.name)
         request_server(self.store, self.fleet, server)
         self.user_data(server, fresh=True)
         if provision:
@@ -168,11 +182,45 @@ class FleetRun:
                 )
             )
 
-    def reinstall(self, name: str) -> None:
+    def reinstall(self, name: str, reason: str = "") -> None:
+        """Install the server again (its stage goes back to installing, with `reason`)."""
         from engine.controlplane.phonehome import install_job
 
-        self.store.servers.update(self.fleet.name, name, stage=Stage.INSTALLING)
+        # Not installed until this install ends: a heartbeat of the agent as it was must not
+        # make the server ready meanwhile.
+        self.store.servers.update(
+            self.fleet.name, name, stage=Stage.INSTALLING, reason=reason, installed_at=None
+        )
         self.store.jobs.enqueue(install_job(self.fleet.name, name))
+
+    def keep_addresses(self, actual: Sequence[ActualServer]) -> None:
+        """Record the IPv4 address the provider lists for each server it lists under the id the
+        store knows: a machine started again can come back on another address (a local one
+        does), and the engine must reach it, and only it, there."""
+        known = {r.name: r for r in self.store.servers.all(self.fleet.name)}
+        for server in actual:
+            record = known.get(server.name)
+            if record is None or record.provider_id != server.provider_id or not server.ipv4:
+                continue
+            if record.ipv4 != server.ipv4:
+                self.store.servers.update(self.fleet.name, server.name, ipv4=server.ipv4)
+                self.board.note(
+                    f"{server.name} is at {server.ipv4} now (the store had {record.ipv4})"
+                )
+
+    def powered_on(self, name: str) -> None:
+        """A server the backend started again: installed again if it had phoned home (which
+        checks it and starts its agent), else looked for by polling (its phone-home is spent)."""
+        record = self.store.servers.get(self.fleet.name, name)
+        if record is None:
+            return
+        if record.host_keys:
+            self.reinstall(name, "powered on: installed again")
+        else:
+            self.store.servers.update(
+                self.fleet.name, name, stage=Stage.BOOTING, reason="powered on"
+            )
+            self.start_polling(name)
 
     def register(self, name: str, made: Provisioned) -> None:
         """A server the backend made: its id and addresses recorded, and it is booting."""
@@ -225,7 +273,8 @@ class FleetRun:
     # --- resuming -------------------------------------------------------------------------
 
     def resume(self, record: ServerRecord) -> None:
-        """Move on a server an earlier run left on its way (or failed): each step again.
+        """Move on a server an earlier run left on its way: each step again. (A failed one is
+        the plan's: it retries it.)
 
         Where the backend makes servers itself (in `carry_out`, which ran already), a server
         not made yet is left to the next run's backend.
@@ -235,17 +284,6 @@ class FleetRun:
 
         name = record.name
         stage = record.stage
-        if stage is Stage.FAILED:
-            if record.host_keys:
-                stage = Stage.INSTALLING
-            elif record.provider_id:
-                stage = Stage.BOOTING
-            elif self.provisions:
-                stage = Stage.CREATING
-            else:
-                return
-            self.store.servers.update(self.fleet.name, name, stage=stage, reason="retried")
-            self.board.note(f"{name} failed before ({record.stage_reason}); trying again")
         if stage in (Stage.REQUESTED, Stage.CREATING) and self.provisions:
             self.store.jobs.enqueue(
                 NewJob(
@@ -255,7 +293,7 @@ class FleetRun:
                     key=f"{PROVISION_JOB}/{self.fleet.name}/{name}",
                 )
             )
-        elif stage is Stage.BOOTING and (self.site.moved or record.stage is Stage.FAILED):
+        elif stage is Stage.BOOTING and self.site.moved:
             # Its phone-home goes to where the last control plane listened: look for it.
             self.start_polling(name)
         elif stage in (Stage.PHONED_HOME, Stage.INSTALLING):
@@ -306,18 +344,21 @@ def serving(
     options: RunOptions,
     board: StageBoard,
     servers: Mapping[str, Server],
+    site: Site | None = None,
 ) -> Iterator[FleetRun]:
-    """The fleet registered, its keys made and a control plane running for the block, with the
-    backend's provisioner and the installer: what bringing servers to ready needs."""
+    """The fleet registered, its keys and id made and a control plane running for the block
+    (at `site`, else where the backend says), with the backend's provisioner and the
+    installer: what bringing servers to ready needs."""
     from engine.controlplane.fleets import register_fleet
     from engine.controlplane.runner import running_control_plane
     from engine.install.deploykey import ensure_deploy_key
-    from engine.tokens import ensure_fleet_key
+    from engine.tokens import ensure_fleet_id, ensure_fleet_key
 
-    settings = register_fleet(store, fleet)
+    site = site or backend.site()
+    settings = register_fleet(store, fleet, url=site.url, sources=site.sources)
     ensure_fleet_key(options.state_dir, fleet.name)
     ensure_deploy_key(options.state_dir, fleet.name)
-    site = backend.site()
+    fleet_id = ensure_fleet_id(options.state_dir, fleet.name)
     installer = _installer(fleet, backend, site, options.state_dir)
     provisioner = backend.provisioner(store, servers)
     with running_control_plane(
@@ -338,11 +379,13 @@ def serving(
             settings,
             site,
             provisions=provisioner is not None,
+            fleet_id=fleet_id,
         )
 
 
 def _installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> FleetInstaller:
     from engine.install.installer import FleetInstaller
+    from engine.preview import fleet_digest
     from engine.state.files import private_dir
 
     return FleetInstaller(
@@ -351,6 +394,7 @@ def _installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> F
         control_plane_url=site.url,
         control_plane_sources=site.sources,
         agent_image=backend.agent_image,
+        digests={fleet.name: fleet_digest(fleet, site.url, site.sources)},
         docker_url=backend.docker_url,
         log_dir=private_dir(state_dir, "logs", "install"),
     )
@@ -422,16 +466,34 @@ def locked_session(
 def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
     """Make the fleet in `spec` exist and be ready; 0 when every server is ready.
 
-    The spec is read once, and the plan made once: from what the backend it opened reads and
-    the records of the store it locked."""
-    from engine.preview import observe, plan_fleet
+    The spec is read once, and the plan made once: from what the backend it opened reads (its
+    servers, their power, their agents) and the records of the store it locked. A server that
+    fails on its way is looked at again and tried again while its tries last."""
+    from engine.converge import converge
+    from engine.preview import Observed, fleet_digest, observe, plan_fleet, recorded
 
     started = time.monotonic()
     with locked_session(spec, options, out, f"engine up {spec}", tools=True, full=True) as session:
         fleet, board, backend, store = session.fleet, session.board, session.backend, session.store
         catalog = load_catalog(fleet.provider.name, options.state_dir)
-        observed = observe(fleet, catalog, backend.reader(), store.servers.all(fleet.name))
-        plan = plan_fleet(fleet, catalog, observed, delete_orphans=options.delete_orphans)
+        site = backend.site()
+        digest = fleet_digest(fleet, site.url, site.sources)
+
+        def observe_now() -> Observed:
+            return observe(
+                fleet, catalog, backend.reader(), recorded(store, fleet.name),
+                state_dir=options.state_dir,
+            )  # fmt: skip
+
+        def plan_of(observed: Observed) -> Plan:
+            return plan_fleet(
+                fleet, catalog, observed, install_hash=digest,
+                fleet_id=find_fleet_id(options.state_dir, fleet.name),
+                delete_orphans=options.delete_orphans, adopt=options.adopt,
+            )  # fmt: skip
+
+        observed = observe_now()
+        plan = plan_of(observed)
         _show_plan(plan, board, out)
         if plan.is_blocked:
             return 1
@@ -447,15 +509,30 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
         if plan.has_changes and not (options.yes or confirm("Apply these changes?")):
             board.note("Nothing changed.")
             return 1
-        with serving(fleet, store, backend, options, board, servers) as run:
+        with serving(fleet, store, backend, options, board, servers, site) as run:
+
+            def replan() -> Plan:
+                again = observe_now()
+                run.keep_addresses(again.actual)
+                return plan_of(again)
+
+            run.keep_addresses(observed.actual)
             backend.carry_out(plan, run, tuple(servers.values()))
             changed = {c.server for c in plan.changes}
             for record in store.servers.all(fleet.name):
                 if record.name in servers and record.name not in changed:
                     run.resume(record)
             names = list(servers)
-            final = run.wait(names, options.timeout_s)
-        return report(store, fleet, names, final, board, out, time.monotonic() - started)
+            final, tries = converge(
+                run,
+                names,
+                replan=replan,
+                carry_out=lambda again: backend.carry_out(again, run, tuple(servers.values())),
+                tries=options.attempts,
+                timeout_s=options.timeout_s,
+            )
+        seconds = time.monotonic() - started
+        return report(store, fleet, names, final, board, out, seconds, tries=tries)
 
 
 def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
@@ -529,26 +606,34 @@ def report(
     board: StageBoard,
     out: TextIO,
     seconds: float,
+    *,
+    tries: Mapping[str, int] | None = None,
 ) -> int:
-    """The timing table and who is not ready; 0 when every one of `names` is ready."""
+    """The timing table and who is not ready, one line each with the cause (and, for a
+    failed server, how many tries it had); 0 when every one of `names` is ready."""
     table, timings = _timings(store, fleet.name, names)
     ready = [n for n in names if n in final and final[n].stage is Stage.READY]
     stuck = {
         n: (final[n].stage.value if n in final else "missing") for n in names if n not in ready
     }
     reasons = {n: final[n].stage_reason for n in stuck if n in final and final[n].stage_reason}
+    tried = {n: (tries or {}).get(n, 1) for n in stuck}
     if board.json_lines:
-        board.event("done", ready=ready, not_ready=stuck, reasons=reasons,
+        board.event("done", ready=ready, not_ready=stuck, reasons=reasons, tries=tried,
                     seconds=round(seconds, 1), timings=timings)  # fmt: skip
     else:
         out.write("\n" + table + "\n")
         if stuck:
             for name, stage in stuck.items():
+                after = ""
+                if stage == Stage.FAILED and tries is not None:
+                    after = f" after {tried[name]} tr{'y' if tried[name] == 1 else 'ies'}"
                 why = f": {reasons[name]}" if name in reasons else ""
-                out.write(f"{name} is {stage}{why}\n")
+                out.write(f"{name} is {stage}{after}{why}\n")
             out.write(
                 f"{len(ready)} of {len(names)} servers ready after {seconds:.1f} s; "
-                "`engine status` shows where each one is, `engine up` again carries on\n"
+                "`engine status` shows where each one is, `engine up` again carries on "
+                "(with a fresh budget of tries)\n"
             )
         else:
             out.write(f"{len(ready)} servers ready in {seconds:.1f} s\n")
@@ -560,7 +645,8 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
     """Delete every resource of the fleet, its state rows and its keys."""
     from engine.diff import DiffOptions, diff_fleet
     from engine.install.deploykey import deploy_key_path
-    from engine.tokens import key_path
+    from engine.preview import recorded_digest
+    from engine.tokens import fleet_id_path, key_path
 
     with locked_session(
         spec, options, out, f"engine destroy {spec}", tools=True, full=False
@@ -577,9 +663,13 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
             options=DiffOptions(
                 delete_orphans=True,
                 compared_with=f"{fleet.provider.name} (read just now)",
+                fleet_id=find_fleet_id(options.state_dir, fleet.name),
+                install_hash=recorded_digest(fleet, store.fleets.get(fleet.name)),
             ),
         )
         _show_plan(plan, board, out)
+        if plan.is_blocked:  # another state directory's servers are never destroyed from here
+            return 1
         if plan.has_changes and not (options.yes or confirm("Destroy every server of this fleet?")):
             board.note("Nothing changed.")
             return 1
@@ -587,6 +677,7 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
         store.forget_fleet(fleet.name)
         for path in (
             key_path(options.state_dir, fleet.name),
+            fleet_id_path(options.state_dir, fleet.name),
             deploy_key_path(options.state_dir, fleet.name),
             deploy_key_path(options.state_dir, fleet.name).with_suffix(".pub"),
         ):

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from engine.errors import EngineError
 from engine.model import (
     LABEL_FLEET,
+    LABEL_FLEET_ID,
     LABEL_GROUP,
     LABEL_MANAGED_BY,
     MANAGED_BY,
@@ -30,12 +31,21 @@ from engine.model import (
 WORLD = ("0.0.0.0/0", "::/0")
 
 
-def fleet_labels(fleet: str, group: str | None = None) -> dict[str, str]:
-    """Ownership labels for a resource that belongs to a fleet (and a group) but no server."""
+def fleet_labels(fleet: str, group: str | None = None, *, fleet_id: str = "") -> dict[str, str]:
+    """Ownership labels for a resource that belongs to a fleet (and a group) but no server,
+    with the fleet's id when it has one."""
     labels = {LABEL_FLEET: fleet, LABEL_MANAGED_BY: MANAGED_BY}
     if group is not None:
         labels[LABEL_GROUP] = group
-    return labels
+    return with_fleet_id(labels, fleet_id)
+
+
+def with_fleet_id(labels: Labels | dict[str, str], fleet_id: str) -> dict[str, str]:
+    """`labels` and the fleet's id (engine.tokens.ensure_fleet_id), when there is one."""
+    marked = dict(labels)
+    if fleet_id:
+        marked[LABEL_FLEET_ID] = fleet_id
+    return marked
 
 
 def tags(labels: Labels | dict[str, str]) -> list[str]:

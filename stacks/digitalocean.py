@@ -23,6 +23,7 @@ import pulumi
 
 from engine.errors import EngineError
 from engine.model import (
+    LABEL_FLEET_ID,
     FirewallRule,
     Fleet,
     Image,
@@ -49,6 +50,7 @@ from stacks.common import (
     ssh_key_name,
     tags,
     unique_keys,
+    with_fleet_id,
 )
 from stacks.group import ServerGroup
 from stacks.inputs import StackInputs
@@ -98,6 +100,9 @@ def declare(inputs: StackInputs, provider: do.Provider) -> dict[str, dict[str, o
 
     keys = _ssh_keys(inputs, provider)
     fleet_tag = do.Tag("tag.fleet", name=f"fleet:{fleet.name}", opts=top)
+    marks = [fleet_tag]
+    if inputs.fleet_id:
+        marks.append(do.Tag("tag.fleet-id", name=f"{LABEL_FLEET_ID}:{inputs.fleet_id}", opts=top))
     members = {
         group.name: do.Tag(f"tag-{group.name}", name=member_tag(fleet.name, group.name), opts=top)
         for group in fleet.groups
@@ -144,7 +149,10 @@ def declare(inputs: StackInputs, provider: do.Provider) -> dict[str, dict[str, o
                 image=image,
                 region=server.location,
                 ssh_keys=keys,
-                tags=[*tags(server.labels), member_tag(fleet.name, group.name)],
+                tags=[
+                    *tags(with_fleet_id(server.labels, inputs.fleet_id)),
+                    member_tag(fleet.name, group.name),
+                ],
                 # A secret: Pulumi keeps it encrypted in its state (it holds a one-time token).
                 user_data=pulumi.Output.secret(inputs.user_data[server.name]),
                 vpc_uuid=vpcs[server.networks[0], server.location].id if server.networks else None,
@@ -154,7 +162,7 @@ def declare(inputs: StackInputs, provider: do.Provider) -> dict[str, dict[str, o
                 graceful_shutdown=True,
                 opts=component.server(
                     provider,
-                    depends_on=[fleet_tag, members[group.name], *firewalls],
+                    depends_on=[*marks, members[group.name], *firewalls],
                     fresh=server.name in inputs.replaced,
                     adopt=inputs.adopted.get(server.name),
                 ),

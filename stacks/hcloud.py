@@ -39,6 +39,7 @@ from stacks.common import (
     ssh_fingerprint,
     ssh_key_name,
     unique_keys,
+    with_fleet_id,
 )
 from stacks.group import ServerGroup
 from stacks.inputs import StackInputs
@@ -74,7 +75,7 @@ def declare(inputs: StackInputs, provider: hcloud.Provider) -> dict[str, dict[st
     keys = _ssh_keys(inputs, provider)
     # The engine's own resources have a dot in their names, which no spec name can have.
     engine_firewall = _firewall(
-        fleet.name,
+        inputs,
         f"firewall.{ENGINE_FIREWALL}",
         engine_resource_name(fleet.name, ENGINE_FIREWALL),
         engine_rules(fleet, inputs.engine_sources),
@@ -82,7 +83,7 @@ def declare(inputs: StackInputs, provider: hcloud.Provider) -> dict[str, dict[st
     )
     firewalls = {
         fw.name: _firewall(
-            fleet.name,
+            inputs,
             f"firewall-{fw.name}",
             fleet_resource_name(fleet.name, fw.name),
             fw.inbound,
@@ -103,7 +104,7 @@ def declare(inputs: StackInputs, provider: hcloud.Provider) -> dict[str, dict[st
             name=fleet_resource_name(fleet.name, lb.name),
             load_balancer_type=lb.type or DEFAULT_LB_TYPE,
             location=location,
-            labels=fleet_labels(fleet.name, lb.targets),
+            labels=fleet_labels(fleet.name, lb.targets, fleet_id=inputs.fleet_id),
             opts=top,
         )
         for service in lb.services:
@@ -127,9 +128,7 @@ def declare(inputs: StackInputs, provider: hcloud.Provider) -> dict[str, dict[st
                 ),
             )
         else:
-            lb_firewalls.setdefault(lb.targets, []).append(
-                _lb_firewall(fleet.name, lb, balancer, top)
-            )
+            lb_firewalls.setdefault(lb.targets, []).append(_lb_firewall(inputs, lb, balancer, top))
         balancers.append((lb, balancer, attachment))
 
     outputs: dict[str, dict[str, object]] = {}
@@ -143,7 +142,7 @@ def declare(inputs: StackInputs, provider: hcloud.Provider) -> dict[str, dict[st
                 members[0].placement_group,
                 name=members[0].placement_group,
                 type="spread",
-                labels=fleet_labels(fleet.name, group.name),
+                labels=fleet_labels(fleet.name, group.name, fleet_id=inputs.fleet_id),
                 opts=component.child(provider),
             )
         image = _image(group.image, _architecture(inputs, group.server_type), provider)
@@ -162,7 +161,7 @@ def declare(inputs: StackInputs, provider: hcloud.Provider) -> dict[str, dict[st
                 image=image,
                 location=server.location,
                 ssh_keys=keys,
-                labels=dict(server.labels),
+                labels=with_fleet_id(server.labels, inputs.fleet_id),
                 # A secret: Pulumi keeps it encrypted in its state (it holds a one-time token).
                 user_data=pulumi.Output.secret(inputs.user_data[server.name]),
                 firewall_ids=[_int(fw.id) for fw in attached],
@@ -249,7 +248,7 @@ def _ssh_keys(inputs: StackInputs, provider: hcloud.Provider) -> list[pulumi.Inp
             name,
             name=name,
             public_key=public_key,
-            labels=fleet_labels(fleet),
+            labels=fleet_labels(fleet, fleet_id=inputs.fleet_id),
             opts=pulumi.ResourceOptions(provider=provider),
         )
         refs.append(key.id)
@@ -267,7 +266,7 @@ def _rule(rule: FirewallRule) -> hcloud.FirewallRuleArgs:
 
 
 def _firewall(
-    fleet: str,
+    inputs: StackInputs,
     resource: str,
     name: str,
     rules: Sequence[FirewallRule],
@@ -277,19 +276,23 @@ def _firewall(
         resource,
         name=name,
         rules=[_rule(rule) for rule in rules],
-        labels=fleet_labels(fleet),
+        labels=fleet_labels(inputs.fleet.name, fleet_id=inputs.fleet_id),
         opts=opts,
     )
 
 
 def _lb_firewall(
-    fleet: str, lb: LoadBalancer, balancer: hcloud.LoadBalancer, opts: pulumi.ResourceOptions
+    inputs: StackInputs,
+    lb: LoadBalancer,
+    balancer: hcloud.LoadBalancer,
+    opts: pulumi.ResourceOptions,
 ) -> hcloud.Firewall:
     """Let a load balancer without a private network reach its targets' destination ports."""
     sources = [
         balancer.ipv4.apply(lambda ip: f"{ip}/32"),
         balancer.ipv6.apply(lambda ip: f"{ip}/128"),
     ]
+    fleet = inputs.fleet.name
     return hcloud.Firewall(
         f"firewall.lb-{lb.name}",
         name=lb_firewall_name(fleet, lb.name),
@@ -303,7 +306,7 @@ def _lb_firewall(
             )
             for port in sorted({service.destination for service in lb.services})
         ],
-        labels=fleet_labels(fleet, lb.targets),
+        labels=fleet_labels(fleet, lb.targets, fleet_id=inputs.fleet_id),
         opts=opts,
     )
 
@@ -324,7 +327,7 @@ def _networks(
             f"network-{network.name}",
             name=fleet_resource_name(fleet.name, network.name),
             ip_range=network.ip_range,
-            labels=fleet_labels(fleet.name),
+            labels=fleet_labels(fleet.name, fleet_id=inputs.fleet_id),
             opts=opts,
         )
         networks[network.name] = handle

@@ -27,6 +27,10 @@ class StackInputs:
         and the image), not from the ones fixed at their first creation.
     adopted: servers that exist but that the engine lost track of, name -> provider id:
         imported into the stack as they are, never created a second time.
+    gone: servers the provider no longer has (deleted outside the engine) that the stack's
+        state may still hold: dropped from it before the program runs, so they are made anew.
+    fleet_id: the fleet's id (engine.tokens.ensure_fleet_id), on every resource that takes
+        labels or tags.
     """
 
     fleet: Fleet
@@ -37,6 +41,8 @@ class StackInputs:
     catalog: Catalog
     replaced: frozenset[str] = frozenset()
     adopted: Mapping[str, str] = field(default_factory=dict)
+    gone: frozenset[str] = frozenset()
+    fleet_id: str = ""
 
 
 def check_inputs(inputs: StackInputs) -> None:
@@ -46,9 +52,11 @@ def check_inputs(inputs: StackInputs) -> None:
     if inputs.catalog.provider != provider:
         raise EngineError(f"a {inputs.catalog.provider} catalog was given for a {provider} fleet")
     names = [s.name for s in inputs.servers]
-    strangers = sorted((inputs.replaced | set(inputs.adopted)) - set(names))
+    strangers = sorted((inputs.replaced | inputs.gone | set(inputs.adopted)) - set(names))
     if strangers:
-        raise EngineError(f"replaced or adopted servers not in the fleet: {', '.join(strangers)}")
+        raise EngineError(
+            f"replaced, gone or adopted servers not in the fleet: {', '.join(strangers)}"
+        )
     missing = sorted(set(names) - set(inputs.user_data))
     extra = sorted(set(inputs.user_data) - set(names))
     if missing or extra:

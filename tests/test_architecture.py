@@ -13,7 +13,7 @@ from tests.support.cli import ROOT
 # The layers of docs/architecture.md, bottom to top: the first pattern a module matches wins.
 LAYERS = (
     (1, r"engine\.(errors|term|secrets|model|yamldoc)"),
-    (2, r"engine\.(spec|catalog|placement|diff|plan|render|cost|quota|lifecycle|progress)"),
+    (2, r"engine\.(spec|catalog|placement|diff|plan|render|cost|quota|lifecycle|progress|health)"),
     (2, r"engine\.exposure"),
     (2, r"engine\.(cloudinit(\..+)?|addresses|state|providers)"),
     (3, r"engine\.state\..+"),
@@ -21,11 +21,11 @@ LAYERS = (
     (5, r"engine\.providers\.(seam|retry|naming)"),
     (6, r"engine\.(providers|install|agent)(\..+)?|stacks(\..+)?|deploys(\..+)?"),
     (7, r"engine\.controlplane(\..+)?"),
-    (8, r"engine\.(up|signals|preview)"),
+    (8, r"engine\.(up|signals|preview|converge)"),
     (9, r"engine\.(cli(\..+)?|__main__)"),
 )
 # The upward imports docs/architecture.md names, with its reasons.
-UPWARD = {("engine.diff", "engine.install.digest"), ("engine.state.schema", "engine.tokens")}
+UPWARD = {("engine.state.schema", "engine.tokens")}
 SDKS = {
     "hcloud": "engine/providers/hcloud/",
     "pydo": "engine/providers/digitalocean/",

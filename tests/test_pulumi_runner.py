@@ -27,6 +27,7 @@ from engine.providers.cloud.pulumi_runner import (
     pulumi_root,
     refuse_gevent,
     server_outputs,
+    server_urns,
     up,
 )
 from engine.secrets import register_secret
@@ -236,3 +237,21 @@ def test_server_outputs_are_read_from_the_stack_output() -> None:
         ("web-2", "42", "95.217.0.2", "2a01:4f9::2", None, "nbg1"),
     ]
     assert server_outputs(None) == ()
+
+
+def test_the_servers_deleted_outside_are_found_in_the_exported_state_by_name() -> None:
+    stack = "urn:pulumi:web-prod::fleet-engine::"
+    group = "fleet-engine:stacks:ServerGroup$"
+    server, droplet = "hcloud:index/server:Server", "digitalocean:index/droplet:Droplet"
+    firewall = "hcloud:index/firewall:Firewall"
+    held = [
+        ("pulumi:pulumi:Stack", "pulumi:pulumi:Stack::fleet-engine-web-prod"),
+        (server, f"{group}{server}::web-1"),
+        (server, f"{group}{server}::web-2"),
+        (firewall, f"{firewall}::firewall-web-1"),
+        (droplet, f"{group}{droplet}::api-1"),
+    ]
+    deployment = {"resources": [{"urn": stack + urn, "type": kind} for kind, urn in held]}
+    urns = server_urns(deployment, frozenset({"web-1", "api-1", "web-9"}))
+    assert urns == [f"{stack}{group}{server}::web-1", f"{stack}{group}{droplet}::api-1"]
+    assert server_urns({}, frozenset({"web-1"})) == []

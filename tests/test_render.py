@@ -14,11 +14,12 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from engine.catalog import load_catalog
-from engine.diff import diff_fleet
+from engine.diff import DiffOptions, diff_fleet
 from engine.model import Image, ImageKind
 from engine.plan import Plan
 from engine.render import MARKDOWN_LIMIT, render_json, render_markdown, render_text
 from engine.spec import parse_spec
+from tests.diff.model import digest_of
 from tests.diff.test_cases import CASES, load_case
 
 SCHEMA = json.loads(Path("schemas/plan.v2.schema.json").read_text())
@@ -33,6 +34,8 @@ def _plan(case: str) -> Plan:
         loaded["records"],
         unowned=loaded["unowned"],
         options=loaded["options"],
+        agents=loaded["agents"],
+        failures=loaded["failures"],
     )
 
 
@@ -48,7 +51,8 @@ def _big_plan(groups: int, per_group: int) -> Plan:
         "groups": [{"name": f"g{n}", "count": per_group} for n in range(groups)],
     }
     fleet = parse_spec(yaml.safe_dump(spec).encode(), file="big.yaml")
-    return diff_fleet(fleet, load_catalog("hcloud"), [])
+    options = DiffOptions(install_hash=digest_of(fleet))
+    return diff_fleet(fleet, load_catalog("hcloud"), [], options=options)
 
 
 @pytest.mark.parametrize("path", CASES, ids=[c.stem for c in CASES])
@@ -93,6 +97,33 @@ def test_text_shows_symbols_reasons_warnings_and_totals() -> None:
     adopt = render_text(_plan("adopt"))
     assert re.search(r"^  = web-1 +adopt +provider_id: \(none\) -> 11$", adopt, re.M)
     assert "  ! web-9 (id 77) carries" in render_text(_plan("orphan_left_alone"))
+
+
+def test_repairs_say_what_they_do_in_every_format() -> None:
+    off = render_text(_plan("powered_off"))
+    assert re.search(r"^  \^ web-1 +power on +power: exited -> running$", off, re.M)
+    assert "exit code 137, since 2026-11-05 10:32:01 UTC" in off
+    assert "Plan: 2 to power on; 1 unchanged." in off
+    failed = _plan("failed_retried_local")
+    text = render_text(failed)
+    assert re.search(r"^  @ web-1 +retry +installed again, failed 3 times$", text, re.M)
+    assert re.search(r"^  @ web-2 +retry +made anew, failed once  ! disruptive$", text, re.M)
+    assert "Disruptive: web-2 (made anew), web-3 (made anew)." in text
+    (body,) = render_markdown(failed)
+    assert "| `@` | `web-2` | retry ⚠️ | made anew, failed once |" in body
+    assert "| `^` | `web-4` | power on |" in body
+    document = render_json(failed)
+    assert document["summary"]["retry"] == 3 and document["summary"]["power_on"] == 1
+    retried = {c["server"]: (c["retry_by"], c["failed_attempts"]) for c in document["changes"]}
+    assert retried == {
+        "web-1": ("install", 3),
+        "web-2": ("remake", 1),
+        "web-3": ("remake", 0),
+        "web-4": (None, 2),
+    }
+    hcloud = render_json(_plan("failed_retried_hcloud"))
+    assert [c["retry_by"] for c in hcloud["changes"]] == ["rebuild", "replace", "rebuild", None]
+    assert hcloud["api_calls"]["apply_estimate"] == 1 + 2 + 1 + 1
 
 
 def test_text_is_coloured_only_when_asked() -> None:

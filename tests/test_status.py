@@ -1,5 +1,6 @@
 """`engine status SPEC`: each server's stage and age, and the timing table (per-step durations
-per server, medians over the fleet), as text and as JSON, from a real state store."""
+per server, medians over the fleet), as text and as JSON, from a real state store; and beside
+a stage the provider disagrees with, what the provider says (from a fake of its API)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from engine.model import Stage
 from engine.state import ServerRecord
 from engine.state.store import open_store, state_url
+from tests.fakes.hcloud import FakeHcloud
 from tests.support.clock import Clock
+from tests.support.http import serve
 from tests.test_cli import engine
 
 SPEC = "specs/hetzner.yaml"  # the fleet web-prod
@@ -175,3 +179,47 @@ def test_a_missing_spec_is_an_error_without_a_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "nope.yaml" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_the_providers_view_is_shown_beside_a_stage_it_disagrees_with(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    fake = FakeHcloud()
+    labels = {"fleet": "web-prod", "fleet-group": "web", "managed-by": "fleet-engine"}
+    with open_store(state_url(state_dir)) as store:
+        for name, status in (("web-1", "running"), ("web-2", "off")):
+            made = fake.add_server(name, labels={**labels, "fleet-server": name}, status=status)
+            store.servers.update("web-prod", name, provider_id=str(made["id"]))
+        store.servers.update("web-prod", "web-3", provider_id="4711")  # failed, and gone
+    with serve(fake.app()) as base:
+        data = yaml.safe_load(Path(SPEC).read_text())
+        data["provider"]["endpoint"] = f"{base}/v1"
+        spec = tmp_path / "hetzner.yaml"
+        spec.write_text(yaml.safe_dump(data))
+        where = ("--state-dir", str(state_dir))
+        env = {"HCLOUD_TOKEN": fake.token}
+        as_json = engine("status", str(spec), "--format", "json", *where, env=env)
+        text = engine("status", str(spec), *where, env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    views = {s["name"]: s["provider_view"] for s in json.loads(as_json.stdout)["servers"]}
+    assert {n: (v["status"], v["power"], v["disagrees"]) for n, v in views.items()} == {
+        "web-1": ("running", "on", False),
+        "web-2": ("off", "off", True),
+        "web-3": ("missing", None, False),  # failed: the store does not claim it exists
+    }
+    lines = text.stdout.splitlines()
+    web2 = lines.index(next(line for line in lines if line.startswith("web-2 ")))
+    assert lines[web2 + 1].strip() == "hcloud says off, not ready: engine up powers it on"
+    assert sum("engine up powers it on" in line for line in lines) == 1
+
+
+def test_without_a_token_the_provider_is_not_read_and_status_says_why(state_dir: Path) -> None:
+    result = engine("status", SPEC, "--state-dir", str(state_dir))
+    assert "hcloud not read: export HCLOUD_TOKEN=... (a read-only token is enough)" in (
+        result.stdout
+    )
+    document = json.loads(
+        engine("status", SPEC, "--format", "json", "--state-dir", str(state_dir)).stdout
+    )
+    assert document["provider_unread"].startswith("export HCLOUD_TOKEN=")
+    assert {s["provider_view"] for s in document["servers"]} == {None}

@@ -6,7 +6,8 @@ token (the check sits in the socket's handshake, see `pinned_ssl_context`). Erro
 AgentError with the server's name and what to do; the token never appears in them.
 
 `gather_metrics` asks many agents at once for `engine status`: every agent gets the same
-deadline, and a slow or dead one costs its own row, never the others'.
+deadline, and a slow or dead one costs its own row, never the others'. `ask_health` asks many
+agents at once whether they are alive, for a plan (engine.health.AgentSeen).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import httpx
 
 from engine.agent.endpoint import AgentEndpoint
 from engine.errors import EngineError
+from engine.health import AgentAnswer, AgentSeen
 from engine.secrets import redact
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -31,11 +33,13 @@ PULL_TIMEOUT_S = 900.0
 
 
 class AgentError(EngineError):
-    """A call to an agent failed; `status` is the HTTP status (0 when none came back)."""
+    """A call to an agent failed; `status` is the HTTP status (0 when none came back);
+    `timed_out` when nothing answered in time (a firewall between looks the same)."""
 
-    def __init__(self, message: str, *, status: int = 0) -> None:
+    def __init__(self, message: str, *, status: int = 0, timed_out: bool = False) -> None:
         super().__init__(redact(message))
         self.status = status
+        self.timed_out = timed_out
 
 
 class FingerprintMismatch(ssl.SSLCertVerificationError):
@@ -239,7 +243,10 @@ class AgentClient:
                 "something else answers at that address"
             )
         if isinstance(exc, httpx.TimeoutException):
-            return AgentError(f"the agent of {where} did not answer in time ({type(exc).__name__})")
+            return AgentError(
+                f"the agent of {where} did not answer in time ({type(exc).__name__})",
+                timed_out=True,
+            )
         return AgentError(f"cannot reach the agent of {where}: {exc or type(exc).__name__}")
 
     def _status_error(self, response: httpx.Response) -> AgentError:
@@ -329,3 +336,37 @@ def gather_metrics(
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return results
+
+
+def _health(endpoint: AgentEndpoint, timeout_s: float) -> AgentAnswer | AgentError:
+    try:
+        with AgentClient(endpoint, timeout_s=timeout_s) as client:
+            client.health()
+    except AgentError as exc:
+        return exc
+    return AgentAnswer.ANSWERED
+
+
+def ask_health(
+    endpoints: Sequence[AgentEndpoint], *, timeout_s: float = 5.0, parallel: int = 16
+) -> dict[str, AgentSeen]:
+    """Whether each agent answers its health check now, all asked at once: answered, silent
+    (refused, closed, the wrong certificate, an error) or unreachable (nothing in time)."""
+    if not endpoints:
+        return {}
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(parallel, len(endpoints)))) as pool:
+        answers = dict(
+            zip(
+                (e.server for e in endpoints),
+                pool.map(lambda e: _health(e, timeout_s), endpoints),
+                strict=True,
+            )
+        )
+    seen = {}
+    for server, answer in answers.items():
+        if isinstance(answer, AgentAnswer):
+            seen[server] = AgentSeen(answer=answer)
+        else:
+            verdict = AgentAnswer.UNREACHABLE if answer.timed_out else AgentAnswer.SILENT
+            seen[server] = AgentSeen(answer=verdict, detail=str(answer))
+    return seen

@@ -12,11 +12,13 @@ import hashlib
 import ipaddress
 import re
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import EngineError
 from engine.model import Fleet
+from engine.state import AgentReport, ServerRecord
 from engine.tokens import agent_token, find_fleet_key, read_fleet_key
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -97,7 +99,6 @@ def recorded_endpoints(
     the address the install reached the server at, and the certificate fingerprint the
     agent sent in its heartbeats (authenticated by its heartbeat token, so only the real
     agent can pin it). Servers without a heartbeat are left out."""
-    from engine.addresses import ssh_address
     from engine.state.store import open_store, state_url, store_exists
 
     url = state_url(state_dir, state)
@@ -107,11 +108,22 @@ def recorded_endpoints(
     if key is None:
         return {}
     with open_store(url) as store:
-        records = {r.name: r for r in store.servers.all(fleet.name)}
+        records = store.servers.all(fleet.name)
         reports = store.agents.reports(fleet.name)
+    return agent_endpoints(fleet, key, records, reports)
+
+
+def agent_endpoints(
+    fleet: Fleet, key: bytes, records: Sequence[ServerRecord], reports: Sequence[AgentReport]
+) -> dict[str, AgentEndpoint]:
+    """The endpoints of the agents that have reported (see `recorded_endpoints`), from the
+    store's records and reports as the caller read them."""
+    from engine.addresses import ssh_address
+
+    by_name = {r.name: r for r in records}
     endpoints = {}
     for report in reports:
-        record = records.get(report.server)
+        record = by_name.get(report.server)
         address = ssh_address(record) if record else None
         if address is None or not report.tls_fingerprint:
             continue

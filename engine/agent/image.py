@@ -9,6 +9,7 @@ gives the same context hash and is never rebuilt (engine.providers.local.images.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import subprocess
@@ -100,6 +101,19 @@ def ensure_wheelhouse(arch: str, say: Say) -> Path:
         shutil.copy2(LOCK_FILE, partial / LOCK_FILE.name)
         partial.rename(target)
     return target
+
+
+@functools.cache
+def agent_recipe() -> str:
+    """A digest of what the agent's image is built from (its Dockerfile, sources and lock):
+    the same recipe builds the same agent, so this stands for the image in the install
+    digest, known without building or asking Docker."""
+    digest = hashlib.sha256()
+    sources = sorted((AGENT_SOURCE / "fleet_agent").glob("*.py"))
+    for path in (AGENT_SOURCE / "Dockerfile", LOCK_FILE, *sources):
+        digest.update(str(path.relative_to(AGENT_SOURCE)).encode())
+        digest.update(path.read_bytes())
+    return f"recipe:{digest.hexdigest()[:16]}"
 
 
 def _assemble_context(folder: Path, wheels: Path) -> None:

@@ -1,4 +1,5 @@
-"""engine preview SPEC [--format text|markdown|json] [--detailed-exitcode] [--against-ref REF]"""
+"""engine preview SPEC [--format text|markdown|json] [--detailed-exitcode] [--against-ref REF]
+[--delete-orphans] [--adopt]"""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="plan to delete servers that carry the fleet's labels but that neither the spec "
         "nor the state store knows (by default they are left alone with a warning)",
     )
+    parser.add_argument(
+        "--adopt",
+        action="store_true",
+        help="show what taking over servers made by another state directory for a fleet of "
+        "this name would do (engine up --adopt)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -54,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         state=args.state,
         against_ref=args.against_ref,
         delete_orphans=args.delete_orphans,
+        adopt=args.adopt,
     )
     if args.format == "json":
         print(json.dumps(render_json(plan), indent=2))

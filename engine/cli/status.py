@@ -6,9 +6,13 @@ import argparse
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.term import paint
+
+if TYPE_CHECKING:
+    from engine.providers import ActualServer
+    from engine.state import ServerRecord
 
 _STEP_TITLES = ("create", "boot", "phone-home", "install", "agent")
 
@@ -19,14 +23,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="show each server's stage, age and how long each step took",
         description="Each server's lifecycle stage and age, and the time each step took "
-        "(create, boot, phone-home, install, agent ready) with the medians over the fleet.",
+        "(create, boot, phone-home, install, agent ready) with the medians over the fleet; "
+        "beside the stored stage, what the provider says when the two disagree.",
     )
     parser.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.add_argument(
         "--no-live",
         action="store_true",
-        help="show only what the state store knows; do not ask the agents for live metrics",
+        help="show only what the state store knows: ask neither the provider what it has nor "
+        "the agents for live metrics",
     )
     parser.set_defaults(run=run)
 
@@ -38,7 +44,7 @@ def _seconds(value: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.controlplane.views import server_document
+    from engine.controlplane.views import provider_view, server_document
     from engine.lifecycle import STEPS, median_durations
     from engine.spec import load_spec
     from engine.state.store import open_store, state_url, store_exists
@@ -47,25 +53,29 @@ def run(args: argparse.Namespace) -> int:
     url = state_url(Path(args.state_dir), args.state)
     now = dt.datetime.now(dt.UTC)
     documents: list[dict[str, Any]] = []
+    records: dict[str, ServerRecord] = {}
     if store_exists(url):
         with open_store(url) as store:
             transitions = store.servers.transitions(fleet.name)
             reports = {r.server: r for r in store.agents.reports(fleet.name)}
+            records = {r.name: r for r in store.servers.all(fleet.name)}
             documents = [
                 server_document(r, transitions, reports.get(r.name), now=now)
-                for r in store.servers.all(fleet.name)
+                for r in records.values()
             ]
     medians = dict(median_durations([d["steps"] for d in documents]))
     live = {} if args.no_live else _live_metrics(args, fleet, documents)
+    actual, unread = (None, "not asked (--no-live)") if args.no_live else _provider(fleet)
     for document in documents:
         document["live"] = live.get(document["name"])
-    if args.format == "json":
-        print(
-            json.dumps(
-                {"version": 1, "fleet": fleet.name, "servers": documents, "medians": medians},
-                indent=2,
-            )
+        document["provider_view"] = (
+            None
+            if actual is None
+            else provider_view(records[document["name"]], actual.get(document["name"]))
         )
+    if args.format == "json":
+        document = {"version": 1, "fleet": fleet.name, "servers": documents, "medians": medians}
+        print(json.dumps({**document, "provider_unread": unread or None}, indent=2))
         return 0
     if not documents:
         print(f"fleet {fleet.name}: no servers recorded yet (run engine up {args.spec})")
@@ -81,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{d['name']:<16} {stage} {_seconds(d['age_s']):>7}  {steps}")
         if d["stage_reason"]:
             print(f"{'':<16} {d['stage_reason']}")
+        view = d["provider_view"]
+        if view is not None and view["disagrees"]:
+            print(f"{'':<16} " + paint(_disagreement(fleet.provider.name, view, d), "red"))
     print(
         f"{'median':<16} {'':<12} {'':>7}  "
         + " ".join(f"{_seconds(medians[s]):>10}" for s in STEPS)
@@ -99,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{name:<16} {metrics['cpu_percent']:>5.1f}% {metrics['load1']:>6.2f} "
                 f"{memory:>17}  {shown}"
             )
+    if unread:
+        print(f"{fleet.provider.name} not read: {unread}")
     scanned = [d["name"] for d in documents if d["host_keys_source"] == "keyscan"]
     if scanned:
         print(
@@ -106,6 +121,37 @@ def run(args: argparse.Namespace) -> int:
             "ssh-keyscan during polling, NOT pinned from an authenticated phone-home"
         )
     return 0
+
+
+def _disagreement(provider: str, view: dict[str, Any], document: dict[str, Any]) -> str:
+    """`local says exited (exit code 137 at ...), not ready: engine up powers it on`."""
+    if view["status"] == "missing":
+        return f"{provider} has no such server, not {document['stage']}: engine up creates it"
+    how = [f"exit code {view['exit_code']}"] if view["exit_code"] is not None else []
+    how += [f"at {view['stopped_at']}"] if view["stopped_at"] else []
+    detail = f" ({', '.join(how)})" if how else ""
+    return (
+        f"{provider} says {view['status']}{detail}, not {document['stage']}: engine up powers it on"
+    )
+
+
+def _provider(fleet: Any) -> tuple[dict[str, ActualServer] | None, str]:
+    """The fleet's servers as the provider lists them now, by name; or None and why not."""
+    import os
+
+    from engine.errors import EngineError
+    from engine.providers.registry import inventory_reader
+    from engine.secrets import register_secret
+
+    env = fleet.provider.token_env
+    token = os.environ.get(env, "").strip() if env else ""
+    if env and not token:
+        return None, f"export {env}=... (a read-only token is enough) to compare with it"
+    try:
+        reader = inventory_reader(fleet, token=register_secret(token) if token else "")
+        return {server.name: server for server in reader.read_servers()}, ""
+    except EngineError as error:
+        return None, str(error)
 
 
 def _live_metrics(

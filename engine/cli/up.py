@@ -1,5 +1,6 @@
 """engine up SPEC [--yes] [--dry-run] [--format text|json] [--timeout DURATION]
-               [--delete-orphans] [--listen HOST:PORT] [--engine-address ADDRESS]...
+               [--attempts N] [--delete-orphans] [--adopt] [--listen HOST:PORT]
+               [--engine-address ADDRESS]...
 engine destroy SPEC [--yes] [--format text|json]"""
 
 from __future__ import annotations
@@ -64,6 +65,21 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "nor the state store knows",
     )
     up.add_argument(
+        "--attempts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="tries each server gets in this run: one that fails is looked at again and "
+        "repaired after a back-off (5 s, 10 s, ...) until it is ready or its tries are spent "
+        "(default 3); the next run starts with a fresh budget",
+    )
+    up.add_argument(
+        "--adopt",
+        action="store_true",
+        help="take over servers that another state directory made for a fleet of this name "
+        "(they carry another fleet id): each is made anew with this engine's keys",
+    )
+    up.add_argument(
         "--dry-run",
         action="store_true",
         help="change nothing: show the plan and ask every installed server over SSH which "
@@ -106,6 +122,9 @@ def run_options(args: argparse.Namespace, *, yes: bool) -> Any:
     if timeout is not None and not re.fullmatch(r"[1-9][0-9]{0,5}[smh]", timeout):
         raise EngineError(f"--timeout {timeout}: write a duration such as 900s, 15m or 1h")
     listen = getattr(args, "listen", None)
+    attempts = getattr(args, "attempts", 3)
+    if not 1 <= attempts <= 100:
+        raise EngineError(f"--attempts {attempts}: give a number of tries from 1 to 100")
     return RunOptions(
         state_dir=Path(args.state_dir),
         state=args.state,
@@ -115,6 +134,8 @@ def run_options(args: argparse.Namespace, *, yes: bool) -> Any:
         delete_orphans=getattr(args, "delete_orphans", False),
         listen=parse_listen(listen) if listen else None,
         engine_addresses=tuple(getattr(args, "engine_address", ())),
+        attempts=attempts,
+        adopt=getattr(args, "adopt", False),
     )
 
 

@@ -30,8 +30,25 @@ def fleet_settings(fleet: Fleet) -> FleetSettings:
     )
 
 
-def register_fleet(store: Store, fleet: Fleet) -> FleetSettings:
-    """Record (or update) the fleet's settings, so any control plane on this store serves it."""
+def register_fleet(
+    store: Store, fleet: Fleet, *, url: str | None = None, sources: tuple[str, ...] = ()
+) -> FleetSettings:
+    """Record (or update) the fleet's settings, so any control plane on this store serves it.
+
+    `url` and `sources` are where this run's control plane listens and reaches servers from
+    (what agents are installed with); without them, the ones recorded before are kept."""
     settings = fleet_settings(fleet)
+    if url is not None:
+        settings = dataclasses.replace(
+            settings, control_plane_url=url, control_plane_sources=sources
+        )
+    else:
+        known = store.fleets.get(fleet.name)
+        if known is not None:
+            settings = dataclasses.replace(
+                settings,
+                control_plane_url=known.control_plane_url,
+                control_plane_sources=known.control_plane_sources,
+            )
     store.fleets.save(settings)
     return settings

@@ -18,13 +18,13 @@ from types import TracebackType
 
 from engine.controlplane.jobs import reap_dead_workers
 from engine.controlplane.servers import SSH_CHECK_JOB, polling_jobs
+from engine.health import HEARTBEAT_MISSES
 from engine.model import Stage
 from engine.secrets import redact
 from engine.state import JobState
 from engine.state.store import Store
 
 log = logging.getLogger("engine.controlplane.monitor")
-HEARTBEAT_MISSES = 3
 _REAP_EVERY_S = 10.0
 
 

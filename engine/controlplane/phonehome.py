@@ -59,13 +59,22 @@ from engine.state.store import Store
 from engine.tokens import ParsedToken, find_fleet_key, is_genuine, parse_token, token_sha256
 
 INSTALL_JOB = "install"
+# Tries of one install job: one more after a failure, for what passes (a mirror's hiccup).
+# What does not pass is for `engine up`'s own tries, which look at the server again first.
+INSTALL_ATTEMPTS = 2
 RETRY_SOON_S = 5
 RETRY_LATER_S = 15
 
 
 def install_job(fleet: str, server: str) -> NewJob:
     """The install job of a server that is ready for it; one live install per server."""
-    return NewJob(kind=INSTALL_JOB, fleet=fleet, server=server, key=f"install/{fleet}/{server}")
+    return NewJob(
+        kind=INSTALL_JOB,
+        fleet=fleet,
+        server=server,
+        key=f"install/{fleet}/{server}",
+        max_attempts=INSTALL_ATTEMPTS,
+    )
 
 
 def fingerprint(body: Mapping[str, Any]) -> str:

@@ -30,9 +30,10 @@ from engine.controlplane.handlers import (
 )
 from engine.controlplane.jobs import LEASE_S, JobRegistry, WorkerPool
 from engine.controlplane.lookup import ReaderFactory, provider_reader
-from engine.controlplane.monitor import HEARTBEAT_MISSES, Monitor
+from engine.controlplane.monitor import Monitor
 from engine.controlplane.views import last_heartbeat_metrics
 from engine.errors import EngineError
+from engine.health import HEARTBEAT_MISSES
 from engine.install.deploykey import deploy_key_path
 from engine.install.seam import Installer
 from engine.providers.seam import Provisioner

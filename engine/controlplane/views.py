@@ -11,7 +11,10 @@ import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from engine.health import Power, power_of
 from engine.lifecycle import step_durations
+from engine.model import Stage
+from engine.providers import ActualServer
 from engine.state import AgentReport, Event, HostKeySource, ServerRecord, Transition
 
 MetricsSource = Callable[[ServerRecord, "AgentReport | None"], "Mapping[str, Any] | None"]
@@ -81,6 +84,32 @@ def server_document(
             "containers": report.containers,
             "metrics": metrics(record, report),
         },
+    }
+
+
+def provider_view(record: ServerRecord, actual: ActualServer | None) -> dict[str, Any]:
+    """What the provider says of a server, beside what the store says: its status and power
+    (`missing` when it has no such server), how and when it stopped where the provider says,
+    and whether that disagrees with the stored stage (a machine recorded on its way or ready
+    that is gone or off)."""
+    alive = record.stage not in (Stage.FAILED, Stage.DELETING, Stage.REQUESTED)
+    if actual is None:
+        return {
+            "status": "missing",
+            "power": None,
+            "provider_id": None,
+            "exit_code": None,
+            "stopped_at": None,
+            "disagrees": alive and bool(record.provider_id),
+        }
+    power = power_of(actual.status)
+    return {
+        "status": actual.status,
+        "power": str(power),
+        "provider_id": actual.provider_id,
+        "exit_code": actual.exit_code,
+        "stopped_at": _iso(actual.stopped_at),
+        "disagrees": alive and power is Power.OFF,
     }
 
 

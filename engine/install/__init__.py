@@ -9,8 +9,9 @@ Where each part of the install is:
     agent.py      how the agent's container is started on a server (`docker run` options and
                   why) and the config file it reads (pure)
     deploykey.py  the engine's own SSH key per fleet, which the install logs in with
-    digest.py     install_hash: the fleet's install settings and the deploy code, as the one
-                  value the diff compares to mark a server for reinstall
+    digest.py     install_digest: the install settings, authorized keys, deploy code, agent
+                  image and control-plane address, as the one value the diff compares to
+                  mark a server for reinstall (computed by the orchestrator)
     model.py      the values an install is asked for and reports (InstallHost,
                   InstallSettings, AgentRun, HostResult...), as JSON across processes
     runner.py     install_hosts(hosts, settings, dry_run=False): one child process per host,

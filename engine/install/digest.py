@@ -1,10 +1,13 @@
-"""The install digest: a stable fingerprint of what the install step puts on a server.
+"""The install digest: a stable fingerprint of everything the install puts on a server.
 
-    install_hash(install)  the fleet's install settings and the deploy code that applies them
+    install_digest(fleet, agent=..., control_plane_url=..., control_plane_sources=...)
     deploys_version()      the deploy code's part: every file of deploys/, read once per process
 
-The install reports the digest per server and the state store keeps it; the diff compares it
-with the spec's to mark a server for reinstall.
+The orchestrator (engine up, engine preview) computes it and hands it to the diff and to the
+installer; the install reports it per server and the state store keeps it. A server whose
+digest differs from the one computed now is reinstalled: that is how new settings, a rotated
+key, an engine upgrade (new deploys or a new agent) and a moved control plane reach servers
+that exist, without replacing them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 
-from engine.model import Install
+from engine.model import Fleet
 
 
 @cache
@@ -33,14 +36,22 @@ def deploys_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def install_hash(install: Install) -> str:
-    """A stable digest of what the install step puts on a server (`sha256:` + 16 hex digits):
-    the fleet's install settings and the deploy code that applies them (deploys/).
+def install_digest(
+    fleet: Fleet, *, agent: str, control_plane_url: str, control_plane_sources: tuple[str, ...]
+) -> str:
+    """A stable digest of what the install puts on every server of `fleet` (`sha256:` + 16 hex
+    digits): the spec's install settings, the admin user's authorized keys, the deploy code
+    (deploys/), the agent image (`agent`: its reference or the digest of its recipe), and the
+    control plane's address (where agents report, and the addresses let in to their port).
 
-    The install reports it per server and the state store keeps it; a different digest for
-    the spec's current settings (or after an engine upgrade that changed the deploys) means
-    the server needs a reinstall. Equal inputs give equal digests in every process.
+    Equal inputs give equal digests in every process.
     """
-    canonical = json.dumps(asdict(install), sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(f"{canonical}\n{deploys_version()}".encode())
-    return "sha256:" + digest.hexdigest()[:16]
+    document = {
+        "install": asdict(fleet.install),
+        "authorized_keys": sorted(set(fleet.ssh.authorized_keys)),
+        "deploys": deploys_version(),
+        "agent": agent,
+        "control_plane": [control_plane_url, sorted(control_plane_sources)],
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -20,6 +20,7 @@ from engine.install.agent import (
     docker_run_argv,
     render_agent_config,
 )
+from engine.install.deploykey import ensure_deploy_key
 from engine.install.model import AgentFile, AgentRun, HostResult, InstallHost, InstallSettings
 from engine.install.runner import install_hosts
 from engine.install.seam import InstallResult, InstallTarget
@@ -35,7 +36,9 @@ class FleetInstaller:
     `control_plane_url` is where agents send heartbeats (as servers reach it);
     `control_plane_sources` the addresses the control plane and engine reach servers from
     (the only ones let in to the agent port); `agent_image` the agent image reference (in
-    `docker_url`'s engine, copied to servers, unless the fleet names a registry image).
+    `docker_url`'s engine, copied to servers, unless the fleet names a registry image);
+    `digests` the install digest of each fleet (engine.install.digest), which the install
+    reports for every server it installs.
     """
 
     state_dir: Path
@@ -43,6 +46,7 @@ class FleetInstaller:
     control_plane_url: str
     control_plane_sources: tuple[str, ...]
     agent_image: str
+    digests: Mapping[str, str]
     docker_url: str | None = None
     log_dir: Path | None = None
 
@@ -80,6 +84,12 @@ class FleetInstaller:
         return InstallSettings(
             install=fleet.install,
             control_plane=self.control_plane_sources,
+            # The engine's own key stays, or the next install could not log in.
+            authorized_keys=(
+                *fleet.ssh.authorized_keys,
+                ensure_deploy_key(self.state_dir, fleet.name),
+            ),
+            digest=self.digests[fleet.name],
             docker_url=self.docker_url,
         )
 

@@ -76,12 +76,16 @@ class InstallSettings:
     """What every server of the fleet gets.
 
     `control_plane` lists the addresses (or CIDR ranges) allowed to reach the agent port;
-    `docker_url` is the engine's Docker, where agent images are copied from (default:
-    $DOCKER_HOST, else the local engine).
+    `authorized_keys` are the admin user's keys, exactly (the spec's and the engine's deploy
+    key: one removed from the spec stops working); `digest` is what the install reports it
+    installed (engine.install.digest.install_digest of all this); `docker_url` is the engine's
+    Docker, where agent images are copied from (default: $DOCKER_HOST, else the local engine).
     """
 
     install: Install
     control_plane: tuple[str, ...]
+    authorized_keys: tuple[str, ...] = ()
+    digest: str = ""
     docker_url: str | None = None
 
 

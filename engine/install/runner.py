@@ -31,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from engine.errors import EngineError
-from engine.install.digest import install_hash
 from engine.install.model import (
     AgentRun,
     HostRequest,
@@ -312,6 +311,6 @@ def _failed(request: HostRequest, started: float, message: str) -> HostResult:
         ok=False,
         error=message,
         dry_run=request.dry_run,
-        install_hash=install_hash(request.settings.install),
+        install_hash=request.settings.digest,
         seconds=round(time.monotonic() - started, 3),
     )

@@ -33,7 +33,6 @@ from pyinfra.api.state import BaseStateCallback
 
 from deploys import install_server
 from deploys.support import skipped_on
-from engine.install.digest import install_hash
 from engine.install.model import (
     HostRequest,
     HostResult,
@@ -167,7 +166,7 @@ def run_request(request: HostRequest) -> HostResult:
         name=host.name,
         ok=False,
         dry_run=request.dry_run,
-        install_hash=install_hash(request.settings.install),
+        install_hash=request.settings.digest,
     )
     with tempfile.TemporaryDirectory(prefix="engine-install-") as tmp:
         known_hosts = Path(tmp) / "known_hosts"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from engine.model import LABEL_SERVER, Image, Labels
+from engine.model import LABEL_FLEET_ID, LABEL_SERVER, Image, Labels
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,7 +39,10 @@ class ActualServer:
     `firewalls` and `networks` are the fleet's names for the spec's firewalls and networks
     (`fleet_resource_name`, read back through engine.providers.naming), sorted; the engine's own
     firewalls and default VPCs are left out, and one the fleet did not name keeps its
-    provider-side name.
+    provider-side name. `status` is the provider's word for its power (engine.health.power_of);
+    `exit_code` and `stopped_at` say how and when it stopped, where the provider says (Docker
+    does). `fleet_id` is the id of the fleet that made it (its fleet-id label or tag, "" on
+    servers made before fleets had ids), kept out of `labels`.
     """
 
     name: str
@@ -58,6 +61,16 @@ class ActualServer:
     networks: tuple[str, ...] = ()
     placement_group: str | None = None
     created: dt.datetime | None = None
+    exit_code: int | None = None
+    stopped_at: dt.datetime | None = None
+    fleet_id: str = ""
+
+
+def without_fleet_id(labels: Labels) -> tuple[Labels, str]:
+    """`labels` without the fleet-id label, and its value ("" when there is none): the id
+    says who owns a resource, it is no label the spec sets or the diff compares."""
+    kept = tuple((key, value) for key, value in labels if key != LABEL_FLEET_ID)
+    return kept, dict(labels).get(LABEL_FLEET_ID, "")
 
 
 def engine_name(labels: Labels, provider_name: str) -> str:

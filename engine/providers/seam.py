@@ -45,7 +45,9 @@ class Signal(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunOptions:
-    """How to run. `listen` and `engine_addresses` are for the clouds (engine.providers.cloud)."""
+    """How to run. `listen` and `engine_addresses` are for the clouds (engine.providers.cloud).
+    `attempts` is each server's budget of tries in one run; `adopt` takes over servers that
+    another state directory made for a fleet of the same name."""
 
     state_dir: Path
     state: str | None = None
@@ -55,6 +57,8 @@ class RunOptions:
     delete_orphans: bool = False
     listen: tuple[str, int] | None = None
     engine_addresses: tuple[str, ...] = ()
+    attempts: int = 3
+    adopt: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,6 +129,8 @@ class FleetRun(Protocol):
     fleet: Fleet
     store: Store
     board: StageBoard
+    # The fleet's id in this state directory (engine.tokens.ensure_fleet_id), for its labels.
+    fleet_id: str
 
     def user_data(self, server: Server, *, fresh: bool = False) -> str:
         """The server's pinned user_data: the stored one, else (or when `fresh`) a new one
@@ -144,7 +150,18 @@ class FleetRun(Protocol):
         """Look for a booting server by polling (it will not phone home)."""
         ...
 
-    def reinstall(self, name: str) -> None: ...
+    def reinstall(self, name: str, reason: str = "") -> None:
+        """Install the server again (its stage goes back to installing, with `reason`)."""
+        ...
+
+    def powered_on(self, name: str) -> None:
+        """A server the backend started again: installed again if it had phoned home, else
+        looked for by polling."""
+        ...
+
+    def keep_addresses(self, actual: Sequence[ActualServer]) -> None:
+        """Record the addresses the provider lists now for the servers the store knows."""
+        ...
 
     def adopt(self, change: Change) -> None: ...
 

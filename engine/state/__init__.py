@@ -117,6 +117,10 @@ class FleetSettings:
     ssh_port: int = 22
     # dataclasses.asdict(engine.model.Install): what the install step puts on every server.
     install: Mapping[str, Any] = field(default_factory=dict)
+    # Where the last run's control plane listened (its URL, and the addresses it reaches
+    # servers from): agents report there, and the install digest covers it.
+    control_plane_url: str = ""
+    control_plane_sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,6 +37,8 @@ class Fleets(Repository):
             "ssh_user": settings.ssh_user,
             "ssh_port": settings.ssh_port,
             "install": dict(settings.install),
+            "control_plane_url": settings.control_plane_url,
+            "control_plane_sources": list(settings.control_plane_sources),
             "updated_at": self._db.now(),
         }
         with self._write() as connection:
@@ -67,4 +69,6 @@ class Fleets(Repository):
 
 
 def _fleet(row: Row[Any]) -> FleetSettings:
-    return FleetSettings(**row_fields(row, FleetSettings))
+    values = row_fields(row, FleetSettings)
+    values["control_plane_sources"] = tuple(values["control_plane_sources"] or ())
+    return FleetSettings(**values)

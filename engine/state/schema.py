@@ -315,6 +315,27 @@ def _seal_user_data_tokens(connection: Connection) -> None:
             )
 
 
+def _fleet_columns_5() -> tuple[Column[Any], ...]:
+    """Fresh column objects each call: one set for the metadata, one for each ALTER."""
+    return (
+        Column("control_plane_url", Text, nullable=False, server_default=""),
+        Column("control_plane_sources", JSON),
+    )
+
+
+def _control_plane_address(metadata: MetaData) -> None:
+    # Where the fleet's last control plane listened: part of what its servers were installed
+    # with (engine.install.digest), which a preview compares without a control plane of its own.
+    fleets = metadata.tables["fleets"]
+    for column in _fleet_columns_5():
+        fleets.append_column(column)
+
+
+def _add_fleet_columns_5(connection: Connection) -> None:
+    for column in _fleet_columns_5():
+        add_column(connection, "fleets", column)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "servers, server_transitions, events, locks", _servers_events_locks),
     Migration(
@@ -330,6 +351,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         _nothing,
         _seal_user_data_tokens,
         scrub=True,
+    ),
+    Migration(
+        5,
+        "fleets: the control plane's address the last run installed servers with",
+        _control_plane_address,
+        _add_fleet_columns_5,
     ),
 )
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from engine.errors import EngineError
 from engine.providers.cloud.pulumi_runner import Progress, ResourceStep, RunResult, server_outputs
 from engine.providers.seam import RunOptions
 from engine.state.store import Store, open_store
@@ -34,6 +35,7 @@ TOKEN_ENV = {"hcloud": "HCLOUD_TOKEN", "digitalocean": "DIGITALOCEAN_TOKEN"}
 
 
 HELD = ("servers", "droplets", "firewalls", "networks", "placement_groups", "vpcs")
+SERVERS = ("servers", "droplets")
 
 
 @dataclass
@@ -43,7 +45,13 @@ class ProgramUnderMocks:
     what it declared in place of what the stack held before, as a real run leaves it. What the
     stack never held (made by someone else) is left alone, as Pulumi leaves it. Each declared
     resource is reported to `on_progress` as Pulumi's events report it once done: created if
-    the stack did not hold it, else the same."""
+    the stack did not hold it, else the same.
+
+    Pulumi's state is modelled too: a server the stack holds but the provider lost (deleted
+    outside) stays gone after a run, as Pulumi believes its state, unless the run is told it is
+    gone (`StackInputs.gone`, which the real runner refreshes out of the state first).
+    `fail_next` makes the next run fail before it changes anything, as a provider refusing a
+    create fails `pulumi up`."""
 
     fake: Any
     answers: Answers
@@ -52,6 +60,7 @@ class ProgramUnderMocks:
     destroys: int = 0
     held: set[tuple[str, str]] = field(default_factory=set)
     urns: set[str] = field(default_factory=set)
+    fail_next: str = ""
 
     def _items(self) -> dict[str, list[dict[str, Any]]]:
         return {name: getattr(self.fake, name) for name in HELD if hasattr(self.fake, name)}
@@ -65,6 +74,12 @@ class ProgramUnderMocks:
         self, inputs: StackInputs, *, on_progress: Progress | None = None, **_: Any
     ) -> RunResult:
         self.ups.append(inputs)
+        if self.fail_next:
+            message, self.fail_next = self.fail_next, ""
+            raise EngineError(f"pulumi up of fleet {inputs.fleet.name} failed:\n{message}")
+        present = {(name, str(i["id"])) for name, items in self._items().items() for i in items}
+        # Held in the state, gone at the provider: Pulumi still believes in them.
+        lost = {key for key in self.held if key[0] in SERVERS and key not in present}
         run = run_program(inputs, self.answers)
         for resource in run.resources:
             op = "same" if resource.urn in self.urns else "create"
@@ -77,6 +92,12 @@ class ProgramUnderMocks:
         self.list_on(run, self.fake)
         after = {(name, str(i["id"])) for name, items in self._items().items() for i in items}
         self.held = after - before
+        for kind, server_id in lost:
+            items = getattr(self.fake, kind)
+            believed = [
+                i for i in items if str(i["id"]) == server_id and i["name"] not in inputs.gone
+            ]
+            setattr(self.fake, kind, [i for i in items if i not in believed])
         return RunResult(action="up", resources=(), counts=(), servers=server_outputs(run.outputs))
 
     def destroy(self, *_: Any, **__: Any) -> RunResult:
@@ -123,7 +144,9 @@ class World:
         data.update(changes)
         self.spec.write_text(yaml.safe_dump(data, sort_keys=False))
 
-    def options(self, timeout_s: float = 0.5, *, delete_orphans: bool = False) -> RunOptions:
+    def options(
+        self, timeout_s: float = 0.5, *, delete_orphans: bool = False, adopt: bool = False
+    ) -> RunOptions:
         return RunOptions(
             state_dir=self.state_dir,
             yes=True,
@@ -132,11 +155,15 @@ class World:
             delete_orphans=delete_orphans,
             listen=("127.0.0.1", 0),
             engine_addresses=("198.51.100.7",),
+            adopt=adopt,
         )
 
-    def up(self, *, delete_orphans: bool = False) -> tuple[int, list[dict[str, Any]]]:
+    def up(
+        self, *, delete_orphans: bool = False, adopt: bool = False
+    ) -> tuple[int, list[dict[str, Any]]]:
         out = io.StringIO()
-        code = up(self.spec, self.options(delete_orphans=delete_orphans), out, lambda _: False)
+        options = self.options(delete_orphans=delete_orphans, adopt=adopt)
+        code = up(self.spec, options, out, lambda _: False)
         return code, [json.loads(line) for line in out.getvalue().splitlines()]
 
     def store(self) -> Store:

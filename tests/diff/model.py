@@ -2,7 +2,8 @@
 
 `apply_plan` does to lists of ActualServer and ServerRecord what `engine up` does to the
 real things, change by change, so tests can check that a plan really converges: the diff of
-the desired fleet against the result has no changes.
+the desired fleet against the result has no changes. A server it installs is recorded ready
+with the plan's install digest; `digest_of` is the digest the tests plan a fleet with.
 """
 
 from __future__ import annotations
@@ -13,13 +14,22 @@ import itertools
 
 from engine.catalog import Catalog
 from engine.diff import as_built, as_recorded
+from engine.install.digest import install_digest
 from engine.model import Fleet
-from engine.plan import Action, Plan
+from engine.plan import Action, Plan, RetryBy
 from engine.providers import ActualServer
 from engine.state import ServerRecord
 
 _ids = itertools.count(900_000)
 LONG_AGO = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def digest_of(fleet: Fleet) -> str:
+    """The install digest of `fleet` with a fixed agent and control plane: what its servers
+    were installed with, as far as the spec goes."""
+    return install_digest(
+        fleet, agent="recipe:tests", control_plane_url="", control_plane_sources=()
+    )
 
 
 def apply_plan(
@@ -34,21 +44,25 @@ def apply_plan(
     recorded = {r.name: r for r in records}
     for change in plan.changes:
         old, new = change.before, change.after
-        if change.action in (Action.DELETE, Action.REPLACE):
+        made_anew = change.action is Action.RETRY and change.retry_by in (
+            RetryBy.REMAKE,
+            RetryBy.REPLACE,
+        )
+        if change.action in (Action.DELETE, Action.REPLACE) or made_anew:
             assert old is not None
             servers = [s for s in servers if s.provider_id != old.provider_id]
             if change.action is Action.DELETE:
                 known = recorded.get(old.name)
                 if known is not None and known.provider_id in ("", old.provider_id):
                     del recorded[old.name]
-        if change.action in (Action.CREATE, Action.REPLACE):
+        if change.action in (Action.CREATE, Action.REPLACE) or made_anew:
             assert new is not None
             built = dataclasses.replace(
                 as_built(fleet, new, catalog, str(next(_ids))), created=LONG_AGO
             )
             servers.append(built)
             recorded[new.name] = dataclasses.replace(
-                as_recorded(fleet, built, new.group), created_at=LONG_AGO
+                as_recorded(fleet, built, new.group, plan.install_hash), created_at=LONG_AGO
             )
         elif change.action in (Action.UPDATE, Action.RESIZE):
             assert old is not None and new is not None
@@ -72,10 +86,14 @@ def apply_plan(
                     disk_gb=max(old.disk_gb, target.disk_gb),
                 )
             servers = [updated if s.provider_id == old.provider_id else s for s in servers]
-        elif change.action in (Action.ADOPT, Action.REINSTALL):
+        elif change.action in (Action.ADOPT, Action.REINSTALL, Action.POWER_ON, Action.RETRY):
+            # Each ends with the server installed now and running: recorded ready.
             assert old is not None and new is not None
             current = next(s for s in servers if s.provider_id == old.provider_id)
+            if change.action in (Action.POWER_ON, Action.RETRY):
+                current = dataclasses.replace(current, status="running")
+                servers = [current if s.provider_id == old.provider_id else s for s in servers]
             recorded[new.name] = dataclasses.replace(
-                as_recorded(fleet, current, new.group), created_at=LONG_AGO
+                as_recorded(fleet, current, new.group, plan.install_hash), created_at=LONG_AGO
             )
     return servers, list(recorded.values())

@@ -10,9 +10,14 @@ A case file (YAML) has:
                                     overridden: server_type, location, image (a name, a map
                                     {snapshot: {labels}} or null), labels_set, labels_unset,
                                     firewalls, networks, backups, ipv4, ipv6, disk_gb,
-                                    placement_group, provider_id, created
+                                    placement_group, provider_id, created, status, exit_code,
+                                    stopped_at, fleet_id
     records: all                    the store's records: "all" (one per actual server, the
                                     default), or a list of names or of maps with overrides
+                                    (stage, stage_reason, host_keys, install_hash, ...); every
+                                    one installed with the spec's digest unless it says
+    agents: {web-1: {answer, detail}}   what agents said (engine.health.AgentSeen)
+    failures: {web-1: 3}            failures since each server was last ready
     unowned: [{name: web-4, labels: {...}}]
     options: {delete_orphans, list_lag_s, now}
     expect:
@@ -38,13 +43,14 @@ import yaml
 
 from engine.catalog import Catalog, load_catalog
 from engine.diff import DiffOptions, as_built, as_recorded, diff_fleet
-from engine.model import Fleet, Image, ImageKind, ownership_labels
+from engine.health import AgentAnswer, AgentSeen
+from engine.model import Fleet, Image, ImageKind, Stage, ownership_labels
 from engine.placement import expand_fleet
 from engine.plan import Plan
 from engine.providers import ActualServer
 from engine.spec import parse_spec
 from engine.state import ServerRecord
-from tests.diff.model import apply_plan
+from tests.diff.model import apply_plan, digest_of
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
 
@@ -86,8 +92,9 @@ def build_actual(
         changes: dict[str, Any] = {"name": name, "labels": tuple(sorted(labels.items()))}
         if "image" in entry:
             changes["image"] = _image(entry.pop("image"))
-        if "created" in entry:
-            changes["created"] = _when(entry.pop("created"))
+        for key in ("created", "stopped_at"):
+            if key in entry:
+                changes[key] = _when(entry.pop(key))
         for key in ("firewalls", "networks"):
             if key in entry:
                 changes[key] = tuple(sorted(entry.pop(key)))
@@ -100,8 +107,9 @@ def build_actual(
 
 def build_records(fleet: Fleet, actual: list[ActualServer], raw: object) -> list[ServerRecord]:
     by_name = {s.name: s for s in actual}
+    digest = digest_of(fleet)
     if raw in (None, "all"):
-        return [as_recorded(fleet, s, dict(s.labels)["fleet-group"]) for s in actual]
+        return [as_recorded(fleet, s, dict(s.labels)["fleet-group"], digest) for s in actual]
     assert isinstance(raw, list)
     records = []
     for entry in raw:
@@ -109,17 +117,21 @@ def build_records(fleet: Fleet, actual: list[ActualServer], raw: object) -> list
         name = entry.pop("name")
         server = by_name.get(name)
         if server is not None:
-            record = as_recorded(fleet, server, dict(server.labels)["fleet-group"])
+            record = as_recorded(fleet, server, dict(server.labels)["fleet-group"], digest)
         else:
             record = ServerRecord(
                 fleet=fleet.name,
                 name=name,
                 group=name.rsplit("-", 1)[0],
                 provider=str(fleet.provider.name),
-                install_hash=as_recorded(fleet, actual[0], "x").install_hash if actual else None,
+                install_hash=digest if actual else None,
             )
         if "created_at" in entry:
             entry["created_at"] = _when(entry["created_at"])
+        if "stage" in entry:
+            entry["stage"] = Stage(entry["stage"])
+        if "host_keys" in entry:
+            entry["host_keys"] = tuple(sorted(entry["host_keys"].items()))
         records.append(dataclasses.replace(record, **entry))
     return records
 
@@ -145,6 +157,11 @@ def load_case(path: Path) -> dict[str, Any]:
     raw_options = dict(case.get("options") or {})
     if "now" in raw_options:
         raw_options["now"] = _when(raw_options["now"])
+    raw_options.setdefault("install_hash", digest_of(fleet))
+    agents = {
+        name: AgentSeen(answer=AgentAnswer(seen["answer"]), detail=seen.get("detail", ""))
+        for name, seen in (case.get("agents") or {}).items()
+    }
     return {
         "fleet": fleet,
         "catalog": catalog,
@@ -152,6 +169,8 @@ def load_case(path: Path) -> dict[str, Any]:
         "records": records,
         "unowned": unowned,
         "options": DiffOptions(**raw_options),
+        "agents": agents,
+        "failures": dict(case.get("failures") or {}),
         "expect": case["expect"],
     }
 
@@ -196,6 +215,8 @@ def test_case(path: Path) -> None:
         case["records"],
         unowned=case["unowned"],
         options=case["options"],
+        agents=case["agents"],
+        failures=case["failures"],
     )
     check_plan(plan, case["expect"])
     if plan.is_blocked:

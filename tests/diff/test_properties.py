@@ -2,8 +2,9 @@
 
 - diff(x, x) is empty: a fleet built exactly as specified has nothing to do.
 - Convergence: from any fleet, drifted at random (servers lost or added by hand, records
-  lost, labels and types changed, ...), carrying out the plan for any other fleet on the
-  model of the provider leaves a state whose diff is empty.
+  lost, labels and types changed, servers stopped, failed on their way, ...), carrying out
+  the plan for any other fleet on the model of the provider leaves a state whose diff is
+  empty.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from hypothesis import strategies as st
 
 from engine.catalog import load_catalog
 from engine.diff import DiffOptions, as_built, as_recorded, diff_fleet
-from engine.model import Fleet, ownership_labels
+from engine.model import Fleet, Stage, ownership_labels
 from engine.placement import expand_fleet
 from engine.plan import Action
 from engine.providers import ActualServer
 from engine.spec import parse_spec
 from engine.state import ServerRecord
-from tests.diff.model import apply_plan
+from tests.diff.model import apply_plan, digest_of
 
 PROVIDERS: dict[str, dict[str, Any]] = {
     "hcloud": {
@@ -111,7 +112,8 @@ def built(fleet: Fleet) -> tuple[list[ActualServer], list[ServerRecord]]:
         )
         for n, s in enumerate(expand_fleet(fleet, catalog), start=1)
     ]
-    return servers, [as_recorded(fleet, s, dict(s.labels)["fleet-group"]) for s in servers]
+    digest = digest_of(fleet)
+    return servers, [as_recorded(fleet, s, dict(s.labels)["fleet-group"], digest) for s in servers]
 
 
 @st.composite
@@ -121,7 +123,11 @@ def drifted(draw: st.DrawFn, fleet: Fleet) -> tuple[list[ActualServer], list[Ser
     catalog = load_catalog(str(fleet.provider.name))
     types = PROVIDERS[str(fleet.provider.name)]["types"]
     for step in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from(["lose", "forget", "orphan", "label", "type", "duplicate"]))
+        kind = draw(
+            st.sampled_from(
+                ["lose", "forget", "orphan", "label", "type", "duplicate", "stop", "fail"]
+            )
+        )
         if kind == "orphan":
             name = f"web-{draw(st.integers(6, 9))}"
             servers.append(
@@ -151,6 +157,21 @@ def drifted(draw: st.DrawFn, fleet: Fleet) -> tuple[list[ActualServer], list[Ser
             servers[index] = dataclasses.replace(
                 victim, server_type=new, disk_gb=max(disk, victim.disk_gb)
             )
+        elif kind == "stop":
+            servers[index] = dataclasses.replace(victim, status="off")
+        elif kind == "fail":
+            phoned_home = draw(st.booleans())
+            records = [
+                dataclasses.replace(
+                    r,
+                    stage=Stage.FAILED,
+                    stage_reason="a fault",
+                    host_keys=(("ssh-ed25519", "AAAA"),) if phoned_home else (),
+                )
+                if r.name == victim.name
+                else r
+                for r in records
+            ]
         else:
             servers.append(dataclasses.replace(victim, provider_id=f"dup-{step}"))
     return servers, records
@@ -177,11 +198,12 @@ providers = st.sampled_from(sorted(PROVIDERS))
 @given(providers.flatmap(fleets))
 def test_a_fleet_built_as_specified_has_nothing_to_do(fleet: Fleet) -> None:
     catalog = load_catalog(str(fleet.provider.name))
-    empty = diff_fleet(fleet, catalog, [], [])
+    options = DiffOptions(install_hash=digest_of(fleet))
+    empty = diff_fleet(fleet, catalog, [], [], options=options)
     assert {c.action for c in empty.changes} <= {Action.CREATE}
     assert len(empty.changes) == sum(g.count for g in fleet.groups)
     servers, records = apply_plan(empty, fleet, catalog, [], [])
-    plan = diff_fleet(fleet, catalog, servers, records)
+    plan = diff_fleet(fleet, catalog, servers, records, options=options)
     assert plan.changes == () and plan.problems == () and plan.warnings == ()
     assert plan.unchanged == len(empty.changes)
     assert plan.before == plan.after == empty.after
@@ -196,7 +218,7 @@ def test_any_plan_converges_on_the_model(
     second = data.draw(fleets(provider), label="second")
     servers, records = data.draw(drifted(first), label="actual")
     catalog = load_catalog(provider)
-    options = DiffOptions(delete_orphans=delete_orphans)
+    options = DiffOptions(delete_orphans=delete_orphans, install_hash=digest_of(second))
     plan = diff_fleet(second, catalog, servers, records, options=options)
     if plan.is_blocked:
         assert {p.code for p in plan.problems} == {"disk_shrink"}

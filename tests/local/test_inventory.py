@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from engine.catalog import load_catalog
-from engine.diff import diff_fleet
+from engine.diff import DiffOptions, diff_fleet
 from engine.placement import expand_fleet
 from engine.plan import Action
 from engine.providers.local.driver import LocalDriver
@@ -80,3 +80,33 @@ def test_a_stranger_holding_a_name_is_reported_unowned(
         assert [(s.name, s.provider_id) for s in unowned] == [("web-2", stranger.id)]
     finally:
         stranger.remove(force=True)
+
+
+def test_a_stopped_machine_says_how_and_when_and_whose_it_is(
+    docker_client: Any, golden_image: str, tmp_path: Path
+) -> None:
+    driver = LocalDriver(docker_client, "inv", tmp_path, fleet_id="0123456789ab")
+    try:
+        web1, web2 = expand_fleet(parse_spec(SPEC), load_catalog("local"))
+        for server in (web1, web2):
+            driver.create(server, image=golden_image, user_data="#cloud-config\n{}\n")
+        docker_client.containers.get("inv-web-1").kill()
+        actual = {s.name: s for s in LocalReader(docker_client, "inv").read_servers()}
+        killed, running = actual["web-1"], actual["web-2"]
+        assert (killed.status, killed.exit_code) == ("exited", 137)
+        assert killed.stopped_at is not None and killed.created is not None
+        assert killed.stopped_at >= killed.created
+        assert (running.status, running.exit_code, running.stopped_at) == ("running", None, None)
+        assert {s.fleet_id for s in actual.values()} == {"0123456789ab"}
+        assert "fleet-id" not in dict(killed.labels)  # whose it is, not a label to compare
+        fleet, catalog, listed = parse_spec(SPEC), load_catalog("local"), list(actual.values())
+        elsewhere = diff_fleet(fleet, catalog, listed)  # a state directory with no id for it
+        assert [p.code for p in elsewhere.problems] == ["owned_elsewhere"]
+        plan = diff_fleet(fleet, catalog, listed, options=DiffOptions(fleet_id="0123456789ab"))
+        assert [(c.action, c.server) for c in plan.changes] == [
+            (Action.ADOPT, "web-1"),
+            (Action.POWER_ON, "web-1"),
+            (Action.ADOPT, "web-2"),
+        ]
+    finally:
+        driver.teardown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -118,6 +119,16 @@ def test_firewalls_and_tags_exist_before_the_droplets(run: Run) -> None:
         "fleet-member:api-prod:api",
         "fleet-member:api-prod:worker",
     }
+
+
+def test_the_fleet_id_is_a_tag_of_every_droplet() -> None:
+    inputs = dataclasses.replace(stack_inputs(fleet_from(SPEC)), fleet_id="0123456789ab")
+    run = run_program(inputs, ANSWERS)
+    (marked,) = [t for t in run.of_type(TAG).values() if t.inputs["name"].startswith("fleet-id:")]
+    assert marked.inputs["name"] == "fleet-id:0123456789ab"
+    for droplet in run.of_type(DROPLET).values():
+        assert "fleet-id:0123456789ab" in droplet.inputs["tags"], droplet.name
+        assert marked.urn in droplet.depends_on, droplet.name
 
 
 def test_the_engine_firewall_opens_ssh_and_agent_to_it_and_everything_outbound(run: Run) -> None:

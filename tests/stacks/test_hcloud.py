@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -234,6 +235,14 @@ def test_every_resource_carries_the_ownership_labels(run: Run) -> None:
         labels = resource.inputs["labels"]
         assert labels["fleet"] == "web-prod", resource.name
         assert labels["managed-by"] == "fleet-engine", resource.name
+
+
+def test_the_fleet_id_is_on_every_labelled_resource() -> None:
+    inputs = dataclasses.replace(stack_inputs(fleet_from(SPEC)), fleet_id="0123456789ab")
+    run = run_program(inputs, ANSWERS)
+    labelled = [r for r in run.resources if r.type in LABELLED]
+    assert {r.type for r in labelled} == set(LABELLED)
+    assert {r.inputs["labels"]["fleet-id"] for r in labelled} == {"0123456789ab"}
 
 
 def test_a_snapshot_image_is_the_newest_with_its_labels() -> None:

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from engine.catalog import load_catalog
 from engine.errors import EngineError
 from engine.model import Fleet, Server, Stage, ownership_labels
-from engine.plan import Action, Plan
+from engine.plan import Action, Change, Plan, RetryBy
 from engine.providers.registry import inventory_reader, provider_actions
 from engine.providers.seam import InventoryReader, Provisioned, Signal, Site
 from engine.secrets import read_token
@@ -46,6 +46,26 @@ if TYPE_CHECKING:
     from engine.state.store import Store
 
 Say = Callable[[str], None]
+
+
+ACTION_TIMEOUT_S = 600.0
+
+
+def _is_taken_over(change: Change, run: FleetRun) -> bool:
+    """A replace of a server another state directory made (engine up --adopt)."""
+    before = change.before
+    return (
+        change.action is Action.REPLACE
+        and before is not None
+        and before.fleet_id not in ("", run.fleet_id)
+    )
+
+
+def _is_outside_the_program(change: Change) -> bool:
+    """Done without running the program: over SSH or by a provider action."""
+    if change.action is Action.RETRY:
+        return change.retry_by is not RetryBy.REPLACE
+    return change.action in (Action.REINSTALL, Action.POWER_ON)
 
 
 def engine_sources(addresses: Sequence[str]) -> tuple[str, ...]:
@@ -164,24 +184,32 @@ class CloudBackend:
         from stacks.inputs import StackInputs
 
         replaced: set[str] = set()
+        gone: set[str] = set()
         adopted: dict[str, str] = {}
+        self._delete_taken_over(plan, run)
         for change in plan.changes:
-            if change.action in (Action.CREATE, Action.REPLACE):
+            name = change.server
+            by = change.retry_by if change.action is Action.RETRY else None
+            if change.action in (Action.CREATE, Action.REPLACE) or by is RetryBy.REPLACE:
                 assert change.after is not None
-                if change.action is Action.REPLACE:
-                    run.store.servers.forget(run.fleet.name, change.server)
-                    replaced.add(change.server)
+                if change.action is Action.CREATE:
+                    gone.add(name)  # the stack may hold it still: it was deleted outside
+                elif not _is_taken_over(change, run):
+                    run.store.servers.forget(run.fleet.name, name)
+                    replaced.add(name)
                 run.create(change.after, provision=False)
-            elif change.action is Action.REINSTALL:
-                run.reinstall(change.server)
+            elif change.action is Action.REINSTALL or by is RetryBy.INSTALL:
+                run.reinstall(name, "tried again" if by else "")
+            elif by is RetryBy.REBUILD or change.action is Action.POWER_ON:
+                self._act(change, run)
             elif change.action is Action.ADOPT:
                 assert change.before is not None
                 run.adopt(change)
-                adopted[change.server] = change.before.provider_id
+                adopted[name] = change.before.provider_id
         records = {r.name: r for r in run.store.servers.all(run.fleet.name)}
         # Made by no run yet, or by one that died before registering them.
         pending = [r for r in records.values() if not r.provider_id]
-        if not pending and all(c.action is Action.REINSTALL for c in plan.changes):
+        if not pending and all(_is_outside_the_program(c) for c in plan.changes):
             return
         for record in pending:
             if record.stage is Stage.REQUESTED:
@@ -198,6 +226,8 @@ class CloudBackend:
             catalog=load_catalog(self.fleet.provider.name, self.state_dir),
             replaced=frozenset(replaced),
             adopted=adopted,
+            gone=frozenset(gone),
+            fleet_id=run.fleet_id,
         )
         run.board.note(f"Running the Pulumi program of {self.fleet.name} ({len(servers)} servers)")
         result = up(
@@ -211,6 +241,47 @@ class CloudBackend:
                 run.resized(change.server, change.after.server_type)
             elif change.action is Action.DELETE:
                 run.deleted(change.server)
+
+    def _act(self, change: Change, run: FleetRun) -> None:
+        """Rebuild a server that never phoned home, or power one on, by a provider action; an
+        action that fails fails that server alone (a later try, or run, looks at it again)."""
+        assert change.after is not None and change.before is not None
+        name = change.server
+        record = run.store.servers.get(run.fleet.name, name)
+        if record is None:
+            return
+        try:
+            if change.action is Action.RETRY:
+                self.rebuild(change.after, record, run, ACTION_TIMEOUT_S)
+                return
+            actions = provider_actions(self.fleet, self.token)
+            started = actions.start(change.before.provider_id, Signal.POWERON)
+            self._waited(actions, started, name, ACTION_TIMEOUT_S)
+        except EngineError as error:
+            run.board.note(f"{name}: {error}")
+            run.store.servers.update(
+                self.fleet.name, name, stage=Stage.FAILED, reason=f"{change.action}: {error}"
+            )
+            return
+        run.powered_on(name)
+
+    def _delete_taken_over(self, plan: Plan, run: FleetRun) -> None:
+        """Delete, by id, the servers another state directory made that the plan takes over
+        (--adopt): this stack never held them, and they are made anew by the program."""
+        doomed = [c.before for c in plan.changes if _is_taken_over(c, run) and c.before]
+        if not doomed:
+            return
+        from engine.providers.cloud.actions import wait_for_action
+
+        actions = provider_actions(self.fleet, self.token)
+        for server in doomed:
+            run.board.note(
+                f"  delete   {server.name} (id {server.provider_id}, fleet id "
+                f"{server.fleet_id}): taken over"
+            )
+            started = actions.delete(server.provider_id)
+            if started is not None:
+                wait_for_action(actions, started, timeout_s=ACTION_TIMEOUT_S, on_progress=None)
 
     def _delete_strays(self, plan: Plan, run: FleetRun) -> None:
         """Delete what the plan deletes but the stack never held (an orphan, a duplicate made
@@ -232,7 +303,7 @@ class CloudBackend:
                 )
                 started = actions.delete(server.provider_id)
                 if started is not None:
-                    wait_for_action(actions, started, timeout_s=600, on_progress=None)
+                    wait_for_action(actions, started, timeout_s=ACTION_TIMEOUT_S, on_progress=None)
 
     def _shown(self, run: FleetRun) -> Callable[[ResourceStep], None]:
         board = run.board

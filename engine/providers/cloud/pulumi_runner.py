@@ -11,6 +11,8 @@ folder with the state.
 
     preview(inputs, ...)    what `up` would do, per resource
     up(inputs, ...)         create/update to match; returns the servers' ids and addresses
+                            (servers deleted outside the engine are refreshed out of the
+                            stack's state first, so the program makes them anew)
     destroy(fleet, ...)     delete everything the stack holds
 
 Each returns a `RunResult`: the outcome per resource, the counts per operation and, for `up`,
@@ -26,7 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ INSTALL_HINT = (
     "The local provider needs no Pulumi"
 )
 STACK_TYPE = "pulumi:pulumi:Stack"
+SERVER_TYPES = frozenset({"hcloud:index/server:Server", "digitalocean:index/droplet:Droplet"})
 
 
 class PulumiNotInstalled(EngineError):
@@ -174,6 +177,7 @@ def _run(
         if action == "preview":
             stack.preview(on_event=events, color="never")
             return events.result()
+        forget_gone(stack, inputs.gone)
         outcome = stack.up(on_event=events, color="never")
     servers = outcome.outputs.get(SERVERS_OUTPUT)
     return events.result(server_outputs(servers.value if servers else {}))
@@ -196,6 +200,29 @@ def destroy(
     except StackNotFoundError:
         return RunResult(action="destroy", resources=(), counts=())
     return events.result()
+
+
+def forget_gone(stack: Stack, names: frozenset[str]) -> None:
+    """Refresh the servers of `names` that the stack's state holds, so that the ones the
+    provider no longer has (deleted outside the engine) leave the state and the program makes
+    them anew; Pulumi would otherwise take its state's word that they exist. Only servers:
+    other resources deleted outside are not looked for."""
+    if not names:
+        return
+    urns = server_urns(stack.export_stack().deployment or {}, names)
+    if urns:
+        stack.refresh(target=urns, color="never")
+
+
+def server_urns(deployment: Mapping[str, Any], names: frozenset[str]) -> list[str]:
+    """The URNs of the servers named `names` in an exported deployment (`resources`, each
+    with its `urn` and `type`), whichever provider's."""
+    return [
+        resource["urn"]
+        for resource in deployment.get("resources") or ()
+        if resource.get("type") in SERVER_TYPES
+        and str(resource.get("urn", "")).rsplit("::", 1)[-1] in names
+    ]
 
 
 def server_outputs(value: Any) -> tuple[ServerOutput, ...]:

@@ -37,7 +37,7 @@ from engine.model import (
     Labels,
     ProviderName,
 )
-from engine.providers import ActualServer, InventoryPage, engine_name
+from engine.providers import ActualServer, InventoryPage, engine_name, without_fleet_id
 from engine.providers.digitalocean.client import (
     PAGE_SIZE,
     DigitalOceanApi,
@@ -137,7 +137,7 @@ class DigitalOceanReader:
         self, droplet: dict[str, Any], firewalls: list[dict[str, Any]], vpcs: dict[str, str]
     ) -> ActualServer:
         tags = droplet.get("tags") or []
-        labels = tags_to_labels(tags)
+        labels, fleet_id = without_fleet_id(tags_to_labels(tags))
         ipv4 = _address(droplet, "v4", "public")
         ipv6 = _address(droplet, "v6", "public")
         vpc = vpcs.get(droplet.get("vpc_uuid") or "")
@@ -167,6 +167,7 @@ class DigitalOceanReader:
             ),
             networks=spec_resources(self.fleet.name, [vpc] if vpc else []),
             created=dt.datetime.fromisoformat(created) if created else None,
+            fleet_id=fleet_id,
         )
 
 

@@ -33,7 +33,7 @@ from engine.model import (
     ImageKind,
     ProviderName,
 )
-from engine.providers import ActualServer, InventoryPage, engine_name
+from engine.providers import ActualServer, InventoryPage, engine_name, without_fleet_id
 from engine.providers.hcloud.client import hcloud_client, provider_errors
 from engine.providers.naming import spec_resources
 from engine.providers.retry import ApiCalls, Paging, RetryPolicy, read_pages
@@ -74,7 +74,7 @@ class _Listed:
 
 def _fields(raw: dict[str, Any]) -> dict[str, Any]:
     """An ActualServer's fields from the server's JSON, but its firewalls and networks."""
-    labels = tuple(sorted((raw.get("labels") or {}).items()))
+    labels, fleet_id = without_fleet_id(tuple(sorted((raw.get("labels") or {}).items())))
     public = raw.get("public_net") or {}
     kind = raw.get("server_type") or {}
     created = raw.get("created")
@@ -93,6 +93,7 @@ def _fields(raw: dict[str, Any]) -> dict[str, Any]:
         "backups": raw.get("backup_window") is not None,
         "placement_group": (raw.get("placement_group") or {}).get("name"),
         "created": dt.datetime.fromisoformat(created) if created else None,
+        "fleet_id": fleet_id,
     }
 
 

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import EngineError
 from engine.model import Fleet, Server
-from engine.plan import Action, Plan
+from engine.plan import Action, Plan, RetryBy
 from engine.providers.local.driver import LocalDriver
+from engine.providers.local.inventory import actual_server
 from engine.providers.seam import Provisioned, Provisioner, Signal, Site
 from engine.state import FleetSettings, ServerRecord
 from engine.state.files import private_dir
@@ -61,7 +62,10 @@ class LocalBackend:
 
     @property
     def driver(self) -> LocalDriver:
-        return LocalDriver(self.client, self.fleet.name, self.state_dir)
+        from engine.tokens import find_fleet_id
+
+        fleet_id = find_fleet_id(self.state_dir, self.fleet.name) or ""
+        return LocalDriver(self.client, self.fleet.name, self.state_dir, fleet_id)
 
     def check_tools(self) -> None:
         return None  # the Docker engine is found (or started) when connecting
@@ -133,20 +137,32 @@ class LocalBackend:
         return provision
 
     def carry_out(self, plan: Plan, run: FleetRun, servers: Sequence[Server]) -> None:
-        """Each change in turn; new machines are made by the control plane's provision jobs."""
+        """Each change in turn; new machines are made by the control plane's provision jobs.
+        A machine that failed before it phoned home (or is dead) is removed and made anew."""
         driver = self.driver
         for change in plan.changes:
             name = change.server
+            remake = change.action is Action.RETRY and change.retry_by is not RetryBy.INSTALL
             if change.action is Action.CREATE:
                 assert change.after is not None
+                driver.delete(name)  # what a machine removed by hand left: its volume, seed
                 run.create(change.after, provision=True)
-            elif change.action in (Action.REPLACE, Action.UPDATE):
+            elif change.action in (Action.REPLACE, Action.UPDATE) or remake:
                 # A local machine's labels, image and location are fixed when it is made.
                 assert change.after is not None
                 run.board.note(f"{name}: {change.action} (the machine is made again)")
                 driver.delete(name)
                 run.store.servers.forget(run.fleet.name, name)
                 run.create(change.after, provision=True)
+            elif change.action is Action.RETRY:
+                run.reinstall(name, f"tried again after {change.failed_attempts} failure(s)")
+            elif change.action is Action.POWER_ON:
+                driver.poweron(name)
+                # Docker gives a started container an address anew: maybe another one.
+                started = driver.find(name)
+                if started is not None:
+                    run.keep_addresses([actual_server(started)])
+                run.powered_on(name)
             elif change.action is Action.RESIZE:
                 assert change.after is not None
                 driver.resize(name, change.after.server_type)

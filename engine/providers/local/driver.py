@@ -20,6 +20,7 @@ from engine.catalog import load_catalog
 from engine.errors import EngineError
 from engine.model import (
     LABEL_FLEET,
+    LABEL_FLEET_ID,
     LABEL_GROUP,
     LABEL_MANAGED_BY,
     LABEL_SERVER,
@@ -50,6 +51,8 @@ class LocalMachine:
     ipv4: str | None
     labels: tuple[tuple[str, str], ...]
     created: str
+    exit_code: int | None = None
+    finished_at: str = ""
 
 
 def _server_type_of(host_config: dict[str, Any]) -> str:
@@ -79,6 +82,10 @@ def _owner_filter(fleet: str) -> dict[str, list[str]]:
 def _describe(container: Any, network: str) -> LocalMachine:
     labels = container.labels
     networks = container.attrs["NetworkSettings"]["Networks"]
+    state = container.attrs.get("State") or {}
+    finished = str(state.get("FinishedAt") or "")
+    # Docker writes year 1 for a container that never stopped.
+    stopped = container.status != "running" and bool(finished) and not finished.startswith("0001-")
     return LocalMachine(
         name=labels.get(LABEL_SERVER, ""),
         container=container.name,
@@ -89,6 +96,8 @@ def _describe(container: Any, network: str) -> LocalMachine:
         ipv4=(networks.get(network) or {}).get("IPAddress") or None,
         labels=tuple(sorted(labels.items())),
         created=container.attrs["Created"],
+        exit_code=state.get("ExitCode") if stopped else None,
+        finished_at=finished if stopped else "",
     )
 
 
@@ -116,10 +125,11 @@ def foreign_container(client: Any, fleet: str, server: str) -> str | None:
 class LocalDriver:
     """Create, list, resize, signal and delete the machines of one fleet."""
 
-    def __init__(self, client: Any, fleet: str, state_dir: Path) -> None:
+    def __init__(self, client: Any, fleet: str, state_dir: Path, fleet_id: str = "") -> None:
         self.client = client
         self.fleet = fleet
         self.state_dir = state_dir
+        self.fleet_id = fleet_id
         self.seeds = state_dir / "local" / fleet
         self.network = f"fleet-{fleet}"
 
@@ -188,6 +198,8 @@ class LocalDriver:
             LABEL_INSTANCE_ID: instance_id,
             LABEL_IMAGE: server.image.name,
         }
+        if self.fleet_id:
+            labels[LABEL_FLEET_ID] = self.fleet_id
         container = create_machine(
             self.client,
             MachineSpec(

@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.model import Fleet, Image, ImageKind, ProviderName
-from engine.providers import ActualServer, InventoryPage
+from engine.providers import ActualServer, InventoryPage, without_fleet_id
 from engine.providers.local.driver import (
     LABEL_IMAGE,
     LABEL_INSTANCE_ID,
@@ -44,19 +44,31 @@ def _answering_client() -> Any:
     return client
 
 
+def _docker_time(text: str) -> dt.datetime:
+    """A time as Docker writes it (RFC 3339 with up to nanoseconds, in UTC)."""
+    return dt.datetime.fromisoformat(text[:26].rstrip("Z")).replace(tzinfo=dt.UTC)
+
+
 def actual_server(machine: LocalMachine) -> ActualServer:
     """The machine as the diff sees it. Its disk is the host's: there is no disk size to
-    compare (or to refuse shrinking), so `disk_gb` stays 0."""
+    compare (or to refuse shrinking), so `disk_gb` stays 0. A stopped machine says how (its
+    exit code) and when."""
+    labels, fleet_id = without_fleet_id(
+        tuple((k, v) for k, v in machine.labels if k not in _BOOKKEEPING)
+    )
     return ActualServer(
         name=machine.name,
         provider_id=machine.instance_id,
-        labels=tuple((k, v) for k, v in machine.labels if k not in _BOOKKEEPING),
+        labels=labels,
         server_type=machine.server_type,
         image=Image(kind=ImageKind.NAME, name=machine.image) if machine.image else None,
         location="local",
         status=machine.status,
         ipv4=machine.ipv4,
-        created=dt.datetime.fromisoformat(machine.created[:26].rstrip("Z")).replace(tzinfo=dt.UTC),
+        created=_docker_time(machine.created),
+        exit_code=machine.exit_code,
+        stopped_at=_docker_time(machine.finished_at) if machine.finished_at else None,
+        fleet_id=fleet_id,
     )
 
 
