@@ -51,7 +51,7 @@ from engine.controlplane.views import (
 )
 from engine.model import Stage
 from engine.secrets import RedactingFilter, redact
-from engine.state import AgentReport
+from engine.state import AgentReport, ApiKey, Scope
 from engine.state.store import Store
 from engine.tokens import TokenPurpose, expected_token, is_same_token
 
@@ -144,7 +144,7 @@ class ControlPlaneApi:
         self.metrics = metrics
         self.lookup = lookup or InventoryLookup(min_interval_s=settings.inventory_min_interval_s)
         self.phone_home = PhoneHomeService(store, settings.state_dir, self.lookup)
-        self.api_keys = ApiKeyVerifier(store)
+        self.api_keys = ApiKeyVerifier(store, settings.state_dir)
         self.api_limiter = RateLimiter(settings.api_rate_per_s, settings.api_burst)
         self.failure_limiter = RateLimiter(settings.failure_rate_per_s, settings.failure_burst)
 
@@ -238,17 +238,32 @@ class ControlPlaneApi:
     # --- the fleet API ---------------------------------------------------------------------
 
     def _authorize(self, request: Request) -> dict[str, str]:
-        """Check the API key and spend a token of its bucket; the rate-limit headers."""
+        """Check the API key may read the fleet the query names and spend a token of its
+        bucket; the rate-limit headers."""
+        return self.authorize(request, Scope.READ, request.query_params.get("fleet"))[1]
+
+    def authorize(
+        self, request: Request, needed: Scope, fleet: str | None
+    ) -> tuple[ApiKey, dict[str, str]]:
+        """The API key, checked for `needed` on `fleet` (403 when it may not), with a token of
+        its bucket spent; and the rate-limit headers."""
         key = self.api_keys.verify(_bearer(request))
         if key is None:
             raise ApiError(401, "api_key_invalid", "this API key is unknown or revoked")
+        if not key.may(needed, fleet):
+            why = (
+                f"it is not granted fleet {fleet}"
+                if key.scope.allows(needed)
+                else f"it has the {key.scope} scope and this needs {needed}"
+            )
+            raise ApiError(403, "forbidden", f"the key {key.name} may not do this: {why}")
         wait = self.api_limiter.take(key.key_id)
         if wait is not None:
             error = ApiError(
                 429, "rate_limited", "this API key's request budget is spent", retry_after_s=wait
             )
             raise error
-        return {
+        return key, {
             "RateLimit-Limit": str(int(self.settings.api_rate_per_s)),
             "RateLimit-Remaining": str(self.api_limiter.remaining(key.key_id)),
         }
