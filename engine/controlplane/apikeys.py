@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from engine.controlplane.errors import ApiError
 from engine.controlplane.keys import TimedCache
 from engine.errors import EngineError
 from engine.secrets import register_secret
@@ -99,6 +100,17 @@ def revoke_api_key(store: Store, name: str, *, actor: str = CLI_ACTOR) -> ApiKey
             )
         )
     return key
+
+
+def permit(key: ApiKey, needed: Scope, fleet: str | None) -> None:
+    """403 unless `key` may do what needs `needed` (on `fleet`, when one is named)."""
+    if not key.may(needed, fleet):
+        why = (
+            f"it is not granted fleet {fleet}"
+            if key.scope.allows(needed)
+            else f"it has the {key.scope} scope and this needs {needed}"
+        )
+        raise ApiError(403, "forbidden", f"the key {key.name} may not do this: {why}")
 
 
 def _sha256(text: str) -> str:
