@@ -5,6 +5,7 @@ made stale by a change of the spec or of the world is refused with 409."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -176,7 +177,7 @@ def test_scale_to_4_and_back_to_3_and_a_plan_made_before_is_stale(
     assert api.servers() == dict.fromkeys(["web-1", "web-2", "web-3", "web-4"], "ready")
     stale = api.call("POST", f"/plans/{before['id']}/apply")
     assert (stale.status_code, stale.json()["error"]["code"]) == (409, "plan_stale")
-    assert "spec changed" in stale.json()["error"]["message"]
+    assert "the spec of fleet api changed" in stale.json()["error"]["message"]
     over = api.call("PATCH", "/groups/web", json={"count": 5})  # limits.servers is 4
     assert (over.status_code, over.json()["error"]["code"]) == (409, "plan_blocked")
     down = api.call("PATCH", "/groups/web", json={"count": 3})
@@ -211,4 +212,18 @@ def test_a_reboot_through_the_api_and_a_world_change_makes_a_plan_stale(
     _containers(docker_client)["api-web-2"].stop(timeout=5)  # the world changes
     stale = api.call("POST", f"/plans/{plan['id']}/apply")
     assert (stale.status_code, stale.json()["error"]["code"]) == (409, "plan_stale")
-    assert "fleet changed" in stale.json()["error"]["message"]
+    assert "fleet api changed since plan" in stale.json()["error"]["message"]
+
+
+def test_engine_runs_lists_what_the_api_started(api: Api) -> None:
+    state = ("--state-dir", str(api.root / "state"))
+    listed = engine("runs", "api", *state, cwd=api.root, env=api.env)
+    assert listed.returncode == 0, listed.stderr
+    lines = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert [line[2] for line in lines][::-1] == ["apply", "apply", "apply", "reboot web-1"]
+    assert {line[3] for line in lines} == {"succeeded"} and {line[5] for line in lines} == {
+        "by deployer"
+    }
+    one = engine("runs", "api", lines[-1][0], "--format", "json", *state, cwd=api.root, env=api.env)
+    (run,) = json.loads(one.stdout)["runs"]
+    assert sorted(run["result"]["timings"]["servers"]) == ["web-1", "web-2", "web-3"]
