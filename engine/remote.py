@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,6 @@ def world_digest(observed: Observed) -> str:
 
 
 def _provider_token(fleet: Fleet) -> str:
-    import os
-
     env = fleet.provider.token_env
     if env is None:
         return ""

@@ -30,7 +30,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,7 +71,7 @@ LONG_POLL_STEP_S = 0.25
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Planned:
     """A plan made now: its JSON (as `engine preview --format json`), the digest of what was
-    observed to make it, and the (action, server) pairs it would carry out."""
+    observed to make it, and whether it changes anything or is blocked."""
 
     document: Mapping[str, Any]
     world_digest: str
@@ -161,7 +161,9 @@ def _new_id() -> str:
     return secrets.token_hex(8)
 
 
-def _fields(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def _whole_number(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """The query parameter `name` (`default` when absent), a whole number from low to high;
+    else 422 naming it."""
     text = query.get(name, str(default))
     if not text.isdigit() or not low <= int(text) <= high:
         raise ApiError(
@@ -171,9 +173,6 @@ def _fields(query: Mapping[str, str], name: str, default: int, low: int, high: i
             fields=[FieldError(name, f"a whole number from {low} to {high}")],
         )
     return int(text)
-
-
-Route = Callable[[Request], Awaitable[Response]]
 
 
 class FleetApi:
@@ -572,9 +571,9 @@ class FleetApi:
         waits until there is one or the time is up (long-poll)."""
         _, headers, fleet = self._key(request, Scope.READ)
         query = request.query_params
-        since = _fields(query, "since", 0, 0, 2**62)
-        wait = _fields(query, "wait", 0, 0, LONG_POLL_MAX_S)
-        limit = _fields(query, "limit", 100, 1, 1000)
+        since = _whole_number(query, "since", 0, 0, 2**62)
+        wait = _whole_number(query, "wait", 0, 0, LONG_POLL_MAX_S)
+        limit = _whole_number(query, "limit", 100, 1, 1000)
         server = query.get("server")
         await run_in_threadpool(self._known, fleet)
         deadline = asyncio.get_running_loop().time() + wait
@@ -601,7 +600,7 @@ class FleetApi:
 
     async def get_runs(self, request: Request) -> Response:
         _, headers, fleet = self._key(request, Scope.READ)
-        limit = _fields(request.query_params, "limit", 20, 1, 100)
+        limit = _whole_number(request.query_params, "limit", 20, 1, 100)
         return JSONResponse(await run_in_threadpool(self._runs, fleet, limit), headers=headers)
 
     async def get_run(self, request: Request) -> Response:
