@@ -52,6 +52,7 @@ from engine.tokens import find_fleet_id
 if TYPE_CHECKING:
     from engine.install.installer import FleetInstaller
     from engine.install.model import HostResult
+    from engine.preview import Observed
 
 Confirm = Callable[[str], bool]
 Say = Callable[[str], None]
@@ -463,14 +464,23 @@ def locked_session(
         backend.close()
 
 
-def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
+def up(
+    spec: Path,
+    options: RunOptions,
+    out: TextIO,
+    confirm: Confirm,
+    *,
+    check: Callable[[Observed, Plan], None] | None = None,
+) -> int:
     """Make the fleet in `spec` exist and be ready; 0 when every server is ready.
 
     The spec is read once, and the plan made once: from what the backend it opened reads (its
     servers, their power, their agents) and the records of the store it locked. A server that
-    fails on its way is looked at again and tried again while its tries last."""
+    fails on its way is looked at again and tried again while its tries last. `check` sees
+    what was observed and the plan, with the lock held, before anything changes, and may
+    raise to stop the run there (an API apply refuses a plan that is not the one it saved)."""
     from engine.converge import converge
-    from engine.preview import Observed, fleet_digest, observe, plan_fleet, recorded
+    from engine.preview import fleet_digest, observe, plan_fleet, recorded
 
     started = time.monotonic()
     with locked_session(spec, options, out, f"engine up {spec}", tools=True, full=True) as session:
@@ -494,6 +504,8 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
 
         observed = observe_now()
         plan = plan_of(observed)
+        if check is not None:
+            check(observed, plan)
         _show_plan(plan, board, out)
         if plan.is_blocked:
             return 1

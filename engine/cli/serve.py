@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.controlplane.app import install_log_redaction
     from engine.controlplane.fleets import register_fleet
-    from engine.controlplane.runner import running_control_plane
+    from engine.controlplane.runner import default_registry, running_control_plane
+    from engine.remote import ApplyHandler, RemotePlanner, ServerActionHandler
     from engine.spec import load_spec
     from engine.state.store import open_store, state_url
 
@@ -111,12 +112,17 @@ def run(args: argparse.Namespace) -> int:
     with open_store(state_url(state_dir, args.state)) as store:
         for fleet in fleets:
             register_fleet(store, fleet)
+        # The fleet API's applies and server actions run as jobs, through `engine up`'s path.
+        registry = default_registry(store, state_dir, installer=installer)
+        registry.register(ApplyHandler(store, state_dir, args.state))
+        registry.register(ServerActionHandler(store, state_dir, args.state))
         with running_control_plane(
             store,
             state_dir,
             host=host,
             port=port,
-            installer=installer,
+            registry=registry,
+            planner=RemotePlanner(store, state_dir),
             workers=args.workers,
             heartbeat_misses=args.heartbeat_misses,
             forwarded_allow_ips=args.forwarded_allow_ips,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.controlplane.app import AppSettings, ControlPlaneApi, create_app
+from engine.controlplane.fleetapi import FleetPlanner
 from engine.controlplane.handlers import (
     InstallHandler,
     PollInventoryHandler,
@@ -135,6 +136,7 @@ def running_control_plane(
     forwarded_allow_ips: str = "127.0.0.1",
     access_log: bool = False,
     log_level: str = "info",
+    planner: FleetPlanner | None = None,
 ) -> Iterator[RunningControlPlane]:
     """Serve the control plane on host:port in a thread, with job workers and the monitor,
     for the duration of the block; stop everything cleanly when it ends."""
@@ -146,6 +148,7 @@ def running_control_plane(
         store,
         app_settings or AppSettings(state_dir=state_dir),
         metrics=last_heartbeat_metrics,
+        planner=planner,
     )
     server = uvicorn.Server(_uvicorn_config(app, forwarded_allow_ips, access_log, log_level))
     thread = threading.Thread(

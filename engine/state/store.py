@@ -22,6 +22,9 @@ methods and gets the frozen records of `engine.state`:
     agents       agents' heartbeats and events                engine.state.agents
     user_data    the user_data rendered for each server       engine.state.userdata
     locks        the exclusive stack locks                    engine.state.locks
+    audit        writes through the API and the key commands  engine.state.audit
+    specs        fleet specs registered through the API       engine.state.specs
+    runs         plans made through the API and their runs    engine.state.runs
 
 The tables and their migrations are in engine.state.schema.
 """
@@ -43,6 +46,7 @@ from engine.secrets import redact, register_secret
 from engine.state import schema
 from engine.state.agents import Agents
 from engine.state.apikeys import ApiKeys
+from engine.state.audit import Audit
 from engine.state.database import BUSY_TIMEOUT_S, Database
 from engine.state.events import Events
 from engine.state.files import FILE_MODE, private_dir, private_file
@@ -50,7 +54,9 @@ from engine.state.fleets import Fleets
 from engine.state.jobs import Jobs
 from engine.state.locks import Locks
 from engine.state.phonehomes import PhoneHomes
+from engine.state.runs import Runs
 from engine.state.servers import Servers
+from engine.state.specs import Specs
 from engine.state.userdata import UserData
 
 STATE_URL_ENV = "ENGINE_STATE_URL"
@@ -157,6 +163,9 @@ class Repositories:
         self.agents = Agents(database, connection)
         self.user_data = UserData(database, connection)
         self.locks = Locks(database, connection)
+        self.audit = Audit(database, connection)
+        self.specs = Specs(database, connection)
+        self.runs = Runs(database, connection)
 
 
 class Store(Repositories):
@@ -205,3 +214,5 @@ class Store(Repositories):
             tx.agents.forget_fleet(fleet)
             tx.user_data.forget_fleet(fleet)
             tx.fleets.forget(fleet)
+            tx.specs.forget(fleet)
+            tx.runs.forget_fleet(fleet)

@@ -53,7 +53,7 @@ def test_only_health_answers_without_credentials(plane: Plane) -> None:
 
 
 def test_servers_and_events_with_an_api_key(plane: Plane) -> None:
-    key = create_api_key(plane.store, "ops")
+    key = create_api_key(plane.store, plane.state_dir, "ops")
     auth = {"Authorization": f"Bearer {key}"}
     assert plane.phone_home_as(1).status_code == 200
     listing = plane.client.get(f"{plane.url}/v1/servers?fleet=web-prod", headers=auth)
@@ -76,8 +76,10 @@ def test_servers_and_events_with_an_api_key(plane: Plane) -> None:
 
 def test_a_revoked_key_is_refused_once_its_remembered_answer_expires(plane: Plane) -> None:
     clock = Clock()
-    verifier = ApiKeyVerifier(plane.store, ttl_s=5.0, clock=lambda: clock.now.timestamp())
-    key = create_api_key(plane.store, "ops")
+    verifier = ApiKeyVerifier(
+        plane.store, plane.state_dir, ttl_s=5.0, clock=lambda: clock.now.timestamp()
+    )
+    key = create_api_key(plane.store, plane.state_dir, "ops")
     assert verifier.verify(key) is not None
     plane.store.api_keys.revoke("ops")
     assert verifier.verify(key) is not None  # remembered for 5 s: no database read per request
@@ -102,7 +104,7 @@ def test_a_burst_gets_429_with_a_retry_after_that_is_right(tmp_path: Path) -> No
 
 
 def _burst(plane: Plane) -> None:
-    key = create_api_key(plane.store, "burst")
+    key = create_api_key(plane.store, plane.state_dir, "burst")
     url = f"{plane.url}/v1/servers/web-1?fleet=web-prod"
 
     async def burst() -> list[httpx.Response]:
@@ -179,7 +181,7 @@ def test_every_refused_request_counts_against_its_source_address(
 ) -> None:
     settings = AppSettings(state_dir=plane.state_dir, failure_rate_per_s=0.01, failure_burst=3)
     app = create_app(plane.store, settings, metrics=_broken_metrics)
-    key = create_api_key(plane.store, "ops")
+    key = create_api_key(plane.store, plane.state_dir, "ops")
     try:
         with serve(app, proxy_headers=True, forwarded_allow_ips="127.0.0.1") as url:
 

@@ -155,14 +155,16 @@ def test_several_workers_on_postgresql_share_the_queue_and_run_no_job_twice(
 
 def test_the_fleet_api_answers_a_key_made_by_engine_apikey(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'state.db'}"
-    made = engine("apikey", "create", "ops-dashboard", "--state", url)
+    where = ("--state", url, "--state-dir", str(tmp_path / "state"))
+    made = engine("apikey", "create", "ops-dashboard", *where)
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     assert key.startswith("fek_")  # as the README's curl example shows it
-    for path in tmp_path.iterdir():  # stored only as a hash
-        assert key.encode() not in path.read_bytes(), path
-    listed = engine("apikey", "list", "--state", url)
-    assert listed.stdout.startswith("ops-dashboard\tcreated ") and key not in listed.stdout
+    for path in tmp_path.rglob("*"):  # stored only as an HMAC
+        assert not path.is_file() or key.encode() not in path.read_bytes(), path
+    listed = engine("apikey", "list", *where)
+    assert listed.stdout.startswith("ops-dashboard\tread\tall fleets\tcreated ")
+    assert key not in listed.stdout
     spec = str(ROOT / "specs" / "hetzner.yaml")
     with _serve(url, tmp_path / "state", {}, "--spec", spec) as (_, base):
         servers = f"{base}/v1/servers?fleet=web-prod"
