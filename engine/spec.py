@@ -676,15 +676,15 @@ class _Checks:
     def check_reconcile(self) -> None:
         reconcile = self.data.get("reconcile")
         interval = reconcile.get("interval") if isinstance(reconcile, dict) else None
-        if isinstance(interval, str) and interval[-1] in _DURATION_UNITS:
-            if parse_duration(interval) < MIN_RECONCILE_INTERVAL_S:
-                self.add(
-                    "too_frequent",
-                    ("reconcile", "interval"),
-                    f"reading the fleet every {interval} spends the provider's request budget "
-                    "on little",
-                    f"write {MIN_RECONCILE_INTERVAL_S}s or more, e.g. interval: 5m",
-                )
+        is_duration = isinstance(interval, str) and re.fullmatch(r"[1-9][0-9]{0,5}[smh]", interval)
+        if is_duration and parse_duration(str(interval)) < MIN_RECONCILE_INTERVAL_S:
+            self.add(
+                "too_frequent",
+                ("reconcile", "interval"),
+                f"reading the fleet every {interval} spends the provider's request budget "
+                "on little",
+                f"write {MIN_RECONCILE_INTERVAL_S}s or more, e.g. interval: 5m",
+            )
 
     def check_alerts(self) -> None:
         self.check_unique_names("alerts")

@@ -22,6 +22,9 @@ methods and gets the frozen records of `engine.state`:
     agents       agents' heartbeats and events                engine.state.agents
     user_data    the user_data rendered for each server       engine.state.userdata
     locks        the exclusive stack locks                    engine.state.locks
+    leases       who runs each fleet's reconcile loop         engine.state.leases
+    metrics      each server's metric history                 engine.state.metrics
+    alerts       each declared alert's state                  engine.state.alerts
 
 The tables and their migrations are in engine.state.schema.
 """
@@ -42,13 +45,16 @@ from engine.errors import EngineError
 from engine.secrets import redact, register_secret
 from engine.state import schema
 from engine.state.agents import Agents
+from engine.state.alerts import Alerts
 from engine.state.apikeys import ApiKeys
 from engine.state.database import BUSY_TIMEOUT_S, Database
 from engine.state.events import Events
 from engine.state.files import FILE_MODE, private_dir, private_file
 from engine.state.fleets import Fleets
 from engine.state.jobs import Jobs
+from engine.state.leases import Leases
 from engine.state.locks import Locks
+from engine.state.metrics import Metrics
 from engine.state.phonehomes import PhoneHomes
 from engine.state.servers import Servers
 from engine.state.userdata import UserData
@@ -157,6 +163,9 @@ class Repositories:
         self.agents = Agents(database, connection)
         self.user_data = UserData(database, connection)
         self.locks = Locks(database, connection)
+        self.leases = Leases(database, connection)
+        self.metrics = Metrics(database, connection)
+        self.alerts = Alerts(database, connection)
 
 
 class Store(Repositories):
@@ -204,4 +213,7 @@ class Store(Repositories):
             tx.jobs.forget_fleet(fleet)
             tx.agents.forget_fleet(fleet)
             tx.user_data.forget_fleet(fleet)
+            tx.leases.forget_fleet(fleet)
+            tx.metrics.forget_fleet(fleet)
+            tx.alerts.forget_fleet(fleet)
             tx.fleets.forget(fleet)
