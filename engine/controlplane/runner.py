@@ -15,13 +15,13 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.controlplane.app import AppSettings, ControlPlaneApi, create_app
+from engine.controlplane.app import AppSettings, ControlPlaneApi, HealthSource, create_app
 from engine.controlplane.handlers import (
     InstallHandler,
     PollInventoryHandler,
@@ -135,21 +135,33 @@ def running_control_plane(
     forwarded_allow_ips: str = "127.0.0.1",
     access_log: bool = False,
     log_level: str = "info",
+    also_listen: Sequence[tuple[str, int]] = (),
+    health: HealthSource | None = None,
+    drain_s: float | None = None,
 ) -> Iterator[RunningControlPlane]:
-    """Serve the control plane on host:port in a thread, with job workers and the monitor,
-    for the duration of the block; stop everything cleanly when it ends."""
+    """Serve the control plane on host:port (and on each of `also_listen`) in a thread, with
+    job workers and the monitor, for the duration of the block; stop everything cleanly when
+    it ends: the workers finish the jobs under way (with `drain_s`, those still running after
+    it are handed back to the queue). `health` adds to what /v1/health says."""
     import uvicorn
 
     sock = listening_socket(host, port)
     bound = sock.getsockname()[1]
+    sockets = [sock]
+    try:
+        sockets += [listening_socket(h, p) for h, p in also_listen]
+    except EngineError:
+        sock.close()
+        raise
     app = create_app(
         store,
         app_settings or AppSettings(state_dir=state_dir),
         metrics=last_heartbeat_metrics,
+        health=health,
     )
     server = uvicorn.Server(_uvicorn_config(app, forwarded_allow_ips, access_log, log_level))
     thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="control-plane", daemon=True
+        target=server.run, kwargs={"sockets": sockets}, name="control-plane", daemon=True
     )
     chosen = registry or default_registry(
         store, state_dir, installer=installer, provisioner=provisioner, readers=readers
@@ -166,7 +178,8 @@ def running_control_plane(
         stack.callback(gc.unfreeze)
         gc.freeze()
         stack.callback(app.state.api.close)
-        stack.callback(sock.close)
+        for opened in sockets:
+            stack.callback(opened.close)
         thread.start()
         deadline = time.monotonic() + 15
         while not server.started:
@@ -179,7 +192,9 @@ def running_control_plane(
             thread.join(timeout=15)
 
         stack.callback(stop_server)
-        pool = stack.enter_context(WorkerPool(store, chosen, workers=workers, lease_s=lease_s))
+        pool = WorkerPool(store, chosen, workers=workers, lease_s=lease_s)
+        pool.start()
+        stack.callback(pool.stop, drain_s)
         stack.enter_context(Monitor(store, heartbeat_misses=heartbeat_misses))
         shown = f"[{host}]" if ":" in host else host
         yield RunningControlPlane(
