@@ -18,6 +18,9 @@ round), at most `reconcile.repairs_per_hour` changes in any hour: the rest is re
 left. New servers and reinstalls go through the control plane's durable jobs, which every
 `engine serve` on the store runs.
 
+Each tick the owner also checks the fleet's alerts (engine.controlplane.alerts) against the
+agents' last heartbeats and the last run's drift.
+
 Ownership: a fleet's loop runs where its lease (engine.state.leases) is held. Each loop tries
 to take or renew its lease every few seconds; an `engine serve` that is killed stops
 renewing, and another one on the same store takes the fleet once the lease ran out
@@ -42,6 +45,7 @@ from types import TracebackType
 from typing import Any
 
 from engine.catalog import load_catalog
+from engine.controlplane.alerts import AlertEvaluator, fleet_readings
 from engine.model import Fleet, ReconcileMode
 from engine.plan import Change, Plan
 from engine.progress import StageBoard
@@ -274,6 +278,7 @@ class ReconcileLoops:
         self.lease_s = lease_s
         self.tick_s = tick_s
         self.status = {w.name: LoopStatus() for w in watches}
+        self.alerts = AlertEvaluator(store)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -317,6 +322,20 @@ class ReconcileLoops:
             done.set()
             thread.join()
 
+    def _check_alerts(self, watch: FleetWatch, lease: Lease) -> None:
+        now = watch.clock()
+        try:
+            readings = fleet_readings(
+                self.store,
+                watch.name,
+                watch.fleet.install.agent.heartbeat_s,
+                int(lease.last_result.get("drift", 0)),
+                now,
+            )
+            self.alerts.evaluate(watch.fleet, readings, now)
+        except Exception as error:  # the store: the next tick again
+            log.warning("alerts of %s: %s", watch.name, redact(str(error)))
+
     def _run(self, watch: FleetWatch) -> None:
         status = self.status[watch.name]
         while not self._stop.is_set():
@@ -349,6 +368,9 @@ class ReconcileLoops:
                     },
                 )
                 self.store.leases.record_run(watch.name, self.owner, outcome.as_result())
+                lease = dataclasses.replace(lease, last_result=outcome.as_result())
+            if lease is not None and watch.fleet.alerts:
+                self._check_alerts(watch, lease)
             self._stop.wait(self.tick_s)
         if status.owner:
             self.store.leases.release(watch.name, self.owner)

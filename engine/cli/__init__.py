@@ -34,6 +34,7 @@ COMMANDS = (
     "status",
     "serve",
     "apikey",
+    "alerts",
     "local",
     "containers",
 )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.controlplane.alerts import WebhookHandler
 from engine.controlplane.app import AppSettings, ControlPlaneApi, HealthSource, create_app
 from engine.controlplane.handlers import (
     InstallHandler,
@@ -63,7 +64,13 @@ def default_registry(
 ) -> JobRegistry:
     """The handlers of every job kind this control plane can run. Without an installer,
     install jobs wait in the queue for a control plane that has one."""
-    registry = JobRegistry([PollInventoryHandler(store, readers), SshCheckHandler(store, readers)])
+    registry = JobRegistry(
+        [
+            PollInventoryHandler(store, readers),
+            SshCheckHandler(store, readers),
+            WebhookHandler(store),
+        ]
+    )
     if installer is not None:
         registry.register(InstallHandler(store, installer, _deploy_key(state_dir)))
     if provisioner is not None:
