@@ -4,6 +4,7 @@ API answers the keys `engine apikey` makes."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -13,14 +14,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import yaml
 
 from engine.controlplane.fleets import register_fleet
 from engine.controlplane.phonehome import install_job
 from engine.model import Stage
-from engine.state import JobState, ServerRecord
+from engine.state import JobState, Lease, ServerRecord
 from engine.state.store import Store, open_store
 from tests.controlplane.conftest import HOST_KEYS, make_fleet
+from tests.fakes.hcloud import FakeHcloud
 from tests.support.cli import ROOT, engine
+from tests.support.http import serve as serve_app
 from tests.support.postgres import Cluster
 from tests.support.wait import wait_until
 
@@ -169,3 +173,55 @@ def test_the_fleet_api_answers_a_key_made_by_engine_apikey(tmp_path: Path) -> No
         answer = httpx.get(servers, headers={"Authorization": f"Bearer {key}"})
         assert (answer.status_code, answer.json()["servers"]) == (200, [])
         assert httpx.get(servers).status_code == 401
+
+
+def test_a_killed_instances_fleet_is_reconciled_by_the_other_within_a_minute(
+    tmp_path: Path, postgres: Cluster
+) -> None:
+    url = postgres.create_database()
+    fake = FakeHcloud()
+    fake.add_server("web-1", labels={"fleet": "web-prod", "managed-by": "fleet-engine"})
+    with serve_app(fake.app()) as base:
+        spec = yaml.safe_load((ROOT / "specs" / "hetzner.yaml").read_text())
+        spec["provider"]["endpoint"] = f"{base}/v1"
+        spec["control_plane"]["url"] = "https://127.0.0.1:8443"  # resolves without a network
+        spec["install"]["agent"]["image"] = "registry.example.com/fleet-agent:1"
+        spec["reconcile"] = {"interval": "10s"}
+        path = tmp_path / "web-prod.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        env = {"HCLOUD_TOKEN": fake.token}
+        with (
+            open_store(url) as store,
+            _serve(url, tmp_path / "state", env, "--spec", str(path)) as (
+                first,
+                _,
+            ),
+        ):
+
+            def owner() -> str:
+                lease = store.leases.get("web-prod")
+                if lease is None or lease.expires_at < dt.datetime.now(dt.UTC):
+                    return ""
+                return lease.owner.split("/")[1] if lease.last_run_at else ""
+
+            assert wait_until(owner, what="a first reconcile run") == str(first.pid)
+            drift = [e for e in store.events.all("web-prod") if e.kind == "reconcile.drift"]
+            assert drift and "web-2 create" in drift[0].message  # report mode: nothing made
+            with _serve(url, tmp_path / "state", env, "--spec", str(path)) as (second, _):
+                first.kill()  # SIGKILL: its lease is never released
+                first.wait(timeout=10)
+                killed_at = dt.datetime.now(dt.UTC)
+
+                def run_by_second() -> Lease | None:
+                    lease = store.leases.get("web-prod")
+                    ran = lease is not None and lease.last_run_at and lease.last_run_at > killed_at
+                    return lease if ran and owner() == str(second.pid) else None
+
+                lease = wait_until(
+                    run_by_second, timeout_s=60, what="the other instance to run the fleet's loop"
+                )
+                assert lease.last_result["drift"] == len(drift[0].data["changes"])
+            owners = [
+                e.data["owner"] for e in store.events.all("web-prod") if e.kind == "reconcile.owner"
+            ]
+            assert [o.split("/")[1] for o in owners] == [str(first.pid), str(second.pid)]

@@ -83,7 +83,7 @@ def test_serve_alone_makes_installs_watches_and_repairs_a_local_fleet(
             (first, *_) = wait_until(drift, timeout_s=60, what="the stop reported as drift")
             assert {k: first.data["changes"][0][k] for k in ("server", "action")} == {
                 "server": "web-2",
-                "action": "power-on",
+                "action": "power_on",
             }
             wait_until(
                 lambda: (
