@@ -145,7 +145,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, and the fields a call passed in
     `extra` (fleet, seconds, api_calls). Secrets are masked before (RedactingFilter)."""
 
-    _PLAIN = frozenset(vars(logging.makeLogRecord({})))
+    # uvicorn adds its message again with terminal colours: not for a log file.
+    _PLAIN = frozenset(vars(logging.makeLogRecord({}))) | {"color_message"}
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {

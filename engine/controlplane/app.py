@@ -75,6 +75,8 @@ _LOGGERS = (
     "engine.controlplane.jobs",
     "engine.controlplane.handlers",
     "engine.controlplane.monitor",
+    "engine.reconcile",
+    "engine.serve",
 )
 
 
