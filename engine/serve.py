@@ -203,6 +203,7 @@ def serve(
                 also_listen=local_sites,
                 health=health,
                 drain_s=drain_s,
+                root_logging=True,
             )
         )
         pool_size.append(lambda: plane.workers.alive)

@@ -109,11 +109,16 @@ def listening_socket(host: str, port: int, *, backlog: int = 2048) -> socket.soc
     return sock
 
 
-def _uvicorn_config(app: Any, forwarded_allow_ips: str, access_log: bool, log_level: str) -> Any:
+def _uvicorn_config(
+    app: Any, forwarded_allow_ips: str, access_log: bool, log_level: str, root_logging: bool
+) -> Any:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     return uvicorn.Config(
         app,
+        # None: uvicorn adds no handlers of its own, its records reach the root logger's.
+        log_config=None if root_logging else LOGGING_CONFIG,
         log_level=log_level,
         access_log=access_log,
         lifespan="off",
@@ -145,11 +150,14 @@ def running_control_plane(
     also_listen: Sequence[tuple[str, int]] = (),
     health: HealthSource | None = None,
     drain_s: float | None = None,
+    root_logging: bool = False,
 ) -> Iterator[RunningControlPlane]:
     """Serve the control plane on host:port (and on each of `also_listen`) in a thread, with
     job workers and the monitor, for the duration of the block; stop everything cleanly when
     it ends: the workers finish the jobs under way (with `drain_s`, those still running after
-    it are handed back to the queue). `health` adds to what /v1/health says."""
+    it are handed back to the queue). `health` adds to what /v1/health says; with
+    `root_logging`, uvicorn logs through the root logger's handlers, as the service's own
+    lines do."""
     import uvicorn
 
     sock = listening_socket(host, port)
@@ -166,7 +174,9 @@ def running_control_plane(
         metrics=last_heartbeat_metrics,
         health=health,
     )
-    server = uvicorn.Server(_uvicorn_config(app, forwarded_allow_ips, access_log, log_level))
+    server = uvicorn.Server(
+        _uvicorn_config(app, forwarded_allow_ips, access_log, log_level, root_logging)
+    )
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": sockets}, name="control-plane", daemon=True
     )
