@@ -225,3 +225,58 @@ def test_a_killed_instances_fleet_is_reconciled_by_the_other_within_a_minute(
                 e.data["owner"] for e in store.events.all("web-prod") if e.kind == "reconcile.owner"
             ]
             assert [o.split("/")[1] for o in owners] == [str(first.pid), str(second.pid)]
+
+
+def test_sigterm_lets_a_job_finish_within_the_drain_and_hands_back_one_past_it(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    log, gate = tmp_path / "probe.log", tmp_path / "gate"
+    log.touch()
+    gate.touch()
+    with open_store(url) as store:
+        _phoned_home(store, 2)  # one worker: web-1's install first, then web-2's
+        env = {"PROBE_LOG": str(log), "PROBE_GATE": str(gate)}
+        with _serve(url, tmp_path / "state", env, "--drain", "30") as (process, _):
+            wait_until(lambda: _log(log), what="the install to start")
+            process.send_signal(signal.SIGTERM)
+            gate.unlink()  # the install can end now, within the drain
+            assert process.wait(timeout=60) == 0
+        jobs = {j.server: j for j in store.jobs.all("web-prod", kind="install")}
+        assert jobs["web-1"].state is JobState.SUCCEEDED and jobs["web-1"].attempts == 1
+        assert jobs["web-2"].state is JobState.QUEUED  # not started once stopping
+        gate.touch()
+        with _serve(url, tmp_path / "state", env, "--drain", "0.5") as (process, _):
+            wait_until(lambda: len(_log(log)) == 3, what="the second install to start")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+        (handed,) = [j for j in store.jobs.all("web-prod", kind="install") if j.server == "web-2"]
+        assert handed.state is JobState.RUNNING  # its worker is gone and its lease ended:
+        assert handed.lease_expires_at is not None  # the next worker claims it at once
+        assert handed.lease_expires_at <= dt.datetime.now(dt.UTC)
+        gate.unlink()
+        with _serve(url, tmp_path / "state", env):
+            wait_until(
+                lambda: store.jobs.get(handed.id).state is JobState.SUCCEEDED,  # type: ignore[union-attr]
+                what="the handed-back job to be done",
+            )
+    assert [line[:2] for line in _log(log)] == [
+        ["start", "web-1"],
+        ["done", "web-1"],
+        ["start", "web-2"],
+        ["start", "web-2"],
+        ["done", "web-2"],
+    ]
+
+
+def test_health_says_a_fleet_whose_provider_cannot_be_reached_is_degraded(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    spec = str(ROOT / "specs" / "hetzner.yaml")
+    env = {"HCLOUD_TOKEN": ""}
+    with _serve(url, tmp_path / "state", env, "--spec", spec) as (_, base):
+        health = httpx.get(f"{base}/v1/health")
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    (problem,) = health.json()["degraded"]
+    assert problem.startswith("fleet web-prod: ") and "HCLOUD_TOKEN" in problem
