@@ -113,7 +113,8 @@ class Outcome:
 
 class FleetWatch:
     """One fleet as `engine serve` watches it: its spec, its provider's backend (connected;
-    `opened` when installs and repairs can run) and where its control plane listens."""
+    `opened` when installs and repairs can run), where its control plane listens, and the
+    install digest its servers should have (`digest`; by default the one for `site`)."""
 
     def __init__(
         self,
@@ -124,6 +125,7 @@ class FleetWatch:
         state_dir: Path,
         *,
         opened: bool,
+        digest: str | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         from engine.preview import fleet_digest
@@ -136,7 +138,9 @@ class FleetWatch:
         self.opened = opened
         self.clock = clock
         self.catalog = load_catalog(fleet.provider.name, state_dir)
-        self.digest = fleet_digest(fleet, site.url, site.sources)
+        # What an install puts on a server now, with agents reporting to `site` (given when
+        # the site is not known here: the one recorded, as a preview takes it).
+        self.digest = digest or fleet_digest(fleet, site.url, site.sources)
 
     @property
     def name(self) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from engine.errors import EngineError
 from engine.install.seam import Installer, InstallResult, InstallTarget
 from engine.model import Fleet, ProviderName
-from engine.providers.seam import Backend, Provisioned, Provisioner, RunOptions
+from engine.providers.seam import Backend, Provisioned, Provisioner, RunOptions, Site
 from engine.reconcile import FleetWatch, ReconcileLoops
 from engine.secrets import redact
 from engine.state import FleetSettings, ServerRecord
@@ -61,6 +61,7 @@ def open_fleet(fleet: Fleet, store: Store, state_dir: Path, listen: tuple[str, i
     one that cannot be reached at all is reported, and the rest of the service runs."""
     from engine.controlplane.fleets import register_fleet
     from engine.install.deploykey import ensure_deploy_key
+    from engine.preview import recorded_digest
     from engine.tokens import ensure_fleet_id, ensure_fleet_key
     from engine.up import backend_for, fleet_installer, placed_servers
 
@@ -81,9 +82,16 @@ def open_fleet(fleet: Fleet, store: Store, state_dir: Path, listen: tuple[str, i
             backend.connect()
         except EngineError as unreachable:
             return Opened(watch=None, problem=redact(f"fleet {fleet.name}: {unreachable}"))
-        register_fleet(store, fleet)
-        site = backend.site()
-        watch = FleetWatch(fleet, store, backend, site, state_dir, opened=False)
+        settings = register_fleet(store, fleet)
+        site = Site(
+            host=listen[0],
+            port=listen[1],
+            url=settings.control_plane_url,
+            sources=settings.control_plane_sources,
+        )
+        # Installed by the last run's control plane: the digest it installed with.
+        digest = recorded_digest(fleet, settings)
+        watch = FleetWatch(fleet, store, backend, site, state_dir, opened=False, digest=digest)
         return Opened(watch=watch, problem=problem)
     site = backend.site()
     register_fleet(store, fleet, url=site.url, sources=site.sources)

@@ -1,7 +1,8 @@
 """`engine serve` alone keeps a local fleet: no `engine up` runs at any point. Its reconcile
 loop (repair mode, a short interval) makes the servers, which phone home to it and are
 installed by its workers; a server stopped with `docker stop` is reported as drift and
-started and installed again; SIGTERM stops it cleanly. Real containers, real cloud-init,
+started and installed again, its drift alert fired and resolved to a webhook receiver with a
+valid signature; SIGTERM stops it cleanly. Real containers, real cloud-init,
 real SSH, the real agent, in this session's private Docker engine."""
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from engine.model import Stage
 from engine.providers.local.dockerd import PrivateDaemon
 from engine.state.store import open_store
 from tests.support.cli import ROOT
+from tests.support.http import serve as serve_app
 from tests.support.wait import wait_until
+from tests.support.webhook import SECRET, Receiver
 
 SPEC = {
     "apiVersion": "fleet/v1",
@@ -42,9 +45,22 @@ SPEC = {
 def test_serve_alone_makes_installs_watches_and_repairs_a_local_fleet(
     tmp_path: Path, dockerd: PrivateDaemon, golden_image: str, docker_client: Any
 ) -> None:
+    receiver = Receiver()
+    with serve_app(receiver.app()) as hooks:
+        _serve_alone(tmp_path, dockerd, docker_client, receiver, f"{hooks}/hook")
+
+
+def _serve_alone(
+    tmp_path: Path, dockerd: PrivateDaemon, docker_client: Any, receiver: Receiver, hook: str
+) -> None:
     spec, state_dir = tmp_path / "served.yaml", tmp_path / "state"
-    spec.write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    alerting = {
+        "alerts": [{"name": "drifted", "when": "drift"}],
+        "webhooks": [{"url": hook, "secret_env": "HOOK_SECRET"}],
+    }
+    spec.write_text(yaml.safe_dump({**SPEC, **alerting}, sort_keys=False))
     env = {
+        "HOOK_SECRET": SECRET,
         "DOCKER_HOST": dockerd.url,
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
         "HOME": os.environ.get("HOME", "/root"),
@@ -99,6 +115,17 @@ def test_serve_alone_makes_installs_watches_and_repairs_a_local_fleet(
             )
             kinds = [e.kind for e in store.events.all("served", after_id=seen)]
             assert "reconcile.repaired" in kinds
+
+            def said_after_the_stop() -> list[str]:
+                sent = receiver.bodies()
+                assert len(sent) == len(receiver.got)  # every one signed with the secret
+                return [b["state"] for b in sent if b["event_id"] > seen]
+
+            wait_until(
+                lambda: said_after_the_stop() == ["firing", "resolved"],
+                timeout_s=120,
+                what="the drift alert fired and resolved at the webhook",
+            )
     finally:
         process.send_signal(signal.SIGTERM)
         returned = process.wait(timeout=120)
