@@ -173,3 +173,5 @@ def configure_logging(log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    # httpx says every request it sends (agents, webhooks) at INFO: the jobs say what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
