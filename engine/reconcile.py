@@ -11,7 +11,8 @@ fleet's servers with the provider's paged list calls (through the backend's read
 the per-token budget engine.providers.retry.shared_budget keeps for every client of a token
 in the process) and what the agents say, and `preview.plan_fleet` plans, repairs included
 (engine.diff). Every change the plan holds is drift, recorded as a `reconcile.drift` event
-(and `reconcile.in-sync` when a fleet that drifted is back). With `reconcile.mode: repair`
+when it is new or differs from the last run's (and `reconcile.in-sync` when a fleet that
+drifted is back). With `reconcile.mode: repair`
 the changes are carried out through the backend exactly as `engine up` carries them out, the
 fleet's stack lock held (a run of `engine up` holding it is waited for by skipping this
 round), at most `reconcile.repairs_per_hour` changes in any hour: the rest is reported and
@@ -103,6 +104,7 @@ class Outcome:
         """What the lease row keeps of it."""
         return {
             "drift": len(self.drift),
+            "shown": _shown(self.drift),
             "repaired": len(self.repaired),
             "repairs": list(self.repairs),
             "api_calls": self.api_calls,
@@ -182,14 +184,15 @@ class FleetWatch:
             plan, changes=tuple(c for c in plan.changes if c.server not in busy)
         )
         drift = tuple(describe(c) for c in plan.changes)
-        if drift:
+        # Drift is recorded when it is new or changed, not again every interval it lasts.
+        if drift and _shown(drift) != before.get("shown"):
             self.store.events.record(
                 self.name,
                 "reconcile.drift",
                 f"{self.name} differs from its spec: {_shown(drift)}",
                 data={"changes": list(drift), "blocked": plan.is_blocked},
             )
-        elif before.get("drift"):
+        elif not drift and before.get("drift"):
             self.store.events.record(self.name, "reconcile.in-sync", f"{self.name} is as specified")
         now = self.clock()
         recent = tuple(

@@ -107,8 +107,10 @@ def test_report_mode_records_drift_and_changes_nothing(
     outcome = watch.reconcile()
     assert [(d["server"], d["action"]) for d in outcome.drift] == [("web-2", "power_on")]
     assert outcome.repaired == () and model.servers["web-2"].status == "off"
+    again = watch.reconcile(outcome.as_result())  # the same drift: not recorded again
+    assert again.drift == outcome.drift
     model.servers["web-2"] = dataclasses.replace(model.servers["web-2"], status="running")
-    assert watch.reconcile(outcome.as_result()).drift == ()
+    assert watch.reconcile(again.as_result()).drift == ()
     kinds = [e.kind for e in store.events.all(watch.name)]
     assert kinds == ["reconcile.drift", "reconcile.in-sync"]
 

@@ -12,8 +12,9 @@ Per alert and subject (each server; the fleet itself for drift):
                                                   (event alert.resolved, webhooks)
 
 What holds: cpu, memory, disk (the fullest, percent used) and load (1-minute load average)
-of the agent's last heartbeat above the threshold; unhealthy: the store says unhealthy or
-the agent missed three heartbeats (silent); drift: the last reconcile run found changes.
+of the agent's last heartbeat above the threshold; unhealthy: the store says unhealthy, or
+the agent reported once and has missed three heartbeats since (silent), even while a repair
+is under way; drift: the last reconcile run found changes.
 
 Webhooks never hold up the loop: each delivery is a durable `webhook` job, run by any worker
 on the store, retried with the job queue's back-off (2, 4, 8, ... s) up to WEBHOOK_ATTEMPTS.
@@ -70,9 +71,10 @@ def fleet_readings(
     metrics, unhealthy = {}, {}
     for record in store.servers.all(fleet):
         report = reports.get(record.name)
-        if record.stage in (Stage.READY, Stage.UNHEALTHY):
-            heard = is_heard(report.last_heartbeat_at if report else None, heartbeat_s, now)
-            unhealthy[record.name] = record.stage is Stage.UNHEALTHY or not heard
+        # An agent that reported once and is silent now, whatever the stage says: a repair
+        # under way (a reinstall) does not make it heard.
+        silent = report is not None and not is_heard(report.last_heartbeat_at, heartbeat_s, now)
+        unhealthy[record.name] = record.stage is Stage.UNHEALTHY or silent
         if report is not None:
             metrics[record.name] = heartbeat_values(report.metrics)
     return Readings(metrics=metrics, unhealthy=unhealthy, drift=drift)

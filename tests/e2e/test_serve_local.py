@@ -55,7 +55,7 @@ def _serve_alone(
 ) -> None:
     spec, state_dir = tmp_path / "served.yaml", tmp_path / "state"
     alerting = {
-        "alerts": [{"name": "drifted", "when": "drift"}],
+        "alerts": [{"name": "drifted", "when": "drift"}, {"name": "down", "when": "unhealthy"}],
         "webhooks": [{"url": hook, "secret_env": "HOOK_SECRET"}],
     }
     spec.write_text(yaml.safe_dump({**SPEC, **alerting}, sort_keys=False))
@@ -116,15 +116,39 @@ def _serve_alone(
             kinds = [e.kind for e in store.events.all("served", after_id=seen)]
             assert "reconcile.repaired" in kinds
 
-            def said_after_the_stop() -> list[str]:
+            def said(alert: str, server: str, after: int) -> list[str]:
                 sent = receiver.bodies()
                 assert len(sent) == len(receiver.got)  # every one signed with the secret
-                return [b["state"] for b in sent if b["event_id"] > seen]
+                return [
+                    b["state"]
+                    for b in sent
+                    if b["event_id"] > after and (b["alert"], b["subject"]) == (alert, server)
+                ]
 
             wait_until(
-                lambda: said_after_the_stop() == ["firing", "resolved"],
+                lambda: said("drifted", "", seen) == ["firing", "resolved"],
                 timeout_s=120,
                 what="the drift alert fired and resolved at the webhook",
+            )
+            # The agent silenced on a running server: its alert within 60 s, the reinstall
+            # the loop plans for a silent agent, and the alert resolved once it reports again.
+            seen = max(e.id for e in store.events.all("served"))
+            web1 = docker_client.containers.get("served-web-1")
+            assert web1.exec_run(["docker", "stop", "fleet-agent"]).exit_code == 0
+            wait_until(
+                lambda: said("down", "web-1", seen)[:1] == ["firing"],
+                timeout_s=60,
+                what="the silent agent's alert at the webhook",
+            )
+            wait_until(
+                lambda: said("down", "web-1", seen) == ["firing", "resolved"],
+                timeout_s=600,
+                what="the agent back after the reinstall, and the alert resolved",
+            )
+            wait_until(
+                lambda: stages() == {"web-1": Stage.READY, "web-2": Stage.READY},
+                timeout_s=300,
+                what="web-1 ready again",
             )
     finally:
         process.send_signal(signal.SIGTERM)
