@@ -215,18 +215,20 @@ class ControlPlaneApi:
         self._check_agent(token, fleet, server)
         before = self.store.servers.get(fleet, server)
         record_at = dt.datetime.now(dt.UTC)
-        record = self.store.agents.record_heartbeat(
-            AgentReport(
-                fleet=fleet,
-                server=server,
-                last_heartbeat_at=record_at,
-                sequence=int(body.get("sequence", 0)),
-                metrics=body["metrics"],
-                containers=body["containers"],
-                tls_fingerprint=body["tls_fingerprint"],
+        # The report and its history together: one commit, and neither without the other.
+        with self.store.transaction() as tx:
+            record = tx.agents.record_heartbeat(
+                AgentReport(
+                    fleet=fleet,
+                    server=server,
+                    last_heartbeat_at=record_at,
+                    sequence=int(body.get("sequence", 0)),
+                    metrics=body["metrics"],
+                    containers=body["containers"],
+                    tls_fingerprint=body["tls_fingerprint"],
+                )
             )
-        )
-        self.store.metrics.record(fleet, server, record_at, heartbeat_values(body["metrics"]))
+            tx.metrics.record(fleet, server, record_at, heartbeat_values(body["metrics"]))
         if before is not None and before.stage != record.stage and record.stage is Stage.READY:
             self.store.events.record(
                 fleet, "server.ready", f"{server} is ready: its agent reports", server=server
