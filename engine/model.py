@@ -225,6 +225,47 @@ class Limits:
     monthly_cost: float | None = None
 
 
+class ReconcileMode(StrEnum):
+    REPORT = "report"
+    REPAIR = "repair"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reconcile:
+    """How `engine serve` watches the fleet between runs (engine.reconcile)."""
+
+    interval_s: int = 300
+    mode: ReconcileMode = ReconcileMode.REPORT
+    repairs_per_hour: int = 10
+
+
+class AlertWhen(StrEnum):
+    CPU = "cpu"
+    MEMORY = "memory"
+    DISK = "disk"
+    LOAD = "load"
+    UNHEALTHY = "unhealthy"
+    DRIFT = "drift"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alert:
+    """One declared alert: `when` holds (over `above`, for metrics) for `for_s` seconds."""
+
+    name: str
+    when: AlertWhen
+    above: float | None = None
+    for_s: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Webhook:
+    """Where alert events go, signed with the secret in the variable `secret_env`."""
+
+    url: str
+    secret_env: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Fleet:
     """A validated fleet spec with defaults applied to every group."""
@@ -241,6 +282,9 @@ class Fleet:
     dns: tuple[DnsRecord, ...] = ()
     install: Install = Install()
     limits: Limits = Limits()
+    reconcile: Reconcile = Reconcile()
+    alerts: tuple[Alert, ...] = ()
+    webhooks: tuple[Webhook, ...] = ()
     source: str = ""
 
     def group(self, name: str) -> Group:

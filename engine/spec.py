@@ -15,7 +15,7 @@ Diagnostic codes (stable; tools may match on them):
     unknown_server_type unknown_location unknown_image unavailable architecture_mismatch
     placement_group_too_large invalid_label reserved_label invalid_port invalid_cidr
     overlapping_networks port_conflict dns_name_collision invalid_key user_data_too_large
-    unreachable
+    unreachable too_frequent
     internal_error (only from `engine validate`: a bug met in one of several files)
 """
 
@@ -28,6 +28,7 @@ import json
 import os
 import re
 import stat
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path as FsPath
@@ -37,6 +38,8 @@ from engine.catalog import Catalog, load_catalog
 from engine.errors import Diagnostic, SpecError
 from engine.model import (
     AgentInstall,
+    Alert,
+    AlertWhen,
     ControlPlane,
     DnsRecord,
     DockerInstall,
@@ -59,8 +62,11 @@ from engine.model import (
     Provider,
     ProviderName,
     Readiness,
+    Reconcile,
+    ReconcileMode,
     Ssh,
     SystemInstall,
+    Webhook,
     is_reserved_label,
 )
 from engine.yamldoc import Document, Path, YamlProblem, read_yaml, render_path, yaml11_reading
@@ -87,6 +93,10 @@ _HCLOUD_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])
 _DO_TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
 _PRIVATE_KEY = re.compile(r"PRIVATE KEY|^-----BEGIN")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+# Under this a reconcile loop reads the provider more often than anything changes there.
+MIN_RECONCILE_INTERVAL_S = 10
+METRIC_ALERTS = (AlertWhen.CPU, AlertWhen.MEMORY, AlertWhen.DISK, AlertWhen.LOAD)
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # What a group gets when neither it nor defaults say: the local provider has one sensible
 # choice of each, so a first spec needs no catalog knowledge. Names from engine/catalog/local.json.
 PROVIDER_DEFAULTS: dict[ProviderName, dict[str, Any]] = {
@@ -659,7 +669,53 @@ class _Checks:
         self.check_networks()
         self.check_load_balancers(names["groups"])
         self.check_dns(names["groups"])
+        self.check_reconcile()
+        self.check_alerts()
         return self.out
+
+    def check_reconcile(self) -> None:
+        reconcile = self.data.get("reconcile")
+        interval = reconcile.get("interval") if isinstance(reconcile, dict) else None
+        is_duration = isinstance(interval, str) and re.fullmatch(r"[1-9][0-9]{0,5}[smh]", interval)
+        if is_duration and parse_duration(str(interval)) < MIN_RECONCILE_INTERVAL_S:
+            self.add(
+                "too_frequent",
+                ("reconcile", "interval"),
+                f"reading the fleet every {interval} spends the provider's request budget "
+                "on little",
+                f"write {MIN_RECONCILE_INTERVAL_S}s or more, e.g. interval: 5m",
+            )
+
+    def check_alerts(self) -> None:
+        self.check_unique_names("alerts")
+        for i, alert in _dicts(self.data.get("alerts")):
+            when = alert.get("when")
+            if when in METRIC_ALERTS and "above" not in alert:
+                self.add(
+                    "missing_key",
+                    ("alerts", i),
+                    f"an alert on {when} needs a threshold",
+                    f"add above: N (the {when} value that raises it)",
+                )
+            elif when in (AlertWhen.UNHEALTHY, AlertWhen.DRIFT) and "above" in alert:
+                self.add(
+                    "not_applicable",
+                    ("alerts", i, "above"),
+                    f"an alert on {when} has no threshold",
+                    "remove above, or choose cpu, memory, disk or load",
+                    key=True,
+                )
+        for i, hook in _dicts(self.data.get("webhooks")):
+            url = hook.get("url")
+            if not isinstance(url, str) or not url.startswith("http://"):
+                continue
+            if urllib.parse.urlsplit(url).hostname not in _LOOPBACK:
+                self.add(
+                    "insecure_url",
+                    ("webhooks", i, "url"),
+                    "alert events would travel to this address in the clear",
+                    "use an https:// address (http:// is for a receiver on this host only)",
+                )
 
     def unsupported(self, path: Path, what: str, *, key: bool = True) -> None:
         self.add(
@@ -1293,6 +1349,7 @@ def _build_fleet(data: dict[str, Any], file: str) -> Fleet:
     system = install.get("system", {})
     agent = install.get("agent", {})
     limits = data.get("limits", {})
+    reconcile = data.get("reconcile", {})
     defaults = {
         **PROVIDER_DEFAULTS.get(ProviderName(provider["name"]), {}),
         **data.get("defaults", {}),
@@ -1392,5 +1449,22 @@ def _build_fleet(data: dict[str, Any], file: str) -> Fleet:
             memory_gb=limits.get("memory_gb"),
             disk_gb=limits.get("disk_gb"),
             monthly_cost=limits.get("monthly_cost"),
+        ),
+        reconcile=Reconcile(
+            interval_s=parse_duration(reconcile.get("interval", "5m")),
+            mode=ReconcileMode(reconcile.get("mode", ReconcileMode.REPORT)),
+            repairs_per_hour=reconcile.get("repairs_per_hour", 10),
+        ),
+        alerts=tuple(
+            Alert(
+                name=a["name"],
+                when=AlertWhen(a["when"]),
+                above=a.get("above"),
+                for_s=parse_duration(a["for"]) if "for" in a else 0,
+            )
+            for a in data.get("alerts", ())
+        ),
+        webhooks=tuple(
+            Webhook(url=w["url"], secret_env=w["secret_env"]) for w in data.get("webhooks", ())
         ),
     )

@@ -360,7 +360,7 @@ def serving(
     ensure_fleet_key(options.state_dir, fleet.name)
     ensure_deploy_key(options.state_dir, fleet.name)
     fleet_id = ensure_fleet_id(options.state_dir, fleet.name)
-    installer = _installer(fleet, backend, site, options.state_dir)
+    installer = fleet_installer(fleet, backend, site, options.state_dir)
     provisioner = backend.provisioner(store, servers)
     with running_control_plane(
         store,
@@ -384,7 +384,8 @@ def serving(
         )
 
 
-def _installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> FleetInstaller:
+def fleet_installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> FleetInstaller:
+    """The installer of `fleet`'s servers, agents reporting to `site`."""
     from engine.install.installer import FleetInstaller
     from engine.preview import fleet_digest
     from engine.state.files import private_dir
@@ -577,7 +578,7 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
     backend = backend_for(fleet, options, board.note)
     try:
         backend.open()
-        installer = _installer(fleet, backend, backend.site(), options.state_dir)
+        installer = fleet_installer(fleet, backend, backend.site(), options.state_dir)
         board.note(
             f"Asking {len(targets)} installed server(s) what an install would change "
             "(dry run: nothing changes)"

@@ -21,7 +21,7 @@ LAYERS = (
     (5, r"engine\.providers\.(seam|retry|naming)"),
     (6, r"engine\.(providers|install|agent)(\..+)?|stacks(\..+)?|deploys(\..+)?"),
     (7, r"engine\.controlplane(\..+)?"),
-    (8, r"engine\.(up|signals|preview|converge|remote)"),
+    (8, r"engine\.(up|signals|preview|converge|remote|reconcile|serve)"),
     (9, r"engine\.(cli(\..+)?|__main__)"),
 )
 # The upward imports docs/architecture.md names, with its reasons.

@@ -35,6 +35,7 @@ COMMANDS = (
     "serve",
     "apikey",
     "runs",
+    "alerts",
     "local",
     "containers",
 )

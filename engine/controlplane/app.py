@@ -1,12 +1,13 @@
 """The control plane's HTTP API (Starlette), built by `create_app`.
 
-    GET  /v1/health                     no auth; {"status": "ok"}
+    GET  /v1/health                     no auth; {"status": "ok" | "degraded", "degraded": [...]}
     POST /v1/phone-home                 one-time phone-home token   (engine.controlplane.phonehome)
     POST /v1/heartbeat                  the agent's heartbeat token
     POST /v1/agent-events               the agent's heartbeat token
     GET  /v1/servers?fleet=F            API key
     GET  /v1/servers/{name}?fleet=F     API key
     GET  /v1/events?fleet=F[&server=S][&after=ID][&limit=N]   API key
+    GET  /v1/fleets/{fleet}/servers/{name}/metrics[?since=6h][&step=5m]   API key
 
 Every other route is 404. API keys go in `Authorization: Bearer fek_...`; each key has a
 token bucket (100 requests a second, bursts of 200 by default) and a request over it gets
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,7 @@ from engine.controlplane.views import (
 from engine.model import Stage
 from engine.secrets import RedactingFilter, redact
 from engine.state import AgentReport, ApiKey, Scope
+from engine.state.metrics import heartbeat_values
 from engine.state.store import Store
 from engine.tokens import TokenPurpose, expected_token, is_same_token
 
@@ -73,7 +77,13 @@ _LOGGERS = (
     "engine.controlplane.jobs",
     "engine.controlplane.handlers",
     "engine.controlplane.monitor",
+    "engine.reconcile",
+    "engine.serve",
 )
+
+
+# What else is degraded, in a few words each ("fleet web-prod: no reconcile for 12 min").
+HealthSource = Callable[[], Sequence[str]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,10 +132,12 @@ class ControlPlaneApi:
         *,
         lookup: InventoryLookup | None = None,
         metrics: MetricsSource = last_heartbeat_metrics,
+        health: HealthSource | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.metrics = metrics
+        self.health_source = health
         self.lookup = lookup or InventoryLookup(min_interval_s=settings.inventory_min_interval_s)
         self.phone_home = PhoneHomeService(store, settings.state_dir, self.lookup)
         self.api_keys = ApiKeyVerifier(store, settings.state_dir)
@@ -138,8 +150,19 @@ class ControlPlaneApi:
 
     # --- servers talking to us -------------------------------------------------------------
 
+    def _degraded(self) -> tuple[int, list[str]]:
+        try:
+            self.store.schema_version()
+        except Exception as error:  # whatever the driver raises: the store is what is down
+            return 503, [redact(f"the state store cannot be read: {error}")]
+        return 200, list(self.health_source() if self.health_source else ())
+
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        """200 while the store answers (with what else is degraded, if anything); 503 when
+        it does not."""
+        status, degraded = await run_in_threadpool(self._degraded)
+        body = {"status": "degraded" if degraded else "ok", "degraded": degraded}
+        return JSONResponse(body, status_code=status)
 
     def check_failures(self, source: str) -> None:
         if self.failure_limiter.remaining(source) < 1:
@@ -175,17 +198,21 @@ class ControlPlaneApi:
         fleet, server = body["fleet"], body["server"]
         self._check_agent(token, fleet, server)
         before = self.store.servers.get(fleet, server)
-        record = self.store.agents.record_heartbeat(
-            AgentReport(
-                fleet=fleet,
-                server=server,
-                last_heartbeat_at=dt.datetime.now(dt.UTC),
-                sequence=int(body.get("sequence", 0)),
-                metrics=body["metrics"],
-                containers=body["containers"],
-                tls_fingerprint=body["tls_fingerprint"],
+        record_at = dt.datetime.now(dt.UTC)
+        # The report and its history together: one commit, and neither without the other.
+        with self.store.transaction() as tx:
+            record = tx.agents.record_heartbeat(
+                AgentReport(
+                    fleet=fleet,
+                    server=server,
+                    last_heartbeat_at=record_at,
+                    sequence=int(body.get("sequence", 0)),
+                    metrics=body["metrics"],
+                    containers=body["containers"],
+                    tls_fingerprint=body["tls_fingerprint"],
+                )
             )
-        )
+            tx.metrics.record(fleet, server, record_at, heartbeat_values(body["metrics"]))
         if before is not None and before.stage != record.stage and record.stage is Stage.READY:
             self.store.events.record(
                 fleet, "server.ready", f"{server} is ready: its agent reports", server=server
@@ -329,6 +356,58 @@ class ControlPlaneApi:
             {"fleet": fleet, "events": [event_document(e) for e in events]}, headers=headers
         )
 
+    def _metrics(self, fleet: str, name: str, since: dt.datetime, step_s: int) -> dict[str, Any]:
+        if self.store.fleets.get(fleet) is None:
+            raise ApiError(404, "fleet_not_found", f"this control plane serves no fleet {fleet}")
+        if self.store.servers.get(fleet, name) is None:
+            raise ApiError(404, "server_not_found", f"fleet {fleet} has no server {name}")
+        points = self.store.metrics.series(fleet, name, since=since, step_s=step_s)
+        return {
+            "fleet": fleet,
+            "server": name,
+            "since": since.isoformat(),
+            "step_s": points[0].step_s if points else step_s,
+            "points": [{"at": p.at.isoformat(), "samples": p.samples, **p.values} for p in points],
+        }
+
+    async def get_metrics(self, request: Request) -> Response:
+        """A server's metric history: ?since= (an ISO time, or a duration back from now such
+        as 6h; default 1h) and ?step= (a duration of whole minutes; default 1m)."""
+        self.check_failures(_source(request))
+        _, headers = self.authorize(request, Scope.READ, request.path_params["fleet"])
+        since, step_s = metrics_query(request.query_params, dt.datetime.now(dt.UTC))
+        document = await run_in_threadpool(
+            self._metrics, request.path_params["fleet"], request.path_params["name"], since, step_s
+        )
+        return JSONResponse(document, headers=headers)
+
+
+def metrics_query(query: Mapping[str, str], now: dt.datetime) -> tuple[dt.datetime, int]:
+    """`since` and `step` of a metrics request, or a 422 naming the bad field."""
+    fields = []
+    since_text, step_text = query.get("since", "1h"), query.get("step", "1m")
+    since = now
+    if re.fullmatch(r"[1-9][0-9]{0,5}[smhd]", since_text):
+        since = now - dt.timedelta(seconds=int(since_text[:-1]) * _UNIT_S[since_text[-1]])
+    else:
+        try:
+            since = dt.datetime.fromisoformat(since_text)
+        except ValueError:
+            fields.append(FieldError("since", "an ISO 8601 time or a duration such as 6h"))
+        else:
+            if since.tzinfo is None:
+                fields.append(FieldError("since", "give the time zone, e.g. 2026-11-05T10:00Z"))
+    step_s = 0
+    if re.fullmatch(r"[1-9][0-9]{0,5}[smhd]", step_text):
+        step_s = int(step_text[:-1]) * _UNIT_S[step_text[-1]]
+    if step_s < 60 or step_s % 60:
+        fields.append(FieldError("step", "a duration of whole minutes such as 1m, 15m or 1h"))
+    if fields:
+        raise ApiError(422, "invalid_query", "the query is not valid", fields=fields)
+    return since, step_s
+
+
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # Every error answer leaves through one of these three handlers, which is where it is counted.
 
@@ -369,7 +448,8 @@ def endpoints(api: ControlPlaneApi, fleets: FleetApi) -> list[Endpoint]:
     f = "/v1/fleets/{fleet}"
     table = [
         Endpoint(method="GET", path="/v1/health", handler=api.health, auth="none",
-                 summary="Whether the control plane answers", answers={200: "Health"}),
+                 summary="Whether the control plane answers, and what is degraded (503: its "
+                 "store does not answer)", answers={200: "Health", 503: "Health"}),
         Endpoint(method="GET", path="/v1/openapi.json", handler=get_openapi, auth="none",
                  summary="This document"),
         Endpoint(method="POST", path="/v1/phone-home", handler=api.post_phone_home,
@@ -419,6 +499,11 @@ def endpoints(api: ControlPlaneApi, fleets: FleetApi) -> list[Endpoint]:
                  handler=fleets.post_server_action, scope=apply, body="ServerAction",
                  answers={202: "Run"}, errors=(404,), summary="Reboot, power off or on, "
                  "rebuild or snapshot a server"),
+        Endpoint(method="GET", path=f"{f}/servers/{{name}}/metrics", handler=api.get_metrics,
+                 scope=read, answers={200: "Metrics"}, errors=(404, 422),
+                 query=(("since", "an ISO time or a duration back from now, e.g. 6h (1h)"),
+                        ("step", "whole minutes between points, e.g. 15m (1m)")),
+                 summary="A server's metric history from its heartbeats"),
         Endpoint(method="GET", path=f"{f}/events", handler=fleets.get_events, scope=read,
                  answers={200: "Events"}, errors=(404, 422),
                  query=(("since", "events after this id"),
@@ -443,11 +528,12 @@ def create_app(
     lookup: InventoryLookup | None = None,
     metrics: MetricsSource = last_heartbeat_metrics,
     planner: FleetPlanner | None = None,
+    health: HealthSource | None = None,
 ) -> Starlette:
     """The control plane's ASGI app over `store` (which the caller opens and closes); with a
     `planner`, the fleet API makes plans (`engine serve`; a control plane inside one `engine
-    up` has none)."""
-    api = ControlPlaneApi(store, settings, lookup=lookup, metrics=metrics)
+    up` has none); `health` says what else is degraded."""
+    api = ControlPlaneApi(store, settings, lookup=lookup, metrics=metrics, health=health)
     fleets = FleetApi(api, settings.state_dir, planner)
     compile_checks()
     api.phone_home.warm()

@@ -25,6 +25,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -237,11 +238,27 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float | None = None) -> None:
+        """Stop taking jobs and wait for the ones under way; with `drain_s`, at most that
+        long: jobs still running then are handed back (their leases ended, so any worker on
+        the store claims them at once; handlers are idempotent) rather than lost or waited
+        for."""
         self._stop.set()
-        for thread in self._threads:
-            thread.join()
+        deadline = None if drain_s is None else time.monotonic() + drain_s
+        busy = []
+        for worker, thread in zip(self.workers, self._threads, strict=True):
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                busy.append(worker.owner)
+        if busy:
+            handed = self.store.jobs.expire_leases(busy)
+            log.warning("stopped with %d job(s) under way: handed back to the queue", handed)
         self._threads.clear()
+
+    @property
+    def alive(self) -> int:
+        """How many worker threads run."""
+        return sum(thread.is_alive() for thread in self._threads)
 
     def __enter__(self) -> WorkerPool:
         self.start()

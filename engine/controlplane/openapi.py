@@ -187,7 +187,35 @@ def component_schemas() -> dict[str, Any]:
     return {
         "Object": {"type": "object"},
         "Error": _ERROR,
-        "Health": {"type": "object", "required": ["status"]},
+        "Health": {
+            "type": "object",
+            "required": ["status", "degraded"],
+            "properties": {
+                "status": {"enum": ["ok", "degraded"]},
+                "degraded": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "Metrics": {
+            "type": "object",
+            "required": ["fleet", "server", "since", "step_s", "points"],
+            "properties": {
+                "fleet": {"type": "string"},
+                "server": {"type": "string"},
+                "since": {"type": "string", "format": "date-time"},
+                "step_s": {"type": "integer"},
+                "points": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["at", "samples"],
+                        "properties": {
+                            "at": {"type": "string", "format": "date-time"},
+                            "samples": {"type": "integer"},
+                        },
+                    },
+                },
+            },
+        },
         "PhoneHome": phone_home_schema(),
         "Heartbeat": HEARTBEAT,
         "AgentEvent": AGENT_EVENT,

@@ -369,3 +369,51 @@ def stage_durations(transitions: Sequence[Transition]) -> tuple[tuple[Stage, flo
         (current.stage, (following.at - current.at).total_seconds())
         for current, following in pairwise(ordered)
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """Who runs a fleet's reconcile loop, until when, and what its last run found.
+
+    `owner` is host/pid/random (engine.controlplane.jobs.worker_id); a lease past `expires_at`
+    is anyone's to take."""
+
+    fleet: str
+    owner: str
+    acquired_at: dt.datetime
+    expires_at: dt.datetime
+    last_run_at: dt.datetime | None = None
+    last_result: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricPoint:
+    """One server's metrics averaged over `step_s` seconds from `at`: cpu, memory and disk
+    in percent used, load the 1-minute load average; `samples` heartbeats went into it."""
+
+    fleet: str
+    server: str
+    step_s: int
+    at: dt.datetime
+    samples: int
+    values: Mapping[str, float]
+
+
+class AlertState(StrEnum):
+    PENDING = "pending"  # the condition holds, not yet for long enough
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertRecord:
+    """One alert of one fleet about one subject (a server, or "" for the fleet)."""
+
+    fleet: str
+    alert: str
+    subject: str
+    state: AlertState
+    since: dt.datetime
+    value: float | None = None
+    fired_at: dt.datetime | None = None
+    resolved_at: dt.datetime | None = None

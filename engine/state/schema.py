@@ -409,6 +409,44 @@ def _add_api_key_columns_7(connection: Connection) -> None:
         add_column(connection, "api_keys", column)
 
 
+def _serve(metadata: MetaData) -> None:
+    # Who runs each fleet's reconcile loop: one owner among the `engine serve` on a store.
+    Table(
+        "reconcile_leases",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("owner", String(200), nullable=False),
+        Column("acquired_at", UtcDateTime(), nullable=False),
+        Column("expires_at", UtcDateTime(), nullable=False),
+        Column("last_run_at", UtcDateTime()),
+        Column("last_result", JSON, nullable=False),
+    )
+    # Heartbeats' metrics kept as averages per step (1 minute, 15 minutes), pruned by age.
+    Table(
+        "metric_points",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("server", String(63), primary_key=True),
+        Column("step_s", Integer, primary_key=True, autoincrement=False),
+        Column("at", UtcDateTime(), primary_key=True),
+        Column("samples", Integer, nullable=False),
+        Column("sums", JSON, nullable=False),
+        Index("ix_metric_points_age", "step_s", "at"),
+    )
+    Table(
+        "alerts",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("alert", String(63), primary_key=True),
+        Column("subject", String(63), primary_key=True),
+        Column("state", String(20), nullable=False),
+        Column("since", UtcDateTime(), nullable=False),
+        Column("value", JSON),
+        Column("fired_at", UtcDateTime()),
+        Column("resolved_at", UtcDateTime()),
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "servers, server_transitions, events, locks", _servers_events_locks),
     Migration(
@@ -431,6 +469,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _control_plane_address,
         _add_fleet_columns_5,
     ),
+    Migration(6, "engine serve: reconcile leases, metric history, alert states", _serve),
     Migration(
         7,
         "the write API: key scopes, fleet grants and HMAC hashing; audit; specs, plans, runs",

@@ -25,6 +25,9 @@ methods and gets the frozen records of `engine.state`:
     audit        writes through the API and the key commands  engine.state.audit
     specs        fleet specs registered through the API       engine.state.specs
     runs         plans made through the API and their runs    engine.state.runs
+    leases       who runs each fleet's reconcile loop         engine.state.leases
+    metrics      each server's metric history                 engine.state.metrics
+    alerts       each declared alert's state                  engine.state.alerts
 
 The tables and their migrations are in engine.state.schema.
 """
@@ -45,6 +48,7 @@ from engine.errors import EngineError
 from engine.secrets import redact, register_secret
 from engine.state import schema
 from engine.state.agents import Agents
+from engine.state.alerts import Alerts
 from engine.state.apikeys import ApiKeys
 from engine.state.audit import Audit
 from engine.state.database import BUSY_TIMEOUT_S, Database
@@ -52,7 +56,9 @@ from engine.state.events import Events
 from engine.state.files import FILE_MODE, private_dir, private_file
 from engine.state.fleets import Fleets
 from engine.state.jobs import Jobs
+from engine.state.leases import Leases
 from engine.state.locks import Locks
+from engine.state.metrics import Metrics
 from engine.state.phonehomes import PhoneHomes
 from engine.state.runs import Runs
 from engine.state.servers import Servers
@@ -166,6 +172,9 @@ class Repositories:
         self.audit = Audit(database, connection)
         self.specs = Specs(database, connection)
         self.runs = Runs(database, connection)
+        self.leases = Leases(database, connection)
+        self.metrics = Metrics(database, connection)
+        self.alerts = Alerts(database, connection)
 
 
 class Store(Repositories):
@@ -213,6 +222,9 @@ class Store(Repositories):
             tx.jobs.forget_fleet(fleet)
             tx.agents.forget_fleet(fleet)
             tx.user_data.forget_fleet(fleet)
+            tx.leases.forget_fleet(fleet)
+            tx.metrics.forget_fleet(fleet)
+            tx.alerts.forget_fleet(fleet)
             tx.fleets.forget(fleet)
             tx.specs.forget(fleet)
             tx.runs.forget_fleet(fleet)
