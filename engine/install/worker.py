@@ -105,6 +105,14 @@ def _keep_alive(connector: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, LOST_AFTER_S * 1000)
 
 
+def _no_delay(connector: Any) -> None:
+    """Send each SSH packet at once. paramiko leaves Nagle's algorithm on, so every command's
+    last packet waits for the server's delayed ACK (about 40 ms): most of an idle round trip,
+    and a deploy runs about a hundred of them."""
+    sock = connector.client.get_transport().sock
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _connect_message(host: InstallHost, detail: str) -> str:
     where = f"{host.address}:{host.port}"
     if "host key" in detail.lower() and "does not match" in detail.lower():
@@ -200,6 +208,7 @@ def run_request(request: HostRequest) -> HostResult:
             return _finish(result, started, error=message)
         connect_seconds = time.monotonic() - started
         _keep_alive(inventory_host.connector)
+        _no_delay(inventory_host.connector)
         error = ""
         try:
             add_deploy(state, install_server, request)
