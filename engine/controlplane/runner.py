@@ -179,6 +179,7 @@ def running_control_plane(
 
         stack.callback(stop_server)
         pool = stack.enter_context(WorkerPool(store, chosen, workers=workers, lease_s=lease_s))
+        app.state.api.jobs_enqueued = pool.wake
         stack.enter_context(Monitor(store, heartbeat_misses=heartbeat_misses))
         shown = f"[{host}]" if ":" in host else host
         yield RunningControlPlane(
