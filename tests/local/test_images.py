@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from deploys.docker import daemon_json
+from engine.model import DockerInstall
 from engine.providers.local.dockerd import PrivateDaemon
 from engine.providers.local.images import GOLDEN_CONTEXT, context_hash, ensure_golden_image
 from engine.providers.local.machines import MachineSpec, create_machine, write_seed
@@ -26,6 +28,11 @@ def test_golden_image_is_cached_by_recipe(docker_client: Any, golden_image: str)
         same = context_hash(copy)
         (copy / "boot.sh").write_text((copy / "boot.sh").read_text() + "\n# changed\n")
         assert context_hash(copy) != same
+
+
+def test_docker_in_the_golden_image_has_the_settings_the_install_writes_by_default() -> None:
+    baked = (GOLDEN_CONTEXT / "daemon.json").read_text()
+    assert baked == daemon_json(DockerInstall())
 
 
 def test_engine_local_image_shows_the_golden_image(
@@ -56,7 +63,7 @@ def test_a_golden_container_boots_with_cloud_init_and_serves_ssh(
         assert b"status: done" in result.output, result.output.decode()
         assert container.exec_run(["cat", "/run/booted"]).output == b"booted\n"
         keys = container.exec_run(["sh", "-c", "ls /etc/ssh/ssh_host_*_key.pub"]).output.split()
-        assert len(keys) == 3
+        assert len(keys) == 2  # ecdsa and ed25519 (golden/99-fleet-local.cfg)
         data = json.loads(container.exec_run(["cloud-init", "query", "--all"]).output)
         assert data["v1"]["instance_id"] == "i-test-1"
         container.reload()
