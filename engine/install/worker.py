@@ -40,6 +40,7 @@ from engine.install.model import (
     InstallHost,
     OperationResult,
 )
+from engine.install.sharing import pinned_known_hosts
 from engine.secrets import RedactingFilter, redact, register_secret
 
 CONNECT_TIMEOUT_S = 15
@@ -86,11 +87,6 @@ class _ErrorLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines = [*self.lines[-9:], record.getMessage()]
-
-
-def _known_hosts(host: InstallHost) -> str:
-    pattern = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
-    return "".join(f"{pattern} {' '.join(key.split()[:2])}\n" for key in host.host_keys)
 
 
 def _keep_alive(connector: Any) -> None:
@@ -179,7 +175,7 @@ def run_request(request: HostRequest) -> HostResult:
     )
     with tempfile.TemporaryDirectory(prefix="engine-install-") as tmp:
         known_hosts = Path(tmp) / "known_hosts"
-        known_hosts.write_text(_known_hosts(host))
+        known_hosts.write_text(pinned_known_hosts(host.address, host.port, host.host_keys))
         ssh_config = Path(tmp) / "ssh_config"
         ssh_config.write_text("")
         data = {
