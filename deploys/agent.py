@@ -158,7 +158,7 @@ def fetch_script(peer: ImagePeer, keep: str) -> str:
     with it (`peer`'s host keys pinned), forgets the key, then runs `keep`."""
     pinned = pinned_known_hosts(peer.address, peer.port, peer.host_keys)
     ssh = (
-        'ssh -F /dev/null -i "$d/key" -o UserKnownHostsFile="$d/known_hosts"'
+        'ssh -T -F /dev/null -i "$d/key" -o UserKnownHostsFile="$d/known_hosts"'
         " -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o BatchMode=yes"
         f" -o ConnectTimeout={PEER_CONNECT_TIMEOUT_S} -p {peer.port}"
         f" {shlex.quote(f'{IMAGE_USER}@{peer.address}')}"
