@@ -36,10 +36,10 @@ class AgentRun:
     `argv` is the whole `docker run` command that starts it, as
     `engine.install.agent.docker_run_argv(agent_run_options(image, settings))` gives it: it names
     the container (`--name`) and runs `image`. The server pulls `image` from its registry
-    when the fleet's install.agent.image names it; otherwise the engine copies it from its own
-    Docker (`docker save` streamed over SSH into `docker load`). `directories` are made
-    (mode 0700) and `files` written before the container starts; `health` is a command run
-    on the server that exits 0 once the agent is healthy.
+    when the fleet's install.agent.image names it; otherwise it is copied from the engine's
+    Docker, to one server and from server to server (engine/install/sharing.py).
+    `directories` are made (mode 0700) and `files` written before the container starts;
+    `health` is a command run on the server that exits 0 once the agent is healthy.
     """
 
     image: str

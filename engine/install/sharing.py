@@ -3,15 +3,16 @@
 When the agent image is copied rather than pulled (no `install.agent.image`), the first
 server of a fleet that lacks it gets it from the engine, over SSH, as the archive `docker save`
 made. Every server that has checked and loaded it keeps the archive and becomes a *peer*; the
-servers after it fetch the archive from a peer over the fleet's private network instead. A
-fleet of fifty servers costs the engine's uplink one image, not fifty.
+servers after it fetch the archive from a peer over the fleet's private network instead (or
+at the peer's public address, for a server on no private network). A fleet of fifty servers
+costs the engine's uplink one image, not fifty.
 
     peers      <folder>/image-<id>/peers: one JSON line per peer (its name, the address the
                fleet reaches it at, its SSH port and pinned host keys), changed under a lock
     seeding    <folder>/image-<id>/seed.lock: held by the one install that streams the image
                from the engine while it does; the others wait for it, then fetch from that server
-    image key  <state_dir>/keys/<fleet>-image: an SSH key pair of the fleet's. Every server lets
-               it in as the user fleet-image, whose only command sends the archive it keeps
+    image key  <state_dir>/keys/<fleet>-image: an SSH key pair of the fleet's. Every peer lets it
+               in as the user fleet-image, whose only command sends the archive it keeps
                (`restrict,command=...`, deploys/agent.py); a server holds the private half only
                while it fetches. It opens nothing but a copy of the agent image, which is no secret.
 
