@@ -33,6 +33,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -99,6 +100,14 @@ def fleet_sharing(state_dir: Path, fleet: str) -> ImageSharing:
     public = ensure_key_pair(key, f"fleet-engine-image@{fleet}")
     folder = private_dir(state_dir, "images", fleet)
     return ImageSharing(folder=str(folder), key=str(key), public_key=public)
+
+
+def forget_sharing(state_dir: Path, fleet: str) -> None:
+    """Remove what `fleet_sharing` made for `fleet` (its image key, its peer lists)."""
+    key = image_key_path(state_dir, fleet)
+    key.unlink(missing_ok=True)
+    key.with_name(key.name + ".pub").unlink(missing_ok=True)
+    shutil.rmtree(state_dir / "images" / fleet, ignore_errors=True)
 
 
 def pinned_known_hosts(address: str, port: int, host_keys: tuple[str, ...]) -> str:

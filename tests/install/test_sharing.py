@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from engine.install.model import ImagePeer, ImageSharing
-from engine.install.sharing import PeerList, deliver, fleet_sharing, pinned_known_hosts, ranked
+from engine.install.sharing import (
+    PeerList,
+    deliver,
+    fleet_sharing,
+    forget_sharing,
+    pinned_known_hosts,
+    ranked,
+)
 
 IMAGE = "sha256:" + "ab" * 32
 
@@ -35,6 +42,18 @@ def test_the_fleet_key_is_private_and_made_once(sharing: ImageSharing, tmp_path:
     assert sharing.public_key.startswith("ssh-ed25519 ")
     assert sharing.public_key.endswith(" fleet-engine-image@web")
     assert fleet_sharing(tmp_path / "state", "web") == sharing
+
+
+def test_forgetting_a_fleet_removes_its_key_and_peer_lists(
+    sharing: ImageSharing, tmp_path: Path
+) -> None:
+    PeerList(sharing, IMAGE).add(peer("web-1"))
+    other = fleet_sharing(tmp_path / "state", "db")
+    forget_sharing(tmp_path / "state", "web")
+    assert not Path(sharing.key).exists()
+    assert not Path(sharing.key + ".pub").exists()
+    assert not Path(sharing.folder).exists()
+    assert Path(other.key).exists()
 
 
 def test_the_peer_list_adds_replaces_and_drops_by_name(sharing: ImageSharing) -> None:
