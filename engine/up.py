@@ -658,6 +658,7 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
     """Delete every resource of the fleet, its state rows and its keys."""
     from engine.diff import DiffOptions, diff_fleet
     from engine.install.deploykey import deploy_key_path
+    from engine.install.sharing import forget_sharing
     from engine.preview import recorded_digest
     from engine.tokens import fleet_id_path, key_path
 
@@ -695,6 +696,7 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
             deploy_key_path(options.state_dir, fleet.name).with_suffix(".pub"),
         ):
             path.unlink(missing_ok=True)
+        forget_sharing(options.state_dir, fleet.name)
         board.note(
             f"Destroyed fleet {fleet.name}: {len(actual)} server(s), its networks and state."
         )

@@ -56,7 +56,7 @@ from engine.controlplane.views import (
 )
 from engine.model import Stage
 from engine.secrets import RedactingFilter, redact
-from engine.state import AgentReport, ApiKey, Scope
+from engine.state import AgentReport, ApiKey, PhoneHomeOutcome, Scope
 from engine.state.metrics import heartbeat_values
 from engine.state.store import Store
 from engine.tokens import TokenPurpose, expected_token, is_same_token
@@ -143,6 +143,9 @@ class ControlPlaneApi:
         self.api_keys = ApiKeyVerifier(store, settings.state_dir)
         self.api_limiter = RateLimiter(settings.api_rate_per_s, settings.api_burst)
         self.failure_limiter = RateLimiter(settings.failure_rate_per_s, settings.failure_burst)
+        # Called when a request enqueued a job (an accepted phone-home: its install), so that
+        # job workers in this process start on it now (running_control_plane sets it).
+        self.jobs_enqueued: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         """Finish the writes still queued (call it once the server stopped taking requests)."""
@@ -183,6 +186,8 @@ class ControlPlaneApi:
         token = _bearer(request)
         body = check_body("phone-home", await read_json(request, PHONE_HOME_MAX_BYTES))
         answer = await self.phone_home.handle(token, body, source)
+        if answer.outcome is PhoneHomeOutcome.ACCEPTED:
+            self.jobs_enqueued()
         return JSONResponse({"status": str(answer.outcome), "server": answer.server})
 
     def _check_agent(self, token: str, fleet: str, server: str) -> None:

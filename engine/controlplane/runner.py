@@ -215,6 +215,7 @@ def running_control_plane(
         pool = WorkerPool(store, chosen, workers=workers, lease_s=lease_s)
         pool.start()
         stack.callback(pool.stop, drain_s)
+        app.state.api.jobs_enqueued = pool.wake
         stack.enter_context(Monitor(store, heartbeat_misses=heartbeat_misses))
         shown = f"[{host}]" if ":" in host else host
         yield RunningControlPlane(
