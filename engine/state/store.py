@@ -22,6 +22,7 @@ methods and gets the frozen records of `engine.state`:
     agents       agents' heartbeats and events                engine.state.agents
     user_data    the user_data rendered for each server       engine.state.userdata
     locks        the exclusive stack locks                    engine.state.locks
+    apps         app versions, where they run, rollouts       engine.state.apps
 
 The tables and their migrations are in engine.state.schema.
 """
@@ -43,6 +44,7 @@ from engine.secrets import redact, register_secret
 from engine.state import schema
 from engine.state.agents import Agents
 from engine.state.apikeys import ApiKeys
+from engine.state.apps import Apps
 from engine.state.database import BUSY_TIMEOUT_S, Database
 from engine.state.events import Events
 from engine.state.files import FILE_MODE, private_dir, private_file
@@ -157,6 +159,7 @@ class Repositories:
         self.agents = Agents(database, connection)
         self.user_data = UserData(database, connection)
         self.locks = Locks(database, connection)
+        self.apps = Apps(database, connection)
 
 
 class Store(Repositories):
@@ -196,7 +199,7 @@ class Store(Repositories):
 
     def forget_fleet(self, fleet: str) -> None:
         """Drop everything the store holds for `fleet` but its stack lock (held by whoever
-        destroys it): servers, history, tokens, jobs, reports, user_data, settings."""
+        destroys it): servers, history, tokens, jobs, reports, user_data, apps, settings."""
         with self.transaction() as tx:
             tx.servers.forget_fleet(fleet)
             tx.events.forget_fleet(fleet)
@@ -204,4 +207,5 @@ class Store(Repositories):
             tx.jobs.forget_fleet(fleet)
             tx.agents.forget_fleet(fleet)
             tx.user_data.forget_fleet(fleet)
+            tx.apps.forget_fleet(fleet)
             tx.fleets.forget(fleet)
