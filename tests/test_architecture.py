@@ -15,12 +15,14 @@ LAYERS = (
     (1, r"engine\.(errors|term|secrets|model|yamldoc)"),
     (2, r"engine\.(spec|catalog|placement|diff|plan|render|cost|quota|lifecycle|progress)"),
     (2, r"engine\.(cloudinit(\..+)?|addresses|state|providers)"),
+    (2, r"engine\.apps\.(versions|diff|rollout)"),
     (3, r"engine\.state\..+"),
     (4, r"engine\.tokens|engine\.install\.deploykey"),
     (5, r"engine\.providers\.(seam|retry|naming)"),
+    (6, r"engine\.apps\.(observe|servers)"),
     (6, r"engine\.(providers|install|agent)(\..+)?|stacks(\..+)?|deploys(\..+)?"),
     (7, r"engine\.controlplane(\..+)?"),
-    (8, r"engine\.(up|signals|preview)"),
+    (8, r"engine\.(up|signals|preview)|engine\.apps(\.(deploy|commands))?"),
     (9, r"engine\.(cli(\..+)?|__main__)"),
 )
 # The upward imports docs/architecture.md names, with its reasons.
