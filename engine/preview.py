@@ -1,7 +1,8 @@
 """What `engine preview` does, as a function: load the spec, read what exists, plan.
 
 The effects are one step, `observe`: the fleet's servers read through an inventory reader,
-with the state store's records beside them. The decisions are the pure `plan_fleet` (over
+with the state store's records beside them (and, for apps, what each server's agent says runs
+there: engine.apps.observe). The decisions are the pure `plan_fleet` (over
 engine.diff). `engine up` plans with the same two, fed by the backend and the store its run
 already holds open; a preview opens a reader of its own. Nothing is written and no lock is
 taken: a preview never changes anything, and a missing SQLite state file is not created.
@@ -19,15 +20,17 @@ import dataclasses
 import datetime as dt
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.apps.diff import AppsObserved, as_deployed, diff_apps
 from engine.catalog import Catalog, load_catalog
 from engine.diff import DiffOptions, as_built, as_recorded, diff_fleet
 from engine.errors import EngineError, SpecError
 from engine.model import Fleet
 from engine.placement import expand_fleet
-from engine.plan import ApiCallCount, Plan
+from engine.plan import Action, ApiCallCount, Plan
 from engine.providers import ActualServer
 from engine.providers.registry import inventory_reader, require_reader
 from engine.providers.retry import RetryPolicy
@@ -76,9 +79,15 @@ def observe(
 
 
 def plan_fleet(
-    fleet: Fleet, catalog: Catalog, observed: Observed, *, delete_orphans: bool = False
+    fleet: Fleet,
+    catalog: Catalog,
+    observed: Observed,
+    *,
+    delete_orphans: bool = False,
+    apps: AppsObserved | None = None,
 ) -> Plan:
-    """The plan that makes what `observed` saw into `fleet`. Pure: no I/O."""
+    """The plan that makes what `observed` saw into `fleet`, with the app changes that make
+    what runs (`apps`, from the agents) into the spec's apps. Pure: no I/O."""
     options = DiffOptions(
         delete_orphans=delete_orphans,
         now=observed.read_at,
@@ -86,8 +95,35 @@ def plan_fleet(
         compared_with=f"{fleet.provider.name} (read just now)",
         api_calls=observed.calls,
     )
-    return diff_fleet(
+    plan = diff_fleet(
         fleet, catalog, observed.actual, observed.records, unowned=observed.unowned, options=options
+    )
+    return with_apps(plan, fleet, catalog, observed.actual, apps)
+
+
+def with_apps(
+    plan: Plan,
+    fleet: Fleet,
+    catalog: Catalog,
+    actual: Sequence[ActualServer],
+    apps: AppsObserved | None,
+) -> Plan:
+    """`plan` with the app changes (engine.apps.diff): a server the plan replaces runs none
+    of its apps afterwards. Pure."""
+    if apps is None or not (fleet.apps or any(apps.running.values())):
+        return plan
+    remade = {c.server for c in plan.changes if c.action is Action.REPLACE}
+    kept = [a for a in actual if a.name not in remade]
+    desired = expand_fleet(fleet, catalog, {a.name: a.location for a in actual})
+    running = {k: v for k, v in apps.running.items() if k not in remade}
+    found = diff_apps(
+        fleet, desired, {a.name for a in kept}, dataclasses.replace(apps, running=running)
+    )
+    return dataclasses.replace(
+        plan,
+        apps=found.changes,
+        app_rollouts=found.rollouts,
+        warnings=(*plan.warnings, *found.warnings),
     )
 
 
@@ -130,7 +166,8 @@ def preview_fleet(
     require_reader(fleet.provider.name)
     reader = inventory_reader(fleet, token=_token(fleet, spec), policy=policy)
     observed = observe(fleet, catalog, reader, _records(fleet, state_dir, state))
-    return plan_fleet(fleet, catalog, observed, delete_orphans=delete_orphans)
+    apps = _apps(fleet, state_dir, state)
+    return plan_fleet(fleet, catalog, observed, delete_orphans=delete_orphans, apps=apps)
 
 
 def _token(fleet: Fleet, spec: Path) -> str:
@@ -155,6 +192,18 @@ def _records(fleet: Fleet, state_dir: Path, state: str | None) -> tuple[ServerRe
         return ()
     with open_store(url) as store:
         return store.servers.all(fleet.name)
+
+
+def _apps(fleet: Fleet, state_dir: Path, state: str | None) -> AppsObserved:
+    """What apps run where, asked of the agents the store knows how to reach."""
+    from engine.apps.observe import observe_apps
+    from engine.state.store import open_store, state_url, store_exists
+
+    url = state_url(state_dir, state)
+    if not store_exists(url):
+        return AppsObserved()
+    with open_store(url) as store:
+        return observe_apps(fleet, store, state_dir)
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
@@ -192,6 +241,7 @@ def _against_ref(
     notes: list[str] = []
     actual: list[ActualServer] = []
     records: list[ServerRecord] = []
+    apps = AppsObserved()
     if raw is None:
         notes.append(f"{relative} does not exist at {ref}: every server is new")
     else:
@@ -208,10 +258,13 @@ def _against_ref(
             )
         else:
             old_catalog = load_catalog(str(old.provider.name), state_dir)
-            for server in expand_fleet(old, old_catalog):
+            old_servers = expand_fleet(old, old_catalog)
+            for server in old_servers:
                 built = as_built(old, server, old_catalog)
                 actual.append(built)
                 records.append(as_recorded(old, built, server.group))
+            apps = as_deployed(old, old_servers)
     options = DiffOptions(delete_orphans=delete_orphans, compared_with=f"the spec at {ref}")
     plan = diff_fleet(fleet, catalog, actual, records, options=options)
+    plan = with_apps(plan, fleet, catalog, actual, apps)
     return dataclasses.replace(plan, warnings=(*notes, *plan.warnings))

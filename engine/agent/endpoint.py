@@ -14,10 +14,14 @@ import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import EngineError
 from engine.model import Fleet
 from engine.tokens import agent_token, find_fleet_key, read_fleet_key
+
+if TYPE_CHECKING:
+    from engine.state.store import Store
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -97,20 +101,25 @@ def recorded_endpoints(
     the address the install reached the server at, and the certificate fingerprint the
     agent sent in its heartbeats (authenticated by its heartbeat token, so only the real
     agent can pin it). Servers without a heartbeat are left out."""
-    from engine.addresses import ssh_address
     from engine.state.store import open_store, state_url, store_exists
 
     url = state_url(state_dir, state)
     if not store_exists(url):
         return {}
+    with open_store(url) as store:
+        return stored_endpoints(state_dir, fleet, store)
+
+
+def stored_endpoints(state_dir: Path, fleet: Fleet, store: Store) -> dict[str, AgentEndpoint]:
+    """`recorded_endpoints` read from a store the caller holds open."""
+    from engine.addresses import ssh_address
+
     key = find_fleet_key(state_dir, fleet.name)
     if key is None:
         return {}
-    with open_store(url) as store:
-        records = {r.name: r for r in store.servers.all(fleet.name)}
-        reports = store.agents.reports(fleet.name)
+    records = {r.name: r for r in store.servers.all(fleet.name)}
     endpoints = {}
-    for report in reports:
+    for report in store.agents.reports(fleet.name):
         record = records.get(report.server)
         address = ssh_address(record) if record else None
         if address is None or not report.tls_fingerprint:
