@@ -4,7 +4,8 @@
               -> lock the stack -> read what exists and plan -> show it -> confirm -> register
               the fleet -> start the control plane -> carry out the plan through the backend
               (new servers get their user_data, with a one-time token, before they are made)
-              -> drive every server to ready (phone-home, install, agent) -> timings
+              -> drive every server to ready (phone-home, install, agent) -> roll the apps
+              out on the ready servers through their agents (engine.apps.deploy) -> timings
     dry run:  plan -> ask every installed server over SSH what an install would change
     destroy:  open -> lock -> plan the deletion of everything -> confirm -> the backend deletes
               every resource -> every state row and every key of the fleet go
@@ -44,6 +45,7 @@ from engine.state import FleetSettings, Lock, NewJob, ServerRecord
 from engine.state.store import Store
 
 if TYPE_CHECKING:
+    from engine.apps.deploy import AppsOutcome
     from engine.install.installer import FleetInstaller
     from engine.install.model import HostResult
 
@@ -365,7 +367,7 @@ def placed_servers(fleet: Fleet, store: Store, state_dir: Path) -> dict[str, Ser
     return {s.name: s for s in expand_fleet(fleet, catalog, pinned)}
 
 
-def _locked(
+def hold_fleet_lock(
     store: Store, fleet: Fleet, command: str, board: StageBoard
 ) -> AbstractContextManager[Lock]:
     """The fleet's stack lock, taking over one whose holder provably died (and saying so)."""
@@ -412,7 +414,7 @@ def locked_session(
         private_dir(options.state_dir)  # only now: a run that cannot start leaves nothing
         with (
             open_store(state_url(options.state_dir, options.state)) as store,
-            _locked(store, fleet, command, board),
+            hold_fleet_lock(store, fleet, command, board),
         ):
             yield Session(fleet, board, backend, store)
     finally:
@@ -424,14 +426,20 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
 
     The spec is read once, and the plan made once: from what the backend it opened reads and
     the records of the store it locked."""
+    from engine.apps.deploy import check_environment, roll_fleet_apps
+    from engine.apps.observe import observe_apps
     from engine.preview import observe, plan_fleet
 
     started = time.monotonic()
     with locked_session(spec, options, out, f"engine up {spec}", tools=True, full=True) as session:
         fleet, board, backend, store = session.fleet, session.board, session.backend, session.store
+        check_environment(fleet)
         catalog = load_catalog(fleet.provider.name, options.state_dir)
         observed = observe(fleet, catalog, backend.reader(), store.servers.all(fleet.name))
-        plan = plan_fleet(fleet, catalog, observed, delete_orphans=options.delete_orphans)
+        apps = observe_apps(fleet, store, options.state_dir)
+        plan = plan_fleet(
+            fleet, catalog, observed, delete_orphans=options.delete_orphans, apps=apps
+        )
         _show_plan(plan, board, out)
         if plan.is_blocked:
             return 1
@@ -455,7 +463,11 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
                     run.resume(record)
             names = list(servers)
             final = run.wait(names, options.timeout_s)
-        return report(store, fleet, names, final, board, out, time.monotonic() - started)
+        rolled = roll_fleet_apps(
+            fleet, store, options.state_dir, board, list(servers.values()), backend.docker_url
+        )
+        seconds = time.monotonic() - started
+        return report(store, fleet, names, final, board, out, seconds, apps=rolled)
 
 
 def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
@@ -529,17 +541,22 @@ def report(
     board: StageBoard,
     out: TextIO,
     seconds: float,
+    *,
+    apps: AppsOutcome | None = None,
 ) -> int:
-    """The timing table and who is not ready; 0 when every one of `names` is ready."""
+    """The timing table and who is not ready; 0 when every one of `names` is ready (and
+    every app rollout, if any, succeeded)."""
     table, timings = _timings(store, fleet.name, names)
     ready = [n for n in names if n in final and final[n].stage is Stage.READY]
     stuck = {
         n: (final[n].stage.value if n in final else "missing") for n in names if n not in ready
     }
     reasons = {n: final[n].stage_reason for n in stuck if n in final and final[n].stage_reason}
+    failed_apps = apps is not None and not apps.ok
     if board.json_lines:
         board.event("done", ready=ready, not_ready=stuck, reasons=reasons,
-                    seconds=round(seconds, 1), timings=timings)  # fmt: skip
+                    seconds=round(seconds, 1), timings=timings,
+                    apps=apps.to_json() if apps else {})  # fmt: skip
     else:
         out.write("\n" + table + "\n")
         if stuck:
@@ -552,8 +569,11 @@ def report(
             )
         else:
             out.write(f"{len(ready)} servers ready in {seconds:.1f} s\n")
+        if failed_apps:
+            out.write("an app rollout did not succeed (see above); `engine apps status` shows "
+                      "what runs where\n")  # fmt: skip
         out.flush()
-    return 0 if not stuck else 1
+    return 0 if not stuck and not failed_apps else 1
 
 
 def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:

@@ -36,6 +36,9 @@ COMMANDS = (
     "apikey",
     "local",
     "containers",
+    "deploy",
+    "logs",
+    "apps",
 )
 
 
