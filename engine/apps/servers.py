@@ -2,8 +2,9 @@
 takes there.
 
     switch   image there (copied from the engine's Docker on the local provider, else
-             pulled) -> the new version started -> healthy within update.health_timeout ->
-             the old version stopped -> watched for update.monitor
+             pulled; a failed pull of an image the server has is no failure) -> the new
+             version started -> healthy within update.health_timeout -> the old version
+             stopped -> watched for update.monitor
     revert   everything of the app stopped but the version that ran before, which starts
              again (its kept container, or a new one from its stored definition) and must be
              healthy
@@ -94,7 +95,13 @@ class AppOnServer:
         with self.timed("image"):
             local = self.copies.source(image) if self.copies is not None else None
             if local is None:
-                self.client.pull_image(image, self.auth)
+                try:
+                    self.client.pull_image(image, self.auth)
+                except AgentError:
+                    # A registry that does not answer must not stop a server from running
+                    # (or going back to) an image it has.
+                    if not any(image in found["tags"] for found in self.client.images()):
+                        raise
                 return
             image_id, archive = local
             if any(found["id"] == image_id for found in self.client.images()):
@@ -106,6 +113,7 @@ class AppOnServer:
     def switch(self, definition: AppDefinition) -> None:
         """Run `definition` in place of whatever version of the app runs (StepFailed if it
         does not get healthy; what ran before is then left running or stopped, for `revert`)."""
+        body = self.body(definition)  # a missing secret stops it before anything happens
         final = container_name(self.app, definition.version)
         check = container_name(self.app, definition.version, check=True)
         mine = self.containers()
@@ -119,13 +127,13 @@ class AppOnServer:
             if definition.ports and holders:
                 self.try_on_the_side(definition)
                 with self.timed("start"):
-                    self.client.run_container(self.body(definition) | {"start": False})
+                    self.client.run_container(body | {"start": False})
                     for name in holders:
                         self.client.stop_container(name, timeout_s=STOP_TIMEOUT_S)
                     self.client.start_container(final)
             else:
                 with self.timed("start"):
-                    self.client.run_container(self.body(definition))
+                    self.client.run_container(body)
             self.wait_healthy(final)
         self.stop_others(keep=final)
         self.watch(final)
