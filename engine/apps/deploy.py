@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,9 +39,10 @@ from engine.apps.rollout import (
     start,
     supersede,
     to_json,
+    to_watch,
 )
 from engine.apps.servers import AppOnServer, ImageCopies
-from engine.apps.versions import AppDefinition, app_definition
+from engine.apps.versions import AppDefinition, app_definition, container_name
 from engine.errors import EngineError
 from engine.lifecycle import median_durations
 from engine.model import App, AppUpdate, Fleet, ProviderName, RollbackMode, Server, Stage
@@ -365,33 +367,49 @@ class _Runner:
             key: AppDefinition.from_json(value)
             for key, value in self.store.apps.definitions(self.fleet.name).items()
         }
-        groups = len({s.group for s in rollout.servers})
-        pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, rollout.max_unavailable * groups)
-        )
-        futures: dict[concurrent.futures.Future[tuple[bool, str, dict[str, float]]], str] = {}
+        # Switches (at most max_unavailable a group at once) and watches (any number).
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(rollout.servers))
+        Work = concurrent.futures.Future[tuple[bool, str, dict[str, float]]]
+        futures: dict[Work, tuple[str, Step]] = {}
+        watches: dict[str, threading.Event] = {}
+
+        def submit(entry: ServerRollout) -> None:
+            stop = threading.Event()
+            if entry.step is Step.WATCHING:
+                watches[entry.server] = stop
+            work = pool.submit(self.step, entry, rollout.app, app, definition, definitions, stop)
+            futures[work] = (entry.server, entry.step)
+
         try:
             while True:
+                for server in to_watch(rollout):
+                    if server not in watches:
+                        submit(rollout.server(server))
                 for server in next_servers(rollout):
+                    if server in watches:  # put back mid-watch: the watch ends
+                        watches.pop(server).set()
                     rollout = start(rollout, server, _now())
                     self.save(rollout, rollout_id, server)
-                    entry = rollout.server(server)
-                    futures[
-                        pool.submit(self.step, entry, rollout.app, app, definition, definitions)
-                    ] = server
+                    submit(rollout.server(server))
                 if not futures:
                     return rollout
                 finished, _ = concurrent.futures.wait(
                     futures, return_when=concurrent.futures.FIRST_COMPLETED
                 )
-                for future in finished:
-                    server = futures.pop(future)
-                    ok, reason, timings = future.result()
+                for work in finished:
+                    server, step = futures.pop(work)
+                    if rollout.server(server).step is not step:
+                        continue  # a watch cut short by putting the server back
+                    if step is Step.WATCHING:
+                        watches.pop(server)
+                    ok, reason, timings = work.result()
                     rollout = finish(
                         rollout, server, ok=ok, reason=reason, timings=timings.items(), now=_now()
                     )
                     self.save(rollout, rollout_id, server)
         finally:
+            for stop in watches.values():
+                stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
 
     def step(
@@ -401,8 +419,10 @@ class _Runner:
         app: App | None,
         definition: AppDefinition | None,
         definitions: Mapping[tuple[str, str], AppDefinition],
+        stop: threading.Event,
     ) -> tuple[bool, str, dict[str, float]]:
-        """One server's switch or revert, in a worker thread: (ok, why not, timings)."""
+        """One server's switch, watch or revert, in a worker thread: (ok, why not, timings).
+        A watch ends early, and fine, when `stop` is set."""
         endpoint = self.endpoints.get(entry.server)
         if endpoint is None:
             return False, f"the engine has no record of how to reach {entry.server}'s agent", {}
@@ -417,9 +437,13 @@ class _Runner:
                 secrets=self.secrets,
                 copies=self.copies,
                 auth=self.auths.get(name),
+                stop=stop,
             )
             try:
-                if entry.step is Step.REVERTING:
+                if entry.step is Step.WATCHING:
+                    if entry.to_version is not None:  # else a removal: nothing to watch
+                        work.watch(container_name(name, entry.to_version))
+                elif entry.step is Step.REVERTING:
                     old = entry.from_version
                     work.revert(definitions.get((name, old or "")), old)
                 elif entry.to_version is None or definition is None:
@@ -434,7 +458,7 @@ class _Runner:
         """Store the rollout and what runs where, and show the server's step."""
         self.store.apps.save_rollout(rollout_id, to_json(rollout))
         entry = rollout.server(server)
-        if entry.step is Step.SWITCHED:
+        if entry.step is Step.WATCHING:
             self.store.apps.set_deployed(self.fleet.name, rollout.app, server, entry.to_version)
         elif entry.step is Step.REVERTED:
             self.store.apps.set_deployed(self.fleet.name, rollout.app, server, entry.from_version)
@@ -447,6 +471,7 @@ class _Runner:
         said = {
             Step.SWITCHING: f"switching {entry.from_version or '(none)'} -> "
             f"{entry.to_version or '(removed)'}",
+            Step.WATCHING: f"serving {entry.to_version or '(removed)'}{took}, watched",
             Step.SWITCHED: f"switched{took}",
             Step.FAILED: f"failed{took}: {entry.reason}",
             Step.REVERTING: f"putting back {entry.from_version or '(none)'}",

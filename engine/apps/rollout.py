@@ -8,17 +8,21 @@ caller passes `now`), so every transition can be tested and replayed.
        │ a server could not be put back                         failed
        └──────────────────────────────────────────────────────> failed
 
-Each server goes pending -> switching -> switched (or failed); a rolling back puts every
-server it changed (switched or failed) back on the version it ran before: reverting ->
-reverted (or revert_failed). Groups go one after the other in the order given; inside a
-group at most `max_unavailable` servers switch at once, and the next group starts only when
-every server of the one before has switched. Reverting goes group by group in parallel, at
-most `max_unavailable` at once in each, once the servers still switching have finished.
+Each server goes pending -> switching -> watching -> switched (or failed): watching, it
+serves the new version and is checked for update.monitor before it counts as switched. A
+rolling back puts every server it changed (watching, switched or failed) back on the version
+it ran before: reverting -> reverted (or revert_failed). Groups go one after the other in
+the order given; inside a group at most `max_unavailable` servers switch at once (a server
+watched serves, so it is not unavailable: the next one switches while it is watched, as
+Swarm's update monitor does), and the next group starts only when every server of the one
+before has switched. Reverting goes group by group in parallel, at most `max_unavailable`
+at once in each, once the servers still switching have finished.
 
 The executor (engine.apps.deploy) asks `next_servers`, starts them, reports each end with
 `finish`, and stores the rollout after every transition (`to_json`). A run that dies leaves
-servers `switching` or `reverting`; `resume` turns them back into work to do: a switch is
-done again from the start (each step checks what is there first), a revert likewise.
+servers `switching`, `watching` or `reverting`; `resume` turns them back into work to do:
+a switch is done again from the start (each step checks what is there first), a watch is
+begun again, a revert is done again.
 `rollback` turns an ended rollout around: every server it changed goes back.
 """
 
@@ -48,6 +52,7 @@ ENDED = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ROLLED_BACK, Phase.SUPER
 class Step(StrEnum):
     PENDING = "pending"
     SWITCHING = "switching"
+    WATCHING = "watching"  # serving the new version, checked for update.monitor
     SWITCHED = "switched"
     FAILED = "failed"
     REVERTING = "reverting"
@@ -56,7 +61,7 @@ class Step(StrEnum):
 
 
 # Servers a rolling back puts back: they run (or may run) the new version.
-CHANGED = frozenset({Step.SWITCHED, Step.FAILED})
+CHANGED = frozenset({Step.WATCHING, Step.SWITCHED, Step.FAILED})
 IN_FLIGHT = frozenset({Step.SWITCHING, Step.REVERTING})
 
 
@@ -186,6 +191,13 @@ def next_servers(rollout: Rollout) -> tuple[str, ...]:
     return ()
 
 
+def to_watch(rollout: Rollout) -> tuple[str, ...]:
+    """The servers to watch (those that switched while the rollout goes on)."""
+    if rollout.phase is not Phase.ROLLING:
+        return ()
+    return tuple(s.server for s in rollout.servers if s.step is Step.WATCHING)
+
+
 def start(rollout: Rollout, server: str, now: dt.datetime) -> Rollout:
     """`server` begins to switch (rolling) or to be put back (rolling back)."""
     entry = rollout.server(server)
@@ -204,9 +216,12 @@ def finish(
     reason: str = "",
     timings: Iterable[tuple[str, float]] = (),
 ) -> Rollout:
-    """`server` has switched (or been put back): `ok`, or failed for `reason`."""
+    """`server` has switched (then it is watched), been watched, or been put back: `ok`,
+    or failed for `reason`."""
     entry = rollout.server(server)
     if entry.step is Step.SWITCHING:
+        step = Step.WATCHING if ok else Step.FAILED
+    elif entry.step is Step.WATCHING:
         step = Step.SWITCHED if ok else Step.FAILED
     elif entry.step is Step.REVERTING:
         step = Step.REVERTED if ok else Step.REVERT_FAILED
@@ -237,7 +252,8 @@ def rollback(rollout: Rollout, now: dt.datetime) -> Rollout:
 def resume(rollout: Rollout, now: dt.datetime) -> Rollout:
     """The rollout as a new run takes it up after the one running it died: what was under way
     is to be done again (a switch from the start; a server stopped mid-switch or mid-revert
-    in a rolling back is put back again)."""
+    in a rolling back is put back again; a watch, which `watching` asks for, from its
+    start)."""
     servers = []
     for entry in rollout.servers:
         if entry.step is Step.SWITCHING:
@@ -252,7 +268,9 @@ def resume(rollout: Rollout, now: dt.datetime) -> Rollout:
 def supersede(rollout: Rollout, by_version: str, now: dt.datetime) -> Rollout:
     """End a rollout that a rollout of another version replaces."""
     servers = tuple(
-        replace(s, step=Step.FAILED, reason="superseded") if s.step in IN_FLIGHT else s
+        replace(s, step=Step.FAILED, reason="superseded")
+        if s.step in IN_FLIGHT or s.step is Step.WATCHING
+        else s
         for s in rollout.servers
     )
     return replace(

@@ -4,7 +4,8 @@ takes there.
     switch   image there (copied from the engine's Docker on the local provider, else
              pulled; a failed pull of an image the server has is no failure) -> the new
              version started -> healthy within update.health_timeout -> the old version
-             stopped -> watched for update.monitor
+             stopped
+    watch    the new version checked for update.monitor (while the rollout goes on)
     revert   everything of the app stopped but the version that ran before, which starts
              again (its kept container, or a new one from its stored definition) and must be
              healthy
@@ -25,6 +26,7 @@ watched every `interval`; `retries` failures in a row make it unhealthy.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -73,7 +75,8 @@ class AppOnServer:
     copies: ImageCopies | None = None
     auth: Mapping[str, str] | None = field(default=None, repr=False)
     clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
+    # Set by the rollout when it puts the server back mid-watch: the watch ends there.
+    stop: threading.Event = field(default_factory=threading.Event)
     timings: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
@@ -136,7 +139,6 @@ class AppOnServer:
                     self.client.run_container(body)
             self.wait_healthy(final)
         self.stop_others(keep=final)
-        self.watch(final)
         self.tidy(keep=final, previous=holders)
 
     def try_on_the_side(self, definition: AppDefinition) -> None:
@@ -246,11 +248,13 @@ class AppOnServer:
                         f"{name} was not healthy within {self.update.health_timeout_s} s "
                         f"(last check: {detail})"
                     )
-                self.sleep(min(interval, max(0.0, deadline - self.clock())))
+                if self.stop.wait(min(interval, max(0.0, deadline - self.clock()))):
+                    raise StepFailed(f"{name}: stopped waiting for it to get healthy")
 
     def watch(self, name: str) -> None:
         """Keep checking `name` for update.monitor seconds: StepFailed on `retries` failed
-        checks in a row, or when Docker restarted it."""
+        checks in a row, or when Docker restarted it. Ends early (no failure) when `stop` is
+        set."""
         if self.update.monitor_s <= 0:
             return
         with self.timed("monitor"):
@@ -260,7 +264,8 @@ class AppOnServer:
             allowed = self.health.retries if self.health else 1
             failures = 0
             while self.clock() < deadline:
-                self.sleep(min(interval, max(0.0, deadline - self.clock())))
+                if self.stop.wait(min(interval, max(0.0, deadline - self.clock()))):
+                    return
                 healthy, detail = self.check(name)
                 failures = 0 if healthy else failures + 1
                 if failures >= allowed:

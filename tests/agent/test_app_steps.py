@@ -1,7 +1,7 @@
 """One app's steps on one server (engine.apps.servers), against the real agent and Docker:
 a first start, a switch that tries the new version on the side while the old one holds the
-port, a version that never gets healthy leaving the old one serving, putting back, tidying
-and removing."""
+port, watching, a version that never gets healthy leaving the old one serving, putting back,
+tidying and removing."""
 
 from __future__ import annotations
 
@@ -78,6 +78,7 @@ def test_switching_tries_the_new_version_on_the_side_and_keeps_the_old_one(
     two = version(busybox_image, port, "two")
     steps.switch(one)
     assert answer(port) == "one"
+    steps.watch(container_name("t-steps", one.version))
     assert set(steps.timings) >= {"image", "start", "health", "monitor"}
     steps.switch(two)
     assert answer(port) == "two"
@@ -135,3 +136,19 @@ def test_a_secret_the_environment_lacks_stops_before_anything_runs(
     with pytest.raises(StepFailed, match="needs NOT_SET_ANYWHERE"):
         steps.switch(needy)
     assert states(steps) == {}
+
+
+def test_watching_fails_a_version_that_stops_and_ends_quietly_when_told(
+    steps: AppOnServer, busybox_image: str, port: int, client: AgentClient
+) -> None:
+    one = version(busybox_image, port, "one")
+    steps.switch(one)
+    name = container_name("t-steps", one.version)
+    steps.update = AppUpdate(health_timeout_s=10, monitor_s=600)
+    client.stop_container(name)
+    with pytest.raises(StepFailed, match="turned unhealthy while watched"):
+        steps.watch(name)
+    # The rollout puts the server back mid-watch: the watch ends, it does not fail.
+    steps.stop.set()
+    steps.watch(name)
+    assert states(steps) == {name: "exited"}
