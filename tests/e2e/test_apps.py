@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import itertools
 import json
 import secrets
 import subprocess
@@ -197,7 +198,14 @@ def test_an_env_change_rolls_one_server_at_a_time(apps: Apps) -> None:
         stop.set()
         watcher.join()
     steps = [(e["server"], e["step"]) for e in events if e["event"] == "app"]
-    assert steps == [(s, step) for s in SERVERS for step in ("switching", "switched")]
+    for server in SERVERS:
+        assert [step for s, step in steps if s == server] == ["switching", "watching", "switched"]
+    assert [s for s, step in steps if step == "switching"] == SERVERS
+    # Each server switches once the one before serves the new version, while that one is
+    # watched for update.monitor.
+    for before, after in itertools.pairwise(SERVERS):
+        assert steps.index((before, "watching")) < steps.index((after, "switching"))
+        assert steps.index((after, "switching")) < steps.index((before, "switched"))
     # Observed from outside: never two servers unanswering at once, and each one moves
     # from v1 to v2 once, in order.
     assert seen and all(sum(v is None for v in round_.values()) <= 1 for round_ in seen)
@@ -279,6 +287,23 @@ def test_server_update_runs_the_agents_task_a_server_at_a_time(apps: Apps) -> No
     assert {s["health"] for s in apps.status().values()} == {"healthy"}
 
 
+def test_bad_input_to_deploy_says_what_to_fix_and_changes_nothing(apps: Apps) -> None:
+    before = apps.status()
+    wrong = apps.run("deploy", "nosuch", ok=False)
+    assert wrong.returncode == 1 and "fleet apps has no app nosuch (its apps: web)" in wrong.stderr
+    apps.write(env={"GREETING": "hello-v3"})
+    secret = apps.fleet.env.pop("APP_SECRET")
+    try:
+        missing = apps.run("deploy", "web", ok=False)
+    finally:
+        apps.fleet.env["APP_SECRET"] = secret
+    assert missing.returncode == 1
+    assert "export APP_SECRET=... and run again (nothing was changed)" in missing.stderr
+    assert apps.status() == before
+    assert all(apps.get(server) == "hello-v2" for server in SERVERS)
+    apps.write(env={"GREETING": "hello-v2"})
+
+
 def test_the_secret_is_written_nowhere_the_engine_writes(apps: Apps, docker_client: Any) -> None:
     outputs = "\n".join(apps.outputs)
     assert SECRET not in outputs
@@ -289,3 +314,5 @@ def test_the_secret_is_written_nowhere_the_engine_writes(apps: Apps, docker_clie
         machine = docker_client.containers.get(f"apps-{server}")
         code, audit = machine.exec_run("cat /var/lib/fleet-agent/audit.log")
         assert code == 0 and b"/v1/containers" in audit and SECRET.encode() not in audit
+        code, said = machine.exec_run("docker logs fleet-agent")  # the agent's own log
+        assert code == 0 and b"fleet-agent:" in said and SECRET.encode() not in said
