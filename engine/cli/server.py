@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     options = run_options(args, yes=True)
     if args.signal in TASKS:
         if bool(args.names) == args.all:
-            raise EngineError(f"engine server {args.signal}: name the servers, or give --all")
+            raise EngineError(
+                f"engine server {args.signal}: name the servers or give --all (one of them, "
+                "not both)"
+            )
         names = None if args.all else args.names
         return run_system_task(Path(args.spec), names, args.signal, options, sys.stdout)
     if args.all or len(args.names) != 1:
