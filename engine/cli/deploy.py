@@ -16,7 +16,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Roll each app whose version differs from the spec's out to the servers "
         "of its groups that are ready, through their agents (never SSH): one group after the "
         "other, update.max_unavailable servers at a time; each new container must be healthy "
-        "within update.health_timeout and stay healthy for update.monitor. A failed server "
+        "within update.health_timeout and stay healthy for update.monitor (watched while the "
+        "next ones switch). A failed server "
         "stops the rollout and (rollback: auto) puts every server it changed back. Servers "
         "themselves are not touched. Holds the fleet's lock. Exit 0 when every rollout "
         "succeeded, 1 otherwise.",
