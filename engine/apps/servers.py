@@ -120,7 +120,12 @@ class AppOnServer:
         final = container_name(self.app, definition.version)
         check = container_name(self.app, definition.version, check=True)
         mine = self.containers()
-        holders = [c.name for c in mine if c.state == "running" and c.name != final]
+        # A try on the side that a dead run left is no holder: it publishes no port.
+        holders = [
+            c.name
+            for c in mine
+            if c.state == "running" and c.name != final and not c.name.endswith(CHECK_SUFFIX)
+        ]
         if any(c.name == final and c.state == "running" for c in mine):
             self.wait_healthy(final)  # a switch done before (a resumed rollout)
         else:

@@ -152,3 +152,20 @@ def test_watching_fails_a_version_that_stops_and_ends_quietly_when_told(
     steps.stop.set()
     steps.watch(name)
     assert states(steps) == {name: "exited"}
+
+
+def test_a_switch_done_again_after_a_crash_clears_the_try_on_the_side_it_left(
+    steps: AppOnServer, busybox_image: str, port: int, client: AgentClient
+) -> None:
+    one = version(busybox_image, port, "one")
+    two = version(busybox_image, port, "two")
+    steps.switch(one)
+    # A run died while two was tried on the side: its -check container still runs.
+    client.run_container(steps.body(two, check=True))
+    assert states(steps)[container_name("t-steps", two.version, check=True)] == "running"
+    steps.switch(two)
+    assert answer(port) == "two"
+    assert states(steps) == {
+        container_name("t-steps", two.version): "running",
+        container_name("t-steps", one.version): "exited",
+    }
