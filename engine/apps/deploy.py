@@ -368,7 +368,7 @@ class _Runner:
             for key, value in self.store.apps.definitions(self.fleet.name).items()
         }
         # Switches (at most max_unavailable a group at once) and watches (any number).
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(rollout.servers))
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(rollout.servers)))
         Work = concurrent.futures.Future[tuple[bool, str, dict[str, float]]]
         futures: dict[Work, tuple[str, Step]] = {}
         watches: dict[str, threading.Event] = {}
