@@ -46,11 +46,15 @@ from engine.providers.local.images import ensure_golden_image  # noqa: E402
 from tests.support.docker import busybox_rootfs  # noqa: E402
 
 SERVERS = 10
+# The app stops on TERM as a real server does: busybox httpd as PID 1 would ignore it, and
+# every switch would wait out the 10 s stop timeout of the old version.
 SERVE = """\
 mkdir -p /www
 echo "$GREETING" > /www/index.html
 [ -e /flag/broken ] && [ "$GREETING" = broken ] || echo ok > /www/healthz
-exec httpd -f -p 8080 -h /www
+trap 'exit 0' TERM
+httpd -f -p 8080 -h /www &
+wait
 """
 
 
