@@ -61,7 +61,8 @@ def test_a_rollout_is_stored_after_each_transition_and_found_open(store: Store) 
     for server in ("web-1", "web-2"):
         if rollout.server(server).step.value == "pending":
             rollout = start(rollout, server, T0)
-        rollout = finish(rollout, server, ok=True, now=T0)
+        rollout = finish(rollout, server, ok=True, now=T0)  # switched: watched
+        rollout = finish(rollout, server, ok=True, now=T0)  # watched long enough
     store.apps.save_rollout(rollout_id, to_json(rollout))
     assert rollout.phase is Phase.SUCCEEDED
     assert store.apps.open_rollout("shop", "web") is None
