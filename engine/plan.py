@@ -122,6 +122,50 @@ class Change:
         return round(self.usage_after.monthly_cost - self.usage_before.monthly_cost, 4)
 
 
+class AppAction(StrEnum):
+    DEPLOY = "deploy"  # the app is not running on the server: start the spec's version
+    UPDATE = "update"  # another version runs there: roll to the spec's
+    REMOVE = "remove"  # the app runs where the spec no longer wants it
+
+
+APP_ACTIONS = (AppAction.DEPLOY, AppAction.UPDATE, AppAction.REMOVE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppChange:
+    """One app on one server: what runs there (`before`, a version, "" for none) and what
+    the spec wants (`after`, "" for nothing). Env fields carry no values, only that they
+    change (engine.apps.diff)."""
+
+    action: AppAction
+    app: str
+    server: str
+    group: str
+    reasons: tuple[str, ...]
+    before: str = ""
+    after: str = ""
+    fields: tuple[FieldChange, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutGroup:
+    """The servers of one group an app's rollout changes, in order, `max_unavailable` at a
+    time."""
+
+    group: str
+    max_unavailable: int
+    servers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppRollout:
+    """The order in which an app's changes are carried out: one group after the other."""
+
+    app: str
+    version: str
+    groups: tuple[RolloutGroup, ...]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Problem:
     """Something that blocks the plan, at a field path (`limits.vcpus`, `servers.web-4`)."""
@@ -165,10 +209,12 @@ class Plan:
     # Rules that open the servers to the whole Internet, the blocking ones among problems too.
     exposures: tuple[Exposure, ...] = ()
     api_calls: ApiCallCount = ApiCallCount()
+    apps: tuple[AppChange, ...] = ()
+    app_rollouts: tuple[AppRollout, ...] = ()
 
     @property
     def has_changes(self) -> bool:
-        return bool(self.changes)
+        return bool(self.changes) or bool(self.apps)
 
     @property
     def is_blocked(self) -> bool:
@@ -178,6 +224,11 @@ class Plan:
         """How many changes of each action, in summary order, zero counts left out."""
         counted = Counter(change.action for change in self.changes)
         return {action: counted[action] for action in ACTIONS if counted[action]}
+
+    def app_counts(self) -> dict[AppAction, int]:
+        """How many app changes of each action, zero counts left out."""
+        counted = Counter(change.action for change in self.apps)
+        return {action: counted[action] for action in APP_ACTIONS if counted[action]}
 
     @property
     def monthly_delta(self) -> float:

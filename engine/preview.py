@@ -3,10 +3,11 @@
 The effects are one step, `observe`: the fleet's servers read through an inventory reader,
 the agents of servers recorded ready asked whether they are alive (unless a heartbeat came
 within their window), with the state store's records, transitions and heartbeats beside
-them. The decisions are the pure `plan_fleet` (over engine.diff). `engine up` plans with the
-same two, fed by the backend and the store its run already holds open; a preview opens a
-reader of its own. Nothing is written and no lock is taken: a preview never changes anything,
-and a missing SQLite state file is not created.
+them (and, for apps, what each server's agent says runs there: engine.apps.observe). The
+decisions are the pure `plan_fleet` (over engine.diff). `engine up` plans with the same two,
+fed by the backend and the store its run already holds open; a preview opens a reader of its
+own. Nothing is written and no lock is taken: a preview never changes anything, and a missing
+SQLite state file is not created.
 
 The install digest (`fleet_digest`) covers the spec's install, the deploy code, the agent's
 recipe and the control plane's address: `engine up` takes the address its control plane
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.apps.diff import AppsObserved, as_deployed, diff_apps
 from engine.catalog import Catalog, load_catalog
 from engine.diff import DiffOptions, as_built, as_recorded, diff_fleet
 from engine.errors import EngineError, SpecError
@@ -38,7 +40,7 @@ from engine.health import AgentSeen, Power, is_heard, power_of
 from engine.lifecycle import failures_since_ready
 from engine.model import Fleet, Stage
 from engine.placement import expand_fleet
-from engine.plan import ApiCallCount, Plan
+from engine.plan import Action, ApiCallCount, Plan
 from engine.providers import ActualServer
 from engine.providers.registry import inventory_reader, require_reader
 from engine.providers.retry import RetryPolicy
@@ -193,9 +195,11 @@ def plan_fleet(
     fleet_id: str | None,
     delete_orphans: bool = False,
     adopt: bool = False,
+    apps: AppsObserved | None = None,
 ) -> Plan:
     """The plan that makes what `observed` saw into `fleet`, for servers installed with
-    `install_hash` and a fleet whose id in this state directory is `fleet_id`. Pure: no I/O."""
+    `install_hash` and a fleet whose id in this state directory is `fleet_id`, with the app
+    changes that make what runs (`apps`, from the agents) into the spec's apps. Pure: no I/O."""
     options = DiffOptions(
         delete_orphans=delete_orphans,
         now=observed.read_at,
@@ -206,7 +210,7 @@ def plan_fleet(
         fleet_id=fleet_id,
         adopt=adopt,
     )
-    return diff_fleet(
+    plan = diff_fleet(
         fleet,
         catalog,
         observed.actual,
@@ -215,6 +219,33 @@ def plan_fleet(
         options=options,
         agents=observed.agents,
         failures=observed.failures,
+    )
+    return with_apps(plan, fleet, catalog, observed.actual, apps)
+
+
+def with_apps(
+    plan: Plan,
+    fleet: Fleet,
+    catalog: Catalog,
+    actual: Sequence[ActualServer],
+    apps: AppsObserved | None,
+) -> Plan:
+    """`plan` with the app changes (engine.apps.diff): a server the plan replaces runs none
+    of its apps afterwards. Pure."""
+    if apps is None or not (fleet.apps or any(apps.running.values())):
+        return plan
+    remade = {c.server for c in plan.changes if c.action is Action.REPLACE}
+    kept = [a for a in actual if a.name not in remade]
+    desired = expand_fleet(fleet, catalog, {a.name: a.location for a in actual})
+    running = {k: v for k, v in apps.running.items() if k not in remade}
+    found = diff_apps(
+        fleet, desired, {a.name for a in kept}, dataclasses.replace(apps, running=running)
+    )
+    return dataclasses.replace(
+        plan,
+        apps=found.changes,
+        app_rollouts=found.rollouts,
+        warnings=(*plan.warnings, *found.warnings),
     )
 
 
@@ -271,6 +302,7 @@ def preview_fleet(
         fleet_id=find_fleet_id(state_dir, fleet.name),
         delete_orphans=delete_orphans,
         adopt=adopt,
+        apps=_apps(fleet, state_dir, state),
     )
 
 
@@ -296,6 +328,18 @@ def _recorded(fleet: Fleet, state_dir: Path, state: str | None) -> Recorded:
         return Recorded()
     with open_store(url) as store:
         return recorded(store, fleet.name)
+
+
+def _apps(fleet: Fleet, state_dir: Path, state: str | None) -> AppsObserved:
+    """What apps run where, asked of the agents the store knows how to reach."""
+    from engine.apps.observe import observe_apps
+    from engine.state.store import open_store, state_url, store_exists
+
+    url = state_url(state_dir, state)
+    if not store_exists(url):
+        return AppsObserved()
+    with open_store(url) as store:
+        return observe_apps(fleet, store, state_dir)
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
@@ -333,6 +377,7 @@ def _against_ref(
     notes: list[str] = []
     actual: list[ActualServer] = []
     records: list[ServerRecord] = []
+    apps = AppsObserved()
     if raw is None:
         notes.append(f"{relative} does not exist at {ref}: every server is new")
     else:
@@ -351,14 +396,17 @@ def _against_ref(
             old_catalog = load_catalog(str(old.provider.name), state_dir)
             # Both sides with the same control plane: only what the specs say differs.
             installed = fleet_digest(old, "", ())
-            for server in expand_fleet(old, old_catalog):
+            old_servers = expand_fleet(old, old_catalog)
+            for server in old_servers:
                 built = as_built(old, server, old_catalog)
                 actual.append(built)
                 records.append(as_recorded(old, built, server.group, installed))
+            apps = as_deployed(old, old_servers)
     options = DiffOptions(
         delete_orphans=delete_orphans,
         compared_with=f"the spec at {ref}",
         install_hash=fleet_digest(fleet, "", ()),
     )
     plan = diff_fleet(fleet, catalog, actual, records, options=options)
+    plan = with_apps(plan, fleet, catalog, actual, apps)
     return dataclasses.replace(plan, warnings=(*notes, *plan.warnings))

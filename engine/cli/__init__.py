@@ -38,6 +38,9 @@ COMMANDS = (
     "alerts",
     "local",
     "containers",
+    "deploy",
+    "logs",
+    "apps",
 )
 
 

@@ -4,7 +4,9 @@ One record per server (lifecycle stage, addresses, what was rendered and install
 one row per lifecycle transition (so each step's duration can be computed), an event
 history, and the exclusive stack locks that mutating commands hold. For the control plane:
 each fleet's settings, one-time phone-home tokens (as hashes), the durable job queue, API
-keys (as hashes) and what each server's agent last reported.
+keys (as hashes) and what each server's agent last reported. For apps: the definition of each
+version deployed (secret variables by name only), which version runs where, and every
+rollout with its state machine.
 
 The records here are plain frozen values, importable without SQLAlchemy, so the pure diff
 can take them. The store itself is `engine.state.store.Store` (SQLite file by default,
@@ -344,6 +346,34 @@ class AgentReport:
     containers: Mapping[str, Any] | None = None
     tls_fingerprint: str = ""
     sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeployedApp:
+    """The version of an app the engine last put on a server (the app's state there)."""
+
+    fleet: str
+    app: str
+    server: str
+    version: str
+    deployed_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutRecord:
+    """One rollout of an app: its phase, and the whole state machine as `document`
+    (engine.apps.rollout.to_json), kept after every transition."""
+
+    id: int
+    fleet: str
+    app: str
+    version: str
+    phase: str
+    reason: str
+    document: Mapping[str, Any]
+    started_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -447,6 +447,44 @@ def _serve(metadata: MetaData) -> None:
     )
 
 
+def _apps(metadata: MetaData) -> None:
+    # The definition of every version of an app the engine deployed: secret variables by
+    # name, never a value (engine.apps.versions.AppDefinition).
+    Table(
+        "app_versions",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("app", String(63), primary_key=True),
+        Column("version", String(64), primary_key=True),
+        Column("definition", JSON, nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+    )
+    Table(
+        "app_servers",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("app", String(63), primary_key=True),
+        Column("server", String(63), primary_key=True),
+        Column("version", String(64), nullable=False),
+        Column("deployed_at", UtcDateTime(), nullable=False),
+    )
+    Table(
+        "rollouts",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("fleet", String(63), nullable=False),
+        Column("app", String(63), nullable=False),
+        Column("version", String(64), nullable=False),
+        Column("phase", String(20), nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("document", JSON, nullable=False),
+        Column("started_at", UtcDateTime(), nullable=False),
+        Column("updated_at", UtcDateTime(), nullable=False),
+        Column("finished_at", UtcDateTime()),
+        Index("ix_rollouts_app", "fleet", "app"),
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "servers, server_transitions, events, locks", _servers_events_locks),
     Migration(
@@ -476,6 +514,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _write_api,
         _add_api_key_columns_7,
     ),
+    Migration(8, "apps: versions deployed, where each runs, rollouts", _apps),
 )
 
 

@@ -28,6 +28,7 @@ methods and gets the frozen records of `engine.state`:
     leases       who runs each fleet's reconcile loop         engine.state.leases
     metrics      each server's metric history                 engine.state.metrics
     alerts       each declared alert's state                  engine.state.alerts
+    apps         app versions, where they run, rollouts       engine.state.apps
 
 The tables and their migrations are in engine.state.schema.
 """
@@ -50,6 +51,7 @@ from engine.state import schema
 from engine.state.agents import Agents
 from engine.state.alerts import Alerts
 from engine.state.apikeys import ApiKeys
+from engine.state.apps import Apps
 from engine.state.audit import Audit
 from engine.state.database import BUSY_TIMEOUT_S, Database
 from engine.state.events import Events
@@ -175,6 +177,7 @@ class Repositories:
         self.leases = Leases(database, connection)
         self.metrics = Metrics(database, connection)
         self.alerts = Alerts(database, connection)
+        self.apps = Apps(database, connection)
 
 
 class Store(Repositories):
@@ -214,7 +217,7 @@ class Store(Repositories):
 
     def forget_fleet(self, fleet: str) -> None:
         """Drop everything the store holds for `fleet` but its stack lock (held by whoever
-        destroys it): servers, history, tokens, jobs, reports, user_data, settings."""
+        destroys it): servers, history, tokens, jobs, reports, user_data, apps, settings."""
         with self.transaction() as tx:
             tx.servers.forget_fleet(fleet)
             tx.events.forget_fleet(fleet)
@@ -225,6 +228,7 @@ class Store(Repositories):
             tx.leases.forget_fleet(fleet)
             tx.metrics.forget_fleet(fleet)
             tx.alerts.forget_fleet(fleet)
+            tx.apps.forget_fleet(fleet)
             tx.fleets.forget(fleet)
             tx.specs.forget(fleet)
             tx.runs.forget_fleet(fleet)

@@ -318,10 +318,13 @@ ImageSource = tuple[str, Callable[[], Iterable[bytes]]]
 
 
 @contextmanager
-def image_sources(url: str | None, references: Sequence[str]) -> Iterator[dict[str, ImageSource]]:
+def image_sources(
+    url: str | None, references: Sequence[str], *, missing_ok: bool = False
+) -> Iterator[dict[str, ImageSource]]:
     """For each image of `references` in the engine's Docker (`url`, else the local one): its
     id, and a function that streams it as `docker save` does. The client stays open for the
-    block; an EngineError names an image that is not there."""
+    block; an EngineError names an image that is not there, unless `missing_ok` (then it is
+    left out)."""
     import docker
 
     from engine.providers.local.dockerd import daemon_client, ensure_daemon
@@ -334,6 +337,8 @@ def image_sources(url: str | None, references: Sequence[str]) -> Iterator[dict[s
             try:
                 image_id = client.images.get(reference).id
             except docker.errors.ImageNotFound:
+                if missing_ok:
+                    continue
                 raise EngineError(
                     f"the agent image {reference} is not in the engine's Docker ({url}); "
                     "build it first"
