@@ -15,13 +15,14 @@ from jsonschema import Draft202012Validator
 from engine.apps.diff import AppsObserved, RunningApp, as_deployed, diff_apps
 from engine.apps.versions import app_definition
 from engine.catalog import load_catalog
-from engine.diff import as_built, as_recorded, diff_fleet
+from engine.diff import DiffOptions, as_built, as_recorded, diff_fleet
 from engine.model import Fleet
 from engine.placement import expand_fleet
 from engine.plan import AppAction, FieldChange
 from engine.preview import with_apps
 from engine.render import render_json, render_markdown, render_text
 from engine.spec import parse_spec
+from tests.diff.model import digest_of
 
 SCHEMA = json.loads(Path("schemas/plan.v2.schema.json").read_text())
 GREETING = "hello-from-version-one"
@@ -65,8 +66,11 @@ def plan_of(fleet: Fleet, observed: AppsObserved, *, existing: bool = True) -> A
     catalog = load_catalog("local")
     servers = expand_fleet(fleet, catalog)
     actual = [as_built(fleet, s, catalog, provider_id=s.name) for s in servers] if existing else []
-    records = [as_recorded(fleet, a, s.group) for a, s in zip(actual, servers, strict=False)]
-    plan = diff_fleet(fleet, catalog, actual, records)
+    digest = digest_of(fleet)
+    records = [
+        as_recorded(fleet, a, s.group, digest) for a, s in zip(actual, servers, strict=False)
+    ]
+    plan = diff_fleet(fleet, catalog, actual, records, options=DiffOptions(install_hash=digest))
     return with_apps(plan, fleet, catalog, actual, observed)
 
 
