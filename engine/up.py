@@ -470,6 +470,7 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
     servers, their power, their agents) and the records of the store it locked. A server that
     fails on its way is looked at again and tried again while its tries last."""
     from engine.converge import converge
+    from engine.install.deploykey import ensure_deploy_key
     from engine.preview import Observed, fleet_digest, observe, plan_fleet, recorded
 
     started = time.monotonic()
@@ -485,11 +486,14 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
                 state_dir=options.state_dir,
             )  # fmt: skip
 
+        keys = (*fleet.ssh.authorized_keys, ensure_deploy_key(options.state_dir, fleet.name))
+
         def plan_of(observed: Observed) -> Plan:
             return plan_fleet(
                 fleet, catalog, observed, install_hash=digest,
                 fleet_id=find_fleet_id(options.state_dir, fleet.name),
                 delete_orphans=options.delete_orphans, adopt=options.adopt,
+                engine_sources=site.sources, ssh_public_keys=keys,
             )  # fmt: skip
 
         observed = observe_now()

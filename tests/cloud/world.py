@@ -34,7 +34,17 @@ from tests.stacks.listed import list_on_digitalocean, list_on_hcloud
 TOKEN_ENV = {"hcloud": "HCLOUD_TOKEN", "digitalocean": "DIGITALOCEAN_TOKEN"}
 
 
-HELD = ("servers", "droplets", "firewalls", "networks", "placement_groups", "vpcs")
+HELD = (
+    "servers",
+    "droplets",
+    "firewalls",
+    "networks",
+    "placement_groups",
+    "vpcs",
+    "load_balancers",
+    "ssh_keys",
+    "domain_records",
+)
 SERVERS = ("servers", "droplets")
 
 
