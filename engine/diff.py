@@ -70,7 +70,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.catalog import Catalog
 from engine.cost import load_balancer_price, monthly_price, server_usage
@@ -188,6 +188,8 @@ class _Differ:
         self.unchanged = 0
         self.held_elsewhere: set[str] = set()
         self._unpriced: set[tuple[str, str]] = set()
+        # Servers made anew with a resource the plan replaces (name -> why).
+        self.replaced_with: Mapping[str, str] = {}
 
     # --- usage ---------------------------------------------------------------------------
 
@@ -576,6 +578,8 @@ class _Differ:
                 f"location {actual.location} is no longer among {group.name}'s locations "
                 f"({', '.join(group.locations)})"
             )
+        if server.name in self.replaced_with:
+            causes.append(self.replaced_with[server.name])
         if not is_same_image(server.image, actual.image):
             shown = actual.image.describe() if actual.image else "unknown"
             causes.append(f"image {shown} -> {server.image.describe()}")
@@ -916,15 +920,28 @@ def _resource_change(
     return Action.UPDATE, fields, (f"{', '.join(f.field for f in fields)} differ",)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceDiff:
+    """What `diff_resources` found: the changes, the monthly cost of the resources listed and
+    of those after, warnings (prices the catalog lacks), and the servers a replacement makes
+    anew with it (name -> why: a droplet whose VPC is made anew)."""
+
+    changes: tuple[ResourceChange, ...] = ()
+    monthly_before: float = 0.0
+    monthly_after: float = 0.0
+    warnings: tuple[str, ...] = ()
+    replaced_servers: Mapping[str, str] = field(default_factory=dict)
+
+
 def diff_resources(
     catalog: Catalog, declared: Sequence[CloudResource], listed: Sequence[CloudResource]
-) -> tuple[tuple[ResourceChange, ...], float, float, list[str]]:
-    """The changes that make the `listed` resources the `declared` ones, the monthly cost of
-    those listed and of those after, and warnings (prices the catalog lacks). Pure."""
+) -> ResourceDiff:
+    """The changes that make the `listed` resources the `declared` ones. Pure."""
     wanted = {(r.kind, r.name): r for r in declared}
     have = {(r.kind, r.name): r for r in listed}
     changes: list[ResourceChange] = []
     warnings: list[str] = []
+    replaced: dict[str, str] = {}
     before = after = 0.0
     for key in sorted(wanted.keys() | have.keys()):
         want, got = wanted.get(key), have.get(key)
@@ -943,6 +960,9 @@ def diff_resources(
         servers = tuple(sorted({*(want.servers if want else ()), *(got.servers if got else ())},
                                key=natural_key))  # fmt: skip
         disruptive = action in (Action.REPLACE, Action.DELETE) and bool(servers)
+        if action is Action.REPLACE and want is not None and want.replaces_servers:
+            for server in servers:
+                replaced[server] = f"{key[0]} {key[1]} is made anew: {want.on_replace}"
         if disruptive:
             effect = (want.on_replace if want and action is Action.REPLACE else "") or (
                 "they lose it"
@@ -962,7 +982,13 @@ def diff_resources(
                 monthly_after=cost_after,
             )
         )
-    return tuple(changes), round(before, 4), round(after, 4), warnings
+    return ResourceDiff(
+        changes=tuple(changes),
+        monthly_before=round(before, 4),
+        monthly_after=round(after, 4),
+        warnings=tuple(warnings),
+        replaced_servers=replaced,
+    )
 
 
 def _exposure_problem(exposure: Exposure) -> Problem:
@@ -996,12 +1022,14 @@ def diff_fleet(
     >>> # diff_fleet(fleet, catalog, actual=(), records=()) -> one create per server
     """
     options = options or DiffOptions()
+    found = diff_resources(catalog, declared, listed)
     differ = _Differ(fleet, catalog, records, unowned, options, agents or {}, failures or {})
+    differ.replaced_with = found.replaced_servers
     differ.run(actual)
     changes = tuple(differ.changes)
-    resources, lb_before, lb_after, priced = diff_resources(catalog, declared, listed)
-    before = differ.before + Usage(monthly_cost=lb_before)
-    after = differ.after + Usage(monthly_cost=lb_after)
+    resources = found.changes
+    before = differ.before + Usage(monthly_cost=found.monthly_before)
+    after = differ.after + Usage(monthly_cost=found.monthly_after)
     exposures = fleet_exposures(fleet)
     problems = [
         *differ.problems,
@@ -1021,7 +1049,7 @@ def diff_fleet(
         after=after,
         install_hash=differ.install_hash,
         problems=tuple(problems),
-        warnings=(*differ.warnings, *priced),
+        warnings=(*differ.warnings, *found.warnings),
         exposures=exposures,
         resources=resources,
         api_calls=ApiCallCount(

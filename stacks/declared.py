@@ -320,6 +320,7 @@ def _digitalocean(
                         if network.name in s.networks and s.location == region
                     ),
                     on_replace="replaced: DigitalOcean cannot move a droplet to another VPC",
+                    replaces_servers=True,
                     logical=(f"vpc-{network.name}-{region}",),
                 )
             )

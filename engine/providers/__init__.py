@@ -109,7 +109,8 @@ class CloudResource:
     diff compares, each as text (`rules`, `ip_range`, `services`...), in the same words on
     both sides. The declared side also says what the provider cannot change in place
     (`fixed`: a change there makes the resource anew), which servers hang on it (`servers`:
-    named when a change disrupts them) and what a replacement does to them (`on_replace`),
+    named when a change disrupts them) and what a replacement does to them (`on_replace`;
+    `replaces_servers`: they are made anew with it, as droplets are with their VPC),
     and the Pulumi resources the program declares for it (`logical`: names, or prefixes of
     its parts' names). A listed resource the fleet does not own (a key uploaded by someone
     else, reused by fingerprint) has `owned` False: it is compared, never deleted.
@@ -121,6 +122,7 @@ class CloudResource:
     fixed: tuple[str, ...] = ()
     servers: tuple[str, ...] = ()
     on_replace: str = ""
+    replaces_servers: bool = False
     logical: tuple[str, ...] = ()
     provider_id: str = ""
     owned: bool = True

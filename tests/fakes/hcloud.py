@@ -211,7 +211,18 @@ class FakeHcloud(FakeApi):
                     "max_assigned_certificates": 10,
                     "deprecated": None,
                     "prices": [_price(loc["name"], 5.39) for loc in self.locations],
-                }
+                },
+                {
+                    "id": 2,
+                    "name": "lb21",
+                    "description": "LB21",
+                    "max_connections": 20000,
+                    "max_services": 15,
+                    "max_targets": 75,
+                    "max_assigned_certificates": 25,
+                    "deprecated": None,
+                    "prices": [_price(loc["name"], 16.40) for loc in self.locations],
+                },
             ]
 
     # --- state the tests arrange -------------------------------------------------------------

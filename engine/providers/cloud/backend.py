@@ -68,6 +68,15 @@ def _is_outside_the_program(change: Change) -> bool:
     return change.action in (Action.REINSTALL, Action.POWER_ON)
 
 
+def needs_the_program(plan: Plan, pending: Sequence[ServerRecord]) -> bool:
+    """Whether the program must run: a server waits to be made (`pending`: recorded without a
+    provider id), a change to a server is the program's, or any other resource differs
+    (a firewall rule, a load balancer, a network, a DNS record, the engine's addresses)."""
+    return bool(pending or plan.resources) or not all(
+        _is_outside_the_program(c) for c in plan.changes
+    )
+
+
 def engine_sources(addresses: Sequence[str]) -> tuple[str, ...]:
     """Addresses or CIDR ranges as CIDRs (`203.0.113.7` -> `203.0.113.7/32`), each once."""
     found: list[str] = []
@@ -209,7 +218,7 @@ class CloudBackend:
         records = {r.name: r for r in run.store.servers.all(run.fleet.name)}
         # Made by no run yet, or by one that died before registering them.
         pending = [r for r in records.values() if not r.provider_id]
-        if not pending and all(_is_outside_the_program(c) for c in plan.changes):
+        if not needs_the_program(plan, pending):
             return
         for record in pending:
             if record.stage is Stage.REQUESTED:
