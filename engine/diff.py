@@ -39,6 +39,7 @@ store's stage is history: a record that says ready proves nothing. Rules, per se
     install digest differs .................. reinstall (unless replaced, powered on or
                                               retried anyway: those install it too)
     exists, but the store has no record ..... adopt (record it; the engine installs it)
+    exists, recorded without an id .......... adopt (a run that died mid-create made it)
     owned, not desired, recorded ............ delete
     owned, not desired, not recorded ........ an orphan: left alone with a warning, deleted
                                               only when options.delete_orphans
@@ -334,7 +335,9 @@ class _Differ:
                 )
             )
         else:
-            adopting = record is None or record.provider_id not in ("", actual.provider_id)
+            # A record without an id is a create that never got as far as recording it (the
+            # run died mid-way): the server it made is adopted, never made a second time.
+            adopting = record is None or record.provider_id != actual.provider_id
             if adopting:
                 changes.append(self.adopt(server, actual, record))
             resize = self.resize(server, actual, usage)
@@ -538,6 +541,11 @@ class _Differ:
     def adopt(self, server: Server, actual: ActualServer, record: ServerRecord | None) -> Change:
         if record is None:
             reason = "it carries this fleet's labels but the state store has no record of it"
+        elif not record.provider_id:
+            reason = (
+                f"a run made it (id {actual.provider_id}) but ended before recording it, as "
+                "when the engine dies during a create"
+            )
         else:
             reason = (
                 f"the state store tracks id {record.provider_id}, the provider has "
@@ -1022,6 +1030,10 @@ def diff_fleet(
     >>> # diff_fleet(fleet, catalog, actual=(), records=()) -> one create per server
     """
     options = options or DiffOptions()
+    if options.adopt and any(a.fleet_id not in ("", options.fleet_id) for a in actual):
+        # Taken over from another state directory: its stack holds the firewalls, networks
+        # and balancers listed, this one makes its own.
+        listed = ()
     found = diff_resources(catalog, declared, listed)
     differ = _Differ(fleet, catalog, records, unowned, options, agents or {}, failures or {})
     differ.replaced_with = found.replaced_servers

@@ -23,9 +23,11 @@ from engine.providers.cloud.pulumi_runner import (
     check_passphrase,
     destroy,
     failure_message,
+    pending_creates,
     preview,
     pulumi_root,
     refuse_gevent,
+    server_names,
     server_outputs,
     server_urns,
     up,
@@ -255,3 +257,17 @@ def test_the_servers_deleted_outside_are_found_in_the_exported_state_by_name() -
     urns = server_urns(deployment, frozenset({"web-1", "api-1", "web-9"}))
     assert urns == [f"{stack}{group}{server}::web-1", f"{stack}{group}{droplet}::api-1"]
     assert server_urns({}, frozenset({"web-1"})) == []
+    assert server_names(deployment) == ["web-1", "web-2", "api-1"]
+
+
+def test_creates_a_dead_run_left_pending_are_found_in_the_exported_state() -> None:
+    web_1 = "urn:pulumi:web-prod::fleet-engine::hcloud:index/server:Server::web-1"
+    deployment = {
+        "resources": [],
+        "pending_operations": [
+            {"resource": {"urn": web_1, "type": "hcloud:index/server:Server"}, "type": "creating"},
+            {"resource": {"urn": "urn:x", "type": "t"}, "type": "updating"},
+        ],
+    }
+    assert pending_creates(deployment) == [web_1]
+    assert pending_creates({"resources": []}) == []

@@ -9,10 +9,14 @@ PULUMI_CONFIG_PASSPHRASE (or the file named by PULUMI_CONFIG_PASSPHRASE_FILE); t
 encryption salt sits in `<state_dir>/pulumi/workspace/Pulumi.<fleet>.yaml`, so keep that
 folder with the state.
 
-    preview(inputs, ...)    what `up` would do, per resource
+    preview(inputs, ...)    what `up` would do, per resource (with each step's properties
+                            that force a replacement: engine.providers.cloud.guard checks it)
     up(inputs, ...)         create/update to match; returns the servers' ids and addresses
-                            (servers deleted outside the engine are refreshed out of the
-                            stack's state first, so the program makes them anew)
+
+Before either, the stack is made ready (`recovered`): creates left pending by a run that died
+are cleared from the state (what they made is adopted by the plan, what they did not is made
+now), and servers deleted outside the engine are refreshed out of the state, so the program
+makes them anew.
     destroy(fleet, ...)     delete everything the stack holds
 
 Each returns a `RunResult`: the outcome per resource, the counts per operation and, for `up`,
@@ -25,6 +29,7 @@ import), where Pulumi hangs: run installs and Pulumi in separate processes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -60,13 +65,16 @@ class PulumiNotInstalled(EngineError):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResourceStep:
     """One resource's step in a run: `op` is Pulumi's (create, update, replace, delete, same...);
-    `status` is planned (preview), started, done or failed."""
+    `status` is planned (preview), started, done or failed; `keys` are the properties that
+    force a replacement, `diffs` those that differ."""
 
     urn: str
     type: str
     name: str
     op: str
     status: str
+    keys: tuple[str, ...] = ()
+    diffs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,15 +180,58 @@ def _run(
     action: str, inputs: StackInputs, token: str, state_dir: Path, on_progress: Progress | None
 ) -> RunResult:
     events = StepLog(action, on_progress)
-    program = fleet_program(inputs, token=token)
-    with _stack(inputs.fleet, program, token, state_dir, events) as stack:
-        if action == "preview":
-            stack.preview(on_event=events, color="never")
-            return events.result()
+    with _stack(
+        inputs.fleet, fleet_program(inputs, token=token), token, state_dir, events
+    ) as stack:
+        inputs = recovered(stack, inputs)
         forget_gone(stack, inputs.gone)
-        outcome = stack.up(on_event=events, color="never")
+        program = fleet_program(inputs, token=token)
+        if action == "preview":
+            stack.preview(on_event=events, color="never", program=program)
+            return events.result()
+        outcome = stack.up(on_event=events, color="never", program=program)
     servers = outcome.outputs.get(SERVERS_OUTPUT)
     return events.result(server_outputs(servers.value if servers else {}))
+
+
+def recovered(stack: Stack, inputs: StackInputs) -> StackInputs:
+    """The stack ready to run again after a run that died mid-way, and `inputs` fitted to it.
+
+    A create that was under way when the process died is a pending operation in the state:
+    Pulumi refuses to run until it is settled, and cannot tell whether the resource was
+    made. It is cleared from the state (`refresh --clear-pending-creates`); what was made
+    carries the fleet's labels or tags, so the engine's reader finds it and the plan adopts
+    it (imported, never made twice: no 409 on Hetzner, no second droplet), and what was not
+    made is made by this run. A server to adopt that the state holds already (the run died
+    after Pulumi recorded it) is not imported again.
+    """
+    deployment = stack.export_stack().deployment or {}
+    creating = pending_creates(deployment)
+    if creating:
+        stack.refresh(target=creating, clear_pending_creates=True, color="never")
+    held = set(server_names(deployment))
+    if not held & set(inputs.adopted):
+        return inputs
+    adopted = {name: rid for name, rid in inputs.adopted.items() if name not in held}
+    return dataclasses.replace(inputs, adopted=adopted)
+
+
+def pending_creates(deployment: Mapping[str, Any]) -> list[str]:
+    """The URNs of the creates an exported deployment has pending (a run died during them)."""
+    return [
+        str(operation["resource"]["urn"])
+        for operation in deployment.get("pending_operations") or ()
+        if operation.get("type") == "creating"
+    ]
+
+
+def server_names(deployment: Mapping[str, Any]) -> list[str]:
+    """The names of the servers an exported deployment holds."""
+    return [
+        str(resource["urn"]).rsplit("::", 1)[-1]
+        for resource in deployment.get("resources") or ()
+        if resource.get("type") in SERVER_TYPES
+    ]
 
 
 def destroy(
@@ -272,6 +323,8 @@ class StepLog:
             name=metadata.urn.rsplit("::", 1)[-1],
             op=str(metadata.op.value),
             status=status,
+            keys=tuple(metadata.keys or ()),
+            diffs=tuple(metadata.diffs or ()),
         )
         self.steps[step.urn] = step
         if self.on_progress is not None:
