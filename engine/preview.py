@@ -44,7 +44,7 @@ from engine.health import AgentSeen, Power, is_heard, power_of
 from engine.lifecycle import failures_since_ready
 from engine.model import Fleet, Stage
 from engine.placement import expand_fleet
-from engine.plan import ApiCallCount, Plan
+from engine.plan import ApiCallCount, Plan, Problem
 from engine.providers import ActualServer, CloudResource
 from engine.providers.registry import inventory_reader, require_reader
 from engine.providers.retry import RetryPolicy
@@ -93,6 +93,8 @@ class Observed:
     agents: Mapping[str, AgentSeen] = field(default_factory=dict)
     failures: Mapping[str, int] = field(default_factory=dict)
     resources: tuple[CloudResource, ...] = ()
+    # What the spec names that the provider lacks (a project, a domain): problems.
+    missing: tuple[Problem, ...] = ()
 
 
 def observe(
@@ -112,6 +114,7 @@ def observe(
     wanted = {server.name for server in expand_fleet(fleet, catalog)}
     unowned = reader.read_unowned(sorted(wanted - listed))
     resources = reader.read_resources(actual)
+    missing = reader.read_prerequisites()
     calls = reader.calls
     now = dt.datetime.now(dt.UTC)
     return Observed(
@@ -128,6 +131,7 @@ def observe(
         agents={} if state_dir is None else agents_now(fleet, state_dir, known, actual, now),
         failures=failures_since_ready(known.transitions),
         resources=resources,
+        missing=missing,
     )
 
 
@@ -236,7 +240,7 @@ def plan_fleet(
         fleet_id=fleet_id,
         adopt=adopt,
     )
-    return diff_fleet(
+    plan = diff_fleet(
         fleet,
         catalog,
         observed.actual,
@@ -254,6 +258,9 @@ def plan_fleet(
         ),
         listed=observed.resources,
     )
+    if not observed.missing:
+        return plan
+    return dataclasses.replace(plan, problems=(*plan.problems, *observed.missing))
 
 
 def plan_preview(

@@ -88,3 +88,13 @@ def test_a_new_engine_address_opens_ssh_and_the_agent_port_to_it(
     assert again.engine_sources == ("192.0.2.44/32",)
     plan = plan_preview(world.spec, state_dir=world.state_dir)
     assert plan.resources == ()  # the run recorded the new address, and made it so
+
+
+@pytest.mark.parametrize("world", ["digitalocean"], indirect=True)
+def test_a_missing_project_or_domain_blocks_the_plan_before_anything_is_made(world: World) -> None:
+    world.fake.projects, world.fake.zones = ["first-project"], set()
+    plan = plan_preview(world.spec, state_dir=world.state_dir)
+    assert plan.is_blocked
+    assert {p.path for p in plan.problems} == {"provider.project", "dns[0].zone"}
+    code, _ = world.up()
+    assert code == 1 and world.pulumi.ups == [] and world.fake.droplets == []

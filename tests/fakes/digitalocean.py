@@ -67,8 +67,9 @@ class FakeDigitalOcean(FakeApi):
     # Records of the account's domains, as `GET /v2/domains/{zone}/records` lists them, each
     # with the `zone` it is in (which the API does not show).
     domain_records: list[dict[str, Any]] = field(default_factory=list)
-    # The domains the account holds.
+    # The domains and the projects the account holds (the example spec's).
     zones: set[str] = field(default_factory=lambda: {"example.com"})
+    projects: list[str] = field(default_factory=lambda: ["first-project", "api"])
     unlisted: set[int] = field(default_factory=set)
     actions: dict[int, FakeAction] = field(default_factory=dict)
     action_script: ActionScript = field(default_factory=ActionScript)
@@ -482,12 +483,36 @@ class FakeDigitalOcean(FakeApi):
         async def keys_of_account(request: Request) -> JSONResponse:
             return await self._list(request, "ssh_keys", self.ssh_keys)
 
+        async def domains(request: Request) -> JSONResponse:
+            held = [{"name": zone, "ttl": 1800, "zone_file": ""} for zone in sorted(self.zones)]
+            return await self._list(request, "domains", held)
+
+        async def projects(request: Request) -> JSONResponse:
+            held = [
+                {
+                    "id": f"4e1bfbc3-dc3e-41f2-a18f-{n:012d}",
+                    "owner_uuid": "99525febec065ca37b2ffe4f852fd2b2581895e7",
+                    "owner_id": 258992,
+                    "name": name,
+                    "description": "",
+                    "purpose": "Web Application",
+                    "environment": "Production",
+                    "created_at": "2026-01-01T00:00:00Z",
+                    "updated_at": "2026-01-01T00:00:00Z",
+                    "is_default": n == 0,
+                }
+                for n, name in enumerate(self.projects)
+            ]
+            return await self._list(request, "projects", held)
+
         keys = ("regions", "sizes", "images", "droplets", "firewalls", "vpcs", "load_balancers")
         return Starlette(
             routes=[
                 *(Route(f"/v2/{key}", lister(key)) for key in keys),
                 Route("/v2/domains/{zone}/records", records),
                 Route("/v2/account/keys", keys_of_account),
+                Route("/v2/domains", domains),
+                Route("/v2/projects", projects),
                 Route("/v2/droplets/{id:int}/actions", self._droplet_action, methods=["POST"]),
                 Route("/v2/droplets/{id:int}", self._delete_droplet, methods=["DELETE"]),
                 Route("/v2/actions/{id:int}", self._get_action),

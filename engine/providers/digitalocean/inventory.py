@@ -45,6 +45,7 @@ from engine.model import (
     Labels,
     ProviderName,
 )
+from engine.plan import Problem
 from engine.providers import (
     ActualServer,
     CloudResource,
@@ -141,6 +142,41 @@ class DigitalOceanReader:
     def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
         return ()
 
+    def read_prerequisites(self) -> tuple[Problem, ...]:
+        """The spec's project and the domains of its DNS records, which the program assigns
+        droplets to and writes records in but never makes: one list call each."""
+        client, found = self.api.client, []
+        project = self.fleet.provider.project
+        with provider_errors(self.fleet.provider.token_env):
+            if project:
+                names = {p["name"] for p in self.api.list_all(client.projects.list, "projects")}
+                if project not in names:
+                    found.append(
+                        Problem(
+                            code="missing_at_provider",
+                            path="provider.project",
+                            message=f"DigitalOcean has no project named {project} in this account",
+                            hint="create it in the control panel (Projects, New Project), or "
+                            f"name one of: {', '.join(sorted(names)) or '(none)'}",
+                        )
+                    )
+            zones = sorted({record.zone for record in self.fleet.dns})
+            if zones:
+                held = {d["name"] for d in self._list(client.domains.list, "domains")}
+                found += [
+                    Problem(
+                        code="missing_at_provider",
+                        path=f"dns[{i}].zone",
+                        message=f"DigitalOcean holds no domain {record.zone} in this account, "
+                        "so its records cannot be written",
+                        hint=f"add the domain (Networking, Domains) and point {record.zone}'s "
+                        "name servers at ns1.digitalocean.com, or use a zone it holds",
+                    )
+                    for i, record in enumerate(self.fleet.dns)
+                    if record.zone not in held
+                ]
+        return tuple(found)
+
     def read_resources(self, servers: Sequence[ActualServer]) -> tuple[CloudResource, ...]:
         """The fleet's firewalls, VPCs, load balancers, DNS records and SSH keys."""
         client, fleet = self.api.client, self.fleet.name
@@ -149,10 +185,15 @@ class DigitalOceanReader:
             vpcs = self._list(client.vpcs.list, "vpcs")
             balancers = self.api.list_all(client.load_balancers.list, "load_balancers")
             keys = self.api.list_all(client.ssh_keys.list, "ssh_keys")
+            zones = sorted({r.zone for r in self.fleet.dns})
+            held = (
+                {d["name"] for d in self._list(client.domains.list, "domains")} if zones else set()
+            )
+            # A domain the account lacks has no records: read_prerequisites says so.
             records = {
                 zone: self.api.list_all(client.domains.list_records, "domain_records",
                                         domain_name=zone)
-                for zone in sorted({r.zone for r in self.fleet.dns})
+                for zone in zones if zone in held
             }  # fmt: skip
         names = {s.provider_id: s.name for s in servers}
         marks = (f"{LABEL_FLEET}:{fleet}", f"{MEMBER_TAG}:{fleet}:")

@@ -39,6 +39,7 @@ from engine.model import (
     ImageKind,
     ProviderName,
 )
+from engine.plan import Problem
 from engine.providers import (
     ActualServer,
     CloudResource,
@@ -181,6 +182,10 @@ class HcloudReader:
                     for servers, _ in pool.map(lambda ask: ask(), asks):
                         found += servers
         return tuple(s for s in found if s.name in wanted and not self._is_owned(s))
+
+    def read_prerequisites(self) -> tuple[Problem, ...]:
+        """None: a Hetzner fleet's project is its token's, and it declares no DNS."""
+        return ()
 
     def read_resources(self, servers: Sequence[ActualServer]) -> tuple[CloudResource, ...]:
         """The fleet's firewalls, networks, load balancers, placement groups and SSH keys."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.model import Fleet, Image, ImageKind, ProviderName
+from engine.plan import Problem
 from engine.providers import ActualServer, CloudResource, InventoryPage, without_fleet_id
 from engine.providers.local.driver import (
     LABEL_IMAGE,
@@ -92,6 +93,10 @@ class LocalReader:
     def read_resources(self, servers: Sequence[ActualServer]) -> tuple[CloudResource, ...]:
         """None: a local fleet declares no firewalls, networks, balancers, records or keys
         (its bridge is the local provider's own, made when it starts)."""
+        return ()
+
+    def read_prerequisites(self) -> tuple[Problem, ...]:
+        """None: a local fleet needs nothing made beforehand."""
         return ()
 
     def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
