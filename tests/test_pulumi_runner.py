@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from engine.providers.cloud.pulumi_runner import (
     destroy,
     failure_message,
     pending_creates,
+    plugin_version,
     preview,
     pulumi_root,
     refuse_gevent,
@@ -271,3 +273,47 @@ def test_creates_a_dead_run_left_pending_are_found_in_the_exported_state() -> No
     }
     assert pending_creates(deployment) == [web_1]
     assert pending_creates({"resources": []}) == []
+
+
+def _fake_cli(folder: Path, version: str, plugin: str = "exit 0") -> None:
+    """A `pulumi` that says it is `version` and answers `plugin install` with `plugin`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    binary = folder / "pulumi"
+    binary.write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in\n  *"plugin install"*) {plugin};;\n  *version) echo {version};;\n'
+        '  *) echo "unexpected: $*" >&2; exit 3;;\nesac\n'
+    )
+    binary.chmod(0o755)
+
+
+def test_an_older_pulumi_cli_is_refused_with_the_version_needed(
+    no_cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_cli(tmp_path / "bin", "v3.150.0")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    with pytest.raises(EngineError) as caught:
+        up(stack_inputs(fleet_from("specs/hetzner.yaml")), token=TOKEN, state_dir=no_cli)
+    message = str(caught.value)
+    assert "3.150.0" in message and "Pulumi CLI 3.181.0 or newer" in message
+    assert "get.pulumi.com" in message and TOKEN not in message
+
+
+def test_a_provider_plugin_that_cannot_be_downloaded_is_one_clear_line(
+    no_cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offline = (
+        'echo "error: could not get plugin: dial tcp: lookup api.github.com: no such host" >&2; '
+        "exit 255"
+    )
+    _fake_cli(tmp_path / "bin", "v3.272.0", offline)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    wanted = plugin_version("digitalocean")
+    assert wanted == "v" + version("pulumi_digitalocean")
+    with pytest.raises(EngineError) as caught:
+        preview(stack_inputs(fleet_from("specs/digitalocean.yaml")), token=TOKEN, state_dir=no_cli)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"the Pulumi plugin digitalocean {wanted}" in message
+    assert "lookup api.github.com: no such host" in message
+    assert f"`pulumi plugin install resource digitalocean {wanted}`" in message

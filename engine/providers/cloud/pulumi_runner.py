@@ -47,13 +47,19 @@ from stacks import PROJECT, SERVERS_OUTPUT, fleet_program, provider_program
 from stacks.inputs import StackInputs
 
 if TYPE_CHECKING:
-    from pulumi.automation import EngineEvent, Stack
+    from pulumi.automation import EngineEvent, PulumiCommand, Stack
 
 INSTALL_HINT = (
     "install it with `curl -fsSL https://get.pulumi.com | sh` (then add ~/.pulumi/bin to PATH "
     "or open a new shell); in GitHub Actions add the step `uses: pulumi/actions@v6`. "
     "The local provider needs no Pulumi"
 )
+# The oldest CLI that does all the engine asks of it: destroy an inline program
+# (run_program), clear the creates a dead run left pending.
+MINIMUM_CLI = "3.181.0"
+# Each provider's plugin, at exactly the version of its Python package (which declares the
+# resources with that version's schema).
+PLUGIN_PACKAGES = {"hcloud": "pulumi_hcloud", "digitalocean": "pulumi_digitalocean"}
 STACK_TYPE = "pulumi:pulumi:Stack"
 SERVER_TYPES = frozenset({"hcloud:index/server:Server", "digitalocean:index/droplet:Droplet"})
 
@@ -357,15 +363,20 @@ def _stack(
     register_secret(token)
     root = check_ready()
     from pulumi import automation as auto
+    from semver import VersionInfo
 
     try:
-        command = auto.PulumiCommand(root=root)
+        command = auto.PulumiCommand(root=root, version=VersionInfo.parse(MINIMUM_CLI))
     except auto.InvalidVersionError as exc:
-        raise EngineError(f"{redact(str(exc))}; upgrade the Pulumi CLI: {INSTALL_HINT}") from None
+        raise EngineError(
+            f"{redact(str(exc))}: the engine needs the Pulumi CLI {MINIMUM_CLI} or newer; "
+            f"upgrade it: {INSTALL_HINT}"
+        ) from None
     except FileNotFoundError:
         raise PulumiNotInstalled(f"the Pulumi CLI could not be run; {INSTALL_HINT}") from None
     backend = backend_url(state_dir)
     workspace = private_dir(state_dir, "pulumi", "workspace")
+    ensure_plugin(command, str(fleet.provider.name), str(workspace))
     options = auto.LocalWorkspaceOptions(
         work_dir=str(workspace),
         secrets_provider="passphrase",
@@ -387,6 +398,32 @@ def _stack(
         raise
     except auto.CommandError as exc:
         raise EngineError(failure_message(fleet, events, exc)) from None
+
+
+def plugin_version(provider: str) -> str:
+    """The version of `provider`'s plugin the engine runs: its Python package's, `v1.43.3`."""
+    from importlib.metadata import version
+
+    return f"v{version(PLUGIN_PACKAGES[provider])}"
+
+
+def ensure_plugin(command: PulumiCommand, provider: str, cwd: str) -> None:
+    """Install `provider`'s plugin at exactly `plugin_version` (nothing to do when it is
+    installed already); without a network, one line saying how to bring it."""
+    from pulumi import automation as auto
+
+    wanted = plugin_version(provider)
+    try:
+        command.run(["plugin", "install", "resource", provider, wanted], cwd, {})
+    except auto.CommandError as exc:
+        said = [line.strip() for line in redact(str(exc)).splitlines() if line.strip()]
+        raise EngineError(
+            f"the Pulumi plugin {provider} {wanted} (the version of the installed "
+            f"{PLUGIN_PACKAGES[provider]} package) is not installed and could not be "
+            f"downloaded ({said[-1] if said else 'no reason given'}); where a network is "
+            f"reachable run `pulumi plugin install resource {provider} {wanted}` and copy "
+            "~/.pulumi/plugins here (or point PULUMI_HOME at it)"
+        ) from None
 
 
 def failure_message(fleet: Fleet, events: StepLog, exc: Exception) -> str:
