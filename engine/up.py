@@ -656,7 +656,8 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
         spec, options, out, f"engine destroy {spec}", tools=True, full=False
     ) as session:
         fleet, board, store = session.fleet, session.board, session.store
-        actual = session.backend.reader().read_servers()
+        reader = session.backend.reader()
+        actual = reader.read_servers()
         empty = dataclasses.replace(fleet, groups=())
         catalog = load_catalog(fleet.provider.name, options.state_dir)
         plan = diff_fleet(
@@ -670,6 +671,7 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
                 fleet_id=find_fleet_id(options.state_dir, fleet.name),
                 install_hash=recorded_digest(fleet, store.fleets.get(fleet.name)),
             ),
+            listed=reader.read_resources(actual),  # all of them go too
         )
         _show_plan(plan, board, out)
         if plan.is_blocked:  # another state directory's servers are never destroyed from here
