@@ -33,6 +33,7 @@ from engine.providers.cloud.pulumi_runner import (
     server_outputs,
     server_urns,
     up,
+    urns_named,
 )
 from engine.secrets import register_secret
 from tests.stacks.harness import TOKEN, fleet_from, stack_inputs
@@ -317,3 +318,18 @@ def test_a_provider_plugin_that_cannot_be_downloaded_is_one_clear_line(
     assert f"the Pulumi plugin digitalocean {wanted}" in message
     assert "lookup api.github.com: no such host" in message
     assert f"`pulumi plugin install resource digitalocean {wanted}`" in message
+
+
+def test_what_the_plan_changes_in_place_is_found_in_the_exported_state_by_logical_name() -> None:
+    stack = "urn:pulumi:web-prod::fleet-engine::"
+    held = [
+        "hcloud:index/loadBalancer:LoadBalancer::lb-web",
+        "hcloud:index/loadBalancerService:LoadBalancerService::lb-web-443",
+        "hcloud:index/loadBalancer:LoadBalancer::lb-webby",
+        "hcloud:index/firewall:Firewall::firewall.lb-web",
+        "fleet-engine:stacks:ServerGroup$hcloud:index/server:Server::web-1",
+    ]
+    deployment = {"resources": [{"urn": stack + urn, "type": "t"} for urn in held]}
+    found = urns_named(deployment, frozenset({"lb-web", "firewall.lb-web", "web-1"}))
+    assert found == [stack + held[0], stack + held[1], stack + held[3], stack + held[4]]
+    assert urns_named({}, frozenset({"lb-web"})) == []

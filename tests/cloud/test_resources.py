@@ -71,6 +71,9 @@ def test_after_a_resource_edit_up_runs_the_program_and_a_second_preview_is_empty
     runs = len(world.pulumi.ups)
     world.up()
     assert len(world.pulumi.ups) == runs + 1  # the program ran for it
+    # What it changes in place is refreshed first: Pulumi sees what changed outside.
+    updated = {name for r in plan.resources if r.action == "update" for name in r.logical}
+    assert world.pulumi.ups[-1].refresh == frozenset(updated)
     after = plan_preview(world.spec, state_dir=world.state_dir)
     assert after.resources == () and after.changes == (), after
 

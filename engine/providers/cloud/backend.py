@@ -25,7 +25,7 @@ import datetime as dt
 import ipaddress
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -69,16 +69,26 @@ def _is_outside_the_program(change: Change) -> bool:
     return change.action in (Action.REINSTALL, Action.POWER_ON)
 
 
-ProgramSets = tuple[set[str], set[str], dict[str, str]]
+@dataclass(frozen=True, slots=True)
+class ProgramSets:
+    """What the plan asks of the program besides the spec: which servers it makes anew from
+    today's inputs (replaced), which the stack may still hold though the provider lost them
+    (gone: refreshed out first), which it imports as they are (adopted, name -> provider id)
+    and what it changes in place (refresh: servers by name, other resources by their logical
+    names; refreshed first so that Pulumi sees changes made outside the engine)."""
+
+    replaced: frozenset[str] = frozenset()
+    gone: frozenset[str] = frozenset()
+    adopted: Mapping[str, str] = field(default_factory=dict)
+    refresh: frozenset[str] = frozenset()
 
 
 def _program_sets(plan: Plan, run: FleetRun) -> ProgramSets:
-    """Which servers the program makes anew from today's inputs (replaced), which the stack
-    may still hold though the provider lost them (gone: refreshed out first) and which it
-    imports as they are (adopted, name -> provider id)."""
+    """The ProgramSets of `plan`."""
     replaced: set[str] = set()
     gone: set[str] = set()
     adopted: dict[str, str] = {}
+    refresh: set[str] = set()
     for change in plan.changes:
         by = change.retry_by if change.action is Action.RETRY else None
         if change.action is Action.CREATE:
@@ -90,7 +100,17 @@ def _program_sets(plan: Plan, run: FleetRun) -> ProgramSets:
         elif change.action is Action.ADOPT:
             assert change.before is not None
             adopted[change.server] = change.before.provider_id
-    return replaced, gone, adopted
+        elif change.action in (Action.UPDATE, Action.RESIZE):
+            refresh.add(change.server)
+    for resource in plan.resources:
+        if resource.action is Action.UPDATE:
+            refresh.update(resource.logical)
+    return ProgramSets(
+        replaced=frozenset(replaced),
+        gone=frozenset(gone),
+        adopted=adopted,
+        refresh=frozenset(refresh),
+    )
 
 
 def needs_the_program(plan: Plan, pending: Sequence[ServerRecord]) -> bool:
@@ -216,17 +236,17 @@ class CloudBackend:
         servers registered from its outputs."""
         from engine.providers.cloud.pulumi_runner import up
 
-        replaced, gone, adopted = _program_sets(plan, run)
+        sets = _program_sets(plan, run)
         known = run.store.servers.all(run.fleet.name)
         if needs_the_program(plan, [r for r in known if not r.provider_id]):
-            self._check_pulumi_plan(plan, run, servers, (replaced, gone, adopted))
+            self._check_pulumi_plan(plan, run, servers, sets)
         self._delete_taken_over(plan, run)
         for change in plan.changes:
             name = change.server
             by = change.retry_by if change.action is Action.RETRY else None
             if change.action in (Action.CREATE, Action.REPLACE) or by is RetryBy.REPLACE:
                 assert change.after is not None
-                if name in replaced:
+                if name in sets.replaced:
                     run.store.servers.forget(run.fleet.name, name)
                 run.create(change.after, provision=False)
             elif change.action is Action.REINSTALL or by is RetryBy.INSTALL:
@@ -243,7 +263,7 @@ class CloudBackend:
         for record in pending:
             if record.stage is Stage.REQUESTED:
                 run.store.servers.set_stage(run.fleet.name, record.name, Stage.CREATING)
-        inputs = self._inputs(run, servers, (replaced, gone, adopted))
+        inputs = self._inputs(run, servers, sets)
         run.board.note(f"Running the Pulumi program of {self.fleet.name} ({len(servers)} servers)")
         result = up(
             inputs, token=self.token, state_dir=self.state_dir, on_progress=self._shown(run)
@@ -263,7 +283,6 @@ class CloudBackend:
         from engine.install.deploykey import ensure_deploy_key
         from stacks.inputs import StackInputs
 
-        replaced, gone, adopted = sets
         return StackInputs(
             fleet=self.fleet,
             servers=tuple(servers),
@@ -274,10 +293,11 @@ class CloudBackend:
             ),
             engine_sources=self.sources,
             catalog=load_catalog(self.fleet.provider.name, self.state_dir),
-            replaced=frozenset(replaced),
-            adopted=adopted,
-            gone=frozenset(gone),
+            replaced=sets.replaced,
+            adopted=sets.adopted,
+            gone=sets.gone,
             fleet_id=run.fleet_id,
+            refresh=sets.refresh,
         )
 
     def _check_pulumi_plan(

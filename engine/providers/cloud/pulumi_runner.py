@@ -12,12 +12,13 @@ folder with the state.
     preview(inputs, ...)    what `up` would do, per resource (with each step's properties
                             that force a replacement: engine.providers.cloud.guard checks it)
     up(inputs, ...)         create/update to match; returns the servers' ids and addresses
-
-Before either, the stack is made ready (`recovered`): creates left pending by a run that died
-are cleared from the state (what they made is adopted by the plan, what they did not is made
-now), and servers deleted outside the engine are refreshed out of the state, so the program
-makes them anew.
     destroy(fleet, ...)     delete everything the stack holds
+
+Before preview and up, the stack is made ready (`recovered`): creates left pending by a run
+that died are cleared from the state (what they made is adopted by the plan, what they did
+not is made now); then servers deleted outside the engine and what the plan changes in place
+are refreshed (`refresh_first`), so the program makes the former anew and Pulumi sees what
+was changed outside in the latter.
 
 Each returns a `RunResult`: the outcome per resource, the counts per operation and, for `up`,
 one `ServerOutput` per server. A progress callback sees every resource step as it happens.
@@ -190,7 +191,7 @@ def _run(
         inputs.fleet, fleet_program(inputs, token=token), token, state_dir, events
     ) as stack:
         inputs = recovered(stack, inputs)
-        forget_gone(stack, inputs.gone)
+        refresh_first(stack, inputs)
         program = fleet_program(inputs, token=token)
         if action == "preview":
             stack.preview(on_event=events, color="never", program=program)
@@ -259,16 +260,29 @@ def destroy(
     return events.result()
 
 
-def forget_gone(stack: Stack, names: frozenset[str]) -> None:
-    """Refresh the servers of `names` that the stack's state holds, so that the ones the
-    provider no longer has (deleted outside the engine) leave the state and the program makes
-    them anew; Pulumi would otherwise take its state's word that they exist. Only servers:
-    other resources deleted outside are not looked for."""
-    if not names:
+def refresh_first(stack: Stack, inputs: StackInputs) -> None:
+    """Refresh, in one call, what the stack's state holds of the servers the provider no
+    longer has (`inputs.gone`: they leave the state and the program makes them anew) and of
+    what the plan changes in place (`inputs.refresh`: Pulumi sees what was changed outside
+    and puts it back as the spec says). Pulumi would otherwise take its state's word for
+    them. Nothing else is read: a refresh costs one request per resource."""
+    if not (inputs.gone or inputs.refresh):
         return
-    urns = server_urns(stack.export_stack().deployment or {}, names)
+    deployment = stack.export_stack().deployment or {}
+    urns = server_urns(deployment, inputs.gone) + urns_named(deployment, inputs.refresh)
     if urns:
-        stack.refresh(target=urns, color="never")
+        stack.refresh(target=list(dict.fromkeys(urns)), color="never")
+
+
+def urns_named(deployment: Mapping[str, Any], names: frozenset[str]) -> list[str]:
+    """The URNs of the resources an exported deployment holds whose logical name is one of
+    `names` or a part of one (`lb-web` stands for `lb-web-443` too)."""
+    found = []
+    for resource in deployment.get("resources") or ():
+        name = str(resource.get("urn", "")).rsplit("::", 1)[-1]
+        if any(name == n or name.startswith((f"{n}-", f"{n}.")) for n in names):
+            found.append(str(resource["urn"]))
+    return found
 
 
 def server_urns(deployment: Mapping[str, Any], names: frozenset[str]) -> list[str]:
