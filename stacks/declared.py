@@ -194,7 +194,16 @@ def _hcloud(
                 fixed=("ip_range",),
                 servers=tuple(s.name for s in members),
                 on_replace="detached and attached again: their private addresses change",
-                logical=(f"network-{network.name}", f"subnet-{network.name}"),
+                # A balancer's attachment goes with the network it attaches to.
+                logical=(
+                    f"network-{network.name}",
+                    f"subnet-{network.name}",
+                    *(
+                        f"lb-{lb.name}-network"
+                        for lb in fleet.load_balancers
+                        if _balanced_networks(fleet, lb) == (network.name,)
+                    ),
+                ),
             )
         )
     for lb in fleet.load_balancers:
@@ -321,7 +330,16 @@ def _digitalocean(
                     ),
                     on_replace="replaced: DigitalOcean cannot move a droplet to another VPC",
                     replaces_servers=True,
-                    logical=(f"vpc-{network.name}-{region}",),
+                    # A balancer in the VPC is made anew with it.
+                    logical=(
+                        f"vpc-{network.name}-{region}",
+                        *(
+                            f"lb-{lb.name}"
+                            for lb in fleet.load_balancers
+                            if _balanced_networks(fleet, lb) == (network.name,)
+                            and lb_regions[lb.name] == region
+                        ),
+                    ),
                 )
             )
     for lb in fleet.load_balancers:

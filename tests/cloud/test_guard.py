@@ -13,6 +13,7 @@ from engine.placement import expand_fleet
 from engine.plan import Action, Plan, ResourceChange
 from engine.providers.cloud.guard import step_summary, unplanned_steps
 from engine.providers.cloud.pulumi_runner import ResourceStep
+from stacks.declared import declared_resources
 from tests.stacks.harness import fleet_from
 from tests.support.cli import ROOT
 
@@ -129,3 +130,26 @@ def test_the_step_summary_counts_each_resource_once() -> None:
     assert (
         step_summary(steps) == "Pulumi's plan: 1 to create, 1 to update, 1 to replace; 1 unchanged"
     )
+
+
+def test_what_goes_with_a_network_made_anew_is_named_by_its_change() -> None:
+    """A new range makes the network anew; the balancer's attachment to it (Hetzner) and the
+    balancer in the VPC (DigitalOcean) are made anew with it."""
+    for spec, network, parts in (
+        ("hetzner", "web-prod-private", ["subnet-private-eu-central", "lb-web-network"]),
+        ("digitalocean", "api-prod-vpc.fra1", ["lb-api"]),
+    ):
+        fleet = fleet_from(f"specs/{spec}.yaml")
+        catalog = load_catalog(fleet.provider.name)
+        servers = expand_fleet(fleet, catalog)
+        (declared,) = [
+            r
+            for r in declared_resources(
+                fleet, servers, catalog, engine_sources=(), ssh_public_keys=()
+            )
+            if r.name == network
+        ]
+        change = dataclasses.replace(NETWORK_REPLACE, name=network, logical=declared.logical)
+        steps = [_step(part, "t:index/x:X", "replace") for part in parts]
+        assert unplanned_steps(_plan(0, (change,)), steps) == ()
+        assert unplanned_steps(_plan(), steps) != ()
