@@ -13,7 +13,7 @@ from __future__ import annotations
 from deploys.agent import agent
 from deploys.docker import docker
 from deploys.system import system
-from engine.install.model import HostRequest
+from engine.install.model import HostRequest, ImageDelivery, ImagePeer
 
 
 def install_server(request: HostRequest) -> None:
@@ -33,5 +33,20 @@ def install_server(request: HostRequest) -> None:
         agent(
             request.host.agent,
             pull=settings.install.agent.image is not None,
-            archive=request.archive,
+            delivery=_delivery(request),
         )
+
+
+def _delivery(request: HostRequest) -> ImageDelivery | None:
+    """How the host gets the agent image copied, if it is copied."""
+    if request.archive is None:
+        return None
+    host = request.host
+    return ImageDelivery(
+        archive=request.archive,
+        me=ImagePeer(
+            name=host.name, address=host.peer_address, port=host.port, host_keys=host.host_keys
+        ),
+        docker_url=request.settings.docker_url,
+        sharing=request.sharing,
+    )

@@ -54,11 +54,13 @@ def step_durations(record: ServerRecord, transitions: Sequence[Transition]) -> S
     }
 
 
-def median_durations(per_server: Sequence[StepDurations]) -> StepDurations:
+def median_durations(
+    per_server: Sequence[StepDurations], steps: Sequence[str] = STEPS
+) -> StepDurations:
     """Each step's median over the servers that did it (None if none did)."""
     medians: dict[str, float | None] = {}
-    for step in STEPS:
-        done = [d[step] for d in per_server if d[step] is not None]
+    for step in steps:
+        done = [d[step] for d in per_server if d.get(step) is not None]
         medians[step] = statistics.median(done) if done else None  # type: ignore[type-var]
     return medians
 

@@ -20,6 +20,8 @@ LABEL_SERVER = "fleet-server"
 # The fleet's id (engine.tokens.ensure_fleet_id): which state directory a resource belongs to,
 # when two of them manage fleets of one name.
 LABEL_FLEET_ID = "fleet-id"
+LABEL_APP = "fleet-app"
+LABEL_APP_VERSION = "fleet-app-version"
 RESERVED_LABEL_PREFIXES = ("fleet", "managed-by")
 
 
@@ -78,6 +80,28 @@ class ImageKind(StrEnum):
     NAME = "name"
     SNAPSHOT = "snapshot"
     CUSTOM = "custom"
+
+
+class RestartPolicy(StrEnum):
+    """When Docker starts an app's container again (Docker's own policy names)."""
+
+    NO = "no"
+    ALWAYS = "always"
+    UNLESS_STOPPED = "unless-stopped"
+    ON_FAILURE = "on-failure"
+
+
+class HealthKind(StrEnum):
+    HTTP = "http"
+    TCP = "tcp"
+    COMMAND = "command"
+
+
+class RollbackMode(StrEnum):
+    """What a failed rollout does: auto puts the servers it changed back, manual leaves them."""
+
+    AUTO = "auto"
+    MANUAL = "manual"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -225,6 +249,138 @@ class Limits:
     monthly_cost: float | None = None
 
 
+class ReconcileMode(StrEnum):
+    REPORT = "report"
+    REPAIR = "repair"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reconcile:
+    """How `engine serve` watches the fleet between runs (engine.reconcile)."""
+
+    interval_s: int = 300
+    mode: ReconcileMode = ReconcileMode.REPORT
+    repairs_per_hour: int = 10
+
+
+class AlertWhen(StrEnum):
+    CPU = "cpu"
+    MEMORY = "memory"
+    DISK = "disk"
+    LOAD = "load"
+    UNHEALTHY = "unhealthy"
+    DRIFT = "drift"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alert:
+    """One declared alert: `when` holds (over `above`, for metrics) for `for_s` seconds."""
+
+    name: str
+    when: AlertWhen
+    above: float | None = None
+    for_s: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Webhook:
+    """Where alert events go, signed with the secret in the variable `secret_env`."""
+
+    url: str
+    secret_env: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppPort:
+    """A port of the server published to a port of the app's container."""
+
+    host_port: int
+    container_port: int
+    protocol: Protocol = Protocol.TCP
+    host_ip: str | None = None
+
+    def describe(self) -> str:
+        """As the spec writes it: `80:8080`, `127.0.0.1:53:53/udp`."""
+        address = f"{self.host_ip}:" if self.host_ip else ""
+        suffix = "" if self.protocol is Protocol.TCP else f"/{self.protocol}"
+        return f"{address}{self.host_port}:{self.container_port}{suffix}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppVolume:
+    """A named volume (`data`) or a server path (`/srv/data`) mounted in the container."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    def describe(self) -> str:
+        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppHealth:
+    """How to tell that an app answers: an HTTP GET (2xx or 3xx), a TCP connection, or a
+    command run in the container that exits 0; `retries` failures in a row are unhealthy."""
+
+    kind: HealthKind
+    port: int | None = None
+    path: str = "/"
+    command: tuple[str, ...] = ()
+    interval_s: int = 5
+    timeout_s: int = 2
+    retries: int = 3
+
+    def describe(self) -> str:
+        if self.kind is HealthKind.HTTP:
+            return f"http GET :{self.port}{self.path}"
+        if self.kind is HealthKind.TCP:
+            return f"tcp :{self.port}"
+        return "command " + " ".join(self.command)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppUpdate:
+    """How a new version rolls out over a group's servers."""
+
+    max_unavailable: int = 1
+    health_timeout_s: int = 60
+    monitor_s: int = 30
+    rollback: RollbackMode = RollbackMode.AUTO
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistryAuth:
+    """Registry credentials, by the NAMES of the engine's environment variables holding them."""
+
+    username_env: str
+    password_env: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class App:
+    """A container the fleet runs on every server of some groups.
+
+    `env` holds values written in the spec; `secret_env` only names variables of the engine's
+    environment whose values the container gets at deploy time (never stored or shown).
+    """
+
+    name: str
+    image: str
+    on: tuple[str, ...]
+    command: tuple[str, ...] | None = None
+    env: Labels = ()
+    secret_env: tuple[str, ...] = ()
+    ports: tuple[AppPort, ...] = ()
+    volumes: tuple[AppVolume, ...] = ()
+    restart: RestartPolicy = RestartPolicy.UNLESS_STOPPED
+    cpus: float | None = None
+    memory_mb: int | None = None
+    health: AppHealth | None = None
+    update: AppUpdate = AppUpdate()
+    registry: RegistryAuth | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Fleet:
     """A validated fleet spec with defaults applied to every group."""
@@ -241,10 +397,17 @@ class Fleet:
     dns: tuple[DnsRecord, ...] = ()
     install: Install = Install()
     limits: Limits = Limits()
+    reconcile: Reconcile = Reconcile()
+    alerts: tuple[Alert, ...] = ()
+    webhooks: tuple[Webhook, ...] = ()
+    apps: tuple[App, ...] = ()
     source: str = ""
 
     def group(self, name: str) -> Group:
         return next(g for g in self.groups if g.name == name)
+
+    def app(self, name: str) -> App:
+        return next(a for a in self.apps if a.name == name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

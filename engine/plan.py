@@ -126,6 +126,50 @@ class Change:
         return round(self.usage_after.monthly_cost - self.usage_before.monthly_cost, 4)
 
 
+class AppAction(StrEnum):
+    DEPLOY = "deploy"  # the app is not running on the server: start the spec's version
+    UPDATE = "update"  # another version runs there: roll to the spec's
+    REMOVE = "remove"  # the app runs where the spec no longer wants it
+
+
+APP_ACTIONS = (AppAction.DEPLOY, AppAction.UPDATE, AppAction.REMOVE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppChange:
+    """One app on one server: what runs there (`before`, a version, "" for none) and what
+    the spec wants (`after`, "" for nothing). Env fields carry no values, only that they
+    change (engine.apps.diff)."""
+
+    action: AppAction
+    app: str
+    server: str
+    group: str
+    reasons: tuple[str, ...]
+    before: str = ""
+    after: str = ""
+    fields: tuple[FieldChange, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutGroup:
+    """The servers of one group an app's rollout changes, in order, `max_unavailable` at a
+    time."""
+
+    group: str
+    max_unavailable: int
+    servers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppRollout:
+    """The order in which an app's changes are carried out: one group after the other."""
+
+    app: str
+    version: str
+    groups: tuple[RolloutGroup, ...]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResourceChange:
     """One operation on a resource other than a server: `action` is create, update, replace
@@ -195,10 +239,12 @@ class Plan:
     api_calls: ApiCallCount = ApiCallCount()
     # Firewalls, networks, load balancers, DNS records, placement groups and SSH keys.
     resources: tuple[ResourceChange, ...] = ()
+    apps: tuple[AppChange, ...] = ()
+    app_rollouts: tuple[AppRollout, ...] = ()
 
     @property
     def has_changes(self) -> bool:
-        return bool(self.changes or self.resources)
+        return bool(self.changes or self.resources) or bool(self.apps)
 
     @property
     def is_blocked(self) -> bool:
@@ -213,6 +259,11 @@ class Plan:
         """How many resource changes of each action, in summary order, zero counts left out."""
         counted = Counter(change.action for change in self.resources)
         return {action: counted[action] for action in ACTIONS if counted[action]}
+
+    def app_counts(self) -> dict[AppAction, int]:
+        """How many app changes of each action, zero counts left out."""
+        counted = Counter(change.action for change in self.apps)
+        return {action: counted[action] for action in APP_ACTIONS if counted[action]}
 
     @property
     def monthly_delta(self) -> float:

@@ -5,10 +5,11 @@ The effects are one step, `observe`: the fleet's servers and its other resources
 an inventory reader,
 the agents of servers recorded ready asked whether they are alive (unless a heartbeat came
 within their window), with the state store's records, transitions and heartbeats beside
-them. The decisions are the pure `plan_fleet` (over engine.diff). `engine up` plans with the
-same two, fed by the backend and the store its run already holds open; a preview opens a
-reader of its own. Nothing is written and no lock is taken: a preview never changes anything,
-and a missing SQLite state file is not created.
+them (and, for apps, what each server's agent says runs there: engine.apps.observe). The
+decisions are the pure `plan_fleet` (over engine.diff). `engine up` plans with the same two,
+fed by the backend and the store its run already holds open; a preview opens a reader of its
+own. Nothing is written and no lock is taken: a preview never changes anything, and a missing
+SQLite state file is not created.
 
 The resources the program would make (stacks.declared) are the other side of the comparison:
 with the engine's firewall open to the addresses `engine up` connects from (the run's, or
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.apps.diff import AppsObserved, as_deployed, diff_apps
 from engine.catalog import Catalog, load_catalog
 from engine.diff import DiffOptions, as_built, as_recorded, diff_fleet
 from engine.errors import EngineError, SpecError
@@ -44,7 +46,7 @@ from engine.health import AgentSeen, Power, is_heard, power_of
 from engine.lifecycle import failures_since_ready
 from engine.model import Fleet, Stage
 from engine.placement import expand_fleet
-from engine.plan import ApiCallCount, Plan, Problem
+from engine.plan import Action, ApiCallCount, Plan, Problem
 from engine.providers import ActualServer, CloudResource
 from engine.providers.registry import inventory_reader, require_reader
 from engine.providers.retry import RetryPolicy
@@ -226,10 +228,12 @@ def plan_fleet(
     adopt: bool = False,
     engine_sources: tuple[str, ...] = (),
     ssh_public_keys: tuple[str, ...] = (),
+    apps: AppsObserved | None = None,
 ) -> Plan:
     """The plan that makes what `observed` saw into `fleet`, for servers installed with
     `install_hash` and a fleet whose id in this state directory is `fleet_id`, whose engine
-    connects from `engine_sources` and whose servers get `ssh_public_keys`. Pure: no I/O."""
+    connects from `engine_sources` and whose servers get `ssh_public_keys`, with the app
+    changes that make what runs (`apps`, from the agents) into the spec's apps. Pure: no I/O."""
     options = DiffOptions(
         delete_orphans=delete_orphans,
         now=observed.read_at,
@@ -258,9 +262,35 @@ def plan_fleet(
         ),
         listed=observed.resources,
     )
-    if not observed.missing:
+    if observed.missing:
+        plan = dataclasses.replace(plan, problems=(*plan.problems, *observed.missing))
+    return with_apps(plan, fleet, catalog, observed.actual, apps)
+
+
+def with_apps(
+    plan: Plan,
+    fleet: Fleet,
+    catalog: Catalog,
+    actual: Sequence[ActualServer],
+    apps: AppsObserved | None,
+) -> Plan:
+    """`plan` with the app changes (engine.apps.diff): a server the plan replaces runs none
+    of its apps afterwards. Pure."""
+    if apps is None or not (fleet.apps or any(apps.running.values())):
         return plan
-    return dataclasses.replace(plan, problems=(*plan.problems, *observed.missing))
+    remade = {c.server for c in plan.changes if c.action is Action.REPLACE}
+    kept = [a for a in actual if a.name not in remade]
+    desired = expand_fleet(fleet, catalog, {a.name: a.location for a in actual})
+    running = {k: v for k, v in apps.running.items() if k not in remade}
+    found = diff_apps(
+        fleet, desired, {a.name for a in kept}, dataclasses.replace(apps, running=running)
+    )
+    return dataclasses.replace(
+        plan,
+        apps=found.changes,
+        app_rollouts=found.rollouts,
+        warnings=(*plan.warnings, *found.warnings),
+    )
 
 
 def plan_preview(
@@ -318,6 +348,7 @@ def preview_fleet(
         adopt=adopt,
         engine_sources=known.settings.control_plane_sources if known.settings else (),
         ssh_public_keys=(*fleet.ssh.authorized_keys, *_deploy_key(state_dir, fleet.name)),
+        apps=_apps(fleet, state_dir, state),
     )
 
 
@@ -351,6 +382,18 @@ def _recorded(fleet: Fleet, state_dir: Path, state: str | None) -> Recorded:
         return Recorded()
     with open_store(url) as store:
         return recorded(store, fleet.name)
+
+
+def _apps(fleet: Fleet, state_dir: Path, state: str | None) -> AppsObserved:
+    """What apps run where, asked of the agents the store knows how to reach."""
+    from engine.apps.observe import observe_apps
+    from engine.state.store import open_store, state_url, store_exists
+
+    url = state_url(state_dir, state)
+    if not store_exists(url):
+        return AppsObserved()
+    with open_store(url) as store:
+        return observe_apps(fleet, store, state_dir)
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
@@ -391,6 +434,7 @@ def _against_ref(
     listed: tuple[CloudResource, ...] = ()
     # Both sides with the same engine addresses and keys: only what the specs say differs.
     keys = fleet.ssh.authorized_keys
+    apps = AppsObserved()
     if raw is None:
         notes.append(f"{relative} does not exist at {ref}: every server is new")
     else:
@@ -409,11 +453,13 @@ def _against_ref(
             old_catalog = load_catalog(str(old.provider.name), state_dir)
             # Both sides with the same control plane: only what the specs say differs.
             installed = fleet_digest(old, "", ())
-            for server in expand_fleet(old, old_catalog):
+            old_servers = expand_fleet(old, old_catalog)
+            for server in old_servers:
                 built = as_built(old, server, old_catalog)
                 actual.append(built)
                 records.append(as_recorded(old, built, server.group, installed))
             listed = declared(old, old_catalog, {}, engine_sources=(), ssh_public_keys=keys)
+            apps = as_deployed(old, old_servers)
     options = DiffOptions(
         delete_orphans=delete_orphans,
         compared_with=f"the spec at {ref}",
@@ -429,4 +475,5 @@ def _against_ref(
         declared=declared(fleet, catalog, pinned, engine_sources=(), ssh_public_keys=keys),
         listed=listed,
     )
+    plan = with_apps(plan, fleet, catalog, actual, apps)
     return dataclasses.replace(plan, warnings=(*notes, *plan.warnings))

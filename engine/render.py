@@ -1,6 +1,6 @@
 """A Plan as text for a terminal, markdown for a pull-request comment, or JSON. Pure.
 
-    render_text(plan, colour=True)      symbols + ~ - -/+, reasons, warnings, totals
+    render_text(plan, colour=True)      symbols + ~ - -/+, reasons, apps, warnings, totals
     render_markdown(plan)               a tuple of comment bodies, each under 65,000 characters
     render_json(plan)                   a dict following schemas/plan.v2.schema.json
 
@@ -21,7 +21,19 @@ from typing import Any
 
 from engine.exposure import Exposure, Severity
 from engine.model import Server, fleet_resource_name
-from engine.plan import ACTIONS, Action, Change, FieldChange, Plan, ResourceChange, RetryBy, Usage
+from engine.plan import (
+    ACTIONS,
+    APP_ACTIONS,
+    Action,
+    AppAction,
+    AppChange,
+    Change,
+    FieldChange,
+    Plan,
+    ResourceChange,
+    RetryBy,
+    Usage,
+)
 from engine.providers import ActualServer
 from engine.term import style
 
@@ -61,6 +73,15 @@ _PHRASES = {
     Action.DELETE: "to delete",
     Action.POWER_ON: "to power on",
     Action.RETRY: "to retry",
+}
+
+
+APP_SYMBOLS = {AppAction.DEPLOY: "+", AppAction.UPDATE: "~", AppAction.REMOVE: "-"}
+APP_COLOURS = {AppAction.DEPLOY: "green", AppAction.UPDATE: "yellow", AppAction.REMOVE: "red"}
+_APP_PHRASES = {
+    AppAction.DEPLOY: "to deploy",
+    AppAction.UPDATE: "to update",
+    AppAction.REMOVE: "to remove",
 }
 
 
@@ -128,6 +149,47 @@ def describe_resource(change: ResourceChange) -> str:
 def resource_label(change: ResourceChange) -> str:
     """`firewall web-prod-web`."""
     return f"{change.kind.replace('_', ' ')} {change.name}"
+
+
+def app_summary(plan: Plan) -> str:
+    """`3 to update on 3 servers` (app changes), or "" without any."""
+    counts = plan.app_counts()
+    head = ", ".join(f"{n} {_APP_PHRASES[action]}" for action, n in counts.items())
+    servers = len({c.server for c in plan.apps})
+    return f"{head} on {servers} server{'' if servers == 1 else 's'}" if counts else ""
+
+
+def describe_app(change: AppChange) -> str:
+    """One line on what changes: `image: web:1 -> web:2; env.LOG_LEVEL: *** -> ***`."""
+    if change.fields:
+        return "; ".join(
+            f"{f.field}: {f.before or '(none)'} -> {f.after or '(none)'}" for f in change.fields
+        )
+    if change.action is AppAction.REMOVE:
+        return f"version {change.before} stops and is removed"
+    return f"version {change.after}"
+
+
+def rollout_order(plan: Plan, app: str) -> str:
+    """`web: web-1, web-2, web-3, 1 at a time; then api: ...` for one app."""
+    for rollout in plan.app_rollouts:
+        if rollout.app == app:
+            return "; then ".join(
+                f"{g.group}: {', '.join(g.servers)}, {g.max_unavailable} at a time"
+                for g in rollout.groups
+            )
+    return ""
+
+
+def _apps_by_name(plan: Plan) -> dict[str, list[AppChange]]:
+    found: dict[str, list[AppChange]] = {}
+    for change in plan.apps:
+        found.setdefault(change.app, []).append(change)
+    return found
+
+
+def _app_version(plan: Plan, app: str) -> str:
+    return next((r.version for r in plan.app_rollouts if r.app == app), "")
 
 
 def cost_line(plan: Plan) -> str:
@@ -219,6 +281,7 @@ def render_text(plan: Plan, *, colour: bool = False) -> str:
         lines.append(paint("Open to the whole Internet:", "bold"))
         lines.extend(_exposure_line(e, paint) for e in plan.exposures)
         lines.append("")
+    lines += _text_apps(plan, paint)
     if plan.warnings:
         lines.append(paint("Warnings:", "yellow"))
         lines.extend(f"  ! {warning}" for warning in plan.warnings)
@@ -228,6 +291,8 @@ def render_text(plan: Plan, *, colour: bool = False) -> str:
         lines.extend(f"  {paint(problem.to_text(), 'red')}" for problem in plan.problems)
         lines.append("")
     lines.append(paint("Plan: ", "bold") + summary(plan) + ".")
+    if plan.apps:
+        lines.append(paint("Apps: ", "bold") + app_summary(plan) + ".")
     disruptive = _disruptive(plan)
     if disruptive:
         names = ", ".join(f"{c.server} ({harm(c)})" for c in disruptive[:10])
@@ -257,6 +322,24 @@ def _exposure_line(exposure: Exposure, paint: Callable[[str, str], str]) -> str:
         f"  {paint(symbol, colour)} {exposure.group}: {exposure.describe()} "
         f"({exposure.firewall}, {exposure.path}) - {paint(_exposure_verdict(exposure), colour)}"
     )
+
+
+def _text_apps(plan: Plan, paint: Any) -> list[str]:
+    """App changes by app, then group and server, each app with its rollout order."""
+    lines = []
+    for app, changes in _apps_by_name(plan).items():
+        version = _app_version(plan, app)
+        head = f"App {app}" + (f" -> {version}" if version else " (no longer in the spec)")
+        lines.append(paint(head, "bold"))
+        lines.append(paint(f"  rollout: {rollout_order(plan, app)}", "dim"))
+        width = max(len(c.server) for c in changes)
+        for change in changes:
+            symbol = paint(f"{APP_SYMBOLS[change.action]:>3}", APP_COLOURS[change.action])
+            action = paint(f"{change.action:<7}", APP_COLOURS[change.action])
+            lines.append(f"{symbol} {change.server:<{width}}  {action} {describe_app(change)}")
+            lines.extend(paint(f"      {reason}", "dim") for reason in change.reasons)
+        lines.append("")
+    return lines
 
 
 def _api_calls(plan: Plan) -> str:
@@ -300,11 +383,12 @@ def _markdown_head(plan: Plan) -> list[str]:
     if plan.is_blocked:
         status = "🛑 blocked"
     else:
-        status = "changes pending" if plan.changes else "✅ up to date"
+        status = "changes pending" if plan.has_changes else "✅ up to date"
+    apps = f" · apps: {_md(app_summary(plan))}" if plan.apps else ""
     lines = [
         f"### Fleet preview: `{plan.fleet}` ({plan.provider}) — {status}",
         "",
-        f"**{_md(summary(plan))}** · monthly cost {_md(cost_line(plan))}",
+        f"**{_md(summary(plan))}**{apps} · monthly cost {_md(cost_line(plan))}",
         "",
     ]
     if plan.problems:
@@ -385,7 +469,34 @@ def _sections(plan: Plan, budget: int) -> list[str]:
         blocks.append("\n".join(block))
     if plan.resources:
         blocks.append("\n".join(_resource_table(plan)))
+    blocks += _markdown_apps(plan, budget)
     blocks.append("\n".join(_markdown_tail(plan)))
+    return blocks
+
+
+def _markdown_apps(plan: Plan, budget: int) -> list[str]:
+    """A block per app: its rollout order and a table of its changes (split when long)."""
+    blocks = []
+    for app, changes in _apps_by_name(plan).items():
+        version = _app_version(plan, app)
+        to = f" → `{version}`" if version else " (no longer in the spec)"
+        title = (
+            f"#### App `{_code(app)}`{to}: {len(changes)} change{'s' if len(changes) != 1 else ''}"
+        )
+        order = f"Rollout: {_md(rollout_order(plan, app))}"
+        header = ["| | server | group | action | what changes | why |", "|---|---|---|---|---|---|"]
+        block = [title, "", order, "", *header]
+        for change in changes:
+            row = (
+                f"| `{APP_SYMBOLS[change.action]}` | `{change.server}` | {_md(change.group)} "
+                f"| {change.action} | {_md(describe_app(change))} "
+                f"| {_md('; '.join(change.reasons))} |"
+            )
+            if len("\n".join([*block, row])) > budget:
+                blocks.append("\n".join(block))
+                block = [f"{title} (continued)", "", *header]
+            block.append(row)
+        blocks.append("\n".join(block))
     return blocks
 
 
@@ -461,6 +572,43 @@ def _desired(server: Server | None, fleet: str) -> dict[str, Any] | None:
         "placement_group": server.placement_group,
         "public_ipv4": server.public_ipv4,
         "public_ipv6": server.public_ipv6,
+    }
+
+
+def _json_apps(plan: Plan) -> dict[str, Any]:
+    counts = plan.app_counts()
+    return {
+        "summary": {str(action): counts.get(action, 0) for action in APP_ACTIONS},
+        "changes": [
+            {
+                "action": str(change.action),
+                "app": change.app,
+                "server": change.server,
+                "group": change.group,
+                "before": change.before,
+                "after": change.after,
+                "reasons": list(change.reasons),
+                "fields": [
+                    {"field": f.field, "before": f.before, "after": f.after} for f in change.fields
+                ],
+            }
+            for change in plan.apps
+        ],
+        "rollouts": [
+            {
+                "app": rollout.app,
+                "version": rollout.version,
+                "groups": [
+                    {
+                        "group": g.group,
+                        "max_unavailable": g.max_unavailable,
+                        "servers": list(g.servers),
+                    }
+                    for g in rollout.groups
+                ],
+            }
+            for rollout in plan.app_rollouts
+        ],
     }
 
 
@@ -546,6 +694,7 @@ def render_json(plan: Plan) -> dict[str, Any]:
             }
             for r in plan.resources
         ],
+        "apps": _json_apps(plan),
         "api_calls": {
             "read": plan.api_calls.read,
             "read_by_path": dict(plan.api_calls.read_by_path),

@@ -1,4 +1,5 @@
-"""Day-2 signals to one server: `engine server reboot|poweroff|poweron|rebuild|snapshot SPEC NAME`.
+"""Day-2 signals to one server: `engine server reboot|poweroff|poweron|rebuild|snapshot SPEC NAME`,
+and the agent's system tasks on some or all: `engine server update|upgrade SPEC NAME...|--all`.
 
 Each holds the fleet's lock, has the provider act through its SDK (engine.providers.cloud.actions)
 or the local Docker engine (engine.providers.local.driver), waits until the provider says the
@@ -21,12 +22,16 @@ state store: a `server.<signal>.started` event, then `.succeeded` or `.failed` w
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from engine.errors import EngineError
 from engine.providers.seam import RunOptions, Signal
 from engine.up import locked_session, placed_servers, report, serving
+
+if TYPE_CHECKING:
+    from engine.agent.client import AgentClient
 
 
 def signal_server(spec: Path, name: str, signal: Signal, options: RunOptions, out: TextIO) -> int:
@@ -73,3 +78,108 @@ def signal_server(spec: Path, name: str, signal: Signal, options: RunOptions, ou
         store.events.record(fleet.name, f"server.{signal}.succeeded", outcome, server=name)
         board.note(outcome)
         return 0
+
+
+SYSTEM_TASKS = ("update", "upgrade")
+TASK_POLL_S = 1.0
+
+
+def run_system_task(
+    spec: Path, names: Sequence[str] | None, task: str, options: RunOptions, out: TextIO
+) -> int:
+    """`engine server update|upgrade SPEC NAME|--all`: the agent's system task (apt-get update,
+    or upgrade) on each server, rolling: one group after another in the spec's order, one
+    server at a time inside a group. A server whose task fails, or whose apps are not healthy
+    afterwards, stops the run: the servers after it are left as they were. 0 when all done."""
+    from engine.agent.client import AgentClient
+    from engine.agent.endpoint import stored_endpoints
+    from engine.apps.servers import AppOnServer
+
+    started = time.monotonic()
+    command = f"engine server {task} {spec} " + (" ".join(names) if names else "--all")
+    with locked_session(spec, options, out, command, tools=False, full=False) as session:
+        fleet, board, store = session.fleet, session.board, session.store
+        servers = placed_servers(fleet, store, options.state_dir)
+        chosen = list(servers) if names is None else list(names)
+        unknown = [n for n in chosen if n not in servers]
+        if unknown:
+            raise EngineError(
+                f"fleet {fleet.name} has no server {', '.join(unknown)} (its servers: "
+                f"{', '.join(servers)})"
+            )
+        endpoints = stored_endpoints(options.state_dir, fleet, store)
+        unreachable = [n for n in chosen if n not in endpoints]
+        if unreachable:
+            raise EngineError(
+                f"the engine has no record of how to reach the agent of {', '.join(unreachable)} "
+                "(not installed, or not reported yet); nothing was started"
+            )
+        order = [s.name for g in fleet.groups for s in servers.values()
+                 if s.group == g.name and s.name in chosen]  # fmt: skip
+        for name in order:
+            board.note(f"{name}: {task} ...")
+            store.events.record(
+                fleet.name, f"server.{task}.started", f"{task} of {name}", server=name
+            )
+            with AgentClient(endpoints[name]) as client:
+                try:
+                    seconds = _system_task(client, task, options.timeout_s)
+                    for app in fleet.apps:
+                        if servers[name].group in app.on:
+                            AppOnServer(
+                                fleet=fleet.name, server=name, app=app.name, client=client,
+                                health=app.health, update=app.update,
+                            ).wait_running_healthy()  # fmt: skip
+                except EngineError as error:
+                    store.events.record(
+                        fleet.name,
+                        f"server.{task}.failed",
+                        f"{task} of {name}: {error}",
+                        server=name,
+                    )
+                    board.note(f"{name}: {task} failed: {error}")
+                    left = order[order.index(name) + 1 :]
+                    if left:
+                        board.note(f"stopped; not touched: {', '.join(left)}")
+                    return 1
+            store.events.record(
+                fleet.name, f"server.{task}.succeeded", f"{task} of {name} in {seconds:.1f} s",
+                server=name,
+            )  # fmt: skip
+            board.note(f"{name}: {task} done in {seconds:.1f} s")
+        board.note(f"{task} done on {len(order)} server(s) in {time.monotonic() - started:.1f} s")
+        return 0
+
+
+def _system_task(client: AgentClient, task: str, timeout_s: float) -> float:
+    """Start the task, wait for its end; its seconds, or EngineError with its log's tail."""
+    from engine.agent.client import AgentError
+
+    started = time.monotonic()
+    try:
+        record = client.start_task(task)
+    except AgentError as error:
+        if error.status == 409:
+            raise EngineError(f"another system task runs there ({error})") from None
+        raise
+    deadline = started + timeout_s
+    while record["state"] == "running":
+        if time.monotonic() > deadline:
+            raise EngineError(f"the {task} task {record['id']} was not done within {timeout_s:g} s")
+        time.sleep(TASK_POLL_S)
+        record = client.task(record["id"])
+    if record["state"] != "succeeded":
+        tail = _log_tail(client, record["id"])
+        raise EngineError(f"{record['error'] or record['state']}; its log ends:\n{tail}")
+    return time.monotonic() - started
+
+
+def _log_tail(client: AgentClient, task_id: str, lines: int = 15) -> str:
+    text, offset = "", 0
+    while True:
+        piece = client.task_log(task_id, offset)
+        text += piece["text"]
+        if piece["next_offset"] == offset or piece["complete"]:
+            break
+        offset = piece["next_offset"]
+    return "\n".join(text.rstrip().splitlines()[-lines:])

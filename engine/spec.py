@@ -15,7 +15,7 @@ Diagnostic codes (stable; tools may match on them):
     unknown_server_type unknown_location unknown_image unavailable architecture_mismatch
     placement_group_too_large invalid_label reserved_label invalid_port invalid_cidr
     overlapping_networks port_conflict dns_name_collision invalid_key user_data_too_large
-    unreachable
+    unreachable too_frequent
     internal_error (only from `engine validate`: a bug met in one of several files)
 """
 
@@ -28,6 +28,7 @@ import json
 import os
 import re
 import stat
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path as FsPath
@@ -37,6 +38,13 @@ from engine.catalog import Catalog, load_catalog
 from engine.errors import Diagnostic, SpecError
 from engine.model import (
     AgentInstall,
+    Alert,
+    AlertWhen,
+    App,
+    AppHealth,
+    AppPort,
+    AppUpdate,
+    AppVolume,
     ControlPlane,
     DnsRecord,
     DockerInstall,
@@ -45,6 +53,7 @@ from engine.model import (
     FirewallRule,
     Fleet,
     Group,
+    HealthKind,
     Image,
     ImageKind,
     Install,
@@ -59,8 +68,14 @@ from engine.model import (
     Provider,
     ProviderName,
     Readiness,
+    Reconcile,
+    ReconcileMode,
+    RegistryAuth,
+    RestartPolicy,
+    RollbackMode,
     Ssh,
     SystemInstall,
+    Webhook,
     is_reserved_label,
 )
 from engine.yamldoc import Document, Path, YamlProblem, read_yaml, render_path, yaml11_reading
@@ -87,6 +102,10 @@ _HCLOUD_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])
 _DO_TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
 _PRIVATE_KEY = re.compile(r"PRIVATE KEY|^-----BEGIN")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+# Under this a reconcile loop reads the provider more often than anything changes there.
+MIN_RECONCILE_INTERVAL_S = 10
+METRIC_ALERTS = (AlertWhen.CPU, AlertWhen.MEMORY, AlertWhen.DISK, AlertWhen.LOAD)
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # What a group gets when neither it nor defaults say: the local provider has one sensible
 # choice of each, so a first spec needs no catalog knowledge. Names from engine/catalog/local.json.
 PROVIDER_DEFAULTS: dict[ProviderName, dict[str, Any]] = {
@@ -325,7 +344,11 @@ def _type_of(value: object) -> str:
 
 def _is_safe_to_show(path: Path, value: object) -> bool:
     """Never echo what could be a secret: token variables and SSH keys stay out of messages."""
-    sensitive = path[:2] == ("provider", "token_env") or path[:1] == ("ssh",)
+    sensitive = (
+        path[:2] == ("provider", "token_env")
+        or path[:1] == ("ssh",)
+        or (path[:1] == ("apps",) and path[2:3] == ("env",) and len(path) > 3)
+    )
     return isinstance(value, str) and len(value) <= 64 and not sensitive
 
 
@@ -360,6 +383,26 @@ SCHEMA_HINTS = {
     f"{_SYSTEM}/swap": "write a size such as 2G or 512M, or 0 for no swap",
     "/$defs/install/properties/agent/properties/image": "write an image reference such as "
     "registry.example.com/fleet-agent:1.0",
+    "/$defs/app/properties/image": "write an image with a tag or a digest, e.g. "
+    "ghcr.io/acme/web:1.4.2 or ghcr.io/acme/web@sha256:...",
+    "/$defs/app/properties/env/propertyNames": "use letters, digits and '_', not starting with "
+    "a digit, e.g. LOG_LEVEL",
+    "/$defs/app/properties/resources/properties/memory": "write a size such as 256m or 1g",
+    "/$defs/appPort": 'write "SERVER:CONTAINER", e.g. "80:8080", "127.0.0.1:9000:9000" or '
+    '"53:53/udp"',
+    "/$defs/appVolume": 'write "NAME:/path" or "/server/path:/path", with ":ro" at the end for '
+    "read-only",
+    "/$defs/appHealth/properties/http/properties/path": "write a path starting with /, e.g. "
+    "/healthz",
+    "/$defs/appUpdate/properties/monitor": "write a number followed by s, m or h, e.g. 30s, "
+    "or 0s to watch nothing",
+    "/$defs/app/properties/secret_env/items": "write the name of a variable of the engine's "
+    "environment, e.g. DATABASE_URL, and export it where the engine runs",
+    "/$defs/app/properties/registry/properties/username_env": "write the name of the variable "
+    "holding the registry user, e.g. GHCR_USER, and export it where the engine runs",
+    "/$defs/app/properties/registry/properties/password_env": "write the name of the variable "
+    "holding the registry password or token, e.g. GHCR_TOKEN, and export it where the engine "
+    "runs",
 }
 _BRANCH = re.compile(r"/anyOf/[0-9]+$")
 # A sentence ends at a full stop and a space, but not at "e.g. " or "i.e. ".
@@ -502,7 +545,8 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
         )
     elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         bound = error.validator_value
-        word = "at least" if kind.endswith("inimum") else "at most"
+        words = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "more than"}
+        word = words.get(kind, "less than")
         yield diag("out_of_range", f"must be {word} {bound}, got {value}", _describe(schema))
     elif kind == "minLength":
         message = "must not be empty" if error.validator_value == 1 else "is too short"
@@ -647,7 +691,7 @@ class _Checks:
         self.check_ssh()
         names = {
             section: self.check_unique_names(section)
-            for section in ("groups", "firewalls", "networks", "load_balancers")
+            for section in ("groups", "firewalls", "networks", "load_balancers", "apps")
         }
         self.check_labels(("defaults", "labels"), self.defaults.get("labels"))
         self.check_catalog(None, self.defaults)
@@ -659,7 +703,54 @@ class _Checks:
         self.check_networks()
         self.check_load_balancers(names["groups"])
         self.check_dns(names["groups"])
+        self.check_reconcile()
+        self.check_alerts()
+        self.check_apps(names["groups"])
         return self.out
+
+    def check_reconcile(self) -> None:
+        reconcile = self.data.get("reconcile")
+        interval = reconcile.get("interval") if isinstance(reconcile, dict) else None
+        is_duration = isinstance(interval, str) and re.fullmatch(r"[1-9][0-9]{0,5}[smh]", interval)
+        if is_duration and parse_duration(str(interval)) < MIN_RECONCILE_INTERVAL_S:
+            self.add(
+                "too_frequent",
+                ("reconcile", "interval"),
+                f"reading the fleet every {interval} spends the provider's request budget "
+                "on little",
+                f"write {MIN_RECONCILE_INTERVAL_S}s or more, e.g. interval: 5m",
+            )
+
+    def check_alerts(self) -> None:
+        self.check_unique_names("alerts")
+        for i, alert in _dicts(self.data.get("alerts")):
+            when = alert.get("when")
+            if when in METRIC_ALERTS and "above" not in alert:
+                self.add(
+                    "missing_key",
+                    ("alerts", i),
+                    f"an alert on {when} needs a threshold",
+                    f"add above: N (the {when} value that raises it)",
+                )
+            elif when in (AlertWhen.UNHEALTHY, AlertWhen.DRIFT) and "above" in alert:
+                self.add(
+                    "not_applicable",
+                    ("alerts", i, "above"),
+                    f"an alert on {when} has no threshold",
+                    "remove above, or choose cpu, memory, disk or load",
+                    key=True,
+                )
+        for i, hook in _dicts(self.data.get("webhooks")):
+            url = hook.get("url")
+            if not isinstance(url, str) or not url.startswith("http://"):
+                continue
+            if urllib.parse.urlsplit(url).hostname not in _LOOPBACK:
+                self.add(
+                    "insecure_url",
+                    ("webhooks", i, "url"),
+                    "alert events would travel to this address in the clear",
+                    "use an https:// address (http:// is for a receiver on this host only)",
+                )
 
     def unsupported(self, path: Path, what: str, *, key: bool = True) -> None:
         self.add(
@@ -1198,6 +1289,201 @@ class _Checks:
                     "shorten the record name",
                 )
 
+    def check_apps(self, groups: dict[str, int]) -> None:
+        published: dict[tuple[str, str, int], str] = {}
+        for i, app in _dicts(self.data.get("apps")):
+            on = app.get("on")
+            targets = [g for g in on if isinstance(g, str)] if isinstance(on, list) else []
+            for j, group in enumerate(on if isinstance(on, list) else []):
+                self.check_target(("apps", i, "on", j), group, groups)
+            self.check_app_env(i, app)
+            self.check_app_ports(i, app, [g for g in targets if g in groups], published)
+            self.check_app_volumes(i, app)
+            self.check_app_health(i, app)
+            memory = (app.get("resources") or {}).get("memory")
+            readable = isinstance(memory, str) and _APP_MEMORY.fullmatch(memory)
+            if readable and _memory_mb(str(memory)) < _MIN_MEMORY_MB:
+                self.add(
+                    "out_of_range",
+                    ("apps", i, "resources", "memory"),
+                    f"{memory} is less than Docker lets a container have",
+                    f"give it at least {_MIN_MEMORY_MB}m",
+                )
+
+    def check_app_env(self, i: int, app: dict[str, Any]) -> None:
+        env = app.get("env")
+        env = env if isinstance(env, dict) else {}
+        for key, value in env.items():
+            if isinstance(value, str) and value and _looks_secret(key, value):
+                self.add(
+                    "literal_secret",
+                    ("apps", i, "env", key),
+                    f"{key} looks like a secret, and env values are in the spec, in git and "
+                    "in every plan",
+                    f"move it to secret_env: [{key}] and export {key}=... where the engine "
+                    "runs; change the secret if this file was ever shared",
+                    key=True,
+                )
+        secrets = app.get("secret_env")
+        for j, name in enumerate(secrets if isinstance(secrets, list) else []):
+            if isinstance(name, str) and name in env:
+                self.add(
+                    "duplicate_name",
+                    ("apps", i, "secret_env", j),
+                    f"{name} is in env too",
+                    "keep the variable in one of env and secret_env",
+                )
+
+    def check_app_ports(
+        self,
+        i: int,
+        app: dict[str, Any],
+        groups: list[str],
+        published: dict[tuple[str, str, int], str],
+    ) -> None:
+        ssh = self.data.get("ssh")
+        install = self.data.get("install")
+        agent = install.get("agent") if isinstance(install, dict) else None
+        taken = {
+            (ssh.get("port", 22) if isinstance(ssh, dict) else 22): "sshd",
+            (agent.get("port", 7567) if isinstance(agent, dict) else 7567): "the agent",
+        }
+        ports = app.get("ports")
+        for j, text in enumerate(ports if isinstance(ports, list) else []):
+            if not isinstance(text, str) or not _APP_PORT.fullmatch(text):
+                continue  # the schema reports it
+            port = _app_port(text)
+            path: Path = ("apps", i, "ports", j)
+            if not all(1 <= p <= 65535 for p in (port.host_port, port.container_port)):
+                self.add(
+                    "invalid_port",
+                    path,
+                    f'"{text}" names a port outside 1-65535',
+                    'write ports between 1 and 65535, e.g. "80:8080"',
+                )
+                continue
+            if port.host_ip is not None and not _is_ipv4(port.host_ip):
+                self.add(
+                    "invalid_port",
+                    path,
+                    f'"{port.host_ip}" is not an IPv4 address',
+                    'write an address such as 127.0.0.1, or leave it out: "80:8080"',
+                )
+                continue
+            if port.protocol is Protocol.TCP and port.host_port in taken:
+                self.add(
+                    "port_conflict",
+                    path,
+                    f"{taken[port.host_port]} listens on port {port.host_port} of every server",
+                    "publish the app on another server port",
+                )
+            for group in groups:
+                key = (group, str(port.protocol), port.host_port)
+                other = published.setdefault(key, f"apps[{i}].ports[{j}]")
+                if other != f"apps[{i}].ports[{j}]":
+                    self.add(
+                        "port_conflict",
+                        path,
+                        f"port {port.host_port}/{port.protocol} of {group}'s servers is "
+                        f"published by {other} already",
+                        "give each app its own server port",
+                    )
+                    break
+
+    def check_app_volumes(self, i: int, app: dict[str, Any]) -> None:
+        volumes = app.get("volumes")
+        for j, text in enumerate(volumes if isinstance(volumes, list) else []):
+            if not isinstance(text, str) or not _APP_VOLUME.fullmatch(text):
+                continue
+            volume = _app_volume(text)
+            is_path = volume.source.startswith("/")
+            if (is_path and "/../" in f"{volume.source}/") or "/../" in f"{volume.target}/":
+                self.add(
+                    "invalid_value",
+                    ("apps", i, "volumes", j),
+                    f'"{text}" has ".." in a path',
+                    "write the paths without '..'",
+                )
+            elif not is_path and not _VOLUME_NAME.fullmatch(volume.source):
+                self.add(
+                    "invalid_value",
+                    ("apps", i, "volumes", j),
+                    f'"{volume.source}" is neither a volume name nor an absolute path',
+                    "name a volume with letters, digits, '_', '.' and '-', or give a path "
+                    "starting with /",
+                )
+
+    def check_app_health(self, i: int, app: dict[str, Any]) -> None:
+        health = app.get("health")
+        if not isinstance(health, dict):
+            return
+        kinds = [k for k in HealthKind if k in health]
+        if not kinds:
+            self.add(
+                "missing_key",
+                ("apps", i, "health"),
+                "a health check needs one of http, tcp or command",
+                "add e.g. http: {path: /healthz, port: 8080}",
+            )
+        elif len(kinds) > 1:
+            self.add(
+                "invalid_value",
+                ("apps", i, "health", kinds[1]),
+                f"a health check is one of http, tcp or command, not {' and '.join(kinds)}",
+                f"keep one of {', '.join(kinds)}",
+                key=True,
+            )
+
+
+_APP_PORT = re.compile(
+    r"(?:([0-9]{1,3}(?:\.[0-9]{1,3}){3}):)?([0-9]{1,5}):([0-9]{1,5})(?:/(tcp|udp))?"
+)
+_APP_VOLUME = re.compile(r"([^:\s]+):(/[^:\s]*)(?::(ro|rw))?")
+_APP_MEMORY = re.compile(r"([1-9][0-9]{0,6})([mg])")
+_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+_MIN_MEMORY_MB = 6  # Docker refuses a smaller limit
+_SECRET_NAME = re.compile(r"(?i)(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIALS?)$")
+_URL_PASSWORD = re.compile(r"://[^/:@\s]+:[^/@\s]+@")
+
+
+def _looks_secret(name: str, value: str) -> bool:
+    """An env entry whose name says it is a secret, or a URL carrying a password."""
+    return bool(_SECRET_NAME.search(name) or _URL_PASSWORD.search(value))
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _app_port(text: str) -> AppPort:
+    """`[ADDRESS:]SERVER:CONTAINER[/PROTOCOL]`, already matched by the schema's pattern."""
+    match = _APP_PORT.fullmatch(text)
+    assert match is not None
+    address, host, container, protocol = match.groups()
+    return AppPort(
+        host_port=int(host),
+        container_port=int(container),
+        protocol=Protocol(protocol or "tcp"),
+        host_ip=address,
+    )
+
+
+def _app_volume(text: str) -> AppVolume:
+    match = _APP_VOLUME.fullmatch(text)
+    assert match is not None
+    source, target, mode = match.groups()
+    return AppVolume(source=source, target=target, read_only=mode == "ro")
+
+
+def _memory_mb(text: str) -> int:
+    match = _APP_MEMORY.fullmatch(text)
+    assert match is not None
+    return int(match[1]) * (1024 if match[2] == "g" else 1)
+
 
 def _is_damaged_public_key(line: str) -> bool:
     """A key line whose blob does not decode, or names another type than the line does."""
@@ -1280,6 +1566,56 @@ def _group(raw: dict[str, Any], defaults: dict[str, Any]) -> Group:
     )
 
 
+def _health(raw: dict[str, Any] | None) -> AppHealth | None:
+    if raw is None:
+        return None
+    timing = {
+        "interval_s": parse_duration(raw.get("interval", "5s")),
+        "timeout_s": parse_duration(raw.get("timeout", "2s")),
+        "retries": raw.get("retries", 3),
+    }
+    if "http" in raw:
+        http = raw["http"]
+        return AppHealth(
+            kind=HealthKind.HTTP, port=http["port"], path=http.get("path", "/"), **timing
+        )
+    if "tcp" in raw:
+        return AppHealth(kind=HealthKind.TCP, port=raw["tcp"]["port"], **timing)
+    return AppHealth(kind=HealthKind.COMMAND, command=tuple(raw["command"]), **timing)
+
+
+def _app(raw: dict[str, Any]) -> App:
+    update = raw.get("update", {})
+    resources = raw.get("resources", {})
+    registry = raw.get("registry")
+    command = raw.get("command")
+    return App(
+        name=raw["name"],
+        image=raw["image"],
+        on=tuple(raw["on"]),
+        command=None if command is None else tuple(command),
+        env=_labels(raw.get("env")),
+        secret_env=tuple(raw.get("secret_env", ())),
+        ports=tuple(_app_port(p) for p in raw.get("ports", ())),
+        volumes=tuple(_app_volume(v) for v in raw.get("volumes", ())),
+        restart=RestartPolicy(raw.get("restart", RestartPolicy.UNLESS_STOPPED)),
+        cpus=resources.get("cpu"),
+        memory_mb=_memory_mb(resources["memory"]) if "memory" in resources else None,
+        health=_health(raw.get("health")),
+        update=AppUpdate(
+            max_unavailable=update.get("max_unavailable", 1),
+            health_timeout_s=parse_duration(update.get("health_timeout", "60s")),
+            monitor_s=parse_duration(update.get("monitor", "30s")),
+            rollback=RollbackMode(update.get("rollback", RollbackMode.AUTO)),
+        ),
+        registry=None
+        if registry is None
+        else RegistryAuth(
+            username_env=registry["username_env"], password_env=registry["password_env"]
+        ),
+    )
+
+
 def _port(raw: object) -> str | None:
     return None if raw is None else str(raw)
 
@@ -1293,6 +1629,7 @@ def _build_fleet(data: dict[str, Any], file: str) -> Fleet:
     system = install.get("system", {})
     agent = install.get("agent", {})
     limits = data.get("limits", {})
+    reconcile = data.get("reconcile", {})
     defaults = {
         **PROVIDER_DEFAULTS.get(ProviderName(provider["name"]), {}),
         **data.get("defaults", {}),
@@ -1393,4 +1730,22 @@ def _build_fleet(data: dict[str, Any], file: str) -> Fleet:
             disk_gb=limits.get("disk_gb"),
             monthly_cost=limits.get("monthly_cost"),
         ),
+        reconcile=Reconcile(
+            interval_s=parse_duration(reconcile.get("interval", "5m")),
+            mode=ReconcileMode(reconcile.get("mode", ReconcileMode.REPORT)),
+            repairs_per_hour=reconcile.get("repairs_per_hour", 10),
+        ),
+        alerts=tuple(
+            Alert(
+                name=a["name"],
+                when=AlertWhen(a["when"]),
+                above=a.get("above"),
+                for_s=parse_duration(a["for"]) if "for" in a else 0,
+            )
+            for a in data.get("alerts", ())
+        ),
+        webhooks=tuple(
+            Webhook(url=w["url"], secret_env=w["secret_env"]) for w in data.get("webhooks", ())
+        ),
+        apps=tuple(_app(a) for a in data.get("apps", ())),
     )

@@ -133,6 +133,25 @@ def ensure_fleet_key(state_dir: Path, fleet: str) -> bytes:
     return key
 
 
+def api_key_secret_path(state_dir: Path) -> Path:
+    """Where the control plane's API-key secret lives (the underscore keeps it apart from
+    every fleet's key: fleet names are DNS labels)."""
+    return state_dir / "keys" / "api_keys.key"
+
+
+def ensure_api_key_secret(state_dir: Path) -> bytes:
+    """The secret API keys are stored under (HMAC-SHA256), made like a fleet key on first use.
+
+    Whoever reads the store without it cannot check a guess at a key offline; control planes
+    sharing one store need the same file."""
+    path = api_key_secret_path(state_dir)
+    private_dir(state_dir, path.parent.name)
+    if not path.exists():
+        _create_once(path, secrets.token_bytes(KEY_BYTES).hex())
+    private_file(path)
+    return _parse_key(path, path.read_text(encoding="ascii"))
+
+
 def fleet_id_path(state_dir: Path, fleet: str) -> Path:
     """Where the fleet's id lives, beside its keys."""
     return state_dir / "keys" / f"{fleet}.id"

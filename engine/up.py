@@ -6,7 +6,8 @@
               register the fleet -> start the control plane -> carry out the plan through the
               backend (new servers get their user_data, with a one-time token, before they
               are made) -> drive every server to ready (phone-home, install, agent), trying a
-              server that fails again while its tries last (engine.converge) -> timings
+              server that fails again while its tries last (engine.converge) -> roll the apps
+              out on the ready servers through their agents (engine.apps.deploy) -> timings
     dry run:  plan -> ask every installed server over SSH what an install would change
     destroy:  open -> lock -> plan the deletion of everything -> confirm -> the backend deletes
               every resource -> every state row and every key of the fleet go
@@ -50,8 +51,11 @@ from engine.state.store import Store
 from engine.tokens import find_fleet_id
 
 if TYPE_CHECKING:
+    from engine.apps.deploy import AppsOutcome
+    from engine.apps.diff import AppsObserved
     from engine.install.installer import FleetInstaller
     from engine.install.model import HostResult
+    from engine.preview import Observed
 
 Confirm = Callable[[str], bool]
 Say = Callable[[str], None]
@@ -359,7 +363,7 @@ def serving(
     ensure_fleet_key(options.state_dir, fleet.name)
     ensure_deploy_key(options.state_dir, fleet.name)
     fleet_id = ensure_fleet_id(options.state_dir, fleet.name)
-    installer = _installer(fleet, backend, site, options.state_dir)
+    installer = fleet_installer(fleet, backend, site, options.state_dir)
     provisioner = backend.provisioner(store, servers)
     with running_control_plane(
         store,
@@ -383,7 +387,8 @@ def serving(
         )
 
 
-def _installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> FleetInstaller:
+def fleet_installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> FleetInstaller:
+    """The installer of `fleet`'s servers, agents reporting to `site`."""
     from engine.install.installer import FleetInstaller
     from engine.preview import fleet_digest
     from engine.state.files import private_dir
@@ -409,7 +414,7 @@ def placed_servers(fleet: Fleet, store: Store, state_dir: Path) -> dict[str, Ser
     return {s.name: s for s in expand_fleet(fleet, catalog, pinned)}
 
 
-def _locked(
+def hold_fleet_lock(
     store: Store, fleet: Fleet, command: str, board: StageBoard
 ) -> AbstractContextManager[Lock]:
     """The fleet's stack lock, taking over one whose holder provably died (and saying so)."""
@@ -456,26 +461,39 @@ def locked_session(
         private_dir(options.state_dir)  # only now: a run that cannot start leaves nothing
         with (
             open_store(state_url(options.state_dir, options.state)) as store,
-            _locked(store, fleet, command, board),
+            hold_fleet_lock(store, fleet, command, board),
         ):
             yield Session(fleet, board, backend, store)
     finally:
         backend.close()
 
 
-def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
+def up(
+    spec: Path,
+    options: RunOptions,
+    out: TextIO,
+    confirm: Confirm,
+    *,
+    check: Callable[[Observed, Plan], None] | None = None,
+) -> int:
     """Make the fleet in `spec` exist and be ready; 0 when every server is ready.
 
     The spec is read once, and the plan made once: from what the backend it opened reads (its
-    servers, their power, their agents) and the records of the store it locked. A server that
-    fails on its way is looked at again and tried again while its tries last."""
+    servers, their power, their agents), what the agents say runs there, and the records of
+    the store it locked. A server that fails on its way is looked at again and tried again
+    while its tries last; the apps roll out once the servers are ready. `check` sees what was
+    observed and the plan, with the lock held, before anything changes, and may raise to stop
+    the run there (an API apply refuses a plan that is not the one it saved)."""
+    from engine.apps.deploy import check_environment, roll_fleet_apps
+    from engine.apps.observe import observe_apps
     from engine.converge import converge
     from engine.install.deploykey import ensure_deploy_key
-    from engine.preview import Observed, fleet_digest, observe, plan_fleet, recorded
+    from engine.preview import fleet_digest, observe, plan_fleet, recorded
 
     started = time.monotonic()
     with locked_session(spec, options, out, f"engine up {spec}", tools=True, full=True) as session:
         fleet, board, backend, store = session.fleet, session.board, session.backend, session.store
+        check_environment(fleet)
         catalog = load_catalog(fleet.provider.name, options.state_dir)
         site = backend.site()
         digest = fleet_digest(fleet, site.url, site.sources)
@@ -488,16 +506,18 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
 
         keys = (*fleet.ssh.authorized_keys, ensure_deploy_key(options.state_dir, fleet.name))
 
-        def plan_of(observed: Observed) -> Plan:
+        def plan_of(observed: Observed, apps: AppsObserved | None = None) -> Plan:
             return plan_fleet(
                 fleet, catalog, observed, install_hash=digest,
                 fleet_id=find_fleet_id(options.state_dir, fleet.name),
-                delete_orphans=options.delete_orphans, adopt=options.adopt,
+                delete_orphans=options.delete_orphans, adopt=options.adopt, apps=apps,
                 engine_sources=site.sources, ssh_public_keys=keys,
             )  # fmt: skip
 
         observed = observe_now()
-        plan = plan_of(observed)
+        plan = plan_of(observed, observe_apps(fleet, store, options.state_dir))
+        if check is not None:
+            check(observed, plan)
         _show_plan(plan, board, out)
         if plan.is_blocked:
             return 1
@@ -535,8 +555,11 @@ def up(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
                 tries=options.attempts,
                 timeout_s=options.timeout_s,
             )
+        rolled = roll_fleet_apps(
+            fleet, store, options.state_dir, board, list(servers.values()), backend.docker_url
+        )
         seconds = time.monotonic() - started
-        return report(store, fleet, names, final, board, out, seconds, tries=tries)
+        return report(store, fleet, names, final, board, out, seconds, tries=tries, apps=rolled)
 
 
 def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
@@ -569,7 +592,7 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
     backend = backend_for(fleet, options, board.note)
     try:
         backend.open()
-        installer = _installer(fleet, backend, backend.site(), options.state_dir)
+        installer = fleet_installer(fleet, backend, backend.site(), options.state_dir)
         board.note(
             f"Asking {len(targets)} installed server(s) what an install would change "
             "(dry run: nothing changes)"
@@ -612,9 +635,11 @@ def report(
     seconds: float,
     *,
     tries: Mapping[str, int] | None = None,
+    apps: AppsOutcome | None = None,
 ) -> int:
     """The timing table and who is not ready, one line each with the cause (and, for a
-    failed server, how many tries it had); 0 when every one of `names` is ready."""
+    failed server, how many tries it had); 0 when every one of `names` is ready (and every
+    app rollout, if any, succeeded)."""
     table, timings = _timings(store, fleet.name, names)
     ready = [n for n in names if n in final and final[n].stage is Stage.READY]
     stuck = {
@@ -622,9 +647,11 @@ def report(
     }
     reasons = {n: final[n].stage_reason for n in stuck if n in final and final[n].stage_reason}
     tried = {n: (tries or {}).get(n, 1) for n in stuck}
+    failed_apps = apps is not None and not apps.ok
     if board.json_lines:
         board.event("done", ready=ready, not_ready=stuck, reasons=reasons, tries=tried,
-                    seconds=round(seconds, 1), timings=timings)  # fmt: skip
+                    seconds=round(seconds, 1), timings=timings,
+                    apps=apps.to_json() if apps else {})  # fmt: skip
     else:
         out.write("\n" + table + "\n")
         if stuck:
@@ -641,14 +668,18 @@ def report(
             )
         else:
             out.write(f"{len(ready)} servers ready in {seconds:.1f} s\n")
+        if failed_apps:
+            out.write("an app rollout did not succeed (see above); `engine apps status` shows "
+                      "what runs where\n")  # fmt: skip
         out.flush()
-    return 0 if not stuck else 1
+    return 0 if not stuck and not failed_apps else 1
 
 
 def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
     """Delete every resource of the fleet, its state rows and its keys."""
     from engine.diff import DiffOptions, diff_fleet
     from engine.install.deploykey import deploy_key_path
+    from engine.install.sharing import forget_sharing
     from engine.preview import recorded_digest
     from engine.tokens import fleet_id_path, key_path
 
@@ -688,6 +719,7 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
             deploy_key_path(options.state_dir, fleet.name).with_suffix(".pub"),
         ):
             path.unlink(missing_ok=True)
+        forget_sharing(options.state_dir, fleet.name)
         board.note(
             f"Destroyed fleet {fleet.name}: {len(actual)} server(s), its networks and state."
         )

@@ -16,12 +16,17 @@ LAYERS = (
     (2, r"engine\.(spec|catalog|placement|diff|plan|render|cost|quota|lifecycle|progress|health)"),
     (2, r"engine\.exposure"),
     (2, r"engine\.(cloudinit(\..+)?|addresses|state|providers)"),
+    (2, r"engine\.apps\.(versions|diff|rollout)"),
     (3, r"engine\.state\..+"),
     (4, r"engine\.tokens|engine\.install\.deploykey"),
     (5, r"engine\.providers\.(seam|retry|naming)"),
+    (6, r"engine\.apps\.(observe|servers)"),
     (6, r"engine\.(providers|install|agent)(\..+)?|stacks(\..+)?|deploys(\..+)?"),
     (7, r"engine\.controlplane(\..+)?"),
-    (8, r"engine\.(up|signals|preview|converge)"),
+    (
+        8,
+        r"engine\.(up|signals|preview|converge|remote|reconcile|serve)|engine\.apps(\.(deploy|commands))?",
+    ),
     (9, r"engine\.(cli(\..+)?|__main__)"),
 )
 # The upward imports docs/architecture.md names, with its reasons.

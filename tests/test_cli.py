@@ -213,3 +213,25 @@ def test_the_state_dir_is_absolute_before_any_command_runs(
         monkeypatch.setenv(name, value)
     args = cli.resolve_paths(cli.build_parser().parse_args(argv))
     assert args.state_dir == tmp_path / expected
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "said"),
+    [
+        (("deploy", "nope.yaml"), 1, "nope.yaml: error[file_not_found] no such file"),
+        (("deploy", "specs/demo.yaml", "--format", "xml"), 2, "invalid choice: 'xml'"),
+        (("logs", "specs/demo.yaml"), 2, "the following arguments are required: APP"),
+        (("logs", "specs/demo.yaml", "web", "--tail", "-3"), 1, "give a number of lines"),
+        (("apps", "rollback", "specs/demo.yaml"), 2, "arguments are required: APP"),
+        (("apps", "status", "specs/demo.yaml"), 1, "no record of fleet demo"),
+        (("server", "update", "specs/demo.yaml"), 1, "name the servers or give --all"),
+        (("server", "upgrade", "specs/demo.yaml", "demo-1", "--all"), 1, "not both"),
+    ],
+)
+def test_bad_input_to_the_apps_commands_says_what_to_fix(
+    args: tuple[str, ...], code: int, said: str, tmp_path: Path
+) -> None:
+    result = engine(*args, "--state-dir", str(tmp_path / "state"))
+    assert result.returncode == code, result.stdout + result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())

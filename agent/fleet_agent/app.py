@@ -9,7 +9,9 @@
     DELETE /v1/containers/{ref}?force=&volumes=
     GET    /v1/containers/{ref}/logs?tail=&since=&follow=&timestamps=   text, streamed
     GET    /v1/containers/{ref}/stats      one reading of CPU, memory, network, block I/O
+    POST   /v1/containers/{ref}/probe      one health check: http, tcp or a command
     GET    /v1/images                      POST /v1/images/pull, POST /v1/images/prune
+    POST   /v1/images/load                 an image archive (docker save), streamed
     DELETE /v1/images/{ref}?force=
     GET    /v1/networks                    POST /v1/networks, DELETE /v1/networks/{ref}
     POST   /v1/system/update|upgrade|reboot   202 and a task
@@ -30,7 +32,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -49,6 +51,7 @@ from fleet_agent.bodies import (
     TASK_ID_PATTERN,
     ContainerSpec,
     NetworkSpec,
+    ProbeSpec,
     PruneSpec,
     PullSpec,
 )
@@ -189,6 +192,7 @@ def create_app(config: AgentConfig, *, fingerprint: str, port: int) -> Any:
         Guard,
         token_sha256=config.token_sha256,
         max_body_bytes=config.max_body_bytes,
+        max_stream_bytes=config.max_image_bytes,
         audit=AuditLog(config.state_dir / "audit.log"),
     )
     app.add_exception_handler(RequestValidationError, _validation_response)
@@ -256,6 +260,10 @@ def create_app(config: AgentConfig, *, fingerprint: str, port: int) -> Any:
         )
         return _DockerStreamResponse(stream)
 
+    @app.post("/v1/containers/{ref}/probe")
+    def probe_container(ref: Ref, spec: Annotated[ProbeSpec, Body()]) -> dict[str, Any]:
+        return dockerops.probe_container(gateway, ref, spec)
+
     @app.get("/v1/containers/{ref}/stats")
     def container_stats(ref: Ref) -> dict[str, Any]:
         return dockerops.container_stats(gateway, ref)
@@ -266,7 +274,42 @@ def create_app(config: AgentConfig, *, fingerprint: str, port: int) -> Any:
 
     @app.post("/v1/images/pull")
     def pull_image(spec: Annotated[PullSpec, Body()]) -> dict[str, Any]:
-        return dockerops.pull_image(gateway, spec.image)
+        return dockerops.pull_image(gateway, spec.image, spec.auth)
+
+    @app.post("/v1/images/load")
+    async def load_image(request: Request) -> dict[str, Any]:
+        # The archive goes to Docker as it arrives: read in the worker thread that feeds
+        # Docker, a chunk at a time from this request's stream, and never held whole.
+        limit = config.max_image_bytes
+        chunks = request.stream().__aiter__()
+        counted = {"bytes": 0}
+
+        async def next_chunk() -> bytes:
+            return await chunks.__anext__()
+
+        def archive() -> Iterator[bytes]:
+            while True:
+                try:
+                    chunk = anyio.from_thread.run(next_chunk)
+                except StopAsyncIteration:
+                    return
+                counted["bytes"] += len(chunk)
+                if counted["bytes"] > limit:
+                    return  # Docker meets a cut archive and refuses it
+                if chunk:
+                    yield chunk
+
+        try:
+            result: dict[str, Any] = await anyio.to_thread.run_sync(
+                dockerops.load_image, gateway, archive()
+            )
+        except (dockerops.AgentError, docker.errors.APIError):
+            if counted["bytes"] > limit:
+                raise dockerops.AgentError(
+                    413, f"the image archive is larger than {limit} bytes"
+                ) from None
+            raise
+        return result
 
     @app.post("/v1/images/prune")
     def prune_images(spec: Annotated[PruneSpec, Body()]) -> dict[str, Any]:

@@ -113,10 +113,45 @@ class ContainerSpec(Strict):
     start: bool = True
 
 
+class RegistryAuth(Strict):
+    """Credentials for the registry the image names; used for this pull only, never kept."""
+
+    username: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=8192)] = Field(repr=False)
+
+
 class PullSpec(Strict):
     """The body of POST /v1/images/pull: `name`, `name:tag` or `name@sha256:...`."""
 
     image: ImageRef
+    auth: RegistryAuth | None = None
+
+
+class HttpProbe(Strict):
+    path: Annotated[str, StringConstraints(pattern=r"^/[\x21-\x7e]{0,1023}$")] = "/"
+    port: Port
+
+
+class TcpProbe(Strict):
+    port: Port
+
+
+class ProbeSpec(Strict):
+    """The body of POST /v1/containers/{ref}/probe: one check of a container, exactly one of
+    an HTTP GET (healthy on 2xx and 3xx) or a TCP connection to a port of the container's own
+    address, or a command run in it (healthy when it exits 0)."""
+
+    http: HttpProbe | None = None
+    tcp: TcpProbe | None = None
+    command: Annotated[list[Arg], Field(min_length=1, max_length=64)] | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+    @model_validator(mode="after")
+    def _one_check(self) -> ProbeSpec:
+        given = [name for name in ("http", "tcp", "command") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of http, tcp or command")
+        return self
 
 
 class PruneSpec(Strict):

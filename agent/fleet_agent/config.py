@@ -63,6 +63,8 @@ class AgentConfig(BaseModel):
     host_command_prefix: tuple[str, ...] = NSENTER_HOST
     cpu_window_s: float = Field(default=5.0, ge=0.2, le=60.0)
     max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    # POST /v1/images/load streams an image archive: it is not held in memory, only counted.
+    max_image_bytes: int = Field(default=16 * 1024**3, ge=1024 * 1024, le=256 * 1024**3)
 
     @field_validator("fleet", "server")
     @classmethod

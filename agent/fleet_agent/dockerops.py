@@ -9,15 +9,21 @@ Docker's errors are translated by the app (see app.py: docker_error_response).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import http.client
+import socket
 import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import docker
 import docker.errors
 import docker.types
+import requests
 
-from fleet_agent.bodies import ContainerSpec, NetworkSpec
+from fleet_agent.bodies import ContainerSpec, NetworkSpec, ProbeSpec, RegistryAuth
 
 PREDEFINED_NETWORKS = frozenset({"bridge", "host", "none"})
 
@@ -319,21 +325,118 @@ def list_images(gateway: DockerGateway) -> list[dict[str, Any]]:
     ]
 
 
-def pull_image(gateway: DockerGateway, image: str) -> dict[str, Any]:
-    """Pull `image` (`name`, `name:tag` or `name@sha256:...`; no tag means latest).
+def pull_image(
+    gateway: DockerGateway, image: str, auth: RegistryAuth | None = None
+) -> dict[str, Any]:
+    """Pull `image` (`name`, `name:tag` or `name@sha256:...`; no tag means latest), with the
+    registry credentials `auth` if given (for this pull only: nothing is kept).
 
     A registry's refusal arrives inside the progress stream of a 200 answer, so it is read to
     the end and any error in it is reported.
     """
     name = image.rsplit("/", 1)[-1]
     reference = image if ":" in name or "@" in image else f"{image}:latest"
+    credentials = None if auth is None else {"username": auth.username, "password": auth.password}
     try:
-        for chunk in gateway.api.pull(reference, stream=True, decode=True):
+        for chunk in gateway.api.pull(reference, stream=True, decode=True, auth_config=credentials):
             if "error" in chunk:
                 raise AgentError(502, f"pulling {reference} failed: {chunk['error'].strip()}")
     except docker.errors.APIError as exc:
         raise AgentError(502, f"pulling {reference} failed: {exc.explanation or exc}") from None
     return {"image": reference, "id": gateway.api.inspect_image(reference)["Id"]}
+
+
+def load_image(gateway: DockerGateway, archive: Iterator[bytes]) -> dict[str, Any]:
+    """Load the images of a `docker save` archive (plain or gzip) read from `archive` as it
+    arrives; the references it loaded. A damaged archive is a 400: nothing of it is loaded."""
+    loaded = []
+    for message in gateway.api.load_image(archive):
+        if "error" in message:
+            raise AgentError(400, f"the image archive was refused: {message['error'].strip()}")
+        text = str(message.get("stream", ""))
+        for prefix in ("Loaded image: ", "Loaded image ID: "):
+            if text.startswith(prefix):
+                loaded.append(text.removeprefix(prefix).strip())
+    if not loaded:
+        raise AgentError(400, "the archive held no image")
+    return {"loaded": loaded}
+
+
+def _address(raw: dict[str, Any]) -> str | None:
+    """Where the container itself answers: its address on its first network (loopback for a
+    container on the host's network)."""
+    if (raw.get("HostConfig") or {}).get("NetworkMode") == "host":
+        return "127.0.0.1"
+    networks = (raw.get("NetworkSettings") or {}).get("Networks") or {}
+    for network in networks.values():
+        if network.get("IPAddress"):
+            return str(network["IPAddress"])
+    return None
+
+
+def _result(healthy: bool, detail: str, started: float) -> dict[str, Any]:
+    return {
+        "healthy": healthy,
+        "detail": detail[-500:],
+        "duration_ms": round(1000 * (time.monotonic() - started), 1),
+    }
+
+
+def probe_container(gateway: DockerGateway, ref: str, spec: ProbeSpec) -> dict[str, Any]:
+    """One health check of a running container: `{"healthy", "detail", "duration_ms"}`.
+
+    HTTP and TCP checks go to the container's own address (read from Docker, never from the
+    request), so a probe reaches nothing but the container. A command runs inside it, and a
+    command that hangs costs at most the timeout.
+    """
+    started = time.monotonic()
+    raw = gateway.api.inspect_container(ref)
+    state = raw.get("State") or {}
+    if not state.get("Running"):
+        return _result(
+            False, f"not running: {state.get('Status')}, exit code {state.get('ExitCode')}", started
+        )
+    if spec.command is not None:
+        return _probe_command(gateway, raw["Id"], spec.command, spec.timeout_s, started)
+    address = _address(raw)
+    if address is None:
+        return _result(False, "the container has no address on a network", started)
+    try:
+        if spec.http is not None:
+            connection = http.client.HTTPConnection(address, spec.http.port, timeout=spec.timeout_s)
+            try:
+                connection.request("GET", spec.http.path, headers={"User-Agent": "fleet-agent"})
+                status = connection.getresponse().status
+            finally:
+                connection.close()
+            return _result(200 <= status < 400, f"HTTP {status}", started)
+        assert spec.tcp is not None
+        with socket.create_connection((address, spec.tcp.port), timeout=spec.timeout_s):
+            return _result(True, f"port {spec.tcp.port} accepts connections", started)
+    except (OSError, http.client.HTTPException) as exc:
+        return _result(False, str(exc) or type(exc).__name__, started)
+
+
+def _probe_command(
+    gateway: DockerGateway, container: str, command: list[str], timeout_s: float, started: float
+) -> dict[str, Any]:
+    api = gateway.api
+    exec_id = api.exec_create(container, command, stdout=True, stderr=True)["Id"]
+    output: list[bytes] = []
+
+    def run() -> None:
+        # A command that outlives the probe ends its thread with the Docker client's timeout.
+        with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+            output.append(api.exec_start(exec_id))
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(timeout_s)
+    if runner.is_alive():
+        return _result(False, f"the command did not finish within {timeout_s:g} s", started)
+    code = api.exec_inspect(exec_id).get("ExitCode")
+    text = b"".join(output).decode("utf-8", "replace").strip()
+    return _result(code == 0, f"exit code {code}" + (f": {text}" if text else ""), started)
 
 
 def remove_image(gateway: DockerGateway, ref: str, *, force: bool) -> None:

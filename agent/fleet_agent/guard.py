@@ -10,6 +10,10 @@ or in the app) recurses through it. Every mutating call and every refused token 
 audit log as one JSON line, without secrets: the body is recorded as its SHA-256 plus a few
 fields that identify what was touched.
 
+One route takes a body too big to hold: POST /v1/images/load, an image archive. It is passed
+on as it arrives (a declared Content-Length over `max_stream_bytes` is refused first), counted
+and hashed for the audit; the route itself stops reading at that limit.
+
 The guard's own refusals are `{"detail": <message>, "code": <stable code>}`:
 
     400 body_too_deep    401 unauthenticated    413 body_too_large    431 headers_too_large
@@ -35,6 +39,7 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_ROUTES = frozenset({("GET", "/v1/health")})
+STREAMED_ROUTES = frozenset({("POST", "/v1/images/load")})
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_TOKEN_BYTES = 1024
 MAX_HEADER_BYTES = 16 * 1024
@@ -144,10 +149,19 @@ def _body_fields(body: bytes) -> dict[str, Any]:
 class Guard:
     """ASGI middleware: authenticate, bound the body, audit; see the module docstring."""
 
-    def __init__(self, app: App, *, token_sha256: str, max_body_bytes: int, audit: AuditLog):
+    def __init__(
+        self,
+        app: App,
+        *,
+        token_sha256: str,
+        max_body_bytes: int,
+        audit: AuditLog,
+        max_stream_bytes: int = 0,
+    ):
         self.app = app
         self.token_sha256 = token_sha256
         self.max_body_bytes = max_body_bytes
+        self.max_stream_bytes = max_stream_bytes
         self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -181,6 +195,9 @@ class Guard:
                 "a valid bearer token is required",
                 [(b"www-authenticate", b"Bearer")],
             )
+            return
+        if (method, path) in STREAMED_ROUTES:
+            await self._pass_stream(scope, receive, send, entry, started)
             return
         body = await self._read_body(scope, receive)
         if body is None:
@@ -236,6 +253,54 @@ class Guard:
                         **_body_fields(body),
                     }
                 )
+
+    async def _pass_stream(
+        self, scope: Scope, receive: Receive, send: Send, entry: dict[str, Any], started: float
+    ) -> None:
+        """Hand a streamed body on as it arrives, counting and hashing it for the audit."""
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_stream_bytes:
+            self.audit.record({**entry, "status": 413, "event": "body-too-large"})
+            await _reply(
+                send,
+                413,
+                "body_too_large",
+                f"the request body is larger than {self.max_stream_bytes} bytes",
+                [],
+            )
+            return
+        digest = hashlib.sha256()
+        size = 0
+        status = 500
+
+        async def counted() -> Message:
+            nonlocal size
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                digest.update(chunk)
+            return message
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watch)
+        finally:
+            self.audit.record(
+                {
+                    **entry,
+                    "status": status,
+                    "event": "call",
+                    "duration_ms": round(1000 * (time.time() - started), 1),
+                    "body_sha256": digest.hexdigest() if size else None,
+                    "body_bytes": size,
+                }
+            )
 
     def _is_authorised(self, scope: Scope) -> bool:
         header = _header(scope, b"authorization")

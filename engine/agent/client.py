@@ -5,9 +5,10 @@ single byte of HTTP is written, so a server with any other certificate never see
 token (the check sits in the socket's handshake, see `pinned_ssl_context`). Errors become
 AgentError with the server's name and what to do; the token never appears in them.
 
-`gather_metrics` asks many agents at once for `engine status`: every agent gets the same
-deadline, and a slow or dead one costs its own row, never the others'. `ask_health` asks many
-agents at once whether they are alive, for a plan (engine.health.AgentSeen).
+`ask_agents` asks many agents at once (`gather_metrics` for `engine status`, the apps on
+each server for a plan): every agent gets the same deadline, and a slow or dead one costs its
+own row, never the others'. `ask_health` asks many agents at once whether they are alive, for
+a plan (engine.health.AgentSeen).
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ import concurrent.futures
 import hashlib
 import ssl
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
 from engine.agent.endpoint import AgentEndpoint
 from engine.errors import EngineError
 from engine.health import AgentAnswer, AgentSeen
+from engine.model import Labels
 from engine.secrets import redact
 
+T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 30.0
 PULL_TIMEOUT_S = 900.0
 
@@ -132,6 +135,7 @@ class ContainerSummary:
     status: str
     created: str
     ports: tuple[str, ...]
+    labels: Labels = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ContainerSummary:
@@ -147,6 +151,7 @@ class ContainerSummary:
             status=data["status"],
             created=data["created"],
             ports=tuple(ports),
+            labels=tuple(sorted((str(k), str(v)) for k, v in (data.get("labels") or {}).items())),
         )
 
 
@@ -281,12 +286,137 @@ class AgentClient:
         data = self.call("GET", "/v1/containers", params={"all": include_stopped})
         return tuple(ContainerSummary.from_json(c) for c in data["containers"])
 
-    def pull_image(self, image: str) -> dict[str, Any]:
-        """Pull on the server (can take minutes: the timeout is long)."""
+    def pull_image(self, image: str, auth: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Pull on the server (can take minutes: the timeout is long), with registry
+        credentials (`username`, `password`) if given."""
+        body: dict[str, Any] = {"image": image}
+        if auth is not None:
+            body["auth"] = dict(auth)
         result: dict[str, Any] = self.call(
-            "POST", "/v1/images/pull", json={"image": image}, timeout_s=PULL_TIMEOUT_S
+            "POST", "/v1/images/pull", json=body, timeout_s=PULL_TIMEOUT_S
         )
         return result
+
+    def images(self) -> list[dict[str, Any]]:
+        """The server's images: id, tags, size, created."""
+        result: list[dict[str, Any]] = self.call("GET", "/v1/images")["images"]
+        return result
+
+    def load_image(self, archive: Iterable[bytes]) -> list[str]:
+        """Stream a `docker save` archive to the server's Docker; the references loaded."""
+        response = self.send(
+            "POST",
+            "/v1/images/load",
+            content=iter(archive),
+            headers={"Content-Type": "application/x-tar"},
+            timeout_s=PULL_TIMEOUT_S,
+        )
+        if response.status_code >= 400:
+            raise self._status_error(response)
+        loaded: list[str] = response.json()["loaded"]
+        return loaded
+
+    def run_container(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create (and unless `start` is false, start) a container; its details."""
+        result: dict[str, Any] = self.call("POST", "/v1/containers", json=dict(body))
+        return result
+
+    def inspect_container(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"/v1/containers/{ref}")
+        return result
+
+    def start_container(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", f"/v1/containers/{ref}/start")
+        return result
+
+    def stop_container(self, ref: str, *, timeout_s: int = 10) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(
+            "POST",
+            f"/v1/containers/{ref}/stop",
+            params={"timeout_s": timeout_s},
+            timeout_s=timeout_s + DEFAULT_TIMEOUT_S,
+        )
+        return result
+
+    def remove_container(self, ref: str) -> None:
+        """Remove a container, running or not (its named volumes stay)."""
+        self.call("DELETE", f"/v1/containers/{ref}", params={"force": True})
+
+    def probe(self, ref: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """One health check of a container: `healthy`, `detail`, `duration_ms`."""
+        result: dict[str, Any] = self.call("POST", f"/v1/containers/{ref}/probe", json=dict(body))
+        return result
+
+    def start_task(self, kind: str) -> dict[str, Any]:
+        """Start a system task (update, upgrade, reboot) on the server; the task's record."""
+        result: dict[str, Any] = self.call("POST", f"/v1/system/{kind}")
+        return result
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"/v1/tasks/{task_id}")
+        return result
+
+    def task_log(self, task_id: str, offset: int = 0) -> dict[str, Any]:
+        """A piece of a task's log from `offset`: text, next_offset, complete."""
+        result: dict[str, Any] = self.call(
+            "GET", f"/v1/tasks/{task_id}/log", params={"offset": offset}
+        )
+        return result
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer(Generic[T]):
+    """One agent's answer to `ask_agents`: a value, or why there is none."""
+
+    server: str
+    value: T | None = None
+    error: str | None = None
+
+
+def _ask(
+    endpoint: AgentEndpoint, ask: Callable[[AgentClient], T], what: str, timeout_s: float
+) -> Answer[T]:
+    try:
+        with AgentClient(endpoint, timeout_s=timeout_s) as client:
+            return Answer(server=endpoint.server, value=ask(client))
+    except AgentError as exc:
+        return Answer(server=endpoint.server, error=str(exc))
+    except (KeyError, TypeError, ValueError) as exc:
+        return Answer(server=endpoint.server, error=f"the agent's {what} are malformed ({exc!r})")
+
+
+def ask_agents(
+    endpoints: Sequence[AgentEndpoint],
+    ask: Callable[[AgentClient], T],
+    *,
+    what: str,
+    timeout_s: float = 5.0,
+    parallel: int = 16,
+) -> dict[str, Answer[T]]:
+    """`ask` every agent at once (`what` it asks for, for messages), keyed by server in the
+    order given.
+
+    Up to `parallel` agents are asked at a time and each has `timeout_s` to answer; whatever
+    has not answered when its turn's time is up is reported as an error and not waited for.
+    """
+    results: dict[str, Answer[T]] = {}
+    workers = max(1, min(parallel, len(endpoints)))
+    turns = -(-len(endpoints) // workers)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = {pool.submit(_ask, e, ask, what, timeout_s): e for e in endpoints}
+        deadline = time.monotonic() + turns * timeout_s + 1.0
+        for future, endpoint in futures.items():
+            try:
+                results[endpoint.server] = future.result(max(0.0, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                results[endpoint.server] = Answer(
+                    server=endpoint.server,
+                    error=f"the agent of {endpoint.where()} did not answer within {timeout_s:g} s",
+                )
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return results
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -298,44 +428,17 @@ class MetricsResult:
     error: str | None = None
 
 
-def _fetch_metrics(endpoint: AgentEndpoint, timeout_s: float) -> MetricsResult:
-    try:
-        with AgentClient(endpoint, timeout_s=timeout_s) as client:
-            return MetricsResult(server=endpoint.server, metrics=client.metrics())
-    except AgentError as exc:
-        return MetricsResult(server=endpoint.server, error=str(exc))
-    except (KeyError, TypeError, ValueError) as exc:
-        return MetricsResult(
-            server=endpoint.server, error=f"the agent's metrics are malformed ({exc!r})"
-        )
-
-
 def gather_metrics(
     endpoints: Sequence[AgentEndpoint], *, timeout_s: float = 5.0, parallel: int = 16
 ) -> dict[str, MetricsResult]:
-    """Live metrics from every endpoint at once, keyed by server in the order given.
-
-    Up to `parallel` agents are asked at a time and each has `timeout_s` to answer; whatever
-    has not answered when its turn's time is up is reported as an error and not waited for.
-    """
-    results: dict[str, MetricsResult] = {}
-    workers = max(1, min(parallel, len(endpoints)))
-    turns = -(-len(endpoints) // workers)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
-    try:
-        futures = {pool.submit(_fetch_metrics, e, timeout_s): e for e in endpoints}
-        deadline = time.monotonic() + turns * timeout_s + 1.0
-        for future, endpoint in futures.items():
-            try:
-                results[endpoint.server] = future.result(max(0.0, deadline - time.monotonic()))
-            except concurrent.futures.TimeoutError:
-                results[endpoint.server] = MetricsResult(
-                    server=endpoint.server,
-                    error=f"the agent of {endpoint.where()} did not answer within {timeout_s:g} s",
-                )
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-    return results
+    """Live metrics from every endpoint at once (see `ask_agents`), keyed by server."""
+    answers = ask_agents(
+        endpoints, AgentClient.metrics, what="metrics", timeout_s=timeout_s, parallel=parallel
+    )
+    return {
+        server: MetricsResult(server=server, metrics=answer.value, error=answer.error)
+        for server, answer in answers.items()
+    }
 
 
 def _health(endpoint: AgentEndpoint, timeout_s: float) -> AgentAnswer | AgentError:

@@ -15,11 +15,15 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import EngineError
 from engine.model import Fleet
 from engine.state import AgentReport, ServerRecord
 from engine.tokens import agent_token, find_fleet_key, read_fleet_key
+
+if TYPE_CHECKING:
+    from engine.state.store import Store
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -104,13 +108,18 @@ def recorded_endpoints(
     url = state_url(state_dir, state)
     if not store_exists(url):
         return {}
+    with open_store(url) as store:
+        return stored_endpoints(state_dir, fleet, store)
+
+
+def stored_endpoints(state_dir: Path, fleet: Fleet, store: Store) -> dict[str, AgentEndpoint]:
+    """`recorded_endpoints` read from a store the caller holds open."""
     key = find_fleet_key(state_dir, fleet.name)
     if key is None:
         return {}
-    with open_store(url) as store:
-        records = store.servers.all(fleet.name)
-        reports = store.agents.reports(fleet.name)
-    return agent_endpoints(fleet, key, records, reports)
+    return agent_endpoints(
+        fleet, key, store.servers.all(fleet.name), store.agents.reports(fleet.name)
+    )
 
 
 def agent_endpoints(

@@ -117,7 +117,8 @@ def agent_recipe() -> str:
 
 
 def _assemble_context(folder: Path, wheels: Path) -> None:
-    shutil.copy2(AGENT_SOURCE / "Dockerfile", folder / "Dockerfile")
+    for name in ("Dockerfile", "rootfs.sh"):
+        shutil.copy2(AGENT_SOURCE / name, folder / name)
     package = folder / "fleet_agent"
     package.mkdir()
     for source in sorted((AGENT_SOURCE / "fleet_agent").glob("*.py")):

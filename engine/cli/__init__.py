@@ -34,8 +34,13 @@ COMMANDS = (
     "status",
     "serve",
     "apikey",
+    "runs",
+    "alerts",
     "local",
     "containers",
+    "deploy",
+    "logs",
+    "apps",
 )
 
 

@@ -1,4 +1,4 @@
-"""engine apikey create|list|revoke NAME [--state URL]"""
+"""engine apikey create NAME [--scope S] [--fleet F]... | list | revoke NAME [--state URL]"""
 
 from __future__ import annotations
 
@@ -6,38 +6,65 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+SCOPES = ("read", "plan", "apply", "admin")
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser(
         "apikey",
         help="create, list or revoke keys for the control plane's fleet API",
-        description="Keys for GET /v1/servers and /v1/events (Authorization: Bearer KEY). A "
-        "new key is printed once and stored only as a hash.",
+        description="Keys for the /v1 fleet API (Authorization: Bearer KEY). A new key is "
+        "printed once and stored only as an HMAC under the state directory's API-key secret.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, helptext in (
         ("create", "make a key and print it (the only time it is shown)"),
         ("revoke", "revoke a key by name"),
-        ("list", "list the keys (names and dates, never the keys)"),
+        ("list", "list the keys (names, scopes, fleets and dates, never the keys)"),
     ):
         child = actions.add_parser(action, parents=[common], help=helptext)
         if action != "list":
             child.add_argument("name", metavar="NAME")
+        if action == "create":
+            child.add_argument(
+                "--scope",
+                choices=SCOPES,
+                default="read",
+                help="what the key may do, each including the ones before: read (GET), plan "
+                "(register specs, make plans), apply (apply, scale, server actions), admin "
+                "(default: read)",
+            )
+            child.add_argument(
+                "--fleet",
+                action="append",
+                default=[],
+                metavar="FLEET",
+                help="grant only this fleet (repeat for several; default: every fleet)",
+            )
         child.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.controlplane.apikeys import create_api_key
+    from engine.controlplane.apikeys import create_api_key, revoke_api_key
+    from engine.state import Scope
     from engine.state.store import open_store, state_url
 
-    with open_store(state_url(Path(args.state_dir), args.state)) as store:
+    state_dir = Path(args.state_dir)
+    with open_store(state_url(state_dir, args.state)) as store:
         if args.action == "create":
-            print(create_api_key(store, args.name))
+            key = create_api_key(
+                store, state_dir, args.name, scope=Scope(args.scope), fleets=args.fleet
+            )
+            print(key)
         elif args.action == "revoke":
-            store.api_keys.revoke(args.name)
+            revoke_api_key(store, args.name)
             print(f"revoked {args.name}")
         else:
-            for key in store.api_keys.all():
-                state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
-                print(f"{key.name}\tcreated {key.created_at:%Y-%m-%d %H:%M}\t{state}")
+            for found in store.api_keys.all():
+                state = f"revoked {found.revoked_at:%Y-%m-%d}" if found.revoked_at else "active"
+                fleets = ",".join(found.fleets) or "all fleets"
+                print(
+                    f"{found.name}\t{found.scope}\t{fleets}\t"
+                    f"created {found.created_at:%Y-%m-%d %H:%M}\t{state}"
+                )
     return 0

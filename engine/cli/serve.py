@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
+import json
+import logging
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
+from engine.secrets import redact
 
 DEFAULT_LISTEN = "127.0.0.1:8470"
 
@@ -60,6 +63,20 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "127.0.0.1: a reverse proxy on this host)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default="json",
+        help="log lines as JSON objects (default) or as text",
+    )
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long jobs under way may take to finish before they are handed "
+        "back to the queue (default 60)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -89,42 +106,73 @@ def load_entry(value: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
     from engine.controlplane.app import install_log_redaction
-    from engine.controlplane.fleets import register_fleet
-    from engine.controlplane.runner import running_control_plane
+    from engine.serve import serve
     from engine.spec import load_spec
     from engine.state.store import open_store, state_url
 
     host, port = parse_listen(args.listen)
-    if args.workers < 0 or args.heartbeat_misses < 1:
-        raise EngineError("--workers must be 0 or more and --heartbeat-misses 1 or more")
+    if args.workers < 0 or args.heartbeat_misses < 1 or args.drain < 0:
+        raise EngineError(
+            "--workers and --drain must be 0 or more and --heartbeat-misses 1 or more"
+        )
     installer = load_entry(args.install_entry) if args.install_entry else None
     fleets = [load_spec(path, state_dir=args.state_dir) for path in args.spec]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(args.log_format)
     install_log_redaction()
-    state_dir = Path(args.state_dir)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with open_store(state_url(state_dir, args.state)) as store:
-        for fleet in fleets:
-            register_fleet(store, fleet)
-        with running_control_plane(
+    with open_store(state_url(Path(args.state_dir), args.state)) as store:
+        serve(
             store,
-            state_dir,
-            host=host,
-            port=port,
-            installer=installer,
+            Path(args.state_dir),
+            fleets,
+            state=args.state,
+            listen=(host, port),
+            stop=stop,
             workers=args.workers,
+            install_entry=installer,
             heartbeat_misses=args.heartbeat_misses,
             forwarded_allow_ips=args.forwarded_allow_ips,
             access_log=args.access_log,
-        ) as plane:
-            served = ", ".join(f.name for f in store.fleets.all()) or "none registered yet"
-            print(f"control plane listening on {plane.url} (fleets: {served})", flush=True)
-            if installer is None:
-                print("no --install-entry: install jobs wait in the queue", file=sys.stderr)
-            stop.wait()
+            drain_s=args.drain,
+            on_listening=lambda line: print(line, flush=True),
+        )
     return 0
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and the fields a call passed in
+    `extra` (fleet, seconds, api_calls). Secrets are masked before (RedactingFilter)."""
+
+    # uvicorn adds its message again with terminal colours: not for a log file.
+    _PLAIN = frozenset(vars(logging.makeLogRecord({}))) | {"color_message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(
+            (k, v) for k, v in vars(record).items() if k not in self._PLAIN and k != "message"
+        )
+        if record.exc_info:
+            line["error"] = redact(self.formatException(record.exc_info))
+        return json.dumps(line, default=str)
+
+
+def configure_logging(log_format: str) -> None:
+    """The root logger writes to stderr, as JSON lines or as text."""
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    # httpx says every request it sends (agents, webhooks) at INFO: the jobs say what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

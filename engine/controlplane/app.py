@@ -1,12 +1,13 @@
 """The control plane's HTTP API (Starlette), built by `create_app`.
 
-    GET  /v1/health                     no auth; {"status": "ok"}
+    GET  /v1/health                     no auth; {"status": "ok" | "degraded", "degraded": [...]}
     POST /v1/phone-home                 one-time phone-home token   (engine.controlplane.phonehome)
     POST /v1/heartbeat                  the agent's heartbeat token
     POST /v1/agent-events               the agent's heartbeat token
     GET  /v1/servers?fleet=F            API key
     GET  /v1/servers/{name}?fleet=F     API key
     GET  /v1/events?fleet=F[&server=S][&after=ID][&limit=N]   API key
+    GET  /v1/fleets/{fleet}/servers/{name}/metrics[?since=6h][&step=5m]   API key
 
 Every other route is 404. API keys go in `Authorization: Bearer fek_...`; each key has a
 token bucket (100 requests a second, bursts of 200 by default) and a request over it gets
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +40,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine.controlplane.apikeys import ApiKeyVerifier
-from engine.controlplane.bodies import check_body, compile_checks, parse_json
+from engine.controlplane.apikeys import ApiKeyVerifier, permit
+from engine.controlplane.bodies import check_body, compile_checks, read_json
 from engine.controlplane.errors import ApiError, FieldError
+from engine.controlplane.fleetapi import FleetApi, FleetPlanner
 from engine.controlplane.lookup import InventoryLookup
+from engine.controlplane.openapi import Endpoint, openapi_document
 from engine.controlplane.phonehome import PhoneHomeService
 from engine.controlplane.ratelimit import RateLimiter
 from engine.controlplane.views import (
@@ -51,7 +56,8 @@ from engine.controlplane.views import (
 )
 from engine.model import Stage
 from engine.secrets import RedactingFilter, redact
-from engine.state import AgentReport
+from engine.state import AgentReport, ApiKey, PhoneHomeOutcome, Scope
+from engine.state.metrics import heartbeat_values
 from engine.state.store import Store
 from engine.tokens import TokenPurpose, expected_token, is_same_token
 
@@ -71,7 +77,13 @@ _LOGGERS = (
     "engine.controlplane.jobs",
     "engine.controlplane.handlers",
     "engine.controlplane.monitor",
+    "engine.reconcile",
+    "engine.serve",
 )
+
+
+# What else is degraded, in a few words each ("fleet web-prod: no reconcile for 12 min").
+HealthSource = Callable[[], Sequence[str]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,24 +118,6 @@ def _bearer(request: Request) -> str:
     return value.strip()
 
 
-async def _read_json(request: Request, limit: int) -> Any:
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        if not length.isdigit():
-            raise ApiError(400, "bad_header", "Content-Length is not a number")
-        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return parse_json(b"".join(chunks))
-
-
 def _source(request: Request) -> str:
     return request.client.host if request.client else ""
 
@@ -138,15 +132,20 @@ class ControlPlaneApi:
         *,
         lookup: InventoryLookup | None = None,
         metrics: MetricsSource = last_heartbeat_metrics,
+        health: HealthSource | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.metrics = metrics
+        self.health_source = health
         self.lookup = lookup or InventoryLookup(min_interval_s=settings.inventory_min_interval_s)
         self.phone_home = PhoneHomeService(store, settings.state_dir, self.lookup)
-        self.api_keys = ApiKeyVerifier(store)
+        self.api_keys = ApiKeyVerifier(store, settings.state_dir)
         self.api_limiter = RateLimiter(settings.api_rate_per_s, settings.api_burst)
         self.failure_limiter = RateLimiter(settings.failure_rate_per_s, settings.failure_burst)
+        # Called when a request enqueued a job (an accepted phone-home: its install), so that
+        # job workers in this process start on it now (running_control_plane sets it).
+        self.jobs_enqueued: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         """Finish the writes still queued (call it once the server stopped taking requests)."""
@@ -154,10 +153,21 @@ class ControlPlaneApi:
 
     # --- servers talking to us -------------------------------------------------------------
 
-    async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+    def _degraded(self) -> tuple[int, list[str]]:
+        try:
+            self.store.schema_version()
+        except Exception as error:  # whatever the driver raises: the store is what is down
+            return 503, [redact(f"the state store cannot be read: {error}")]
+        return 200, list(self.health_source() if self.health_source else ())
 
-    def _check_failures(self, source: str) -> None:
+    async def health(self, request: Request) -> Response:
+        """200 while the store answers (with what else is degraded, if anything); 503 when
+        it does not."""
+        status, degraded = await run_in_threadpool(self._degraded)
+        body = {"status": "degraded" if degraded else "ok", "degraded": degraded}
+        return JSONResponse(body, status_code=status)
+
+    def check_failures(self, source: str) -> None:
         if self.failure_limiter.remaining(source) < 1:
             raise ApiError(
                 429,
@@ -172,10 +182,12 @@ class ControlPlaneApi:
 
     async def post_phone_home(self, request: Request) -> Response:
         source = _source(request)
-        self._check_failures(source)
+        self.check_failures(source)
         token = _bearer(request)
-        body = check_body("phone-home", await _read_json(request, PHONE_HOME_MAX_BYTES))
+        body = check_body("phone-home", await read_json(request, PHONE_HOME_MAX_BYTES))
         answer = await self.phone_home.handle(token, body, source)
+        if answer.outcome is PhoneHomeOutcome.ACCEPTED:
+            self.jobs_enqueued()
         return JSONResponse({"status": str(answer.outcome), "server": answer.server})
 
     def _check_agent(self, token: str, fleet: str, server: str) -> None:
@@ -191,17 +203,21 @@ class ControlPlaneApi:
         fleet, server = body["fleet"], body["server"]
         self._check_agent(token, fleet, server)
         before = self.store.servers.get(fleet, server)
-        record = self.store.agents.record_heartbeat(
-            AgentReport(
-                fleet=fleet,
-                server=server,
-                last_heartbeat_at=dt.datetime.now(dt.UTC),
-                sequence=int(body.get("sequence", 0)),
-                metrics=body["metrics"],
-                containers=body["containers"],
-                tls_fingerprint=body["tls_fingerprint"],
+        record_at = dt.datetime.now(dt.UTC)
+        # The report and its history together: one commit, and neither without the other.
+        with self.store.transaction() as tx:
+            record = tx.agents.record_heartbeat(
+                AgentReport(
+                    fleet=fleet,
+                    server=server,
+                    last_heartbeat_at=record_at,
+                    sequence=int(body.get("sequence", 0)),
+                    metrics=body["metrics"],
+                    containers=body["containers"],
+                    tls_fingerprint=body["tls_fingerprint"],
+                )
             )
-        )
+            tx.metrics.record(fleet, server, record_at, heartbeat_values(body["metrics"]))
         if before is not None and before.stage != record.stage and record.stage is Stage.READY:
             self.store.events.record(
                 fleet, "server.ready", f"{server} is ready: its agent reports", server=server
@@ -209,9 +225,9 @@ class ControlPlaneApi:
         return {"status": "ok", "stage": str(record.stage)}
 
     async def post_heartbeat(self, request: Request) -> Response:
-        self._check_failures(_source(request))
+        self.check_failures(_source(request))
         token = _bearer(request)
-        body = check_body("heartbeat", await _read_json(request, HEARTBEAT_MAX_BYTES))
+        body = check_body("heartbeat", await read_json(request, HEARTBEAT_MAX_BYTES))
         return JSONResponse(await run_in_threadpool(self._heartbeat, token, body))
 
     def _agent_event(self, token: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -230,15 +246,30 @@ class ControlPlaneApi:
         return {"status": "recorded" if recorded else "duplicate"}
 
     async def post_agent_event(self, request: Request) -> Response:
-        self._check_failures(_source(request))
+        self.check_failures(_source(request))
         token = _bearer(request)
-        body = check_body("agent-event", await _read_json(request, EVENT_MAX_BYTES))
+        body = check_body("agent-event", await read_json(request, EVENT_MAX_BYTES))
         return JSONResponse(await run_in_threadpool(self._agent_event, token, body))
 
     # --- the fleet API ---------------------------------------------------------------------
 
     def _authorize(self, request: Request) -> dict[str, str]:
-        """Check the API key and spend a token of its bucket; the rate-limit headers."""
+        """Check the API key may read the fleet the query names and spend a token of its
+        bucket; the rate-limit headers."""
+        return self.authorize(request, Scope.READ, request.query_params.get("fleet"))[1]
+
+    def authorize(
+        self, request: Request, needed: Scope, fleet: str | None
+    ) -> tuple[ApiKey, dict[str, str]]:
+        """The API key, with a token of its bucket spent and checked for `needed` on `fleet`
+        (403 when it may not); and the rate-limit headers."""
+        key, headers = self.authenticate(request)
+        permit(key, needed, fleet)
+        return key, headers
+
+    def authenticate(self, request: Request) -> tuple[ApiKey, dict[str, str]]:
+        """The API key (401 unless it is live), with a token of its bucket spent (429 when
+        there is none); and the rate-limit headers."""
         key = self.api_keys.verify(_bearer(request))
         if key is None:
             raise ApiError(401, "api_key_invalid", "this API key is unknown or revoked")
@@ -248,7 +279,7 @@ class ControlPlaneApi:
                 429, "rate_limited", "this API key's request budget is spent", retry_after_s=wait
             )
             raise error
-        return {
+        return key, {
             "RateLimit-Limit": str(int(self.settings.api_rate_per_s)),
             "RateLimit-Remaining": str(self.api_limiter.remaining(key.key_id)),
         }
@@ -281,7 +312,7 @@ class ControlPlaneApi:
         }
 
     async def get_servers(self, request: Request) -> Response:
-        self._check_failures(_source(request))
+        self.check_failures(_source(request))
         headers = self._authorize(request)
         fleet = self._fleet_query(request)
         return JSONResponse(await run_in_threadpool(self._servers, fleet), headers=headers)
@@ -299,14 +330,14 @@ class ControlPlaneApi:
         )
 
     async def get_server(self, request: Request) -> Response:
-        self._check_failures(_source(request))
+        self.check_failures(_source(request))
         headers = self._authorize(request)
         fleet = self._fleet_query(request)
         name = request.path_params["name"]
         return JSONResponse(await run_in_threadpool(self._server, fleet, name), headers=headers)
 
     async def get_events(self, request: Request) -> Response:
-        self._check_failures(_source(request))
+        self.check_failures(_source(request))
         headers = self._authorize(request)
         fleet = self._fleet_query(request)
         query = request.query_params
@@ -330,6 +361,58 @@ class ControlPlaneApi:
             {"fleet": fleet, "events": [event_document(e) for e in events]}, headers=headers
         )
 
+    def _metrics(self, fleet: str, name: str, since: dt.datetime, step_s: int) -> dict[str, Any]:
+        if self.store.fleets.get(fleet) is None:
+            raise ApiError(404, "fleet_not_found", f"this control plane serves no fleet {fleet}")
+        if self.store.servers.get(fleet, name) is None:
+            raise ApiError(404, "server_not_found", f"fleet {fleet} has no server {name}")
+        points = self.store.metrics.series(fleet, name, since=since, step_s=step_s)
+        return {
+            "fleet": fleet,
+            "server": name,
+            "since": since.isoformat(),
+            "step_s": points[0].step_s if points else step_s,
+            "points": [{"at": p.at.isoformat(), "samples": p.samples, **p.values} for p in points],
+        }
+
+    async def get_metrics(self, request: Request) -> Response:
+        """A server's metric history: ?since= (an ISO time, or a duration back from now such
+        as 6h; default 1h) and ?step= (a duration of whole minutes; default 1m)."""
+        self.check_failures(_source(request))
+        _, headers = self.authorize(request, Scope.READ, request.path_params["fleet"])
+        since, step_s = metrics_query(request.query_params, dt.datetime.now(dt.UTC))
+        document = await run_in_threadpool(
+            self._metrics, request.path_params["fleet"], request.path_params["name"], since, step_s
+        )
+        return JSONResponse(document, headers=headers)
+
+
+def metrics_query(query: Mapping[str, str], now: dt.datetime) -> tuple[dt.datetime, int]:
+    """`since` and `step` of a metrics request, or a 422 naming the bad field."""
+    fields = []
+    since_text, step_text = query.get("since", "1h"), query.get("step", "1m")
+    since = now
+    if re.fullmatch(r"[1-9][0-9]{0,5}[smhd]", since_text):
+        since = now - dt.timedelta(seconds=int(since_text[:-1]) * _UNIT_S[since_text[-1]])
+    else:
+        try:
+            since = dt.datetime.fromisoformat(since_text)
+        except ValueError:
+            fields.append(FieldError("since", "an ISO 8601 time or a duration such as 6h"))
+        else:
+            if since.tzinfo is None:
+                fields.append(FieldError("since", "give the time zone, e.g. 2026-11-05T10:00Z"))
+    step_s = 0
+    if re.fullmatch(r"[1-9][0-9]{0,5}[smhd]", step_text):
+        step_s = int(step_text[:-1]) * _UNIT_S[step_text[-1]]
+    if step_s < 60 or step_s % 60:
+        fields.append(FieldError("step", "a duration of whole minutes such as 1m, 15m or 1h"))
+    if fields:
+        raise ApiError(422, "invalid_query", "the query is not valid", fields=fields)
+    return since, step_s
+
+
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # Every error answer leaves through one of these three handlers, which is where it is counted.
 
@@ -358,28 +441,110 @@ async def _internal_error(request: Request, error: Exception) -> Response:
     )
 
 
+def endpoints(api: ControlPlaneApi, fleets: FleetApi) -> list[Endpoint]:
+    """Every route of the app, as served and as documented."""
+    # The document is made once: a route cannot change while the app runs.
+    document: list[dict[str, Any]] = []
+
+    async def get_openapi(request: Request) -> Response:
+        return JSONResponse(document[0])
+
+    read, plan, apply = Scope.READ, Scope.PLAN, Scope.APPLY
+    f = "/v1/fleets/{fleet}"
+    table = [
+        Endpoint(method="GET", path="/v1/health", handler=api.health, auth="none",
+                 summary="Whether the control plane answers, and what is degraded (503: its "
+                 "store does not answer)", answers={200: "Health", 503: "Health"}),
+        Endpoint(method="GET", path="/v1/openapi.json", handler=get_openapi, auth="none",
+                 summary="This document"),
+        Endpoint(method="POST", path="/v1/phone-home", handler=api.post_phone_home,
+                 auth="phoneHomeToken", body="PhoneHome", errors=(401, 403, 409, 503),
+                 summary="A server that booted says so, once"),
+        Endpoint(method="POST", path="/v1/heartbeat", handler=api.post_heartbeat,
+                 auth="heartbeatToken", body="Heartbeat", errors=(401, 404),
+                 summary="An agent's heartbeat with its metrics and containers"),
+        Endpoint(method="POST", path="/v1/agent-events", handler=api.post_agent_event,
+                 auth="heartbeatToken", body="AgentEvent", errors=(401, 404),
+                 summary="A container event seen by an agent"),
+        Endpoint(method="GET", path="/v1/servers", handler=api.get_servers, scope=read,
+                 answers={200: "Servers"}, errors=(404, 422), query=(("fleet", "the fleet"),),
+                 summary="A fleet's servers (also at /v1/fleets/{fleet}/servers)"),
+        Endpoint(method="GET", path="/v1/servers/{name}", handler=api.get_server, scope=read,
+                 answers={200: "Server"}, errors=(404, 422), query=(("fleet", "the fleet"),),
+                 summary="One server"),
+        Endpoint(method="GET", path="/v1/events", handler=api.get_events, scope=read,
+                 answers={200: "Events"}, errors=(404, 422),
+                 query=(("fleet", "the fleet"), ("server", "only this server's"),
+                        ("after", "events after this id"), ("limit", "at most this many")),
+                 summary="A fleet's events (also at /v1/fleets/{fleet}/events)"),
+        Endpoint(method="GET", path="/v1/fleets", handler=fleets.get_fleets, scope=read,
+                 answers={200: "Fleets"}, summary="The fleets the key may read"),
+        Endpoint(method="GET", path=f, handler=fleets.get_fleet, scope=read,
+                 answers={200: "Fleet"}, errors=(404,), summary="One fleet"),
+        Endpoint(method="PUT", path=f, handler=fleets.put_fleet, scope=plan, body="FleetSpec",
+                 answers={200: "SpecStored", 201: "SpecStored"},
+                 summary="Register the fleet's spec (its desired state), checked as "
+                 "`engine validate` checks it"),
+        Endpoint(method="POST", path=f"{f}/plans", handler=fleets.post_plan, scope=plan,
+                 answers={201: "SavedPlan"}, errors=(404, 422, 503),
+                 summary="Make a plan from what exists now"),
+        Endpoint(method="GET", path=f"{f}/plans/{{plan}}", handler=fleets.get_plan,
+                 scope=read, answers={200: "SavedPlan"}, errors=(404,), summary="A plan"),
+        Endpoint(method="POST", path=f"{f}/plans/{{plan}}/apply", handler=fleets.post_apply,
+                 scope=apply, answers={202: "Run"}, errors=(404, 409, 422, 503),
+                 summary="Apply exactly this plan (409 if the spec or the world changed)"),
+        Endpoint(method="PATCH", path=f"{f}/groups/{{group}}", handler=fleets.patch_group,
+                 scope=apply, body="Scale", answers={202: "ScaleStarted"},
+                 errors=(404, 409, 503), summary="Scale a group: a plan and its apply"),
+        Endpoint(method="GET", path=f"{f}/servers", handler=fleets.get_servers, scope=read,
+                 answers={200: "Servers"}, errors=(404,), summary="The fleet's servers"),
+        Endpoint(method="GET", path=f"{f}/servers/{{name}}", handler=fleets.get_server,
+                 scope=read, answers={200: "Server"}, errors=(404,), summary="One server"),
+        Endpoint(method="POST", path=f"{f}/servers/{{name}}/actions",
+                 handler=fleets.post_server_action, scope=apply, body="ServerAction",
+                 answers={202: "Run"}, errors=(404,), summary="Reboot, power off or on, "
+                 "rebuild or snapshot a server"),
+        Endpoint(method="GET", path=f"{f}/servers/{{name}}/metrics", handler=api.get_metrics,
+                 scope=read, answers={200: "Metrics"}, errors=(404, 422),
+                 query=(("since", "an ISO time or a duration back from now, e.g. 6h (1h)"),
+                        ("step", "whole minutes between points, e.g. 15m (1m)")),
+                 summary="A server's metric history from its heartbeats"),
+        Endpoint(method="GET", path=f"{f}/events", handler=fleets.get_events, scope=read,
+                 answers={200: "Events"}, errors=(404, 422),
+                 query=(("since", "events after this id"),
+                        ("wait", "seconds to wait for one (long-poll, at most 30)"),
+                        ("server", "only this server's"), ("limit", "at most this many")),
+                 summary="The fleet's events"),
+        Endpoint(method="GET", path=f"{f}/runs", handler=fleets.get_runs, scope=read,
+                 answers={200: "Runs"}, errors=(404, 422), query=(("limit", "at most"),),
+                 summary="The fleet's latest runs"),
+        Endpoint(method="GET", path=f"{f}/runs/{{run}}", handler=fleets.get_run, scope=read,
+                 answers={200: "Run"}, errors=(404,),
+                 summary="A run: status, progress and per-step timings"),
+    ]  # fmt: skip
+    document.append(openapi_document(table))
+    return table
+
+
 def create_app(
     store: Store,
     settings: AppSettings,
     *,
     lookup: InventoryLookup | None = None,
     metrics: MetricsSource = last_heartbeat_metrics,
+    planner: FleetPlanner | None = None,
+    health: HealthSource | None = None,
 ) -> Starlette:
-    """The control plane's ASGI app over `store` (which the caller opens and closes)."""
-    api = ControlPlaneApi(store, settings, lookup=lookup, metrics=metrics)
+    """The control plane's ASGI app over `store` (which the caller opens and closes); with a
+    `planner`, the fleet API makes plans (`engine serve`; a control plane inside one `engine
+    up` has none); `health` says what else is degraded."""
+    api = ControlPlaneApi(store, settings, lookup=lookup, metrics=metrics, health=health)
+    fleets = FleetApi(api, settings.state_dir, planner)
     compile_checks()
     api.phone_home.warm()
     install_log_redaction()
     app = Starlette(
-        routes=[
-            Route("/v1/health", api.health, methods=["GET"]),
-            Route("/v1/phone-home", api.post_phone_home, methods=["POST"]),
-            Route("/v1/heartbeat", api.post_heartbeat, methods=["POST"]),
-            Route("/v1/agent-events", api.post_agent_event, methods=["POST"]),
-            Route("/v1/servers", api.get_servers, methods=["GET"]),
-            Route("/v1/servers/{name}", api.get_server, methods=["GET"]),
-            Route("/v1/events", api.get_events, methods=["GET"]),
-        ],
+        routes=[Route(e.path, e.handler, methods=[e.method]) for e in endpoints(api, fleets)],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,

@@ -26,6 +26,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import Request
+
 from engine.controlplane.errors import ApiError, FieldError
 
 SCHEMAS = Path(__file__).resolve().parent.parent.parent / "schemas"
@@ -204,3 +206,23 @@ def _message(error: Any) -> str:
     message = str(error.message)
     # jsonschema quotes the offending value; a hostile body could make that huge.
     return message if len(message) <= 200 else message[:197] + "..."
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request's JSON body: 415 unless it says application/json, 413 past `limit` bytes,
+    400 when it cannot be parsed."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        if not length.isdigit():
+            raise ApiError(400, "bad_header", "Content-Length is not a number")
+        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return parse_json(b"".join(chunks))

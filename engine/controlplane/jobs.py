@@ -16,6 +16,9 @@ the single write lock on SQLite). If the worker dies, the lease runs out and ano
 claims the job; a worker starting on the same host ends the leases of workers whose process
 is gone at once. A worker that lost its lease cannot finish the job (every completion checks
 the lease), and handlers are idempotent, so a job cut off half-way is simply run again.
+
+An idle worker looks for work every half second; `WorkerPool.wake()` makes the pool's idle
+workers look at once (the control plane calls it when a phone-home enqueues an install).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -133,12 +137,15 @@ class Worker:
         *,
         lease_s: float = LEASE_S,
         idle_poll_s: float = IDLE_POLL_S,
+        nudge: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.lease_s = lease_s
         self.idle_poll_s = idle_poll_s
         self.owner = worker_id()
+        # Set when work may have arrived; shared by a pool's workers.
+        self.nudge = nudge or threading.Event()
 
     def run_once(self) -> Job | None:
         """Claim one due job and run it; the job as claimed, or None if none was due."""
@@ -205,7 +212,8 @@ class Worker:
                 log.error("the job worker cannot reach the store: %s", redact(str(error)))
                 ran = None
             if ran is None:
-                stop.wait(self.idle_poll_s)
+                self.nudge.wait(self.idle_poll_s)
+                self.nudge.clear()
 
 
 class WorkerPool:
@@ -221,8 +229,9 @@ class WorkerPool:
         idle_poll_s: float = IDLE_POLL_S,
     ) -> None:
         self.store = store
+        self._nudge = threading.Event()
         self.workers = [
-            Worker(store, registry, lease_s=lease_s, idle_poll_s=idle_poll_s)
+            Worker(store, registry, lease_s=lease_s, idle_poll_s=idle_poll_s, nudge=self._nudge)
             for _ in range(workers)
         ]
         self._stop = threading.Event()
@@ -237,11 +246,32 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self) -> None:
+    def wake(self) -> None:
+        """Make idle workers look for due jobs now rather than at their next poll."""
+        self._nudge.set()
+
+    def stop(self, drain_s: float | None = None) -> None:
+        """Stop taking jobs and wait for the ones under way; with `drain_s`, at most that
+        long: jobs still running then are handed back (their leases ended, so any worker on
+        the store claims them at once; handlers are idempotent) rather than lost or waited
+        for."""
         self._stop.set()
-        for thread in self._threads:
-            thread.join()
+        self._nudge.set()
+        deadline = None if drain_s is None else time.monotonic() + drain_s
+        busy = []
+        for worker, thread in zip(self.workers, self._threads, strict=True):
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                busy.append(worker.owner)
+        if busy:
+            handed = self.store.jobs.expire_leases(busy)
+            log.warning("stopped with %d job(s) under way: handed back to the queue", handed)
         self._threads.clear()
+
+    @property
+    def alive(self) -> int:
+        """How many worker threads run."""
+        return sum(thread.is_alive() for thread in self._threads)
 
     def __enter__(self) -> WorkerPool:
         self.start()

@@ -4,7 +4,8 @@
   next heartbeat makes it ready again (engine.state.agents.Agents.record_heartbeat).
 - A booting server of a phone-home fleet that has not phoned home within the fleet's
   phone_home_timeout is looked for by polling (inventory pages and SSH checks).
-- Jobs leased by dead workers of this host are freed (every 10 s).
+- Jobs leased by dead workers of this host are freed, and metric points past their
+  retention dropped (every 10 s: a few rows each time rather than a day's at once).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class Monitor:
                 self.sweep()
                 if time.monotonic() - reaped_at > _REAP_EVERY_S:
                     reap_dead_workers(self.store)
+                    self.store.metrics.prune()
                     reaped_at = time.monotonic()
             except Exception as error:  # the store is unreachable: try again next round
                 log.error("the monitor's sweep failed: %s", redact(str(error)))

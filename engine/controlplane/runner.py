@@ -15,13 +15,15 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.controlplane.app import AppSettings, ControlPlaneApi, create_app
+from engine.controlplane.alerts import WebhookHandler
+from engine.controlplane.app import AppSettings, ControlPlaneApi, HealthSource, create_app
+from engine.controlplane.fleetapi import FleetPlanner
 from engine.controlplane.handlers import (
     InstallHandler,
     PollInventoryHandler,
@@ -63,7 +65,13 @@ def default_registry(
 ) -> JobRegistry:
     """The handlers of every job kind this control plane can run. Without an installer,
     install jobs wait in the queue for a control plane that has one."""
-    registry = JobRegistry([PollInventoryHandler(store, readers), SshCheckHandler(store, readers)])
+    registry = JobRegistry(
+        [
+            PollInventoryHandler(store, readers),
+            SshCheckHandler(store, readers),
+            WebhookHandler(store),
+        ]
+    )
     if installer is not None:
         registry.register(InstallHandler(store, installer, _deploy_key(state_dir)))
     if provisioner is not None:
@@ -102,11 +110,16 @@ def listening_socket(host: str, port: int, *, backlog: int = 2048) -> socket.soc
     return sock
 
 
-def _uvicorn_config(app: Any, forwarded_allow_ips: str, access_log: bool, log_level: str) -> Any:
+def _uvicorn_config(
+    app: Any, forwarded_allow_ips: str, access_log: bool, log_level: str, root_logging: bool
+) -> Any:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     return uvicorn.Config(
         app,
+        # None: uvicorn adds no handlers of its own, its records reach the root logger's.
+        log_config=None if root_logging else LOGGING_CONFIG,
         log_level=log_level,
         access_log=access_log,
         lifespan="off",
@@ -135,21 +148,40 @@ def running_control_plane(
     forwarded_allow_ips: str = "127.0.0.1",
     access_log: bool = False,
     log_level: str = "info",
+    planner: FleetPlanner | None = None,
+    also_listen: Sequence[tuple[str, int]] = (),
+    health: HealthSource | None = None,
+    drain_s: float | None = None,
+    root_logging: bool = False,
 ) -> Iterator[RunningControlPlane]:
-    """Serve the control plane on host:port in a thread, with job workers and the monitor,
-    for the duration of the block; stop everything cleanly when it ends."""
+    """Serve the control plane on host:port (and on each of `also_listen`) in a thread, with
+    job workers and the monitor, for the duration of the block; stop everything cleanly when
+    it ends: the workers finish the jobs under way (with `drain_s`, those still running after
+    it are handed back to the queue). `health` adds to what /v1/health says; with
+    `root_logging`, uvicorn logs through the root logger's handlers, as the service's own
+    lines do."""
     import uvicorn
 
     sock = listening_socket(host, port)
     bound = sock.getsockname()[1]
+    sockets = [sock]
+    try:
+        sockets += [listening_socket(h, p) for h, p in also_listen]
+    except EngineError:
+        sock.close()
+        raise
     app = create_app(
         store,
         app_settings or AppSettings(state_dir=state_dir),
         metrics=last_heartbeat_metrics,
+        planner=planner,
+        health=health,
     )
-    server = uvicorn.Server(_uvicorn_config(app, forwarded_allow_ips, access_log, log_level))
+    server = uvicorn.Server(
+        _uvicorn_config(app, forwarded_allow_ips, access_log, log_level, root_logging)
+    )
     thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="control-plane", daemon=True
+        target=server.run, kwargs={"sockets": sockets}, name="control-plane", daemon=True
     )
     chosen = registry or default_registry(
         store, state_dir, installer=installer, provisioner=provisioner, readers=readers
@@ -166,7 +198,8 @@ def running_control_plane(
         stack.callback(gc.unfreeze)
         gc.freeze()
         stack.callback(app.state.api.close)
-        stack.callback(sock.close)
+        for opened in sockets:
+            stack.callback(opened.close)
         thread.start()
         deadline = time.monotonic() + 15
         while not server.started:
@@ -179,7 +212,10 @@ def running_control_plane(
             thread.join(timeout=15)
 
         stack.callback(stop_server)
-        pool = stack.enter_context(WorkerPool(store, chosen, workers=workers, lease_s=lease_s))
+        pool = WorkerPool(store, chosen, workers=workers, lease_s=lease_s)
+        pool.start()
+        stack.callback(pool.stop, drain_s)
+        app.state.api.jobs_enqueued = pool.wake
         stack.enter_context(Monitor(store, heartbeat_misses=heartbeat_misses))
         shown = f"[{host}]" if ":" in host else host
         yield RunningControlPlane(

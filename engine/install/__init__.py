@@ -16,11 +16,13 @@ Where each part of the install is:
                   InstallSettings, AgentRun, HostResult...), as JSON across processes
     runner.py     install_hosts(hosts, settings, dry_run=False): one child process per host,
                   a bounded number at a time, each host locked while its child lives
+    sharing.py    a copied agent image goes from the engine to one server of a fleet, then
+                  from server to server: who fetches from whom, and the engine's archive
     worker.py     the child's side (`python -m engine.install`, __main__.py): pyinfra runs
                   the deploys on one host with its pinned host keys
 
 The deploys themselves (the pyinfra operations: docker, system, agent) are the top-level
-`deploys` package. Only worker.py loads pyinfra and only runner.py loads Docker's SDK (to save
-the agent image the servers get copied), both when they run; importing this package loads
-neither.
+`deploys` package. Only worker.py loads pyinfra and only sharing.py loads Docker's SDK (to read
+and save the agent image the servers get copied), both when they run; importing this package
+loads neither.
 """

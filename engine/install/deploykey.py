@@ -24,12 +24,17 @@ def deploy_key_path(state_dir: Path, fleet: str) -> Path:
 def ensure_deploy_key(state_dir: Path, fleet: str) -> str:
     """The deploy key's public line, making the key pair (ed25519) on first use (0600, in a
     0700 folder, as `engine.tokens.ensure_fleet_key` keeps the fleet key)."""
+    return ensure_key_pair(deploy_key_path(state_dir, fleet), f"fleet-engine-deploy@{fleet}")
+
+
+def ensure_key_pair(private: Path, comment: str) -> str:
+    """The public line (ending in `comment`) of the ed25519 key pair at `private` and
+    `private`.pub, made on first use: the private half mode 0600, in a 0700 folder."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    private = deploy_key_path(state_dir, fleet)
     public = private.with_name(private.name + ".pub")
-    private_dir(state_dir, private.parent.name)
+    private_dir(private.parent.parent, private.parent.name)
     if private.exists() and public.exists():
         private_file(private)
         return public.read_text(encoding="ascii").strip()
@@ -43,7 +48,7 @@ def ensure_deploy_key(state_dir: Path, fleet: str) -> str:
         key.public_key()
         .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         .decode("ascii")
-        + f" fleet-engine-deploy@{fleet}"
+        + f" {comment}"
     )
     try:
         fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -24,6 +24,7 @@ from engine.install.deploykey import ensure_deploy_key
 from engine.install.model import AgentFile, AgentRun, HostResult, InstallHost, InstallSettings
 from engine.install.runner import install_hosts
 from engine.install.seam import InstallResult, InstallTarget
+from engine.install.sharing import fleet_sharing
 from engine.model import Fleet
 from engine.state import FleetSettings
 from engine.tokens import agent_token, heartbeat_token, read_fleet_key, token_sha256
@@ -70,6 +71,7 @@ class FleetInstaller:
             host_keys=target.host_keys,
             private_key=str(target.private_key),
             port=target.port,
+            peer_address=target.peer_address,
             agent=AgentRun(
                 image=image,
                 argv=docker_run_argv(agent_run_options(image, settings)),
@@ -104,6 +106,8 @@ class FleetInstaller:
             # Per server, for as long as its install process lives: a run resumed after the
             # engine died waits for the install of the dead one to end.
             lock_dir=self.state_dir / "locks" / spec.name,
+            # A copied image goes from the engine to one server, then from server to server.
+            sharing=None if spec.install.agent.image else fleet_sharing(self.state_dir, spec.name),
         )
         return InstallResult(
             ok=result.ok,

@@ -36,10 +36,10 @@ class AgentRun:
     `argv` is the whole `docker run` command that starts it, as
     `engine.install.agent.docker_run_argv(agent_run_options(image, settings))` gives it: it names
     the container (`--name`) and runs `image`. The server pulls `image` from its registry
-    when the fleet's install.agent.image names it; otherwise the engine copies it from its own
-    Docker (`docker save` streamed over SSH into `docker load`). `directories` are made
-    (mode 0700) and `files` written before the container starts; `health` is a command run
-    on the server that exits 0 once the agent is healthy.
+    when the fleet's install.agent.image names it; otherwise it is copied from the engine's
+    Docker, to one server and from server to server (engine/install/sharing.py).
+    `directories` are made (mode 0700) and `files` written before the container starts;
+    `health` is a command run on the server that exits 0 once the agent is healthy.
     """
 
     image: str
@@ -69,6 +69,8 @@ class InstallHost:
     private_key: str
     port: int = 22
     agent: AgentRun | None = None
+    # Where the fleet's other servers reach this one (its private address); "" if they cannot.
+    peer_address: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,11 +93,45 @@ class InstallSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImageArchive:
-    """An image saved once by the engine and streamed to every server that lacks it."""
+    """An image the engine copies to servers that lack it: saved (`docker save`, compressed)
+    to `path` once, by the first install that needs it, and streamed from there."""
 
     reference: str
     image_id: str
     path: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImagePeer:
+    """A server that keeps a verified copy of an image archive for the rest of its fleet."""
+
+    name: str
+    address: str
+    port: int
+    host_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageSharing:
+    """How the servers of a fleet share copied images (engine/install/sharing.py): the
+    folder listing which servers have which image, and the fleet's image key (the path of
+    its private half, and its public line)."""
+
+    folder: str
+    key: str
+    public_key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageDelivery:
+    """How a server that lacks a copied image gets it: the engine's `archive` of it (from the
+    engine's Docker at `docker_url`) and, with `sharing`, the fleet's other servers, which
+    know this server as `me`."""
+
+    archive: ImageArchive
+    me: ImagePeer
+    docker_url: str | None = None
+    sharing: ImageSharing | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +142,7 @@ class HostRequest:
     settings: InstallSettings
     dry_run: bool = False
     archive: ImageArchive | None = None
+    sharing: ImageSharing | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,7 +3,8 @@
 Each child (`python -m engine.install`) runs pyinfra for its host only, so hosts really run
 in parallel, a host that hangs or crashes is killed or reported alone, and pyinfra's gevent
 never shares a process with Pulumi. The agent image, when it is copied rather than pulled,
-is saved and compressed once here and streamed by every child whose server lacks it.
+is saved and compressed once, by the first child whose server lacks it, and streamed from
+there (or, with sharing, fetched by each server from another: engine/install/sharing.py).
 
 A child never outlives the engine: it watches a pipe from this process (its lifeline) and
 ends itself and its process group at end of file, which the kernel makes happen when this
@@ -18,7 +19,6 @@ import base64
 import binascii
 import contextlib
 import fcntl
-import gzip
 import ipaddress
 import json
 import os
@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,11 +36,13 @@ from engine.install.model import (
     HostRequest,
     HostResult,
     ImageArchive,
+    ImageSharing,
     InstallHost,
     InstallSettings,
     from_json,
     to_json,
 )
+from engine.install.sharing import image_archives
 from engine.secrets import redact, register_secret
 from engine.state.files import private_dir
 
@@ -66,6 +68,7 @@ def install_hosts(
     log_dir: Path | None = None,
     lock_dir: Path | None = None,
     on_result: Callable[[HostResult], None] | None = None,
+    sharing: ImageSharing | None = None,
 ) -> tuple[HostResult, ...]:
     """Install every host (or, with `dry_run`, list what would change); one result per host.
 
@@ -77,6 +80,8 @@ def install_hosts(
     `<lock_dir>/<name>.lock`: a host whose lock another child holds waits for it (within
     `timeout_s`). `on_result` is called with each host's result as soon as that host is done
     (from a worker thread), so a caller can record progress before the slowest host ends.
+    With `sharing`, servers that lack a copied image fetch it from each other once one has
+    it from the engine (engine/install/sharing.py).
     """
     check_request(hosts, settings)
     for host in hosts:
@@ -87,11 +92,13 @@ def install_hosts(
         private_dir(log_dir)
     if lock_dir:
         private_dir(lock_dir)
-    archives = _archives(hosts, settings, dry_run=dry_run)
+    archives = _archives(hosts, settings)
 
     def one(host: InstallHost) -> HostResult:
         archive = archives.get(host.agent.image) if host.agent else None
-        request = HostRequest(host=host, settings=settings, dry_run=dry_run, archive=archive)
+        request = HostRequest(
+            host=host, settings=settings, dry_run=dry_run, archive=archive, sharing=sharing
+        )
         lock = lock_dir / f"{host.name}.lock" if lock_dir else None
         result = _run_child(request, timeout_s=timeout_s, log_dir=log_dir, lock=lock)
         if on_result:
@@ -172,52 +179,15 @@ def _check_agent(name: str, run: AgentRun, settings: InstallSettings) -> None:
         raise EngineError(f"host {name}: the agent has no health command to wait for")
 
 
-def _archives(
-    hosts: Sequence[InstallHost], settings: InstallSettings, *, dry_run: bool
-) -> dict[str, ImageArchive]:
-    """Archives of the agent images the servers get copied (none when they pull)."""
+def _archives(hosts: Sequence[InstallHost], settings: InstallSettings) -> dict[str, ImageArchive]:
+    """Archives of the agent images the servers get copied (none when they pull); each is
+    saved by the first install that needs it (engine.install.sharing.saved_archive)."""
     if settings.install.agent.image:
         return {}
     references = sorted({host.agent.image for host in hosts if host.agent})
     if not references:
         return {}
-    return _save_images(settings.docker_url, references, dry_run=dry_run)
-
-
-def _save_images(
-    url: str | None, references: Sequence[str], *, dry_run: bool
-) -> dict[str, ImageArchive]:
-    """The archive of each image of `references` in the engine's Docker (`url`, else the
-    local one), which is the local provider's business."""
-    from engine.providers.local.images import image_sources
-
-    with image_sources(url, references) as sources:
-        return {
-            reference: _cached_archive(reference, image_id, tar, dry_run=dry_run)
-            for reference, (image_id, tar) in sources.items()
-        }
-
-
-def _cached_archive(
-    reference: str, image_id: str, tar: Callable[[], Iterable[bytes]], *, dry_run: bool
-) -> ImageArchive:
-    """The image saved (`tar` streams it), compressed, in the engine's cache; in a dry run
-    only where it would be."""
-    from engine.providers.local.images import cache_dir, file_lock
-
-    # Saved once per image id and kept: every install job of every server that lacks the
-    # image streams the same file.
-    path = cache_dir() / "images" / f"{image_id.removeprefix('sha256:')}.tar.gz"
-    if not dry_run:
-        with file_lock(path.with_suffix(".lock")):
-            if not path.exists():
-                partial = path.with_suffix(".partial")
-                # Level 1: most of the gain for a fraction of the time.
-                with gzip.open(partial, "wb", compresslevel=1) as out:
-                    for chunk in tar():
-                        out.write(chunk)
-                partial.replace(path)
-    return ImageArchive(reference=reference, image_id=image_id, path=str(path))
+    return image_archives(settings.docker_url, references)
 
 
 def _run_child(

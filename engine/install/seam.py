@@ -20,7 +20,8 @@ class InstallTarget:
     """One server to install, as the install step needs it.
 
     `host_keys` are `type base64` lines to require from the server (StrictHostKeyChecking);
-    `host_keys_source` says whether they came from the phone-home or from a key scan.
+    `host_keys_source` says whether they came from the phone-home or from a key scan;
+    `peer_address` is where the fleet's other servers reach it ("" if nowhere known).
     """
 
     fleet: str
@@ -31,6 +32,7 @@ class InstallTarget:
     host_keys: tuple[str, ...]
     host_keys_source: str
     private_key: Path | None
+    peer_address: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,7 +56,8 @@ def install_target(
     record: ServerRecord, settings: FleetSettings, address: str, private_key: Path | None
 ) -> InstallTarget:
     """How the installer reaches a server at `address` (its engine.addresses.ssh_address),
-    checked against the host keys pinned for it."""
+    checked against the host keys pinned for it. The fleet's other servers reach it at its
+    first private address (its network's), else at `address`."""
     return InstallTarget(
         fleet=settings.name,
         name=record.name,
@@ -64,4 +67,5 @@ def install_target(
         host_keys=tuple(key for _type, key in record.host_keys),
         host_keys_source=record.host_keys_source,
         private_key=private_key,
+        peer_address=record.private_ips[0] if record.private_ips else address,
     )

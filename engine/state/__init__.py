@@ -4,7 +4,9 @@ One record per server (lifecycle stage, addresses, what was rendered and install
 one row per lifecycle transition (so each step's duration can be computed), an event
 history, and the exclusive stack locks that mutating commands hold. For the control plane:
 each fleet's settings, one-time phone-home tokens (as hashes), the durable job queue, API
-keys (as hashes) and what each server's agent last reported.
+keys (as hashes) and what each server's agent last reported. For apps: the definition of each
+version deployed (secret variables by name only), which version runs where, and every
+rollout with its state machine.
 
 The records here are plain frozen values, importable without SQLAlchemy, so the pure diff
 can take them. The store itself is `engine.state.store.Store` (SQLite file by default,
@@ -219,15 +221,118 @@ class PhoneHomeDecision:
     jobs: tuple[NewJob, ...] = ()
 
 
+class Scope(StrEnum):
+    """What an API key may do; each scope includes the ones before it."""
+
+    READ = "read"  # GET anything
+    PLAN = "plan"  # register specs, make plans
+    APPLY = "apply"  # apply plans, scale groups, signal servers
+    ADMIN = "admin"  # everything (the keys themselves are managed from the CLI)
+
+    def allows(self, needed: Scope) -> bool:
+        """Whether a key with this scope may do what needs `needed`."""
+        order = list(Scope)
+        return order.index(self) >= order.index(needed)
+
+
+class KeyHashing(StrEnum):
+    """How a key's secret part is stored: HMAC-SHA256 under the control plane's API-key
+    secret, or the plain SHA-256 of keys made before migration 7 (rehashed on first use)."""
+
+    HMAC_SHA256 = "hmac-sha256"
+    SHA256 = "sha256"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiKey:
-    """A fleet API key, known by its id and the SHA-256 of its secret part."""
+    """A fleet API key, known by its id and the hash of its secret part; `fleets` empty means
+    every fleet."""
 
     key_id: str
     name: str
     secret_hash: str
     created_at: dt.datetime
     revoked_at: dt.datetime | None = None
+    scope: Scope = Scope.READ
+    fleets: tuple[str, ...] = ()
+    hashing: KeyHashing = KeyHashing.HMAC_SHA256
+
+    def may(self, needed: Scope, fleet: str | None = None) -> bool:
+        """Whether this key may do what needs `needed` (to `fleet`, when one is named)."""
+        granted = fleet is None or not self.fleets or fleet in self.fleets
+        return self.scope.allows(needed) and granted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEntry:
+    """One write through the API or the key commands: who (a key's name, or `cli`), what
+    (the method and path, or the command), on which fleet, when, and how it ended. Never a
+    secret: bodies are not kept, only what the entry's `detail` says."""
+
+    id: int = 0
+    at: dt.datetime
+    actor: str
+    action: str
+    fleet: str | None = None
+    status: int
+    result: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetSpec:
+    """The desired state of a fleet registered through the API: its spec as sent (YAML or
+    JSON text) and the SHA-256 of that text."""
+
+    fleet: str
+    text: str
+    digest: str
+    updated_at: dt.datetime
+    updated_by: str
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STALE = "stale"  # the fleet or the world changed between the plan and its apply
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SavedPlan:
+    """A plan made through the API: the plan's JSON as `engine preview --format json` prints
+    it, and the digests of the spec and of what was observed that its apply must still find."""
+
+    id: str
+    fleet: str
+    spec_digest: str
+    world_digest: str
+    document: Mapping[str, Any]
+    created_at: dt.datetime
+    created_by: str
+    has_changes: bool = True
+    blocked: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Run:
+    """One job the API started on a fleet (an apply, a scale, a server action): its status,
+    its progress lines (JSON events of the run's board) and the per-step timings it ended with."""
+
+    id: str
+    fleet: str
+    kind: str
+    status: RunStatus
+    created_at: dt.datetime
+    created_by: str
+    plan_id: str | None = None
+    request: Mapping[str, Any] = field(default_factory=dict)
+    progress: tuple[Mapping[str, Any], ...] = ()
+    result: Mapping[str, Any] = field(default_factory=dict)
+    error: str = ""
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,6 +346,34 @@ class AgentReport:
     containers: Mapping[str, Any] | None = None
     tls_fingerprint: str = ""
     sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeployedApp:
+    """The version of an app the engine last put on a server (the app's state there)."""
+
+    fleet: str
+    app: str
+    server: str
+    version: str
+    deployed_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutRecord:
+    """One rollout of an app: its phase, and the whole state machine as `document`
+    (engine.apps.rollout.to_json), kept after every transition."""
+
+    id: int
+    fleet: str
+    app: str
+    version: str
+    phase: str
+    reason: str
+    document: Mapping[str, Any]
+    started_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,3 +399,51 @@ def stage_durations(transitions: Sequence[Transition]) -> tuple[tuple[Stage, flo
         (current.stage, (following.at - current.at).total_seconds())
         for current, following in pairwise(ordered)
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """Who runs a fleet's reconcile loop, until when, and what its last run found.
+
+    `owner` is host/pid/random (engine.controlplane.jobs.worker_id); a lease past `expires_at`
+    is anyone's to take."""
+
+    fleet: str
+    owner: str
+    acquired_at: dt.datetime
+    expires_at: dt.datetime
+    last_run_at: dt.datetime | None = None
+    last_result: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricPoint:
+    """One server's metrics averaged over `step_s` seconds from `at`: cpu, memory and disk
+    in percent used, load the 1-minute load average; `samples` heartbeats went into it."""
+
+    fleet: str
+    server: str
+    step_s: int
+    at: dt.datetime
+    samples: int
+    values: Mapping[str, float]
+
+
+class AlertState(StrEnum):
+    PENDING = "pending"  # the condition holds, not yet for long enough
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertRecord:
+    """One alert of one fleet about one subject (a server, or "" for the fleet)."""
+
+    fleet: str
+    alert: str
+    subject: str
+    state: AlertState
+    since: dt.datetime
+    value: float | None = None
+    fired_at: dt.datetime | None = None
+    resolved_at: dt.datetime | None = None

@@ -1,7 +1,9 @@
-"""API keys: who may call the control plane's API, each known by its id and the SHA-256 of its
-secret part (engine.controlplane.apikeys makes and checks them).
+"""API keys: who may call the control plane's API, each known by its id, the hash of its
+secret part, its scope and the fleets it is granted (engine.controlplane.apikeys makes and
+checks them).
 
-    store.api_keys.add(ApiKey(key_id=..., name="ci", secret_hash=..., created_at=...))
+    store.api_keys.add(ApiKey(key_id=..., name="ci", secret_hash=..., scope=Scope.PLAN, ...))
+    store.api_keys.rehash(key_id, new_hash)      # a key made before migration 7, on first use
     store.api_keys.revoke("ci")
 """
 
@@ -12,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, exc, insert, select, update
 
 from engine.errors import EngineError
-from engine.state import ApiKey, schema
+from engine.state import ApiKey, KeyHashing, Scope, schema
 from engine.state.database import Database, Repository, row_fields
 
 
@@ -34,6 +36,9 @@ class ApiKeys(Repository):
                         secret_hash=key.secret_hash,
                         created_at=key.created_at,
                         revoked_at=key.revoked_at,
+                        scope=str(key.scope),
+                        fleets=list(key.fleets),
+                        hashing=str(key.hashing),
                     )
                 )
         except exc.IntegrityError:
@@ -56,6 +61,16 @@ class ApiKeys(Repository):
             rows = connection.execute(select(self._api_keys).order_by(self._api_keys.c.name))
             return tuple(_api_key(row) for row in rows)
 
+    def rehash(self, key_id: str, secret_hash: str) -> None:
+        """Store a key's secret under HMAC-SHA256 instead of the plain SHA-256 it had."""
+        table = self._api_keys
+        with self._write() as connection:
+            connection.execute(
+                update(table)
+                .where(table.c.key_id == key_id)
+                .values(secret_hash=secret_hash, hashing=str(KeyHashing.HMAC_SHA256))
+            )
+
     def revoke(self, name: str) -> ApiKey:
         """Revoke the key called `name`; an EngineError if there is none."""
         table = self._api_keys
@@ -72,4 +87,8 @@ class ApiKeys(Repository):
 
 
 def _api_key(row: Row[Any]) -> ApiKey:
-    return ApiKey(**row_fields(row, ApiKey))
+    values = row_fields(row, ApiKey)
+    values["scope"] = Scope(values["scope"])
+    values["fleets"] = tuple(values["fleets"] or ())
+    values["hashing"] = KeyHashing(values["hashing"])
+    return ApiKey(**values)

@@ -336,6 +336,155 @@ def _add_fleet_columns_5(connection: Connection) -> None:
         add_column(connection, "fleets", column)
 
 
+def _api_key_columns_7() -> tuple[Column[Any], ...]:
+    """Fresh column objects each call: one set for the metadata, one for each ALTER."""
+    return (
+        # Keys made before scopes could only read servers and events: they keep doing that.
+        Column("scope", String(10), nullable=False, server_default="read"),
+        Column("fleets", JSON),
+        # Their secrets were stored as a plain SHA-256; the verifier rehashes each on first use.
+        Column("hashing", String(20), nullable=False, server_default="sha256"),
+    )
+
+
+def _write_api(metadata: MetaData) -> None:
+    api_keys = metadata.tables["api_keys"]
+    for column in _api_key_columns_7():
+        api_keys.append_column(column)
+    Table(
+        "audit",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("at", UtcDateTime(), nullable=False, index=True),
+        Column("actor", String(63), nullable=False),
+        Column("action", Text, nullable=False),
+        Column("fleet", String(63), index=True),
+        Column("status", Integer, nullable=False),
+        Column("result", Text, nullable=False),
+        Column("detail", JSON, nullable=False),
+    )
+    Table(
+        "fleet_specs",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("text", Text, nullable=False),
+        Column("digest", String(64), nullable=False),
+        Column("updated_at", UtcDateTime(), nullable=False),
+        Column("updated_by", String(63), nullable=False),
+    )
+    Table(
+        "plans",
+        metadata,
+        Column("id", String(32), primary_key=True),
+        Column("fleet", String(63), nullable=False, index=True),
+        Column("spec_digest", String(64), nullable=False),
+        Column("world_digest", String(64), nullable=False),
+        Column("document", JSON, nullable=False),
+        Column("has_changes", Boolean, nullable=False),
+        Column("blocked", Boolean, nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("created_by", String(63), nullable=False),
+    )
+    Table(
+        "runs",
+        metadata,
+        Column("id", String(32), primary_key=True),
+        Column("fleet", String(63), nullable=False, index=True),
+        Column("kind", String(20), nullable=False),
+        Column("status", String(12), nullable=False),
+        Column("plan_id", String(32)),
+        Column("request", JSON, nullable=False),
+        Column("progress", JSON, nullable=False),
+        Column("result", JSON, nullable=False),
+        Column("error", Text, nullable=False, server_default=""),
+        Column("created_at", UtcDateTime(), nullable=False, index=True),
+        Column("created_by", String(63), nullable=False),
+        Column("started_at", UtcDateTime()),
+        Column("finished_at", UtcDateTime()),
+    )
+
+
+def _add_api_key_columns_7(connection: Connection) -> None:
+    for column in _api_key_columns_7():
+        add_column(connection, "api_keys", column)
+
+
+def _serve(metadata: MetaData) -> None:
+    # Who runs each fleet's reconcile loop: one owner among the `engine serve` on a store.
+    Table(
+        "reconcile_leases",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("owner", String(200), nullable=False),
+        Column("acquired_at", UtcDateTime(), nullable=False),
+        Column("expires_at", UtcDateTime(), nullable=False),
+        Column("last_run_at", UtcDateTime()),
+        Column("last_result", JSON, nullable=False),
+    )
+    # Heartbeats' metrics kept as averages per step (1 minute, 15 minutes), pruned by age.
+    Table(
+        "metric_points",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("server", String(63), primary_key=True),
+        Column("step_s", Integer, primary_key=True, autoincrement=False),
+        Column("at", UtcDateTime(), primary_key=True),
+        Column("samples", Integer, nullable=False),
+        Column("sums", JSON, nullable=False),
+        Index("ix_metric_points_age", "step_s", "at"),
+    )
+    Table(
+        "alerts",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("alert", String(63), primary_key=True),
+        Column("subject", String(63), primary_key=True),
+        Column("state", String(20), nullable=False),
+        Column("since", UtcDateTime(), nullable=False),
+        Column("value", JSON),
+        Column("fired_at", UtcDateTime()),
+        Column("resolved_at", UtcDateTime()),
+    )
+
+
+def _apps(metadata: MetaData) -> None:
+    # The definition of every version of an app the engine deployed: secret variables by
+    # name, never a value (engine.apps.versions.AppDefinition).
+    Table(
+        "app_versions",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("app", String(63), primary_key=True),
+        Column("version", String(64), primary_key=True),
+        Column("definition", JSON, nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+    )
+    Table(
+        "app_servers",
+        metadata,
+        Column("fleet", String(63), primary_key=True),
+        Column("app", String(63), primary_key=True),
+        Column("server", String(63), primary_key=True),
+        Column("version", String(64), nullable=False),
+        Column("deployed_at", UtcDateTime(), nullable=False),
+    )
+    Table(
+        "rollouts",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("fleet", String(63), nullable=False),
+        Column("app", String(63), nullable=False),
+        Column("version", String(64), nullable=False),
+        Column("phase", String(20), nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("document", JSON, nullable=False),
+        Column("started_at", UtcDateTime(), nullable=False),
+        Column("updated_at", UtcDateTime(), nullable=False),
+        Column("finished_at", UtcDateTime()),
+        Index("ix_rollouts_app", "fleet", "app"),
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "servers, server_transitions, events, locks", _servers_events_locks),
     Migration(
@@ -358,6 +507,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         _control_plane_address,
         _add_fleet_columns_5,
     ),
+    Migration(6, "engine serve: reconcile leases, metric history, alert states", _serve),
+    Migration(
+        7,
+        "the write API: key scopes, fleet grants and HMAC hashing; audit; specs, plans, runs",
+        _write_api,
+        _add_api_key_columns_7,
+    ),
+    Migration(8, "apps: versions deployed, where each runs, rollouts", _apps),
 )
 
 

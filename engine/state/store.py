@@ -22,6 +22,13 @@ methods and gets the frozen records of `engine.state`:
     agents       agents' heartbeats and events                engine.state.agents
     user_data    the user_data rendered for each server       engine.state.userdata
     locks        the exclusive stack locks                    engine.state.locks
+    audit        writes through the API and the key commands  engine.state.audit
+    specs        fleet specs registered through the API       engine.state.specs
+    runs         plans made through the API and their runs    engine.state.runs
+    leases       who runs each fleet's reconcile loop         engine.state.leases
+    metrics      each server's metric history                 engine.state.metrics
+    alerts       each declared alert's state                  engine.state.alerts
+    apps         app versions, where they run, rollouts       engine.state.apps
 
 The tables and their migrations are in engine.state.schema.
 """
@@ -42,15 +49,22 @@ from engine.errors import EngineError
 from engine.secrets import redact, register_secret
 from engine.state import schema
 from engine.state.agents import Agents
+from engine.state.alerts import Alerts
 from engine.state.apikeys import ApiKeys
+from engine.state.apps import Apps
+from engine.state.audit import Audit
 from engine.state.database import BUSY_TIMEOUT_S, Database
 from engine.state.events import Events
 from engine.state.files import FILE_MODE, private_dir, private_file
 from engine.state.fleets import Fleets
 from engine.state.jobs import Jobs
+from engine.state.leases import Leases
 from engine.state.locks import Locks
+from engine.state.metrics import Metrics
 from engine.state.phonehomes import PhoneHomes
+from engine.state.runs import Runs
 from engine.state.servers import Servers
+from engine.state.specs import Specs
 from engine.state.userdata import UserData
 
 STATE_URL_ENV = "ENGINE_STATE_URL"
@@ -157,6 +171,13 @@ class Repositories:
         self.agents = Agents(database, connection)
         self.user_data = UserData(database, connection)
         self.locks = Locks(database, connection)
+        self.audit = Audit(database, connection)
+        self.specs = Specs(database, connection)
+        self.runs = Runs(database, connection)
+        self.leases = Leases(database, connection)
+        self.metrics = Metrics(database, connection)
+        self.alerts = Alerts(database, connection)
+        self.apps = Apps(database, connection)
 
 
 class Store(Repositories):
@@ -196,7 +217,7 @@ class Store(Repositories):
 
     def forget_fleet(self, fleet: str) -> None:
         """Drop everything the store holds for `fleet` but its stack lock (held by whoever
-        destroys it): servers, history, tokens, jobs, reports, user_data, settings."""
+        destroys it): servers, history, tokens, jobs, reports, user_data, apps, settings."""
         with self.transaction() as tx:
             tx.servers.forget_fleet(fleet)
             tx.events.forget_fleet(fleet)
@@ -204,4 +225,10 @@ class Store(Repositories):
             tx.jobs.forget_fleet(fleet)
             tx.agents.forget_fleet(fleet)
             tx.user_data.forget_fleet(fleet)
+            tx.leases.forget_fleet(fleet)
+            tx.metrics.forget_fleet(fleet)
+            tx.alerts.forget_fleet(fleet)
+            tx.apps.forget_fleet(fleet)
             tx.fleets.forget(fleet)
+            tx.specs.forget(fleet)
+            tx.runs.forget_fleet(fleet)

@@ -143,6 +143,21 @@ def installed(
             docker_client.volumes.get(f"fleet-test-{SERVER}-docker").remove()
 
 
+def test_the_image_holds_only_what_the_agent_runs(docker_client: Any) -> None:
+    image = docker_client.images.get(ensure_agent_image(docker_client, say=print))
+    assert image.attrs["Size"] < 100 * 10**6
+    assert len(image.attrs["RootFS"]["Layers"]) == 1
+    probe = docker_client.containers.create(image.id)
+    try:
+        for needed in ("/usr/bin/python3", "/usr/bin/openssl", "/usr/bin/nsenter"):
+            assert probe.get_archive(needed)
+        for absent in ("/bin/sh", "/usr/bin/apt-get", "/usr/bin/dpkg", "/usr/share/doc"):
+            with pytest.raises(docker.errors.NotFound):
+                probe.get_archive(absent)
+    finally:
+        probe.remove()
+
+
 def test_the_agent_answers_over_https_at_the_servers_address(installed: Installed) -> None:
     client = installed.client
     assert wait_until(lambda: _healthy(client), what="/v1/health") == {"status": "ok"}

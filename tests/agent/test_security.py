@@ -24,6 +24,8 @@ ROUTES = [
     ("GET", "/v1/containers/fleet-agent/logs"),
     ("DELETE", "/v1/containers/anything"),
     ("POST", "/v1/images/pull"),
+    ("POST", "/v1/images/load"),
+    ("POST", "/v1/containers/anything/probe"),
     ("POST", "/v1/system/reboot"),
     ("GET", "/v1/tasks"),
     ("GET", "/v1/no-such-route"),

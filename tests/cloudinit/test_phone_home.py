@@ -134,6 +134,12 @@ def test_host_keys_lose_their_comment(tmp_path: Path) -> None:
     assert keys == {"ed25519": "ssh-ed25519 AAAAC3Nz", "rsa": "ssh-rsa AAAAB3Nz"}
 
 
+def test_the_instance_id_is_read_from_cloud_inits_instance_data(tmp_path: Path) -> None:
+    data = tmp_path / "instance-data.json"
+    data.write_text(json.dumps({"v1": {"instance_id": "i-0abc", "cloud_name": "nocloud"}}))
+    assert phone_home.instance_id("local", str(data)) == "i-0abc"
+
+
 def test_cloud_init_errors_are_reported(tmp_path: Path) -> None:
     result = tmp_path / "result.json"
     result.write_text(json.dumps({"v1": {"datasource": "NoCloud", "errors": []}}))

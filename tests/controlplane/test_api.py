@@ -41,7 +41,7 @@ def _heartbeat(plane: Plane, server: str, token: str) -> httpx.Response:
 
 
 def test_only_health_answers_without_credentials(plane: Plane) -> None:
-    assert plane.client.get(f"{plane.url}/v1/health").json() == {"status": "ok"}
+    assert plane.client.get(f"{plane.url}/v1/health").json() == {"status": "ok", "degraded": []}
     for path in ("/v1/servers?fleet=web-prod", "/v1/servers/web-1?fleet=web-prod", "/v1/events"):
         response = plane.client.get(f"{plane.url}{path}")
         assert response.status_code == 401
@@ -53,7 +53,7 @@ def test_only_health_answers_without_credentials(plane: Plane) -> None:
 
 
 def test_servers_and_events_with_an_api_key(plane: Plane) -> None:
-    key = create_api_key(plane.store, "ops")
+    key = create_api_key(plane.store, plane.state_dir, "ops")
     auth = {"Authorization": f"Bearer {key}"}
     assert plane.phone_home_as(1).status_code == 200
     listing = plane.client.get(f"{plane.url}/v1/servers?fleet=web-prod", headers=auth)
@@ -76,8 +76,10 @@ def test_servers_and_events_with_an_api_key(plane: Plane) -> None:
 
 def test_a_revoked_key_is_refused_once_its_remembered_answer_expires(plane: Plane) -> None:
     clock = Clock()
-    verifier = ApiKeyVerifier(plane.store, ttl_s=5.0, clock=lambda: clock.now.timestamp())
-    key = create_api_key(plane.store, "ops")
+    verifier = ApiKeyVerifier(
+        plane.store, plane.state_dir, ttl_s=5.0, clock=lambda: clock.now.timestamp()
+    )
+    key = create_api_key(plane.store, plane.state_dir, "ops")
     assert verifier.verify(key) is not None
     plane.store.api_keys.revoke("ops")
     assert verifier.verify(key) is not None  # remembered for 5 s: no database read per request
@@ -102,7 +104,7 @@ def test_a_burst_gets_429_with_a_retry_after_that_is_right(tmp_path: Path) -> No
 
 
 def _burst(plane: Plane) -> None:
-    key = create_api_key(plane.store, "burst")
+    key = create_api_key(plane.store, plane.state_dir, "burst")
     url = f"{plane.url}/v1/servers/web-1?fleet=web-prod"
 
     async def burst() -> list[httpx.Response]:
@@ -179,7 +181,7 @@ def test_every_refused_request_counts_against_its_source_address(
 ) -> None:
     settings = AppSettings(state_dir=plane.state_dir, failure_rate_per_s=0.01, failure_burst=3)
     app = create_app(plane.store, settings, metrics=_broken_metrics)
-    key = create_api_key(plane.store, "ops")
+    key = create_api_key(plane.store, plane.state_dir, "ops")
     try:
         with serve(app, proxy_headers=True, forwarded_allow_ips="127.0.0.1") as url:
 
@@ -261,3 +263,36 @@ def test_heartbeats_make_an_installed_server_ready_and_their_absence_unhealthy(
     assert sent == ["recorded", "duplicate"]
     kinds = [e.kind for e in plane.store.events.all("web-prod", server="web-1")]
     assert kinds.count("container.die") == 1
+
+
+def test_heartbeats_are_kept_as_metric_history_served_per_step(plane: Plane) -> None:
+    key = ensure_fleet_key(plane.state_dir, "web-prod")
+    assert key is not None
+    token = derive_token(key, "heartbeat", "web-prod", "web-1")
+    for cpu in (10.0, 30.0):
+        document = {
+            "version": 1,
+            "fleet": "web-prod",
+            "server": "web-1",
+            "sequence": 1,
+            "metrics": {"cpu": {"percent": cpu}, "disks": [{"percent": 40.0}]},
+            "containers": {"running": 0},
+            "tls_fingerprint": "sha256:ab",
+        }
+        answer = plane.client.post(
+            f"{plane.url}/v1/heartbeat", json=document, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 200, answer.text
+    api = {"Authorization": f"Bearer {create_api_key(plane.store, plane.state_dir, 'ops')}"}
+    metrics = f"{plane.url}/v1/fleets/web-prod/servers/web-1/metrics"
+    got = plane.client.get(metrics, params={"since": "1h", "step": "15m"}, headers=api)
+    assert got.status_code == 200, got.text
+    points = got.json()["points"]  # one, unless the two straddle a quarter hour
+    assert sum(p["samples"] for p in points) == 2 and {p["disk"] for p in points} == {40.0}
+    assert sum(p["cpu"] * p["samples"] for p in points) / 2 == 20.0
+    bad = plane.client.get(metrics, params={"since": "yesterday", "step": "30s"}, headers=api)
+    fields = {f["path"] for f in bad.json()["error"]["fields"]}
+    assert (bad.status_code, fields) == (422, {"since", "step"})
+    missing = plane.client.get(f"{plane.url}/v1/fleets/web-prod/servers/web-9/metrics", headers=api)
+    assert missing.status_code == 404
+    assert plane.client.get(metrics).status_code == 401

@@ -18,12 +18,14 @@ from engine.controlplane.jobs import (
     JobRegistry,
     Permanent,
     Worker,
+    WorkerPool,
     backoff_s,
     reap_dead_workers,
 )
 from engine.state import Job, JobState, NewJob
 from engine.state.store import Store, open_store
 from tests.support.clock import Clock
+from tests.support.wait import wait_until
 
 KIND = "probe"
 
@@ -205,6 +207,20 @@ def test_failed_attempts_back_off_exponentially_and_the_last_one_fails_the_job(
     assert handler.given_up == [(job.id, "RuntimeError: boom on attempt 4")]
     clock.advance(3600)
     assert worker.run_once() is None  # failed for good
+
+
+def test_a_woken_pool_runs_new_jobs_without_waiting_for_its_next_look(tmp_path: Path) -> None:
+    handler = ProbeHandler(script=[])
+    with (
+        open_store(f"sqlite:///{tmp_path / 'state.db'}") as store,
+        # Idle workers would look again only in an hour: each job runs because of wake().
+        WorkerPool(store, JobRegistry([handler]), workers=2, idle_poll_s=3600) as pool,
+    ):
+        for n in (1, 2, 3):
+            job = store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod"))
+            pool.wake()
+            wait_until(lambda j=job: _job(store, j.id).state is JobState.SUCCEEDED, what=f"job {n}")
+        assert len(handler.runs) == 3
 
 
 def test_backoff_is_capped() -> None:

@@ -56,6 +56,16 @@ def test_a_valid_phone_home_pins_keys_moves_the_server_on_and_installs_it(plane:
     assert installed.install_hash == plane.installer.installed["web-1"]
 
 
+def test_the_install_of_an_accepted_phone_home_starts_without_waiting_for_a_poll(
+    plane: Plane,
+) -> None:
+    for worker in plane.running.workers.workers:
+        worker.idle_poll_s = 3600  # idle workers look again in an hour, unless woken
+    plane.running.workers.wake()  # each one's current short wait ends: the long ones begin
+    assert plane.phone_home_as(1).status_code == 200
+    wait_until(lambda: plane.installer.calls == ["web-1"], what="the install to start")
+
+
 def test_a_retry_of_an_accepted_request_is_answered_again_without_doing_anything(
     plane: Plane,
 ) -> None:

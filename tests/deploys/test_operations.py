@@ -26,7 +26,7 @@ from pyinfra.api import Config, FileUploadCommand, FunctionCommand, OperationErr
 from pyinfra.context import ctx_host, ctx_state
 
 from deploys.support import skipped_on
-from engine.install.model import from_json
+from engine.install.model import from_json, to_json
 
 CASES = sorted((Path(__file__).parent / "operations").glob("*/*.json"))
 
@@ -83,7 +83,7 @@ def _command(command: Any) -> Any:
         src.seek(0)
         return {"upload": command.dest, "lines": src.read().splitlines()}
     if isinstance(command, FunctionCommand):
-        return {"function": command.function.__name__, "args": list(command.args)}
+        return {"function": command.function.__name__, "args": to_json(command.args)}
     raise AssertionError(f"unexpected command {command!r}")
 
 

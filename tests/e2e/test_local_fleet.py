@@ -142,6 +142,14 @@ def test_up_brings_every_server_to_ready_with_its_agent_answering(fleet: Fleet) 
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     assert stat.S_IMODE((state / "state.db").stat().st_mode) == 0o600
     assert usable_tokens(state / "state.db", state, {"e2e": sorted(by_name)}) == []
+    # Machines start with Docker set up as the install wants it and the agent's image in it.
+    with open_store(f"sqlite:///{state / 'state.db'}") as store:
+        installs = [e for e in store.events.all("e2e") if e.kind == "install.succeeded"]
+    assert len(installs) == 3
+    for event in installs:
+        changed = event.data["changed"]
+        assert "agent | Deliver the agent image" not in changed, changed
+        assert "docker | Write the Docker daemon settings" not in changed, changed
 
 
 def test_a_second_preview_and_up_have_nothing_to_do(fleet: Fleet) -> None:

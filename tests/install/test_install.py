@@ -121,7 +121,9 @@ def _cut_off_when_docker_is_configured(docker_client: Any, target: Target) -> th
     def watch() -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            if target.container.exec_run(["test", "-f", "/etc/docker/daemon.json"]).exit_code == 0:
+            # The golden image has a daemon.json of its own: wait for the install's settings.
+            written = ["grep", "-q", '"20m"', "/etc/docker/daemon.json"]
+            if target.container.exec_run(written).exit_code == 0:
                 docker_client.networks.get("bridge").disconnect(target.container)
                 return
             time.sleep(0.2)

@@ -9,10 +9,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from deploys.docker import daemon_json
+from engine.model import DockerInstall
 from engine.providers.local.dockerd import PrivateDaemon
-from engine.providers.local.images import GOLDEN_CONTEXT, context_hash, ensure_golden_image
+from engine.providers.local.images import (
+    GOLDEN_CONTEXT,
+    context_hash,
+    ensure_golden_image,
+    ensure_machine_image,
+)
 from engine.providers.local.machines import MachineSpec, create_machine, write_seed
 from tests.support.cli import engine
+from tests.support.wait import wait_until
 
 
 def test_golden_image_is_cached_by_recipe(docker_client: Any, golden_image: str) -> None:
@@ -26,6 +34,11 @@ def test_golden_image_is_cached_by_recipe(docker_client: Any, golden_image: str)
         same = context_hash(copy)
         (copy / "boot.sh").write_text((copy / "boot.sh").read_text() + "\n# changed\n")
         assert context_hash(copy) != same
+
+
+def test_docker_in_the_golden_image_has_the_settings_the_install_writes_by_default() -> None:
+    baked = (GOLDEN_CONTEXT / "daemon.json").read_text()
+    assert baked == daemon_json(DockerInstall())
 
 
 def test_engine_local_image_shows_the_golden_image(
@@ -56,7 +69,7 @@ def test_a_golden_container_boots_with_cloud_init_and_serves_ssh(
         assert b"status: done" in result.output, result.output.decode()
         assert container.exec_run(["cat", "/run/booted"]).output == b"booted\n"
         keys = container.exec_run(["sh", "-c", "ls /etc/ssh/ssh_host_*_key.pub"]).output.split()
-        assert len(keys) == 3
+        assert len(keys) == 2  # ecdsa and ed25519 (golden/99-fleet-local.cfg)
         data = json.loads(container.exec_run(["cloud-init", "query", "--all"]).output)
         assert data["v1"]["instance_id"] == "i-test-1"
         container.reload()
@@ -68,3 +81,29 @@ def test_a_golden_container_boots_with_cloud_init_and_serves_ssh(
     finally:
         container.remove(force=True, v=True)
         docker_client.volumes.get("boot-1-docker").remove()
+
+
+def test_a_machine_starts_with_the_preloaded_images_in_its_own_docker(
+    docker_client: Any, golden_image: str, busybox_image: str, tmp_path: Path
+) -> None:
+    assert ensure_machine_image(docker_client, golden_image, (), say=print) == golden_image
+    image = ensure_machine_image(docker_client, golden_image, (busybox_image,), say=print)
+    messages: list[str] = []
+    assert ensure_machine_image(docker_client, golden_image, (busybox_image,), messages.append)
+    assert messages == []  # built once
+    seed = tmp_path / "seed"
+    write_seed(seed, instance_id="i-test-2", hostname="boot-2", user_data="")
+    container = create_machine(
+        docker_client, MachineSpec(name="boot-2", hostname="boot-2", image=image, seed_dir=seed)
+    )
+    try:
+        wait_until(lambda: container.exec_run(["docker", "info"]).exit_code == 0, what="docker")
+        found = container.exec_run(["docker", "image", "inspect", "-f", "{{.Id}}", busybox_image])
+        assert found.output.decode().strip() == docker_client.images.get(busybox_image).id
+        ran = container.exec_run(["docker", "run", "--rm", busybox_image, "echo", "preloaded"])
+        assert ran.output == b"preloaded\n", ran.output.decode()
+        # Each machine's engine is its own: nothing of the builder's but its images.
+        assert container.exec_run(["docker", "ps", "-aq"]).output == b""
+    finally:
+        container.remove(force=True, v=True)
+        docker_client.volumes.get("boot-2-docker").remove()

@@ -7,6 +7,8 @@ import re
 import shlex
 from pathlib import Path
 
+import yaml
+
 from engine import spec, yamldoc
 from engine.catalog import load_catalog
 from engine.model import Fleet, ProviderName
@@ -80,3 +82,20 @@ def test_every_code_the_loader_gives_is_listed_at_the_top_of_spec_py() -> None:
                 if k.arg == "code" and isinstance(k.value, ast.Constant)
             }
     assert len(given) > 40 and given <= listed, sorted(given - listed)
+
+
+def test_the_serve_settings_the_readme_shows_are_valid_and_mean_what_it_says(
+    tmp_path: Path,
+) -> None:
+    found = re.search(r"```yaml\n(.*?)```", section("The control plane"), re.DOTALL)
+    assert found, "the README shows no serve settings"
+    document = yaml.safe_load((ROOT / "specs" / "hetzner.yaml").read_text())
+    document.update(yaml.safe_load(found.group(1)))
+    fleet = parse_spec(yaml.safe_dump(document).encode(), file="README.md", state_dir=tmp_path)
+    assert (fleet.reconcile.interval_s, fleet.reconcile.mode) == (300, "report")
+    assert [(a.name, a.when, a.above, a.for_s) for a in fleet.alerts] == [
+        ("hot", "cpu", 90, 600),
+        ("down", "unhealthy", None, 0),
+        ("drifted", "drift", None, 900),
+    ]
+    assert fleet.webhooks[0].secret_env == "FLEET_WEBHOOK_SECRET"

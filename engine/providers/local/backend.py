@@ -56,7 +56,7 @@ class LocalBackend:
     say: Say
     client: Any = None
     docker_url: str | None = None
-    golden_image: str = ""
+    machine_image: str = ""
     agent_image: str = ""
     gateway: str = ""
 
@@ -78,13 +78,18 @@ class LocalBackend:
         self.client = daemon_client(self.docker_url)
 
     def open(self) -> None:
-        """The Docker engine, the images (built on first use) and the fleet's network."""
+        """The Docker engine, the images (built on first use) and the fleet's network.
+
+        Machines start from the golden image with the agent's image already in their Docker
+        (unless the fleet pulls the agent from a registry): installs find it there."""
         from engine.agent.image import ensure_agent_image
-        from engine.providers.local.images import ensure_golden_image
+        from engine.providers.local.images import ensure_golden_image, ensure_machine_image
 
         self.connect()
-        self.golden_image = ensure_golden_image(self.client, self.say)
+        golden = ensure_golden_image(self.client, self.say)
         self.agent_image = ensure_agent_image(self.client, self.say)
+        preload = () if self.fleet.install.agent.image else (self.agent_image,)
+        self.machine_image = ensure_machine_image(self.client, golden, preload, self.say)
         self.gateway = self.driver.ensure_network()
 
     def close(self) -> None:
@@ -129,7 +134,7 @@ class LocalBackend:
             )
             if server is None or user_data is None:
                 raise EngineError(f"{record.name} is no longer in the spec or has no user_data")
-            machine = self.driver.create(server, image=self.golden_image, user_data=user_data)
+            machine = self.driver.create(server, image=self.machine_image, user_data=user_data)
             if not machine.ipv4:
                 raise RuntimeError(f"{machine.container} has no address on {self.driver.network}")
             return Provisioned(provider_id=machine.instance_id, ipv4=machine.ipv4)

@@ -4,6 +4,8 @@
             root file system bootstrapped from the Debian mirror with debootstrap (no registry
             needed) and imported. The bootstrap is cached as a tarball in the user's cache.
     golden  FROM base: cloud-init, sshd, curl, python3, sudo, Docker (golden/ beside this file).
+    machine golden with images (the agent's) already in the Docker engine inside it, which is
+            what local machines start from (`ensure_machine_image`).
 
 Every image is tagged with a hash of its recipe (the files of its build context and its
 parent's tag), so a changed recipe gives a new tag and an unchanged one is never rebuilt.
@@ -18,10 +20,12 @@ import hashlib
 import io
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +39,12 @@ SUITE = "bookworm"
 BASE_REPOSITORY = "fleet-engine/debian"
 GOLDEN_REPOSITORY = "fleet-engine/golden"
 GOLDEN_CONTEXT = Path(__file__).resolve().parent / "golden"
+MACHINE_REPOSITORY = "fleet-engine/machine"
+# A Docker engine's data root, and the parts of it that hold its images (it makes the rest,
+# its networks, containers and volumes, when it starts).
+DATA_ROOT = "/var/lib/docker"
+IMAGE_STORE = ("image", "overlay2")
+BUILDER_TIMEOUT_S = 120.0
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 BOOTSTRAP_RECIPE = f"debootstrap --variant=minbase {SUITE} v1"
 
@@ -204,14 +214,117 @@ def ensure_golden_image(client: Any, say: Say) -> str:
     return build_image(client, GOLDEN_REPOSITORY, GOLDEN_CONTEXT, say, buildargs={"BASE": base})
 
 
+def ensure_machine_image(client: Any, golden: str, preload: Sequence[str], say: Say) -> str:
+    """The image local machines start from: `golden` with the images of `preload` (from
+    `client`'s engine) already in the Docker engine inside it; `golden` itself when there is
+    nothing to preload. Built once per golden image and set of image ids.
+
+    A machine's Docker data volume starts as a copy of the image's data root (Docker copies
+    an image's files into a new, empty volume), so an install finds the agent's image there
+    instead of loading it: a file copy instead of a decompression and an unpacking per server.
+    """
+    if not preload:
+        return golden
+    ids = [client.images.get(golden).id, *(client.images.get(ref).id for ref in preload)]
+    key = hashlib.sha256("\0".join(ids).encode()).hexdigest()[:12]
+    tag = f"{MACHINE_REPOSITORY}:{key}"
+    with file_lock(cache_dir() / f"machine-{key}.lock"):
+        if _has_image(client, tag):
+            return tag
+        say(f"building {tag}: {golden} with {', '.join(preload)} in its Docker (once)")
+        with tempfile.TemporaryDirectory(prefix="machine-image-") as tmp:
+            store = _image_store(client, golden, preload, Path(tmp))
+            container = client.api.create_container(golden)
+            try:
+                with store.open("rb") as data:
+                    client.api.put_archive(container["Id"], str(Path(DATA_ROOT).parent), data)
+                client.api.commit(container["Id"], repository=MACHINE_REPOSITORY, tag=key)
+            finally:
+                client.api.remove_container(container["Id"], force=True)
+    return tag
+
+
+def _image_store(client: Any, golden: str, preload: Sequence[str], folder: Path) -> Path:
+    """A tar file of the image store (IMAGE_STORE under DATA_ROOT) of a Docker engine that ran
+    in a machine from `golden`, had the images of `preload` loaded, and stopped."""
+    from engine.providers.local.machines import MachineSpec, create_machine, write_seed
+
+    seed = folder / "seed"
+    write_seed(seed, instance_id="i-image-builder", hostname="image-builder", user_data="")
+    name = f"fleet-engine-image-builder-{secrets.token_hex(4)}"
+    spec = MachineSpec(name=name, hostname="image-builder", image=golden, seed_dir=seed)
+    machine = create_machine(client, spec)
+    try:
+        _run_in(machine, "docker", "info", deadline=time.monotonic() + BUILDER_TIMEOUT_S)
+        for reference in preload:
+            _load_in(client, machine, reference, folder)
+        _run_in(machine, "/etc/init.d/docker", "stop")
+        kept = " ".join(f"! -name {part}" for part in IMAGE_STORE)
+        _run_in(
+            machine,
+            "sh",
+            "-c",
+            f"find {DATA_ROOT} -mindepth 1 -maxdepth 1 {kept} -exec rm -rf {{}} +",
+        )
+        path = folder / "store.tar"
+        stream, _ = machine.get_archive(DATA_ROOT)
+        with path.open("wb") as out:
+            for chunk in stream:
+                out.write(chunk)
+        return path
+    finally:
+        machine.remove(force=True, v=True)
+        client.volumes.get(f"{name}-docker").remove(force=True)
+
+
+def _load_in(client: Any, machine: Any, reference: str, folder: Path) -> None:
+    """`docker save` `reference` here, `docker load` it in `machine`, and check its id."""
+    inbox = "/root"  # root's own folder in the machine, which nothing else uses
+    wrapped = folder / "image.tar"
+    with tempfile.TemporaryFile(dir=folder) as saved, wrapped.open("wb") as out:
+        for chunk in client.api.get_image(reference):
+            saved.write(chunk)
+        info = tarfile.TarInfo("image.tar")
+        info.size = saved.tell()
+        saved.seek(0)
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            tar.addfile(info, saved)
+    with wrapped.open("rb") as data:
+        machine.put_archive(inbox, data)
+    wrapped.unlink()
+    _run_in(machine, "docker", "load", "--quiet", "--input", f"{inbox}/image.tar")
+    _run_in(machine, "rm", f"{inbox}/image.tar")
+    loaded = _run_in(machine, "docker", "image", "inspect", "--format", "{{.Id}}", reference)
+    if loaded.strip() != client.images.get(reference).id:
+        raise EngineError(f"building the local machine image: {reference} did not load intact")
+
+
+def _run_in(machine: Any, *argv: str, deadline: float | None = None) -> str:
+    """Run `argv` in `machine`; with a deadline, again until it succeeds or the deadline."""
+    while True:
+        result = machine.exec_run(list(argv))
+        output = str(result.output.decode(errors="replace"))
+        if result.exit_code == 0:
+            return output
+        if deadline is None or time.monotonic() > deadline:
+            raise EngineError(
+                f"building the local machine image: {' '.join(argv)} failed "
+                f"(exit {result.exit_code}): {output.strip()[-800:]}"
+            )
+        time.sleep(0.2)
+
+
 ImageSource = tuple[str, Callable[[], Iterable[bytes]]]
 
 
 @contextmanager
-def image_sources(url: str | None, references: Sequence[str]) -> Iterator[dict[str, ImageSource]]:
+def image_sources(
+    url: str | None, references: Sequence[str], *, missing_ok: bool = False
+) -> Iterator[dict[str, ImageSource]]:
     """For each image of `references` in the engine's Docker (`url`, else the local one): its
     id, and a function that streams it as `docker save` does. The client stays open for the
-    block; an EngineError names an image that is not there."""
+    block; an EngineError names an image that is not there, unless `missing_ok` (then it is
+    left out)."""
     import docker
 
     from engine.providers.local.dockerd import daemon_client, ensure_daemon
@@ -224,6 +337,8 @@ def image_sources(url: str | None, references: Sequence[str]) -> Iterator[dict[s
             try:
                 image_id = client.images.get(reference).id
             except docker.errors.ImageNotFound:
+                if missing_ok:
+                    continue
                 raise EngineError(
                     f"the agent image {reference} is not in the engine's Docker ({url}); "
                     "build it first"

@@ -1,0 +1,159 @@
+"""Metric history: each server's heartbeat metrics as averages per step, bounded by age.
+
+    store.metrics.record("web-prod", "web-1", at, {"cpu": 12.5, "memory": 40.1, ...})
+    store.metrics.series("web-prod", "web-1", since=an_hour_ago, step_s=300)
+    store.metrics.prune()                    # what RETENTION says is too old goes
+
+Every heartbeat adds to the 1-minute point and the 15-minute point it falls in (a sum and a
+count per metric, so a point is an average however many heartbeats it took). 1-minute points
+are kept for a day and 15-minute points for 30 days: a server reporting every 15 s costs
+1,440 + 2,880 rows at most, whatever its heartbeat.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from engine.state import MetricPoint, schema
+from engine.state.database import Database, Repository
+
+# Step (seconds) -> how long its points are kept.
+RETENTION = {60: dt.timedelta(hours=24), 900: dt.timedelta(days=30)}
+
+
+def bucket(at: dt.datetime, step_s: int) -> dt.datetime:
+    """The start of the `step_s` point `at` falls in."""
+    seconds = int(at.timestamp())
+    return dt.datetime.fromtimestamp(seconds - seconds % step_s, dt.UTC)
+
+
+class Metrics(Repository):
+    """The servers' metric history."""
+
+    def __init__(self, database: Database, connection: Connection | None = None) -> None:
+        super().__init__(database, connection)
+        self._points = schema.metadata().tables["metric_points"]
+
+    def record(self, fleet: str, server: str, at: dt.datetime, values: Mapping[str, float]) -> None:
+        """Add one heartbeat's `values` to the points of every step it falls in."""
+        if not values:
+            return
+        table = self._points
+        with self._write() as connection:
+            for step in RETENTION:
+                start = bucket(at, step)
+                key = (
+                    table.c.fleet == fleet,
+                    table.c.server == server,
+                    table.c.step_s == step,
+                    table.c.at == start,
+                )
+                row = connection.execute(
+                    self._db.for_update(select(table.c.samples, table.c.sums).where(*key))
+                ).first()
+                if row is None:
+                    connection.execute(
+                        insert(table).values(
+                            fleet=fleet,
+                            server=server,
+                            step_s=step,
+                            at=start,
+                            samples=1,
+                            sums={k: float(v) for k, v in values.items()},
+                        )
+                    )
+                    continue
+                sums = dict(row.sums)
+                for name, value in values.items():
+                    sums[name] = float(sums.get(name, 0.0)) + float(value)
+                connection.execute(
+                    update(table).where(*key).values(samples=row.samples + 1, sums=sums)
+                )
+
+    def series(
+        self, fleet: str, server: str, *, since: dt.datetime, step_s: int
+    ) -> tuple[MetricPoint, ...]:
+        """The server's points from `since`, one per `step_s` (a multiple of 60), oldest first:
+        read from the 15-minute points when the step is a multiple of 15 minutes or the
+        1-minute points are gone by `since`, else from the 1-minute points."""
+        now = self._db.now()
+        fine = 60 if step_s % 900 and since >= now - RETENTION[60] else 900
+        table = self._points
+        with self._read() as connection:
+            rows = connection.execute(
+                select(table)
+                .where(
+                    table.c.fleet == fleet,
+                    table.c.server == server,
+                    table.c.step_s == fine,
+                    table.c.at >= bucket(since, fine),
+                )
+                .order_by(table.c.at)
+            ).all()
+        merged: dict[dt.datetime, tuple[int, dict[str, float]]] = {}
+        for row in rows:
+            start = bucket(row.at, max(step_s, fine))
+            samples, sums = merged.get(start, (0, {}))
+            for name, value in row.sums.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+            merged[start] = (samples + row.samples, sums)
+        return tuple(
+            MetricPoint(
+                fleet=fleet,
+                server=server,
+                step_s=max(step_s, fine),
+                at=start,
+                samples=samples,
+                values={k: round(v / samples, 2) for k, v in sorted(sums.items())},
+            )
+            for start, (samples, sums) in merged.items()
+        )
+
+    def prune(self) -> int:
+        """Drop the points older than their step's retention; how many went."""
+        table = self._points
+        now = self._db.now()
+        dropped = 0
+        with self._write() as connection:
+            for step, kept in RETENTION.items():
+                done = connection.execute(
+                    delete(table).where(table.c.step_s == step, table.c.at < now - kept)
+                )
+                dropped += done.rowcount
+        return dropped
+
+    def forget_fleet(self, fleet: str) -> None:
+        """Drop the fleet's history."""
+        with self._write() as connection:
+            connection.execute(delete(self._points).where(self._points.c.fleet == fleet))
+
+
+def heartbeat_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The series kept of one heartbeat's metrics (as the agent reports them): cpu, memory
+    and disk (the fullest) in percent used, load the 1-minute load average."""
+    values: dict[str, float] = {}
+
+    def number(value: Any) -> float | None:
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if is_number else None
+
+    for name, section, key in (("cpu", "cpu", "percent"), ("memory", "memory", "percent")):
+        part = metrics.get(section)
+        found = number(part.get(key)) if isinstance(part, Mapping) else None
+        if found is not None:
+            values[name] = found
+    load = metrics.get("load")
+    found = number(load.get("1m")) if isinstance(load, Mapping) else None
+    if found is not None:
+        values["load"] = found
+    disks = metrics.get("disks")
+    if isinstance(disks, list):
+        used = [number(d.get("percent")) for d in disks if isinstance(d, Mapping)]
+        percents = [p for p in used if p is not None]
+        if percents:
+            values["disk"] = max(percents)
+    return values

@@ -1,0 +1,184 @@
+"""The fleet API's checks against the real control plane on loopback: specs checked as
+`engine validate` checks them, scopes and fleet grants, the audit trail, the OpenAPI document
+against the live routes. (Plans and applies on a real local fleet: tests/e2e/test_api_fleet.py.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from typing import Any
+
+import httpx
+import yaml
+from jsonschema import Draft202012Validator
+from starlette.routing import Route
+
+from engine.controlplane.apikeys import create_api_key
+from engine.controlplane.app import AppSettings, create_app
+from engine.state import Scope
+from tests.controlplane.conftest import Plane
+from tests.support.cli import ROOT
+
+DEMO = (ROOT / "specs" / "demo.yaml").read_text()
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _put(plane: Plane, key: str, fleet: str, text: str, kind: str = "yaml") -> httpx.Response:
+    return plane.client.put(
+        f"{plane.url}/v1/fleets/{fleet}",
+        content=text.encode(),
+        headers={**_auth(key), "Content-Type": f"application/{kind}"},
+    )
+
+
+def test_a_bad_spec_gets_422_with_the_errors_engine_validate_reports_and_nothing_stored(
+    plane: Plane,
+) -> None:
+    key = create_api_key(plane.store, plane.state_dir, "ci", scope=Scope.PLAN)
+    bad = DEMO.replace("count: 3", "count: three").replace(
+        "server_type: small", "server_type: huge"
+    )
+    answer = _put(plane, key, "demo", bad)
+    assert answer.status_code == 422
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_spec"
+    by_path = {e["path"]: e for e in error["errors"]}
+    count = by_path["groups[0].count"]
+    assert count["line"] == DEMO.splitlines().index("    count: 3") + 1 and count["column"] > 0
+    assert set(count) == {"code", "path", "line", "column", "message", "hint"}
+    assert any("huge" in e["message"] for e in error["errors"])
+    assert plane.store.specs.get("demo") is None
+    other = _put(plane, key, "web", DEMO)
+    assert other.status_code == 422
+    assert other.json()["error"]["errors"][0]["code"] == "name_mismatch"
+    assert _put(plane, key, "demo", DEMO, kind="xml").status_code == 415
+
+
+def test_a_spec_is_stored_from_yaml_or_json_and_read_back(plane: Plane) -> None:
+    key = create_api_key(plane.store, plane.state_dir, "ci", scope=Scope.PLAN)
+    made = _put(plane, key, "demo", DEMO)
+    assert made.status_code == 201, made.text
+    assert made.json()["groups"] == {"web": 3}
+    as_json = json.dumps(yaml.safe_load(DEMO))
+    again = _put(plane, key, "demo", as_json, kind="json")
+    assert again.status_code == 200 and again.json()["spec_digest"] != made.json()["spec_digest"]
+    fleets = plane.client.get(f"{plane.url}/v1/fleets", headers=_auth(key)).json()["fleets"]
+    assert [f["name"] for f in fleets] == ["demo", "web-prod"]
+    demo = plane.client.get(f"{plane.url}/v1/fleets/demo", headers=_auth(key)).json()
+    assert demo["spec_digest"] == again.json()["spec_digest"] and demo["spec_updated_by"] == "ci"
+
+
+def test_a_read_key_gets_403_on_writes_and_a_granted_key_only_its_fleets(plane: Plane) -> None:
+    reader = create_api_key(plane.store, plane.state_dir, "dashboard")
+    elsewhere = create_api_key(
+        plane.store, plane.state_dir, "other", scope=Scope.ADMIN, fleets=("other",)
+    )
+    for key in (reader, elsewhere):
+        refused = [
+            _put(plane, key, "demo", DEMO),
+            plane.client.post(f"{plane.url}/v1/fleets/demo/plans", headers=_auth(key)),
+            plane.client.post(f"{plane.url}/v1/fleets/demo/plans/x/apply", headers=_auth(key)),
+            plane.client.patch(
+                f"{plane.url}/v1/fleets/demo/groups/web", json={"count": 4}, headers=_auth(key)
+            ),
+            plane.client.post(
+                f"{plane.url}/v1/fleets/demo/servers/web-1/actions",
+                json={"action": "reboot"},
+                headers=_auth(key),
+            ),
+        ]
+        assert [r.status_code for r in refused] == [403] * 5
+        assert {r.json()["error"]["code"] for r in refused} == {"forbidden"}
+    assert plane.store.specs.get("demo") is None
+    servers = f"{plane.url}/v1/fleets/web-prod/servers"
+    assert plane.client.get(servers, headers=_auth(reader)).status_code == 200
+    assert plane.client.get(servers, headers=_auth(elsewhere)).status_code == 403
+    old_route = f"{plane.url}/v1/servers?fleet=web-prod"
+    assert plane.client.get(old_route, headers=_auth(elsewhere)).status_code == 403
+    listed = plane.client.get(f"{plane.url}/v1/fleets", headers=_auth(elsewhere)).json()
+    assert listed == {"fleets": []}
+
+
+def test_every_write_is_audited_without_its_secrets(plane: Plane) -> None:
+    key = create_api_key(plane.store, plane.state_dir, "ci", scope=Scope.APPLY)
+    reader = create_api_key(plane.store, plane.state_dir, "dashboard")
+    assert _put(plane, key, "demo", DEMO).status_code == 201
+    assert _put(plane, key, "demo", DEMO.replace("count: 3", "count: -1")).status_code == 422
+    assert _put(plane, reader, "demo", DEMO).status_code == 403
+    # This control plane runs without a planner (as one inside `engine up` does): 503.
+    planned = plane.client.post(f"{plane.url}/v1/fleets/demo/plans", headers=_auth(key))
+    assert planned.status_code == 503 and "Retry-After" in planned.headers
+    entries = [e for e in plane.store.audit.all() if not e.action.startswith("apikey")]
+    assert [(e.actor, e.action, e.fleet, e.status, e.result) for e in entries] == [
+        ("ci", "PUT /v1/fleets/demo", "demo", 201, "spec stored"),
+        ("ci", "PUT /v1/fleets/demo", "demo", 422, "invalid_spec"),
+        ("dashboard", "PUT /v1/fleets/demo", "demo", 403, "forbidden"),
+        ("ci", "POST /v1/fleets/demo/plans", "demo", 503, "no_planner"),
+    ]
+    for secret in (key, reader):
+        assert all(secret.split("_")[-1] not in repr(e) for e in plane.store.audit.all())
+
+
+def test_long_poll_waits_for_an_event_and_since_skips_the_ones_seen(plane: Plane) -> None:
+    key = create_api_key(plane.store, plane.state_dir, "dashboard")
+    url = f"{plane.url}/v1/fleets/web-prod/events"
+    plane.store.events.record("web-prod", "test.before", "seen before")
+    first = plane.client.get(url, headers=_auth(key)).json()
+    seen = first["next"]
+    assert seen > 0 and all(e["id"] <= seen for e in first["events"])
+    assert plane.client.get(f"{url}?since={seen}", headers=_auth(key)).json()["events"] == []
+    with httpx.Client(timeout=30) as other:
+        answers: list[dict[str, Any]] = []
+        waiting = threading.Thread(
+            target=lambda: answers.append(
+                other.get(f"{url}?since={seen}&wait=20", headers=_auth(key)).json()
+            )
+        )
+        waiting.start()
+        plane.store.events.record("web-prod", "test.poke", "a poke")
+        waiting.join(30)
+    assert [e["kind"] for e in answers[0]["events"]] == ["test.poke"]
+    bad = plane.client.get(f"{url}?wait=31", headers=_auth(key))
+    assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["path"] == "wait"
+
+
+def test_the_openapi_document_matches_the_live_routes(plane: Plane) -> None:
+    answer = plane.client.get(f"{plane.url}/v1/openapi.json")
+    assert answer.status_code == 200
+    document = answer.json()
+    assert document["openapi"].startswith("3.1")
+    components = document["components"]["schemas"]
+    for schema in components.values():
+        Draft202012Validator.check_schema(schema)  # every schema is valid JSON Schema
+    documented = {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method in operations
+    }
+    # Every route the app serves is documented, and nothing else.
+    app = create_app(plane.store, AppSettings(state_dir=plane.state_dir))
+    served = {
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, Route)
+        for method in (route.methods or ()) - {"HEAD"}
+    }
+    assert documented == served
+    # Every documented route exists: a request to it is answered by its handler (anything
+    # but the router's own 404 or 405), and the refusals it gives are documented.
+    key = create_api_key(plane.store, plane.state_dir, "ops", scope=Scope.READ)
+    for method, path in sorted(documented):
+        url = plane.url + re.sub(r"\{[a-z]+\}", "web-prod", path)
+        answer = plane.client.request(method, url, headers=_auth(key))
+        code = answer.json().get("error", {}).get("code") if answer.status_code >= 400 else None
+        assert code not in ("not_found", "method_not_allowed"), (method, path, answer.text)
+        responses = document["paths"][path][method.lower()]["responses"]
+        assert str(answer.status_code) in responses, (method, path, answer.status_code)
+        schema = responses[str(answer.status_code)]["content"]["application/json"]["schema"]
+        resolved = {"$ref": schema["$ref"], "components": document["components"]}
+        errors = list(Draft202012Validator(resolved).iter_errors(answer.json()))
+        assert errors == [], (method, path, errors[:1])

@@ -1,0 +1,84 @@
+"""What `engine serve` keeps, on SQLite and PostgreSQL: one reconcile owner per fleet until
+its lease runs out, metric history averaged per step and pruned by age, alert states."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from engine.state import AlertRecord, AlertState
+from engine.state.metrics import heartbeat_values
+from engine.state.store import Store
+from tests.support.clock import Clock
+
+
+def test_one_owner_per_fleet_until_its_lease_runs_out(store: Store, clock: Clock) -> None:
+    first = store.leases.take("web-prod", "a/1/x", ttl_s=30)
+    assert first is not None and first.owner == "a/1/x"
+    assert store.leases.take("web-prod", "b/2/y", ttl_s=30) is None
+    assert store.leases.take("db-prod", "b/2/y", ttl_s=30) is not None  # per fleet
+    clock.advance(20)
+    renewed = store.leases.take("web-prod", "a/1/x", ttl_s=30)
+    assert renewed is not None and renewed.acquired_at == first.acquired_at
+    clock.advance(20)
+    assert store.leases.take("web-prod", "b/2/y", ttl_s=30) is None  # renewed: not run out
+    assert store.leases.record_run("web-prod", "a/1/x", {"drift": 1})
+    clock.advance(31)
+    taken = store.leases.take("web-prod", "b/2/y", ttl_s=30)
+    assert taken is not None and taken.owner == "b/2/y" and taken.last_result == {"drift": 1}
+    assert not store.leases.record_run("web-prod", "a/1/x", {})  # the old owner lost it
+    store.leases.release("web-prod", "b/2/y")
+    assert store.leases.take("web-prod", "a/1/x", ttl_s=30) is not None  # at once
+
+
+def test_metric_points_average_per_step_and_go_when_old(store: Store, clock: Clock) -> None:
+    start = clock.now
+    for n in range(8):  # two minutes of heartbeats every 15 s
+        at = start + dt.timedelta(seconds=15 * n)
+        store.metrics.record("web-prod", "web-1", at, {"cpu": 10.0 * n, "load": 1.0})
+    minutes = store.metrics.series("web-prod", "web-1", since=start, step_s=60)
+    assert [(p.at, p.samples, p.values["cpu"]) for p in minutes] == [
+        (start, 4, 15.0),
+        (start + dt.timedelta(minutes=1), 4, 55.0),
+    ]
+    (quarter,) = store.metrics.series("web-prod", "web-1", since=start, step_s=900)
+    assert (quarter.samples, quarter.values) == (8, {"cpu": 35.0, "load": 1.0})
+    clock.advance(25 * 3600)
+    assert store.metrics.prune() == 2  # the 1-minute points; the 15-minute one stays a month
+    (kept,) = store.metrics.series("web-prod", "web-1", since=start, step_s=60)
+    assert kept.step_s == 900 and kept.samples == 8
+    clock.advance(30 * 24 * 3600)
+    assert store.metrics.prune() == 1
+
+
+def test_the_series_of_a_heartbeat_are_read_from_the_agents_metrics() -> None:
+    metrics = {
+        "cpu": {"percent": 12.5},
+        "memory": {"percent": 40.0},
+        "load": {"1m": 0.5},
+        "disks": [{"percent": 30.0}, {"percent": 91.5}],
+    }
+    assert heartbeat_values(metrics) == {"cpu": 12.5, "memory": 40.0, "load": 0.5, "disk": 91.5}
+    assert heartbeat_values({"cpu": {"percent": "high"}, "disks": []}) == {}
+
+
+def test_alert_states_are_kept_per_alert_and_subject(store: Store, clock: Clock) -> None:
+    pending = AlertRecord(
+        fleet="web-prod", alert="hot", subject="web-1", state=AlertState.PENDING, since=clock.now
+    )
+    store.alerts.save(pending)
+    store.alerts.save(
+        AlertRecord(
+            fleet="web-prod",
+            alert="hot",
+            subject="web-1",
+            state=AlertState.FIRING,
+            since=clock.now,
+            value=97.5,
+            fired_at=clock.now,
+        )
+    )
+    (firing,) = store.alerts.all("web-prod")
+    assert (firing.state, firing.value, firing.fired_at) == (AlertState.FIRING, 97.5, clock.now)
+    assert store.alerts.all("db-prod") == ()
+    store.forget_fleet("web-prod")
+    assert store.alerts.all() == () and store.leases.all() == ()
