@@ -272,14 +272,15 @@ def main() -> None:
             calls = live["document"]["api_calls"]
             print(
                 f"       {servers:>8,} {live['wall'] * 1000:>6.0f}ms {live['cpu'] * 1000:>6.0f}ms "
-                f"{live['rss_mb']:>7.0f}MB {calls['read']:>6}  {-(-servers // 200) + 1:>12}"
+                f"{live['rss_mb']:>7.0f}MB {calls['read']:>6}  {-(-servers // 200) + 4:>12}"
             )
             print(
                 f"                read by path {calls['read_by_path']}, {calls['retries']} retried"
             )
         print("       (targets for 10,000 at 50 ms: <= 2500 ms wall, <= 1000 ms engine CPU,")
         print(
-            "        <= 10000/50 + a few calls; DigitalOcean: 200 a page, the firewalls and VPCs)"
+            "        <= 10000/50 + a few calls; DigitalOcean: 200 a page, then one list each of"
+            " firewalls, VPCs, load balancers and keys)"
         )
 
 

@@ -38,8 +38,10 @@ def backoff_s(tries: int) -> float:
 
 
 def only(plan: Plan, names: Sequence[str]) -> Plan:
-    """`plan` with the changes of `names` only."""
-    return dataclasses.replace(plan, changes=tuple(c for c in plan.changes if c.server in names))
+    """`plan` with the changes of `names` only (resources besides servers were the first
+    run's business)."""
+    changes = tuple(c for c in plan.changes if c.server in names)
+    return dataclasses.replace(plan, changes=changes, resources=())
 
 
 def converge(

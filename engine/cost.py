@@ -47,3 +47,11 @@ def server_usage(
         disk_gb=max(disk_gb, kind.disk_gb if kind else 0),
         monthly_cost=price or 0.0,
     )
+
+
+def load_balancer_price(catalog: Catalog, lb_type: str, location: str) -> float | None:
+    """A load balancer's monthly price in the catalog's currency, or None if it has none."""
+    kind = catalog.load_balancer_types.get(lb_type)
+    if kind is None or location not in kind.prices:
+        return None
+    return float(kind.prices[location])

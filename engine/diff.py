@@ -39,6 +39,7 @@ store's stage is history: a record that says ready proves nothing. Rules, per se
     install digest differs .................. reinstall (unless replaced, powered on or
                                               retried anyway: those install it too)
     exists, but the store has no record ..... adopt (record it; the engine installs it)
+    exists, recorded without an id .......... adopt (a run that died mid-create made it)
     owned, not desired, recorded ............ delete
     owned, not desired, not recorded ........ an orphan: left alone with a warning, deleted
                                               only when options.delete_orphans
@@ -49,6 +50,20 @@ A server can get several changes, executed in order: adopt, then replace or resi
 update, then one repair (power on, retry or reinstall). Limits are checked on the fleet as
 the plan leaves it (engine.quota); costs come from the catalog (engine.cost). diff(x, x) is
 empty.
+
+Resources besides servers are compared by kind and name, the declared ones (what the program
+would make: stacks.declared, computed by the orchestrator) against the listed ones (the
+reader's `read_resources`), property by property:
+
+    declared, not listed .................... create
+    listed (and owned), not declared ........ delete (disruptive when servers hang on it)
+    a declared property differs ............. (properties the declared side leaves out, as
+                                              it does what it cannot know, are not compared)
+    a `fixed` property differs .............. replace (disruptive: its servers named, with
+                                              what it does to them)
+    other properties differ ................. update in place
+
+Load balancers are priced from the catalog (type and location) into the plan's cost.
 """
 
 from __future__ import annotations
@@ -56,10 +71,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.catalog import Catalog
-from engine.cost import monthly_price, server_usage
+from engine.cost import load_balancer_price, monthly_price, server_usage
 from engine.exposure import Exposure, fleet_exposures
 from engine.health import AgentAnswer, AgentSeen, Power, power_of
 from engine.model import (
@@ -81,11 +96,12 @@ from engine.plan import (
     FieldChange,
     Plan,
     Problem,
+    ResourceChange,
     RetryBy,
     Usage,
     estimate_writes,
 )
-from engine.providers import ActualServer
+from engine.providers import ActualServer, CloudResource, ResourceKind
 from engine.quota import check_limits
 from engine.state import ServerRecord
 
@@ -173,6 +189,8 @@ class _Differ:
         self.unchanged = 0
         self.held_elsewhere: set[str] = set()
         self._unpriced: set[tuple[str, str]] = set()
+        # Servers made anew with a resource the plan replaces (name -> why).
+        self.replaced_with: Mapping[str, str] = {}
 
     # --- usage ---------------------------------------------------------------------------
 
@@ -317,7 +335,9 @@ class _Differ:
                 )
             )
         else:
-            adopting = record is None or record.provider_id not in ("", actual.provider_id)
+            # A record without an id is a create that never got as far as recording it (the
+            # run died mid-way): the server it made is adopted, never made a second time.
+            adopting = record is None or record.provider_id != actual.provider_id
             if adopting:
                 changes.append(self.adopt(server, actual, record))
             resize = self.resize(server, actual, usage)
@@ -521,6 +541,11 @@ class _Differ:
     def adopt(self, server: Server, actual: ActualServer, record: ServerRecord | None) -> Change:
         if record is None:
             reason = "it carries this fleet's labels but the state store has no record of it"
+        elif not record.provider_id:
+            reason = (
+                f"a run made it (id {actual.provider_id}) but ended before recording it, as "
+                "when the engine dies during a create"
+            )
         else:
             reason = (
                 f"the state store tracks id {record.provider_id}, the provider has "
@@ -561,6 +586,8 @@ class _Differ:
                 f"location {actual.location} is no longer among {group.name}'s locations "
                 f"({', '.join(group.locations)})"
             )
+        if server.name in self.replaced_with:
+            causes.append(self.replaced_with[server.name])
         if not is_same_image(server.image, actual.image):
             shown = actual.image.describe() if actual.image else "unknown"
             causes.append(f"image {shown} -> {server.image.describe()}")
@@ -849,6 +876,129 @@ def as_recorded(
     )
 
 
+def _resource_cost(catalog: Catalog, resource: CloudResource | None, warnings: list[str]) -> float:
+    """What a resource costs a month: load balancers by type and location, the rest nothing."""
+    if resource is None or resource.kind is not ResourceKind.LOAD_BALANCER:
+        return 0.0
+    lb_type, location = resource.value("type"), resource.value("location")
+    price = load_balancer_price(catalog, lb_type, location)
+    if price is None:
+        warnings.append(
+            f"the {catalog.provider} catalog has no price for load balancer type {lb_type} in "
+            f"{location} ({resource.name}); it counts as zero: refresh the catalog "
+            f"(engine catalog refresh {catalog.provider})"
+        )
+        return 0.0
+    return price
+
+
+def _servers(names: Iterable[str]) -> str:
+    shown = sorted(names, key=natural_key)
+    more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
+    return ", ".join(shown[:10]) + more
+
+
+def _resource_change(
+    declared: CloudResource | None, listed: CloudResource | None
+) -> tuple[Action, tuple[FieldChange, ...], tuple[str, ...]] | None:
+    """What to do with one resource, the fields that differ and why; None: nothing."""
+    if listed is None:
+        assert declared is not None
+        return (
+            Action.CREATE,
+            tuple(FieldChange(field=k, before="", after=v) for k, v in declared.properties),
+            ("the spec declares it and the provider has none",),
+        )
+    if declared is None:
+        return Action.DELETE, (), ("the spec no longer declares it",)
+    # Only what the declared side says is compared: what it cannot know here (the engine's
+    # addresses, before any run recorded them) it leaves out.
+    wanted, have = dict(declared.properties), dict(listed.properties)
+    fields = tuple(
+        FieldChange(field=key, before=have.get(key, ""), after=value)
+        for key, value in sorted(wanted.items())
+        if value != have.get(key, "")
+    )
+    if not fields:
+        return None
+    forced = [f.field for f in fields if f.field in declared.fixed]
+    if forced:
+        why = f"{', '.join(forced)} cannot change in place: it is made anew"
+        return Action.REPLACE, fields, (why,)
+    return Action.UPDATE, fields, (f"{', '.join(f.field for f in fields)} differ",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceDiff:
+    """What `diff_resources` found: the changes, the monthly cost of the resources listed and
+    of those after, warnings (prices the catalog lacks), and the servers a replacement makes
+    anew with it (name -> why: a droplet whose VPC is made anew)."""
+
+    changes: tuple[ResourceChange, ...] = ()
+    monthly_before: float = 0.0
+    monthly_after: float = 0.0
+    warnings: tuple[str, ...] = ()
+    replaced_servers: Mapping[str, str] = field(default_factory=dict)
+
+
+def diff_resources(
+    catalog: Catalog, declared: Sequence[CloudResource], listed: Sequence[CloudResource]
+) -> ResourceDiff:
+    """The changes that make the `listed` resources the `declared` ones. Pure."""
+    wanted = {(r.kind, r.name): r for r in declared}
+    have = {(r.kind, r.name): r for r in listed}
+    changes: list[ResourceChange] = []
+    warnings: list[str] = []
+    replaced: dict[str, str] = {}
+    before = after = 0.0
+    for key in sorted(wanted.keys() | have.keys()):
+        want, got = wanted.get(key), have.get(key)
+        if want is None and got is not None and not got.owned:
+            continue  # someone else's (a key reused by fingerprint): never ours to delete
+        cost_before = _resource_cost(catalog, got, warnings)
+        cost_after = _resource_cost(catalog, want, warnings)
+        before += cost_before
+        after += cost_after
+        found = _resource_change(want, got)
+        if found is None:
+            continue
+        action, fields, reasons = found
+        shown = want or got
+        assert shown is not None
+        servers = tuple(sorted({*(want.servers if want else ()), *(got.servers if got else ())},
+                               key=natural_key))  # fmt: skip
+        disruptive = action in (Action.REPLACE, Action.DELETE) and bool(servers)
+        if action is Action.REPLACE and want is not None and want.replaces_servers:
+            for server in servers:
+                replaced[server] = f"{key[0]} {key[1]} is made anew: {want.on_replace}"
+        if disruptive:
+            effect = (want.on_replace if want and action is Action.REPLACE else "") or (
+                "they lose it"
+            )
+            reasons += (f"servers touched: {_servers(servers)} ({effect})",)
+        changes.append(
+            ResourceChange(
+                action=action,
+                kind=str(key[0]),
+                name=key[1],
+                reasons=reasons,
+                fields=fields,
+                disruptive=disruptive,
+                servers=servers if disruptive else (),
+                logical=shown.logical,
+                monthly_before=cost_before,
+                monthly_after=cost_after,
+            )
+        )
+    return ResourceDiff(
+        changes=tuple(changes),
+        monthly_before=round(before, 4),
+        monthly_after=round(after, 4),
+        warnings=tuple(warnings),
+        replaced_servers=replaced,
+    )
+
+
 def _exposure_problem(exposure: Exposure) -> Problem:
     return Problem(
         code="open_to_the_world",
@@ -869,21 +1019,33 @@ def diff_fleet(
     options: DiffOptions | None = None,
     agents: Mapping[str, AgentSeen] | None = None,
     failures: Mapping[str, int] | None = None,
+    declared: Sequence[CloudResource] = (),
+    listed: Sequence[CloudResource] = (),
 ) -> Plan:
     """The plan that turns `actual` (and the store's `records`) into `fleet`; `agents` are
     what the agents of servers recorded ready said, `failures` how often each server failed
-    since it was last ready.
+    since it was last ready; `declared` are the resources besides servers that the fleet's
+    program would make and `listed` those its provider has (both empty: not compared).
 
     >>> # diff_fleet(fleet, catalog, actual=(), records=()) -> one create per server
     """
     options = options or DiffOptions()
+    if options.adopt and any(a.fleet_id not in ("", options.fleet_id) for a in actual):
+        # Taken over from another state directory: its stack holds the firewalls, networks
+        # and balancers listed, this one makes its own.
+        listed = ()
+    found = diff_resources(catalog, declared, listed)
     differ = _Differ(fleet, catalog, records, unowned, options, agents or {}, failures or {})
+    differ.replaced_with = found.replaced_servers
     differ.run(actual)
     changes = tuple(differ.changes)
+    resources = found.changes
+    before = differ.before + Usage(monthly_cost=found.monthly_before)
+    after = differ.after + Usage(monthly_cost=found.monthly_after)
     exposures = fleet_exposures(fleet)
     problems = [
         *differ.problems,
-        *check_limits(fleet.limits, differ.before, differ.after, changes, catalog.currency),
+        *check_limits(fleet.limits, before, after, changes, catalog.currency),
         *(_exposure_problem(e) for e in exposures if e.is_blocking),
     ]
     api_calls = options.api_calls or ApiCallCount()
@@ -895,16 +1057,17 @@ def diff_fleet(
         currency=catalog.currency,
         changes=changes,
         unchanged=differ.unchanged,
-        before=differ.before,
-        after=differ.after,
+        before=before,
+        after=after,
         install_hash=differ.install_hash,
         problems=tuple(problems),
-        warnings=tuple(differ.warnings),
+        warnings=(*differ.warnings, *found.warnings),
         exposures=exposures,
+        resources=resources,
         api_calls=ApiCallCount(
             read=api_calls.read,
             read_by_path=api_calls.read_by_path,
             retries=api_calls.retries,
-            apply_estimate=estimate_writes(changes),
+            apply_estimate=estimate_writes(changes, resources),
         ),
     )

@@ -8,6 +8,10 @@ executed. Warnings are things a person should read but that block nothing.
 Besides the changes the spec asks for, a plan repairs what the world did to the fleet: a
 server gone is created, one that is off is powered on, one that failed is retried (installed
 again, or made anew: `RetryBy` says how), one whose agent fell silent is reinstalled.
+
+Resources other than servers (firewalls, networks, load balancers, DNS records, placement
+groups, SSH keys) get a ResourceChange each: created, updated in place, replaced (a property
+the provider cannot change in place) or deleted, with the servers a change disrupts named.
 """
 
 from __future__ import annotations
@@ -167,6 +171,30 @@ class AppRollout:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceChange:
+    """One operation on a resource other than a server: `action` is create, update, replace
+    or delete; `kind` a ResourceKind; `name` its name at the provider. A disruptive one names
+    the `servers` it touches (and the reasons say how). `logical` are the Pulumi resources the
+    program declares for it (names, or prefixes of its parts' names): what Pulumi may do to
+    them is what this change allows (engine.providers.cloud.guard)."""
+
+    action: Action
+    kind: str
+    name: str
+    reasons: tuple[str, ...]
+    fields: tuple[FieldChange, ...] = ()
+    disruptive: bool = False
+    servers: tuple[str, ...] = ()
+    logical: tuple[str, ...] = ()
+    monthly_before: float = 0.0
+    monthly_after: float = 0.0
+
+    @property
+    def monthly_delta(self) -> float:
+        return round(self.monthly_after - self.monthly_before, 4)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Problem:
     """Something that blocks the plan, at a field path (`limits.vcpus`, `servers.web-4`)."""
 
@@ -209,12 +237,14 @@ class Plan:
     # Rules that open the servers to the whole Internet, the blocking ones among problems too.
     exposures: tuple[Exposure, ...] = ()
     api_calls: ApiCallCount = ApiCallCount()
+    # Firewalls, networks, load balancers, DNS records, placement groups and SSH keys.
+    resources: tuple[ResourceChange, ...] = ()
     apps: tuple[AppChange, ...] = ()
     app_rollouts: tuple[AppRollout, ...] = ()
 
     @property
     def has_changes(self) -> bool:
-        return bool(self.changes) or bool(self.apps)
+        return bool(self.changes or self.resources) or bool(self.apps)
 
     @property
     def is_blocked(self) -> bool:
@@ -223,6 +253,11 @@ class Plan:
     def counts(self) -> dict[Action, int]:
         """How many changes of each action, in summary order, zero counts left out."""
         counted = Counter(change.action for change in self.changes)
+        return {action: counted[action] for action in ACTIONS if counted[action]}
+
+    def resource_counts(self) -> dict[Action, int]:
+        """How many resource changes of each action, in summary order, zero counts left out."""
+        counted = Counter(change.action for change in self.resources)
         return {action: counted[action] for action in ACTIONS if counted[action]}
 
     def app_counts(self) -> dict[AppAction, int]:
@@ -260,6 +295,10 @@ def _writes(change: Change) -> int:
     return _WRITES[change.action]
 
 
-def estimate_writes(changes: tuple[Change, ...]) -> int:
-    """API requests applying `changes` would make (see _WRITES), progress polls aside."""
-    return sum(_writes(change) for change in changes)
+def estimate_writes(changes: tuple[Change, ...], resources: tuple[ResourceChange, ...] = ()) -> int:
+    """API requests applying `changes` and `resources` would make (see _WRITES; a resource's
+    update takes one per field), progress polls aside."""
+    found = sum(_writes(change) for change in changes)
+    return found + sum(
+        len(r.fields) if r.action is Action.UPDATE else _WRITES[r.action] for r in resources
+    )

@@ -1,6 +1,8 @@
 """What `engine preview` does, as a function: load the spec, read what exists, plan.
 
-The effects are one step, `observe`: the fleet's servers read through an inventory reader,
+The effects are one step, `observe`: the fleet's servers and its other resources
+(firewalls, networks, load balancers, DNS records, placement groups, SSH keys) read through
+an inventory reader,
 the agents of servers recorded ready asked whether they are alive (unless a heartbeat came
 within their window), with the state store's records, transitions and heartbeats beside
 them (and, for apps, what each server's agent says runs there: engine.apps.observe). The
@@ -8,6 +10,10 @@ decisions are the pure `plan_fleet` (over engine.diff). `engine up` plans with t
 fed by the backend and the store its run already holds open; a preview opens a reader of its
 own. Nothing is written and no lock is taken: a preview never changes anything, and a missing
 SQLite state file is not created.
+
+The resources the program would make (stacks.declared) are the other side of the comparison:
+with the engine's firewall open to the addresses `engine up` connects from (the run's, or
+for a preview the ones the last run recorded) and the spec's keys and the deploy key.
 
 The install digest (`fleet_digest`) covers the spec's install, the deploy code, the agent's
 recipe and the control plane's address: `engine up` takes the address its control plane
@@ -40,8 +46,8 @@ from engine.health import AgentSeen, Power, is_heard, power_of
 from engine.lifecycle import failures_since_ready
 from engine.model import Fleet, Stage
 from engine.placement import expand_fleet
-from engine.plan import Action, ApiCallCount, Plan
-from engine.providers import ActualServer
+from engine.plan import Action, ApiCallCount, Plan, Problem
+from engine.providers import ActualServer, CloudResource
 from engine.providers.registry import inventory_reader, require_reader
 from engine.providers.retry import RetryPolicy
 from engine.providers.seam import InventoryReader
@@ -88,6 +94,9 @@ class Observed:
     calls: ApiCallCount
     agents: Mapping[str, AgentSeen] = field(default_factory=dict)
     failures: Mapping[str, int] = field(default_factory=dict)
+    resources: tuple[CloudResource, ...] = ()
+    # What the spec names that the provider lacks (a project, a domain): problems.
+    missing: tuple[Problem, ...] = ()
 
 
 def observe(
@@ -106,6 +115,8 @@ def observe(
     listed = {server.name for server in actual}
     wanted = {server.name for server in expand_fleet(fleet, catalog)}
     unowned = reader.read_unowned(sorted(wanted - listed))
+    resources = reader.read_resources(actual)
+    missing = reader.read_prerequisites()
     calls = reader.calls
     now = dt.datetime.now(dt.UTC)
     return Observed(
@@ -121,6 +132,26 @@ def observe(
         ),
         agents={} if state_dir is None else agents_now(fleet, state_dir, known, actual, now),
         failures=failures_since_ready(known.transitions),
+        resources=resources,
+        missing=missing,
+    )
+
+
+def declared(
+    fleet: Fleet,
+    catalog: Catalog,
+    pinned: Mapping[str, str],
+    *,
+    engine_sources: tuple[str, ...],
+    ssh_public_keys: tuple[str, ...],
+) -> tuple[CloudResource, ...]:
+    """The resources besides servers that the fleet's program would make, its servers placed
+    with existing ones `pinned` where they are (name -> location). Pure."""
+    from stacks.declared import declared_resources
+
+    servers = expand_fleet(fleet, catalog, pinned)
+    return declared_resources(
+        fleet, servers, catalog, engine_sources=engine_sources, ssh_public_keys=ssh_public_keys
     )
 
 
@@ -195,10 +226,13 @@ def plan_fleet(
     fleet_id: str | None,
     delete_orphans: bool = False,
     adopt: bool = False,
+    engine_sources: tuple[str, ...] = (),
+    ssh_public_keys: tuple[str, ...] = (),
     apps: AppsObserved | None = None,
 ) -> Plan:
     """The plan that makes what `observed` saw into `fleet`, for servers installed with
-    `install_hash` and a fleet whose id in this state directory is `fleet_id`, with the app
+    `install_hash` and a fleet whose id in this state directory is `fleet_id`, whose engine
+    connects from `engine_sources` and whose servers get `ssh_public_keys`, with the app
     changes that make what runs (`apps`, from the agents) into the spec's apps. Pure: no I/O."""
     options = DiffOptions(
         delete_orphans=delete_orphans,
@@ -219,7 +253,17 @@ def plan_fleet(
         options=options,
         agents=observed.agents,
         failures=observed.failures,
+        declared=declared(
+            fleet,
+            catalog,
+            {server.name: server.location for server in observed.actual},
+            engine_sources=engine_sources,
+            ssh_public_keys=ssh_public_keys,
+        ),
+        listed=observed.resources,
     )
+    if observed.missing:
+        plan = dataclasses.replace(plan, problems=(*plan.problems, *observed.missing))
     return with_apps(plan, fleet, catalog, observed.actual, apps)
 
 
@@ -302,8 +346,18 @@ def preview_fleet(
         fleet_id=find_fleet_id(state_dir, fleet.name),
         delete_orphans=delete_orphans,
         adopt=adopt,
+        engine_sources=known.settings.control_plane_sources if known.settings else (),
+        ssh_public_keys=(*fleet.ssh.authorized_keys, *_deploy_key(state_dir, fleet.name)),
         apps=_apps(fleet, state_dir, state),
     )
+
+
+def _deploy_key(state_dir: Path, fleet: str) -> tuple[str, ...]:
+    """The fleet's deploy key, if this state directory has made it (a preview makes none)."""
+    from engine.install.deploykey import deploy_key_path
+
+    public = deploy_key_path(state_dir, fleet).with_suffix(".pub")
+    return (public.read_text(encoding="ascii").strip(),) if public.is_file() else ()
 
 
 def _token(fleet: Fleet, spec: Path) -> str:
@@ -377,6 +431,9 @@ def _against_ref(
     notes: list[str] = []
     actual: list[ActualServer] = []
     records: list[ServerRecord] = []
+    listed: tuple[CloudResource, ...] = ()
+    # Both sides with the same engine addresses and keys: only what the specs say differs.
+    keys = fleet.ssh.authorized_keys
     apps = AppsObserved()
     if raw is None:
         notes.append(f"{relative} does not exist at {ref}: every server is new")
@@ -401,12 +458,22 @@ def _against_ref(
                 built = as_built(old, server, old_catalog)
                 actual.append(built)
                 records.append(as_recorded(old, built, server.group, installed))
+            listed = declared(old, old_catalog, {}, engine_sources=(), ssh_public_keys=keys)
             apps = as_deployed(old, old_servers)
     options = DiffOptions(
         delete_orphans=delete_orphans,
         compared_with=f"the spec at {ref}",
         install_hash=fleet_digest(fleet, "", ()),
     )
-    plan = diff_fleet(fleet, catalog, actual, records, options=options)
+    pinned = {server.name: server.location for server in actual}
+    plan = diff_fleet(
+        fleet,
+        catalog,
+        actual,
+        records,
+        options=options,
+        declared=declared(fleet, catalog, pinned, engine_sources=(), ssh_public_keys=keys),
+        listed=listed,
+    )
     plan = with_apps(plan, fleet, catalog, actual, apps)
     return dataclasses.replace(plan, warnings=(*notes, *plan.warnings))

@@ -4,6 +4,11 @@
     render_markdown(plan)               a tuple of comment bodies, each under 65,000 characters
     render_json(plan)                   a dict following schemas/plan.v2.schema.json
 
+Resources besides servers (firewalls, networks, load balancers, DNS records, placement
+groups, SSH keys) follow the servers' changes in every format, each with its kind, what
+differs (a list such as a firewall's rules line by line) and the servers a disruptive one
+touches.
+
 Markdown parts start with the marker `<!-- fleet-engine-preview: SOURCE part I/N -->`, by
 which the pull-request workflow finds, updates and prunes its own comments.
 """
@@ -23,7 +28,9 @@ from engine.plan import (
     AppAction,
     AppChange,
     Change,
+    FieldChange,
     Plan,
+    ResourceChange,
     RetryBy,
     Usage,
 )
@@ -106,10 +113,42 @@ def money(amount: float, currency: str, *, signed: bool = False) -> str:
 
 
 def summary(plan: Plan) -> str:
-    """`2 to create, 1 to delete; 12 unchanged` or `no changes; 12 unchanged`."""
+    """`2 to create, 1 to delete; 12 unchanged` or `no changes; 12 unchanged`, and the
+    resources besides servers when any change: `; resources: 1 to update`."""
     counts = plan.counts()
     head = ", ".join(f"{n} {_PHRASES[action]}" for action, n in counts.items()) or "no changes"
-    return f"{head}; {plan.unchanged} unchanged"
+    text = f"{head}; {plan.unchanged} unchanged"
+    resources = plan.resource_counts()
+    if resources:
+        text += "; resources: " + ", ".join(
+            f"{n} {_PHRASES[action]}" for action, n in resources.items()
+        )
+    return text
+
+
+def field_text(change: FieldChange) -> str:
+    """One property that differs: `type: lb11 -> lb21`; a list of lines (rules, services)
+    says which lines go and which come: `rules: - tcp 22 from 0.0.0.0/0; + tcp 22 from ...`."""
+    before, after = change.before.splitlines(), change.after.splitlines()
+    if len(before) <= 1 and len(after) <= 1:
+        return f"{change.field}: {change.before or '(none)'} -> {change.after or '(none)'}"
+    gone = [f"- {line}" for line in before if line not in after]
+    come = [f"+ {line}" for line in after if line not in before]
+    return f"{change.field}: {'; '.join(gone + come)}"
+
+
+def describe_resource(change: ResourceChange) -> str:
+    """One line on what changes in a resource: its fields, or what a create makes."""
+    if change.action is Action.DELETE:
+        return "deleted"
+    if change.action is Action.CREATE:
+        return "; ".join(f"{f.field} {', '.join(f.after.splitlines())}" for f in change.fields)
+    return "; ".join(field_text(f) for f in change.fields if f.before != f.after)
+
+
+def resource_label(change: ResourceChange) -> str:
+    """`firewall web-prod-web`."""
+    return f"{change.kind.replace('_', ' ')} {change.name}"
 
 
 def app_summary(plan: Plan) -> str:
@@ -185,6 +224,15 @@ def _disruptive(plan: Plan) -> list[Change]:
     return [c for c in plan.changes if c.disruptive]
 
 
+def _disruptive_resources(plan: Plan) -> list[str]:
+    """`network web-prod-private (web-1, web-2 replaced)` for each disruptive resource change."""
+    return [
+        f"{resource_label(r)} ({', '.join(r.servers)} touched)"
+        for r in plan.resources
+        if r.disruptive
+    ]
+
+
 # --- terminal ------------------------------------------------------------------------------
 
 
@@ -213,6 +261,22 @@ def render_text(plan: Plan, *, colour: bool = False) -> str:
         lines.extend(paint(f"      {reason}", "dim") for reason in change.reasons)
     if plan.changes:
         lines.append("")
+    if plan.resources:
+        lines.append(paint("Resources:", "bold"))
+        for r in plan.resources:
+            symbol = paint(f"{SYMBOLS[r.action]:>3}", COLOURS[r.action])
+            flag = "  " + paint("! disruptive", "red") if r.disruptive else ""
+            cost = (
+                "  " + money(r.monthly_delta, plan.currency, signed=True) + "/mo"
+                if r.monthly_delta
+                else ""
+            )
+            action = paint(f"{r.action:<9}", COLOURS[r.action])
+            lines.append(
+                f"{symbol} {resource_label(r)}  {action} {describe_resource(r)}{flag}{cost}"
+            )
+            lines.extend(paint(f"      {reason}", "dim") for reason in r.reasons)
+        lines.append("")
     if plan.exposures:
         lines.append(paint("Open to the whole Internet:", "bold"))
         lines.extend(_exposure_line(e, paint) for e in plan.exposures)
@@ -234,6 +298,9 @@ def render_text(plan: Plan, *, colour: bool = False) -> str:
         names = ", ".join(f"{c.server} ({harm(c)})" for c in disruptive[:10])
         more = f" and {len(disruptive) - 10} more" if len(disruptive) > 10 else ""
         lines.append(paint("Disruptive: ", "red") + names + more + ".")
+    touched = _disruptive_resources(plan)
+    if touched:
+        lines.append(paint("Disruptive resources: ", "red") + "; ".join(touched) + ".")
     lines.append(f"Monthly cost: {cost_line(plan)}.")
     lines.append(f"API calls: {_api_calls(plan)}.")
     return "\n".join(lines) + "\n"
@@ -334,7 +401,28 @@ def _markdown_head(plan: Plan) -> list[str]:
         more = f" and {len(disruptive) - 20} more" if len(disruptive) > 20 else ""
         word = "change" if len(disruptive) == 1 else "changes"
         lines += ["> [!WARNING]", f"> {len(disruptive)} disruptive {word}: {shown}{more}", ""]
+    touched = _disruptive_resources(plan)
+    if touched:
+        lines += ["> [!WARNING]", f"> Disruptive resource changes: {_md('; '.join(touched))}", ""]
     return lines
+
+
+def _resource_table(plan: Plan) -> list[str]:
+    rows = [
+        f"#### Resources: {len(plan.resources)} change{'s' if len(plan.resources) != 1 else ''}",
+        "",
+        "| | resource | action | what changes | why | monthly |",
+        "|---|---|---|---|---|---:|",
+    ]
+    for r in plan.resources:
+        flag = " ⚠️" if r.disruptive else ""
+        cost = money(r.monthly_delta, plan.currency, signed=True) if r.monthly_delta else ""
+        rows.append(
+            f"| `{SYMBOLS[r.action]}` | {_md(r.kind.replace('_', ' '))} `{_code(r.name)}` | "
+            f"{r.action}{flag} | {_md(describe_resource(r))} | {_md('; '.join(r.reasons))} "
+            f"| {cost} |"
+        )
+    return rows
 
 
 def _markdown_exposures(plan: Plan) -> list[str]:
@@ -379,6 +467,8 @@ def _sections(plan: Plan, budget: int) -> list[str]:
                 block = [f"{title} (continued)", "", *header]
             block.append(row)
         blocks.append("\n".join(block))
+    if plan.resources:
+        blocks.append("\n".join(_resource_table(plan)))
     blocks += _markdown_apps(plan, budget)
     blocks.append("\n".join(_markdown_tail(plan)))
     return blocks
@@ -586,6 +676,23 @@ def render_json(plan: Plan) -> dict[str, Any]:
                 "blocking": e.is_blocking,
             }
             for e in plan.exposures
+        ],
+        "resources": [
+            {
+                "action": str(r.action),
+                "kind": r.kind,
+                "name": r.name,
+                "disruptive": r.disruptive,
+                "servers": list(r.servers),
+                "reasons": list(r.reasons),
+                "fields": [
+                    {"field": f.field, "before": f.before, "after": f.after} for f in r.fields
+                ],
+                "monthly_before": round(r.monthly_before, 4),
+                "monthly_after": round(r.monthly_after, 4),
+                "monthly_delta": r.monthly_delta,
+            }
+            for r in plan.resources
         ],
         "apps": _json_apps(plan),
         "api_calls": {

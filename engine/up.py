@@ -487,6 +487,7 @@ def up(
     from engine.apps.deploy import check_environment, roll_fleet_apps
     from engine.apps.observe import observe_apps
     from engine.converge import converge
+    from engine.install.deploykey import ensure_deploy_key
     from engine.preview import fleet_digest, observe, plan_fleet, recorded
 
     started = time.monotonic()
@@ -503,11 +504,14 @@ def up(
                 state_dir=options.state_dir,
             )  # fmt: skip
 
+        keys = (*fleet.ssh.authorized_keys, ensure_deploy_key(options.state_dir, fleet.name))
+
         def plan_of(observed: Observed, apps: AppsObserved | None = None) -> Plan:
             return plan_fleet(
                 fleet, catalog, observed, install_hash=digest,
                 fleet_id=find_fleet_id(options.state_dir, fleet.name),
                 delete_orphans=options.delete_orphans, adopt=options.adopt, apps=apps,
+                engine_sources=site.sources, ssh_public_keys=keys,
             )  # fmt: skip
 
         observed = observe_now()
@@ -683,7 +687,8 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
         spec, options, out, f"engine destroy {spec}", tools=True, full=False
     ) as session:
         fleet, board, store = session.fleet, session.board, session.store
-        actual = session.backend.reader().read_servers()
+        reader = session.backend.reader()
+        actual = reader.read_servers()
         empty = dataclasses.replace(fleet, groups=())
         catalog = load_catalog(fleet.provider.name, options.state_dir)
         plan = diff_fleet(
@@ -697,6 +702,7 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
                 fleet_id=find_fleet_id(options.state_dir, fleet.name),
                 install_hash=recorded_digest(fleet, store.fleets.get(fleet.name)),
             ),
+            listed=reader.read_resources(actual),  # all of them go too
         )
         _show_plan(plan, board, out)
         if plan.is_blocked:  # another state directory's servers are never destroyed from here

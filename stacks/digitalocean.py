@@ -52,6 +52,8 @@ from stacks.common import (
     unique_keys,
     with_fleet_id,
 )
+from stacks.declared import DEFAULT_LB_SIZE, REGIONS
+from stacks.declared import DO_LB_PROTOCOLS as LB_PROTOCOLS
 from stacks.group import ServerGroup
 from stacks.inputs import StackInputs
 
@@ -60,15 +62,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import pulumi_digitalocean as do
 
-# DigitalOcean's regions in a fixed order: a network's range is cut in 16, one part per region
-# (at most a /16, DigitalOcean's largest VPC), so a region joining later never moves a VPC.
-REGIONS = (
-    "nyc1", "nyc2", "nyc3", "sfo1", "sfo2", "sfo3", "tor1", "atl1",
-    "ams2", "ams3", "lon1", "fra1", "sgp1", "blr1", "syd1", "ric1",
-)  # fmt: skip
-DEFAULT_LB_SIZE = "lb-small"
-# https passes TLS through to the droplets: the spec carries no certificate to end it with.
-LB_PROTOCOLS = {LbProtocol.TCP: "tcp", LbProtocol.HTTP: "http", LbProtocol.HTTPS: "https"}
 ALL_OUTBOUND = [
     do.FirewallOutboundRuleArgs(
         protocol="tcp", port_range="1-65535", destination_addresses=[*WORLD]

@@ -25,7 +25,6 @@ from engine.model import (
     Fleet,
     Image,
     ImageKind,
-    LbProtocol,
     LoadBalancer,
     fleet_resource_name,
 )
@@ -41,15 +40,10 @@ from stacks.common import (
     unique_keys,
     with_fleet_id,
 )
+from stacks.declared import DEFAULT_LB_TYPE, NETWORK_ZONES
+from stacks.declared import HCLOUD_LB_PROTOCOLS as LB_PROTOCOLS
 from stacks.group import ServerGroup
 from stacks.inputs import StackInputs
-
-# Hetzner's network zones in a fixed order: a network's range is cut in four, one part per
-# zone, so that a zone joining later never moves a subnet that servers sit in.
-NETWORK_ZONES = ("eu-central", "us-east", "us-west", "ap-southeast")
-DEFAULT_LB_TYPE = "lb11"
-# https passes TLS through to the servers (tcp): the spec carries no certificate to end it with.
-LB_PROTOCOLS = {LbProtocol.TCP: "tcp", LbProtocol.HTTP: "http", LbProtocol.HTTPS: "tcp"}
 
 Networks = dict[str, hcloud.Network]
 Subnets = dict[tuple[str, str], hcloud.NetworkSubnet]

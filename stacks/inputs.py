@@ -31,6 +31,10 @@ class StackInputs:
         state may still hold: dropped from it before the program runs, so they are made anew.
     fleet_id: the fleet's id (engine.tokens.ensure_fleet_id), on every resource that takes
         labels or tags.
+    refresh: what the plan changes in place (servers by name; other resources by their
+        logical names, a name also standing for its parts `name-...`): refreshed before the
+        program runs, so that Pulumi sees what was changed outside the engine and makes it
+        what the spec says (its state would otherwise say there is nothing to do).
     """
 
     fleet: Fleet
@@ -43,6 +47,7 @@ class StackInputs:
     adopted: Mapping[str, str] = field(default_factory=dict)
     gone: frozenset[str] = frozenset()
     fleet_id: str = ""
+    refresh: frozenset[str] = frozenset()
 
 
 def check_inputs(inputs: StackInputs) -> None:

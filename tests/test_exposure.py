@@ -114,5 +114,7 @@ def test_a_database_opened_to_the_world_is_caught_in_review_without_credentials(
         port="5432", sources=["0.0.0.0/0"], exposure="public", reason="a read replica for partners"
     )))  # fmt: skip
     meant = engine(*preview, *state, cwd=tmp_path)
-    assert meant.returncode == 0, meant.stdout  # a firewall rule alone: no server changes
+    # Not blocked any more; the rule itself is a change pending (its firewall is updated).
+    assert meant.returncode == 2, meant.stdout
+    assert "~ firewall shop-db  update    rules: tcp 5432 from 10.10.0.0/16 -> " in meant.stdout
     assert 'meant: "a read replica for partners"' in meant.stdout

@@ -9,8 +9,9 @@ import pty
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,6 +21,7 @@ from engine.model import Stage
 from engine.providers.local.dockerd import PrivateDaemon
 from engine.state import ServerRecord
 from engine.state.store import open_store
+from stacks.common import ssh_fingerprint, ssh_key_name
 from tests.fakes.digitalocean import FakeDigitalOcean
 from tests.fakes.hcloud import FakeHcloud
 from tests.support.cli import ROOT, engine
@@ -74,7 +76,8 @@ def test_against_ref_needs_no_credentials_and_shows_the_change(repo: Path) -> No
     for n in (1, 2, 3):
         assert f"  ~ web-{n}" in out
     assert "server_type: cx32 -> cx42" in out
-    assert "Plan: 1 to create, 3 to resize; 2 unchanged." in out
+    # web-4 joins the load balancer's targets too.
+    assert "Plan: 1 to create, 3 to resize; 2 unchanged; resources: 1 to update." in out
     assert not (repo / ".engine").exists()  # nothing written, no state store created
 
 
@@ -112,7 +115,8 @@ def test_markdown_and_json_formats(repo: Path) -> None:
     )
     assert markdown.returncode == 0
     assert markdown.stdout.startswith("<!-- fleet-engine-preview: specs/web.yaml part 1/1 -->")
-    assert "**1 to create; 5 unchanged**" in markdown.stdout
+    assert "**1 to create; 5 unchanged; resources: 1 to update**" in markdown.stdout
+    assert "| `~` | load balancer `web-prod-web` | update |" in markdown.stdout
     result = engine(
         "preview", "specs/web.yaml", "--against-ref", "main", "--format", "json", cwd=repo
     )
@@ -158,7 +162,7 @@ def test_a_spec_new_in_the_working_tree_is_all_creates(repo: Path) -> None:
     result = engine("preview", "specs/blog.yaml", "--against-ref", "main", cwd=repo)
     assert result.returncode == 0
     assert "specs/blog.yaml does not exist at main: every server is new" in result.stdout
-    assert "Plan: 5 to create; 0 unchanged." in result.stdout
+    assert "Plan: 5 to create; 0 unchanged; resources: 7 to create." in result.stdout
 
 
 def test_a_renamed_fleet_is_not_mistaken_for_the_old_one(repo: Path) -> None:
@@ -166,7 +170,7 @@ def test_a_renamed_fleet_is_not_mistaken_for_the_old_one(repo: Path) -> None:
     _write(repo / "specs" / "web.yaml", dict(spec, name="web-next"))
     result = engine("preview", "specs/web.yaml", "--against-ref", "main", cwd=repo)
     assert "at main this spec was fleet web-prod on hcloud" in result.stdout
-    assert "Plan: 5 to create; 0 unchanged." in result.stdout
+    assert "Plan: 5 to create; 0 unchanged; resources: 7 to create." in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -255,10 +259,26 @@ def _owned(name: str) -> dict[str, str]:
     }
 
 
+MARKS = {"fleet": "web-prod", "managed-by": "fleet-engine"}
+
+
 def _populate(fake: FakeHcloud) -> None:
-    fake.add_firewall("web-prod-web")
-    fake.add_firewall("web-prod-ssh-only")
-    fake.add_network("web-prod-private")
+    """The Hetzner example fleet as its run left it: firewalls (the engine's, whose rules a
+    preview without a recorded run does not know), the network and its subnet, the placement
+    group, the servers, the load balancer and the spec's key."""
+    fake.add_firewall("web-prod.engine", labels=MARKS)
+    fake.add_firewall("web-prod-web", labels=MARKS, rules=[
+        {"protocol": "tcp", "port": "443", "source_ips": ["0.0.0.0/0", "::/0"],
+         "description": "https"}])  # fmt: skip
+    fake.add_firewall("web-prod-ssh-only", labels=MARKS, rules=[
+        {"protocol": "tcp", "port": "22", "source_ips": ["203.0.113.0/24"],
+         "description": "office ssh"}])  # fmt: skip
+    fake.add_network(
+        "web-prod-private", "10.10.0.0/16", labels=MARKS, subnets=(("eu-central", "10.10.0.0/18"),)
+    )
+    fake.add_placement_group("web-prod-web", labels={**MARKS, "fleet-group": "web"})
+    (key,) = HETZNER["ssh"]["authorized_keys"]  # type: ignore[index]
+    fake.add_ssh_key(ssh_key_name("web-prod", key), ssh_fingerprint(key), key, labels=MARKS)
     for n, location in enumerate(("fsn1", "nbg1", "hel1"), start=1):
         fake.add_server(
             f"web-{n}",
@@ -276,6 +296,13 @@ def _populate(fake: FakeHcloud) -> None:
         location="fsn1",
         firewalls=("web-prod-ssh-only",),
         networks=("web-prod-private",),
+    )
+    fake.add_load_balancer(
+        "web-prod-web",
+        labels={**MARKS, "fleet-group": "web"},
+        services=(("tcp", 443, 443),),
+        targets=tuple(int(s["id"]) for s in fake.servers[:3]),
+        private=True,
     )
 
 
@@ -428,7 +455,7 @@ def test_digitalocean_preview_trusts_the_store_during_the_list_lag(tmp_path: Pat
         )  # fmt: skip
     assert "api-2 was created moments ago" in result.stdout, result.stdout + result.stderr
     assert "+ api-2" not in result.stdout
-    assert "Plan: 2 to adopt; 1 unchanged." in result.stdout
+    assert "Plan: 2 to adopt; 1 unchanged;" in result.stdout  # resources: not arranged here
 
 
 def test_the_state_store_can_be_postgresql_by_environment(
@@ -458,9 +485,10 @@ def test_the_state_store_can_be_postgresql_by_environment(
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Plan: no changes; 5 unchanged." in result.stdout
-    assert "API calls: 3 to read (GET /firewalls 1, GET /networks 1, GET /servers 1)" in (
-        result.stdout
-    )
+    assert (
+        "API calls: 6 to read (GET /firewalls 1, GET /load_balancers 1, GET /networks 1, "
+        "GET /placement_groups 1, GET /servers 1, GET /ssh_keys 1)"
+    ) in result.stdout
 
 
 # --- engine unlock ----------------------------------------------------------------------------
@@ -521,3 +549,83 @@ def test_preview_against_a_ref_imports_no_sdk(repo: Path) -> None:
         check=True,
     )
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+# --- resources besides servers, offline -----------------------------------------------------
+
+
+def _rule_to_office(spec: dict[str, Any]) -> None:
+    spec["firewalls"][0]["inbound"][0]["sources"] = ["198.51.100.0/24"]
+
+
+def _lb_type(spec: dict[str, Any]) -> None:
+    spec["load_balancers"][0]["type"] = (
+        "lb21" if spec["provider"]["name"] == "hcloud" else ("lb-medium")
+    )
+
+
+def _lb_service(spec: dict[str, Any]) -> None:
+    spec["load_balancers"][0]["services"].append({"listen": 80, "destination": 8080})
+
+
+def _network_range(spec: dict[str, Any]) -> None:
+    spec["networks"][0]["ip_range"] = "10.99.0.0/16"
+
+
+def _dns_ttl(spec: dict[str, Any]) -> None:
+    spec["dns"][0]["ttl"] = 600
+
+
+RESOURCE_EDITS = [
+    ("hetzner", _rule_to_office, "firewall", "web-prod-web", "update", "rules"),
+    ("hetzner", _lb_type, "load_balancer", "web-prod-web", "update", "type"),
+    ("hetzner", _lb_service, "load_balancer", "web-prod-web", "update", "services"),
+    ("hetzner", _network_range, "network", "web-prod-private", "replace", "ip_range"),
+    ("digitalocean", _rule_to_office, "firewall", "api-prod-https.api", "update", "rules"),
+    ("digitalocean", _lb_type, "load_balancer", "api-prod-api", "update", "type"),
+    ("digitalocean", _lb_service, "load_balancer", "api-prod-api", "update", "services"),
+    ("digitalocean", _network_range, "network", "api-prod-vpc.fra1", "replace", "ip_range"),
+    ("digitalocean", _dns_ttl, "dns_record", "A api-1.api.example.com", "update", "ttl"),
+]
+
+
+@pytest.mark.parametrize(
+    ("example", "edit", "kind", "name", "action", "field"),
+    RESOURCE_EDITS,
+    ids=[f"{case[0]}-{case[1].__name__.strip('_')}" for case in RESOURCE_EDITS],
+)
+def test_a_resource_edit_shows_with_its_kind_offline_and_is_a_pending_change(
+    tmp_path: Path,
+    example: str,
+    edit: Callable[[dict[str, Any]], None],
+    kind: str,
+    name: str,
+    action: str,
+    field: str,
+) -> None:
+    spec = yaml.safe_load((ROOT / "specs" / f"{example}.yaml").read_text())
+    _git(tmp_path, "init", "-q", "-b", "main")
+    _write(tmp_path / "fleet.yaml", spec)
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "fleet")
+    edit(spec)
+    _write(tmp_path / "fleet.yaml", spec)
+    args = ("preview", "fleet.yaml", "--against-ref", "main", "--detailed-exitcode")
+    text = engine(*args, cwd=tmp_path, env={"HOME": str(tmp_path)})
+    assert text.returncode == 2, text.stdout + text.stderr
+    shown = f"{kind.replace('_', ' ')} {name}  {action}"
+    assert shown in text.stdout and f"{field}: " in text.stdout, text.stdout
+    if (example, kind) == ("digitalocean", "network"):  # droplets move with their VPC
+        assert "Plan: 3 to replace; 0 unchanged; resources: 2 to replace." in text.stdout
+    else:
+        assert "Plan: no changes;" in text.stdout  # no server changes, yet changes pending
+    document = json.loads(engine(*args, "--format", "json", cwd=tmp_path).stdout)
+    Draft202012Validator(SCHEMA).validate(document)
+    assert document["summary"]["has_changes"] is True
+    changed = {(r["kind"], r["name"]): r for r in document["resources"]}
+    found = changed[kind, name]
+    assert found["action"] == action and field in [f["field"] for f in found["fields"]]
+    if action == "replace":  # a new range: the servers in it are named
+        assert found["disruptive"] and found["servers"], found
+    else:
+        assert not found["disruptive"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,16 @@ from engine.providers.cloud.pulumi_runner import (
     check_passphrase,
     destroy,
     failure_message,
+    pending_creates,
+    plugin_version,
     preview,
     pulumi_root,
     refuse_gevent,
+    server_names,
     server_outputs,
     server_urns,
     up,
+    urns_named,
 )
 from engine.secrets import register_secret
 from tests.stacks.harness import TOKEN, fleet_from, stack_inputs
@@ -255,3 +260,76 @@ def test_the_servers_deleted_outside_are_found_in_the_exported_state_by_name() -
     urns = server_urns(deployment, frozenset({"web-1", "api-1", "web-9"}))
     assert urns == [f"{stack}{group}{server}::web-1", f"{stack}{group}{droplet}::api-1"]
     assert server_urns({}, frozenset({"web-1"})) == []
+    assert server_names(deployment) == ["web-1", "web-2", "api-1"]
+
+
+def test_creates_a_dead_run_left_pending_are_found_in_the_exported_state() -> None:
+    web_1 = "urn:pulumi:web-prod::fleet-engine::hcloud:index/server:Server::web-1"
+    deployment = {
+        "resources": [],
+        "pending_operations": [
+            {"resource": {"urn": web_1, "type": "hcloud:index/server:Server"}, "type": "creating"},
+            {"resource": {"urn": "urn:x", "type": "t"}, "type": "updating"},
+        ],
+    }
+    assert pending_creates(deployment) == [web_1]
+    assert pending_creates({"resources": []}) == []
+
+
+def _fake_cli(folder: Path, version: str, plugin: str = "exit 0") -> None:
+    """A `pulumi` that says it is `version` and answers `plugin install` with `plugin`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    binary = folder / "pulumi"
+    binary.write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in\n  *"plugin install"*) {plugin};;\n  *version) echo {version};;\n'
+        '  *) echo "unexpected: $*" >&2; exit 3;;\nesac\n'
+    )
+    binary.chmod(0o755)
+
+
+def test_an_older_pulumi_cli_is_refused_with_the_version_needed(
+    no_cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_cli(tmp_path / "bin", "v3.150.0")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    with pytest.raises(EngineError) as caught:
+        up(stack_inputs(fleet_from("specs/hetzner.yaml")), token=TOKEN, state_dir=no_cli)
+    message = str(caught.value)
+    assert "3.150.0" in message and "Pulumi CLI 3.181.0 or newer" in message
+    assert "get.pulumi.com" in message and TOKEN not in message
+
+
+def test_a_provider_plugin_that_cannot_be_downloaded_is_one_clear_line(
+    no_cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offline = (
+        'echo "error: could not get plugin: dial tcp: lookup api.github.com: no such host" >&2; '
+        "exit 255"
+    )
+    _fake_cli(tmp_path / "bin", "v3.272.0", offline)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    wanted = plugin_version("digitalocean")
+    assert wanted == "v" + version("pulumi_digitalocean")
+    with pytest.raises(EngineError) as caught:
+        preview(stack_inputs(fleet_from("specs/digitalocean.yaml")), token=TOKEN, state_dir=no_cli)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"the Pulumi plugin digitalocean {wanted}" in message
+    assert "lookup api.github.com: no such host" in message
+    assert f"`pulumi plugin install resource digitalocean {wanted}`" in message
+
+
+def test_what_the_plan_changes_in_place_is_found_in_the_exported_state_by_logical_name() -> None:
+    stack = "urn:pulumi:web-prod::fleet-engine::"
+    held = [
+        "hcloud:index/loadBalancer:LoadBalancer::lb-web",
+        "hcloud:index/loadBalancerService:LoadBalancerService::lb-web-443",
+        "hcloud:index/loadBalancer:LoadBalancer::lb-webby",
+        "hcloud:index/firewall:Firewall::firewall.lb-web",
+        "fleet-engine:stacks:ServerGroup$hcloud:index/server:Server::web-1",
+    ]
+    deployment = {"resources": [{"urn": stack + urn, "type": "t"} for urn in held]}
+    found = urns_named(deployment, frozenset({"lb-web", "firewall.lb-web", "web-1"}))
+    assert found == [stack + held[0], stack + held[1], stack + held[3], stack + held[4]]
+    assert urns_named({}, frozenset({"lb-web"})) == []

@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from engine.catalog import load_catalog
 from engine.diff import DiffOptions, diff_fleet
 from engine.model import Image, ImageKind
-from engine.plan import Plan
+from engine.plan import Action, FieldChange, Plan, ResourceChange
 from engine.render import MARKDOWN_LIMIT, render_json, render_markdown, render_text
 from engine.spec import parse_spec
 from tests.diff.model import digest_of
@@ -206,3 +206,54 @@ def test_json_of_a_big_plan_is_valid_and_plain() -> None:
     document = render_json(_big_plan(groups=2, per_group=50))
     Draft202012Validator(SCHEMA).validate(document)
     assert all(isinstance(v, str | int | float | bool | type(None)) for v in _walk(document))
+
+
+def test_resource_changes_show_in_every_format_with_their_kind() -> None:
+    plan = dataclasses.replace(
+        _plan("create_all"),
+        resources=(
+            ResourceChange(
+                action=Action.UPDATE,
+                kind="firewall",
+                name="web-prod-web",
+                reasons=("rules differ",),
+                fields=(
+                    FieldChange(
+                        field="rules",
+                        before="tcp 22 from 0.0.0.0/0\ntcp 443 from 0.0.0.0/0",
+                        after="tcp 22 from 203.0.113.0/24\ntcp 443 from 0.0.0.0/0",
+                    ),
+                ),
+            ),
+            ResourceChange(
+                action=Action.REPLACE,
+                kind="network",
+                name="api-prod-vpc.fra1",
+                reasons=("ip_range cannot change in place: it is made anew",),
+                fields=(FieldChange(field="ip_range", before="10.20.0.0/20", after="10.9.0.0/20"),),
+                disruptive=True,
+                servers=("api-1", "worker-1"),
+            ),
+        ),
+    )
+    text = render_text(plan)
+    assert (
+        "  ~ firewall web-prod-web  update    "
+        "rules: - tcp 22 from 0.0.0.0/0; + tcp 22 from 203.0.113.0/24"
+    ) in text
+    assert "-/+ network api-prod-vpc.fra1  replace   ip_range: 10.20.0.0/20 -> 10.9.0.0/20" in text
+    assert "; resources: 1 to update, 1 to replace." in text
+    assert "Disruptive resources: network api-prod-vpc.fra1 (api-1, worker-1 touched)." in text
+    (markdown,) = render_markdown(plan)
+    assert "#### Resources: 2 changes" in markdown
+    assert "| `-/+` | network `api-prod-vpc.fra1` | replace ⚠️ |" in markdown
+    assert "Disruptive resource changes: network api-prod-vpc.fra1 (api-1, worker-1 touched)" in (
+        markdown
+    )
+    document = render_json(plan)
+    Draft202012Validator(SCHEMA).validate(document)
+    assert [(r["kind"], r["action"], r["servers"]) for r in document["resources"]] == [
+        ("firewall", "update", []),
+        ("network", "replace", ["api-1", "worker-1"]),
+    ]
+    assert document["summary"]["has_changes"] is True

@@ -73,7 +73,7 @@ def test_the_script_previews_each_changed_spec_without_credentials(tmp_path: Pat
         "<!-- fleet-engine-preview: specs/web.yaml part 1/1 -->",
     ]
     blog, broken, web = bodies
-    assert "**5 to create; 0 unchanged**" in blog
+    assert "**5 to create; 0 unchanged; resources: 7 to create**" in blog
     assert "❌ the preview failed" in broken and "error[missing_key]" in broken
     assert "**1 to create; 5 unchanged**" in web and "`worker-3`" in web
     assert not list((tmp_path / "out").glob("*.txt"))

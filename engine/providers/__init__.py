@@ -1,8 +1,11 @@
 """The providers: Hetzner Cloud, DigitalOcean and the local Docker provider, one folder each.
 
 This module is what the pure core knows of them: `ActualServer`, one server as its provider
-reports it, which the diff compares with the spec. It imports no SDK and does no I/O, so the
-diff, the plan and its rendering import it freely. The rest of the package, bottom to top:
+reports it, and `CloudResource`, one firewall, network, load balancer, DNS record, placement
+group or SSH key in the one shape both the spec's side (stacks.declared) and the provider's
+side (each reader's `read_resources`) are put in, which the diff compares. It imports no
+SDK and does no I/O, so the diff, the plan and its rendering import it freely. The rest of
+the package, bottom to top:
 
     seam.py       what the orchestrator and the control plane drive a provider through:
                   Backend, InventoryReader, Provisioner, and the run types (Site, RunOptions,
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from enum import StrEnum
 
 from engine.model import LABEL_FLEET_ID, LABEL_SERVER, Image, Labels
 
@@ -84,3 +88,45 @@ class InventoryPage:
 
     servers: tuple[ActualServer, ...]
     next_page: int | None
+
+
+class ResourceKind(StrEnum):
+    """The kinds of resource besides servers that a fleet declares."""
+
+    FIREWALL = "firewall"
+    NETWORK = "network"
+    LOAD_BALANCER = "load_balancer"
+    DNS_RECORD = "dns_record"
+    PLACEMENT_GROUP = "placement_group"
+    SSH_KEY = "ssh_key"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloudResource:
+    """A resource other than a server, as the spec declares it or as its provider lists it.
+
+    `name` is its name at the provider (engine.providers.naming); `properties` are what the
+    diff compares, each as text (`rules`, `ip_range`, `services`...), in the same words on
+    both sides. The declared side also says what the provider cannot change in place
+    (`fixed`: a change there makes the resource anew), which servers hang on it (`servers`:
+    named when a change disrupts them) and what a replacement does to them (`on_replace`;
+    `replaces_servers`: they are made anew with it, as droplets are with their VPC),
+    and the Pulumi resources the program declares for it (`logical`: names, or prefixes of
+    its parts' names). A listed resource the fleet does not own (a key uploaded by someone
+    else, reused by fingerprint) has `owned` False: it is compared, never deleted.
+    """
+
+    kind: ResourceKind
+    name: str
+    properties: tuple[tuple[str, str], ...]
+    fixed: tuple[str, ...] = ()
+    servers: tuple[str, ...] = ()
+    on_replace: str = ""
+    replaces_servers: bool = False
+    logical: tuple[str, ...] = ()
+    provider_id: str = ""
+    owned: bool = True
+
+    def value(self, key: str) -> str:
+        """One property's text ("" when it has none)."""
+        return dict(self.properties).get(key, "")

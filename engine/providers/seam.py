@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from engine.model import Fleet, ProviderName, Server
-from engine.plan import Change, Plan
-from engine.providers import ActualServer, InventoryPage
+from engine.plan import Change, Plan, Problem
+from engine.providers import ActualServer, CloudResource, InventoryPage
 from engine.providers.retry import ApiCalls
 from engine.state import FleetSettings, ServerRecord
 
@@ -96,6 +96,19 @@ class InventoryReader(Protocol):
 
     def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
         """Servers not owned by the fleet whose names are in `names` (name collisions)."""
+        ...
+
+    def read_resources(self, servers: Sequence[ActualServer]) -> tuple[CloudResource, ...]:
+        """The fleet's resources besides servers (firewalls, networks, load balancers, DNS
+        records, placement groups, SSH keys), read with list calls by its labels, tags or
+        names, in the words stacks.declared uses; `servers` are its servers as just read
+        (targets and DNS records are told by them). None where the provider has none."""
+        ...
+
+    def read_prerequisites(self) -> tuple[Problem, ...]:
+        """What the spec names that must exist at the provider before anything is made (a
+        DigitalOcean project, the domains its DNS records go in), each missing one a problem
+        that blocks the plan; none where there is nothing to check."""
         ...
 
     def read_page(self, page: int) -> InventoryPage:

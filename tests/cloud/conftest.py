@@ -23,6 +23,7 @@ def world(
     pulumi = ProgramUnderMocks(fake, cloud.answers, cloud.list_on)
     monkeypatch.setattr(pulumi_runner, "check_ready", lambda: None)
     monkeypatch.setattr(pulumi_runner, "up", pulumi.up)
+    monkeypatch.setattr(pulumi_runner, "preview", pulumi.preview)
     monkeypatch.setattr(pulumi_runner, "destroy", pulumi.destroy)
     monkeypatch.setenv(TOKEN_ENV[request.param], fake.token)
     with serve(fake.app()) as base:

@@ -212,6 +212,7 @@ def test_another_state_directorys_servers_are_refused_then_taken_over_with_adopt
     mine = dataclasses.replace(world, state_dir=tmp_path / "another-state")
     second = ProgramUnderMocks(world.fake, CLOUDS[world.provider].answers, world.pulumi.list_on)
     monkeypatch.setattr(pulumi_runner, "up", second.up)
+    monkeypatch.setattr(pulumi_runner, "preview", second.preview)  # its own stack
     refused = plan(mine)
     (problem,) = refused.problems
     assert problem.code == "owned_elsewhere" and refused.changes == ()

@@ -217,6 +217,12 @@ def test_destroy_runs_the_program_destroy_and_forgets_the_fleet(world: World) ->
     out = io.StringIO()
     assert destroy(world.spec, world.options(), out, lambda _: False) == 0
     assert world.pulumi.destroys == 1
+    (shown,) = [json.loads(line)["plan"] for line in out.getvalue().splitlines()
+                if json.loads(line)["event"] == "plan"]  # fmt: skip
+    # The plan names every resource that goes, besides the servers.
+    kinds = {r["kind"] for r in shown["resources"]}
+    assert {"firewall", "network", "load_balancer", "ssh_key"} <= kinds
+    assert {r["action"] for r in shown["resources"]} == {"delete"}
     with world.store() as store:
         assert store.servers.all(world.fleet) == () and store.fleets.get(world.fleet) is None
         assert store.locks.all() == ()

@@ -10,6 +10,7 @@ tokens and user_data, the control plane on loopback.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Callable
@@ -20,7 +21,13 @@ from typing import Any
 import yaml
 
 from engine.errors import EngineError
-from engine.providers.cloud.pulumi_runner import Progress, ResourceStep, RunResult, server_outputs
+from engine.providers.cloud.pulumi_runner import (
+    SERVER_TYPES,
+    Progress,
+    ResourceStep,
+    RunResult,
+    server_outputs,
+)
 from engine.providers.seam import RunOptions
 from engine.state.store import Store, open_store
 from engine.up import up
@@ -28,13 +35,23 @@ from stacks.inputs import StackInputs
 from tests.fakes.digitalocean import FakeDigitalOcean
 from tests.fakes.hcloud import FakeHcloud
 from tests.stacks import test_digitalocean, test_hcloud
-from tests.stacks.harness import Answers, Run, run_program
+from tests.stacks.harness import Answers, Declared, Run, run_program
 from tests.stacks.listed import list_on_digitalocean, list_on_hcloud
 
 TOKEN_ENV = {"hcloud": "HCLOUD_TOKEN", "digitalocean": "DIGITALOCEAN_TOKEN"}
 
 
-HELD = ("servers", "droplets", "firewalls", "networks", "placement_groups", "vpcs")
+HELD = (
+    "servers",
+    "droplets",
+    "firewalls",
+    "networks",
+    "placement_groups",
+    "vpcs",
+    "load_balancers",
+    "ssh_keys",
+    "domain_records",
+)
 SERVERS = ("servers", "droplets")
 
 
@@ -51,7 +68,21 @@ class ProgramUnderMocks:
     outside) stays gone after a run, as Pulumi believes its state, unless the run is told it is
     gone (`StackInputs.gone`, which the real runner refreshes out of the state first).
     `fail_next` makes the next run fail before it changes anything, as a provider refusing a
-    create fails `pulumi up`."""
+    create fails `pulumi up`.
+
+    `preview` is Pulumi's plan of the same program against the state the last run left: a
+    resource the state lacks is created (imported when the program says `import`), one it
+    holds but the program no longer declares is deleted, one whose inputs differ (but those
+    it ignores) is updated, or replaced when a property its provider cannot change in place
+    differs (FORCES, after the providers' schemas); `replace_next` makes the next preview
+    replace a resource by name, forced by the given property, as drift would.
+
+    A crash is modelled too: `crash_next` makes the next run die after the provider made its
+    new servers but before the state recorded them (they are pending creates, as Pulumi's
+    checkpoint leaves them); the next run clears them (as `pulumi_runner.recovered` does) and
+    creates what the program declares anew unless it is imported: on Hetzner a second server
+    of a name in use is refused (409 `uniqueness_error`), on DigitalOcean it is a second
+    droplet."""
 
     fake: Any
     answers: Answers
@@ -61,6 +92,53 @@ class ProgramUnderMocks:
     held: set[tuple[str, str]] = field(default_factory=set)
     urns: set[str] = field(default_factory=set)
     fail_next: str = ""
+    state: dict[str, Declared] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)
+    crash_next: bool = False
+    replace_next: dict[str, str] = field(default_factory=dict)
+    previews: list[RunResult] = field(default_factory=list)
+
+    def _fitted(self, inputs: StackInputs) -> StackInputs:
+        """`inputs` as the runner fits them to the state: pending creates cleared, servers
+        the state holds not imported again."""
+        self.pending.clear()
+        held = {d.name for d in self.state.values() if d.type in SERVER_TYPES}
+        adopted = {n: i for n, i in inputs.adopted.items() if n not in held}
+        return dataclasses.replace(inputs, adopted=adopted)
+
+    def preview(
+        self, inputs: StackInputs, *, on_progress: Progress | None = None, **_: Any
+    ) -> RunResult:
+        inputs = self._fitted(inputs)
+        run = run_program(inputs, self.answers)
+        present = {str(i["id"]) for items in self._items().values() for i in items}
+        steps = []
+        for resource in run.resources:
+            old = self.state.get(resource.urn)
+            if old is not None and old.type in SERVER_TYPES and old.id not in present:
+                old = None if resource.name in inputs.gone else old  # refreshed out
+            op, keys, diffs = _step(resource, old)
+            if resource.name in self.replace_next:
+                op, keys = "replace", (self.replace_next.pop(resource.name),)
+            steps.append(ResourceStep(urn=resource.urn, type=resource.type, name=resource.name,
+                                      op=op, status="planned", keys=keys, diffs=diffs))  # fmt: skip
+        declared = {r.urn for r in run.resources}
+        steps += [
+            ResourceStep(urn=urn, type=old.type, name=old.name, op="delete", status="planned")
+            for urn, old in self.state.items()
+            if urn not in declared
+        ]
+        for step in steps:
+            if on_progress is not None:
+                on_progress(step)
+        counts: dict[str, int] = {}
+        for step in steps:
+            counts[step.op] = counts.get(step.op, 0) + 1
+        result = RunResult(
+            action="preview", resources=tuple(steps), counts=tuple(sorted(counts.items()))
+        )
+        self.previews.append(result)
+        return result
 
     def _items(self) -> dict[str, list[dict[str, Any]]]:
         return {name: getattr(self.fake, name) for name in HELD if hasattr(self.fake, name)}
@@ -77,10 +155,12 @@ class ProgramUnderMocks:
         if self.fail_next:
             message, self.fail_next = self.fail_next, ""
             raise EngineError(f"pulumi up of fleet {inputs.fleet.name} failed:\n{message}")
+        inputs = self._fitted(inputs)
         present = {(name, str(i["id"])) for name, items in self._items().items() for i in items}
         # Held in the state, gone at the provider: Pulumi still believes in them.
         lost = {key for key in self.held if key[0] in SERVERS and key not in present}
         run = run_program(inputs, self.answers)
+        made = self._imported_or_refused(run)
         for resource in run.resources:
             op = "same" if resource.urn in self.urns else "create"
             if on_progress is not None:
@@ -92,6 +172,16 @@ class ProgramUnderMocks:
         self.list_on(run, self.fake)
         after = {(name, str(i["id"])) for name, items in self._items().items() for i in items}
         self.held = after - before
+        self.state = {resource.urn: resource for resource in run.resources}
+        if self.crash_next:
+            self.crash_next = False
+            for resource in made:
+                self.pending.add(resource.urn)
+                self.urns.discard(resource.urn)
+                del self.state[resource.urn]
+                kind = next(k for k in SERVERS if hasattr(self.fake, k))
+                self.held.discard((kind, resource.id))
+            raise EngineError(f"the engine died while Pulumi created {len(made)} servers")
         for kind, server_id in lost:
             items = getattr(self.fake, kind)
             believed = [
@@ -100,11 +190,81 @@ class ProgramUnderMocks:
             setattr(self.fake, kind, [i for i in items if i not in believed])
         return RunResult(action="up", resources=(), counts=(), servers=server_outputs(run.outputs))
 
+    def _imported_or_refused(self, run: Run) -> list[Declared]:
+        """The servers this run makes anew. An imported one is the provider's, now held;
+        one made anew under a name a server the state does not hold has is refused on
+        Hetzner (409), made a second time on DigitalOcean."""
+        kind = next(k for k in SERVERS if hasattr(self.fake, k))
+        made = []
+        for server in run.resources:
+            if server.type not in SERVER_TYPES or server.urn in self.state:
+                continue
+            if server.import_id:
+                self.held.add((kind, server.import_id))  # listed again from the program
+                continue
+            taken = [
+                i for i in getattr(self.fake, kind)
+                if i["name"] == server.name and (kind, str(i["id"])) not in self.held
+            ]  # fmt: skip
+            if taken and kind == "servers":
+                raise EngineError(
+                    f"pulumi up of fleet {run_fleet(run)} failed:\nhcloud: server name is "
+                    f"already used (uniqueness_error, 409): {server.name}"
+                )
+            made.append(server)
+        return made
+
     def destroy(self, *_: Any, **__: Any) -> RunResult:
         self.destroys += 1
         self.clear()
         self.urns.clear()
+        self.state.clear()
         return RunResult(action="destroy", resources=(), counts=())
+
+
+# What each provider's Pulumi schema cannot change in place (camelCase, as inputs arrive).
+FORCES = {
+    "hcloud:index/server:Server": {"location", "image", "userData", "sshKeys"},
+    "hcloud:index/network:Network": {"ipRange"},
+    "hcloud:index/networkSubnet:NetworkSubnet": {"ipRange", "networkZone", "networkId", "type"},
+    "hcloud:index/loadBalancer:LoadBalancer": {"location"},
+    "hcloud:index/loadBalancerService:LoadBalancerService": {"loadBalancerId", "listenPort"},
+    "hcloud:index/loadBalancerTarget:LoadBalancerTarget": {"loadBalancerId", "serverId"},
+    "hcloud:index/placementGroup:PlacementGroup": {"type"},
+    "hcloud:index/sshKey:SshKey": {"publicKey"},
+    "digitalocean:index/droplet:Droplet": {"region", "image", "userData", "sshKeys", "vpcUuid"},
+    "digitalocean:index/vpc:Vpc": {"ipRange", "region"},
+    "digitalocean:index/loadBalancer:LoadBalancer": {"region", "vpcUuid"},
+    "digitalocean:index/dnsRecord:DnsRecord": {"domain", "type"},
+    "digitalocean:index/sshKey:SshKey": {"publicKey"},
+}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _step(resource: Declared, old: Declared | None) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """Pulumi's op for `resource` against what the state holds of it, with the properties
+    that force a replacement and those that differ."""
+    if old is None:
+        return ("import" if resource.import_id else "create"), (), ()
+    ignored = {_camel(name) for name in resource.ignore_changes}
+    diffs = tuple(
+        key
+        for key in sorted(resource.inputs.keys() | old.inputs.keys())
+        if key not in ignored and resource.inputs.get(key) != old.inputs.get(key)
+    )
+    keys = tuple(key for key in diffs if key in FORCES.get(resource.type, ()))
+    if keys:
+        return "replace", keys, diffs
+    return ("update" if diffs else "same"), (), diffs
+
+
+def run_fleet(run: Run) -> str:
+    """The fleet a program run declared (its components carry it)."""
+    return next(str(r.inputs.get("fleet", "")) for r in run.resources if "fleet" in r.inputs)
 
 
 @dataclass(frozen=True)

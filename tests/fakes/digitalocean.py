@@ -62,6 +62,14 @@ class FakeDigitalOcean(FakeApi):
     droplets: list[dict[str, Any]] = field(default_factory=list)
     firewalls: list[dict[str, Any]] = field(default_factory=list)
     vpcs: list[dict[str, Any]] = field(default_factory=list)
+    load_balancers: list[dict[str, Any]] = field(default_factory=list)
+    ssh_keys: list[dict[str, Any]] = field(default_factory=list)
+    # Records of the account's domains, as `GET /v2/domains/{zone}/records` lists them, each
+    # with the `zone` it is in (which the API does not show).
+    domain_records: list[dict[str, Any]] = field(default_factory=list)
+    # The domains and the projects the account holds (the example spec's).
+    zones: set[str] = field(default_factory=lambda: {"example.com"})
+    projects: list[str] = field(default_factory=lambda: ["first-project", "api"])
     unlisted: set[int] = field(default_factory=set)
     actions: dict[int, FakeAction] = field(default_factory=dict)
     action_script: ActionScript = field(default_factory=ActionScript)
@@ -113,14 +121,104 @@ class FakeDigitalOcean(FakeApi):
             "created_at": "2026-01-01T00:00:00Z",
         }
 
-    def add_vpc(self, name: str, region: str) -> dict[str, Any]:
+    def add_vpc(
+        self, name: str, region: str, *, ip_range: str = "10.110.0.0/20", description: str = ""
+    ) -> dict[str, Any]:
         vpc = self._vpc(name, region)
+        vpc.update(ip_range=ip_range, description=description)
         self.vpcs.append(vpc)
         return vpc
 
-    def add_firewall(
-        self, name: str, *, droplet_ids: tuple[int, ...] = (), tags: tuple[str, ...] = ()
+    def add_load_balancer(
+        self,
+        name: str,
+        *,
+        size: str = "lb-small",
+        region: str = "fra1",
+        rules: tuple[dict[str, Any], ...] = (),
+        droplet_ids: tuple[int, ...] = (),
+        health_check: tuple[str, int] = ("tcp", 80),
+        vpc_uuid: str | None = None,
     ) -> dict[str, Any]:
+        """A load balancer as `GET /v2/load_balancers` lists it; each forwarding rule
+        `{entry_protocol, entry_port, target_protocol, target_port, tls_passthrough}`."""
+        lb_id = f"4de7ac8b-495b-4884-9a69-{self.next_id():012d}"
+        protocol, port = health_check
+        balancer = {
+            "id": lb_id,
+            "name": name,
+            "ip": "104.131.186.241",
+            "size_unit": 1,
+            "size": size,
+            "algorithm": "round_robin",
+            "status": "active",
+            "created_at": "2026-01-01T00:00:00Z",
+            "forwarding_rules": [
+                {"certificate_id": "", "tls_passthrough": False, **rule} for rule in rules
+            ],
+            "health_check": {
+                "protocol": protocol,
+                "port": port,
+                "path": "",
+                "check_interval_seconds": 10,
+                "response_timeout_seconds": 5,
+                "healthy_threshold": 5,
+                "unhealthy_threshold": 3,
+            },
+            "sticky_sessions": {"type": "none"},
+            "region": {"name": region.upper(), "slug": region, "available": True},
+            "tag": "",
+            "droplet_ids": list(droplet_ids),
+            "redirect_http_to_https": False,
+            "enable_proxy_protocol": False,
+            "enable_backend_keepalive": False,
+            "vpc_uuid": vpc_uuid
+            or next(v["id"] for v in self.vpcs if v["default"] and v["region"] == region),
+        }
+        self.load_balancers.append(balancer)
+        return balancer
+
+    def add_domain_record(
+        self, zone: str, name: str, *, record_type: str = "A", data: str, ttl: int = 1800
+    ) -> dict[str, Any]:
+        """A record of a domain the account holds (a domain with records exists)."""
+        record = {
+            "zone": zone,
+            "id": self.next_id(),
+            "type": record_type,
+            "name": name,
+            "data": data,
+            "priority": None,
+            "port": None,
+            "ttl": ttl,
+            "weight": None,
+            "flags": None,
+            "tag": None,
+        }
+        self.domain_records.append(record)
+        return record
+
+    def add_ssh_key(self, name: str, fingerprint: str, public_key: str) -> dict[str, Any]:
+        """An SSH key as `GET /v2/account/keys` lists it."""
+        key = {
+            "id": self.next_id(),
+            "fingerprint": fingerprint,
+            "public_key": public_key,
+            "name": name,
+        }
+        self.ssh_keys.append(key)
+        return key
+
+    def add_firewall(
+        self,
+        name: str,
+        *,
+        droplet_ids: tuple[int, ...] = (),
+        tags: tuple[str, ...] = (),
+        inbound: tuple[tuple[str, str, tuple[str, ...]], ...] = (),
+    ) -> dict[str, Any]:
+        """A firewall as `GET /v2/firewalls` lists it; inbound rules (protocol, ports,
+        source addresses), ports "0" for every port."""
         firewall = {
             "id": f"bb4b2611-3d72-467b-8602-{self.next_id():012d}",
             "status": "succeeded",
@@ -129,7 +227,10 @@ class FakeDigitalOcean(FakeApi):
             "name": name,
             "droplet_ids": list(droplet_ids),
             "tags": list(tags),
-            "inbound_rules": [],
+            "inbound_rules": [
+                {"protocol": protocol, "ports": ports, "sources": {"addresses": list(sources)}}
+                for protocol, ports, sources in inbound
+            ],
             "outbound_rules": [],
         }
         self.firewalls.append(firewall)
@@ -369,10 +470,49 @@ class FakeDigitalOcean(FakeApi):
 
             return endpoint
 
-        keys = ("regions", "sizes", "images", "droplets", "firewalls", "vpcs")
+        async def records(request: Request) -> JSONResponse:
+            zone = request.path_params["zone"]
+            if zone not in self.zones:
+                return self.error(
+                    404, "not_found", "The resource you requested could not be found."
+                )
+            held = [r for r in self.domain_records if r["zone"] == zone]
+            shown = [{k: v for k, v in r.items() if k != "zone"} for r in held]
+            return await self._list(request, "domain_records", shown)
+
+        async def keys_of_account(request: Request) -> JSONResponse:
+            return await self._list(request, "ssh_keys", self.ssh_keys)
+
+        async def domains(request: Request) -> JSONResponse:
+            held = [{"name": zone, "ttl": 1800, "zone_file": ""} for zone in sorted(self.zones)]
+            return await self._list(request, "domains", held)
+
+        async def projects(request: Request) -> JSONResponse:
+            held = [
+                {
+                    "id": f"4e1bfbc3-dc3e-41f2-a18f-{n:012d}",
+                    "owner_uuid": "99525febec065ca37b2ffe4f852fd2b2581895e7",
+                    "owner_id": 258992,
+                    "name": name,
+                    "description": "",
+                    "purpose": "Web Application",
+                    "environment": "Production",
+                    "created_at": "2026-01-01T00:00:00Z",
+                    "updated_at": "2026-01-01T00:00:00Z",
+                    "is_default": n == 0,
+                }
+                for n, name in enumerate(self.projects)
+            ]
+            return await self._list(request, "projects", held)
+
+        keys = ("regions", "sizes", "images", "droplets", "firewalls", "vpcs", "load_balancers")
         return Starlette(
             routes=[
                 *(Route(f"/v2/{key}", lister(key)) for key in keys),
+                Route("/v2/domains/{zone}/records", records),
+                Route("/v2/account/keys", keys_of_account),
+                Route("/v2/domains", domains),
+                Route("/v2/projects", projects),
                 Route("/v2/droplets/{id:int}/actions", self._droplet_action, methods=["POST"]),
                 Route("/v2/droplets/{id:int}", self._delete_droplet, methods=["DELETE"]),
                 Route("/v2/actions/{id:int}", self._get_action),

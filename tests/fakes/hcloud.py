@@ -21,6 +21,7 @@ exercise retries.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import time
@@ -154,6 +155,8 @@ class FakeHcloud(FakeApi):
     firewalls: list[dict[str, Any]] = field(default_factory=list)
     networks: list[dict[str, Any]] = field(default_factory=list)
     placement_groups: list[dict[str, Any]] = field(default_factory=list)
+    load_balancers: list[dict[str, Any]] = field(default_factory=list)
+    ssh_keys: list[dict[str, Any]] = field(default_factory=list)
     actions: dict[int, FakeAction] = field(default_factory=dict)
     action_script: ActionScript = field(default_factory=ActionScript)
     # (server id, command, request body) of every server action asked for.
@@ -208,39 +211,169 @@ class FakeHcloud(FakeApi):
                     "max_assigned_certificates": 10,
                     "deprecated": None,
                     "prices": [_price(loc["name"], 5.39) for loc in self.locations],
-                }
+                },
+                {
+                    "id": 2,
+                    "name": "lb21",
+                    "description": "LB21",
+                    "max_connections": 20000,
+                    "max_services": 15,
+                    "max_targets": 75,
+                    "max_assigned_certificates": 25,
+                    "deprecated": None,
+                    "prices": [_price(loc["name"], 16.40) for loc in self.locations],
+                },
             ]
 
     # --- state the tests arrange -------------------------------------------------------------
 
-    def add_firewall(self, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    def add_firewall(
+        self,
+        name: str,
+        labels: dict[str, str] | None = None,
+        rules: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """A firewall as `GET /firewalls` lists it; each rule `{direction, protocol, port,
+        source_ips, destination_ips, description}` (port null for icmp)."""
         firewall = {
             "id": self.next_id(),
             "name": name,
             "labels": labels or {},
             "created": "2026-01-01T00:00:00+00:00",
-            "rules": [],
+            "rules": [
+                {
+                    "direction": "in",
+                    "port": None,
+                    "source_ips": [],
+                    "destination_ips": [],
+                    "description": None,
+                    **rule,
+                }
+                for rule in rules or ()
+            ],
             "applied_to": [],
         }
         self.firewalls.append(firewall)
         return firewall
 
-    def add_network(self, name: str, ip_range: str = "10.0.0.0/16") -> dict[str, Any]:
+    def add_network(
+        self,
+        name: str,
+        ip_range: str = "10.0.0.0/16",
+        *,
+        labels: dict[str, str] | None = None,
+        subnets: tuple[tuple[str, str], ...] = (),
+    ) -> dict[str, Any]:
+        """A network as `GET /networks` lists it, with a cloud subnet per (zone, range)."""
         network = {
             "id": self.next_id(),
             "name": name,
             "ip_range": ip_range,
-            "subnets": [],
+            "subnets": [
+                {
+                    "type": "cloud",
+                    "ip_range": subnet,
+                    "network_zone": zone,
+                    "gateway": str(next(iter(ipaddress.ip_network(subnet).hosts()))),
+                    "vswitch_id": None,
+                }
+                for zone, subnet in subnets
+            ],
             "routes": [],
             "servers": [],
             "load_balancers": [],
             "protection": {"delete": False},
-            "labels": {},
+            "labels": labels or {},
             "created": "2026-01-01T00:00:00+00:00",
             "expose_routes_to_vswitch": False,
         }
         self.networks.append(network)
         return network
+
+    def add_placement_group(self, name: str, labels: dict[str, str] | None = None) -> None:
+        """A spread placement group (servers join it in add_server)."""
+        self._placement_group(name, None)
+        self._named(self.placement_groups, name)["labels"] = dict(labels or {})
+
+    def add_load_balancer(
+        self,
+        name: str,
+        *,
+        lb_type: str = "lb11",
+        location: str = "fsn1",
+        labels: dict[str, str] | None = None,
+        services: tuple[tuple[str, int, int], ...] = (),
+        targets: tuple[int, ...] = (),
+        private: bool = False,
+    ) -> dict[str, Any]:
+        """A load balancer as `GET /load_balancers` lists it: services (protocol, listen,
+        destination) get Hetzner's default health check (the service's protocol on its
+        destination port, every 15 s, 10 s timeout, 3 retries); targets are server ids."""
+        lb_id = self.next_id()
+        kind = next(t for t in self.load_balancer_types if t["name"] == lb_type)
+        balancer = {
+            "id": lb_id,
+            "name": name,
+            "public_net": {
+                "enabled": True,
+                "ipv4": {"ip": f"198.18.{lb_id >> 8 & 255}.{lb_id & 255}", "dns_ptr": None},
+                "ipv6": {"ip": f"2001:db8:1b::{lb_id:x}", "dns_ptr": None},
+            },
+            "private_net": [],
+            "location": self._location(location),
+            "load_balancer_type": {k: v for k, v in kind.items() if k != "prices"},
+            "protection": {"delete": False},
+            "labels": dict(labels or {}),
+            "created": "2026-01-01T00:00:00+00:00",
+            "services": [
+                {
+                    "protocol": protocol,
+                    "listen_port": listen,
+                    "destination_port": destination,
+                    "proxyprotocol": False,
+                    "health_check": {
+                        "protocol": protocol,
+                        "port": destination,
+                        "interval": 15,
+                        "timeout": 10,
+                        "retries": 3,
+                        "http": None,
+                    },
+                    "http": None,
+                }
+                for protocol, listen, destination in services
+            ],
+            "targets": [
+                {
+                    "type": "server",
+                    "server": {"id": server_id},
+                    "health_status": [],
+                    "use_private_ip": private,
+                }
+                for server_id in targets
+            ],
+            "algorithm": {"type": "round_robin"},
+            "outgoing_traffic": 0,
+            "ingoing_traffic": 0,
+            "included_traffic": 0,
+        }
+        self.load_balancers.append(balancer)
+        return balancer
+
+    def add_ssh_key(
+        self, name: str, fingerprint: str, public_key: str, labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """An SSH key as `GET /ssh_keys` lists it."""
+        key = {
+            "id": self.next_id(),
+            "name": name,
+            "fingerprint": fingerprint,
+            "public_key": public_key,
+            "labels": dict(labels or {}),
+            "created": "2026-01-01T00:00:00+00:00",
+        }
+        self.ssh_keys.append(key)
+        return key
 
     def _named(self, items: list[dict[str, Any]], name: str) -> dict[str, Any]:
         return next(item for item in items if item["name"] == name)
@@ -297,7 +430,7 @@ class FakeHcloud(FakeApi):
             },
             "private_net": [
                 {
-                    "network": self._named(self.networks, n)["id"],
+                    "network": self._attach(n, server_id),
                     "ip": f"10.0.{octets[0]}.{octets[1]}",
                     "alias_ips": [],
                     "mac_address": "86:00:ff:2a:7d:e1",
@@ -353,7 +486,13 @@ class FakeHcloud(FakeApi):
             return None  # the image was deleted since
         return next(i for i in self.images if i["name"] == name)
 
-    def _placement_group(self, name: str | None, server_id: int) -> dict[str, Any] | None:
+    def _attach(self, network: str, server_id: int) -> int:
+        """The network's id, the server listed among its servers (as the API shows it)."""
+        found = self._named(self.networks, network)
+        found["servers"].append(server_id)
+        return int(found["id"])
+
+    def _placement_group(self, name: str | None, server_id: int | None) -> dict[str, Any] | None:
         if name is None:
             return None
         group = next((g for g in self.placement_groups if g["name"] == name), None)
@@ -367,7 +506,8 @@ class FakeHcloud(FakeApi):
                 "servers": [],
             }
             self.placement_groups.append(group)
-        group["servers"].append(server_id)
+        if server_id is not None:
+            group["servers"].append(server_id)
         return group
 
     # --- the HTTP side ---------------------------------------------------------------------
@@ -604,6 +744,9 @@ class FakeHcloud(FakeApi):
             "servers",
             "firewalls",
             "networks",
+            "placement_groups",
+            "load_balancers",
+            "ssh_keys",
         )
         return Starlette(
             routes=[

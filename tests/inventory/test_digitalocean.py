@@ -162,3 +162,35 @@ def test_persistent_server_errors_end_in_a_clear_error(fake: FakeDigitalOcean, u
     with pytest.raises(ProviderError) as info:
         _reader(fake, url, attempts=2).read_servers()
     assert info.value.code == "service_error" and info.value.correlation_id == "req-2"
+
+
+def test_the_project_and_the_domains_the_spec_names_are_checked(
+    fake: FakeDigitalOcean, url: str
+) -> None:
+    assert _reader(fake, url).read_prerequisites() == ()
+    assert [r.path for r in fake.requests] == ["/v2/projects", "/v2/domains"]
+    fake.projects, fake.zones = ["first-project"], set()
+    problems = _reader(fake, url).read_prerequisites()
+    assert [(p.code, p.path) for p in problems] == [
+        ("missing_at_provider", "provider.project"),
+        ("missing_at_provider", "dns[0].zone"),
+    ]
+    assert "no project named api" in problems[0].message
+    assert "first-project" in problems[0].hint
+    assert "no domain example.com" in problems[1].message
+
+
+def test_dns_records_are_ours_when_they_point_at_our_droplets(
+    fake: FakeDigitalOcean, url: str
+) -> None:
+    ours = fake.add_droplet("api-1", tags=_tags("api-1"))
+    address = ours["networks"]["v4"][0]["ip_address"]
+    fake.add_domain_record("example.com", "api-1.api", data=address, ttl=300)
+    fake.add_domain_record("example.com", "www", data="192.0.2.80")  # someone else's
+    reader = _reader(fake, url)
+    servers = reader.read_servers()
+    (record,) = [r for r in reader.read_resources(servers) if r.kind == "dns_record"]
+    assert record.name == "A api-1.api.example.com"
+    assert dict(record.properties) == {"ttl": "300", "points_to": "api-1"}
+    fake.zones = set()  # the domain is gone: nothing to read, the prerequisites say why
+    assert [r for r in _reader(fake, url).read_resources(servers) if r.kind == "dns_record"] == []

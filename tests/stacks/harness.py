@@ -101,7 +101,8 @@ class _Mocks(pulumi.runtime.Mocks):
         self.answers = answers
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        rid = stable_id(args.typ, args.name)
+        # An imported resource keeps the id it has at the provider.
+        rid = args.resource_id or stable_id(args.typ, args.name)
         state = dict(args.inputs)
         computed = COMPUTED.get(args.typ)
         if computed:

@@ -25,7 +25,7 @@ import datetime as dt
 import ipaddress
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from engine.providers.cloud.pulumi_runner import ResourceStep, RunResult
     from engine.providers.seam import FleetRun, Provisioner
     from engine.state.store import Store
+    from stacks.inputs import StackInputs
 
 Say = Callable[[str], None]
 
@@ -66,6 +67,59 @@ def _is_outside_the_program(change: Change) -> bool:
     if change.action is Action.RETRY:
         return change.retry_by is not RetryBy.REPLACE
     return change.action in (Action.REINSTALL, Action.POWER_ON)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramSets:
+    """What the plan asks of the program besides the spec: which servers it makes anew from
+    today's inputs (replaced), which the stack may still hold though the provider lost them
+    (gone: refreshed out first), which it imports as they are (adopted, name -> provider id)
+    and what it changes in place (refresh: servers by name, other resources by their logical
+    names; refreshed first so that Pulumi sees changes made outside the engine)."""
+
+    replaced: frozenset[str] = frozenset()
+    gone: frozenset[str] = frozenset()
+    adopted: Mapping[str, str] = field(default_factory=dict)
+    refresh: frozenset[str] = frozenset()
+
+
+def _program_sets(plan: Plan, run: FleetRun) -> ProgramSets:
+    """The ProgramSets of `plan`."""
+    replaced: set[str] = set()
+    gone: set[str] = set()
+    adopted: dict[str, str] = {}
+    refresh: set[str] = set()
+    for change in plan.changes:
+        by = change.retry_by if change.action is Action.RETRY else None
+        if change.action is Action.CREATE:
+            gone.add(change.server)  # the stack may hold it still: it was deleted outside
+        elif (change.action is Action.REPLACE or by is RetryBy.REPLACE) and not _is_taken_over(
+            change, run
+        ):
+            replaced.add(change.server)
+        elif change.action is Action.ADOPT:
+            assert change.before is not None
+            adopted[change.server] = change.before.provider_id
+        elif change.action in (Action.UPDATE, Action.RESIZE):
+            refresh.add(change.server)
+    for resource in plan.resources:
+        if resource.action is Action.UPDATE:
+            refresh.update(resource.logical)
+    return ProgramSets(
+        replaced=frozenset(replaced),
+        gone=frozenset(gone),
+        adopted=adopted,
+        refresh=frozenset(refresh),
+    )
+
+
+def needs_the_program(plan: Plan, pending: Sequence[ServerRecord]) -> bool:
+    """Whether the program must run: a server waits to be made (`pending`: recorded without a
+    provider id), a change to a server is the program's, or any other resource differs
+    (a firewall rule, a load balancer, a network, a DNS record, the engine's addresses)."""
+    return bool(pending or plan.resources) or not all(
+        _is_outside_the_program(c) for c in plan.changes
+    )
 
 
 def engine_sources(addresses: Sequence[str]) -> tuple[str, ...]:
@@ -177,58 +231,39 @@ class CloudBackend:
         return None  # the program makes every server at once, in carry_out
 
     def carry_out(self, plan: Plan, run: FleetRun, servers: Sequence[Server]) -> None:
-        """The plan's bookkeeping, then one run of the program over the whole fleet, then the
-        new servers registered from its outputs."""
-        from engine.install.deploykey import ensure_deploy_key
+        """Pulumi's plan checked against ours (nothing changes if it would do more), then
+        the plan's bookkeeping, one run of the program over the whole fleet, and the new
+        servers registered from its outputs."""
         from engine.providers.cloud.pulumi_runner import up
-        from stacks.inputs import StackInputs
 
-        replaced: set[str] = set()
-        gone: set[str] = set()
-        adopted: dict[str, str] = {}
+        sets = _program_sets(plan, run)
+        known = run.store.servers.all(run.fleet.name)
+        if needs_the_program(plan, [r for r in known if not r.provider_id]):
+            self._check_pulumi_plan(plan, run, servers, sets)
         self._delete_taken_over(plan, run)
         for change in plan.changes:
             name = change.server
             by = change.retry_by if change.action is Action.RETRY else None
             if change.action in (Action.CREATE, Action.REPLACE) or by is RetryBy.REPLACE:
                 assert change.after is not None
-                if change.action is Action.CREATE:
-                    gone.add(name)  # the stack may hold it still: it was deleted outside
-                elif not _is_taken_over(change, run):
+                if name in sets.replaced:
                     run.store.servers.forget(run.fleet.name, name)
-                    replaced.add(name)
                 run.create(change.after, provision=False)
             elif change.action is Action.REINSTALL or by is RetryBy.INSTALL:
                 run.reinstall(name, "tried again" if by else "")
             elif by is RetryBy.REBUILD or change.action is Action.POWER_ON:
                 self._act(change, run)
             elif change.action is Action.ADOPT:
-                assert change.before is not None
                 run.adopt(change)
-                adopted[name] = change.before.provider_id
         records = {r.name: r for r in run.store.servers.all(run.fleet.name)}
         # Made by no run yet, or by one that died before registering them.
         pending = [r for r in records.values() if not r.provider_id]
-        if not pending and all(_is_outside_the_program(c) for c in plan.changes):
+        if not needs_the_program(plan, pending):
             return
         for record in pending:
             if record.stage is Stage.REQUESTED:
                 run.store.servers.set_stage(run.fleet.name, record.name, Stage.CREATING)
-        inputs = StackInputs(
-            fleet=self.fleet,
-            servers=tuple(servers),
-            user_data={server.name: run.user_data(server) for server in servers},
-            ssh_public_keys=(
-                *self.fleet.ssh.authorized_keys,
-                ensure_deploy_key(self.state_dir, self.fleet.name),
-            ),
-            engine_sources=self.sources,
-            catalog=load_catalog(self.fleet.provider.name, self.state_dir),
-            replaced=frozenset(replaced),
-            adopted=adopted,
-            gone=frozenset(gone),
-            fleet_id=run.fleet_id,
-        )
+        inputs = self._inputs(run, servers, sets)
         run.board.note(f"Running the Pulumi program of {self.fleet.name} ({len(servers)} servers)")
         result = up(
             inputs, token=self.token, state_dir=self.state_dir, on_progress=self._shown(run)
@@ -241,6 +276,47 @@ class CloudBackend:
                 run.resized(change.server, change.after.server_type)
             elif change.action is Action.DELETE:
                 run.deleted(change.server)
+
+    def _inputs(self, run: FleetRun, servers: Sequence[Server], sets: ProgramSets) -> StackInputs:
+        """What the program declares from: every server's pinned user_data, the keys, the
+        engine's addresses, and which servers are replaced, gone or adopted."""
+        from engine.install.deploykey import ensure_deploy_key
+        from stacks.inputs import StackInputs
+
+        return StackInputs(
+            fleet=self.fleet,
+            servers=tuple(servers),
+            user_data={server.name: run.user_data(server) for server in servers},
+            ssh_public_keys=(
+                *self.fleet.ssh.authorized_keys,
+                ensure_deploy_key(self.state_dir, self.fleet.name),
+            ),
+            engine_sources=self.sources,
+            catalog=load_catalog(self.fleet.provider.name, self.state_dir),
+            replaced=sets.replaced,
+            adopted=sets.adopted,
+            gone=sets.gone,
+            fleet_id=run.fleet_id,
+            refresh=sets.refresh,
+        )
+
+    def _check_pulumi_plan(
+        self, plan: Plan, run: FleetRun, servers: Sequence[Server], sets: ProgramSets
+    ) -> None:
+        """Preview the program and stop, before anything changes, if Pulumi would create,
+        replace or delete what the plan does not name; Pulumi's step summary is shown."""
+        from engine.providers.cloud.guard import refusal, step_summary, unplanned_steps
+        from engine.providers.cloud.pulumi_runner import preview
+
+        result = preview(
+            self._inputs(run, servers, sets), token=self.token, state_dir=self.state_dir
+        )
+        run.board.note(step_summary(result.resources))
+        pending = {r.name for r in run.store.servers.all(run.fleet.name) if not r.provider_id}
+        unplanned = unplanned_steps(plan, result.resources, pending=pending)
+        if unplanned:
+            workspace = self.state_dir / "pulumi" / "workspace"
+            raise EngineError(refusal(self.fleet.name, unplanned, str(workspace)))
 
     def _act(self, change: Change, run: FleetRun) -> None:
         """Rebuild a server that never phoned home, or power one on, by a provider action; an

@@ -9,11 +9,16 @@ PULUMI_CONFIG_PASSPHRASE (or the file named by PULUMI_CONFIG_PASSPHRASE_FILE); t
 encryption salt sits in `<state_dir>/pulumi/workspace/Pulumi.<fleet>.yaml`, so keep that
 folder with the state.
 
-    preview(inputs, ...)    what `up` would do, per resource
+    preview(inputs, ...)    what `up` would do, per resource (with each step's properties
+                            that force a replacement: engine.providers.cloud.guard checks it)
     up(inputs, ...)         create/update to match; returns the servers' ids and addresses
-                            (servers deleted outside the engine are refreshed out of the
-                            stack's state first, so the program makes them anew)
     destroy(fleet, ...)     delete everything the stack holds
+
+Before preview and up, the stack is made ready (`recovered`): creates left pending by a run
+that died are cleared from the state (what they made is adopted by the plan, what they did
+not is made now); then servers deleted outside the engine and what the plan changes in place
+are refreshed (`refresh_first`), so the program makes the former anew and Pulumi sees what
+was changed outside in the latter.
 
 Each returns a `RunResult`: the outcome per resource, the counts per operation and, for `up`,
 one `ServerOutput` per server. A progress callback sees every resource step as it happens.
@@ -25,6 +30,7 @@ import), where Pulumi hangs: run installs and Pulumi in separate processes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -42,13 +48,19 @@ from stacks import PROJECT, SERVERS_OUTPUT, fleet_program, provider_program
 from stacks.inputs import StackInputs
 
 if TYPE_CHECKING:
-    from pulumi.automation import EngineEvent, Stack
+    from pulumi.automation import EngineEvent, PulumiCommand, Stack
 
 INSTALL_HINT = (
     "install it with `curl -fsSL https://get.pulumi.com | sh` (then add ~/.pulumi/bin to PATH "
     "or open a new shell); in GitHub Actions add the step `uses: pulumi/actions@v6`. "
     "The local provider needs no Pulumi"
 )
+# The oldest CLI that does all the engine asks of it: destroy an inline program
+# (run_program), clear the creates a dead run left pending.
+MINIMUM_CLI = "3.181.0"
+# Each provider's plugin, at exactly the version of its Python package (which declares the
+# resources with that version's schema).
+PLUGIN_PACKAGES = {"hcloud": "pulumi_hcloud", "digitalocean": "pulumi_digitalocean"}
 STACK_TYPE = "pulumi:pulumi:Stack"
 SERVER_TYPES = frozenset({"hcloud:index/server:Server", "digitalocean:index/droplet:Droplet"})
 
@@ -60,13 +72,16 @@ class PulumiNotInstalled(EngineError):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResourceStep:
     """One resource's step in a run: `op` is Pulumi's (create, update, replace, delete, same...);
-    `status` is planned (preview), started, done or failed."""
+    `status` is planned (preview), started, done or failed; `keys` are the properties that
+    force a replacement, `diffs` those that differ."""
 
     urn: str
     type: str
     name: str
     op: str
     status: str
+    keys: tuple[str, ...] = ()
+    diffs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,15 +187,58 @@ def _run(
     action: str, inputs: StackInputs, token: str, state_dir: Path, on_progress: Progress | None
 ) -> RunResult:
     events = StepLog(action, on_progress)
-    program = fleet_program(inputs, token=token)
-    with _stack(inputs.fleet, program, token, state_dir, events) as stack:
+    with _stack(
+        inputs.fleet, fleet_program(inputs, token=token), token, state_dir, events
+    ) as stack:
+        inputs = recovered(stack, inputs)
+        refresh_first(stack, inputs)
+        program = fleet_program(inputs, token=token)
         if action == "preview":
-            stack.preview(on_event=events, color="never")
+            stack.preview(on_event=events, color="never", program=program)
             return events.result()
-        forget_gone(stack, inputs.gone)
-        outcome = stack.up(on_event=events, color="never")
+        outcome = stack.up(on_event=events, color="never", program=program)
     servers = outcome.outputs.get(SERVERS_OUTPUT)
     return events.result(server_outputs(servers.value if servers else {}))
+
+
+def recovered(stack: Stack, inputs: StackInputs) -> StackInputs:
+    """The stack ready to run again after a run that died mid-way, and `inputs` fitted to it.
+
+    A create that was under way when the process died is a pending operation in the state:
+    Pulumi refuses to run until it is settled, and cannot tell whether the resource was
+    made. It is cleared from the state (`refresh --clear-pending-creates`); what was made
+    carries the fleet's labels or tags, so the engine's reader finds it and the plan adopts
+    it (imported, never made twice: no 409 on Hetzner, no second droplet), and what was not
+    made is made by this run. A server to adopt that the state holds already (the run died
+    after Pulumi recorded it) is not imported again.
+    """
+    deployment = stack.export_stack().deployment or {}
+    creating = pending_creates(deployment)
+    if creating:
+        stack.refresh(target=creating, clear_pending_creates=True, color="never")
+    held = set(server_names(deployment))
+    if not held & set(inputs.adopted):
+        return inputs
+    adopted = {name: rid for name, rid in inputs.adopted.items() if name not in held}
+    return dataclasses.replace(inputs, adopted=adopted)
+
+
+def pending_creates(deployment: Mapping[str, Any]) -> list[str]:
+    """The URNs of the creates an exported deployment has pending (a run died during them)."""
+    return [
+        str(operation["resource"]["urn"])
+        for operation in deployment.get("pending_operations") or ()
+        if operation.get("type") == "creating"
+    ]
+
+
+def server_names(deployment: Mapping[str, Any]) -> list[str]:
+    """The names of the servers an exported deployment holds."""
+    return [
+        str(resource["urn"]).rsplit("::", 1)[-1]
+        for resource in deployment.get("resources") or ()
+        if resource.get("type") in SERVER_TYPES
+    ]
 
 
 def destroy(
@@ -202,16 +260,29 @@ def destroy(
     return events.result()
 
 
-def forget_gone(stack: Stack, names: frozenset[str]) -> None:
-    """Refresh the servers of `names` that the stack's state holds, so that the ones the
-    provider no longer has (deleted outside the engine) leave the state and the program makes
-    them anew; Pulumi would otherwise take its state's word that they exist. Only servers:
-    other resources deleted outside are not looked for."""
-    if not names:
+def refresh_first(stack: Stack, inputs: StackInputs) -> None:
+    """Refresh, in one call, what the stack's state holds of the servers the provider no
+    longer has (`inputs.gone`: they leave the state and the program makes them anew) and of
+    what the plan changes in place (`inputs.refresh`: Pulumi sees what was changed outside
+    and puts it back as the spec says). Pulumi would otherwise take its state's word for
+    them. Nothing else is read: a refresh costs one request per resource."""
+    if not (inputs.gone or inputs.refresh):
         return
-    urns = server_urns(stack.export_stack().deployment or {}, names)
+    deployment = stack.export_stack().deployment or {}
+    urns = server_urns(deployment, inputs.gone) + urns_named(deployment, inputs.refresh)
     if urns:
-        stack.refresh(target=urns, color="never")
+        stack.refresh(target=list(dict.fromkeys(urns)), color="never")
+
+
+def urns_named(deployment: Mapping[str, Any], names: frozenset[str]) -> list[str]:
+    """The URNs of the resources an exported deployment holds whose logical name is one of
+    `names` or a part of one (`lb-web` stands for `lb-web-443` too)."""
+    found = []
+    for resource in deployment.get("resources") or ():
+        name = str(resource.get("urn", "")).rsplit("::", 1)[-1]
+        if any(name == n or name.startswith((f"{n}-", f"{n}.")) for n in names):
+            found.append(str(resource["urn"]))
+    return found
 
 
 def server_urns(deployment: Mapping[str, Any], names: frozenset[str]) -> list[str]:
@@ -272,6 +343,8 @@ class StepLog:
             name=metadata.urn.rsplit("::", 1)[-1],
             op=str(metadata.op.value),
             status=status,
+            keys=tuple(metadata.keys or ()),
+            diffs=tuple(metadata.diffs or ()),
         )
         self.steps[step.urn] = step
         if self.on_progress is not None:
@@ -304,15 +377,20 @@ def _stack(
     register_secret(token)
     root = check_ready()
     from pulumi import automation as auto
+    from semver import VersionInfo
 
     try:
-        command = auto.PulumiCommand(root=root)
+        command = auto.PulumiCommand(root=root, version=VersionInfo.parse(MINIMUM_CLI))
     except auto.InvalidVersionError as exc:
-        raise EngineError(f"{redact(str(exc))}; upgrade the Pulumi CLI: {INSTALL_HINT}") from None
+        raise EngineError(
+            f"{redact(str(exc))}: the engine needs the Pulumi CLI {MINIMUM_CLI} or newer; "
+            f"upgrade it: {INSTALL_HINT}"
+        ) from None
     except FileNotFoundError:
         raise PulumiNotInstalled(f"the Pulumi CLI could not be run; {INSTALL_HINT}") from None
     backend = backend_url(state_dir)
     workspace = private_dir(state_dir, "pulumi", "workspace")
+    ensure_plugin(command, str(fleet.provider.name), str(workspace))
     options = auto.LocalWorkspaceOptions(
         work_dir=str(workspace),
         secrets_provider="passphrase",
@@ -334,6 +412,32 @@ def _stack(
         raise
     except auto.CommandError as exc:
         raise EngineError(failure_message(fleet, events, exc)) from None
+
+
+def plugin_version(provider: str) -> str:
+    """The version of `provider`'s plugin the engine runs: its Python package's, `v1.43.3`."""
+    from importlib.metadata import version
+
+    return f"v{version(PLUGIN_PACKAGES[provider])}"
+
+
+def ensure_plugin(command: PulumiCommand, provider: str, cwd: str) -> None:
+    """Install `provider`'s plugin at exactly `plugin_version` (nothing to do when it is
+    installed already); without a network, one line saying how to bring it."""
+    from pulumi import automation as auto
+
+    wanted = plugin_version(provider)
+    try:
+        command.run(["plugin", "install", "resource", provider, wanted], cwd, {})
+    except auto.CommandError as exc:
+        said = [line.strip() for line in redact(str(exc)).splitlines() if line.strip()]
+        raise EngineError(
+            f"the Pulumi plugin {provider} {wanted} (the version of the installed "
+            f"{PLUGIN_PACKAGES[provider]} package) is not installed and could not be "
+            f"downloaded ({said[-1] if said else 'no reason given'}); where a network is "
+            f"reachable run `pulumi plugin install resource {provider} {wanted}` and copy "
+            "~/.pulumi/plugins here (or point PULUMI_HOME at it)"
+        ) from None
 
 
 def failure_message(fleet: Fleet, events: StepLog, exc: Exception) -> str:

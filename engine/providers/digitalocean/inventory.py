@@ -13,6 +13,14 @@ reported as networks.
 Droplet names are not unique on DigitalOcean and ownership is by tags, so a droplet of
 someone else called `web-4` does not block ours: `read_unowned` has nothing to find.
 
+Resources besides droplets (`read_resources`): firewalls are the fleet's when they select
+its droplets by its tags (`fleet:<name>`, or a group's member tag), the engine's load
+balancer firewalls aside; VPCs when their description names the fleet; load balancers by
+name; DNS records of the spec's zones when they point at one of the fleet's droplets; SSH
+keys by name (`<fleet>-key-...`), and a key the account holds under another name is reported
+as not owned (the program reuses it by fingerprint). One paged list each (records: one per
+zone).
+
 List lag: a droplet created moments ago can be missing from list calls for a few seconds.
 `list_lag_s` tells the diff how long to trust the state store's record of a fresh create
 instead of planning it again.
@@ -24,7 +32,7 @@ paced by engine.providers.retry).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from engine.model import (
@@ -37,15 +45,23 @@ from engine.model import (
     Labels,
     ProviderName,
 )
-from engine.providers import ActualServer, InventoryPage, engine_name, without_fleet_id
+from engine.plan import Problem
+from engine.providers import (
+    ActualServer,
+    CloudResource,
+    InventoryPage,
+    ResourceKind,
+    engine_name,
+    without_fleet_id,
+)
 from engine.providers.digitalocean.client import (
     PAGE_SIZE,
     DigitalOceanApi,
     page_of,
     provider_errors,
 )
-from engine.providers.digitalocean.naming import is_member_tag
-from engine.providers.naming import spec_resources
+from engine.providers.digitalocean.naming import MEMBER_TAG, is_member_tag
+from engine.providers.naming import engine_resource_name, spec_resource, spec_resources
 from engine.providers.retry import ApiCalls, RetryPolicy
 
 LIST_LAG_S = 60.0
@@ -85,6 +101,14 @@ class DigitalOceanReader:
         self.fleet = fleet
         self.api = api
         self.calls = calls
+        # Lists read_servers read already (firewalls, VPCs): read_resources reuses them.
+        self._whole: dict[str, list[dict[str, Any]]] = {}
+
+    def _list(self, call: Any, key: str) -> list[dict[str, Any]]:
+        """Every item of a whole list (read once per reader)."""
+        if key not in self._whole:
+            self._whole[key] = self.api.list_all(call, key)
+        return self._whole[key]
 
     def read_servers(self) -> tuple[ActualServer, ...]:
         client = self.api.client
@@ -100,14 +124,14 @@ class DigitalOceanReader:
                 if managed in d.get("tags", ())
             ]
             firewalls = (
-                self.api.list_all(client.firewalls.list, "firewalls")
+                self._list(client.firewalls.list, "firewalls")
                 if self.fleet.firewalls and droplets
                 else []
             )
             vpcs = (
                 {
                     v["id"]: v["name"]
-                    for v in self.api.list_all(client.vpcs.list, "vpcs")
+                    for v in self._list(client.vpcs.list, "vpcs")
                     if not v.get("default")
                 }
                 if self.fleet.networks and droplets
@@ -117,6 +141,108 @@ class DigitalOceanReader:
 
     def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
         return ()
+
+    def read_prerequisites(self) -> tuple[Problem, ...]:
+        """The spec's project and the domains of its DNS records, which the program assigns
+        droplets to and writes records in but never makes: one list call each."""
+        client, found = self.api.client, []
+        project = self.fleet.provider.project
+        with provider_errors(self.fleet.provider.token_env):
+            if project:
+                names = {p["name"] for p in self.api.list_all(client.projects.list, "projects")}
+                if project not in names:
+                    found.append(
+                        Problem(
+                            code="missing_at_provider",
+                            path="provider.project",
+                            message=f"DigitalOcean has no project named {project} in this account",
+                            hint="create it in the control panel (Projects, New Project), or "
+                            f"name one of: {', '.join(sorted(names)) or '(none)'}",
+                        )
+                    )
+            zones = sorted({record.zone for record in self.fleet.dns})
+            if zones:
+                held = {d["name"] for d in self._list(client.domains.list, "domains")}
+                found += [
+                    Problem(
+                        code="missing_at_provider",
+                        path=f"dns[{i}].zone",
+                        message=f"DigitalOcean holds no domain {record.zone} in this account, "
+                        "so its records cannot be written",
+                        hint=f"add the domain (Networking, Domains) and point {record.zone}'s "
+                        "name servers at ns1.digitalocean.com, or use a zone it holds",
+                    )
+                    for i, record in enumerate(self.fleet.dns)
+                    if record.zone not in held
+                ]
+        return tuple(found)
+
+    def read_resources(self, servers: Sequence[ActualServer]) -> tuple[CloudResource, ...]:
+        """The fleet's firewalls, VPCs, load balancers, DNS records and SSH keys."""
+        client, fleet = self.api.client, self.fleet.name
+        with provider_errors(self.fleet.provider.token_env):
+            firewalls = self._list(client.firewalls.list, "firewalls")
+            vpcs = self._list(client.vpcs.list, "vpcs")
+            balancers = self.api.list_all(client.load_balancers.list, "load_balancers")
+            keys = self.api.list_all(client.ssh_keys.list, "ssh_keys")
+            zones = sorted({r.zone for r in self.fleet.dns})
+            held = (
+                {d["name"] for d in self._list(client.domains.list, "domains")} if zones else set()
+            )
+            # A domain the account lacks has no records: read_prerequisites says so.
+            records = {
+                zone: self.api.list_all(client.domains.list_records, "domain_records",
+                                        domain_name=zone)
+                for zone in zones if zone in held
+            }  # fmt: skip
+        names = {s.provider_id: s.name for s in servers}
+        marks = (f"{LABEL_FLEET}:{fleet}", f"{MEMBER_TAG}:{fleet}:")
+        found = [
+            _firewall(fw)
+            for fw in firewalls
+            if any(tag == marks[0] or tag.startswith(marks[1]) for tag in fw.get("tags") or ())
+            and not fw["name"].startswith(engine_resource_name(fleet, "lb-"))
+        ]
+        for vpc in vpcs:
+            if vpc.get("default") or not (vpc.get("description") or "").endswith(
+                f"of fleet {fleet}"
+            ):
+                continue
+            network, region = spec_resource(fleet, vpc["name"]), vpc.get("region", "")
+            found.append(
+                CloudResource(
+                    kind=ResourceKind.NETWORK,
+                    name=vpc["name"],
+                    properties=(("ip_range", vpc.get("ip_range", "")), ("region", region)),
+                    servers=tuple(
+                        s.name for s in servers if network in s.networks and s.location == region
+                    ),
+                    provider_id=str(vpc["id"]),
+                )
+            )
+        found += [
+            _balancer(lb, names)
+            for lb in balancers
+            if spec_resource(fleet, lb["name"]) == lb["name"] and lb["name"].startswith(f"{fleet}-")
+        ]
+        by_address = {address: s.name for s in servers for address in (s.ipv4, s.ipv6) if address}
+        for zone, listed in records.items():
+            found += [
+                CloudResource(
+                    kind=ResourceKind.DNS_RECORD,
+                    name=f"{r['type']} {r['name']}.{zone}",
+                    properties=(
+                        ("ttl", str(r.get("ttl", ""))),
+                        ("points_to", by_address[r["data"]]),
+                    ),
+                    servers=(by_address[r["data"]],),
+                    provider_id=str(r["id"]),
+                )
+                for r in listed
+                if r.get("type") in ("A", "AAAA") and r.get("data") in by_address
+            ]
+        found += [_key(fleet, key) for key in keys]
+        return tuple(found)
 
     def read_page(self, page: int) -> InventoryPage:
         managed = f"{LABEL_MANAGED_BY}:{MANAGED_BY}"
@@ -169,6 +295,76 @@ class DigitalOceanReader:
             created=dt.datetime.fromisoformat(created) if created else None,
             fleet_id=fleet_id,
         )
+
+
+def _port(rule: dict[str, Any]) -> str | None:
+    """A rule's ports as the spec writes them: "0" and "all" mean every port (None)."""
+    ports = str(rule.get("ports") or "")
+    return None if ports in ("", "0", "all") else ports
+
+
+def _firewall(raw: dict[str, Any]) -> CloudResource:
+    from stacks.declared import rule_line, rules_text
+
+    rules = (
+        rule_line(r["protocol"], _port(r), (r.get("sources") or {}).get("addresses") or ())
+        for r in raw.get("inbound_rules") or ()
+    )
+    return CloudResource(
+        kind=ResourceKind.FIREWALL,
+        name=raw["name"],
+        properties=(
+            ("rules", rules_text(rules)),
+            ("tags", ", ".join(sorted(raw.get("tags") or ()))),
+        ),
+        provider_id=str(raw["id"]),
+    )
+
+
+def _balancer(raw: dict[str, Any], names: dict[str, str]) -> CloudResource:
+    from stacks.declared import names_text, service_line
+
+    rules = sorted(raw.get("forwarding_rules") or (), key=lambda r: r["entry_port"])
+    check = raw.get("health_check") or {}
+    targets = [names.get(str(i), str(i)) for i in raw.get("droplet_ids") or ()]
+    return CloudResource(
+        kind=ResourceKind.LOAD_BALANCER,
+        name=raw["name"],
+        properties=(
+            ("type", raw.get("size", "")),
+            ("location", (raw.get("region") or {}).get("slug", "")),
+            ("algorithm", raw.get("algorithm", "")),
+            (
+                "services",
+                "\n".join(
+                    service_line(
+                        r["entry_protocol"],
+                        r["entry_port"],
+                        r["target_port"],
+                        bool(r.get("tls_passthrough")),
+                    )
+                    for r in rules
+                ),
+            ),
+            ("targets", names_text(targets)),
+            ("health_checks", f"{check.get('protocol', '')} {check.get('port', '')}"),
+        ),
+        servers=tuple(targets),
+        provider_id=str(raw["id"]),
+    )
+
+
+def _key(fleet: str, raw: dict[str, Any]) -> CloudResource:
+    from stacks.declared import key_name_of
+
+    mine = str(raw.get("name", "")).startswith(f"{fleet}-key-")
+    return CloudResource(
+        kind=ResourceKind.SSH_KEY,
+        name=raw["name"] if mine else key_name_of(fleet, raw["fingerprint"]),
+        properties=(("fingerprint", raw["fingerprint"]),),
+        provider_id=str(raw["id"]),
+        owned=mine,
+    )
 
 
 def open_reader(fleet: Fleet, token: str, policy: RetryPolicy) -> DigitalOceanReader:

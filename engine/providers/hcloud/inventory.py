@@ -12,6 +12,12 @@ every name, it asks by name (`?name=`) when that takes fewer requests than readi
 remaining pages, and reads the remaining pages otherwise. It costs nothing when nothing is
 to be created, and at most min(1 + names, project pages) requests.
 
+Resources besides servers (`read_resources`) are read with one paged, label-filtered list
+each: firewalls, networks (with their subnets), load balancers (type, location, algorithm,
+services with their health checks, targets), placement groups; SSH keys are listed whole,
+since a key someone else uploaded is reused by fingerprint (and reported as not owned). A
+load balancer's own firewall is left out (stacks.declared says why).
+
 Every request goes through the client of engine.providers.hcloud.client (retried and paced by
 engine.providers.retry).
 """
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,9 +39,17 @@ from engine.model import (
     ImageKind,
     ProviderName,
 )
-from engine.providers import ActualServer, InventoryPage, engine_name, without_fleet_id
+from engine.plan import Problem
+from engine.providers import (
+    ActualServer,
+    CloudResource,
+    InventoryPage,
+    ResourceKind,
+    engine_name,
+    without_fleet_id,
+)
 from engine.providers.hcloud.client import hcloud_client, provider_errors
-from engine.providers.naming import spec_resources
+from engine.providers.naming import engine_resource_name, spec_resources
 from engine.providers.retry import ApiCalls, Paging, RetryPolicy, read_pages
 
 if TYPE_CHECKING:
@@ -116,6 +130,9 @@ class HcloudReader:
         self.client = client
         self.calls = calls
         self.workers = workers
+        # Whole lists read for names (firewalls, networks): read_resources filters them
+        # by label here instead of asking again.
+        self._whole: dict[str, list[dict[str, Any]]] = {}
 
     @property
     def _selector(self) -> str:
@@ -166,6 +183,114 @@ class HcloudReader:
                         found += servers
         return tuple(s for s in found if s.name in wanted and not self._is_owned(s))
 
+    def read_prerequisites(self) -> tuple[Problem, ...]:
+        """None: a Hetzner fleet's project is its token's, and it declares no DNS."""
+        return ()
+
+    def read_resources(self, servers: Sequence[ActualServer]) -> tuple[CloudResource, ...]:
+        """The fleet's firewalls, networks, load balancers, placement groups and SSH keys."""
+        from stacks.declared import (
+            key_name_of,
+            names_text,
+            rule_line,
+            rules_text,
+            service_line,
+        )
+
+        names = {int(s.provider_id): s.name for s in servers}
+        lb_firewalls = engine_resource_name(self.fleet.name, "lb-")
+        with provider_errors(self.fleet.provider.token_env):
+            listed = {
+                kind: [item for item in self._whole[kind] if self._owns(item)]
+                if kind in self._whole
+                else self._all(kind, label_selector=self._selector)
+                for kind in ("firewalls", "networks", "load_balancers", "placement_groups")
+            }
+            keys = self._all("ssh_keys")
+        found: list[CloudResource] = []
+        for fw in listed["firewalls"]:
+            if fw["name"].startswith(lb_firewalls):
+                continue
+            rules = (
+                rule_line(r["protocol"], r.get("port"), r.get("source_ips") or (),
+                          r.get("description") or "")
+                for r in fw.get("rules") or () if r.get("direction") == "in"
+            )  # fmt: skip
+            found.append(_resource(ResourceKind.FIREWALL, fw, (("rules", rules_text(rules)),)))
+        for net in listed["networks"]:
+            subnets = "\n".join(
+                sorted(
+                    f"{sub['network_zone']} {sub['ip_range']}" for sub in net.get("subnets") or ()
+                )
+            )
+            found.append(
+                _resource(
+                    ResourceKind.NETWORK,
+                    net,
+                    (("ip_range", net["ip_range"]), ("subnets", subnets)),
+                    servers=[names.get(i, str(i)) for i in net.get("servers") or ()],
+                )
+            )
+        for lb in listed["load_balancers"]:
+            services = sorted(lb.get("services") or (), key=lambda s: s["listen_port"])
+            targets = [
+                names.get(t["server"]["id"], str(t["server"]["id"]))
+                for t in lb.get("targets") or () if t.get("type") == "server"
+            ]  # fmt: skip
+            checks = (s.get("health_check") or {} for s in services)
+            found.append(
+                _resource(
+                    ResourceKind.LOAD_BALANCER,
+                    lb,
+                    (
+                        ("type", (lb.get("load_balancer_type") or {}).get("name", "")),
+                        ("location", (lb.get("location") or {}).get("name", "")),
+                        ("algorithm", (lb.get("algorithm") or {}).get("type", "")),
+                        (
+                            "services",
+                            "\n".join(
+                                service_line(s["protocol"], s["listen_port"], s["destination_port"])
+                                for s in services
+                            ),
+                        ),
+                        ("targets", names_text(targets)),
+                        (
+                            "health_checks",
+                            "\n".join(
+                                f"{c.get('protocol', '')} {c.get('port', '')}" for c in checks
+                            ),
+                        ),
+                    ),
+                )
+            )
+        for group in listed["placement_groups"]:
+            found.append(
+                _resource(
+                    ResourceKind.PLACEMENT_GROUP,
+                    group,
+                    (("type", group.get("type", "")),),
+                    servers=[names.get(i, str(i)) for i in group.get("servers") or ()],
+                )
+            )
+        for key in keys:
+            mine = (key.get("labels") or {}).get(LABEL_FLEET) == self.fleet.name
+            found.append(
+                CloudResource(
+                    kind=ResourceKind.SSH_KEY,
+                    name=key["name"] if mine else key_name_of(self.fleet.name, key["fingerprint"]),
+                    properties=(("fingerprint", key["fingerprint"]),),
+                    provider_id=str(key["id"]),
+                    owned=mine,
+                )
+            )
+        return tuple(found)
+
+    def _all(self, kind: str, **query: str) -> list[dict[str, Any]]:
+        """Every item of a paged list, as the API's JSON."""
+        return read_pages(
+            lambda page: self._page(kind, page, lambda item: item, **query), workers=self.workers
+        )
+
     def _page(
         self, kind: str, page: int, build: Callable[[dict[str, Any]], T], **query: str
     ) -> tuple[list[T], Paging]:
@@ -178,17 +303,33 @@ class HcloudReader:
         return [build(item) for item in body.get(kind, [])], paging
 
     def _names(self, kind: str) -> dict[int, str]:
-        pages = read_pages(
-            lambda page: self._page(kind, page, lambda item: item), workers=self.workers
-        )
-        return {item["id"]: item["name"] for item in pages}
+        self._whole[kind] = self._all(kind)
+        return {item["id"]: item["name"] for item in self._whole[kind]}
 
-    def _is_owned(self, server: ActualServer) -> bool:
-        labels = dict(server.labels)
+    def _owns(self, item: dict[str, Any]) -> bool:
+        labels = item.get("labels") or {}
         return (
             labels.get(LABEL_FLEET) == self.fleet.name
             and labels.get(LABEL_MANAGED_BY) == MANAGED_BY
         )
+
+    def _is_owned(self, server: ActualServer) -> bool:
+        return self._owns({"labels": dict(server.labels)})
+
+
+def _resource(
+    kind: ResourceKind,
+    raw: dict[str, Any],
+    properties: tuple[tuple[str, str], ...],
+    servers: Sequence[str] = (),
+) -> CloudResource:
+    return CloudResource(
+        kind=kind,
+        name=raw["name"],
+        properties=properties,
+        servers=tuple(servers),
+        provider_id=str(raw["id"]),
+    )
 
 
 def open_reader(fleet: Fleet, token: str, policy: RetryPolicy) -> HcloudReader:

@@ -8,13 +8,14 @@ container (its instance id, its image name) are not fleet labels and are left ou
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import EngineError
 from engine.model import Fleet, Image, ImageKind, ProviderName
-from engine.providers import ActualServer, InventoryPage, without_fleet_id
+from engine.plan import Problem
+from engine.providers import ActualServer, CloudResource, InventoryPage, without_fleet_id
 from engine.providers.local.driver import (
     LABEL_IMAGE,
     LABEL_INSTANCE_ID,
@@ -88,6 +89,15 @@ class LocalReader:
         """Every machine is on page 1: the Docker engine lists them in one call."""
         servers = self.read_servers() if page == 1 else ()
         return InventoryPage(servers=servers, next_page=None)
+
+    def read_resources(self, servers: Sequence[ActualServer]) -> tuple[CloudResource, ...]:
+        """None: a local fleet declares no firewalls, networks, balancers, records or keys
+        (its bridge is the local provider's own, made when it starts)."""
+        return ()
+
+    def read_prerequisites(self) -> tuple[Problem, ...]:
+        """None: a local fleet needs nothing made beforehand."""
+        return ()
 
     def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
         """Containers that hold a name the fleet would take but carry none of its labels."""

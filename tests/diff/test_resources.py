@@ -1,0 +1,132 @@
+"""Resources besides servers in the diff: declared against listed, property by property."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from engine.catalog import load_catalog
+from engine.diff import as_built, as_recorded, diff_fleet, diff_resources
+from engine.model import Fleet
+from engine.placement import expand_fleet
+from engine.plan import Action
+from engine.providers import CloudResource, ResourceKind
+from stacks.declared import declared_resources
+from tests.stacks.harness import fleet_from
+
+CATALOG = load_catalog("hcloud")
+
+
+def _network(ip_range: str, **more: object) -> CloudResource:
+    return CloudResource(
+        kind=ResourceKind.NETWORK,
+        name="web-prod-private",
+        properties=(("ip_range", ip_range), ("subnets", "eu-central 10.10.0.0/18")),
+        fixed=("ip_range",),
+        servers=("web-2", "web-10", "web-1"),
+        on_replace="detached and attached again",
+        **more,  # type: ignore[arg-type]
+    )
+
+
+def _balancer(lb_type: str, location: str = "fsn1") -> CloudResource:
+    return CloudResource(
+        kind=ResourceKind.LOAD_BALANCER,
+        name="web-prod-web",
+        properties=(("type", lb_type), ("location", location)),
+        fixed=("location",),
+    )
+
+
+def test_the_same_resources_make_no_change() -> None:
+    declared = (_network("10.10.0.0/16"), _balancer("lb11"))
+    found = diff_resources(CATALOG, declared, declared)
+    assert found.changes == () and found.warnings == ()
+    assert found.monthly_before == found.monthly_after == 5.39
+
+
+def test_missing_is_created_and_undeclared_is_deleted_unless_someone_elses() -> None:
+    key = CloudResource(kind=ResourceKind.SSH_KEY, name="k", properties=(("fingerprint", "f"),))
+    theirs = dataclasses.replace(key, name="theirs", owned=False)
+    changes = diff_resources(CATALOG, (_network("10.10.0.0/16"),), (key, theirs)).changes
+    assert [(c.action, c.kind, c.name) for c in changes] == [
+        (Action.CREATE, "network", "web-prod-private"),
+        (Action.DELETE, "ssh_key", "k"),
+    ]
+    created = changes[0]
+    assert [(f.field, f.before, f.after) for f in created.fields] == [
+        ("ip_range", "", "10.10.0.0/16"),
+        ("subnets", "", "eu-central 10.10.0.0/18"),
+    ]
+    assert not created.disruptive and not changes[1].disruptive  # no server hangs on a key
+
+
+def test_a_fixed_property_replaces_and_names_the_servers_it_touches() -> None:
+    found = diff_resources(CATALOG, (_network("10.11.0.0/16"),), (_network("10.10.0.0/16"),))
+    (change,) = found.changes
+    assert found.replaced_servers == {}  # detached and attached again, not made anew
+    assert change.action is Action.REPLACE and change.disruptive
+    assert change.servers == ("web-1", "web-2", "web-10")
+    assert change.reasons == (
+        "ip_range cannot change in place: it is made anew",
+        "servers touched: web-1, web-2, web-10 (detached and attached again)",
+    )
+    assert [(f.field, f.before, f.after) for f in change.fields] == [
+        ("ip_range", "10.10.0.0/16", "10.11.0.0/16")
+    ]
+
+
+def test_other_properties_update_in_place_and_move_the_cost() -> None:
+    found = diff_resources(CATALOG, (_balancer("lb21"),), (_balancer("lb11"),))
+    (change,) = found.changes
+    before, after = found.monthly_before, found.monthly_after
+    assert change.action is Action.UPDATE and not change.disruptive and change.servers == ()
+    assert (change.monthly_before, change.monthly_after) == (5.39, 16.4)
+    assert (before, after) == (5.39, 16.4)
+
+
+def test_what_the_declared_side_leaves_out_is_not_compared() -> None:
+    unknown = CloudResource(kind=ResourceKind.FIREWALL, name="web-prod.engine", properties=())
+    listed = dataclasses.replace(unknown, properties=(("rules", "tcp 22 from 198.51.100.7/32"),))
+    assert diff_resources(CATALOG, (unknown,), (listed,)).changes == ()
+
+
+def test_an_unpriced_balancer_warns_and_the_plan_counts_balancers_in_its_cost() -> None:
+    found = diff_resources(CATALOG, (_balancer("lb11", "nowhere"),), ())
+    assert found.monthly_after == 0
+    assert "no price for load balancer type lb11 in nowhere" in found.warnings[0]
+    fleet = fleet_from("specs/hetzner.yaml")
+    plan = diff_fleet(fleet, CATALOG, (), declared=(_balancer("lb21"),), listed=())
+    assert plan.has_changes and plan.resource_counts() == {Action.CREATE: 1}
+    servers_only = diff_fleet(fleet, CATALOG, ())
+    assert plan.after.monthly_cost == round(servers_only.after.monthly_cost + 16.4, 4)
+    assert plan.api_calls.apply_estimate == servers_only.api_calls.apply_estimate + 1
+
+
+def test_a_new_vpc_range_replaces_the_droplets_in_it() -> None:
+    old = fleet_from("specs/digitalocean.yaml")
+    new = fleet_from(
+        "specs/digitalocean.yaml", networks=[{"name": "vpc", "ip_range": "10.99.0.0/16"}]
+    )
+    catalog = load_catalog("digitalocean")
+    servers = expand_fleet(old, catalog)
+    actual = [as_built(old, s, catalog, provider_id=str(n)) for n, s in enumerate(servers, 1)]
+    records = [as_recorded(old, a, s.group) for a, s in zip(actual, servers, strict=True)]
+
+    def declared(fleet: Fleet) -> tuple[CloudResource, ...]:
+        return declared_resources(fleet, servers, catalog, engine_sources=(), ssh_public_keys=())
+
+    plan = diff_fleet(new, catalog, actual, records, declared=declared(new), listed=declared(old))
+    assert {(r.action, r.name) for r in plan.resources} == {
+        (Action.REPLACE, "api-prod-vpc.fra1"),
+        (Action.REPLACE, "api-prod-vpc.ams3"),
+    }
+    replaced = {c.server: c.reasons for c in plan.changes if c.action is Action.REPLACE}
+    assert set(replaced) == {"api-1", "api-2", "worker-1"}
+    assert (
+        "network api-prod-vpc.fra1 is made anew: replaced: DigitalOcean cannot move"
+        in (replaced["worker-1"][0])
+    )
+    unchanged = diff_fleet(
+        old, catalog, actual, records, declared=declared(old), listed=declared(old)
+    )
+    assert not unchanged.has_changes
