@@ -53,6 +53,7 @@ from engine.controlplane.views import (
     event_document,
     last_heartbeat_metrics,
     server_document,
+    stored_server,
 )
 from engine.model import Stage
 from engine.secrets import RedactingFilter, redact
@@ -318,16 +319,7 @@ class ControlPlaneApi:
         return JSONResponse(await run_in_threadpool(self._servers, fleet), headers=headers)
 
     def _server(self, fleet: str, name: str) -> dict[str, Any]:
-        record = self.store.servers.get(fleet, name)
-        if record is None:
-            raise ApiError(404, "server_not_found", f"fleet {fleet} has no server {name}")
-        return server_document(
-            record,
-            self.store.servers.transitions(fleet, name),
-            self.store.agents.report(fleet, name),
-            now=dt.datetime.now(dt.UTC),
-            metrics=self.metrics,
-        )
+        return stored_server(self.store, fleet, name, metrics=self.metrics)
 
     async def get_server(self, request: Request) -> Response:
         self.check_failures(_source(request))

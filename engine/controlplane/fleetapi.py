@@ -42,7 +42,7 @@ from starlette.responses import JSONResponse, Response
 from engine.controlplane.apikeys import permit
 from engine.controlplane.bodies import read_json
 from engine.controlplane.errors import ApiError, FieldError
-from engine.controlplane.views import MetricsSource, event_document, server_document
+from engine.controlplane.views import MetricsSource, event_document, server_document, stored_server
 from engine.errors import EngineError, SpecError
 from engine.model import Fleet
 from engine.providers.seam import Signal
@@ -550,16 +550,7 @@ class FleetApi:
 
     def _server(self, fleet: str, name: str) -> dict[str, Any]:
         self._known(fleet)
-        record = self.store.servers.get(fleet, name)
-        if record is None:
-            raise ApiError(404, "server_not_found", f"fleet {fleet} has no server {name}")
-        return server_document(
-            record,
-            self.store.servers.transitions(fleet, name),
-            self.store.agents.report(fleet, name),
-            now=dt.datetime.now(dt.UTC),
-            metrics=self.api.metrics,
-        )
+        return stored_server(self.store, fleet, name, metrics=self.api.metrics)
 
     async def get_server(self, request: Request) -> Response:
         _, headers, fleet = self._key(request, Scope.READ)

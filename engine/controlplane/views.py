@@ -11,11 +11,13 @@ import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from engine.controlplane.errors import ApiError
 from engine.health import Power, power_of
 from engine.lifecycle import step_durations
 from engine.model import Stage
 from engine.providers import ActualServer
 from engine.state import AgentReport, Event, HostKeySource, ServerRecord, Transition
+from engine.state.store import Store
 
 MetricsSource = Callable[[ServerRecord, "AgentReport | None"], "Mapping[str, Any] | None"]
 
@@ -38,6 +40,22 @@ def host_keys_note(record: ServerRecord) -> str:
     if record.host_keys_source == HostKeySource.KEYSCAN:
         return "read by ssh-keyscan during polling, NOT pinned from a phone-home"
     return "pinned from the server's authenticated phone-home"
+
+
+def stored_server(
+    store: Store, fleet: str, name: str, *, metrics: MetricsSource = last_heartbeat_metrics
+) -> dict[str, Any]:
+    """`server_document` of a server as the store has it now; a 404 when it has none."""
+    record = store.servers.get(fleet, name)
+    if record is None:
+        raise ApiError(404, "server_not_found", f"fleet {fleet} has no server {name}")
+    return server_document(
+        record,
+        store.servers.transitions(fleet, name),
+        store.agents.report(fleet, name),
+        now=dt.datetime.now(dt.UTC),
+        metrics=metrics,
+    )
 
 
 def server_document(
