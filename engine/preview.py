@@ -347,17 +347,19 @@ def preview_fleet(
         delete_orphans=delete_orphans,
         adopt=adopt,
         engine_sources=known.settings.control_plane_sources if known.settings else (),
-        ssh_public_keys=(*fleet.ssh.authorized_keys, *_deploy_key(state_dir, fleet.name)),
+        ssh_public_keys=fleet_keys(fleet, state_dir),
         apps=_apps(fleet, state_dir, state),
     )
 
 
-def _deploy_key(state_dir: Path, fleet: str) -> tuple[str, ...]:
-    """The fleet's deploy key, if this state directory has made it (a preview makes none)."""
+def fleet_keys(fleet: Fleet, state_dir: Path) -> tuple[str, ...]:
+    """The SSH public keys the fleet's program uploads: the spec's, and the fleet's deploy key
+    if this state directory has made it (a plan makes none)."""
     from engine.install.deploykey import deploy_key_path
 
-    public = deploy_key_path(state_dir, fleet).with_suffix(".pub")
-    return (public.read_text(encoding="ascii").strip(),) if public.is_file() else ()
+    public = deploy_key_path(state_dir, fleet.name).with_suffix(".pub")
+    deploy = (public.read_text(encoding="ascii").strip(),) if public.is_file() else ()
+    return (*fleet.ssh.authorized_keys, *deploy)
 
 
 def _token(fleet: Fleet, spec: Path) -> str:

@@ -150,7 +150,7 @@ class FleetWatch:
 
     def plan(self) -> Plan:
         """Read what exists now and plan, as `engine up` does."""
-        from engine.preview import observe, plan_fleet, recorded
+        from engine.preview import fleet_keys, observe, plan_fleet, recorded
         from engine.tokens import find_fleet_id
 
         observed = observe(
@@ -166,6 +166,8 @@ class FleetWatch:
             observed,
             install_hash=self.digest,
             fleet_id=find_fleet_id(self.state_dir, self.name),
+            engine_sources=self.site.sources,
+            ssh_public_keys=fleet_keys(self.fleet, self.state_dir),
         )
 
     def reconcile(self, before: Mapping[str, Any] | None = None) -> Outcome:

@@ -37,7 +37,14 @@ from engine.errors import EngineError
 from engine.health import AgentAnswer
 from engine.model import Fleet
 from engine.plan import Plan
-from engine.preview import Observed, observe, plan_fleet, recorded, recorded_digest
+from engine.preview import (
+    Observed,
+    fleet_keys,
+    observe,
+    plan_fleet,
+    recorded,
+    recorded_digest,
+)
 from engine.providers.registry import inventory_reader, require_reader
 from engine.providers.seam import RunOptions, Signal
 from engine.secrets import redact, register_secret
@@ -122,6 +129,8 @@ class RemotePlanner:
             observed,
             install_hash=recorded_digest(fleet, known.settings),
             fleet_id=find_fleet_id(self.state_dir, fleet.name),
+            engine_sources=known.settings.control_plane_sources if known.settings else (),
+            ssh_public_keys=fleet_keys(fleet, self.state_dir),
         )
         return Planned(
             document=render_json(plan),

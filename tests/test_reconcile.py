@@ -16,8 +16,9 @@ from engine.catalog import load_catalog
 from engine.diff import as_built, as_recorded
 from engine.model import Fleet, ProviderName, ReconcileMode, Server, Stage
 from engine.placement import expand_fleet
-from engine.plan import Action, Plan
-from engine.providers import ActualServer, InventoryPage
+from engine.plan import Action, Plan, Problem
+from engine.preview import declared, fleet_keys
+from engine.providers import ActualServer, CloudResource, InventoryPage
 from engine.providers.retry import ApiCalls
 from engine.providers.seam import FleetRun, Provisioner, Site
 from engine.reconcile import FleetWatch, ReconcileLoops
@@ -40,12 +41,19 @@ class ModelProvider:
     calls: ApiCalls = dataclasses.field(default_factory=ApiCalls)
     agent_image: str = "registry.example.com/agent:1"
     docker_url: str | None = None
+    resources: tuple[CloudResource, ...] = ()
 
     def read_servers(self) -> tuple[ActualServer, ...]:
         self.calls.requests["GET /servers"] += 1
         return tuple(self.servers.values())
 
     def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
+        return ()
+
+    def read_resources(self, servers: Sequence[ActualServer]) -> tuple[CloudResource, ...]:
+        return self.resources
+
+    def read_prerequisites(self) -> tuple[Problem, ...]:
         return ()
 
     def read_page(self, page: int) -> InventoryPage:
@@ -85,7 +93,13 @@ def _watch(
         s.name: as_built(fleet, s, catalog, str(100 + n))
         for n, s in enumerate(expand_fleet(fleet, catalog))
     }
-    model = ModelProvider(servers=built)
+    # Its firewalls, networks and keys as the program made them.
+    pinned = {name: server.location for name, server in built.items()}
+    resources = declared(
+        fleet, catalog, pinned, engine_sources=SITE.sources,
+        ssh_public_keys=fleet_keys(fleet, tmp_path / "state"),
+    )  # fmt: skip
+    model = ModelProvider(servers=built, resources=resources)
     watch = FleetWatch(fleet, store, model, SITE, tmp_path / "state", opened=True, clock=clock)  # type: ignore[arg-type]
     for server in built.values():
         group = dict(server.labels)["fleet-group"]
