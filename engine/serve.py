@@ -222,6 +222,7 @@ def serve(
                 access_log=access_log,
                 also_listen=local_sites,
                 health=health,
+                dashboard=True,
                 drain_s=drain_s,
                 root_logging=True,
             )
