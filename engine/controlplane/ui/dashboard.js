@@ -60,10 +60,12 @@
     let next = since;
     let delay = 0;
     try {
-      const answer = await fetch(main.dataset.live + "?" + query, {
+      const pending = fetch(main.dataset.live + "?" + query, {
         credentials: "same-origin",
         headers: { Accept: "application/json" },
       });
+      say("Live");
+      const answer = await pending;
       if (answer.status === 401 || answer.status === 403) {
         say("Signed out: reload to sign in again.");
         return;
@@ -78,7 +80,6 @@
         setStage(entry[0], entry[1]);
       });
       next = body.next;
-      say("Live");
     } catch (error) {
       say("Live updates paused; retrying.");
       delay = 5000;
