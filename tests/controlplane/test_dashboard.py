@@ -18,7 +18,7 @@ from engine.controlplane.app import AppSettings, create_app
 from engine.controlplane.dashboard import CSP, SESSION_COOKIE, chart
 from engine.state import MetricPoint, Scope
 from engine.state.store import Store, open_store
-from tests.support.dashboard import FLEET, fill_store
+from tests.support.dashboard import FLEET, fill_store, sign_in
 from tests.support.http import serve
 
 
@@ -39,13 +39,6 @@ class Site:
         answer = sign_in(client, key)
         assert answer.status_code == 303 and answer.headers["location"] == "/", answer.text
         return client
-
-
-def sign_in(client: httpx.Client, key: str) -> httpx.Response:
-    form = client.get("/sign-in")
-    token = re.search(r'name="token" value="([0-9a-f]+)"', form.text)
-    assert token is not None
-    return client.post("/sign-in", data={"token": token[1], "key": key})
 
 
 def csrf_of(page: httpx.Response) -> str:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import re
+
+import httpx
 
 from engine.controlplane.fleets import register_fleet
 from engine.model import Stage
@@ -70,3 +73,11 @@ def fill_store(store: Store, *, servers: int = 3, history_min: int = 60) -> None
                 },
             )
         store.events.record(FLEET, "server.ready", f"web-{n} is ready", server=f"web-{n}")
+
+
+def sign_in(client: httpx.Client, key: str) -> httpx.Response:
+    """Sign `client` (with the dashboard's base URL) in with `key` as the sign-in form does."""
+    form = client.get("/sign-in")
+    token = re.search(r'name="token" value="([0-9a-f]+)"', form.text)
+    assert token is not None, form.text
+    return client.post("/sign-in", data={"token": token[1], "key": key})
