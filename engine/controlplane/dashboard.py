@@ -54,9 +54,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from engine.catalog import Catalog, load_catalog
 from engine.controlplane.apikeys import ApiKeyVerifier
 from engine.controlplane.errors import ApiError
 from engine.controlplane.fleetapi import FleetApi, wait_for_events
+from engine.cost import monthly_price
+from engine.errors import EngineError
 from engine.model import Stage
 from engine.providers.seam import Signal
 from engine.state import ApiKey, AuditEntry, Event, MetricPoint, Scope, ServerRecord
@@ -205,6 +208,7 @@ class Dashboard:
 
     def __init__(self, store: Store, state_dir: Path, fleets: FleetApi, guard: Guard) -> None:
         self.store = store
+        self.state_dir = state_dir
         self.fleets = fleets
         self.guard = guard
         self._signing = hmac.new(
@@ -366,6 +370,7 @@ class Dashboard:
                     "total": len(records),
                     "stages": _stage_counts(records),
                     "runs": self.store.runs.all(name, limit=1),
+                    "monthly": self._monthly(records),
                 }
             )
             events.extend(self.store.events.latest(name, limit=10))
@@ -377,6 +382,34 @@ class Dashboard:
             fleets=fleets,
             events=[_event_row(e, now) for e in events[:15]],
         )
+
+    def _monthly(self, records: Sequence[ServerRecord]) -> str:
+        """What the fleet's servers cost a month at the catalog's prices (without backups,
+        which the records do not say), e.g. "€14.28"; "" when no price is known."""
+        total, currency = 0.0, ""
+        catalogs: dict[str, Catalog | None] = {}
+        for record in records:
+            if not record.provider_id or record.stage is Stage.DELETING:
+                continue
+            if record.provider not in catalogs:
+                try:
+                    catalogs[record.provider] = load_catalog(record.provider, self.state_dir)
+                except EngineError:
+                    catalogs[record.provider] = None
+            catalog = catalogs[record.provider]
+            price = None
+            if catalog is not None:
+                price = monthly_price(
+                    catalog,
+                    record.server_type,
+                    record.location,
+                    backups=False,
+                    ipv4=record.ipv4 is not None,
+                )
+            if price is None or catalog is None:
+                continue
+            total, currency = total + price, catalog.currency
+        return f"{total:.2f} {currency}" if currency else ""
 
     def _fleet_session(self, request: Request) -> tuple[Session | None, Response | None]:
         session = self.session(request)
@@ -495,6 +528,8 @@ class Dashboard:
             events=[_event_row(e, now) for e in events],
             since=events[0].id if events else 0,
             actions=[str(a) for a in ACTIONS] if session.key.may(Scope.APPLY, fleet) else [],
+            # A run is planned from the spec registered through the API (as `POST .../actions`).
+            has_spec=self.store.specs.get(fleet) is not None,
             notice=notice or request.query_params.get("queued", ""),
         )
 

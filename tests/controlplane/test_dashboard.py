@@ -13,12 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.catalog import load_catalog
 from engine.controlplane.apikeys import create_api_key, revoke_api_key
 from engine.controlplane.app import AppSettings, create_app
 from engine.controlplane.dashboard import CSP, SESSION_COOKIE, chart
-from engine.state import MetricPoint, Scope
+from engine.controlplane.fleets import register_fleet
+from engine.cost import monthly_price
+from engine.model import Stage
+from engine.state import MetricPoint, Scope, ServerRecord
 from engine.state.store import Store, open_store
 from tests.support.dashboard import FLEET, fill_store, sign_in
+from tests.support.fleets import example_fleet
 from tests.support.http import serve
 
 
@@ -173,6 +178,11 @@ def test_actions_need_the_csrf_token_a_confirmation_and_the_apply_scope(site: Si
     refused = reader.post(url, data={"action": "reboot", "csrf": csrf_of(page), "confirm": "yes"})
     assert refused.status_code == 403 and "apply scope" in refused.text
     assert len(site.store.runs.all(FLEET)) == 1
+    # Without a spec registered through the API there is nothing to run an action from.
+    site.store.specs.forget(FLEET)
+    page = client.get("/fleets/demo/servers/web-2")
+    assert ">reboot</button>" not in page.text
+    assert "PUT /v1/fleets/demo</code> it first" in page.text
 
 
 def test_sign_out_needs_its_token_and_ends_the_session(site: Site) -> None:
@@ -196,6 +206,30 @@ def test_the_fleet_page_pages_and_filters_its_servers(site: Site) -> None:
     assert rows.findall(client.get("/fleets/demo?q=web-17").text)[:2] == ["web-17", "web-170"]
     assert "No servers match." in client.get("/fleets/demo?stage=failed").text
     assert "10.0.0.1</td>" in first.text and "local</td>" in first.text
+
+
+def test_the_overview_prices_each_fleet_from_its_catalog(site: Site) -> None:
+    register_fleet(site.store, example_fleet("hetzner"))
+    for n, location in ((1, "fsn1"), (2, "hel1")):
+        site.store.servers.save(
+            ServerRecord(
+                fleet="web-prod",
+                name=f"web-{n}",
+                group="web",
+                provider="hcloud",
+                provider_id=str(n),
+                server_type="cx22",
+                location=location,
+                ipv4=f"203.0.113.{n}",
+                stage=Stage.READY,
+            )
+        )
+    catalog = load_catalog("hcloud")
+    each = monthly_price(catalog, "cx22", "fsn1", backups=False, ipv4=True)
+    assert each is not None
+    overview = site.signed_in(site.key()).get("/").text
+    assert f"{2 * each:.2f} EUR a month" in overview
+    assert overview.count("a month") == 1  # the local fleet's prices are 0 with no currency
 
 
 def test_a_key_granted_other_fleets_is_refused_this_one(site: Site) -> None:
