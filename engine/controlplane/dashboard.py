@@ -146,7 +146,7 @@ def chart(
     return Chart(
         metric=metric,
         label=label,
-        # A single point is drawn as a short flat line so it is visible.
+        # A single point is drawn as a short flat dash, so that it can be seen.
         lines=tuple(" ".join(ln if len(ln) > 1 else [*ln, _nudge(ln[0])]) for ln in lines),
         last=values[-1] if values else None,
         peak=max(values) if values else None,
@@ -155,7 +155,7 @@ def chart(
 
 def _nudge(point: str) -> str:
     x, y = point.split(",")
-    return f"{float(x) + 2:.1f},{y}"
+    return f"{float(x) + 6:.1f},{y}"
 
 
 def natural_key(name: str) -> tuple[tuple[int, str], ...]:

@@ -306,5 +306,5 @@ def test_a_chart_breaks_its_line_where_the_agent_was_silent() -> None:
     assert made.lines == ("0.0,126.0 10.0,112.0", "100.0,0.0 110.0,98.0")
     assert (made.last, made.peak) == (30, 150)
     lone = chart([point(30, 50)], "cpu", "CPU", start=start, span_s=3600)
-    assert lone.lines == ("300.0,70.0 302.0,70.0",)
+    assert lone.lines == ("300.0,70.0 306.0,70.0",)
     assert chart([], "cpu", "CPU", start=start, span_s=3600).last is None
