@@ -60,9 +60,18 @@ from engine.controlplane.errors import ApiError
 from engine.controlplane.fleetapi import FleetApi, wait_for_events
 from engine.cost import monthly_price
 from engine.errors import EngineError
+from engine.lifecycle import STEPS, median_durations, step_durations
 from engine.model import Stage
 from engine.providers.seam import Signal
-from engine.state import ApiKey, AuditEntry, Event, MetricPoint, Scope, ServerRecord
+from engine.state import (
+    ApiKey,
+    AuditEntry,
+    Event,
+    MetricPoint,
+    Scope,
+    ServerRecord,
+    Transition,
+)
 from engine.state.store import Store
 from engine.tokens import ensure_api_key_secret
 
@@ -90,6 +99,7 @@ SECURITY_HEADERS = {
 UI = Path(__file__).parent / "ui"
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 CHART_W, CHART_H = 600, 140
+WATERFALL_W = 1000
 
 
 class Guard(Protocol):
@@ -156,6 +166,31 @@ def chart(
 def _nudge(point: str) -> str:
     x, y = point.split(",")
     return f"{float(x) + 6:.1f},{y}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepBar:
+    """One step of a waterfall: when it started and how long it took, in seconds and as
+    offset and width out of WATERFALL_W."""
+
+    step: str
+    seconds: float
+    x: float
+    width: float
+
+
+def waterfall(durations: Mapping[str, float | None]) -> tuple[StepBar, ...]:
+    """The steps done (in their order) as bars one after another, the whole WATERFALL_W wide."""
+    done = [(step, durations.get(step)) for step in STEPS]
+    total = sum(seconds for _, seconds in done if seconds) or 1.0
+    bars, at = [], 0.0
+    for step, seconds in done:
+        if seconds is None:
+            continue
+        width = max(seconds / total * WATERFALL_W, 2.0)
+        bars.append(StepBar(step=step, seconds=seconds, x=round(at, 1), width=round(width, 1)))
+        at += seconds / total * WATERFALL_W
+    return tuple(bars)
 
 
 def natural_key(name: str) -> tuple[tuple[int, str], ...]:
@@ -471,9 +506,14 @@ class Dashboard:
                 }
             )
         events = self.store.events.latest(fleet, limit=10)
+        by_server: dict[str, list[Transition]] = {}
+        for transition in self.store.servers.transitions(fleet):
+            by_server.setdefault(transition.server, []).append(transition)
+        medians = median_durations([step_durations(r, by_server.get(r.name, ())) for r in records])
         return self._page(
             request,
             "fleet.html",
+            steps=waterfall(medians),
             session=session,
             fleet=fleet,
             rows=rows,
@@ -510,6 +550,7 @@ class Dashboard:
         points = self.store.metrics.series(fleet, name, since=start, step_s=step_s)
         report = self.store.agents.report(fleet, name)
         events = self.store.events.latest(fleet, server=name, limit=20)
+        steps = waterfall(step_durations(record, self.store.servers.transitions(fleet, name)))
         return self._page(
             request,
             "server.html",
@@ -525,6 +566,7 @@ class Dashboard:
             charts=[chart(points, m, label, start=start, span_s=span_s) for m, label in CHARTS],
             width=CHART_W,
             height=CHART_H,
+            steps=steps,
             events=[_event_row(e, now) for e in events],
             since=events[0].id if events else 0,
             actions=[str(a) for a in ACTIONS] if session.key.may(Scope.APPLY, fleet) else [],

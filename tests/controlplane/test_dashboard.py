@@ -16,7 +16,7 @@ import pytest
 from engine.catalog import load_catalog
 from engine.controlplane.apikeys import create_api_key, revoke_api_key
 from engine.controlplane.app import AppSettings, create_app
-from engine.controlplane.dashboard import CSP, SESSION_COOKIE, chart
+from engine.controlplane.dashboard import CSP, SESSION_COOKIE, StepBar, chart, waterfall
 from engine.controlplane.fleets import register_fleet
 from engine.cost import monthly_price
 from engine.model import Stage
@@ -308,3 +308,25 @@ def test_a_chart_breaks_its_line_where_the_agent_was_silent() -> None:
     lone = chart([point(30, 50)], "cpu", "CPU", start=start, span_s=3600)
     assert lone.lines == ("300.0,70.0 306.0,70.0",)
     assert chart([], "cpu", "CPU", start=start, span_s=3600).last is None
+
+
+def test_a_waterfall_lays_the_steps_done_end_to_end() -> None:
+    bars = waterfall({"create": 10.0, "boot": 30.0, "phone_home": None, "install": 60.0})
+    assert bars == (
+        StepBar(step="create", seconds=10.0, x=0.0, width=100.0),
+        StepBar(step="boot", seconds=30.0, x=100.0, width=300.0),
+        StepBar(step="install", seconds=60.0, x=400.0, width=600.0),
+    )
+    assert waterfall({"create": None}) == ()
+
+
+def test_the_server_and_fleet_pages_show_the_steps_to_ready(site: Site) -> None:
+    for stage in (Stage.CREATING, Stage.BOOTING, Stage.PHONED_HOME, Stage.READY):
+        site.store.servers.set_stage(FLEET, "web-5", stage)
+    client = site.signed_in(site.key())
+    server = client.get("/fleets/demo/servers/web-5").text
+    assert "Steps to ready" in server
+    assert re.findall(r'class="step step-(\w+)"', server) == ["create", "boot"]
+    assert "Steps to ready" not in client.get("/fleets/demo/servers/web-6").text
+    fleet = client.get("/fleets/demo").text
+    assert re.findall(r'class="step step-(\w+)"', fleet) == ["create", "boot"]
