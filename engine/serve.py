@@ -222,6 +222,7 @@ def serve(
                 access_log=access_log,
                 also_listen=local_sites,
                 health=health,
+                dashboard=True,
                 drain_s=drain_s,
                 root_logging=True,
             )
@@ -229,7 +230,9 @@ def serve(
         pool_size.append(lambda: plane.workers.alive)
         stack.enter_context(loops)
         served = ", ".join(f.name for f in store.fleets.all()) or "none registered yet"
-        on_listening(f"control plane listening on {plane.url} (fleets: {served})")
+        on_listening(
+            f"control plane listening on {plane.url} (fleets: {served}); dashboard at {plane.url}/"
+        )
         if not installs:
             log.warning("no fleet spec and no --install-entry: install jobs wait in the queue")
         stop.wait()

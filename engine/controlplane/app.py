@@ -8,6 +8,7 @@
     GET  /v1/servers/{name}?fleet=F     API key
     GET  /v1/events?fleet=F[&server=S][&after=ID][&limit=N]   API key
     GET  /v1/fleets/{fleet}/servers/{name}/metrics[?since=6h][&step=5m]   API key
+    /, /sign-in, /fleets/...            the dashboard's pages (engine serve; a session cookie)
 
 Every other route is 404. API keys go in `Authorization: Bearer fek_...`; each key has a
 token bucket (100 requests a second, bursts of 200 by default) and a request over it gets
@@ -42,6 +43,7 @@ from starlette.routing import Route
 
 from engine.controlplane.apikeys import ApiKeyVerifier, permit
 from engine.controlplane.bodies import check_body, compile_checks, read_json
+from engine.controlplane.dashboard import Dashboard
 from engine.controlplane.errors import ApiError, FieldError
 from engine.controlplane.fleetapi import FleetApi, FleetPlanner
 from engine.controlplane.lookup import InventoryLookup
@@ -526,17 +528,22 @@ def create_app(
     metrics: MetricsSource = last_heartbeat_metrics,
     planner: FleetPlanner | None = None,
     health: HealthSource | None = None,
+    dashboard: bool = False,
 ) -> Starlette:
     """The control plane's ASGI app over `store` (which the caller opens and closes); with a
     `planner`, the fleet API makes plans (`engine serve`; a control plane inside one `engine
-    up` has none); `health` says what else is degraded."""
+    up` has none); `health` says what else is degraded; with `dashboard`, the dashboard's
+    pages are served at `/` (engine.controlplane.dashboard)."""
     api = ControlPlaneApi(store, settings, lookup=lookup, metrics=metrics, health=health)
     fleets = FleetApi(api, settings.state_dir, planner)
     compile_checks()
     api.phone_home.warm()
     install_log_redaction()
+    routes = [Route(e.path, e.handler, methods=[e.method]) for e in endpoints(api, fleets)]
+    if dashboard:
+        routes += Dashboard(store, settings.state_dir, fleets, api).routes()
     app = Starlette(
-        routes=[Route(e.path, e.handler, methods=[e.method]) for e in endpoints(api, fleets)],
+        routes=routes,
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,

@@ -49,6 +49,7 @@ from engine.providers.seam import Signal
 from engine.state import (
     ApiKey,
     AuditEntry,
+    Event,
     FleetSpec,
     NewJob,
     Run,
@@ -173,6 +174,21 @@ def _whole_number(query: Mapping[str, str], name: str, default: int, low: int, h
             fields=[FieldError(name, f"a whole number from {low} to {high}")],
         )
     return int(text)
+
+
+async def wait_for_events(
+    store: Store, fleet: str, *, server: str | None, since: int, wait_s: float, limit: int
+) -> tuple[Event, ...]:
+    """The fleet's events after the id `since`, waiting up to `wait_s` for one (long-poll)."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        events = await run_in_threadpool(
+            store.events.all, fleet, server=server, after_id=since, limit=limit
+        )
+        if events or asyncio.get_running_loop().time() >= deadline:
+            return events
+        # The store is written by other processes too: nothing here can wake us but a look.
+        await asyncio.sleep(LONG_POLL_STEP_S)
 
 
 class FleetApi:
@@ -439,7 +455,9 @@ class FleetApi:
                 headers=headers,
             )
 
-    def _action(self, fleet: str, name: str, action: str, actor: str) -> Run:
+    def queue_action(self, fleet: str, name: str, action: str, actor: str) -> Run:
+        """Queue `action` on the server as a run and its `server-action` job (404 when the
+        fleet has no spec or no such server with a provider id)."""
         self._spec(fleet)
         record = self.store.servers.get(fleet, name)
         if record is None or not record.provider_id:
@@ -492,7 +510,7 @@ class FleetApi:
                     fields=[FieldError("action", f"required, one of: {', '.join(SERVER_ACTIONS)}")],
                 )
             name = request.path_params["name"]
-            run = await run_in_threadpool(self._action, fleet, name, str(action), key.name)
+            run = await run_in_threadpool(self.queue_action, fleet, name, str(action), key.name)
             audit.done(202, f"run {run.id} queued", run=run.id, action=action)
             return JSONResponse(run_document(run), status_code=202, headers=headers)
 
@@ -567,15 +585,9 @@ class FleetApi:
         limit = _whole_number(query, "limit", 100, 1, 1000)
         server = query.get("server")
         await run_in_threadpool(self._known, fleet)
-        deadline = asyncio.get_running_loop().time() + wait
-        while True:
-            events = await run_in_threadpool(
-                self.store.events.all, fleet, server=server, after_id=since, limit=limit
-            )
-            if events or asyncio.get_running_loop().time() >= deadline:
-                break
-            # The store is written by other processes too: nothing here can wake us but a look.
-            await asyncio.sleep(LONG_POLL_STEP_S)
+        events = await wait_for_events(
+            self.store, fleet, server=server, since=since, wait_s=wait, limit=limit
+        )
         last = events[-1].id if events else since
         return JSONResponse(
             {"fleet": fleet, "events": [event_document(e) for e in events], "next": last},

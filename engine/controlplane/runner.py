@@ -153,13 +153,14 @@ def running_control_plane(
     health: HealthSource | None = None,
     drain_s: float | None = None,
     root_logging: bool = False,
+    dashboard: bool = False,
 ) -> Iterator[RunningControlPlane]:
     """Serve the control plane on host:port (and on each of `also_listen`) in a thread, with
     job workers and the monitor, for the duration of the block; stop everything cleanly when
     it ends: the workers finish the jobs under way (with `drain_s`, those still running after
     it are handed back to the queue). `health` adds to what /v1/health says; with
     `root_logging`, uvicorn logs through the root logger's handlers, as the service's own
-    lines do."""
+    lines do; with `dashboard`, the dashboard is served at `/`."""
     import uvicorn
 
     sock = listening_socket(host, port)
@@ -176,6 +177,7 @@ def running_control_plane(
         metrics=last_heartbeat_metrics,
         planner=planner,
         health=health,
+        dashboard=dashboard,
     )
     server = uvicorn.Server(
         _uvicorn_config(app, forwarded_allow_ips, access_log, log_level, root_logging)

@@ -2,6 +2,7 @@
 
     store.events.record("web-prod", "server.created", "web-1 created", server="web-1")
     store.events.all("web-prod", after_id=41)     # oldest first
+    store.events.latest("web-prod", limit=20)     # newest first
 
 Secrets are redacted from every message before it is written.
 """
@@ -89,23 +90,39 @@ class Events(Repository):
             query = query.where(table.c.server == server)
         with self._read() as connection:
             rows = connection.execute(query.order_by(table.c.id).limit(limit)).all()
-        return tuple(
-            Event(
-                id=row.id,
-                fleet=row.fleet,
-                server=row.server,
-                kind=row.kind,
-                message=row.message,
-                data=row.data,
-                at=row.at,
-            )
-            for row in rows
-        )
+        return tuple(_event(row) for row in rows)
+
+    def latest(
+        self, fleet: str, *, server: str | None = None, kind: str | None = None, limit: int = 50
+    ) -> tuple[Event, ...]:
+        """The fleet's last `limit` events (of `server`, of kinds starting with `kind`),
+        newest first."""
+        table = self._events
+        query = select(table).where(table.c.fleet == fleet)
+        if server is not None:
+            query = query.where(table.c.server == server)
+        if kind:
+            query = query.where(table.c.kind.startswith(kind, autoescape=True))
+        with self._read() as connection:
+            rows = connection.execute(query.order_by(table.c.id.desc()).limit(limit)).all()
+        return tuple(_event(row) for row in rows)
 
     def forget_fleet(self, fleet: str) -> None:
         """Drop the fleet's history."""
         with self._write() as connection:
             connection.execute(delete(self._events).where(self._events.c.fleet == fleet))
+
+
+def _event(row: Any) -> Event:
+    return Event(
+        id=row.id,
+        fleet=row.fleet,
+        server=row.server,
+        kind=row.kind,
+        message=row.message,
+        data=row.data,
+        at=row.at,
+    )
 
 
 @functools.cache

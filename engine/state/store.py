@@ -135,7 +135,12 @@ def _private_sqlite_file(database: Path) -> None:
     if not folder.is_dir():
         private_dir(folder)
     try:
-        os.close(os.open(database, os.O_RDWR | os.O_CREAT, FILE_MODE))
+        # Only ever a new file: closing a descriptor of a database this process already has
+        # open would drop every POSIX lock SQLite holds on it (a second store opened in
+        # `engine serve`'s process, by a server-action job, corrupted the file that way).
+        os.close(os.open(database, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass
     except OSError as error:
         raise EngineError(
             f"cannot create the state store {database}: {error.strerror}; "

@@ -1,7 +1,9 @@
 """A local fleet run through the fleet API alone: `engine serve` as its own process, real
 containers in this session's private Docker engine, and nothing but HTTP and API keys:
 register the spec, plan, apply, scale a group to 4 and back to 3, reboot a server; a plan
-made stale by a change of the spec or of the world is refused with 409."""
+made stale by a change of the spec or of the world is refused with 409. Then the dashboard in
+headless Chromium: sign in, the three ready servers, a server's charts, a reboot from the page
+seen live (screenshots under the test's tmp dir)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import yaml
 
 from engine.model import LABEL_FLEET
 from engine.providers.local.dockerd import PrivateDaemon
+from tests.support.browser import chromium
 from tests.support.cli import ROOT, engine
 from tests.support.wait import wait_until
 
@@ -227,3 +230,50 @@ def test_engine_runs_lists_what_the_api_started(api: Api) -> None:
     one = engine("runs", "api", lines[-1][0], "--format", "json", *state, cwd=api.root, env=api.env)
     (run,) = json.loads(one.stdout)["runs"]
     assert sorted(run["result"]["timings"]["servers"]) == ["web-1", "web-2", "web-3"]
+
+
+def test_the_dashboard_shows_the_fleet_charts_a_server_and_reboots_it_live(
+    api: Api, docker_client: Any, tmp_path: Path
+) -> None:
+    web3 = _containers(docker_client)["api-web-3"]
+    started_at = web3.attrs["State"]["StartedAt"]
+    with chromium(tmp_path / "screenshots") as browser:
+        browser.open(f"{api.url}/fleets/api")
+        assert browser.url == f"{api.url}/sign-in"  # no session: no page
+        browser.type("#key", api.apply_key[:-4] + "0000")
+        browser.click("form button[type=submit]")
+        assert "unknown or revoked" in browser.text(".problem")
+        browser.type("#key", api.apply_key)
+        browser.click("form button[type=submit]")
+        assert "3 servers" in browser.text(".fleet-card")
+        browser.screenshot("fleets")
+        browser.click('a[href="/fleets/api"]')
+        stages = browser.run(
+            "return [...document.querySelectorAll('[data-stage-of]')]"
+            ".map(e => [e.dataset.stageOf, e.textContent])"
+        )
+        assert stages == [["web-1", "ready"], ["web-2", "ready"], ["web-3", "ready"]]
+        browser.screenshot("fleet")
+
+        # The agents' heartbeats since the fleet came up, charted.
+        def charted() -> bool:
+            browser.open(f"{api.url}/fleets/api/servers/web-3")
+            lines = "return document.querySelectorAll('#chart-cpu polyline').length"
+            return bool(browser.run(lines))
+
+        wait_until(charted, timeout_s=120, what="web-3's CPU history")
+        wait_until(lambda: browser.text("#live-status") == "Live", what="live updates")
+        browser.screenshot("server")
+        browser.click('button[data-confirm="reboot web-3?"]')
+        assert browser.accept_alert() == "reboot web-3?"
+        assert "reboot queued" in browser.text(".notice")
+        # The run's progress arrives in the page without a reload.
+        wait_until(
+            lambda: "server.reboot.succeeded" in browser.text("#events"),
+            timeout_s=RUN_S,
+            what="the reboot to be reported live",
+        )
+        assert browser.run("return document.querySelectorAll('#events tr.fresh').length") >= 2
+        browser.screenshot("server-rebooted")
+    web3.reload()
+    assert web3.attrs["State"]["StartedAt"] != started_at and web3.status == "running"

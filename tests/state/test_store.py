@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -283,3 +285,29 @@ def test_an_unreachable_postgresql_names_the_url_without_the_password() -> None:
     message = str(info.value)
     assert f"cannot open the state store at postgresql://team:***@127.0.0.1:{port}" in message
     assert "hunter2" not in message
+
+
+def test_opening_a_second_store_in_a_process_keeps_the_locks_of_the_first(
+    tmp_path: Path,
+) -> None:
+    # Closing any descriptor of a file drops every POSIX lock the process holds on it. A
+    # process whose locks are gone looks closed to others: the last one to leave then empties
+    # and deletes the write-ahead log under it, and the file is corrupt. `engine serve`'s
+    # server-action jobs open a second store in its process; the `engine runs` CLI leaves.
+    database = tmp_path / "state.db"
+    with open_store(f"sqlite:///{database}") as first:
+        first.events.record("web-prod", "test.written", "in the write-ahead log")
+        with open_store(f"sqlite:///{database}"):
+            pass
+        subprocess.run([sys.executable, "-c", READ_AND_LEAVE, str(database)], check=True)
+        assert (tmp_path / "state.db-wal").exists()
+        first.events.record("web-prod", "test.written", "still a sound file")
+        assert len(first.events.all("web-prod")) == 2
+
+
+READ_AND_LEAVE = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1])
+connection.execute("SELECT count(*) FROM events").fetchall()
+connection.close()
+"""

@@ -1,0 +1,740 @@
+"""The dashboard: server-rendered pages over the control plane's store, served at `/` by
+`engine serve`.
+
+    GET  /sign-in                                   the form
+    POST /sign-in                                   key=fek_...: a session, then 303 to /
+    POST /sign-out                                  the session cookie cleared
+    GET  /                                          every fleet the key may read
+    GET  /fleets/{fleet}[?page=N&stage=S&q=TEXT]    its servers, PAGE_SIZE a page
+    GET  /fleets/{fleet}/servers/{name}[?range=1h|24h|30d]   charts, events, actions
+    POST /fleets/{fleet}/servers/{name}/actions     a confirmation page; with confirm=yes, the run
+    GET  /fleets/{fleet}/events[?server=S&kind=K]   the fleet's events
+    GET  /fleets/{fleet}/live?since=ID[&server=S]   JSON for the pages' script (long-poll)
+    GET  /static/{file}                             the stylesheet and the script
+
+The checks, in the order they run:
+
+1. Signing in takes a live API key of at least `read` scope, posted from the sign-in form
+   with the one-use token its page set as a cookie (so no other site can sign a browser in
+   under its own key). A refused sign-in spends a token of the source address's bucket of
+   refused requests, as a refused API call does.
+2. The session is a cookie, nothing kept server-side: the key's id, an expiry (SESSION_S)
+   and a nonce, signed with HMAC-SHA256 under a key derived from the control plane's API-key
+   secret. HttpOnly, SameSite=Strict, Secure when the request came over TLS. Every request
+   reads the key again, so revoking the key ends its sessions at once; a cookie that does
+   not verify is no session.
+3. Every POST carries a CSRF token (an HMAC of the session's nonce). SameSite=Strict already
+   keeps other sites' requests from carrying the cookie; the token is the second wall.
+4. A page of a fleet needs the key's grant of that fleet; an action needs `apply` scope, as
+   the API's does, and is queued as the same `server-action` run and audited under the key's
+   name.
+5. Every answer carries a strict Content-Security-Policy (no inline script or style, nothing
+   from any other origin: every asset is shipped in this package), nosniff, no framing and no
+   referrer; pages are not cached.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import math
+import re
+import secrets
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from engine.catalog import Catalog, load_catalog
+from engine.controlplane.apikeys import ApiKeyVerifier
+from engine.controlplane.errors import ApiError
+from engine.controlplane.fleetapi import FleetApi, wait_for_events
+from engine.cost import monthly_price
+from engine.errors import EngineError
+from engine.lifecycle import STEPS, median_durations, step_durations
+from engine.model import Stage
+from engine.providers.seam import Signal
+from engine.state import (
+    ApiKey,
+    AuditEntry,
+    Event,
+    MetricPoint,
+    Scope,
+    ServerRecord,
+    Transition,
+)
+from engine.state.store import Store
+from engine.tokens import ensure_api_key_secret
+
+SESSION_COOKIE = "fe_session"
+SIGN_IN_COOKIE = "fe_sign_in"
+SESSION_S = 12 * 3600
+PAGE_SIZE = 100
+LIVE_WAIT_MAX_S = 25
+FORM_MAX_BYTES = 8192
+ACTIONS = (Signal.REBOOT, Signal.POWEROFF, Signal.POWERON)
+# Range -> (how far back, seconds between points): about a hundred points a chart.
+RANGES = {"1h": (3600, 60), "24h": (86400, 900), "30d": (30 * 86400, 6 * 3600)}
+CHARTS = (("cpu", "CPU"), ("memory", "Memory"), ("disk", "Disk (fullest)"))
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "object-src 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+UI = Path(__file__).parent / "ui"
+STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+CHART_W, CHART_H = 600, 140
+WATERFALL_W = 1000
+
+
+class Guard(Protocol):
+    """What the dashboard uses of the control plane's app (ControlPlaneApi): its key checks
+    and its bucket of refused requests per source address."""
+
+    api_keys: ApiKeyVerifier
+
+    def check_failures(self, source: str) -> None: ...
+
+    def count_refusal(self, request: Request) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """A signed-in browser: its key (read again on every request) and its CSRF token."""
+
+    key: ApiKey
+    csrf: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Chart:
+    """One metric over a range, as SVG polylines (one per run of points without a gap) in a
+    CHART_W x CHART_H box, 0 to 100 percent bottom to top."""
+
+    metric: str
+    label: str
+    lines: tuple[str, ...]
+    last: float | None
+    peak: float | None
+
+
+def chart(
+    points: Sequence[MetricPoint], metric: str, label: str, *, start: dt.datetime, span_s: int
+) -> Chart:
+    """`metric` of `points` scaled into the chart's box; a gap of more than two steps between
+    points breaks the line, so a silent agent shows as a hole rather than a slope."""
+    lines: list[list[str]] = []
+    previous: dt.datetime | None = None
+    values: list[float] = []
+    for point in points:
+        value = point.values.get(metric)
+        if value is None:
+            continue
+        x = (point.at - start).total_seconds() / span_s * CHART_W
+        y = CHART_H - min(max(value, 0.0), 100.0) / 100 * CHART_H
+        gap = previous is None or (point.at - previous).total_seconds() > 2 * point.step_s
+        if gap:
+            lines.append([])
+        lines[-1].append(f"{max(x, 0.0):.1f},{y:.1f}")
+        previous = point.at
+        values.append(value)
+    return Chart(
+        metric=metric,
+        label=label,
+        # A single point is drawn as a short flat dash, so that it can be seen.
+        lines=tuple(" ".join(ln if len(ln) > 1 else [*ln, _nudge(ln[0])]) for ln in lines),
+        last=values[-1] if values else None,
+        peak=max(values) if values else None,
+    )
+
+
+def _nudge(point: str) -> str:
+    x, y = point.split(",")
+    return f"{float(x) + 6:.1f},{y}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepBar:
+    """One step of a waterfall: when it started and how long it took, in seconds and as
+    offset and width out of WATERFALL_W."""
+
+    step: str
+    seconds: float
+    x: float
+    width: float
+
+
+def waterfall(durations: Mapping[str, float | None]) -> tuple[StepBar, ...]:
+    """The steps done (in their order) as bars one after another, the whole WATERFALL_W wide."""
+    done = [(step, durations.get(step)) for step in STEPS]
+    total = sum(seconds for _, seconds in done if seconds) or 1.0
+    bars, at = [], 0.0
+    for step, seconds in done:
+        if seconds is None:
+            continue
+        width = max(seconds / total * WATERFALL_W, 2.0)
+        bars.append(StepBar(step=step, seconds=seconds, x=round(at, 1), width=round(width, 1)))
+        at += seconds / total * WATERFALL_W
+    return tuple(bars)
+
+
+def natural_key(name: str) -> tuple[tuple[int, str], ...]:
+    """A sort key that puts web-2 before web-10."""
+    return tuple(
+        (int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", name)
+    )
+
+
+def ago(seconds: float) -> str:
+    """A duration in its largest whole unit: 45 s, 12 min, 5 h, 3 d."""
+    seconds = max(seconds, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
+
+
+def _event_row(event: Event, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "fleet": event.fleet,
+        "server": event.server,
+        "kind": event.kind,
+        "message": event.message,
+        "at": event.at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "ago": ago((now - event.at).total_seconds()),
+        "tone": _tone(event.kind),
+    }
+
+
+def _tone(kind: str) -> str:
+    if any(word in kind for word in ("fail", "error", "unhealthy", "drift", "firing")):
+        return "bad"
+    if any(word in kind for word in ("ready", "resolved", "succeeded", "done")):
+        return "good"
+    return "plain"
+
+
+STAGE_TONES = {
+    Stage.READY: "good",
+    Stage.FAILED: "bad",
+    Stage.UNHEALTHY: "bad",
+    Stage.DELETING: "warn",
+}
+
+
+class Dashboard:
+    """The dashboard's routes over the store, the fleet API and the app's key checks."""
+
+    def __init__(self, store: Store, state_dir: Path, fleets: FleetApi, guard: Guard) -> None:
+        self.store = store
+        self.state_dir = state_dir
+        self.fleets = fleets
+        self.guard = guard
+        self._signing = hmac.new(
+            ensure_api_key_secret(state_dir), b"engine dashboard session", hashlib.sha256
+        ).digest()
+        self._templates = Environment(
+            loader=FileSystemLoader(UI),
+            autoescape=select_autoescape(default=True),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self._static = {
+            path.name: path.read_bytes() for path in UI.iterdir() if path.suffix in STATIC_TYPES
+        }
+
+    def routes(self) -> list[Route]:
+        """Every route of the dashboard."""
+        f = "/fleets/{fleet}"
+        return [
+            Route("/sign-in", self.get_sign_in, methods=["GET"]),
+            Route("/sign-in", self.post_sign_in, methods=["POST"]),
+            Route("/sign-out", self.post_sign_out, methods=["POST"]),
+            Route("/", self.get_overview, methods=["GET"]),
+            Route(f, self.get_fleet, methods=["GET"]),
+            Route(f"{f}/events", self.get_events, methods=["GET"]),
+            Route(f"{f}/live", self.get_live, methods=["GET"]),
+            Route(f"{f}/servers/{{name}}", self.get_server, methods=["GET"]),
+            Route(f"{f}/servers/{{name}}/actions", self.post_action, methods=["POST"]),
+            Route("/static/{file}", self.get_static, methods=["GET"]),
+        ]
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    def _sign(self, text: str) -> str:
+        return hmac.new(self._signing, text.encode(), hashlib.sha256).hexdigest()
+
+    def _new_session(self, key: ApiKey) -> str:
+        body = f"{key.key_id}.{int(time.time()) + SESSION_S}.{secrets.token_hex(16)}"
+        return f"{body}.{self._sign(body)}"
+
+    def session(self, request: Request) -> Session | None:
+        """The request's session, or None: no cookie, a cookie that does not verify or has
+        expired, or a key revoked since."""
+        parts = request.cookies.get(SESSION_COOKIE, "").split(".")
+        if len(parts) != 4:
+            return None
+        key_id, expires, nonce, signature = parts
+        if not hmac.compare_digest(signature, self._sign(f"{key_id}.{expires}.{nonce}")):
+            return None
+        if not expires.isdigit() or int(expires) < time.time():
+            return None
+        key = self.store.api_keys.get(key_id)
+        if key is None or key.revoked_at is not None or not key.may(Scope.READ):
+            return None
+        return Session(key=key, csrf=self._sign(f"csrf.{nonce}"))
+
+    def _verify(self, presented: str) -> ApiKey | None:
+        key = self.guard.api_keys.verify(presented)
+        # The verifier remembers keys for a few seconds; a session starts from the store.
+        fresh = None if key is None else self.store.api_keys.get(key.key_id)
+        if fresh is None or fresh.revoked_at is not None or not fresh.may(Scope.READ):
+            return None
+        return fresh
+
+    # --- answers ----------------------------------------------------------------------------
+
+    def _page(
+        self, request: Request, template: str, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        html = self._templates.get_template(template).render(request=request, **context)
+        headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
+        return HTMLResponse(html, status_code=status, headers=headers)
+
+    def _refuse(
+        self, request: Request, status: int, message: str, session: Session | None = None
+    ) -> HTMLResponse:
+        self.guard.count_refusal(request)
+        return self._page(request, "error.html", status, session=session, message=message)
+
+    def _to_sign_in(self) -> Response:
+        return RedirectResponse("/sign-in", status_code=303, headers=SECURITY_HEADERS)
+
+    def _is_tls(self, request: Request) -> bool:
+        return request.url.scheme == "https"
+
+    # --- sign-in ----------------------------------------------------------------------------
+
+    async def get_sign_in(self, request: Request) -> Response:
+        return self._sign_in_form(request, 200, "")
+
+    def _sign_in_form(self, request: Request, status: int, problem: str) -> Response:
+        token = secrets.token_hex(16)
+        answer = self._page(request, "sign_in.html", status, token=token, problem=problem)
+        answer.set_cookie(
+            SIGN_IN_COOKIE,
+            token,
+            max_age=3600,
+            httponly=True,
+            samesite="strict",
+            secure=self._is_tls(request),
+        )
+        return answer
+
+    async def post_sign_in(self, request: Request) -> Response:
+        self.guard.check_failures(request.client.host if request.client else "")
+        form = await read_form(request)
+        token, presented = form.get("token", ""), form.get("key", "").strip()
+        expected = request.cookies.get(SIGN_IN_COOKIE, "")
+        if not expected or not hmac.compare_digest(token, expected):
+            self.guard.count_refusal(request)
+            return self._sign_in_form(request, 403, "The form expired: sign in again.")
+        key = await run_in_threadpool(self._verify, presented)
+        if key is None:
+            self.guard.count_refusal(request)
+            return self._sign_in_form(request, 401, "This API key is unknown or revoked.")
+        answer = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
+        answer.set_cookie(
+            SESSION_COOKIE,
+            self._new_session(key),
+            max_age=SESSION_S,
+            httponly=True,
+            samesite="strict",
+            secure=self._is_tls(request),
+        )
+        answer.delete_cookie(SIGN_IN_COOKIE)
+        return answer
+
+    async def post_sign_out(self, request: Request) -> Response:
+        form = await read_form(request)
+        session = await run_in_threadpool(self.session, request)
+        if session is None or not hmac.compare_digest(form.get("csrf", ""), session.csrf):
+            return self._refuse(request, 403, "This sign-out did not come from this dashboard.")
+        answer = RedirectResponse("/sign-in", status_code=303, headers=SECURITY_HEADERS)
+        answer.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
+        return answer
+
+    # --- pages ------------------------------------------------------------------------------
+
+    async def get_overview(self, request: Request) -> Response:
+        return await run_in_threadpool(self._overview, request)
+
+    def _overview(self, request: Request) -> Response:
+        session = self.session(request)
+        if session is None:
+            return self._to_sign_in()
+        now = dt.datetime.now(dt.UTC)
+        names = {s.fleet for s in self.store.specs.all()} | {
+            f.name for f in self.store.fleets.all()
+        }
+        fleets = []
+        events: list[Event] = []
+        for name in sorted(n for n in names if session.key.may(Scope.READ, n)):
+            settings = self.store.fleets.get(name)
+            records = self.store.servers.all(name)
+            fleets.append(
+                {
+                    "name": name,
+                    "provider": settings.provider if settings else "",
+                    "total": len(records),
+                    "stages": _stage_counts(records),
+                    "runs": self.store.runs.all(name, limit=1),
+                    "monthly": self._monthly(records),
+                }
+            )
+            events.extend(self.store.events.latest(name, limit=10))
+        events.sort(key=lambda e: e.at, reverse=True)
+        return self._page(
+            request,
+            "overview.html",
+            session=session,
+            fleets=fleets,
+            events=[_event_row(e, now) for e in events[:15]],
+        )
+
+    def _monthly(self, records: Sequence[ServerRecord]) -> str:
+        """What the fleet's servers cost a month at the catalog's prices (without backups,
+        which the records do not say), e.g. "€14.28"; "" when no price is known."""
+        total, currency = 0.0, ""
+        catalogs: dict[str, Catalog | None] = {}
+        for record in records:
+            if not record.provider_id or record.stage is Stage.DELETING:
+                continue
+            if record.provider not in catalogs:
+                try:
+                    catalogs[record.provider] = load_catalog(record.provider, self.state_dir)
+                except EngineError:
+                    catalogs[record.provider] = None
+            catalog = catalogs[record.provider]
+            price = None
+            if catalog is not None:
+                price = monthly_price(
+                    catalog,
+                    record.server_type,
+                    record.location,
+                    backups=False,
+                    ipv4=record.ipv4 is not None,
+                )
+            if price is None or catalog is None:
+                continue
+            total, currency = total + price, catalog.currency
+        return f"{total:.2f} {currency}" if currency else ""
+
+    def _fleet_session(self, request: Request) -> tuple[Session | None, Response | None]:
+        session = self.session(request)
+        if session is None:
+            return None, self._to_sign_in()
+        fleet = request.path_params["fleet"]
+        if not session.key.may(Scope.READ, fleet):
+            return None, self._refuse(
+                request, 403, f"The key {session.key.name} is not granted fleet {fleet}.", session
+            )
+        if self.store.fleets.get(fleet) is None and self.store.specs.get(fleet) is None:
+            return None, self._refuse(
+                request, 404, f"This control plane serves no fleet {fleet}.", session
+            )
+        return session, None
+
+    async def get_fleet(self, request: Request) -> Response:
+        return await run_in_threadpool(self._fleet, request)
+
+    def _fleet(self, request: Request) -> Response:
+        session, refused = self._fleet_session(request)
+        if session is None:
+            assert refused is not None
+            return refused
+        fleet = request.path_params["fleet"]
+        query = request.query_params
+        stage, text = query.get("stage", ""), query.get("q", "").strip()
+        now = dt.datetime.now(dt.UTC)
+        records = self.store.servers.all(fleet)
+        shown = sorted(
+            (
+                r
+                for r in records
+                if (not stage or str(r.stage) == stage) and (not text or text in r.name)
+            ),
+            key=lambda r: natural_key(r.name),
+        )
+        pages = max(1, math.ceil(len(shown) / PAGE_SIZE))
+        page = query.get("page", "1")
+        number = min(int(page), pages) if page.isdigit() and int(page) >= 1 else 1
+        on_page = shown[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]
+        reports = {r.server: r for r in self.store.agents.reports(fleet)}
+        rows = []
+        for record in on_page:
+            report = reports.get(record.name)
+            metrics = report.metrics if report else {}
+            rows.append(
+                {
+                    "record": record,
+                    "tone": STAGE_TONES.get(record.stage, "plain"),
+                    "age": ago((now - record.created_at).total_seconds())
+                    if record.created_at
+                    else "",
+                    "heartbeat": ago((now - report.last_heartbeat_at).total_seconds())
+                    if report
+                    else "",
+                    "cpu": _percent(metrics, "cpu"),
+                    "memory": _percent(metrics, "memory"),
+                }
+            )
+        events = self.store.events.latest(fleet, limit=10)
+        by_server: dict[str, list[Transition]] = {}
+        for transition in self.store.servers.transitions(fleet):
+            by_server.setdefault(transition.server, []).append(transition)
+        medians = median_durations([step_durations(r, by_server.get(r.name, ())) for r in records])
+        return self._page(
+            request,
+            "fleet.html",
+            steps=waterfall(medians),
+            session=session,
+            fleet=fleet,
+            rows=rows,
+            total=len(records),
+            matching=len(shown),
+            stages=_stage_counts(records),
+            all_stages=[str(s) for s in Stage],
+            stage=stage,
+            text=text,
+            page=number,
+            pages=pages,
+            runs=self.store.runs.all(fleet, limit=5),
+            events=[_event_row(e, now) for e in events],
+            since=events[0].id if events else 0,
+        )
+
+    async def get_server(self, request: Request) -> Response:
+        return await run_in_threadpool(self._server, request)
+
+    def _server(self, request: Request, *, notice: str = "") -> Response:
+        session, refused = self._fleet_session(request)
+        if session is None:
+            assert refused is not None
+            return refused
+        fleet, name = request.path_params["fleet"], request.path_params["name"]
+        record = self.store.servers.get(fleet, name)
+        if record is None:
+            return self._refuse(request, 404, f"Fleet {fleet} has no server {name}.", session)
+        chosen = request.query_params.get("range", "1h")
+        chosen = chosen if chosen in RANGES else "1h"
+        span_s, step_s = RANGES[chosen]
+        now = dt.datetime.now(dt.UTC)
+        start = now - dt.timedelta(seconds=span_s)
+        points = self.store.metrics.series(fleet, name, since=start, step_s=step_s)
+        report = self.store.agents.report(fleet, name)
+        events = self.store.events.latest(fleet, server=name, limit=20)
+        steps = waterfall(step_durations(record, self.store.servers.transitions(fleet, name)))
+        return self._page(
+            request,
+            "server.html",
+            session=session,
+            fleet=fleet,
+            record=record,
+            tone=STAGE_TONES.get(record.stage, "plain"),
+            report=report,
+            heartbeat=ago((now - report.last_heartbeat_at).total_seconds()) if report else "",
+            age=ago((now - record.created_at).total_seconds()) if record.created_at else "",
+            ranges=list(RANGES),
+            chosen=chosen,
+            charts=[chart(points, m, label, start=start, span_s=span_s) for m, label in CHARTS],
+            width=CHART_W,
+            height=CHART_H,
+            steps=steps,
+            events=[_event_row(e, now) for e in events],
+            since=events[0].id if events else 0,
+            actions=[str(a) for a in ACTIONS] if session.key.may(Scope.APPLY, fleet) else [],
+            # A run is planned from the spec registered through the API (as `POST .../actions`).
+            has_spec=self.store.specs.get(fleet) is not None,
+            notice=notice or request.query_params.get("queued", ""),
+        )
+
+    async def get_events(self, request: Request) -> Response:
+        return await run_in_threadpool(self._events, request)
+
+    def _events(self, request: Request) -> Response:
+        session, refused = self._fleet_session(request)
+        if session is None:
+            assert refused is not None
+            return refused
+        fleet = request.path_params["fleet"]
+        server = request.query_params.get("server") or None
+        kind = request.query_params.get("kind", "").strip()
+        now = dt.datetime.now(dt.UTC)
+        events = self.store.events.latest(fleet, server=server, kind=kind, limit=200)
+        return self._page(
+            request,
+            "events.html",
+            session=session,
+            fleet=fleet,
+            server=server or "",
+            kind=kind,
+            events=[_event_row(e, now) for e in events],
+            since=events[0].id if events else 0,
+        )
+
+    # --- actions ----------------------------------------------------------------------------
+
+    async def post_action(self, request: Request) -> Response:
+        form = await read_form(request)
+        return await run_in_threadpool(self._action, request, form)
+
+    def _action(self, request: Request, form: Mapping[str, str]) -> Response:
+        session = self.session(request)
+        if session is None:
+            return self._refuse(request, 401, "Sign in first: this browser has no session.")
+        if not hmac.compare_digest(form.get("csrf", ""), session.csrf):
+            return self._refuse(
+                request, 403, "This action did not come from this dashboard's page.", session
+            )
+        fleet, name = request.path_params["fleet"], request.path_params["name"]
+        if not session.key.may(Scope.APPLY, fleet):
+            return self._refuse(
+                request,
+                403,
+                f"The key {session.key.name} may not act on fleet {fleet}: this needs a key "
+                "of apply scope.",
+                session,
+            )
+        action = form.get("action", "")
+        if action not in {str(a) for a in ACTIONS}:
+            choices = ", ".join(str(a) for a in ACTIONS)
+            return self._refuse(request, 422, f"Choose an action: one of {choices}.", session)
+        if form.get("confirm") != "yes":
+            return self._page(
+                request, "confirm.html", session=session, fleet=fleet, name=name, action=action
+            )
+        try:
+            run = self.fleets.queue_action(fleet, name, action, session.key.name)
+        except ApiError as error:
+            return self._refuse(request, error.status, f"{error.message}.", session)
+        self.store.audit.record(
+            AuditEntry(
+                at=dt.datetime.now(dt.UTC),
+                actor=session.key.name,
+                action=f"POST {request.url.path}",
+                fleet=fleet,
+                status=303,
+                result=f"run {run.id} queued",
+                detail={"run": run.id, "action": action, "via": "dashboard"},
+            )
+        )
+        return RedirectResponse(
+            f"/fleets/{fleet}/servers/{name}?queued={action}", 303, headers=SECURITY_HEADERS
+        )
+
+    # --- live updates and assets ------------------------------------------------------------
+
+    async def get_live(self, request: Request) -> Response:
+        """New events after `since` (waiting up to `wait` seconds for one) and the stage of
+        every server they name, for the pages' script."""
+        session, refused = await run_in_threadpool(self._fleet_session, request)
+        if session is None:
+            assert refused is not None
+            return JSONResponse(
+                {"error": {"code": "no_session", "message": "sign in again"}},
+                status_code=401 if refused.status_code == 303 else refused.status_code,
+                headers=SECURITY_HEADERS,
+            )
+        fleet = request.path_params["fleet"]
+        query = request.query_params
+        since, wait = query.get("since", "0"), query.get("wait", "0")
+        if not since.isdigit() or not wait.isdigit():
+            self.guard.count_refusal(request)
+            return JSONResponse(
+                {"error": {"code": "invalid_query", "message": "since and wait: whole numbers"}},
+                status_code=422,
+                headers=SECURITY_HEADERS,
+            )
+        events = await wait_for_events(
+            self.store,
+            fleet,
+            server=query.get("server") or None,
+            since=int(since),
+            wait_s=min(int(wait), LIVE_WAIT_MAX_S),
+            limit=100,
+        )
+        stages = await run_in_threadpool(self._stages, fleet, {e.server for e in events})
+        now = dt.datetime.now(dt.UTC)
+        return JSONResponse(
+            {
+                "events": [_event_row(e, now) for e in events],
+                "next": events[-1].id if events else int(since),
+                "stages": stages,
+            },
+            headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},
+        )
+
+    def _stages(self, fleet: str, servers: set[str | None]) -> dict[str, dict[str, str]]:
+        stages = {}
+        for name in sorted(s for s in servers if s):
+            record = self.store.servers.get(fleet, name)
+            if record is not None:
+                stages[name] = {
+                    "stage": str(record.stage),
+                    "tone": STAGE_TONES.get(record.stage, "plain"),
+                }
+        return stages
+
+    async def get_static(self, request: Request) -> Response:
+        name = request.path_params["file"]
+        content = self._static.get(name)
+        if content is None:
+            return Response(status_code=404, headers=SECURITY_HEADERS)
+        headers = {**SECURITY_HEADERS, "Cache-Control": "max-age=300"}
+        return Response(content, media_type=STATIC_TYPES[Path(name).suffix], headers=headers)
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A posted HTML form's fields (the first value of each); empty unless the body is a
+    urlencoded form of at most FORM_MAX_BYTES, which every form of the dashboard is."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind != "application/x-www-form-urlencoded":
+        return {}
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_MAX_BYTES:
+            return {}
+    fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=16)
+    return {name: values[0] for name, values in fields.items()}
+
+
+def _stage_counts(records: Sequence[ServerRecord]) -> list[tuple[str, int, str]]:
+    counts: dict[Stage, int] = {}
+    for record in records:
+        counts[record.stage] = counts.get(record.stage, 0) + 1
+    return [(str(s), counts[s], STAGE_TONES.get(s, "plain")) for s in Stage if s in counts]
+
+
+def _percent(metrics: Mapping[str, Any], section: str) -> str:
+    part = metrics.get(section)
+    value = part.get("percent") if isinstance(part, Mapping) else None
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return f"{value:.0f}%" if is_number else ""

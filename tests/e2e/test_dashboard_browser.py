@@ -1,0 +1,138 @@
+"""The dashboard in headless Chromium against a real `engine serve` on loopback, over a store
+filled as a served fleet leaves it (tests/support/dashboard.py): sign in (a wrong key first),
+see the three ready servers, open one and see its charts, reboot it from the page, and watch
+its stage and events change without a reload. Screenshots of each page are written under the
+test's tmp dir (`screenshots/`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine.controlplane.apikeys import create_api_key
+from engine.controlplane.dashboard import CSP
+from engine.model import Stage
+from engine.state import Scope
+from engine.state.store import open_store
+from tests.support.browser import chromium
+from tests.support.dashboard import FLEET, fill_store
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@contextmanager
+def engine_serve(url: str, state_dir: Path) -> Iterator[str]:
+    """`engine serve` on a free loopback port over the store at `url`, with no job workers
+    (the queued reboot stays queued: no provider runs here); its base URL."""
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "engine", "serve", "--listen", "127.0.0.1:0"),
+            *("--state", url, "--state-dir", str(state_dir), "--workers", "0"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        said = process.stdout.readline()
+        assert said.startswith("control plane listening on http://127.0.0.1:"), said
+        yield said.split()[4]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_sign_in_see_the_fleet_chart_a_server_reboot_it_and_watch_it_live(
+    tmp_path: Path,
+) -> None:
+    url, state_dir = f"sqlite:///{tmp_path / 'state.db'}", tmp_path / "state"
+    shots = tmp_path / "screenshots"
+    with open_store(url) as store:
+        fill_store(store, servers=3)
+        key = create_api_key(store, state_dir, "ops", scope=Scope.APPLY)
+        with engine_serve(url, state_dir) as base, chromium(shots) as browser:
+            plain = httpx.get(f"{base}/fleets/demo", follow_redirects=False)
+            assert (plain.status_code, plain.headers["location"]) == (303, "/sign-in")
+            assert plain.headers["content-security-policy"] == CSP
+
+            browser.open(f"{base}/")
+            assert browser.url == f"{base}/sign-in"
+            browser.screenshot("sign-in")
+            browser.type("#key", key[:-4] + "0000")
+            browser.click("form button[type=submit]")
+            assert "unknown or revoked" in browser.text(".problem")
+            browser.screenshot("sign-in-refused")
+            browser.type("#key", key)
+            browser.click("form button[type=submit]")
+            browser.find(".fleet-card")
+            assert browser.url == f"{base}/"
+            assert "3 servers" in browser.text(".fleet-card")
+            # The stylesheet applied under the CSP: the page's colours are its own.
+            background = browser.run("return getComputedStyle(document.body).backgroundColor")
+            assert background in ("rgb(246, 247, 249)", "rgb(18, 22, 29)")
+            browser.screenshot("fleets")
+
+            browser.click(".fleet-card h2 a")
+            browser.find("table.servers")
+            names = browser.run(
+                "return [...document.querySelectorAll('table.servers tbody th')]"
+                ".map(e => e.textContent)"
+            )
+            assert names == ["web-1", "web-2", "web-3"]
+            stages = browser.run(
+                "return [...document.querySelectorAll('[data-stage-of]')].map(e => e.textContent)"
+            )
+            assert stages == ["ready"] * 3
+            browser.screenshot("fleet")
+
+            browser.click('a[href="/fleets/demo/servers/web-2"]')
+            browser.find("#chart-cpu polyline")
+            drawn = browser.run(
+                "const line = document.querySelector('#chart-cpu polyline');"
+                "return [line.points.numberOfItems, line.getBoundingClientRect().width]"
+            )
+            assert drawn[0] >= 55 and drawn[1] > 100  # an hour of points, drawn across
+            # The script ran under the CSP and is long-polling for events.
+            wait_until(lambda: browser.text("#live-status") == "Live", what="live updates")
+            browser.screenshot("server")
+
+            browser.click('button[data-confirm="reboot web-2?"]')
+            assert browser.accept_alert() == "reboot web-2?"
+            assert "reboot queued" in browser.text(".notice")
+            (run,) = store.runs.all(FLEET)
+            assert (run.kind, run.created_by, run.request["server"]) == ("reboot", "ops", "web-2")
+
+            # What the reboot's job records as the server goes down, seen without a reload.
+            wait_until(lambda: browser.text("#live-status") == "Live", what="live updates")
+            store.servers.set_stage(FLEET, "web-2", Stage.UNHEALTHY, "rebooting: no heartbeat")
+            store.events.record(FLEET, "server.unhealthy", "web-2 went quiet", server="web-2")
+            wait_until(
+                lambda: browser.text("h1 [data-stage-of]") == "unhealthy",
+                what="the stage badge to change live",
+            )
+            assert "web-2 went quiet" in browser.text("#events tr.fresh")
+            browser.screenshot("server-live")
+
+            browser.click('a[href="/fleets/demo/events"]')
+            assert "web-2 went quiet" in browser.text("#events")
+            browser.screenshot("events")
+    assert sorted(p.name for p in shots.iterdir()) == [
+        "events.png",
+        "fleet.png",
+        "fleets.png",
+        "server-live.png",
+        "server.png",
+        "sign-in-refused.png",
+        "sign-in.png",
+    ]
