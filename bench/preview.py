@@ -58,12 +58,11 @@ def bench_spec(endpoint: str | None = None, servers: int = GROUPS * PER_GROUP) -
 
 
 def bench_digest(fleet: Fleet) -> str:
-    """The install digest the fleet's servers were installed with, as far as the spec goes."""
-    from engine.install.digest import install_digest
+    """The install digest the fleet's servers were installed with: the one `engine preview`
+    expects where no run recorded its control plane (the benchmark's store has none)."""
+    from engine.preview import recorded_digest
 
-    return install_digest(
-        fleet, agent="recipe:bench", control_plane_url="", control_plane_sources=()
-    )
+    return recorded_digest(fleet, None)
 
 
 def drifted_inventory(
