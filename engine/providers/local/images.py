@@ -48,6 +48,9 @@ BUILDER_TIMEOUT_S = 120.0
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 BOOTSTRAP_RECIPE = f"debootstrap --variant=minbase {SUITE} v1"
 
+# Between two tries of a step that waits for the machine's Docker to answer.
+RETRY_S = 0.2
+
 
 def cache_dir() -> Path:
     """Where built artefacts are kept between runs: $XDG_CACHE_HOME/fleet-engine."""
@@ -311,7 +314,7 @@ def _run_in(machine: Any, *argv: str, deadline: float | None = None) -> str:
                 f"building the local machine image: {' '.join(argv)} failed "
                 f"(exit {result.exit_code}): {output.strip()[-800:]}"
             )
-        time.sleep(0.2)
+        time.sleep(RETRY_S)
 
 
 ImageSource = tuple[str, Callable[[], Iterable[bytes]]]
