@@ -70,12 +70,15 @@ def test_a_probe_takes_exactly_one_check(client: AgentClient, web: str) -> None:
         assert info.value.status == 422
 
 
-def audited(agent: AgentProcess, path: str) -> dict[str, Any]:
-    """The audit entry of the last call to `path` (written once the answer has gone out)."""
+def audited(agent: AgentProcess, path: str, after: int) -> dict[str, Any]:
+    """The audit entry of the first call to `path` past the log's first `after` entries. It is
+    written once the answer has gone out, so it is waited for: the last entry for `path` in the
+    log may still be an earlier test's."""
     entries = wait_until(
-        lambda: [e for e in agent.audit() if e["path"] == path], what=f"{path} in the audit log"
+        lambda: [e for e in agent.audit()[after:] if e["path"] == path],
+        what=f"{path} in the audit log",
     )
-    return dict(entries[-1])
+    return dict(entries[0])
 
 
 def test_an_archive_streamed_from_the_engine_is_loaded_and_audited(
@@ -86,11 +89,12 @@ def test_an_archive_streamed_from_the_engine_is_loaded_and_audited(
     archive = b"".join(docker_client.api.get_image(copy, chunk_size=64 * 1024))
     docker_client.api.remove_image(copy)
     assert copy not in {t for i in client.images() for t in i["tags"]}
+    logged = len(agent.audit())
     assert client.load_image(
         iter([archive[i : i + 50_000] for i in range(0, len(archive), 50_000)])
     ) == [copy]
     assert copy in {t for i in client.images() for t in i["tags"]}
-    entry = audited(agent, "/v1/images/load")
+    entry = audited(agent, "/v1/images/load", logged)
     assert entry["status"] == 200 and entry["body_bytes"] == len(archive)
     assert entry["body_sha256"] == hashlib.sha256(archive).hexdigest()
     docker_client.api.remove_image(copy)
@@ -125,13 +129,14 @@ def test_an_archive_over_the_limit_is_refused(
 def test_pull_credentials_are_used_once_and_written_nowhere(
     agent: AgentProcess, client: AgentClient
 ) -> None:
+    logged = len(agent.audit())
     with pytest.raises(AgentError) as info:
         client.pull_image(
             "127.0.0.1:9/acme/web:1", {"username": "ci", "password": "sw0rdfish-pull-token"}
         )
     assert info.value.status == 502
     assert "sw0rdfish" not in str(info.value)
-    entry = audited(agent, "/v1/images/pull")
+    entry = audited(agent, "/v1/images/pull", logged)
     assert entry["image"] == "127.0.0.1:9/acme/web:1" and "auth" not in entry
     assert "sw0rdfish" not in (agent.folder / "state" / "audit.log").read_text()
     assert "sw0rdfish" not in agent.log_text()

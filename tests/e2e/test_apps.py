@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import http.client
 import io
 import itertools
 import json
@@ -122,12 +123,14 @@ class Apps:
         self.fleet.write(spec)
 
     def get(self, server: str, path: str = "/") -> str | None:
+        """The answer, or None when there is none (refused, timed out, or cut off mid-answer
+        by a container stopping)."""
         try:
             with urllib.request.urlopen(
                 f"http://{self.addresses[server]}:80{path}", timeout=1
             ) as r:
                 return str(r.read().decode().strip())
-        except OSError:
+        except (OSError, http.client.HTTPException):
             return None
 
     def plan(self) -> list[tuple[str, str]]:
