@@ -10,6 +10,7 @@
     POST /fleets/{fleet}/servers/{name}/actions     a confirmation page; with confirm=yes, the run
     GET  /fleets/{fleet}/events[?server=S&kind=K]   the fleet's events
     GET  /fleets/{fleet}/live?since=ID[&server=S]   JSON for the pages' script (long-poll)
+    GET  /alerts[?fleet=F&state=S&q=TEXT]           the alerts of every fleet the key may read
     GET  /static/{file}                             the stylesheet and the script
 
 The checks, in the order they run:
@@ -64,6 +65,8 @@ from engine.lifecycle import STEPS, median_durations, step_durations
 from engine.model import Stage
 from engine.providers.seam import Signal
 from engine.state import (
+    AlertRecord,
+    AlertState,
     ApiKey,
     AuditEntry,
     Event,
@@ -230,6 +233,24 @@ def _tone(kind: str) -> str:
     return "plain"
 
 
+ALERT_TONES = {AlertState.FIRING: "bad", AlertState.PENDING: "warn", AlertState.RESOLVED: "good"}
+ALERT_ORDER = {AlertState.FIRING: 0, AlertState.PENDING: 1, AlertState.RESOLVED: 2}
+
+
+def _alert_row(alert: AlertRecord, now: dt.datetime) -> dict[str, Any]:
+    def when(at: dt.datetime | None) -> str:
+        return "" if at is None else ago((now - at).total_seconds()) + " ago"
+
+    return {
+        "record": alert,
+        "tone": ALERT_TONES[alert.state],
+        "since": when(alert.since),
+        "fired": when(alert.fired_at),
+        "resolved": when(alert.resolved_at),
+        "value": "" if alert.value is None else f"{alert.value:g}",
+    }
+
+
 STAGE_TONES = {
     Stage.READY: "good",
     Stage.FAILED: "bad",
@@ -271,6 +292,7 @@ class Dashboard:
             Route(f"{f}/events", self.get_events, methods=["GET"]),
             Route(f"{f}/live", self.get_live, methods=["GET"]),
             Route(f"{f}/servers/{{name}}", self.get_server, methods=["GET"]),
+            Route("/alerts", self.get_alerts, methods=["GET"]),
             Route(f"{f}/servers/{{name}}/actions", self.post_action, methods=["POST"]),
             Route("/static/{file}", self.get_static, methods=["GET"]),
         ]
@@ -390,12 +412,9 @@ class Dashboard:
         if session is None:
             return self._to_sign_in()
         now = dt.datetime.now(dt.UTC)
-        names = {s.fleet for s in self.store.specs.all()} | {
-            f.name for f in self.store.fleets.all()
-        }
         fleets = []
         events: list[Event] = []
-        for name in sorted(n for n in names if session.key.may(Scope.READ, n)):
+        for name in self._readable_fleets(session):
             settings = self.store.fleets.get(name)
             records = self.store.servers.all(name)
             fleets.append(
@@ -406,6 +425,9 @@ class Dashboard:
                     "stages": _stage_counts(records),
                     "runs": self.store.runs.all(name, limit=1),
                     "monthly": self._monthly(records),
+                    "firing": sum(
+                        a.state is AlertState.FIRING for a in self.store.alerts.all(name)
+                    ),
                 }
             )
             events.extend(self.store.events.latest(name, limit=10))
@@ -416,6 +438,49 @@ class Dashboard:
             session=session,
             fleets=fleets,
             events=[_event_row(e, now) for e in events[:15]],
+        )
+
+    def _readable_fleets(self, session: Session) -> list[str]:
+        names = {s.fleet for s in self.store.specs.all()} | {
+            f.name for f in self.store.fleets.all()
+        }
+        return sorted(n for n in names if session.key.may(Scope.READ, n))
+
+    async def get_alerts(self, request: Request) -> Response:
+        return await run_in_threadpool(self._alerts, request)
+
+    def _alerts(self, request: Request) -> Response:
+        session = self.session(request)
+        if session is None:
+            return self._to_sign_in()
+        query = request.query_params
+        fleet, state = query.get("fleet", ""), query.get("state", "")
+        text = query.get("q", "").strip()
+        readable = self._readable_fleets(session)
+        if fleet and fleet not in readable:
+            return self._refuse(
+                request, 403, f"The key {session.key.name} is not granted fleet {fleet}.", session
+            )
+        now = dt.datetime.now(dt.UTC)
+        alerts = [
+            a
+            for name in ([fleet] if fleet else readable)
+            for a in self.store.alerts.all(name)
+            if (not state or str(a.state) == state)
+            and (not text or text in a.alert or text in a.subject)
+        ]
+        # Firing first, then pending, then resolved; the most recent change first in each.
+        alerts.sort(key=lambda a: (ALERT_ORDER[a.state], -a.since.timestamp()))
+        return self._page(
+            request,
+            "alerts.html",
+            session=session,
+            fleets=readable,
+            fleet=fleet,
+            state=state,
+            text=text,
+            states=[str(s) for s in AlertState],
+            alerts=[_alert_row(a, now) for a in alerts],
         )
 
     def _monthly(self, records: Sequence[ServerRecord]) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -20,7 +20,7 @@ from engine.controlplane.dashboard import CSP, SESSION_COOKIE, StepBar, chart, w
 from engine.controlplane.fleets import register_fleet
 from engine.cost import monthly_price
 from engine.model import Stage
-from engine.state import MetricPoint, Scope, ServerRecord
+from engine.state import AlertRecord, AlertState, MetricPoint, Scope, ServerRecord
 from engine.state.store import Store, open_store
 from tests.support.dashboard import FLEET, fill_store, sign_in
 from tests.support.fleets import example_fleet
@@ -330,3 +330,59 @@ def test_the_server_and_fleet_pages_show_the_steps_to_ready(site: Site) -> None:
     assert "Steps to ready" not in client.get("/fleets/demo/servers/web-6").text
     fleet = client.get("/fleets/demo").text
     assert re.findall(r'class="step step-(\w+)"', fleet) == ["create", "boot"]
+
+
+def test_the_alerts_page_lists_firing_and_resolved_alerts_filtered(site: Site) -> None:
+    now = dt.datetime.now(dt.UTC)
+    hour = dt.timedelta(hours=1)
+    for record in (
+        AlertRecord(
+            fleet=FLEET,
+            alert="hot",
+            subject="web-1",
+            state=AlertState.FIRING,
+            since=now - hour,
+            value=97.5,
+            fired_at=now - hour,
+        ),
+        AlertRecord(
+            fleet=FLEET,
+            alert="hot",
+            subject="web-2",
+            state=AlertState.RESOLVED,
+            since=now - 2 * hour,
+            fired_at=now - 3 * hour,
+            resolved_at=now - 2 * hour,
+        ),
+        AlertRecord(
+            fleet=FLEET, alert="drifted", subject="", state=AlertState.PENDING, since=now, value=2
+        ),
+        AlertRecord(
+            fleet="secret", alert="hot", subject="db-1", state=AlertState.FIRING, since=now
+        ),
+    ):
+        site.store.alerts.save(record)
+    register_fleet(site.store, replace(example_fleet("demo"), name="secret"))
+    client = site.signed_in(site.key(fleets=(FLEET,)))
+    overview = client.get("/").text
+    assert 'href="/alerts"' in overview
+    assert "1 alert firing</a>" in overview
+    page = client.get("/alerts")
+    assert page.status_code == 200 and page.headers["content-security-policy"] == CSP
+    rows = re.findall(
+        r'<tr><th scope="row">(\w+)</th>.*?class="stage stage-\w+">(\w+)</span>', page.text
+    )
+    # Firing first, then pending, then resolved; the other fleet's alert is not shown.
+    assert rows == [("hot", "firing"), ("drifted", "pending"), ("hot", "resolved")]
+    assert "97.5" in page.text and "db-1" not in page.text and "secret" not in page.text
+    resolved = client.get("/alerts?state=resolved").text
+    assert "web-2" in resolved and "web-1" not in resolved
+    assert "web-1" in client.get("/alerts?q=web-1").text
+    assert "No alerts match." in client.get("/alerts?q=nothing").text
+    by_fleet = client.get("/alerts?fleet=demo")
+    assert "Alerts of demo" in by_fleet.text
+    refused = client.get("/alerts?fleet=secret")
+    assert refused.status_code == 403 and "db-1" not in refused.text
+    # The fleet's pages link to its alerts.
+    assert 'href="/alerts?fleet=demo"' in client.get("/fleets/demo").text
+    assert site.browser().get("/alerts").status_code == 303
