@@ -3,6 +3,8 @@
     render_text(plan, colour=True)      symbols + ~ - -/+, reasons, apps, warnings, totals
     render_markdown(plan)               a tuple of comment bodies, each under 65,000 characters
     render_json(plan)                   a dict following schemas/plan.v2.schema.json
+    plan_from_json(document)            back to a Plan, as much of it as render_text shows
+                                        (a plan saved through the API, rendered again)
 
 Resources besides servers (firewalls, networks, load balancers, DNS records, placement
 groups, SSH keys) follow the servers' changes in every format, each with its kind, what
@@ -20,18 +22,22 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine.exposure import Exposure, Severity
-from engine.model import Server, fleet_resource_name
+from engine.model import Image, ImageKind, Protocol, Server, fleet_resource_name
 from engine.plan import (
     ACTIONS,
     APP_ACTIONS,
     Action,
+    ApiCallCount,
     AppAction,
     AppChange,
+    AppRollout,
     Change,
     FieldChange,
     Plan,
+    Problem,
     ResourceChange,
     RetryBy,
+    RolloutGroup,
     Usage,
 )
 from engine.providers import ActualServer
@@ -702,3 +708,170 @@ def render_json(plan: Plan) -> dict[str, Any]:
             "apply_estimate": plan.api_calls.apply_estimate,
         },
     }
+
+
+# --- back from JSON ------------------------------------------------------------------------
+
+
+def _fields(items: Iterable[Any]) -> tuple[FieldChange, ...]:
+    return tuple(FieldChange(field=f["field"], before=f["before"], after=f["after"]) for f in items)
+
+
+def _image(described: str | None) -> Image | None:
+    # The JSON keeps an image as its description; a named image describes itself as that.
+    return None if described is None else Image(kind=ImageKind.NAME, name=described)
+
+
+def _actual_from(name: str, data: Any) -> ActualServer | None:
+    if data is None:
+        return None
+    return ActualServer(
+        name=name,
+        provider_id=data["provider_id"],
+        labels=tuple(sorted(data["labels"].items())),
+        server_type=data["server_type"],
+        image=_image(data["image"]),
+        location=data["location"],
+        status=data["status"],
+        disk_gb=data["disk_gb"],
+        backups=data["backups"],
+        firewalls=tuple(data["firewalls"]),
+        networks=tuple(data["networks"]),
+        placement_group=data["placement_group"],
+    )
+
+
+def _desired_from(name: str, group: str, data: Any) -> Server | None:
+    if data is None:
+        return None
+    image = _image(data["image"])
+    assert image is not None
+    return Server(
+        name=name,
+        group=group,
+        index=0,
+        server_type=data["server_type"],
+        image=image,
+        location=data["location"],
+        labels=tuple(sorted(data["labels"].items())),
+        firewalls=tuple(data["firewalls"]),
+        networks=tuple(data["networks"]),
+        backups=data["backups"],
+        placement_group=data["placement_group"],
+        public_ipv4=data["public_ipv4"],
+        public_ipv6=data["public_ipv6"],
+    )
+
+
+def _usage_from(data: Any) -> Usage:
+    return Usage(
+        servers=data["servers"],
+        vcpus=data["vcpus"],
+        memory_gb=data["memory_gb"],
+        disk_gb=data["disk_gb"],
+        monthly_cost=data["monthly_cost"],
+    )
+
+
+def plan_from_json(document: Any) -> Plan:
+    """The Plan a `render_json` document was made from, as far as the document tells: what
+    `render_text` shows of it is the same (a saved plan is shown again as the preview showed
+    it), but what the JSON leaves out (addresses, an image's kind, a server's index) is not
+    there."""
+    apps = document["apps"]
+    return Plan(
+        fleet=document["fleet"],
+        provider=document["provider"],
+        source=document["source"],
+        compared_with=document["compared_with"],
+        currency=document["currency"],
+        install_hash=document["install_hash"],
+        unchanged=document["summary"]["unchanged"],
+        before=_usage_from(document["usage"]["before"]),
+        after=_usage_from(document["usage"]["after"]),
+        changes=tuple(
+            Change(
+                action=Action(c["action"]),
+                server=c["server"],
+                group=c["group"],
+                reasons=tuple(c["reasons"]),
+                disruptive=c["disruptive"],
+                fields=_fields(c["fields"]),
+                before=_actual_from(c["server"], c["before"]),
+                after=_desired_from(c["server"], c["group"], c["after"]),
+                usage_before=Usage(monthly_cost=c["monthly_before"]),
+                usage_after=Usage(monthly_cost=c["monthly_after"]),
+                retry_by=None if c["retry_by"] is None else RetryBy(c["retry_by"]),
+                failed_attempts=c["failed_attempts"],
+            )
+            for c in document["changes"]
+        ),
+        problems=tuple(
+            Problem(code=p["code"], path=p["path"], message=p["message"], hint=p["hint"])
+            for p in document["problems"]
+        ),
+        warnings=tuple(document["warnings"]),
+        exposures=tuple(
+            Exposure(
+                group=e["group"],
+                firewall=e["firewall"],
+                path=e["path"],
+                protocol=Protocol(e["protocol"]),
+                port=e["port"],
+                sources=tuple(e["sources"]),
+                services=tuple(e["services"]),
+                severity=Severity(e["severity"]),
+                public=e["public"],
+                reason=e["reason"],
+            )
+            for e in document["exposures"]
+        ),
+        api_calls=ApiCallCount(
+            read=document["api_calls"]["read"],
+            read_by_path=tuple(document["api_calls"]["read_by_path"].items()),
+            retries=document["api_calls"]["retries"],
+            apply_estimate=document["api_calls"]["apply_estimate"],
+        ),
+        resources=tuple(
+            ResourceChange(
+                action=Action(r["action"]),
+                kind=r["kind"],
+                name=r["name"],
+                reasons=tuple(r["reasons"]),
+                fields=_fields(r["fields"]),
+                disruptive=r["disruptive"],
+                servers=tuple(r["servers"]),
+                monthly_before=r["monthly_before"],
+                monthly_after=r["monthly_after"],
+            )
+            for r in document["resources"]
+        ),
+        apps=tuple(
+            AppChange(
+                action=AppAction(a["action"]),
+                app=a["app"],
+                server=a["server"],
+                group=a["group"],
+                reasons=tuple(a["reasons"]),
+                before=a["before"],
+                after=a["after"],
+                fields=_fields(a["fields"]),
+            )
+            for a in apps["changes"]
+        ),
+        app_rollouts=tuple(
+            AppRollout(
+                app=r["app"],
+                version=r["version"],
+                groups=tuple(
+                    RolloutGroup(
+                        group=g["group"],
+                        max_unavailable=g["max_unavailable"],
+                        servers=tuple(g["servers"]),
+                    )
+                    for g in r["groups"]
+                ),
+            )
+            for r in apps["rollouts"]
+        ),
+    )

@@ -17,7 +17,13 @@ from engine.catalog import load_catalog
 from engine.diff import DiffOptions, diff_fleet
 from engine.model import Image, ImageKind
 from engine.plan import Action, FieldChange, Plan, ResourceChange
-from engine.render import MARKDOWN_LIMIT, render_json, render_markdown, render_text
+from engine.render import (
+    MARKDOWN_LIMIT,
+    plan_from_json,
+    render_json,
+    render_markdown,
+    render_text,
+)
 from engine.spec import parse_spec
 from tests.diff.model import digest_of
 from tests.diff.test_cases import CASES, load_case
@@ -257,3 +263,15 @@ def test_resource_changes_show_in_every_format_with_their_kind() -> None:
         ("network", "replace", ["api-1", "worker-1"]),
     ]
     assert document["summary"]["has_changes"] is True
+
+
+@pytest.mark.parametrize("path", CASES, ids=[c.stem for c in CASES])
+def test_a_plan_read_back_from_its_json_renders_as_the_plan_did(path: Path) -> None:
+    plan = _plan(path.stem)
+    back = plan_from_json(json.loads(json.dumps(render_json(plan))))
+    assert render_text(back) == render_text(plan)
+
+
+def test_a_big_plan_read_back_from_its_json_renders_as_the_plan_did() -> None:
+    plan = _big_plan(3, 40)
+    assert render_text(plan_from_json(render_json(plan))) == render_text(plan)
