@@ -61,9 +61,11 @@ from engine.controlplane.errors import ApiError
 from engine.controlplane.fleetapi import FleetApi, wait_for_events
 from engine.cost import monthly_price
 from engine.errors import EngineError
+from engine.health import Power
 from engine.lifecycle import STEPS, median_durations, step_durations
 from engine.model import Stage
 from engine.providers.seam import Signal
+from engine.render import SCHEMA_VERSION, plan_from_json, render_text
 from engine.state import (
     AlertRecord,
     AlertState,
@@ -71,6 +73,7 @@ from engine.state import (
     AuditEntry,
     Event,
     MetricPoint,
+    SavedPlan,
     Scope,
     ServerRecord,
     Transition,
@@ -249,6 +252,33 @@ def _alert_row(alert: AlertRecord, now: dt.datetime) -> dict[str, Any]:
         "resolved": when(alert.resolved_at),
         "value": "" if alert.value is None else f"{alert.value:g}",
     }
+
+
+# The store keeps no reading of the provider's status (the reconcile loop reads it and keeps
+# only the stage it leads to), so the servers table shows the power the stage implies.
+PRESUMED_POWER = {
+    Stage.CREATING: Power.BUSY,
+    Stage.BOOTING: Power.BUSY,
+    Stage.PHONED_HOME: Power.ON,
+    Stage.INSTALLING: Power.ON,
+    Stage.READY: Power.ON,
+    Stage.DELETING: Power.BUSY,
+}
+
+
+def presumed_power(record: ServerRecord) -> str:
+    """The power a server's stored stage implies (on, busy), or "" where it implies none (no
+    machine yet, or one failed or unhealthy: off or on, the stage does not say)."""
+    power = PRESUMED_POWER.get(record.stage) if record.provider_id else None
+    return "" if power is None else str(power)
+
+
+def plan_text(plan: SavedPlan) -> str:
+    """A saved plan as `engine preview` printed it (no colour); "" for a document of another
+    schema version than this engine's."""
+    if plan.document.get("version") != SCHEMA_VERSION:
+        return ""
+    return render_text(plan_from_json(plan.document))
 
 
 STAGE_TONES = {
@@ -566,6 +596,7 @@ class Dashboard:
                     "heartbeat": ago((now - report.last_heartbeat_at).total_seconds())
                     if report
                     else "",
+                    "power": presumed_power(record),
                     "cpu": _percent(metrics, "cpu"),
                     "memory": _percent(metrics, "memory"),
                 }
@@ -575,6 +606,7 @@ class Dashboard:
         for transition in self.store.servers.transitions(fleet):
             by_server.setdefault(transition.server, []).append(transition)
         medians = median_durations([step_durations(r, by_server.get(r.name, ())) for r in records])
+        plan = self.store.runs.latest_plan(fleet)
         return self._page(
             request,
             "fleet.html",
@@ -591,6 +623,9 @@ class Dashboard:
             page=number,
             pages=pages,
             runs=self.store.runs.all(fleet, limit=5),
+            plan=plan,
+            plan_text=plan_text(plan) if plan else "",
+            plan_ago=ago((now - plan.created_at).total_seconds()) if plan else "",
             events=[_event_row(e, now) for e in events],
             since=events[0].id if events else 0,
         )

@@ -58,6 +58,18 @@ class Runs(Repository):
             ).first()
         return None if row is None else SavedPlan(**row_fields(row, SavedPlan))
 
+    def latest_plan(self, fleet: str) -> SavedPlan | None:
+        """The fleet's plan saved last, or None."""
+        table = self._plans
+        with self._read() as connection:
+            row = connection.execute(
+                select(table)
+                .where(table.c.fleet == fleet)
+                .order_by(table.c.created_at.desc(), table.c.id)
+                .limit(1)
+            ).first()
+        return None if row is None else SavedPlan(**row_fields(row, SavedPlan))
+
     # --- runs -------------------------------------------------------------------------------
 
     def add(self, run: Run) -> None:

@@ -5,6 +5,7 @@ browser: tests/e2e/test_dashboard_browser.py.)"""
 from __future__ import annotations
 
 import datetime as dt
+import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -19,8 +20,17 @@ from engine.controlplane.app import AppSettings, create_app
 from engine.controlplane.dashboard import CSP, SESSION_COOKIE, StepBar, chart, waterfall
 from engine.controlplane.fleets import register_fleet
 from engine.cost import monthly_price
+from engine.diff import DiffOptions, diff_fleet
 from engine.model import Stage
-from engine.state import AlertRecord, AlertState, MetricPoint, Scope, ServerRecord
+from engine.render import render_json, render_text
+from engine.state import (
+    AlertRecord,
+    AlertState,
+    MetricPoint,
+    SavedPlan,
+    Scope,
+    ServerRecord,
+)
 from engine.state.store import Store, open_store
 from tests.support.dashboard import FLEET, fill_store, sign_in
 from tests.support.fleets import example_fleet
@@ -386,3 +396,38 @@ def test_the_alerts_page_lists_firing_and_resolved_alerts_filtered(site: Site) -
     # The fleet's pages link to its alerts.
     assert 'href="/alerts?fleet=demo"' in client.get("/fleets/demo").text
     assert site.browser().get("/alerts").status_code == 303
+
+
+def test_the_fleet_page_shows_the_last_saved_plan_as_the_preview_prints_it(site: Site) -> None:
+    client = site.signed_in(site.key())
+    assert "Last plan" not in client.get("/fleets/demo").text
+    fleet = example_fleet("demo")
+    plan = diff_fleet(fleet, load_catalog("local"), [], options=DiffOptions(install_hash="x"))
+    now = dt.datetime.now(dt.UTC)
+    for n, at in ((1, now - dt.timedelta(hours=1)), (2, now)):
+        site.store.runs.save_plan(
+            SavedPlan(
+                id=f"plan{n}",
+                fleet=FLEET,
+                spec_digest="s",
+                world_digest="w",
+                document=render_json(plan),
+                created_at=at,
+                created_by=f"ops{n}",
+            )
+        )
+    page = client.get("/fleets/demo").text
+    assert "Plan <code>plan2</code>, made by ops2" in page
+    shown = re.search(r'<pre class="plan">(.*?)</pre>', page, re.S)
+    assert shown is not None
+    assert html.unescape(shown[1]) == render_text(plan)
+    assert "  + web-1" in shown[1] and "Plan: 3 to create" in shown[1]
+
+
+def test_the_servers_table_shows_the_power_the_stage_implies(site: Site) -> None:
+    site.store.servers.set_stage(FLEET, "web-2", Stage.FAILED)
+    site.store.servers.set_stage(FLEET, "web-3", Stage.BOOTING)
+    page = site.signed_in(site.key()).get("/fleets/demo?q=web-").text
+    cells = re.findall(r'data-stage-of="(web-\d)">\w+</span>(?:.*?)</td><td>([^<]*)</td>', page)
+    assert cells[:3] == [("web-1", "on"), ("web-2", "—"), ("web-3", "busy")]
+    assert "keeps no reading of the provider" in page
