@@ -55,6 +55,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from engine.apps.versions import container_name
 from engine.catalog import Catalog, load_catalog
 from engine.controlplane.apikeys import ApiKeyVerifier
 from engine.controlplane.errors import ApiError
@@ -67,10 +68,12 @@ from engine.model import Stage
 from engine.providers.seam import Signal
 from engine.render import SCHEMA_VERSION, plan_from_json, render_text
 from engine.state import (
+    AgentReport,
     AlertRecord,
     AlertState,
     ApiKey,
     AuditEntry,
+    DeployedApp,
     Event,
     MetricPoint,
     SavedPlan,
@@ -87,7 +90,7 @@ SESSION_S = 12 * 3600
 PAGE_SIZE = 100
 LIVE_WAIT_MAX_S = 25
 FORM_MAX_BYTES = 8192
-ACTIONS = (Signal.REBOOT, Signal.POWEROFF, Signal.POWERON)
+ACTIONS = (Signal.REBOOT, Signal.POWEROFF, Signal.POWERON, Signal.REBUILD)
 # Range -> (how far back, seconds between points): about a hundred points a chart.
 RANGES = {"1h": (3600, 60), "24h": (86400, 900), "30d": (30 * 86400, 6 * 3600)}
 CHARTS = (("cpu", "CPU"), ("memory", "Memory"), ("disk", "Disk (fullest)"))
@@ -279,6 +282,54 @@ def plan_text(plan: SavedPlan) -> str:
     if plan.document.get("version") != SCHEMA_VERSION:
         return ""
     return render_text(plan_from_json(plan.document))
+
+
+CONTAINER_TONES = {"running": "good", "exited": "bad", "dead": "bad", "restarting": "warn"}
+
+
+def server_containers(report: AgentReport | None) -> list[dict[str, str]]:
+    """The containers the agent's last heartbeat listed (its name, image, state, Docker's
+    status line and a tone for the state), by name."""
+    listed = report.containers if report is not None else None
+    items = listed.get("items") if isinstance(listed, Mapping) else None
+    rows = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, Mapping):
+            continue
+        state = str(item.get("state", ""))
+        rows.append(
+            {
+                "name": str(item.get("name", "")),
+                "image": str(item.get("image", "")),
+                "state": state,
+                "status": str(item.get("status", "")),
+                "tone": CONTAINER_TONES.get(state, "plain"),
+            }
+        )
+    return sorted(rows, key=lambda row: natural_key(row["name"]))
+
+
+def server_apps(
+    deployed: Sequence[DeployedApp], server: str, containers: Sequence[Mapping[str, str]]
+) -> list[dict[str, str]]:
+    """The apps the engine last put on `server`: each with its version, when, and the state
+    of its container in the agent's last list ("" when the list does not have it)."""
+    states = {c["name"]: (c["state"], c["tone"]) for c in containers}
+    rows = []
+    for app in deployed:
+        if app.server != server:
+            continue
+        state, tone = states.get(container_name(app.app, app.version), ("", "plain"))
+        rows.append(
+            {
+                "app": app.app,
+                "version": app.version,
+                "deployed": app.deployed_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+                "state": state,
+                "tone": tone,
+            }
+        )
+    return rows
 
 
 STAGE_TONES = {
@@ -651,6 +702,7 @@ class Dashboard:
         report = self.store.agents.report(fleet, name)
         events = self.store.events.latest(fleet, server=name, limit=20)
         steps = waterfall(step_durations(record, self.store.servers.transitions(fleet, name)))
+        containers = server_containers(report)
         return self._page(
             request,
             "server.html",
@@ -667,6 +719,9 @@ class Dashboard:
             width=CHART_W,
             height=CHART_H,
             steps=steps,
+            containers=containers,
+            listed=report.containers if report and report.containers else {},
+            apps=server_apps(self.store.apps.deployed(fleet), name, containers),
             events=[_event_row(e, now) for e in events],
             since=events[0].id if events else 0,
             actions=[str(a) for a in ACTIONS] if session.key.may(Scope.APPLY, fleet) else [],

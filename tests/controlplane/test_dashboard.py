@@ -24,6 +24,7 @@ from engine.diff import DiffOptions, diff_fleet
 from engine.model import Stage
 from engine.render import render_json, render_text
 from engine.state import (
+    AgentReport,
     AlertRecord,
     AlertState,
     MetricPoint,
@@ -32,7 +33,7 @@ from engine.state import (
     ServerRecord,
 )
 from engine.state.store import Store, open_store
-from tests.support.dashboard import FLEET, fill_store, sign_in
+from tests.support.dashboard import APP_VERSION, FLEET, container_list, fill_store, sign_in
 from tests.support.fleets import example_fleet
 from tests.support.http import serve
 
@@ -431,3 +432,52 @@ def test_the_servers_table_shows_the_power_the_stage_implies(site: Site) -> None
     cells = re.findall(r'data-stage-of="(web-\d)">\w+</span>(?:.*?)</td><td>([^<]*)</td>', page)
     assert cells[:3] == [("web-1", "on"), ("web-2", "—"), ("web-3", "busy")]
     assert "keeps no reading of the provider" in page
+
+
+def test_the_server_page_lists_its_containers_and_apps(site: Site) -> None:
+    client = site.signed_in(site.key())
+    page = client.get("/fleets/demo/servers/web-1").text
+    names = re.findall(r'<table class="containers">.*?</table>', page, re.S)
+    assert re.findall(r'<th scope="row">([\w-]+)</th>', names[0]) == [
+        "fleet-agent",
+        f"web-{APP_VERSION}",
+    ]
+    assert "2 running of 2" in page and "<code>nginx:1.27</code>" in page
+    (apps,) = re.findall(r'<table class="apps">.*?</table>', page, re.S)
+    assert re.findall(r'<th scope="row">(\w+)</th><td><code>(\w+)</code>', apps) == [
+        ("web", APP_VERSION)
+    ]
+    assert '<span class="stage stage-good">running</span>' in apps
+    # The app's container gone from the agent's list: the app says so.
+    site.store.agents.record_heartbeat(
+        AgentReport(
+            fleet=FLEET,
+            server="web-1",
+            last_heartbeat_at=dt.datetime.now(dt.UTC),
+            containers=container_list(),
+        )
+    )
+    page = client.get("/fleets/demo/servers/web-1").text
+    assert "not in the agent's list" in page and "1 running of 1" in page
+    other = client.get("/fleets/demo/servers/web-9").text
+    assert "The engine has deployed no app here." in other
+    site.store.agents.record_heartbeat(
+        AgentReport(fleet=FLEET, server="web-9", last_heartbeat_at=dt.datetime.now(dt.UTC))
+    )
+    assert "No list from the agent yet" in client.get("/fleets/demo/servers/web-9").text
+
+
+def test_a_rebuild_is_offered_and_queued_after_a_warning(site: Site) -> None:
+    client = site.signed_in(site.key(Scope.APPLY, name="deployer"))
+    page = client.get("/fleets/demo/servers/web-2")
+    assert ">rebuild</button>" in page.text and "what was written there is lost" in page.text
+    url = "/fleets/demo/servers/web-2/actions"
+    confirm = client.post(url, data={"action": "rebuild", "csrf": csrf_of(page)})
+    assert confirm.status_code == 200 and "Yes, rebuild web-2" in confirm.text
+    assert "the disk anew from the group" in confirm.text
+    assert site.store.runs.all(FLEET) == ()
+    done = client.post(url, data={"action": "rebuild", "csrf": csrf_of(page), "confirm": "yes"})
+    assert done.headers["location"] == "/fleets/demo/servers/web-2?queued=rebuild"
+    (run,) = site.store.runs.all(FLEET)
+    assert (run.kind, dict(run.request)) == ("rebuild", {"server": "web-2", "action": "rebuild"})
+    assert [j.kind for j in site.store.jobs.all(FLEET)] == ["server-action"]

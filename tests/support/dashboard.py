@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import math
 import re
+from typing import Any
 
 import httpx
 
@@ -19,11 +20,35 @@ from tests.support.cli import ROOT
 from tests.support.fleets import example_fleet
 
 FLEET = "demo"
+APP_VERSION = "3f2a9c1d0b4e"
+
+
+def container_list(*running: tuple[str, str]) -> dict[str, Any]:
+    """A heartbeat's `containers` (as the agent sends it) listing the agent's own container
+    and each (name, image) in `running`, all running."""
+    items = [
+        {
+            "id": f"{n:064x}",
+            "name": name,
+            "image": image,
+            "state": "running",
+            "status": "Up 2 hours",
+        }
+        for n, (name, image) in enumerate((("fleet-agent", "fleet-agent:1"), *running))
+    ]
+    return {
+        **dict.fromkeys(("paused", "restarting", "exited", "created", "dead"), 0),
+        "total": len(items),
+        "running": len(items),
+        "items": items,
+        "truncated": False,
+    }
 
 
 def fill_store(store: Store, *, servers: int = 3, history_min: int = 60) -> None:
-    """Register the demo fleet and its spec with `servers` ready servers web-1..web-N; the
-    first three get `history_min` minutes of metrics (CPU a wave, memory rising, disk flat)."""
+    """Register the demo fleet and its spec with `servers` ready servers web-1..web-N, each
+    running its agent's container; the first three also run app `web` (version APP_VERSION)
+    and get `history_min` minutes of metrics (CPU a wave, memory rising, disk flat)."""
     register_fleet(store, example_fleet("demo"))
     text = (ROOT / "specs" / "demo.yaml").read_text()
     store.specs.save(
@@ -58,6 +83,9 @@ def fill_store(store: Store, *, servers: int = 3, history_min: int = 60) -> None
                 server=f"web-{n}",
                 last_heartbeat_at=now,
                 metrics={"cpu": {"percent": 12.0 + n % 50}, "memory": {"percent": 41.0}},
+                containers=container_list(("web-" + APP_VERSION, "nginx:1.27"))
+                if n <= 3
+                else container_list(),
             )
         )
     for n in range(1, min(servers, 3) + 1):
@@ -72,6 +100,7 @@ def fill_store(store: Store, *, servers: int = 3, history_min: int = 60) -> None
                     "disk": 55.0,
                 },
             )
+        store.apps.set_deployed(FLEET, "web", f"web-{n}", APP_VERSION)
         store.events.record(FLEET, "server.ready", f"web-{n} is ready", server=f"web-{n}")
 
 
