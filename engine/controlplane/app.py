@@ -60,7 +60,7 @@ from engine.controlplane.views import (
 from engine.model import Stage
 from engine.secrets import RedactingFilter, redact
 from engine.state import AgentReport, ApiKey, PhoneHomeOutcome, Scope
-from engine.state.metrics import heartbeat_values
+from engine.state.metrics import heartbeat_values, network_rates
 from engine.state.store import Store
 from engine.tokens import TokenPurpose, expected_token, is_same_token
 
@@ -209,6 +209,7 @@ class ControlPlaneApi:
         record_at = dt.datetime.now(dt.UTC)
         # The report and its history together: one commit, and neither without the other.
         with self.store.transaction() as tx:
+            previous = tx.agents.report(fleet, server)
             record = tx.agents.record_heartbeat(
                 AgentReport(
                     fleet=fleet,
@@ -220,7 +221,10 @@ class ControlPlaneApi:
                     tls_fingerprint=body["tls_fingerprint"],
                 )
             )
-            tx.metrics.record(fleet, server, record_at, heartbeat_values(body["metrics"]))
+            values = heartbeat_values(body["metrics"])
+            if previous is not None:
+                values |= network_rates(previous.metrics, body["metrics"])
+            tx.metrics.record(fleet, server, record_at, values)
         if before is not None and before.stage != record.stage and record.stage is Stage.READY:
             self.store.events.record(
                 fleet, "server.ready", f"{server} is ready: its agent reports", server=server

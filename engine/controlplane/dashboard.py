@@ -93,7 +93,14 @@ FORM_MAX_BYTES = 8192
 ACTIONS = (Signal.REBOOT, Signal.POWEROFF, Signal.POWERON, Signal.REBUILD)
 # Range -> (how far back, seconds between points): about a hundred points a chart.
 RANGES = {"1h": (3600, 60), "24h": (86400, 900), "30d": (30 * 86400, 6 * 3600)}
-CHARTS = (("cpu", "CPU"), ("memory", "Memory"), ("disk", "Disk (fullest)"))
+PERCENT, RATE = "%", "B/s"
+CHARTS = (
+    ("cpu", "CPU", PERCENT),
+    ("memory", "Memory", PERCENT),
+    ("disk", "Disk (fullest)", PERCENT),
+    ("rx", "Network received", RATE),
+    ("tx", "Network sent", RATE),
+)
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
@@ -133,38 +140,69 @@ class Session:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Chart:
     """One metric over a range, as SVG polylines (one per run of points without a gap) in a
-    CHART_W x CHART_H box, 0 to 100 percent bottom to top."""
+    CHART_W x CHART_H box, 0 to `top` bottom to top: 100 for a percentage, for a rate the
+    round figure (1, 2 or 5 times a power of ten) at or above its peak."""
 
     metric: str
     label: str
+    unit: str
+    top: float
     lines: tuple[str, ...]
     last: float | None
     peak: float | None
 
+    def reading(self, value: float) -> str:
+        """`55%`, or for a rate `1.2 MB/s`."""
+        return f"{value:.0f}%" if self.unit == PERCENT else rate_text(value)
+
+
+def rate_text(bytes_per_s: float) -> str:
+    """A rate in bytes per second in its largest unit (powers of 1000): 512 B/s, 1.5 MB/s."""
+    for unit, size in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if bytes_per_s >= size:
+            return f"{bytes_per_s / size:.1f} {unit}"
+    return f"{bytes_per_s:.0f} B/s"
+
+
+def round_top(peak: float) -> float:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... at or above `peak`."""
+    scale = 1.0
+    while True:
+        for step in (1.0, 2.0, 5.0):
+            if step * scale >= peak:
+                return step * scale
+        scale *= 10
+
 
 def chart(
-    points: Sequence[MetricPoint], metric: str, label: str, *, start: dt.datetime, span_s: int
+    points: Sequence[MetricPoint],
+    metric: str,
+    label: str,
+    *,
+    start: dt.datetime,
+    span_s: int,
+    unit: str = PERCENT,
 ) -> Chart:
     """`metric` of `points` scaled into the chart's box; a gap of more than two steps between
     points breaks the line, so a silent agent shows as a hole rather than a slope."""
+    readings = [(p, p.values[metric]) for p in points if p.values.get(metric) is not None]
+    values = [value for _, value in readings]
+    top = 100.0 if unit == PERCENT else round_top(max(values, default=0.0))
     lines: list[list[str]] = []
     previous: dt.datetime | None = None
-    values: list[float] = []
-    for point in points:
-        value = point.values.get(metric)
-        if value is None:
-            continue
+    for point, value in readings:
         x = (point.at - start).total_seconds() / span_s * CHART_W
-        y = CHART_H - min(max(value, 0.0), 100.0) / 100 * CHART_H
+        y = CHART_H - min(max(value, 0.0), top) / top * CHART_H
         gap = previous is None or (point.at - previous).total_seconds() > 2 * point.step_s
         if gap:
             lines.append([])
         lines[-1].append(f"{max(x, 0.0):.1f},{y:.1f}")
         previous = point.at
-        values.append(value)
     return Chart(
         metric=metric,
         label=label,
+        unit=unit,
+        top=top,
         # A single point is drawn as a short flat dash, so that it can be seen.
         lines=tuple(" ".join(ln if len(ln) > 1 else [*ln, _nudge(ln[0])]) for ln in lines),
         last=values[-1] if values else None,
@@ -715,7 +753,10 @@ class Dashboard:
             age=ago((now - record.created_at).total_seconds()) if record.created_at else "",
             ranges=list(RANGES),
             chosen=chosen,
-            charts=[chart(points, m, label, start=start, span_s=span_s) for m, label in CHARTS],
+            charts=[
+                chart(points, m, label, start=start, span_s=span_s, unit=unit)
+                for m, label, unit in CHARTS
+            ],
             width=CHART_W,
             height=CHART_H,
             steps=steps,

@@ -419,7 +419,8 @@ class Lease:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MetricPoint:
     """One server's metrics averaged over `step_s` seconds from `at`: cpu, memory and disk
-    in percent used, load the 1-minute load average; `samples` heartbeats went into it."""
+    in percent used, load the 1-minute load average, rx and tx the bytes per second received
+    and sent; `samples` heartbeats went into it."""
 
     fleet: str
     server: str

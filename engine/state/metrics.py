@@ -1,6 +1,6 @@
 """Metric history: each server's heartbeat metrics as averages per step, bounded by age.
 
-    store.metrics.record("web-prod", "web-1", at, {"cpu": 12.5, "memory": 40.1, ...})
+    store.metrics.record("web-prod", "web-1", at, {"cpu": 12.5, "memory": 40.1, "rx": 5120, ...})
     store.metrics.series("web-prod", "web-1", since=an_hour_ago, step_s=300)
     store.metrics.prune()                    # what RETENTION says is too old goes
 
@@ -8,6 +8,10 @@ Every heartbeat adds to the 1-minute point and the 15-minute point it falls in (
 count per metric, so a point is an average however many heartbeats it took). 1-minute points
 are kept for a day and 15-minute points for 30 days: a server reporting every 15 s costs
 1,440 + 2,880 rows at most, whatever its heartbeat.
+
+The agent reports its interfaces' byte counters as they stand (totals since boot); the history
+keeps rates, rx and tx in bytes per second, from each heartbeat and the one before it
+(`network_rates`).
 """
 
 from __future__ import annotations
@@ -157,3 +161,44 @@ def heartbeat_values(metrics: Mapping[str, Any]) -> dict[str, float]:
         if percents:
             values["disk"] = max(percents)
     return values
+
+
+def _counted_at(metrics: Mapping[str, Any]) -> dt.datetime | None:
+    collected = metrics.get("collected_at")
+    if not isinstance(collected, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(collected.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _byte_counters(metrics: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    counters = {}
+    interfaces = metrics.get("network")
+    for interface in interfaces if isinstance(interfaces, list) else []:
+        if not isinstance(interface, Mapping):
+            continue
+        received, sent = interface.get("bytes_recv"), interface.get("bytes_sent")
+        if isinstance(received, int) and isinstance(sent, int):
+            counters[str(interface.get("interface", ""))] = (received, sent)
+    return counters
+
+
+def network_rates(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, float]:
+    """rx and tx, bytes per second received and sent over the interfaces both heartbeats'
+    metrics list, between their collection times; nothing when either lacks a time or the
+    counters, or any counter went back (the server restarted, or an interface came anew).
+    eth0 received 1000 then 21000 bytes, 10 s apart: rx 2000.0."""
+    start, end = _counted_at(before), _counted_at(after)
+    if start is None or end is None or end <= start:
+        return {}
+    old, new = _byte_counters(before), _byte_counters(after)
+    both = old.keys() & new.keys()
+    if not both or any(new[i][0] < old[i][0] or new[i][1] < old[i][1] for i in both):
+        return {}
+    seconds = (end - start).total_seconds()
+    return {
+        "rx": round(sum(new[i][0] - old[i][0] for i in both) / seconds, 1),
+        "tx": round(sum(new[i][1] - old[i][1] for i in both) / seconds, 1),
+    }

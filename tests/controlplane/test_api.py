@@ -269,13 +269,19 @@ def test_heartbeats_are_kept_as_metric_history_served_per_step(plane: Plane) -> 
     key = ensure_fleet_key(plane.state_dir, "web-prod")
     assert key is not None
     token = derive_token(key, "heartbeat", "web-prod", "web-1")
-    for cpu in (10.0, 30.0):
+    # Byte counters as they stand: the history keeps the rate between two heartbeats.
+    for second, cpu, received in ((0, 10.0, 1000), (10, 30.0, 21000)):
         document = {
             "version": 1,
             "fleet": "web-prod",
             "server": "web-1",
             "sequence": 1,
-            "metrics": {"cpu": {"percent": cpu}, "disks": [{"percent": 40.0}]},
+            "metrics": {
+                "collected_at": f"2026-12-01T10:00:{second:02d}.000Z",
+                "cpu": {"percent": cpu},
+                "disks": [{"percent": 40.0}],
+                "network": [{"interface": "eth0", "bytes_recv": received, "bytes_sent": 0}],
+            },
             "containers": {"running": 0},
             "tls_fingerprint": "sha256:ab",
         }
@@ -290,6 +296,7 @@ def test_heartbeats_are_kept_as_metric_history_served_per_step(plane: Plane) -> 
     points = got.json()["points"]  # one, unless the two straddle a quarter hour
     assert sum(p["samples"] for p in points) == 2 and {p["disk"] for p in points} == {40.0}
     assert sum(p["cpu"] * p["samples"] for p in points) / 2 == 20.0
+    assert sum(p.get("rx", 0) * p["samples"] for p in points) == 2000.0  # the second's only
     bad = plane.client.get(metrics, params={"since": "yesterday", "step": "30s"}, headers=api)
     fields = {f["path"] for f in bad.json()["error"]["fields"]}
     assert (bad.status_code, fields) == (422, {"since", "step"})

@@ -256,12 +256,16 @@ def test_the_server_page_charts_the_metric_history_in_each_range(site: Site) -> 
     client = site.signed_in(site.key())
     page = client.get("/fleets/demo/servers/web-1")
     assert page.status_code == 200
-    for metric in ("cpu", "memory", "disk"):
+    for metric in ("cpu", "memory", "disk", "rx", "tx"):
         chart_svg = re.search(rf'id="chart-{metric}".*?</figure>', page.text, re.S)
         assert chart_svg is not None
         points = re.findall(r'points="([^"]+)"', chart_svg[0])
         assert len(points) == 1 and len(points[0].split()) >= 55, metric
     assert "peak 55%" in page.text  # the disk, flat at 55 %
+    # The network in bytes a second, on a scale of its own: a flat 4 kB/s out, on 0 to 5 kB/s.
+    assert "now 4.0 kB/s · peak 4.0 kB/s · scale 5.0 kB/s" in page.text
+    tx = re.search(r'id="chart-tx".*?points="([^"]+)"', page.text, re.S)
+    assert tx is not None and {p.split(",")[1] for p in tx[1].split()} == {"28.0"}
     for chosen in ("24h", "30d"):
         ranged = client.get(f"/fleets/demo/servers/web-1?range={chosen}")
         assert f'href="?range={chosen}" aria-current="true"' in ranged.text
@@ -319,6 +323,13 @@ def test_a_chart_breaks_its_line_where_the_agent_was_silent() -> None:
     lone = chart([point(30, 50)], "cpu", "CPU", start=start, span_s=3600)
     assert lone.lines == ("300.0,70.0 306.0,70.0",)
     assert chart([], "cpu", "CPU", start=start, span_s=3600).last is None
+    rates = chart([point(0, 30), point(1, 1400)], "cpu", "In", start=start, span_s=3600, unit="B/s")
+    assert (rates.top, rates.lines) == (2000, ("0.0,137.9 10.0,42.0",))
+    assert (rates.reading(1400), rates.reading(2.5e6), rates.reading(30)) == (
+        "1.4 kB/s",
+        "2.5 MB/s",
+        "30 B/s",
+    )
 
 
 def test_a_waterfall_lays_the_steps_done_end_to_end() -> None:

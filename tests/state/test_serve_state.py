@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from engine.state import AlertRecord, AlertState
-from engine.state.metrics import heartbeat_values
+from engine.state.metrics import heartbeat_values, network_rates
 from engine.state.store import Store
 from tests.support.clock import Clock
 
@@ -82,3 +82,25 @@ def test_alert_states_are_kept_per_alert_and_subject(store: Store, clock: Clock)
     assert store.alerts.all("db-prod") == ()
     store.forget_fleet("web-prod")
     assert store.alerts.all() == () and store.leases.all() == ()
+
+
+def _reading(second: int, *interfaces: tuple[str, int, int]) -> dict[str, object]:
+    return {
+        "collected_at": f"2026-12-01T10:00:{second:02d}.000Z",
+        "network": [
+            {"interface": name, "bytes_recv": rx, "bytes_sent": tx} for name, rx, tx in interfaces
+        ],
+    }
+
+
+def test_network_rates_come_from_two_heartbeats_counters() -> None:
+    before = _reading(0, ("eth0", 1000, 500), ("eth1", 0, 0))
+    after = _reading(10, ("eth0", 21000, 1500), ("eth1", 5000, 0))
+    assert network_rates(before, after) == {"rx": 2500.0, "tx": 100.0}
+    # Only the interfaces both list count.
+    assert network_rates(before, _reading(10, ("eth0", 1000, 500))) == {"rx": 0.0, "tx": 0.0}
+    # A counter that went back (a restart), no time between them, or no counters: no rate.
+    assert network_rates(before, _reading(10, ("eth0", 10, 600))) == {}
+    assert network_rates(before, _reading(0, ("eth0", 2000, 600))) == {}
+    assert network_rates({"cpu": {}}, after) == {}
+    assert network_rates(before, {"collected_at": "soon", "network": []}) == {}

@@ -48,7 +48,8 @@ def container_list(*running: tuple[str, str]) -> dict[str, Any]:
 def fill_store(store: Store, *, servers: int = 3, history_min: int = 60) -> None:
     """Register the demo fleet and its spec with `servers` ready servers web-1..web-N, each
     running its agent's container; the first three also run app `web` (version APP_VERSION)
-    and get `history_min` minutes of metrics (CPU a wave, memory rising, disk flat)."""
+    and get `history_min` minutes of metrics (CPU a wave, memory rising, disk
+    flat, network in a wave up to 35 kB/s, out a flat 4 kB/s)."""
     register_fleet(store, example_fleet("demo"))
     text = (ROOT / "specs" / "demo.yaml").read_text()
     store.specs.save(
@@ -98,6 +99,8 @@ def fill_store(store: Store, *, servers: int = 3, history_min: int = 60) -> None
                     "cpu": 40 + 30 * math.sin(minute / 8 + n),
                     "memory": 30 + (history_min - minute) / 3,
                     "disk": 55.0,
+                    "rx": 20_000 + 15_000 * math.cos(minute / 5),
+                    "tx": 4_000.0,
                 },
             )
         store.apps.set_deployed(FLEET, "web", f"web-{n}", APP_VERSION)
