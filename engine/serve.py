@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import EngineError
 from engine.install.seam import Installer, InstallResult, InstallTarget
@@ -39,6 +40,9 @@ from engine.reconcile import FleetWatch, ReconcileLoops
 from engine.secrets import redact
 from engine.state import FleetSettings, ServerRecord
 from engine.state.store import Store
+
+if TYPE_CHECKING:
+    from engine.controlplane.dashboard import SignInLinks
 
 log = logging.getLogger("engine.serve")
 
@@ -164,10 +168,12 @@ def serve(
     drain_s: float = DRAIN_S,
     lease_s: float | None = None,
     on_listening: Callable[[str], None] = print,
+    sign_in_links: SignInLinks | None = None,
 ) -> None:
     """Run the control plane, every job kind and a reconcile loop per fleet in `fleets`
     until `stop` is set; then drain. `state` is the store's URL as given (None: the state
-    directory's), which the fleet API's applies open again as `engine up` does."""
+    directory's), which the fleet API's applies open again as `engine up` does; the dashboard
+    takes `sign_in_links` (`engine dashboard`'s)."""
     from engine.controlplane.fleets import register_fleet
     from engine.controlplane.jobs import worker_id
     from engine.controlplane.runner import default_registry, running_control_plane
@@ -223,6 +229,7 @@ def serve(
                 also_listen=local_sites,
                 health=health,
                 dashboard=True,
+                sign_in_links=sign_in_links,
                 drain_s=drain_s,
                 root_logging=True,
             )

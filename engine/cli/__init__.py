@@ -33,6 +33,7 @@ COMMANDS = (
     "server",
     "status",
     "serve",
+    "dashboard",
     "apikey",
     "runs",
     "alerts",

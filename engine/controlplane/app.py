@@ -43,7 +43,7 @@ from starlette.routing import Route
 
 from engine.controlplane.apikeys import ApiKeyVerifier, permit
 from engine.controlplane.bodies import check_body, compile_checks, read_json
-from engine.controlplane.dashboard import Dashboard
+from engine.controlplane.dashboard import Dashboard, SignInLinks
 from engine.controlplane.errors import ApiError, FieldError
 from engine.controlplane.fleetapi import FleetApi, FleetPlanner
 from engine.controlplane.lookup import InventoryLookup
@@ -533,11 +533,13 @@ def create_app(
     planner: FleetPlanner | None = None,
     health: HealthSource | None = None,
     dashboard: bool = False,
+    sign_in_links: SignInLinks | None = None,
 ) -> Starlette:
     """The control plane's ASGI app over `store` (which the caller opens and closes); with a
     `planner`, the fleet API makes plans (`engine serve`; a control plane inside one `engine
     up` has none); `health` says what else is degraded; with `dashboard`, the dashboard's
-    pages are served at `/` (engine.controlplane.dashboard)."""
+    pages are served at `/` (engine.controlplane.dashboard), and `sign_in_links` are the
+    one-time links it takes (`engine dashboard` issues them)."""
     api = ControlPlaneApi(store, settings, lookup=lookup, metrics=metrics, health=health)
     fleets = FleetApi(api, settings.state_dir, planner)
     compile_checks()
@@ -545,7 +547,7 @@ def create_app(
     install_log_redaction()
     routes = [Route(e.path, e.handler, methods=[e.method]) for e in endpoints(api, fleets)]
     if dashboard:
-        routes += Dashboard(store, settings.state_dir, fleets, api).routes()
+        routes += Dashboard(store, settings.state_dir, fleets, api, sign_in_links).routes()
     app = Starlette(
         routes=routes,
         exception_handlers={

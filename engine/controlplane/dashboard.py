@@ -3,6 +3,8 @@
 
     GET  /sign-in                                   the form
     POST /sign-in                                   key=fek_...: a session, then 303 to /
+    GET  /sign-in/link/{token}                      a one-time link (`engine dashboard`): a
+                                                    session, then 303 to the fleet's page
     POST /sign-out                                  the session cookie cleared
     GET  /                                          every fleet the key may read
     GET  /fleets/{fleet}[?page=N&stage=S&q=TEXT]    its servers, PAGE_SIZE a page
@@ -19,6 +21,10 @@ The checks, in the order they run:
    with the one-use token its page set as a cookie (so no other site can sign a browser in
    under its own key). A refused sign-in spends a token of the source address's bucket of
    refused requests, as a refused API call does.
+   A one-time sign-in link (`engine dashboard` prints one on loopback) carries a random
+   token that this process alone holds (its SHA-256, in memory, for LINK_S): the first
+   request with it gets the session of the key it was issued for, and every later one is
+   refused as a wrong key is. The token is registered as a secret, so no log line shows it.
 2. The session is a cookie, nothing kept server-side: the key's id, an expiry (SESSION_S)
    and a nonce, signed with HMAC-SHA256 under a key derived from the control plane's API-key
    secret. HttpOnly, SameSite=Strict, Secure when the request came over TLS. Every request
@@ -42,6 +48,7 @@ import hmac
 import math
 import re
 import secrets
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -67,6 +74,7 @@ from engine.lifecycle import STEPS, median_durations, step_durations
 from engine.model import Stage
 from engine.providers.seam import Signal
 from engine.render import SCHEMA_VERSION, plan_from_json, render_text
+from engine.secrets import register_secret
 from engine.state import (
     AgentReport,
     AlertRecord,
@@ -90,6 +98,7 @@ SESSION_S = 12 * 3600
 PAGE_SIZE = 100
 LIVE_WAIT_MAX_S = 25
 FORM_MAX_BYTES = 8192
+LINK_S = 600
 ACTIONS = (Signal.REBOOT, Signal.POWEROFF, Signal.POWERON, Signal.REBUILD)
 # Range -> (how far back, seconds between points): about a hundred points a chart.
 RANGES = {"1h": (3600, 60), "24h": (86400, 900), "30d": (30 * 86400, 6 * 3600)}
@@ -127,6 +136,36 @@ class Guard(Protocol):
     def check_failures(self, source: str) -> None: ...
 
     def count_refusal(self, request: Request) -> None: ...
+
+
+class SignInLinks:
+    """One-time sign-in links, held in memory by the process that serves the dashboard: each
+    token, once, exchanges for a session of the key it was issued for within LINK_S."""
+
+    def __init__(self, ttl_s: float = LINK_S) -> None:
+        self.ttl_s = ttl_s
+        self._pending: dict[str, tuple[str, str, float]] = {}
+        self._lock = threading.Lock()
+
+    def issue(self, key_id: str, then: str = "/") -> str:
+        """A new link's path for the key `key_id`, leading to `then` once signed in."""
+        token = register_secret(secrets.token_urlsafe(32))
+        with self._lock:
+            self._pending[_digest(token)] = (key_id, then, time.monotonic() + self.ttl_s)
+        return f"/sign-in/link/{token}"
+
+    def redeem(self, token: str) -> tuple[str, str] | None:
+        """The key id and the page of an unused, unexpired link's token, spending it; None
+        for any other token."""
+        with self._lock:
+            found = self._pending.pop(_digest(token), None)
+        if found is None or found[2] < time.monotonic():
+            return None
+        return found[0], found[1]
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -381,8 +420,16 @@ STAGE_TONES = {
 class Dashboard:
     """The dashboard's routes over the store, the fleet API and the app's key checks."""
 
-    def __init__(self, store: Store, state_dir: Path, fleets: FleetApi, guard: Guard) -> None:
+    def __init__(
+        self,
+        store: Store,
+        state_dir: Path,
+        fleets: FleetApi,
+        guard: Guard,
+        links: SignInLinks | None = None,
+    ) -> None:
         self.store = store
+        self.links = links
         self.state_dir = state_dir
         self.fleets = fleets
         self.guard = guard
@@ -405,6 +452,7 @@ class Dashboard:
         return [
             Route("/sign-in", self.get_sign_in, methods=["GET"]),
             Route("/sign-in", self.post_sign_in, methods=["POST"]),
+            Route("/sign-in/link/{token}", self.get_sign_in_link, methods=["GET"]),
             Route("/sign-out", self.post_sign_out, methods=["POST"]),
             Route("/", self.get_overview, methods=["GET"]),
             Route(f, self.get_fleet, methods=["GET"]),
@@ -500,7 +548,12 @@ class Dashboard:
         if key is None:
             self.guard.count_refusal(request)
             return self._sign_in_form(request, 401, "This API key is unknown or revoked.")
-        answer = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
+        answer = self._signed_in(request, key, "/")
+        answer.delete_cookie(SIGN_IN_COOKIE)
+        return answer
+
+    def _signed_in(self, request: Request, key: ApiKey, then: str) -> Response:
+        answer = RedirectResponse(then, status_code=303, headers=SECURITY_HEADERS)
         answer.set_cookie(
             SESSION_COOKIE,
             self._new_session(key),
@@ -509,8 +562,20 @@ class Dashboard:
             samesite="strict",
             secure=self._is_tls(request),
         )
-        answer.delete_cookie(SIGN_IN_COOKIE)
         return answer
+
+    async def get_sign_in_link(self, request: Request) -> Response:
+        self.guard.check_failures(request.client.host if request.client else "")
+        found = None if self.links is None else self.links.redeem(request.path_params["token"])
+        key = None if found is None else await run_in_threadpool(self.store.api_keys.get, found[0])
+        if found is None or key is None or key.revoked_at is not None or not key.may(Scope.READ):
+            return self._refuse(
+                request,
+                403,
+                "This sign-in link was used already or has expired: each works once. Sign in "
+                "with an API key, or start `engine dashboard` again for a new link.",
+            )
+        return self._signed_in(request, key, found[1])
 
     async def post_sign_out(self, request: Request) -> Response:
         form = await read_form(request)

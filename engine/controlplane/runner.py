@@ -23,6 +23,7 @@ from typing import Any
 
 from engine.controlplane.alerts import WebhookHandler
 from engine.controlplane.app import AppSettings, ControlPlaneApi, HealthSource, create_app
+from engine.controlplane.dashboard import SignInLinks
 from engine.controlplane.fleetapi import FleetPlanner
 from engine.controlplane.handlers import (
     InstallHandler,
@@ -154,13 +155,14 @@ def running_control_plane(
     drain_s: float | None = None,
     root_logging: bool = False,
     dashboard: bool = False,
+    sign_in_links: SignInLinks | None = None,
 ) -> Iterator[RunningControlPlane]:
     """Serve the control plane on host:port (and on each of `also_listen`) in a thread, with
     job workers and the monitor, for the duration of the block; stop everything cleanly when
     it ends: the workers finish the jobs under way (with `drain_s`, those still running after
     it are handed back to the queue). `health` adds to what /v1/health says; with
     `root_logging`, uvicorn logs through the root logger's handlers, as the service's own
-    lines do; with `dashboard`, the dashboard is served at `/`."""
+    lines do; with `dashboard`, the dashboard is served at `/` (taking `sign_in_links`)."""
     import uvicorn
 
     sock = listening_socket(host, port)
@@ -178,6 +180,7 @@ def running_control_plane(
         planner=planner,
         health=health,
         dashboard=dashboard,
+        sign_in_links=sign_in_links,
     )
     server = uvicorn.Server(
         _uvicorn_config(app, forwarded_allow_ips, access_log, log_level, root_logging)

@@ -17,12 +17,20 @@ import pytest
 from engine.catalog import load_catalog
 from engine.controlplane.apikeys import create_api_key, revoke_api_key
 from engine.controlplane.app import AppSettings, create_app
-from engine.controlplane.dashboard import CSP, SESSION_COOKIE, StepBar, chart, waterfall
+from engine.controlplane.dashboard import (
+    CSP,
+    SESSION_COOKIE,
+    SignInLinks,
+    StepBar,
+    chart,
+    waterfall,
+)
 from engine.controlplane.fleets import register_fleet
 from engine.cost import monthly_price
 from engine.diff import DiffOptions, diff_fleet
 from engine.model import Stage
 from engine.render import render_json, render_text
+from engine.secrets import redact
 from engine.state import (
     AgentReport,
     AlertRecord,
@@ -492,3 +500,21 @@ def test_a_rebuild_is_offered_and_queued_after_a_warning(site: Site) -> None:
     (run,) = site.store.runs.all(FLEET)
     assert (run.kind, dict(run.request)) == ("rebuild", {"server": "web-2", "action": "rebuild"})
     assert [j.kind for j in site.store.jobs.all(FLEET)] == ["server-action"]
+
+
+def test_a_sign_in_link_works_once_and_not_after_it_expires() -> None:
+    links = SignInLinks()
+    path = links.issue("0123456789abcdef", then="/fleets/demo")
+    token = path.removeprefix("/sign-in/link/")
+    assert token not in redact(f"GET {path}")  # a secret: no log line shows it
+    assert links.redeem(token) == ("0123456789abcdef", "/fleets/demo")
+    assert links.redeem(token) is None
+    stale = SignInLinks(ttl_s=-1)
+    assert stale.redeem(stale.issue("0123456789abcdef").removeprefix("/sign-in/link/")) is None
+
+
+def test_without_links_a_sign_in_link_is_refused(site: Site) -> None:
+    refused = site.browser().get("/sign-in/link/abc")
+    assert refused.status_code == 403 and SESSION_COOKIE not in refused.headers.get(
+        "set-cookie", ""
+    )
