@@ -1,11 +1,12 @@
 """The dashboard in headless Chromium against a real `engine serve` on loopback, over a store
 filled as a served fleet leaves it (tests/support/dashboard.py): sign in (a wrong key first),
-see the three ready servers, open one and see its charts, reboot it from the page, and watch
-its stage and events change without a reload. Screenshots of each page are written under the
-test's tmp dir (`screenshots/`)."""
+see the three ready servers and the last plan, open one and see its charts and containers,
+reboot it from the page, watch its stage and events change without a reload, then see the
+alerts. Screenshots of each page are written under the test's tmp dir (`screenshots/`)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -17,13 +18,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.catalog import load_catalog
 from engine.controlplane.apikeys import create_api_key
 from engine.controlplane.dashboard import CSP
+from engine.diff import DiffOptions, diff_fleet
 from engine.model import Stage
-from engine.state import Scope
+from engine.render import render_json
+from engine.state import AlertRecord, AlertState, SavedPlan, Scope
 from engine.state.store import open_store
 from tests.support.browser import chromium
 from tests.support.dashboard import FLEET, fill_store
+from tests.support.fleets import example_fleet
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -60,6 +65,30 @@ def test_sign_in_see_the_fleet_chart_a_server_reboot_it_and_watch_it_live(
     shots = tmp_path / "screenshots"
     with open_store(url) as store:
         fill_store(store, servers=3)
+        fleet = example_fleet("demo")
+        plan = diff_fleet(fleet, load_catalog("local"), [], options=DiffOptions(install_hash="x"))
+        store.runs.save_plan(
+            SavedPlan(
+                id="plan1",
+                fleet=FLEET,
+                spec_digest="s",
+                world_digest="w",
+                document=render_json(plan),
+                created_at=dt.datetime.now(dt.UTC),
+                created_by="ops",
+            )
+        )
+        store.alerts.save(
+            AlertRecord(
+                fleet=FLEET,
+                alert="hot",
+                subject="web-3",
+                state=AlertState.FIRING,
+                since=dt.datetime.now(dt.UTC),
+                value=97.5,
+                fired_at=dt.datetime.now(dt.UTC),
+            )
+        )
         key = create_api_key(store, state_dir, "ops", scope=Scope.APPLY)
         with engine_serve(url, state_dir) as base, chromium(shots) as browser:
             plain = httpx.get(f"{base}/fleets/demo", follow_redirects=False)
@@ -94,6 +123,7 @@ def test_sign_in_see_the_fleet_chart_a_server_reboot_it_and_watch_it_live(
                 "return [...document.querySelectorAll('[data-stage-of]')].map(e => e.textContent)"
             )
             assert stages == ["ready"] * 3
+            assert "Plan: 3 to create" in browser.text("pre.plan")
             browser.screenshot("fleet")
 
             browser.click('a[href="/fleets/demo/servers/web-2"]')
@@ -103,6 +133,8 @@ def test_sign_in_see_the_fleet_chart_a_server_reboot_it_and_watch_it_live(
                 "return [line.points.numberOfItems, line.getBoundingClientRect().width]"
             )
             assert drawn[0] >= 55 and drawn[1] > 100  # an hour of points, drawn across
+            assert browser.run("return document.querySelectorAll('#chart-rx polyline').length")
+            assert "web-3f2a9c1d0b4e" in browser.text("table.containers")
             # The script ran under the CSP and is long-polling for events.
             wait_until(lambda: browser.text("#live-status") == "Live", what="live updates")
             browser.screenshot("server")
@@ -127,7 +159,14 @@ def test_sign_in_see_the_fleet_chart_a_server_reboot_it_and_watch_it_live(
             browser.click('a[href="/fleets/demo/events"]')
             assert "web-2 went quiet" in browser.text("#events")
             browser.screenshot("events")
+
+            browser.click('nav a[href="/alerts?fleet=demo"]')
+            assert "hot" in browser.text("table.alerts") and "firing" in browser.text(
+                "table.alerts"
+            )
+            browser.screenshot("alerts")
     assert sorted(p.name for p in shots.iterdir()) == [
+        "alerts.png",
         "events.png",
         "fleet.png",
         "fleets.png",
