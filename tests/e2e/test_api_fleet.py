@@ -253,6 +253,7 @@ def test_the_dashboard_shows_the_fleet_charts_a_server_and_reboots_it_live(
             ".map(e => [e.dataset.stageOf, e.textContent])"
         )
         assert stages == [["web-1", "ready"], ["web-2", "ready"], ["web-3", "ready"]]
+        assert browser.text("pre.plan").startswith("Fleet api (local)")  # the last plan
         browser.screenshot("fleet")
 
         # The agents' heartbeats since the fleet came up, charted.
@@ -262,6 +263,7 @@ def test_the_dashboard_shows_the_fleet_charts_a_server_and_reboots_it_live(
             return bool(browser.run(lines))
 
         wait_until(charted, timeout_s=120, what="web-3's CPU history")
+        assert "fleet-agent" in browser.text("table.containers")  # from the agent's heartbeat
         wait_until(lambda: browser.text("#live-status") == "Live", what="live updates")
         browser.screenshot("server")
         browser.click('button[data-confirm="reboot web-3?"]')
