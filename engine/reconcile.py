@@ -298,8 +298,8 @@ class ReconcileLoops:
         """Watch `watch`'s fleet: a new one gets its loop, a known one its new watch."""
         with self._changing:
             new = watch.name not in self.watches
-            self.watches[watch.name] = watch
             self.status.setdefault(watch.name, LoopStatus())
+            self.watches[watch.name] = watch
             if new and self._running:
                 self._start(watch.name)
 

@@ -159,6 +159,7 @@ class ServedFleets:
         self.opened: dict[str, Opened] = {}
         self.on_open: Callable[[Opened], None] = lambda _: None
         self._digests: dict[str, str] = {}
+        self._retired: list[Backend] = []
         self._opening = threading.RLock()
 
     def sync(self) -> None:
@@ -202,8 +203,8 @@ class ServedFleets:
             if found.problem:
                 log.warning("%s", found.problem, extra={"fleet": name})
             self.opened[name] = found
-            if kept is not None:
-                kept.backend.close()
+            if kept is not None:  # closed at the end: a run under way may still use it
+                self._retired.append(kept.backend)
             self.on_open(found)
             return found
 
@@ -235,6 +236,8 @@ class ServedFleets:
             for found in self.opened.values():
                 if found.watch is not None:
                     found.watch.backend.close()
+            for backend in self._retired:
+                backend.close()
 
 
 def _health(
