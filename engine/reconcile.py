@@ -270,7 +270,8 @@ class LoopStatus:
 
 class ReconcileLoops:
     """A thread per fleet, for a `with` block: take or renew the fleet's lease every TICK_S
-    and, while it is held, reconcile every `reconcile.interval`."""
+    and, while it is held, reconcile every `reconcile.interval`. `put` adds a fleet, or
+    gives one its new spec from the next tick on, while the loops run."""
 
     def __init__(
         self,
@@ -282,7 +283,7 @@ class ReconcileLoops:
         tick_s: float = TICK_S,
     ) -> None:
         self.store = store
-        self.watches = watches
+        self.watches = {w.name: w for w in watches}
         self.owner = owner
         self.lease_s = lease_s
         self.tick_s = tick_s
@@ -290,6 +291,24 @@ class ReconcileLoops:
         self.alerts = AlertEvaluator(store)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._running = False
+        self._changing = threading.Lock()
+
+    def put(self, watch: FleetWatch) -> None:
+        """Watch `watch`'s fleet: a new one gets its loop, a known one its new watch."""
+        with self._changing:
+            new = watch.name not in self.watches
+            self.status.setdefault(watch.name, LoopStatus())
+            self.watches[watch.name] = watch
+            if new and self._running:
+                self._start(watch.name)
+
+    def _start(self, name: str) -> None:
+        thread = threading.Thread(
+            target=self._run, args=(name,), name=f"reconcile-{name}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
 
     def _take(self, watch: FleetWatch) -> Lease | None:
         try:
@@ -345,9 +364,10 @@ class ReconcileLoops:
         except Exception as error:  # the store: the next tick again
             log.warning("alerts of %s: %s", watch.name, redact(str(error)))
 
-    def _run(self, watch: FleetWatch) -> None:
-        status = self.status[watch.name]
+    def _run(self, name: str) -> None:
+        status = self.status[name]
         while not self._stop.is_set():
+            watch = self.watches[name]  # the fleet's spec as it is now
             lease = self._take(watch)
             if lease is not None and self._due(watch, lease):
                 started = time.monotonic()
@@ -382,15 +402,13 @@ class ReconcileLoops:
                 self._check_alerts(watch, lease)
             self._stop.wait(self.tick_s)
         if status.owner:
-            self.store.leases.release(watch.name, self.owner)
+            self.store.leases.release(name, self.owner)
 
     def __enter__(self) -> ReconcileLoops:
-        for watch in self.watches:
-            thread = threading.Thread(
-                target=self._run, args=(watch,), name=f"reconcile-{watch.name}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        with self._changing:
+            self._running = True
+            for name in self.watches:
+                self._start(name)
         return self
 
     def __exit__(
@@ -399,6 +417,8 @@ class ReconcileLoops:
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        with self._changing:
+            self._running = False
         self._stop.set()
         for thread in self._threads:
             thread.join()

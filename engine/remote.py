@@ -46,7 +46,7 @@ from engine.preview import (
     recorded_digest,
 )
 from engine.providers.registry import inventory_reader, require_reader
-from engine.providers.seam import RunOptions, Signal
+from engine.providers.seam import RunOptions, Signal, Site
 from engine.secrets import redact, register_secret
 from engine.state import Job, Run, RunStatus
 from engine.state.files import private_dir
@@ -179,13 +179,29 @@ class _RunHandler:
 
     kind = ""
 
-    def __init__(self, store: Store, state_dir: Path, state_url: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        state_dir: Path,
+        state_url: str | None = None,
+        *,
+        hosted: Callable[[str], Site | None] = lambda _: None,
+    ) -> None:
         self.store = store
         self.state_dir = state_dir
         self.state_url = state_url
+        # Where the control plane running this job serves a fleet, if it does: the command
+        # uses it instead of starting one of its own on the fleet's address.
+        self.hosted = hosted
 
-    def _options(self) -> RunOptions:
-        return RunOptions(state_dir=self.state_dir, state=self.state_url, yes=True, json_lines=True)
+    def _options(self, fleet: str) -> RunOptions:
+        return RunOptions(
+            state_dir=self.state_dir,
+            state=self.state_url,
+            yes=True,
+            json_lines=True,
+            hosted=self.hosted(fleet),
+        )
 
     def _spec_file(self, fleet: str) -> Path:
         stored = self.store.specs.get(fleet)
@@ -264,7 +280,7 @@ class ApplyHandler(_RunHandler):
                 raise StalePlan(f"the plan made now is not plan {saved.id}; nothing was done")
 
         spec = self._spec_file(run.fleet)
-        return up(spec, self._options(), out, lambda _: True, check=check)
+        return up(spec, self._options(run.fleet), out, lambda _: True, check=check)
 
 
 class ServerActionHandler(_RunHandler):
@@ -280,4 +296,6 @@ class ServerActionHandler(_RunHandler):
 
         spec = self._spec_file(run.fleet)
         signal = Signal(str(run.request["action"]))
-        return signal_server(spec, str(run.request["server"]), signal, self._options(), out)
+        return signal_server(
+            spec, str(run.request["server"]), signal, self._options(run.fleet), out
+        )

@@ -120,9 +120,15 @@ def load_spec(path: str | FsPath, *, state_dir: FsPath | None = None) -> Fleet:
     >>> [g.name for g in fleet.groups]
     ['web']
     """
+    return parse_spec(read_spec_file(path), file=str(path), state_dir=state_dir)
+
+
+def read_spec_file(path: str | FsPath) -> bytes:
+    """The bytes of the spec file at `path` (SpecError when it is no readable regular file or
+    too large), for `parse_spec`."""
     file = str(path)
     try:
-        raw = _read_regular_file(file)
+        return _read_regular_file(file)
     except FileNotFoundError:
         raise _fail("file_not_found", file, "no such file", "check the path") from None
     except PermissionError:
@@ -130,7 +136,6 @@ def load_spec(path: str | FsPath, *, state_dir: FsPath | None = None) -> Fleet:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise _fail("file_not_found", file, f"cannot be read: {reason}", "check the path") from None
-    return parse_spec(raw, file=file, state_dir=state_dir)
 
 
 _NOT_FILES = (

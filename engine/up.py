@@ -352,39 +352,44 @@ def serving(
 ) -> Iterator[FleetRun]:
     """The fleet registered, its keys and id made and a control plane running for the block
     (at `site`, else where the backend says), with the backend's provisioner and the
-    installer: what bringing servers to ready needs."""
+    installer: what bringing servers to ready needs. With `options.hosted`, the control plane
+    that already serves the fleet there makes, installs and hears the servers: none is
+    started."""
     from engine.controlplane.fleets import register_fleet
     from engine.controlplane.runner import running_control_plane
     from engine.install.deploykey import ensure_deploy_key
     from engine.tokens import ensure_fleet_id, ensure_fleet_key
 
-    site = site or backend.site()
+    site = site or options.hosted or backend.site()
     settings = register_fleet(store, fleet, url=site.url, sources=site.sources)
     ensure_fleet_key(options.state_dir, fleet.name)
     ensure_deploy_key(options.state_dir, fleet.name)
     fleet_id = ensure_fleet_id(options.state_dir, fleet.name)
-    installer = fleet_installer(fleet, backend, site, options.state_dir)
     provisioner = backend.provisioner(store, servers)
+    run = FleetRun(
+        fleet,
+        store,
+        options.state_dir,
+        board,
+        settings,
+        site,
+        provisions=provisioner is not None,
+        fleet_id=fleet_id,
+    )
+    if options.hosted is not None:
+        yield run
+        return
     with running_control_plane(
         store,
         options.state_dir,
         host=site.host,
         port=site.port,
-        installer=installer,
+        installer=fleet_installer(fleet, backend, site, options.state_dir),
         provisioner=provisioner,
         workers=max(2, min(8, len(servers))),
         log_level="warning",  # the board says what happens; uvicorn's lines would not
     ):
-        yield FleetRun(
-            fleet,
-            store,
-            options.state_dir,
-            board,
-            settings,
-            site,
-            provisions=provisioner is not None,
-            fleet_id=fleet_id,
-        )
+        yield run
 
 
 def fleet_installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> FleetInstaller:
@@ -495,7 +500,7 @@ def up(
         fleet, board, backend, store = session.fleet, session.board, session.backend, session.store
         check_environment(fleet)
         catalog = load_catalog(fleet.provider.name, options.state_dir)
-        site = backend.site()
+        site = options.hosted or backend.site()
         digest = fleet_digest(fleet, site.url, site.sources)
 
         def observe_now() -> Observed:

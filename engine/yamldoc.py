@@ -406,3 +406,22 @@ def read_yaml(text: str, file: str) -> Document:
         ) from None
     except yaml.YAMLError as exc:
         raise _problem("yaml_syntax", str(exc), "fix the YAML syntax", (1, 1), file) from None
+
+
+_PLAIN_SCALAR = re.compile(r"[^\s,\]}#]+")
+
+
+def replace_number(text: str, doc: Document, path: Path, value: int) -> str:
+    """`text` with the number written at `path` (of `doc`, read from `text`) replaced by
+    `value`, and nothing else touched: comments, quoting and layout stay as written, in YAML
+    and JSON alike. ValueError when no plain number is written there."""
+    if path not in doc.positions:
+        raise ValueError(f"{render_path(path)} is not written in the document")
+    line, column = doc.positions[path]
+    lines = text.splitlines(keepends=True)
+    written = lines[line - 1]
+    found = _PLAIN_SCALAR.match(written, column - 1)
+    if found is None or not isinstance(read_scalar(found.group()), int | float):
+        raise ValueError(f"{render_path(path)} is not a plain number")
+    lines[line - 1] = f"{written[: found.start()]}{value}{written[found.end() :]}"
+    return "".join(lines)

@@ -1,9 +1,10 @@
 """engine dashboard SPEC [--port N]: a local fleet's control plane with its dashboard on
 loopback, and a one-time sign-in link to it.
 
-It runs `engine serve` for the spec in this process (the fleet's provider opened as `engine
-up` opens it: for a local fleet, its Docker engine, images and network), makes an API key of
-apply scope for that fleet alone, and prints a link that signs a browser in with it once.
+It runs `engine serve --spec SPEC` in this process (the spec stored as the fleet's desired
+state, the fleet's provider opened as `engine up` opens it: for a local fleet, its Docker
+engine, images and network), makes an API key of apply scope for that fleet alone, and prints
+a link that signs a browser in with it once.
 The key is revoked when the command stops (Ctrl-C), which ends the sessions it gave.
 """
 
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             serve(
                 store,
                 state_dir,
-                [fleet],
+                [args.spec],
                 state=args.state,
                 listen=("127.0.0.1", args.port),
                 stop=stop,

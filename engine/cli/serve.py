@@ -25,7 +25,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="run the control plane: phone-home, heartbeats, the fleet API and job workers",
         description="Run the control plane until interrupted, for fleets that live longer "
         "than one `engine up`. Several `engine serve` on one PostgreSQL store share the job "
-        "queue. Fleets are served once `engine up` (or --spec) registered them.",
+        "queue. Every fleet whose spec the store holds (--spec, or PUT /v1/fleets/FLEET) is "
+        "served: installed, watched and, with reconcile.mode repair, repaired.",
     )
     parser.add_argument(
         "--listen",
@@ -38,8 +39,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help="register this fleet spec's settings (repeatable); its provider token variable "
-        "lets the control plane read the provider inventory",
+        help="serve this fleet: its spec is stored as the fleet's desired state, as a PUT "
+        "through the fleet API stores one (repeatable); its provider token variable lets the "
+        "control plane read the provider inventory",
     )
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="job worker threads")
     parser.add_argument(
@@ -117,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
             "--workers and --drain must be 0 or more and --heartbeat-misses 1 or more"
         )
     installer = load_entry(args.install_entry) if args.install_entry else None
-    fleets = [load_spec(path, state_dir=args.state_dir) for path in args.spec]
+    for path in args.spec:  # every spec checked before anything starts
+        load_spec(path, state_dir=args.state_dir)
     configure_logging(args.log_format)
     install_log_redaction()
     stop = threading.Event()
@@ -127,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         serve(
             store,
             Path(args.state_dir),
-            fleets,
+            [Path(path) for path in args.spec],
             state=args.state,
             listen=(host, port),
             stop=stop,

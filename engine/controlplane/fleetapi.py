@@ -395,19 +395,23 @@ class FleetApi:
             return JSONResponse(run_document(run), status_code=202, headers=headers)
 
     def _scale(self, fleet: str, group: str, count: int, actor: str) -> tuple[SavedPlan, Run]:
-        import yaml
+        from engine.yamldoc import read_yaml, replace_number
 
-        stored, _ = self._spec(fleet)
-        data = yaml.safe_load(stored.text)
-        groups = [g for g in data.get("groups") or [] if isinstance(g, dict)]
-        target = next((g for g in groups if g.get("name") == group), None)
-        if target is None:
-            names = ", ".join(str(g.get("name")) for g in groups)
+        stored, parsed = self._spec(fleet)
+        names = [g.name for g in parsed.groups]
+        if group not in names:
             raise ApiError(
-                404, "group_not_found", f"fleet {fleet} has no group {group} (it has: {names})"
+                404,
+                "group_not_found",
+                f"fleet {fleet} has no group {group} (it has: {', '.join(names)})",
             )
-        target["count"] = count
-        text = yaml.safe_dump(data, sort_keys=False)
+        # The stored text edited where the count is written: comments and layout stay.
+        text = replace_number(
+            stored.text,
+            read_yaml(stored.text, f"the spec of {fleet}"),
+            ("groups", names.index(group), "count"),
+            count,
+        )
         parsed = self._parse(fleet, text.encode("utf-8"))
         changed = FleetSpec(
             fleet=fleet,

@@ -44,6 +44,8 @@ LEASE_S = 30.0
 IDLE_POLL_S = 0.5
 BACKOFF_S = 2.0
 BACKOFF_CAP_S = 300.0
+# How long a job this control plane cannot run waits before any worker claims it again.
+ELSEWHERE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,11 @@ class Again:
 
 class Permanent(Exception):
     """The job cannot succeed however often it runs: fail it now."""
+
+
+class Elsewhere(Exception):
+    """This control plane cannot run the job but another one on the store may (the job's
+    fleet is served elsewhere): it goes back to the queue, not as a failed attempt."""
 
 
 class Handler(Protocol):
@@ -168,6 +175,11 @@ class Worker:
             outcome = handler.run(job)
         except Permanent as error:
             self._give_up(handler, job, str(error))
+        except Elsewhere as error:
+            log.info("%s job %s left for another control plane: %s", job.kind, job.id, error)
+            self.store.jobs.retry(
+                job.id, self.owner, delay_s=ELSEWHERE_S, error=str(error), count_attempt=False
+            )
         except Exception as error:
             message = redact(f"{type(error).__name__}: {error}")
             log.warning("%s job %s attempt %s failed: %s", job.kind, job.id, job.attempts, message)

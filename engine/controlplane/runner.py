@@ -82,11 +82,15 @@ def default_registry(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunningControlPlane:
+    """A running control plane; `also_listen(host, port)` serves it on one more address
+    until the block ends (a local fleet's gateway, for a fleet registered while it runs)."""
+
     url: str
     host: str
     port: int
     api: ControlPlaneApi
     workers: WorkerPool
+    also_listen: Callable[[str, int], None]
 
 
 def listening_socket(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
@@ -163,8 +167,6 @@ def running_control_plane(
     it are handed back to the queue). `health` adds to what /v1/health says; with
     `root_logging`, uvicorn logs through the root logger's handlers, as the service's own
     lines do; with `dashboard`, the dashboard is served at `/` (taking `sign_in_links`)."""
-    import uvicorn
-
     sock = listening_socket(host, port)
     bound = sock.getsockname()[1]
     sockets = [sock]
@@ -181,12 +183,6 @@ def running_control_plane(
         health=health,
         dashboard=dashboard,
         sign_in_links=sign_in_links,
-    )
-    server = uvicorn.Server(
-        _uvicorn_config(app, forwarded_allow_ips, access_log, log_level, root_logging)
-    )
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": sockets}, name="control-plane", daemon=True
     )
     chosen = registry or default_registry(
         store, state_dir, installer=installer, provisioner=provisioner, readers=readers
@@ -205,18 +201,16 @@ def running_control_plane(
         stack.callback(app.state.api.close)
         for opened in sockets:
             stack.callback(opened.close)
-        thread.start()
-        deadline = time.monotonic() + 15
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise EngineError(f"the control plane did not start on {host}:{bound}")
-            time.sleep(0.01)
+        config = (app, forwarded_allow_ips, access_log, log_level, root_logging)
+        stack.callback(_serving(config, sockets, f"{host}:{bound}"))
+        served = threading.Lock()  # also_listen is called from the service's threads
 
-        def stop_server() -> None:
-            server.should_exit = True
-            thread.join(timeout=15)
+        def listen_more(more_host: str, more_port: int) -> None:
+            sock = listening_socket(more_host, more_port)
+            with served:
+                stack.callback(sock.close)
+                stack.callback(_serving(config, [sock], f"{more_host}:{more_port}"))
 
-        stack.callback(stop_server)
         pool = WorkerPool(store, chosen, workers=workers, lease_s=lease_s)
         pool.start()
         stack.callback(pool.stop, drain_s)
@@ -224,5 +218,36 @@ def running_control_plane(
         stack.enter_context(Monitor(store, heartbeat_misses=heartbeat_misses))
         shown = f"[{host}]" if ":" in host else host
         yield RunningControlPlane(
-            url=f"http://{shown}:{bound}", host=host, port=bound, api=app.state.api, workers=pool
+            url=f"http://{shown}:{bound}",
+            host=host,
+            port=bound,
+            api=app.state.api,
+            workers=pool,
+            also_listen=listen_more,
         )
+
+
+def _serving(
+    config: tuple[Any, ...], sockets: list[socket.socket], where: str
+) -> Callable[[], None]:
+    """uvicorn serving the app on `sockets` in a thread of its own, started; the function
+    that stops it."""
+    import uvicorn
+
+    server = uvicorn.Server(_uvicorn_config(*config))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": sockets}, name="control-plane", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise EngineError(f"the control plane did not start on {where}")
+        time.sleep(0.01)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+    return stop

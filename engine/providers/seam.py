@@ -47,7 +47,9 @@ class Signal(StrEnum):
 class RunOptions:
     """How to run. `listen` and `engine_addresses` are for the clouds (engine.providers.cloud).
     `attempts` is each server's budget of tries in one run; `adopt` takes over servers that
-    another state directory made for a fleet of the same name."""
+    another state directory made for a fleet of the same name. `hosted` is the site of a
+    control plane that already serves the fleet (`engine serve`'s, for an apply through its
+    API): the run uses it and starts no control plane of its own."""
 
     state_dir: Path
     state: str | None = None
@@ -59,6 +61,7 @@ class RunOptions:
     engine_addresses: tuple[str, ...] = ()
     attempts: int = 3
     adopt: bool = False
+    hosted: Site | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

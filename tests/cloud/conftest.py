@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from engine.install.installer import FleetInstaller
+from engine.install.seam import InstallResult, InstallTarget
 from engine.providers.cloud import pulumi_runner
+from engine.state import FleetSettings
 from tests.cloud.world import CLOUDS, TOKEN_ENV, ProgramUnderMocks, World
 from tests.support.cli import ROOT
 from tests.support.http import serve
@@ -33,3 +36,16 @@ def world(
         spec = tmp_path / "fleet.yaml"
         spec.write_text(yaml.safe_dump(data, sort_keys=False))
         yield World(request.param, spec, tmp_path / "state", fake, pulumi, data["name"])
+
+
+@pytest.fixture
+def installs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The servers the control plane installs; each install reports the run's digest."""
+    installed: list[str] = []
+
+    def install(self: FleetInstaller, target: InstallTarget, fleet: FleetSettings) -> InstallResult:
+        installed.append(target.name)
+        return InstallResult(ok=True, install_hash=self.digests[fleet.name])
+
+    monkeypatch.setattr(FleetInstaller, "__call__", install)
+    yield installed

@@ -14,38 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.errors import EngineError
-from engine.install.installer import FleetInstaller
-from engine.install.seam import InstallResult, InstallTarget
 from engine.model import Stage
 from engine.plan import Action, Plan, RetryBy
 from engine.preview import plan_preview
 from engine.providers.cloud import pulumi_runner
 from engine.providers.digitalocean.inventory import DigitalOceanReader
-from engine.state import FleetSettings
 from tests.cloud.world import CLOUDS, ProgramUnderMocks, World
 
 SERVERS = {"hcloud": "servers", "digitalocean": "droplets"}
 HOST_KEY = ("ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfAServerThatPhonedHome000000000")
-
-
-@pytest.fixture
-def installs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The servers the control plane installs; each install reports the run's digest."""
-    installed: list[str] = []
-
-    def install(self: FleetInstaller, target: InstallTarget, fleet: FleetSettings) -> InstallResult:
-        installed.append(target.name)
-        return InstallResult(ok=True, install_hash=self.digests[fleet.name])
-
-    monkeypatch.setattr(FleetInstaller, "__call__", install)
-    yield installed
 
 
 def plan(world: World, **options: Any) -> Plan:

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from engine.controlplane.jobs import (
+    ELSEWHERE_S,
     Again,
     Done,
+    Elsewhere,
     JobRegistry,
     Permanent,
     Worker,
@@ -46,6 +48,8 @@ class ProbeHandler:
             raise RuntimeError(f"boom on attempt {job.attempts}")
         if step == "permanent":
             raise Permanent("this cannot work")
+        if step == "elsewhere":
+            raise Elsewhere("this control plane does not serve web-prod")
         if step == "again":
             return Again(7, {"page": job.attempts + 1})
         return Done({"attempt": job.attempts})
@@ -243,3 +247,20 @@ def test_waiting_is_not_failing_and_permanent_fails_at_once(store: Store, clock:
     assert failed.state is JobState.FAILED and failed.last_error == "this cannot work"
     assert failed.attempts == 1
     assert handler.given_up == [(job.id, "this cannot work")]
+
+
+def test_a_job_for_another_control_plane_goes_back_to_the_queue_without_an_attempt(
+    store: Store, clock: Clock
+) -> None:
+    job = store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod", max_attempts=1))
+    handler = ProbeHandler(script=["elsewhere", "elsewhere"])
+    worker = _worker(store, handler)
+    for _ in range(2):
+        assert worker.run_once() is not None
+        left = _job(store, job.id)
+        assert left.state is JobState.QUEUED and left.attempts == 0
+        assert left.last_error == "this control plane does not serve web-prod"
+        assert worker.run_once() is None  # not claimed again at once
+        clock.advance(ELSEWHERE_S)
+    assert worker.run_once() is not None  # the control plane that serves it runs it
+    assert _job(store, job.id).state is JobState.SUCCEEDED and handler.given_up == []

@@ -218,6 +218,33 @@ def test_a_reboot_through_the_api_and_a_world_change_makes_a_plan_stale(
     assert "fleet api changed since plan" in stale.json()["error"]["message"]
 
 
+def test_a_fleet_registered_through_the_api_is_watched_and_repaired_by_serve(
+    api: Api, docker_client: Any
+) -> None:
+    # web-2 was stopped by the test before: with its spec changed through the API to repair
+    # mode, the service's reconcile loop for the fleet starts it again, no one acting.
+    web2 = _containers(docker_client)["api-web-2"]
+    assert web2.status == "exited"
+    repair = {**SPEC, "reconcile": {"interval": "10s", "mode": "repair"}}
+    assert api.put_spec(repair).status_code == 200
+
+    def kinds() -> list[str]:
+        events = api.call("GET", "/events?limit=1000", key=api.read_key).json()["events"]
+        return [e["kind"] for e in events if e["kind"].startswith("reconcile.")]
+
+    wait_until(lambda: "reconcile.repaired" in kinds(), timeout_s=120, what="a repair of api")
+    assert "reconcile.owner" in kinds()
+
+    def running() -> bool:
+        web2.reload()
+        return bool(web2.status == "running")
+
+    wait_until(running, timeout_s=120, what="web-2 started again")
+    wait_until(lambda: api.servers().get("web-2") == "ready", timeout_s=RUN_S, what="web-2 ready")
+    wait_until(lambda: kinds()[-1] == "reconcile.in-sync", timeout_s=120, what="api in sync")
+    assert api.put_spec(SPEC).status_code == 200  # back to report mode for the tests after
+
+
 def test_engine_runs_lists_what_the_api_started(api: Api) -> None:
     state = ("--state-dir", str(api.root / "state"))
     listed = engine("runs", "api", *state, cwd=api.root, env=api.env)

@@ -11,7 +11,7 @@ import pytest
 
 from engine.errors import SpecError
 from engine.spec import parse_spec
-from engine.yamldoc import YamlProblem, read_yaml
+from engine.yamldoc import YamlProblem, read_yaml, replace_number
 
 # (what the user writes after `v: `, what the engine reads)
 VALUES: list[tuple[str, object]] = [
@@ -136,3 +136,28 @@ def test_whole_number_floats_become_integers_where_the_schema_wants_one() -> Non
     assert numbers == (3, 22, 8000)
     assert all(type(n) is int for n in numbers)
     assert fleet.limits.memory_gb == 16.0
+
+
+def test_a_number_is_replaced_where_it_is_written_and_nothing_else_changes() -> None:
+    text = (
+        "# the web fleet\n"
+        "groups:\n"
+        "  - name: web\n"
+        "    count: 3   # three to start\n"
+        "    labels: {tier: yes, on: 1:20}\n"
+        "  - {name: db, count: 1}\n"
+    )
+    doc = read_yaml(text, "f.yaml")
+    web = replace_number(text, doc, ("groups", 0, "count"), 12)
+    assert web == text.replace("count: 3   #", "count: 12   #")
+    db = replace_number(text, doc, ("groups", 1, "count"), 0)
+    assert db == text.replace("count: 1}", "count: 0}")
+    assert read_yaml(db, "f.yaml").data["groups"][0]["labels"] == {"tier": "yes", "on": "1:20"}
+    as_json = '{"groups": [{"name": "web", "count": 3}]}'
+    assert replace_number(as_json, read_yaml(as_json, "f.json"), ("groups", 0, "count"), 4) == (
+        '{"groups": [{"name": "web", "count": 4}]}'
+    )
+    with pytest.raises(ValueError, match="not a plain number"):
+        replace_number(text, doc, ("groups", 0, "name"), 1)
+    with pytest.raises(ValueError, match="not written"):
+        replace_number(text, doc, ("groups", 2, "count"), 1)
