@@ -283,13 +283,16 @@ def test_the_dashboard_shows_the_fleet_charts_a_server_and_reboots_it_live(
         assert browser.text("pre.plan").startswith("Fleet api (local)")  # the last plan
         browser.screenshot("fleet")
 
-        # The agents' heartbeats since the fleet came up, charted.
+        # The agents' heartbeats since the fleet came up, charted: the network from the
+        # counters of one heartbeat and the next.
         def charted() -> bool:
             browser.open(f"{api.url}/fleets/api/servers/web-3")
-            lines = "return document.querySelectorAll('#chart-cpu polyline').length"
-            return bool(browser.run(lines))
+            drawn = "return ['cpu', 'rx', 'tx']" + (
+                ".every(m => document.querySelector(`#chart-${m} polyline`))"
+            )
+            return bool(browser.run(drawn))
 
-        wait_until(charted, timeout_s=120, what="web-3's CPU history")
+        wait_until(charted, timeout_s=120, what="web-3's CPU and network history")
         assert "fleet-agent" in browser.text("table.containers")  # from the agent's heartbeat
         wait_until(lambda: browser.text("#live-status") == "Live", what="live updates")
         browser.screenshot("server")
