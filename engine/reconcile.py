@@ -99,10 +99,13 @@ class Outcome:
     api_calls: int = 0
     skipped: str = ""
     error: str = ""
+    # What the provider said of each recorded server: its status, or "gone".
+    provider: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def as_result(self) -> dict[str, Any]:
         """What the lease row keeps of it."""
         return {
+            "provider": dict(self.provider),
             "drift": len(self.drift),
             "shown": _shown(self.drift),
             "repaired": len(self.repaired),
@@ -148,8 +151,9 @@ class FleetWatch:
     def name(self) -> str:
         return self.fleet.name
 
-    def plan(self) -> Plan:
-        """Read what exists now and plan, as `engine up` does."""
+    def plan(self) -> tuple[Plan, dict[str, str]]:
+        """Read what exists now and plan, as `engine up` does; and what the provider said of
+        each recorded server (its status, or "gone")."""
         from engine.preview import fleet_keys, observe, plan_fleet, recorded
         from engine.tokens import find_fleet_id
 
@@ -160,7 +164,7 @@ class FleetWatch:
             recorded(self.store, self.name),
             state_dir=self.state_dir,
         )
-        return plan_fleet(
+        plan = plan_fleet(
             self.fleet,
             self.catalog,
             observed,
@@ -169,12 +173,15 @@ class FleetWatch:
             engine_sources=self.site.sources,
             ssh_public_keys=fleet_keys(self.fleet, self.state_dir),
         )
+        status = {s.name: s.status for s in observed.actual}
+        said = {r.name: status.get(r.name, "gone") for r in observed.records if r.provider_id}
+        return plan, said
 
     def reconcile(self, before: Mapping[str, Any] | None = None) -> Outcome:
         """One run: read, plan, record drift, and in repair mode repair within the hour's
         budget. `before` is the last run's result (from the lease)."""
         before = before or {}
-        plan = self.plan()
+        plan, said = self.plan()
         calls = plan.api_calls.read
         # A server the control plane's jobs are making or installing is on its way, not
         # drifting: planning it again would race its job.
@@ -202,7 +209,7 @@ class FleetWatch:
             for at in before.get("repairs", ())
             if dt.datetime.fromisoformat(at) > now - REPAIR_WINDOW
         )
-        outcome = Outcome(drift=drift, repairs=recent, api_calls=calls)
+        outcome = Outcome(drift=drift, repairs=recent, api_calls=calls, provider=said)
         if not drift or self.fleet.reconcile.mode is not ReconcileMode.REPAIR:
             return outcome
         if plan.is_blocked:

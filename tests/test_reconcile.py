@@ -121,6 +121,9 @@ def test_report_mode_records_drift_and_changes_nothing(
     outcome = watch.reconcile()
     assert [(d["server"], d["action"]) for d in outcome.drift] == [("web-2", "power_on")]
     assert outcome.repaired == () and model.servers["web-2"].status == "off"
+    assert outcome.as_result()["provider"] == {
+        name: "off" if name == "web-2" else "running" for name in model.servers
+    }
     again = watch.reconcile(outcome.as_result())  # the same drift: not recorded again
     assert again.drift == outcome.drift
     model.servers["web-2"] = dataclasses.replace(model.servers["web-2"], status="running")

@@ -69,7 +69,7 @@ from engine.controlplane.errors import ApiError
 from engine.controlplane.fleetapi import FleetApi, wait_for_events
 from engine.cost import monthly_price
 from engine.errors import EngineError
-from engine.health import Power
+from engine.health import Power, power_of
 from engine.lifecycle import STEPS, median_durations, step_durations
 from engine.model import Stage
 from engine.providers.seam import Signal
@@ -334,8 +334,8 @@ def _alert_row(alert: AlertRecord, now: dt.datetime) -> dict[str, Any]:
     }
 
 
-# The store keeps no reading of the provider's status (the reconcile loop reads it and keeps
-# only the stage it leads to), so the servers table shows the power the stage implies.
+# Before the fleet's reconcile loop has read the provider, the servers table shows the power
+# the stored stage implies.
 PRESUMED_POWER = {
     Stage.CREATING: Power.BUSY,
     Stage.BOOTING: Power.BUSY,
@@ -351,6 +351,16 @@ def presumed_power(record: ServerRecord) -> str:
     machine yet, or one failed or unhealthy: off or on, the stage does not say)."""
     power = PRESUMED_POWER.get(record.stage) if record.provider_id else None
     return "" if power is None else str(power)
+
+
+def provider_power(record: ServerRecord, said: Mapping[str, str]) -> tuple[str, bool]:
+    """The power the servers table shows, and whether the provider said it: from the status
+    the provider gave at the fleet's last reconcile run (`said`; "gone" when it no longer
+    lists the server), else what the stored stage implies."""
+    status = said.get(record.name)
+    if status is None:
+        return presumed_power(record), False
+    return ("gone" if status == "gone" else str(power_of(status))), True
 
 
 def plan_text(plan: SavedPlan) -> str:
@@ -736,10 +746,13 @@ class Dashboard:
         number = min(int(page), pages) if page.isdigit() and int(page) >= 1 else 1
         on_page = shown[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]
         reports = {r.server: r for r in self.store.agents.reports(fleet)}
+        lease = self.store.leases.get(fleet)
+        said = dict(lease.last_result.get("provider") or {}) if lease is not None else {}
         rows = []
         for record in on_page:
             report = reports.get(record.name)
             metrics = report.metrics if report else {}
+            power, read = provider_power(record, said)
             rows.append(
                 {
                     "record": record,
@@ -750,7 +763,8 @@ class Dashboard:
                     "heartbeat": ago((now - report.last_heartbeat_at).total_seconds())
                     if report
                     else "",
-                    "power": presumed_power(record),
+                    "power": power,
+                    "power_read": read,
                     "cpu": _percent(metrics, "cpu"),
                     "memory": _percent(metrics, "memory"),
                 }

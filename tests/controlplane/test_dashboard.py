@@ -444,13 +444,24 @@ def test_the_fleet_page_shows_the_last_saved_plan_as_the_preview_prints_it(site:
     assert "  + web-1" in shown[1] and "Plan: 3 to create" in shown[1]
 
 
-def test_the_servers_table_shows_the_power_the_stage_implies(site: Site) -> None:
+def test_the_servers_table_shows_the_power_the_provider_said_else_the_stage_implies(
+    site: Site,
+) -> None:
     site.store.servers.set_stage(FLEET, "web-2", Stage.FAILED)
     site.store.servers.set_stage(FLEET, "web-3", Stage.BOOTING)
-    page = site.signed_in(site.key()).get("/fleets/demo?q=web-").text
-    cells = re.findall(r'data-stage-of="(web-\d)">\w+</span>(?:.*?)</td><td>([^<]*)</td>', page)
-    assert cells[:3] == [("web-1", "on"), ("web-2", "—"), ("web-3", "busy")]
-    assert "keeps no reading of the provider" in page
+    client = site.signed_in(site.key())
+    cell = r'data-stage-of="(web-\d)">\w+</span>(?:.*?)</td><td( class="muted")?>([^<]*)</td>'
+    page = client.get("/fleets/demo?q=web-").text
+    presumed = [(name, power) for name, grey, power in re.findall(cell, page) if grey]
+    assert presumed[:3] == [("web-1", "on"), ("web-2", "—"), ("web-3", "busy")]
+    # A reconcile run read the provider: its word, not the stage's.
+    assert site.store.leases.take(FLEET, "serve/1", ttl_s=60) is not None
+    said = {"web-1": "off", "web-2": "running", "web-3": "gone"}
+    assert site.store.leases.record_run(FLEET, "serve/1", {"provider": said, "drift": 2})
+    page = client.get("/fleets/demo?q=web-").text
+    read = [(name, power) for name, grey, power in re.findall(cell, page) if not grey]
+    assert read[:3] == [("web-1", "off"), ("web-2", "on"), ("web-3", "gone")]
+    assert "What the provider said at the fleet's last reconcile run" in page
 
 
 def test_the_server_page_lists_its_containers_and_apps(site: Site) -> None:
