@@ -307,5 +307,23 @@ def test_the_dashboard_shows_the_fleet_charts_a_server_and_reboots_it_live(
         )
         assert browser.run("return document.querySelectorAll('#events tr.fresh').length") >= 2
         browser.screenshot("server-rebooted")
-    web3.reload()
-    assert web3.attrs["State"]["StartedAt"] != started_at and web3.status == "running"
+        web3.reload()
+        assert web3.attrs["State"]["StartedAt"] != started_at and web3.status == "running"
+
+        # A rebuild takes it back through its stages to ready, each shown without a reload.
+        browser.click('button[data-confirm^="rebuild web-3?"]')
+        assert browser.accept_alert().startswith("rebuild web-3? Its disk is made anew")
+        assert "rebuild queued" in browser.text(".notice")
+        seen: list[str] = []
+
+        def ready_again() -> bool:
+            stage = str(browser.run("return document.querySelector('h1 .stage').textContent"))
+            if not seen or seen[-1] != stage:
+                seen.append(stage)
+            return stage == "ready" and len(seen) > 1
+
+        wait_until(ready_again, timeout_s=RUN_S, what="web-3 rebuilt and ready, seen live")
+        assert seen[0] == "ready" and set(seen[1:-1]) & {"creating", "booting", "installing"}
+        assert browser.run("return document.querySelectorAll('h1 .stage.changed').length") == 1
+        browser.screenshot("server-rebuilt")
+    assert _containers(docker_client)["api-web-3"].id != web3.id  # a machine made anew
