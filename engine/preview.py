@@ -165,8 +165,6 @@ def agents_now(
     """What the agent of each server recorded ready (and running) says: heard, when its last
     heartbeat is within its window; else asked over HTTPS (pinned) whether it is healthy.
     Agents the engine has no endpoint for (or no key to talk to) are not judged."""
-    from engine.agent.client import ask_health
-    from engine.agent.endpoint import agent_endpoints
     from engine.health import AgentAnswer
     from engine.tokens import find_fleet_key
 
@@ -186,6 +184,10 @@ def agents_now(
     key = find_fleet_key(state_dir, fleet.name) if unheard else None
     if key is None:
         return seen
+    # The HTTPS client only when there is an agent to ask.
+    from engine.agent.client import ask_health
+    from engine.agent.endpoint import agent_endpoints
+
     asked = [reports[r.name] for r in unheard if r.name in reports]
     endpoints = agent_endpoints(fleet, key, unheard, asked)
     for name, answer in ask_health(list(endpoints.values())).items():
@@ -336,7 +338,7 @@ def preview_fleet(
         return _against_ref(fleet, catalog, spec, against_ref, state_dir, delete_orphans)
     require_reader(fleet.provider.name)
     reader = inventory_reader(fleet, token=_token(fleet, spec), policy=policy)
-    known = _recorded(fleet, state_dir, state)
+    known, apps = _stored(fleet, state_dir, state)
     observed = observe(fleet, catalog, reader, known, state_dir=state_dir)
     return plan_fleet(
         fleet,
@@ -348,7 +350,7 @@ def preview_fleet(
         adopt=adopt,
         engine_sources=known.settings.control_plane_sources if known.settings else (),
         ssh_public_keys=fleet_keys(fleet, state_dir),
-        apps=_apps(fleet, state_dir, state),
+        apps=apps,
     )
 
 
@@ -376,26 +378,17 @@ def _token(fleet: Fleet, spec: Path) -> str:
     return register_secret(value)
 
 
-def _recorded(fleet: Fleet, state_dir: Path, state: str | None) -> Recorded:
-    from engine.state.store import open_store, state_url, store_exists
-
-    url = state_url(state_dir, state)
-    if not store_exists(url):
-        return Recorded()
-    with open_store(url) as store:
-        return recorded(store, fleet.name)
-
-
-def _apps(fleet: Fleet, state_dir: Path, state: str | None) -> AppsObserved:
-    """What apps run where, asked of the agents the store knows how to reach."""
+def _stored(fleet: Fleet, state_dir: Path, state: str | None) -> tuple[Recorded, AppsObserved]:
+    """What the store holds of `fleet`, and what apps run where, asked of the agents the
+    store knows how to reach."""
     from engine.apps.observe import observe_apps
     from engine.state.store import open_store, state_url, store_exists
 
     url = state_url(state_dir, state)
     if not store_exists(url):
-        return AppsObserved()
+        return Recorded(), AppsObserved()
     with open_store(url) as store:
-        return observe_apps(fleet, store, state_dir)
+        return recorded(store, fleet.name), observe_apps(fleet, store, state_dir)
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
