@@ -152,11 +152,22 @@ class HcloudReader:
             firewalls = self._names("firewalls") if any(s.firewall_ids for s in listed) else {}
             networks = self._names("networks") if any(s.network_ids for s in listed) else {}
         fleet = self.fleet.name
+        # Servers share a few sets of firewalls and networks: each set is named once.
+        named: dict[tuple[str, tuple[int, ...]], tuple[str, ...]] = {}
+
+        def names(kind: str, ids: tuple[int, ...], table: dict[int, str]) -> tuple[str, ...]:
+            found = named.get((kind, ids))
+            if found is None:
+                found = named[kind, ids] = spec_resources(
+                    fleet, [table.get(i, str(i)) for i in ids]
+                )
+            return found
+
         return tuple(
             ActualServer(
                 **s.fields,
-                firewalls=spec_resources(fleet, [firewalls.get(i, str(i)) for i in s.firewall_ids]),
-                networks=spec_resources(fleet, [networks.get(i, str(i)) for i in s.network_ids]),
+                firewalls=names("firewalls", s.firewall_ids, firewalls),
+                networks=names("networks", s.network_ids, networks),
             )
             for s in listed
         )
