@@ -61,8 +61,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Recorded:
-    """What the state store holds of a fleet, read once: its servers' records and lifecycle
-    transitions, its agents' last heartbeats, and its settings (None: never registered)."""
+    """What the state store holds of a fleet, read once: its servers' records, their
+    transitions into ready or failed (what engine.lifecycle.failures_since_ready counts), its
+    agents' last heartbeats, and its settings (None: never registered)."""
 
     records: tuple[ServerRecord, ...] = ()
     transitions: tuple[Transition, ...] = ()
@@ -74,7 +75,7 @@ def recorded(store: Store, fleet: str) -> Recorded:
     """What `store` holds of `fleet`."""
     return Recorded(
         records=store.servers.all(fleet),
-        transitions=store.servers.transitions(fleet),
+        transitions=store.servers.transitions(fleet, stages=(Stage.READY, Stage.FAILED)),
         reports=store.agents.reports(fleet),
         settings=store.fleets.get(fleet),
     )

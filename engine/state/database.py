@@ -21,7 +21,6 @@ from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Label, Row, Table, event, type_coerce
-from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.types import NullType
 
@@ -130,7 +129,12 @@ def _use_sqlite_transactions(engine: Engine) -> None:
 
 def dialect_insert(table: Table, *, postgresql: bool) -> Any:
     """INSERT that can say ON CONFLICT DO NOTHING, in the store's dialect."""
-    return (pg.insert if postgresql else sqlite.insert)(table)
+    if postgresql:
+        # Loaded with the PostgreSQL dialect only (20 ms a process that reads SQLite saves).
+        from sqlalchemy.dialects import postgresql as pg
+
+        return pg.insert(table)
+    return sqlite.insert(table)
 
 
 class Repository:

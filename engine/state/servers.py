@@ -299,12 +299,17 @@ class Servers(Repository):
             )
         )
 
-    def transitions(self, fleet: str, server: str | None = None) -> tuple[Transition, ...]:
-        """A fleet's (or one server's) lifecycle transitions, oldest first."""
+    def transitions(
+        self, fleet: str, server: str | None = None, *, stages: Collection[Stage] = ()
+    ) -> tuple[Transition, ...]:
+        """A fleet's (or one server's) lifecycle transitions, oldest first; with `stages`,
+        only those into one of them."""
         table = self._transitions
         query = select(*as_stored(table)).where(table.c.fleet == fleet)
         if server is not None:
             query = query.where(table.c.server == server)
+        if stages:
+            query = query.where(table.c.stage.in_([str(stage) for stage in stages]))
         with self._read() as connection:
             rows = connection.execute(query.order_by(table.c.at, table.c.id)).all()
         return tuple(
