@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     # A preview builds a few records per server (pages' JSON, servers, the store's rows, the
     # diff's), none of them in a cycle, and keeps most to the end: the cyclic collector would
-    # walk them again and again as they pile up, a third of the CPU of 10,000 servers.
+    # walk them again and again as they pile up (0.4 s of CPU for 10,000 servers).
     collecting = gc.isenabled()
     gc.disable()
     try:
