@@ -5,14 +5,16 @@ Prints, each measured in a fresh process:
 1. pure, 10,000 servers: load + validate the spec, expand it, diff it against the inventory
    and the state store's records (given in memory), and render the plan as text, markdown and
    JSON (targets: <= 1.5 s, <= 300 MB peak RSS on a 2-core machine);
-2. as users run it, for 1,000 and 10,000 servers: `engine preview SPEC --format json` reading
-   the inventory from the fake Hetzner API (tests/fakes/hcloud.py, another process, over
-   loopback) that waits `--latency-ms` (default 50, a real API's round trip) before each
-   answer, and the records from a SQLite state store: wall time, the engine's CPU time, peak
-   memory and the API calls, beside what DigitalOcean would need for the same fleet (targets
-   for 10,000 at 50 ms: <= 2.5 s wall, <= 1.0 s engine CPU, <= ceil(N/50) + a few calls).
+2. as users run it, for 1,000 and 10,000 servers on Hetzner and on DigitalOcean:
+   `engine preview SPEC --format json` reading the inventory from the provider's fake API
+   (tests/fakes/, another process, over loopback) that waits `--latency-ms` (default 50, a
+   real API's round trip) before each answer, and the records from a SQLite state store: wall
+   time, the engine's CPU time, peak memory and the API calls (targets for 10,000 at 50 ms:
+   <= 2.5 s wall, <= 1.0 s engine CPU, <= ceil(N/50) + a few calls on Hetzner, ceil(N/200) + a
+   few on DigitalOcean).
 
     python bench/preview.py [--latency-ms 50] [--sizes 1000,10000]
+                            [--providers hcloud,digitalocean]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -39,21 +41,49 @@ from engine.catalog import Catalog, load_catalog  # noqa: E402
 from engine.diff import as_built, as_recorded  # noqa: E402
 from engine.model import Fleet, Image, ImageKind, ownership_labels  # noqa: E402
 from engine.placement import expand_fleet  # noqa: E402
+from engine.plan import ACTIONS  # noqa: E402
 from engine.providers import ActualServer  # noqa: E402
 from engine.spec import load_spec  # noqa: E402
 from engine.state import ServerRecord  # noqa: E402
 
 GROUPS, PER_GROUP = 20, 500
 GROUP_SIZE = 500  # servers per group in the generated specs
+PROVIDERS = ("hcloud", "digitalocean")
+TOKEN_ENV = {"hcloud": "HCLOUD_TOKEN", "digitalocean": "DIGITALOCEAN_TOKEN"}
 
 
-def bench_spec(endpoint: str | None = None, servers: int = GROUPS * PER_GROUP) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Drift:
+    """What a provider's drifted servers become: another type, another image."""
+
+    server_type: str
+    disk_gb: int
+    image: str
+
+
+# Sizes and images the fakes know (tests/fakes/).
+DRIFT = {
+    "hcloud": Drift(server_type="cpx11", disk_gb=40, image="debian-11"),
+    "digitalocean": Drift(server_type="s-1vcpu-1gb", disk_gb=25, image="ubuntu-24-04-x64"),
+}
+
+
+def bench_spec(
+    endpoint: str | None = None, servers: int = GROUPS * PER_GROUP, provider: str = "hcloud"
+) -> dict[str, Any]:
     """bench/validate.py's generated spec of `servers` servers, with room in its limits and
-    maybe an endpoint."""
+    maybe an endpoint; on DigitalOcean, with sizes, an image and regions its fake knows."""
     spec = generated_spec(max(1, servers // GROUP_SIZE), min(servers, GROUP_SIZE))
-    if endpoint:
-        spec["provider"] = {"name": "hcloud", "token_env": "HCLOUD_TOKEN", "endpoint": endpoint}
-    spec["limits"] = {"servers": 20000, "monthly_cost": 200000}
+    account = {"name": provider, "token_env": TOKEN_ENV[provider]}
+    spec["provider"] = {**account, "endpoint": endpoint} if endpoint else account
+    if provider == "digitalocean":
+        spec["defaults"] = {
+            **cast(dict[str, Any], spec["defaults"]),
+            "server_type": "s-2vcpu-4gb",
+            "image": "debian-12-x64",
+            "locations": ["fra1", "ams3", "nyc3", "sgp1"],
+        }
+    spec["limits"] = {"servers": 20000, "monthly_cost": 500000}
     return spec
 
 
@@ -69,6 +99,7 @@ def drifted_inventory(
     fleet: Fleet, catalog: Catalog
 ) -> tuple[list[ActualServer], list[ServerRecord], dict[str, int]]:
     """The fleet as built and recorded, with 1% of it drifted in every way the diff knows."""
+    changed = DRIFT[str(fleet.provider.name)]
     servers = [
         as_built(fleet, s, catalog, str(n)) for n, s in enumerate(expand_fleet(fleet, catalog), 1)
     ]
@@ -89,9 +120,11 @@ def drifted_inventory(
             elif kind == "firewall":
                 servers[i] = dataclasses.replace(server, firewalls=())
             elif kind == "resize":
-                servers[i] = dataclasses.replace(server, server_type="cpx11", disk_gb=40)
+                servers[i] = dataclasses.replace(
+                    server, server_type=changed.server_type, disk_gb=changed.disk_gb
+                )
             elif kind == "replace":
-                image = Image(kind=ImageKind.NAME, name="debian-11")
+                image = Image(kind=ImageKind.NAME, name=changed.image)
                 servers[i] = dataclasses.replace(server, image=image)
             elif kind == "create":
                 servers[i] = dataclasses.replace(server, provider_id="")  # removed below
@@ -150,17 +183,27 @@ def run_pure(spec_path: str) -> dict[str, Any]:
 
 
 def serve_fake() -> None:
-    """Scenario 2's fake Hetzner API, in its own process, populated with the inventory."""
-    from tests.fakes.hcloud import FakeHcloud
+    """Scenario 2's fake provider API, in its own process, populated with the inventory."""
     from tests.support.http import serve
 
     fleet = load_spec(sys.argv[2])
-    catalog = load_catalog("hcloud")
-    servers, _, _ = drifted_inventory(fleet, catalog)
-    fake = FakeHcloud(latency_s=float(sys.argv[3]))
+    provider = str(fleet.provider.name)
+    servers, _, _ = drifted_inventory(fleet, load_catalog(provider))
+    fake = (hcloud_fake if provider == "hcloud" else digitalocean_fake)(fleet, servers)
+    fake.latency_s = float(sys.argv[3])
+    with serve(fake.app()) as url:
+        print(url, fake.token, flush=True)
+        sys.stdin.read()  # until the benchmark closes our stdin
+
+
+def hcloud_fake(fleet: Fleet, servers: list[ActualServer]) -> Any:
+    """The fake Hetzner API holding `servers`."""
+    from tests.fakes.hcloud import FakeHcloud
+
+    fake = FakeHcloud()
     fake.add_firewall("bench-web")
     fake.add_network("bench-private")
-    fake.images.append({**fake.images[0], "id": 99, "name": "debian-11"})
+    fake.images.append({**fake.images[0], "id": 99, "name": DRIFT["hcloud"].image})
     for server in servers:
         assert server.image is not None
         fake.add_server(
@@ -173,21 +216,64 @@ def serve_fake() -> None:
             networks=server.networks,
             server_id=int(server.provider_id),
         )
-    with serve(fake.app()) as url:
-        print(url, fake.token, flush=True)
-        sys.stdin.read()  # until the benchmark closes our stdin
+    return fake
 
 
-def run_with_inventory(folder: Path, servers: int, latency_s: float) -> dict[str, Any]:
+def digitalocean_fake(fleet: Fleet, servers: list[ActualServer]) -> Any:
+    """The fake DigitalOcean API holding `servers` as droplets: tagged as the program tags
+    them (a droplet whose firewall drifted lacks its group's member tag), in their region's
+    VPC of the fleet, with a firewall per group selecting its members."""
+    from engine.preview import declared
+    from engine.providers import ResourceKind
+    from engine.providers.digitalocean.naming import member_tag
+    from engine.providers.naming import qualified_name
+    from tests.fakes.digitalocean import FakeDigitalOcean
+
+    fake = FakeDigitalOcean()
+    network = fleet.networks[0].name
+    pinned = {server.name: server.location for server in servers}
+    for vpc in declared(fleet, load_catalog("digitalocean"), pinned, engine_sources=(),
+                        ssh_public_keys=()):  # fmt: skip
+        if vpc.kind is ResourceKind.NETWORK:
+            fake.add_vpc(
+                vpc.name,
+                vpc.value("region"),
+                ip_range=vpc.value("ip_range"),
+                description=f"fleet-engine: network {network} of fleet {fleet.name}",
+            )
+    for group in fleet.groups:
+        fake.add_firewall(
+            qualified_name(fleet.name, fleet.firewalls[0].name, group.name),
+            tags=(member_tag(fleet.name, group.name),),
+            inbound=(("tcp", "443", ("0.0.0.0/0", "::/0")),),
+        )
+    for server in servers:
+        assert server.image is not None
+        labels = dict(server.labels)
+        member = (member_tag(fleet.name, labels["fleet-group"]),) if server.firewalls else ()
+        fake.add_droplet(
+            server.name,
+            tags=(*(f"{key}:{value}" for key, value in server.labels), *member),
+            size=server.server_type,
+            region=server.location,
+            image=server.image.name,
+            vpc=qualified_name(fleet.name, network, server.location),
+            droplet_id=int(server.provider_id),
+        )
+    return fake
+
+
+def run_with_inventory(
+    folder: Path, servers: int, latency_s: float, provider: str
+) -> dict[str, Any]:
     """Scenario 2: `engine preview` as a process against the fake API and a SQLite store."""
     from engine.state.store import open_store
 
-    plain = folder / f"plain-{servers}.yaml"
-    plain.write_text(yaml.safe_dump(bench_spec(servers=servers), sort_keys=False))
+    plain = folder / f"plain-{provider}-{servers}.yaml"
+    plain.write_text(yaml.safe_dump(bench_spec(None, servers, provider), sort_keys=False))
     fleet = load_spec(plain)
-    catalog = load_catalog("hcloud")
-    _, records, _ = drifted_inventory(fleet, catalog)
-    state = f"sqlite:///{folder / f'state-{servers}.db'}"
+    _, records, _ = drifted_inventory(fleet, load_catalog(provider))
+    state = f"sqlite:///{folder / f'state-{provider}-{servers}.db'}"
     with open_store(state) as store:
         store.servers.save_all(records)
     fake = subprocess.Popen(
@@ -201,10 +287,11 @@ def run_with_inventory(folder: Path, servers: int, latency_s: float) -> dict[str
         assert fake.stdout is not None
         url, _, token = fake.stdout.readline().strip().partition(" ")
         if not url:
-            raise SystemExit("the fake Hetzner API did not start")
-        spec = folder / f"live-{servers}.yaml"
-        spec.write_text(yaml.safe_dump(bench_spec(f"{url}/v1", servers), sort_keys=False))
-        env = {**os.environ, "HCLOUD_TOKEN": token, "NO_COLOR": "1"}
+            raise SystemExit(f"the fake {provider} API did not start")
+        spec = folder / f"live-{provider}-{servers}.yaml"
+        endpoint = f"{url}/v1" if provider == "hcloud" else url
+        spec.write_text(yaml.safe_dump(bench_spec(endpoint, servers, provider), sort_keys=False))
+        env = {**os.environ, TOKEN_ENV[provider]: token, "NO_COLOR": "1"}
         errors = folder / "preview.err"
         runs = []
         for _ in range(3):
@@ -240,8 +327,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-ms", type=float, default=50.0, help="the fake API's round trip")
     parser.add_argument("--sizes", default="1000,10000", help="fleet sizes for scenario 2")
+    parser.add_argument(
+        "--providers", default=",".join(PROVIDERS), help="the fake APIs scenario 2 reads from"
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
+    providers = args.providers.split(",")
+    if not set(providers) <= set(PROVIDERS):
+        parser.error(f"--providers: choose from {', '.join(PROVIDERS)}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "pure.yaml").write_text(yaml.safe_dump(bench_spec(), sort_keys=False))
@@ -261,25 +354,32 @@ def main() -> None:
         )
         print(f"       plan: {pure['changes']}, {pure['unchanged']:,} unchanged")
         print(
-            f"  2. `engine preview --format json` as a process, the fake Hetzner API over loopback "
-            f"answering after {args.latency_ms:.0f} ms, records from SQLite (best of 3):"
+            f"  2. `engine preview --format json` as a process, the fake provider API over "
+            f"loopback answering after {args.latency_ms:.0f} ms, records from SQLite (best of 3):"
         )
-        print(f"       {'servers':>8} {'wall':>8} {'CPU':>8} {'peak RSS':>9} {'calls':>6}  "
-              f"{'DigitalOcean':>12}")  # fmt: skip
-        for servers in sizes:
-            live = run_with_inventory(folder, servers, args.latency_ms / 1000)
-            calls = live["document"]["api_calls"]
-            print(
-                f"       {servers:>8,} {live['wall'] * 1000:>6.0f}ms {live['cpu'] * 1000:>6.0f}ms "
-                f"{live['rss_mb']:>7.0f}MB {calls['read']:>6}  {-(-servers // 200) + 4:>12}"
-            )
-            print(
-                f"                read by path {calls['read_by_path']}, {calls['retries']} retried"
-            )
+        print(f"       {'provider':<13} {'servers':>8} {'wall':>8} {'CPU':>8} {'peak RSS':>9} "
+              f"{'calls':>6} {'pages':>6}  load")  # fmt: skip
+        for provider in providers:
+            page = 50 if provider == "hcloud" else 200
+            for servers in sizes:
+                live = run_with_inventory(folder, servers, args.latency_ms / 1000, provider)
+                calls = live["document"]["api_calls"]
+                print(
+                    f"       {provider:<13} {servers:>8,} {live['wall'] * 1000:>6.0f}ms "
+                    f"{live['cpu'] * 1000:>6.0f}ms {live['rss_mb']:>7.0f}MB {calls['read']:>6} "
+                    f"{-(-servers // page):>6}  {os.getloadavg()[0]:.2f}"
+                )
+                summary = live["document"]["summary"]
+                changes = {str(a): summary[a] for a in ACTIONS if summary[a]}
+                print(
+                    f"                read by path {calls['read_by_path']}, "
+                    f"{calls['retries']} retried; plan {changes}, "
+                    f"{summary['unchanged']:,} unchanged"
+                )
         print("       (targets for 10,000 at 50 ms: <= 2500 ms wall, <= 1000 ms engine CPU,")
         print(
-            "        <= 10000/50 + a few calls; DigitalOcean: 200 a page, then one list each of"
-            " firewalls, VPCs, load balancers and keys)"
+            "        calls <= the server pages + a few: a page holds 50 servers on Hetzner, 200 on"
+            " DigitalOcean)"
         )
 
 

@@ -142,9 +142,12 @@ def is_same_image(desired: Image, actual: Image | None) -> bool:
     return actual.kind is desired.kind and actual.name == desired.name
 
 
+_NUMBERED = re.compile(r"(.*)-(\d+)")
+
+
 def natural_key(name: str) -> tuple[str, int]:
     """Sort key that puts web-9 before web-10."""
-    match = re.fullmatch(r"(.*)-(\d+)", name)
+    match = _NUMBERED.fullmatch(name)
     return (match[1], int(match[2])) if match else (name, 0)
 
 
@@ -189,6 +192,10 @@ class _Differ:
         self.unchanged = 0
         self.held_elsewhere: set[str] = set()
         self._unpriced: set[tuple[str, str]] = set()
+        # Servers come by thousands in a few shapes: each shape priced once, each list of
+        # firewalls or networks named once.
+        self._usages: dict[tuple[str, str, bool, bool, float], Usage] = {}
+        self._names: dict[tuple[str, ...], tuple[str, ...]] = {}
         # Servers made anew with a resource the plan replaces (name -> why).
         self.replaced_with: Mapping[str, str] = {}
 
@@ -198,6 +205,10 @@ class _Differ:
         self, name: str, server_type: str, location: str, *, backups: bool, ipv4: bool, disk: float
     ) -> Usage:
         """A server's usage; warns once per type and location the catalog cannot price."""
+        shape = (server_type, location, backups, ipv4, disk)
+        known_usage = self._usages.get(shape)
+        if known_usage is not None:
+            return known_usage
         price = monthly_price(self.catalog, server_type, location, backups=False, ipv4=False)
         if price is None and (server_type, location) not in self._unpriced:
             self._unpriced.add((server_type, location))
@@ -208,9 +219,10 @@ class _Differ:
                 f"{'' if known else 'and size '}count as zero: refresh the catalog "
                 f"(engine catalog refresh {self.catalog.provider})"
             )
-        return server_usage(
+        usage = self._usages[shape] = server_usage(
             self.catalog, server_type, location, backups=backups, ipv4=ipv4, disk_gb=disk
         )
+        return usage
 
     def actual_usage(self, s: ActualServer) -> Usage:
         return self.usage(
@@ -282,6 +294,9 @@ class _Differ:
         keepers: dict[str, ActualServer] = {}
         extras: list[ActualServer] = []
         for name, servers in by_name.items():
+            if len(servers) == 1:
+                keepers[name] = servers[0]
+                continue
             record = self.records.get(name)
             known = record.provider_id if record else ""
             far_future = dt.datetime.max.replace(tzinfo=dt.UTC)
@@ -569,8 +584,13 @@ class _Differ:
 
     # --- comparisons -------------------------------------------------------------------------
 
-    def names(self, short: Iterable[str]) -> tuple[str, ...]:
-        return tuple(sorted(fleet_resource_name(self.fleet.name, n) for n in short))
+    def names(self, short: tuple[str, ...]) -> tuple[str, ...]:
+        named = self._names.get(short)
+        if named is None:
+            named = self._names[short] = tuple(
+                sorted(fleet_resource_name(self.fleet.name, n) for n in short)
+            )
+        return named
 
     def shown(self, names: Iterable[str]) -> str:
         prefix = f"{self.fleet.name}-"
@@ -742,6 +762,8 @@ class _Differ:
 
     def label_changes(self, server: Server, actual: ActualServer) -> tuple[FieldChange, ...]:
         """The labels that differ, key by key."""
+        if server.labels == actual.labels:
+            return ()
         wanted, have = dict(server.labels), dict(actual.labels)
         return tuple(
             FieldChange(field=f"labels.{key}", before=have.get(key, ""), after=wanted.get(key, ""))

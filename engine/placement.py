@@ -23,6 +23,7 @@ from collections.abc import Mapping
 
 from engine.catalog import Catalog
 from engine.model import (
+    LABEL_SERVER,
     Fleet,
     Group,
     Placement,
@@ -74,11 +75,16 @@ def expand_fleet(
             if group.placement is Placement.SPREAD
             else None
         )
+        # Only the server's own label tells one server of a group from the next: the others
+        # are sorted once, and each server's goes in its place among them.
+        shared = dict(group.labels)
+        shared.update(ownership_labels(fleet.name, group.name, ""))
+        ordered = sorted(shared.items())
+        at = ordered.index((LABEL_SERVER, ""))
+        first, last = tuple(ordered[:at]), tuple(ordered[at + 1 :])
         for index, (name, location) in enumerate(
             place_group(group, catalog, pinned).items(), start=1
         ):
-            labels = dict(group.labels)
-            labels.update(ownership_labels(fleet.name, group.name, name))
             servers.append(
                 Server(
                     name=name,
@@ -87,7 +93,7 @@ def expand_fleet(
                     server_type=group.server_type,
                     image=group.image,
                     location=location,
-                    labels=tuple(sorted(labels.items())),
+                    labels=(*first, (LABEL_SERVER, name), *last),
                     placement_group=spread,
                     firewalls=group.firewalls,
                     networks=group.networks,

@@ -61,8 +61,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Recorded:
-    """What the state store holds of a fleet, read once: its servers' records and lifecycle
-    transitions, its agents' last heartbeats, and its settings (None: never registered)."""
+    """What the state store holds of a fleet, read once: its servers' records, their
+    transitions into ready or failed (what engine.lifecycle.failures_since_ready counts), its
+    agents' last heartbeats, and its settings (None: never registered)."""
 
     records: tuple[ServerRecord, ...] = ()
     transitions: tuple[Transition, ...] = ()
@@ -74,7 +75,7 @@ def recorded(store: Store, fleet: str) -> Recorded:
     """What `store` holds of `fleet`."""
     return Recorded(
         records=store.servers.all(fleet),
-        transitions=store.servers.transitions(fleet),
+        transitions=store.servers.transitions(fleet, stages=(Stage.READY, Stage.FAILED)),
         reports=store.agents.reports(fleet),
         settings=store.fleets.get(fleet),
     )
@@ -165,8 +166,6 @@ def agents_now(
     """What the agent of each server recorded ready (and running) says: heard, when its last
     heartbeat is within its window; else asked over HTTPS (pinned) whether it is healthy.
     Agents the engine has no endpoint for (or no key to talk to) are not judged."""
-    from engine.agent.client import ask_health
-    from engine.agent.endpoint import agent_endpoints
     from engine.health import AgentAnswer
     from engine.tokens import find_fleet_key
 
@@ -186,6 +185,10 @@ def agents_now(
     key = find_fleet_key(state_dir, fleet.name) if unheard else None
     if key is None:
         return seen
+    # The HTTPS client only when there is an agent to ask.
+    from engine.agent.client import ask_health
+    from engine.agent.endpoint import agent_endpoints
+
     asked = [reports[r.name] for r in unheard if r.name in reports]
     endpoints = agent_endpoints(fleet, key, unheard, asked)
     for name, answer in ask_health(list(endpoints.values())).items():
@@ -336,7 +339,7 @@ def preview_fleet(
         return _against_ref(fleet, catalog, spec, against_ref, state_dir, delete_orphans)
     require_reader(fleet.provider.name)
     reader = inventory_reader(fleet, token=_token(fleet, spec), policy=policy)
-    known = _recorded(fleet, state_dir, state)
+    known, apps = _stored(fleet, state_dir, state)
     observed = observe(fleet, catalog, reader, known, state_dir=state_dir)
     return plan_fleet(
         fleet,
@@ -348,7 +351,7 @@ def preview_fleet(
         adopt=adopt,
         engine_sources=known.settings.control_plane_sources if known.settings else (),
         ssh_public_keys=fleet_keys(fleet, state_dir),
-        apps=_apps(fleet, state_dir, state),
+        apps=apps,
     )
 
 
@@ -376,26 +379,17 @@ def _token(fleet: Fleet, spec: Path) -> str:
     return register_secret(value)
 
 
-def _recorded(fleet: Fleet, state_dir: Path, state: str | None) -> Recorded:
-    from engine.state.store import open_store, state_url, store_exists
-
-    url = state_url(state_dir, state)
-    if not store_exists(url):
-        return Recorded()
-    with open_store(url) as store:
-        return recorded(store, fleet.name)
-
-
-def _apps(fleet: Fleet, state_dir: Path, state: str | None) -> AppsObserved:
-    """What apps run where, asked of the agents the store knows how to reach."""
+def _stored(fleet: Fleet, state_dir: Path, state: str | None) -> tuple[Recorded, AppsObserved]:
+    """What the store holds of `fleet`, and what apps run where, asked of the agents the
+    store knows how to reach."""
     from engine.apps.observe import observe_apps
     from engine.state.store import open_store, state_url, store_exists
 
     url = state_url(state_dir, state)
     if not store_exists(url):
-        return AppsObserved()
+        return Recorded(), AppsObserved()
     with open_store(url) as store:
-        return observe_apps(fleet, store, state_dir)
+        return recorded(store, fleet.name), observe_apps(fleet, store, state_dir)
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:

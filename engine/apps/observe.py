@@ -11,13 +11,12 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.agent.client import AgentClient, ContainerSummary, ask_agents
-from engine.agent.endpoint import stored_endpoints
 from engine.apps.diff import AppsObserved, RunningApp
 from engine.apps.versions import LABEL_CHECK, AppDefinition, container_name
 from engine.model import LABEL_APP, LABEL_APP_VERSION, LABEL_FLEET, Fleet, Stage
 
 if TYPE_CHECKING:
+    from engine.agent.client import AgentClient, ContainerSummary
     from engine.state.store import Store
 
 ASK_TIMEOUT_S = 5.0
@@ -47,6 +46,10 @@ def observe_apps(fleet: Fleet, store: Store, state_dir: Path) -> AppsObserved:
     recorded = {(d.app, d.server): d.version for d in store.apps.deployed(fleet.name)}
     if not fleet.apps and not recorded:
         return AppsObserved()  # no app anywhere: no agent needs asking
+    # The agents' HTTPS client (httpx) is loaded only when there is one to ask.
+    from engine.agent.client import ask_agents
+    from engine.agent.endpoint import stored_endpoints
+
     definitions = {
         key: AppDefinition.from_json(value)
         for key, value in store.apps.definitions(fleet.name).items()

@@ -49,20 +49,30 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import gc
     import json
 
     from engine.preview import plan_preview
     from engine.render import render_json, render_markdown, render_text
     from engine.term import use_colour
 
-    plan = plan_preview(
-        args.spec,
-        state_dir=args.state_dir,
-        state=args.state,
-        against_ref=args.against_ref,
-        delete_orphans=args.delete_orphans,
-        adopt=args.adopt,
-    )
+    # A preview builds a few records per server (pages' JSON, servers, the store's rows, the
+    # diff's), none of them in a cycle, and keeps most to the end: the cyclic collector would
+    # walk them again and again as they pile up (0.4 s of CPU for 10,000 servers).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        plan = plan_preview(
+            args.spec,
+            state_dir=args.state_dir,
+            state=args.state,
+            against_ref=args.against_ref,
+            delete_orphans=args.delete_orphans,
+            adopt=args.adopt,
+        )
+    finally:
+        if collecting:
+            gc.enable()
     if args.format == "json":
         print(json.dumps(render_json(plan), indent=2))
     elif args.format == "markdown":

@@ -22,7 +22,13 @@ from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select,
 from engine.errors import EngineError
 from engine.model import Labels, Stage
 from engine.state import HostKeySource, NewJob, ServerRecord, Transition, schema
-from engine.state.database import Database, Repository, row_fields
+from engine.state.database import (
+    Database,
+    Repository,
+    as_stored,
+    stored_json,
+    stored_utc,
+)
 from engine.state.events import Events
 from engine.state.jobs import Jobs
 
@@ -64,7 +70,7 @@ class Servers(Repository):
 
     def all(self, fleet: str) -> tuple[ServerRecord, ...]:
         """Every server the store holds for `fleet`, by name."""
-        query = select(self._servers).where(self._servers.c.fleet == fleet)
+        query = select(*as_stored(self._servers, _FIELDS)).where(self._servers.c.fleet == fleet)
         with self._read() as connection:
             rows = connection.execute(query.order_by(self._servers.c.name)).all()
         return tuple(_server_record(row) for row in rows)
@@ -96,7 +102,7 @@ class Servers(Repository):
         return {key: record for key, record in found.items() if key in keys}
 
     def _query(self, fleet: str, name: str) -> Any:
-        return select(self._servers).where(
+        return select(*as_stored(self._servers, _FIELDS)).where(
             self._servers.c.fleet == fleet, self._servers.c.name == name
         )
 
@@ -117,7 +123,9 @@ class Servers(Repository):
                 old = connection.execute(
                     self._db.for_update(self._query(record.fleet, record.name))
                 ).first()
-                created_at = old.created_at if old is not None else (record.created_at or now)
+                created_at = (
+                    stored_utc(old.created_at) if old is not None else (record.created_at or now)
+                )
                 stored = replace(record, created_at=created_at, updated_at=now)
                 values = _server_values(stored)
                 if old is None:
@@ -291,12 +299,17 @@ class Servers(Repository):
             )
         )
 
-    def transitions(self, fleet: str, server: str | None = None) -> tuple[Transition, ...]:
-        """A fleet's (or one server's) lifecycle transitions, oldest first."""
+    def transitions(
+        self, fleet: str, server: str | None = None, *, stages: Collection[Stage] = ()
+    ) -> tuple[Transition, ...]:
+        """A fleet's (or one server's) lifecycle transitions, oldest first; with `stages`,
+        only those into one of them."""
         table = self._transitions
-        query = select(table).where(table.c.fleet == fleet)
+        query = select(*as_stored(table)).where(table.c.fleet == fleet)
         if server is not None:
             query = query.where(table.c.server == server)
+        if stages:
+            query = query.where(table.c.stage.in_([str(stage) for stage in stages]))
         with self._read() as connection:
             rows = connection.execute(query.order_by(table.c.at, table.c.id)).all()
         return tuple(
@@ -304,7 +317,7 @@ class Servers(Repository):
                 fleet=row.fleet,
                 server=row.server,
                 stage=Stage(row.stage),
-                at=row.at,
+                at=stored_utc(row.at),
                 reason=row.reason,
             )
             for row in rows
@@ -336,13 +349,23 @@ class Servers(Repository):
             return {row.server: row.at for row in connection.execute(query)}
 
 
+# What a server's row is read as: the record's fields, in its order.
+_FIELDS = tuple(f.name for f in fields(ServerRecord))
+# The record's times (UtcDateTime columns).
+_TIMES = ("cloud_init_finished_at", "installed_at", "inventory_seen_at", "created_at", "updated_at")
+
+
 def _server_record(row: Row[Any]) -> ServerRecord:
-    values = row_fields(row, ServerRecord)
+    """A server's record from its row, read `as_stored` (`_FIELDS`)."""
+    values = dict(zip(_FIELDS, row, strict=True))
+    for name in _TIMES:
+        if values[name] is not None:
+            values[name] = stored_utc(values[name])
     values.update(
         stage=Stage(row.stage),
-        private_ips=tuple(row.private_ips),
-        labels=tuple(sorted(row.labels.items())),
-        host_keys=tuple(sorted(row.host_keys.items())),
+        private_ips=tuple(stored_json(row.private_ips)),
+        labels=tuple(sorted(stored_json(row.labels).items())),
+        host_keys=tuple(sorted(stored_json(row.host_keys).items())),
     )
     return ServerRecord(**values)
 
@@ -370,7 +393,7 @@ def _select_many_statement(postgresql: bool) -> Any:
     running it)."""
     servers = schema.metadata().tables["servers"]
     query = (
-        select(servers)
+        select(*as_stored(servers, _FIELDS))
         # Not `(fleet, name) IN (...)`, which SQLite answers by scanning the table: these two
         # use the primary key. Rows of servers no key names are dropped after.
         .where(

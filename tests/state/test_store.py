@@ -69,6 +69,36 @@ def test_a_server_record_round_trips(store: Store, clock: Clock) -> None:
     assert store.servers.all("other-fleet") == ()
 
 
+def test_every_field_of_a_record_reads_back_alike_one_by_one_and_by_fleet(
+    store: Store, clock: Clock
+) -> None:
+    times = {
+        "cloud_init_finished_at": clock.now - dt.timedelta(seconds=90),
+        "installed_at": clock.now - dt.timedelta(seconds=30, microseconds=250),
+        "inventory_seen_at": clock.now.replace(microsecond=0),  # a time SQLite writes short
+    }
+    full = store.servers.save(
+        _record(stage=Stage.READY, install_hash="sha256:bb", host_keys_source="phone-home", **times)
+    )
+    bare = store.servers.save(
+        _record(name="web-2", private_ips=(), labels=(), host_keys=(), ipv4=None, ipv6=None)
+    )
+    assert store.servers.all("web-prod") == (full, bare)
+    assert store.servers.get("web-prod", "web-1") == full
+    for name, at in times.items():
+        assert getattr(full, name) == at and at.tzinfo is not None
+    assert bare.cloud_init_finished_at is None and bare.labels == ()
+
+
+def test_transitions_are_read_into_the_stages_asked_for(store: Store) -> None:
+    store.servers.save(_record(stage=Stage.BOOTING))
+    for stage in (Stage.FAILED, Stage.INSTALLING, Stage.READY, Stage.FAILED):
+        store.servers.set_stage("web-prod", "web-1", stage)
+    asked = store.servers.transitions("web-prod", stages=(Stage.READY, Stage.FAILED))
+    assert [t.stage for t in asked] == [Stage.FAILED, Stage.READY, Stage.FAILED]
+    assert len(store.servers.transitions("web-prod")) == 5
+
+
 def test_saving_again_keeps_created_at_and_records_stage_changes(
     store: Store, clock: Clock
 ) -> None:

@@ -32,7 +32,7 @@ paced by engine.providers.retry).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from engine.model import (
@@ -71,7 +71,7 @@ def tags_to_labels(tags: list[str]) -> Labels:
     """Tags `key:value` as labels; a tag without a colon is a label with an empty value.
     The tag the engine's firewalls select a group by is not a label."""
     pairs = (tag.partition(":") for tag in tags if not is_member_tag(tag))
-    return tuple(sorted((key, value) for key, _, value in pairs))
+    return tuple(sorted([(key, value) for key, _, value in pairs]))
 
 
 def _image(raw: dict[str, Any] | None) -> Image | None:
@@ -137,7 +137,8 @@ class DigitalOceanReader:
                 if self.fleet.networks and droplets
                 else {}
             )
-        return tuple(self._actual(d, firewalls, vpcs) for d in droplets)
+        membership = _Membership(self.fleet.name, firewalls, vpcs)
+        return tuple(self._actual(d, membership) for d in droplets)
 
     def read_unowned(self, names: Collection[str]) -> tuple[ActualServer, ...]:
         return ()
@@ -255,18 +256,16 @@ class DigitalOceanReader:
             )
         listed, paging = page_of(body, "droplets", page)
         droplets = [d for d in listed if managed in d.get("tags", ())]
+        membership = _Membership(self.fleet.name, [], {})
         return InventoryPage(
-            servers=tuple(self._actual(d, [], {}) for d in droplets), next_page=paging.next
+            servers=tuple(self._actual(d, membership) for d in droplets), next_page=paging.next
         )
 
-    def _actual(
-        self, droplet: dict[str, Any], firewalls: list[dict[str, Any]], vpcs: dict[str, str]
-    ) -> ActualServer:
+    def _actual(self, droplet: dict[str, Any], membership: _Membership) -> ActualServer:
         tags = droplet.get("tags") or []
         labels, fleet_id = without_fleet_id(tags_to_labels(tags))
         ipv4 = _address(droplet, "v4", "public")
         ipv6 = _address(droplet, "v6", "public")
-        vpc = vpcs.get(droplet.get("vpc_uuid") or "")
         created = droplet.get("created_at")
         return ActualServer(
             name=engine_name(labels, droplet["name"]),
@@ -282,19 +281,49 @@ class DigitalOceanReader:
             disk_gb=int(droplet.get("disk") or 0),
             backups="backups" in (droplet.get("features") or ())
             or droplet.get("next_backup_window") is not None,
-            firewalls=spec_resources(
-                self.fleet.name,
-                [
-                    f["name"]
-                    for f in firewalls
-                    if droplet["id"] in (f.get("droplet_ids") or ())
-                    or set(f.get("tags") or ()) & set(tags)
-                ],
-            ),
-            networks=spec_resources(self.fleet.name, [vpc] if vpc else []),
+            firewalls=membership.firewalls(droplet["id"], tags),
+            networks=membership.network(droplet.get("vpc_uuid") or ""),
             created=dt.datetime.fromisoformat(created) if created else None,
             fleet_id=fleet_id,
         )
+
+
+class _Membership:
+    """Which of the account's firewalls and VPCs a droplet is in, as the diff names them.
+
+    Firewalls pick droplets by id or by tag; thousands of droplets share a few tags, so the
+    firewalls are indexed once and each set of them named once.
+    """
+
+    def __init__(
+        self, fleet: str, firewalls: list[dict[str, Any]], vpcs: Mapping[str, str]
+    ) -> None:
+        self._fleet = fleet
+        self._vpcs = vpcs
+        self._by_id: dict[Any, list[int]] = {}
+        self._by_tag: dict[str, list[int]] = {}
+        self._names = [f["name"] for f in firewalls]
+        for n, firewall in enumerate(firewalls):
+            for droplet_id in firewall.get("droplet_ids") or ():
+                self._by_id.setdefault(droplet_id, []).append(n)
+            for tag in firewall.get("tags") or ():
+                self._by_tag.setdefault(tag, []).append(n)
+        self._named: dict[frozenset[int], tuple[str, ...]] = {}
+
+    def firewalls(self, droplet_id: Any, tags: Collection[str]) -> tuple[str, ...]:
+        chosen = frozenset(
+            (*self._by_id.get(droplet_id, ()), *(n for t in tags for n in self._by_tag.get(t, ())))
+        )
+        names = self._named.get(chosen)
+        if names is None:
+            names = self._named[chosen] = spec_resources(
+                self._fleet, [self._names[n] for n in sorted(chosen)]
+            )
+        return names
+
+    def network(self, vpc_uuid: str) -> tuple[str, ...]:
+        vpc = self._vpcs.get(vpc_uuid)
+        return spec_resources(self._fleet, [vpc]) if vpc else ()
 
 
 def _port(rule: dict[str, Any]) -> str | None:

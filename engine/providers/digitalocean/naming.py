@@ -9,6 +9,7 @@ droplet's labels (`is_member_tag`). Names both clouds share are in engine.provid
 from __future__ import annotations
 
 MEMBER_TAG = "fleet-member"
+_MEMBER_PREFIX = f"{MEMBER_TAG}:"
 
 
 def member_tag(fleet: str, group: str) -> str:
@@ -21,4 +22,4 @@ def member_tag(fleet: str, group: str) -> str:
 
 def is_member_tag(tag: str) -> bool:
     """Whether `tag` is a member tag (the engine's, not a label)."""
-    return tag.startswith(f"{MEMBER_TAG}:")
+    return tag.startswith(_MEMBER_PREFIX)

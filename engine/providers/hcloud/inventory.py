@@ -152,11 +152,22 @@ class HcloudReader:
             firewalls = self._names("firewalls") if any(s.firewall_ids for s in listed) else {}
             networks = self._names("networks") if any(s.network_ids for s in listed) else {}
         fleet = self.fleet.name
+        # Servers share a few sets of firewalls and networks: each set is named once.
+        named: dict[tuple[str, tuple[int, ...]], tuple[str, ...]] = {}
+
+        def names(kind: str, ids: tuple[int, ...], table: dict[int, str]) -> tuple[str, ...]:
+            found = named.get((kind, ids))
+            if found is None:
+                found = named[kind, ids] = spec_resources(
+                    fleet, [table.get(i, str(i)) for i in ids]
+                )
+            return found
+
         return tuple(
             ActualServer(
                 **s.fields,
-                firewalls=spec_resources(fleet, [firewalls.get(i, str(i)) for i in s.firewall_ids]),
-                networks=spec_resources(fleet, [networks.get(i, str(i)) for i in s.network_ids]),
+                firewalls=names("firewalls", s.firewall_ids, firewalls),
+                networks=names("networks", s.network_ids, networks),
             )
             for s in listed
         )
@@ -199,14 +210,22 @@ class HcloudReader:
 
         names = {int(s.provider_id): s.name for s in servers}
         lb_firewalls = engine_resource_name(self.fleet.name, "lb-")
-        with provider_errors(self.fleet.provider.token_env):
-            listed = {
-                kind: [item for item in self._whole[kind] if self._owns(item)]
-                if kind in self._whole
-                else self._all(kind, label_selector=self._selector)
-                for kind in ("firewalls", "networks", "load_balancers", "placement_groups")
-            }
-            keys = self._all("ssh_keys")
+        kinds = ("firewalls", "networks", "load_balancers", "placement_groups", "ssh_keys")
+
+        def read(kind: str) -> list[dict[str, Any]]:
+            if kind == "ssh_keys":
+                return self._all(kind)
+            if kind in self._whole:
+                return [item for item in self._whole[kind] if self._owns(item)]
+            return self._all(kind, label_selector=self._selector)
+
+        # The lists at once: one round trip of waiting instead of five.
+        with (
+            provider_errors(self.fleet.provider.token_env),
+            ThreadPoolExecutor(max_workers=min(self.workers, len(kinds))) as pool,
+        ):
+            listed = dict(zip(kinds, pool.map(read, kinds), strict=True))
+        keys = listed["ssh_keys"]
         found: list[CloudResource] = []
         for fw in listed["firewalls"]:
             if fw["name"].startswith(lb_firewalls):
