@@ -83,6 +83,7 @@ from engine.state import (
     AuditEntry,
     DeployedApp,
     Event,
+    Lease,
     MetricPoint,
     SavedPlan,
     Scope,
@@ -293,6 +294,22 @@ def ago(seconds: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)} {unit}"
     return f"{int(seconds)} s"
+
+
+def last_reconcile(lease: Lease | None, now: dt.datetime) -> str:
+    """What a fleet's card says of its last reconcile run: when, and the drift it found."""
+    if lease is None or lease.last_run_at is None:
+        return "not reconciled yet"
+    result = lease.last_result
+    when = f"reconciled {ago((now - lease.last_run_at).total_seconds())} ago"
+    if result.get("error"):
+        return f"{when}: failed"
+    drift = int(result.get("drift", 0))
+    if not drift:
+        return f"{when}: in sync"
+    repaired = int(result.get("repaired", 0))
+    said = f"{when}: {drift} change{'' if drift == 1 else 's'} of drift"
+    return said + (f", {repaired} repaired" if repaired else "")
 
 
 def _event_row(event: Event, now: dt.datetime) -> dict[str, Any]:
@@ -622,6 +639,7 @@ class Dashboard:
                     "firing": sum(
                         a.state is AlertState.FIRING for a in self.store.alerts.all(name)
                     ),
+                    "reconciled": last_reconcile(self.store.leases.get(name), now),
                 }
             )
             events.extend(self.store.events.latest(name, limit=10))

@@ -454,6 +454,7 @@ def test_the_servers_table_shows_the_power_the_provider_said_else_the_stage_impl
     page = client.get("/fleets/demo?q=web-").text
     presumed = [(name, power) for name, grey, power in re.findall(cell, page) if grey]
     assert presumed[:3] == [("web-1", "on"), ("web-2", "—"), ("web-3", "busy")]
+    assert '<p class="muted reconciled">Not reconciled yet</p>' in client.get("/").text
     # A reconcile run read the provider: its word, not the stage's.
     assert site.store.leases.take(FLEET, "serve/1", ttl_s=60) is not None
     said = {"web-1": "off", "web-2": "running", "web-3": "gone"}
@@ -462,6 +463,8 @@ def test_the_servers_table_shows_the_power_the_provider_said_else_the_stage_impl
     read = [(name, power) for name, grey, power in re.findall(cell, page) if not grey]
     assert read[:3] == [("web-1", "off"), ("web-2", "on"), ("web-3", "gone")]
     assert "What the provider said at the fleet's last reconcile run" in page
+    card = re.search(r'<p class="muted reconciled">([^<]*)</p>', client.get("/").text)
+    assert card is not None and re.fullmatch(r"Reconciled \d+ s ago: 2 changes of drift", card[1])
 
 
 def test_the_server_page_lists_its_containers_and_apps(site: Site) -> None:
