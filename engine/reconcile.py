@@ -58,6 +58,8 @@ from engine.state.store import Store
 
 log = logging.getLogger("engine.reconcile")
 
+NOT_WANTED = "the fleet's spec is gone or changed: it is served anew"
+
 LEASE_S = 30.0
 TICK_S = 5.0
 REPAIR_WINDOW = dt.timedelta(hours=1)
@@ -119,7 +121,11 @@ class Outcome:
 class FleetWatch:
     """One fleet as `engine serve` watches it: its spec, its provider's backend (connected;
     `opened` when installs and repairs can run), where its control plane listens, and the
-    install digest its servers should have (`digest`; by default the one for `site`)."""
+    install digest its servers should have (`digest`; by default the one for `site`).
+    With `spec_digest` (the digest of the spec the store held when the watch was made), a
+    run does nothing once the store's spec is gone or another (the fleet was destroyed, or
+    changed through the API): a watch never repairs towards a spec that is no longer
+    wanted."""
 
     def __init__(
         self,
@@ -131,6 +137,7 @@ class FleetWatch:
         *,
         opened: bool,
         digest: str | None = None,
+        spec_digest: str | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         from engine.preview import fleet_digest
@@ -141,6 +148,7 @@ class FleetWatch:
         self.site = site
         self.state_dir = state_dir
         self.opened = opened
+        self.spec_digest = spec_digest
         self.clock = clock
         self.catalog = load_catalog(fleet.provider.name, state_dir)
         # What an install puts on a server now, with agents reporting to `site` (given when
@@ -150,6 +158,13 @@ class FleetWatch:
     @property
     def name(self) -> str:
         return self.fleet.name
+
+    def wanted(self) -> bool:
+        """Whether the spec this watch holds is still the fleet's desired state."""
+        if self.spec_digest is None:
+            return True
+        stored = self.store.specs.get(self.name)
+        return stored is not None and stored.digest == self.spec_digest
 
     def plan(self) -> tuple[Plan, dict[str, str]]:
         """Read what exists now and plan, as `engine up` does; and what the provider said of
@@ -181,6 +196,8 @@ class FleetWatch:
         """One run: read, plan, record drift, and in repair mode repair within the hour's
         budget. `before` is the last run's result (from the lease)."""
         before = before or {}
+        if not self.wanted():
+            return Outcome(skipped=NOT_WANTED)
         plan, said = self.plan()
         calls = plan.api_calls.read
         # A server the control plane's jobs are making or installing is on its way, not
@@ -229,7 +246,8 @@ class FleetWatch:
         if not chosen:
             return dataclasses.replace(outcome, skipped="the hour's repairs are spent")
         try:
-            self._repair(dataclasses.replace(plan, changes=chosen))
+            if not self._repair(dataclasses.replace(plan, changes=chosen)):
+                return dataclasses.replace(outcome, skipped=NOT_WANTED)
         except StackLockedError as locked:
             return dataclasses.replace(outcome, skipped=f"locked: {locked.lock.command}")
         repaired = tuple(describe(c) for c in chosen)
@@ -242,13 +260,17 @@ class FleetWatch:
         stamps = recent + tuple(now.isoformat() for _ in chosen)
         return dataclasses.replace(outcome, repaired=repaired, repairs=stamps)
 
-    def _repair(self, plan: Plan) -> None:
-        """Carry out `plan` through the backend as `engine up` does, the stack lock held."""
+    def _repair(self, plan: Plan) -> bool:
+        """Carry out `plan` through the backend as `engine up` does, the stack lock held;
+        False, with nothing done, when the spec stopped being wanted before the lock was
+        taken (an `engine destroy` holding it, say)."""
         from engine.controlplane.fleets import register_fleet
         from engine.tokens import ensure_fleet_id
         from engine.up import FleetRun, placed_servers
 
         with self.store.locks.hold(self.name, command=f"engine serve (reconcile {self.name})"):
+            if not self.wanted():
+                return False
             settings = register_fleet(
                 self.store, self.fleet, url=self.site.url, sources=self.site.sources
             )
@@ -264,6 +286,7 @@ class FleetWatch:
                 fleet_id=ensure_fleet_id(self.state_dir, self.name),
             )
             self.backend.carry_out(plan, run, tuple(servers.values()))
+        return True
 
 
 @dataclasses.dataclass(slots=True)
@@ -299,21 +322,27 @@ class ReconcileLoops:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running = False
+        self._looping: set[str] = set()  # the fleets whose thread runs: one each at most
         self._changing = threading.Lock()
 
     def put(self, watch: FleetWatch) -> None:
         """Watch `watch`'s fleet: a new one gets its loop, a known one its new watch."""
         with self._changing:
-            new = watch.name not in self.watches
             self.status.setdefault(watch.name, LoopStatus())
             self.watches[watch.name] = watch
-            if new and self._running:
+            if self._running and watch.name not in self._looping:
                 self._start(watch.name)
+
+    def remove(self, name: str) -> None:
+        """Stop watching fleet `name`: its loop ends at its next tick, its lease released."""
+        with self._changing:
+            self.watches.pop(name, None)
 
     def _start(self, name: str) -> None:
         thread = threading.Thread(
             target=self._run, args=(name,), name=f"reconcile-{name}", daemon=True
         )
+        self._looping.add(name)
         thread.start()
         self._threads.append(thread)
 
@@ -374,7 +403,11 @@ class ReconcileLoops:
     def _run(self, name: str) -> None:
         status = self.status[name]
         while not self._stop.is_set():
-            watch = self.watches[name]  # the fleet's spec as it is now
+            with self._changing:
+                watch = self.watches.get(name)  # the fleet's spec as it is now
+                if watch is None:  # removed: a later `put` starts a thread anew
+                    self._looping.discard(name)
+                    break
             lease = self._take(watch)
             if lease is not None and self._due(watch, lease):
                 started = time.monotonic()

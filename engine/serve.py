@@ -76,12 +76,14 @@ def open_fleet(
     listen: tuple[str, int],
     *,
     site: Site | None = None,
+    spec_digest: str | None = None,
 ) -> Opened:
     """Open `fleet`'s provider and register the fleet as `engine up` does. A provider that
     cannot be opened fully (no agent image can be built here, say) is still read for drift;
     one that cannot be reached at all is reported, and the rest of the service runs. `site`
     keeps where the fleet's control plane already listens (a fleet opened again for a new
-    spec: its servers report there)."""
+    spec: its servers report there); `spec_digest` is the stored spec's, which the fleet's
+    watch stops acting on once the store holds another."""
     from engine.controlplane.fleets import register_fleet
     from engine.install.deploykey import ensure_deploy_key
     from engine.preview import recorded_digest
@@ -115,13 +117,18 @@ def open_fleet(
         )
         # Installed by the last run's control plane: the digest it installed with.
         digest = recorded_digest(fleet, settings)
-        watch = FleetWatch(fleet, store, backend, site, state_dir, opened=False, digest=digest)
+        watch = FleetWatch(
+            fleet, store, backend, site, state_dir,
+            opened=False, digest=digest, spec_digest=spec_digest,
+        )  # fmt: skip
         return Opened(watch=watch, problem=problem)
     site = site or backend.site()
     register_fleet(store, fleet, url=site.url, sources=site.sources)
     servers = placed_servers(fleet, store, state_dir)
     return Opened(
-        watch=FleetWatch(fleet, store, backend, site, state_dir, opened=True),
+        watch=FleetWatch(
+            fleet, store, backend, site, state_dir, opened=True, spec_digest=spec_digest
+        ),
         installer=fleet_installer(fleet, backend, site, state_dir),
         provisioner=backend.provisioner(store, servers),
     )
@@ -154,7 +161,8 @@ class ServedFleets:
     start, or a PUT through the fleet API at any time): `sync` opens every new one and opens
     a fleet again when its spec changed, keeping where its control plane listens; `on_open`
     hears of each (to give it a reconcile loop and, for a local fleet, a listener on its
-    network's gateway). Called from the service's threads: one fleet opens at a time."""
+    network's gateway), and `on_close` of a fleet no longer served. Called from the
+    service's threads: one fleet opens at a time."""
 
     def __init__(self, store: Store, state_dir: Path, listen: tuple[str, int]) -> None:
         self.store = store
@@ -162,14 +170,27 @@ class ServedFleets:
         self.listen = listen
         self.opened: dict[str, Opened] = {}
         self.on_open: Callable[[Opened], None] = lambda _: None
+        self.on_close: Callable[[str], None] = lambda _: None
         self._digests: dict[str, str] = {}
         self._retired: list[Backend] = []
         self._opening = threading.RLock()
 
     def sync(self) -> None:
-        """Open what the store's specs say is new or changed."""
-        for stored in self.store.specs.all():
-            self.refresh(stored.fleet)
+        """Open what the store's specs say is new or changed, and stop serving the fleets
+        whose spec is gone (`engine destroy` forgets it)."""
+        wanted = {stored.fleet for stored in self.store.specs.all()}
+        with self._opening:
+            for name in [n for n in self.opened if n not in wanted]:
+                log.info("no longer serving %s: its spec is gone", name, extra={"fleet": name})
+                self._retire(self.opened.pop(name))
+                self._digests.pop(name, None)
+                self.on_close(name)
+        for name in sorted(wanted):
+            self.refresh(name)
+
+    def _retire(self, opened: Opened) -> None:
+        if opened.watch is not None:  # closed at the end: a run under way may still use it
+            self._retired.append(opened.watch.backend)
 
     def refresh(self, name: str) -> Opened | None:
         """The fleet `name` as its stored spec says now (opened again first if that spec
@@ -203,12 +224,13 @@ class ServedFleets:
                 self.state_dir,
                 self.listen,
                 site=kept.site if same and kept is not None else None,
+                spec_digest=stored.digest,
             )
             if found.problem:
                 log.warning("%s", found.problem, extra={"fleet": name})
             self.opened[name] = found
-            if kept is not None:  # closed at the end: a run under way may still use it
-                self._retired.append(kept.backend)
+            if before is not None:
+                self._retire(before)
             self.on_open(found)
             return found
 
@@ -368,6 +390,7 @@ def serve(
         for found in opened:
             opened_now(found)
         served.on_open = opened_now
+        served.on_close = loops.remove
         stack.enter_context(loops)
         watcher = threading.Thread(
             target=_watching_specs, args=(served, watcher_stop), name="specs", daemon=True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from engine.preview import declared, fleet_keys
 from engine.providers import ActualServer, CloudResource, InventoryPage
 from engine.providers.retry import ApiCalls
 from engine.providers.seam import FleetRun, Provisioner, Site
-from engine.reconcile import FleetWatch, ReconcileLoops
-from engine.state import NewJob
+from engine.reconcile import NOT_WANTED, FleetWatch, Outcome, ReconcileLoops
+from engine.state import FleetSpec, NewJob
 from engine.state.store import Store, open_store
 from tests.support.clock import Clock
 from tests.support.fleets import example_fleet
@@ -179,3 +180,58 @@ def test_one_loop_owns_a_fleet_and_a_stopped_one_hands_it_over(
     released = store.leases.get(watch.name)
     assert released is not None and released.expires_at < clock.now + dt.timedelta(seconds=1)
     assert store.leases.take(watch.name, "there/2/b", ttl_s=30) is not None
+
+
+def test_a_watch_whose_spec_is_gone_or_changed_does_nothing_not_even_under_the_lock(
+    store: Store, tmp_path: Path, clock: Clock
+) -> None:
+    watch, model = _watch(store, tmp_path, clock, ReconcileMode.REPAIR)
+    store.specs.save(
+        FleetSpec(fleet=watch.name, text="v1", digest="d1", updated_at=clock.now, updated_by="ops")
+    )
+    watch.spec_digest = "d1"
+    _off(model, "web-2")
+    # The spec changes through the API while the run plans: under the lock, nothing is done.
+    planned = watch.plan
+
+    def plan_then_change() -> tuple[Plan, dict[str, str]]:
+        made = planned()
+        store.specs.save(
+            FleetSpec(
+                fleet=watch.name, text="v2", digest="d2", updated_at=clock.now, updated_by="ops"
+            )
+        )
+        return made
+
+    watch.plan = plan_then_change  # type: ignore[method-assign]
+    assert watch.reconcile().skipped == NOT_WANTED
+    assert model.servers["web-2"].status == "off"
+    watch.plan = planned  # type: ignore[method-assign]
+    # The next run does not even read the provider; nor once `engine destroy` forgot it.
+    assert watch.reconcile() == Outcome(skipped=NOT_WANTED)
+    store.forget_fleet(watch.name)
+    assert watch.reconcile() == Outcome(skipped=NOT_WANTED)
+    assert model.calls.requests["GET /servers"] == 1
+    assert [e.kind for e in store.events.all(watch.name)] == []
+
+
+def test_a_removed_fleet_loses_its_loop_and_lease_and_one_put_back_has_one_loop(
+    store: Store, tmp_path: Path, clock: Clock
+) -> None:
+    watch, model = _watch(store, tmp_path, clock, ReconcileMode.REPORT)
+    with ReconcileLoops(store, [], "here/1/a", tick_s=0.05) as loops:
+        loops.put(watch)
+        wait_until(lambda: model.calls.requests["GET /servers"] == 1, what="a first run")
+        loops.remove(watch.name)
+
+        def released() -> bool:
+            lease = store.leases.get(watch.name)
+            return lease is not None and lease.expires_at <= clock.now
+
+        wait_until(released, what="the lease released")
+        loops.put(watch)
+        loops.put(watch)  # a new spec for a fleet already looping: no second loop
+        clock.advance(watch.fleet.reconcile.interval_s)
+        wait_until(lambda: model.calls.requests["GET /servers"] == 2, what="a run after put")
+        threads = [t.name for t in threading.enumerate() if t.is_alive()]
+        assert threads.count(f"reconcile-{watch.name}") == 1

@@ -21,7 +21,7 @@ import yaml
 from engine.model import Stage
 from engine.providers.local.dockerd import PrivateDaemon
 from engine.state.store import open_store
-from tests.support.cli import ROOT
+from tests.support.cli import ROOT, engine
 from tests.support.http import serve as serve_app
 from tests.support.wait import wait_until
 from tests.support.webhook import SECRET, Receiver
@@ -69,6 +69,10 @@ def _serve_alone(
     argv = [sys.executable, "-m", "engine", "serve", "--spec", str(spec)]
     argv += ["--listen", "127.0.0.1:0", "--state-dir", str(state_dir), "--drain", "5"]
     log = (tmp_path / "serve.log").open("w+")
+
+    def log_text() -> str:
+        return (tmp_path / "serve.log").read_text()
+
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         assert process.stdout is not None
@@ -157,6 +161,19 @@ def _serve_alone(
                 timeout_s=300,
                 what="web-1 ready again",
             )
+            # `engine destroy` while the service repairs the fleet: the service stops serving
+            # it (the spec is gone from the store) instead of making it again.
+            destroyed = engine(
+                "destroy", str(spec), "--yes", "--state-dir", str(state_dir), env=env, timeout=300
+            )
+            assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+            wait_until(
+                lambda: "no longer serving served: its spec is gone" in log_text(),
+                timeout_s=60,
+                what="the service to stop serving the destroyed fleet",
+            )
+            assert stages() == {}
+            assert docker_client.containers.list(all=True, filters={"label": "fleet=served"}) == []
     finally:
         process.send_signal(signal.SIGTERM)
         returned = process.wait(timeout=120)
