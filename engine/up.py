@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -468,9 +470,32 @@ def locked_session(
             open_store(state_url(options.state_dir, options.state)) as store,
             hold_fleet_lock(store, fleet, command, board),
         ):
+            if full and options.hosted is None:
+                refuse_if_served(store, fleet.name)
             yield Session(fleet, board, backend, store)
     finally:
         backend.close()
+
+
+def refuse_if_served(store: Store, fleet: str) -> None:
+    """An EngineError when a live `engine serve` other than this process serves `fleet` (it
+    holds the fleet's reconcile lease): its servers report to that service's control plane,
+    and a run that starts one of its own would move them there and back."""
+    from engine.controlplane.jobs import is_dead_owner
+
+    lease = store.leases.get(fleet)
+    if lease is None or lease.expires_at <= dt.datetime.now(dt.UTC):
+        return
+    host, _, rest = lease.owner.partition("/")
+    pid = rest.partition("/")[0]
+    if is_dead_owner(lease.owner) or (host, pid) == (socket.gethostname(), str(os.getpid())):
+        return
+    raise EngineError(
+        f"fleet {fleet} is served by `engine serve` (process {pid} on {host}), whose control "
+        "plane its servers report to; change it through that service (PUT "
+        f"/v1/fleets/{fleet} with the spec, then a plan and its apply) or stop the service "
+        "first (nothing was changed)"
+    )
 
 
 def up(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from engine.errors import EngineError
 from engine.model import Stage
 from engine.plan import Action
 from engine.providers.digitalocean.inventory import DigitalOceanReader
@@ -62,3 +63,19 @@ def test_repair_mode_powers_on_and_makes_again_what_changed_outside(
     again = watch.reconcile(outcome.as_result())
     assert (again.drift, again.repaired) == ((), ())
     assert watch.store.events.all(world.fleet)[-1].kind == "reconcile.in-sync"
+
+
+def test_engine_up_refuses_a_fleet_a_live_engine_serve_serves(world: World) -> None:
+    made_ready(world)
+    with world.store() as store:
+        assert store.leases.take(world.fleet, "ops-box/4242/a1b2", ttl_s=60) is not None
+        before = [(r.name, r.stage) for r in store.servers.all(world.fleet)]
+    ups = len(world.pulumi.ups)
+    with pytest.raises(EngineError, match=r"served by `engine serve` \(process 4242 on ops-box\)"):
+        world.up()
+    assert len(world.pulumi.ups) == ups  # nothing was changed
+    with world.store() as store:
+        assert [(r.name, r.stage) for r in store.servers.all(world.fleet)] == before
+        store.leases.release(world.fleet, "ops-box/4242/a1b2")  # the service stopped
+    code, _ = world.up()
+    assert code == 0
