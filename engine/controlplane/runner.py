@@ -14,7 +14,6 @@ import logging
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from engine.state.store import Store
 
 log = logging.getLogger("engine.controlplane")
 SWITCH_INTERVAL_S = 0.001
+START_TIMEOUT_S = 15.0
 
 
 def _deploy_key(state_dir: Path) -> Callable[[str], Path | None]:
@@ -234,17 +234,26 @@ def _serving(
     that stops it."""
     import uvicorn
 
-    server = uvicorn.Server(_uvicorn_config(*config))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": sockets}, name="control-plane", daemon=True
-    )
+    settled = threading.Event()  # started, or ended without starting
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            settled.set()
+
+    server = Server(_uvicorn_config(*config))
+
+    def run() -> None:
+        try:
+            server.run(sockets=sockets)
+        finally:
+            settled.set()
+
+    thread = threading.Thread(target=run, name="control-plane", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise EngineError(f"the control plane did not start on {where}")
-        time.sleep(0.01)
+    if not settled.wait(START_TIMEOUT_S) or not server.started:
+        server.should_exit = True
+        raise EngineError(f"the control plane did not start on {where}")
 
     def stop() -> None:
         server.should_exit = True

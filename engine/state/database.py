@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import fields
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Label, Row, Table, event, type_coerce
@@ -189,13 +190,14 @@ def stored_utc(value: str | dt.datetime) -> dt.datetime:
     return moment.replace(tzinfo=dt.UTC)
 
 
-_EMPTY_JSON: dict[str, Any] = {"[]": (), "{}": {}}
+# Most rows hold empty lists and objects: given back read-only and shared, not decoded.
+_EMPTY_JSON: dict[str, Any] = {"[]": (), "{}": MappingProxyType({})}
 
 
 def stored_json(value: Any) -> Any:
     """A JSON column's value read through `as_stored`: SQLite's text, decoded; PostgreSQL's
-    driver decodes it itself. Empty lists and objects come back empty and shared: read
-    them, never change them."""
+    driver decodes it itself. Empty lists and objects come back as a read-only empty tuple
+    and mapping."""
     if not isinstance(value, str):
         return value
     empty = _EMPTY_JSON.get(value)

@@ -35,6 +35,7 @@ The tables and their migrations are in engine.state.schema.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Callable, Iterator
@@ -138,9 +139,8 @@ def _private_sqlite_file(database: Path) -> None:
         # Only ever a new file: closing a descriptor of a database this process already has
         # open would drop every POSIX lock SQLite holds on it (a second store opened in
         # `engine serve`'s process, by a server-action job, corrupted the file that way).
-        os.close(os.open(database, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
-    except FileExistsError:
-        pass
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(database, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
     except OSError as error:
         raise EngineError(
             f"cannot create the state store {database}: {error.strerror}; "

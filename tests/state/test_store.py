@@ -327,8 +327,7 @@ def test_opening_a_second_store_in_a_process_keeps_the_locks_of_the_first(
     database = tmp_path / "state.db"
     with open_store(f"sqlite:///{database}") as first:
         first.events.record("web-prod", "test.written", "in the write-ahead log")
-        with open_store(f"sqlite:///{database}"):
-            pass
+        open_store(f"sqlite:///{database}").close()
         subprocess.run([sys.executable, "-c", READ_AND_LEAVE, str(database)], check=True)
         assert (tmp_path / "state.db-wal").exists()
         first.events.record("web-prod", "test.written", "still a sound file")

@@ -48,8 +48,10 @@ BUILDER_TIMEOUT_S = 120.0
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 BOOTSTRAP_RECIPE = f"debootstrap --variant=minbase {SUITE} v1"
 
-# Between two tries of a step that waits for the machine's Docker to answer.
-RETRY_S = 0.2
+# Between two tries of a step that waits for the machine's Docker to answer: the first
+# wait, doubled after each try up to the last.
+RETRY_S = 0.1
+RETRY_MAX_S = 2.0
 
 
 def cache_dir() -> Path:
@@ -303,7 +305,9 @@ def _load_in(client: Any, machine: Any, reference: str, folder: Path) -> None:
 
 
 def _run_in(machine: Any, *argv: str, deadline: float | None = None) -> str:
-    """Run `argv` in `machine`; with a deadline, again until it succeeds or the deadline."""
+    """Run `argv` in `machine`; with a deadline, again (backing off) until it succeeds or the
+    deadline."""
+    wait = RETRY_S
     while True:
         result = machine.exec_run(list(argv))
         output = str(result.output.decode(errors="replace"))
@@ -314,7 +318,8 @@ def _run_in(machine: Any, *argv: str, deadline: float | None = None) -> str:
                 f"building the local machine image: {' '.join(argv)} failed "
                 f"(exit {result.exit_code}): {output.strip()[-800:]}"
             )
-        time.sleep(RETRY_S)
+        time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+        wait = min(wait * 2, RETRY_MAX_S)
 
 
 ImageSource = tuple[str, Callable[[], Iterable[bytes]]]
