@@ -27,6 +27,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -38,7 +40,7 @@ from engine.install.model import (  # noqa: E402
     InstallHost,
     InstallSettings,
 )
-from engine.install.runner import install_hosts  # noqa: E402
+from engine.install.runner import FORKER, install_hosts  # noqa: E402
 from engine.install.sharing import fleet_sharing, image_archives, saved_archive  # noqa: E402
 from engine.model import DockerInstall, DockerSource, Install, SystemInstall  # noqa: E402
 from engine.providers.local.dockerd import PrivateDaemon, daemon_client  # noqa: E402
@@ -56,10 +58,16 @@ PROFILE_MIN_S = 0.1
 
 
 def engine_cpu() -> float:
-    """CPU seconds of this process and the install processes it has waited for."""
+    """CPU seconds of this process, the processes it has waited for, and the install forker
+    with the install processes it forked (and reaped)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    total = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    forker = FORKER.pid()
+    if forker:
+        times = psutil.Process(forker).cpu_times()
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def servers_cpu(servers: list[Target]) -> float:

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import psutil
 import pytest
 
 from engine.install.model import InstallHost, InstallSettings, to_json
-from engine.install.runner import install_hosts
+from engine.install.runner import FORKER, install_hosts
 from engine.model import DockerInstall, DockerSource, Install
 from engine.providers.local.dockerd import PrivateDaemon
 from tests.support.cli import ROOT
@@ -76,10 +77,11 @@ def server(
         remove_targets(docker_client, [target])
 
 
-def _install_workers(parent: psutil.Process) -> list[psutil.Process]:
+def _install_processes(parent: psutil.Process) -> list[psutil.Process]:
+    """The install forker and the install processes it forked."""
     return [
         child
-        for child in parent.children()
+        for child in parent.children(recursive=True)
         if child.is_running() and "engine.install" in " ".join(child.cmdline())
     ]
 
@@ -139,11 +141,19 @@ def test_kill_9_of_the_engine_ends_its_installs_and_frees_the_server_for_the_nex
         assert parent.stdin is not None
         parent.stdin.write(json.dumps(request).encode())
         parent.stdin.close()
-        (worker,) = wait_until(
-            lambda: _install_workers(psutil.Process(parent.pid)), what="the install process"
+        processes = wait_until(
+            lambda: [
+                p
+                for p in _install_processes(psutil.Process(parent.pid))
+                if _is_logged_in(p, target)
+            ],
+            what="an install process logged in to the server",
         )
+        (worker,) = processes
         worker_pid = worker.pid
-        wait_until(lambda: _is_logged_in(worker, target), what="the install's SSH login")
+        (forker,) = [
+            p for p in _install_processes(psutil.Process(parent.pid)) if p.pid != worker_pid
+        ]
 
         # While it runs, nobody else installs that server: a second install waits for the
         # lock, and here gives up at once, having done nothing.
@@ -151,14 +161,15 @@ def test_kill_9_of_the_engine_ends_its_installs_and_frees_the_server_for_the_nex
         assert not refused.ok and refused.operations == ()
         assert refused.error.startswith(f"another install of {host.name} still runs")
 
-        started = [worker, *worker.children(recursive=True), *_group(worker_pid)]
+        started = [forker, worker, *worker.children(recursive=True), *_group(worker_pid)]
         assert worker_pid in {p.pid for p in _group(worker_pid)}
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
-        gone = wait_until(
-            lambda: not _group(worker_pid) or None, timeout_s=5, what="the install's processes"
+        wait_until(
+            lambda: not _group(worker_pid) and not [p for p in started if _is_alive(p)],
+            timeout_s=5,
+            what="the forker, the install process and all it started to end",
         )
-        assert gone and not [p for p in started if _is_alive(p)]
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -195,3 +206,88 @@ def test_what_an_install_process_started_ends_with_it_when_the_engine_dies() -> 
             engine.wait()
         if worker_pid and _group(worker_pid):
             os.killpg(worker_pid, signal.SIGKILL)
+
+
+def _silent_host(tmp_path: Path, listener: socket.socket) -> InstallHost:
+    """A host whose SSH port takes connections and never says a word."""
+    key = make_ssh_key(tmp_path)
+    return InstallHost(
+        name="silent-1",
+        address="127.0.0.1",
+        port=listener.getsockname()[1],
+        user="fleet",
+        host_keys=(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFHSbC7FYCCe9vCB2wcjkGSIMZHrHSEFHB7ANagZnlNK",
+        ),
+        private_key=str(key),
+    )
+
+
+def test_an_install_past_its_timeout_is_stopped_and_leaves_no_process(tmp_path: Path) -> None:
+    settings = InstallSettings(install=Install(), control_plane=("127.0.0.1",))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        (result,) = install_hosts([_silent_host(tmp_path, listener)], settings, timeout_s=2)
+    assert not result.ok
+    assert result.error == "did not finish within 2 s; stopped"
+    # The forker is this process's child and serves its next installs; what it forked is gone.
+    wait_until(
+        lambda: (
+            not [
+                p
+                for p in _install_processes(psutil.Process())
+                if p.ppid() != os.getpid() and _is_alive(p)
+            ]
+        ),
+        timeout_s=5,
+        what="the stopped install process to end",
+    )
+
+
+def test_an_install_forker_that_died_is_started_again(tmp_path: Path) -> None:
+    settings = InstallSettings(install=Install(), control_plane=("127.0.0.1",))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        host = _silent_host(tmp_path, listener)
+        install_hosts([host], settings, timeout_s=1)
+        dead = FORKER.pid()
+        assert dead is not None
+        os.kill(dead, signal.SIGKILL)
+        (result,) = install_hosts([host], settings, timeout_s=1)
+    # It got as far as the server (which never answers), through a forker of its own.
+    assert result.error == "did not finish within 1 s; stopped"
+    assert FORKER.pid() not in (None, dead)
+
+
+# An engine whose install forker cannot start: its pyinfra fails to import.
+BROKEN = """
+import json, sys
+from engine.install.model import InstallHost, InstallSettings, from_json
+from engine.install.runner import install_hosts
+
+data = json.load(sys.stdin)
+host = from_json(InstallHost, data["host"])
+settings = from_json(InstallSettings, data["settings"])
+(result,) = install_hosts([host], settings)
+print(json.dumps({"ok": result.ok, "error": result.error}))
+"""
+
+
+def test_an_install_forker_that_cannot_start_fails_each_host_saying_why(tmp_path: Path) -> None:
+    broken = tmp_path / "site" / "pyinfra"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('pyinfra is broken here')\n")
+    settings = InstallSettings(install=Install(), control_plane=("127.0.0.1",))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        request = {"host": to_json(_silent_host(tmp_path, listener)), "settings": to_json(settings)}
+        engine = subprocess.run(
+            [sys.executable, "-c", BROKEN],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": f"{broken.parent}:{ROOT}"},
+            check=True,
+        )
+    result = json.loads(engine.stdout)
+    assert not result["ok"]
+    assert result["error"].startswith("the install forker failed: ")
+    assert "pyinfra is broken here" in result["error"]
