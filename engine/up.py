@@ -360,8 +360,12 @@ def serving(
     from engine.controlplane.fleets import register_fleet
     from engine.controlplane.runner import running_control_plane
     from engine.install.deploykey import ensure_deploy_key
+    from engine.install.runner import FORKER
     from engine.tokens import ensure_fleet_id, ensure_fleet_key
 
+    if servers and options.hosted is None:
+        # While the servers are made and boot, the install forker loads what installs need.
+        FORKER.prepare()
     site = site or options.hosted or backend.site()
     settings = register_fleet(store, fleet, url=site.url, sources=site.sources)
     ensure_fleet_key(options.state_dir, fleet.name)

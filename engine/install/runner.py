@@ -311,6 +311,13 @@ class _Forker:
                     why = self._end()
             raise EngineError(f"the install forker failed: {why}")
 
+    def prepare(self) -> None:
+        """Start it now unless it runs, so that the first install does not wait while it
+        loads pyinfra and the deploys."""
+        with self._lock:
+            if self._channel is None:
+                self._begin()
+
     @staticmethod
     def _ask(channel: socket.socket, fds: tuple[int, ...]) -> int:
         socket.send_fds(channel, [b"install"], list(fds))
