@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,10 +72,15 @@ def engine_cpu() -> float:
 
 
 def servers_cpu(servers: list[Target]) -> float:
-    """CPU seconds the servers' containers have used (cgroup v1 accounting)."""
+    """CPU seconds the servers' containers have used."""
+    return containers_cpu(server.container.id for server in servers)
+
+
+def containers_cpu(ids: Iterable[str]) -> float:
+    """CPU seconds the containers `ids` have used (cgroup v1 accounting)."""
     total = 0
-    for server in servers:
-        usage = Path(f"/sys/fs/cgroup/cpuacct/docker/{server.container.id}/cpuacct.usage")
+    for container in ids:
+        usage = Path(f"/sys/fs/cgroup/cpuacct/docker/{container}/cpuacct.usage")
         total += int(usage.read_text())
     return total / 1e9
 

@@ -18,6 +18,7 @@ resumed run waits until the child of the run that died before it is gone.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import binascii
 import contextlib
@@ -361,6 +362,17 @@ class _Forker:
         lines = redact(said).strip().splitlines()
         return "\n".join(lines[-8:]) or "it ended without a word"
 
+    def close(self) -> None:
+        """End it and wait for it (at exit: the CPU time it and its install processes used
+        then counts as this process's children's, as the time of any child does)."""
+        with self._lock:
+            if self._channel:
+                self._channel.close()
+                self._channel = None
+            if self._process:
+                self._process.wait()
+                self._process = None
+
     def pid(self) -> int | None:
         """Its process id, while it runs (benchmarks count the CPU time it and its install
         processes used)."""
@@ -368,6 +380,7 @@ class _Forker:
 
 
 FORKER = _Forker()
+atexit.register(FORKER.close)
 
 
 @contextlib.contextmanager
