@@ -18,7 +18,6 @@ import json
 import posixpath
 import shlex
 from collections.abc import Iterator
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,9 @@ from pyinfra.api import FunctionCommand, OperationError, StringCommand, deploy, 
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 from pyinfra.connectors.util import make_unix_command_for_host
-from pyinfra.operations import files
 
 from deploys.facts import RUN_HASH_LABEL, CommandSucceeds, DockerContainer, DockerImageId
-from deploys.support import Commands
+from deploys.support import Commands, write_files
 from engine.install.model import AgentRun, ImageDelivery, ImagePeer
 from engine.install.sharing import PeerList, deliver, pinned_known_hosts, saved_archive
 
@@ -46,19 +44,24 @@ PEER_CONNECT_TIMEOUT_S = 5
 def agent(run: AgentRun, *, pull: bool, delivery: ImageDelivery | None) -> None:
     """Deliver, (re)start and check the agent described by `run`; `pull` its image from a
     registry, or deliver the engine's archive of it (`delivery`)."""
-    parents = {posixpath.dirname(f.path) for f in run.files}
-    for directory in sorted(parents | set(run.directories)):
-        files.directory(name=f"Create {directory}", path=directory, mode="700")
-    for item in run.files:
-        files.put(
-            name=f"Write {item.path}",
-            src=StringIO(item.content),
-            dest=item.path,
-            mode=item.mode,
-        )
+    if run.files or run.directories:
+        host_files(name="Write the agent's files", run=run)
     image(name="Deliver the agent image", reference=run.image, pull=pull, delivery=delivery)
     container(name="Run the agent", run=run)
     healthy(name="Wait for the agent's health check", run=run)
+
+
+@operation()
+def host_files(run: AgentRun) -> Commands:
+    """The agent's folders on the server (private: 700) and its files, with their modes."""
+    parents = {posixpath.dirname(f.path) for f in run.files}
+    commands = write_files(
+        [(f.path, f.content, f.mode) for f in run.files],
+        directories=sorted(parents | set(run.directories)),
+    )
+    if not commands:
+        host.noop("the agent's files are as wanted")
+    yield from commands
 
 
 @operation()

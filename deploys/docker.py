@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import json
 import shlex
-from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import OperationError, StringCommand, deploy, operation
 from pyinfra.facts.deb import DebArch
 from pyinfra.facts.files import File
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import files, server
+from pyinfra.operations import server
 
 from deploys.apt import packages
 from deploys.facts import DockerVersion, UserGroups
-from deploys.support import Commands
+from deploys.support import Commands, write_files
 from engine.model import DockerInstall, DockerSource
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -83,7 +82,7 @@ def daemon_json(install: DockerInstall) -> str:
 @operation()
 def daemon_config(install: DockerInstall) -> Commands:
     """Write daemon.json; restart a running engine when it changed (new settings need it)."""
-    put = list(files.put._inner(src=StringIO(daemon_json(install)), dest=DAEMON_JSON, mode="644"))
+    put = write_files([(DAEMON_JSON, daemon_json(install), "644")])
     if not put:
         host.noop("the Docker daemon settings are as wanted")
         return
@@ -114,7 +113,7 @@ def repository() -> Commands:
         ]
     arch = host.get_fact(DebArch)
     line = f"deb [arch={arch} signed-by={KEYRING}] {base} {codename} stable\n"
-    commands += files.put._inner(src=StringIO(line), dest=SOURCES, mode="644")
+    commands += write_files([(SOURCES, line, "644")])
     if not commands:
         host.noop(f"Docker's repository for {name} {codename} is set up")
     yield from commands

@@ -191,6 +191,41 @@ class DockerContainer(FactBase[DockerContainerDict | None]):
         return {"image": image, "run_hash": run_hash, "running": running == "true"}
 
 
+class PathDict(TypedDict):
+    kind: str
+    mode: str
+    sha256: str | None
+
+
+class Paths(FactBase[dict[str, PathDict]]):
+    """What is at each of `paths` that exists: its kind (file, directory or other), its
+    permission bits in octal and, for a file, the SHA-256 of its content.
+
+    One command answers for every path an operation writes, where pyinfra's `files.put`
+    reads three facts per file, each a command of its own (an SSH channel, a shell and
+    sudo on the server).
+    """
+
+    def command(self, paths: tuple[str, ...]) -> str:
+        quoted = " ".join(shlex.quote(path) for path in paths)
+        return (
+            f"for p in {quoted}; do "
+            'if [ -f "$p" ]; then h=$(sha256sum < "$p"); '
+            'echo "file $(stat -c %a "$p") ${h%% *} $p"; '
+            'elif [ -d "$p" ]; then echo "directory $(stat -c %a "$p") - $p"; '
+            'elif [ -e "$p" ] || [ -L "$p" ]; then echo "other 0 - $p"; fi; done'
+        )
+
+    default = dict
+
+    def process(self, output: list[str]) -> dict[str, PathDict]:
+        found: dict[str, PathDict] = {}
+        for line in output:
+            kind, mode, sha256, path = line.split(" ", 3)
+            found[path] = {"kind": kind, "mode": mode, "sha256": None if sha256 == "-" else sha256}
+        return found
+
+
 class CommandSucceeds(FactBase[bool]):
     """Whether `argv` exits 0 on the server (its output is discarded)."""
 

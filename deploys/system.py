@@ -18,17 +18,16 @@ import hashlib
 import ipaddress
 import re
 import shlex
-from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import OperationError, StringCommand, deploy, operation
 from pyinfra.facts.files import Sha256File
 from pyinfra.facts.server import LinuxDistribution, Sysctl, Which
-from pyinfra.operations import files, server
+from pyinfra.operations import server
 
 from deploys.apt import packages
 from deploys.facts import AuthorizedKeys, ContainerRuntime, FirewallMarks, SwapFile, ZoneInfo
-from deploys.support import Commands, skip
+from deploys.support import Commands, FileWrite, skip, write_files
 from engine.model import Labels, SystemInstall
 
 SWAP_PATH = "/swapfile"
@@ -135,7 +134,7 @@ def sysctl(settings: Labels) -> Commands:
     wanted = {k: v for k, v in wanted.items() if k in live or k in asked}
     lines = "".join(f"{key} = {value}\n" for key, value in sorted(wanted.items()))
     content = f"# Written by the fleet engine.\n{lines}"
-    put = list(files.put._inner(src=StringIO(content), dest=SYSCTL_PATH, mode="644"))
+    put = write_files([(SYSCTL_PATH, content, "644")])
     stale = [k for k, v in wanted.items() if k not in live or _normal(live[k]) != _normal(v)]
     if not put and not stale:
         host.noop("kernel settings are applied")
@@ -238,12 +237,13 @@ def unattended_upgrades(enabled: bool) -> Commands:
         f'APT::Periodic::Update-Package-Lists "{flag}";\n'
         f'APT::Periodic::Unattended-Upgrade "{flag}";\n'
     )
-    commands = list(files.put._inner(src=StringIO(periodic), dest=AUTO_UPGRADES, mode="644"))
+    wanted = [(AUTO_UPGRADES, periodic, "644")]
     if enabled:
         origins = (
             f"// Written by the fleet engine: security updates only.\n{_ORIGINS[distribution()]}"
         )
-        commands += files.put._inner(src=StringIO(origins), dest=UPGRADE_ORIGINS, mode="644")
+        wanted.append((UPGRADE_ORIGINS, origins, "644"))
+    commands = write_files(wanted)
     if not commands:
         host.noop("unattended upgrades are configured")
     yield from commands
@@ -312,7 +312,7 @@ def sshd(admin: str) -> Commands:
         host.noop("sshd is hardened")
         return
     staged = f"{SSHD_DROP_IN}.new"
-    yield from files.put._inner(src=StringIO(config), dest=staged, mode="644")
+    yield FileWrite(staged, config, "644")
     live, old = SSHD_DROP_IN, f"{SSHD_DROP_IN}.old"
     yield StringCommand(
         f"rm -f {old}; cp -p {live} {old} 2>/dev/null; mv {staged} {live} && "
@@ -489,21 +489,21 @@ def firewall(ssh_port: int, agent_port: int, control_plane: tuple[str, ...]) -> 
     script, marks = firewall_script(
         backend, ssh_port=ssh_port, agent_port=agent_port, control_plane=control_plane
     )
-    commands = list(files.put._inner(src=StringIO(script), dest=FIREWALL_SCRIPT, mode="755"))
+    if host.get_fact(Which, command="systemctl"):
+        hook_file = (FIREWALL_UNIT, _UNIT, "644")
+        enable = [
+            StringCommand("systemctl daemon-reload"),
+            StringCommand("systemctl enable fleet-firewall.service"),
+        ]
+    else:
+        hook_file = (FIREWALL_INITD, _INITD, "755")
+        enable = [StringCommand("update-rc.d fleet-firewall defaults")]
+    writes = write_files([(FIREWALL_SCRIPT, script, "755"), hook_file])
+    commands = list(writes)
     if not set(marks) <= set(host.get_fact(FirewallMarks)):
         commands.append(StringCommand(FIREWALL_SCRIPT))
-    if host.get_fact(Which, command="systemctl"):
-        hook = list(files.put._inner(src=StringIO(_UNIT), dest=FIREWALL_UNIT, mode="644"))
-        if hook:
-            hook += [
-                StringCommand("systemctl daemon-reload"),
-                StringCommand("systemctl enable fleet-firewall.service"),
-            ]
-    else:
-        hook = list(files.put._inner(src=StringIO(_INITD), dest=FIREWALL_INITD, mode="755"))
-        if hook:
-            hook.append(StringCommand("update-rc.d fleet-firewall defaults"))
-    commands += hook
+    if any(isinstance(w, FileWrite) and w.path == hook_file[0] for w in writes):
+        commands += enable
     if not commands:
         host.noop(f"the firewall ({backend}) is loaded")
     yield from commands

@@ -10,7 +10,9 @@ commands out. Each file operations/<module>.<operation>/<case>.json is one behav
 
 A fact with arguments is keyed by them (`path=/etc/x`, lists as JSON). A fact the operation
 asks for and the case does not give fails the test: every input is written down.
-A command is a shell string, {"upload": dest, "lines": [...]} or {"function": name, "args": [...]}.
+A command is a shell string, {"write": path, "mode": mode, "lines": [...]} (deploys.support's
+FileWrite, whose text goes on stdin), {"upload": dest, "lines": [...]} or
+{"function": name, "args": [...]}.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pytest
 from pyinfra.api import Config, FileUploadCommand, FunctionCommand, OperationError, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
-from deploys.support import skipped_on
+from deploys.support import FileWrite, skipped_on
 from engine.install.model import from_json, to_json
 
 CASES = sorted((Path(__file__).parent / "operations").glob("*/*.json"))
@@ -76,6 +78,8 @@ def _text(value: Any) -> str:
 
 
 def _command(command: Any) -> Any:
+    if isinstance(command, FileWrite):
+        return {"write": command.path, "mode": command.mode, "lines": command.content.splitlines()}
     if isinstance(command, StringCommand):
         return command.get_raw_value()
     if isinstance(command, FileUploadCommand):

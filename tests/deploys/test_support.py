@@ -1,0 +1,56 @@
+"""The shell that deploys.support and deploys.facts send to servers, run by a real local sh."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+from deploys.facts import Paths
+from deploys.support import FileWrite
+
+
+def _sh(command: str, stdin: str = "") -> list[str]:
+    done = subprocess.run(["sh", "-c", command], input=stdin, text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_a_file_write_gives_exactly_the_text_and_mode_without_showing_the_text(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "new folder" / "token"
+    write = FileWrite(str(path), "s3cret, and no newline at the end", "0600")
+    assert "s3cret" not in write.get_raw_value()
+    # pyinfra ends what it sends on stdin with a newline; base64 -d ignores it.
+    _sh(write.get_raw_value(), write.connector_arguments["_stdin"] + "\n")
+    assert path.read_bytes() == b"s3cret, and no newline at the end"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["token"]
+
+
+def test_a_file_write_replaces_a_file_and_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "script"
+    path.write_text("old\n")
+    path.chmod(0o600)
+    write = FileWrite(str(path), "#!/bin/sh\necho new\n", "755")
+    _sh(write.get_raw_value(), write.connector_arguments["_stdin"])
+    assert path.read_text() == "#!/bin/sh\necho new\n"
+    assert path.stat().st_mode & 0o777 == 0o755
+
+
+def test_paths_says_what_is_at_each_path(tmp_path: Path) -> None:
+    file = tmp_path / "a file"
+    file.write_text("text\n")
+    file.chmod(0o640)
+    folder = tmp_path / "folder"
+    folder.mkdir(mode=0o700)
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "nowhere")
+    paths = (str(file), str(folder), str(dangling), str(tmp_path / "missing"))
+    fact = Paths()
+    assert fact.process(_sh(fact.command(paths=paths))) == {
+        str(file): {"kind": "file", "mode": "640", "sha256": hashlib.sha256(b"text\n").hexdigest()},
+        str(folder): {"kind": "directory", "mode": "700", "sha256": None},
+        str(dangling): {"kind": "other", "mode": "0", "sha256": None},
+    }
