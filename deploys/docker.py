@@ -17,11 +17,10 @@ from pyinfra.api import OperationError, StringCommand, deploy, operation
 from pyinfra.facts.deb import DebArch
 from pyinfra.facts.files import File
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import server
 
 from deploys.apt import packages
 from deploys.facts import DockerVersion, UserGroups
-from deploys.support import Commands, write_files
+from deploys.support import Commands, control_service, write_files
 from engine.model import DockerInstall, DockerSource
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -64,7 +63,7 @@ def docker(install: DockerInstall, *, admin: str) -> None:
         )
     else:
         packages(name="Install Docker Engine (docker.io)", present=DISTRO, absent=DOCKER_CE)
-    server.service(name="Run Docker now and at boot", service="docker", running=True, enabled=True)
+    started(name="Run Docker now and at boot")
     docker_group(name=f"Let {admin} use Docker", user=admin)
     answers(name="Check that Docker answers")
 
@@ -87,7 +86,16 @@ def daemon_config(install: DockerInstall) -> Commands:
         host.noop("the Docker daemon settings are as wanted")
         return
     yield from put
-    yield from server.service._inner(service="docker", running=None, restarted=True)
+    yield from control_service("docker", restarted=True)
+
+
+@operation()
+def started() -> Commands:
+    """Docker runs now and starts at every boot."""
+    commands = control_service("docker", running=True, enabled=True)
+    if not commands:
+        host.noop("Docker runs and starts at boot")
+    yield from commands
 
 
 @operation()

@@ -226,6 +226,37 @@ class Paths(FactBase[dict[str, PathDict]]):
         return found
 
 
+class ServiceDict(TypedDict):
+    init: str
+    running: bool
+    enabled: bool
+
+
+class Service(FactBase[ServiceDict]):
+    """How `service` is run (systemd where systemctl is installed, as pyinfra decides, else
+    its SysV init script), whether it runs, and whether it starts at boot.
+
+    One command, where pyinfra's `server.service` reads six facts to find the init system
+    and then the status of every init script on the server.
+    """
+
+    def command(self, service: str) -> str:
+        unit = shlex.quote(f"{service}.service")
+        script = shlex.quote(f"/etc/init.d/{service}")
+        links = f"/etc/rc[2-5].d/S[0-9][0-9]{shlex.quote(service)}"
+        return (
+            "if command -v systemctl >/dev/null 2>&1; then echo systemd; "
+            f"systemctl is-active --quiet {unit} && echo running || echo stopped; "
+            f"systemctl is-enabled --quiet {unit} 2>/dev/null && echo enabled || echo disabled; "
+            f"else echo sysv; {script} status >/dev/null 2>&1 && echo running || echo stopped; "
+            f"if ls {links} >/dev/null 2>&1; then echo enabled; else echo disabled; fi; fi"
+        )
+
+    def process(self, output: list[str]) -> ServiceDict:
+        init, running, enabled = [*output, "", "", ""][:3]
+        return {"init": init, "running": running == "running", "enabled": enabled == "enabled"}
+
+
 class CommandSucceeds(FactBase[bool]):
     """Whether `argv` exits 0 on the server (its output is discarded)."""
 

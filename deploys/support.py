@@ -1,5 +1,5 @@
-"""What every deploy module uses: the type of an operation's commands, `skip`, and
-`write_files`.
+"""What every deploy module uses: the type of an operation's commands, `skip`,
+`write_files` and `control_service`.
 
 `skip` records things a deploy leaves out on a host for a reason (swap in a container, ...);
 the install result reports them per host, so "not done, and why" is never silent.
@@ -17,7 +17,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import OperationError, StringCommand
 
-from deploys.facts import Paths
+from deploys.facts import Paths, Service
 
 Commands = Generator[Any, None, None]
 
@@ -83,4 +83,39 @@ def write_files(
         digest = hashlib.sha256(content.encode()).hexdigest()
         if not now or now["sha256"] != digest or int(now["mode"], 8) != int(mode, 8):
             commands.append(FileWrite(path, content, mode))
+    return commands
+
+
+def control_service(
+    service: str,
+    *,
+    running: bool = False,
+    enabled: bool = False,
+    restarted: bool = False,
+    reloaded: bool = False,
+) -> list[StringCommand]:
+    """The commands that start `service` (`running`) and make it start at boot (`enabled`)
+    where it does not, or restart or reload it where it runs; one fact, one command, tells."""
+    state = host.get_fact(Service, service=service)
+    systemd = state["init"] == "systemd"
+    unit = shlex.quote(f"{service}.service")
+
+    def verb(action: str) -> StringCommand:
+        if systemd:
+            return StringCommand(f"systemctl {action} {unit}")
+        return StringCommand(shlex.quote(f"/etc/init.d/{service}"), action)
+
+    commands = []
+    if running and not state["running"]:
+        commands.append(verb("start"))
+    if enabled and not state["enabled"]:
+        if systemd:
+            commands.append(StringCommand(f"systemctl enable {unit}"))
+        else:
+            commands.append(StringCommand(f"update-rc.d {shlex.quote(service)} defaults"))
+    if state["running"]:
+        if restarted:
+            commands.append(verb("restart"))
+        if reloaded:
+            commands.append(verb("reload"))
     return commands

@@ -27,7 +27,7 @@ from pyinfra.operations import server
 
 from deploys.apt import packages
 from deploys.facts import AuthorizedKeys, ContainerRuntime, FirewallMarks, SwapFile, ZoneInfo
-from deploys.support import Commands, FileWrite, skip, write_files
+from deploys.support import Commands, FileWrite, control_service, skip, write_files
 from engine.model import Labels, SystemInstall
 
 SWAP_PATH = "/swapfile"
@@ -321,7 +321,7 @@ def sshd(admin: str) -> Commands:
         "echo 'sshd rejected the hardened configuration; it keeps its previous one' >&2; exit 1; "
         f"fi; rm -f {old}"
     )
-    yield from server.service._inner(service="ssh", running=None, reloaded=True)
+    yield from control_service("ssh", reloaded=True)
 
 
 def _sources(control_plane: tuple[str, ...], version: int) -> list[str]:
