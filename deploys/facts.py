@@ -32,6 +32,33 @@ class ContainerRuntime(FactBase[str | None]):
         return None if value in ("", "none") else value
 
 
+class HostNameDict(TypedDict):
+    name: str
+    hostnamectl: bool
+    file_sha256: str | None
+
+
+class HostName(FactBase[HostNameDict]):
+    """The live host name, whether hostnamectl is installed, and the SHA-256 of /etc/hostname
+    (None when there is none): one command for what pyinfra's `server.hostname` reads in six."""
+
+    def command(self) -> str:
+        return (
+            "uname -n; "
+            "if command -v hostnamectl >/dev/null 2>&1; then echo hostnamectl; else echo -; fi; "
+            "if [ -f /etc/hostname ]; then h=$(sha256sum < /etc/hostname); echo ${h%% *}; "
+            "else echo -; fi"
+        )
+
+    def process(self, output: list[str]) -> HostNameDict:
+        name, tool, digest = [*output, "", "-", "-"][:3]
+        return {
+            "name": name.strip(),
+            "hostnamectl": tool.strip() == "hostnamectl",
+            "file_sha256": None if digest.strip() == "-" else digest.strip(),
+        }
+
+
 class ZoneInfoDict(TypedDict):
     current: str
     wanted: str | None

@@ -23,10 +23,16 @@ from pyinfra import host
 from pyinfra.api import OperationError, StringCommand, deploy, operation
 from pyinfra.facts.files import Sha256File
 from pyinfra.facts.server import LinuxDistribution, Sysctl, Which
-from pyinfra.operations import server
 
 from deploys.apt import packages
-from deploys.facts import AuthorizedKeys, ContainerRuntime, FirewallMarks, SwapFile, ZoneInfo
+from deploys.facts import (
+    AuthorizedKeys,
+    ContainerRuntime,
+    FirewallMarks,
+    HostName,
+    SwapFile,
+    ZoneInfo,
+)
 from deploys.support import Commands, FileWrite, control_service, skip, write_files
 from engine.model import Labels, SystemInstall
 
@@ -70,7 +76,7 @@ def system(
 ) -> None:
     """The baseline for one server; `admin` is the user the engine logs in as, with `keys`
     (none: its keys are left as they are)."""
-    server.hostname(name="Set the host name", hostname=hostname)
+    host_name(name="Set the host name", hostname=hostname)
     wanted = ("tzdata", "unattended-upgrades") if install.unattended_upgrades else ("tzdata",)
     packages(name="Install the base packages", present=wanted)
     timezone(name="Set the time zone", timezone=install.timezone)
@@ -88,6 +94,26 @@ def system(
         agent_port=agent_port,
         control_plane=control_plane,
     )
+
+
+@operation()
+def host_name(hostname: str) -> Commands:
+    """Make `hostname` the host name now and at boot: with hostnamectl where it is
+    installed, else with `hostname` and /etc/hostname."""
+    found = host.get_fact(HostName)
+    commands = []
+    if found["hostnamectl"]:
+        if found["name"] != hostname:
+            commands.append(StringCommand("hostnamectl set-hostname", shlex.quote(hostname)))
+    else:
+        if found["name"] != hostname:
+            commands.append(StringCommand("hostname", shlex.quote(hostname)))
+        content = f"{hostname}\n"
+        if found["file_sha256"] != hashlib.sha256(content.encode()).hexdigest():
+            commands.append(FileWrite("/etc/hostname", content, "644"))
+    if not commands:
+        host.noop(f"the host name is {hostname}")
+    yield from commands
 
 
 @operation()

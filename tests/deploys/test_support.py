@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import socket
 import subprocess
 from pathlib import Path
 
-from deploys.facts import Paths
+from deploys.facts import HostName, Paths
 from deploys.support import FileWrite
 
 
@@ -54,3 +56,13 @@ def test_paths_says_what_is_at_each_path(tmp_path: Path) -> None:
         str(folder): {"kind": "directory", "mode": "700", "sha256": None},
         str(dangling): {"kind": "other", "mode": "0", "sha256": None},
     }
+
+
+def test_host_name_reads_the_live_name_and_the_file() -> None:
+    fact = HostName()
+    found = fact.process(_sh(fact.command()))
+    assert found["name"] == socket.gethostname()
+    etc = Path("/etc/hostname")
+    expected = hashlib.sha256(etc.read_bytes()).hexdigest() if etc.is_file() else None
+    assert found["file_sha256"] == expected
+    assert found["hostnamectl"] == bool(shutil.which("hostnamectl"))
