@@ -107,6 +107,20 @@ class SwapFile(FactBase[SwapFileDict]):
         }
 
 
+class Installed(FactBase[list[str]]):
+    """Which of `commands` are installed (on the PATH of root), in one command where pyinfra's
+    `Which` takes one each."""
+
+    def command(self, commands: tuple[str, ...]) -> str:
+        names = " ".join(shlex.quote(name) for name in commands)
+        return f'for c in {names}; do command -v "$c" >/dev/null 2>&1 && echo "$c"; done; true'
+
+    default = list
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+
 class FirewallMarks(FactBase[list[str]]):
     """The marks of the fleet firewall rules loaded in the kernel, as `family:hash`.
 

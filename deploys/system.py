@@ -22,7 +22,7 @@ import shlex
 from pyinfra import host
 from pyinfra.api import OperationError, StringCommand, deploy, operation
 from pyinfra.facts.files import Sha256File
-from pyinfra.facts.server import LinuxDistribution, Sysctl, Which
+from pyinfra.facts.server import LinuxDistribution, Sysctl
 
 from deploys.apt import packages
 from deploys.facts import (
@@ -30,6 +30,7 @@ from deploys.facts import (
     ContainerRuntime,
     FirewallMarks,
     HostName,
+    Installed,
     SwapFile,
     ZoneInfo,
 )
@@ -506,16 +507,17 @@ esac
 @operation()
 def firewall(ssh_port: int, agent_port: int, control_plane: tuple[str, ...]) -> Commands:
     """Load the host firewall now and make the server load it at every boot."""
-    if host.get_fact(Which, command="nft"):
+    tools = host.get_fact(Installed, commands=("nft", "iptables", "systemctl"))
+    if "nft" in tools:
         backend = "nft"
-    elif host.get_fact(Which, command="iptables"):
+    elif "iptables" in tools:
         backend = "iptables"
     else:
         raise OperationError("neither nft nor iptables is installed: install nftables")
     script, marks = firewall_script(
         backend, ssh_port=ssh_port, agent_port=agent_port, control_plane=control_plane
     )
-    if host.get_fact(Which, command="systemctl"):
+    if "systemctl" in tools:
         hook_file = (FIREWALL_UNIT, _UNIT, "644")
         enable = [
             StringCommand("systemctl daemon-reload"),

@@ -8,7 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from deploys.facts import HostName, Paths
+from deploys.facts import HostName, Installed, Paths
 from deploys.support import FileWrite
 
 
@@ -66,3 +66,11 @@ def test_host_name_reads_the_live_name_and_the_file() -> None:
     expected = hashlib.sha256(etc.read_bytes()).hexdigest() if etc.is_file() else None
     assert found["file_sha256"] == expected
     assert found["hostnamectl"] == bool(shutil.which("hostnamectl"))
+
+
+def test_installed_lists_the_commands_found() -> None:
+    fact = Installed()
+    assert fact.process(_sh(fact.command(commands=("sh", "no-such-tool", "sha256sum")))) == [
+        "sh",
+        "sha256sum",
+    ]
