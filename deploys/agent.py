@@ -47,7 +47,9 @@ def agent(run: AgentRun, *, pull: bool, delivery: ImageDelivery | None) -> None:
     if run.files or run.directories:
         host_files(name="Write the agent's files", run=run)
     image(name="Deliver the agent image", reference=run.image, pull=pull, delivery=delivery)
-    container(name="Run the agent", run=run)
+    # A delivered archive's image id is known: the image operation checked it as it loaded it.
+    delivered = None if pull or delivery is None else delivery.archive.image_id
+    container(name="Run the agent", run=run, image_id=delivered)
     healthy(name="Wait for the agent's health check", run=run)
 
 
@@ -217,10 +219,11 @@ def run_hash(run: AgentRun) -> str:
 
 
 @operation()
-def container(run: AgentRun) -> Commands:
-    """Run the agent container, recreating it when its image, command or files changed."""
+def container(run: AgentRun, image_id: str | None = None) -> Commands:
+    """Run the agent container, recreating it when its image, command or files changed;
+    `image_id` is the id its image has, when known (else it is read from the server)."""
     wanted = run_hash(run)
-    image_id = host.get_fact(DockerImageId, reference=run.image)
+    image_id = image_id or host.get_fact(DockerImageId, reference=run.image)
     current = host.get_fact(DockerContainer, container=run.name)
     name = shlex.quote(run.name)
     if current and current["image"] == image_id and current["run_hash"] == wanted:
