@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from engine.providers.local.dockerd import PrivateDaemon
 from engine.providers.local.images import (
     GOLDEN_CONTEXT,
     context_hash,
+    context_tar,
     ensure_golden_image,
     ensure_machine_image,
 )
@@ -32,8 +34,36 @@ def test_golden_image_is_cached_by_recipe(docker_client: Any, golden_image: str)
         copy = Path(tmp) / "golden"
         subprocess.run(["cp", "-a", str(GOLDEN_CONTEXT), str(copy)], check=True)
         same = context_hash(copy)
+        # A checkout made with another umask builds the same image.
+        (copy / "daemon.json").chmod(0o664)
+        copy.chmod(0o775)
+        assert context_hash(copy) == same
+        # The execute bit is what git keeps: it changes the recipe.
+        (copy / "daemon.json").chmod(0o755)
+        assert context_hash(copy) != same
+        (copy / "daemon.json").chmod(0o644)
         (copy / "boot.sh").write_text((copy / "boot.sh").read_text() + "\n# changed\n")
         assert context_hash(copy) != same
+
+
+def test_files_of_a_build_context_get_the_modes_git_keeps_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
+    context = tmp_path / "context"
+    (context / "bin").mkdir(parents=True)
+    (context / "settings.json").write_text("{}")
+    (context / "settings.json").chmod(0o664)
+    (context / "bin" / "run.sh").write_text("#!/bin/sh\n")
+    (context / "bin" / "run.sh").chmod(0o775)
+    (context / "bin").chmod(0o770)
+    with tarfile.open(fileobj=context_tar(context)) as tar:
+        modes = {member.name: (member.mode, member.uname) for member in tar.getmembers()}
+    assert modes == {
+        ".": (0o755, "root"),
+        "./bin": (0o755, "root"),
+        "./bin/run.sh": (0o755, "root"),
+        "./settings.json": (0o644, "root"),
+    }
 
 
 def test_docker_in_the_golden_image_has_the_settings_the_install_writes_by_default() -> None:

@@ -164,21 +164,39 @@ def ensure_base_image(client: Any, say: Say) -> str:
 
 
 def context_hash(context: Path, *extra: str) -> str:
-    """A hash of every file in a build context (names, modes, contents) and `extra` strings."""
+    """A hash of every file in a build context (names, modes as built, contents) and `extra`
+    strings."""
     digest = hashlib.sha256()
     for path in sorted(p for p in context.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(context)).encode())
-        digest.update(oct(path.stat().st_mode & 0o777).encode())
+        digest.update(oct(built_mode(path.stat().st_mode, directory=False)).encode())
         digest.update(path.read_bytes())
     for item in extra:
         digest.update(item.encode())
     return digest.hexdigest()[:12]
 
 
-def _context_tar(context: Path) -> io.BytesIO:
+def built_mode(mode: int, *, directory: bool) -> int:
+    """The mode a file of a build context gets in the image: 0755 for a folder or a file
+    anyone may run, else 0644. Git keeps only the execute bit, and the rest comes from the
+    umask of whoever cloned: a group-writable daemon.json baked into the golden image made
+    every install's check see a change and restart Docker."""
+    return 0o755 if directory or mode & 0o111 else 0o644
+
+
+def _as_built(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.mode = built_mode(info.mode, directory=info.isdir())
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def context_tar(context: Path) -> io.BytesIO:
+    """A build context as the tar file `docker build` takes, with the modes `built_mode`
+    gives and root as the owner."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(context, arcname=".")
+        tar.add(context, arcname=".", filter=_as_built)
     buffer.seek(0)
     return buffer
 
@@ -193,7 +211,7 @@ def build_image(
     say(f"building {tag} (once per recipe)")
     lines: list[str] = []
     for chunk in client.api.build(
-        fileobj=_context_tar(context),
+        fileobj=context_tar(context),
         custom_context=True,
         tag=tag,
         buildargs=buildargs,
