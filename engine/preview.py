@@ -75,7 +75,9 @@ def recorded(store: Store, fleet: str) -> Recorded:
     """What `store` holds of `fleet`."""
     return Recorded(
         records=store.servers.all(fleet),
-        transitions=store.servers.transitions(fleet, stages=(Stage.READY, Stage.FAILED)),
+        transitions=store.servers.transitions(
+            fleet, stages=(Stage.READY, Stage.FAILED), of_failed=True
+        ),
         reports=store.agents.reports(fleet),
         settings=store.fleets.get(fleet),
     )

@@ -99,6 +99,21 @@ def test_transitions_are_read_into_the_stages_asked_for(store: Store) -> None:
     assert len(store.servers.transitions("web-prod")) == 5
 
 
+def test_transitions_of_failed_servers_leave_out_those_that_never_failed(store: Store) -> None:
+    store.servers.save(_record(name="web-1", stage=Stage.BOOTING))
+    store.servers.save(_record(name="web-2", stage=Stage.BOOTING))
+    store.servers.save(_record(name="other", fleet="db-prod", stage=Stage.BOOTING))
+    for stage in (Stage.FAILED, Stage.READY):
+        store.servers.set_stage("web-prod", "web-1", stage)
+        store.servers.set_stage("db-prod", "other", stage)
+    store.servers.set_stage("web-prod", "web-2", Stage.READY)
+    asked = store.servers.transitions(
+        "web-prod", stages=(Stage.READY, Stage.FAILED), of_failed=True
+    )
+    assert [(t.server, t.stage) for t in asked] == [("web-1", Stage.FAILED), ("web-1", Stage.READY)]
+    assert store.servers.transitions("web-prod", "web-2", of_failed=True) == ()
+
+
 def test_saving_again_keeps_created_at_and_records_stage_changes(
     store: Store, clock: Clock
 ) -> None:
