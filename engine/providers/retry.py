@@ -115,6 +115,17 @@ def unreachable(provider: str, error: BaseException) -> ProviderError:
     return ProviderError(provider, f"cannot reach the API ({reason})", code="unreachable")
 
 
+def unexpected_answer(provider: str, error: BaseException) -> ProviderError:
+    """The error for an answer that is not the JSON the provider documents (`error` says
+    what and where, e.g. "Expected `int`, got `str` - at `$.servers[3].id`")."""
+    return ProviderError(
+        provider,
+        f"the API's answer is not what its documentation describes ({error}); check that "
+        "provider.endpoint in the spec is the provider's API",
+        code="unexpected_answer",
+    )
+
+
 def retry_after_s(headers: Mapping[str, str], now: float) -> float | None:
     """Seconds a `Retry-After` header (seconds, or an HTTP date) asks to wait; None without."""
     raw = headers.get("Retry-After")

@@ -164,6 +164,20 @@ def test_persistent_server_errors_end_in_a_clear_error(fake: FakeDigitalOcean, u
     assert info.value.code == "service_error" and info.value.correlation_id == "req-2"
 
 
+def test_a_droplet_the_documentation_does_not_describe_is_a_clear_error(
+    fake: FakeDigitalOcean, url: str
+) -> None:
+    fake.add_droplet("api-1", tags=_tags("api-1"))
+    fake.droplets[0]["networks"] = {"v4": [{"type": "public"}]}  # no ip_address
+    with pytest.raises(ProviderError) as info:
+        _reader(fake, url).read_servers()
+    assert info.value.code == "unexpected_answer"
+    assert "missing required field `ip_address` - at `$.droplets[0].networks.v4[0]`" in str(
+        info.value
+    )
+    assert fake.count("/v2/droplets") == 1
+
+
 def test_the_project_and_the_domains_the_spec_names_are_checked(
     fake: FakeDigitalOcean, url: str
 ) -> None:

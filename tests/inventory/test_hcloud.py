@@ -6,6 +6,10 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
 
 from engine.errors import ProviderError
 from engine.model import Image, ImageKind
@@ -188,6 +192,34 @@ def test_an_unreachable_api_is_a_clear_error() -> None:
     with pytest.raises(ProviderError, match="cannot reach the API") as info:
         reader.read_servers()
     assert info.value.code == "unreachable"
+
+
+def test_a_server_the_documentation_does_not_describe_is_a_clear_error(
+    fake: FakeHcloud, url: str
+) -> None:
+    fake.add_server("web-1", labels=_owned("web-1"))
+    fake.add_server("web-2", labels=_owned("web-2"))
+    fake.servers[1]["id"] = "two"  # the documented id is an integer
+    with pytest.raises(ProviderError) as info:
+        _reader(fake, url).read_servers()
+    assert info.value.code == "unexpected_answer"
+    assert "Expected `int`, got `str` - at `$.servers[1].id`" in str(info.value)
+    assert fake.count("/v1/servers") == 1  # a wrong answer is not asked for again
+
+
+def test_an_endpoint_that_is_not_the_api_is_a_clear_error() -> None:
+    async def page(request: Request) -> HTMLResponse:
+        return HTMLResponse("<html><body>Welcome to nginx!</body></html>")
+
+    with serve(Starlette(routes=[Route("/v1/servers", page)])) as base:
+        reader = inventory_reader(
+            example_fleet("hetzner", f"{base}/v1"), token="t" * 20, policy=RetryPolicy()
+        )
+        with pytest.raises(ProviderError) as info:
+            reader.read_servers()
+    assert info.value.code == "unexpected_answer"
+    assert "JSON is malformed" in str(info.value)
+    assert "check that provider.endpoint in the spec is the provider's API" in str(info.value)
 
 
 def _project(fake: FakeHcloud, unowned: int) -> None:

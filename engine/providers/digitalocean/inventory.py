@@ -35,6 +35,8 @@ import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from engine.model import (
     LABEL_FLEET,
     LABEL_MANAGED_BY,
@@ -57,12 +59,12 @@ from engine.providers import (
 from engine.providers.digitalocean.client import (
     PAGE_SIZE,
     DigitalOceanApi,
-    page_of,
+    paging,
     provider_errors,
 )
 from engine.providers.digitalocean.naming import MEMBER_TAG, is_member_tag
 from engine.providers.naming import engine_resource_name, spec_resource, spec_resources
-from engine.providers.retry import ApiCalls, RetryPolicy
+from engine.providers.retry import ApiCalls, Paging, RetryPolicy, read_pages
 
 LIST_LAG_S = 60.0
 
@@ -74,21 +76,82 @@ def tags_to_labels(tags: list[str]) -> Labels:
     return tuple(sorted([(key, value) for key, _, value in pairs]))
 
 
-def _image(raw: dict[str, Any] | None) -> Image | None:
-    if not raw:
+class _Address(msgspec.Struct):
+    ip_address: str
+    type: str = ""
+
+
+class _Networks(msgspec.Struct):
+    v4: list[_Address] | None = None
+    v6: list[_Address] | None = None
+
+
+class _Slugged(msgspec.Struct):
+    slug: str = ""
+
+
+class _Image(msgspec.Struct):
+    id: int | None = None
+    type: str | None = None
+    name: str | None = None
+    slug: str | None = None
+    tags: list[str] | None = None
+
+
+class _Droplet(msgspec.Struct):
+    """The fields of a droplet in DigitalOcean's documented JSON that the engine reads;
+    others are skipped unread."""
+
+    id: int
+    name: str
+    status: str = ""
+    created_at: dt.datetime | None = None
+    tags: list[str] | None = None
+    size_slug: str | None = None
+    size: _Slugged | None = None
+    image: _Image | None = None
+    region: _Slugged | None = None
+    networks: _Networks | None = None
+    disk: int | None = None
+    features: list[str] | None = None
+    next_backup_window: dict[str, Any] | None = None
+    vpc_uuid: str | None = None
+
+
+class _Pages(msgspec.Struct):
+    next: str | None = None
+
+
+class _Links(msgspec.Struct):
+    pages: _Pages | None = None
+
+
+class _Meta(msgspec.Struct):
+    total: int | None = None
+
+
+class _DropletPage(msgspec.Struct):
+    droplets: list[_Droplet] | None = None
+    links: _Links | None = None
+    meta: _Meta | None = None
+
+
+_DROPLET_PAGE = msgspec.json.Decoder(_DropletPage)
+
+
+def _image(raw: _Image | None) -> Image | None:
+    if raw is None or (raw.id is None and raw.slug is None and raw.name is None):
         return None
-    kind = raw.get("type")
-    if kind == "custom":
-        return Image(kind=ImageKind.CUSTOM, name=str(raw.get("name", raw.get("id"))))
-    if kind in ("snapshot", "backup"):
-        labels = tags_to_labels(raw.get("tags") or [])
-        return Image(kind=ImageKind.SNAPSHOT, name=str(raw.get("id")), labels=labels)
-    return Image(kind=ImageKind.NAME, name=str(raw.get("slug") or raw.get("id")))
+    if raw.type == "custom":
+        return Image(kind=ImageKind.CUSTOM, name=str(raw.name or raw.id))
+    if raw.type in ("snapshot", "backup"):
+        labels = tags_to_labels(raw.tags or [])
+        return Image(kind=ImageKind.SNAPSHOT, name=str(raw.id), labels=labels)
+    return Image(kind=ImageKind.NAME, name=str(raw.slug or raw.id))
 
 
-def _address(droplet: dict[str, Any], version: str, kind: str) -> list[str]:
-    networks = droplet.get("networks") or {}
-    return [n["ip_address"] for n in networks.get(version, ()) if n.get("type") == kind]
+def _addresses(listed: list[_Address] | None, kind: str) -> list[str]:
+    return [n.ip_address for n in listed or () if n.type == kind]
 
 
 class DigitalOceanReader:
@@ -116,12 +179,8 @@ class DigitalOceanReader:
         with provider_errors(self.fleet.provider.token_env):
             droplets = [
                 d
-                for d in self.api.list_all(
-                    client.droplets.list,
-                    "droplets",
-                    tag_name=f"{LABEL_FLEET}:{self.fleet.name}",
-                )
-                if managed in d.get("tags", ())
+                for d in read_pages(self._droplets, workers=self.api.workers)
+                if managed in (d.tags or ())
             ]
             firewalls = (
                 self._list(client.firewalls.list, "firewalls")
@@ -248,42 +307,51 @@ class DigitalOceanReader:
     def read_page(self, page: int) -> InventoryPage:
         managed = f"{LABEL_MANAGED_BY}:{MANAGED_BY}"
         with provider_errors(self.fleet.provider.token_env):
-            body = self.api.client.droplets.list(
+            listed, paged = self._droplets(page)
+        droplets = [d for d in listed if managed in (d.tags or ())]
+        membership = _Membership(self.fleet.name, [], {})
+        return InventoryPage(
+            servers=tuple(self._actual(d, membership) for d in droplets), next_page=paged.next
+        )
+
+    def _droplets(self, page: int) -> tuple[list[_Droplet], Paging]:
+        """One page of the fleet's droplets, decoded straight into the fields the engine
+        reads: a page of 200 droplets is about 1 MB of JSON, and decoding all of it into
+        dicts cost more CPU than the request."""
+        body = _DROPLET_PAGE.decode(
+            self.api.get_bytes(
+                "/v2/droplets",
                 per_page=PAGE_SIZE,
                 page=page,
                 tag_name=f"{LABEL_FLEET}:{self.fleet.name}",
-                **self.api.insecure,
             )
-        listed, paging = page_of(body, "droplets", page)
-        droplets = [d for d in listed if managed in d.get("tags", ())]
-        membership = _Membership(self.fleet.name, [], {})
-        return InventoryPage(
-            servers=tuple(self._actual(d, membership) for d in droplets), next_page=paging.next
         )
+        pages = body.links.pages if body.links else None
+        total = body.meta.total if body.meta else None
+        return body.droplets or [], paging(page, total, bool(pages and pages.next))
 
-    def _actual(self, droplet: dict[str, Any], membership: _Membership) -> ActualServer:
-        tags = droplet.get("tags") or []
+    def _actual(self, droplet: _Droplet, membership: _Membership) -> ActualServer:
+        tags = droplet.tags or []
         labels, fleet_id = without_fleet_id(tags_to_labels(tags))
-        ipv4 = _address(droplet, "v4", "public")
-        ipv6 = _address(droplet, "v6", "public")
-        created = droplet.get("created_at")
+        networks = droplet.networks or _Networks()
+        ipv4 = _addresses(networks.v4, "public")
+        ipv6 = _addresses(networks.v6, "public")
         return ActualServer(
-            name=engine_name(labels, droplet["name"]),
-            provider_id=str(droplet["id"]),
+            name=engine_name(labels, droplet.name),
+            provider_id=str(droplet.id),
             labels=labels,
-            server_type=droplet.get("size_slug") or droplet.get("size", {}).get("slug", ""),
-            image=_image(droplet.get("image")),
-            location=(droplet.get("region") or {}).get("slug", ""),
-            status=droplet.get("status", ""),
+            server_type=droplet.size_slug or (droplet.size.slug if droplet.size else ""),
+            image=_image(droplet.image),
+            location=droplet.region.slug if droplet.region else "",
+            status=droplet.status,
             ipv4=ipv4[0] if ipv4 else None,
             ipv6=ipv6[0] if ipv6 else None,
-            private_ips=tuple(_address(droplet, "v4", "private")),
-            disk_gb=int(droplet.get("disk") or 0),
-            backups="backups" in (droplet.get("features") or ())
-            or droplet.get("next_backup_window") is not None,
-            firewalls=membership.firewalls(droplet["id"], tags),
-            networks=membership.network(droplet.get("vpc_uuid") or ""),
-            created=dt.datetime.fromisoformat(created) if created else None,
+            private_ips=tuple(_addresses(networks.v4, "private")),
+            disk_gb=droplet.disk or 0,
+            backups="backups" in (droplet.features or ()) or droplet.next_backup_window is not None,
+            firewalls=membership.firewalls(droplet.id, tags),
+            networks=membership.network(droplet.vpc_uuid or ""),
+            created=droplet.created_at,
             fleet_id=fleet_id,
         )
 

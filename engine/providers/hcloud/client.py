@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import msgspec
 import requests
 from hcloud import APIException, Client
 
@@ -25,6 +26,7 @@ from engine.providers.retry import (
     send,
     shared_budget,
     timed_out,
+    unexpected_answer,
     unreachable,
 )
 
@@ -89,6 +91,19 @@ def hcloud_client(
     return client
 
 
+def get_bytes(client: Client, path: str, params: dict[str, Any]) -> bytes:
+    """The body of `GET path` as the API sent it, for a caller that decodes it itself, sent
+    as `Client.request` sends it (headers, timeout, this module's session); an error answer
+    raises the SDK's APIException as `Client.request` does."""
+    base = client._client
+    response = base._session.request(
+        "GET", base._endpoint + path, headers=base._headers, params=params, timeout=base._timeout
+    )
+    if not response.ok:
+        base._read_response(response)  # raises APIException with the API's code and message
+    return bytes(response.content)
+
+
 @contextmanager
 def provider_errors(token_env: str | None) -> Iterator[None]:
     """Turn SDK and transport exceptions into ProviderError (code, correlation id, hint)."""
@@ -101,6 +116,8 @@ def provider_errors(token_env: str | None) -> Iterator[None]:
         raise ProviderError(
             "hcloud", message, code=str(error.code), correlation_id=error.correlation_id or ""
         ) from None
+    except msgspec.DecodeError as error:
+        raise unexpected_answer("hcloud", error) from None
     except requests.Timeout:
         raise timed_out("hcloud") from None
     except requests.ConnectionError as error:

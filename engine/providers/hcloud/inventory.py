@@ -30,6 +30,8 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 from engine.model import (
     LABEL_FLEET,
     LABEL_MANAGED_BY,
@@ -48,7 +50,7 @@ from engine.providers import (
     engine_name,
     without_fleet_id,
 )
-from engine.providers.hcloud.client import hcloud_client, provider_errors
+from engine.providers.hcloud.client import get_bytes, hcloud_client, provider_errors
 from engine.providers.naming import engine_resource_name, spec_resources
 from engine.providers.retry import ApiCalls, Paging, RetryPolicy, read_pages
 
@@ -60,19 +62,84 @@ T = TypeVar("T")
 PAGE_SIZE = 50
 
 
-def _image(raw: dict[str, Any] | None) -> Image | None:
+class _Address(msgspec.Struct):
+    ip: str | None = None
+
+
+class _Ref(msgspec.Struct):
+    id: int
+
+
+class _PublicNet(msgspec.Struct):
+    ipv4: _Address | None = None
+    ipv6: _Address | None = None
+    firewalls: list[_Ref] | None = None
+
+
+class _PrivateNet(msgspec.Struct):
+    network: int
+    ip: str
+
+
+class _Named(msgspec.Struct):
+    name: str = ""
+
+
+class _ServerType(msgspec.Struct):
+    name: str = ""
+    disk: int = 0
+
+
+class _Image(msgspec.Struct):
+    id: int
+    type: str | None = None
+    name: str | None = None
+    labels: dict[str, str] | None = None
+
+
+class _Server(msgspec.Struct):
+    """The fields of a server in Hetzner's documented JSON that the engine reads; others are
+    skipped unread."""
+
+    id: int
+    name: str
+    status: str = ""
+    created: dt.datetime | None = None
+    labels: dict[str, str] | None = None
+    public_net: _PublicNet | None = None
+    private_net: list[_PrivateNet] | None = None
+    server_type: _ServerType | None = None
+    image: _Image | None = None
+    location: _Named | None = None
+    primary_disk_size: int | None = None
+    backup_window: str | None = None
+    placement_group: _Named | None = None
+
+
+class _Pagination(msgspec.Struct):
+    last_page: int | None = None
+    next_page: int | None = None
+
+
+class _Meta(msgspec.Struct):
+    pagination: _Pagination | None = None
+
+
+class _ServerPage(msgspec.Struct):
+    servers: list[_Server] | None = None
+    meta: _Meta | None = None
+
+
+_SERVER_PAGE = msgspec.json.Decoder(_ServerPage)
+
+
+def _image(raw: _Image | None) -> Image | None:
     if raw is None:
         return None
-    labels = tuple(sorted((raw.get("labels") or {}).items()))
-    if raw.get("type") in ("system", "app"):
-        return Image(kind=ImageKind.NAME, name=raw.get("name") or str(raw["id"]), labels=labels)
-    return Image(kind=ImageKind.SNAPSHOT, name=str(raw["id"]), labels=labels)
-
-
-def _ids(server: dict[str, Any], list_key: str, id_key: str) -> tuple[int, ...]:
-    """Firewall ids (public_net.firewalls) or network ids (private_net) of a server."""
-    holder = server.get("public_net") or {} if list_key == "firewalls" else server
-    return tuple(item[id_key] for item in holder.get(list_key) or ())
+    labels = tuple(sorted((raw.labels or {}).items()))
+    if raw.type in ("system", "app"):
+        return Image(kind=ImageKind.NAME, name=raw.name or str(raw.id), labels=labels)
+    return Image(kind=ImageKind.SNAPSHOT, name=str(raw.id), labels=labels)
 
 
 class _Listed:
@@ -80,46 +147,48 @@ class _Listed:
 
     __slots__ = ("fields", "firewall_ids", "network_ids")
 
-    def __init__(self, raw: dict[str, Any]) -> None:
-        self.firewall_ids = _ids(raw, "firewalls", "id")
-        self.network_ids = _ids(raw, "private_net", "network")
+    def __init__(self, raw: _Server) -> None:
+        public = raw.public_net
+        self.firewall_ids = tuple(f.id for f in (public and public.firewalls) or ())
+        self.network_ids = tuple(n.network for n in raw.private_net or ())
         self.fields = _fields(raw)
 
 
-def _fields(raw: dict[str, Any]) -> dict[str, Any]:
+def _fields(raw: _Server) -> dict[str, Any]:
     """An ActualServer's fields from the server's JSON, but its firewalls and networks."""
-    labels, fleet_id = without_fleet_id(tuple(sorted((raw.get("labels") or {}).items())))
-    public = raw.get("public_net") or {}
-    kind = raw.get("server_type") or {}
-    created = raw.get("created")
+    labels, fleet_id = without_fleet_id(tuple(sorted((raw.labels or {}).items())))
+    public = raw.public_net or _PublicNet()
+    kind = raw.server_type or _ServerType()
     return {
-        "name": engine_name(labels, raw["name"]),
-        "provider_id": str(raw["id"]),
+        "name": engine_name(labels, raw.name),
+        "provider_id": str(raw.id),
         "labels": labels,
-        "server_type": kind.get("name", ""),
-        "image": _image(raw.get("image")),
-        "location": (raw.get("location") or {}).get("name", ""),
-        "status": raw.get("status", ""),
-        "ipv4": (public.get("ipv4") or {}).get("ip"),
-        "ipv6": (public.get("ipv6") or {}).get("ip"),
-        "private_ips": tuple(n["ip"] for n in raw.get("private_net") or ()),
-        "disk_gb": int(raw.get("primary_disk_size") or kind.get("disk") or 0),
-        "backups": raw.get("backup_window") is not None,
-        "placement_group": (raw.get("placement_group") or {}).get("name"),
-        "created": dt.datetime.fromisoformat(created) if created else None,
+        "server_type": kind.name,
+        "image": _image(raw.image),
+        "location": raw.location.name if raw.location else "",
+        "status": raw.status,
+        "ipv4": public.ipv4.ip if public.ipv4 else None,
+        "ipv6": public.ipv6.ip if public.ipv6 else None,
+        "private_ips": tuple(n.ip for n in raw.private_net or ()),
+        "disk_gb": raw.primary_disk_size or kind.disk,
+        "backups": raw.backup_window is not None,
+        "placement_group": raw.placement_group.name if raw.placement_group else None,
+        "created": raw.created,
         "fleet_id": fleet_id,
     }
 
 
-def _actual(raw: dict[str, Any]) -> ActualServer:
+def _actual(raw: _Server) -> ActualServer:
     return ActualServer(**_fields(raw))
 
 
 class HcloudReader:
     """Reads one fleet's servers from one Hetzner Cloud project.
 
-    Servers are read as the documented JSON through the SDK's `Client.request`: the SDK's
-    domain objects cost about 0.2 ms per server to build (2 s for 10,000), the JSON a tenth.
+    Servers are read as the documented JSON, not as the SDK's domain objects (0.2 ms per
+    server to build, 2 s for 10,000), and decoded straight into the fields the engine reads
+    (`_Server`): 10,000 servers are 33 MB of JSON, and decoding all of it into dicts cost
+    0.2 s more. Other lists are few and small, and come through the SDK's `Client.request`.
     """
 
     provider = ProviderName.HCLOUD
@@ -140,13 +209,13 @@ class HcloudReader:
 
     def read_page(self, page: int) -> InventoryPage:
         with provider_errors(self.fleet.provider.token_env):
-            servers, paging = self._page("servers", page, _actual, label_selector=self._selector)
+            servers, paging = self._servers(page, _actual, label_selector=self._selector)
         return InventoryPage(servers=tuple(servers), next_page=paging.next)
 
     def read_servers(self) -> tuple[ActualServer, ...]:
         with provider_errors(self.fleet.provider.token_env):
             listed = read_pages(
-                lambda page: self._page("servers", page, _Listed, label_selector=self._selector),
+                lambda page: self._servers(page, _Listed, label_selector=self._selector),
                 workers=self.workers,
             )
             firewalls = self._names("firewalls") if any(s.firewall_ids for s in listed) else {}
@@ -177,17 +246,17 @@ class HcloudReader:
         if not wanted:
             return ()
         with provider_errors(self.fleet.provider.token_env):
-            first, paging = self._page("servers", 1, _actual)
+            first, paging = self._servers(1, _actual)
             found = [s for s in first if s.name in wanted]
             missing = wanted - {s.name for s in first}
             # Without a page count (`last_page` may be null), asking by name is the sure way.
             last = paging.last if paging.last is not None else len(missing) + 2
             if paging.next is not None and missing:
                 if len(missing) < last - 1:
-                    asks = [functools.partial(self._page, "servers", 1, _actual, name=name)
+                    asks = [functools.partial(self._servers, 1, _actual, name=name)
                             for name in sorted(missing)]  # fmt: skip
                 else:
-                    asks = [functools.partial(self._page, "servers", page, _actual)
+                    asks = [functools.partial(self._servers, page, _actual)
                             for page in range(2, last + 1)]  # fmt: skip
                 with ThreadPoolExecutor(max_workers=self.workers) as pool:
                     for servers, _ in pool.map(lambda ask: ask(), asks):
@@ -306,20 +375,29 @@ class HcloudReader:
 
     def _all(self, kind: str, **query: str) -> list[dict[str, Any]]:
         """Every item of a paged list, as the API's JSON."""
-        return read_pages(
-            lambda page: self._page(kind, page, lambda item: item, **query), workers=self.workers
-        )
+        return read_pages(lambda page: self._page(kind, page, **query), workers=self.workers)
 
-    def _page(
-        self, kind: str, page: int, build: Callable[[dict[str, Any]], T], **query: str
-    ) -> tuple[list[T], Paging]:
+    def _page(self, kind: str, page: int, **query: str) -> tuple[list[dict[str, Any]], Paging]:
         body = self.client.request(
             "GET", f"/{kind}", params={"page": page, "per_page": PAGE_SIZE, **query}
         )
         # `last_page` (and `total_entries`) may be null, as documented: `next_page` is not.
         pagination = (body.get("meta") or {}).get("pagination") or {}
         paging = Paging(last=pagination.get("last_page"), next=pagination.get("next_page"))
-        return [build(item) for item in body.get(kind, [])], paging
+        return body.get(kind, []), paging
+
+    def _servers(
+        self, page: int, build: Callable[[_Server], T], **query: str
+    ) -> tuple[list[T], Paging]:
+        """One page of `GET /servers`, decoded straight into the fields the engine reads: a
+        page of 50 servers is about 170 KB of JSON, and decoding all of it into dicts cost
+        more CPU than the request."""
+        body = _SERVER_PAGE.decode(
+            get_bytes(self.client, "/servers", {"page": page, "per_page": PAGE_SIZE, **query})
+        )
+        pagination = (body.meta and body.meta.pagination) or _Pagination()
+        paging = Paging(last=pagination.last_page, next=pagination.next_page)
+        return [build(server) for server in body.servers or ()], paging
 
     def _names(self, kind: str) -> dict[int, str]:
         self._whole[kind] = self._all(kind)
