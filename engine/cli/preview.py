@@ -52,16 +52,17 @@ def run(args: argparse.Namespace) -> int:
     import gc
     import json
 
-    from engine.preview import plan_preview
-    from engine.render import render_json, render_markdown, render_text
-    from engine.term import use_colour
-
     # A preview builds a few records per server (pages' JSON, servers, the store's rows, the
     # diff's), none of them in a cycle, and keeps most to the end: the cyclic collector would
-    # walk them again and again as they pile up (0.4 s of CPU for 10,000 servers).
+    # walk them again and again as they pile up (0.4 s of CPU for 10,000 servers). Its imports
+    # (the state store's, the provider's SDK) make objects that live to the end too.
     collecting = gc.isenabled()
     gc.disable()
     try:
+        from engine.preview import plan_preview
+        from engine.render import render_json, render_markdown, render_text
+        from engine.term import use_colour
+
         plan = plan_preview(
             args.spec,
             state_dir=args.state_dir,
@@ -70,15 +71,15 @@ def run(args: argparse.Namespace) -> int:
             delete_orphans=args.delete_orphans,
             adopt=args.adopt,
         )
+        if args.format == "json":
+            print(json.dumps(render_json(plan), indent=2))
+        elif args.format == "markdown":
+            print("\n".join(render_markdown(plan)), end="")
+        else:
+            print(render_text(plan, colour=use_colour(sys.stdout)), end="")
     finally:
         if collecting:
             gc.enable()
-    if args.format == "json":
-        print(json.dumps(render_json(plan), indent=2))
-    elif args.format == "markdown":
-        print("\n".join(render_markdown(plan)), end="")
-    else:
-        print(render_text(plan, colour=use_colour(sys.stdout)), end="")
     if plan.is_blocked:
         return 1
     return 2 if args.detailed_exitcode and plan.has_changes else 0
