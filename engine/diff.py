@@ -987,9 +987,12 @@ def diff_resources(
         action, fields, reasons = found
         shown = want or got
         assert shown is not None
-        servers = tuple(sorted({*(want.servers if want else ()), *(got.servers if got else ())},
-                               key=natural_key))  # fmt: skip
-        disruptive = action in (Action.REPLACE, Action.DELETE) and bool(servers)
+        # Only a replacement or a deletion touches its servers: thousands, named only then.
+        servers: tuple[str, ...] = ()
+        if action in (Action.REPLACE, Action.DELETE):
+            touched = {*(want.servers if want else ()), *(got.servers if got else ())}
+            servers = tuple(sorted(touched, key=natural_key))
+        disruptive = bool(servers)
         if action is Action.REPLACE and want is not None and want.replaces_servers:
             for server in servers:
                 replaced[server] = f"{key[0]} {key[1]} is made anew: {want.on_replace}"
@@ -1006,7 +1009,7 @@ def diff_resources(
                 reasons=reasons,
                 fields=fields,
                 disruptive=disruptive,
-                servers=servers if disruptive else (),
+                servers=servers,
                 logical=shown.logical,
                 monthly_before=cost_before,
                 monthly_after=cost_after,
