@@ -100,6 +100,7 @@ from engine.plan import (
     RetryBy,
     Usage,
     estimate_writes,
+    total_usage,
 )
 from engine.providers import ActualServer, CloudResource, ResourceKind
 from engine.quota import check_limits
@@ -187,8 +188,9 @@ class _Differ:
         self.changes: list[Change] = []
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
-        self.before = NO_USAGE
-        self.after = NO_USAGE
+        # The fleet's usage before and after, server by server (summed once, at the end).
+        self.before: list[Usage] = []
+        self.after: list[Usage] = []
         self.unchanged = 0
         self.held_elsewhere: set[str] = set()
         self._unpriced: set[tuple[str, str]] = set()
@@ -245,8 +247,8 @@ class _Differ:
             self.owned_elsewhere(foreign)
             for held in foreign:
                 usage = self.actual_usage(held)
-                self.before += usage
-                self.after += usage
+                self.before.append(usage)
+                self.after.append(usage)
                 self.held_elsewhere.add(held.name)
             actual = [a for a in actual if not self.is_foreign(a)]
         keepers, extras = self.split_duplicates(actual)
@@ -327,8 +329,8 @@ class _Differ:
                 "taken over as asked (--adopt): the other engine's keys are not here",
             ]
         usage_after = self.desired_usage(server, 0 if replace_causes else actual.disk_gb)
-        self.before += usage_before
-        self.after += usage_after
+        self.before.append(usage_before)
+        self.after.append(usage_after)
         usage = (usage_before, usage_after)
         changes: list[Change] = []
         if replace_causes:
@@ -376,9 +378,9 @@ class _Differ:
 
     def missing(self, server: Server, record: ServerRecord | None) -> None:
         usage = self.desired_usage(server)
-        self.after += usage
+        self.after.append(usage)
         if record is not None and self.is_lagging(record):
-            self.before += usage
+            self.before.append(usage)
             self.unchanged += 1
             self.warnings.append(
                 f"{server.name} was created moments ago (id {record.provider_id}) and "
@@ -811,7 +813,7 @@ class _Differ:
 
     def undesired(self, server: ActualServer, *, is_duplicate: bool, is_recorded: bool) -> None:
         usage = self.actual_usage(server)
-        self.before += usage
+        self.before.append(usage)
         record = self.records.get(server.name)
         is_recorded = is_recorded or (
             record is not None and (is_duplicate or record.provider_id in ("", server.provider_id))
@@ -829,7 +831,7 @@ class _Differ:
         else:
             reason = "the spec does not want it"
         if not is_recorded and not self.options.delete_orphans:
-            self.after += usage
+            self.after.append(usage)
             self.warnings.append(
                 f"{server.name} (id {server.provider_id}) carries this fleet's labels but the "
                 f"state store has no record of it, and {reason}: it is left alone "
@@ -987,9 +989,12 @@ def diff_resources(
         action, fields, reasons = found
         shown = want or got
         assert shown is not None
-        servers = tuple(sorted({*(want.servers if want else ()), *(got.servers if got else ())},
-                               key=natural_key))  # fmt: skip
-        disruptive = action in (Action.REPLACE, Action.DELETE) and bool(servers)
+        # Only a replacement or a deletion touches its servers: thousands, named only then.
+        servers: tuple[str, ...] = ()
+        if action in (Action.REPLACE, Action.DELETE):
+            touched = {*(want.servers if want else ()), *(got.servers if got else ())}
+            servers = tuple(sorted(touched, key=natural_key))
+        disruptive = bool(servers)
         if action is Action.REPLACE and want is not None and want.replaces_servers:
             for server in servers:
                 replaced[server] = f"{key[0]} {key[1]} is made anew: {want.on_replace}"
@@ -1006,7 +1011,7 @@ def diff_resources(
                 reasons=reasons,
                 fields=fields,
                 disruptive=disruptive,
-                servers=servers if disruptive else (),
+                servers=servers,
                 logical=shown.logical,
                 monthly_before=cost_before,
                 monthly_after=cost_after,
@@ -1062,8 +1067,8 @@ def diff_fleet(
     differ.run(actual)
     changes = tuple(differ.changes)
     resources = found.changes
-    before = differ.before + Usage(monthly_cost=found.monthly_before)
-    after = differ.after + Usage(monthly_cost=found.monthly_after)
+    before = total_usage((*differ.before, Usage(monthly_cost=found.monthly_before)))
+    after = total_usage((*differ.after, Usage(monthly_cost=found.monthly_after)))
     exposures = fleet_exposures(fleet)
     problems = [
         *differ.problems,

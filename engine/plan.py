@@ -17,6 +17,7 @@ the provider cannot change in place) or deleted, with the servers a change disru
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -71,13 +72,7 @@ class Usage:
     monthly_cost: float = 0.0
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            servers=self.servers + other.servers,
-            vcpus=self.vcpus + other.vcpus,
-            memory_gb=self.memory_gb + other.memory_gb,
-            disk_gb=self.disk_gb + other.disk_gb,
-            monthly_cost=round(self.monthly_cost + other.monthly_cost, 4),
-        )
+        return total_usage((other,), start=self)
 
     def value(self, field: str) -> float:
         """One of the limits' fields by name: servers, vcpus, memory_gb, disk_gb, monthly_cost."""
@@ -86,6 +81,27 @@ class Usage:
 
 
 NO_USAGE = Usage()
+
+
+def total_usage(usages: Iterable[Usage], start: Usage = NO_USAGE) -> Usage:
+    """`start` plus each of `usages` in turn, the cost rounded to 4 places at each step
+    (`a + b` is one step). A plan sums two usages per server: one Usage per step would cost
+    more than the sums."""
+    servers, vcpus = start.servers, start.vcpus
+    memory_gb, disk_gb, monthly_cost = start.memory_gb, start.disk_gb, start.monthly_cost
+    for usage in usages:
+        servers += usage.servers
+        vcpus += usage.vcpus
+        memory_gb += usage.memory_gb
+        disk_gb += usage.disk_gb
+        monthly_cost = round(monthly_cost + usage.monthly_cost, 4)
+    return Usage(
+        servers=servers,
+        vcpus=vcpus,
+        memory_gb=memory_gb,
+        disk_gb=disk_gb,
+        monthly_cost=monthly_cost,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

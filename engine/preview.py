@@ -45,7 +45,7 @@ from engine.errors import EngineError, SpecError
 from engine.health import AgentSeen, Power, is_heard, power_of
 from engine.lifecycle import failures_since_ready
 from engine.model import Fleet, Stage
-from engine.placement import expand_fleet
+from engine.placement import expand_fleet, group_server_names
 from engine.plan import Action, ApiCallCount, Plan, Problem
 from engine.providers import ActualServer, CloudResource
 from engine.providers.registry import inventory_reader, require_reader
@@ -104,7 +104,6 @@ class Observed:
 
 def observe(
     fleet: Fleet,
-    catalog: Catalog,
     reader: InventoryReader,
     known: Recorded,
     *,
@@ -116,7 +115,7 @@ def observe(
     servers recorded ready that run and were not heard within their window are asked now."""
     actual = reader.read_servers()
     listed = {server.name for server in actual}
-    wanted = {server.name for server in expand_fleet(fleet, catalog)}
+    wanted = {name for group in fleet.groups for name in group_server_names(group)}
     unowned = reader.read_unowned(sorted(wanted - listed))
     resources = reader.read_resources(actual)
     missing = reader.read_prerequisites()
@@ -342,7 +341,7 @@ def preview_fleet(
     require_reader(fleet.provider.name)
     reader = inventory_reader(fleet, token=_token(fleet, spec), policy=policy)
     known, apps = _stored(fleet, state_dir, state)
-    observed = observe(fleet, catalog, reader, known, state_dir=state_dir)
+    observed = observe(fleet, reader, known, state_dir=state_dir)
     return plan_fleet(
         fleet,
         catalog,

@@ -174,7 +174,6 @@ class FleetWatch:
 
         observed = observe(
             self.fleet,
-            self.catalog,
             self.backend.reader(),
             recorded(self.store, self.name),
             state_dir=self.state_dir,

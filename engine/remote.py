@@ -122,7 +122,7 @@ class RemotePlanner:
         require_reader(fleet.provider.name)
         reader = inventory_reader(fleet, token=_provider_token(fleet))
         known = recorded(self.store, fleet.name)
-        observed = observe(fleet, catalog, reader, known, state_dir=self.state_dir)
+        observed = observe(fleet, reader, known, state_dir=self.state_dir)
         plan = plan_fleet(
             fleet,
             catalog,

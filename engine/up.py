@@ -534,7 +534,7 @@ def up(
 
         def observe_now() -> Observed:
             return observe(
-                fleet, catalog, backend.reader(), recorded(store, fleet.name),
+                fleet, backend.reader(), recorded(store, fleet.name),
                 state_dir=options.state_dir,
             )  # fmt: skip
 

@@ -97,3 +97,23 @@ def test_expansion_is_deterministic() -> None:
         groups=(dataclasses.replace(_group(7), placement=Placement.SPREAD),),
     )
     assert expand_fleet(fleet, HCLOUD) == expand_fleet(fleet, HCLOUD)
+
+
+def test_a_kept_expansion_is_given_only_for_the_same_inputs() -> None:
+    fleet = load_spec("specs/hetzner.yaml")
+    pins = {"web-1": "hel1", "web-2": "hel1"}
+    first = expand_fleet(fleet, HCLOUD, pins)
+    assert [s.location for s in first[:3]] == ["hel1", "hel1", "fsn1"]
+    assert expand_fleet(fleet, HCLOUD, {"web-1": "hel1", "web-2": "hel1"}) is first
+    # The caller's mapping changing after is other pins, placed anew.
+    pins["web-1"] = "nbg1"
+    assert [s.location for s in expand_fleet(fleet, HCLOUD, pins)[:3]] == ["nbg1", "hel1", "fsn1"]
+    # So are an equal fleet loaded again and another catalog, as a fresh expansion places them.
+    assert expand_fleet(fleet, HCLOUD) == expand_fleet(load_spec("specs/hetzner.yaml"), HCLOUD)
+    assert [s.location for s in expand_fleet(fleet, HCLOUD)[:3]] == ["fsn1", "nbg1", "hel1"]
+    cx32 = HCLOUD.server_types["cx32"]
+    not_in_fsn1 = dataclasses.replace(
+        cx32, prices={k: v for k, v in cx32.prices.items() if k != "fsn1"}
+    )
+    other = dataclasses.replace(HCLOUD, server_types={**HCLOUD.server_types, "cx32": not_in_fsn1})
+    assert [s.location for s in expand_fleet(fleet, other)[:3]] == ["nbg1", "hel1", "nbg1"]

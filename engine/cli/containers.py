@@ -49,12 +49,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.agent.client import AgentClient
     from engine.agent.endpoint import resolve_endpoint
-    from engine.catalog import load_catalog
-    from engine.placement import expand_fleet
+    from engine.placement import group_server_names
     from engine.spec import load_spec
 
     fleet = load_spec(args.spec, state_dir=args.state_dir)
-    names = [s.name for s in expand_fleet(fleet, load_catalog(fleet.provider.name, args.state_dir))]
+    names = [name for group in fleet.groups for name in group_server_names(group)]
     if args.server not in names:
         raise EngineError(
             f"{args.server} is not a server of fleet {fleet.name} (its servers: "

