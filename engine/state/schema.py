@@ -52,6 +52,7 @@ from sqlalchemy import (
     Table,
     Text,
     insert,
+    inspect,
     select,
     sql,
     text,
@@ -529,7 +530,11 @@ def metadata() -> MetaData:
 
 
 def migrate(database: Database) -> None:
-    """Apply the migrations the store lacks; refuse a store from a newer engine."""
+    """Apply the migrations the store lacks; refuse a store from a newer engine. A store that
+    has them all (every open but the first of a new engine) is only read: no write lock, and
+    no migration declared again."""
+    if _newest_applied(database) == MIGRATIONS[-1].version:
+        return
     scratch = MetaData()
     declare_schema_version(scratch)
     with database.write() as connection:
@@ -566,6 +571,15 @@ def migrate(database: Database) -> None:
             )
     if scrub and not database.is_postgresql:
         database.rebuild_sqlite_file()
+
+
+def _newest_applied(database: Database) -> int | None:
+    """The newest migration applied to the store; None for a store without any."""
+    versions = metadata().tables["schema_version"]
+    with database.read() as connection:
+        if not inspect(connection).has_table("schema_version"):
+            return None
+        return max(connection.scalars(select(versions.c.version)), default=None)
 
 
 def version(database: Database) -> int:

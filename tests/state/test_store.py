@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +221,22 @@ def test_a_store_from_a_newer_engine_is_refused(url: str) -> None:
     engine.dispose()
     with pytest.raises(EngineError, match="schema version 999, newer than this engine"):
         open_store(url)
+
+
+def test_a_current_store_opens_while_another_writer_holds_the_lock(tmp_path: Path) -> None:
+    # Opening checks the migrations: a store that has them all is only read, so a preview
+    # need not wait for (or take) the write lock a running `engine up` may hold.
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    with open_store(url) as store:
+        store.servers.save(_record())
+    writer = sqlite3.connect(tmp_path / "state.db", isolation_level=None, timeout=0)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with open_store(url) as store:
+            assert [r.name for r in store.servers.all("web-prod")] == ["web-1"]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 def test_an_appended_migration_is_applied_to_an_existing_store(
