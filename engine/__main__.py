@@ -1,5 +1,3 @@
-import sys
+from engine.cli import run_process
 
-from engine.cli import main
-
-sys.exit(main())
+run_process()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 from pathlib import Path
@@ -213,6 +214,23 @@ def test_the_state_dir_is_absolute_before_any_command_runs(
         monkeypatch.setenv(name, value)
     args = cli.resolve_paths(cli.build_parser().parse_args(argv))
     assert args.state_dir == tmp_path / expected
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    found = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(found.choices)
+
+
+def test_a_command_parses_alike_with_its_own_parser_only() -> None:
+    # A run builds only its command's parser: none may lean on another command's module.
+    whole = _subcommands(cli.build_parser())
+    alone = {name: _subcommands(cli.build_parser([name])) for name in cli.COMMANDS}
+    assert set(cli.COMMANDS) <= set(whole)
+    for name in cli.COMMANDS:
+        assert name in alone[name]
+        assert alone[name][name].format_help() == whole[name].format_help()
+    # A command no module is named after (`destroy`, in up's) gets the whole parser.
+    assert set(_subcommands(cli.build_parser(["destroy", "x.yaml"]))) == set(whole)
 
 
 @pytest.mark.parametrize(
