@@ -360,7 +360,7 @@ class _Membership:
     """Which of the account's firewalls and VPCs a droplet is in, as the diff names them.
 
     Firewalls pick droplets by id or by tag; thousands of droplets share a few tags, so the
-    firewalls are indexed once and each set of them named once.
+    firewalls are indexed once and each set of them named once, as each VPC is.
     """
 
     def __init__(
@@ -377,6 +377,7 @@ class _Membership:
             for tag in firewall.get("tags") or ():
                 self._by_tag.setdefault(tag, []).append(n)
         self._named: dict[frozenset[int], tuple[str, ...]] = {}
+        self._networks: dict[str, tuple[str, ...]] = {}
 
     def firewalls(self, droplet_id: Any, tags: Collection[str]) -> tuple[str, ...]:
         chosen = frozenset(
@@ -390,8 +391,11 @@ class _Membership:
         return names
 
     def network(self, vpc_uuid: str) -> tuple[str, ...]:
-        vpc = self._vpcs.get(vpc_uuid)
-        return spec_resources(self._fleet, [vpc]) if vpc else ()
+        names = self._networks.get(vpc_uuid)
+        if names is None:
+            vpc = self._vpcs.get(vpc_uuid)
+            names = self._networks[vpc_uuid] = spec_resources(self._fleet, [vpc]) if vpc else ()
+        return names
 
 
 def _port(rule: dict[str, Any]) -> str | None:
