@@ -15,7 +15,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 import msgspec
-from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    HttpResponseError,
+    IncompleteReadError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import HTTPPolicy
 from azure.core.rest import HttpRequest
@@ -53,7 +58,11 @@ class _RetryPolicy(HTTPPolicy):  # type: ignore[type-arg]
         def attempt() -> tuple[int, Any, PipelineResponse]:  # type: ignore[type-arg]
             try:
                 response = self.next.send(request)
-            except (ServiceRequestError, ServiceResponseError) as error:
+                if request.context.options.get("stream"):
+                    # A body asked as a stream (DigitalOceanApi.get_bytes) is read here, so
+                    # that one cut off part-way is asked for again like a failed request.
+                    response.http_response.read()
+            except (ServiceRequestError, ServiceResponseError, IncompleteReadError) as error:
                 raise TransientError(error) from error
             http = response.http_response
             return http.status_code, http.headers, response
@@ -110,13 +119,13 @@ class DigitalOceanApi:
         """The body of `GET path` as the API sent it, for a caller that decodes it itself,
         sent through the SDK's pipeline as its calls are; an error answer raises the SDK's
         HttpResponseError as they do. Asked as a stream, so that the pipeline does not also
-        decode the JSON (its ContentDecodePolicy would, 2 ms for a page of 200 droplets)."""
+        decode the JSON (its ContentDecodePolicy would, 2 ms for a page of 200 droplets); the
+        retry policy reads it."""
         response = self.client.send_request(
             HttpRequest("GET", path, params=query), stream=True, **self.insecure
         )
-        body = response.read()
         response.raise_for_status()
-        return bytes(body)
+        return bytes(response.read())
 
 
 def page_of(answer: Mapping[str, Any], key: str, page: int) -> tuple[list[dict[str, Any]], Paging]:
@@ -149,6 +158,8 @@ def provider_errors(token_env: str | None) -> Iterator[None]:
     """Turn SDK and transport exceptions into ProviderError (code, request id, hint)."""
     try:
         yield
+    except IncompleteReadError as error:  # answers cut off part-way, even after retries
+        raise unreachable("digitalocean", error) from None
     except HttpResponseError as error:
         body = _error_body(error)
         code = str(body.get("id", error.status_code))

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import requests
 from hcloud import APIException, Client
+from requests.exceptions import ChunkedEncodingError
 
 from engine.errors import ProviderError
 from engine.providers.retry import (
@@ -54,7 +55,8 @@ class _RetryingSession(requests.Session):
         def attempt() -> tuple[int, Any, requests.Response]:
             try:
                 response = plain(method, url, *args, **kwargs)
-            except (requests.Timeout, requests.ConnectionError) as error:
+            except (requests.Timeout, requests.ConnectionError, ChunkedEncodingError) as error:
+                # ChunkedEncodingError: an answer cut off part-way.
                 raise TransientError(error) from error
             return response.status_code, response.headers, response
 
@@ -120,5 +122,5 @@ def provider_errors(token_env: str | None) -> Iterator[None]:
         raise unexpected_answer("hcloud", error) from None
     except requests.Timeout:
         raise timed_out("hcloud") from None
-    except requests.ConnectionError as error:
+    except (requests.ConnectionError, ChunkedEncodingError) as error:
         raise unreachable("hcloud", error) from None

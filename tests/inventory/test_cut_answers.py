@@ -1,0 +1,48 @@
+"""Both readers against a loopback API whose answers are cut off part-way, as a dropped
+connection leaves them: asked for again, and a clear error when it persists."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import ProviderError
+from engine.providers.registry import inventory_reader
+from engine.providers.retry import RetryPolicy
+from tests.support.fleets import example_fleet
+from tests.support.http import cutting_api
+
+# An empty first page as each API documents it: (example fleet, path prefix, body).
+PROVIDERS = {
+    "hetzner": ("/v1", b'{"servers": [], "meta": {"pagination": {"last_page": 1}}}'),
+    "digitalocean": ("", b'{"droplets": [], "links": {}, "meta": {"total": 0}}'),
+}
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_a_page_cut_off_part_way_is_asked_for_again(provider: str) -> None:
+    prefix, page = PROVIDERS[provider]
+    sleeps: list[float] = []
+    with cutting_api(page, cuts=1) as api:
+        reader = inventory_reader(
+            example_fleet(provider, api.url + prefix),
+            token="dop_v1_" + "0" * 20,
+            policy=RetryPolicy(sleep=sleeps.append),
+        )
+        assert reader.read_servers() == ()
+    assert api.answers == ["cut", "whole"]
+    assert reader.calls.retries == 1 and sleeps == [1.0]
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_pages_cut_off_every_time_end_in_a_clear_error(provider: str) -> None:
+    prefix, page = PROVIDERS[provider]
+    with cutting_api(page, cuts=2) as api:
+        reader = inventory_reader(
+            example_fleet(provider, api.url + prefix),
+            token="dop_v1_" + "0" * 20,
+            policy=RetryPolicy(sleep=lambda _: None, attempts=2),
+        )
+        with pytest.raises(ProviderError, match="cannot reach the API") as info:
+            reader.read_servers()
+    assert info.value.code == "unreachable"
+    assert api.answers == ["cut", "cut"]
