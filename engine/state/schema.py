@@ -533,7 +533,7 @@ def migrate(database: Database) -> None:
     """Apply the migrations the store lacks; refuse a store from a newer engine. A store that
     has them all (every open but the first of a new engine) is only read: no write lock, and
     no migration declared again."""
-    if _newest_applied(database) == MIGRATIONS[-1].version:
+    if version(database) == MIGRATIONS[-1].version:
         return
     scratch = MetaData()
     declare_schema_version(scratch)
@@ -573,17 +573,10 @@ def migrate(database: Database) -> None:
         database.rebuild_sqlite_file()
 
 
-def _newest_applied(database: Database) -> int | None:
-    """The newest migration applied to the store; None for a store without any."""
+def version(database: Database) -> int:
+    """The newest migration applied to the store; 0 for a store without any."""
     versions = metadata().tables["schema_version"]
     with database.read() as connection:
         if not inspect(connection).has_table("schema_version"):
-            return None
-        return max(connection.scalars(select(versions.c.version)), default=None)
-
-
-def version(database: Database) -> int:
-    """The newest migration applied to the store."""
-    versions = metadata().tables["schema_version"]
-    with database.read() as connection:
+            return 0
         return max(connection.scalars(select(versions.c.version)), default=0)
