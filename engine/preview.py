@@ -390,7 +390,8 @@ def _stored(fleet: Fleet, state_dir: Path, state: str | None) -> tuple[Recorded,
     if not store_exists(url):
         return Recorded(), AppsObserved()
     with open_store(url) as store:
-        return recorded(store, fleet.name), observe_apps(fleet, store, state_dir)
+        known = recorded(store, fleet.name)
+        return known, observe_apps(fleet, store, state_dir, known.records)
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:

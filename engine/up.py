@@ -549,7 +549,7 @@ def up(
             )  # fmt: skip
 
         observed = observe_now()
-        plan = plan_of(observed, observe_apps(fleet, store, options.state_dir))
+        plan = plan_of(observed, observe_apps(fleet, store, options.state_dir, observed.records))
         if check is not None:
             check(observed, plan)
         _show_plan(plan, board, out)

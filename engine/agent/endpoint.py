@@ -112,14 +112,20 @@ def recorded_endpoints(
         return stored_endpoints(state_dir, fleet, store)
 
 
-def stored_endpoints(state_dir: Path, fleet: Fleet, store: Store) -> dict[str, AgentEndpoint]:
-    """`recorded_endpoints` read from a store the caller holds open."""
+def stored_endpoints(
+    state_dir: Path,
+    fleet: Fleet,
+    store: Store,
+    records: Sequence[ServerRecord] | None = None,
+) -> dict[str, AgentEndpoint]:
+    """`recorded_endpoints` read from a store the caller holds open; `records` are the fleet's
+    server records when the caller has read them already (else they are read here)."""
     key = find_fleet_key(state_dir, fleet.name)
     if key is None:
         return {}
-    return agent_endpoints(
-        fleet, key, store.servers.all(fleet.name), store.agents.reports(fleet.name)
-    )
+    if records is None:
+        records = store.servers.all(fleet.name)
+    return agent_endpoints(fleet, key, records, store.agents.reports(fleet.name))
 
 
 def agent_endpoints(

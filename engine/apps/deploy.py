@@ -184,12 +184,13 @@ def roll_apps(
         optional=_old_secret_names(store, fleet.name),
     )
     auths = {a.name: registry_auth(a) for a in fleet.apps if only is None or a.name == only}
-    observed = observe_apps(fleet, store, state_dir)
-    records = {r.name: r for r in store.servers.all(fleet.name)}
+    stored = store.servers.all(fleet.name)
+    observed = observe_apps(fleet, store, state_dir, stored)
+    records = {r.name: r for r in stored}
     existing = {name for name, record in records.items() if record.provider_id}
     plan = diff_apps(fleet, servers, existing, observed, only=only)
     ready = {name for name, record in records.items() if record.stage is Stage.READY}
-    endpoints = stored_endpoints(state_dir, fleet, store)
+    endpoints = stored_endpoints(state_dir, fleet, store, stored)
     names = [r.app for r in plan.rollouts]
     for app in fleet.apps:
         wanted = app.name not in names and (only is None or app.name == only)

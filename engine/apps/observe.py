@@ -7,7 +7,7 @@ the agents are the truth, the store a journal.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,7 @@ from engine.model import LABEL_APP, LABEL_APP_VERSION, LABEL_FLEET, Fleet, Stage
 
 if TYPE_CHECKING:
     from engine.agent.client import AgentClient, ContainerSummary
+    from engine.state import ServerRecord
     from engine.state.store import Store
 
 ASK_TIMEOUT_S = 5.0
@@ -40,9 +41,13 @@ def running_apps(fleet: str, containers: Collection[ContainerSummary]) -> tuple[
     return tuple(found)
 
 
-def observe_apps(fleet: Fleet, store: Store, state_dir: Path) -> AppsObserved:
+def observe_apps(
+    fleet: Fleet, store: Store, state_dir: Path, records: Sequence[ServerRecord]
+) -> AppsObserved:
     """Every ready server's app containers, from its agent (the store's record for one that
-    does not answer), with the definitions and deployments the store knows."""
+    does not answer), with the definitions and deployments the store knows; `records` are the
+    fleet's server records as the caller read them from `store` (the plan's, not a second
+    read)."""
     recorded = {(d.app, d.server): d.version for d in store.apps.deployed(fleet.name)}
     if not fleet.apps and not recorded:
         return AppsObserved()  # no app anywhere: no agent needs asking
@@ -54,10 +59,8 @@ def observe_apps(fleet: Fleet, store: Store, state_dir: Path) -> AppsObserved:
         key: AppDefinition.from_json(value)
         for key, value in store.apps.definitions(fleet.name).items()
     }
-    ready = [
-        r.name for r in store.servers.all(fleet.name) if r.stage in (Stage.READY, Stage.UNHEALTHY)
-    ]
-    endpoints = stored_endpoints(state_dir, fleet, store)
+    ready = [r.name for r in records if r.stage in (Stage.READY, Stage.UNHEALTHY)]
+    endpoints = stored_endpoints(state_dir, fleet, store, records)
     asked = [endpoints[name] for name in ready if name in endpoints]
     answers = ask_agents(
         asked,
