@@ -12,7 +12,8 @@
     POST /fleets/{fleet}/servers/{name}/actions     a confirmation page; with confirm=yes, the run
     GET  /fleets/{fleet}/events[?server=S&kind=K]   the fleet's events
     GET  /fleets/{fleet}/live?since=ID[&server=S]   JSON for the pages' script (long-poll)
-    GET  /alerts[?fleet=F&state=S&q=TEXT]           the alerts of every fleet the key may read
+    GET  /alerts[?page=N&fleet=F&state=S&q=TEXT]    the alerts of every fleet the key may read,
+                                                    PAGE_SIZE a page
     GET  /static/{file}                             the stylesheet and the script
 
 The checks, in the order they run:
@@ -54,7 +55,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
@@ -335,6 +336,18 @@ def _tone(kind: str) -> str:
 
 ALERT_TONES = {AlertState.FIRING: "bad", AlertState.PENDING: "warn", AlertState.RESOLVED: "good"}
 ALERT_ORDER = {AlertState.FIRING: 0, AlertState.PENDING: 1, AlertState.RESOLVED: 2}
+
+
+T = TypeVar("T")
+
+
+def _one_page(items: Sequence[T], asked: str) -> tuple[Sequence[T], int, int]:
+    """The page `asked` (the query's text; the first when it is not a page number, the last
+    when it is past the end) of `items`, PAGE_SIZE a page: its items, its number, how many
+    pages there are."""
+    pages = max(1, math.ceil(len(items) / PAGE_SIZE))
+    number = min(int(asked), pages) if asked.isdigit() and int(asked) >= 1 else 1
+    return items[(number - 1) * PAGE_SIZE : number * PAGE_SIZE], number, pages
 
 
 def _alert_row(alert: AlertRecord, now: dt.datetime) -> dict[str, Any]:
@@ -683,6 +696,7 @@ class Dashboard:
         ]
         # Firing first, then pending, then resolved; the most recent change first in each.
         alerts.sort(key=lambda a: (ALERT_ORDER[a.state], -a.since.timestamp()))
+        on_page, number, pages = _one_page(alerts, query.get("page", "1"))
         return self._page(
             request,
             "alerts.html",
@@ -692,7 +706,10 @@ class Dashboard:
             state=state,
             text=text,
             states=[str(s) for s in AlertState],
-            alerts=[_alert_row(a, now) for a in alerts],
+            alerts=[_alert_row(a, now) for a in on_page],
+            matching=len(alerts),
+            page=number,
+            pages=pages,
         )
 
     def _monthly(self, records: Sequence[ServerRecord]) -> str:
@@ -759,10 +776,7 @@ class Dashboard:
             ),
             key=lambda r: natural_key(r.name),
         )
-        pages = max(1, math.ceil(len(shown) / PAGE_SIZE))
-        page = query.get("page", "1")
-        number = min(int(page), pages) if page.isdigit() and int(page) >= 1 else 1
-        on_page = shown[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]
+        on_page, number, pages = _one_page(shown, query.get("page", "1"))
         reports = {r.server: r for r in self.store.agents.reports(fleet)}
         lease = self.store.leases.get(fleet)
         said = dict(lease.last_result.get("provider") or {}) if lease is not None else {}

@@ -418,6 +418,42 @@ def test_the_alerts_page_lists_firing_and_resolved_alerts_filtered(site: Site) -
     assert site.browser().get("/alerts").status_code == 303
 
 
+def test_the_alerts_page_pages_its_alerts_keeping_the_filters(site: Site) -> None:
+    now = dt.datetime.now(dt.UTC)
+    # 230 alerts about web-1..web-230, one in ten firing, the more recent the higher the number.
+    for n in range(1, 231):
+        firing = n % 10 == 0
+        site.store.alerts.save(
+            AlertRecord(
+                fleet=FLEET,
+                alert="hot",
+                subject=f"web-{n}",
+                state=AlertState.FIRING if firing else AlertState.RESOLVED,
+                since=now - dt.timedelta(minutes=1000 - n),
+                resolved_at=None if firing else now,
+            )
+        )
+    client = site.signed_in(site.key())
+    about = re.compile(r'<a href="/fleets/demo/servers/(web-\d+)">')
+    first = client.get("/alerts")
+    shown = about.findall(first.text)
+    assert len(shown) == 100 and "230 alerts, page 1 of 3" in first.text
+    # The 23 firing first (the most recent first), then the resolved ones.
+    assert shown[:24] == [f"web-{n}" for n in range(230, 0, -10)] + ["web-229"]
+    assert 'rel="next" href="?page=2&amp;fleet=&amp;state=&amp;q="' in first.text
+    assert 'rel="prev"' not in first.text
+    last = client.get("/alerts?page=3")
+    assert len(about.findall(last.text)) == 30 and about.findall(last.text)[-1] == "web-1"
+    assert client.get("/alerts?page=99").text.count("page 3 of 3") == 1
+    filtered = client.get("/alerts?state=resolved&q=web-2&fleet=demo")
+    # web-2, web-21..web-29 and web-200..web-229, but the tens (firing): 1 + 9 + 27.
+    assert "37 alerts</caption>" in filtered.text and 'rel="next"' not in filtered.text
+    resolved = client.get("/alerts?state=resolved&q=web-&fleet=demo&page=2")
+    assert "207 alerts, page 2 of 3" in resolved.text
+    assert 'href="?page=3&amp;fleet=demo&amp;state=resolved&amp;q=web-"' in resolved.text
+    assert 'href="?page=1&amp;fleet=demo&amp;state=resolved&amp;q=web-"' in resolved.text
+
+
 def test_the_fleet_page_shows_the_last_saved_plan_as_the_preview_prints_it(site: Site) -> None:
     client = site.signed_in(site.key())
     assert "Last plan" not in client.get("/fleets/demo").text
