@@ -316,7 +316,7 @@ def serve(
     access_log: bool = False,
     drain_s: float = DRAIN_S,
     lease_s: float | None = None,
-    on_listening: Callable[[str], None] = print,
+    on_listening: Callable[[str, str], None] = lambda _url, line: print(line),
     sign_in_links: SignInLinks | None = None,
 ) -> None:
     """Run the control plane, every job kind and a reconcile loop per fleet until `stop` is
@@ -324,7 +324,8 @@ def serve(
     first; every fleet whose spec the store holds is served, those the fleet API registers
     while it runs included. `state` is the store's URL as given (None: the state
     directory's), which the fleet API's applies open again as `engine up` does; the dashboard
-    takes `sign_in_links` (`engine dashboard`'s)."""
+    takes `sign_in_links` (`engine dashboard`'s). Once it listens, `on_listening` is called
+    with the control plane's URL and a line that says so."""
     from engine.controlplane.jobs import worker_id
     from engine.controlplane.runner import default_registry, running_control_plane
     from engine.reconcile import LEASE_S
@@ -400,8 +401,9 @@ def serve(
         stack.callback(watcher_stop.set)
         served_names = ", ".join(f.name for f in store.fleets.all()) or "none registered yet"
         on_listening(
+            plane.url,
             f"control plane listening on {plane.url} (fleets: {served_names}); "
-            f"dashboard at {plane.url}/"
+            f"dashboard at {plane.url}/",
         )
         stop.wait()
         log.info("stopping: finishing the reconcile runs and jobs under way")

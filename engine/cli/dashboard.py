@@ -11,7 +11,6 @@ The key is revoked when the command stops (Ctrl-C), which ends the sessions it g
 from __future__ import annotations
 
 import argparse
-import re
 import secrets
 import signal
 import threading
@@ -19,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
-
-LISTENING = re.compile(r"listening on (http://\S+)")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -79,9 +76,7 @@ def run(args: argparse.Namespace) -> int:
         (key,) = [k for k in store.api_keys.all() if k.name == name]
         link = links.issue(key.key_id, then=f"/fleets/{fleet.name}")
 
-        def listening(line: str) -> None:
-            found = LISTENING.search(line)
-            base = found[1] if found else ""
+        def listening(base: str, _line: str) -> None:
             print(
                 f"dashboard of fleet {fleet.name}: {base}/\n"
                 f"sign in (works once, for {links.ttl_s / 60:.0f} min): {base}{link}\n"

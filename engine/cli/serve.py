@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             forwarded_allow_ips=args.forwarded_allow_ips,
             access_log=args.access_log,
             drain_s=args.drain,
-            on_listening=lambda line: print(line, flush=True),
+            on_listening=lambda _url, line: print(line, flush=True),
         )
     return 0
 
