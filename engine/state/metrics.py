@@ -5,7 +5,9 @@
     store.metrics.prune()                    # what RETENTION says is too old goes
 
 Every heartbeat adds to the 1-minute point and the 15-minute point it falls in (a sum and a
-count per metric, so a point is an average however many heartbeats it took). 1-minute points
+count per metric, so a point is an average however many heartbeats it took, and a metric a
+heartbeat lacks, like the network rates of an agent's first, is averaged over those that
+carried it). 1-minute points
 are kept for a day and 15-minute points for 30 days: a server reporting every 15 s costs
 1,440 + 2,880 rows at most, whatever its heartbeat.
 
@@ -20,7 +22,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from engine.state import MetricPoint, schema
 from engine.state.database import Database, Repository
@@ -57,7 +59,9 @@ class Metrics(Repository):
                     table.c.at == start,
                 )
                 row = connection.execute(
-                    self._db.for_update(select(table.c.samples, table.c.sums).where(*key))
+                    self._db.for_update(
+                        select(table.c.samples, table.c.sums, table.c.counts).where(*key)
+                    )
                 ).first()
                 if row is None:
                     connection.execute(
@@ -68,14 +72,18 @@ class Metrics(Repository):
                             at=start,
                             samples=1,
                             sums={k: float(v) for k, v in values.items()},
+                            counts=dict.fromkeys(values, 1),
                         )
                     )
                     continue
-                sums = dict(row.sums)
+                sums, counts = dict(row.sums), _counts(row)
                 for name, value in values.items():
                     sums[name] = float(sums.get(name, 0.0)) + float(value)
+                    counts[name] = counts.get(name, 0) + 1
                 connection.execute(
-                    update(table).where(*key).values(samples=row.samples + 1, sums=sums)
+                    update(table)
+                    .where(*key)
+                    .values(samples=row.samples + 1, sums=sums, counts=counts)
                 )
 
     def series(
@@ -98,13 +106,15 @@ class Metrics(Repository):
                 )
                 .order_by(table.c.at)
             ).all()
-        merged: dict[dt.datetime, tuple[int, dict[str, float]]] = {}
+        merged: dict[dt.datetime, tuple[int, dict[str, float], dict[str, int]]] = {}
         for row in rows:
             start = bucket(row.at, max(step_s, fine))
-            samples, sums = merged.get(start, (0, {}))
+            samples, sums, counts = merged.get(start, (0, {}, {}))
             for name, value in row.sums.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
-            merged[start] = (samples + row.samples, sums)
+            for name, count in _counts(row).items():
+                counts[name] = counts.get(name, 0) + count
+            merged[start] = (samples + row.samples, sums, counts)
         return tuple(
             MetricPoint(
                 fleet=fleet,
@@ -112,9 +122,9 @@ class Metrics(Repository):
                 step_s=max(step_s, fine),
                 at=start,
                 samples=samples,
-                values={k: round(v / samples, 2) for k, v in sorted(sums.items())},
+                values={k: round(v / counts[k], 2) for k, v in sorted(sums.items())},
             )
-            for start, (samples, sums) in merged.items()
+            for start, (samples, sums, counts) in merged.items()
         )
 
     def prune(self) -> int:
@@ -134,6 +144,14 @@ class Metrics(Repository):
         """Drop the fleet's history."""
         with self._write() as connection:
             connection.execute(delete(self._points).where(self._points.c.fleet == fleet))
+
+
+def _counts(row: Row[Any]) -> dict[str, int]:
+    """How many samples of a point carried each of its metrics; a point made before they were
+    counted (migration 9) has every metric in each of its samples."""
+    if row.counts is None:
+        return dict.fromkeys(row.sums, int(row.samples))
+    return {name: int(count) for name, count in row.counts.items()}
 
 
 def heartbeat_values(metrics: Mapping[str, Any]) -> dict[str, float]:

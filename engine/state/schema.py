@@ -486,6 +486,25 @@ def _apps(metadata: MetaData) -> None:
     )
 
 
+def _metric_columns_9() -> tuple[Column[Any], ...]:
+    """Fresh column objects each call: one for the metadata, one for the ALTER."""
+    # How many of a point's samples carried each metric (a heartbeat may lack one: the first
+    # of an agent has no network rate yet). NULL on the points made before: there, every
+    # metric counts `samples`, as they were averaged.
+    return (Column("counts", JSON),)
+
+
+def _metric_counts(metadata: MetaData) -> None:
+    points = metadata.tables["metric_points"]
+    for column in _metric_columns_9():
+        points.append_column(column)
+
+
+def _add_metric_columns_9(connection: Connection) -> None:
+    for column in _metric_columns_9():
+        add_column(connection, "metric_points", column)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "servers, server_transitions, events, locks", _servers_events_locks),
     Migration(
@@ -516,6 +535,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         _add_api_key_columns_7,
     ),
     Migration(8, "apps: versions deployed, where each runs, rollouts", _apps),
+    Migration(
+        9,
+        "metric points count each metric's samples, so one a heartbeat lacks is not averaged low",
+        _metric_counts,
+        _add_metric_columns_9,
+    ),
 )
 
 

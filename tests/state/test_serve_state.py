@@ -1,13 +1,20 @@
 """What `engine serve` keeps, on SQLite and PostgreSQL: one reconcile owner per fleet until
-its lease runs out, metric history averaged per step and pruned by age, alert states."""
+its lease runs out, metric history averaged per step (each metric over the heartbeats that
+carried it) and pruned by age, alert states."""
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, insert
 
 from engine.state import AlertRecord, AlertState
-from engine.state.metrics import heartbeat_values, network_rates
-from engine.state.store import Store
+from engine.state import schema as state_schema
+from engine.state.database import Database
+from engine.state.metrics import bucket, heartbeat_values, network_rates
+from engine.state.store import Store, open_store
 from tests.support.clock import Clock
 
 
@@ -48,6 +55,48 @@ def test_metric_points_average_per_step_and_go_when_old(store: Store, clock: Clo
     assert kept.step_s == 900 and kept.samples == 8
     clock.advance(30 * 24 * 3600)
     assert store.metrics.prune() == 1
+
+
+def test_a_metric_a_heartbeat_lacks_is_averaged_over_those_that_carried_it(
+    store: Store, clock: Clock
+) -> None:
+    start = clock.now
+    # An agent's first heartbeat has no network rate yet: it has no counters to compare.
+    beats = ({"cpu": 10.0}, {"cpu": 20.0, "rx": 300.0}, {"cpu": 30.0, "rx": 100.0})
+    for n, values in enumerate(beats):
+        store.metrics.record("web-prod", "web-1", start + dt.timedelta(seconds=15 * n), values)
+    for step in (60, 900):
+        (point,) = store.metrics.series("web-prod", "web-1", since=start, step_s=step)
+        assert (point.samples, point.values) == (3, {"cpu": 20.0, "rx": 200.0})
+
+
+def test_points_made_before_metrics_were_counted_keep_their_averages(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "nested").mkdir(exist_ok=True)  # the SQLite store's folder
+    before = tuple(m for m in state_schema.MIGRATIONS if m.version < 9)
+    monkeypatch.setattr(state_schema, "MIGRATIONS", before)
+    state_schema.metadata.cache_clear()
+    at = bucket(dt.datetime.now(dt.UTC), 900)
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        state_schema.migrate(Database(engine, url))  # the store as the engine before made it
+        with engine.begin() as connection:
+            connection.execute(
+                insert(state_schema.metadata().tables["metric_points"]).values(
+                    fleet="web-prod", server="web-1", step_s=900, at=at, samples=2,
+                    sums={"cpu": 30.0, "rx": 100.0},
+                )
+            )  # fmt: skip
+    finally:
+        engine.dispose()
+        monkeypatch.undo()
+        state_schema.metadata.cache_clear()
+    with open_store(url) as upgraded:
+        upgraded.metrics.record("web-prod", "web-1", at, {"cpu": 30.0})  # no rate this time
+        (point,) = upgraded.metrics.series("web-prod", "web-1", since=at, step_s=900)
+    # Both old samples carried rx: 100 over 2; cpu (30 + 30) over 3.
+    assert (point.samples, point.values) == (3, {"cpu": 20.0, "rx": 50.0})
 
 
 def test_the_series_of_a_heartbeat_are_read_from_the_agents_metrics() -> None:
