@@ -7,9 +7,8 @@
 Every heartbeat adds to the 1-minute point and the 15-minute point it falls in (a sum and a
 count per metric, so a point is an average however many heartbeats it took, and a metric a
 heartbeat lacks, like the network rates of an agent's first, is averaged over those that
-carried it). 1-minute points
-are kept for a day and 15-minute points for 30 days: a server reporting every 15 s costs
-1,440 + 2,880 rows at most, whatever its heartbeat.
+carried it). 1-minute points are kept for a day and 15-minute points for 30 days: a server
+reporting every 15 s costs 1,440 + 2,880 rows at most, whatever its heartbeat.
 
 The agent reports its interfaces' byte counters as they stand (totals since boot); the history
 keeps rates, rx and tx in bytes per second, from each heartbeat and the one before it
