@@ -78,12 +78,16 @@ def server(
 
 
 def _install_processes(parent: psutil.Process) -> list[psutil.Process]:
-    """The install forker and the install processes it forked."""
-    return [
-        child
-        for child in parent.children(recursive=True)
-        if child.is_running() and "engine.install" in " ".join(child.cmdline())
-    ]
+    """The install forker and the install processes it forked; one that ended meanwhile (gone,
+    or a zombie waiting to be reaped, whose command line cannot be read) is not among them."""
+    found = []
+    for child in parent.children(recursive=True):
+        try:
+            if "engine.install" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:  # psutil.ZombieProcess is one
+            continue
+    return found
 
 
 def _is_logged_in(worker: psutil.Process, target: Target) -> bool:
