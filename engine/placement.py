@@ -45,6 +45,11 @@ def group_server_names(group: Group) -> list[str]:
     return [server_name(group.name, n) for n in range(1, group.count + 1)]
 
 
+def fleet_server_names(fleet: Fleet) -> list[str]:
+    """The names of every server `fleet` wants, group by group, without placing them."""
+    return [name for group in fleet.groups for name in group_server_names(group)]
+
+
 def place_group(group: Group, catalog: Catalog, pinned: Mapping[str, str]) -> dict[str, str]:
     """Map each server name of `group` to a location.
 

@@ -45,7 +45,7 @@ from engine.errors import EngineError, SpecError
 from engine.health import AgentSeen, Power, is_heard, power_of
 from engine.lifecycle import failures_since_ready
 from engine.model import Fleet, Stage
-from engine.placement import expand_fleet, group_server_names
+from engine.placement import expand_fleet, fleet_server_names
 from engine.plan import Action, ApiCallCount, Plan, Problem
 from engine.providers import ActualServer, CloudResource
 from engine.providers.registry import inventory_reader, require_reader
@@ -115,7 +115,7 @@ def observe(
     servers recorded ready that run and were not heard within their window are asked now."""
     actual = reader.read_servers()
     listed = {server.name for server in actual}
-    wanted = {name for group in fleet.groups for name in group_server_names(group)}
+    wanted = set(fleet_server_names(fleet))
     unowned = reader.read_unowned(sorted(wanted - listed))
     resources = reader.read_resources(actual)
     missing = reader.read_prerequisites()

@@ -49,11 +49,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.agent.client import AgentClient
     from engine.agent.endpoint import resolve_endpoint
-    from engine.placement import group_server_names
+    from engine.placement import fleet_server_names
     from engine.spec import load_spec
 
     fleet = load_spec(args.spec, state_dir=args.state_dir)
-    names = [name for group in fleet.groups for name in group_server_names(group)]
+    names = fleet_server_names(fleet)
     if args.server not in names:
         raise EngineError(
             f"{args.server} is not a server of fleet {fleet.name} (its servers: "
