@@ -144,15 +144,16 @@ class Worker:
         *,
         lease_s: float = LEASE_S,
         idle_poll_s: float = IDLE_POLL_S,
-        nudge: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.lease_s = lease_s
         self.idle_poll_s = idle_poll_s
         self.owner = worker_id()
-        # Set when work may have arrived; shared by a pool's workers.
-        self.nudge = nudge or threading.Event()
+        # Set when work may have arrived, or the worker is to stop. Its own, not shared with
+        # the pool's other workers: the first to wake would clear it for all, and one that
+        # had not yet gone to wait would then sleep through the pool's stop for idle_poll_s.
+        self.nudge = threading.Event()
 
     def run_once(self) -> Job | None:
         """Claim one due job and run it; the job as claimed, or None if none was due."""
@@ -241,9 +242,8 @@ class WorkerPool:
         idle_poll_s: float = IDLE_POLL_S,
     ) -> None:
         self.store = store
-        self._nudge = threading.Event()
         self.workers = [
-            Worker(store, registry, lease_s=lease_s, idle_poll_s=idle_poll_s, nudge=self._nudge)
+            Worker(store, registry, lease_s=lease_s, idle_poll_s=idle_poll_s)
             for _ in range(workers)
         ]
         self._stop = threading.Event()
@@ -260,7 +260,8 @@ class WorkerPool:
 
     def wake(self) -> None:
         """Make idle workers look for due jobs now rather than at their next poll."""
-        self._nudge.set()
+        for worker in self.workers:
+            worker.nudge.set()
 
     def stop(self, drain_s: float | None = None) -> None:
         """Stop taking jobs and wait for the ones under way; with `drain_s`, at most that
@@ -268,7 +269,7 @@ class WorkerPool:
         the store claims them at once; handlers are idempotent) rather than lost or waited
         for."""
         self._stop.set()
-        self._nudge.set()
+        self.wake()
         deadline = None if drain_s is None else time.monotonic() + drain_s
         busy = []
         for worker, thread in zip(self.workers, self._threads, strict=True):

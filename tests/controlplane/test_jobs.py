@@ -227,6 +227,18 @@ def test_a_woken_pool_runs_new_jobs_without_waiting_for_its_next_look(tmp_path: 
         assert len(handler.runs) == 3
 
 
+def test_a_wake_up_one_worker_takes_is_not_taken_from_the_others(tmp_path: Path) -> None:
+    # A worker clears its wake-up once it has woken. Were the pool's workers to share one, a
+    # stop that the first to wake cleared would leave a worker that had not yet gone to wait
+    # asleep for idle_poll_s (an hour here): the pool's stop hung waiting for it.
+    with open_store(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        pool = WorkerPool(store, JobRegistry([ProbeHandler(script=[])]), idle_poll_s=3600)
+        pool.wake()
+        first, second = pool.workers
+        first.nudge.clear()
+        assert second.nudge.is_set()
+
+
 def test_backoff_is_capped() -> None:
     assert backoff_s(30) == 300.0
 
