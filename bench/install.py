@@ -1,32 +1,42 @@
 """Benchmark: installing servers over SSH (system baseline, Docker, an agent).
 
-Starts a private Docker engine, boots six local servers (golden-image containers with
-cloud-init) and prints the wall time of a fresh install on 1 server with where its time went
-(connect, then each operation), on 5 servers in parallel (the ratio shows how it scales;
-target <= 1.2x), and of a no-change re-run of the 5, each with the CPU time the engine and the
-servers used. Local servers share the engine's cores, so on a machine this small CPU rather
-than waiting sets the pace: the least ratio the cores allow (the five installs' CPU time over
-every core, against the 1-server install) is printed beside it. Then it boots
-ten more, installs them with the real agent image copied the way a cloud fleet gets it (from the
-engine once, then from server to server) and prints the bytes the engine's machine sent to them,
-against the size of the image's archive (target <= 1.5x). The servers' bridge stands in for the
-fleet's private network; what the host sends into it is what the engine's machine uploads. The
-machine is shared: the load average is printed first. Needs root, like the tests; takes a few
-minutes (the golden and agent images are built on first use).
+Starts a private Docker engine, boots twelve local servers (golden-image containers with
+cloud-init) and, twice, prints the wall time of a fresh install on 1 server with where its
+time went (connect, then each operation), on 5 servers in parallel (the ratio shows how it
+scales; target <= 1.2x), and of a no-change re-run of the 5, each with the CPU time the engine
+and the servers used:
 
-    python bench/install.py
+1. over the servers' bridge, where a round trip takes microseconds. Local servers share the
+   engine's cores, so on a machine this small CPU rather than waiting sets the pace: the least
+   ratio the cores allow (the five installs' CPU time over every core, against the 1-server
+   install) is printed beside it;
+2. through a relay (bench/relay.py) that puts `--latency-ms` (default 50) into every round
+   trip of the engine's SSH connections, as a cloud server's distance does: each command the
+   install runs waits for it.
+
+Then it boots ten more, installs them with the real agent image copied the way a cloud fleet
+gets it (from the engine once, then from server to server) and prints the bytes the engine's
+machine sent to them, against the size of the image's archive (target <= 1.5x). The servers'
+bridge stands in for the fleet's private network; what the host sends into it is what the
+engine's machine uploads. The machine is shared: the load average is printed first. Needs root,
+like the tests; takes a few minutes (the golden and agent images are built on first use).
+
+    python bench/install.py [--latency-ms 50]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -143,7 +153,63 @@ def stand_in_agent(image: str) -> AgentRun:
     )
 
 
+def scaling(
+    servers: list[Target], hosts: list[InstallHost], settings: InstallSettings, *, floor: bool
+) -> None:
+    """Fresh installs on 1 server, then on 5 at once, a no-change re-run of the 5 and the
+    ratio of 5 to 1; with `floor`, the least ratio this machine's cores allow beside it."""
+    one, _, (first,) = timed("fresh install, 1 server", servers[:1], hosts[:1], settings)
+    profile(first)
+    five, five_cpu, _ = timed("fresh install, 5 servers", servers[1:], hosts[1:], settings)
+    timed("re-run with no change, 5 servers", servers[1:], hosts[1:], settings)
+    print(f"{'5 servers / 1 server':<34} {five / one:6.2f} x   (target <= 1.2)")
+    if not floor:
+        return
+    # The servers here share the engine's cores (a cloud server has its own): the CPU the
+    # five installs use, spread over every core, is the least time they can take here.
+    cores = os.cpu_count() or 1
+    least = five_cpu / cores
+    print(
+        f"{'  least possible on this machine':<34} {least / one:6.2f} x   "
+        f"({five_cpu:.1f} CPU-s over {cores} cores = {least:.1f} s; "
+        f"the wall is {five / least:.2f} x that)"
+    )
+
+
+@contextmanager
+def relayed(
+    servers: list[Target], hosts: list[InstallHost], round_trip_ms: float
+) -> Iterator[list[InstallHost]]:
+    """`hosts` reached through a relay (bench/relay.py) that adds `round_trip_ms` to every
+    round trip of their SSH connections: each at its own loopback address, on the server's
+    own SSH port (the install opens the firewall for the port the engine connects to)."""
+    local = [f"127.0.1.{n + 1}" for n in range(len(servers))]
+    routes = [
+        f"{address}:{server.ssh_port}={server.address}:{server.ssh_port}"
+        for address, server in zip(local, servers, strict=True)
+    ]
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "bench.relay", str(round_trip_ms), *routes],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert relay.stdout is not None
+        if relay.stdout.readline().strip() != "ready":
+            raise SystemExit(f"the relay did not start (is port 22 on {local[0]} taken?)")
+        yield [replace(h, address=a) for h, a in zip(hosts, local, strict=True)]
+    finally:
+        relay.terminate()
+        relay.wait()
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--latency-ms", type=float, default=50.0, help="the round trip to a cloud server"
+    )
+    latency = parser.parse_args().latency_ms
     print(f"load average (1 min) at the start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     work = Path(tempfile.mkdtemp(prefix="bench-install-"))
     daemon = PrivateDaemon.start(work / "dockerd")
@@ -160,9 +226,9 @@ def main() -> None:
         # start from a forker that runs already.
         FORKER.prepare()
         started = time.monotonic()
-        names = [f"bench-{n}" for n in range(6)]
+        names = [f"bench-{n}" for n in range(12)]
         targets = boot_targets(client, golden, names, key, work / "seeds")
-        print(f"{'boot 6 servers (cloud-init done)':<34} {time.monotonic() - started:6.1f} s")
+        print(f"{'boot 12 servers (cloud-init done)':<34} {time.monotonic() - started:6.1f} s")
         settings = InstallSettings(
             install=Install(
                 docker=DockerInstall(source=DockerSource.DISTRO),
@@ -175,20 +241,11 @@ def main() -> None:
             t.host(key, agent=agent_run(image, token="bench-token-0123456789", network="host"))
             for t in targets
         ]
-        one, _, (first,) = timed("fresh install, 1 server", targets[:1], hosts[:1], settings)
-        profile(first)
-        five, five_cpu, _ = timed("fresh install, 5 servers", targets[1:], hosts[1:], settings)
-        timed("re-run with no change, 5 servers", targets[1:], hosts[1:], settings)
-        print(f"{'5 servers / 1 server':<34} {five / one:6.2f} x   (target <= 1.2)")
-        # The servers here share the engine's cores (a cloud server has its own): the CPU the
-        # five installs use, spread over every core, is the least time they can take here.
-        cores = os.cpu_count() or 1
-        floor = five_cpu / cores
-        print(
-            f"{'  least possible on this machine':<34} {floor / one:6.2f} x   "
-            f"({five_cpu:.1f} CPU-s over {cores} cores = {floor:.1f} s; "
-            f"the wall is {five / floor:.2f} x that)"
-        )
+        print("over the servers' bridge (no round trip to speak of):")
+        scaling(targets[:6], hosts[:6], settings, floor=True)
+        print(f"at a {latency:g} ms round trip (a relay holds the engine's SSH traffic):")
+        with relayed(targets[6:], hosts[6:], latency) as far:
+            scaling(targets[6:], far, settings, floor=False)
         remove_targets(client, targets)
         targets = []
 
