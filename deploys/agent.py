@@ -28,7 +28,7 @@ from pyinfra.api.state import State
 from pyinfra.connectors.util import make_unix_command_for_host
 
 from deploys.facts import RUN_HASH_LABEL, CommandSucceeds, DockerContainer, DockerImageId
-from deploys.support import Commands, write_files
+from deploys.support import Commands, chained, write_files
 from engine.install.model import AgentRun, ImageDelivery, ImagePeer
 from engine.install.sharing import PeerList, deliver, pinned_known_hosts, saved_archive
 
@@ -232,11 +232,10 @@ def container(run: AgentRun, image_id: str | None = None) -> Commands:
             return
         yield StringCommand("docker start", name)
         return
-    if current:
-        yield StringCommand("docker rm -f", name)
     docker, verb, *rest = run.argv
     label = f"{RUN_HASH_LABEL}={wanted}"
-    yield StringCommand(shlex.join([docker, verb, "--label", label, *rest]))
+    create = StringCommand(shlex.join([docker, verb, "--label", label, *rest]))
+    yield from chained([StringCommand("docker rm -f", name), create] if current else [create])
 
 
 @operation()

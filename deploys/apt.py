@@ -12,7 +12,7 @@ from pyinfra import host
 from pyinfra.api import StringCommand, operation
 from pyinfra.facts.deb import DebPackages
 
-from deploys.support import Commands
+from deploys.support import Commands, chained
 
 APT_GET = (
     "DEBIAN_FRONTEND=noninteractive apt-get -y -q"
@@ -44,10 +44,12 @@ def packages(
         host.noop(f"packages are as wanted: {', '.join(present + absent)}")
         return
     # Lists first: if the mirror cannot be reached, nothing has been removed yet.
+    commands = []
     if missing:
-        yield StringCommand(WAIT_FOR_LISTS, APT_GET, "update")
+        commands.append(StringCommand(WAIT_FOR_LISTS, APT_GET, "update"))
     if remove:
-        yield StringCommand(APT_GET, "remove", *remove)
+        commands.append(StringCommand(APT_GET, "remove", *remove))
     if missing:
         options = () if recommends else ("--no-install-recommends",)
-        yield StringCommand(APT_GET, "install", *options, *missing)
+        commands.append(StringCommand(APT_GET, "install", *options, *missing))
+    yield from chained(commands)

@@ -20,7 +20,7 @@ from pyinfra.facts.server import LinuxDistribution
 
 from deploys.apt import packages
 from deploys.facts import DockerVersion, UserGroups
-from deploys.support import Commands, control_service, write_files
+from deploys.support import Commands, chained, control_service, write_files
 from engine.model import DockerInstall, DockerSource
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -85,8 +85,7 @@ def daemon_config(install: DockerInstall) -> Commands:
     if not put:
         host.noop("the Docker daemon settings are as wanted")
         return
-    yield from put
-    yield from control_service("docker", restarted=True)
+    yield from chained([*put, *control_service("docker", restarted=True)])
 
 
 @operation()
@@ -95,7 +94,7 @@ def started() -> Commands:
     commands = control_service("docker", running=True, enabled=True)
     if not commands:
         host.noop("Docker runs and starts at boot")
-    yield from commands
+    yield from chained(commands)
 
 
 @operation()
@@ -124,7 +123,7 @@ def repository() -> Commands:
     commands += write_files([(SOURCES, line, "644")])
     if not commands:
         host.noop(f"Docker's repository for {name} {codename} is set up")
-    yield from commands
+    yield from chained(commands)
 
 
 @operation()

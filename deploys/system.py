@@ -27,14 +27,21 @@ from pyinfra.facts.server import LinuxDistribution, Sysctl
 from deploys.apt import packages
 from deploys.facts import (
     AuthorizedKeys,
-    ContainerRuntime,
     FirewallMarks,
     HostName,
     Installed,
     SwapFile,
     ZoneInfo,
 )
-from deploys.support import Commands, FileWrite, control_service, skip, write_files
+from deploys.support import (
+    Commands,
+    FileWrite,
+    chained,
+    container_runtime,
+    control_service,
+    skip,
+    write_files,
+)
 from engine.model import Labels, SystemInstall
 
 SWAP_PATH = "/swapfile"
@@ -114,7 +121,7 @@ def host_name(hostname: str) -> Commands:
             commands.append(FileWrite("/etc/hostname", content, "644"))
     if not commands:
         host.noop(f"the host name is {hostname}")
-    yield from commands
+    yield from chained(commands)
 
 
 @operation()
@@ -126,9 +133,13 @@ def timezone(timezone: str) -> Commands:
         return
     path = shlex.quote(f"/usr/share/zoneinfo/{timezone}")
     missing = shlex.quote(f"unknown time zone {timezone}: {path} does not exist")
-    yield StringCommand(f"test -f {path} || {{ echo {missing} >&2; exit 1; }}")
-    yield StringCommand("ln -sfn", path, "/etc/localtime")
-    yield StringCommand("echo", shlex.quote(timezone), "> /etc/timezone")
+    yield from chained(
+        [
+            StringCommand(f"test -f {path} || {{ echo {missing} >&2; exit 1; }}"),
+            StringCommand("ln -sfn", path, "/etc/localtime"),
+            StringCommand("echo", shlex.quote(timezone), "> /etc/timezone"),
+        ]
+    )
 
 
 def _normal(value: object) -> str:
@@ -146,7 +157,7 @@ def sysctl(settings: Labels) -> Commands:
     change the kernel of the machine the container runs on.
     """
     wanted = dict(BASELINE_SYSCTL) | dict(settings)
-    runtime = host.get_fact(ContainerRuntime)
+    runtime = container_runtime()
     if runtime:
         for key in sorted(k for k in wanted if not k.startswith(NAMESPACED_SYSCTL)):
             skip(
@@ -166,8 +177,7 @@ def sysctl(settings: Labels) -> Commands:
     if not put and not stale:
         host.noop("kernel settings are applied")
         return
-    yield from put
-    yield StringCommand("sysctl -q -p", SYSCTL_PATH)
+    yield from chained([*put, StringCommand("sysctl -q -p", SYSCTL_PATH)])
 
 
 def _swap_bytes(size: str) -> int:
@@ -183,7 +193,7 @@ def _swap_bytes(size: str) -> int:
 def swap(size: str) -> Commands:
     """A swap file of `size` at /swapfile, enabled now and at boot; "0" removes it."""
     wanted = _swap_bytes(size)
-    runtime = host.get_fact(ContainerRuntime)
+    runtime = container_runtime()
     if runtime:
         if wanted:
             skip(
@@ -194,17 +204,18 @@ def swap(size: str) -> Commands:
             host.noop("no swap wanted")
         return
     current = host.get_fact(SwapFile, path=SWAP_PATH)
+    commands = []
     if wanted == 0:
         if current["size"] is None and not current["in_fstab"]:
             host.noop("no swap file, as wanted")
             return
         if current["active"]:
-            yield StringCommand("swapoff", SWAP_PATH)
+            commands.append(StringCommand("swapoff", SWAP_PATH))
         if current["in_fstab"]:
-            yield StringCommand(f"sed -i '\\#^{SWAP_PATH}[[:space:]]#d' /etc/fstab")
-        yield StringCommand("rm -f", SWAP_PATH)
+            commands.append(StringCommand(f"sed -i '\\#^{SWAP_PATH}[[:space:]]#d' /etc/fstab"))
+        commands.append(StringCommand("rm -f", SWAP_PATH))
+        yield from chained(commands)
         return
-    commands = []
     if current["size"] != wanted:
         if current["active"]:
             commands.append(StringCommand("swapoff", SWAP_PATH))
@@ -223,7 +234,7 @@ def swap(size: str) -> Commands:
         commands.append(StringCommand(f"echo '{SWAP_PATH} none swap sw 0 0' >> /etc/fstab"))
     if not commands:
         host.noop(f"a swap file of {size} is in use")
-    yield from commands
+    yield from chained(commands)
 
 
 # Security updates only: Docker's repository and point releases are left to the operator.
@@ -339,16 +350,17 @@ def sshd(admin: str) -> Commands:
         host.noop("sshd is hardened")
         return
     staged = f"{SSHD_DROP_IN}.new"
-    yield FileWrite(staged, config, "644")
     live, old = SSHD_DROP_IN, f"{SSHD_DROP_IN}.old"
-    yield StringCommand(
+    check = StringCommand(
         f"rm -f {old}; cp -p {live} {old} 2>/dev/null; mv {staged} {live} && "
         "if ! /usr/sbin/sshd -t; then "
         f"if [ -e {old} ]; then mv {old} {live}; else rm -f {live}; fi; "
         "echo 'sshd rejected the hardened configuration; it keeps its previous one' >&2; exit 1; "
         f"fi; rm -f {old}"
     )
-    yield from control_service("ssh", reloaded=True)
+    yield from chained(
+        [FileWrite(staged, config, "644"), check, *control_service("ssh", reloaded=True)]
+    )
 
 
 def _sources(control_plane: tuple[str, ...], version: int) -> list[str]:
@@ -526,12 +538,19 @@ def firewall(ssh_port: int, agent_port: int, control_plane: tuple[str, ...]) -> 
     else:
         hook_file = (FIREWALL_INITD, _INITD, "755")
         enable = [StringCommand("update-rc.d fleet-firewall defaults")]
-    writes = write_files([(FIREWALL_SCRIPT, script, "755"), hook_file])
-    commands = list(writes)
-    if not set(marks) <= set(host.get_fact(FirewallMarks)):
-        commands.append(StringCommand(FIREWALL_SCRIPT))
-    if any(isinstance(w, FileWrite) and w.path == hook_file[0] for w in writes):
-        commands += enable
+    writes = {
+        w.path: w
+        for w in write_files([(FIREWALL_SCRIPT, script, "755"), hook_file])
+        if isinstance(w, FileWrite)
+    }
+    # Each file in the command that acts on it: the script with its loading, the boot hook
+    # with its enabling.
+    load = (
+        [] if set(marks) <= set(host.get_fact(FirewallMarks)) else [StringCommand(FIREWALL_SCRIPT)]
+    )
+    script_steps = [writes[FIREWALL_SCRIPT], *load] if FIREWALL_SCRIPT in writes else load
+    hook_steps = [writes[hook_file[0]], *enable] if hook_file[0] in writes else []
+    commands = chained(script_steps) + chained(hook_steps)
     if not commands:
         host.noop(f"the firewall ({backend}) is loaded")
     yield from commands

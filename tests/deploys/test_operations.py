@@ -11,8 +11,8 @@ commands out. Each file operations/<module>.<operation>/<case>.json is one behav
 A fact with arguments is keyed by them (`path=/etc/x`, lists as JSON). A fact the operation
 asks for and the case does not give fails the test: every input is written down.
 A command is a shell string, {"write": path, "mode": mode, "lines": [...]} (deploys.support's
-FileWrite, whose text goes on stdin), {"upload": dest, "lines": [...]} or
-{"function": name, "args": [...]}.
+FileWrite, whose text goes on stdin), {"chain": [...]} (deploys.support's Chain: the commands
+it runs in one), {"upload": dest, "lines": [...]} or {"function": name, "args": [...]}.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pytest
 from pyinfra.api import Config, FileUploadCommand, FunctionCommand, OperationError, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
-from deploys.support import FileWrite, skipped_on
+from deploys.support import Chain, FileWrite, skipped_on
 from engine.install.model import from_json, to_json
 
 CASES = sorted((Path(__file__).parent / "operations").glob("*/*.json"))
@@ -78,6 +78,8 @@ def _text(value: Any) -> str:
 
 
 def _command(command: Any) -> Any:
+    if isinstance(command, Chain):
+        return {"chain": [_command(c) for c in command.commands]}
     if isinstance(command, FileWrite):
         return {"write": command.path, "mode": command.mode, "lines": command.content.splitlines()}
     if isinstance(command, StringCommand):

@@ -8,8 +8,11 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+from pyinfra.api import StringCommand
+
 from deploys.facts import HostName, Installed, Paths
-from deploys.support import FileWrite
+from deploys.support import Chain, FileWrite
 
 
 def _sh(command: str, stdin: str = "") -> list[str]:
@@ -74,3 +77,35 @@ def test_installed_lists_the_commands_found() -> None:
         "sh",
         "sha256sum",
     ]
+
+
+def test_a_chain_runs_its_commands_in_one_shell_with_the_one_text_on_stdin(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "conf"
+    log = tmp_path / "log"
+    chain = Chain(
+        StringCommand(f"echo first > {log}"),
+        FileWrite(str(path), "setting = 1\n", "644"),
+        StringCommand(f"if true; then cat {path} >> {log}; fi"),
+    )
+    assert "setting" not in chain.get_raw_value()
+    _sh(chain.get_raw_value(), chain.connector_arguments["_stdin"] + "\n")
+    assert log.read_text() == "first\nsetting = 1\n"
+
+
+def test_a_chain_stops_at_the_first_command_that_fails_and_fails_with_it(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    chain = Chain(
+        StringCommand(f"echo ran >> {log}"),
+        StringCommand("echo 'sshd rejected it' >&2; exit 3"),
+        StringCommand(f"echo too far >> {log}"),
+    )
+    done = subprocess.run(["sh", "-c", chain.get_raw_value()], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (3, "sshd rejected it\n")
+    assert log.read_text() == "ran\n"
+
+
+def test_a_chain_refuses_two_commands_that_read_stdin() -> None:
+    with pytest.raises(ValueError, match="only one command of a chain may read stdin"):
+        Chain(FileWrite("/etc/a", "a", "644"), FileWrite("/etc/b", "b", "644"))
