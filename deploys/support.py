@@ -76,7 +76,9 @@ class Chain(StringCommand):
             raise ValueError("only one command of a chain may read stdin")
         bits: list[Any] = []
         for command in commands:
-            bits += ["&&"] * bool(bits) + ["{", command, ";", "}"]
+            if bits:
+                bits.append("&&")
+            bits += ["{", command, ";", "}"]
         super().__init__(*bits, **({"_stdin": stdin[0]} if stdin else {}))
 
 
