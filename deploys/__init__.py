@@ -6,9 +6,11 @@ depends on the server (distribution, init system, firewall tool, container or VM
 from facts inside an operation, so each one is tested by feeding facts (tests/deploys/).
 
 Every command costs two round trips to the server (an SSH channel, then the command): 0.1 s
-each to a cloud server 50 ms away, which is most of an install's time there. So an operation
-reads its facts with as few commands as it can and sends what it changes as one command
-(deploys.support.Chain), and what an install cannot change is read once.
+each to a cloud server 50 ms away, which is most of an install's time there. So each deploy
+lists the facts its operations will ask for and reads them together, again only after an
+operation has changed something (deploys.support.read_ahead), and an operation sends what it
+changes as one command (deploys.support.Chain): a fresh install runs 18 commands, a run that
+changes nothing 3.
 
 Supported servers: Debian 12 and Ubuntu 22.04/24.04, with systemd or a SysV init.
 """

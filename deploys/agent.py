@@ -27,8 +27,14 @@ from pyinfra.api.host import Host
 from pyinfra.api.state import State
 from pyinfra.connectors.util import make_unix_command_for_host
 
-from deploys.facts import RUN_HASH_LABEL, CommandSucceeds, DockerContainer, DockerImageId
-from deploys.support import Commands, chained, write_files
+from deploys.facts import (
+    RUN_HASH_LABEL,
+    CommandSucceeds,
+    DockerContainer,
+    DockerImageId,
+    FactAsk,
+)
+from deploys.support import Commands, chained, fact, paths_ask, read_ahead, write_files
 from engine.install.model import AgentRun, ImageDelivery, ImagePeer
 from engine.install.sharing import PeerList, deliver, pinned_known_hosts, saved_archive
 
@@ -44,6 +50,7 @@ PEER_CONNECT_TIMEOUT_S = 5
 def agent(run: AgentRun, *, pull: bool, delivery: ImageDelivery | None) -> None:
     """Deliver, (re)start and check the agent described by `run`; `pull` its image from a
     registry, or deliver the engine's archive of it (`delivery`)."""
+    read_ahead(agent_facts(run, pull=pull, delivery=delivery))
     if run.files or run.directories:
         host_files(name="Write the agent's files", run=run)
     image(name="Deliver the agent image", reference=run.image, pull=pull, delivery=delivery)
@@ -53,13 +60,29 @@ def agent(run: AgentRun, *, pull: bool, delivery: ImageDelivery | None) -> None:
     healthy(name="Wait for the agent's health check", run=run)
 
 
+def agent_facts(run: AgentRun, *, pull: bool, delivery: ImageDelivery | None) -> list[FactAsk]:
+    """The facts the operations of `agent` ask for (see deploys.support.read_ahead)."""
+    files = [paths_ask([f.path for f in run.files], _folders(run))]
+    image_id: list[FactAsk] = [(DockerImageId, {"reference": run.image})]
+    return [
+        *(files if run.files or run.directories else []),
+        *image_id,
+        *(image_id if pull or delivery is None else []),
+        (DockerContainer, {"container": run.name}),
+        (CommandSucceeds, {"argv": run.health}),
+    ]
+
+
+def _folders(run: AgentRun) -> list[str]:
+    """The agent's folders: those it names and those of its files."""
+    return sorted({posixpath.dirname(f.path) for f in run.files} | set(run.directories))
+
+
 @operation()
 def host_files(run: AgentRun) -> Commands:
     """The agent's folders on the server (private: 700) and its files, with their modes."""
-    parents = {posixpath.dirname(f.path) for f in run.files}
     commands = write_files(
-        [(f.path, f.content, f.mode) for f in run.files],
-        directories=sorted(parents | set(run.directories)),
+        [(f.path, f.content, f.mode) for f in run.files], directories=_folders(run)
     )
     if not commands:
         host.noop("the agent's files are as wanted")
@@ -69,7 +92,7 @@ def host_files(run: AgentRun) -> Commands:
 @operation()
 def image(reference: str, pull: bool, delivery: ImageDelivery | None) -> Commands:
     """`docker pull` a registry image, or deliver the engine's archive of it (`delivery`)."""
-    current = host.get_fact(DockerImageId, reference=reference)
+    current = fact(DockerImageId, reference=reference)
     if pull:
         if current:
             host.noop(f"{reference} is present")
@@ -223,8 +246,8 @@ def container(run: AgentRun, image_id: str | None = None) -> Commands:
     """Run the agent container, recreating it when its image, command or files changed;
     `image_id` is the id its image has, when known (else it is read from the server)."""
     wanted = run_hash(run)
-    image_id = image_id or host.get_fact(DockerImageId, reference=run.image)
-    current = host.get_fact(DockerContainer, container=run.name)
+    image_id = image_id or fact(DockerImageId, reference=run.image)
+    current = fact(DockerContainer, container=run.name)
     name = shlex.quote(run.name)
     if current and current["image"] == image_id and current["run_hash"] == wanted:
         if current["running"]:
@@ -241,7 +264,7 @@ def container(run: AgentRun, image_id: str | None = None) -> Commands:
 @operation()
 def healthy(run: AgentRun) -> Commands:
     """Wait until the agent's health command succeeds; fail with its last log lines if not."""
-    if host.get_fact(CommandSucceeds, argv=run.health):
+    if fact(CommandSucceeds, argv=run.health):
         host.noop(f"{run.name} answers its health check")
         return
     check = shlex.join(run.health)

@@ -12,7 +12,8 @@ from pyinfra import host
 from pyinfra.api import StringCommand, operation
 from pyinfra.facts.deb import DebPackages
 
-from deploys.support import Commands, chained
+from deploys.facts import FactAsk
+from deploys.support import Commands, chained, fact
 
 APT_GET = (
     "DEBIAN_FRONTEND=noninteractive apt-get -y -q"
@@ -29,6 +30,11 @@ WAIT_FOR_LISTS = (
 )
 
 
+def packages_facts() -> list[FactAsk]:
+    """The facts `packages` asks for (see deploys.support.read_ahead)."""
+    return [(DebPackages, {})]
+
+
 @operation()
 def packages(
     present: tuple[str, ...] = (), absent: tuple[str, ...] = (), recommends: bool = False
@@ -37,7 +43,7 @@ def packages(
 
     `recommends` installs recommended packages too (Docker's own instructions do).
     """
-    installed = host.get_fact(DebPackages)
+    installed = fact(DebPackages)
     remove = [name for name in absent if name in installed]
     missing = [name for name in present if name not in installed]
     if not remove and not missing:

@@ -18,9 +18,17 @@ from pyinfra.facts.deb import DebArch
 from pyinfra.facts.files import File
 from pyinfra.facts.server import LinuxDistribution
 
-from deploys.apt import packages
-from deploys.facts import DockerVersion, UserGroups
-from deploys.support import Commands, chained, control_service, write_files
+from deploys.apt import packages, packages_facts
+from deploys.facts import DockerVersion, FactAsk, Service, UserGroups
+from deploys.support import (
+    Commands,
+    chained,
+    control_service,
+    fact,
+    paths_ask,
+    read_ahead,
+    write_files,
+)
 from engine.model import DockerInstall, DockerSource
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -49,6 +57,7 @@ ANSWER_TIMEOUT_S = 60
 @deploy("docker")
 def docker(install: DockerInstall, *, admin: str) -> None:
     """Docker Engine from `install.source`, configured, running, and usable by `admin`."""
+    read_ahead(docker_facts(install, admin=admin))
     daemon_config(name="Write the Docker daemon settings", install=install)
     if install.source is DockerSource.DOCKER_CE:
         packages(
@@ -78,6 +87,26 @@ def daemon_json(install: DockerInstall) -> str:
     return json.dumps(settings, indent=2, sort_keys=True) + "\n"
 
 
+def docker_facts(install: DockerInstall, *, admin: str) -> list[FactAsk]:
+    """The facts the operations of `docker` ask for (see deploys.support.read_ahead)."""
+    repository: list[FactAsk] = [
+        *packages_facts(),
+        (LinuxDistribution, {}),
+        (File, {"path": KEYRING}),
+        (DebArch, {}),
+        paths_ask([SOURCES]),
+    ]
+    return [
+        paths_ask([DAEMON_JSON]),
+        (Service, {"service": "docker"}),
+        *(repository if install.source is DockerSource.DOCKER_CE else []),
+        *packages_facts(),
+        (Service, {"service": "docker"}),
+        *([(UserGroups, {"user": admin})] if admin != "root" else []),
+        (DockerVersion, {}),
+    ]
+
+
 @operation()
 def daemon_config(install: DockerInstall) -> Commands:
     """Write daemon.json; restart a running engine when it changed (new settings need it)."""
@@ -100,7 +129,7 @@ def started() -> Commands:
 @operation()
 def repository() -> Commands:
     """Docker's signing key and apt source for this distribution, release and architecture."""
-    distro = host.get_fact(LinuxDistribution)
+    distro = fact(LinuxDistribution)
     name = distro["name"]
     codename = distro["release_meta"].get("VERSION_CODENAME")
     if name not in ("Debian", "Ubuntu") or not codename:
@@ -110,7 +139,7 @@ def repository() -> Commands:
         )
     base = f"https://download.docker.com/linux/{str(name).lower()}"
     commands = []
-    if not host.get_fact(File, path=KEYRING):
+    if not fact(File, path=KEYRING):
         commands += [
             StringCommand("install -d -m 0755 /etc/apt/keyrings"),
             StringCommand(
@@ -118,7 +147,7 @@ def repository() -> Commands:
                 f" && chmod 0644 {KEYRING}.tmp && mv {KEYRING}.tmp {KEYRING}"
             ),
         ]
-    arch = host.get_fact(DebArch)
+    arch = fact(DebArch)
     line = f"deb [arch={arch} signed-by={KEYRING}] {base} {codename} stable\n"
     commands += write_files([(SOURCES, line, "644")])
     if not commands:
@@ -132,7 +161,7 @@ def docker_group(user: str) -> Commands:
     if user == "root":
         host.noop("root needs no group to use Docker")
         return
-    if "docker" in host.get_fact(UserGroups, user=user):
+    if "docker" in fact(UserGroups, user=user):
         host.noop(f"{user} is in the docker group")
         return
     yield StringCommand("usermod -aG docker", shlex.quote(user))
@@ -141,7 +170,7 @@ def docker_group(user: str) -> Commands:
 @operation()
 def answers() -> Commands:
     """Fail unless the engine answers `docker info` (waiting a while for one just started)."""
-    version = host.get_fact(DockerVersion)
+    version = fact(DockerVersion)
     if version:
         host.noop(f"Docker {version} answers")
         return

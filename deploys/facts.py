@@ -7,9 +7,14 @@ and prints a shape `process` can read without guessing.
 from __future__ import annotations
 
 import shlex
-from typing import TypedDict
+from typing import Any, TypedDict
 
-from pyinfra.api import FactBase
+from pyinfra.api import FactBase, StringCommand
+
+AHEAD_END = "--fleet-fact-end--"
+
+# A fact class with the arguments it is asked with.
+FactAsk = tuple[type[FactBase[Any]], dict[str, Any]]
 
 
 class ContainerRuntime(FactBase[str | None]):
@@ -306,3 +311,39 @@ class CommandSucceeds(FactBase[bool]):
 
     def process(self, output: list[str]) -> bool:
         return bool(output) and output[0].strip() == "yes"
+
+
+class Ahead(FactBase[list[tuple[int, list[str]]]]):
+    """The exit status and output lines of each fact of `asks`, read with one command: each
+    fact's command in a subshell of its own, then a line with AHEAD_END and its status.
+
+    A fact whose command needs a program the server lacks (pyinfra's `requires_command`)
+    exits 127 here; `process` is left to each fact (deploys.support.fact).
+    """
+
+    def command(self, asks: tuple[FactAsk, ...]) -> StringCommand:
+        bits: list[Any] = []
+        for cls, kwargs in asks:
+            fact = cls()
+            command = fact.command(**kwargs)
+            needs = fact.requires_command(**kwargs)
+            if needs:
+                bits += ["if command -v", shlex.quote(needs), ">/dev/null 2>&1; then"]
+                bits += ["(", command, "); else (exit 127); fi;"]
+            else:
+                bits += ["(", command, ");"]
+            bits += [f'echo "{AHEAD_END} $?";']
+        return StringCommand(*bits)
+
+    default = list
+
+    def process(self, output: list[str]) -> list[tuple[int, list[str]]]:
+        found: list[tuple[int, list[str]]] = []
+        lines: list[str] = []
+        for line in output:
+            if line.startswith(f"{AHEAD_END} "):
+                found.append((int(line.split()[1]), lines))
+                lines = []
+            else:
+                lines.append(line)
+        return found

@@ -1,28 +1,38 @@
-"""What every deploy module uses: the type of an operation's commands, `skip`, `Chain`,
-`write_files`, `control_service` and `container_runtime`.
+"""What every deploy module uses: the type of an operation's commands, `skip`, `read_ahead`
+and `fact`, `Chain`, `write_files` and `control_service`.
 
 `skip` records things a deploy leaves out on a host for a reason (swap in a container, ...);
 the install result reports them per host, so "not done, and why" is never silent.
+
+Operations ask for facts with `fact`, never pyinfra's `host.get_fact`, and ask for all of
+them before they send their first command (tests/deploys/ checks it). Each deploy lists, with
+`read_ahead`, the facts its operations will ask for: the first ask reads them all with one
+command, and an ask after an operation has changed the server reads again those not yet
+given. So a run that changes nothing reads each deploy's facts with one command, where
+asking one by one costs two round trips a fact.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import posixpath
 import shlex
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from pyinfra import host
-from pyinfra.api import OperationError, StringCommand
+from pyinfra import host, state
+from pyinfra.api import FactBase, OperationError, StringCommand
+from pyinfra.api.exceptions import FactProcessError
+from pyinfra.context import ctx_host
 
-from deploys.facts import ContainerRuntime, Paths, Service
+from deploys.facts import Ahead, FactAsk, Paths, Service
 
 Commands = Generator[Any, None, None]
 
 _SKIPPED: dict[str, list[str]] = {}
-_RUNTIMES: dict[str, str | None] = {}
 
 
 def skip(reason: str) -> None:
@@ -36,6 +46,79 @@ def skip(reason: str) -> None:
 def skipped_on(name: str) -> tuple[str, ...]:
     """What was left out on host `name`, and why, in the order it was decided."""
     return tuple(_SKIPPED.get(name, ()))
+
+
+@dataclass
+class _Ahead:
+    """Facts one deploy lists for a host: how many asks each has left, and the answers read
+    after `sent` operations had sent commands to the host."""
+
+    asks: dict[str, FactAsk]
+    left: dict[str, int]
+    answers: dict[str, Any] = field(default_factory=dict)
+    sent: int | None = None
+
+
+# Per host object: each run of the deploys has hosts of its own.
+_AHEAD: dict[Any, list[_Ahead]] = {}
+
+
+def _key(cls: type[FactBase[Any]], kwargs: dict[str, Any]) -> str:
+    return f"{cls.name} {json.dumps(kwargs, sort_keys=True, default=str)}"
+
+
+def read_ahead(asks: Sequence[FactAsk]) -> None:
+    """Have the operations added next on the current host given `asks` ahead (a fact listed
+    twice is given twice); call it first in a deploy."""
+    listed: dict[str, FactAsk] = {}
+    left: dict[str, int] = {}
+    for cls, kwargs in asks:
+        key = _key(cls, kwargs)
+        listed[key] = (cls, kwargs)
+        left[key] = left.get(key, 0) + 1
+    _AHEAD.setdefault(ctx_host.get(), []).append(_Ahead(listed, left))
+
+
+def _sent() -> int:
+    """How many operations have sent commands to the current host so far."""
+    return sum(data.operation_meta.executed for data in state.ops[host].values())
+
+
+def fact(cls: type[FactBase[Any]], **kwargs: Any) -> Any:
+    """What the fact `cls` with `kwargs` says about the current host: read ahead with the
+    rest of its deploy's list while no operation has sent a command since, else read now."""
+    key = _key(cls, kwargs)
+    for ahead in _AHEAD.get(ctx_host.get(), ()):
+        if not ahead.left.get(key):
+            continue
+        sent = _sent()
+        if ahead.sent != sent:
+            ahead.answers = _read(ahead)
+            ahead.sent = sent
+        ahead.left[key] -= 1
+        if key in ahead.answers:
+            return ahead.answers[key]
+        break
+    return host.get_fact(cls, **kwargs)
+
+
+def _read(ahead: _Ahead) -> dict[str, Any]:
+    """The answers to the asks `ahead` has left, read with one command. A fact whose command
+    failed or whose output it cannot read is left out: asked, it is read on its own, and
+    pyinfra reports the failure as it always does."""
+    wanted = [key for key, left in ahead.left.items() if left]
+    found = host.get_fact(Ahead, asks=tuple(ahead.asks[key] for key in wanted))
+    answers = {}
+    for key, (status, lines) in zip(wanted, found, strict=False):
+        cls, kwargs = ahead.asks[key]
+        reader = cls()
+        reader.command(**kwargs)  # as pyinfra does: some facts keep their arguments there
+        if status == 0:
+            try:
+                answers[key] = reader.process(lines) if lines else reader.default()
+            except FactProcessError:
+                continue
+    return answers
 
 
 class FileWrite(StringCommand):
@@ -87,6 +170,11 @@ def chained(commands: Sequence[StringCommand]) -> list[StringCommand]:
     return [Chain(*commands)] if len(commands) > 1 else list(commands)
 
 
+def paths_ask(paths: Sequence[str], directories: Sequence[str] = ()) -> FactAsk:
+    """The fact `write_files` asks for to write the files at `paths` and make `directories`."""
+    return (Paths, {"paths": (*directories, *paths)})
+
+
 def write_files(
     files: Sequence[tuple[str, str, str]], *, directories: Sequence[str] = ()
 ) -> list[StringCommand]:
@@ -97,7 +185,8 @@ def write_files(
     `files.directory` read two or three facts per path and write in four commands. The
     folders are made in the command that writes the first file: one command a file.
     """
-    found = host.get_fact(Paths, paths=(*directories, *(path for path, _, _ in files)))
+    ask, kwargs = paths_ask([path for path, _, _ in files], directories)
+    found = fact(ask, **kwargs)
     folders: list[StringCommand] = []
     for directory in directories:
         now = found.get(directory)
@@ -129,8 +218,8 @@ def control_service(
 ) -> list[StringCommand]:
     """The commands that start `service` (`running`) and make it start at boot (`enabled`)
     where it does not, or restart or reload it where it runs; one fact, one command, tells."""
-    state = host.get_fact(Service, service=service)
-    systemd = state["init"] == "systemd"
+    now = fact(Service, service=service)
+    systemd = now["init"] == "systemd"
     unit = shlex.quote(f"{service}.service")
 
     def verb(action: str) -> StringCommand:
@@ -139,24 +228,16 @@ def control_service(
         return StringCommand(shlex.quote(f"/etc/init.d/{service}"), action)
 
     commands = []
-    if running and not state["running"]:
+    if running and not now["running"]:
         commands.append(verb("start"))
-    if enabled and not state["enabled"]:
+    if enabled and not now["enabled"]:
         if systemd:
             commands.append(StringCommand(f"systemctl enable {unit}"))
         else:
             commands.append(StringCommand(f"update-rc.d {shlex.quote(service)} defaults"))
-    if state["running"]:
+    if now["running"]:
         if restarted:
             commands.append(verb("restart"))
         if reloaded:
             commands.append(verb("reload"))
     return commands
-
-
-def container_runtime() -> str | None:
-    """The container technology the current host runs in (None on a VM): read once per
-    host, since nothing an install does changes it."""
-    if host.name not in _RUNTIMES:
-        _RUNTIMES[host.name] = host.get_fact(ContainerRuntime)
-    return _RUNTIMES[host.name]

@@ -24,12 +24,15 @@ from pyinfra.api import OperationError, StringCommand, deploy, operation
 from pyinfra.facts.files import Sha256File
 from pyinfra.facts.server import LinuxDistribution, Sysctl
 
-from deploys.apt import packages
+from deploys.apt import packages, packages_facts
 from deploys.facts import (
     AuthorizedKeys,
+    ContainerRuntime,
+    FactAsk,
     FirewallMarks,
     HostName,
     Installed,
+    Service,
     SwapFile,
     ZoneInfo,
 )
@@ -37,8 +40,10 @@ from deploys.support import (
     Commands,
     FileWrite,
     chained,
-    container_runtime,
     control_service,
+    fact,
+    paths_ask,
+    read_ahead,
     skip,
     write_files,
 )
@@ -50,6 +55,7 @@ SSHD_DROP_IN = "/etc/ssh/sshd_config.d/10-fleet.conf"
 FIREWALL_SCRIPT = "/usr/local/sbin/fleet-firewall"
 FIREWALL_UNIT = "/etc/systemd/system/fleet-firewall.service"
 FIREWALL_INITD = "/etc/init.d/fleet-firewall"
+FIREWALL_TOOLS = ("nft", "iptables", "systemctl")
 AUTO_UPGRADES = "/etc/apt/apt.conf.d/20auto-upgrades"
 UPGRADE_ORIGINS = "/etc/apt/apt.conf.d/52fleet-unattended-upgrades"
 
@@ -84,6 +90,7 @@ def system(
 ) -> None:
     """The baseline for one server; `admin` is the user the engine logs in as, with `keys`
     (none: its keys are left as they are)."""
+    read_ahead(system_facts(install, admin=admin, keys=keys))
     host_name(name="Set the host name", hostname=hostname)
     wanted = ("tzdata", "unattended-upgrades") if install.unattended_upgrades else ("tzdata",)
     packages(name="Install the base packages", present=wanted)
@@ -104,11 +111,38 @@ def system(
     )
 
 
+def system_facts(
+    install: SystemInstall, *, admin: str, keys: tuple[str, ...] = ()
+) -> list[FactAsk]:
+    """The facts the operations of `system` ask for (see deploys.support.read_ahead)."""
+    upgrades = (AUTO_UPGRADES, UPGRADE_ORIGINS) if install.unattended_upgrades else (AUTO_UPGRADES,)
+    return [
+        (HostName, {}),
+        *packages_facts(),
+        (ZoneInfo, {"timezone": install.timezone}),
+        (ContainerRuntime, {}),
+        (Sysctl, {"keys": _sysctl_keys(install.sysctl)}),
+        paths_ask([SYSCTL_PATH]),
+        (ContainerRuntime, {}),
+        (SwapFile, {"path": SWAP_PATH}),
+        *([(LinuxDistribution, {})] if install.unattended_upgrades else []),
+        paths_ask(upgrades),
+        *([(AuthorizedKeys, {"user": admin})] if keys else []),
+        (Sha256File, {"path": SSHD_DROP_IN}),
+        (Service, {"service": "ssh"}),
+        (Installed, {"commands": FIREWALL_TOOLS}),
+        # The boot hook is a systemd unit or an init script, as the tools found decide.
+        paths_ask([FIREWALL_SCRIPT, FIREWALL_UNIT]),
+        paths_ask([FIREWALL_SCRIPT, FIREWALL_INITD]),
+        (FirewallMarks, {}),
+    ]
+
+
 @operation()
 def host_name(hostname: str) -> Commands:
     """Make `hostname` the host name now and at boot: with hostnamectl where it is
     installed, else with `hostname` and /etc/hostname."""
-    found = host.get_fact(HostName)
+    found = fact(HostName)
     commands = []
     if found["hostnamectl"]:
         if found["name"] != hostname:
@@ -127,7 +161,7 @@ def host_name(hostname: str) -> Commands:
 @operation()
 def timezone(timezone: str) -> Commands:
     """Point /etc/localtime at `timezone` (an IANA name such as Europe/Berlin)."""
-    zone = host.get_fact(ZoneInfo, timezone=timezone)
+    zone = fact(ZoneInfo, timezone=timezone)
     if zone["wanted"] is not None and zone["current"] == zone["wanted"]:
         host.noop(f"the time zone is {timezone}")
         return
@@ -140,6 +174,11 @@ def timezone(timezone: str) -> Commands:
             StringCommand("echo", shlex.quote(timezone), "> /etc/timezone"),
         ]
     )
+
+
+def _sysctl_keys(settings: Labels) -> list[str]:
+    """Every kernel setting the baseline and `settings` name, sorted."""
+    return sorted(dict(BASELINE_SYSCTL) | dict(settings))
 
 
 def _normal(value: object) -> str:
@@ -157,7 +196,8 @@ def sysctl(settings: Labels) -> Commands:
     change the kernel of the machine the container runs on.
     """
     wanted = dict(BASELINE_SYSCTL) | dict(settings)
-    runtime = container_runtime()
+    live = fact(Sysctl, keys=_sysctl_keys(settings))
+    runtime = fact(ContainerRuntime)
     if runtime:
         for key in sorted(k for k in wanted if not k.startswith(NAMESPACED_SYSCTL)):
             skip(
@@ -165,7 +205,6 @@ def sysctl(settings: Labels) -> Commands:
                 "the setting belongs to the host's kernel"
             )
         wanted = {k: v for k, v in wanted.items() if k.startswith(NAMESPACED_SYSCTL)}
-    live = host.get_fact(Sysctl, keys=sorted(wanted))
     # A kernel without IPv6 lacks some baseline settings: leave those out. One the spec asks
     # for stays, so that sysctl says what is wrong with it.
     asked = dict(settings)
@@ -193,7 +232,7 @@ def _swap_bytes(size: str) -> int:
 def swap(size: str) -> Commands:
     """A swap file of `size` at /swapfile, enabled now and at boot; "0" removes it."""
     wanted = _swap_bytes(size)
-    runtime = container_runtime()
+    runtime = fact(ContainerRuntime)
     if runtime:
         if wanted:
             skip(
@@ -203,7 +242,7 @@ def swap(size: str) -> Commands:
         else:
             host.noop("no swap wanted")
         return
-    current = host.get_fact(SwapFile, path=SWAP_PATH)
+    current = fact(SwapFile, path=SWAP_PATH)
     commands = []
     if wanted == 0:
         if current["size"] is None and not current["in_fstab"]:
@@ -259,7 +298,7 @@ _ORIGINS = {
 
 def distribution() -> str:
     """The distribution of the current host, Debian or Ubuntu; others are refused."""
-    name = host.get_fact(LinuxDistribution)["name"]
+    name = fact(LinuxDistribution)["name"]
     if name not in _ORIGINS:
         raise OperationError(
             f"this server runs {name or 'an unknown system'}; the deploys support Debian and Ubuntu"
@@ -303,7 +342,7 @@ def authorized_keys(admin: str, keys: tuple[str, ...]) -> Commands:
     """
     if not keys:
         raise OperationError("no authorized key given: the engine would lock itself out")
-    found = host.get_fact(AuthorizedKeys, user=admin)
+    found = fact(AuthorizedKeys, user=admin)
     home = found["home"]
     if home is None:
         raise OperationError(f"there is no user {admin} on this server")
@@ -346,7 +385,7 @@ def sshd(admin: str) -> Commands:
     admin keeps its way in.
     """
     config = sshd_config(admin)
-    if host.get_fact(Sha256File, path=SSHD_DROP_IN) == hashlib.sha256(config.encode()).hexdigest():
+    if fact(Sha256File, path=SSHD_DROP_IN) == hashlib.sha256(config.encode()).hexdigest():
         host.noop("sshd is hardened")
         return
     staged = f"{SSHD_DROP_IN}.new"
@@ -519,7 +558,7 @@ esac
 @operation()
 def firewall(ssh_port: int, agent_port: int, control_plane: tuple[str, ...]) -> Commands:
     """Load the host firewall now and make the server load it at every boot."""
-    tools = host.get_fact(Installed, commands=("nft", "iptables", "systemctl"))
+    tools = fact(Installed, commands=FIREWALL_TOOLS)
     if "nft" in tools:
         backend = "nft"
     elif "iptables" in tools:
@@ -545,9 +584,7 @@ def firewall(ssh_port: int, agent_port: int, control_plane: tuple[str, ...]) -> 
     }
     # Each file in the command that acts on it: the script with its loading, the boot hook
     # with its enabling.
-    load = (
-        [] if set(marks) <= set(host.get_fact(FirewallMarks)) else [StringCommand(FIREWALL_SCRIPT)]
-    )
+    load = [] if set(marks) <= set(fact(FirewallMarks)) else [StringCommand(FIREWALL_SCRIPT)]
     script_steps = [writes[FIREWALL_SCRIPT], *load] if FIREWALL_SCRIPT in writes else load
     hook_steps = [writes[hook_file[0]], *enable] if hook_file[0] in writes else []
     commands = chained(script_steps) + chained(hook_steps)

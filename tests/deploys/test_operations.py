@@ -49,9 +49,13 @@ class FakeHost:
         self.facts = facts
         self.current_op_global_arguments = None
         self.noops: list[str] = []
+        self.sent = False
 
     def get_fact(self, cls: Any, *args: Any, **kwargs: Any) -> Any:
         assert not args, "pass fact arguments by name"
+        # The install reads facts ahead and trusts them until a command has run: an operation
+        # asks for all of its facts before it sends its first command.
+        assert not self.sent, f"{cls.name} asked for after a command was sent"
         if cls.name not in self.facts:
             raise AssertionError(f"the case gives no fact {cls.name}")
         value = self.facts[cls.name]
@@ -112,7 +116,9 @@ def test_operation(case: Path) -> None:
                 list(operation._inner(**kwargs))
             assert str(info.value) == spec["exception"]
             return
-        commands = [_command(c) for c in operation._inner(**kwargs)]
+        for command in operation._inner(**kwargs):
+            host.sent = True
+            commands.append(_command(command))
     assert commands == spec["commands"]
     if "noop" in spec:
         assert spec["noop"] in host.noops

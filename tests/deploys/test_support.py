@@ -7,12 +7,15 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from pyinfra.api import StringCommand
+from pyinfra.api import FactBase, StringCommand
+from pyinfra.context import ctx_host, ctx_state
 
-from deploys.facts import HostName, Installed, Paths
-from deploys.support import Chain, FileWrite
+from deploys.facts import Ahead, HostName, Installed, Paths
+from deploys.support import Chain, FileWrite, fact, paths_ask, read_ahead
 
 
 def _sh(command: str, stdin: str = "") -> list[str]:
@@ -109,3 +112,85 @@ def test_a_chain_stops_at_the_first_command_that_fails_and_fails_with_it(tmp_pat
 def test_a_chain_refuses_two_commands_that_read_stdin() -> None:
     with pytest.raises(ValueError, match="only one command of a chain may read stdin"):
         Chain(FileWrite("/etc/a", "a", "644"), FileWrite("/etc/b", "b", "644"))
+
+
+class _Fails(FactBase[list[str]]):
+    def command(self) -> str:
+        return "echo half; exit 3"
+
+    def process(self, output: list[str]) -> list[str]:
+        return output
+
+
+class _NeedsTool(FactBase[list[str]]):
+    def requires_command(self) -> str:
+        return "no-such-tool"
+
+    def command(self) -> str:
+        return "no-such-tool --list"
+
+
+def test_reading_ahead_runs_each_fact_apart_and_keeps_its_status(tmp_path: Path) -> None:
+    asks = (
+        (Installed, {"commands": ("sh",)}),
+        (_Fails, {}),
+        (_NeedsTool, {}),
+        paths_ask([str(tmp_path / "missing")]),
+    )
+    ahead = Ahead()
+    found = ahead.process(_sh(ahead.command(asks=asks).get_raw_value()))
+    assert found == [(0, ["sh"]), (3, ["half"]), (127, []), (0, [])]
+
+
+class _LocalHost:
+    """A host whose facts are read by running their commands in a local sh; it counts them."""
+
+    name = "local"
+    current_op_global_arguments = None
+
+    def __init__(self) -> None:
+        self.reads: list[str] = []
+
+    def get_fact(self, cls: Any, **kwargs: Any) -> Any:
+        self.reads.append(cls.__name__)
+        fact = cls()
+        command = fact.command(**kwargs)
+        script = command if isinstance(command, str) else command.get_raw_value()
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+        lines = done.stdout.splitlines()
+        return fact.process(lines) if lines else fact.default()
+
+
+class _Sent:
+    """The state's record of one operation, which has sent commands or not."""
+
+    def __init__(self) -> None:
+        self.operation_meta = SimpleNamespace(executed=False)
+
+
+def test_facts_read_ahead_hold_until_an_operation_sends_a_command(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    conf.write_text("one\n")
+    host = _LocalHost()
+    operation = _Sent()
+    state = SimpleNamespace(ops={host: {"an operation": operation}})
+
+    def digest() -> str | None:
+        return fact(Paths, paths=(str(conf),))[str(conf)]["sha256"]
+
+    with ctx_state.use(state), ctx_host.use(host):
+        listed = paths_ask([str(conf)])
+        read_ahead([listed, listed, (Installed, {"commands": ("sh",)}), (_Fails, {})])
+        assert digest() == hashlib.sha256(b"one\n").hexdigest()
+        assert fact(Installed, commands=("sh",)) == ["sh"]
+        assert host.reads == ["Ahead"]
+        # A command changed the server: the facts not yet given are read again, together.
+        conf.write_text("two\n")
+        operation.operation_meta.executed = True
+        assert digest() == hashlib.sha256(b"two\n").hexdigest()
+        assert host.reads == ["Ahead", "Ahead"]
+        # Asked more often than listed, not listed, or failed ahead: read on its own.
+        assert digest() == hashlib.sha256(b"two\n").hexdigest()
+        assert fact(Installed, commands=("sh", "sha256sum")) == ["sh", "sha256sum"]
+        assert fact(_Fails) == ["half"]
+        assert host.reads == ["Ahead", "Ahead", "Paths", "Installed", "_Fails"]
