@@ -9,7 +9,9 @@ them before they send their first command (tests/deploys/ checks it). Each deplo
 `read_ahead`, the facts its operations will ask for: the first ask reads them all with one
 command, and an ask after an operation has changed the server reads again those not yet
 given. So a run that changes nothing reads each deploy's facts with one command, where
-asking one by one costs two round trips a fact.
+asking one by one costs two round trips a fact. A fact no deploy lists is read on its own,
+with a warning in the install's log: the list is to be mended (tests/install/ checks that a
+local install has none).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import posixpath
 import shlex
 from collections.abc import Generator, Sequence
@@ -31,6 +34,7 @@ from pyinfra.context import ctx_host
 from deploys.facts import Ahead, FactAsk, Paths, Service
 
 Commands = Generator[Any, None, None]
+logger = logging.getLogger(__name__)
 
 _SKIPPED: dict[str, list[str]] = {}
 
@@ -88,7 +92,8 @@ def fact(cls: type[FactBase[Any]], **kwargs: Any) -> Any:
     """What the fact `cls` with `kwargs` says about the current host: read ahead with the
     rest of its deploy's list while no operation has sent a command since, else read now."""
     key = _key(cls, kwargs)
-    for ahead in _AHEAD.get(ctx_host.get(), ()):
+    listed = _AHEAD.get(ctx_host.get(), [])
+    for ahead in listed:
         if not ahead.left.get(key):
             continue
         sent = _sent()
@@ -99,6 +104,9 @@ def fact(cls: type[FactBase[Any]], **kwargs: Any) -> Any:
         if key in ahead.answers:
             return ahead.answers[key]
         break
+    else:
+        if listed:
+            logger.warning("%sno deploy lists the fact %s: read on its own", host.print_prefix, key)
     return host.get_fact(cls, **kwargs)
 
 

@@ -146,6 +146,7 @@ class _LocalHost:
     """A host whose facts are read by running their commands in a local sh; it counts them."""
 
     name = "local"
+    print_prefix = "[local] "
     current_op_global_arguments = None
 
     def __init__(self) -> None:
@@ -168,7 +169,9 @@ class _Sent:
         self.operation_meta = SimpleNamespace(executed=False)
 
 
-def test_facts_read_ahead_hold_until_an_operation_sends_a_command(tmp_path: Path) -> None:
+def test_facts_read_ahead_hold_until_an_operation_sends_a_command(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     conf = tmp_path / "conf"
     conf.write_text("one\n")
     host = _LocalHost()
@@ -194,3 +197,8 @@ def test_facts_read_ahead_hold_until_an_operation_sends_a_command(tmp_path: Path
         assert fact(Installed, commands=("sh", "sha256sum")) == ["sh", "sha256sum"]
         assert fact(_Fails) == ["half"]
         assert host.reads == ["Ahead", "Ahead", "Paths", "Installed", "_Fails"]
+    # What no deploy lists, or lists fewer times, is a list to mend: the install log says so.
+    assert [r.getMessage().split(" {")[0] for r in caplog.records] == [
+        "[local] no deploy lists the fact deploys.facts.Paths",
+        "[local] no deploy lists the fact deploys.facts.Installed",
+    ]

@@ -228,6 +228,12 @@ def test_the_first_run_changes_things(first_run: FirstRun) -> None:
         assert result.connect_seconds > 0
 
 
+def test_every_fact_the_install_asks_for_is_read_ahead(first_run: FirstRun) -> None:
+    for role in "ab":
+        log = (first_run.logs / f"{first_run.results[role].name}.log").read_text()
+        assert "no deploy lists the fact" not in log
+
+
 def test_a_server_that_goes_away_fails_alone_with_a_clear_message(
     first_run: FirstRun, servers: dict[str, Target]
 ) -> None:
