@@ -77,8 +77,11 @@ def site(tmp_path: Path) -> Iterator[Site]:
     with open_store(f"sqlite:///{tmp_path / 'state.db'}") as store:
         fill_store(store, servers=250)
         app = create_app(store, AppSettings(state_dir=state_dir), dashboard=True)
-        with serve(app) as url:
-            yield Site(store, state_dir, url)
+        try:
+            with serve(app) as url:
+                yield Site(store, state_dir, url)
+        finally:
+            app.state.api.close()
 
 
 def test_a_read_key_signs_in_to_a_strict_session_cookie_and_sees_the_fleet(site: Site) -> None:

@@ -161,6 +161,7 @@ def test_the_openapi_document_matches_the_live_routes(plane: Plane) -> None:
     }
     # Every route the app serves is documented, and nothing else.
     app = create_app(plane.store, AppSettings(state_dir=plane.state_dir))
+    app.state.api.close()
     served = {
         (method, route.path)
         for route in app.routes
