@@ -8,9 +8,11 @@ process's stdin, stdout and stderr, its lifeline and the host's lock. The forker
 the new process's id. Each install process reads a HostRequest as JSON on stdin, writes a
 HostResult as JSON on stdout and pyinfra's log on stderr (secrets masked), leads a session of
 its own (so it and all it starts can be stopped at once) and ends with its lifeline
-(engine.install.worker.stop_with_parent). The forker ends when the engine closes its end of
-the socket, which the kernel does when the engine ends however it ends. It is not meant to be
-run by hand.
+(engine.install.worker.stop_with_parent). The forker, which reaps it, then writes on the same
+stdout how it ended (engine.install.model.STATUS_MARK and its exit code) and closes it, so an
+install that ended without a result says how it ended. The forker ends when the engine closes
+its end of the socket, which the kernel does when the engine ends however it ends. It is not
+meant to be run by hand.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import sys
 import traceback
 from contextlib import redirect_stdout
 
-from engine.install.model import HostRequest, from_json, to_json
+from engine.install.model import STATUS_MARK, HostRequest, from_json, to_json
 from engine.install.worker import configure_logging, run_request, stop_with_parent
 
 MAX_FDS = 8
+# The stdout of each install process alive, kept to say how it ended.
+_OUTPUTS: dict[int, int] = {}
 
 
 def main() -> None:
@@ -45,19 +49,35 @@ def main() -> None:
         if not message:
             # Nothing to flush or clean up; tearing down pyinfra's modules would take 0.3 s.
             os._exit(0)
+        # Held until the new process's stdout is kept: one that ends at once is reaped after.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         pid = os.fork()
         if pid == 0:
             channel.close()
+            # The others' outputs are not this process's to hold: their ends would wait for it.
+            for output in _OUTPUTS.values():
+                os.close(output)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             os._exit(_install(*fds))
-        for fd in fds:
+        _OUTPUTS[pid] = fds[1]
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        for fd in fds[:1] + fds[2:]:
             os.close(fd)
         channel.sendall(f"{pid}\n".encode())
 
 
 def _reap(signum: int, frame: object) -> None:
     with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            continue
+        while True:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if not pid:
+                return
+            output = _OUTPUTS.pop(pid, None)
+            if output is not None:
+                code = os.waitstatus_to_exitcode(status)
+                with contextlib.suppress(OSError):  # the engine stopped reading: it gave up
+                    os.write(output, STATUS_MARK + str(code).encode())
+                os.close(output)
 
 
 def _install(stdin: int, stdout: int, stderr: int, lifeline: int, *lock: int) -> int:

@@ -15,6 +15,10 @@ from typing import Any, TypeVar
 
 from engine.model import Install
 
+# After an install process's result on its stdout, the forker that reaped it writes this and
+# its exit code (negative: the signal that ended it).
+STATUS_MARK = b"\0exit "
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentFile:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from engine.errors import EngineError
 from engine.install.model import (
+    STATUS_MARK,
     AgentRun,
     HostRequest,
     HostResult,
@@ -247,11 +248,27 @@ def _run_child(
         log = redact(log_file.read().decode(errors="replace"))
     if log_dir:
         (log_dir / f"{name}.log").write_text(log, encoding="utf-8")
+    result, _, code = out.partition(STATUS_MARK)
     try:
-        return from_json(HostResult, json.loads(out))
+        return from_json(HostResult, json.loads(result))
     except (ValueError, TypeError):
         tail = "\n".join(log.strip().splitlines()[-8:])
-        return _failed(request, started, f"the install process ended without a result: {tail}")
+        how = _ending(code.decode(errors="replace"))
+        return _failed(request, started, f"the install process {how} without a result: {tail}")
+
+
+def _ending(code: str) -> str:
+    """How a process with exit code `code` (negative: the signal that ended it; empty: not
+    known) ended, in words."""
+    if not code.lstrip("-").isdigit():
+        return "ended"
+    number = int(code)
+    if number >= 0:
+        return f"ended with exit code {number}"
+    try:
+        return f"was killed by {signal.Signals(-number).name}"
+    except ValueError:
+        return f"was killed by signal {-number}"
 
 
 def _exchange(request_in: int, result_out: int, request: bytes, deadline: float) -> bytes | None:

@@ -12,7 +12,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -295,3 +297,58 @@ def test_an_install_forker_that_cannot_start_fails_each_host_saying_why(tmp_path
     assert not result["ok"]
     assert result["error"].startswith("the install forker failed: ")
     assert "pyinfra is broken here" in result["error"]
+
+
+def _forked(exclude: frozenset[int] = frozenset()) -> list[psutil.Process]:
+    """The live install processes the forker has forked for this process, but `exclude`."""
+    return [
+        p
+        for p in _install_processes(psutil.Process())
+        if p.ppid() != os.getpid() and p.pid not in exclude and _is_alive(p)
+    ]
+
+
+def test_an_install_process_that_is_killed_says_how_it_ended(tmp_path: Path) -> None:
+    settings = InstallSettings(install=Install(), control_plane=("127.0.0.1",))
+    results: list[Any] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        host = _silent_host(tmp_path, listener)
+        runner = threading.Thread(
+            target=lambda: results.extend(install_hosts([host], settings, timeout_s=60))
+        )
+        runner.start()
+        (install,) = wait_until(_forked, what="the install process")
+        install.kill()
+        runner.join(timeout=30)
+    (result,) = results
+    assert not result.ok
+    assert result.error.startswith("the install process was killed by SIGKILL without a result")
+
+
+def test_an_install_that_ends_is_reported_while_one_started_after_it_runs(tmp_path: Path) -> None:
+    settings = InstallSettings(install=Install(), control_plane=("127.0.0.1",))
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        closed_port = closed.getsockname()[1]
+    first: list[Any] = []
+    second: list[Any] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        silent = _silent_host(tmp_path, listener)
+        refused = replace(silent, name="refused-1", port=closed_port)
+        ending = threading.Thread(
+            target=lambda: first.extend(install_hosts([refused], settings, timeout_s=60))
+        )
+        ending.start()
+        (refusing,) = wait_until(_forked, what="the first install process")
+        running = threading.Thread(
+            target=lambda: second.extend(install_hosts([silent], settings, timeout_s=60))
+        )
+        running.start()
+        (waiting,) = wait_until(lambda: _forked(frozenset({refusing.pid})), what="the second")
+        # The first ends (its server refuses) and is reported while the second still waits:
+        # the second process holds nothing of the first's.
+        ending.join(timeout=30)
+        assert first and not first[0].ok
+        assert "could not connect" in first[0].error
+        assert _is_alive(waiting) and not second
+        waiting.kill()
+        running.join(timeout=30)
