@@ -115,10 +115,12 @@ def timed(
     if failed:
         raise SystemExit("install failed:\n" + "\n".join(failed))
     changed = sum(len(r.changed) for r in results)
+    commands = sum(r.commands for r in results) / len(results)
     slowest = max(r.seconds for r in results)
     print(
         f"{label:<34} {wall:6.1f} s wall   slowest host {slowest:5.1f} s   "
-        f"{changed:3d} operations changed   CPU: engine {engine:4.1f} s, servers {server:4.1f} s"
+        f"{changed:3d} operations changed, {commands:2.0f} commands a host   "
+        f"CPU: engine {engine:4.1f} s, servers {server:4.1f} s"
     )
     return wall, engine + server, results
 

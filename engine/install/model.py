@@ -160,7 +160,8 @@ class OperationResult:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostResult:
-    """What happened on one host. Store `install_hash` only when `ok`."""
+    """What happened on one host. Store `install_hash` only when `ok`. `commands` is how many
+    commands (SSH channels) the install sent to it, reading facts and changing things."""
 
     name: str
     ok: bool
@@ -171,6 +172,7 @@ class HostResult:
     skipped: tuple[str, ...] = ()
     connect_seconds: float = 0.0
     seconds: float = 0.0
+    commands: int = 0
 
     @property
     def changed(self) -> tuple[str, ...]:

@@ -108,6 +108,22 @@ def _no_delay(connector: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class _Channels:
+    """Counts the SSH channels opened on a connection from now on: one for each command,
+    pyinfra's and the deploys' own."""
+
+    def __init__(self, connector: Any) -> None:
+        self.opened = 0
+        transport = connector.client.get_transport()
+        open_session = transport.open_session
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.opened += 1
+            return open_session(*args, **kwargs)
+
+        transport.open_session = counted
+
+
 def _connect_message(host: InstallHost, detail: str) -> str:
     where = f"{host.address}:{host.port}"
     if "host key" in detail.lower() and "does not match" in detail.lower():
@@ -204,6 +220,7 @@ def run_request(request: HostRequest) -> HostResult:
         connect_seconds = time.monotonic() - started
         _keep_alive(inventory_host.connector)
         _no_delay(inventory_host.connector)
+        channels = _Channels(inventory_host.connector)
         error = ""
         try:
             add_deploy(state, install_server, request)
@@ -234,6 +251,7 @@ def run_request(request: HostRequest) -> HostResult:
         error=error,
         operations=tuple(operations),
         connect_seconds=round(connect_seconds, 3),
+        commands=channels.opened,
     )
 
 

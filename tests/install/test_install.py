@@ -250,6 +250,8 @@ def test_the_second_run_changes_nothing(second_run: dict[str, HostResult]) -> No
         assert result.ok, result.error
         assert result.changed == ()
         assert len(result.operations) >= 15
+        # Each deploy (system, Docker, agent) reads its facts with one command.
+        assert result.commands == 3
 
 
 def test_a_dry_run_after_the_install_lists_nothing(
