@@ -9,7 +9,7 @@ Every command costs two round trips to the server (an SSH channel, then the comm
 each to a cloud server 50 ms away, which is most of an install's time there. So each deploy
 lists the facts its operations will ask for and reads them together, again only after an
 operation has changed something (deploys.support.read_ahead), and an operation sends what it
-changes as one command (deploys.support.Chain): a fresh install of a local server runs 18
+changes as one command (deploys.support.Chain): a fresh install of a local server sends 19
 commands, a run that changes nothing 3.
 
 Supported servers: Debian 12 and Ubuntu 22.04/24.04, with systemd or a SysV init.
