@@ -53,9 +53,9 @@ def skipped_on(name: str) -> tuple[str, ...]:
 
 
 @dataclass
-class _Ahead:
-    """Facts one deploy lists for a host: how many asks each has left, and the answers read
-    after `sent` operations had sent commands to the host."""
+class _Listed:
+    """The facts one deploy lists for a host: how many asks each has left, and the answers
+    read (with deploys.facts.Ahead) after `sent` operations had sent commands to the host."""
 
     asks: dict[str, FactAsk]
     left: dict[str, int]
@@ -64,7 +64,7 @@ class _Ahead:
 
 
 # Per host object: each run of the deploys has hosts of its own.
-_AHEAD: dict[Any, list[_Ahead]] = {}
+_LISTED: dict[Any, list[_Listed]] = {}
 
 
 def _key(cls: type[FactBase[Any]], kwargs: dict[str, Any]) -> str:
@@ -80,7 +80,7 @@ def read_ahead(asks: Sequence[FactAsk]) -> None:
         key = _key(cls, kwargs)
         listed[key] = (cls, kwargs)
         left[key] = left.get(key, 0) + 1
-    _AHEAD.setdefault(ctx_host.get(), []).append(_Ahead(listed, left))
+    _LISTED.setdefault(ctx_host.get(), []).append(_Listed(listed, left))
 
 
 def _sent() -> int:
@@ -92,33 +92,33 @@ def fact(cls: type[FactBase[Any]], **kwargs: Any) -> Any:
     """What the fact `cls` with `kwargs` says about the current host: read ahead with the
     rest of its deploy's list while no operation has sent a command since, else read now."""
     key = _key(cls, kwargs)
-    listed = _AHEAD.get(ctx_host.get(), [])
-    for ahead in listed:
-        if not ahead.left.get(key):
+    listings = _LISTED.get(ctx_host.get(), [])
+    for listing in listings:
+        if not listing.left.get(key):
             continue
         sent = _sent()
-        if ahead.sent != sent:
-            ahead.answers = _read(ahead)
-            ahead.sent = sent
-        ahead.left[key] -= 1
-        if key in ahead.answers:
-            return ahead.answers[key]
+        if listing.sent != sent:
+            listing.answers = _read(listing)
+            listing.sent = sent
+        listing.left[key] -= 1
+        if key in listing.answers:
+            return listing.answers[key]
         break
     else:
-        if listed:
+        if listings:
             logger.warning("%sno deploy lists the fact %s: read on its own", host.print_prefix, key)
     return host.get_fact(cls, **kwargs)
 
 
-def _read(ahead: _Ahead) -> dict[str, Any]:
-    """The answers to the asks `ahead` has left, read with one command. A fact whose command
+def _read(listing: _Listed) -> dict[str, Any]:
+    """The answers to the asks `listing` has left, read with one command. A fact whose command
     failed or whose output it cannot read is left out: asked, it is read on its own, and
     pyinfra reports the failure as it always does."""
-    wanted = [key for key, left in ahead.left.items() if left]
-    found = host.get_fact(Ahead, asks=tuple(ahead.asks[key] for key in wanted))
+    wanted = [key for key, left in listing.left.items() if left]
+    found = host.get_fact(Ahead, asks=tuple(listing.asks[key] for key in wanted))
     answers = {}
     for key, (status, lines) in zip(wanted, found, strict=False):
-        cls, kwargs = ahead.asks[key]
+        cls, kwargs = listing.asks[key]
         reader = cls()
         reader.command(**kwargs)  # as pyinfra does: some facts keep their arguments there
         if status == 0:
