@@ -199,7 +199,7 @@ def relayed(
     try:
         assert relay.stdout is not None
         if relay.stdout.readline().strip() != "ready":
-            raise SystemExit(f"the relay did not start (is port 22 on {local[0]} taken?)")
+            raise SystemExit("the relay did not start (it said why above)")
         yield [replace(h, address=a) for h, a in zip(hosts, local, strict=True)]
     finally:
         relay.terminate()

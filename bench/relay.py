@@ -77,7 +77,10 @@ async def main(round_trip_ms: float, routes: list[str]) -> None:
         ) -> None:
             await _relay(reader, writer, target, delay)
 
-        listeners.append(await asyncio.start_server(handle, *_address(listen)))
+        try:
+            listeners.append(await asyncio.start_server(handle, *_address(listen)))
+        except OSError as error:
+            raise SystemExit(f"the relay cannot listen on {listen}: {error.strerror}") from None
     print("ready", flush=True)
     await asyncio.gather(*(listener.serve_forever() for listener in listeners))
 
