@@ -21,9 +21,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
@@ -46,6 +49,8 @@ CONNECT_TIMEOUT_S = 15
 KEEPALIVE_S = 5
 LOST_AFTER_S = 20
 MESSAGE_CHARS = 1500
+
+T = TypeVar("T")
 
 
 class _Recorder(BaseStateCallback):
@@ -108,20 +113,42 @@ def _no_delay(connector: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class _Channels:
-    """Counts the SSH channels opened on a connection from now on: one for each command,
-    pyinfra's and the deploys' own."""
+class Channels(Generic[T]):
+    """The SSH channels of one connection from now on, counted (one for each command,
+    pyinfra's and the deploys' own) and opened one ahead.
 
-    def __init__(self, connector: Any) -> None:
+    Opening a channel takes a round trip to the server, and the command run on it another
+    (two when it sends text on stdin). While one command runs, the channel for the next is
+    opened in the background, so each command waits for one round trip fewer: a fresh install
+    at a cloud server's 50 ms took 3.7 s, and takes 2.7 s (bench/install.py).
+
+    `open_session` stands in for paramiko's `Transport.open_session`; `close` stops opening
+    ahead, after the connection is closed (a spare still being opened then fails at once and
+    is dropped).
+    """
+
+    def __init__(self, open_session: Callable[..., T]) -> None:
         self.opened = 0
-        transport = connector.client.get_transport()
-        open_session = transport.open_session
+        self._open = open_session
+        self._spare: Future[T] | None = None
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssh-channel")
 
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.opened += 1
-            return open_session(*args, **kwargs)
+    def open_session(self, *args: Any, **kwargs: Any) -> T:
+        """A session channel as `Transport.open_session(...)` gives one: the spare opened
+        ahead, while the next is opened; a channel of other sizes (SFTP's) as asked."""
+        self.opened += 1
+        if args or kwargs.keys() - {"timeout"}:
+            return self._open(*args, **kwargs)
+        spare, self._spare = self._spare, self._ahead.submit(self._open, **kwargs)
+        if spare is not None:
+            # A spare that could not be opened is opened again here, which fails the same
+            # way if the connection is gone.
+            with suppress(Exception):
+                return spare.result()
+        return self._open(**kwargs)
 
-        transport.open_session = counted
+    def close(self) -> None:
+        self._ahead.shutdown(wait=True, cancel_futures=True)
 
 
 def _connect_message(host: InstallHost, detail: str) -> str:
@@ -220,7 +247,9 @@ def run_request(request: HostRequest) -> HostResult:
         connect_seconds = time.monotonic() - started
         _keep_alive(inventory_host.connector)
         _no_delay(inventory_host.connector)
-        channels = _Channels(inventory_host.connector)
+        transport = inventory_host.connector.client.get_transport()
+        channels = Channels(transport.open_session)
+        transport.open_session = channels.open_session
         error = ""
         try:
             add_deploy(state, install_server, request)
@@ -230,6 +259,7 @@ def run_request(request: HostRequest) -> HostResult:
             error = _failure(request, state, recorder, errors, exc)
         finally:
             disconnect_all(state)
+            channels.close()
     operations = []
     for op_hash in state.get_op_order():
         meta = state.ops[inventory_host][op_hash].operation_meta
