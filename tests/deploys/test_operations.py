@@ -9,7 +9,12 @@ commands out. Each file operations/<module>.<operation>/<case>.json is one behav
      "exception": "..."}                 optional: the message of the OperationError it raises
 
 A fact with arguments is keyed by them (`path=/etc/x`, lists as JSON). A fact the operation
-asks for and the case does not give fails the test: every input is written down.
+asks for and the case does not give fails the test: every input is written down. So does a fact
+its deploy does not list to read ahead (deploys.support.read_ahead), which would cost the
+install a command of its own. That is checked by the fact's kind, in every case, so on the
+paths a local server never takes (Docker's own repository, a VM's swap file); the arguments
+are checked on a real install (tests/install, test_every_fact_the_install_asks_for_...).
+
 A command is a shell string, {"write": path, "mode": mode, "lines": [...]} (deploys.support's
 FileWrite, whose text goes on stdin), {"chain": [...]} (deploys.support's Chain: the commands
 it runs in one), {"upload": dest, "lines": [...]} or {"function": name, "args": [...]}.
@@ -27,8 +32,13 @@ import pytest
 from pyinfra.api import Config, FileUploadCommand, FunctionCommand, OperationError, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
+from deploys.agent import agent_facts
+from deploys.apt import packages_facts
+from deploys.docker import docker_facts
 from deploys.support import Chain, FileWrite, skipped_on
-from engine.install.model import from_json, to_json
+from deploys.system import system_facts
+from engine.install.model import AgentFile, AgentRun, from_json, to_json
+from engine.model import DockerInstall, DockerSource, SystemInstall
 
 CASES = sorted((Path(__file__).parent / "operations").glob("*/*.json"))
 
@@ -50,12 +60,14 @@ class FakeHost:
         self.current_op_global_arguments = None
         self.noops: list[str] = []
         self.sent = False
+        self.asked: set[str] = set()
 
     def get_fact(self, cls: Any, *args: Any, **kwargs: Any) -> Any:
         assert not args, "pass fact arguments by name"
         # The install reads facts ahead and trusts them until a command has run: an operation
         # asks for all of its facts before it sends its first command.
         assert not self.sent, f"{cls.name} asked for after a command was sent"
+        self.asked.add(cls.name)
         if cls.name not in self.facts:
             raise AssertionError(f"the case gives no fact {cls.name}")
         value = self.facts[cls.name]
@@ -71,6 +83,34 @@ class FakeHost:
 
     def get_temp_filename(self, *args: Any, **kwargs: Any) -> str:
         return "/tmp/pyinfra-temp"
+
+
+def _listed() -> dict[str, set[str]]:
+    """The facts each deploy's list names, by the module of its operations, in the settings
+    that reach every operation: a VM with unattended upgrades and keys to authorize, Docker
+    from either source, an agent with files whose image is pulled."""
+    run = AgentRun(
+        image="registry.example/agent:1",
+        argv=("docker", "run", "--name", "fleet-agent", "registry.example/agent:1"),
+        health=("true",),
+        directories=("/etc/fleet-agent",),
+        files=(AgentFile(path="/etc/fleet-agent/token", content="t"),),
+    )
+    lists = {
+        "system": system_facts(
+            SystemInstall(unattended_upgrades=True), admin="fleet", keys=("ssh-ed25519 AAAA",)
+        ),
+        "docker": [
+            *docker_facts(DockerInstall(source=DockerSource.DOCKER_CE), admin="fleet"),
+            *docker_facts(DockerInstall(source=DockerSource.DISTRO), admin="fleet"),
+        ],
+        "agent": agent_facts(run, pull=True, delivery=None),
+        "apt": packages_facts(),
+    }
+    return {module: {cls.name for cls, _ in asks} for module, asks in lists.items()}
+
+
+LISTED = _listed()
 
 
 def _text(value: Any) -> str:
@@ -115,16 +155,24 @@ def test_operation(case: Path) -> None:
             with pytest.raises(OperationError) as info:
                 list(operation._inner(**kwargs))
             assert str(info.value) == spec["exception"]
+            _assert_listed(case, host)
             return
         for command in operation._inner(**kwargs):
             host.sent = True
             commands.append(_command(command))
     assert commands == spec["commands"]
+    _assert_listed(case, host)
     if "noop" in spec:
         assert spec["noop"] in host.noops
     else:
         assert commands, f"no commands and no noop expected; the operation said {host.noops}"
     assert list(skipped_on(host.name)) == spec.get("skipped", [])
+
+
+def _assert_listed(case: Path, host: FakeHost) -> None:
+    module = case.parent.name.split(".")[0]
+    unlisted = host.asked - LISTED[module]
+    assert not unlisted, f"deploys.{module} does not list {sorted(unlisted)} to read ahead"
 
 
 def test_every_operation_of_the_project_has_cases() -> None:
