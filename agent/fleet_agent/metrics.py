@@ -3,8 +3,10 @@
 CPU use is a rate, so it needs two readings: a sampler reads the per-core CPU times every
 `cpu_window_s` and reports the use over the last complete window (busy ticks over all ticks,
 psutil's own definition). A reading taken on its own is never reported; until the first
-window closes (one second after start) callers wait for it. This avoids the failure of agents
-that call `psutil.cpu_percent()` once and report its meaningless first value.
+window closes (a quarter of a second after start: the first heartbeat waits for it, and that
+heartbeat is what makes a freshly installed server ready) callers wait for it. This avoids the
+failure of agents that call `psutil.cpu_percent()` once and report its meaningless first
+value.
 
 Memory `used` is total minus available (what new work cannot have), so page cache is not
 counted as used. Inside the agent's container (host PID and network namespaces) /proc shows
@@ -25,7 +27,7 @@ from typing import Any
 
 import psutil
 
-FIRST_WINDOW_S = 1.0
+FIRST_WINDOW_S = 0.25
 # Container ends of veth pairs and loopback say nothing about the host's own traffic.
 _SKIPPED_INTERFACE_PREFIXES = ("lo", "veth")
 
