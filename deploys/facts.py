@@ -6,7 +6,9 @@ and prints a shape `process` can read without guessing.
 
 from __future__ import annotations
 
+import json
 import shlex
+import urllib.parse
 from typing import Any, TypedDict
 
 from pyinfra.api import FactBase, StringCommand
@@ -185,29 +187,58 @@ class UserGroups(FactBase[list[str]]):
         return output[0].split() if output else []
 
 
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def docker_api(path: str) -> str:
+    """Shell that prints the Docker engine's JSON answer to GET `path`, or nothing when the
+    engine does not answer, has no such object, or curl is missing (the system deploy installs
+    it first).
+
+    curl asks the engine's socket directly: the `docker` client is a Go program that costs the
+    server about 25 ms of CPU each time it starts, curl about 5.
+    """
+    url = "http://docker" + urllib.parse.quote(path, safe="/:@")
+    return (
+        f"curl --silent --fail --noproxy '*' --unix-socket {DOCKER_SOCKET} "
+        f"{shlex.quote(url)} 2>/dev/null || true"
+    )
+
+
+def _answer(output: list[str]) -> dict[str, Any] | None:
+    """The JSON object `docker_api` printed, or None when it printed none."""
+    text = "\n".join(output).strip()
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class DockerVersion(FactBase[str | None]):
-    """The version of the Docker engine when it answers `docker info`, else None."""
+    """The version of the Docker engine when it answers, else None."""
 
     def command(self) -> str:
-        return "docker info --format '{{.ServerVersion}}' 2>/dev/null || true"
+        return docker_api("/version")
 
     def process(self, output: list[str]) -> str | None:
-        value = output[0].strip() if output else ""
-        return value or None
+        answer = _answer(output) or {}
+        version = answer.get("Version")
+        return version if isinstance(version, str) and version else None
 
 
 class DockerImageId(FactBase[str | None]):
     """The id of the local image `reference` (sha256:...), or None when it is absent."""
 
     def command(self, reference: str) -> str:
-        return (
-            f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(reference)} "
-            "2>/dev/null || true"
-        )
+        return docker_api(f"/images/{reference}/json")
 
     def process(self, output: list[str]) -> str | None:
-        value = output[0].strip() if output else ""
-        return value or None
+        answer = _answer(output) or {}
+        image_id = answer.get("Id")
+        return image_id if isinstance(image_id, str) and image_id else None
 
 
 class DockerContainerDict(TypedDict):
@@ -223,18 +254,18 @@ class DockerContainer(FactBase[DockerContainerDict | None]):
     """The image id, run hash label and state of `container`, or None when absent."""
 
     def command(self, container: str) -> str:
-        template = (
-            f'{{{{.Image}}}} {{{{index .Config.Labels "{RUN_HASH_LABEL}"}}}} {{{{.State.Running}}}}'
-        )
-        target = shlex.quote(container)
-        return f"docker inspect --format {shlex.quote(template)} {target} 2>/dev/null || true"
+        return docker_api(f"/containers/{container}/json")
 
     def process(self, output: list[str]) -> DockerContainerDict | None:
-        fields = output[0].split() if output else []
-        if len(fields) != 3:
+        answer = _answer(output)
+        if answer is None:
             return None
-        image, run_hash, running = fields
-        return {"image": image, "run_hash": run_hash, "running": running == "true"}
+        labels = (answer.get("Config") or {}).get("Labels") or {}
+        return {
+            "image": str(answer.get("Image", "")),
+            "run_hash": str(labels.get(RUN_HASH_LABEL, "")),
+            "running": (answer.get("State") or {}).get("Running") is True,
+        }
 
 
 class PathDict(TypedDict):

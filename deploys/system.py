@@ -92,7 +92,10 @@ def system(
     (none: its keys are left as they are)."""
     read_ahead(system_facts(install, admin=admin, keys=keys))
     host_name(name="Set the host name", hostname=hostname)
-    wanted = ("tzdata", "unattended-upgrades") if install.unattended_upgrades else ("tzdata",)
+    # curl: the install reads Docker's state through its socket with it (deploys.facts) and
+    # runs the agent's health check with it.
+    base = ("tzdata", "curl")
+    wanted = (*base, "unattended-upgrades") if install.unattended_upgrades else base
     packages(name="Install the base packages", present=wanted)
     timezone(name="Set the time zone", timezone=install.timezone)
     sysctl(name="Apply kernel settings", settings=install.sysctl)

@@ -23,7 +23,9 @@ from typing import Any
 
 import paramiko
 import pytest
+from pyinfra.api import FactBase
 
+from deploys.facts import RUN_HASH_LABEL, DockerContainer, DockerImageId, DockerVersion
 from engine.errors import EngineError
 from engine.install.model import AgentRun, HostResult, InstallHost, InstallSettings
 from engine.install.runner import install_hosts
@@ -272,6 +274,32 @@ def test_docker_answers_with_the_settings_asked_for(
         assert daemon["log-opts"] == {"max-size": "20m", "max-file": "4"}
         assert daemon["live-restore"] is True
         assert "fleet-agent" in server.run("docker", "ps", "--format", "{{.Names}}", user="fleet")
+
+
+def test_the_docker_facts_read_what_the_docker_client_shows(
+    first_run: FirstRun, servers: dict[str, Target]
+) -> None:
+    server = servers["a"]
+
+    def read(fact: FactBase[Any], **kwargs: Any) -> Any:
+        return fact.process(server.run("sh", "-c", fact.command(**kwargs)).splitlines())
+
+    def docker(template: str, *target: str) -> str:
+        return server.run("docker", "inspect", "--format", template, *target).strip()
+
+    assert (
+        read(DockerVersion())
+        == server.run("docker", "info", "--format", "{{.ServerVersion}}").strip()
+    )
+    reference = docker("{{.Config.Image}}", "fleet-agent")
+    assert read(DockerImageId(), reference=reference) == docker("{{.Id}}", reference)
+    assert read(DockerContainer(), container="fleet-agent") == {
+        "image": docker("{{.Image}}", "fleet-agent"),
+        "run_hash": docker(f'{{{{index .Config.Labels "{RUN_HASH_LABEL}"}}}}', "fleet-agent"),
+        "running": True,
+    }
+    assert read(DockerImageId(), reference="registry.example/no-such:1") is None
+    assert read(DockerContainer(), container="no-such-container") is None
 
 
 def test_the_agent_answers_its_health_check_and_has_its_token(
