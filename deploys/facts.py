@@ -217,6 +217,12 @@ def _answer(output: list[str]) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _text(output: list[str], name: str) -> str | None:
+    """The non-empty text field `name` of the JSON object `docker_api` printed, else None."""
+    value = (_answer(output) or {}).get(name)
+    return value if isinstance(value, str) and value else None
+
+
 class DockerVersion(FactBase[str | None]):
     """The version of the Docker engine when it answers, else None."""
 
@@ -224,9 +230,7 @@ class DockerVersion(FactBase[str | None]):
         return docker_api("/version")
 
     def process(self, output: list[str]) -> str | None:
-        answer = _answer(output) or {}
-        version = answer.get("Version")
-        return version if isinstance(version, str) and version else None
+        return _text(output, "Version")
 
 
 class DockerImageId(FactBase[str | None]):
@@ -236,9 +240,7 @@ class DockerImageId(FactBase[str | None]):
         return docker_api(f"/images/{reference}/json")
 
     def process(self, output: list[str]) -> str | None:
-        answer = _answer(output) or {}
-        image_id = answer.get("Id")
-        return image_id if isinstance(image_id, str) and image_id else None
+        return _text(output, "Id")
 
 
 class DockerContainerDict(TypedDict):
