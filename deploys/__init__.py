@@ -8,10 +8,10 @@ from facts inside an operation, so each one is tested by feeding facts (tests/de
 Every command waits for a round trip to the server, two when it sends text on stdin (the
 engine opens each command's SSH channel while the one before runs: engine.install.worker):
 0.05 s or 0.1 s to a cloud server 50 ms away, which is most of an install's time there. So each
-deploy lists the facts its operations will ask for and reads them together, again only after
-an operation has changed something (deploys.support.read_ahead), and an operation sends what
-it changes as one command (deploys.support.Chain): a fresh install of a local server sends 19
-commands, a run that changes nothing 3.
+deploy lists the facts its operations will ask for and reads them together, again only those
+an operation that has changed something could have changed (deploys.support.read_ahead and
+changes), and an operation sends what it changes as one command (deploys.support.Chain): a
+fresh install of a local server sends 14 commands, a run that changes nothing 3.
 
 Supported servers: Debian 12 and Ubuntu 22.04/24.04, with systemd or a SysV init.
 """

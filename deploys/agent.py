@@ -34,7 +34,15 @@ from deploys.facts import (
     DockerImageId,
     FactAsk,
 )
-from deploys.support import Commands, chained, fact, paths_ask, read_ahead, write_files
+from deploys.support import (
+    Commands,
+    chained,
+    changes,
+    fact,
+    paths_ask,
+    read_ahead,
+    write_files,
+)
 from engine.install.model import AgentRun, ImageDelivery, ImagePeer
 from engine.install.sharing import PeerList, deliver, pinned_known_hosts, saved_archive
 
@@ -86,6 +94,7 @@ def host_files(run: AgentRun) -> Commands:
     )
     if not commands:
         host.noop("the agent's files are as wanted")
+    changes(paths=[*_folders(run), *(f.path for f in run.files)])
     yield from commands
 
 
@@ -93,6 +102,7 @@ def host_files(run: AgentRun) -> Commands:
 def image(reference: str, pull: bool, delivery: ImageDelivery | None) -> Commands:
     """`docker pull` a registry image, or deliver the engine's archive of it (`delivery`)."""
     current = fact(DockerImageId, reference=reference)
+    changes(DockerImageId)
     if pull:
         if current:
             host.noop(f"{reference} is present")

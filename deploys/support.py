@@ -12,6 +12,14 @@ given. So a run that changes nothing reads each deploy's facts with one command,
 asking one by one costs two round trips a fact. A fact no deploy lists is read on its own,
 with a warning in the install's log: the list is to be mended (tests/install/ checks that a
 local install has none).
+
+An operation that says, with `changes`, which facts its commands can change has only those
+read again after it: writing the sysctl file does not move the swap file. One that does not
+say has every fact still listed read again, so a new operation is safe until it says; so is
+a fact that changes by itself (its class has `live = True`: Docker's version, None until a
+started engine answers). With CHECK_KEPT, each answer kept across an operation is read again
+all the same and compared: tests/install runs a fresh install that way, so an operation that
+says too little fails there.
 """
 
 from __future__ import annotations
@@ -55,16 +63,37 @@ def skipped_on(name: str) -> tuple[str, ...]:
 @dataclass
 class _Listed:
     """The facts one deploy lists for a host: how many asks each has left, and the answers
-    read (with deploys.facts.Ahead) after `sent` operations had sent commands to the host."""
+    read (with deploys.facts.Ahead), up to date with the operations in `seen`, those that had
+    sent commands to the host (None: nothing read yet)."""
 
     asks: dict[str, FactAsk]
     left: dict[str, int]
     answers: dict[str, Any] = field(default_factory=dict)
-    sent: int | None = None
+    seen: frozenset[str] | None = None
 
+
+@dataclass(frozen=True)
+class _Changes:
+    """What one operation's commands can change: facts of the kinds `names`, and facts that
+    read one of `paths`."""
+
+    names: frozenset[str]
+    paths: frozenset[str]
+
+    def affect(self, ask: FactAsk) -> bool:
+        cls, kwargs = ask
+        read = {kwargs["path"]} if "path" in kwargs else set(kwargs.get("paths", ()))
+        return cls.name in self.names or bool(read & self.paths)
+
+
+# When true, an answer kept across an operation that says it cannot change it is read again
+# and compared, and a difference fails that run (tests/install sets it).
+CHECK_KEPT = False
 
 # Per host object: each run of the deploys has hosts of its own.
 _LISTED: dict[Any, list[_Listed]] = {}
+# What each operation (by its hash) said it changes, per host object.
+_CHANGES: dict[Any, dict[str, _Changes]] = {}
 
 
 def _key(cls: type[FactBase[Any]], kwargs: dict[str, Any]) -> str:
@@ -83,23 +112,33 @@ def read_ahead(asks: Sequence[FactAsk]) -> None:
     _LISTED.setdefault(ctx_host.get(), []).append(_Listed(listed, left))
 
 
-def _sent() -> int:
-    """How many operations have sent commands to the current host so far."""
-    return sum(data.operation_meta.executed for data in state.ops[host].values())
+def changes(*facts: type[FactBase[Any]], paths: Sequence[str] = ()) -> None:
+    """Say that the current operation's commands can change the facts of the kinds `facts`
+    and those that read one of `paths` (a file, or a folder it makes), and nothing else its
+    deploy lists. Call it before the first command; it vouches for every command the
+    operation sends."""
+    op_hash = host.current_op_hash
+    if op_hash is not None:
+        names = frozenset(cls.name for cls in facts)
+        _CHANGES.setdefault(ctx_host.get(), {})[op_hash] = _Changes(names, frozenset(paths))
+
+
+def _sent() -> frozenset[str]:
+    """The operations that have sent commands to the current host so far."""
+    return frozenset(
+        op_hash for op_hash, data in state.ops[host].items() if data.operation_meta.executed
+    )
 
 
 def fact(cls: type[FactBase[Any]], **kwargs: Any) -> Any:
     """What the fact `cls` with `kwargs` says about the current host: read ahead with the
-    rest of its deploy's list while no operation has sent a command since, else read now."""
+    rest of its deploy's list, and again after an operation that could have changed it."""
     key = _key(cls, kwargs)
     listings = _LISTED.get(ctx_host.get(), [])
     for listing in listings:
         if not listing.left.get(key):
             continue
-        sent = _sent()
-        if listing.sent != sent:
-            listing.answers = _read(listing)
-            listing.sent = sent
+        _update(listing)
         listing.left[key] -= 1
         if key in listing.answers:
             return listing.answers[key]
@@ -110,11 +149,52 @@ def fact(cls: type[FactBase[Any]], **kwargs: Any) -> Any:
     return host.get_fact(cls, **kwargs)
 
 
-def _read(listing: _Listed) -> dict[str, Any]:
-    """The answers to the asks `listing` has left, read with one command. A fact whose command
-    failed or whose output it cannot read is left out: asked, it is read on its own, and
-    pyinfra reports the failure as it always does."""
+def _update(listing: _Listed) -> None:
+    """Read the asks `listing` has left that the operations which sent commands since its
+    last read may have changed: all of them on the first read, or after an operation that did
+    not say what it changes."""
+    sent = _sent()
+    if listing.seen == sent:
+        return
     wanted = [key for key, left in listing.left.items() if left]
+    new = sent - (listing.seen or frozenset())
+    said = _CHANGES.get(ctx_host.get(), {})
+    if listing.seen is not None and new <= said.keys():
+        stale = [
+            k
+            for k in wanted
+            if getattr(listing.asks[k][0], "live", False)
+            or any(said[op].affect(listing.asks[k]) for op in new)
+        ]
+        if CHECK_KEPT:
+            _check_kept(listing, [k for k in wanted if k not in stale], new)
+        wanted = stale
+    for key in wanted:
+        listing.answers.pop(key, None)
+    if wanted:
+        listing.answers.update(_read(listing, wanted))
+    listing.seen = sent
+
+
+def _check_kept(listing: _Listed, kept: list[str], operations: frozenset[str]) -> None:
+    """Fail unless each answer in `kept` reads now as it did before `operations` ran."""
+    if not kept:
+        return
+    now = _read(listing, kept)
+    names = ", ".join(sorted(name for op in operations for name in state.get_op_meta(op).names))
+    for key in kept:
+        if now.get(key) != listing.answers.get(key):
+            raise OperationError(
+                f"the fact {key} changed under {names}, which says it cannot change it:"
+                f" was {listing.answers.get(key)!r}, is {now.get(key)!r}"
+            )
+    logger.info("%s%d answers kept across %s read as before", host.print_prefix, len(kept), names)
+
+
+def _read(listing: _Listed, wanted: Sequence[str]) -> dict[str, Any]:
+    """The answers to the asks `wanted` of `listing`, read with one command. A fact whose
+    command failed or whose output it cannot read is left out: asked, it is read on its own,
+    and pyinfra reports the failure as it always does."""
     found = host.get_fact(Ahead, asks=tuple(listing.asks[key] for key in wanted))
     answers = {}
     for key, (status, lines) in zip(wanted, found, strict=False):

@@ -40,6 +40,7 @@ from deploys.support import (
     Commands,
     FileWrite,
     chained,
+    changes,
     control_service,
     fact,
     paths_ask,
@@ -170,6 +171,7 @@ def timezone(timezone: str) -> Commands:
         return
     path = shlex.quote(f"/usr/share/zoneinfo/{timezone}")
     missing = shlex.quote(f"unknown time zone {timezone}: {path} does not exist")
+    changes(ZoneInfo)
     yield from chained(
         [
             StringCommand(f"test -f {path} || {{ echo {missing} >&2; exit 1; }}"),
@@ -219,6 +221,7 @@ def sysctl(settings: Labels) -> Commands:
     if not put and not stale:
         host.noop("kernel settings are applied")
         return
+    changes(Sysctl, paths=[SYSCTL_PATH])
     yield from chained([*put, StringCommand("sysctl -q -p", SYSCTL_PATH)])
 
 
@@ -326,6 +329,7 @@ def unattended_upgrades(enabled: bool) -> Commands:
     commands = write_files(wanted)
     if not commands:
         host.noop("unattended upgrades are configured")
+    changes(paths=[path for path, _, _ in wanted])
     yield from commands
 
 
@@ -400,6 +404,7 @@ def sshd(admin: str) -> Commands:
         "echo 'sshd rejected the hardened configuration; it keeps its previous one' >&2; exit 1; "
         f"fi; rm -f {old}"
     )
+    changes(Service, paths=[SSHD_DROP_IN])
     yield from chained(
         [FileWrite(staged, config, "644"), check, *control_service("ssh", reloaded=True)]
     )

@@ -58,6 +58,7 @@ class FakeHost:
         self.print_prefix = f"[{name}] "
         self.facts = facts
         self.current_op_global_arguments = None
+        self.current_op_hash = None
         self.noops: list[str] = []
         self.sent = False
         self.asked: set[str] = set()

@@ -11,11 +11,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pyinfra.api import FactBase, StringCommand
+from pyinfra.api import FactBase, OperationError, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
+from deploys import support
 from deploys.facts import Ahead, HostName, Installed, Paths
-from deploys.support import Chain, FileWrite, fact, paths_ask, read_ahead
+from deploys.support import Chain, FileWrite, changes, fact, paths_ask, read_ahead
 
 
 def _sh(command: str, stdin: str = "") -> list[str]:
@@ -148,6 +149,7 @@ class _LocalHost:
     name = "local"
     print_prefix = "[local] "
     current_op_global_arguments = None
+    current_op_hash: str | None = None
 
     def __init__(self) -> None:
         self.reads: list[str] = []
@@ -202,3 +204,86 @@ def test_facts_read_ahead_hold_until_an_operation_sends_a_command(
         "[local] no deploy lists the fact deploys.facts.Paths",
         "[local] no deploy lists the fact deploys.facts.Installed",
     ]
+
+
+class _Operations(SimpleNamespace):
+    """The state's record of a host's operations, each of which has sent commands or not."""
+
+    def __init__(self, host: _LocalHost, *names: str) -> None:
+        super().__init__(ops={host: {name: _Sent() for name in names}})
+
+    def get_op_meta(self, op_hash: str) -> Any:
+        return SimpleNamespace(names={op_hash})
+
+    def send(
+        self, host: _LocalHost, op_hash: str, *facts: Any, paths: tuple[str, ...] = ()
+    ) -> None:
+        """Run `op_hash` on `host`: say what it changes (with `facts` or `paths`, if given),
+        then record that it sent a command."""
+        if facts or paths:
+            host.current_op_hash = op_hash
+            changes(*facts, paths=paths)
+            host.current_op_hash = None
+        self.ops[host][op_hash].operation_meta.executed = True
+
+
+def test_after_an_operation_that_says_what_it_changes_only_that_is_read_again(
+    tmp_path: Path,
+) -> None:
+    conf, other = tmp_path / "conf", tmp_path / "other"
+    conf.write_text("one\n")
+    host = _LocalHost()
+    state = _Operations(host, "writes conf", "installs", "says nothing")
+
+    def digest(path: Path) -> str | None:
+        found = fact(Paths, paths=(str(path),)).get(str(path))
+        return found["sha256"] if found else None
+
+    with ctx_state.use(state), ctx_host.use(host):
+        read_ahead([paths_ask([str(conf)])] * 2 + [paths_ask([str(other)])] * 3)
+        read_ahead([(Installed, {"commands": ("sh",)})])
+        assert digest(conf) == hashlib.sha256(b"one\n").hexdigest()
+        assert host.reads == ["Ahead"]
+        # It writes conf and says so: conf is read again, alone; `other` is kept.
+        conf.write_text("two\n")
+        other.write_text("made behind the operation's back\n")
+        state.send(host, "writes conf", paths=(str(conf),))
+        assert digest(conf) == hashlib.sha256(b"two\n").hexdigest()
+        assert digest(other) is None
+        assert host.reads == ["Ahead", "Ahead"]
+        # Another deploy's list is read on its first ask, whatever ran before.
+        assert fact(Installed, commands=("sh",)) == ["sh"]
+        assert host.reads == ["Ahead", "Ahead", "Ahead"]
+        # It says it changes installed commands only: `other` is still kept, unread.
+        state.send(host, "installs", Installed)
+        assert digest(other) is None
+        assert host.reads == ["Ahead", "Ahead", "Ahead"]
+        # It says nothing: whatever is left is read again.
+        state.send(host, "says nothing")
+        assert digest(other) == hashlib.sha256(b"made behind the operation's back\n").hexdigest()
+        assert host.reads == ["Ahead", "Ahead", "Ahead", "Ahead"]
+
+
+def test_checking_kept_answers_fails_an_operation_that_changed_more_than_it_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(support, "CHECK_KEPT", True)
+    conf, other = tmp_path / "conf", tmp_path / "other"
+    conf.write_text("one\n")
+    host = _LocalHost()
+    state = _Operations(host, "writes conf", "writes other")
+    with ctx_state.use(state), ctx_host.use(host):
+        read_ahead([paths_ask([str(conf)])] * 2 + [paths_ask([str(other)])] * 2)
+        fact(Paths, paths=(str(conf),))
+        # Kept as it was: checked, and given.
+        state.send(host, "writes conf", paths=(str(conf),))
+        assert fact(Paths, paths=(str(other),)) == {}
+        assert host.reads == ["Ahead", "Ahead", "Ahead"]
+        # Changed behind a declaration that leaves it out: the run fails, saying which.
+        other.write_text("two\n")
+        state.send(host, "writes other", paths=(str(conf),))
+        with pytest.raises(
+            OperationError,
+            match=r"deploys.facts.Paths .*other.* changed under writes other, which says it cannot",
+        ):
+            fact(Paths, paths=(str(other),))

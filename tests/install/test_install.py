@@ -1,16 +1,18 @@
 """The install, for real: pyinfra over SSH into Debian 12 servers (golden-image containers
 booted with cloud-init), with pinned host keys, run the way the install job runs it.
 
-Three servers, booted with the engine's own user_data, share the module: `a` runs the agent
+Four servers, booted with the engine's own user_data, share the module: `a` runs the agent
 on the host network and gets the iptables firewall; `b` has nftables installed, sshd on port
 2222 and publishes the agent's port through Docker; `c` is cut off the network in the middle
-of its install. The test process is the control plane: it reaches the servers from its
-address on the test's own bridge.
+of its install; `d` is installed like `a`, with every fact the install keeps checked. The
+test process is the control plane: it reaches the servers from its address on the test's own
+bridge.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import socket
 import subprocess
@@ -25,10 +27,13 @@ import paramiko
 import pytest
 from pyinfra.api import FactBase
 
+from deploys import support
 from deploys.facts import RUN_HASH_LABEL, DockerContainer, DockerImageId, DockerVersion
 from engine.errors import EngineError
-from engine.install.model import AgentRun, HostResult, InstallHost, InstallSettings
+from engine.install.model import AgentRun, HostRequest, HostResult, InstallHost, InstallSettings
 from engine.install.runner import install_hosts
+from engine.install.sharing import image_archives
+from engine.install.worker import run_request
 from engine.model import DockerInstall, DockerSource, Install, SystemInstall
 from engine.providers.local.dockerd import PrivateDaemon
 from tests.support.targets import (
@@ -70,7 +75,7 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def servers(
     docker_client: Any, golden_image: str, key: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Target]]:
-    names = [f"inst-{letter}-{secrets.token_hex(2)}" for letter in "abc"]
+    names = [f"inst-{letter}-{secrets.token_hex(2)}" for letter in "abcd"]
     # b's sshd listens on 2222 (set by its user_data), as `ssh.port` makes it.
     targets = boot_targets(
         docker_client,
@@ -81,7 +86,7 @@ def servers(
         ssh_ports={names[1]: 2222},
     )
     try:
-        by_role = dict(zip("abc", targets, strict=True))
+        by_role = dict(zip("abcd", targets, strict=True))
         # b gets nftables, so the firewall takes its nft form there.
         by_role["b"].run(
             "sh", "-c", "apt-get update -qq && apt-get install -y -qq nftables >/dev/null 2>&1"
@@ -109,6 +114,7 @@ def hosts(servers: dict[str, Target], key: Path, busybox_image: str) -> dict[str
         "a": servers["a"].host(key, agent=agent_run(image, token=TOKEN, network="host")),
         "b": servers["b"].host(key, agent=agent_run(image, token=TOKEN, network="publish")),
         "c": servers["c"].host(key, agent=agent_run(image, token=TOKEN, network="host")),
+        "d": servers["d"].host(key, agent=agent_run(image, token=TOKEN, network="host")),
     }
 
 
@@ -234,6 +240,26 @@ def test_every_fact_the_install_asks_for_is_read_ahead(first_run: FirstRun) -> N
     for role in "ab":
         log = (first_run.logs / f"{first_run.results[role].name}.log").read_text()
         assert "no deploy lists the fact" not in log
+
+
+def test_what_an_operation_says_it_cannot_change_reads_the_same_after_it(
+    hosts: dict[str, Any],
+    settings: InstallSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fresh install that reads again, and compares, every answer it keeps across an
+    operation because the operation says it cannot change it (deploys.support.CHECK_KEPT).
+    Run here in the test's process: an operation that changes more than it says fails."""
+    monkeypatch.setattr(support, "CHECK_KEPT", True)
+    caplog.set_level(logging.INFO, logger=support.__name__)
+    host = hosts["d"]
+    archive = image_archives(settings.docker_url, [host.agent.image])[host.agent.image]
+    result = run_request(HostRequest(host=host, settings=settings, archive=archive))
+    assert result.ok, result.error
+    assert "agent | Run the agent" in result.changed
+    checked = [r.getMessage() for r in caplog.records if "read as before" in r.getMessage()]
+    assert len(checked) >= 5, checked
 
 
 def test_a_server_that_goes_away_fails_alone_with_a_clear_message(
@@ -411,7 +437,7 @@ def test_secrets_never_reach_logs_or_results(
     results, logs = first_run.results, first_run.logs
     assert servers["a"].run("cat", "/etc/fleet-agent/token") == TOKEN  # it was delivered
     assert sorted(p.name for p in logs.iterdir()) == sorted(
-        f"{s.name}.log" for s in servers.values()
+        f"{servers[role].name}.log" for role in "abc"
     )
     for log in logs.iterdir():
         assert TOKEN not in log.read_text()
