@@ -23,6 +23,7 @@ from deploys.facts import DockerVersion, FactAsk, Service, UserGroups
 from deploys.support import (
     Commands,
     chained,
+    changes,
     control_service,
     fact,
     paths_ask,
@@ -164,6 +165,7 @@ def docker_group(user: str) -> Commands:
     if "docker" in fact(UserGroups, user=user):
         host.noop(f"{user} is in the docker group")
         return
+    changes(UserGroups)
     yield StringCommand("usermod -aG docker", shlex.quote(user))
 
 

@@ -226,8 +226,10 @@ def _text(output: list[str], name: str) -> str | None:
 class DockerVersion(FactBase[str | None]):
     """The version of the Docker engine when it answers, else None."""
 
-    # It changes by itself while a (re)started engine comes up: read again after any
-    # operation, whatever the operation says it changes (deploys.support.changes).
+    # None changes by itself once a (re)started engine comes up: read again after any
+    # operation while it is None, whatever the operation says it changes
+    # (deploys.support.changes). An operation that stops or restarts Docker says nothing,
+    # so every fact is read again after it.
     live = True
 
     def command(self) -> str:

@@ -16,8 +16,8 @@ local install has none).
 An operation that says, with `changes`, which facts its commands can change has only those
 read again after it: writing the sysctl file does not move the swap file. One that does not
 say has every fact still listed read again, so a new operation is safe until it says; so is
-a fact that changes by itself (its class has `live = True`: Docker's version, None until a
-started engine answers). With CHECK_KEPT, each answer kept across an operation is read again
+a fact whose None changes by itself (its class has `live = True`: Docker's version, None
+until a started engine answers). With CHECK_KEPT, each answer kept across an operation is read again
 all the same and compared: tests/install runs a fresh install that way, so an operation that
 says too little fails there.
 """
@@ -163,7 +163,7 @@ def _update(listing: _Listed) -> None:
         stale = [
             k
             for k in wanted
-            if getattr(listing.asks[k][0], "live", False)
+            if (getattr(listing.asks[k][0], "live", False) and listing.answers.get(k) is None)
             or any(said[op].affect(listing.asks[k]) for op in new)
         ]
         if CHECK_KEPT:

@@ -287,3 +287,35 @@ def test_checking_kept_answers_fails_an_operation_that_changed_more_than_it_says
             match=r"deploys.facts.Paths .*other.* changed under writes other, which says it cannot",
         ):
             fact(Paths, paths=(str(other),))
+
+
+class _Answers(FactBase[str | None]):
+    """What a file says, or None while it is not there: a service that comes to answer."""
+
+    live = True
+
+    def command(self, path: str) -> str:
+        return f"cat {path} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str | None:
+        return output[0] if output else None
+
+
+def test_a_live_fact_is_read_again_while_it_is_none_whatever_an_operation_says(
+    tmp_path: Path,
+) -> None:
+    version = tmp_path / "version"
+    host = _LocalHost()
+    state = _Operations(host, "first", "second")
+    with ctx_state.use(state), ctx_host.use(host):
+        read_ahead([(_Answers, {"path": str(version)})] * 3)
+        assert fact(_Answers, path=str(version)) is None
+        version.write_text("27.1\n")
+        state.send(host, "first", Installed)
+        assert fact(_Answers, path=str(version)) == "27.1"
+        assert host.reads == ["Ahead", "Ahead"]
+        # It answers now: kept across an operation that says it cannot change it.
+        version.write_text("28.0\n")
+        state.send(host, "second", Installed)
+        assert fact(_Answers, path=str(version)) == "27.1"
+        assert host.reads == ["Ahead", "Ahead"]
