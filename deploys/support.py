@@ -17,9 +17,9 @@ An operation that says, with `changes`, which facts its commands can change has 
 read again after it: writing the sysctl file does not move the swap file. One that does not
 say has every fact still listed read again, so a new operation is safe until it says; so is
 a fact whose None changes by itself (its class has `live = True`: Docker's version, None
-until a started engine answers). With CHECK_KEPT, each answer kept across an operation is read again
-all the same and compared: tests/install runs a fresh install that way, so an operation that
-says too little fails there.
+until a started engine answers). With CHECK_KEPT, each answer kept across an operation is
+read again all the same and compared: tests/install runs a fresh install that way, so an
+operation that says too little fails there.
 """
 
 from __future__ import annotations

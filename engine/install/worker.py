@@ -122,7 +122,8 @@ class Channels(Generic[T]):
     once its command has started, so sending it without waiting for the server to accept the
     command saves nothing; measured). While one command runs, the channel for the next is
     opened in the background, so each command waits for one round trip fewer: a fresh install
-    at a cloud server's 50 ms took 3.7 s, and takes 2.7 s (bench/install.py).
+    at a cloud server's 50 ms took 3.7 s without it and 2.7 s with it (bench/install.py, with
+    the deploys of then).
 
     `open_session` stands in for paramiko's `Transport.open_session`; `close` stops opening
     ahead, after the connection is closed (a spare still being opened then fails at once and
