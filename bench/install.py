@@ -2,9 +2,9 @@
 
 Starts a private Docker engine, boots twelve local servers (golden-image containers with
 cloud-init) and, twice, prints the wall time of a fresh install on 1 server with where its
-time went (connect, then each operation), on 5 servers in parallel (the ratio shows how it
-scales; target <= 1.2x), and of a no-change re-run of the 5, each with the CPU time the engine
-and the servers used:
+time went (connect, then each operation), on 5 servers in parallel with the steps where they
+lost time against the 1 (the ratio shows how it scales; target <= 1.2x), and of a no-change
+re-run of the 5, each with the CPU time the engine and the servers used:
 
 1. over the servers' bridge, where a round trip takes microseconds. Local servers share the
    engine's cores, so on a machine this small CPU rather than waiting sets the pace: the least
@@ -68,6 +68,7 @@ from tests.support.targets import (  # noqa: E402
 )
 
 PROFILE_MIN_S = 0.1
+SLOWER_MIN_S = 0.05
 
 
 def engine_cpu() -> float:
@@ -138,6 +139,23 @@ def profile(result: HostResult) -> None:
     print(f"  {'between operations (facts, planning)':<60} {result.seconds - accounted:6.2f} s")
 
 
+def slower(one: HostResult, five: tuple[HostResult, ...]) -> None:
+    """Where each of the five installs took longer than the one: connecting, and each
+    operation whose median over the five is at least SLOWER_MIN_S longer."""
+    heading = "where each of the 5 took longer than the 1"
+    print(f"  {heading:<44} {'1':>6} {'median':>8} {'slowest':>8}")
+    steps = {"connect": [r.connect_seconds for r in (one, *five)]}
+    for result in (one, *five):
+        for op in result.operations:
+            steps.setdefault(op.name, []).append(op.seconds)
+    for name, (alone, *others) in steps.items():
+        if len(others) == len(five) and statistics.median(others) - alone >= SLOWER_MIN_S:
+            print(
+                f"  {name[:44]:<44} {alone:6.2f} {statistics.median(others):8.2f}"
+                f" {max(others):8.2f} s"
+            )
+
+
 def sent_bytes(bridge: str) -> int:
     """Bytes the host has sent into `bridge` (to the servers on it)."""
     return int(Path(f"/sys/class/net/{bridge}/statistics/tx_bytes").read_text())
@@ -162,7 +180,8 @@ def scaling(
     ratio of 5 to 1; with `floor`, the least ratio this machine's cores allow beside it."""
     one, _, (first,) = timed("fresh install, 1 server", servers[:1], hosts[:1], settings)
     profile(first)
-    five, five_cpu, _ = timed("fresh install, 5 servers", servers[1:], hosts[1:], settings)
+    five, five_cpu, results = timed("fresh install, 5 servers", servers[1:], hosts[1:], settings)
+    slower(first, results)
     timed("re-run with no change, 5 servers", servers[1:], hosts[1:], settings)
     print(f"{'5 servers / 1 server':<34} {five / one:6.2f} x   (target <= 1.2)")
     if not floor:
