@@ -13,6 +13,8 @@ from typing import Any, TypedDict
 
 from pyinfra.api import FactBase, StringCommand
 
+from engine.install.agent import DOCKER_SOCKET
+
 AHEAD_END = "--fleet-fact-end--"
 
 # A fact class with the arguments it is asked with.
@@ -185,9 +187,6 @@ class UserGroups(FactBase[list[str]]):
 
     def process(self, output: list[str]) -> list[str]:
         return output[0].split() if output else []
-
-
-DOCKER_SOCKET = "/var/run/docker.sock"
 
 
 def docker_api(path: str) -> str:
