@@ -18,7 +18,7 @@ Supported servers: Debian 12 and Ubuntu 22.04/24.04, with systemd or a SysV init
 
 from __future__ import annotations
 
-from deploys.agent import agent
+from deploys.agent import agent, send_ahead
 from deploys.docker import docker
 from deploys.system import system
 from engine.install.model import HostRequest, ImageDelivery, ImagePeer
@@ -27,6 +27,12 @@ from engine.install.model import HostRequest, ImageDelivery, ImagePeer
 def install_server(request: HostRequest) -> None:
     """Add every deploy for the host of `request` to the current pyinfra state."""
     settings = request.settings
+    delivery = _delivery(request)
+    # A copied image goes ahead from the start, beside the baseline's commands (the worker
+    # runs what is added here at once; a dry run changes nothing).
+    ahead = request.host.agent is not None and delivery is not None and not request.dry_run
+    if ahead and delivery is not None:
+        send_ahead(delivery)
     system(
         settings.install.system,
         hostname=request.host.name,
@@ -41,7 +47,8 @@ def install_server(request: HostRequest) -> None:
         agent(
             request.host.agent,
             pull=settings.install.agent.image is not None,
-            delivery=_delivery(request),
+            delivery=delivery,
+            ahead=ahead,
         )
 
 

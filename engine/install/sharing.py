@@ -2,7 +2,7 @@
 
 When the agent image is copied rather than pulled (no `install.agent.image`), the first
 server of a fleet that lacks it gets it from the engine, over SSH, as the archive `docker save`
-made. Every server that has checked and loaded it keeps the archive and becomes a *peer*; the
+made. Every server that has checked it keeps the archive and becomes a *peer*; the
 servers after it fetch the archive from a peer over the fleet's private network instead (or
 at the peer's public address, for a server on no private network). A fleet of fifty servers
 costs the engine's uplink one image, not fifty.
@@ -196,7 +196,7 @@ def deliver(
     """Put the image on server `me`: from a peer when one has it, otherwise from the engine,
     where one server at a time seeds it and the others wait to fetch it from that one.
 
-    `from_peer` and `from_engine` do the copying (checked and loaded); each returns "" or what
+    `from_peer` and `from_engine` do the copying (checked, and kept); each returns "" or what
     went wrong. Once the image is on `me`, `me` is a peer (when it has an address for the
     fleet). Returns where the image came from; raises RuntimeError when the engine's copy failed.
     """

@@ -127,11 +127,14 @@ class Channels(Generic[T]):
 
     `open_session` stands in for paramiko's `Transport.open_session`; `close` stops opening
     ahead, after the connection is closed (a spare still being opened then fails at once and
-    is dropped).
+    is dropped). A channel asked for with its size (SFTP's, or the agent image's, which is
+    copied on a thread of its own beside the commands: deploys.agent) is opened as asked,
+    then and there.
     """
 
     def __init__(self, open_session: Callable[..., T]) -> None:
         self.opened = 0
+        self._count = threading.Lock()
         self._open = open_session
         self._spare: Future[T] | None = None
         self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssh-channel")
@@ -139,7 +142,8 @@ class Channels(Generic[T]):
     def open_session(self, *args: Any, **kwargs: Any) -> T:
         """A session channel as `Transport.open_session(...)` gives one: the spare opened
         ahead, while the next is opened; a channel of other sizes (SFTP's) as asked."""
-        self.opened += 1
+        with self._count:
+            self.opened += 1
         if args or kwargs.keys() - {"timeout"}:
             return self._open(*args, **kwargs)
         spare, self._spare = self._spare, self._ahead.submit(self._open, **kwargs)

@@ -6,7 +6,10 @@ commands out. Each file operations/<module>.<operation>/<case>.json is one behav
      "commands": [...],                  what the operation yields, in order
      "noop": "...",                      optional: the reason it gives for doing nothing
      "skipped": [...],                   optional: what it leaves out on purpose, and why
-     "exception": "..."}                 optional: the message of the OperationError it raises
+     "exception": "...",                 optional: the message of the OperationError it raises
+     "sent": {"source": ..., "loaded": ...} or {"error": "..."}}
+                                         optional: the agent image's copy sent ahead
+                                         (deploys.agent.send_ahead), done with this outcome
 
 A fact with arguments is keyed by them (`path=/etc/x`, lists as JSON). A fact the operation
 asks for and the case does not give fails the test: every input is written down. So does a fact
@@ -25,6 +28,7 @@ from __future__ import annotations
 import importlib
 import json
 import typing
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,7 @@ import pytest
 from pyinfra.api import Config, FileUploadCommand, FunctionCommand, OperationError, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
-from deploys.agent import agent_facts
+from deploys.agent import Sending, Sent, agent_facts
 from deploys.apt import packages_facts
 from deploys.docker import docker_facts
 from deploys.support import Chain, FileWrite, skipped_on
@@ -150,6 +154,10 @@ def test_operation(case: Path) -> None:
     hints = typing.get_type_hints(operation._inner)
     kwargs = {key: from_json(hints[key], value) for key, value in spec.get("kwargs", {}).items()}
     host = FakeHost(f"{case.parent.name}/{case.stem}", spec.get("facts", {}))
+    if "sent" in spec:
+        importlib.import_module("deploys.agent")._SENDING[host] = _sent(
+            spec["sent"], kwargs["delivery"]
+        )
     commands: list[Any] = []
     with ctx_state.use(FakeState()), ctx_host.use(host):
         if "exception" in spec:
@@ -168,6 +176,16 @@ def test_operation(case: Path) -> None:
     else:
         assert commands, f"no commands and no noop expected; the operation said {host.noops}"
     assert list(skipped_on(host.name)) == spec.get("skipped", [])
+
+
+def _sent(outcome: dict[str, Any], delivery: Any) -> Sending:
+    """A copy sent ahead that is done with `outcome`."""
+    done: Future[Sent] = Future()
+    if "error" in outcome:
+        done.set_exception(RuntimeError(outcome["error"]))
+    else:
+        done.set_result(Sent(**outcome))
+    return Sending(delivery, done)
 
 
 def _assert_listed(case: Path, host: FakeHost) -> None:

@@ -9,8 +9,11 @@ installed after the peer it would ask first was made to keep a wrong archive.
 from __future__ import annotations
 
 import hashlib
+import io
+import posixpath
 import secrets
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from deploys.agent import PARTIAL, keep_script, load_script
 from engine.install.model import HostResult, InstallHost, InstallSettings
 from engine.install.runner import install_hosts
 from engine.install.sharing import PeerList, fleet_sharing, image_archives, ranked, saved_archive
@@ -26,6 +30,7 @@ from engine.providers.local.dockerd import PrivateDaemon
 from tests.support.targets import Target, agent_run, boot_targets, make_ssh_key, remove_targets
 
 KEPT = "/var/lib/fleet-image/agent.tar.gz"
+DOCKER = "/etc/init.d/docker"
 INSTALL = Install(
     docker=DockerInstall(source=DockerSource.DISTRO),
     system=SystemInstall(unattended_upgrades=False),
@@ -179,3 +184,40 @@ def test_a_peer_sending_a_wrong_image_is_dropped_and_the_next_one_used(
     assert Path(sharing.key).read_text().splitlines()[1] not in log
     leftovers = fleet.servers[last].run("sh", "-c", "grep -rl 'PRIVATE KEY' /tmp /root || true")
     assert leftovers.strip() == ""
+
+
+def test_a_copy_that_arrives_before_docker_answers_is_kept_for_the_image_step(
+    fleet: Fleet, first_three: dict[str, HostResult]
+) -> None:
+    """The copy sent ahead may arrive before the install has Docker running: it is checked
+    and kept, and the image step loads it (deploys.agent)."""
+    name = sorted(first_three)[0]
+    server = fleet.servers[name]
+    archive = _archive(fleet)
+    sha256 = saved_archive(fleet.settings.docker_url, archive)
+    server.run("docker", "rm", "--force", "fleet-agent")
+    server.run("docker", "image", "rm", archive.reference)
+    # The engine's archive, as a copy leaves it before its check (whatever KEPT holds now).
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w") as tar:
+        tar.add(archive.path, arcname=posixpath.basename(PARTIAL))
+    assert server.container.put_archive(posixpath.dirname(PARTIAL), packed.getvalue())
+    server.run(DOCKER, "stop")
+    try:
+        keep = keep_script(archive.reference, archive.image_id, sha256)
+        assert server.run("sh", "-ec", keep) == "kept\n"
+        assert server.run("sha256sum", KEPT).split()[0] == sha256
+    finally:
+        server.run(DOCKER, "start")
+    # Debian's init script starts Docker in the background: wait (up to 30 s) until it answers.
+    server.run(
+        "sh",
+        "-c",
+        "for i in $(seq 300); do docker version >/dev/null 2>&1 && exit; sleep 0.1; done; exit 1",
+    )
+    server.run("sh", "-c", load_script(archive.reference, archive.image_id))
+    image = server.run("docker", "image", "inspect", "--format", "{{.Id}}", archive.reference)
+    assert image.strip() == archive.image_id
+    again = _install(fleet, [name])[name]
+    assert "agent | Deliver the agent image" not in again.changed
+    assert "agent | Run the agent" in again.changed
