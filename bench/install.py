@@ -7,12 +7,14 @@ lost time against the 1 (the ratio shows how it scales; target <= 1.2x), and of 
 re-run of the 5, each with the CPU time the engine and the servers used:
 
 1. over the servers' bridge, where a round trip takes microseconds. Local servers share the
-   engine's cores, so on a machine this small CPU rather than waiting sets the pace: the least
-   ratio the cores allow (the five installs' CPU time over every core, against the 1-server
-   install) is printed beside it;
+   engine's cores, so on a machine this small CPU rather than waiting sets the pace;
 2. through a relay (bench/relay.py) that puts `--latency-ms` (default 50) into every round
    trip of the engine's SSH connections, as a cloud server's distance does: each command the
-   install runs waits for it.
+   install runs waits for it, while the agent image is copied beside the commands.
+
+Each time the least ratio the cores allow is printed beside it: the five installs' CPU time
+(engine and servers; not the relay's) over every core, against the 1-server install. A cloud
+server has cores of its own; here the five share the engine's.
 
 Then it boots ten more, installs them with the real agent image copied the way a cloud fleet
 gets it (from the engine once, then from server to server) and prints the bytes the engine's
@@ -173,19 +175,15 @@ def stand_in_agent(image: str) -> AgentRun:
     )
 
 
-def scaling(
-    servers: list[Target], hosts: list[InstallHost], settings: InstallSettings, *, floor: bool
-) -> None:
+def scaling(servers: list[Target], hosts: list[InstallHost], settings: InstallSettings) -> None:
     """Fresh installs on 1 server, then on 5 at once, a no-change re-run of the 5 and the
-    ratio of 5 to 1; with `floor`, the least ratio this machine's cores allow beside it."""
+    ratio of 5 to 1, with the least ratio this machine's cores allow beside it."""
     one, _, (first,) = timed("fresh install, 1 server", servers[:1], hosts[:1], settings)
     profile(first)
     five, five_cpu, results = timed("fresh install, 5 servers", servers[1:], hosts[1:], settings)
     slower(first, results)
     timed("re-run with no change, 5 servers", servers[1:], hosts[1:], settings)
     print(f"{'5 servers / 1 server':<34} {five / one:6.2f} x   (target <= 1.2)")
-    if not floor:
-        return
     # The servers here share the engine's cores (a cloud server has its own): the CPU the
     # five installs use, spread over every core, is the least time they can take here.
     cores = os.cpu_count() or 1
@@ -263,10 +261,10 @@ def main() -> None:
             for t in targets
         ]
         print("over the servers' bridge (no round trip to speak of):")
-        scaling(targets[:6], hosts[:6], settings, floor=True)
+        scaling(targets[:6], hosts[:6], settings)
         print(f"at a {latency:g} ms round trip (a relay holds the engine's SSH traffic):")
         with relayed(targets[6:], hosts[6:], latency) as far:
-            scaling(targets[6:], far, settings, floor=False)
+            scaling(targets[6:], far, settings)
         remove_targets(client, targets)
         targets = []
 
@@ -290,12 +288,15 @@ def main() -> None:
             fleet_sharing(work / "state", "bench"),
         )
         sent = sent_bytes(daemon.bridge) - before
-        delivery = sorted(
-            op.seconds for r in results for op in r.operations if op.name.endswith("agent image")
+        waits = sorted(
+            op.seconds
+            for r in results
+            for op in r.operations
+            if op.name == "agent | Deliver the agent image"
         )
         print(
-            f"{'  of which delivering the image':<34} median {statistics.median(delivery):4.1f} s"
-            f"   slowest {delivery[-1]:4.1f} s"
+            f"{'  of which the image step':<34} median {statistics.median(waits):4.1f} s"
+            f"   slowest {waits[-1]:4.1f} s (it waits for the copy sent ahead, then loads)"
         )
         image_bytes = client.images.get(agent).attrs["Size"]
         archive_bytes = Path(archive.path).stat().st_size
