@@ -89,7 +89,6 @@ def agent(
     # A delivered archive's image id is known: the image operation checked it as it loaded it.
     delivered = None if pull or delivery is None else delivery.archive.image_id
     container(name="Run the agent", run=run, image_id=delivered)
-    healthy(name="Wait for the agent's health check", run=run)
 
 
 def agent_facts(
@@ -122,7 +121,7 @@ def host_files(run: AgentRun) -> Commands:
     if not commands:
         host.noop("the agent's files are as wanted")
     changes(paths=[*_folders(run), *(f.path for f in run.files)])
-    yield from commands
+    yield from chained(commands)
 
 
 @operation()
@@ -415,36 +414,39 @@ def run_hash(run: AgentRun) -> str:
 
 @operation()
 def container(run: AgentRun, image_id: str | None = None) -> Commands:
-    """Run the agent container, recreating it when its image, command or files changed;
-    `image_id` is the id its image has, when known (else it is read from the server)."""
+    """Run the agent container, recreating it when its image, command or files changed, and
+    wait until its health command succeeds (failing with its last log lines if it does not),
+    in one command; `image_id` is the id its image has, when known (else it is read from the
+    server)."""
     wanted = run_hash(run)
     image_id = image_id or fact(DockerImageId, reference=run.image)
     current = fact(DockerContainer, container=run.name)
+    answers = fact(CommandSucceeds, argv=run.health)
     name = shlex.quote(run.name)
     if current and current["image"] == image_id and current["run_hash"] == wanted:
         if current["running"]:
-            host.noop(f"{run.name} is running")
+            if answers:
+                host.noop(f"{run.name} is running and answers its health check")
+                return
+            yield _health_wait(run)
             return
-        yield StringCommand("docker start", name)
+        yield from chained([StringCommand("docker start", name), _health_wait(run)])
         return
     docker, verb, *rest = run.argv
     label = f"{RUN_HASH_LABEL}={wanted}"
     create = StringCommand(shlex.join([docker, verb, "--label", label, *rest]))
-    yield from chained([StringCommand("docker rm -f", name), create] if current else [create])
+    removed = [StringCommand("docker rm -f", name)] if current else []
+    yield from chained([*removed, create, _health_wait(run)])
 
 
-@operation()
-def healthy(run: AgentRun) -> Commands:
-    """Wait until the agent's health command succeeds; fail with its last log lines if not."""
-    if fact(CommandSucceeds, argv=run.health):
-        host.noop(f"{run.name} answers its health check")
-        return
+def _health_wait(run: AgentRun) -> StringCommand:
+    """A command that waits until the agent's health command succeeds, trying twice a second
+    for run.health_timeout_s, and fails with the container's last log lines if it does not."""
     check = shlex.join(run.health)
     tries = run.health_timeout_s * 2
-    yield StringCommand(
-        f"i=0; while [ $i -lt {tries} ]; do {check} >/dev/null 2>&1 && exit 0;"
-        " sleep 0.5; i=$((i+1)); done;"
+    return StringCommand(
+        f"i=0; until {check} >/dev/null 2>&1; do i=$((i+1)); if [ $i -ge {tries} ]; then"
         f" echo '{run.name} did not pass its health check within {run.health_timeout_s} s;"
         " its last log lines:' >&2;"
-        f" docker logs --tail 20 {shlex.quote(run.name)} >&2 2>&1; exit 1"
+        f" docker logs --tail 20 {shlex.quote(run.name)} >&2 2>&1; exit 1; fi; sleep 0.5; done"
     )
