@@ -215,7 +215,9 @@ class FileWrite(StringCommand):
 
     The text is written beside the file and moved over it, so a reader never finds it half
     written. It travels on stdin (base64, so its bytes arrive exactly), never in the command
-    line, which any user of the server can read while it runs.
+    line, which any user of the server can read while it runs. The command reads exactly its
+    own line of stdin (the base64 and the newline pyinfra ends each line with; GNU head -c
+    reads no further), so the writes of a Chain share one stdin, a line each, in order.
     """
 
     def __init__(self, path: str, content: str, mode: str) -> None:
@@ -223,10 +225,12 @@ class FileWrite(StringCommand):
         self.content = content
         self.mode = mode
         staged = shlex.quote(f"{path}.fleet-new")
+        text = base64.b64encode(content.encode()).decode()
         super().__init__(
             f"mkdir -p {shlex.quote(posixpath.dirname(path))} && umask 077 && "
-            f"base64 -d > {staged} && chmod {mode} {staged} && mv -f {staged} {shlex.quote(path)}",
-            _stdin=base64.b64encode(content.encode()).decode(),
+            f"head -c {len(text) + 1} | base64 -d > {staged} && chmod {mode} {staged} && "
+            f"mv -f {staged} {shlex.quote(path)}",
+            _stdin=[text],
         )
 
 
@@ -235,22 +239,21 @@ class Chain(StringCommand):
 
     pyinfra runs every command an operation yields over SSH of its own, and each costs two
     round trips to the server (a channel, then the command): a cloud server 50 ms away makes
-    that 0.1 s a command. At most one of `commands` may read stdin (a FileWrite's text).
+    that 0.1 s a command. What `commands` read from stdin (FileWrites' lines) is sent in
+    their order.
     """
 
     def __init__(self, *commands: StringCommand) -> None:
         self.commands = commands
         stdin = [
-            c.connector_arguments["_stdin"] for c in commands if "_stdin" in c.connector_arguments
+            line for command in commands for line in command.connector_arguments.get("_stdin", [])
         ]
-        if len(stdin) > 1:
-            raise ValueError("only one command of a chain may read stdin")
         bits: list[Any] = []
         for command in commands:
             if bits:
                 bits.append("&&")
             bits += ["{", command, ";", "}"]
-        super().__init__(*bits, **({"_stdin": stdin[0]} if stdin else {}))
+        super().__init__(*bits, **({"_stdin": stdin} if stdin else {}))
 
 
 def chained(commands: Sequence[StringCommand]) -> list[StringCommand]:
@@ -270,8 +273,8 @@ def write_files(
     after making each of `directories` a private folder (700); none for what is as wanted.
 
     One fact, so one command on the server, reads every path; pyinfra's `files.put` and
-    `files.directory` read two or three facts per path and write in four commands. The
-    folders are made in the command that writes the first file: one command a file.
+    `files.directory` read two or three facts per path and write in four commands. `chained`
+    makes the folders and every file in one command.
     """
     ask, kwargs = paths_ask([path for path, _, _ in files], directories)
     found = fact(ask, **kwargs)
@@ -291,9 +294,7 @@ def write_files(
         digest = hashlib.sha256(content.encode()).hexdigest()
         if not now or now["sha256"] != digest or int(now["mode"], 8) != int(mode, 8):
             writes.append(FileWrite(path, content, mode))
-    if folders and writes:
-        return [Chain(*folders, writes[0]), *writes[1:]]
-    return chained(folders) + writes
+    return [*folders, *writes]
 
 
 def control_service(

@@ -330,7 +330,7 @@ def unattended_upgrades(enabled: bool) -> Commands:
     if not commands:
         host.noop("unattended upgrades are configured")
     changes(paths=[path for path, _, _ in wanted])
-    yield from commands
+    yield from chained(commands)
 
 
 def authorized_keys_file(keys: tuple[str, ...]) -> str:
@@ -590,12 +590,11 @@ def firewall(ssh_port: int, agent_port: int, control_plane: tuple[str, ...]) -> 
         for w in write_files([(FIREWALL_SCRIPT, script, "755"), hook_file])
         if isinstance(w, FileWrite)
     }
-    # Each file in the command that acts on it: the script with its loading, the boot hook
-    # with its enabling.
+    # One command: the script and its loading, then the boot hook and its enabling.
     load = [] if set(marks) <= set(fact(FirewallMarks)) else [StringCommand(FIREWALL_SCRIPT)]
     script_steps = [writes[FIREWALL_SCRIPT], *load] if FIREWALL_SCRIPT in writes else load
     hook_steps = [writes[hook_file[0]], *enable] if hook_file[0] in writes else []
-    commands = chained(script_steps) + chained(hook_steps)
+    commands = chained([*script_steps, *hook_steps])
     if not commands:
         host.noop(f"the firewall ({backend}) is loaded")
     yield from commands

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from pyinfra.api import FactBase, OperationError, StringCommand
+from pyinfra.connectors.util import write_stdin
 from pyinfra.context import ctx_host, ctx_state
 
 from deploys import support
@@ -25,14 +27,26 @@ def _sh(command: str, stdin: str = "") -> list[str]:
     return done.stdout.splitlines()
 
 
+def _stdin(command: StringCommand) -> str:
+    """What pyinfra sends on stdin for `command` (each line ended with a newline)."""
+
+    class Sent(io.BytesIO):
+        def close(self) -> None:
+            self.sent = self.getvalue().decode()
+            super().close()
+
+    sent = Sent()
+    write_stdin(command.connector_arguments["_stdin"], sent)
+    return sent.sent
+
+
 def test_a_file_write_gives_exactly_the_text_and_mode_without_showing_the_text(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "new folder" / "token"
     write = FileWrite(str(path), "s3cret, and no newline at the end", "0600")
     assert "s3cret" not in write.get_raw_value()
-    # pyinfra ends what it sends on stdin with a newline; base64 -d ignores it.
-    _sh(write.get_raw_value(), write.connector_arguments["_stdin"] + "\n")
+    _sh(write.get_raw_value(), _stdin(write))
     assert path.read_bytes() == b"s3cret, and no newline at the end"
     assert path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["token"]
@@ -43,7 +57,7 @@ def test_a_file_write_replaces_a_file_and_its_mode(tmp_path: Path) -> None:
     path.write_text("old\n")
     path.chmod(0o600)
     write = FileWrite(str(path), "#!/bin/sh\necho new\n", "755")
-    _sh(write.get_raw_value(), write.connector_arguments["_stdin"])
+    _sh(write.get_raw_value(), _stdin(write))
     assert path.read_text() == "#!/bin/sh\necho new\n"
     assert path.stat().st_mode & 0o777 == 0o755
 
@@ -83,7 +97,7 @@ def test_installed_lists_the_commands_found() -> None:
     ]
 
 
-def test_a_chain_runs_its_commands_in_one_shell_with_the_one_text_on_stdin(
+def test_a_chain_runs_its_commands_in_one_shell_with_the_text_on_stdin(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "conf"
@@ -94,7 +108,7 @@ def test_a_chain_runs_its_commands_in_one_shell_with_the_one_text_on_stdin(
         StringCommand(f"if true; then cat {path} >> {log}; fi"),
     )
     assert "setting" not in chain.get_raw_value()
-    _sh(chain.get_raw_value(), chain.connector_arguments["_stdin"] + "\n")
+    _sh(chain.get_raw_value(), _stdin(chain))
     assert log.read_text() == "first\nsetting = 1\n"
 
 
@@ -110,9 +124,24 @@ def test_a_chain_stops_at_the_first_command_that_fails_and_fails_with_it(tmp_pat
     assert log.read_text() == "ran\n"
 
 
-def test_a_chain_refuses_two_commands_that_read_stdin() -> None:
-    with pytest.raises(ValueError, match="only one command of a chain may read stdin"):
-        Chain(FileWrite("/etc/a", "a", "644"), FileWrite("/etc/b", "b", "644"))
+def test_the_writes_of_a_chain_each_read_their_own_text_from_stdin(tmp_path: Path) -> None:
+    texts = {
+        "script": "#!/bin/sh\necho one\n" * 500,
+        "empty": "",
+        "unit": "[Service]\nExecStart=/bin/true",
+    }
+    log = tmp_path / "log"
+    chain = Chain(
+        FileWrite(str(tmp_path / "script"), texts["script"], "755"),
+        StringCommand(f"echo between >> {log}"),
+        FileWrite(str(tmp_path / "empty"), texts["empty"], "644"),
+        FileWrite(str(tmp_path / "unit"), texts["unit"], "644"),
+    )
+    _sh(chain.get_raw_value(), _stdin(chain))
+    for name, text in texts.items():
+        assert (tmp_path / name).read_text() == text
+    assert (tmp_path / "script").stat().st_mode & 0o777 == 0o755
+    assert log.read_text() == "between\n"
 
 
 class _Fails(FactBase[list[str]]):
