@@ -11,7 +11,9 @@ engine opens each command's SSH channel while the one before runs: engine.instal
 deploy lists the facts its operations will ask for and reads them together, again only those
 an operation that has changed something could have changed (deploys.support.read_ahead and
 changes), and an operation sends what it changes as one command (deploys.support.Chain): a
-fresh install of a local server sends 13 commands, a run that changes nothing 3.
+fresh install of a local server sends 10 commands, a run that changes nothing 3. A copied agent
+image goes beside them from the start, on a channel of its own (deploys.agent): one command
+more to see whether the server has it, one more to copy it.
 
 Supported servers: Debian 12 and Ubuntu 22.04/24.04, with systemd or a SysV init.
 """
