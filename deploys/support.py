@@ -245,9 +245,10 @@ class Chain(StringCommand):
 
     def __init__(self, *commands: StringCommand) -> None:
         self.commands = commands
-        stdin = [
-            line for command in commands for line in command.connector_arguments.get("_stdin", [])
-        ]
+        stdin: list[str] = []
+        for command in commands:
+            given = command.connector_arguments.get("_stdin", [])
+            stdin += [given] if isinstance(given, str) else given
         bits: list[Any] = []
         for command in commands:
             if bits:
