@@ -202,9 +202,7 @@ class Sending:
             try:
                 done.set_result(copy_image(state, host, delivery))
             except Exception as exc:  # the image step reports it, as its own failure
-                done.set_exception(
-                    exc if isinstance(exc, RuntimeError) else RuntimeError(repr(exc))
-                )
+                done.set_exception(RuntimeError(str(exc) or type(exc).__name__))
 
         threading.Thread(target=copy, name="agent-image", daemon=True).start()
         return cls(delivery, done)
