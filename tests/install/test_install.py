@@ -28,9 +28,17 @@ import pytest
 from pyinfra.api import FactBase
 
 from deploys import support
+from deploys.agent import PARTIAL
 from deploys.facts import RUN_HASH_LABEL, DockerContainer, DockerImageId, DockerVersion
 from engine.errors import EngineError
-from engine.install.model import AgentRun, HostRequest, HostResult, InstallHost, InstallSettings
+from engine.install.model import (
+    AgentRun,
+    HostRequest,
+    HostResult,
+    ImageArchive,
+    InstallHost,
+    InstallSettings,
+)
 from engine.install.runner import install_hosts
 from engine.install.sharing import image_archives
 from engine.install.worker import run_request
@@ -278,6 +286,33 @@ def test_what_an_operation_says_it_cannot_change_reads_the_same_after_it(
         "agent | Write the agent's files",
         "agent | Deliver the agent image",
     }
+
+
+def test_a_copy_the_server_refuses_fails_the_image_step_with_its_reason(
+    first_run: FirstRun,
+    hosts: dict[str, Any],
+    settings: InstallSettings,
+    servers: dict[str, Target],
+    tmp_path: Path,
+) -> None:
+    """The agent image is copied beside the install (deploys.agent); when the server refuses
+    what it was sent, the install fails at the image step and says why. Run in the test's
+    process against an installed server, with an archive that is not what its digest says."""
+    host = hosts["a"]
+    bogus = tmp_path / "agent.tar.gz"
+    bogus.write_bytes(b"not the engine's archive")
+    bogus.with_name("agent.tar.gz.sha256").write_text("0" * 64 + "\n")
+    archive = ImageArchive(
+        reference=host.agent.image, image_id="sha256:" + "1" * 64, path=str(bogus)
+    )
+    result = run_request(HostRequest(host=host, settings=settings, archive=archive))
+    assert not result.ok
+    assert result.error == (
+        f"failed during 'agent | Deliver the agent image': could not deliver {host.agent.image}:"
+        " its sha256 is not that of the archive of the engine"
+    )
+    assert "agent | Run the agent" not in [op.name for op in result.operations]
+    servers["a"].run("test", "!", "-e", PARTIAL)
 
 
 def test_a_server_that_goes_away_fails_alone_with_a_clear_message(
