@@ -18,12 +18,15 @@ server has cores of its own; here the five share the engine's.
 
 Then it boots ten more, installs them with the real agent image copied the way a cloud fleet
 gets it (from the engine once, then from server to server) and prints the bytes the engine's
-machine sent to them, against the size of the image's archive (target <= 1.5x). The servers'
+machine sent to them, against the size of the image's archive (target <= 1.5x). Last, one more
+gets the real agent image from the engine at the round trip and over an uplink of
+`--uplink-mbit` (default 20): the copy goes beside the other steps, so the install takes about
+the longer of the two, not their sum. The servers'
 bridge stands in for the fleet's private network; what the host sends into it is what the
 engine's machine uploads. The machine is shared: the load average is printed first. Needs root,
 like the tests; takes a few minutes (the golden and agent images are built on first use).
 
-    python bench/install.py [--latency-ms 50]
+    python bench/install.py [--latency-ms 50] [--uplink-mbit 20]
 """
 
 from __future__ import annotations
@@ -197,18 +200,19 @@ def scaling(servers: list[Target], hosts: list[InstallHost], settings: InstallSe
 
 @contextmanager
 def relayed(
-    servers: list[Target], hosts: list[InstallHost], round_trip_ms: float
+    servers: list[Target], hosts: list[InstallHost], round_trip_ms: float, mbit: float = 0.0
 ) -> Iterator[list[InstallHost]]:
     """`hosts` reached through a relay (bench/relay.py) that adds `round_trip_ms` to every
-    round trip of their SSH connections: each at its own loopback address, on the server's
-    own SSH port (the install opens the firewall for the port the engine connects to)."""
+    round trip of their SSH connections (and, with `mbit`, carries that many megabits a
+    second each way): each at its own loopback address, on the server's own SSH port (the
+    install opens the firewall for the port the engine connects to)."""
     local = [f"127.0.1.{n + 1}" for n in range(len(servers))]
     routes = [
         f"{address}:{server.ssh_port}={server.address}:{server.ssh_port}"
         for address, server in zip(local, servers, strict=True)
     ]
     relay = subprocess.Popen(
-        [sys.executable, "-m", "bench.relay", str(round_trip_ms), *routes],
+        [sys.executable, "-m", "bench.relay", str(round_trip_ms), "--mbit", str(mbit), *routes],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -223,12 +227,37 @@ def relayed(
         relay.wait()
 
 
+def uplinked(
+    servers: list[Target],
+    hosts: list[InstallHost],
+    settings: InstallSettings,
+    archive_bytes: int,
+    round_trip_ms: float,
+    mbit: float,
+) -> None:
+    """A fresh install of one server with the real agent image from the engine, `round_trip_ms`
+    and `mbit` away, as a cloud server is from a laptop: the image's copy, beside the other
+    steps, takes the archive's size over the link."""
+    with relayed(servers, hosts, round_trip_ms, mbit) as far:
+        wall, _, (result,) = timed(f"1 server, agent, {mbit:g} Mbit/s", servers, far, settings)
+    (step,) = [op for op in result.operations if op.name == "agent | Deliver the agent image"]
+    link = archive_bytes * 8 / (mbit * 1e6)
+    print(
+        f"{'  the archive over the link':<34} {link:6.1f} s   the steps but the image's "
+        f"{wall - step.seconds:4.1f} s, then the image step {step.seconds:4.1f} s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--latency-ms", type=float, default=50.0, help="the round trip to a cloud server"
     )
-    latency = parser.parse_args().latency_ms
+    parser.add_argument(
+        "--uplink-mbit", type=float, default=20.0, help="the engine's uplink to a cloud server"
+    )
+    arguments = parser.parse_args()
+    latency, uplink = arguments.latency_ms, arguments.uplink_mbit
     print(f"load average (1 min) at the start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     work = Path(tempfile.mkdtemp(prefix="bench-install-"))
     daemon = PrivateDaemon.start(work / "dockerd")
@@ -309,6 +338,11 @@ def main() -> None:
             f"{sent / archive_bytes:4.2f} x the archive, {sent / image_bytes:4.2f} x the image "
             "(target <= 1.5)"
         )
+        remove_targets(client, targets)
+        targets = []
+        targets = boot_targets(client, golden, ["bench-cloud"], key, work / "seeds")
+        cloud = [t.host(key, agent=stand_in_agent(agent)) for t in targets]
+        uplinked(targets, cloud, settings, archive_bytes, latency, uplink)
     finally:
         remove_targets(client, targets)
         client.close()

@@ -1,25 +1,46 @@
 """A TCP relay that holds what it carries for a while, so a benchmark can put a real network's
-round trip between the engine and servers that answer over a local bridge.
+round trip (and, with --mbit, its bandwidth) between the engine and servers that answer over a
+local bridge.
 
-    python -m bench.relay ROUND_TRIP_MS LISTEN_HOST:PORT=TARGET_HOST:PORT ...
+    python -m bench.relay ROUND_TRIP_MS [--mbit RATE] LISTEN_HOST:PORT=TARGET_HOST:PORT ...
 
 Every chunk read from either side is written to the other half a round trip later, in order;
-a side that stops sending (closes, or shuts down writing) is shut down for writing on the other
-once what it sent has been delivered, and a connection closes once both sides have stopped. It
-prints "ready" once every listener is open and runs until it is stopped.
+with --mbit, each direction of the link (every connection's traffic that way) carries at most
+RATE megabits a second, so a chunk also waits for the chunks sent before it to have gone, as
+on an uplink. A side that stops sending (closes, or shuts down writing) is shut down for
+writing on the other once what it sent has been delivered, and a connection closes once both
+sides have stopped. It prints "ready" once every listener is open and runs until it is stopped.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
 import time
 
 CHUNK = 65536
 
 
-async def _carry(source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay: float) -> None:
-    """Copy `source` to `sink`, each chunk `delay` seconds after it was read."""
+class Link:
+    """One direction of the relay's link: a chunk arrives `delay` seconds after it has gone,
+    and goes once the chunks before it have, at `rate` bytes a second (0: at once)."""
+
+    def __init__(self, delay: float, rate: float) -> None:
+        self.delay = delay
+        self.rate = rate
+        self._free_at = 0.0
+
+    def arrival(self, size: int) -> float:
+        """When a chunk of `size` bytes handed to the link now arrives."""
+        gone = time.monotonic()
+        if self.rate:
+            self._free_at = max(gone, self._free_at) + size / self.rate
+            gone = self._free_at
+        return gone + self.delay
+
+
+async def _carry(source: asyncio.StreamReader, sink: asyncio.StreamWriter, link: Link) -> None:
+    """Copy `source` to `sink`, each chunk when `link` delivers it."""
     held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
     async def deliver() -> None:
@@ -35,9 +56,9 @@ async def _carry(source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay
     delivering = asyncio.create_task(deliver())
     try:
         while data := await source.read(CHUNK):
-            held.put_nowait((time.monotonic() + delay, data))
+            held.put_nowait((link.arrival(len(data)), data))
     finally:
-        held.put_nowait((time.monotonic() + delay, b""))
+        held.put_nowait((link.arrival(0), b""))
         await delivering
 
 
@@ -45,15 +66,16 @@ async def _relay(
     client: asyncio.StreamReader,
     to_client: asyncio.StreamWriter,
     target: tuple[str, int],
-    delay: float,
+    links: tuple[Link, Link],
 ) -> None:
     try:
         server, to_server = await asyncio.open_connection(*target)
     except OSError:
         to_client.close()
         return
+    up, down = links
     await asyncio.gather(
-        _carry(client, to_server, delay), _carry(server, to_client, delay), return_exceptions=True
+        _carry(client, to_server, up), _carry(server, to_client, down), return_exceptions=True
     )
     to_server.close()
     to_client.close()
@@ -64,8 +86,10 @@ def _address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def main(round_trip_ms: float, routes: list[str]) -> None:
+async def main(round_trip_ms: float, mbit: float, routes: list[str]) -> None:
     delay = round_trip_ms / 2000
+    rate = mbit * 1e6 / 8
+    links = (Link(delay, rate), Link(delay, rate))
     listeners = []
     for route in routes:
         listen, _, target = route.partition("=")
@@ -75,7 +99,7 @@ async def main(round_trip_ms: float, routes: list[str]) -> None:
             writer: asyncio.StreamWriter,
             target: tuple[str, int] = _address(target),
         ) -> None:
-            await _relay(reader, writer, target, delay)
+            await _relay(reader, writer, target, links)
 
         try:
             listeners.append(await asyncio.start_server(handle, *_address(listen)))
@@ -86,4 +110,9 @@ async def main(round_trip_ms: float, routes: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(float(sys.argv[1]), sys.argv[2:]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("round_trip_ms", type=float)
+    parser.add_argument("--mbit", type=float, default=0.0, help="each direction's bandwidth")
+    parser.add_argument("routes", nargs="+", metavar="LISTEN_HOST:PORT=TARGET_HOST:PORT")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.round_trip_ms, arguments.mbit, arguments.routes))
