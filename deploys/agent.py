@@ -69,10 +69,15 @@ PEER_CONNECT_TRIES = 3
 
 def send_ahead(delivery: ImageDelivery) -> None:
     """Start copying the image of `delivery` to the current host now, beside the commands of
-    the operations (`Sending`); `agent`'s image step waits for it. For a run that executes the
-    operations it adds (not a dry run)."""
-    current = ctx_host.get()
-    _SENDING[current] = Sending.start(ctx_state.get(), current, delivery)
+    the operations; `agent`'s image step waits for it. For a run that executes the operations
+    it adds (not a dry run)."""
+    send_now(ctx_state.get(), ctx_host.get(), delivery)
+
+
+def send_now(state: State, host: Host, delivery: ImageDelivery) -> bool:
+    """Start copying the image of `delivery` to `host` (`Sending`), for its image step."""
+    _SENDING[host] = Sending.start(state, host, delivery)
+    return True
 
 
 @deploy("agent")
@@ -145,7 +150,12 @@ def image(reference: str, pull: bool, delivery: ImageDelivery | None) -> Command
     if current == delivery.archive.image_id:
         host.noop(f"{reference} ({delivery.archive.image_id[:19]}) is loaded")
         return
-    yield FunctionCommand(deliver_image, (delivery,), {})
+    # Nothing was sent ahead: send it now, and wait for it. (A dry run stops at the command,
+    # and runs none.)
+    yield FunctionCommand(send_now, (delivery,), {})
+    sending = _SENDING.pop(ctx_host.get(), None)
+    if sending is not None:
+        yield from _sent_ahead(sending)
 
 
 def _sent_ahead(sending: Sending) -> Commands:
@@ -153,7 +163,7 @@ def _sent_ahead(sending: Sending) -> Commands:
     the image, a load when the copy could not load it."""
     reference, image_id = sending.delivery.archive.reference, sending.delivery.archive.image_id
     if not sending.done():
-        logger.info(f"{host.print_prefix}waiting for {reference}, copied since the install began")
+        logger.info(f"{host.print_prefix}waiting for the copy of {reference} to arrive")
     try:
         sent = sending.result()
     except RuntimeError as exc:
@@ -213,22 +223,6 @@ class Sending:
     def result(self) -> Sent:
         """What the copy did, once it is done; RuntimeError when it failed."""
         return self._done.result()
-
-
-def deliver_image(state: State, host: Host, delivery: ImageDelivery) -> bool:
-    """Copy the image of `delivery` to `host` and load it, then and there."""
-    try:
-        sent = copy_image(state, host, delivery)
-    except RuntimeError as exc:
-        logger.error(f"{host.print_prefix}could not deliver {delivery.archive.reference}: {exc}")
-        return False
-    if sent.loaded:
-        return True
-    archive = delivery.archive
-    error = _remote(state, host, load_script(archive.reference, archive.image_id)).error
-    if error:
-        logger.error(f"{host.print_prefix}could not load {archive.reference}: {error}")
-    return not error
 
 
 def copy_image(state: State, host: Host, delivery: ImageDelivery) -> Sent:
