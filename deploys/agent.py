@@ -11,8 +11,9 @@ it (the user IMAGE_USER may log in with the fleet's image key and do nothing but
 A copied image is sent ahead: from the install's first moment, on a thread of its own
 (`Sending`) and a channel of its own beside the commands of the baseline and Docker, which
 mostly wait for round trips. The copy needs no Docker; it is loaded at once when Docker
-answers, else by the image's own step, which waits for the copy. So a server a cloud away gets
-the upload hidden behind `apt-get install`, and many servers installed at once do not all load
+answers, else by the image's own step, which waits for the copy. So a cloud server's upload
+overlaps the baseline's work (`apt-get install`; on a slow uplink its commands wait behind the
+image's bytes, up to sshd's channel window), and many servers installed at once do not all load
 at the same moment. A dry run copies nothing. The container is recreated only when its image,
 options or files changed, and runs with a restart policy; a hash of what it was started with
 is kept in a label to tell.
