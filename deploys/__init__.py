@@ -32,9 +32,10 @@ def install_server(request: HostRequest) -> None:
     delivery = _delivery(request)
     # A copied image goes ahead from the start, beside the baseline's commands (the worker
     # runs what is added here at once; a dry run changes nothing).
-    ahead = request.host.agent is not None and delivery is not None and not request.dry_run
-    if ahead and delivery is not None:
+    ahead = False
+    if delivery is not None and request.host.agent is not None and not request.dry_run:
         send_ahead(delivery)
+        ahead = True
     system(
         settings.install.system,
         hostname=request.host.name,

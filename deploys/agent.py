@@ -231,10 +231,11 @@ def copy_image(state: State, host: Host, delivery: ImageDelivery) -> Sent:
     that keeps it, else from the engine; load it when Docker answers. RuntimeError when it
     could not be copied."""
     archive = delivery.archive
-    found = _remote(state, host, DockerImageId().command(reference=archive.reference))
+    image_id = DockerImageId()
+    found = _remote(state, host, image_id.command(reference=archive.reference))
     if found.error:
         raise RuntimeError(f"could not look for it on the server: {found.error}")
-    if DockerImageId().process(found.out.splitlines()) == archive.image_id:
+    if image_id.process(found.out.splitlines()) == archive.image_id:
         return Sent(source="", loaded=True)
     sha256 = saved_archive(delivery.docker_url, archive)
     ready = ready_script(delivery.sharing.public_key if delivery.sharing else "")
