@@ -140,10 +140,14 @@ class ImageDelivery:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostRequest:
-    """What the per-host child process gets on stdin."""
+    """What the per-host child process gets on stdin. `folder` is a private folder for the
+    files the install needs on the engine's side (the pinned known_hosts); whoever made it
+    removes it once the install has ended, however it ended (the runner: the install process
+    may be killed)."""
 
     host: InstallHost
     settings: InstallSettings
+    folder: str
     dry_run: bool = False
     archive: ImageArchive | None = None
     sharing: ImageSharing | None = None

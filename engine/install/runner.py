@@ -105,15 +105,23 @@ def install_hosts(
 
     def one(host: InstallHost) -> HostResult:
         archive = archives.get(host.agent.image) if host.agent else None
-        request = HostRequest(
-            host=host, settings=settings, dry_run=dry_run, archive=archive, sharing=sharing
-        )
         lock = lock_dir / f"{host.name}.lock" if lock_dir else None
         started = time.monotonic()
-        try:
-            result = _run_child(request, timeout_s=timeout_s, log_dir=log_dir, lock=lock)
-        except EngineError as exc:
-            result = _failed(request, started, str(exc))
+        # Made and removed here, not in the install process: one killed past its timeout
+        # leaves nothing behind.
+        with tempfile.TemporaryDirectory(prefix="engine-install-") as folder:
+            request = HostRequest(
+                host=host,
+                settings=settings,
+                folder=folder,
+                dry_run=dry_run,
+                archive=archive,
+                sharing=sharing,
+            )
+            try:
+                result = _run_child(request, timeout_s=timeout_s, log_dir=log_dir, lock=lock)
+            except EngineError as exc:
+                result = _failed(request, started, str(exc))
         if on_result:
             on_result(result)
         return result

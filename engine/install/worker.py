@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -222,51 +221,48 @@ def run_request(request: HostRequest) -> HostResult:
         dry_run=request.dry_run,
         install_hash=request.settings.digest,
     )
-    with tempfile.TemporaryDirectory(prefix="engine-install-") as tmp:
-        known_hosts = Path(tmp) / "known_hosts"
-        known_hosts.write_text(pinned_known_hosts(host.address, host.port, host.host_keys))
-        ssh_config = Path(tmp) / "ssh_config"
-        ssh_config.write_text("")
-        data = {
-            "ssh_hostname": host.address,
-            "ssh_port": host.port,
-            "ssh_user": host.user,
-            "ssh_key": host.private_key,
-            "ssh_known_hosts_file": str(known_hosts),
-            "ssh_strict_host_key_checking": "yes",
-            "ssh_config_file": str(ssh_config),
-            "ssh_allow_agent": False,
-            "ssh_look_for_keys": False,
-            "ssh_connect_retries": 2,
-            "ssh_connect_retry_min_delay": 1.0,
-            "ssh_connect_retry_max_delay": 2.0,
-        }
-        inventory = Inventory(([(host.name, data)], {}))
-        config = Config(SUDO=host.user != "root", CONNECT_TIMEOUT=CONNECT_TIMEOUT_S, DIFF=False)
-        state = State(inventory, config, check_for_changes=request.dry_run)
-        state.add_callback_handler(recorder)
-        (inventory_host,) = list(inventory)
-        try:
-            connect_all(state)
-        except Exception:  # pyinfra raises when its only host could not connect
-            message = _connect_message(host, recorder.connect_error or "unknown error")
-            return _finish(result, started, error=message)
-        connect_seconds = time.monotonic() - started
-        _keep_alive(inventory_host.connector)
-        _no_delay(inventory_host.connector)
-        transport = inventory_host.connector.client.get_transport()
-        channels = Channels(transport.open_session)
-        transport.open_session = channels.open_session
-        error = ""
-        try:
-            add_deploy(state, install_server, request)
-            if not request.dry_run:
-                run_ops(state)
-        except Exception as exc:  # any failure of the run is this host's failure, reported
-            error = _failure(request, state, recorder, errors, exc)
-        finally:
-            disconnect_all(state)
-            channels.close()
+    known_hosts = Path(request.folder) / "known_hosts"
+    known_hosts.write_text(pinned_known_hosts(host.address, host.port, host.host_keys))
+    data = {
+        "ssh_hostname": host.address,
+        "ssh_port": host.port,
+        "ssh_user": host.user,
+        "ssh_key": host.private_key,
+        "ssh_known_hosts_file": str(known_hosts),
+        "ssh_strict_host_key_checking": "yes",
+        "ssh_config_file": os.devnull,
+        "ssh_allow_agent": False,
+        "ssh_look_for_keys": False,
+        "ssh_connect_retries": 2,
+        "ssh_connect_retry_min_delay": 1.0,
+        "ssh_connect_retry_max_delay": 2.0,
+    }
+    inventory = Inventory(([(host.name, data)], {}))
+    config = Config(SUDO=host.user != "root", CONNECT_TIMEOUT=CONNECT_TIMEOUT_S, DIFF=False)
+    state = State(inventory, config, check_for_changes=request.dry_run)
+    state.add_callback_handler(recorder)
+    (inventory_host,) = list(inventory)
+    try:
+        connect_all(state)
+    except Exception:  # pyinfra raises when its only host could not connect
+        message = _connect_message(host, recorder.connect_error or "unknown error")
+        return _finish(result, started, error=message)
+    connect_seconds = time.monotonic() - started
+    _keep_alive(inventory_host.connector)
+    _no_delay(inventory_host.connector)
+    transport = inventory_host.connector.client.get_transport()
+    channels = Channels(transport.open_session)
+    transport.open_session = channels.open_session
+    error = ""
+    try:
+        add_deploy(state, install_server, request)
+        if not request.dry_run:
+            run_ops(state)
+    except Exception as exc:  # any failure of the run is this host's failure, reported
+        error = _failure(request, state, recorder, errors, exc)
+    finally:
+        disconnect_all(state)
+        channels.close()
     operations = []
     for op_hash in state.get_op_order():
         meta = state.ops[inventory_host][op_hash].operation_meta

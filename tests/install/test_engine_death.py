@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -229,12 +230,28 @@ def _silent_host(tmp_path: Path, listener: socket.socket) -> InstallHost:
     )
 
 
+def _pinning_folders(host: InstallHost) -> list[Path]:
+    """The install folders in the temporary folder whose known_hosts pins `host`'s key."""
+    (key,) = host.host_keys
+    return [
+        folder
+        for folder in Path(tempfile.gettempdir()).glob("engine-install-*")
+        if (folder / "known_hosts").is_file() and key in (folder / "known_hosts").read_text()
+    ]
+
+
 def test_an_install_past_its_timeout_is_stopped_and_leaves_no_process(tmp_path: Path) -> None:
     settings = InstallSettings(install=Install(), control_plane=("127.0.0.1",))
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        (result,) = install_hosts([_silent_host(tmp_path, listener)], settings, timeout_s=2)
+        # Pinning a key of this test's own, so that only its install's files can name it.
+        host = _silent_host(tmp_path, listener)
+        pinned = " ".join(Path(f"{host.private_key}.pub").read_text().split()[:2])
+        host = replace(host, host_keys=(pinned,))
+        (result,) = install_hosts([host], settings, timeout_s=2)
     assert not result.ok
     assert result.error == "did not finish within 2 s; stopped"
+    # Its files went with it: the pinned known_hosts it was connecting with is gone.
+    assert _pinning_folders(host) == []
     # The forker is this process's child and serves its next installs; what it forked is gone.
     wait_until(
         lambda: (

@@ -255,6 +255,7 @@ def test_what_an_operation_says_it_cannot_change_reads_the_same_after_it(
     settings: InstallSettings,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     """A fresh install that reads again, and compares, every answer it keeps across an
     operation because the operation says it cannot change it (deploys.support.CHECK_KEPT).
@@ -268,7 +269,9 @@ def test_what_an_operation_says_it_cannot_change_reads_the_same_after_it(
     keeps_docker = replace(
         settings, install=replace(INSTALL, docker=DockerInstall(source=DockerSource.DISTRO))
     )
-    result = run_request(HostRequest(host=host, settings=keeps_docker, archive=archive))
+    result = run_request(
+        HostRequest(host=host, settings=keeps_docker, folder=str(tmp_path), archive=archive)
+    )
     assert result.ok, result.error
     assert "agent | Run the agent" in result.changed
     checked = {
@@ -305,7 +308,9 @@ def test_a_copy_the_server_refuses_fails_the_image_step_with_its_reason(
     archive = ImageArchive(
         reference=host.agent.image, image_id="sha256:" + "1" * 64, path=str(bogus)
     )
-    result = run_request(HostRequest(host=host, settings=settings, archive=archive))
+    result = run_request(
+        HostRequest(host=host, settings=settings, folder=str(tmp_path), archive=archive)
+    )
     assert not result.ok
     assert result.error == (
         f"failed during 'agent | Deliver the agent image': could not deliver {host.agent.image}:"

@@ -43,6 +43,7 @@ def test_requests_and_results_survive_json() -> None:
             ),
             control_plane=("203.0.113.10", "2001:db8::/64"),
         ),
+        folder="/tmp/engine-install-x",
         dry_run=True,
         archive=ImageArchive(reference="fleet/agent:1", image_id="sha256:ab", path="/tmp/a.tgz"),
     )
