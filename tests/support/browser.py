@@ -8,8 +8,10 @@ package joins the lock.
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,15 +91,19 @@ class Browser:
 
 @contextmanager
 def chromium(shots: Path, *, width: int = 1280, height: int = 900) -> Iterator[Browser]:
-    """A headless Chromium (as root it needs --no-sandbox) through chromedriver on loopback."""
+    """A headless Chromium (as root it needs --no-sandbox) through chromedriver on loopback.
+    Its temporary files (its profile, and the folder of the socket it leaves behind when it
+    ends) go to a folder of its own, removed after it."""
     driver, binary = shutil.which("chromedriver"), shutil.which("chromium")
     assert driver and binary, "chromium and chromium-driver are installed by .ci/setup"
     shots.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    temporary = tempfile.TemporaryDirectory(prefix="chromium-")
     process = subprocess.Popen(
         [driver, f"--port={port}", "--allowed-ips=127.0.0.1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": temporary.name},
     )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
@@ -130,3 +136,4 @@ def chromium(shots: Path, *, width: int = 1280, height: int = 900) -> Iterator[B
     finally:
         process.terminate()
         process.wait(timeout=10)
+        temporary.cleanup()
