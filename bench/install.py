@@ -4,7 +4,8 @@ Starts a private Docker engine, boots twelve local servers (golden-image contain
 cloud-init) and, twice, prints the wall time of a fresh install on 1 server with where its
 time went (connect, then each operation), on 5 servers in parallel with the steps where they
 lost time against the 1 (the ratio shows how it scales; target <= 1.2x), and of a no-change
-re-run of the 5, each with the CPU time the engine and the servers used:
+re-run of the 5, each with the CPU time the engine and the servers used and how busy the
+machine's cores were meanwhile (with everything on it: the relay, Docker, other tenants):
 
 1. over the servers' bridge, where a round trip takes microseconds. Local servers share the
    engine's cores, so on a machine this small CPU rather than waiting sets the pace;
@@ -89,6 +90,13 @@ def engine_cpu() -> float:
     return total
 
 
+def machine_busy() -> float:
+    """CPU seconds every core of the machine has spent on anything (the relay, Docker, other
+    tenants too): all but idle and waiting for I/O."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 def servers_cpu(servers: list[Target]) -> float:
     """CPU seconds the servers' containers have used."""
     return containers_cpu(server.container.id for server in servers)
@@ -112,11 +120,12 @@ def timed(
 ) -> tuple[float, float, tuple[HostResult, ...]]:
     """Installs `hosts`, prints the figures; returns the wall time, the CPU time the engine
     and the servers used together, and the results."""
-    cpu = engine_cpu(), servers_cpu(servers)
+    cpu = engine_cpu(), servers_cpu(servers), machine_busy()
     started = time.monotonic()
     results = install_hosts(hosts, settings, sharing=sharing)
     wall = time.monotonic() - started
     engine, server = engine_cpu() - cpu[0], servers_cpu(servers) - cpu[1]
+    busy = (machine_busy() - cpu[2]) / (wall * (os.cpu_count() or 1))
     failed = [f"{r.name}: {r.error}" for r in results if not r.ok]
     if failed:
         raise SystemExit("install failed:\n" + "\n".join(failed))
@@ -126,7 +135,7 @@ def timed(
     print(
         f"{label:<34} {wall:6.1f} s wall   slowest host {slowest:5.1f} s   "
         f"{changed:3d} operations changed, {commands:2.0f} commands a host   "
-        f"CPU: engine {engine:4.1f} s, servers {server:4.1f} s"
+        f"CPU: engine {engine:4.1f} s, servers {server:4.1f} s; cores busy {busy:4.0%}"
     )
     return wall, engine + server, results
 
