@@ -6,7 +6,8 @@ output blocks every other host of the process, so each host gets a process of it
 (engine/install/runner.py) instead of a greenlet.
 
 The host key is checked strictly against the pinned keys (a known_hosts file written from
-them, never accept-new), and the user's ~/.ssh/config is not read. A server that vanishes
+them, never accept-new, in the folder the runner made for this install and removes after it),
+and the user's ~/.ssh/config is not read. A server that vanishes
 mid-run is noticed within about 20 s (TCP keepalive and a user timeout on the connection)
 instead of when the kernel gives up on it, many minutes later.
 """
