@@ -92,8 +92,17 @@ def deploy(spec: Path, app: str | None, options: RunOptions, out: TextIO) -> int
                 copies=copies,
                 only=app,
             )
-        _finish(board, outcome, ok=outcome.ok, nothing=f"{app or 'every app'} is up to date")
-        return 0 if outcome.ok else 1
+        # An app that waits for servers that are not ready is not deployed: say so, and fail,
+        # rather than call it up to date.
+        ok = outcome.ok and not outcome.waiting
+        _finish(board, outcome, ok=ok, nothing=f"{app or 'every app'} is up to date")
+        if outcome.waiting:
+            waits = "; ".join(f"{name} on {', '.join(on)}" for name, on in outcome.waiting)
+            raise EngineError(
+                f"not deployed: {waits}, whose servers are not ready; `engine up {spec}` makes "
+                "them ready (and rolls the apps out there), or `engine status` says why not"
+            )
+        return 0 if ok else 1
 
 
 def rollback(spec: Path, app: str, options: RunOptions, out: TextIO) -> int:
@@ -110,8 +119,9 @@ def rollback(spec: Path, app: str, options: RunOptions, out: TextIO) -> int:
 
 def _finish(board: StageBoard, outcome: AppsOutcome, *, ok: bool, nothing: str) -> None:
     if board.json_lines:
-        board.event("done", ok=ok, apps=outcome.to_json())
-    elif not outcome.rollouts and nothing:
+        waiting = {name: list(servers) for name, servers in outcome.waiting}
+        board.event("done", ok=ok, apps=outcome.to_json(), waiting=waiting)
+    elif not outcome.rollouts and not outcome.waiting and nothing:
         board.note(f"Nothing to do: {nothing}.")
 
 

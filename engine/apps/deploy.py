@@ -58,9 +58,12 @@ AGENT_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AppsOutcome:
-    """What became of a run's rollouts: `ok` unless one failed or was rolled back."""
+    """What became of a run's rollouts: `ok` unless one failed or was rolled back. `waiting`
+    names, per app, the servers it should go to that are not ready (it goes there once they
+    are)."""
 
     rollouts: tuple[Rollout, ...] = ()
+    waiting: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -205,7 +208,7 @@ def roll_apps(
         auths=auths,
         copies=copies,
     )
-    rollouts = []
+    rollouts, waits = [], []
     for name in names:
         targets = [
             Target(
@@ -225,10 +228,11 @@ def roll_apps(
             board.note(
                 f"{name}: {', '.join(waiting)} not ready; the app goes there on the next run"
             )
+            waits.append((name, tuple(waiting)))
         done = runner.roll(name, [t for t in targets if t.server in ready])
         if done is not None:
             rollouts.append(done)
-    return AppsOutcome(rollouts=tuple(rollouts))
+    return AppsOutcome(rollouts=tuple(rollouts), waiting=tuple(waits))
 
 
 def roll_back(

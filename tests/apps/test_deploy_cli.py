@@ -1,0 +1,67 @@
+"""`engine deploy` as users run it, against a state store that a test writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.model import Stage
+from engine.state import ServerRecord
+from engine.state.store import open_store
+from tests.support.cli import engine
+
+SPEC = """\
+apiVersion: fleet/v1
+kind: Fleet
+name: shop
+provider: { name: hcloud, token_env: HCLOUD_TOKEN }
+control_plane: { url: "https://ops.example.com" }
+ssh:
+  authorized_keys:
+    - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIIQIfECSSnCYSDqdl/sqO/uvukuj+zuzCcu54xFq5J8 ops@laptop
+defaults: { server_type: cx22, image: debian-12, locations: [fsn1] }
+groups:
+  - name: web
+    count: 1
+apps:
+  - name: site
+    image: ghcr.io/acme/site:1.4.2
+    ports: ["80:8080"]
+    on: [web]
+"""
+
+
+@pytest.mark.parametrize("format", ["text", "json"])
+def test_an_app_whose_servers_are_not_ready_is_not_deployed_and_it_says_so(
+    tmp_path: Path, format: str
+) -> None:
+    spec = tmp_path / "shop.yaml"
+    spec.write_text(SPEC)
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    with open_store(state) as store:
+        store.servers.save(
+            ServerRecord(
+                fleet="shop",
+                name="web-1",
+                group="web",
+                provider="hcloud",
+                provider_id="4711",
+                stage=Stage.FAILED,
+            )
+        )
+    result = engine(
+        "deploy", str(spec), "--state", state, "--state-dir", str(tmp_path), "--format", format
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "up to date" not in result.stdout
+    assert result.stderr.strip() == (
+        "error: not deployed: site on web-1, whose servers are not ready; "
+        f"`engine up {spec}` makes them ready (and rolls the apps out there), "
+        "or `engine status` says why not"
+    )
+    if format == "json":
+        (done,) = [e for e in map(json.loads, result.stdout.splitlines()) if e["event"] == "done"]
+        assert done["ok"] is False
+        assert done["waiting"] == {"site": ["web-1"]}
