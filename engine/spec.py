@@ -379,7 +379,8 @@ SCHEMA_HINTS = {
     "/$defs/envName": "write the name of an environment variable, e.g. HCLOUD_TOKEN, and export "
     "the token in that variable",
     "/$defs/unixUser": "use a lowercase user name other than root, e.g. fleet",
-    "/$defs/duration": "write a number followed by s, m or h, e.g. 30s, 10m, 1h",
+    "/$defs/duration": "write a whole number from 1 to 999999 followed by s, m or h, e.g. 30s, "
+    "10m, 1h",
     "/$defs/port": 'write a port such as "443" or a range such as "8000-8100"',
     "/$defs/dnsRecord/properties/zone": "write a lowercase domain such as example.com",
     "/$defs/dnsRecord/properties/name": 'write a record name such as "{server}" or "{server}.web"',
@@ -399,8 +400,8 @@ SCHEMA_HINTS = {
     "read-only",
     "/$defs/appHealth/properties/http/properties/path": "write a path starting with /, e.g. "
     "/healthz",
-    "/$defs/appUpdate/properties/monitor": "write a number followed by s, m or h, e.g. 30s, "
-    "or 0s to watch nothing",
+    "/$defs/appUpdate/properties/monitor": "write a whole number up to 999999 followed by s, m "
+    "or h, e.g. 30s, or 0s to watch nothing",
     "/$defs/app/properties/secret_env/items": "write the name of a variable of the engine's "
     "environment, e.g. DATABASE_URL, and export it where the engine runs",
     "/$defs/app/properties/registry/properties/username_env": "write the name of the variable "
