@@ -105,6 +105,7 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 # Under this a reconcile loop reads the provider more often than anything changes there.
 MIN_RECONCILE_INTERVAL_S = 10
 METRIC_ALERTS = (AlertWhen.CPU, AlertWhen.MEMORY, AlertWhen.DISK, AlertWhen.LOAD)
+PERCENT_ALERTS = (AlertWhen.CPU, AlertWhen.MEMORY, AlertWhen.DISK)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # What a group gets when neither it nor defaults say: the local provider has one sensible
 # choice of each, so a first spec needs no catalog knowledge. Names from engine/catalog/local.json.
@@ -737,6 +738,13 @@ class _Checks:
                     ("alerts", i),
                     f"an alert on {when} needs a threshold",
                     f"add above: N (the {when} value that raises it)",
+                )
+            elif when in PERCENT_ALERTS and _is_percent_past_full(alert.get("above")):
+                self.add(
+                    "out_of_range",
+                    ("alerts", i, "above"),
+                    f"{when} is a percentage: an alert above {alert['above']} never fires",
+                    "write a percentage below 100, e.g. above: 90",
                 )
             elif when in (AlertWhen.UNHEALTHY, AlertWhen.DRIFT) and "above" in alert:
                 self.add(
@@ -1755,3 +1763,9 @@ def _build_fleet(data: dict[str, Any], file: str) -> Fleet:
         ),
         apps=tuple(_app(a) for a in data.get("apps", ())),
     )
+
+
+def _is_percent_past_full(value: Any) -> bool:
+    """Whether `value` is a number (not a bool, which YAML reads from yes/no) of 100 or more:
+    a threshold no percentage can pass."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 100
