@@ -110,9 +110,28 @@ def timed_out(provider: str) -> ProviderError:
 
 
 def unreachable(provider: str, error: BaseException) -> ProviderError:
-    """The error for an API that refused or dropped every connection."""
-    reason = str(error).split(": ")[-1][:200]
+    """The error for an API that refused or dropped every connection, with the reason the
+    innermost error gives (the HTTP libraries wrap it in a few layers of their own)."""
+    reason = str(_innermost(error)).strip()[:200] or type(error).__name__
     return ProviderError(provider, f"cannot reach the API ({reason})", code="unreachable")
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The error at the bottom of `error`'s chain: what it was raised from, or what it wraps
+    (urllib3 keeps it as `reason`, azure-core as `inner_exception`, requests as an argument)."""
+    seen = {id(error)}
+    while True:
+        wrapped = [
+            error.__cause__,
+            getattr(error, "reason", None),
+            getattr(error, "inner_exception", None),
+            *error.args,
+        ]
+        inner = next((e for e in wrapped if isinstance(e, BaseException)), None)
+        if inner is None or id(inner) in seen:
+            return error
+        seen.add(id(inner))
+        error = inner
 
 
 def unexpected_answer(provider: str, error: BaseException) -> ProviderError:

@@ -3,6 +3,8 @@ connection leaves them: asked for again, and a clear error when it persists."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from engine.errors import ProviderError
@@ -46,3 +48,25 @@ def test_pages_cut_off_every_time_end_in_a_clear_error(provider: str) -> None:
             reader.read_servers()
     assert info.value.code == "unreachable"
     assert api.answers == ["cut", "cut"]
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_an_api_that_refuses_connections_says_so_in_the_words_of_the_system(
+    provider: str,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    prefix, _ = PROVIDERS[provider]
+    reader = inventory_reader(
+        example_fleet(provider, f"http://127.0.0.1:{port}{prefix}"),
+        token="dop_v1_" + "0" * 20,
+        policy=RetryPolicy(sleep=lambda _: None, attempts=2),
+    )
+    with pytest.raises(ProviderError) as info:
+        reader.read_servers()
+    # Not the HTTP libraries' wrappers around it ("Max retries exceeded ... NewConnectionError(").
+    name = {"hetzner": "hcloud"}.get(provider, provider)
+    assert str(info.value) == (
+        f"{name}: cannot reach the API ([Errno 111] Connection refused) [unreachable]"
+    )
