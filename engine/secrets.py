@@ -7,6 +7,7 @@ text reaches a log file, an error message or a debug log.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -50,6 +51,35 @@ def redact(text: str) -> str:
     if pattern is not None:
         text = pattern.sub(MASK, text)
     return _BEARER.sub(rf"\g<1>{MASK}", text)
+
+
+# DigitalOcean's personal access, OAuth and refresh tokens start so.
+_TOKEN_PREFIXES = ("dop_v1_", "doo_v1_", "dor_v1_")
+_MIN_TOKEN_RUN = 24
+
+
+def is_literal_token(value: str) -> bool:
+    """Whether `value`, written where the NAME of an environment variable belongs, looks like a
+    token pasted there instead.
+
+    A token is long and random: it has a known token prefix, or a run of 24 characters or
+    more between underscores that mixes digits with lowercase letters, or that switches
+    between letters and digits often (upper-case hex), whatever stands around it
+    (hcloud_3f9a...). The words of a name are short and its digits come at their end:
+    HCLOUD_TOKEN, MY_APP_SECRET_2 and PRODUCTIONDATABASEPASSWORD2 are names.
+    """
+    if value.startswith(_TOKEN_PREFIXES):
+        return True
+    return any(_is_random(run) for run in value.split("_") if len(run) >= _MIN_TOKEN_RUN)
+
+
+def _is_random(run: str) -> bool:
+    if not any(c.isdigit() for c in run):
+        return False
+    if any(c.islower() for c in run):
+        return True
+    switches = sum(a.isdigit() != b.isdigit() for a, b in itertools.pairwise(run))
+    return switches >= len(run) // 4
 
 
 def read_token(env_name: str) -> str:
