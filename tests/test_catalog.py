@@ -97,6 +97,27 @@ def test_refresh_without_the_token_variable_says_which_variable(
         refresh_catalog("hcloud", token_env="NOPE_TOKEN", state_dir=tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("hcloud_" + "9a8b7c6d5e4f3a2b1c0d" * 3, "--token-env: this looks like an API token"),
+        ("a1b2-c3d4.e5f6", "--token-env takes the name of an environment variable"),
+    ],
+)
+def test_a_token_given_as_token_env_is_refused_unseen(
+    tmp_path: Path, given: str, said: str
+) -> None:
+    result = engine(
+        "catalog", "refresh", "hcloud", "--token-env", given, "--endpoint", "http://127.0.0.1:9",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {said}") and "HCLOUD_TOKEN" in result.stderr
+    assert given[:10] not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".engine").exists()
+
+
 def test_digitalocean_refresh_pages_by_200(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeDigitalOcean()
     monkeypatch.setenv("FAKE_DO", fake.token)
