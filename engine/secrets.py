@@ -82,15 +82,50 @@ def _is_random(run: str) -> bool:
     return switches >= len(run) // 4
 
 
-def read_token(env_name: str) -> str:
-    """The API token in environment variable `env_name`, registered as a secret."""
+def token_from_env(env_name: str) -> str:
+    """The API token in environment variable `env_name` without the whitespace around it,
+    registered as a secret; "" if the variable is unset or blank. Every provider token the
+    engine uses is read here.
+
+    A token with a line break, a space, a control character or a non-ASCII character inside
+    it is refused with an EngineError that names the variable and never shows the value,
+    before any request: no provider token has one, and an HTTP client fails on it with an
+    error that quotes the header (after the line break, where redaction no longer matches).
+    """
     value = os.environ.get(env_name, "").strip()
+    odd = _odd_character(value)
+    if odd:
+        raise EngineError(
+            f"the API token in {env_name} has {odd} inside it, which no API token has, so "
+            f"nothing was sent; export {env_name}=... again with the token alone, on one line"
+        )
+    return register_secret(value)
+
+
+def _odd_character(token: str) -> str:
+    """What the first character no token has in `token` is, or "" if there is none."""
+    for c in token:
+        if c in "\r\n":
+            return "a line break"
+        if c.isspace():
+            return {" ": "a space", "\t": "a tab"}.get(c, "a blank character")
+        if not c.isprintable():
+            return "a control character"
+        if not c.isascii():
+            return "a non-ASCII character"
+    return ""
+
+
+def read_token(env_name: str) -> str:
+    """The API token in environment variable `env_name` (see token_from_env); an EngineError
+    saying what to export if there is none."""
+    value = token_from_env(env_name)
     if not value:
         raise EngineError(
             f"the environment variable {env_name} is not set; export your API token in it "
             f"(export {env_name}=...) and run the command again"
         )
-    return register_secret(value)
+    return value
 
 
 class RedactingFilter(logging.Filter):
