@@ -79,7 +79,15 @@ from engine.model import (
     is_reserved_label,
 )
 from engine.secrets import is_literal_token
-from engine.yamldoc import Document, Path, YamlProblem, read_yaml, render_path, yaml11_reading
+from engine.yamldoc import (
+    Document,
+    Path,
+    YamlProblem,
+    read_yaml,
+    render_path,
+    shown_key,
+    yaml11_reading,
+)
 
 MAX_SPEC_BYTES = 1 << 20
 HCLOUD_PLACEMENT_GROUP_MAX = 10
@@ -484,11 +492,12 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
 
     def diag(code: str, message: str, hint: str, at: Path = path, key: bool = False) -> Diagnostic:
         line, column = doc.position(at, key=key)
+        shown = (*at[:-1], shown_key(at[-1])) if key else at
         return Diagnostic(
             code=code,
             message=message,
             hint=hint or "see schemas/fleet.v1.schema.json for what this field takes",
-            path=render_path(at),
+            path=render_path(shown),
             file=file,
             line=line,
             column=column,
@@ -503,7 +512,8 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
         for key in value:
             if key not in schema.get("properties", {}):
                 hint = _suggest(key, allowed) if allowed else "remove it"
-                yield diag("unknown_key", f'unknown key "{key}"', hint, (*path, key), key=True)
+                shown = shown_key(key)
+                yield diag("unknown_key", f'unknown key "{shown}"', hint, (*path, key), key=True)
     elif kind == "required":
         props = schema.get("properties", {})
         for name in error.validator_value:
@@ -544,7 +554,7 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
         # jsonschema reports a bad key at its map's path, with the key as the instance.
         yield diag(
             "invalid_format",
-            f'the key "{value}" does not have the required form',
+            f'the key "{shown_key(value)}" does not have the required form',
             _describe(error.validator_value),
             at=(*path, value),
             key=True,

@@ -175,6 +175,31 @@ def test_a_private_key_among_the_public_keys_is_never_echoed() -> None:
     assert secret[:12] not in str(info.value)
 
 
+def test_a_file_that_is_no_spec_is_not_printed_line_by_line(tmp_path: Path) -> None:
+    """A shadow file reads as a map of unknown keys; each is shown by its start only, never
+    its hash, and so is a key given twice."""
+    digest = "Rk3vQ9xZp2LmN8bT4cWy6Hj1Ua5Sd7Fg0Kq3Ve9Xr2Bn6Mt8Lp4Zc1Yw7Hs5Ja0Ge"
+    shadow = tmp_path / "shadow"
+    shadow.write_text(
+        f"root:$6$Xe2rTq9wLm4pZs7K${digest}:19000:0:99999:7:::\n"
+        "daemon:*:19000:0:99999:7:::\n"
+        f"oper:$6$Xe2rTq9wLm4pZs7K${digest}:19000:0:99999:7:::\n"
+        f"oper:$6$Xe2rTq9wLm4pZs7K${digest}:19000:0:99999:7:::\n"
+    )
+    first = engine("validate", str(shadow))
+    assert "error[duplicate_key]" in first.stdout + first.stderr
+    shadow.write_text("\n".join(shadow.read_text().splitlines()[:3]) + "\n")
+    second = engine("validate", str(shadow))
+    assert '["root:$6$Xe2rTq9wLm4pZs7K..."]: unknown key "root:$6$Xe2rTq9wLm4pZs7K..."' in (
+        second.stdout
+    )
+    assert 'unknown key "daemon:*:19000:0:99999:7..."' in second.stdout
+    for result in (first, second):
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+    for shown in (first.stdout + first.stderr, second.stdout):
+        assert digest[:6] not in shown and digest[-6:] not in shown
+
+
 def test_a_bom_is_accepted() -> None:
     raw = b"\xef\xbb\xbf" + Path("specs/demo.yaml").read_bytes()
     assert parse_spec(raw).name == "demo"
