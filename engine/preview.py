@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from engine.providers import ActualServer, CloudResource
 from engine.providers.registry import inventory_reader, require_reader
 from engine.providers.retry import RetryPolicy
 from engine.providers.seam import InventoryReader
-from engine.secrets import register_secret
+from engine.secrets import token_from_env
 from engine.spec import load_spec, parse_spec
 from engine.state import AgentReport, FleetSettings, ServerRecord, Transition
 
@@ -370,14 +369,14 @@ def _token(fleet: Fleet, spec: Path) -> str:
     env = fleet.provider.token_env
     if env is None:
         return ""  # the local provider needs no account
-    value = os.environ.get(env, "").strip()
+    value = token_from_env(env)
     if not value:
         raise EngineError(
             f"reading what exists on {fleet.provider.name} needs an API token: export {env}=... "
             f"(a read-only token is enough), or compare with the spec in git without any "
             f"credentials: engine preview {spec} --against-ref origin/main"
         )
-    return register_secret(value)
+    return value
 
 
 def _stored(fleet: Fleet, state_dir: Path, state: str | None) -> tuple[Recorded, AppsObserved]:

@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from engine.preview import (
 )
 from engine.providers.registry import inventory_reader, require_reader
 from engine.providers.seam import RunOptions, Signal, Site
-from engine.secrets import redact, register_secret
+from engine.secrets import redact, token_from_env
 from engine.state import Job, Run, RunStatus
 from engine.state.files import private_dir
 from engine.state.store import Store
@@ -97,13 +96,13 @@ def _provider_token(fleet: Fleet) -> str:
     env = fleet.provider.token_env
     if env is None:
         return ""
-    value = os.environ.get(env, "").strip()
+    value = token_from_env(env)
     if not value:
         raise EngineError(
             f"this control plane has no {env} in its environment, so it cannot read what "
             f"exists on {fleet.provider.name}; start `engine serve` with {env} set"
         )
-    return register_secret(value)
+    return value
 
 
 class RemotePlanner:

@@ -7,6 +7,7 @@ text reaches a log file, an error message or a debug log.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -52,15 +53,79 @@ def redact(text: str) -> str:
     return _BEARER.sub(rf"\g<1>{MASK}", text)
 
 
-def read_token(env_name: str) -> str:
-    """The API token in environment variable `env_name`, registered as a secret."""
+# DigitalOcean's personal access, OAuth and refresh tokens start so.
+_TOKEN_PREFIXES = ("dop_v1_", "doo_v1_", "dor_v1_")
+_MIN_TOKEN_RUN = 24
+
+
+def is_literal_token(value: str) -> bool:
+    """Whether `value`, written where the NAME of an environment variable belongs, looks like a
+    token pasted there instead.
+
+    A token is long and random: it has a known token prefix, or a run of 24 characters or
+    more between underscores that mixes digits with lowercase letters, or that switches
+    between letters and digits often (upper-case hex), whatever stands around it
+    (hcloud_3f9a...). The words of a name are short and its digits come at their end:
+    HCLOUD_TOKEN, MY_APP_SECRET_2 and PRODUCTIONDATABASEPASSWORD2 are names.
+    """
+    if value.startswith(_TOKEN_PREFIXES):
+        return True
+    return any(_is_random(run) for run in value.split("_") if len(run) >= _MIN_TOKEN_RUN)
+
+
+def _is_random(run: str) -> bool:
+    if not any(c.isdigit() for c in run):
+        return False
+    if any(c.islower() for c in run):
+        return True
+    switches = sum(a.isdigit() != b.isdigit() for a, b in itertools.pairwise(run))
+    return switches >= len(run) // 4
+
+
+def token_from_env(env_name: str) -> str:
+    """The API token in environment variable `env_name` without the whitespace around it,
+    registered as a secret; "" if the variable is unset or blank. Every provider token the
+    engine uses is read here.
+
+    A token with a line break, a space, a control character or a non-ASCII character inside
+    it is refused with an EngineError that names the variable and never shows the value,
+    before any request: no provider token has one, and an HTTP client fails on it with an
+    error that quotes the header (after the line break, where redaction no longer matches).
+    """
     value = os.environ.get(env_name, "").strip()
+    odd = _odd_character(value)
+    if odd:
+        raise EngineError(
+            f"the API token in {env_name} has {odd} inside it, which no API token has, so "
+            f"nothing was sent; export {env_name}=... again with the token alone, on one line"
+        )
+    return register_secret(value)
+
+
+def _odd_character(token: str) -> str:
+    """What the first character no token has in `token` is, or "" if there is none."""
+    for c in token:
+        if c in "\r\n":
+            return "a line break"
+        if c.isspace():
+            return {" ": "a space", "\t": "a tab"}.get(c, "a blank character")
+        if not c.isprintable():
+            return "a control character"
+        if not c.isascii():
+            return "a non-ASCII character"
+    return ""
+
+
+def read_token(env_name: str) -> str:
+    """The API token in environment variable `env_name` (see token_from_env); an EngineError
+    saying what to export if there is none."""
+    value = token_from_env(env_name)
     if not value:
         raise EngineError(
             f"the environment variable {env_name} is not set; export your API token in it "
             f"(export {env_name}=...) and run the command again"
         )
-    return register_secret(value)
+    return value
 
 
 class RedactingFilter(logging.Filter):

@@ -78,7 +78,16 @@ from engine.model import (
     Webhook,
     is_reserved_label,
 )
-from engine.yamldoc import Document, Path, YamlProblem, read_yaml, render_path, yaml11_reading
+from engine.secrets import is_literal_token
+from engine.yamldoc import (
+    Document,
+    Path,
+    YamlProblem,
+    read_yaml,
+    render_path,
+    shown_key,
+    yaml11_reading,
+)
 
 MAX_SPEC_BYTES = 1 << 20
 HCLOUD_PLACEMENT_GROUP_MAX = 10
@@ -351,7 +360,7 @@ def _type_of(value: object) -> str:
 def _is_safe_to_show(path: Path, value: object) -> bool:
     """Never echo what could be a secret: token variables and SSH keys stay out of messages."""
     sensitive = (
-        path[:2] == ("provider", "token_env")
+        is_env_name_field(path)
         or path[:1] == ("ssh",)
         or (path[:1] == ("apps",) and path[2:3] == ("env",) and len(path) > 3)
     )
@@ -485,11 +494,12 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
 
     def diag(code: str, message: str, hint: str, at: Path = path, key: bool = False) -> Diagnostic:
         line, column = doc.position(at, key=key)
+        shown = (*at[:-1], shown_key(at[-1])) if key else at
         return Diagnostic(
             code=code,
             message=message,
             hint=hint or "see schemas/fleet.v1.schema.json for what this field takes",
-            path=render_path(at),
+            path=render_path(shown),
             file=file,
             line=line,
             column=column,
@@ -504,7 +514,8 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
         for key in value:
             if key not in schema.get("properties", {}):
                 hint = _suggest(key, allowed) if allowed else "remove it"
-                yield diag("unknown_key", f'unknown key "{key}"', hint, (*path, key), key=True)
+                shown = shown_key(key)
+                yield diag("unknown_key", f'unknown key "{shown}"', hint, (*path, key), key=True)
     elif kind == "required":
         props = schema.get("properties", {})
         for name in error.validator_value:
@@ -545,7 +556,7 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
         # jsonschema reports a bad key at its map's path, with the key as the instance.
         yield diag(
             "invalid_format",
-            f'the key "{value}" does not have the required form',
+            f'the key "{shown_key(value)}" does not have the required form',
             _describe(error.validator_value),
             at=(*path, value),
             key=True,
@@ -646,13 +657,54 @@ def _dicts(value: object) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield i, item
 
 
-def _is_literal_token(value: str) -> bool:
-    """A value that looks like an API token rather than the name of a variable."""
-    if value.startswith(("dop_v1_", "doo_v1_", "dor_v1_")):
-        return True
-    has_lower = any(c.islower() for c in value)
-    has_digit = any(c.isdigit() for c in value)
-    return len(value) >= 24 and has_lower and has_digit and "_" not in value
+# Every field that holds the NAME of an environment variable (the schema's envName), "*" for
+# any list index, with what a secret pasted there is, what to export, a name to export it in,
+# and what to do about the secret now in the file.
+ENV_NAME_FIELDS: dict[Path, tuple[str, str, str, str]] = {
+    ("provider", "token_env"): ("an API token", "the token", "HCLOUD_TOKEN", "revoke the token"),
+    ("apps", "*", "secret_env", "*"): ("a secret", "the secret", "DATABASE_URL", "change it"),
+    ("apps", "*", "registry", "username_env"): (
+        "a credential",
+        "the user name",
+        "GHCR_USER",
+        "revoke the credential",
+    ),
+    ("apps", "*", "registry", "password_env"): (
+        "a registry token",
+        "the token",
+        "GHCR_TOKEN",
+        "revoke the token",
+    ),
+    ("webhooks", "*", "secret_env"): (
+        "a signing secret",
+        "the secret",
+        "FLEET_WEBHOOK_SECRET",
+        "change it",
+    ),
+}
+
+
+def is_env_name_field(path: Path) -> bool:
+    """Whether `path` is a field of ENV_NAME_FIELDS, e.g. ("apps", 0, "secret_env", 1)."""
+    return any(
+        len(field) == len(path)
+        and all(
+            want == part or (want == "*" and isinstance(part, int))
+            for want, part in zip(field, path, strict=True)
+        )
+        for field in ENV_NAME_FIELDS
+    )
+
+
+def _values_at(data: object, field: Path, at: Path = ()) -> Iterator[tuple[Path, object]]:
+    """Each value of `data` at `field` ("*" for every item of a list), with its path."""
+    if not field:
+        yield at, data
+    elif field[0] == "*":
+        for i, item in enumerate(data if isinstance(data, list) else []):
+            yield from _values_at(item, field[1:], (*at, i))
+    elif isinstance(data, dict) and field[0] in data:
+        yield from _values_at(data[field[0]], field[1:], (*at, field[0]))
 
 
 def parse_duration(text: str) -> int:
@@ -693,6 +745,7 @@ class _Checks:
         )
 
     def run(self) -> list[Diagnostic]:
+        self.check_env_names()
         self.check_provider()
         self.check_control_plane()
         self.check_ssh()
@@ -775,19 +828,26 @@ class _Checks:
             key=key,
         )
 
+    def check_env_names(self) -> None:
+        """A secret pasted where the name of its variable belongs: refused, never echoed."""
+        for field, (what, thing, example, revoke) in ENV_NAME_FIELDS.items():
+            if field == ("provider", "token_env") and self.provider == ProviderName.DIGITALOCEAN:
+                example = "DIGITALOCEAN_TOKEN"
+            for path, value in _values_at(self.data, field):
+                if isinstance(value, str) and is_literal_token(value):
+                    self.add(
+                        "literal_secret",
+                        path,
+                        f"this looks like {what}, not the name of an environment variable",
+                        f"export {thing} in a variable, e.g. export {example}=..., "
+                        f"write the variable's name here, and {revoke} if this file was ever "
+                        "shared",
+                    )
+
     def check_provider(self) -> None:
         provider = self.data.get("provider")
         if not isinstance(provider, dict) or self.provider is None:
             return
-        token_env = provider.get("token_env")
-        if isinstance(token_env, str) and _is_literal_token(token_env):
-            self.add(
-                "literal_secret",
-                ("provider", "token_env"),
-                "this looks like an API token, not the name of an environment variable",
-                "export the token in a variable, e.g. export HCLOUD_TOKEN=..., write the "
-                "variable's name here, and revoke the token if this file was ever shared",
-            )
         if self.provider == ProviderName.LOCAL:
             for key in ("token_env", "project", "endpoint"):
                 if key in provider:

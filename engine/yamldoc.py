@@ -231,9 +231,10 @@ class _Reader:
                 raise YamlProblem(
                     Diagnostic(
                         code="duplicate_key",
-                        message=f"the key {key!r} appears twice (first on line {first[0]})",
+                        message=f"the key {shown_key(key)!r} appears twice "
+                        f"(first on line {first[0]})",
                         hint="keep one of them; YAML would silently use only the last",
-                        path=render_path((*frame.path, key)),
+                        path=render_path((*frame.path, shown_key(key))),
                         file=self.file,
                         line=line,
                         column=column,
@@ -366,6 +367,20 @@ def yaml11_reading(text: str) -> Any:
         return yaml.constructor.SafeConstructor().construct_object(yaml.ScalarNode(tag, text))
     except (yaml.YAMLError, ValueError):
         return text
+
+
+# A key shown in a message about it (unknown, repeated, badly formed) is cut after this many
+# characters, or a file that is no spec, such as /etc/shadow, would have its lines printed. It
+# is more than any key of the spec has, and what root's line in /etc/shadow holds before its
+# password hash ("root:$6$" and a 16-character salt).
+SHOWN_KEY_MAX = 24
+
+
+def shown_key(key: str | int) -> str | int:
+    """`key` as a message may show it: cut to SHOWN_KEY_MAX characters and "..." if longer."""
+    if isinstance(key, str) and len(key) > SHOWN_KEY_MAX:
+        return f"{key[:SHOWN_KEY_MAX]}..."
+    return key
 
 
 def render_path(path: Path) -> str:

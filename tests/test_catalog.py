@@ -97,6 +97,54 @@ def test_refresh_without_the_token_variable_says_which_variable(
         refresh_catalog("hcloud", token_env="NOPE_TOKEN", state_dir=tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("hcloud_" + "9a8b7c6d5e4f3a2b1c0d" * 3, "--token-env: this looks like an API token"),
+        ("a1b2-c3d4.e5f6", "--token-env takes the name of an environment variable"),
+    ],
+)
+def test_a_token_given_as_token_env_is_refused_unseen(
+    tmp_path: Path, given: str, said: str
+) -> None:
+    result = engine(
+        "catalog", "refresh", "hcloud", "--token-env", given, "--endpoint", "http://127.0.0.1:9",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {said}") and "HCLOUD_TOKEN" in result.stderr
+    assert given[:10] not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".engine").exists()
+
+
+@pytest.mark.parametrize(
+    ("provider", "fake", "variable", "path"),
+    [
+        ("hcloud", FakeHcloud, "HCLOUD_TOKEN", "/v1"),
+        ("digitalocean", FakeDigitalOcean, "DIGITALOCEAN_TOKEN", ""),
+    ],
+)
+def test_a_token_with_a_line_break_is_refused_before_any_request(
+    tmp_path: Path,
+    provider: str,
+    fake: type[FakeHcloud | FakeDigitalOcean],
+    variable: str,
+    path: str,
+) -> None:
+    api = fake()
+    first, second = "abcdefghijkl1234mnopqrst", "WXYZuvwx5678yzabCDEF9012"
+    with serve(api.app()) as url:
+        refresh = ("catalog", "refresh", provider, "--endpoint", f"{url}{path}")
+        result = engine(*refresh, cwd=tmp_path, env={variable: f"{first}\r\n{second}"})
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: the API token in {variable} has a line break inside")
+    assert api.requests == []
+    written = "".join(p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
+    for part in (first, second):
+        assert part not in result.stdout + result.stderr + written
+
+
 def test_digitalocean_refresh_pages_by_200(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeDigitalOcean()
     monkeypatch.setenv("FAKE_DO", fake.token)

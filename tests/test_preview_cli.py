@@ -412,6 +412,27 @@ def test_a_bad_token_ends_in_one_clear_line(hcloud: tuple[FakeHcloud, str], tmp_
     assert not (tmp_path / "state.db").exists()
 
 
+def test_a_token_broken_over_two_lines_is_refused_before_any_request(
+    hcloud: tuple[FakeHcloud, str], tmp_path: Path
+) -> None:
+    fake, url = hcloud
+    spec = _spec_for(tmp_path / "web.yaml", HETZNER, url)
+    first, second = "abcdefghijkl1234mnopqrst", "WXYZuvwx5678yzabCDEF9012"
+    result = engine(
+        "preview", str(spec), "--state-dir", str(tmp_path / "state"),
+        env={"HCLOUD_TOKEN": f" {first}\n{second}\n"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: the API token in HCLOUD_TOKEN has a line break inside it, which no API token "
+        "has, so nothing was sent; export HCLOUD_TOKEN=... again with the token alone, on one line"
+    )
+    assert fake.requests == []
+    written = "".join(p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
+    for part in (first, second):
+        assert part not in result.stdout + result.stderr + written
+
+
 def test_digitalocean_preview_trusts_the_store_during_the_list_lag(tmp_path: Path) -> None:
     fake = FakeDigitalOcean()
     fake.add_vpc("api-prod-vpc", "fra1")

@@ -9,7 +9,14 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from engine.errors import SpecError
-from engine.spec import SCHEMA_HINTS, _describe, fleet_schema, parse_spec, schema_nodes
+from engine.spec import (
+    ENV_NAME_FIELDS,
+    SCHEMA_HINTS,
+    _describe,
+    fleet_schema,
+    parse_spec,
+    schema_nodes,
+)
 
 SCHEMA = fleet_schema()
 
@@ -71,3 +78,24 @@ def test_no_hint_stops_inside_e_g() -> None:
     for pointer, node in schema_nodes().items():
         hint = _describe(node)
         assert not hint.endswith(("e.g", "i.e")), f"{pointer}: {hint}"
+
+
+def _fields_of(node: Any, ref: str, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """The data paths ("*" for any list item) whose schema is `ref`."""
+    if not isinstance(node, dict):
+        return set()
+    if node.get("$ref") == ref:
+        return {path}
+    found: set[tuple[str, ...]] = set()
+    if "$ref" in node:
+        found |= _fields_of(SCHEMA["$defs"][node["$ref"].removeprefix("#/$defs/")], ref, path)
+    for name, prop in node.get("properties", {}).items():
+        found |= _fields_of(prop, ref, (*path, name))
+    found |= _fields_of(node.get("items"), ref, (*path, "*"))
+    for branch in node.get("anyOf", []) + node.get("oneOf", []):
+        found |= _fields_of(branch, ref, path)
+    return found
+
+
+def test_every_field_that_names_a_variable_is_checked_for_a_pasted_secret() -> None:
+    assert _fields_of(SCHEMA, "#/$defs/envName") == set(ENV_NAME_FIELDS)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import Any
 
 PROVIDERS = ("hcloud", "digitalocean", "local")
 DEFAULT_TOKEN_ENV = {"hcloud": "HCLOUD_TOKEN", "digitalocean": "DIGITALOCEAN_TOKEN"}
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # the schema's envName
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -56,10 +58,31 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_token_env(value: str, example: str) -> None:
+    """Refuse a --token-env that is not the NAME of a variable, without showing it: it may be
+    the token itself."""
+    from engine.errors import EngineError
+    from engine.secrets import is_literal_token
+
+    if is_literal_token(value):
+        raise EngineError(
+            "--token-env: this looks like an API token, not the name of an environment "
+            f"variable; export the token in a variable, e.g. export {example}=..., give the "
+            f"variable's name (--token-env {example}), and revoke the token if this command "
+            "line was ever logged or shared"
+        )
+    if not ENV_NAME.fullmatch(value):
+        raise EngineError(
+            "--token-env takes the name of an environment variable: letters, digits and '_', "
+            f"not starting with a digit, e.g. --token-env {example}"
+        )
+
+
 def run_refresh(args: argparse.Namespace) -> int:
     from engine.providers.refresh import refresh_catalog
 
     token_env = args.token_env or DEFAULT_TOKEN_ENV[args.provider]
+    check_token_env(token_env, DEFAULT_TOKEN_ENV[args.provider])
     catalog, path = refresh_catalog(
         args.provider, token_env=token_env, state_dir=args.state_dir, endpoint=args.endpoint
     )

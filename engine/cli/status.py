@@ -137,18 +137,16 @@ def _disagreement(provider: str, view: dict[str, Any], document: dict[str, Any])
 
 def _provider(fleet: Any) -> tuple[dict[str, ActualServer] | None, str]:
     """The fleet's servers as the provider lists them now, by name; or None and why not."""
-    import os
-
     from engine.errors import EngineError
     from engine.providers.registry import inventory_reader
-    from engine.secrets import register_secret
+    from engine.secrets import token_from_env
 
     env = fleet.provider.token_env
-    token = os.environ.get(env, "").strip() if env else ""
-    if env and not token:
-        return None, f"export {env}=... (a read-only token is enough) to compare with it"
     try:
-        reader = inventory_reader(fleet, token=register_secret(token) if token else "")
+        token = token_from_env(env) if env else ""
+        if env and not token:
+            return None, f"export {env}=... (a read-only token is enough) to compare with it"
+        reader = inventory_reader(fleet, token=token)
         return {server.name: server for server in reader.read_servers()}, ""
     except EngineError as error:
         return None, str(error)

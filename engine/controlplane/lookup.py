@@ -9,7 +9,6 @@ one read in flight instead of starting their own.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from engine.model import Fleet, Provider, ProviderName
 from engine.providers import ActualServer
 from engine.providers.registry import READERS, inventory_reader
 from engine.providers.seam import InventoryReader
-from engine.secrets import register_secret
+from engine.secrets import token_from_env
 from engine.state import FleetSettings
 
 ReaderFactory = Callable[[FleetSettings], "InventoryReader | None"]
@@ -32,14 +31,18 @@ class InventoryUnavailable(EngineError):
 
 def provider_reader(settings: FleetSettings) -> InventoryReader | None:
     """The inventory reader for a registered fleet, with the token from the variable its
-    spec names; None for a provider without a reader or when the variable is not set."""
+    spec names; None for a provider without a reader or when the variable is not set.
+    Raises InventoryUnavailable if the variable holds no usable token."""
     try:
         provider = ProviderName(settings.provider)
     except ValueError:
         return None
     if provider not in READERS or not settings.token_env:
         return None
-    token = os.environ.get(settings.token_env, "").strip()
+    try:
+        token = token_from_env(settings.token_env)
+    except EngineError as error:
+        raise InventoryUnavailable(str(error)) from None
     if not token:
         return None
     fleet = Fleet(
@@ -49,7 +52,7 @@ def provider_reader(settings: FleetSettings) -> InventoryReader | None:
         ),
         groups=(),
     )
-    return inventory_reader(fleet, token=register_secret(token))
+    return inventory_reader(fleet, token=token)
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ import pytest
 from engine.controlplane.fleets import register_fleet
 from engine.controlplane.handlers import PollInventoryHandler, SshCheckHandler
 from engine.controlplane.jobs import JobRegistry, Worker
-from engine.controlplane.lookup import ReaderFactory
+from engine.controlplane.lookup import InventoryUnavailable, ReaderFactory, provider_reader
 from engine.controlplane.monitor import start_overdue_polling
 from engine.controlplane.servers import POLL_INVENTORY_JOB, SSH_CHECK_JOB, polling_jobs
 from engine.controlplane.views import host_keys_note
@@ -250,3 +250,13 @@ def test_a_poll_fleet_is_polled_for_at_once(
     _booting(store, "web-1", provider_id="1")
     assert start_overdue_polling(store, clock.now) == 1
     assert [j.server for j in store.jobs.all("web-prod", kind=SSH_CHECK_JOB)] == ["web-1"]
+
+
+def test_a_token_with_a_line_break_makes_the_inventory_unavailable_unseen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLEET_HCLOUD", "abcdefghijkl1234\nWXYZuvwx5678")
+    settings = FleetSettings(name="web-prod", provider="hcloud", token_env="FLEET_HCLOUD")
+    with pytest.raises(InventoryUnavailable, match="FLEET_HCLOUD has a line break") as info:
+        provider_reader(settings)
+    assert "abcdefghijkl" not in str(info.value) and "WXYZuvwx" not in str(info.value)

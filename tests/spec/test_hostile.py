@@ -144,6 +144,27 @@ def test_a_literal_token_is_never_echoed() -> None:
     assert token[:12] not in str(info.value)
 
 
+def test_a_secret_in_a_variable_name_field_is_never_echoed() -> None:
+    """Whether it reads as a token or breaks the name's form, a pasted secret is not shown."""
+    case = Path(__file__).parent / "cases" / "literal_secret_env.yaml"
+    text = case.read_text()
+    with pytest.raises(SpecError) as info:
+        load_spec(case)
+    shown = str(info.value) + "".join(d.path + d.hint for d in info.value.diagnostics)
+    for secret in (
+        "3f9a8b7c6d5e4f3a2b1c0d9e",
+        "postgres9a8b7c6d5e4f3a2b",
+        "GHCR_9A8B7C6D5E4F3A2B1C0D",
+        "R2d2C3po4Bb8Ee1Kk0Ll9Mm7",
+        "MfKQ9r8GKYqrTwjUPD8ILPZI",
+        "a1b2c3d4-e5f6",
+    ):
+        assert secret in text
+        assert secret[:12] not in shown
+    hint = next(d.hint for d in info.value.diagnostics if d.path == "webhooks[1].secret_env")
+    assert hint.startswith("export the secret in a variable, e.g. export FLEET_WEBHOOK_SECRET=")
+
+
 def test_a_private_key_among_the_public_keys_is_never_echoed() -> None:
     case = Path(__file__).parent / "cases" / "private_key.yaml"
     secret = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ"
@@ -152,6 +173,31 @@ def test_a_private_key_among_the_public_keys_is_never_echoed() -> None:
         load_spec(case)
     assert [d.code for d in info.value.diagnostics] == ["literal_secret"]
     assert secret[:12] not in str(info.value)
+
+
+def test_a_file_that_is_no_spec_is_not_printed_line_by_line(tmp_path: Path) -> None:
+    """A shadow file reads as a map of unknown keys; each is shown by its start only, never
+    its hash, and so is a key given twice."""
+    digest = "Rk3vQ9xZp2LmN8bT4cWy6Hj1Ua5Sd7Fg0Kq3Ve9Xr2Bn6Mt8Lp4Zc1Yw7Hs5Ja0Ge"
+    shadow = tmp_path / "shadow"
+    shadow.write_text(
+        f"root:$6$Xe2rTq9wLm4pZs7K${digest}:19000:0:99999:7:::\n"
+        "daemon:*:19000:0:99999:7:::\n"
+        f"oper:$6$Xe2rTq9wLm4pZs7K${digest}:19000:0:99999:7:::\n"
+        f"oper:$6$Xe2rTq9wLm4pZs7K${digest}:19000:0:99999:7:::\n"
+    )
+    first = engine("validate", str(shadow))
+    assert "error[duplicate_key]" in first.stdout + first.stderr
+    shadow.write_text("\n".join(shadow.read_text().splitlines()[:3]) + "\n")
+    second = engine("validate", str(shadow))
+    assert '["root:$6$Xe2rTq9wLm4pZs7K..."]: unknown key "root:$6$Xe2rTq9wLm4pZs7K..."' in (
+        second.stdout
+    )
+    assert 'unknown key "daemon:*:19000:0:99999:7..."' in second.stdout
+    for result in (first, second):
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+    for shown in (first.stdout + first.stderr, second.stdout):
+        assert digest[:6] not in shown and digest[-6:] not in shown
 
 
 def test_a_bom_is_accepted() -> None:
