@@ -145,6 +145,24 @@ def unexpected_answer(provider: str, error: BaseException) -> ProviderError:
     )
 
 
+def is_foreign_refusal(status: int) -> bool:
+    """Whether an answer of `status` without the provider's error document means that something
+    else than the provider's API answered (a wrong path or host): a refusal (4xx) other than a
+    rate limit. A 5xx may come from a proxy in front of the API, and has been retried."""
+    return 400 <= status < 500 and status != 429
+
+
+def foreign_error(provider: str, status: int, reason: str) -> ProviderError:
+    """The error for an error answer without the provider's error document: not the provider's
+    API answered, but whatever is at the endpoint (a wrong path, a proxy)."""
+    return ProviderError(
+        provider,
+        f"the endpoint answered {status} {reason}, an error the API does not send that way; "
+        "check that provider.endpoint in the spec is the provider's API",
+        code=str(status),
+    )
+
+
 def retry_after_s(headers: Mapping[str, str], now: float) -> float | None:
     """Seconds a `Retry-After` header (seconds, or an HTTP date) asks to wait; None without."""
     raw = headers.get("Retry-After")

@@ -3,7 +3,9 @@ connection leaves them: asked for again, and a clear error when it persists."""
 
 from __future__ import annotations
 
+import http.server
 import socket
+import threading
 
 import pytest
 
@@ -69,4 +71,39 @@ def test_an_api_that_refuses_connections_says_so_in_the_words_of_the_system(
     name = {"hetzner": "hcloud"}.get(provider, provider)
     assert str(info.value) == (
         f"{name}: cannot reach the API ([Errno 111] Connection refused) [unreachable]"
+    )
+
+
+class _NotTheApi(http.server.BaseHTTPRequestHandler):
+    """What a wrong endpoint may be: a web server that knows no such path."""
+
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<h1>Not Found</h1>")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_an_endpoint_that_is_not_the_api_is_named_as_what_to_check(provider: str) -> None:
+    prefix, _ = PROVIDERS[provider]
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotTheApi) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        reader = inventory_reader(
+            example_fleet(provider, f"http://127.0.0.1:{server.server_port}{prefix}"),
+            token="dop_v1_" + "0" * 20,
+            policy=RetryPolicy(sleep=lambda _: None, attempts=2),
+        )
+        try:
+            with pytest.raises(ProviderError) as info:
+                reader.read_servers()
+        finally:
+            server.shutdown()
+    name = {"hetzner": "hcloud"}.get(provider, provider)
+    assert str(info.value) == (
+        f"{name}: the endpoint answered 404 Not Found, an error the API does not send that "
+        "way; check that provider.endpoint in the spec is the provider's API [404]"
     )

@@ -33,6 +33,8 @@ from engine.providers.retry import (
     RateBudget,
     RetryPolicy,
     TransientError,
+    foreign_error,
+    is_foreign_refusal,
     read_pages,
     send,
     shared_budget,
@@ -162,7 +164,10 @@ def provider_errors(token_env: str | None) -> Iterator[None]:
         raise unreachable("digitalocean", error) from None
     except HttpResponseError as error:
         body = _error_body(error)
-        code = str(body.get("id", error.status_code))
+        status = error.status_code or 0
+        if "id" not in body and is_foreign_refusal(status):  # the API's documents have an id
+            raise foreign_error("digitalocean", status, str(error.reason or "")) from None
+        code = str(body["id"])
         message = str(body.get("message", error.reason))
         if error.status_code == 401 and token_env:
             message += f"; check the API token in {token_env}"

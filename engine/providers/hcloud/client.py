@@ -24,6 +24,8 @@ from engine.providers.retry import (
     RateBudget,
     RetryPolicy,
     TransientError,
+    foreign_error,
+    is_foreign_refusal,
     send,
     shared_budget,
     timed_out,
@@ -112,6 +114,9 @@ def provider_errors(token_env: str | None) -> Iterator[None]:
     try:
         yield
     except APIException as error:
+        # The SDK's code is the HTTP status when the answer held no error document.
+        if isinstance(error.code, int) and is_foreign_refusal(error.code):
+            raise foreign_error("hcloud", error.code, str(error.message)) from None
         message = str(error.message)
         if error.code == "unauthorized" and token_env:
             message += f"; check the API token in {token_env}"
