@@ -78,6 +78,28 @@ def test_the_command_reads_hcloud_token_and_writes_under_dot_engine(tmp_path: Pa
     assert fake.token not in result.stdout + result.stderr + shown.stdout
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "said"),
+    [
+        ("garbage", "it does not start with http:// or https://"),
+        ("http://127.0.0.1:99999", "its port 99999 is not a number from 1 to 65535"),
+        ("http://", "it names no host"),
+        ("http://a b/v1", "it contains a space"),
+    ],
+)
+def test_refresh_refuses_an_endpoint_it_cannot_connect_to(
+    endpoint: str, said: str, tmp_path: Path
+) -> None:
+    refresh = ("catalog", "refresh", "hcloud", "--endpoint", endpoint)
+    result = engine(*refresh, "--state-dir", str(tmp_path), env={"HCLOUD_TOKEN": "x"})
+    assert result.returncode == 2, result.stderr
+    assert f"argument --endpoint: '{endpoint}' is not a URL the engine can connect to: " in (
+        result.stderr
+    )
+    assert said in result.stderr and "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
 def test_hcloud_refresh_with_a_bad_token_names_the_problem_not_the_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

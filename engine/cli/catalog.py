@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from engine.cli.options import url
+
 PROVIDERS = ("hcloud", "digitalocean", "local")
 DEFAULT_TOKEN_ENV = {"hcloud": "HCLOUD_TOKEN", "digitalocean": "DIGITALOCEAN_TOKEN"}
 
@@ -31,7 +33,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="environment variable holding the API token "
         "(default: HCLOUD_TOKEN or DIGITALOCEAN_TOKEN)",
     )
-    refresh.add_argument("--endpoint", metavar="URL", help="API base URL (default: public API)")
+    refresh.add_argument(
+        "--endpoint", type=url, metavar="URL", help="API base URL (default: public API)"
+    )
     refresh.set_defaults(run=run_refresh)
 
 
