@@ -253,3 +253,39 @@ def test_bad_input_to_the_apps_commands_says_what_to_fix(
     assert result.returncode == code, result.stdout + result.stderr
     assert said in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
+
+
+FINGERPRINT = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        *[
+            (
+                ("containers", "specs/demo.yaml", "web-1", "--agent", "127.0.0.1:1",
+                 "--fingerprint", FINGERPRINT, "--timeout", value),
+                f"argument --timeout: '{value}' is not a number of seconds more than 0 and at "
+                "most 3600",
+            )
+            for value in ("-1", "nan", "inf", "0", "1e300", "ten")
+        ],
+        *[
+            (
+                ("serve", "--drain", value),
+                f"argument --drain: '{value}' is not a number of seconds from 0 to 86400",
+            )
+            for value in ("-1", "nan", "inf", "1e9")
+        ],
+    ],
+)  # fmt: skip
+def test_a_bad_number_for_an_option_is_a_usage_error_that_names_it(
+    args: tuple[str, ...], said: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    (state / "keys").mkdir(parents=True)
+    (state / "keys" / "demo.key").write_text("0" * 64 + "\n")  # so a run would get that far
+    result = engine(*args, "--state-dir", str(state))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in state.rglob("*")) == ["demo.key", "keys"]

@@ -2,11 +2,14 @@
 the option, says what is wrong and what to write, before any command starts.
 
     --endpoint URL        url            an http(s) URL the engine can connect to
+    --timeout SECONDS     seconds(...)   a finite number of seconds in a range
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
 
 def url(text: str) -> str:
@@ -20,3 +23,22 @@ def url(text: str) -> str:
             "https://api.example.com/v1"
         )
     return text
+
+
+def seconds(*, at_most: float, zero: bool = False) -> Callable[[str], float]:
+    """A number of seconds from 0 (with `zero`) or more than 0, to `at_most`; never NaN or
+    infinite: a wait handed to sockets, threads or httpx must be one they can keep."""
+    span = f"from 0 to {at_most:g}" if zero else f"more than 0 and at most {at_most:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 <= value <= at_most or (value == 0 and not zero):  # NaN fails every test
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number of seconds {span}; write one such as 10 or 2.5"
+            )
+        return value
+
+    return parse

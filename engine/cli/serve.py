@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import seconds
 from engine.errors import EngineError
 from engine.secrets import redact
 
@@ -73,7 +74,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--drain",
-        type=float,
+        type=seconds(at_most=86400, zero=True),
         default=60.0,
         metavar="SECONDS",
         help="on SIGTERM, how long jobs under way may take to finish before they are handed "
@@ -114,10 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from engine.state.store import open_store, state_url
 
     host, port = parse_listen(args.listen)
-    if args.workers < 0 or args.heartbeat_misses < 1 or args.drain < 0:
-        raise EngineError(
-            "--workers and --drain must be 0 or more and --heartbeat-misses 1 or more"
-        )
+    if args.workers < 0 or args.heartbeat_misses < 1:
+        raise EngineError("--workers must be 0 or more and --heartbeat-misses 1 or more")
     installer = load_entry(args.install_entry) if args.install_entry else None
     for path in args.spec:  # every spec checked before anything starts
         load_spec(path, state_dir=args.state_dir)
