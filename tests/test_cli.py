@@ -277,9 +277,17 @@ FINGERPRINT = "ab" * 32
             )
             for value in ("-1", "nan", "inf", "1e9")
         ],
+        *[
+            (
+                (*command, "specs/demo.yaml", *names, "--timeout", value),
+                f"argument --timeout: '{value}' is not a duration of 1s or more",
+            )
+            for command, names in ((("up",), ()), (("server", "reboot"), ("web-1",)))
+            for value in ("-1", "nan", "inf", "0s", "1e3")
+        ],
     ],
 )  # fmt: skip
-def test_a_bad_number_for_an_option_is_a_usage_error_that_names_it(
+def test_a_bad_number_or_duration_for_an_option_is_a_usage_error_naming_it(
     args: tuple[str, ...], said: str, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"

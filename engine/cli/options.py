@@ -3,12 +3,14 @@ the option, says what is wrong and what to write, before any command starts.
 
     --endpoint URL        url            an http(s) URL the engine can connect to
     --timeout SECONDS     seconds(...)   a finite number of seconds in a range
+    --timeout DURATION    duration       900s, 15m, 1h: the spec's form, in seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 
 
@@ -42,3 +44,14 @@ def seconds(*, at_most: float, zero: bool = False) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def duration(text: str) -> float:
+    """Seconds in a duration written as the spec writes one: 900s, 15m or 1h."""
+    from engine.spec import parse_duration
+
+    if not re.fullmatch(r"[1-9][0-9]{0,5}[smh]", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration of 1s or more; write one such as 900s, 15m or 1h"
+        )
+    return float(parse_duration(text))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import duration
 from engine.errors import EngineError
 
 
@@ -23,6 +24,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, waits_for: str) -> Non
     )
     parser.add_argument(
         "--timeout",
+        type=duration,
         default="15m",
         metavar="DURATION",
         help=f"how long to wait for {waits_for}, e.g. 900s, 15m (default 15m)",
@@ -112,15 +114,9 @@ def ask(question: str) -> bool:
 
 def run_options(args: argparse.Namespace, *, yes: bool) -> Any:
     """The RunOptions the arguments give (those a command lacks keep their defaults)."""
-    import re
-
     from engine.cli.serve import parse_listen
     from engine.providers.seam import RunOptions
-    from engine.spec import parse_duration
 
-    timeout = getattr(args, "timeout", None)
-    if timeout is not None and not re.fullmatch(r"[1-9][0-9]{0,5}[smh]", timeout):
-        raise EngineError(f"--timeout {timeout}: write a duration such as 900s, 15m or 1h")
     listen = getattr(args, "listen", None)
     attempts = getattr(args, "attempts", 3)
     if not 1 <= attempts <= 100:
@@ -130,7 +126,7 @@ def run_options(args: argparse.Namespace, *, yes: bool) -> Any:
         state=args.state,
         yes=yes,
         json_lines=args.format == "json",
-        timeout_s=parse_duration(timeout) if timeout else 900.0,
+        timeout_s=getattr(args, "timeout", 900.0),
         delete_orphans=getattr(args, "delete_orphans", False),
         listen=parse_listen(listen) if listen else None,
         engine_addresses=tuple(getattr(args, "engine_address", ())),
