@@ -239,7 +239,7 @@ def test_a_command_parses_alike_with_its_own_parser_only() -> None:
         (("deploy", "nope.yaml"), 1, "nope.yaml: error[file_not_found] no such file"),
         (("deploy", "specs/demo.yaml", "--format", "xml"), 2, "invalid choice: 'xml'"),
         (("logs", "specs/demo.yaml"), 2, "the following arguments are required: APP"),
-        (("logs", "specs/demo.yaml", "web", "--tail", "-3"), 1, "give a number of lines"),
+        (("logs", "specs/demo.yaml", "web", "--tail", "-3"), 2, "from 0 to 1000000"),
         (("apps", "rollback", "specs/demo.yaml"), 2, "arguments are required: APP"),
         (("apps", "status", "specs/demo.yaml"), 1, "no record of fleet demo"),
         (("server", "update", "specs/demo.yaml"), 1, "name the servers or give --all"),
@@ -284,6 +284,18 @@ FINGERPRINT = "ab" * 32
             )
             for command, names in ((("up",), ()), (("server", "reboot"), ("web-1",)))
             for value in ("-1", "nan", "inf", "0s", "1e3")
+        ],
+        *[
+            ((*command, option, value), f"argument {option}: '{value}' is not a whole number from")
+            for command, option in (
+                (("runs",), "--limit"),
+                (("dashboard", "specs/demo.yaml"), "--port"),
+                (("up", "specs/demo.yaml"), "--attempts"),
+                (("serve",), "--workers"),
+                (("serve",), "--heartbeat-misses"),
+                (("logs", "specs/demo.yaml", "web"), "--tail"),
+            )
+            for value in ("99999999999999999999", "-1", "1.5", "x")
         ],
     ],
 )  # fmt: skip

@@ -4,6 +4,7 @@ the option, says what is wrong and what to write, before any command starts.
     --endpoint URL        url            an http(s) URL the engine can connect to
     --timeout SECONDS     seconds(...)   a finite number of seconds in a range
     --timeout DURATION    duration       900s, 15m, 1h: the spec's form, in seconds
+    --limit N             count(...)     a whole number in a range
 """
 
 from __future__ import annotations
@@ -55,3 +56,19 @@ def duration(text: str) -> float:
             f"{text!r} is not a duration of 1s or more; write one such as 900s, 15m or 1h"
         )
     return float(parse_duration(text))
+
+
+def count(low: int, high: int) -> Callable[[str], int]:
+    """A whole number from `low` to `high`: what it is handed to (SQLite, threads, ports) has
+    limits of its own, and a number past them was an OverflowError."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
+        return value
+
+    return parse

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.cli.options import duration
+from engine.cli.options import count, duration
 from engine.errors import EngineError
 
 
@@ -68,7 +68,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     up.add_argument(
         "--attempts",
-        type=int,
+        type=count(1, 100),
         default=3,
         metavar="N",
         help="tries each server gets in this run: one that fails is looked at again and "
@@ -118,9 +118,6 @@ def run_options(args: argparse.Namespace, *, yes: bool) -> Any:
     from engine.providers.seam import RunOptions
 
     listen = getattr(args, "listen", None)
-    attempts = getattr(args, "attempts", 3)
-    if not 1 <= attempts <= 100:
-        raise EngineError(f"--attempts {attempts}: give a number of tries from 1 to 100")
     return RunOptions(
         state_dir=Path(args.state_dir),
         state=args.state,
@@ -130,7 +127,7 @@ def run_options(args: argparse.Namespace, *, yes: bool) -> Any:
         delete_orphans=getattr(args, "delete_orphans", False),
         listen=parse_listen(listen) if listen else None,
         engine_addresses=tuple(getattr(args, "engine_address", ())),
-        attempts=attempts,
+        attempts=getattr(args, "attempts", 3),
         adopt=getattr(args, "adopt", False),
     )
 
