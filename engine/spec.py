@@ -17,6 +17,8 @@ Diagnostic codes (stable; tools may match on them):
     overlapping_networks port_conflict dns_name_collision invalid_key user_data_too_large
     unreachable too_frequent
     internal_error (only from `engine validate`: a bug met in one of several files)
+    state_error (only from `engine validate`: what checking a spec reads beside it, such as a
+                 refreshed catalog, is damaged; the message says how to fix it)
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -138,3 +139,33 @@ def test_a_damaged_refreshed_catalog_is_reported(tmp_path: Path) -> None:
     (tmp_path / "catalogs" / "local.json").write_text("{not json")
     with pytest.raises(EngineError, match="damaged"):
         load_catalog("local", tmp_path)
+
+
+@pytest.mark.parametrize("content", ["{broken", "{}", "[]", "", None], ids=repr)
+def test_every_command_that_reads_a_damaged_refreshed_catalog_says_so_alike(
+    content: str | None, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "catalogs" / "hcloud.json"
+    damaged.parent.mkdir()
+    if content is None:
+        damaged.mkdir()  # a folder in its place is no catalog either
+    else:
+        damaged.write_text(content)
+    said = f"error: {damaged}: the refreshed hcloud catalog is damaged ("
+    for args in (
+        ("validate", "specs/hetzner.yaml"),
+        ("preview", "specs/hetzner.yaml"),
+        ("catalog", "show", "hcloud"),
+    ):
+        result = engine(*args, "--state-dir", str(tmp_path), env={"HCLOUD_TOKEN": "x"})
+        assert result.returncode == 1, (args, result.stdout + result.stderr)
+        assert result.stderr.startswith(said), (args, result.stderr)
+        assert "delete it or run `engine catalog refresh hcloud` again" in result.stderr
+        assert "internal error" not in result.stderr
+    as_json = engine(
+        "validate", "--format", "json", "specs/hetzner.yaml", "--state-dir", str(tmp_path)
+    )
+    (error,) = json.loads(as_json.stdout)["files"][0]["errors"]
+    assert (as_json.returncode, error["code"]) == (1, "state_error")
+    assert f"error: {error['message']}".startswith(said)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["catalogs", "hcloud.json"]
