@@ -17,6 +17,8 @@ Diagnostic codes (stable; tools may match on them):
     overlapping_networks port_conflict dns_name_collision invalid_key user_data_too_large
     unreachable too_frequent
     internal_error (only from `engine validate`: a bug met in one of several files)
+    state_error (only from `engine validate`: what checking a spec reads beside it, such as a
+                 refreshed catalog, is damaged; the message says how to fix it)
 """
 
 from __future__ import annotations
@@ -712,6 +714,49 @@ def parse_duration(text: str) -> int:
     return int(text[:-1]) * _DURATION_UNITS[text[-1]]
 
 
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def url_problem(url: str) -> str | None:
+    """What keeps `url` from being an http:// or https:// address the engine can connect to,
+    in a few words, or None when nothing does. Every URL field of the spec and every URL
+    option of the CLI asks it, so no HTTP library meets a URL it refuses (requests raises
+    InvalidURL, urlsplit(url).port a ValueError) in the middle of a run.
+
+    >>> url_problem("https://ops.example.com:99999")
+    'its port 99999 is not a number from 1 to 65535'
+    """
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "it contains a space or a control character"
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return "it does not start with http:// or https://"
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unclosed [ or no IP address between [ and ]
+        return "its host in [ ] is not an IPv6 address"
+    host = parts.hostname
+    if not host:
+        return "it names no host"
+    if not _is_host(host):
+        return f"its host {host!r} is not a host name (letters, digits, '-', '.') or an IP address"
+    port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
+    if port and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
+        return f"its port {port} is not a number from 1 to 65535"
+    return None
+
+
+def _is_host(host: str) -> bool:
+    """An IP address, or a DNS name of dot-separated labels (a final dot allowed)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        name = host.removesuffix(".")
+        return len(name) <= 253 and all(_HOST_LABEL.fullmatch(p) for p in name.split("."))
+    return True
+
+
 class _Checks:
     """What JSON Schema cannot say: references, catalogs, provider rules, secrets."""
 
@@ -809,15 +854,36 @@ class _Checks:
                 )
         for i, hook in _dicts(self.data.get("webhooks")):
             url = hook.get("url")
-            if not isinstance(url, str) or not url.startswith("http://"):
+            if not isinstance(url, str) or not self.is_usable_url(
+                ("webhooks", i, "url"),
+                url,
+                "/$defs/webhook/properties/url",
+                "https://alerts.example.com/hook",
+            ):
                 continue
-            if urllib.parse.urlsplit(url).hostname not in _LOOPBACK:
+            if url.startswith("http://") and urllib.parse.urlsplit(url).hostname not in _LOOPBACK:
                 self.add(
                     "insecure_url",
                     ("webhooks", i, "url"),
                     "alert events would travel to this address in the clear",
                     "use an https:// address (http:// is for a receiver on this host only)",
                 )
+
+    def is_usable_url(self, path: Path, url: str, pointer: str, example: str) -> bool:
+        """Whether the URL at `path` is one the engine can connect to; when it is not, say so.
+        A value the schema's pattern at `pointer` refuses is reported already, and is not
+        usable either."""
+        if not re.search(schema_nodes()[pointer]["pattern"], url):
+            return False
+        problem = url_problem(url)
+        if problem is not None:
+            self.add(
+                "invalid_format",
+                path,
+                f"not a URL the engine can connect to: {problem}",
+                f"write an address such as {example}",
+            )
+        return problem is None
 
     def unsupported(self, path: Path, what: str, *, key: bool = True) -> None:
         self.add(
@@ -853,6 +919,13 @@ class _Checks:
                 if key in provider:
                     self.unsupported(("provider", key), key)
             return
+        if isinstance(provider.get("endpoint"), str):
+            self.is_usable_url(
+                ("provider", "endpoint"),
+                provider["endpoint"],
+                "/properties/provider/properties/endpoint",
+                "https://api.example.com/v1 (the provider API's base URL)",
+            )
         if "token_env" not in provider:
             default = (
                 "HCLOUD_TOKEN" if self.provider == ProviderName.HCLOUD else "DIGITALOCEAN_TOKEN"
@@ -873,9 +946,18 @@ class _Checks:
             if "url" in cp:
                 self.unsupported(("control_plane", "url"), "a control plane url (chosen for you)")
             return
-        if self.provider is None or cp.get("readiness") == Readiness.POLL:
+        if self.provider is None:
             return
         url = cp.get("url")
+        if isinstance(url, str) and not self.is_usable_url(
+            ("control_plane", "url"),
+            url,
+            "/properties/control_plane/properties/url",
+            "https://ops.example.com or https://ops.example.com:8443",
+        ):
+            return
+        if cp.get("readiness") == Readiness.POLL:
+            return
         if url is None:
             self.add(
                 "missing_key",

@@ -149,7 +149,27 @@ def ensure_api_key_secret(state_dir: Path) -> bytes:
     if not path.exists():
         _create_once(path, secrets.token_bytes(KEY_BYTES).hex())
     private_file(path)
-    return _parse_key(path, path.read_text(encoding="ascii"))
+    try:
+        text = path.read_bytes().decode("ascii", "replace").strip()
+    except IsADirectoryError:
+        raise _unusable_api_key_secret(path, "is a folder, not a file") from None
+    except OSError as exc:
+        raise _unusable_api_key_secret(path, f"cannot be read ({exc.strerror})") from None
+    if not _KEY_TEXT.match(text):
+        what = "is empty" if not text else "does not hold 64 hex digits"
+        raise _unusable_api_key_secret(path, what)
+    return bytes.fromhex(text)
+
+
+def _unusable_api_key_secret(path: Path, what: str) -> EngineError:
+    """Not a fleet key's message: this file locks no agent out, it checks the API keys."""
+    return EngineError(
+        f"{path}, the secret the control plane's API keys are checked with, {what}; restore "
+        "it from your backup, or copy it from a control plane that shares this state store. "
+        "Or remove it: the engine makes a new one, and every API key made so far stops "
+        "working (revoke them, `engine apikey list` names them, and create new ones with "
+        "`engine apikey create`)"
+    )
 
 
 def fleet_id_path(state_dir: Path, fleet: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -76,6 +77,28 @@ def test_the_command_reads_hcloud_token_and_writes_under_dot_engine(tmp_path: Pa
     shown = engine("catalog", "show", "hcloud", cwd=tmp_path)
     assert "cx23" in shown.stdout  # the refreshed copy is the one in use
     assert fake.token not in result.stdout + result.stderr + shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "said"),
+    [
+        ("garbage", "it does not start with http:// or https://"),
+        ("http://127.0.0.1:99999", "its port 99999 is not a number from 1 to 65535"),
+        ("http://", "it names no host"),
+        ("http://a b/v1", "it contains a space"),
+    ],
+)
+def test_refresh_refuses_an_endpoint_it_cannot_connect_to(
+    endpoint: str, said: str, tmp_path: Path
+) -> None:
+    refresh = ("catalog", "refresh", "hcloud", "--endpoint", endpoint)
+    result = engine(*refresh, "--state-dir", str(tmp_path), env={"HCLOUD_TOKEN": "x"})
+    assert result.returncode == 2, result.stderr
+    assert f"argument --endpoint: '{endpoint}' is not a URL the engine can connect to: " in (
+        result.stderr
+    )
+    assert said in result.stderr and "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_hcloud_refresh_with_a_bad_token_names_the_problem_not_the_token(
@@ -164,3 +187,33 @@ def test_a_damaged_refreshed_catalog_is_reported(tmp_path: Path) -> None:
     (tmp_path / "catalogs" / "local.json").write_text("{not json")
     with pytest.raises(EngineError, match="damaged"):
         load_catalog("local", tmp_path)
+
+
+@pytest.mark.parametrize("content", ["{broken", "{}", "[]", "", None], ids=repr)
+def test_every_command_that_reads_a_damaged_refreshed_catalog_says_so_alike(
+    content: str | None, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "catalogs" / "hcloud.json"
+    damaged.parent.mkdir()
+    if content is None:
+        damaged.mkdir()  # a folder in its place is no catalog either
+    else:
+        damaged.write_text(content)
+    said = f"error: {damaged}: the refreshed hcloud catalog is damaged ("
+    for args in (
+        ("validate", "specs/hetzner.yaml"),
+        ("preview", "specs/hetzner.yaml"),
+        ("catalog", "show", "hcloud"),
+    ):
+        result = engine(*args, "--state-dir", str(tmp_path), env={"HCLOUD_TOKEN": "x"})
+        assert result.returncode == 1, (args, result.stdout + result.stderr)
+        assert result.stderr.startswith(said), (args, result.stderr)
+        assert "delete it or run `engine catalog refresh hcloud` again" in result.stderr
+        assert "internal error" not in result.stderr
+    as_json = engine(
+        "validate", "--format", "json", "specs/hetzner.yaml", "--state-dir", str(tmp_path)
+    )
+    (error,) = json.loads(as_json.stdout)["files"][0]["errors"]
+    assert (as_json.returncode, error["code"]) == (1, "state_error")
+    assert f"error: {error['message']}".startswith(said)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["catalogs", "hcloud.json"]

@@ -239,7 +239,7 @@ def test_a_command_parses_alike_with_its_own_parser_only() -> None:
         (("deploy", "nope.yaml"), 1, "nope.yaml: error[file_not_found] no such file"),
         (("deploy", "specs/demo.yaml", "--format", "xml"), 2, "invalid choice: 'xml'"),
         (("logs", "specs/demo.yaml"), 2, "the following arguments are required: APP"),
-        (("logs", "specs/demo.yaml", "web", "--tail", "-3"), 1, "give a number of lines"),
+        (("logs", "specs/demo.yaml", "web", "--tail", "-3"), 2, "from 0 to 1000000"),
         (("apps", "rollback", "specs/demo.yaml"), 2, "arguments are required: APP"),
         (("apps", "status", "specs/demo.yaml"), 1, "no record of fleet demo"),
         (("server", "update", "specs/demo.yaml"), 1, "name the servers or give --all"),
@@ -253,3 +253,59 @@ def test_bad_input_to_the_apps_commands_says_what_to_fix(
     assert result.returncode == code, result.stdout + result.stderr
     assert said in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
+
+
+FINGERPRINT = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        *[
+            (
+                ("containers", "specs/demo.yaml", "web-1", "--agent", "127.0.0.1:1",
+                 "--fingerprint", FINGERPRINT, "--timeout", value),
+                f"argument --timeout: '{value}' is not a number of seconds more than 0 and at "
+                "most 3600",
+            )
+            for value in ("-1", "nan", "inf", "0", "1e300", "ten")
+        ],
+        *[
+            (
+                ("serve", "--drain", value),
+                f"argument --drain: '{value}' is not a number of seconds from 0 to 86400",
+            )
+            for value in ("-1", "nan", "inf", "1e9")
+        ],
+        *[
+            (
+                (*command, "specs/demo.yaml", *names, "--timeout", value),
+                f"argument --timeout: '{value}' is not a duration of 1s or more",
+            )
+            for command, names in ((("up",), ()), (("server", "reboot"), ("web-1",)))
+            for value in ("-1", "nan", "inf", "0s", "1e3")
+        ],
+        *[
+            ((*command, option, value), f"argument {option}: '{value}' is not a whole number from")
+            for command, option in (
+                (("runs",), "--limit"),
+                (("dashboard", "specs/demo.yaml"), "--port"),
+                (("up", "specs/demo.yaml"), "--attempts"),
+                (("serve",), "--workers"),
+                (("serve",), "--heartbeat-misses"),
+                (("logs", "specs/demo.yaml", "web"), "--tail"),
+            )
+            for value in ("99999999999999999999", "-1", "1.5", "x")
+        ],
+    ],
+)  # fmt: skip
+def test_a_bad_number_or_duration_for_an_option_is_a_usage_error_naming_it(
+    args: tuple[str, ...], said: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    (state / "keys").mkdir(parents=True)
+    (state / "keys" / "demo.key").write_text("0" * 64 + "\n")  # so a run would get that far
+    result = engine(*args, "--state-dir", str(state))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in state.rglob("*")) == ["demo.key", "keys"]

@@ -17,7 +17,9 @@ from engine.secrets import redact
 from engine.tokens import (
     PhoneHomeSeal,
     agent_token,
+    api_key_secret_path,
     derive_token,
+    ensure_api_key_secret,
     ensure_fleet_key,
     heartbeat_token,
     is_genuine,
@@ -29,6 +31,7 @@ from engine.tokens import (
     seal_tokens,
     token_sha256,
 )
+from tests.support.cli import engine
 
 KEY = bytes(range(32))
 
@@ -73,6 +76,39 @@ def test_a_missing_or_damaged_key_is_an_error_that_says_what_to_do(tmp_path: Pat
         read_fleet_key(tmp_path, "demo")
     with pytest.raises(EngineError, match="is not a fleet key"):
         ensure_fleet_key(tmp_path, "demo")  # never silently replaced
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (None, "is a folder, not a file"),
+        (b"", "is empty"),
+        (b"garbage\n", "does not hold 64 hex digits"),
+        (b"\xff\xfe" * 32, "does not hold 64 hex digits"),
+    ],
+    ids=["folder", "empty", "garbage", "binary"],
+)
+def test_an_unusable_api_key_secret_is_named_for_what_it_is(
+    content: bytes | None, said: str, tmp_path: Path
+) -> None:
+    path = api_key_secret_path(tmp_path)
+    path.parent.mkdir()
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(EngineError) as info:
+        ensure_api_key_secret(tmp_path)
+    message = str(info.value)
+    what = f"{path}, the secret the control plane's API keys are checked with, {said}; "
+    assert message.startswith(what + "restore it from your backup")
+    assert "every API key made so far stops working" in message
+    assert "fleet key" not in message and "agent" not in message
+    result = engine("apikey", "create", "ops", "--state-dir", str(tmp_path))
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"error: {message}\n")
+    assert path.is_dir() if content is None else path.read_bytes() == content  # left as it was
+    listed = engine("apikey", "list", "--state-dir", str(tmp_path))
+    assert (listed.returncode, listed.stdout) == (0, "")  # no key was stored
 
 
 def test_tokens_are_stable_separate_and_secret() -> None:

@@ -138,14 +138,31 @@ def refreshed_catalog_path(state_dir: Path, provider: str) -> Path:
 def load_catalog(provider: str, state_dir: Path | None = None) -> Catalog:
     """The catalog for `provider`: a refreshed copy in `state_dir` if any, else the shipped one."""
     if state_dir is not None:
-        refreshed = refreshed_catalog_path(state_dir, provider)
-        if refreshed.is_file():
-            try:
-                return catalog_from_json(json.loads(refreshed.read_text(encoding="utf-8")))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise EngineError(
-                    f"{refreshed}: the refreshed {provider} catalog is damaged ({exc}); "
-                    f"delete it or run `engine catalog refresh {provider}` again"
-                ) from None
+        refreshed = _refreshed_catalog(refreshed_catalog_path(state_dir, provider), provider)
+        if refreshed is not None:
+            return refreshed
     shipped = resources.files("engine.catalog").joinpath(f"{provider}.json")
     return catalog_from_json(json.loads(shipped.read_text(encoding="utf-8")))
+
+
+def _refreshed_catalog(path: Path, provider: str) -> Catalog | None:
+    """The refreshed catalog at `path`, None when there is none, else an EngineError saying
+    how it is unusable: whatever is in its place (a folder too) was meant to be used, and is
+    never silently passed over for the shipped catalog."""
+    try:
+        if not path.exists() and not path.is_symlink():
+            return None
+        if path.is_dir():
+            what = "is damaged (a folder, not a file)"
+        elif not path.is_file():
+            what = "is damaged (not a regular file)"
+        else:
+            return catalog_from_json(json.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        what = f"cannot be read ({exc.strerror})"
+    except (ValueError, KeyError, TypeError) as exc:
+        what = f"is damaged ({exc})"
+    raise EngineError(
+        f"{path}: the refreshed {provider} catalog {what}; delete it or run "
+        f"`engine catalog refresh {provider}` again"
+    )

@@ -7,6 +7,8 @@ import json
 import re
 from typing import Any
 
+from engine.cli.options import url
+
 PROVIDERS = ("hcloud", "digitalocean", "local")
 DEFAULT_TOKEN_ENV = {"hcloud": "HCLOUD_TOKEN", "digitalocean": "DIGITALOCEAN_TOKEN"}
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # the schema's envName
@@ -33,7 +35,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="environment variable holding the API token "
         "(default: HCLOUD_TOKEN or DIGITALOCEAN_TOKEN)",
     )
-    refresh.add_argument("--endpoint", metavar="URL", help="API base URL (default: public API)")
+    refresh.add_argument(
+        "--endpoint", type=url, metavar="URL", help="API base URL (default: public API)"
+    )
     refresh.set_defaults(run=run_refresh)
 
 

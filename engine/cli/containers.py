@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from engine.cli.options import seconds
 from engine.errors import EngineError
 from engine.term import paint
 
@@ -41,7 +42,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="the agent certificate's SHA-256 fingerprint to pin, instead of the recorded one",
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, metavar="SECONDS", help="(default: 10)"
+        "--timeout",
+        type=seconds(at_most=3600),
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the agent's answer (default: 10)",
     )
     parser.set_defaults(run=run)
 

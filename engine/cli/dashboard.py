@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import count
 from engine.errors import EngineError
 
 
@@ -31,7 +32,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("spec", metavar="SPEC", type=Path, help="the local fleet's spec")
     parser.add_argument(
-        "--port", type=int, default=0, metavar="N", help="port on 127.0.0.1 (default: a free one)"
+        "--port",
+        type=count(0, 65535),
+        default=0,
+        metavar="N",
+        help="port on 127.0.0.1 (default: a free one)",
     )
     parser.set_defaults(run=run)
 
@@ -47,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
     from engine.state import Scope
     from engine.state.store import open_store, state_url
 
-    if not 0 <= args.port <= 65535:
-        raise EngineError(f"--port {args.port}: give a port from 1 to 65535, or 0 for a free one")
     fleet = load_spec(args.spec, state_dir=args.state_dir)
     if fleet.provider.name is not ProviderName.LOCAL:
         raise EngineError(

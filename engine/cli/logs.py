@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import count
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser(
@@ -26,7 +28,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tail",
-        type=int,
+        type=count(0, 1_000_000),
         default=100,
         metavar="N",
         help="lines from the end of each log to start with (default 100)",
@@ -36,11 +38,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.apps.commands import logs
-    from engine.errors import EngineError
     from engine.providers.seam import RunOptions
 
-    if not 0 <= args.tail <= 1_000_000:
-        raise EngineError(f"--tail {args.tail}: give a number of lines from 0 to 1000000")
     options = RunOptions(state_dir=Path(args.state_dir), state=args.state)
     return logs(
         Path(args.spec),

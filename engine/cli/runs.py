@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import count
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser(
@@ -18,7 +20,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("fleet", nargs="?", metavar="FLEET")
     parser.add_argument("run_id", nargs="?", metavar="RUN")
-    parser.add_argument("--limit", type=int, default=20, metavar="N", help="at most N runs")
+    parser.add_argument(
+        "--limit", type=count(1, 10_000), default=20, metavar="N", help="at most N runs"
+    )
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.set_defaults(run=run)
 
@@ -40,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             runs = (found,)
         else:
-            runs = store.runs.all(args.fleet, limit=max(1, args.limit))
+            runs = store.runs.all(args.fleet, limit=args.limit)
     documents = [run_document(r) for r in runs]
     if args.format == "json":
         print(json.dumps({"runs": documents}, indent=2))

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import count, seconds
 from engine.errors import EngineError
 from engine.secrets import redact
 
@@ -43,7 +44,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "through the fleet API stores one (repeatable); its provider token variable lets the "
         "control plane read the provider inventory",
     )
-    parser.add_argument("--workers", type=int, default=2, metavar="N", help="job worker threads")
+    parser.add_argument(
+        "--workers", type=count(0, 100), default=2, metavar="N", help="job worker threads"
+    )
     parser.add_argument(
         "--install-entry",
         metavar="MODULE:FUNCTION",
@@ -52,7 +55,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--heartbeat-misses",
-        type=int,
+        type=count(1, 1000),
         default=3,
         metavar="N",
         help="heartbeats in a row a ready server may miss before it is unhealthy (default 3)",
@@ -73,7 +76,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--drain",
-        type=float,
+        type=seconds(at_most=86400, zero=True),
         default=60.0,
         metavar="SECONDS",
         help="on SIGTERM, how long jobs under way may take to finish before they are handed "
@@ -114,10 +117,6 @@ def run(args: argparse.Namespace) -> int:
     from engine.state.store import open_store, state_url
 
     host, port = parse_listen(args.listen)
-    if args.workers < 0 or args.heartbeat_misses < 1 or args.drain < 0:
-        raise EngineError(
-            "--workers and --drain must be 0 or more and --heartbeat-misses 1 or more"
-        )
     installer = load_entry(args.install_entry) if args.install_entry else None
     for path in args.spec:  # every spec checked before anything starts
         load_spec(path, state_dir=args.state_dir)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import count, duration
 from engine.errors import EngineError
 
 
@@ -23,6 +24,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, waits_for: str) -> Non
     )
     parser.add_argument(
         "--timeout",
+        type=duration,
         default="15m",
         metavar="DURATION",
         help=f"how long to wait for {waits_for}, e.g. 900s, 15m (default 15m)",
@@ -66,7 +68,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     up.add_argument(
         "--attempts",
-        type=int,
+        type=count(1, 100),
         default=3,
         metavar="N",
         help="tries each server gets in this run: one that fails is looked at again and "
@@ -112,29 +114,20 @@ def ask(question: str) -> bool:
 
 def run_options(args: argparse.Namespace, *, yes: bool) -> Any:
     """The RunOptions the arguments give (those a command lacks keep their defaults)."""
-    import re
-
     from engine.cli.serve import parse_listen
     from engine.providers.seam import RunOptions
-    from engine.spec import parse_duration
 
-    timeout = getattr(args, "timeout", None)
-    if timeout is not None and not re.fullmatch(r"[1-9][0-9]{0,5}[smh]", timeout):
-        raise EngineError(f"--timeout {timeout}: write a duration such as 900s, 15m or 1h")
     listen = getattr(args, "listen", None)
-    attempts = getattr(args, "attempts", 3)
-    if not 1 <= attempts <= 100:
-        raise EngineError(f"--attempts {attempts}: give a number of tries from 1 to 100")
     return RunOptions(
         state_dir=Path(args.state_dir),
         state=args.state,
         yes=yes,
         json_lines=args.format == "json",
-        timeout_s=parse_duration(timeout) if timeout else 900.0,
+        timeout_s=getattr(args, "timeout", 900.0),
         delete_orphans=getattr(args, "delete_orphans", False),
         listen=parse_listen(listen) if listen else None,
         engine_addresses=tuple(getattr(args, "engine_address", ())),
-        attempts=attempts,
+        attempts=getattr(args, "attempts", 3),
         adopt=getattr(args, "adopt", False),
     )
 

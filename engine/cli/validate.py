@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import Diagnostic, SpecError
+from engine.errors import Diagnostic, EngineError, SpecError
+from engine.secrets import redact
 from engine.term import paint
 
 _INTERNAL = "internal_error"
+_STATE = "state_error"
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -55,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
             servers = expand_fleet(fleet, load_catalog(fleet.provider.name, args.state_dir))
         except SpecError as exc:
             results.append(_Result(file=path, errors=exc.diagnostics))
+            continue
+        except EngineError as exc:
+            # Not the spec but what checking it reads beside it: a damaged refreshed catalog.
+            error = Diagnostic(code=_STATE, message=redact(str(exc)), file=path)
+            results.append(_Result(file=path, errors=(error,)))
             continue
         except Exception as exc:
             # A bug met in one file must not cost the report on the others.
@@ -99,6 +106,9 @@ def _print_text(result: _Result) -> None:
     if result.errors[0].code == _INTERNAL:
         message = result.errors[0].message
         print(paint("internal error: ", "red", sys.stderr) + message, file=sys.stderr)
+        return
+    if result.errors[0].code == _STATE:  # as every other command says it
+        print(paint("error: ", "red", sys.stderr) + result.errors[0].message, file=sys.stderr)
         return
     for diagnostic in result.errors:
         print(diagnostic.to_text())
