@@ -279,6 +279,13 @@ FINGERPRINT = "ab" * 32
         ],
         *[
             (
+                ("serve", "--forwarded-allow-ips", value),
+                f"argument --forwarded-allow-ips: '{bad}' is not an IP address or network",
+            )
+            for value, bad in (("not an ip", "not an ip"), ("127.0.0.1,proxy.lan", "proxy.lan"))
+        ],
+        *[
+            (
                 (*command, "specs/demo.yaml", *names, "--timeout", value),
                 f"argument --timeout: '{value}' is not a duration of 1s or more",
             )

@@ -5,6 +5,7 @@ the option, says what is wrong and what to write, before any command starts.
     --timeout SECONDS     seconds(...)   a finite number of seconds in a range
     --timeout DURATION    duration       900s, 15m, 1h: the spec's form, in seconds
     --limit N             count(...)     a whole number in a range
+    --forwarded-allow-ips networks       addresses or networks, comma-separated, or *
 """
 
 from __future__ import annotations
@@ -72,3 +73,21 @@ def count(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def networks(text: str) -> str:
+    """Comma-separated IP addresses or networks (10.0.0.0/8), or "*" for any: the proxies
+    whose forwarded headers are trusted. Anything else would trust no one, silently."""
+    import ipaddress
+
+    for item in (part.strip() for part in text.split(",")):
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not an IP address or network; write addresses or networks "
+                "separated by commas, e.g. 127.0.0.1,10.0.0.0/8, or * for any"
+            ) from None
+    return text

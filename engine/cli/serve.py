@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine.cli.options import count, seconds
+from engine.cli.options import count, networks, seconds
 from engine.errors import EngineError
 from engine.secrets import redact
 
@@ -63,6 +63,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--forwarded-allow-ips",
         default="127.0.0.1",
+        type=networks,
         metavar="IPS",
         help="proxies whose X-Forwarded-For is trusted as the client address (default "
         "127.0.0.1: a reverse proxy on this host)",
