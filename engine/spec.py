@@ -549,17 +549,21 @@ def _translate(error: Any, doc: Document, file: str) -> Iterator[Diagnostic]:
         if kind == "enum" and isinstance(value, str) and len(value) <= 64:
             message = f'"{value}" is not allowed; {message}'
         yield diag("invalid_value", message, _suggest(value, [str(o) for o in options]))
-    elif kind == "pattern":
+    elif kind == "pattern" and "propertyNames" not in error.schema_path:
         message = "does not have the required form"
         if _is_safe_to_show(path, value):
             message = f'"{value}" {message}'
         yield diag("invalid_format", message, _describe(schema))
-    elif kind == "propertyNames":
-        # jsonschema reports a bad key at its map's path, with the key as the instance.
+    elif kind in ("propertyNames", "pattern"):
+        # jsonschema reports a bad key at its map's path, with the key as the instance (a
+        # pattern the keys must match, under propertyNames, the same way).
+        hint = _describe(error.validator_value if kind == "propertyNames" else schema)
+        if isinstance(value, str) and "=" in value:
+            hint = "write the name, a colon and the value (NAME: value), not NAME=value"
         yield diag(
             "invalid_format",
             f'the key "{shown_key(value)}" does not have the required form',
-            _describe(error.validator_value),
+            hint,
             at=(*path, value),
             key=True,
         )

@@ -377,8 +377,14 @@ SHOWN_KEY_MAX = 24
 
 
 def shown_key(key: str | int) -> str | int:
-    """`key` as a message may show it: cut to SHOWN_KEY_MAX characters and "..." if longer."""
-    if isinstance(key, str) and len(key) > SHOWN_KEY_MAX:
+    """`key` as a message may show it: cut to SHOWN_KEY_MAX characters and "..." if longer,
+    and cut after an "=" (`PASSWORD=hunter2` is a value written into a key)."""
+    if not isinstance(key, str):
+        return key
+    name, equals, value = key.partition("=")
+    if equals and value:
+        return f"{shown_key(name)}=..."
+    if len(key) > SHOWN_KEY_MAX:
         return f"{key[:SHOWN_KEY_MAX]}..."
     return key
 

@@ -203,3 +203,21 @@ def test_a_file_that_is_no_spec_is_not_printed_line_by_line(tmp_path: Path) -> N
 def test_a_bom_is_accepted() -> None:
     raw = b"\xef\xbb\xbf" + Path("specs/demo.yaml").read_bytes()
     assert parse_spec(raw).name == "demo"
+
+
+def test_a_value_written_into_an_env_key_is_not_shown() -> None:
+    """`DB_PASSWORD=hunter2` as a key of an app's env (a .env line pasted into the map) is
+    refused by its name only, with how to write it, at the key's own line and column."""
+    raw = (
+        "apiVersion: fleet/v1\nkind: Fleet\nname: demo\nprovider: {name: local}\n"
+        "groups: [{name: web, count: 1}]\n"
+        "apps:\n  - name: site\n    image: ghcr.io/acme/site:1\n    on: [web]\n"
+        "    env:\n      LOG_LEVEL: info\n      DB_PASSWORD=hunter2: x\n"
+    )
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw.encode())
+    (found,) = info.value.diagnostics
+    assert (found.path, found.line, found.column) == ('apps[0].env["DB_PASSWORD=..."]', 12, 7)
+    assert found.message == 'the key "DB_PASSWORD=..." does not have the required form'
+    assert found.hint == "write the name, a colon and the value (NAME: value), not NAME=value"
+    assert "hunter2" not in str(info.value)
