@@ -197,6 +197,8 @@ def test_catalog_show(tmp_path: Path) -> None:
     [
         (["validate", "x.yaml"], {}, ".engine"),
         (["validate", "x.yaml"], {"ENGINE_STATE_DIR": "state/here"}, "state/here"),
+        (["validate", "x.yaml"], {"ENGINE_STATE_DIR": ""}, ".engine"),  # empty: unset
+        (["validate", "x.yaml"], {"ENGINE_STATE_DIR": " "}, ".engine"),
         (["up", "x.yaml", "--state-dir", "rel"], {}, "rel"),
     ],
 )
@@ -253,3 +255,37 @@ def test_bad_input_to_the_apps_commands_says_what_to_fix(
     assert result.returncode == code, result.stdout + result.stderr
     assert said in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_an_empty_engine_state_dir_is_unset_not_the_current_directory(tmp_path: Path) -> None:
+    # `ENGINE_STATE_DIR=$TYPO engine ...` once kept state.db and keys/ in the current
+    # directory (a repository's root) and made it 0700.
+    tmp_path.chmod(0o755)
+    result = engine("apikey", "create", "k1", cwd=tmp_path, env={"ENGINE_STATE_DIR": ""})
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".engine"]
+    assert (tmp_path / ".engine" / "state.db").is_file()
+    assert _mode(tmp_path) == 0o755
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ("--state-dir", "argument --state-dir: an empty path names no folder"),
+        ("--state", "argument --state: an empty URL names no store"),
+    ],
+)
+def test_an_empty_state_option_is_a_usage_error_that_makes_nothing(
+    option: str, said: str, tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o755)
+    for value in ("", " "):
+        result = engine("apikey", "create", "k1", option, value, cwd=tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert said in result.stderr and "Traceback" not in result.stderr
+        assert list(tmp_path.iterdir()) == []
+        assert _mode(tmp_path) == 0o755
