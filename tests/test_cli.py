@@ -289,3 +289,13 @@ def test_an_empty_state_option_is_a_usage_error_that_makes_nothing(
         assert said in result.stderr and "Traceback" not in result.stderr
         assert list(tmp_path.iterdir()) == []
         assert _mode(tmp_path) == 0o755
+
+
+def test_the_current_directory_as_state_directory_is_used_but_not_made_private(
+    tmp_path: Path,
+) -> None:
+    tmp_path.chmod(0o755)
+    result = engine("apikey", "create", "k1", "--state-dir", ".", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert _mode(tmp_path) == 0o755  # the user's folder: its mode is theirs
+    assert _mode(tmp_path / "keys") == 0o700 and _mode(tmp_path / "state.db") == 0o600
