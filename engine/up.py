@@ -451,15 +451,23 @@ class Session:
 
 @contextmanager
 def locked_session(
-    spec: Path, options: RunOptions, out: TextIO, command: str, *, tools: bool, full: bool
+    spec: Path,
+    options: RunOptions,
+    out: TextIO,
+    command: str,
+    *,
+    tools: bool,
+    full: bool,
 ) -> Iterator[Session]:
     """The fleet of `spec` with its backend ready (its tools checked first when `tools`;
     `open`ed when `full`, else only connected: nothing changes before), the state store,
-    and the fleet's lock held for `command` (the command line, as the lock shows it)."""
+    and the fleet's lock held for `command` (the command line, as the lock shows it).
+    The store is checked first, before the backend is touched."""
     from engine.state.files import private_dir
-    from engine.state.store import open_store, state_url
+    from engine.state.store import check_state, open_state
 
     fleet = load_spec(spec, state_dir=options.state_dir)
+    check_state(options.state_dir, options.state)
     board = StageBoard(out, json_lines=options.json_lines)
     backend = backend_for(fleet, options, board.note)
     try:
@@ -471,7 +479,7 @@ def locked_session(
             backend.connect()
         private_dir(options.state_dir)  # only now: a run that cannot start leaves nothing
         with (
-            open_store(state_url(options.state_dir, options.state)) as store,
+            open_state(options.state_dir, options.state) as store,
             hold_fleet_lock(store, fleet, command, board),
         ):
             if full and options.hosted is None:
@@ -605,7 +613,7 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
     from engine.install.deploykey import deploy_key_path
     from engine.install.seam import install_target
     from engine.preview import preview_fleet
-    from engine.state.store import open_store, state_url
+    from engine.state.store import open_state
 
     fleet = load_spec(spec, state_dir=options.state_dir)
     board = StageBoard(out, json_lines=options.json_lines)
@@ -614,7 +622,7 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
         delete_orphans=options.delete_orphans,
     )  # fmt: skip
     _show_plan(plan, board, out)
-    with open_store(state_url(options.state_dir, options.state)) as store:
+    with open_state(options.state_dir, options.state) as store:
         settings = store.fleets.get(fleet.name)
         records = store.servers.all(fleet.name)
     installed = [r for r in records if r.installed_at and r.host_keys and ssh_address(r)]

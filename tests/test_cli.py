@@ -299,3 +299,40 @@ def test_the_current_directory_as_state_directory_is_used_but_not_made_private(
     assert result.returncode == 0, result.stderr
     assert _mode(tmp_path) == 0o755  # the user's folder: its mode is theirs
     assert _mode(tmp_path / "keys") == 0o700 and _mode(tmp_path / "state.db") == 0o600
+
+
+def test_a_command_that_writes_refuses_a_named_store_whose_folder_does_not_exist(
+    tmp_path: Path,
+) -> None:
+    # --state sqlite:////nonexistent/dir/x.db: apikey create made the folder (as root) and
+    # kept the key there.
+    folder = tmp_path / "nonexistent" / "dir"
+    url = f"sqlite:///{folder / 'x.db'}"
+    result = engine("apikey", "create", "k1", "--state", url, "--state-dir", str(tmp_path / "s"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: the folder of the state store {url} does not exist: {folder}; create it "
+        f"(mkdir -p {folder}) or fix the URL (--state or $ENGINE_STATE_URL): the engine makes "
+        "no folder outside its state directory"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("/dev/null", "names /dev/null, which is a character device, and a SQLite store is a "
+         "regular file the engine writes: name one (sqlite:///PATH/state.db)"),
+        ("FOLDER", "names the folder FOLDER, and a SQLite store is a file: name a file in it "
+         "(sqlite:///FOLDER/state.db)"),
+    ],
+)  # fmt: skip
+def test_a_url_naming_what_cannot_be_a_store_says_so(
+    target: str, said: str, tmp_path: Path
+) -> None:
+    # "database is locked" (/dev/null) and "unable to open database file" (a folder), or, for
+    # status, "nothing recorded".
+    target, said = target.replace("FOLDER", str(tmp_path)), said.replace("FOLDER", str(tmp_path))
+    result = engine("status", "specs/demo.yaml", "--no-live", "--state", f"sqlite:///{target}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr

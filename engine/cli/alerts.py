@@ -24,9 +24,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.state import AlertState
-    from engine.state.store import open_store, state_url
+    from engine.state.store import open_state
 
-    with open_store(state_url(Path(args.state_dir), args.state)) as store:
+    with open_state(Path(args.state_dir), args.state) as store:
         found = [
             a
             for a in store.alerts.all(args.fleet)

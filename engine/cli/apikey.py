@@ -47,10 +47,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.controlplane.apikeys import create_api_key, revoke_api_key
     from engine.state import Scope
-    from engine.state.store import open_store, state_url
+    from engine.state.store import open_state
 
     state_dir = Path(args.state_dir)
-    with open_store(state_url(state_dir, args.state)) as store:
+    with open_state(state_dir, args.state) as store:
         if args.action == "create":
             key = create_api_key(
                 store, state_dir, args.name, scope=Scope(args.scope), fleets=args.fleet

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.serve import serve
     from engine.spec import load_spec
     from engine.state import Scope
-    from engine.state.store import open_store, state_url
+    from engine.state.store import open_state
 
     if not 0 <= args.port <= 65535:
         raise EngineError(f"--port {args.port}: give a port from 1 to 65535, or 0 for a free one")
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     links = SignInLinks()
     state_dir = Path(args.state_dir)
-    with open_store(state_url(state_dir, args.state)) as store:
+    with open_state(state_dir, args.state) as store:
         name = f"dashboard-{secrets.token_hex(4)}"
         create_api_key(
             store,

@@ -27,9 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from engine.controlplane.fleetapi import run_document
     from engine.errors import EngineError
     from engine.state import Run
-    from engine.state.store import open_store, state_url
+    from engine.state.store import open_state
 
-    with open_store(state_url(Path(args.state_dir), args.state)) as store:
+    with open_state(Path(args.state_dir), args.state) as store:
         runs: tuple[Run, ...]
         if args.run_id:
             found = store.runs.get(args.fleet, args.run_id)

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.controlplane.app import install_log_redaction
     from engine.serve import serve
     from engine.spec import load_spec
-    from engine.state.store import open_store, state_url
+    from engine.state.store import open_state
 
     host, port = parse_listen(args.listen)
     if args.workers < 0 or args.heartbeat_misses < 1 or args.drain < 0:
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with open_store(state_url(Path(args.state_dir), args.state)) as store:
+    with open_state(Path(args.state_dir), args.state) as store:
         serve(
             store,
             Path(args.state_dir),

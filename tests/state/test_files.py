@@ -16,7 +16,7 @@ from engine.install.deploykey import deploy_key_path, ensure_deploy_key
 from engine.model import Stage
 from engine.state import ServerRecord
 from engine.state.files import private_dir
-from engine.state.store import open_store, state_url
+from engine.state.store import open_state, open_store, state_url
 from engine.tokens import ensure_fleet_key, key_path
 
 
@@ -34,7 +34,7 @@ def open_umask() -> Iterator[None]:
 
 def test_a_new_state_directory_and_store_are_private(tmp_path: Path) -> None:
     state_dir = tmp_path / "project" / ".engine"
-    with open_store(state_url(state_dir)) as store:
+    with open_state(state_dir) as store:
         store.servers.save(ServerRecord(fleet="f", name="web-1", group="web", provider="local"))
         store.servers.set_stage("f", "web-1", Stage.CREATING)
         # While a connection is open in WAL mode, the -wal and -shm files exist.
@@ -49,7 +49,7 @@ def test_an_open_store_and_the_folders_in_the_state_directory_are_tightened(
     tmp_path: Path,
 ) -> None:
     state_dir = tmp_path / ".engine"
-    open_store(state_url(state_dir)).close()
+    open_state(state_dir).close()
     database = state_dir / "state.db"
     left_over = state_dir / "state.db-journal"
     left_over.write_bytes(b"")
