@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from engine import cli
+from tests.fakes.hcloud import FakeHcloud
 from tests.support.cli import engine
+from tests.support.http import serve
 
 SPECS = sorted(str(p) for p in Path("specs").glob("*.yaml"))
 CASES = sorted(str(p) for p in Path("tests/spec/cases").glob("*.yaml"))
@@ -301,6 +305,54 @@ def test_the_current_directory_as_state_directory_is_used_but_not_made_private(
     assert _mode(tmp_path / "keys") == 0o700 and _mode(tmp_path / "state.db") == 0o600
 
 
+@pytest.fixture
+def hetzner(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """specs/hetzner.yaml (fleet web-prod) against a fake Hetzner API with nothing in it, and
+    the environment that reads it."""
+    fake = FakeHcloud()
+    with serve(fake.app()) as base:
+        data = yaml.safe_load(Path("specs/hetzner.yaml").read_text())
+        data["provider"]["endpoint"] = f"{base}/v1"
+        spec = tmp_path / "hetzner.yaml"
+        spec.write_text(yaml.safe_dump(data))
+        yield str(spec), {"HCLOUD_TOKEN": fake.token}
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "said"),
+    [
+        (("up", "SPEC", "--dry-run"), 0, ""),
+        (("preview", "SPEC"), 0, ""),
+        (("status", "SPEC", "--no-live"), 0, ""),
+        (("runs",), 0, ""),
+        (("runs", "web-prod", "r-1"), 1, "fleet web-prod has no run r-1"),
+        (("alerts",), 0, ""),
+        (("apikey", "list"), 0, ""),
+        (("apikey", "revoke", "k1"), 1, "there is no API key called k1"),
+        (("apikey", "create", "Not A Name"), 1, "is not a usable key name"),
+        (("server", "reboot", "SPEC", "web-1"), 1, "the engine has no record of fleet web-prod"),
+        (("server", "update", "SPEC", "--all"), 1, "the engine has no record of fleet web-prod"),
+        (("apps", "history", "SPEC"), 1, "the engine has no record of fleet web-prod"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, tuple) else None,
+)
+def test_a_command_that_only_reads_or_fails_leaves_no_state_behind(
+    args: tuple[str, ...],
+    code: int,
+    said: str,
+    hetzner: tuple[str, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    # `engine up --dry-run` ("touches nothing"), runs, alerts, apikey list and the failing
+    # revoke and reboot each made .engine/state.db where none was.
+    spec, env = hetzner
+    argv = [spec if a == "SPEC" else a for a in args]
+    result = engine(*argv, "--state-dir", str(tmp_path / "state"), cwd=tmp_path, env=env)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hetzner.yaml"]
+
+
 def test_a_command_that_writes_refuses_a_named_store_whose_folder_does_not_exist(
     tmp_path: Path,
 ) -> None:
@@ -315,6 +367,22 @@ def test_a_command_that_writes_refuses_a_named_store_whose_folder_does_not_exist
         f"(mkdir -p {folder}) or fix the URL (--state or $ENGINE_STATE_URL): the engine makes "
         "no folder outside its state directory"
     )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_command_that_reads_says_a_named_store_does_not_exist(tmp_path: Path) -> None:
+    # status, runs and alerts said "nothing recorded" as for an empty store, and runs and
+    # alerts made the store (and its folder) to say it.
+    folder = tmp_path / "nonexistent" / "dir"
+    url = f"sqlite:///{folder / 'x.db'}"
+    note = (
+        f"note: there is no state store at {url} (its folder {folder} does not exist), so "
+        "nothing is recorded there; if you meant another store, fix --state or $ENGINE_STATE_URL"
+    )
+    for args in (("status", "specs/demo.yaml", "--no-live"), ("runs",), ("alerts",)):
+        result = engine(*args, "--state", url, "--state-dir", str(tmp_path / "s"))
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.strip() == note
     assert list(tmp_path.iterdir()) == []
 
 

@@ -141,6 +141,21 @@ def resolve_paths(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def recorded_store(args: argparse.Namespace) -> str | None:
+    """The URL of the state store for a command that only reads it, or None when there is
+    none yet: nothing is recorded, and nothing is made. When --state or $ENGINE_STATE_URL
+    named the missing store, a note on stderr says so (a mistyped URL would read as an empty
+    store); the command still answers "nothing recorded", with its exit code."""
+    from engine.state.store import absent_store, named_state_url, state_url, store_exists
+
+    url = state_url(Path(args.state_dir), args.state)
+    if store_exists(url):
+        return url
+    if named_state_url(args.state):
+        print(paint("note: ", "yellow", sys.stderr) + absent_store(url), file=sys.stderr)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = resolve_paths(build_parser(argv).parse_args(argv))

@@ -103,6 +103,24 @@ def store_exists(url: str) -> bool:
     return database.is_file()
 
 
+def absent_store(url: str) -> str:
+    """Why a read-only command finds nothing recorded at `url`, a SQLite store that does not
+    exist (store_exists is False), and what to check, for a URL the user named."""
+    parsed = _parse_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    database = _sqlite_file(parsed)
+    folder = database.parent if database is not None else None
+    why = (
+        f"its folder {folder} does not exist"
+        if folder is not None and not folder.is_dir()
+        else "no such file"
+    )
+    return (
+        f"there is no state store at {shown} ({why}), so nothing is recorded there; if you "
+        f"meant another store, fix {_NAMED_BY}"
+    )
+
+
 def check_state(state_dir: Path, url: str | None = None) -> str:
     """The URL `state_url` chooses, checked as `open_state` checks it, making nothing: for a
     command to refuse a store it could not open before it changes anything else."""
