@@ -40,7 +40,9 @@ def signal_server(spec: Path, name: str, signal: Signal, options: RunOptions, ou
     started = time.monotonic()
     command = f"engine server {signal} {spec} {name}"
     rebuild = signal is Signal.REBUILD
-    with locked_session(spec, options, out, command, tools=False, full=rebuild) as session:
+    with locked_session(
+        spec, options, out, command, tools=False, full=rebuild, recorded=True
+    ) as session:
         fleet, board, backend, store = session.fleet, session.board, session.backend, session.store
         record = store.servers.get(fleet.name, name)
         if record is None or not record.provider_id:
@@ -97,7 +99,9 @@ def run_system_task(
 
     started = time.monotonic()
     command = f"engine server {task} {spec} " + (" ".join(names) if names else "--all")
-    with locked_session(spec, options, out, command, tools=False, full=False) as session:
+    with locked_session(
+        spec, options, out, command, tools=False, full=False, recorded=True
+    ) as session:
         fleet, board, store = session.fleet, session.board, session.store
         servers = placed_servers(fleet, store, options.state_dir)
         chosen = list(servers) if names is None else list(names)

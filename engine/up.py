@@ -451,15 +451,29 @@ class Session:
 
 @contextmanager
 def locked_session(
-    spec: Path, options: RunOptions, out: TextIO, command: str, *, tools: bool, full: bool
+    spec: Path,
+    options: RunOptions,
+    out: TextIO,
+    command: str,
+    *,
+    tools: bool,
+    full: bool,
+    recorded: bool = False,
 ) -> Iterator[Session]:
     """The fleet of `spec` with its backend ready (its tools checked first when `tools`;
     `open`ed when `full`, else only connected: nothing changes before), the state store,
-    and the fleet's lock held for `command` (the command line, as the lock shows it)."""
+    and the fleet's lock held for `command` (the command line, as the lock shows it).
+
+    The store is checked first (before the backend is touched); with `recorded`, for a
+    command that acts on what the engine recorded of the fleet, there must be one: without
+    it the command is refused (require_store) and the state directory is not made."""
     from engine.state.files import private_dir
-    from engine.state.store import open_store, state_url
+    from engine.state.store import check_state, open_state
 
     fleet = load_spec(spec, state_dir=options.state_dir)
+    if recorded:
+        require_store(fleet, spec, options)
+    check_state(options.state_dir, options.state)
     board = StageBoard(out, json_lines=options.json_lines)
     backend = backend_for(fleet, options, board.note)
     try:
@@ -471,7 +485,7 @@ def locked_session(
             backend.connect()
         private_dir(options.state_dir)  # only now: a run that cannot start leaves nothing
         with (
-            open_store(state_url(options.state_dir, options.state)) as store,
+            open_state(options.state_dir, options.state) as store,
             hold_fleet_lock(store, fleet, command, board),
         ):
             if full and options.hosted is None:
@@ -479,6 +493,21 @@ def locked_session(
             yield Session(fleet, board, backend, store)
     finally:
         backend.close()
+
+
+def require_store(fleet: Fleet, spec: Path, options: RunOptions) -> str:
+    """The URL of the state store, for a command that acts on what the engine recorded of
+    `fleet`; an EngineError, before anything is made, when there is no store yet."""
+    from engine.state.store import named_state_url, state_url, store_exists
+
+    url = state_url(options.state_dir, options.state)
+    if not store_exists(url):
+        where = f"at {url}" if named_state_url(options.state) else f"in {options.state_dir}"
+        raise EngineError(
+            f"the engine has no record of fleet {fleet.name}: there is no state store {where}; "
+            f"run `engine up {spec}` first (nothing was changed)"
+        )
+    return url
 
 
 def refuse_if_served(store: Store, fleet: str) -> None:
@@ -605,7 +634,7 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
     from engine.install.deploykey import deploy_key_path
     from engine.install.seam import install_target
     from engine.preview import preview_fleet
-    from engine.state.store import open_store, state_url
+    from engine.state.store import open_store, state_url, store_exists
 
     fleet = load_spec(spec, state_dir=options.state_dir)
     board = StageBoard(out, json_lines=options.json_lines)
@@ -614,9 +643,13 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
         delete_orphans=options.delete_orphans,
     )  # fmt: skip
     _show_plan(plan, board, out)
-    with open_store(state_url(options.state_dir, options.state)) as store:
-        settings = store.fleets.get(fleet.name)
-        records = store.servers.all(fleet.name)
+    url = state_url(options.state_dir, options.state)
+    settings: FleetSettings | None = None
+    records: Sequence[ServerRecord] = ()
+    if store_exists(url):  # no store: nothing installed, and none is made
+        with open_store(url) as store:
+            settings = store.fleets.get(fleet.name)
+            records = store.servers.all(fleet.name)
     installed = [r for r in records if r.installed_at and r.host_keys and ssh_address(r)]
     if settings is None or not installed:
         board.note(f"No server of {fleet.name} is installed yet: no install to compare.")

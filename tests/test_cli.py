@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from engine import cli
+from tests.fakes.hcloud import FakeHcloud
 from tests.support.cli import engine
+from tests.support.http import serve
 
 SPECS = sorted(str(p) for p in Path("specs").glob("*.yaml"))
 CASES = sorted(str(p) for p in Path("tests/spec/cases").glob("*.yaml"))
@@ -197,6 +201,8 @@ def test_catalog_show(tmp_path: Path) -> None:
     [
         (["validate", "x.yaml"], {}, ".engine"),
         (["validate", "x.yaml"], {"ENGINE_STATE_DIR": "state/here"}, "state/here"),
+        (["validate", "x.yaml"], {"ENGINE_STATE_DIR": ""}, ".engine"),  # empty: unset
+        (["validate", "x.yaml"], {"ENGINE_STATE_DIR": " "}, ".engine"),
         (["up", "x.yaml", "--state-dir", "rel"], {}, "rel"),
     ],
 )
@@ -316,3 +322,148 @@ def test_a_bad_number_or_duration_for_an_option_is_a_usage_error_naming_it(
     assert result.returncode == 2, result.stdout + result.stderr
     assert said in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in state.rglob("*")) == ["demo.key", "keys"]
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_an_empty_engine_state_dir_is_unset_not_the_current_directory(tmp_path: Path) -> None:
+    # `ENGINE_STATE_DIR=$TYPO engine ...` once kept state.db and keys/ in the current
+    # directory (a repository's root) and made it 0700.
+    tmp_path.chmod(0o755)
+    result = engine("apikey", "create", "k1", cwd=tmp_path, env={"ENGINE_STATE_DIR": ""})
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".engine"]
+    assert (tmp_path / ".engine" / "state.db").is_file()
+    assert _mode(tmp_path) == 0o755
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ("--state-dir", "argument --state-dir: an empty path names no folder"),
+        ("--state", "argument --state: an empty URL names no store"),
+    ],
+)
+def test_an_empty_state_option_is_a_usage_error_that_makes_nothing(
+    option: str, said: str, tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o755)
+    for value in ("", " "):
+        result = engine("apikey", "create", "k1", option, value, cwd=tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert said in result.stderr and "Traceback" not in result.stderr
+        assert list(tmp_path.iterdir()) == []
+        assert _mode(tmp_path) == 0o755
+
+
+def test_the_current_directory_as_state_directory_is_used_but_not_made_private(
+    tmp_path: Path,
+) -> None:
+    tmp_path.chmod(0o755)
+    result = engine("apikey", "create", "k1", "--state-dir", ".", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert _mode(tmp_path) == 0o755  # the user's folder: its mode is theirs
+    assert _mode(tmp_path / "keys") == 0o700 and _mode(tmp_path / "state.db") == 0o600
+
+
+@pytest.fixture
+def hetzner(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """specs/hetzner.yaml (fleet web-prod) against a fake Hetzner API with nothing in it, and
+    the environment that reads it."""
+    fake = FakeHcloud()
+    with serve(fake.app()) as base:
+        data = yaml.safe_load(Path("specs/hetzner.yaml").read_text())
+        data["provider"]["endpoint"] = f"{base}/v1"
+        spec = tmp_path / "hetzner.yaml"
+        spec.write_text(yaml.safe_dump(data))
+        yield str(spec), {"HCLOUD_TOKEN": fake.token}
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "said"),
+    [
+        (("up", "SPEC", "--dry-run"), 0, ""),
+        (("preview", "SPEC"), 0, ""),
+        (("status", "SPEC", "--no-live"), 0, ""),
+        (("runs",), 0, ""),
+        (("runs", "web-prod", "r-1"), 1, "fleet web-prod has no run r-1"),
+        (("alerts",), 0, ""),
+        (("apikey", "list"), 0, ""),
+        (("apikey", "revoke", "k1"), 1, "there is no API key called k1"),
+        (("apikey", "create", "Not A Name"), 1, "is not a usable key name"),
+        (("server", "reboot", "SPEC", "web-1"), 1, "the engine has no record of fleet web-prod"),
+        (("server", "update", "SPEC", "--all"), 1, "the engine has no record of fleet web-prod"),
+        (("apps", "history", "SPEC"), 1, "the engine has no record of fleet web-prod"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, tuple) else None,
+)
+def test_a_command_that_only_reads_or_fails_leaves_no_state_behind(
+    args: tuple[str, ...],
+    code: int,
+    said: str,
+    hetzner: tuple[str, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    # `engine up --dry-run` ("touches nothing"), runs, alerts, apikey list and the failing
+    # revoke and reboot each made .engine/state.db where none was.
+    spec, env = hetzner
+    argv = [spec if a == "SPEC" else a for a in args]
+    result = engine(*argv, "--state-dir", str(tmp_path / "state"), cwd=tmp_path, env=env)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hetzner.yaml"]
+
+
+def test_a_command_that_writes_refuses_a_named_store_whose_folder_does_not_exist(
+    tmp_path: Path,
+) -> None:
+    # --state sqlite:////nonexistent/dir/x.db: apikey create made the folder (as root) and
+    # kept the key there.
+    folder = tmp_path / "nonexistent" / "dir"
+    url = f"sqlite:///{folder / 'x.db'}"
+    result = engine("apikey", "create", "k1", "--state", url, "--state-dir", str(tmp_path / "s"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: the folder of the state store {url} does not exist: {folder}; create it "
+        f"(mkdir -p {folder}) or fix the URL (--state or $ENGINE_STATE_URL): the engine makes "
+        "no folder outside its state directory"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_command_that_reads_says_a_named_store_does_not_exist(tmp_path: Path) -> None:
+    # status, runs and alerts said "nothing recorded" as for an empty store, and runs and
+    # alerts made the store (and its folder) to say it.
+    folder = tmp_path / "nonexistent" / "dir"
+    url = f"sqlite:///{folder / 'x.db'}"
+    note = (
+        f"note: there is no state store at {url} (its folder {folder} does not exist), so "
+        "nothing is recorded there; if you meant another store, fix --state or $ENGINE_STATE_URL"
+    )
+    for args in (("status", "specs/demo.yaml", "--no-live"), ("runs",), ("alerts",)):
+        result = engine(*args, "--state", url, "--state-dir", str(tmp_path / "s"))
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.strip() == note
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("/dev/null", "names /dev/null, which is a character device, and a SQLite store is a "
+         "regular file the engine writes: name one (sqlite:///PATH/state.db)"),
+        ("FOLDER", "names the folder FOLDER, and a SQLite store is a file: name a file in it "
+         "(sqlite:///FOLDER/state.db)"),
+    ],
+)  # fmt: skip
+def test_a_url_naming_what_cannot_be_a_store_says_so(
+    target: str, said: str, tmp_path: Path
+) -> None:
+    # "database is locked" (/dev/null) and "unable to open database file" (a folder), or, for
+    # status, "nothing recorded".
+    target, said = target.replace("FOLDER", str(tmp_path)), said.replace("FOLDER", str(tmp_path))
+    result = engine("status", "specs/demo.yaml", "--no-live", "--state", f"sqlite:///{target}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr

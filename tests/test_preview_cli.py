@@ -319,6 +319,7 @@ def test_preview_reads_the_provider_and_the_store(
     _populate(fake)
     fake.add_server("worker-2", labels={"team": "other"})  # not ours, and its name is wanted
     spec = _spec_for(tmp_path / "web.yaml", HETZNER, url)
+    (tmp_path / "team").mkdir()
     state = f"sqlite:///{tmp_path / 'team' / 'state.db'}"
     with open_store(state) as store:
         for server in fake.servers[:3]:

@@ -27,7 +27,7 @@ from engine.model import LABEL_APP_VERSION, App, Fleet, ProviderName
 from engine.progress import StageBoard
 from engine.providers.seam import RunOptions
 from engine.spec import load_spec
-from engine.up import hold_fleet_lock, placed_servers
+from engine.up import hold_fleet_lock, placed_servers, require_store
 
 if TYPE_CHECKING:
     from engine.state.store import Store
@@ -39,19 +39,11 @@ def _fleet_store(
 ) -> Iterator[tuple[Fleet, StageBoard, Store]]:
     """The fleet of `spec`, a board, and the state store (the fleet's lock held for
     `command`, unless it is None)."""
-    from engine.state.files import private_dir
-    from engine.state.store import open_store, state_url, store_exists
+    from engine.state.store import open_store
 
     fleet = load_spec(spec, state_dir=options.state_dir)
     board = StageBoard(out, json_lines=options.json_lines)
-    url = state_url(options.state_dir, options.state)
-    if not store_exists(url):
-        raise EngineError(
-            f"the engine has no record of fleet {fleet.name} in {options.state_dir}: "
-            f"run `engine up {spec}` first"
-        )
-    private_dir(options.state_dir)
-    with open_store(url) as store:
+    with open_store(require_store(fleet, spec, options)) as store:
         if command is None:
             yield fleet, board, store
             return

@@ -48,20 +48,53 @@ COMMANDS = (
 )
 
 
+STATE_DIR_ENV = "ENGINE_STATE_DIR"
+DEFAULT_STATE_DIR = ".engine"
+
+
+def default_state_dir() -> Path:
+    """$ENGINE_STATE_DIR, else `.engine`. An empty (or blank) variable counts as unset, as an
+    empty $ENGINE_STATE_URL does: `ENGINE_STATE_DIR=$UNSET_NAME engine ...` must not make the
+    current directory the state directory."""
+    value = os.environ.get(STATE_DIR_ENV, "")
+    return Path(value if value.strip() else DEFAULT_STATE_DIR)
+
+
+def _state_dir(value: str) -> Path:
+    """--state-dir DIR: an empty DIR would be the current directory, which is never meant."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty path names no folder; give the state directory (e.g. --state-dir "
+            f".engine), or leave the option out for ${STATE_DIR_ENV} or {DEFAULT_STATE_DIR}"
+        )
+    return Path(value)
+
+
+def _state_url(value: str) -> str:
+    """--state URL: an empty URL names no store (it would silently mean the default one)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty URL names no store; give sqlite:///PATH or postgresql://USER@HOST/DB, "
+            "or leave the option out for $ENGINE_STATE_URL or state.db in the state directory"
+        )
+    return value
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The command line's parser: with `argv` that starts with a command, that command's only
     (the others' modules cost a start a quarter as much again as the parser's own work)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--state-dir",
-        type=Path,
-        default=Path(os.environ.get("ENGINE_STATE_DIR", ".engine")),
+        type=_state_dir,
+        default=default_state_dir(),
         metavar="DIR",
         help="where the engine keeps state, keys, refreshed catalogs and logs "
-        "(default: $ENGINE_STATE_DIR or .engine)",
+        f"(default: ${STATE_DIR_ENV} if set and not empty, else {DEFAULT_STATE_DIR})",
     )
     common.add_argument(
         "--state",
+        type=_state_url,
         metavar="URL",
         help="the state store: sqlite:///PATH or postgresql://USER@HOST/DB "
         "(default: $ENGINE_STATE_URL, else state.db in the state directory)",
@@ -106,6 +139,21 @@ def resolve_paths(args: argparse.Namespace) -> argparse.Namespace:
     relative bind mount outright), not the user's."""
     args.state_dir = Path(args.state_dir).expanduser().absolute()
     return args
+
+
+def recorded_store(args: argparse.Namespace) -> str | None:
+    """The URL of the state store for a command that only reads it, or None when there is
+    none yet: nothing is recorded, and nothing is made. When --state or $ENGINE_STATE_URL
+    named the missing store, a note on stderr says so (a mistyped URL would read as an empty
+    store); the command still answers "nothing recorded", with its exit code."""
+    from engine.state.store import absent_store, named_state_url, state_url, store_exists
+
+    url = state_url(Path(args.state_dir), args.state)
+    if store_exists(url):
+        return url
+    if named_state_url(args.state):
+        print(paint("note: ", "yellow", sys.stderr) + absent_store(url), file=sys.stderr)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

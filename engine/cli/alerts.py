@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 
@@ -23,15 +22,19 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.state import AlertState
-    from engine.state.store import open_store, state_url
+    from engine.cli import recorded_store
+    from engine.state import AlertRecord, AlertState
+    from engine.state.store import open_store
 
-    with open_store(state_url(Path(args.state_dir), args.state)) as store:
-        found = [
-            a
-            for a in store.alerts.all(args.fleet)
-            if args.all or a.state is not AlertState.RESOLVED
-        ]
+    url = recorded_store(args)
+    found: list[AlertRecord] = []
+    if url is not None:  # no store: no alert was raised, and none is made
+        with open_store(url) as store:
+            found = [
+                a
+                for a in store.alerts.all(args.fleet)
+                if args.all or a.state is not AlertState.RESOLVED
+            ]
     if args.format == "json":
         print(
             json.dumps(

@@ -45,26 +45,37 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.controlplane.apikeys import create_api_key, revoke_api_key
+    from engine.cli import recorded_store
+    from engine.controlplane.apikeys import check_key_request, create_api_key, revoke_api_key
     from engine.state import Scope
-    from engine.state.store import open_store, state_url
+    from engine.state.apikeys import unknown_key
+    from engine.state.store import open_state, open_store
 
     state_dir = Path(args.state_dir)
-    with open_store(state_url(state_dir, args.state)) as store:
-        if args.action == "create":
+    if args.action == "create":
+        check_key_request(args.name, args.fleet)  # bad input makes no store
+        with open_state(state_dir, args.state) as store:
             key = create_api_key(
                 store, state_dir, args.name, scope=Scope(args.scope), fleets=args.fleet
             )
-            print(key)
-        elif args.action == "revoke":
+        print(key)
+        return 0
+    url = recorded_store(args)
+    if url is None:  # no store: no key to list or revoke, and none is made
+        if args.action == "revoke":
+            raise unknown_key(args.name)
+        return 0
+    with open_store(url) as store:
+        if args.action == "revoke":
             revoke_api_key(store, args.name)
             print(f"revoked {args.name}")
-        else:
-            for found in store.api_keys.all():
-                state = f"revoked {found.revoked_at:%Y-%m-%d}" if found.revoked_at else "active"
-                fleets = ",".join(found.fleets) or "all fleets"
-                print(
-                    f"{found.name}\t{found.scope}\t{fleets}\t"
-                    f"created {found.created_at:%Y-%m-%d %H:%M}\t{state}"
-                )
+            return 0
+        keys = store.api_keys.all()
+    for found in keys:
+        state = f"revoked {found.revoked_at:%Y-%m-%d}" if found.revoked_at else "active"
+        fleets = ",".join(found.fleets) or "all fleets"
+        print(
+            f"{found.name}\t{found.scope}\t{fleets}\t"
+            f"created {found.created_at:%Y-%m-%d %H:%M}\t{state}"
+        )
     return 0

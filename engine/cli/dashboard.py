@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.serve import serve
     from engine.spec import load_spec
     from engine.state import Scope
-    from engine.state.store import open_store, state_url
+    from engine.state.store import open_state
 
     fleet = load_spec(args.spec, state_dir=args.state_dir)
     if fleet.provider.name is not ProviderName.LOCAL:
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     links = SignInLinks()
     state_dir = Path(args.state_dir)
-    with open_store(state_url(state_dir, args.state)) as store:
+    with open_state(state_dir, args.state) as store:
         name = f"dashboard-{secrets.token_hex(4)}"
         create_api_key(
             store,

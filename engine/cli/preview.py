@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
             delete_orphans=args.delete_orphans,
             adopt=args.adopt,
         )
+        if args.against_ref is None:  # the store was read: a missing one --state names, said
+            from engine.cli import recorded_store
+
+            recorded_store(args)
         if args.format == "json":
             print(json.dumps(render_json(plan), indent=2))
         elif args.format == "markdown":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from engine.cli.options import count
@@ -28,23 +27,25 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.cli import recorded_store
     from engine.controlplane.fleetapi import run_document
     from engine.errors import EngineError
     from engine.state import Run
-    from engine.state.store import open_store, state_url
+    from engine.state.store import open_store
 
-    with open_store(state_url(Path(args.state_dir), args.state)) as store:
-        runs: tuple[Run, ...]
-        if args.run_id:
-            found = store.runs.get(args.fleet, args.run_id)
-            if found is None:
-                raise EngineError(
-                    f"fleet {args.fleet} has no run {args.run_id}; `engine runs {args.fleet}` "
-                    "lists them"
-                )
-            runs = (found,)
-        else:
-            runs = store.runs.all(args.fleet, limit=args.limit)
+    url = recorded_store(args)
+    runs: tuple[Run, ...] = ()
+    if url is not None:  # no store: no run recorded, and none is made
+        with open_store(url) as store:
+            if args.run_id:
+                found = store.runs.get(args.fleet, args.run_id)
+                runs = () if found is None else (found,)
+            else:
+                runs = store.runs.all(args.fleet, limit=args.limit)
+    if args.run_id and not runs:
+        raise EngineError(
+            f"fleet {args.fleet} has no run {args.run_id}; `engine runs {args.fleet}` lists them"
+        )
     documents = [run_document(r) for r in runs]
     if args.format == "json":
         print(json.dumps({"runs": documents}, indent=2))

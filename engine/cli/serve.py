@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.controlplane.app import install_log_redaction
     from engine.serve import serve
     from engine.spec import load_spec
-    from engine.state.store import open_store, state_url
+    from engine.state.store import open_state
 
     host, port = parse_listen(args.listen)
     installer = load_entry(args.install_entry) if args.install_entry else None
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with open_store(state_url(Path(args.state_dir), args.state)) as store:
+    with open_state(Path(args.state_dir), args.state) as store:
         serve(
             store,
             Path(args.state_dir),

@@ -44,17 +44,18 @@ def _seconds(value: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.cli import recorded_store
     from engine.controlplane.views import provider_view, server_document
     from engine.lifecycle import STEPS, median_durations
     from engine.spec import load_spec
-    from engine.state.store import open_store, state_url, store_exists
+    from engine.state.store import open_store
 
     fleet = load_spec(args.spec, state_dir=args.state_dir)
-    url = state_url(Path(args.state_dir), args.state)
+    url = recorded_store(args)
     now = dt.datetime.now(dt.UTC)
     documents: list[dict[str, Any]] = []
     records: dict[str, ServerRecord] = {}
-    if store_exists(url):
+    if url is not None:
         with open_store(url) as store:
             transitions = store.servers.transitions(fleet.name)
             reports = {r.server: r for r in store.agents.reports(fleet.name)}

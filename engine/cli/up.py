@@ -137,6 +137,9 @@ def run_up(args: argparse.Namespace) -> int:
 
     options = run_options(args, yes=args.yes)
     if args.dry_run:
+        from engine.cli import recorded_store
+
+        recorded_store(args)  # a store --state names and that is missing: said
         return dry_run(Path(args.spec), options, sys.stdout)
     return up(Path(args.spec), options, sys.stdout, ask)
 

@@ -51,17 +51,7 @@ def create_api_key(
     actor: str = CLI_ACTOR,
 ) -> str:
     """Make a key called `name` and return it (the only time it exists in clear)."""
-    if not _NAME.fullmatch(name):
-        raise EngineError(
-            f"{name!r} is not a usable key name; use lowercase letters, digits, '.', '_' and "
-            "'-' (at most 63), e.g. ops-dashboard"
-        )
-    for fleet in fleets:
-        if not _FLEET.fullmatch(fleet):
-            raise EngineError(
-                f"--fleet {fleet!r} is not a fleet name; fleet names are lowercase DNS labels "
-                "(letters, digits, '-'), e.g. --fleet web-prod"
-            )
+    check_key_request(name, fleets)
     key_id, secret = secrets.token_hex(8), secrets.token_hex(32)
     made = ApiKey(
         key_id=key_id,
@@ -84,6 +74,22 @@ def create_api_key(
             )
         )
     return register_secret(f"fek_{key_id}_{secret}")
+
+
+def check_key_request(name: str, fleets: Sequence[str] = ()) -> None:
+    """An EngineError unless `name` is a usable key name and `fleets` fleet names: checked
+    before anything is opened or made."""
+    if not _NAME.fullmatch(name):
+        raise EngineError(
+            f"{name!r} is not a usable key name; use lowercase letters, digits, '.', '_' and "
+            "'-' (at most 63), e.g. ops-dashboard"
+        )
+    for fleet in fleets:
+        if not _FLEET.fullmatch(fleet):
+            raise EngineError(
+                f"--fleet {fleet!r} is not a fleet name; fleet names are lowercase DNS labels "
+                "(letters, digits, '-'), e.g. --fleet web-prod"
+            )
 
 
 def revoke_api_key(store: Store, name: str, *, actor: str = CLI_ACTOR) -> ApiKey:

@@ -82,8 +82,13 @@ class ApiKeys(Repository):
             )
             row = connection.execute(select(table).where(table.c.name == name)).first()
         if row is None:
-            raise EngineError(f"there is no API key called {name}; list them: engine apikey list")
+            raise unknown_key(name)
         return _api_key(row)
+
+
+def unknown_key(name: str) -> EngineError:
+    """The error for a key `name` that no key has."""
+    return EngineError(f"there is no API key called {name}; list them: engine apikey list")
 
 
 def _api_key(row: Row[Any]) -> ApiKey:

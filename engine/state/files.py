@@ -2,10 +2,15 @@
 
 The state directory (`.engine` by default) holds the fleet keys, the deploy keys, the SQLite
 store, install logs and the local provider's seeds: what would let anyone who reads it act as
-the engine. Every folder the engine makes there is 0700 and every file 0600; a folder or file
-an older engine (or a umask) left more open is tightened when the engine opens it.
+the engine. Every folder the engine makes there is 0700 and every file 0600; a folder inside
+the state directory, or a file, that an older engine (or a umask) left more open is tightened
+when the engine opens it. The state directory itself, when the engine finds it already there,
+keeps its mode: it may be a folder of the user's (`--state-dir .` is the current directory, a
+repository's root), not the engine's to change, and what the engine keeps in it is private
+either way.
 
-    private_dir(state_dir, "keys")     .engine and .engine/keys made or tightened to 0700
+    private_dir(state_dir, "keys")     .engine made 0700 if missing; .engine/keys made or
+                                       tightened to 0700
     private_file(state_dir / "x.db")   an existing file tightened to 0600
 """
 
@@ -23,8 +28,9 @@ _OTHERS = 0o077  # the group's and everyone else's permission bits
 
 def private_dir(base: Path, *parts: str) -> Path:
     """`base / parts...`, every folder of it from `base` down only its owner's: each missing
-    one is made 0700 (so are missing parents of `base`), each existing one loses its group and
-    other permissions. Returns the innermost folder.
+    one is made 0700 (so are missing parents of `base`), each existing one of `parts` loses its
+    group and other permissions. An existing `base` keeps its mode: it may be the user's
+    folder; only the folders below it are the engine's to tighten. Returns the innermost folder.
 
     An EngineError says which folder could not be made or tightened, and why.
     """
@@ -38,7 +44,7 @@ def private_dir(base: Path, *parts: str) -> Path:
         folders.append(folders[-1] / part)
     for folder in (*reversed(missing), *folders):
         _make(folder)
-    for folder in folders:
+    for folder in folders[1:]:
         _tighten(folder)
     return folders[-1]
 

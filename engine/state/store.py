@@ -1,7 +1,10 @@
 """The state store on SQLAlchemy Core: a SQLite file by default, PostgreSQL by URL.
 
     url = state_url(state_dir, option)        # --state, else $ENGINE_STATE_URL, else SQLite
-    with open_store(url) as store:            # applies pending migrations
+    if store_exists(url):                     # a command that only reads makes nothing:
+        with open_store(url) as store: ...    # without a store, nothing is recorded
+    with open_state(state_dir, option) as store:   # a command that writes: made on first
+                                                   # use; pending migrations applied
         with store.locks.hold("web-prod", command="engine up specs/web.yaml"):
             store.servers.save(record)
             store.servers.set_stage("web-prod", "web-1", Stage.BOOTING)
@@ -38,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,44 +74,97 @@ from engine.state.userdata import UserData
 
 STATE_URL_ENV = "ENGINE_STATE_URL"
 SQLITE_FILE = "state.db"
+_NAMED_BY = f"--state or ${STATE_URL_ENV}"
 
 
 def state_url(state_dir: Path, url: str | None = None) -> str:
     """The store to use: `url` (--state), else $ENGINE_STATE_URL, else SQLite in state_dir."""
-    chosen = url or os.environ.get(STATE_URL_ENV, "").strip()
-    if chosen:
-        return chosen
-    return f"sqlite:///{(state_dir / SQLITE_FILE).resolve()}"
+    return named_state_url(url) or f"sqlite:///{(state_dir / SQLITE_FILE).resolve()}"
+
+
+def named_state_url(url: str | None = None) -> str:
+    """The store `url` (--state) or $ENGINE_STATE_URL names; "" when neither does, and the
+    store is the state directory's own (an empty variable counts as unset)."""
+    return url or os.environ.get(STATE_URL_ENV, "").strip()
 
 
 def store_exists(url: str) -> bool:
-    """False only for a SQLite file that has not been created yet (nothing recorded)."""
+    """False only for a SQLite file that has not been created yet (nothing recorded). An
+    EngineError when the URL names something that cannot be a store (a folder, a device, a
+    file in a file)."""
     parsed = _parse_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    database = _sqlite_file(parsed)
+    if database is None:
         return True
-    return Path(parsed.database).is_file()
+    shown = parsed.render_as_string(hide_password=True)
+    _check_sqlite_file(database, shown)
+    if database.parent.exists():
+        _check_sqlite_folder(database.parent, shown)
+    return database.is_file()
+
+
+def absent_store(url: str) -> str:
+    """Why a read-only command finds nothing recorded at `url`, a SQLite store that does not
+    exist (store_exists is False), and what to check, for a URL the user named."""
+    parsed = _parse_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    database = _sqlite_file(parsed)
+    folder = database.parent if database is not None else None
+    why = (
+        f"its folder {folder} does not exist"
+        if folder is not None and not folder.is_dir()
+        else "no such file"
+    )
+    return (
+        f"there is no state store at {shown} ({why}), so nothing is recorded there; if you "
+        f"meant another store, fix {_NAMED_BY}"
+    )
+
+
+def check_state(state_dir: Path, url: str | None = None) -> str:
+    """The URL `state_url` chooses, checked as `open_state` checks it, making nothing: for a
+    command to refuse a store it could not open before it changes anything else."""
+    chosen = state_url(state_dir, url)
+    parsed = _parse_url(chosen)
+    _check_backend(parsed)
+    database = _sqlite_file(parsed)
+    if database is not None:
+        shown = parsed.render_as_string(hide_password=True)
+        _check_sqlite_file(database, shown)
+        if named_state_url(url):
+            _check_sqlite_folder(database.parent, shown)
+    return chosen
+
+
+def open_state(
+    state_dir: Path, url: str | None = None, *, now: Callable[[], dt.datetime] | None = None
+) -> Store:
+    """The store `state_url` chooses, for a command that writes to it (`open_store`: made on
+    first use). The state directory's own store gets the state directory made for it (0700)
+    when missing; the folder of a store that --state or $ENGINE_STATE_URL names is the user's
+    to make, and a missing one is an error, not a folder made somewhere by mistake."""
+    if not named_state_url(url):
+        private_dir(state_dir)
+    return open_store(state_url(state_dir, url), now=now)
 
 
 def open_store(url: str, *, now: Callable[[], dt.datetime] | None = None) -> Store:
-    """Open the store at `url`, creating it (SQLite) and applying pending migrations."""
+    """Open the store at `url`, creating it (SQLite: a file in an existing folder) and applying
+    pending migrations."""
     parsed = _parse_url(url)
     if parsed.password:
         register_secret(parsed.password)
     shown = parsed.render_as_string(hide_password=True)
-    backend = parsed.get_backend_name()
+    backend = _check_backend(parsed)
     options: dict[str, Any] = {}
+    path = _sqlite_file(parsed)
+    if path is not None:
+        _new_sqlite_file(path, shown)
     if backend == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            _private_sqlite_file(Path(parsed.database))
         options["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
-    elif backend == "postgresql":
+    else:
         parsed = parsed.set(drivername="postgresql+psycopg")
         options["pool_pre_ping"] = True
-    else:
-        raise EngineError(
-            f"the state store URL {shown} names the {backend} database; "
-            "use sqlite:///PATH or postgresql://USER@HOST/DB"
-        )
     try:
         engine = create_engine(parsed, **options)
     except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as error:
@@ -118,23 +175,92 @@ def open_store(url: str, *, now: Callable[[], dt.datetime] | None = None) -> Sto
     except exc.DBAPIError as error:
         database.close()
         reason = redact(str(error.orig).strip().splitlines()[0]) if error.orig else "unknown"
+        if reason == "file is not a database" and path is not None:
+            reason = f"{path} is not a SQLite database (it holds something else; left as it is)"
         raise EngineError(
-            f"cannot open the state store at {shown}: {reason}; check --state or ${STATE_URL_ENV}"
+            f"cannot open the state store at {shown}: {reason}; check {_NAMED_BY}"
         ) from None
     except BaseException:
         database.close()
         raise
+    if path is not None:
+        # Only now, SQLite having taken it for a database: a file named by mistake (--state
+        # sqlite:////etc/passwd) is not the engine's to make private.
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            private_file(path.with_name(path.name + suffix))
     return Store(database)
 
 
-def _private_sqlite_file(database: Path) -> None:
-    """The SQLite file and its companions readable by their owner only. The file is made here
-    (0600) rather than by SQLite (0644 under the usual umask); the -wal, -shm and -journal
-    files SQLite makes take the database file's mode. A folder made for it is 0700; an
-    existing one is left as it is (it may be the user's own, not the state directory)."""
-    folder = database.parent
-    if not folder.is_dir():
-        private_dir(folder)
+def _check_backend(parsed: Any) -> str:
+    backend: str = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        shown = parsed.render_as_string(hide_password=True)
+        raise EngineError(
+            f"the state store URL {shown} names the {backend} database; "
+            "use sqlite:///PATH or postgresql://USER@HOST/DB"
+        )
+    return backend
+
+
+def _sqlite_file(parsed: Any) -> Path | None:
+    """The file of a SQLite URL; None for PostgreSQL and for SQLite in memory."""
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _check_sqlite_file(database: Path, shown: str) -> None:
+    """An EngineError when something is at `database` that cannot be a SQLite store: SQLite
+    would say only "unable to open database file" (a folder) or "database is locked" (a
+    device). Only stat: opening and closing a descriptor of a database this process has open
+    would drop every POSIX lock SQLite holds on it."""
+    try:
+        mode = database.stat().st_mode
+    except OSError:
+        return  # nothing there (or no folder to hold it): the folder check says so
+    if stat.S_ISDIR(mode):
+        raise EngineError(
+            f"the state store {shown} names the folder {database}, and a SQLite store is a "
+            f"file: name a file in it (sqlite:///{database / SQLITE_FILE}) with {_NAMED_BY}, "
+            "or choose another --state-dir"
+        )
+    if not stat.S_ISREG(mode):
+        what = {
+            stat.S_IFCHR: "a character device",
+            stat.S_IFBLK: "a block device",
+            stat.S_IFIFO: "a named pipe",
+            stat.S_IFSOCK: "a socket",
+        }.get(stat.S_IFMT(mode), "not a regular file")
+        raise EngineError(
+            f"the state store {shown} names {database}, which is {what}, and a SQLite store "
+            f"is a regular file the engine writes: name one (sqlite:///PATH/{SQLITE_FILE}) "
+            f"with {_NAMED_BY}, or choose another --state-dir"
+        )
+
+
+def _check_sqlite_folder(folder: Path, shown: str) -> None:
+    """An EngineError unless `folder` is one to make the store's file in."""
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise EngineError(
+            f"the state store {shown} is to be a file in {folder}, which is not a folder; "
+            f"fix the URL ({_NAMED_BY})"
+        )
+    raise EngineError(
+        f"the folder of the state store {shown} does not exist: {folder}; create it "
+        f"(mkdir -p {folder}) or fix the URL ({_NAMED_BY}): the engine makes no folder "
+        "outside its state directory"
+    )
+
+
+def _new_sqlite_file(database: Path, shown: str) -> None:
+    """Make the SQLite file, if it is not there, readable by its owner only (0600) rather than
+    let SQLite make it (0644 under the usual umask); the -wal, -shm and -journal files SQLite
+    makes take the database file's mode. Its folder must exist: `open_state` makes the state
+    directory; any other is the user's to make."""
+    _check_sqlite_file(database, shown)
+    _check_sqlite_folder(database.parent, shown)
     try:
         # Only ever a new file: closing a descriptor of a database this process already has
         # open would drop every POSIX lock SQLite holds on it (a second store opened in
@@ -146,8 +272,6 @@ def _private_sqlite_file(database: Path) -> None:
             f"cannot create the state store {database}: {error.strerror}; "
             "choose another with --state-dir or --state"
         ) from None
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        private_file(database.with_name(database.name + suffix))
 
 
 def _parse_url(url: str) -> Any:

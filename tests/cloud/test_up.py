@@ -25,7 +25,7 @@ from engine.errors import EngineError
 from engine.model import Stage
 from engine.preview import plan_preview
 from engine.providers.cloud.backend import CloudBackend, engine_sources, resolved_sources
-from engine.state.store import open_store
+from engine.state.store import open_state, open_store
 from engine.up import destroy
 from tests.cloud.world import World
 from tests.stacks.harness import fleet_from
@@ -40,7 +40,7 @@ def test_without_pulumi_up_and_destroy_say_how_to_install_it_and_change_nothing(
     tmp_path: Path,
 ) -> None:
     state_dir = tmp_path / "state"
-    with open_store(f"sqlite:///{state_dir / 'state.db'}") as store:
+    with open_state(state_dir) as store:
         store.events.record("web-prod", "note", "an earlier run")
     env = {
         "HOME": str(tmp_path / "home"),

@@ -29,7 +29,7 @@ from engine.providers.cloud.pulumi_runner import (
     server_outputs,
 )
 from engine.providers.seam import RunOptions
-from engine.state.store import Store, open_store
+from engine.state.store import Store, open_state
 from engine.up import up
 from stacks.inputs import StackInputs
 from tests.fakes.digitalocean import FakeDigitalOcean
@@ -327,7 +327,7 @@ class World:
         return code, [json.loads(line) for line in out.getvalue().splitlines()]
 
     def store(self) -> Store:
-        return open_store(f"sqlite:///{self.state_dir / 'state.db'}")
+        return open_state(self.state_dir)
 
     def provider_id(self, server: str) -> int:
         """The id of `server` at the fake provider."""

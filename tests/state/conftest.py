@@ -16,7 +16,7 @@ from tests.support.postgres import Cluster
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty store URL on each backend."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'nested' / 'state.db'}"
+        return f"sqlite:///{tmp_path / 'state.db'}"
     cluster: Cluster = request.getfixturevalue("postgres")
     return cluster.create_database()
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import os
 import sqlite3
+import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from engine.model import Stage
 from engine.secrets import register_secret
 from engine.state import ServerRecord, stage_durations
 from engine.state import schema as state_schema
-from engine.state.store import Store, open_store, state_url, store_exists
+from engine.state.store import Store, open_state, open_store, state_url, store_exists
 from tests.support.clock import Clock
 
 
@@ -330,10 +333,85 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
         open_store(f"sqlite:///{tmp_path / 'state.db'}")
 
 
-def test_a_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_file_where_the_stores_folder_belongs_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(EngineError, match=r"file is a file, where the engine keeps a folder"):
+    with pytest.raises(EngineError, match=r"to be a file in .*/file, which is not a folder"):
         open_store(f"sqlite:///{tmp_path / 'file' / 'state.db'}")
+
+
+def test_a_store_whose_folder_does_not_exist_is_refused_and_no_folder_is_made(
+    tmp_path: Path,
+) -> None:
+    # `--state sqlite:////nonexistent/dir/x.db` once made /nonexistent/dir (as root).
+    url = f"sqlite:///{tmp_path / 'nonexistent' / 'dir' / 'x.db'}"
+    assert not store_exists(url)
+    with pytest.raises(EngineError) as info:
+        open_store(url)
+    assert str(info.value) == (
+        f"the folder of the state store {url} does not exist: {tmp_path}/nonexistent/dir; "
+        f"create it (mkdir -p {tmp_path}/nonexistent/dir) or fix the URL (--state or "
+        "$ENGINE_STATE_URL): the engine makes no folder outside its state directory"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_state_makes_the_state_directory_for_its_own_store_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ENGINE_STATE_URL", raising=False)
+    with open_state(tmp_path / "own" / ".engine"):
+        pass
+    assert (tmp_path / "own" / ".engine" / "state.db").is_file()
+    named = f"sqlite:///{tmp_path / 'team' / 'state.db'}"
+    with pytest.raises(EngineError, match=r"the folder of the state store .* does not exist"):
+        open_state(tmp_path / "by-option", named)
+    monkeypatch.setenv("ENGINE_STATE_URL", named)
+    with pytest.raises(EngineError, match=r"the folder of the state store .* does not exist"):
+        open_state(tmp_path / "by-environment")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["own"]
+
+
+def _fifo(folder: Path) -> Path:
+    os.mkfifo(folder / "pipe")
+    return folder / "pipe"
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda folder: folder, r"names the folder .*, and a SQLite store is a file: name a file"),
+        (_fifo, r"names .*/pipe, which is a named pipe, and a SQLite store is a regular file"),
+    ],
+    ids=["folder", "named-pipe"],
+)
+def test_a_url_naming_a_folder_or_a_device_is_a_clear_error_that_changes_nothing(
+    make: Callable[[Path], Path], said: str, tmp_path: Path
+) -> None:
+    # SQLite said only "unable to open database file" (a folder) or "database is locked"
+    # (/dev/null), after the engine had made what the URL named 0600 (or 0700).
+    target = make(tmp_path)
+    target.chmod(0o755)
+    url = f"sqlite:///{target}"
+    with pytest.raises(EngineError, match=said):  # first: the old store_exists said False
+        store_exists(url)
+    with pytest.raises(EngineError, match=said):
+        open_store(url)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert [p.name for p in tmp_path.iterdir()] == ([] if target == tmp_path else ["pipe"])
+
+
+def test_a_file_that_is_not_a_database_is_left_as_it_is(tmp_path: Path) -> None:
+    # --state sqlite:////etc/passwd made /etc/passwd 0600 before SQLite refused it.
+    other = tmp_path / "passwd"
+    other.write_text("root:x:0:0:root:/root:/bin/bash\n" * 50)
+    other.chmod(0o644)
+    with pytest.raises(EngineError) as info:
+        open_store(f"sqlite:///{other}")
+    assert f"{other} is not a SQLite database (it holds something else; left as it is)" in str(
+        info.value
+    )
+    assert stat.S_IMODE(other.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["passwd"]
 
 
 def test_an_unreachable_postgresql_names_the_url_without_the_password() -> None:
