@@ -628,8 +628,9 @@ def up(
 def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
     """`engine up --dry-run`: the plan, and for every installed server the install operations
     that would change something (pyinfra's facts read over SSH with the pinned host keys).
-    Nothing changes: no lock, no control plane, no server touched. 0 when every server could
-    be asked and the plan is not blocked."""
+    Nothing changes: no lock, no control plane, no server touched. What `engine up` refuses
+    before it changes anything (options of the wrong provider, no Pulumi CLI) it refuses too.
+    0 when every server could be asked and the plan is not blocked."""
     from engine.addresses import ssh_address
     from engine.install.deploykey import deploy_key_path
     from engine.install.seam import install_target
@@ -643,6 +644,9 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
         delete_orphans=options.delete_orphans,
     )  # fmt: skip
     _show_plan(plan, board, out)
+    # What `engine up` refuses before it changes anything, a dry run refuses too.
+    backend = backend_for(fleet, options, board.note)
+    backend.check_tools()
     url = state_url(options.state_dir, options.state)
     settings: FleetSettings | None = None
     records: Sequence[ServerRecord] = ()
@@ -656,7 +660,6 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
         return 1 if plan.is_blocked else 0
     key = deploy_key_path(options.state_dir, fleet.name)
     targets = [install_target(r, settings, ssh_address(r) or "", key) for r in installed]
-    backend = backend_for(fleet, options, board.note)
     try:
         backend.open()
         installer = fleet_installer(fleet, backend, backend.site(), options.state_dir)

@@ -384,7 +384,8 @@ def hetzner(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 @pytest.mark.parametrize(
     ("args", "code", "said"),
     [
-        (("up", "SPEC", "--dry-run"), 0, ""),
+        # What `engine up` refuses before it changes anything, its dry run refuses too.
+        (("up", "SPEC", "--dry-run"), 1, "error: the Pulumi CLI is not installed"),
         (("preview", "SPEC"), 0, ""),
         (("status", "SPEC", "--no-live"), 0, ""),
         (("runs",), 0, ""),
@@ -467,3 +468,32 @@ def test_a_url_naming_what_cannot_be_a_store_says_so(
     result = engine("status", "specs/demo.yaml", "--no-live", "--state", f"sqlite:///{target}")
     assert result.returncode == 1, result.stdout + result.stderr
     assert said in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (("--listen", "127.0.0.1:8470"), "--listen and --engine-address are for Hetzner Cloud"),
+        (("--engine-address", "203.0.113.7"), "--listen and --engine-address are for Hetzner"),
+    ],
+)
+def test_a_dry_run_refuses_what_up_refuses_of_the_local_provider(
+    options: tuple[str, ...], said: str, tmp_path: Path
+) -> None:
+    result = engine(
+        "up", "specs/demo.yaml", "--dry-run", *options, "--state-dir", str(tmp_path / "s")
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_engine_address_that_is_none_is_a_usage_error(tmp_path: Path) -> None:
+    result = engine(
+        "up", "specs/hetzner.yaml", "--dry-run", "--engine-address", "notanip",
+        "--state-dir", str(tmp_path / "s"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "argument --engine-address: 'notanip' is not an IP address or a CIDR range" in (
+        result.stderr
+    )
+    assert not (tmp_path / "s").exists()

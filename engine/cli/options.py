@@ -6,6 +6,7 @@ the option, says what is wrong and what to write, before any command starts.
     --timeout DURATION    duration       900s, 15m, 1h: the spec's form, in seconds
     --limit N             count(...)     a whole number in a range
     --forwarded-allow-ips networks       addresses or networks, comma-separated, or *
+    --engine-address      address        an IP address or a CIDR range
 """
 
 from __future__ import annotations
@@ -90,4 +91,19 @@ def networks(text: str) -> str:
                 f"{item!r} is not an IP address or network; write addresses or networks "
                 "separated by commas, e.g. 127.0.0.1,10.0.0.0/8, or * for any"
             ) from None
+    return text
+
+
+def address(text: str) -> str:
+    """An IP address or a CIDR range without host bits (203.0.113.0/28), as a firewall rule
+    takes it."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IP address or a CIDR range; write one such as 203.0.113.7 or "
+            "203.0.113.0/28"
+        ) from None
     return text

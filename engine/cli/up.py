@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.cli.options import count, duration
+from engine.cli.options import address, count, duration
 from engine.errors import EngineError
 
 
@@ -39,6 +39,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, waits_for: str) -> Non
     parser.add_argument(
         "--engine-address",
         action="append",
+        type=address,
         default=[],
         metavar="ADDRESS",
         help="Hetzner Cloud and DigitalOcean: an address (or CIDR range) the engine connects "
