@@ -497,3 +497,24 @@ def test_an_engine_address_that_is_none_is_a_usage_error(tmp_path: Path) -> None
         result.stderr
     )
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "usage", "unknown"),
+    [
+        (("validate", "specs/demo.yaml", "--bogus"), "engine validate", "--bogus"),
+        (("apikey", "list", "--format", "xml"), "engine apikey list", "--format xml"),
+        (
+            ("preview", "specs/demo.yaml", "--engine-address", "1.2.3.4"),
+            "engine preview",
+            "--engine-address 1.2.3.4",
+        ),
+    ],
+)
+def test_an_argument_no_command_takes_is_refused_with_that_command_s_usage(
+    args: tuple[str, ...], usage: str, unknown: str
+) -> None:
+    result = engine(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"usage: {usage} "), result.stderr
+    assert f"{usage}: error: unrecognized arguments: {unknown}\n" in result.stderr

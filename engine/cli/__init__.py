@@ -107,7 +107,19 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     wanted = [argv[0]] if argv and argv[0] in COMMANDS else COMMANDS
     for name in wanted:
         importlib.import_module(f"engine.cli.{name}").register(sub, common)
+    _remember_parsers(parser)
     return parser
+
+
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Give every command's parser itself as a default (`command_parser`): the innermost
+    command given sets it last, so an argument no parser takes is refused with that
+    command's usage, not the top level's."""
+    parser.set_defaults(command_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _remember_parsers(command)
 
 
 def debug_log(exc: BaseException, state_dir: Path) -> Path:
@@ -158,7 +170,10 @@ def recorded_store(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = resolve_paths(build_parser(argv).parse_args(argv))
+    args, unknown = build_parser(argv).parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = resolve_paths(args)
     try:
         code: int = args.run(args)
         return code
