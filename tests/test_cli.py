@@ -518,3 +518,11 @@ def test_an_argument_no_command_takes_is_refused_with_that_command_s_usage(
     assert result.returncode == 2
     assert result.stderr.startswith(f"usage: {usage} "), result.stderr
     assert f"{usage}: error: unrecognized arguments: {unknown}\n" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("fleet", "said"), [((), "no run recorded"), (("shop",), "no run recorded for fleet shop")]
+)
+def test_runs_says_when_there_are_none(fleet: tuple[str, ...], said: str, tmp_path: Path) -> None:
+    result = engine("runs", *fleet, "--state-dir", str(tmp_path / "s"))
+    assert (result.returncode, result.stdout) == (0, f"{said}\n")

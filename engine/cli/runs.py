@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps({"runs": documents}, indent=2))
         return 0
+    if not documents:
+        print("no run recorded" + (f" for fleet {args.fleet}" if args.fleet else ""))
     for doc in documents:
         what = doc["kind"] + (
             f" {doc['request'].get('server')}" if "server" in doc["request"] else ""
