@@ -526,3 +526,26 @@ def test_an_argument_no_command_takes_is_refused_with_that_command_s_usage(
 def test_runs_says_when_there_are_none(fleet: tuple[str, ...], said: str, tmp_path: Path) -> None:
     result = engine("runs", *fleet, "--state-dir", str(tmp_path / "s"))
     assert (result.returncode, result.stdout) == (0, f"{said}\n")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("validate", "specs/demo.yaml", ""),
+        ("preview", ""),
+        ("up", "", "--dry-run"),
+        ("deploy", ""),
+        ("apps", "status", ""),
+        ("dashboard", ""),
+        ("serve", "--spec", ""),
+    ],
+    ids=lambda args: " ".join(args[:2]),
+)
+def test_an_empty_spec_path_is_a_usage_error_not_the_current_directory(
+    args: tuple[str, ...], tmp_path: Path
+) -> None:
+    # It was read as ".": "is a directory, not a file", under an empty file name.
+    result = engine(*args, "--state-dir", str(tmp_path / "s"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "an empty path names no file; give the path of the fleet spec" in result.stderr
+    assert not (tmp_path / "s").exists()

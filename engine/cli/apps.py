@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import spec_file
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser(
@@ -25,7 +27,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "when it is not the spec's), state, health (one check, as the spec says), restarts and "
         "since when it runs. Exit 0 when every server runs the spec's version, healthy.",
     )
-    status.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
+    status.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     status.add_argument("--format", choices=("text", "json"), default="text")
     status.set_defaults(run=run_status)
     history = verbs.add_parser(
@@ -35,7 +37,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Every rollout of the fleet's apps (or of one) with its phase, when it "
         "started, how long it took and where each server ended.",
     )
-    history.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
+    history.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     history.add_argument("app", metavar="APP", nargs="?", help="only this app")
     history.add_argument("--format", choices=("text", "json"), default="text")
     history.set_defaults(run=run_history)
@@ -50,7 +52,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "`engine up` or `engine deploy` rolls it out again. Holds the fleet's lock. Exit 0 "
         "when every server is back.",
     )
-    rollback.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
+    rollback.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     rollback.add_argument("app", metavar="APP", help="the app, e.g. web")
     rollback.add_argument("--format", choices=("text", "json"), default="text")
     rollback.set_defaults(run=run_rollback)

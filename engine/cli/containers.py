@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from engine.cli.options import seconds
+from engine.cli.options import seconds, spec_file
 from engine.errors import EngineError
 from engine.term import paint
 
@@ -27,7 +27,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "over HTTPS (its certificate pinned, the fleet's token sent). Exit 0 on success, 1 when "
         "the server or its agent cannot be reached or refuses.",
     )
-    parser.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
+    parser.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     parser.add_argument("server", metavar="SERVER", help="a server of the fleet, e.g. web-1")
     parser.add_argument("--all", action="store_true", help="also list stopped containers")
     parser.add_argument("--format", choices=("text", "json"), default="text")

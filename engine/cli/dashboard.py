@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine.cli.options import count
+from engine.cli.options import count, spec_file
 from engine.errors import EngineError
 
 
@@ -30,7 +30,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "does) on 127.0.0.1 and print a link that signs a browser in to its dashboard, once. "
         "Ctrl-C stops it.",
     )
-    parser.add_argument("spec", metavar="SPEC", type=Path, help="the local fleet's spec")
+    parser.add_argument("spec", metavar="SPEC", type=spec_file, help="the local fleet's spec")
     parser.add_argument(
         "--port",
         type=count(0, 65535),
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             serve(
                 store,
                 state_dir,
-                [args.spec],
+                [Path(args.spec)],
                 state=args.state,
                 listen=("127.0.0.1", args.port),
                 stop=stop,

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import spec_file
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser(
@@ -22,7 +24,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "themselves are not touched. Holds the fleet's lock. Exit 0 when every rollout "
         "succeeded, 1 otherwise.",
     )
-    parser.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
+    parser.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     parser.add_argument("app", metavar="APP", nargs="?", help="only this app")
     parser.add_argument(
         "--format",

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.cli.options import count
+from engine.cli.options import count, spec_file
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "servers each line starts with its server's name. Exit 0 when every server's log was "
         "read, 1 otherwise.",
     )
-    parser.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
+    parser.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     parser.add_argument("app", metavar="APP", help="the app, e.g. web")
     parser.add_argument("--server", metavar="NAME", help="only this server, e.g. web-1")
     parser.add_argument(

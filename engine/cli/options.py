@@ -7,6 +7,7 @@ the option, says what is wrong and what to write, before any command starts.
     --limit N             count(...)     a whole number in a range
     --forwarded-allow-ips networks       addresses or networks, comma-separated, or *
     --engine-address      address        an IP address or a CIDR range
+    SPEC                  spec_file      a path that is not empty
 """
 
 from __future__ import annotations
@@ -106,4 +107,13 @@ def address(text: str) -> str:
             f"{text!r} is not an IP address or a CIDR range; write one such as 203.0.113.7 or "
             "203.0.113.0/28"
         ) from None
+    return text
+
+
+def spec_file(text: str) -> str:
+    """The path of a spec: an empty one would be read as the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty path names no file; give the path of the fleet spec, e.g. specs/demo.yaml"
+        )
     return text

@@ -7,6 +7,8 @@ import argparse
 import sys
 from typing import Any
 
+from engine.cli.options import spec_file
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser(
@@ -20,7 +22,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "applied, 1 when it cannot or on error; with --detailed-exitcode, 2 when changes are "
         "pending.",
     )
-    parser.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
+    parser.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     parser.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     parser.add_argument(
         "--detailed-exitcode",

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine.cli.options import count, networks, seconds
+from engine.cli.options import count, networks, seconds, spec_file
 from engine.errors import EngineError
 from engine.secrets import redact
 
@@ -38,6 +38,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--spec",
         action="append",
+        type=spec_file,
         default=[],
         metavar="SPEC",
         help="serve this fleet: its spec is stored as the fleet's desired state, as a PUT "

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import spec_file
+
 SIGNALS = ("reboot", "poweroff", "poweron", "rebuild", "snapshot")
 TASKS = ("update", "upgrade")
 
@@ -36,7 +38,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="SIGNAL",
         help=", ".join(SIGNALS + TASKS),
     )
-    parser.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
+    parser.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     parser.add_argument("names", metavar="NAME", nargs="*", help="the server(s), e.g. web-1")
     parser.add_argument(
         "--all", action="store_true", help="update or upgrade: every server of the fleet"

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.cli.options import spec_file
 from engine.term import paint
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "(create, boot, phone-home, install, agent ready) with the medians over the fleet; "
         "beside the stored stage, what the provider says when the two disagree.",
     )
-    parser.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
+    parser.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.add_argument(
         "--no-live",

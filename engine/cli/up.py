@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.cli.options import address, count, duration
+from engine.cli.options import address, count, duration, spec_file
 from engine.errors import EngineError
 
 
@@ -58,7 +58,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "fleet's lock. A run that is interrupted is finished by the next one. Exit 0 when "
         "every server is ready, 1 otherwise.",
     )
-    up.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
+    up.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     up.add_argument("--yes", action="store_true", help="apply without asking")
     add_run_arguments(up, waits_for="servers to become ready")
     up.add_argument(
@@ -96,7 +96,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Delete everything the fleet owns (found by its labels), its rows in the "
         "state store and its keys. Asks first unless --yes.",
     )
-    destroy.add_argument("spec", metavar="SPEC", help="the fleet spec (YAML)")
+    destroy.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     destroy.add_argument("--yes", action="store_true", help="destroy without asking")
     destroy.add_argument("--format", choices=("text", "json"), default="text")
     destroy.set_defaults(run=run_destroy)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import spec_file
 from engine.errors import Diagnostic, EngineError, SpecError
 from engine.secrets import redact
 from engine.term import paint
@@ -25,7 +26,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Check fleet specs. Every problem is reported with file, line, column, "
         "field path, a stable code and how to fix it. Exit 0 when all are valid, 1 otherwise.",
     )
-    parser.add_argument("specs", nargs="+", metavar="SPEC", help="fleet spec files (YAML)")
+    parser.add_argument(
+        "specs", nargs="+", metavar="SPEC", type=spec_file, help="fleet spec files (YAML)"
+    )
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.set_defaults(run=run)
 
