@@ -137,11 +137,13 @@ def test_kill_9_of_the_engine_ends_its_installs_and_frees_the_server_for_the_nex
     )
     locks = tmp_path / "locks"
     request = {"host": to_json(host), "settings": to_json(settings), "lock_dir": str(locks)}
+    # The engine killed below cannot remove its install's folder: it goes to the test's own.
+    (tmp_path / "tmp").mkdir()
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT],
         stdin=subprocess.PIPE,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path / "tmp")},
     )
     worker_pid = 0
     try:
