@@ -80,34 +80,35 @@ def count(low: int, high: int) -> Callable[[str], int]:
 def networks(text: str) -> str:
     """Comma-separated IP addresses or networks (10.0.0.0/8), or "*" for any: the proxies
     whose forwarded headers are trusted. Anything else would trust no one, silently."""
-    import ipaddress
-
     for item in (part.strip() for part in text.split(",")):
-        if item == "*":
-            continue
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
+        if item != "*" and not _is_network(item, strict=False):
             raise argparse.ArgumentTypeError(
                 f"{item!r} is not an IP address or network; write addresses or networks "
                 "separated by commas, e.g. 127.0.0.1,10.0.0.0/8, or * for any"
-            ) from None
+            )
     return text
 
 
 def address(text: str) -> str:
     """An IP address or a CIDR range without host bits (203.0.113.0/28), as a firewall rule
     takes it."""
-    import ipaddress
-
-    try:
-        ipaddress.ip_network(text.strip(), strict=True)
-    except ValueError:
+    if not _is_network(text.strip(), strict=True):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an IP address or a CIDR range; write one such as 203.0.113.7 or "
             "203.0.113.0/28"
-        ) from None
+        )
     return text
+
+
+def _is_network(text: str, *, strict: bool) -> bool:
+    """Whether `text` is an IP address or network (`strict`: without host bits)."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(text, strict=strict)
+    except ValueError:
+        return False
+    return True
 
 
 def spec_file(text: str) -> str:
