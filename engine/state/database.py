@@ -104,6 +104,9 @@ class Database:
             connection.close()
 
 
+_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+
+
 def _use_sqlite_transactions(engine: Engine) -> None:
     """Let SQLAlchemy, not the sqlite3 module, start transactions (SQLAlchemy's recipe).
 
@@ -115,7 +118,11 @@ def _use_sqlite_transactions(engine: Engine) -> None:
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # Not on another program's database (tables, none of them the engine's), which
+        # schema.migrate refuses: the journal mode is written into the file.
+        tables = {name for (name,) in cursor.execute(_TABLES)}
+        if not tables or "schema_version" in tables:
+            cursor.execute("PRAGMA journal_mode=WAL")
         # In WAL mode NORMAL loses no committed transaction when a process dies, only (at
         # worst) the last ones on a power cut, and it saves an fsync per commit.
         cursor.execute("PRAGMA synchronous=NORMAL")

@@ -568,6 +568,7 @@ def migrate(database: Database) -> None:
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
             )
         versions = scratch.tables["schema_version"]
+        _refuse_foreign(connection, database.url)
         versions.create(connection, checkfirst=True)
         applied = set(connection.scalars(select(versions.c.version)))
         known = MIGRATIONS[-1].version
@@ -596,6 +597,20 @@ def migrate(database: Database) -> None:
             )
     if scrub and not database.is_postgresql:
         database.rebuild_sqlite_file()
+
+
+def _refuse_foreign(connection: Connection, url: str) -> None:
+    """Refuse a database that holds tables but no engine schema (another program's): the
+    engine's tables would be added beside that program's own."""
+    tables = inspect(connection).get_table_names()
+    if not tables or "schema_version" in tables:
+        return
+    shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+    raise EngineError(
+        f"the database at {url} is not an engine state store: it holds {len(tables)} "
+        f"table(s) of something else ({shown}) and no schema_version; nothing was changed. "
+        "Name an empty database or the engine's own store (--state or $ENGINE_STATE_URL)"
+    )
 
 
 def version(database: Database) -> int:

@@ -23,6 +23,7 @@ from engine.state import ServerRecord, stage_durations
 from engine.state import schema as state_schema
 from engine.state.store import Store, open_state, open_store, state_url, store_exists
 from tests.support.clock import Clock
+from tests.support.postgres import Cluster
 
 
 def _record(**overrides: object) -> ServerRecord:
@@ -450,3 +451,46 @@ connection = sqlite3.connect(sys.argv[1])
 connection.execute("SELECT count(*) FROM events").fetchall()
 connection.close()
 """
+
+
+def test_another_programs_sqlite_database_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    # A database named by mistake got the engine's tables beside its own, in WAL mode.
+    other = tmp_path / "app.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)")
+        connection.execute("INSERT INTO users (email) VALUES ('a@example.com')")
+    connection.close()
+    before = other.read_bytes()
+    with pytest.raises(EngineError) as info:
+        open_store(f"sqlite:///{other}")
+    said = str(info.value)
+    assert f"the database at sqlite:///{other} is not an engine state store" in said
+    assert "1 table(s) of something else (users)" in said
+    assert "nothing was changed" in said
+    assert other.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["app.db"]
+
+
+def test_an_empty_sqlite_database_becomes_a_store(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with open_store(f"sqlite:///{empty}") as store:
+        assert store.servers.all("web") == ()
+    with sqlite3.connect(empty) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    connection.close()
+
+
+def test_another_programs_postgresql_database_is_refused(postgres: Cluster) -> None:
+    url = postgres.create_database()
+    foreign = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with foreign.begin() as connection:
+        connection.execute(text("CREATE TABLE invoices (id integer PRIMARY KEY)"))
+    with pytest.raises(EngineError, match=r"1 table\(s\) of something else \(invoices\)"):
+        open_store(url)
+    with foreign.connect() as connection:
+        tables = connection.execute(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        ).scalars()
+        assert list(tables) == ["invoices"]
+    foreign.dispose()
