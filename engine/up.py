@@ -639,14 +639,15 @@ def dry_run(spec: Path, options: RunOptions, out: TextIO) -> int:
 
     fleet = load_spec(spec, state_dir=options.state_dir)
     board = StageBoard(out, json_lines=options.json_lines)
+    # What `engine up` refuses before it changes anything, a dry run refuses too, before it
+    # asks the provider anything.
+    backend = backend_for(fleet, options, board.note)
+    backend.check_tools()
     plan = preview_fleet(
         fleet, spec, state_dir=options.state_dir, state=options.state,
         delete_orphans=options.delete_orphans,
     )  # fmt: skip
     _show_plan(plan, board, out)
-    # What `engine up` refuses before it changes anything, a dry run refuses too.
-    backend = backend_for(fleet, options, board.note)
-    backend.check_tools()
     url = state_url(options.state_dir, options.state)
     settings: FleetSettings | None = None
     records: Sequence[ServerRecord] = ()
