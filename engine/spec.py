@@ -740,12 +740,17 @@ def url_problem(url: str) -> str | None:
         parts = urllib.parse.urlsplit(url)
     except ValueError:  # an unclosed [ or no IP address between [ and ]
         return "its host in [ ] is not an IPv6 address"
+    if "@" in parts.netloc:
+        return (
+            "it holds a user name or password before its host (URLs are shown in plans and "
+            "logs, and the control plane's is in every server's user data); leave them out"
+        )
     host = parts.hostname
     if not host:
         return "it names no host"
     if not _is_host(host):
         return f"its host {host!r} is not a host name (letters, digits, '-', '.') or an IP address"
-    port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
+    port = parts.netloc.rpartition("]")[2].partition(":")[2]
     if port and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
         return f"its port {port} is not a number from 1 to 65535"
     return None

@@ -101,6 +101,19 @@ def test_refresh_refuses_an_endpoint_it_cannot_connect_to(
     assert not any(tmp_path.iterdir())
 
 
+def test_refresh_refuses_an_endpoint_with_a_password_without_showing_it(tmp_path: Path) -> None:
+    endpoint = "https://proxy:s3cret-pw@api.example.com/v1"
+    refresh = ("catalog", "refresh", "hcloud", "--endpoint", endpoint)
+    result = engine(*refresh, "--state-dir", str(tmp_path), env={"HCLOUD_TOKEN": "x"})
+    assert result.returncode == 2, result.stderr
+    assert (
+        "argument --endpoint: the value is not a URL the engine can connect to: it holds a user "
+        "name or password before its host" in result.stderr
+    )
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert not any(tmp_path.iterdir())
+
+
 def test_hcloud_refresh_with_a_bad_token_names_the_problem_not_the_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

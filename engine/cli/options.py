@@ -24,8 +24,10 @@ def url(text: str) -> str:
 
     problem = url_problem(text)
     if problem is not None:
+        # Not echoed when it may hold a password (user:password@host).
+        shown = "the value" if "@" in text else repr(text)
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a URL the engine can connect to: {problem}; write one such as "
+            f"{shown} is not a URL the engine can connect to: {problem}; write one such as "
             "https://api.example.com/v1"
         )
     return text

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import SpecError
-from engine.spec import MAX_SPEC_BYTES, load_spec, parse_spec
+from engine.spec import MAX_SPEC_BYTES, load_spec, parse_spec, url_problem
 from engine.yamldoc import MAX_DEPTH
 from tests.support.cli import engine
 
@@ -221,3 +221,17 @@ def test_a_value_written_into_an_env_key_is_not_shown() -> None:
     assert found.message == 'the key "DB_PASSWORD=..." does not have the required form'
     assert found.hint == "write the name, a colon and the value (NAME: value), not NAME=value"
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://ops.example.com/hooks/a@b", None),
+        ("https://ops.example.com?to=ops@example.com", None),
+        ("https://ops@ops.example.com", "it holds a user name or password before its host"),
+        ("https://u:p@[::1]:8443/", "it holds a user name or password before its host"),
+    ],
+)
+def test_only_an_at_sign_before_the_host_is_a_user_name(url: str, problem: str | None) -> None:
+    said = url_problem(url)
+    assert said == problem if problem is None else (said or "").startswith(problem)
