@@ -181,6 +181,14 @@ def _is_connected(connector: Any) -> bool:
     return bool(transport and transport.is_active())
 
 
+def lost_cause(cause: BaseException) -> str:
+    """Why an SSH connection ended, in words: paramiko saves an EOFError, which says nothing,
+    when the server closed the connection (sshd restarted or killed, the server rebooting)."""
+    if isinstance(cause, EOFError):
+        return "the server closed the connection"
+    return str(cause) or type(cause).__name__
+
+
 def _failure(
     request: HostRequest, state: State, recorder: _Recorder, errors: _ErrorLog, exc: BaseException
 ) -> str:
@@ -199,7 +207,7 @@ def _failure(
         client = getattr(inventory_host.connector, "client", None)
         transport = client.get_transport() if client else None
         cause = getattr(transport, "saved_exception", None) or exc
-        return f"lost the SSH connection to {host.address}:{host.port}{where} ({cause})"
+        return f"lost the SSH connection to {host.address}:{host.port}{where} ({lost_cause(cause)})"
     # "No hosts remaining!" is pyinfra's word for "the only host failed": it says nothing.
     detail = output or ("" if str(exc).startswith("No hosts remaining") else str(exc))
     detail = detail or "\n".join(errors.lines[-3:]) or type(exc).__name__
