@@ -15,7 +15,7 @@ Diagnostic codes (stable; tools may match on them):
     unknown_server_type unknown_location unknown_image unavailable architecture_mismatch
     placement_group_too_large invalid_label reserved_label invalid_port invalid_cidr
     overlapping_networks port_conflict dns_name_collision invalid_key user_data_too_large
-    unreachable too_frequent
+    unreachable too_frequent unknown_timezone
     internal_error (only from `engine validate`: a bug met in one of several files)
     state_error (only from `engine validate`: what checking a spec reads beside it, such as a
                  refreshed catalog, is damaged; the message says how to fix it)
@@ -820,7 +820,41 @@ class _Checks:
         self.check_reconcile()
         self.check_alerts()
         self.check_apps(names["groups"])
+        self.check_timezone()
         return self.out
+
+    def check_timezone(self) -> None:
+        """A time zone the servers' zone database cannot have fails their install, after
+        they were made: it is asked of this machine's (the same IANA names), when it has one."""
+        install = self.data.get("install")
+        system = install.get("system") if isinstance(install, dict) else None
+        zone = system.get("timezone") if isinstance(system, dict) else None
+        if not isinstance(zone, str) or not re.fullmatch(
+            schema_nodes()[f"{_SYSTEM}/timezone"]["pattern"], zone
+        ):
+            return
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+        try:
+            ZoneInfo(zone)
+            return
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            known = available_timezones()
+        if not known:  # this machine has no zone database to ask
+            return
+        by_case = {name.lower(): name for name in known}
+        close = by_case.get(zone.lower()) or next(
+            iter(difflib.get_close_matches(zone, sorted(known), n=1, cutoff=0.6)), None
+        )
+        self.add(
+            "unknown_timezone",
+            ("install", "system", "timezone"),
+            f'the IANA time zone database has no zone "{zone}"',
+            f'did you mean "{close}"?'
+            if close
+            else "write a zone name such as UTC or Europe/Berlin (timedatectl list-timezones "
+            "lists them)",
+        )
 
     def check_reconcile(self) -> None:
         reconcile = self.data.get("reconcile")

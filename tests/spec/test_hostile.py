@@ -235,3 +235,32 @@ def test_a_value_written_into_an_env_key_is_not_shown() -> None:
 def test_only_an_at_sign_before_the_host_is_a_user_name(url: str, problem: str | None) -> None:
     said = url_problem(url)
     assert said == problem if problem is None else (said or "").startswith(problem)
+
+
+@pytest.mark.parametrize(
+    ("zone", "hint"),
+    [
+        ("europe/berlin", 'did you mean "Europe/Berlin"?'),
+        ("Europe/Berln", 'did you mean "Europe/Berlin"?'),
+        ("Mars/Olympus", "write a zone name such as UTC or Europe/Berlin"),
+    ],
+)
+def test_a_time_zone_no_database_has_is_refused_with_the_nearest(
+    zone: str, hint: str, tmp_path: Path
+) -> None:
+    spec = tmp_path / "fleet.yaml"
+    demo = (Path(__file__).parents[2] / "specs" / "demo.yaml").read_text()
+    spec.write_text(demo.replace("timezone: UTC", f"timezone: {zone}"))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    (diagnostic,) = info.value.diagnostics
+    assert (diagnostic.code, diagnostic.path) == ("unknown_timezone", "install.system.timezone")
+    assert diagnostic.hint.startswith(hint)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "US/Eastern", "Etc/GMT+5"])
+def test_a_time_zone_of_the_database_passes(zone: str, tmp_path: Path) -> None:
+    spec = tmp_path / "fleet.yaml"
+    demo = (Path(__file__).parents[2] / "specs" / "demo.yaml").read_text()
+    spec.write_text(demo.replace("timezone: UTC", f"timezone: {zone}"))
+    assert load_spec(spec).install.system.timezone == zone
