@@ -19,8 +19,19 @@ _SECRETS: set[str] = set()
 _LOCK = threading.Lock()
 _pattern: re.Pattern[str] | None = None  # every secret, longest first; rebuilt after a change
 MASK = "***"
-# Whatever follows "Bearer " is a credential, registered or not (a token a client sent).
-_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
+# Credentials a client may send, registered or not, in any text (an access log line, a URL
+# echoed in an error): whatever follows "Bearer ", the secret half of an API key of the fleet
+# API (fek_<id>_<secret>: the id names the key and stays), and the value of a URL's query
+# parameter named as a credential is (?api_key=, &token=, &password=).
+_CREDENTIALS = re.compile(
+    r"(?i)(?P<keep>\bbearer\s+)[A-Za-z0-9._~+/=-]+"
+    r"|(?P<key>\bfek_[0-9a-f]{16}_)[0-9a-f]{64}\b"
+    r"|(?P<query>[?&;][^=&\s]*(?:token|key|password|passwd|secret|auth)[^=&\s]*=)[^&\s\"']+"
+)
+
+
+def _mask_credential(match: re.Match[str]) -> str:
+    return (match["keep"] or match["key"] or match["query"]) + MASK
 
 
 def register_secret(value: str) -> str:
@@ -43,14 +54,15 @@ def _secrets_pattern() -> re.Pattern[str] | None:
 
 
 def redact(text: str) -> str:
-    """`text` with every registered secret, and any bearer credential, replaced by ***.
+    """`text` with every registered secret, and any credential a client may send (a bearer
+    token, an API key's secret, a credential in a URL's query), replaced by ***.
 
     One pass over the text whatever the number of secrets (an `engine up` of many servers
     mints many tokens)."""
     pattern = _secrets_pattern()
     if pattern is not None:
         text = pattern.sub(MASK, text)
-    return _BEARER.sub(rf"\g<1>{MASK}", text)
+    return _CREDENTIALS.sub(_mask_credential, text)
 
 
 # DigitalOcean's personal access, OAuth and refresh tokens start so.

@@ -76,3 +76,24 @@ def test_a_token_with_a_character_no_token_has_is_refused_unseen(
     message = str(info.value)
     assert message.startswith(f"the API token in SOME_TOKEN has {said} inside it")
     assert HEX[:8] not in message and HEX[-8:] not in message
+
+
+KEY = "fek_0123456789abcdef_" + "3f" * 32
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (f"GET /v1/fleets?api_key={KEY} HTTP/1.1", "GET /v1/fleets?api_key=*** HTTP/1.1"),
+        (f"GET /v1/fleets/{KEY} 404", "GET /v1/fleets/fek_0123456789abcdef_*** 404"),
+        ("GET /v1/x?since=1&password=Hunter2&limit=2", "GET /v1/x?since=1&password=***&limit=2"),
+        ("GET /?fleet=web&token=abc", "GET /?fleet=web&token=***"),
+        ("Authorization: Bearer abc.def", "Authorization: Bearer ***"),
+        ("GET /v1/fleets/web/events?since=3&limit=5", "GET /v1/fleets/web/events?since=3&limit=5"),
+    ],
+)  # fmt: skip
+def test_a_credential_a_client_sends_is_masked_though_never_registered(
+    text: str, shown: str
+) -> None:
+    # `engine serve --access-log` wrote keys and passwords sent in URLs in clear.
+    assert redact(text) == shown

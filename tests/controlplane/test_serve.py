@@ -50,10 +50,10 @@ def _phoned_home(store: Store, count: int) -> None:
 
 @contextmanager
 def _serve(
-    url: str, state_dir: Path, env: dict[str, str], *more: str
+    url: str, state_dir: Path, env: dict[str, str], *more: str, log: Path | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`engine serve` (install jobs run by tests/controlplane/probe.py, plus `more` options)
-    and the URL it listens at."""
+    and the URL it listens at; what it logs goes to `log`, if given."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -74,7 +74,7 @@ def _serve(
         ],
         env={**os.environ, "PYTHONPATH": str(Path.cwd()), **env},
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w") if log else subprocess.DEVNULL,
         text=True,
     )
     try:
@@ -175,6 +175,28 @@ def test_the_fleet_api_answers_a_key_made_by_engine_apikey(tmp_path: Path) -> No
         answer = httpx.get(servers, headers={"Authorization": f"Bearer {key}"})
         assert (answer.status_code, answer.json()["servers"]) == (200, [])
         assert httpx.get(servers).status_code == 401
+
+
+def test_the_access_log_masks_a_key_or_password_sent_in_a_url(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    where = ("--state", url, "--state-dir", str(tmp_path / "state"))
+    key = engine("apikey", "create", "ops", *where).stdout.strip()
+    secret = key.rpartition("_")[2]
+    log = tmp_path / "serve.log"
+    with _serve(url, tmp_path / "state", {}, "--access-log", log=log) as (process, base):
+        sent = [
+            f"{base}/v1/fleets?api_key={key}",
+            f"{base}/v1/fleets/{key}",
+            f"{base}/v1/servers?fleet=web&password=Hunter2Secret",
+        ]
+        for address in sent:
+            assert httpx.get(address).status_code in (401, 404)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    logged = log.read_text()
+    assert logged.count("GET /v1/") == 3, logged
+    assert secret not in logged and "Hunter2Secret" not in logged
+    assert f"{key.rpartition('_')[0]}_***" in logged and "password=***" in logged
 
 
 def test_a_killed_instances_fleet_is_reconciled_by_the_other_within_a_minute(
