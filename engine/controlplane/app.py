@@ -39,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from engine.controlplane.apikeys import ApiKeyVerifier, permit
 from engine.controlplane.bodies import check_body, compile_checks, read_json
@@ -425,9 +425,26 @@ async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     request.app.state.api.count_refusal(request)
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    message, headers = str(error.detail), dict(error.headers or {})
+    if error.status_code == 405:
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = f"{request.method} is not allowed here; use {' or '.join(allowed)}"
     return JSONResponse(
-        {"error": {"code": code, "message": str(error.detail)}}, status_code=error.status_code
+        {"error": {"code": code, "message": message}},
+        status_code=error.status_code,
+        headers=headers,
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every route at the request's path (one route per method here, so the
+    router's own Allow names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:
@@ -556,5 +573,7 @@ def create_app(
             Exception: _internal_error,
         },
     )
+    # No redirect of /path/ to /path: Starlette builds its Location from the Host header.
+    app.router.redirect_slashes = False
     app.state.api = api
     return app

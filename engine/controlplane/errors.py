@@ -70,6 +70,10 @@ class ApiError(EngineError):
         return {"error": error, **self.extra}
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after_s is None:
-            return {}
-        return {"Retry-After": str(self.retry_after_s)}
+        headers = {}
+        if self.retry_after_s is not None:
+            headers["Retry-After"] = str(self.retry_after_s)
+        if self.status == 401:  # RFC 6750: which scheme, and whether a token was sent
+            sent = self.code != "unauthenticated"
+            headers["WWW-Authenticate"] = 'Bearer error="invalid_token"' if sent else "Bearer"
+        return headers

@@ -16,7 +16,7 @@ from engine.controlplane.app import AppSettings, create_app
 from engine.controlplane.monitor import Monitor
 from engine.controlplane.ratelimit import RateLimiter
 from engine.model import Stage
-from engine.state import AgentReport, ServerRecord
+from engine.state import AgentReport, Scope, ServerRecord
 from engine.tokens import derive_token, ensure_fleet_key
 from tests.controlplane.conftest import Plane, _plane, body, make_fleet
 from tests.support.clock import Clock
@@ -46,10 +46,39 @@ def test_only_health_answers_without_credentials(plane: Plane) -> None:
         response = plane.client.get(f"{plane.url}{path}")
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "unauthenticated"
+        assert response.headers["WWW-Authenticate"] == "Bearer"
     wrong = plane.client.get(
         f"{plane.url}/v1/servers?fleet=web-prod", headers={"Authorization": "Bearer fek_x_y"}
     )
     assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, "api_key_invalid")
+    assert wrong.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+def test_a_method_a_path_does_not_take_is_answered_with_those_it_takes(plane: Plane) -> None:
+    # Each method of a path is its own route: the router's 405 had no Allow header.
+    key = create_api_key(plane.store, plane.state_dir, "ops", scope=Scope.ADMIN)
+    auth = {"Authorization": f"Bearer {key}"}
+    for method, path, allowed in [
+        ("DELETE", "/v1/fleets/web-prod", "GET, HEAD, PUT"),
+        ("POST", "/v1/fleets", "GET, HEAD"),
+        ("GET", "/v1/fleets/web-prod/plans", "POST"),
+    ]:
+        answer = plane.client.request(method, f"{plane.url}{path}", headers=auth)
+        assert answer.status_code == 405, (method, path, answer.text)
+        assert answer.headers["Allow"] == allowed
+        assert answer.json()["error"] == {
+            "code": "method_not_allowed",
+            "message": f"{method} is not allowed here; use {allowed.replace(', ', ' or ')}",
+        }
+
+
+def test_a_path_with_a_trailing_slash_is_not_redirected_where_the_host_header_says(
+    plane: Plane,
+) -> None:
+    # Starlette's redirect to the path without the slash took its host from the Host header.
+    answer = plane.client.get(f"{plane.url}/v1/fleets/", headers={"Host": "evil.example"})
+    assert (answer.status_code, answer.json()["error"]["code"]) == (404, "not_found")
+    assert "location" not in answer.headers
 
 
 def test_servers_and_events_with_an_api_key(plane: Plane) -> None:
