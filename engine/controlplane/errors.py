@@ -12,7 +12,8 @@ validate` reports them); 429 and 503 carry Retry-After.
     404 not_found, fleet_not_found, server_not_found, spec_not_found, plan_not_found,
         run_not_found, group_not_found
     405 method_not_allowed
-    409 token_spent, host_keys_conflict, server_deleting, plan_stale, plan_blocked
+    409 token_spent, host_keys_conflict, server_deleting, plan_stale, plan_blocked,
+        count_not_plain
     413 body_too_large     415 unsupported_media_type
     422 invalid_body, invalid_query, invalid_spec, cannot_plan
     429 rate_limited       503 not_ready (try again: the control plane cannot decide yet),

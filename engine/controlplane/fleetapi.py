@@ -406,12 +406,19 @@ class FleetApi:
                 f"fleet {fleet} has no group {group} (it has: {', '.join(names)})",
             )
         # The stored text edited where the count is written: comments and layout stay.
-        text = replace_number(
-            stored.text,
-            read_yaml(stored.text, f"the spec of {fleet}"),
-            ("groups", names.index(group), "count"),
-            count,
-        )
+        path = ("groups", names.index(group), "count")
+        try:
+            text = replace_number(
+                stored.text, read_yaml(stored.text, f"the spec of {fleet}"), path, count
+            )
+        except ValueError:
+            raise ApiError(
+                409,
+                "count_not_plain",
+                f"the spec of {fleet} does not write {group}'s count as a plain number (it is "
+                "an anchor, an alias or inherited), so it cannot be changed alone; PUT the "
+                f"spec with a plain number at groups[{names.index(group)}].count first",
+            ) from None
         parsed = self._parse(fleet, text.encode("utf-8"))
         changed = FleetSpec(
             fleet=fleet,

@@ -123,6 +123,31 @@ def test_every_write_is_audited_without_its_secrets(plane: Plane) -> None:
         assert all(secret.split("_")[-1] not in repr(e) for e in plane.store.audit.all())
 
 
+def test_scaling_a_count_not_written_as_a_plain_number_is_refused_and_changes_nothing(
+    plane: Plane,
+) -> None:
+    # An anchored count was a 500 ("is not a plain number"); changing the anchor would also
+    # change every alias of it.
+    key = create_api_key(plane.store, plane.state_dir, "ci", scope=Scope.APPLY)
+    anchored = DEMO.replace("count: 3", "count: &web_count 3")
+    assert _put(plane, key, "demo", anchored).status_code == 201
+    scaled = plane.client.patch(
+        f"{plane.url}/v1/fleets/demo/groups/web", json={"count": 4}, headers=_auth(key)
+    )
+    assert scaled.status_code == 409, scaled.text
+    error = scaled.json()["error"]
+    assert error["code"] == "count_not_plain"
+    assert "PUT the spec with a plain number at groups[0].count first" in error["message"]
+    stored = plane.store.specs.get("demo")
+    assert stored is not None and stored.text == anchored
+    last = plane.store.audit.all()[-1]
+    assert (last.action, last.status, last.result) == (
+        "PATCH /v1/fleets/demo/groups/web",
+        409,
+        "count_not_plain",
+    )
+
+
 def test_long_poll_waits_for_an_event_and_since_skips_the_ones_seen(plane: Plane) -> None:
     key = create_api_key(plane.store, plane.state_dir, "dashboard")
     url = f"{plane.url}/v1/fleets/web-prod/events"
