@@ -26,7 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from engine.controlplane.errors import ApiError, FieldError
 
@@ -214,15 +214,28 @@ async def read_json(request: Request, limit: int) -> Any:
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    return parse_json(await read_body(request, limit))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body: 413 past `limit` bytes (before reading, when Content-Length says
+    so), 400 when Content-Length is not a number or the client went away part-way."""
+    too_large = ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        if not length.isdigit():
+    if length is not None:
+        if not re.fullmatch(r"[0-9]{1,19}", length):
             raise ApiError(400, "bad_header", "Content-Length is not a number")
-        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+        if int(length) > limit:
+            raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return parse_json(b"".join(chunks))
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(
+            400, "body_incomplete", "the client went away before the body's end"
+        ) from None
+    return b"".join(chunks)

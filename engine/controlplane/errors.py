@@ -5,7 +5,7 @@ Every error body is `{"error": {"code": ..., "message": ..., "fields": [{"path",
 has `errors` instead, each with code, path, line, column, message and hint, as `engine
 validate` reports them); 429 and 503 carry Retry-After.
 
-    400 malformed_json, body_too_deep, bad_header   the request can never be read
+    400 malformed_json, body_too_deep, bad_header, body_incomplete (never readable)
     401 unauthenticated, token_invalid, token_expired, api_key_invalid
     403 token_wrong_fleet, token_wrong_server, instance_mismatch, source_address_mismatch,
         forbidden (the API key's scope or fleet grants do not allow it)

@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from engine.controlplane.apikeys import permit
-from engine.controlplane.bodies import read_json
+from engine.controlplane.bodies import read_body, read_json
 from engine.controlplane.errors import ApiError, FieldError
 from engine.controlplane.views import MetricsSource, event_document, server_document, stored_server
 from engine.errors import EngineError, SpecError
@@ -688,10 +688,4 @@ async def _read_spec(request: Request) -> bytes:
             "unsupported_media_type",
             "send the spec as application/yaml or application/json",
         )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > SPEC_MAX_BYTES:
-            raise ApiError(413, "body_too_large", f"the body is larger than {SPEC_MAX_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_body(request, SPEC_MAX_BYTES)

@@ -5,11 +5,14 @@ against the live routes. (Plans and applies on a real local fleet: tests/e2e/tes
 from __future__ import annotations
 
 import json
+import logging
 import re
+import socket
 import threading
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from jsonschema import Draft202012Validator
 from starlette.routing import Route
@@ -19,6 +22,7 @@ from engine.controlplane.app import AppSettings, create_app
 from engine.state import Scope
 from tests.controlplane.conftest import Plane
 from tests.support.cli import ROOT
+from tests.support.wait import wait_until
 
 DEMO = (ROOT / "specs" / "demo.yaml").read_text()
 
@@ -146,6 +150,30 @@ def test_scaling_a_count_not_written_as_a_plain_number_is_refused_and_changes_no
         409,
         "count_not_plain",
     )
+
+
+def test_a_client_gone_before_its_body_ended_is_a_refusal_not_a_failure(
+    plane: Plane, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It was logged as "PUT ... failed: ClientDisconnect()" with a traceback, and audited 500.
+    key = create_api_key(plane.store, plane.state_dir, "ci", scope=Scope.PLAN)
+    address = httpx.URL(plane.url)
+    with (
+        caplog.at_level(logging.INFO),
+        socket.create_connection((address.host, address.port)) as client,
+    ):
+        client.sendall(
+            b"PUT /v1/fleets/demo HTTP/1.1\r\nHost: x\r\nContent-Type: application/yaml\r\n"
+            + f"Authorization: Bearer {key}\r\nContent-Length: 100\r\n\r\nname: d".encode()
+        )
+        client.shutdown(socket.SHUT_WR)
+        entry = wait_until(
+            lambda: [e for e in plane.store.audit.all() if e.action == "PUT /v1/fleets/demo"],
+            what="the PUT's audit entry",
+        )
+    assert [(e.status, e.result) for e in entry] == [(400, "body_incomplete")]
+    assert "failed" not in caplog.text and "Traceback" not in caplog.text
+    assert plane.store.specs.get("demo") is None
 
 
 def test_long_poll_waits_for_an_event_and_since_skips_the_ones_seen(plane: Plane) -> None:
