@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -236,7 +237,7 @@ class FleetApi:
         return stored, self._parse(fleet, stored.text.encode("utf-8"))
 
     def _parse(self, fleet: str, raw: bytes) -> Fleet:
-        from engine.spec import parse_spec
+        from engine.spec import parse_spec, schema_nodes
 
         try:
             parsed = parse_spec(raw, file=f"fleets/{fleet}", state_dir=self.state_dir)
@@ -248,6 +249,9 @@ class FleetApi:
                 errors=[_diagnostic(d) for d in error.diagnostics],
             ) from None
         if parsed.name != fleet:
+            hint = f"PUT it to /v1/fleets/{parsed.name}"
+            if re.fullmatch(schema_nodes()["/$defs/name40"]["pattern"], fleet):
+                hint += f", or set name: {fleet}"  # only a name a spec can have
             raise ApiError(
                 422,
                 "invalid_spec",
@@ -259,7 +263,7 @@ class FleetApi:
                         "line": 0,
                         "column": 0,
                         "message": f"the spec's name is {parsed.name}, the URL's fleet {fleet}",
-                        "hint": f"PUT it to /v1/fleets/{parsed.name}, or set name: {fleet}",
+                        "hint": hint,
                     }
                 ],
             )
@@ -617,21 +621,29 @@ class FleetApi:
         limit = _whole_number(request.query_params, "limit", 20, 1, 100)
         return JSONResponse(await run_in_threadpool(self._runs, fleet, limit), headers=headers)
 
-    async def get_run(self, request: Request) -> Response:
-        _, headers, fleet = self._key(request, Scope.READ)
-        run_id = request.path_params["run"]
-        run = await run_in_threadpool(self.store.runs.get, fleet, run_id)
+    def _run(self, fleet: str, run_id: str) -> dict[str, Any]:
+        self._known(fleet)
+        run = self.store.runs.get(fleet, run_id)
         if run is None:
             raise ApiError(404, "run_not_found", f"fleet {fleet} has no run {run_id}")
-        return JSONResponse(run_document(run), headers=headers)
+        return run_document(run)
+
+    async def get_run(self, request: Request) -> Response:
+        _, headers, fleet = self._key(request, Scope.READ)
+        found = await run_in_threadpool(self._run, fleet, request.path_params["run"])
+        return JSONResponse(found, headers=headers)
+
+    def _saved_plan(self, fleet: str, plan_id: str) -> dict[str, Any]:
+        self._known(fleet)
+        plan = self.store.runs.plan(fleet, plan_id)
+        if plan is None:
+            raise ApiError(404, "plan_not_found", f"fleet {fleet} has no plan {plan_id}")
+        return _plan_document(plan)
 
     async def get_plan(self, request: Request) -> Response:
         _, headers, fleet = self._key(request, Scope.READ)
-        plan_id = request.path_params["plan"]
-        plan = await run_in_threadpool(self.store.runs.plan, fleet, plan_id)
-        if plan is None:
-            raise ApiError(404, "plan_not_found", f"fleet {fleet} has no plan {plan_id}")
-        return JSONResponse(_plan_document(plan), headers=headers)
+        found = await run_in_threadpool(self._saved_plan, fleet, request.path_params["plan"])
+        return JSONResponse(found, headers=headers)
 
 
 class _Audit:

@@ -58,7 +58,12 @@ def test_a_bad_spec_gets_422_with_the_errors_engine_validate_reports_and_nothing
     assert plane.store.specs.get("demo") is None
     other = _put(plane, key, "web", DEMO)
     assert other.status_code == 422
-    assert other.json()["error"]["errors"][0]["code"] == "name_mismatch"
+    (mismatch,) = other.json()["error"]["errors"]
+    assert mismatch["code"] == "name_mismatch"
+    assert mismatch["hint"] == "PUT it to /v1/fleets/demo, or set name: web"
+    # A URL's name no spec can have is not suggested as one.
+    odd = _put(plane, key, "Demo%2e", DEMO).json()["error"]["errors"][0]
+    assert odd["hint"] == "PUT it to /v1/fleets/demo"
     assert _put(plane, key, "demo", DEMO, kind="xml").status_code == 415
 
 
@@ -125,6 +130,15 @@ def test_every_write_is_audited_without_its_secrets(plane: Plane) -> None:
     ]
     for secret in (key, reader):
         assert all(secret.split("_")[-1] not in repr(e) for e in plane.store.audit.all())
+
+
+def test_a_run_or_plan_of_a_fleet_not_served_is_fleet_not_found(plane: Plane) -> None:
+    key = create_api_key(plane.store, plane.state_dir, "ci")
+    for path in ("runs", "runs/r-1", "plans/p-1"):
+        answer = plane.client.get(f"{plane.url}/v1/fleets/nosuch/{path}", headers=_auth(key))
+        assert (answer.status_code, answer.json()["error"]["code"]) == (404, "fleet_not_found")
+    answer = plane.client.get(f"{plane.url}/v1/fleets/web-prod/runs/r-1", headers=_auth(key))
+    assert (answer.status_code, answer.json()["error"]["code"]) == (404, "run_not_found")
 
 
 def test_scaling_a_count_not_written_as_a_plain_number_is_refused_and_changes_nothing(
