@@ -304,3 +304,32 @@ def test_heartbeats_are_kept_as_metric_history_served_per_step(plane: Plane) -> 
     missing = plane.client.get(f"{plane.url}/v1/fleets/web-prod/servers/web-9/metrics", headers=api)
     assert missing.status_code == 404
     assert plane.client.get(metrics).status_code == 401
+
+
+def test_a_heartbeat_with_numbers_json_has_not_is_refused_and_the_history_stays_readable(
+    plane: Plane,
+) -> None:
+    key = ensure_fleet_key(plane.state_dir, "web-prod")
+    assert key is not None
+    token = derive_token(key, "heartbeat", "web-prod", "web-1")
+    sent = plane.client.post(
+        f"{plane.url}/v1/heartbeat",
+        content=b'{"fleet": "web-prod", "server": "web-1", "sequence": 1, "containers": {},'
+        b' "metrics": {"cpu": {"percent": NaN}, "memory": {"percent": Infinity},'
+        b' "disks": [{"percent": 1e400}, {"percent": -Infinity}]}, "tls_fingerprint": "x"}',
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    assert sent.status_code == 422, sent.text
+    error = sent.json()["error"]
+    assert error["code"] == "invalid_body"
+    assert [f["path"] for f in error["fields"]] == [
+        "metrics.cpu.percent",
+        "metrics.memory.percent",
+        "metrics.disks[0].percent",
+        "metrics.disks[1].percent",
+    ]
+    assert "finite" in error["fields"][0]["message"]
+    assert plane.store.agents.report("web-prod", "web-1") is None
+    api = {"Authorization": f"Bearer {create_api_key(plane.store, plane.state_dir, 'ops')}"}
+    metrics = plane.client.get(f"{plane.url}/v1/fleets/web-prod/servers/web-1/metrics", headers=api)
+    assert (metrics.status_code, metrics.json()["points"]) == (200, [])
