@@ -333,3 +333,31 @@ def test_a_heartbeat_with_numbers_json_has_not_is_refused_and_the_history_stays_
     api = {"Authorization": f"Bearer {create_api_key(plane.store, plane.state_dir, 'ops')}"}
     metrics = plane.client.get(f"{plane.url}/v1/fleets/web-prod/servers/web-1/metrics", headers=api)
     assert (metrics.status_code, metrics.json()["points"]) == (200, [])
+
+
+def test_readings_out_of_range_leave_the_metric_history_finite(plane: Plane) -> None:
+    key = ensure_fleet_key(plane.state_dir, "web-prod")
+    assert key is not None
+    token = derive_token(key, "heartbeat", "web-prod", "web-1")
+    for second, received in ((0, 0), (10, 10**400)):
+        document = {
+            "fleet": "web-prod",
+            "server": "web-1",
+            "metrics": {
+                "collected_at": f"2026-12-01T10:00:{second:02d}.000Z",
+                "cpu": {"percent": 1.7e308},
+                "memory": {"percent": 50.0},
+                "network": [{"interface": "eth0", "bytes_recv": received, "bytes_sent": 0}],
+            },
+            "containers": {},
+            "tls_fingerprint": "sha256:ab",
+        }
+        answer = plane.client.post(
+            f"{plane.url}/v1/heartbeat", json=document, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 200, answer.text
+    api = {"Authorization": f"Bearer {create_api_key(plane.store, plane.state_dir, 'ops')}"}
+    metrics = f"{plane.url}/v1/fleets/web-prod/servers/web-1/metrics"
+    got = plane.client.get(metrics, params={"step": "15m"}, headers=api)
+    assert got.status_code == 200, got.text
+    assert [set(p) - {"at", "samples"} for p in got.json()["points"]] == [{"memory"}]
