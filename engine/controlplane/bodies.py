@@ -43,6 +43,9 @@ _STRING = re.compile(r'"[^"]*(?:"|\Z)')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 _DNS_LABEL = {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"}
+# The largest number an INTEGER column holds on PostgreSQL (SQLite's hold up to 2^63 - 1):
+# every whole number a body brings to the store is at most this.
+INTEGER_MAX = 2**31 - 1
 
 HEARTBEAT: dict[str, Any] = {
     "type": "object",
@@ -50,7 +53,7 @@ HEARTBEAT: dict[str, Any] = {
     "properties": {
         "fleet": _DNS_LABEL,
         "server": _DNS_LABEL,
-        "sequence": {"type": "integer", "minimum": 0},
+        "sequence": {"type": "integer", "minimum": 0, "maximum": INTEGER_MAX},
         "metrics": {"type": "object"},
         "containers": {"type": ["object", "null"]},
         "tls_fingerprint": {"type": "string", "maxLength": 200},
@@ -74,7 +77,11 @@ AGENT_EVENT: dict[str, Any] = {
                 "image": {"type": "string", "maxLength": 500},
             },
         },
-        "exit_code": {"type": ["integer", "null"]},
+        "exit_code": {
+            "type": ["integer", "null"],
+            "minimum": -INTEGER_MAX - 1,
+            "maximum": INTEGER_MAX,
+        },
     },
 }
 

@@ -361,3 +361,44 @@ def test_readings_out_of_range_leave_the_metric_history_finite(plane: Plane) -> 
     got = plane.client.get(metrics, params={"step": "15m"}, headers=api)
     assert got.status_code == 200, got.text
     assert [set(p) - {"at", "samples"} for p in got.json()["points"]] == [{"memory"}]
+
+
+def test_whole_numbers_a_column_cannot_hold_are_refused_at_their_field(plane: Plane) -> None:
+    key = ensure_fleet_key(plane.state_dir, "web-prod")
+    assert key is not None
+    auth = {"Authorization": f"Bearer {derive_token(key, 'heartbeat', 'web-prod', 'web-1')}"}
+    heartbeat = {
+        "fleet": "web-prod",
+        "server": "web-1",
+        "metrics": {},
+        "containers": {},
+        "tls_fingerprint": "sha256:ab",
+    }
+    event = {
+        "fleet": "web-prod",
+        "server": "web-1",
+        "event_id": "abc-die-1",
+        "event": "die",
+        "container": {"id": "abc"},
+    }
+    # 2^63 overflowed SQLite's INTEGER (a 500); 2^31 overflows PostgreSQL's.
+    refused = [
+        ("/v1/heartbeat", {**heartbeat, "sequence": 2**63}, "sequence"),
+        ("/v1/heartbeat", {**heartbeat, "sequence": 2**31}, "sequence"),
+        ("/v1/agent-events", {**event, "exit_code": 2**63}, "exit_code"),
+        ("/v1/agent-events", {**event, "exit_code": -(2**31) - 1}, "exit_code"),
+    ]
+    before = plane.snapshot()
+    for path, document, field in refused:
+        answer = plane.client.post(f"{plane.url}{path}", json=document, headers=auth)
+        assert answer.status_code == 422, (path, document, answer.text)
+        assert [f["path"] for f in answer.json()["error"]["fields"]] == [field]
+    answer = plane.phone_home_as(1, attempt=2**31)
+    assert answer.status_code == 422, answer.text
+    assert [f["path"] for f in answer.json()["error"]["fields"]] == ["attempt"]
+    assert plane.snapshot() == before
+    assert plane.store.agents.report("web-prod", "web-1") is None
+    last = {**heartbeat, "sequence": 2**31 - 1}
+    assert (
+        plane.client.post(f"{plane.url}/v1/heartbeat", json=last, headers=auth).status_code == 200
+    )
