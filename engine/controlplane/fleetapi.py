@@ -162,6 +162,14 @@ def _new_id() -> str:
     return secrets.token_hex(8)
 
 
+def group_count_max() -> int:
+    """The most servers a group may have, as the fleet spec's schema says."""
+    from engine.spec import fleet_schema
+
+    most: int = fleet_schema()["$defs"]["group"]["properties"]["count"]["maximum"]
+    return most
+
+
 def _whole_number(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     """The query parameter `name` (`default` when absent), a whole number from low to high;
     else 422 naming it."""
@@ -437,18 +445,23 @@ class FleetApi:
             audit.permit()  # in the block: a 403 is audited too
             body = await read_json(request, ACTION_MAX_BYTES)
             count = body.get("count") if isinstance(body, dict) else None
+            most = group_count_max()
             if (
                 not isinstance(body, dict)
                 or set(body) != {"count"}
                 or not isinstance(count, int)
                 or isinstance(count, bool)
-                or count < 0
+                or not 0 <= count <= most
             ):
                 raise ApiError(
                     422,
                     "invalid_body",
                     "the body is not valid",
-                    fields=[FieldError("count", 'required, a whole number >= 0: {"count": 3}')],
+                    fields=[
+                        FieldError(
+                            "count", f'required, a whole number from 0 to {most}: {{"count": 3}}'
+                        )
+                    ],
                 )
             group = request.path_params["group"]
             plan, run = await run_in_threadpool(self._scale, fleet, group, count, key.name)

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine.controlplane.bodies import AGENT_EVENT, HEARTBEAT, SCHEMAS, phone_home_schema
-from engine.controlplane.fleetapi import SERVER_ACTIONS
+from engine.controlplane.fleetapi import SERVER_ACTIONS, group_count_max
 from engine.state import Scope
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -250,7 +250,9 @@ def component_schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["count"],
             "additionalProperties": False,
-            "properties": {"count": {"type": "integer", "minimum": 0}},
+            "properties": {
+                "count": {"type": "integer", "minimum": 0, "maximum": group_count_max()}
+            },
         },
         "ScaleStarted": {
             "type": "object",
