@@ -45,10 +45,11 @@ from engine.controlplane.apikeys import ApiKeyVerifier, permit
 from engine.controlplane.bodies import check_body, compile_checks, read_json
 from engine.controlplane.dashboard import Dashboard, SignInLinks
 from engine.controlplane.errors import ApiError, FieldError
-from engine.controlplane.fleetapi import FleetApi, FleetPlanner
+from engine.controlplane.fleetapi import FLEET_EVENTS_QUERY, RUNS_QUERY, FleetApi, FleetPlanner
 from engine.controlplane.lookup import InventoryLookup
 from engine.controlplane.openapi import Endpoint, openapi_document
 from engine.controlplane.phonehome import PhoneHomeService
+from engine.controlplane.query import INTEGER_MAX, WholeNumber, query_numbers
 from engine.controlplane.ratelimit import RateLimiter
 from engine.controlplane.views import (
     MetricsSource,
@@ -67,6 +68,10 @@ from engine.tokens import TokenPurpose, expected_token, is_same_token
 log = logging.getLogger("engine.controlplane")
 
 HEARTBEAT_PURPOSE = TokenPurpose.HEARTBEAT
+EVENTS_QUERY = {
+    "after": WholeNumber(default=0, low=0, high=INTEGER_MAX),
+    "limit": WholeNumber(default=100, low=1, high=1000),
+}
 PHONE_HOME_MAX_BYTES = 64 * 1024
 HEARTBEAT_MAX_BYTES = 1024 * 1024
 EVENT_MAX_BYTES = 64 * 1024
@@ -338,22 +343,13 @@ class ControlPlaneApi:
         self.check_failures(_source(request))
         headers = self._authorize(request)
         fleet = self._fleet_query(request)
-        query = request.query_params
-        fields = []
-        after = query.get("after", "0")
-        limit = query.get("limit", "100")
-        if not after.isdigit():
-            fields.append(FieldError("after", "a whole number >= 0 (an event id)"))
-        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-            fields.append(FieldError("limit", "a whole number from 1 to 1000"))
-        if fields:
-            raise ApiError(422, "invalid_query", "the query is not valid", fields=fields)
+        numbers = query_numbers(request.query_params, EVENTS_QUERY)
         events = await run_in_threadpool(
             self.store.events.all,
             fleet,
-            server=query.get("server"),
-            after_id=int(after),
-            limit=int(limit),
+            server=request.query_params.get("server"),
+            after_id=numbers["after"],
+            limit=numbers["limit"],
         )
         return JSONResponse(
             {"fleet": fleet, "events": [event_document(e) for e in events]}, headers=headers
@@ -474,6 +470,7 @@ def endpoints(api: ControlPlaneApi, fleets: FleetApi) -> list[Endpoint]:
                  answers={200: "Events"}, errors=(404, 422),
                  query=(("fleet", "the fleet"), ("server", "only this server's"),
                         ("after", "events after this id"), ("limit", "at most this many")),
+                 numbers=EVENTS_QUERY,
                  summary="A fleet's events (also at /v1/fleets/{fleet}/events)"),
         Endpoint(method="GET", path="/v1/fleets", handler=fleets.get_fleets, scope=read,
                  answers={200: "Fleets"}, summary="The fleets the key may read"),
@@ -512,9 +509,10 @@ def endpoints(api: ControlPlaneApi, fleets: FleetApi) -> list[Endpoint]:
                  query=(("since", "events after this id"),
                         ("wait", "seconds to wait for one (long-poll, at most 30)"),
                         ("server", "only this server's"), ("limit", "at most this many")),
-                 summary="The fleet's events"),
+                 numbers=FLEET_EVENTS_QUERY, summary="The fleet's events"),
         Endpoint(method="GET", path=f"{f}/runs", handler=fleets.get_runs, scope=read,
                  answers={200: "Runs"}, errors=(404, 422), query=(("limit", "at most"),),
+                 numbers=RUNS_QUERY,
                  summary="The fleet's latest runs"),
         Endpoint(method="GET", path=f"{f}/runs/{{run}}", handler=fleets.get_run, scope=read,
                  answers={200: "Run"}, errors=(404,),

@@ -42,6 +42,7 @@ from starlette.responses import JSONResponse, Response
 from engine.controlplane.apikeys import permit
 from engine.controlplane.bodies import read_json
 from engine.controlplane.errors import ApiError, FieldError
+from engine.controlplane.query import INTEGER_MAX, WholeNumber, query_numbers
 from engine.controlplane.views import MetricsSource, event_document, server_document, stored_server
 from engine.errors import EngineError, SpecError
 from engine.model import Fleet
@@ -67,6 +68,12 @@ SPEC_MAX_BYTES = 1024 * 1024
 ACTION_MAX_BYTES = 4096
 LONG_POLL_MAX_S = 30
 LONG_POLL_STEP_S = 0.25
+FLEET_EVENTS_QUERY = {
+    "since": WholeNumber(default=0, low=0, high=INTEGER_MAX),
+    "wait": WholeNumber(default=0, low=0, high=LONG_POLL_MAX_S),
+    "limit": WholeNumber(default=100, low=1, high=1000),
+}
+RUNS_QUERY = {"limit": WholeNumber(default=20, low=1, high=100)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,20 +175,6 @@ def group_count_max() -> int:
 
     most: int = fleet_schema()["$defs"]["group"]["properties"]["count"]["maximum"]
     return most
-
-
-def _whole_number(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    """The query parameter `name` (`default` when absent), a whole number from low to high;
-    else 422 naming it."""
-    text = query.get(name, str(default))
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise ApiError(
-            422,
-            "invalid_query",
-            "the query is not valid",
-            fields=[FieldError(name, f"a whole number from {low} to {high}")],
-        )
-    return int(text)
 
 
 async def wait_for_events(
@@ -596,14 +589,17 @@ class FleetApi:
         """Events after `since` (an event id); with `wait` (seconds, at most 30), the answer
         waits until there is one or the time is up (long-poll)."""
         _, headers, fleet = self._key(request, Scope.READ)
-        query = request.query_params
-        since = _whole_number(query, "since", 0, 0, 2**62)
-        wait = _whole_number(query, "wait", 0, 0, LONG_POLL_MAX_S)
-        limit = _whole_number(query, "limit", 100, 1, 1000)
-        server = query.get("server")
+        numbers = query_numbers(request.query_params, FLEET_EVENTS_QUERY)
+        since = numbers["since"]
+        server = request.query_params.get("server")
         await run_in_threadpool(self._known, fleet)
         events = await wait_for_events(
-            self.store, fleet, server=server, since=since, wait_s=wait, limit=limit
+            self.store,
+            fleet,
+            server=server,
+            since=since,
+            wait_s=numbers["wait"],
+            limit=numbers["limit"],
         )
         last = events[-1].id if events else since
         return JSONResponse(
@@ -620,7 +616,7 @@ class FleetApi:
 
     async def get_runs(self, request: Request) -> Response:
         _, headers, fleet = self._key(request, Scope.READ)
-        limit = _whole_number(request.query_params, "limit", 20, 1, 100)
+        limit = query_numbers(request.query_params, RUNS_QUERY)["limit"]
         return JSONResponse(await run_in_threadpool(self._runs, fleet, limit), headers=headers)
 
     async def get_run(self, request: Request) -> Response:

@@ -402,3 +402,46 @@ def test_whole_numbers_a_column_cannot_hold_are_refused_at_their_field(plane: Pl
     assert (
         plane.client.post(f"{plane.url}/v1/heartbeat", json=last, headers=auth).status_code == 200
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/v1/events", "after"),
+        ("/v1/events", "limit"),
+        ("/v1/fleets/web-prod/events", "since"),
+        ("/v1/fleets/web-prod/events", "wait"),
+        ("/v1/fleets/web-prod/events", "limit"),
+        ("/v1/fleets/web-prod/runs", "limit"),
+    ],
+)
+def test_a_query_number_is_ascii_digits_within_its_bounds(
+    plane: Plane, path: str, name: str
+) -> None:
+    auth = {"Authorization": f"Bearer {create_api_key(plane.store, plane.state_dir, 'ops')}"}
+    fleet = {"fleet": "web-prod"} if path == "/v1/events" else {}
+    # '²' is a digit to str.isdigit() and not to int(); 2^63 and more no column holds.
+    for text in ("²", "٣", "9223372036854775808", "9" * 26, "-1", " 1", "1e3"):
+        answer = plane.client.get(f"{plane.url}{path}", params={**fleet, name: text}, headers=auth)
+        assert answer.status_code == 422, (text, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] == "invalid_query"
+        (field,) = error["fields"]
+        assert field["path"] == name and "a whole number from " in field["message"]
+    if name in ("after", "since"):
+        last = plane.client.get(
+            f"{plane.url}{path}", params={**fleet, name: str(2**63 - 1)}, headers=auth
+        )
+        assert (last.status_code, last.json()["events"]) == (200, [])
+
+
+def test_the_openapi_document_types_the_query_numbers_with_their_bounds(plane: Plane) -> None:
+    document = plane.client.get(f"{plane.url}/v1/openapi.json").json()
+    events = document["paths"]["/v1/fleets/{fleet}/events"]["get"]["parameters"]
+    schemas = {p["name"]: p["schema"] for p in events if p["in"] == "query"}
+    assert schemas == {
+        "since": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "default": 0},
+        "wait": {"type": "integer", "minimum": 0, "maximum": 30, "default": 0},
+        "server": {"type": "string"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    }
