@@ -28,6 +28,8 @@ from engine.state.database import Database, Repository
 
 # Step (seconds) -> how long its points are kept.
 RETENTION = {60: dt.timedelta(hours=24), 900: dt.timedelta(days=30)}
+# How far back the history goes: as long as its longest-kept points.
+HISTORY = max(RETENTION.values())
 # Linux runs at most 2^22 tasks (PID_MAX_LIMIT), so no more can wait to run; and it counts
 # an interface's bytes in 64 bits.
 MAX_LOAD = 2**22

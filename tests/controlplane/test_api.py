@@ -445,3 +445,27 @@ def test_the_openapi_document_types_the_query_numbers_with_their_bounds(plane: P
         "server": {"type": "string"},
         "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
     }
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [
+        ({"since": "999999d"}, "since"),  # was OverflowError: date value out of range
+        ({"since": "0001-01-01T00:00+14:00"}, "since"),  # was ValueError: year 0
+        ({"since": "9999-12-31T23:59-14:00"}, "since"),
+        ({"since": "31d"}, "since"),
+        ({"step": "999999d"}, "step"),  # was a point dated 1970
+        ({"step": "31d"}, "step"),
+    ],
+)
+def test_metrics_since_and_step_stay_within_the_history(
+    plane: Plane, query: dict[str, str], name: str
+) -> None:
+    api = {"Authorization": f"Bearer {create_api_key(plane.store, plane.state_dir, 'ops')}"}
+    metrics = f"{plane.url}/v1/fleets/web-prod/servers/web-1/metrics"
+    answer = plane.client.get(metrics, params=query, headers=api)
+    assert answer.status_code == 422, answer.text
+    (field,) = answer.json()["error"]["fields"]
+    assert field["path"] == name and "30d" in field["message"]
+    widest = plane.client.get(metrics, params={"since": "30d", "step": "30d"}, headers=api)
+    assert widest.status_code == 200, widest.text
