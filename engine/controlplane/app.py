@@ -45,10 +45,11 @@ from engine.controlplane.apikeys import ApiKeyVerifier, permit
 from engine.controlplane.bodies import check_body, compile_checks, read_json
 from engine.controlplane.dashboard import Dashboard, SignInLinks
 from engine.controlplane.errors import ApiError, FieldError
-from engine.controlplane.fleetapi import FleetApi, FleetPlanner
+from engine.controlplane.fleetapi import FLEET_EVENTS_QUERY, RUNS_QUERY, FleetApi, FleetPlanner
 from engine.controlplane.lookup import InventoryLookup
 from engine.controlplane.openapi import Endpoint, openapi_document
 from engine.controlplane.phonehome import PhoneHomeService
+from engine.controlplane.query import INTEGER_MAX, WholeNumber, query_numbers
 from engine.controlplane.ratelimit import RateLimiter
 from engine.controlplane.views import (
     MetricsSource,
@@ -60,13 +61,17 @@ from engine.controlplane.views import (
 from engine.model import Stage
 from engine.secrets import RedactingFilter, redact
 from engine.state import AgentReport, ApiKey, PhoneHomeOutcome, Scope
-from engine.state.metrics import heartbeat_values, network_rates
+from engine.state.metrics import HISTORY, heartbeat_values, network_rates
 from engine.state.store import Store
 from engine.tokens import TokenPurpose, expected_token, is_same_token
 
 log = logging.getLogger("engine.controlplane")
 
 HEARTBEAT_PURPOSE = TokenPurpose.HEARTBEAT
+EVENTS_QUERY = {
+    "after": WholeNumber(default=0, low=0, high=INTEGER_MAX),
+    "limit": WholeNumber(default=100, low=1, high=1000),
+}
 PHONE_HOME_MAX_BYTES = 64 * 1024
 HEARTBEAT_MAX_BYTES = 1024 * 1024
 EVENT_MAX_BYTES = 64 * 1024
@@ -338,22 +343,13 @@ class ControlPlaneApi:
         self.check_failures(_source(request))
         headers = self._authorize(request)
         fleet = self._fleet_query(request)
-        query = request.query_params
-        fields = []
-        after = query.get("after", "0")
-        limit = query.get("limit", "100")
-        if not after.isdigit():
-            fields.append(FieldError("after", "a whole number >= 0 (an event id)"))
-        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-            fields.append(FieldError("limit", "a whole number from 1 to 1000"))
-        if fields:
-            raise ApiError(422, "invalid_query", "the query is not valid", fields=fields)
+        numbers = query_numbers(request.query_params, EVENTS_QUERY)
         events = await run_in_threadpool(
             self.store.events.all,
             fleet,
-            server=query.get("server"),
-            after_id=int(after),
-            limit=int(limit),
+            server=request.query_params.get("server"),
+            after_id=numbers["after"],
+            limit=numbers["limit"],
         )
         return JSONResponse(
             {"fleet": fleet, "events": [event_document(e) for e in events]}, headers=headers
@@ -375,7 +371,8 @@ class ControlPlaneApi:
 
     async def get_metrics(self, request: Request) -> Response:
         """A server's metric history: ?since= (an ISO time, or a duration back from now such
-        as 6h; default 1h) and ?step= (a duration of whole minutes; default 1m)."""
+        as 6h; at most 30d back; default 1h) and ?step= (a duration of whole minutes up to
+        30d; default 1m)."""
         self.check_failures(_source(request))
         _, headers = self.authorize(request, Scope.READ, request.path_params["fleet"])
         since, step_s = metrics_query(request.query_params, dt.datetime.now(dt.UTC))
@@ -386,12 +383,24 @@ class ControlPlaneApi:
 
 
 def metrics_query(query: Mapping[str, str], now: dt.datetime) -> tuple[dt.datetime, int]:
-    """`since` and `step` of a metrics request, or a 422 naming the bad field."""
+    """`since` and `step` of a metrics request, or a 422 naming the bad field: `since` no
+    further back than the history goes (metrics.HISTORY) and not after `now`, `step` whole
+    minutes and no longer than the history."""
     fields = []
     since_text, step_text = query.get("since", "1h"), query.get("step", "1m")
+    days = HISTORY.days
+    out_of_range = FieldError(
+        "since",
+        f"from {days}d back to now (the metric history keeps {days} days), "
+        f"e.g. 6h or {now - dt.timedelta(hours=6):%Y-%m-%dT%H:%MZ}",
+    )
     since = now
-    if re.fullmatch(r"[1-9][0-9]{0,5}[smhd]", since_text):
-        since = now - dt.timedelta(seconds=int(since_text[:-1]) * _UNIT_S[since_text[-1]])
+    back_s = _duration_s(since_text)
+    if back_s is not None:
+        if back_s <= HISTORY.total_seconds():
+            since = now - dt.timedelta(seconds=back_s)
+        else:
+            fields.append(out_of_range)
     else:
         try:
             since = dt.datetime.fromisoformat(since_text)
@@ -400,14 +409,27 @@ def metrics_query(query: Mapping[str, str], now: dt.datetime) -> tuple[dt.dateti
         else:
             if since.tzinfo is None:
                 fields.append(FieldError("since", "give the time zone, e.g. 2026-11-05T10:00Z"))
-    step_s = 0
-    if re.fullmatch(r"[1-9][0-9]{0,5}[smhd]", step_text):
-        step_s = int(step_text[:-1]) * _UNIT_S[step_text[-1]]
-    if step_s < 60 or step_s % 60:
-        fields.append(FieldError("step", "a duration of whole minutes such as 1m, 15m or 1h"))
+            elif not now - HISTORY <= since <= now:
+                fields.append(out_of_range)
+    step_s = _duration_s(step_text) or 0
+    if not 60 <= step_s <= HISTORY.total_seconds() or step_s % 60:
+        fields.append(
+            FieldError(
+                "step",
+                f"a duration of whole minutes from 1m to {days}d (the metric history's length), "
+                "such as 15m or 1h",
+            )
+        )
     if fields:
         raise ApiError(422, "invalid_query", "the query is not valid", fields=fields)
     return since, step_s
+
+
+def _duration_s(text: str) -> int | None:
+    """The seconds of a duration such as 90s, 15m, 6h or 30d; None when `text` is not one."""
+    if re.fullmatch(r"[1-9][0-9]{0,5}[smhd]", text) is None:
+        return None
+    return int(text[:-1]) * _UNIT_S[text[-1]]
 
 
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -491,6 +513,7 @@ def endpoints(api: ControlPlaneApi, fleets: FleetApi) -> list[Endpoint]:
                  answers={200: "Events"}, errors=(404, 422),
                  query=(("fleet", "the fleet"), ("server", "only this server's"),
                         ("after", "events after this id"), ("limit", "at most this many")),
+                 numbers=EVENTS_QUERY,
                  summary="A fleet's events (also at /v1/fleets/{fleet}/events)"),
         Endpoint(method="GET", path="/v1/fleets", handler=fleets.get_fleets, scope=read,
                  answers={200: "Fleets"}, summary="The fleets the key may read"),
@@ -521,17 +544,20 @@ def endpoints(api: ControlPlaneApi, fleets: FleetApi) -> list[Endpoint]:
                  "rebuild or snapshot a server"),
         Endpoint(method="GET", path=f"{f}/servers/{{name}}/metrics", handler=api.get_metrics,
                  scope=read, answers={200: "Metrics"}, errors=(404, 422),
-                 query=(("since", "an ISO time or a duration back from now, e.g. 6h (1h)"),
-                        ("step", "whole minutes between points, e.g. 15m (1m)")),
+                 query=(("since", "an ISO time or a duration back from now, e.g. 6h, at "
+                         f"most {HISTORY.days}d (1h)"),
+                        ("step", "whole minutes between points, e.g. 15m, at most "
+                         f"{HISTORY.days}d (1m)")),
                  summary="A server's metric history from its heartbeats"),
         Endpoint(method="GET", path=f"{f}/events", handler=fleets.get_events, scope=read,
                  answers={200: "Events"}, errors=(404, 422),
                  query=(("since", "events after this id"),
                         ("wait", "seconds to wait for one (long-poll, at most 30)"),
                         ("server", "only this server's"), ("limit", "at most this many")),
-                 summary="The fleet's events"),
+                 numbers=FLEET_EVENTS_QUERY, summary="The fleet's events"),
         Endpoint(method="GET", path=f"{f}/runs", handler=fleets.get_runs, scope=read,
                  answers={200: "Runs"}, errors=(404, 422), query=(("limit", "at most"),),
+                 numbers=RUNS_QUERY,
                  summary="The fleet's latest runs"),
         Endpoint(method="GET", path=f"{f}/runs/{{run}}", handler=fleets.get_run, scope=read,
                  answers={200: "Run"}, errors=(404,),

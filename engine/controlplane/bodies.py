@@ -13,13 +13,16 @@ the two (no `$ref` beside other keywords, no `unevaluated*`, no `prefixItems`).
 
 Before any of that, the nesting depth is measured in one pass that does not recurse: json and
 both validators recurse once per level, and a body of nothing but `[` would otherwise end in
-a RecursionError (a 500) before anyone looked at its token.
+a RecursionError (a 500) before anyone looked at its token. Python's json reads NaN, Infinity
+and numbers past a double's range (1e400) as floats that JSON has no way to write back: no
+body carries them, and one that does is refused at every field that holds one.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Callable
 from functools import cache
@@ -40,6 +43,9 @@ _STRING = re.compile(r'"[^"]*(?:"|\Z)')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 _DNS_LABEL = {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"}
+# The largest number an INTEGER column holds on PostgreSQL (SQLite's hold up to 2^63 - 1):
+# every whole number a body brings to the store is at most this.
+INTEGER_MAX = 2**31 - 1
 
 HEARTBEAT: dict[str, Any] = {
     "type": "object",
@@ -47,7 +53,7 @@ HEARTBEAT: dict[str, Any] = {
     "properties": {
         "fleet": _DNS_LABEL,
         "server": _DNS_LABEL,
-        "sequence": {"type": "integer", "minimum": 0},
+        "sequence": {"type": "integer", "minimum": 0, "maximum": INTEGER_MAX},
         "metrics": {"type": "object"},
         "containers": {"type": ["object", "null"]},
         "tls_fingerprint": {"type": "string", "maxLength": 200},
@@ -71,7 +77,11 @@ AGENT_EVENT: dict[str, Any] = {
                 "image": {"type": "string", "maxLength": 500},
             },
         },
-        "exit_code": {"type": ["integer", "null"]},
+        "exit_code": {
+            "type": ["integer", "null"],
+            "minimum": -INTEGER_MAX - 1,
+            "maximum": INTEGER_MAX,
+        },
     },
 }
 
@@ -153,7 +163,8 @@ def is_nested_deeper(text: str, limit: int) -> bool:
 
 
 def parse_json(raw: bytes) -> Any:
-    """The JSON document in `raw`, or ApiError 400 (malformed_json, body_too_deep)."""
+    """The JSON document in `raw`, or ApiError 400 (malformed_json, body_too_deep), or 422
+    (invalid_body) naming each NaN, Infinity or number past a double's range."""
     try:
         # Decoded as json.loads would decode bytes, so the depth is measured on what it reads.
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")
@@ -166,9 +177,51 @@ def parse_json(raw: bytes) -> Any:
             f"the body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
         )
     try:
-        return json.loads(text)
+        return json.loads(text, parse_float=_finite, parse_constant=_not_finite)
     except ValueError as error:
         raise ApiError(400, "malformed_json", f"the body is not JSON: {error}") from None
+    except _NotFinite:
+        # Read again as Python reads it, only to find where the numbers are.
+        fields = [
+            FieldError(path=path, message=_NOT_FINITE)
+            for path in _non_finite_paths(json.loads(text))[:MAX_FIELD_ERRORS]
+        ]
+        raise ApiError(
+            422, "invalid_body", "the body holds a number that is not finite", fields=fields
+        ) from None
+
+
+_NOT_FINITE = "send a finite number: JSON has no NaN or Infinity, and a double ends at 1.8e308"
+
+
+class _NotFinite(Exception):
+    """A number of the body is NaN, infinite, or past a double's range."""
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NotFinite
+    return number
+
+
+def _not_finite(text: str) -> float:
+    raise _NotFinite
+
+
+def _non_finite_paths(document: Any) -> list[str]:
+    """The paths of the NaN and infinite floats in `document`, in the order they are written."""
+    found = []
+    pending: list[tuple[tuple[str | int, ...], Any]] = [((), document)]
+    while pending:
+        parts, value = pending.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(_path(parts))
+        elif isinstance(value, dict):
+            pending.extend(((*parts, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            pending.extend(((*parts, i), v) for i, v in reversed(list(enumerate(value))))
+    return found
 
 
 def check_body(kind: str, body: Any) -> dict[str, Any]:

@@ -68,6 +68,7 @@ from engine.catalog import Catalog, load_catalog
 from engine.controlplane.apikeys import ApiKeyVerifier
 from engine.controlplane.errors import ApiError
 from engine.controlplane.fleetapi import FleetApi, wait_for_events
+from engine.controlplane.query import INTEGER_MAX, whole_number
 from engine.cost import monthly_price
 from engine.errors import EngineError
 from engine.health import Power, power_of
@@ -346,7 +347,8 @@ def _one_page(items: Sequence[T], asked: str) -> tuple[Sequence[T], int, int]:
     when it is past the end) of `items`, PAGE_SIZE a page: its items, its number, how many
     pages there are."""
     pages = max(1, math.ceil(len(items) / PAGE_SIZE))
-    number = min(int(asked), pages) if asked.isdigit() and int(asked) >= 1 else 1
+    page = whole_number(asked, 1, INTEGER_MAX)
+    number = 1 if page is None else min(page, pages)
     return items[(number - 1) * PAGE_SIZE : number * PAGE_SIZE], number, pages
 
 
@@ -971,8 +973,9 @@ class Dashboard:
             )
         fleet = request.path_params["fleet"]
         query = request.query_params
-        since, wait = query.get("since", "0"), query.get("wait", "0")
-        if not since.isdigit() or not wait.isdigit():
+        since = whole_number(query.get("since", "0"), 0, INTEGER_MAX)
+        wait = whole_number(query.get("wait", "0"), 0, INTEGER_MAX)
+        if since is None or wait is None:
             self.guard.count_refusal(request)
             return JSONResponse(
                 {"error": {"code": "invalid_query", "message": "since and wait: whole numbers"}},
@@ -983,8 +986,8 @@ class Dashboard:
             self.store,
             fleet,
             server=query.get("server") or None,
-            since=int(since),
-            wait_s=min(int(wait), LIVE_WAIT_MAX_S),
+            since=since,
+            wait_s=min(wait, LIVE_WAIT_MAX_S),
             limit=100,
         )
         stages = await run_in_threadpool(self._stages, fleet, {e.server for e in events})
@@ -992,7 +995,7 @@ class Dashboard:
         return JSONResponse(
             {
                 "events": [_event_row(e, now) for e in events],
-                "next": events[-1].id if events else int(since),
+                "next": events[-1].id if events else since,
                 "stages": stages,
             },
             headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},

@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse, Response
 from engine.controlplane.apikeys import permit
 from engine.controlplane.bodies import read_body, read_json
 from engine.controlplane.errors import ApiError, FieldError
+from engine.controlplane.query import INTEGER_MAX, WholeNumber, query_numbers
 from engine.controlplane.views import MetricsSource, event_document, server_document, stored_server
 from engine.errors import EngineError, SpecError
 from engine.model import Fleet
@@ -68,6 +69,12 @@ SPEC_MAX_BYTES = 1024 * 1024
 ACTION_MAX_BYTES = 4096
 LONG_POLL_MAX_S = 30
 LONG_POLL_STEP_S = 0.25
+FLEET_EVENTS_QUERY = {
+    "since": WholeNumber(default=0, low=0, high=INTEGER_MAX),
+    "wait": WholeNumber(default=0, low=0, high=LONG_POLL_MAX_S),
+    "limit": WholeNumber(default=100, low=1, high=1000),
+}
+RUNS_QUERY = {"limit": WholeNumber(default=20, low=1, high=100)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,18 +170,12 @@ def _new_id() -> str:
     return secrets.token_hex(8)
 
 
-def _whole_number(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    """The query parameter `name` (`default` when absent), a whole number from low to high;
-    else 422 naming it."""
-    text = query.get(name, str(default))
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise ApiError(
-            422,
-            "invalid_query",
-            "the query is not valid",
-            fields=[FieldError(name, f"a whole number from {low} to {high}")],
-        )
-    return int(text)
+def group_count_max() -> int:
+    """The most servers a group may have, as the fleet spec's schema says."""
+    from engine.spec import fleet_schema
+
+    most: int = fleet_schema()["$defs"]["group"]["properties"]["count"]["maximum"]
+    return most
 
 
 async def wait_for_events(
@@ -448,18 +449,23 @@ class FleetApi:
             audit.permit()  # in the block: a 403 is audited too
             body = await read_json(request, ACTION_MAX_BYTES)
             count = body.get("count") if isinstance(body, dict) else None
+            most = group_count_max()
             if (
                 not isinstance(body, dict)
                 or set(body) != {"count"}
                 or not isinstance(count, int)
                 or isinstance(count, bool)
-                or count < 0
+                or not 0 <= count <= most
             ):
                 raise ApiError(
                     422,
                     "invalid_body",
                     "the body is not valid",
-                    fields=[FieldError("count", 'required, a whole number >= 0: {"count": 3}')],
+                    fields=[
+                        FieldError(
+                            "count", f'required, a whole number from 0 to {most}: {{"count": 3}}'
+                        )
+                    ],
                 )
             group = request.path_params["group"]
             plan, run = await run_in_threadpool(self._scale, fleet, group, count, key.name)
@@ -594,14 +600,17 @@ class FleetApi:
         """Events after `since` (an event id); with `wait` (seconds, at most 30), the answer
         waits until there is one or the time is up (long-poll)."""
         _, headers, fleet = self._key(request, Scope.READ)
-        query = request.query_params
-        since = _whole_number(query, "since", 0, 0, 2**62)
-        wait = _whole_number(query, "wait", 0, 0, LONG_POLL_MAX_S)
-        limit = _whole_number(query, "limit", 100, 1, 1000)
-        server = query.get("server")
+        numbers = query_numbers(request.query_params, FLEET_EVENTS_QUERY)
+        since = numbers["since"]
+        server = request.query_params.get("server")
         await run_in_threadpool(self._known, fleet)
         events = await wait_for_events(
-            self.store, fleet, server=server, since=since, wait_s=wait, limit=limit
+            self.store,
+            fleet,
+            server=server,
+            since=since,
+            wait_s=numbers["wait"],
+            limit=numbers["limit"],
         )
         last = events[-1].id if events else since
         return JSONResponse(
@@ -618,7 +627,7 @@ class FleetApi:
 
     async def get_runs(self, request: Request) -> Response:
         _, headers, fleet = self._key(request, Scope.READ)
-        limit = _whole_number(request.query_params, "limit", 20, 1, 100)
+        limit = query_numbers(request.query_params, RUNS_QUERY)["limit"]
         return JSONResponse(await run_in_threadpool(self._runs, fleet, limit), headers=headers)
 
     def _run(self, fleet: str, run_id: str) -> dict[str, Any]:

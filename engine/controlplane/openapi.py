@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine.controlplane.bodies import AGENT_EVENT, HEARTBEAT, SCHEMAS, phone_home_schema
-from engine.controlplane.fleetapi import SERVER_ACTIONS
+from engine.controlplane.fleetapi import SERVER_ACTIONS, group_count_max
+from engine.controlplane.query import WholeNumber
 from engine.state import Scope
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -31,7 +32,8 @@ class Endpoint:
     """One route: how it is served and how it is documented. `scope` None: no API key (the
     route has its own token, or none); `body` names a request schema in the components, or
     `spec` for the fleet spec in YAML or JSON; `answers` maps a success status to the name
-    of its response schema; `query` lists (name, description) of query parameters."""
+    of its response schema; `query` lists (name, description) of query parameters, and
+    `numbers` reads those that are whole numbers (the handler reads them with it too)."""
 
     method: str
     path: str
@@ -43,6 +45,7 @@ class Endpoint:
     answers: Mapping[int, str] = field(default_factory=lambda: {200: "Object"})
     errors: tuple[int, ...] = ()
     query: tuple[tuple[str, str], ...] = ()
+    numbers: Mapping[str, WholeNumber] = field(default_factory=dict)
 
 
 _ERROR = {
@@ -250,7 +253,9 @@ def component_schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["count"],
             "additionalProperties": False,
-            "properties": {"count": {"type": "integer", "minimum": 0}},
+            "properties": {
+                "count": {"type": "integer", "minimum": 0, "maximum": group_count_max()}
+            },
         },
         "ScaleStarted": {
             "type": "object",
@@ -314,7 +319,9 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
                 "in": "query",
                 "required": False,
                 "description": text,
-                "schema": {"type": "string"},
+                "schema": endpoint.numbers[name].schema()
+                if name in endpoint.numbers
+                else {"type": "string"},
             }
             for name, text in endpoint.query
         ],

@@ -28,6 +28,12 @@ from engine.state.database import Database, Repository
 
 # Step (seconds) -> how long its points are kept.
 RETENTION = {60: dt.timedelta(hours=24), 900: dt.timedelta(days=30)}
+# How far back the history goes: as long as its longest-kept points.
+HISTORY = max(RETENTION.values())
+# Linux runs at most 2^22 tasks (PID_MAX_LIMIT), so no more can wait to run; and it counts
+# an interface's bytes in 64 bits.
+MAX_LOAD = 2**22
+MAX_COUNTER = 2**64 - 1
 
 
 def bucket(at: dt.datetime, step_s: int) -> dt.datetime:
@@ -155,25 +161,27 @@ def _counts(row: Row[Any]) -> dict[str, int]:
 
 def heartbeat_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The series kept of one heartbeat's metrics (as the agent reports them): cpu, memory
-    and disk (the fullest) in percent used, load the 1-minute load average."""
+    and disk (the fullest) in percent used, load the 1-minute load average. A reading out of
+    its range (a percent past 100, a load past MAX_LOAD) is no reading: a point's sum of
+    them would not stay finite."""
     values: dict[str, float] = {}
 
-    def number(value: Any) -> float | None:
+    def number(value: Any, high: float) -> float | None:
         is_number = isinstance(value, int | float) and not isinstance(value, bool)
-        return float(value) if is_number else None
+        return float(value) if is_number and 0 <= value <= high else None
 
     for name, section, key in (("cpu", "cpu", "percent"), ("memory", "memory", "percent")):
         part = metrics.get(section)
-        found = number(part.get(key)) if isinstance(part, Mapping) else None
+        found = number(part.get(key), 100) if isinstance(part, Mapping) else None
         if found is not None:
             values[name] = found
     load = metrics.get("load")
-    found = number(load.get("1m")) if isinstance(load, Mapping) else None
+    found = number(load.get("1m"), MAX_LOAD) if isinstance(load, Mapping) else None
     if found is not None:
         values["load"] = found
     disks = metrics.get("disks")
     if isinstance(disks, list):
-        used = [number(d.get("percent")) for d in disks if isinstance(d, Mapping)]
+        used = [number(d.get("percent"), 100) for d in disks if isinstance(d, Mapping)]
         percents = [p for p in used if p is not None]
         if percents:
             values["disk"] = max(percents)
@@ -197,7 +205,11 @@ def _byte_counters(metrics: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
         if not isinstance(interface, Mapping):
             continue
         received, sent = interface.get("bytes_recv"), interface.get("bytes_sent")
-        if isinstance(received, int) and isinstance(sent, int):
+        if (
+            isinstance(received, int)
+            and isinstance(sent, int)
+            and 0 <= min(received, sent) <= max(received, sent) <= MAX_COUNTER
+        ):
             counters[str(interface.get("interface", ""))] = (received, sent)
     return counters
 

@@ -333,3 +333,168 @@ def test_heartbeats_are_kept_as_metric_history_served_per_step(plane: Plane) -> 
     missing = plane.client.get(f"{plane.url}/v1/fleets/web-prod/servers/web-9/metrics", headers=api)
     assert missing.status_code == 404
     assert plane.client.get(metrics).status_code == 401
+
+
+def test_a_heartbeat_with_numbers_json_has_not_is_refused_and_the_history_stays_readable(
+    plane: Plane,
+) -> None:
+    key = ensure_fleet_key(plane.state_dir, "web-prod")
+    assert key is not None
+    token = derive_token(key, "heartbeat", "web-prod", "web-1")
+    sent = plane.client.post(
+        f"{plane.url}/v1/heartbeat",
+        content=b'{"fleet": "web-prod", "server": "web-1", "sequence": 1, "containers": {},'
+        b' "metrics": {"cpu": {"percent": NaN}, "memory": {"percent": Infinity},'
+        b' "disks": [{"percent": 1e400}, {"percent": -Infinity}]}, "tls_fingerprint": "x"}',
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    assert sent.status_code == 422, sent.text
+    error = sent.json()["error"]
+    assert error["code"] == "invalid_body"
+    assert [f["path"] for f in error["fields"]] == [
+        "metrics.cpu.percent",
+        "metrics.memory.percent",
+        "metrics.disks[0].percent",
+        "metrics.disks[1].percent",
+    ]
+    assert "finite" in error["fields"][0]["message"]
+    assert plane.store.agents.report("web-prod", "web-1") is None
+    api = {"Authorization": f"Bearer {create_api_key(plane.store, plane.state_dir, 'ops')}"}
+    metrics = plane.client.get(f"{plane.url}/v1/fleets/web-prod/servers/web-1/metrics", headers=api)
+    assert (metrics.status_code, metrics.json()["points"]) == (200, [])
+
+
+def test_readings_out_of_range_leave_the_metric_history_finite(plane: Plane) -> None:
+    key = ensure_fleet_key(plane.state_dir, "web-prod")
+    assert key is not None
+    token = derive_token(key, "heartbeat", "web-prod", "web-1")
+    for second, received in ((0, 0), (10, 10**400)):
+        document = {
+            "fleet": "web-prod",
+            "server": "web-1",
+            "metrics": {
+                "collected_at": f"2026-12-01T10:00:{second:02d}.000Z",
+                "cpu": {"percent": 1.7e308},
+                "memory": {"percent": 50.0},
+                "network": [{"interface": "eth0", "bytes_recv": received, "bytes_sent": 0}],
+            },
+            "containers": {},
+            "tls_fingerprint": "sha256:ab",
+        }
+        answer = plane.client.post(
+            f"{plane.url}/v1/heartbeat", json=document, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 200, answer.text
+    api = {"Authorization": f"Bearer {create_api_key(plane.store, plane.state_dir, 'ops')}"}
+    metrics = f"{plane.url}/v1/fleets/web-prod/servers/web-1/metrics"
+    got = plane.client.get(metrics, params={"step": "15m"}, headers=api)
+    assert got.status_code == 200, got.text
+    assert [set(p) - {"at", "samples"} for p in got.json()["points"]] == [{"memory"}]
+
+
+def test_whole_numbers_a_column_cannot_hold_are_refused_at_their_field(plane: Plane) -> None:
+    key = ensure_fleet_key(plane.state_dir, "web-prod")
+    assert key is not None
+    auth = {"Authorization": f"Bearer {derive_token(key, 'heartbeat', 'web-prod', 'web-1')}"}
+    heartbeat = {
+        "fleet": "web-prod",
+        "server": "web-1",
+        "metrics": {},
+        "containers": {},
+        "tls_fingerprint": "sha256:ab",
+    }
+    event = {
+        "fleet": "web-prod",
+        "server": "web-1",
+        "event_id": "abc-die-1",
+        "event": "die",
+        "container": {"id": "abc"},
+    }
+    # 2^63 overflowed SQLite's INTEGER (a 500); 2^31 overflows PostgreSQL's.
+    refused = [
+        ("/v1/heartbeat", {**heartbeat, "sequence": 2**63}, "sequence"),
+        ("/v1/heartbeat", {**heartbeat, "sequence": 2**31}, "sequence"),
+        ("/v1/agent-events", {**event, "exit_code": 2**63}, "exit_code"),
+        ("/v1/agent-events", {**event, "exit_code": -(2**31) - 1}, "exit_code"),
+    ]
+    before = plane.snapshot()
+    for path, document, field in refused:
+        answer = plane.client.post(f"{plane.url}{path}", json=document, headers=auth)
+        assert answer.status_code == 422, (path, document, answer.text)
+        assert [f["path"] for f in answer.json()["error"]["fields"]] == [field]
+    answer = plane.phone_home_as(1, attempt=2**31)
+    assert answer.status_code == 422, answer.text
+    assert [f["path"] for f in answer.json()["error"]["fields"]] == ["attempt"]
+    assert plane.snapshot() == before
+    assert plane.store.agents.report("web-prod", "web-1") is None
+    last = {**heartbeat, "sequence": 2**31 - 1}
+    assert (
+        plane.client.post(f"{plane.url}/v1/heartbeat", json=last, headers=auth).status_code == 200
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/v1/events", "after"),
+        ("/v1/events", "limit"),
+        ("/v1/fleets/web-prod/events", "since"),
+        ("/v1/fleets/web-prod/events", "wait"),
+        ("/v1/fleets/web-prod/events", "limit"),
+        ("/v1/fleets/web-prod/runs", "limit"),
+    ],
+)
+def test_a_query_number_is_ascii_digits_within_its_bounds(
+    plane: Plane, path: str, name: str
+) -> None:
+    auth = {"Authorization": f"Bearer {create_api_key(plane.store, plane.state_dir, 'ops')}"}
+    fleet = {"fleet": "web-prod"} if path == "/v1/events" else {}
+    # '²' is a digit to str.isdigit() and not to int(); 2^63 and more no column holds.
+    for text in ("²", "٣", "9223372036854775808", "9" * 26, "-1", " 1", "1e3"):
+        answer = plane.client.get(f"{plane.url}{path}", params={**fleet, name: text}, headers=auth)
+        assert answer.status_code == 422, (text, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] == "invalid_query"
+        (field,) = error["fields"]
+        assert field["path"] == name and "a whole number from " in field["message"]
+    if name in ("after", "since"):
+        last = plane.client.get(
+            f"{plane.url}{path}", params={**fleet, name: str(2**63 - 1)}, headers=auth
+        )
+        assert (last.status_code, last.json()["events"]) == (200, [])
+
+
+def test_the_openapi_document_types_the_query_numbers_with_their_bounds(plane: Plane) -> None:
+    document = plane.client.get(f"{plane.url}/v1/openapi.json").json()
+    events = document["paths"]["/v1/fleets/{fleet}/events"]["get"]["parameters"]
+    schemas = {p["name"]: p["schema"] for p in events if p["in"] == "query"}
+    assert schemas == {
+        "since": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "default": 0},
+        "wait": {"type": "integer", "minimum": 0, "maximum": 30, "default": 0},
+        "server": {"type": "string"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [
+        ({"since": "999999d"}, "since"),  # was OverflowError: date value out of range
+        ({"since": "0001-01-01T00:00+14:00"}, "since"),  # was ValueError: year 0
+        ({"since": "9999-12-31T23:59-14:00"}, "since"),
+        ({"since": "31d"}, "since"),
+        ({"step": "999999d"}, "step"),  # was a point dated 1970
+        ({"step": "31d"}, "step"),
+    ],
+)
+def test_metrics_since_and_step_stay_within_the_history(
+    plane: Plane, query: dict[str, str], name: str
+) -> None:
+    api = {"Authorization": f"Bearer {create_api_key(plane.store, plane.state_dir, 'ops')}"}
+    metrics = f"{plane.url}/v1/fleets/web-prod/servers/web-1/metrics"
+    answer = plane.client.get(metrics, params=query, headers=api)
+    assert answer.status_code == 422, answer.text
+    (field,) = answer.json()["error"]["fields"]
+    assert field["path"] == name and "30d" in field["message"]
+    widest = plane.client.get(metrics, params={"since": "30d", "step": "30d"}, headers=api)
+    assert widest.status_code == 200, widest.text

@@ -1,4 +1,5 @@
-"""Bodies nested too deep are refused with a 400 before any parser or validator recurses."""
+"""Bodies nested too deep are refused with a 400 before any parser or validator recurses;
+numbers JSON has not (NaN, Infinity, 1e400) with a 422 naming where they are."""
 
 from __future__ import annotations
 
@@ -80,3 +81,18 @@ def test_a_deep_body_in_utf_16_is_measured_as_json_would_read_it() -> None:
         parse_json(("[" * 5000).encode("utf-16-le"))
     assert (refused.value.status, refused.value.code) == (400, "body_too_deep")
     assert parse_json('{"a": ["[["]}'.encode("utf-16")) == {"a": ["[["]}
+
+
+@pytest.mark.parametrize(
+    ("text", "paths"),
+    [
+        ("NaN", ["(body)"]),
+        ('{"a": [1, Infinity, {"b": -Infinity}], "c": 1e400}', ["a[1]", "a[2].b", "c"]),
+        ('{"a": -1e309, "b": 1.7e308, "c": 1' + "0" * 400 + "}", ["a"]),
+    ],
+)
+def test_numbers_json_has_not_are_refused_at_their_fields(text: str, paths: list[str]) -> None:
+    with pytest.raises(ApiError) as refused:
+        parse_json(text.encode())
+    assert (refused.value.status, refused.value.code) == (422, "invalid_body")
+    assert [f.path for f in refused.value.fields] == paths

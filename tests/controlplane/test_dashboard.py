@@ -304,6 +304,20 @@ def test_the_live_endpoint_returns_new_events_and_the_stages_they_touch(site: Si
     assert "web-3: agent silent" in events and "web-1 is ready" not in events
 
 
+def test_a_page_or_live_number_that_is_no_ascii_whole_number_is_no_500(site: Site) -> None:
+    client = site.signed_in(site.key())
+    # '²' is a digit to str.isdigit() and not to int(); 2^63 no column holds.
+    for page in ("²", "9223372036854775808", "0"):
+        fleet = client.get("/fleets/demo", params={"page": page})
+        assert fleet.status_code == 200 and "page 1 of 3" in fleet.text, page
+        assert client.get("/alerts", params={"page": page}).status_code == 200, page
+    for query in ({"since": "²"}, {"wait": "²"}, {"since": "9223372036854775808"}):
+        live = client.get("/fleets/demo/live", params=query)
+        assert (live.status_code, live.json()["error"]["code"]) == (422, "invalid_query"), query
+    last = client.get("/fleets/demo/live", params={"since": "9223372036854775807"})
+    assert last.status_code == 200 and last.json()["next"] == 2**63 - 1
+
+
 def test_only_the_shipped_assets_are_served(site: Site) -> None:
     client = site.browser()
     script = client.get("/static/dashboard.js")

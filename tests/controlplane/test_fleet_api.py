@@ -112,6 +112,19 @@ def test_a_read_key_gets_403_on_writes_and_a_granted_key_only_its_fleets(plane: 
     assert listed == {"fleets": []}
 
 
+def test_a_scale_past_the_most_a_group_may_have_is_a_bad_body(plane: Plane) -> None:
+    key = create_api_key(plane.store, plane.state_dir, "ci", scope=Scope.APPLY)
+    assert _put(plane, key, "demo", DEMO).status_code == 201
+    url = f"{plane.url}/v1/fleets/demo/groups/web"
+    for count in (1001, 2**63, -1):
+        answer = plane.client.patch(url, json={"count": count}, headers=_auth(key))
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["code"] == "invalid_body"
+        (field,) = answer.json()["error"]["fields"]
+        assert field["path"] == "count" and "from 0 to 1000" in field["message"]
+    assert plane.store.specs.get("demo").text == DEMO  # type: ignore[union-attr]
+
+
 def test_every_write_is_audited_without_its_secrets(plane: Plane) -> None:
     key = create_api_key(plane.store, plane.state_dir, "ci", scope=Scope.APPLY)
     reader = create_api_key(plane.store, plane.state_dir, "dashboard")

@@ -108,6 +108,14 @@ def test_the_series_of_a_heartbeat_are_read_from_the_agents_metrics() -> None:
     }
     assert heartbeat_values(metrics) == {"cpu": 12.5, "memory": 40.0, "load": 0.5, "disk": 91.5}
     assert heartbeat_values({"cpu": {"percent": "high"}, "disks": []}) == {}
+    # Out of range is no reading: two of 1.7e308 would sum to Infinity in their point.
+    wild = {
+        "cpu": {"percent": 1.7e308},
+        "memory": {"percent": -1},
+        "load": {"1m": 2**22 + 1},
+        "disks": [{"percent": 101}, {"percent": 7}],
+    }
+    assert heartbeat_values(wild) == {"disk": 7.0}
 
 
 def test_alert_states_are_kept_per_alert_and_subject(store: Store, clock: Clock) -> None:
@@ -153,3 +161,5 @@ def test_network_rates_come_from_two_heartbeats_counters() -> None:
     assert network_rates(before, _reading(0, ("eth0", 2000, 600))) == {}
     assert network_rates({"cpu": {}}, after) == {}
     assert network_rates(before, {"collected_at": "soon", "network": []}) == {}
+    # A counter past 64 bits is no counter (its rate would not fit a float).
+    assert network_rates(before, _reading(10, ("eth0", 10**400, 600))) == {}
