@@ -100,6 +100,7 @@ SESSION_S = 12 * 3600
 PAGE_SIZE = 100
 LIVE_WAIT_MAX_S = 25
 FORM_MAX_BYTES = 8192
+FORM_MAX_FIELDS = 16
 LINK_S = 600
 ACTIONS = (Signal.REBOOT, Signal.POWEROFF, Signal.POWERON, Signal.REBUILD)
 # Range -> (how far back, seconds between points): about a hundred points a chart.
@@ -1020,7 +1021,8 @@ class Dashboard:
 
 async def read_form(request: Request) -> dict[str, str]:
     """A posted HTML form's fields (the first value of each); empty unless the body is a
-    urlencoded form of at most FORM_MAX_BYTES, which every form of the dashboard is."""
+    urlencoded form of at most FORM_MAX_BYTES and FORM_MAX_FIELDS fields, which every form
+    of the dashboard is."""
     kind = request.headers.get("content-type", "").split(";")[0].strip()
     if kind != "application/x-www-form-urlencoded":
         return {}
@@ -1029,7 +1031,12 @@ async def read_form(request: Request) -> dict[str, str]:
         body += chunk
         if len(body) > FORM_MAX_BYTES:
             return {}
-    fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=16)
+    try:
+        fields = urllib.parse.parse_qs(
+            body.decode("utf-8", "replace"), max_num_fields=FORM_MAX_FIELDS
+        )
+    except ValueError:  # more fields than FORM_MAX_FIELDS
+        return {}
     return {name: values[0] for name, values in fields.items()}
 
 

@@ -216,6 +216,24 @@ def test_sign_out_needs_its_token_and_ends_the_session(site: Site) -> None:
     assert client.get("/").status_code == 303
 
 
+def test_a_form_of_too_many_fields_is_refused_as_any_malformed_form(site: Site) -> None:
+    padding = {f"f{n}": "1" for n in range(20)}
+    stranger = site.browser()
+    token = re.search(r'name="token" value="([0-9a-f]+)"', stranger.get("/sign-in").text)
+    assert token is not None
+    signing_in = stranger.post("/sign-in", data={**padding, "token": token[1], "key": site.key()})
+    assert signing_in.status_code == 403 and "The form expired" in signing_in.text
+    assert SESSION_COOKIE not in signing_in.headers.get("set-cookie", "")
+    client = site.signed_in(site.key(Scope.APPLY, name="deployer"))
+    page = client.get("/fleets/demo/servers/web-2")
+    action = {**padding, "action": "reboot", "csrf": csrf_of(page), "confirm": "yes"}
+    acting = client.post("/fleets/demo/servers/web-2/actions", data=action)
+    assert acting.status_code == 403 and "did not come from this dashboard" in acting.text
+    assert site.store.runs.all(FLEET) == ()
+    signing_out = client.post("/sign-out", data={**padding, "csrf": csrf_of(page)})
+    assert signing_out.status_code == 403 and client.get("/").status_code == 200
+
+
 def test_the_fleet_page_pages_and_filters_its_servers(site: Site) -> None:
     client = site.signed_in(site.key())
     rows = re.compile(r'<th scope="row"><a href="/fleets/demo/servers/(web-\d+)">')
