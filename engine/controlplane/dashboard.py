@@ -92,7 +92,7 @@ from engine.state import (
     Transition,
 )
 from engine.state.store import Store
-from engine.tokens import ensure_api_key_secret
+from engine.tokens import ensure_api_key_secret, is_same_token
 
 SESSION_COOKIE = "fe_session"
 SIGN_IN_COOKIE = "fe_sign_in"
@@ -521,7 +521,7 @@ class Dashboard:
         if len(parts) != 4:
             return None
         key_id, expires, nonce, signature = parts
-        if not hmac.compare_digest(signature, self._sign(f"{key_id}.{expires}.{nonce}")):
+        if not is_same_token(self._sign(f"{key_id}.{expires}.{nonce}"), signature):
             return None
         if not expires.isdigit() or int(expires) < time.time():
             return None
@@ -582,7 +582,7 @@ class Dashboard:
         form = await read_form(request)
         token, presented = form.get("token", ""), form.get("key", "").strip()
         expected = request.cookies.get(SIGN_IN_COOKIE, "")
-        if not expected or not hmac.compare_digest(token, expected):
+        if not expected or not is_same_token(expected, token):
             self.guard.count_refusal(request)
             return self._sign_in_form(request, 403, "The form expired: sign in again.")
         key = await run_in_threadpool(self._verify, presented)
@@ -621,7 +621,7 @@ class Dashboard:
     async def post_sign_out(self, request: Request) -> Response:
         form = await read_form(request)
         session = await run_in_threadpool(self.session, request)
-        if session is None or not hmac.compare_digest(form.get("csrf", ""), session.csrf):
+        if session is None or not is_same_token(session.csrf, form.get("csrf", "")):
             return self._refuse(request, 403, "This sign-out did not come from this dashboard.")
         answer = RedirectResponse("/sign-in", status_code=303, headers=SECURITY_HEADERS)
         answer.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
@@ -917,7 +917,7 @@ class Dashboard:
         session = self.session(request)
         if session is None:
             return self._refuse(request, 401, "Sign in first: this browser has no session.")
-        if not hmac.compare_digest(form.get("csrf", ""), session.csrf):
+        if not is_same_token(session.csrf, form.get("csrf", "")):
             return self._refuse(
                 request, 403, "This action did not come from this dashboard's page.", session
             )

@@ -20,6 +20,7 @@ from engine.controlplane.app import AppSettings, create_app
 from engine.controlplane.dashboard import (
     CSP,
     SESSION_COOKIE,
+    SIGN_IN_COOKIE,
     SignInLinks,
     StepBar,
     chart,
@@ -232,6 +233,29 @@ def test_a_form_of_too_many_fields_is_refused_as_any_malformed_form(site: Site) 
     assert site.store.runs.all(FLEET) == ()
     signing_out = client.post("/sign-out", data={**padding, "csrf": csrf_of(page)})
     assert signing_out.status_code == 403 and client.get("/").status_code == 200
+
+
+def test_a_non_ascii_token_csrf_or_session_cookie_is_refused_as_a_wrong_one(site: Site) -> None:
+    # Raw headers: httpx sends a str header as ASCII only; a browser may send any byte.
+    forged_form = {"Cookie": f"{SIGN_IN_COOKIE}=é".encode()}
+    signing_in = site.browser().post(
+        "/sign-in", data={"token": "é", "key": site.key()}, headers=forged_form
+    )
+    assert signing_in.status_code == 403 and "The form expired" in signing_in.text
+    client = site.signed_in(site.key(Scope.APPLY, name="deployer"))
+    acting = client.post(
+        "/fleets/demo/servers/web-2/actions",
+        data={"action": "reboot", "csrf": "é", "confirm": "yes"},
+    )
+    assert acting.status_code == 403 and site.store.runs.all(FLEET) == ()
+    assert client.post("/sign-out", data={"csrf": "é"}).status_code == 403
+    # A session cookie that is not one the dashboard signed is no session, as an expired one.
+    forged_session = {"Cookie": f"{SESSION_COOKIE}=a.b.c.é".encode()}
+    for path in ("/", "/fleets/demo", "/alerts"):
+        answer = site.browser().get(path, headers=forged_session)
+        assert (answer.status_code, answer.headers["location"]) == (303, "/sign-in"), path
+    live = site.browser().get("/fleets/demo/live?since=0", headers=forged_session)
+    assert live.status_code == 401 and live.json()["error"]["code"] == "no_session"
 
 
 def test_the_fleet_page_pages_and_filters_its_servers(site: Site) -> None:
