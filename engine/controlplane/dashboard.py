@@ -745,16 +745,21 @@ class Dashboard:
         session = self.session(request)
         if session is None:
             return None, self._to_sign_in()
-        fleet = request.path_params["fleet"]
+        refusal = self._fleet_refusal(session, request.path_params["fleet"])
+        if refusal is not None:
+            return None, self._refuse(request, refusal.status, _sentence(refusal.message), session)
+        return session, None
+
+    def _fleet_refusal(self, session: Session, fleet: str) -> ApiError | None:
+        """Why `session` may not see the pages of `fleet` (its key is not granted it, or
+        there is no such fleet), or None."""
         if not session.key.may(Scope.READ, fleet):
-            return None, self._refuse(
-                request, 403, f"The key {session.key.name} is not granted fleet {fleet}.", session
+            return ApiError(
+                403, "forbidden", f"the key {session.key.name} is not granted fleet {fleet}"
             )
         if self.store.fleets.get(fleet) is None and self.store.specs.get(fleet) is None:
-            return None, self._refuse(
-                request, 404, f"This control plane serves no fleet {fleet}.", session
-            )
-        return session, None
+            return ApiError(404, "fleet_not_found", f"this control plane serves no fleet {fleet}")
+        return None
 
     async def get_fleet(self, request: Request) -> Response:
         return await run_in_threadpool(self._fleet, request)
@@ -962,14 +967,15 @@ class Dashboard:
     async def get_live(self, request: Request) -> Response:
         """New events after `since` (waiting up to `wait` seconds for one) and the stage of
         every server they name, for the pages' script."""
-        session, refused = await run_in_threadpool(self._fleet_session, request)
+        session = await run_in_threadpool(self.session, request)
         if session is None:
-            assert refused is not None
-            return JSONResponse(
-                {"error": {"code": "no_session", "message": "sign in again"}},
-                status_code=401 if refused.status_code == 303 else refused.status_code,
-                headers=SECURITY_HEADERS,
-            )
+            return _json_error(ApiError(401, "no_session", "sign in again"))
+        refusal = await run_in_threadpool(
+            self._fleet_refusal, session, request.path_params["fleet"]
+        )
+        if refusal is not None:
+            self.guard.count_refusal(request)
+            return _json_error(refusal)
         fleet = request.path_params["fleet"]
         query = request.query_params
         since, wait = query.get("since", "0"), query.get("wait", "0")
@@ -1038,6 +1044,16 @@ async def read_form(request: Request) -> dict[str, str]:
     except ValueError:  # more fields than FORM_MAX_FIELDS
         return {}
     return {name: values[0] for name, values in fields.items()}
+
+
+def _json_error(error: ApiError) -> JSONResponse:
+    """`error` as the live endpoint answers it: the API's error body, the page's headers."""
+    return JSONResponse(error.body(), status_code=error.status, headers=SECURITY_HEADERS)
+
+
+def _sentence(message: str) -> str:
+    """An API error's message as a page says it: "the key ops is ..." -> "The key ops is ..."."""
+    return f"{message[:1].upper()}{message[1:]}."
 
 
 def _stage_counts(records: Sequence[ServerRecord]) -> list[tuple[str, int, str]]:

@@ -346,6 +346,30 @@ def test_the_live_endpoint_returns_new_events_and_the_stages_they_touch(site: Si
     assert "web-3: agent silent" in events and "web-1 is ready" not in events
 
 
+def test_the_live_endpoint_says_why_it_refuses(site: Site) -> None:
+    unknown = site.signed_in(site.key()).get("/fleets/nope/live?since=0")
+    assert (unknown.status_code, unknown.json()) == (
+        404,
+        {
+            "error": {
+                "code": "fleet_not_found",
+                "message": "this control plane serves no fleet nope",
+            }
+        },
+    )
+    other = site.signed_in(site.key(name="others", fleets=("other",)))
+    refused = other.get("/fleets/demo/live?since=0")
+    assert (refused.status_code, refused.json()) == (
+        403,
+        {"error": {"code": "forbidden", "message": "the key others is not granted fleet demo"}},
+    )
+    signed_out = site.browser().get("/fleets/demo/live?since=0")
+    assert (signed_out.status_code, signed_out.json()) == (
+        401,
+        {"error": {"code": "no_session", "message": "sign in again"}},
+    )
+
+
 def test_only_the_shipped_assets_are_served(site: Site) -> None:
     client = site.browser()
     script = client.get("/static/dashboard.js")
