@@ -93,7 +93,7 @@ from engine.state import (
     Transition,
 )
 from engine.state.store import Store
-from engine.tokens import ensure_api_key_secret
+from engine.tokens import ensure_api_key_secret, is_same_token
 
 SESSION_COOKIE = "fe_session"
 SIGN_IN_COOKIE = "fe_sign_in"
@@ -101,6 +101,7 @@ SESSION_S = 12 * 3600
 PAGE_SIZE = 100
 LIVE_WAIT_MAX_S = 25
 FORM_MAX_BYTES = 8192
+FORM_MAX_FIELDS = 16
 LINK_S = 600
 ACTIONS = (Signal.REBOOT, Signal.POWEROFF, Signal.POWERON, Signal.REBUILD)
 # Range -> (how far back, seconds between points): about a hundred points a chart.
@@ -522,7 +523,7 @@ class Dashboard:
         if len(parts) != 4:
             return None
         key_id, expires, nonce, signature = parts
-        if not hmac.compare_digest(signature, self._sign(f"{key_id}.{expires}.{nonce}")):
+        if not is_same_token(self._sign(f"{key_id}.{expires}.{nonce}"), signature):
             return None
         if not expires.isdigit() or int(expires) < time.time():
             return None
@@ -583,7 +584,7 @@ class Dashboard:
         form = await read_form(request)
         token, presented = form.get("token", ""), form.get("key", "").strip()
         expected = request.cookies.get(SIGN_IN_COOKIE, "")
-        if not expected or not hmac.compare_digest(token, expected):
+        if not expected or not is_same_token(expected, token):
             self.guard.count_refusal(request)
             return self._sign_in_form(request, 403, "The form expired: sign in again.")
         key = await run_in_threadpool(self._verify, presented)
@@ -622,7 +623,7 @@ class Dashboard:
     async def post_sign_out(self, request: Request) -> Response:
         form = await read_form(request)
         session = await run_in_threadpool(self.session, request)
-        if session is None or not hmac.compare_digest(form.get("csrf", ""), session.csrf):
+        if session is None or not is_same_token(session.csrf, form.get("csrf", "")):
             return self._refuse(request, 403, "This sign-out did not come from this dashboard.")
         answer = RedirectResponse("/sign-in", status_code=303, headers=SECURITY_HEADERS)
         answer.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
@@ -746,16 +747,21 @@ class Dashboard:
         session = self.session(request)
         if session is None:
             return None, self._to_sign_in()
-        fleet = request.path_params["fleet"]
+        refusal = self._fleet_refusal(session, request.path_params["fleet"])
+        if refusal is not None:
+            return None, self._refuse(request, refusal.status, _sentence(refusal.message), session)
+        return session, None
+
+    def _fleet_refusal(self, session: Session, fleet: str) -> ApiError | None:
+        """Why `session` may not see the pages of `fleet` (its key is not granted it, or
+        there is no such fleet), or None."""
         if not session.key.may(Scope.READ, fleet):
-            return None, self._refuse(
-                request, 403, f"The key {session.key.name} is not granted fleet {fleet}.", session
+            return ApiError(
+                403, "forbidden", f"the key {session.key.name} is not granted fleet {fleet}"
             )
         if self.store.fleets.get(fleet) is None and self.store.specs.get(fleet) is None:
-            return None, self._refuse(
-                request, 404, f"This control plane serves no fleet {fleet}.", session
-            )
-        return session, None
+            return ApiError(404, "fleet_not_found", f"this control plane serves no fleet {fleet}")
+        return None
 
     async def get_fleet(self, request: Request) -> Response:
         return await run_in_threadpool(self._fleet, request)
@@ -918,7 +924,7 @@ class Dashboard:
         session = self.session(request)
         if session is None:
             return self._refuse(request, 401, "Sign in first: this browser has no session.")
-        if not hmac.compare_digest(form.get("csrf", ""), session.csrf):
+        if not is_same_token(session.csrf, form.get("csrf", "")):
             return self._refuse(
                 request, 403, "This action did not come from this dashboard's page.", session
             )
@@ -963,14 +969,15 @@ class Dashboard:
     async def get_live(self, request: Request) -> Response:
         """New events after `since` (waiting up to `wait` seconds for one) and the stage of
         every server they name, for the pages' script."""
-        session, refused = await run_in_threadpool(self._fleet_session, request)
+        session = await run_in_threadpool(self.session, request)
         if session is None:
-            assert refused is not None
-            return JSONResponse(
-                {"error": {"code": "no_session", "message": "sign in again"}},
-                status_code=401 if refused.status_code == 303 else refused.status_code,
-                headers=SECURITY_HEADERS,
-            )
+            return _json_error(ApiError(401, "no_session", "sign in again"))
+        refusal = await run_in_threadpool(
+            self._fleet_refusal, session, request.path_params["fleet"]
+        )
+        if refusal is not None:
+            self.guard.count_refusal(request)
+            return _json_error(refusal)
         fleet = request.path_params["fleet"]
         query = request.query_params
         since = whole_number(query.get("since", "0"), 0, INTEGER_MAX)
@@ -1023,7 +1030,8 @@ class Dashboard:
 
 async def read_form(request: Request) -> dict[str, str]:
     """A posted HTML form's fields (the first value of each); empty unless the body is a
-    urlencoded form of at most FORM_MAX_BYTES, which every form of the dashboard is."""
+    urlencoded form of at most FORM_MAX_BYTES and FORM_MAX_FIELDS fields, which every form
+    of the dashboard is."""
     kind = request.headers.get("content-type", "").split(";")[0].strip()
     if kind != "application/x-www-form-urlencoded":
         return {}
@@ -1032,8 +1040,23 @@ async def read_form(request: Request) -> dict[str, str]:
         body += chunk
         if len(body) > FORM_MAX_BYTES:
             return {}
-    fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=16)
+    try:
+        fields = urllib.parse.parse_qs(
+            body.decode("utf-8", "replace"), max_num_fields=FORM_MAX_FIELDS
+        )
+    except ValueError:  # more fields than FORM_MAX_FIELDS
+        return {}
     return {name: values[0] for name, values in fields.items()}
+
+
+def _json_error(error: ApiError) -> JSONResponse:
+    """`error` as the live endpoint answers it: the API's error body, the page's headers."""
+    return JSONResponse(error.body(), status_code=error.status, headers=SECURITY_HEADERS)
+
+
+def _sentence(message: str) -> str:
+    """An API error's message as a page says it: "the key ops is ..." -> "The key ops is ..."."""
+    return f"{message[:1].upper()}{message[1:]}."
 
 
 def _stage_counts(records: Sequence[ServerRecord]) -> list[tuple[str, int, str]]:

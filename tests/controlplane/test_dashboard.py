@@ -20,6 +20,7 @@ from engine.controlplane.app import AppSettings, create_app
 from engine.controlplane.dashboard import (
     CSP,
     SESSION_COOKIE,
+    SIGN_IN_COOKIE,
     SignInLinks,
     StepBar,
     chart,
@@ -216,6 +217,47 @@ def test_sign_out_needs_its_token_and_ends_the_session(site: Site) -> None:
     assert client.get("/").status_code == 303
 
 
+def test_a_form_of_too_many_fields_is_refused_as_any_malformed_form(site: Site) -> None:
+    padding = {f"f{n}": "1" for n in range(20)}
+    stranger = site.browser()
+    token = re.search(r'name="token" value="([0-9a-f]+)"', stranger.get("/sign-in").text)
+    assert token is not None
+    signing_in = stranger.post("/sign-in", data={**padding, "token": token[1], "key": site.key()})
+    assert signing_in.status_code == 403 and "The form expired" in signing_in.text
+    assert SESSION_COOKIE not in signing_in.headers.get("set-cookie", "")
+    client = site.signed_in(site.key(Scope.APPLY, name="deployer"))
+    page = client.get("/fleets/demo/servers/web-2")
+    action = {**padding, "action": "reboot", "csrf": csrf_of(page), "confirm": "yes"}
+    acting = client.post("/fleets/demo/servers/web-2/actions", data=action)
+    assert acting.status_code == 403 and "did not come from this dashboard" in acting.text
+    assert site.store.runs.all(FLEET) == ()
+    signing_out = client.post("/sign-out", data={**padding, "csrf": csrf_of(page)})
+    assert signing_out.status_code == 403 and client.get("/").status_code == 200
+
+
+def test_a_non_ascii_token_csrf_or_session_cookie_is_refused_as_a_wrong_one(site: Site) -> None:
+    # Raw headers: httpx sends a str header as ASCII only; a browser may send any byte.
+    forged_form = {"Cookie": f"{SIGN_IN_COOKIE}=é".encode()}
+    signing_in = site.browser().post(
+        "/sign-in", data={"token": "é", "key": site.key()}, headers=forged_form
+    )
+    assert signing_in.status_code == 403 and "The form expired" in signing_in.text
+    client = site.signed_in(site.key(Scope.APPLY, name="deployer"))
+    acting = client.post(
+        "/fleets/demo/servers/web-2/actions",
+        data={"action": "reboot", "csrf": "é", "confirm": "yes"},
+    )
+    assert acting.status_code == 403 and site.store.runs.all(FLEET) == ()
+    assert client.post("/sign-out", data={"csrf": "é"}).status_code == 403
+    # A session cookie that is not one the dashboard signed is no session, as an expired one.
+    forged_session = {"Cookie": f"{SESSION_COOKIE}=a.b.c.é".encode()}
+    for path in ("/", "/fleets/demo", "/alerts"):
+        answer = site.browser().get(path, headers=forged_session)
+        assert (answer.status_code, answer.headers["location"]) == (303, "/sign-in"), path
+    live = site.browser().get("/fleets/demo/live?since=0", headers=forged_session)
+    assert live.status_code == 401 and live.json()["error"]["code"] == "no_session"
+
+
 def test_the_fleet_page_pages_and_filters_its_servers(site: Site) -> None:
     client = site.signed_in(site.key())
     rows = re.compile(r'<th scope="row"><a href="/fleets/demo/servers/(web-\d+)">')
@@ -316,6 +358,30 @@ def test_a_page_or_live_number_that_is_no_ascii_whole_number_is_no_500(site: Sit
         assert (live.status_code, live.json()["error"]["code"]) == (422, "invalid_query"), query
     last = client.get("/fleets/demo/live", params={"since": "9223372036854775807"})
     assert last.status_code == 200 and last.json()["next"] == 2**63 - 1
+
+
+def test_the_live_endpoint_says_why_it_refuses(site: Site) -> None:
+    unknown = site.signed_in(site.key()).get("/fleets/nope/live?since=0")
+    assert (unknown.status_code, unknown.json()) == (
+        404,
+        {
+            "error": {
+                "code": "fleet_not_found",
+                "message": "this control plane serves no fleet nope",
+            }
+        },
+    )
+    other = site.signed_in(site.key(name="others", fleets=("other",)))
+    refused = other.get("/fleets/demo/live?since=0")
+    assert (refused.status_code, refused.json()) == (
+        403,
+        {"error": {"code": "forbidden", "message": "the key others is not granted fleet demo"}},
+    )
+    signed_out = site.browser().get("/fleets/demo/live?since=0")
+    assert (signed_out.status_code, signed_out.json()) == (
+        401,
+        {"error": {"code": "no_session", "message": "sign in again"}},
+    )
 
 
 def test_only_the_shipped_assets_are_served(site: Site) -> None:
