@@ -36,22 +36,43 @@ def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None
 
 
 def step_durations(record: ServerRecord, transitions: Sequence[Transition]) -> StepDurations:
-    """How long each step took for one server (seconds), None for steps not done."""
-    entered: dict[Stage, dt.datetime] = {}
+    """How long each step of the server's latest way to ready took (seconds), None for steps
+    not done. A server made again, rebuilt or reinstalled has entered some stages more than
+    once: each step is timed from its stage's latest entry to what ended it, never from one
+    attempt to the next (a first `booting` to the latest cloud-init read as a boot of hours).
+    """
+    entered: dict[Stage, list[dt.datetime]] = {}
     for transition in sorted(transitions, key=lambda t: t.at):
         if transition.server == record.name:
-            entered.setdefault(transition.stage, transition.at)
-    started = entered.get(Stage.CREATING) or entered.get(Stage.REQUESTED)
-    booting = entered.get(Stage.BOOTING)
-    phoned = entered.get(Stage.PHONED_HOME)
+            entered.setdefault(transition.stage, []).append(transition.at)
+    made = _last(entered.get(Stage.CREATING) or entered.get(Stage.REQUESTED) or [])
+    booting = _last(entered.get(Stage.BOOTING, []))
     finished = record.cloud_init_finished_at
+    if finished is not None and booting is not None and finished < booting:
+        finished = None  # the cloud-init of an earlier boot
+    phoned = _first_after(entered.get(Stage.PHONED_HOME, []), finished or booting)
+    installed = record.installed_at
+    installing = _last(entered.get(Stage.INSTALLING, []), until=installed) if installed else None
     return {
-        "create": _seconds(started, booting),
+        "create": _seconds(made, _first_after(entered.get(Stage.BOOTING, []), made)),
         "boot": _seconds(booting, finished or phoned),
         "phone_home": _seconds(finished, phoned) if finished else None,
-        "install": _seconds(entered.get(Stage.INSTALLING), record.installed_at),
-        "agent": _seconds(record.installed_at, entered.get(Stage.READY)),
+        "install": _seconds(installing, installed),
+        "agent": _seconds(installed, _first_after(entered.get(Stage.READY, []), installed)),
     }
+
+
+def _last(times: Sequence[dt.datetime], until: dt.datetime | None = None) -> dt.datetime | None:
+    """The latest of `times` (in order), at or before `until` if given."""
+    found = [t for t in times if until is None or t <= until]
+    return found[-1] if found else None
+
+
+def _first_after(times: Sequence[dt.datetime], start: dt.datetime | None) -> dt.datetime | None:
+    """The first of `times` (in order) at or after `start`; None without a start."""
+    if start is None:
+        return None
+    return next((t for t in times if t >= start), None)
 
 
 def median_durations(
