@@ -166,6 +166,14 @@ def resolve_endpoint(
     (the CLI's --agent and --fingerprint), for a server installed by another engine.
     The token always comes from the fleet's key in `state_dir`.
     """
+    if (address is None) != (fingerprint is None):
+        given, missing = (
+            ("--agent", "--fingerprint") if fingerprint is None else ("--fingerprint", "--agent")
+        )
+        raise EngineError(
+            f"{given} goes with {missing}: give both (an agent the engine has no record of), "
+            "or neither (the address and fingerprint the engine recorded)"
+        )
     if address is None and fingerprint is None:
         recorded = recorded_endpoints(state_dir, fleet, state).get(server)
         if recorded is not None:

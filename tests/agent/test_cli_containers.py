@@ -84,6 +84,10 @@ def test_containers_are_listed_through_the_agent(
             ["web-1", "--agent", "127.0.0.1:x", "--fingerprint", "0" * 64],
             "error: '127.0.0.1:x': the port after ':' must be a number",
         ),
+        # Each alone was "the engine has no record of how to reach the agent", a record the
+        # engine may well have.
+        (["web-1", "--agent", "127.0.0.1"], "error: --agent goes with --fingerprint: give both"),
+        (["web-1", "--fingerprint", "0" * 64], "error: --fingerprint goes with --agent: give"),
     ],
 )
 def test_mistakes_are_one_clear_line(engine_state: Path, args: list[str], message: str) -> None:
