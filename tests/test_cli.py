@@ -248,8 +248,10 @@ def test_a_command_parses_alike_with_its_own_parser_only() -> None:
         (("logs", "specs/demo.yaml", "web", "--tail", "-3"), 2, "from 0 to 1000000"),
         (("apps", "rollback", "specs/demo.yaml"), 2, "arguments are required: APP"),
         (("apps", "status", "specs/demo.yaml"), 1, "no record of fleet demo"),
-        (("server", "update", "specs/demo.yaml"), 1, "name the servers or give --all"),
-        (("server", "upgrade", "specs/demo.yaml", "demo-1", "--all"), 1, "not both"),
+        (("server", "update", "specs/demo.yaml"), 2, "name the servers or give --all"),
+        (("server", "upgrade", "specs/demo.yaml", "demo-1", "--all"), 2, "not both"),
+        (("server", "reboot", "specs/demo.yaml"), 2, "reboot: name exactly one server"),
+        (("server", "poweroff", "specs/demo.yaml", "web-1", "web-2"), 2, "exactly one server"),
     ],
 )
 def test_bad_input_to_the_apps_commands_says_what_to_fix(

@@ -49,19 +49,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.cli.up import run_options
-    from engine.errors import EngineError
     from engine.providers.seam import Signal
     from engine.signals import run_system_task, signal_server
 
-    options = run_options(args, yes=True)
     if args.signal in TASKS:
         if bool(args.names) == args.all:
-            raise EngineError(
-                f"engine server {args.signal}: name the servers or give --all (one of them, "
-                "not both)"
+            args.command_parser.error(
+                f"{args.signal}: name the servers or give --all (one of them, not both)"
             )
+    elif args.all or len(args.names) != 1:
+        args.command_parser.error(f"{args.signal}: name exactly one server (e.g. web-1)")
+    options = run_options(args, yes=True)
+    if args.signal in TASKS:
         names = None if args.all else args.names
         return run_system_task(Path(args.spec), names, args.signal, options, sys.stdout)
-    if args.all or len(args.names) != 1:
-        raise EngineError(f"engine server {args.signal}: name exactly one server (e.g. web-1)")
     return signal_server(Path(args.spec), args.names[0], Signal(args.signal), options, sys.stdout)
