@@ -36,7 +36,7 @@ from functools import cache
 from pathlib import Path as FsPath
 from typing import Any
 
-from engine.catalog import Catalog, load_catalog
+from engine.catalog import Catalog, ServerType, load_catalog
 from engine.errors import Diagnostic, SpecError
 from engine.model import (
     AgentInstall,
@@ -1499,15 +1499,57 @@ class _Checks:
             self.check_app_ports(i, app, [g for g in targets if g in groups], published)
             self.check_app_volumes(i, app)
             self.check_app_health(i, app)
-            memory = (app.get("resources") or {}).get("memory")
-            readable = isinstance(memory, str) and _APP_MEMORY.fullmatch(memory)
-            if readable and _memory_mb(str(memory)) < _MIN_MEMORY_MB:
-                self.add(
-                    "out_of_range",
-                    ("apps", i, "resources", "memory"),
-                    f"{memory} is less than Docker lets a container have",
-                    f"give it at least {_MIN_MEMORY_MB}m",
-                )
+            self.check_app_resources(i, app, [g for g in targets if g in groups])
+
+    def check_app_resources(self, i: int, app: dict[str, Any], groups: list[str]) -> None:
+        """A limit Docker refuses, or one above what the app's smallest server has (Docker
+        refuses more CPUs than the server has; memory past it only fails later)."""
+        resources = app.get("resources")
+        resources = resources if isinstance(resources, dict) else {}
+        memory, cpu = resources.get("memory"), resources.get("cpu")
+        memory_mb = (
+            _memory_mb(memory) if isinstance(memory, str) and _APP_MEMORY.fullmatch(memory) else 0
+        )
+        if memory_mb and memory_mb < _MIN_MEMORY_MB:
+            self.add(
+                "out_of_range",
+                ("apps", i, "resources", "memory"),
+                f"{memory} is less than Docker lets a container have",
+                f"give it at least {_MIN_MEMORY_MB}m",
+            )
+        kinds = self._server_types(groups)
+        if not kinds:
+            return
+        group, kind = min(kinds, key=lambda k: k[1].memory_gb)
+        if memory_mb > kind.memory_gb * 1024:
+            self.add(
+                "out_of_range",
+                ("apps", i, "resources", "memory"),
+                f"the servers of {group} ({kind.name}) have {kind.memory_gb:g} GB of memory; "
+                f"a container on them cannot have {memory}",
+                f"give it at most {int(kind.memory_gb * 1024)}m, or run it on larger servers",
+            )
+        group, kind = min(kinds, key=lambda k: k[1].cores)
+        if isinstance(cpu, int | float) and not isinstance(cpu, bool) and cpu > kind.cores:
+            self.add(
+                "out_of_range",
+                ("apps", i, "resources", "cpu"),
+                f"the servers of {group} ({kind.name}) have {kind.cores} CPU(s); Docker "
+                f"refuses a container on them {cpu:g} CPUs",
+                f"give it at most {kind.cores}, or run it on larger servers",
+            )
+
+    def _server_types(self, groups: list[str]) -> list[tuple[str, ServerType]]:
+        """Each of `groups` whose server type the catalog knows, with that type."""
+        found: list[tuple[str, ServerType]] = []
+        for _, group in _dicts(self.data.get("groups")):
+            name = group.get("name")
+            kind = group.get("server_type", self.defaults.get("server_type"))
+            if name in groups and self.catalog is not None and isinstance(kind, str):
+                known = self.catalog.server_types.get(kind)
+                if known is not None:
+                    found.append((str(name), known))
+        return found
 
     def check_app_env(self, i: int, app: dict[str, Any]) -> None:
         env = app.get("env")
@@ -1522,6 +1564,15 @@ class _Checks:
                     f"move it to secret_env: [{key}] and export {key}=... where the engine "
                     "runs; change the secret if this file was ever shared",
                     key=True,
+                )
+        for key, value in env.items():
+            if isinstance(value, str) and "\0" in value:
+                self.add(
+                    "invalid_value",
+                    ("apps", i, "env", key),
+                    f"the value of {shown_key(str(key))} holds a NUL character (\\0), which "
+                    "no environment variable can",
+                    "remove it from the value",
                 )
         secrets = app.get("secret_env")
         for j, name in enumerate(secrets if isinstance(secrets, list) else []):
