@@ -243,7 +243,8 @@ def apps_status(spec: Path, options: RunOptions, out: TextIO, *, as_json: bool) 
 
 def _age(since: str, now: dt.datetime) -> str:
     try:
-        started = dt.datetime.fromisoformat(since.replace("Z", "+00:00")[:32])
+        # Docker writes up to nine digits of a second, trailing zeros dropped.
+        started = dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
     except ValueError:
         return since or "-"
     seconds = max(0.0, (now - started).total_seconds())
@@ -288,9 +289,9 @@ def apps_history(
 ) -> int:
     """The fleet's rollouts (of one app), newest first."""
     with _fleet_store(spec, options, out, None) as (fleet, _, store):
-        if app is not None:
-            _app_named(fleet, store, app)
         records = store.apps.rollouts(fleet.name, app, limit=50)
+        if app is not None and not records:  # an app gone from the spec keeps its history
+            _app_named(fleet, store, app)
     if as_json:
         document = {
             "version": 1,
