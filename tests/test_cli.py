@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import yaml
 
 from engine import cli
 from tests.fakes.hcloud import FakeHcloud
-from tests.support.cli import engine
+from tests.support.cli import ROOT, engine
 from tests.support.http import serve
 
 SPECS = sorted(str(p) for p in Path("specs").glob("*.yaml"))
@@ -551,3 +553,30 @@ def test_an_empty_spec_path_is_a_usage_error_not_the_current_directory(
     assert result.returncode == 2, result.stdout + result.stderr
     assert "an empty path names no file; give the path of the fleet spec" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_command_that_changes_things_goes_on_when_its_reader_has_gone(tmp_path: Path) -> None:
+    # `engine destroy ... | head`: the first line written to the closed pipe stopped it
+    # part-way, silently, with the fleet's key still there (and a rollout of `engine deploy`
+    # left half done).
+    fleet = f"gone-{tmp_path.name[-6:].replace('_', '-')}".lower()
+    spec = tmp_path / "fleet.yaml"
+    demo = (ROOT / "specs" / "demo.yaml").read_text()
+    spec.write_text(demo.replace("name: demo", f"name: {fleet}"))
+    state = tmp_path / "state"
+    (state / "keys").mkdir(parents=True, mode=0o700)
+    (state / "keys" / f"{fleet}.key").write_text("0" * 64 + "\n")
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader has gone before the first line
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "engine", "destroy", str(spec), "--yes",
+             "--state-dir", str(state)],
+            stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120,
+            env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+    finally:
+        os.close(writer)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (state / "keys" / f"{fleet}.key").exists()

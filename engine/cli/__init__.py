@@ -15,13 +15,14 @@ import contextlib
 import datetime as dt
 import gc
 import importlib
+import io
 import os
 import sys
 import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from engine.errors import EngineError
 from engine.secrets import redact
@@ -168,12 +169,55 @@ def recorded_store(args: argparse.Namespace) -> str | None:
     return None
 
 
+class LastingOutput(io.TextIOBase):
+    """Standard output for a command that changes things: once its reader has gone (`engine
+    deploy | head`), what it writes is dropped and the command carries on, instead of
+    stopping part-way through its changes on a BrokenPipeError."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                self._stream.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._stream.encoding
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def _reader_gone(self) -> None:
+        self._gone = True
+        # What is buffered could not be written either: the interpreter would try at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, unknown = build_parser(argv).parse_known_args(argv)
     if unknown:
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args = resolve_paths(args)
+    if getattr(args, "changes", False):
+        sys.stdout = LastingOutput(sys.stdout)
     try:
         code: int = args.run(args)
         return code

@@ -55,7 +55,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     rollback.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     rollback.add_argument("app", metavar="APP", help="the app, e.g. web")
     rollback.add_argument("--format", choices=("text", "json"), default="text")
-    rollback.set_defaults(run=run_rollback)
+    rollback.set_defaults(run=run_rollback, changes=True)
 
 
 def _options(args: argparse.Namespace) -> Any:

@@ -32,7 +32,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default="text",
         help="text for people; json streams one event per line (rollout, app, done) for CI",
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, changes=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -44,7 +44,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--all", action="store_true", help="update or upgrade: every server of the fleet"
     )
     add_run_arguments(parser, waits_for="the provider's action (and a rebuilt server)")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, changes=True)
 
 
 def run(args: argparse.Namespace) -> int:

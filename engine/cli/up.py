@@ -88,7 +88,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="change nothing: show the plan and ask every installed server over SSH which "
         "install operations would change something",
     )
-    up.set_defaults(run=run_up)
+    up.set_defaults(run=run_up, changes=True)
     destroy = sub.add_parser(
         "destroy",
         parents=[common],
@@ -99,7 +99,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     destroy.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     destroy.add_argument("--yes", action="store_true", help="destroy without asking")
     destroy.add_argument("--format", choices=("text", "json"), default="text")
-    destroy.set_defaults(run=run_destroy)
+    destroy.set_defaults(run=run_destroy, changes=True)
 
 
 def ask(question: str) -> bool:
