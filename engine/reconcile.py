@@ -338,8 +338,11 @@ class ReconcileLoops:
             self.watches.pop(name, None)
 
     def _start(self, name: str) -> None:
+        # The fleet's agents report to this service from now on: their silence counts from
+        # here for its alerts.
+        listening_since = self.watches[name].clock()
         thread = threading.Thread(
-            target=self._run, args=(name,), name=f"reconcile-{name}", daemon=True
+            target=self._run, args=(name, listening_since), name=f"reconcile-{name}", daemon=True
         )
         self._looping.add(name)
         thread.start()
@@ -385,7 +388,7 @@ class ReconcileLoops:
             done.set()
             thread.join()
 
-    def _check_alerts(self, watch: FleetWatch, lease: Lease) -> None:
+    def _check_alerts(self, watch: FleetWatch, lease: Lease, listening_since: dt.datetime) -> None:
         now = watch.clock()
         try:
             readings = fleet_readings(
@@ -394,12 +397,13 @@ class ReconcileLoops:
                 watch.fleet.install.agent.heartbeat_s,
                 int(lease.last_result.get("drift", 0)),
                 now,
+                listening_since=listening_since,
             )
             self.alerts.evaluate(watch.fleet, readings, now)
         except Exception as error:  # the store: the next tick again
             log.warning("alerts of %s: %s", watch.name, redact(str(error)))
 
-    def _run(self, name: str) -> None:
+    def _run(self, name: str, listening_since: dt.datetime) -> None:
         status = self.status[name]
         while not self._stop.is_set():
             with self._changing:
@@ -438,7 +442,7 @@ class ReconcileLoops:
                 self.store.leases.record_run(watch.name, self.owner, outcome.as_result())
                 lease = dataclasses.replace(lease, last_result=outcome.as_result())
             if lease is not None and watch.fleet.alerts:
-                self._check_alerts(watch, lease)
+                self._check_alerts(watch, lease, listening_since)
             self._stop.wait(self.tick_s)
         if status.owner:
             self.store.leases.release(name, self.owner)

@@ -1,7 +1,7 @@
 """Alerts: the conditions a fleet's spec declares, checked every few seconds by the owner of
 the fleet's reconcile loop, raised and resolved as events, and sent to the spec's webhooks.
 
-    readings = fleet_readings(store, fleet_name, heartbeat_s, drift, now)
+    readings = fleet_readings(store, fleet_name, heartbeat_s, drift, now, listening_since=t0)
     AlertEvaluator(store).evaluate(fleet, readings, now)
 
 Per alert and subject (each server; the fleet itself for drift):
@@ -14,7 +14,8 @@ Per alert and subject (each server; the fleet itself for drift):
 What holds: cpu, memory, disk (the fullest, percent used) and load (1-minute load average)
 of the agent's last heartbeat above the threshold; unhealthy: the store says unhealthy, or
 the agent reported once and has missed three heartbeats since (silent), even while a repair
-is under way; drift: the last reconcile run found changes.
+is under way, counting only those due since the control plane listens (one due while none
+ran had no one to reach); drift: the last reconcile run found changes.
 
 Webhooks never hold up the loop: each delivery is a durable `webhook` job, run by any worker
 on the store, retried with the job queue's back-off (2, 4, 8, ... s) up to WEBHOOK_ATTEMPTS.
@@ -64,16 +65,26 @@ class Readings:
 
 
 def fleet_readings(
-    store: Store, fleet: str, heartbeat_s: int, drift: int, now: dt.datetime
+    store: Store,
+    fleet: str,
+    heartbeat_s: int,
+    drift: int,
+    now: dt.datetime,
+    *,
+    listening_since: dt.datetime,
 ) -> Readings:
-    """The readings of `fleet` now, from the store."""
+    """The readings of `fleet` now, from the store, its agents' silence counted from
+    `listening_since` (when the control plane they report to started listening) at the
+    earliest."""
     reports = {r.server: r for r in store.agents.reports(fleet)}
     metrics, unhealthy = {}, {}
     for record in store.servers.all(fleet):
         report = reports.get(record.name)
         # An agent that reported once and is silent now, whatever the stage says: a repair
         # under way (a reinstall) does not make it heard.
-        silent = report is not None and not is_heard(report.last_heartbeat_at, heartbeat_s, now)
+        silent = report is not None and not is_heard(
+            max(report.last_heartbeat_at, listening_since), heartbeat_s, now
+        )
         unhealthy[record.name] = record.stage is Stage.UNHEALTHY or silent
         if report is not None:
             metrics[record.name] = heartbeat_values(report.metrics)

@@ -1,7 +1,10 @@
 """Once a second: heartbeats missed, phone-homes overdue, workers dead.
 
 - A ready server whose agent missed `heartbeat_misses` heartbeats in a row is unhealthy; its
-  next heartbeat makes it ready again (engine.state.agents.Agents.record_heartbeat).
+  next heartbeat makes it ready again (engine.state.agents.Agents.record_heartbeat). Only
+  heartbeats missed since the monitor started count: agents post them to this control plane,
+  and one due while none ran (between two `engine up`, a restart of `engine serve`) says
+  nothing about its server.
 - A booting server of a phone-home fleet that has not phoned home within the fleet's
   phone_home_timeout is looked for by polling (inventory pages and SSH checks).
 - Jobs leased by dead workers of this host are freed, and metric points past their
@@ -62,7 +65,8 @@ def start_overdue_polling(store: Store, now: dt.datetime) -> int:
 
 
 class Monitor:
-    """The once-a-second sweeps, in a thread, for a `with` block."""
+    """The once-a-second sweeps, in a thread, for a `with` block. Made once the control plane
+    listens: silence counts from then (`listening_since`)."""
 
     def __init__(
         self,
@@ -76,12 +80,15 @@ class Monitor:
         self.heartbeat_misses = heartbeat_misses
         self.interval_s = interval_s
         self.clock = clock
+        self.listening_since = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sweep(self) -> None:
         """One round of every check."""
-        self.store.agents.mark_unhealthy(self.heartbeat_misses)
+        self.store.agents.mark_unhealthy(
+            self.heartbeat_misses, listening_since=self.listening_since
+        )
         start_overdue_polling(self.store, self.clock())
 
     def _run(self) -> None:

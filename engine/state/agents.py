@@ -1,14 +1,17 @@
 """Agents: what each server's agent said in its last heartbeat, and the events it sent.
 
     store.agents.record_heartbeat(AgentReport(fleet="web-prod", server="web-1", ...))
-    store.agents.mark_unhealthy(misses=3)         # the monitor, once a second
+    store.agents.mark_unhealthy(misses=3, listening_since=started)  # the monitor, each second
 
 Heartbeats move servers on: an installed server whose agent reports is ready, an unhealthy
-one has recovered; a ready one whose agent falls silent is unhealthy.
+one has recovered; a ready one whose agent falls silent is unhealthy. Silence counts only
+while a control plane listens: agents post heartbeats to it, so one missed while none ran
+says nothing about the server.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,11 +106,15 @@ class Agents(Repository):
             Events(self._db, connection).record(fleet, kind, message, server=server, data=data)
         return True
 
-    def mark_unhealthy(self, misses: int) -> tuple[ServerRecord, ...]:
-        """Move ready servers whose agent missed `misses` heartbeats in a row to unhealthy.
+    def mark_unhealthy(
+        self, misses: int, *, listening_since: dt.datetime
+    ) -> tuple[ServerRecord, ...]:
+        """Move ready servers whose agent missed `misses` heartbeats in a row, while a control
+        plane listened since `listening_since`, to unhealthy.
 
         A server's interval is its fleet's heartbeat_s; a ready server that never reported
-        counts from when it became ready. Returns the servers moved.
+        counts from when it became ready. A heartbeat due before `listening_since` had no one
+        to reach: silence counts from then at the earliest. Returns the servers moved.
         """
         now = self._db.now()
         tables = schema.metadata().tables
@@ -131,7 +138,7 @@ class Agents(Repository):
         moved = []
         for row in rows:
             last = row.last_heartbeat_at or row.updated_at
-            silent_s = (now - last).total_seconds()
+            silent_s = (now - max(last, listening_since)).total_seconds()
             if silent_s <= misses * row.heartbeat_s:
                 continue
             with self._write() as connection:
@@ -139,9 +146,12 @@ class Agents(Repository):
                 current = bound.get_for_update(row.fleet, row.name)
                 if current is None or current.stage is not Stage.READY:
                     continue
-                reason = (
-                    f"no heartbeat for {silent_s:.0f} s ({misses} intervals of {row.heartbeat_s} s)"
+                silence = (
+                    f"no heartbeat for {silent_s:.0f} s"
+                    if last >= listening_since
+                    else f"no heartbeat in the {silent_s:.0f} s the control plane has listened"
                 )
+                reason = f"{silence} ({misses} intervals of {row.heartbeat_s} s)"
                 moved.append(
                     bound.update(row.fleet, row.name, stage=Stage.UNHEALTHY, reason=reason)
                 )

@@ -25,6 +25,8 @@ from tests.support.fleets import example_fleet
 from tests.support.http import serve
 from tests.support.webhook import SECRET, Receiver
 
+START = Clock().now  # when the control plane the agents report to started listening
+
 
 @pytest.fixture
 def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
@@ -76,7 +78,7 @@ def test_a_hot_cpu_fires_after_its_for_and_resolves_signed_to_the_webhook(
         def round_at(cpu: float) -> list[Any]:
             _beat(store, fleet, "web-1", clock.now, cpu)
             _beat(store, fleet, "web-2", clock.now, 5.0)
-            readings = fleet_readings(store, fleet.name, 15, 0, clock.now)
+            readings = fleet_readings(store, fleet.name, 15, 0, clock.now, listening_since=START)
             return evaluator.evaluate(fleet, readings, clock.now)
 
         assert round_at(97.0) == []  # pending: not for two minutes yet
@@ -116,9 +118,34 @@ def test_a_silent_agent_raises_its_alert_within_a_minute(store: Store, clock: Cl
         fired: list[Any] = []
         while not fired:  # the owner's loop checks every 5 s
             clock.advance(5)
-            readings = fleet_readings(store, fleet.name, 15, 0, clock.now)
+            readings = fleet_readings(store, fleet.name, 15, 0, clock.now, listening_since=START)
             fired = evaluator.evaluate(fleet, readings, clock.now)
         assert (clock.now - silent_since).total_seconds() <= 60
+        assert fired[0].subject == "web-1" and fired[0].state is AlertState.FIRING
+        _deliver(store, {"HOOK_SECRET": SECRET})
+    assert [b["alert"] for b in receiver.bodies()] == ["down"]
+
+
+def test_heartbeats_due_while_no_control_plane_listened_raise_no_alert(
+    store: Store, clock: Clock
+) -> None:
+    receiver = Receiver()
+    with serve(receiver.app()) as base:
+        fleet = _fleet(f"{base}/hook", Alert(name="down", when=AlertWhen.UNHEALTHY))
+        evaluator = AlertEvaluator(store)
+        _ready(store, fleet, "web-1")
+        _beat(store, fleet, "web-1", clock.now, 1.0)
+        clock.advance(600)  # `engine serve` was down for 10 minutes, and starts again
+        listening_since = clock.now
+        fired: list[Any] = []
+        while not fired:  # the owner's loop checks every 5 s
+            clock.advance(5)
+            readings = fleet_readings(
+                store, fleet.name, 15, 0, clock.now, listening_since=listening_since
+            )
+            fired = evaluator.evaluate(fleet, readings, clock.now)
+        # Silent for 3 intervals of 15 s since it listens, and only then.
+        assert 45 < (clock.now - listening_since).total_seconds() <= 60
         assert fired[0].subject == "web-1" and fired[0].state is AlertState.FIRING
         _deliver(store, {"HOOK_SECRET": SECRET})
     assert [b["alert"] for b in receiver.bodies()] == ["down"]
@@ -132,7 +159,9 @@ def test_a_refusing_receiver_is_tried_again_and_a_missing_secret_fails_at_once(
         fleet = _fleet(f"{base}/hook", Alert(name="drifted", when=AlertWhen.DRIFT))
         evaluator = AlertEvaluator(store)
         (fired,) = evaluator.evaluate(
-            fleet, fleet_readings(store, fleet.name, 15, 2, clock.now), clock.now
+            fleet,
+            fleet_readings(store, fleet.name, 15, 2, clock.now, listening_since=START),
+            clock.now,
         )
         assert fired.subject == "" and fired.value == 2.0
         assert _deliver(store, {"HOOK_SECRET": SECRET}) == [JobState.QUEUED]  # back-off
@@ -141,7 +170,9 @@ def test_a_refusing_receiver_is_tried_again_and_a_missing_secret_fails_at_once(
         clock.advance(3)
         assert _deliver(store, {"HOOK_SECRET": SECRET}) == [JobState.SUCCEEDED]
         (_resolved,) = evaluator.evaluate(
-            fleet, fleet_readings(store, fleet.name, 15, 0, clock.now), clock.now
+            fleet,
+            fleet_readings(store, fleet.name, 15, 0, clock.now, listening_since=START),
+            clock.now,
         )
         assert _deliver(store, {}) == [JobState.SUCCEEDED, JobState.FAILED]
     # The refused delivery and its retry, each signed; the resolution never left (no secret).

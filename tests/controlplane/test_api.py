@@ -265,8 +265,9 @@ def test_heartbeats_make_an_installed_server_ready_and_their_absence_unhealthy(
     assert answer.json() == {"status": "ok", "stage": "ready"}
     report = plane.store.agents.report("web-prod", "web-1")
     assert report is not None and report.metrics == {"cpu_percent": 3.5}
-    # No heartbeat for 3 intervals (heartbeat 15 s in the spec): unhealthy.
-    monitor = Monitor(plane.store, heartbeat_misses=3)
+    # No heartbeat for 3 intervals (heartbeat 15 s in the spec) of a monitor that listened
+    # since the heartbeat: unhealthy.
+    monitor = Monitor(plane.store, heartbeat_misses=3, clock=lambda: report.last_heartbeat_at)
     plane.store._database.now = lambda: (
         report.last_heartbeat_at + __import__("datetime").timedelta(seconds=46)
     )

@@ -8,6 +8,8 @@ process, exactly as `engine up` from a shell.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import os
 import random
@@ -158,6 +160,29 @@ def test_a_second_preview_and_up_have_nothing_to_do(fleet: Fleet) -> None:
     assert exit_code == 0
     again = fleet.run("up", "--yes")
     assert again.returncode == 0 and "Nothing to do" in again.stdout
+
+
+def test_up_after_the_fleet_was_left_alone_keeps_its_answering_servers_ready(
+    fleet: Fleet, docker_client: Any
+) -> None:
+    """Agents post heartbeats to a control plane, and none listens between two runs: servers
+    whose agents answer stay ready when `engine up` starts its own, and the run succeeds."""
+    state = f"sqlite:///{fleet.state_dir / 'state.db'}"
+    with open_store(state) as store:
+        # As if no engine had run for 10 minutes: the last heartbeats heard are that old.
+        for report in store.agents.reports("e2e"):
+            earlier = report.last_heartbeat_at - dt.timedelta(minutes=10)
+            store.agents.record_heartbeat(dataclasses.replace(report, last_heartbeat_at=earlier))
+        seen = max(e.id for e in store.events.all("e2e"))
+    in_server(docker_client, "web-1", "docker rm -f fleet-agent")  # some work for `up`
+    assert fleet.plan() == [("reinstall", "web-1")]  # the others' agents were asked: alive
+    done = fleet.up()
+    assert sorted(done["ready"]) == ["db-1", "web-1", "web-2"] and done["not_ready"] == {}
+    with open_store(state) as store:
+        events = [e for e in store.events.all("e2e") if e.id > seen]
+    assert [e.message for e in events if e.kind == "server.unhealthy"] == []
+    assert set(stages(fleet).values()) == {"ready"}
+    assert fleet.plan() == []
 
 
 def test_containers_are_listed_through_the_agent_the_store_recorded(fleet: Fleet) -> None:
