@@ -174,9 +174,11 @@ class RunLog(io.StringIO):
 
 
 class _RunHandler:
-    """What an apply and a server action share: the run's bookkeeping around a command."""
+    """What an apply and a server action share: the run's bookkeeping around a command,
+    which holds the fleet's stack lock (so the workers run one of them a fleet at a time)."""
 
     kind = ""
+    holds_fleet_lock = True
 
     def __init__(
         self,
