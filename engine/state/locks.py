@@ -119,6 +119,14 @@ class Locks(Repository):
                 raise StackLockedError(taken, holder=_holder(taken))
         raise EngineError(f"could not take the lock on {stack}: it changed hands repeatedly")
 
+    def check_free(self, stack: str) -> None:
+        """Raise StackLockedError, as `acquire` would, while the lock on `stack` is held by a
+        holder that runs or may (on another host); one whose holder is gone is as good as
+        free: `hold(on_stale=...)` takes it over."""
+        taken = self._lock_where(self._locks.c.stack == stack)
+        if taken is not None and (holder := _holder(taken)) is not Holder.GONE:
+            raise StackLockedError(taken, holder=holder)
+
     def release(self, held: Lock) -> None:
         """Give back a lock this process holds (no error if it was force-released)."""
         with self._write() as connection:

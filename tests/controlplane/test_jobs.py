@@ -354,3 +354,16 @@ def test_on_postgresql_two_workers_claiming_at_once_take_one_job_of_a_fleet(
         assert store.jobs.finish(first.id, "worker-a", {})
         after = store.jobs.claim("worker-c", [APPLY], lease_s=30, one_per_fleet=[APPLY])
         assert after is not None and after.id == second.id
+
+
+def test_a_fleets_job_waiting_to_run_again_keeps_its_place(store: Store, clock: Clock) -> None:
+    # An apply waiting for a lock another command holds is tried again later: the fleet's
+    # applies queued after it wait for it, though they are due.
+    first, second = (store.jobs.enqueue(NewJob(kind=APPLY, fleet="web-prod")) for _ in "12")
+    handler = ProbeHandler(script=["again"], kind=APPLY, holds_fleet_lock=True)
+    worker = _worker(store, handler)
+    assert (job := worker.run_once()) is not None and job.id == first.id
+    assert worker.run_once() is None
+    clock.advance(7)
+    taken = [worker.run_once(), worker.run_once()]
+    assert [job and job.id for job in taken] == [first.id, second.id]

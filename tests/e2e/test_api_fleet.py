@@ -23,6 +23,7 @@ import yaml
 
 from engine.model import LABEL_FLEET
 from engine.providers.local.dockerd import PrivateDaemon
+from engine.state.store import open_store
 from tests.support.browser import chromium
 from tests.support.cli import ROOT, engine
 from tests.support.wait import wait_until
@@ -257,6 +258,38 @@ def test_engine_runs_lists_what_the_api_started(api: Api) -> None:
     one = engine("runs", "api", lines[-1][0], "--format", "json", *state, cwd=api.root, env=api.env)
     (run,) = json.loads(one.stdout)["runs"]
     assert sorted(run["result"]["timings"]["servers"]) == ["web-1", "web-2", "web-3"]
+
+
+def test_a_run_waits_for_the_lock_a_live_command_holds_then_runs(api: Api) -> None:
+    # Before, the run failed at once, telling to `engine unlock` the lock of a live holder.
+    store_url = f"sqlite:///{api.root / 'state' / 'state.db'}"
+    with (
+        open_store(store_url) as store,
+        store.locks.hold("api", command="engine up api.yaml (in a terminal)") as held,
+    ):
+        asked = api.call("PATCH", "/groups/web", json={"count": 3})
+        assert asked.status_code == 202, asked.text
+        run_id = asked.json()["run"]["id"]
+
+        def waiting() -> dict[str, Any] | None:
+            run = api.call("GET", f"/runs/{run_id}", key=api.read_key).json()
+            return run if run["progress"] else None
+
+        run = wait_until(waiting, timeout_s=60, what="the run to say whom it waits for")
+        assert (run["status"], run["error"]) == ("queued", "")
+        (line,) = run["progress"]
+        assert line["event"] == "waiting"
+        assert "`engine up api.yaml (in a terminal)`) since " in line["message"]
+        assert line["message"].endswith(
+            f"lock id {held.lock_id}; process {os.getpid()} is running on this host: "
+            "wait for that run to finish"
+        )
+        assert "engine unlock" not in line["message"]
+    run = api.finished(run_id)  # once the lock is given back
+    assert [line["event"] for line in run["progress"]].count("waiting") == 1  # said once
+    events = api.call("GET", "/events?limit=1000", key=api.read_key).json()["events"]
+    mine = [e["kind"] for e in events if e["data"].get("run") == run_id]
+    assert mine == ["run.queued", "run.waiting", "run.started", "run.succeeded"]
 
 
 def test_the_dashboard_shows_the_fleet_charts_a_server_and_reboots_it_live(
