@@ -9,9 +9,10 @@ A plan is made the way `engine preview` makes one (the provider's list calls, th
 servers not heard from, the store's records), and saved with the digest of what was observed
 (`world_digest`). An apply is `engine up` itself, on the stored spec, told to stop before it
 changes anything unless, under the fleet's lock, the spec, the world and the plan it makes
-are those of the saved plan; a server action is `engine server`'s `signal_server`. Their
-output is the JSON-lines board of those commands, kept as the run's progress; the `done`
-line's timings are the run's result.
+are those of the saved plan (with the saved plan's spec, a plan that changes nothing now
+has nothing to do: an apply of the same spec ran before it); a server action is `engine
+server`'s `signal_server`. Their output is the JSON-lines board of those commands, kept as
+the run's progress; the `done` line's timings are the run's result.
 
 Both hold the fleet's stack lock, so the workers run them one at a time in each fleet, in
 the order they were accepted (`holds_fleet_lock`). A run whose fleet's lock another command
@@ -306,6 +307,8 @@ class ApplyHandler(_RunHandler):
             stored = self.store.specs.get(run.fleet)
             if stored is None or stored.digest != saved.spec_digest:
                 raise StalePlan(f"the spec changed since plan {saved.id}; nothing was done")
+            if not plan.has_changes:
+                return  # what the plan changes is done (by an apply queued before this one)
             if world_digest(observed) != saved.world_digest:
                 raise StalePlan(f"the fleet changed since plan {saved.id}; nothing was done")
             if plan_changes(render_json(plan)) != plan_changes(saved.document):
