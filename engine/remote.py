@@ -9,9 +9,15 @@ A plan is made the way `engine preview` makes one (the provider's list calls, th
 servers not heard from, the store's records), and saved with the digest of what was observed
 (`world_digest`). An apply is `engine up` itself, on the stored spec, told to stop before it
 changes anything unless, under the fleet's lock, the spec, the world and the plan it makes
-are those of the saved plan; a server action is `engine server`'s `signal_server`. Their
-output is the JSON-lines board of those commands, kept as the run's progress; the `done`
-line's timings are the run's result.
+are those of the saved plan (with the saved plan's spec, a plan that changes nothing now
+has nothing to do: an apply of the same spec ran before it); a server action is `engine
+server`'s `signal_server`. Their output is the JSON-lines board of those commands, kept as
+the run's progress; the `done` line's timings are the run's result.
+
+Both hold the fleet's stack lock, so the workers run them one at a time in each fleet, in
+the order they were accepted (`holds_fleet_lock`). A run whose fleet's lock another command
+holds (an `engine up` in a terminal, the reconcile loop's repair) stays queued and waits for
+it, saying whom it waits for (`run.waiting`), rather than failing.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from engine.controlplane.fleetapi import (
     Planned,
     plan_changes,
 )
-from engine.controlplane.jobs import Done
+from engine.controlplane.jobs import Again, Done
 from engine.errors import EngineError
 from engine.health import AgentAnswer
 from engine.model import Fleet
@@ -49,9 +55,13 @@ from engine.providers.seam import RunOptions, Signal, Site
 from engine.secrets import redact, token_from_env
 from engine.state import Job, Run, RunStatus
 from engine.state.files import private_dir
+from engine.state.locks import StackLockedError
 from engine.state.store import Store
 
 log = logging.getLogger("engine.remote")
+
+# How long a run waits before it looks again at a fleet lock another command holds.
+LOCK_WAIT_S = 5.0
 
 # Heard within its window or asked and healthy: the same agent, whichever way it was found.
 _AGENT_UP = {AgentAnswer.HEARD: "up", AgentAnswer.ANSWERED: "up"}
@@ -174,9 +184,11 @@ class RunLog(io.StringIO):
 
 
 class _RunHandler:
-    """What an apply and a server action share: the run's bookkeeping around a command."""
+    """What an apply and a server action share: the run's bookkeeping around a command,
+    which holds the fleet's stack lock (so the workers run one of them a fleet at a time)."""
 
     kind = ""
+    holds_fleet_lock = True
 
     def __init__(
         self,
@@ -210,10 +222,14 @@ class _RunHandler:
         path.write_text(stored.text, encoding="utf-8")
         return path
 
-    def _carry_out(self, job: Job, command: Callable[[Run, RunLog], int]) -> Done:
+    def _carry_out(self, job: Job, command: Callable[[Run, RunLog], int]) -> Done | Again:
         run = self.store.runs.get(job.fleet, str(job.payload["run"]))
         if run is None or run.status is not RunStatus.QUEUED:
             return Done({"skipped": "no such queued run"})
+        try:  # not started only for the command to stop at the lock
+            self.store.locks.check_free(run.fleet)
+        except StackLockedError as locked:
+            return self._wait(job, run, locked)
         self.store.runs.start(run.id)
         self.store.events.record(
             run.fleet, "run.started", f"run {run.id} ({run.kind}) started", data={"run": run.id}
@@ -225,6 +241,9 @@ class _RunHandler:
             status = RunStatus.SUCCEEDED if code == 0 else RunStatus.FAILED
             if code != 0:
                 error = _why_not(out.done)
+        except StackLockedError as locked:  # taken since the look above, before the command
+            self.store.runs.wait(run.id)
+            return self._wait(job, run, locked)
         except StalePlan as stale:
             status, error = RunStatus.STALE, str(stale)
         except EngineError as failed:
@@ -242,6 +261,21 @@ class _RunHandler:
         )
         return Done({"run": run.id, "status": str(status)})
 
+    def _wait(self, job: Job, run: Run, locked: StackLockedError) -> Again:
+        """The run stays queued while another command (an `engine up` in a terminal, a
+        reconcile repair) holds the fleet's lock, and is tried again after LOCK_WAIT_S; whom
+        it waits for is said once a lock, in its progress and in the fleet's events."""
+        if job.payload.get("waits_for") != locked.lock.lock_id:
+            message = f"waits for the fleet's lock: {locked}"
+            self.store.runs.progress(run.id, {"event": "waiting", "message": message})
+            self.store.events.record(
+                run.fleet,
+                "run.waiting",
+                f"run {run.id} ({run.kind}) {message}",
+                data={"run": run.id, "lock": locked.lock.lock_id},
+            )
+        return Again(LOCK_WAIT_S, {**job.payload, "waits_for": locked.lock.lock_id})
+
     def give_up(self, job: Job, error: str) -> None:
         self.store.runs.finish(str(job.payload.get("run")), RunStatus.FAILED, error=error)
 
@@ -258,7 +292,7 @@ class ApplyHandler(_RunHandler):
 
     kind = APPLY_JOB
 
-    def run(self, job: Job) -> Done:
+    def run(self, job: Job) -> Done | Again:
         return self._carry_out(job, self._apply)
 
     def _apply(self, run: Run, out: RunLog) -> int:
@@ -273,6 +307,8 @@ class ApplyHandler(_RunHandler):
             stored = self.store.specs.get(run.fleet)
             if stored is None or stored.digest != saved.spec_digest:
                 raise StalePlan(f"the spec changed since plan {saved.id}; nothing was done")
+            if not plan.has_changes:
+                return  # what the plan changes is done (by an apply queued before this one)
             if world_digest(observed) != saved.world_digest:
                 raise StalePlan(f"the fleet changed since plan {saved.id}; nothing was done")
             if plan_changes(render_json(plan)) != plan_changes(saved.document):
@@ -287,7 +323,7 @@ class ServerActionHandler(_RunHandler):
 
     kind = SERVER_ACTION_JOB
 
-    def run(self, job: Job) -> Done:
+    def run(self, job: Job) -> Done | Again:
         return self._carry_out(job, self._signal)
 
     def _signal(self, run: Run, out: RunLog) -> int:

@@ -220,6 +220,7 @@ class WebhookHandler:
     """Delivers one alert event to one webhook, signed; a refusal or no answer is retried."""
 
     kind = WEBHOOK_JOB
+    holds_fleet_lock = False
 
     def __init__(self, store: Store, *, environ: Mapping[str, str] = os.environ) -> None:
         self.store = store

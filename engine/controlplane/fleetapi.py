@@ -17,8 +17,10 @@ It is saved with two digests: the spec's and the world's (what was observed). It
 job the control plane's workers run through `engine up`'s own path; the request is refused
 with 409 when the stored spec or the world no longer match the plan's digests, and the job
 checks again under the fleet's lock, so a plan is applied exactly as it was shown, or not at
-all (the run ends `stale`). A run's progress and per-step timings are at
-GET /v1/fleets/{fleet}/runs/{id}; `run.*` events mark its start and end in the events stream.
+all (the run ends `stale`); a run that finds the stored spec the plan's and nothing left to
+change (an apply of the same spec queued before it did it) has nothing to do. A run's progress
+and per-step timings are at GET /v1/fleets/{fleet}/runs/{id}; `run.*` events mark its start
+and end in the events stream.
 
 Every write is in the audit trail (who: the key's name; what; the status and result), and
 none of it holds a secret: bodies are not kept.

@@ -66,6 +66,7 @@ def _fail(store: Store, job: Job, reason: str) -> None:
 
 class InstallHandler:
     kind = INSTALL_JOB
+    holds_fleet_lock = False
 
     def __init__(
         self,
@@ -121,6 +122,7 @@ class InstallHandler:
 
 class PollInventoryHandler:
     kind = POLL_INVENTORY_JOB
+    holds_fleet_lock = False
 
     def __init__(
         self,
@@ -188,6 +190,7 @@ class PollInventoryHandler:
 
 class SshCheckHandler:
     kind = SSH_CHECK_JOB
+    holds_fleet_lock = False
 
     def __init__(
         self,
@@ -234,6 +237,7 @@ class SshCheckHandler:
 
 class ProvisionHandler:
     kind = PROVISION_JOB
+    holds_fleet_lock = False
 
     def __init__(self, store: Store, provisioner: Provisioner) -> None:
         self.store = store

@@ -17,6 +17,11 @@ claims the job; a worker starting on the same host ends the leases of workers wh
 is gone at once. A worker that lost its lease cannot finish the job (every completion checks
 the lease), and handlers are idempotent, so a job cut off half-way is simply run again.
 
+Jobs whose handler holds the fleet's stack lock while it runs (`holds_fleet_lock`: the fleet
+API's applies and server actions) run one at a time per fleet, in the order they are due: the
+queue hands out none of a fleet while another runs (engine.state.jobs), so they never fail
+on a lock a sibling holds, and workers meanwhile take the jobs of other fleets.
+
 An idle worker looks for work every half second; `WorkerPool.wake()` makes the pool's idle
 workers look at once (the control plane calls it when a phone-home enqueues an install).
 """
@@ -71,9 +76,12 @@ class Elsewhere(Exception):
 
 
 class Handler(Protocol):
-    """Runs jobs of one kind. `run` must be idempotent: it may run again after a crash."""
+    """Runs jobs of one kind. `run` must be idempotent: it may run again after a crash.
+    `holds_fleet_lock`: a job takes its fleet's stack lock while it runs; the workers then
+    run one such job of a fleet at a time."""
 
     kind: str
+    holds_fleet_lock: bool
 
     def run(self, job: Job) -> Done | Again: ...
 
@@ -98,6 +106,11 @@ class JobRegistry:
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(self._handlers)
+
+    @property
+    def one_per_fleet(self) -> tuple[str, ...]:
+        """The kinds whose jobs hold their fleet's lock: at most one of them runs per fleet."""
+        return tuple(kind for kind, h in self._handlers.items() if h.holds_fleet_lock)
 
     def handler(self, kind: str) -> Handler:
         return self._handlers[kind]
@@ -157,7 +170,12 @@ class Worker:
 
     def run_once(self) -> Job | None:
         """Claim one due job and run it; the job as claimed, or None if none was due."""
-        job = self.store.jobs.claim(self.owner, self.registry.kinds, self.lease_s)
+        job = self.store.jobs.claim(
+            self.owner,
+            self.registry.kinds,
+            self.lease_s,
+            one_per_fleet=self.registry.one_per_fleet,
+        )
         if job is None:
             return None
         handler = self.registry.handler(job.kind)

@@ -6,6 +6,11 @@
 
 A claim leases the job to its worker; a worker whose lease ran out has lost the job (its
 finish, retry or fail changes nothing and says so), and another can claim it.
+
+Jobs that hold their fleet's stack lock while they run (an apply, a server action: `engine
+up` and `engine server` as jobs) are claimed with `one_per_fleet=` their kinds: a fleet's
+next one is handed out once the one before it ended, never beside it, while jobs of other
+fleets are handed out meanwhile; so a worker never takes a job whose lock a sibling holds.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import functools
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, delete, or_, select, update
+from sqlalchemy import Connection, delete, exists, or_, select, update
 
 from engine.secrets import redact
 from engine.state import Job, JobState, NewJob, schema
@@ -54,8 +59,19 @@ class Jobs(Repository):
             with self._write() as connection:
                 connection.execute(_enqueue_inline(self._db.is_postgresql), rows)
 
-    def claim(self, owner: str, kinds: Collection[str], lease_s: float) -> Job | None:
+    def claim(
+        self,
+        owner: str,
+        kinds: Collection[str],
+        lease_s: float,
+        *,
+        one_per_fleet: Collection[str] = (),
+    ) -> Job | None:
         """Take the next job of `kinds` that is due (or whose worker's lease ran out).
+
+        A job of a kind in `one_per_fleet` waits while an older job of those kinds of its
+        fleet is queued or running: they run one at a time in each fleet, in the order they
+        were enqueued. Only the oldest can be claimed, so two claims at once never take two.
 
         The claim and the lease are one atomic step: on PostgreSQL the row is locked with
         FOR UPDATE SKIP LOCKED, so workers never wait for each other nor take the same job;
@@ -73,6 +89,15 @@ class Jobs(Repository):
             .order_by(jobs.c.run_after, jobs.c.id)
             .limit(1)
         )
+        if one_per_fleet:
+            ahead = jobs.alias("ahead")
+            waits = jobs.c.kind.in_(list(one_per_fleet)) & exists().where(
+                ahead.c.fleet == jobs.c.fleet,
+                ahead.c.kind.in_(list(one_per_fleet)),
+                ahead.c.state.in_([str(JobState.QUEUED), str(JobState.RUNNING)]),
+                ahead.c.id < jobs.c.id,
+            )
+            query = query.where(~waits)
         if self._db.is_postgresql:
             query = query.with_for_update(skip_locked=True)
         with self._write() as connection:

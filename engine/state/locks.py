@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, Row, delete, exc, insert, select
@@ -27,22 +28,36 @@ from engine.state.database import Database, Repository, row_fields
 from engine.state.events import Events
 
 
-class StackLockedError(EngineError):
-    """Another command holds the stack's lock; `lock` says who, where and since when."""
+class Holder(StrEnum):
+    """What this host can tell of a lock's holder."""
 
-    def __init__(self, lock: Lock, *, is_stale: bool) -> None:
+    RUNNING = "running"  # its process runs on this host
+    GONE = "gone"  # it ran on this host and its process is gone: the lock is stale
+    ELSEWHERE = "elsewhere"  # it runs (or ran) on another host, which this one cannot see
+
+
+class StackLockedError(EngineError):
+    """Another command holds the stack's lock; `lock` says who, where and since when. The
+    message says what to do: wait for a holder that runs, release a stale lock, and for a
+    holder on another host (which this one cannot see), wait, or release it if it died."""
+
+    def __init__(self, lock: Lock, *, holder: Holder) -> None:
         self.lock = lock
+        self.holder = holder
         since = lock.acquired_at.strftime("%Y-%m-%d %H:%M:%S UTC")
-        stale = (
-            f"; process {lock.pid} is no longer running on this host, so the lock is stale"
-            if is_stale
-            else ""
-        )
+        unlock = f"engine unlock {lock.lock_id}"
+        advice = {
+            Holder.RUNNING: f"; process {lock.pid} is running on this host: "
+            "wait for that run to finish",
+            Holder.GONE: f"; process {lock.pid} is no longer running on this host, so the lock "
+            f"is stale: release it with: {unlock}",
+            Holder.ELSEWHERE: f". Wait for that run to finish; if it died, release the lock "
+            f"with: {unlock}",
+        }
         super().__init__(
             f"the stack {lock.stack} is locked by {lock.holder}@{lock.host} "
-            f"(pid {lock.pid}, `{lock.command}`) since {since}, lock id {lock.lock_id}{stale}. "
-            f"Wait for that run to finish; if it died, release the lock with: "
-            f"engine unlock {lock.lock_id}"
+            f"(pid {lock.pid}, `{lock.command}`) since {since}, lock id {lock.lock_id}"
+            + advice[holder]
         )
 
 
@@ -71,7 +86,7 @@ class Locks(Repository):
         try:
             held = self.acquire(stack, command=command)
         except StackLockedError as locked:
-            if on_stale is None or not _is_stale(locked.lock):
+            if on_stale is None or locked.holder is not Holder.GONE:
                 raise
             self.unlock(locked.lock.lock_id)
             on_stale(locked.lock)
@@ -99,10 +114,18 @@ class Locks(Repository):
                 return held
             except exc.IntegrityError:
                 pass  # someone holds it: who (it may have been released meanwhile)?
-            holder = self._lock_where(self._locks.c.stack == stack)
-            if holder is not None:
-                raise StackLockedError(holder, is_stale=_is_stale(holder))
+            taken = self._lock_where(self._locks.c.stack == stack)
+            if taken is not None:
+                raise StackLockedError(taken, holder=_holder(taken))
         raise EngineError(f"could not take the lock on {stack}: it changed hands repeatedly")
+
+    def check_free(self, stack: str) -> None:
+        """Raise StackLockedError, as `acquire` would, while the lock on `stack` is held by a
+        holder that runs or may (on another host); one whose holder is gone is as good as
+        free: `hold(on_stale=...)` takes it over."""
+        taken = self._lock_where(self._locks.c.stack == stack)
+        if taken is not None and (holder := _holder(taken)) is not Holder.GONE:
+            raise StackLockedError(taken, holder=holder)
 
     def release(self, held: Lock) -> None:
         """Give back a lock this process holds (no error if it was force-released)."""
@@ -154,17 +177,17 @@ def _user() -> str:
         return f"uid {os.getuid()}"
 
 
-def _is_stale(lock: Lock) -> bool:
-    """True when the holder ran on this host and its process is gone."""
+def _holder(lock: Lock) -> Holder:
+    """Whether the lock's holder runs, as far as this host can tell."""
     if lock.host != socket.gethostname():
-        return False
+        return Holder.ELSEWHERE
     try:
         os.kill(lock.pid, 0)
     except ProcessLookupError:
-        return True
+        return Holder.GONE
     except PermissionError:
-        return False
-    return False
+        pass  # another user's process: it runs
+    return Holder.RUNNING
 
 
 def _lock(row: Row[Any]) -> Lock:

@@ -116,6 +116,10 @@ class Runs(Repository):
         """The run is under way."""
         self._set(run_id, status=str(RunStatus.RUNNING), started_at=self._db.now())
 
+    def wait(self, run_id: str) -> None:
+        """The run is queued again: it waits for its turn (the fleet's lock)."""
+        self._set(run_id, status=str(RunStatus.QUEUED), started_at=None)
+
     def progress(self, run_id: str, line: Mapping[str, Any]) -> None:
         """Append one progress line (a JSON event of the run's board)."""
         table = self._runs

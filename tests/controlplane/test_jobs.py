@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from engine.controlplane.jobs import (
 from engine.state import Job, JobState, NewJob
 from engine.state.store import Store, open_store
 from tests.support.clock import Clock
+from tests.support.postgres import Cluster
 from tests.support.wait import wait_until
 
 KIND = "probe"
@@ -38,6 +40,7 @@ class ProbeHandler:
 
     script: list[str]
     kind: str = KIND
+    holds_fleet_lock: bool = False
     runs: list[int] = field(default_factory=list)
     given_up: list[tuple[int, str]] = field(default_factory=list)
 
@@ -276,3 +279,91 @@ def test_a_job_for_another_control_plane_goes_back_to_the_queue_without_an_attem
         clock.advance(ELSEWHERE_S)
     assert worker.run_once() is not None  # the control plane that serves it runs it
     assert _job(store, job.id).state is JobState.SUCCEEDED and handler.given_up == []
+
+
+APPLY = "apply-probe"
+
+
+@dataclass
+class LockingHandler:
+    """Holds the fleet's stack lock while it runs, as `engine up` does; a run of `fleet` waits
+    for `gates[fleet]` (the test opens it) once it said it started."""
+
+    store: Store
+    gates: dict[str, threading.Event]
+    kind: str = APPLY
+    holds_fleet_lock: bool = True
+    started: dict[str, threading.Event] = field(default_factory=dict)
+    ran: list[int] = field(default_factory=list)
+
+    def run(self, job: Job) -> Done:
+        with self.store.locks.hold(job.fleet, command=f"probe job {job.id}"):
+            self.ran.append(job.id)
+            self.started.setdefault(job.fleet, threading.Event()).set()
+            self.gates[job.fleet].wait(60)
+        return Done()
+
+    def give_up(self, job: Job, error: str) -> None:
+        pass
+
+
+def test_jobs_holding_their_fleets_lock_run_one_after_another_and_other_fleets_meanwhile(
+    tmp_path: Path,
+) -> None:
+    # Before, a second worker took the fleet's next job while the first ran, and it failed
+    # for good on the lock its sibling held.
+    with open_store(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        first, second = (store.jobs.enqueue(NewJob(kind=APPLY, fleet="web-prod")) for _ in "12")
+        other = store.jobs.enqueue(NewJob(kind=APPLY, fleet="api"))
+        probe = store.jobs.enqueue(NewJob(kind=KIND, fleet="web-prod"))
+        gates = {"web-prod": threading.Event(), "api": threading.Event()}
+        gates["api"].set()
+        locking = LockingHandler(store, gates)
+        registry = JobRegistry([locking, ProbeHandler(script=[])])
+        busy, free = Worker(store, registry), Worker(store, registry)
+        running = threading.Thread(target=busy.run_once)
+        running.start()
+        try:
+            wait_until(lambda: "web-prod" in locking.started, what="web-prod's first job")
+            # Its fleet's next job waits; the other fleet's, and a job without the lock, run.
+            taken = [free.run_once() for _ in range(3)]
+            assert [job and job.id for job in taken] == [other.id, probe.id, None]
+            assert _job(store, second.id).state is JobState.QUEUED
+        finally:
+            gates["web-prod"].set()
+            running.join(60)
+        assert free.run_once() is not None
+        assert locking.ran == [first.id, other.id, second.id]
+        assert {j.state for j in store.jobs.all()} == {JobState.SUCCEEDED}
+
+
+def test_on_postgresql_two_workers_claiming_at_once_take_one_job_of_a_fleet(
+    postgres: Cluster,
+) -> None:
+    with open_store(postgres.create_database()) as store:
+        first, second = (store.jobs.enqueue(NewJob(kind=APPLY, fleet="web-prod")) for _ in "12")
+        other = store.jobs.enqueue(NewJob(kind=APPLY, fleet="api"))
+        with store.transaction() as tx:
+            mine = tx.jobs.claim("worker-a", [APPLY], lease_s=30, one_per_fleet=[APPLY])
+            # Another worker claims while the first one's claim is not committed yet: it
+            # cannot see that claim, and must still not take the fleet's next job.
+            theirs = store.jobs.claim("worker-b", [APPLY], lease_s=30, one_per_fleet=[APPLY])
+        assert mine is not None and theirs is not None
+        assert (mine.id, theirs.id) == (first.id, other.id)
+        assert store.jobs.claim("worker-c", [APPLY], lease_s=30, one_per_fleet=[APPLY]) is None
+        assert store.jobs.finish(first.id, "worker-a", {})
+        after = store.jobs.claim("worker-c", [APPLY], lease_s=30, one_per_fleet=[APPLY])
+        assert after is not None and after.id == second.id
+
+
+def test_a_fleets_job_waiting_to_run_again_keeps_its_place(store: Store, clock: Clock) -> None:
+    # An apply waiting for a lock another command holds is tried again later: the fleet's
+    # applies queued after it wait for it, though they are due.
+    first, second = (store.jobs.enqueue(NewJob(kind=APPLY, fleet="web-prod")) for _ in "12")
+    handler = ProbeHandler(script=["again"], kind=APPLY, holds_fleet_lock=True)
+    worker = _worker(store, handler)
+    assert (job := worker.run_once()) is not None and job.id == first.id
+    assert worker.run_once() is None
+    clock.advance(7)
+    taken = [worker.run_once(), worker.run_once()]
+    assert [job and job.id for job in taken] == [first.id, second.id]

@@ -7,13 +7,16 @@ seen live (screenshots under the test's tmp dir)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import yaml
 
 from engine.model import LABEL_FLEET
 from engine.providers.local.dockerd import PrivateDaemon
+from engine.state.store import open_store
 from tests.support.browser import chromium
 from tests.support.cli import ROOT, engine
 from tests.support.wait import wait_until
@@ -38,6 +42,7 @@ SPEC = {
     "limits": {"servers": 4},
 }
 RUN_S = 600
+AT_ONCE = 6  # PATCHes sent at once (3 were enough to make one fail)
 
 
 @dataclass
@@ -257,6 +262,69 @@ def test_engine_runs_lists_what_the_api_started(api: Api) -> None:
     one = engine("runs", "api", lines[-1][0], "--format", "json", *state, cwd=api.root, env=api.env)
     (run,) = json.loads(one.stdout)["runs"]
     assert sorted(run["result"]["timings"]["servers"]) == ["web-1", "web-2", "web-3"]
+
+
+def test_a_run_waits_for_the_lock_a_live_command_holds_then_runs(api: Api) -> None:
+    # Before, the run failed at once, telling to `engine unlock` the lock of a live holder.
+    store_url = f"sqlite:///{api.root / 'state' / 'state.db'}"
+    with (
+        open_store(store_url) as store,
+        store.locks.hold("api", command="engine up api.yaml (in a terminal)") as held,
+    ):
+        asked = api.call("PATCH", "/groups/web", json={"count": 3})
+        assert asked.status_code == 202, asked.text
+        run_id = asked.json()["run"]["id"]
+
+        def waiting() -> dict[str, Any] | None:
+            run = api.call("GET", f"/runs/{run_id}", key=api.read_key).json()
+            return run if run["progress"] else None
+
+        run = wait_until(waiting, timeout_s=60, what="the run to say whom it waits for")
+        assert (run["status"], run["error"]) == ("queued", "")
+        (line,) = run["progress"]
+        assert line["event"] == "waiting"
+        assert "`engine up api.yaml (in a terminal)`) since " in line["message"]
+        assert line["message"].endswith(
+            f"lock id {held.lock_id}; process {os.getpid()} is running on this host: "
+            "wait for that run to finish"
+        )
+        assert "engine unlock" not in line["message"]
+    run = api.finished(run_id)  # once the lock is given back
+    assert [line["event"] for line in run["progress"]].count("waiting") == 1  # said once
+    events = api.call("GET", "/events?limit=1000", key=api.read_key).json()["events"]
+    mine = [e["kind"] for e in events if e["data"].get("run") == run_id]
+    assert mine == ["run.queued", "run.waiting", "run.started", "run.succeeded"]
+
+
+def test_scales_sent_at_once_run_one_after_another_and_none_fails(api: Api) -> None:
+    # Before, a second worker ran the next apply beside the first: it failed on the lock the
+    # first held, and those after it ended stale, though what they asked for was done.
+    def scale(_: int) -> httpx.Response:
+        with httpx.Client(timeout=120) as client:
+            return client.patch(
+                f"{api.url}/v1/fleets/api/groups/web",
+                json={"count": 4},
+                headers={"Authorization": f"Bearer {api.apply_key}"},
+            )
+
+    with ThreadPoolExecutor(AT_ONCE) as pool:
+        answers = list(pool.map(scale, range(AT_ONCE)))
+    assert [a.status_code for a in answers] == [202] * AT_ONCE, [a.text for a in answers]
+    runs = [api.finished(a.json()["run"]["id"]) for a in answers]  # each one succeeded
+    spans = sorted(
+        (dt.datetime.fromisoformat(r["started_at"]), dt.datetime.fromisoformat(r["finished_at"]))
+        for r in runs
+    )
+    assert all(ended <= next_started for (_, ended), (next_started, _) in pairwise(spans))
+    # The first made web-4; those queued behind it found nothing left to do.
+    made = [c for r in runs for line in r["progress"] if line["event"] == "plan"
+            for c in line["changes"]]  # fmt: skip
+    assert made == [["create", "web-4"]]
+    assert api.servers() == dict.fromkeys(["web-1", "web-2", "web-3", "web-4"], "ready")
+    down = api.call("PATCH", "/groups/web", json={"count": 3})
+    assert down.status_code == 202, down.text
+    api.finished(down.json()["run"]["id"])
+    assert api.servers() == dict.fromkeys(["web-1", "web-2", "web-3"], "ready")
 
 
 def test_the_dashboard_shows_the_fleet_charts_a_server_and_reboots_it_live(

@@ -34,10 +34,11 @@ def test_a_second_taker_learns_who_holds_the_lock(store: Store) -> None:
             "`engine up specs/web.yaml`",
             held.acquired_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
             f"lock id {held.lock_id}",
-            f"engine unlock {held.lock_id}",
+            f"process {os.getpid()} is running on this host: wait for that run to finish",
         ):
             assert part in message
-        assert "stale" not in message
+        # A holder that runs is waited for, never released from under it.
+        assert "stale" not in message and "engine unlock" not in message
         with store.locks.hold("other-fleet", command="engine up other.yaml"):
             assert {lock.stack for lock in store.locks.all()} == {"web-prod", "other-fleet"}
     assert store.locks.all() == ()
@@ -61,8 +62,10 @@ def test_secrets_in_the_command_are_not_recorded(store: Store) -> None:
 
 _HOLDER = textwrap.dedent(
     """
-    import os, sys
+    import os, socket, sys
     from engine.state.store import open_store
+    if sys.argv[2] == "elsewhere":
+        socket.gethostname = lambda: "build-7"  # a holder on another host
     store = open_store(sys.argv[1])
     held = store.locks.acquire("web-prod", command="engine up specs/web.yaml")
     print(held.lock_id, flush=True)
@@ -94,7 +97,8 @@ def test_two_processes_contend_for_the_lock(store: Store, url: str) -> None:
             store.locks.acquire("web-prod", command="engine up specs/web.yaml")
         assert info.value.lock.lock_id == lock_id
         assert info.value.lock.pid == holder.pid
-        assert "stale" not in str(info.value)
+        assert f"process {holder.pid} is running on this host" in str(info.value)
+        assert "stale" not in str(info.value) and "engine unlock" not in str(info.value)
         holder.stdin.write("\n")
         holder.stdin.flush()
         assert holder.stdout.readline().strip() == "released"
@@ -111,14 +115,40 @@ def test_a_dead_holder_leaves_a_stale_lock_that_unlock_releases(store: Store, ur
     assert holder.stdout is not None
     lock_id = holder.stdout.readline().strip()
     assert holder.wait(timeout=30) == 0
-    with pytest.raises(StackLockedError, match=f"process {holder.pid} is no longer running"):
+    with pytest.raises(StackLockedError) as info:
         store.locks.acquire("web-prod", command="engine up specs/web.yaml")
+    assert str(info.value).endswith(
+        f"process {holder.pid} is no longer running on this host, so the lock is stale: "
+        f"release it with: engine unlock {lock_id}"
+    )
     released = store.locks.unlock(lock_id)
     assert released.pid == holder.pid
     (event,) = store.events.all("web-prod")
     assert event.kind == "lock.released" and lock_id in event.message
     with store.locks.hold("web-prod", command="engine up specs/web.yaml"):
         pass
+
+
+def test_a_holder_on_another_host_is_waited_for_or_released_if_it_died(
+    store: Store, url: str
+) -> None:
+    holder = _holder(url, "elsewhere")
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        lock_id = holder.stdout.readline().strip()
+        with pytest.raises(StackLockedError) as info:
+            store.locks.acquire("web-prod", command="engine up specs/web.yaml")
+        assert f"@build-7 (pid {holder.pid}," in str(info.value)
+        assert str(info.value).endswith(
+            f". Wait for that run to finish; if it died, release the lock with: "
+            f"engine unlock {lock_id}"
+        )
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
 
 
 def test_unlocking_an_unknown_lock_lists_the_held_ones(store: Store) -> None:
