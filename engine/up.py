@@ -769,6 +769,7 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
             store.servers.all(fleet.name),
             options=DiffOptions(
                 delete_orphans=True,
+                destroying=True,
                 compared_with=f"{fleet.provider.name} (read just now)",
                 fleet_id=find_fleet_id(options.state_dir, fleet.name),
                 install_hash=recorded_digest(fleet, store.fleets.get(fleet.name)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from engine.catalog import load_catalog
-from engine.diff import as_built, as_recorded, diff_fleet, diff_resources
+from engine.diff import DiffOptions, as_built, as_recorded, diff_fleet, diff_resources
 from engine.model import Fleet
 from engine.placement import expand_fleet
 from engine.plan import Action
@@ -130,3 +130,24 @@ def test_a_new_vpc_range_replaces_the_droplets_in_it() -> None:
         old, catalog, actual, records, declared=declared(old), listed=declared(old)
     )
     assert not unchanged.has_changes
+
+
+def test_destroys_plan_says_the_fleet_is_being_destroyed() -> None:
+    fleet = fleet_from("specs/hetzner.yaml")
+    servers = expand_fleet(fleet, CATALOG)
+    actual = [as_built(fleet, s, CATALOG, provider_id=str(n)) for n, s in enumerate(servers, 1)]
+    records = [as_recorded(fleet, a, s.group) for a, s in zip(actual, servers, strict=True)]
+    listed = declared_resources(fleet, servers, CATALOG, engine_sources=(), ssh_public_keys=())
+    # What `engine destroy` diffs: the fleet without its groups, every server and resource.
+    plan = diff_fleet(
+        dataclasses.replace(fleet, groups=()),
+        CATALOG,
+        actual,
+        records,
+        options=DiffOptions(delete_orphans=True, destroying=True),
+        listed=listed,
+    )
+    changes = [*plan.changes, *plan.resources]
+    assert len(plan.changes) == len(servers) and plan.resources
+    assert {c.action for c in changes} == {Action.DELETE}
+    assert {c.reasons[0] for c in changes} == {"fleet web-prod is being destroyed"}
