@@ -401,8 +401,8 @@ def serving(
 def fleet_installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> FleetInstaller:
     """The installer of `fleet`'s servers, agents reporting to `site`."""
     from engine.install.installer import FleetInstaller
+    from engine.install.seam import install_log_dir
     from engine.preview import fleet_digest
-    from engine.state.files import private_dir
 
     return FleetInstaller(
         state_dir=state_dir,
@@ -412,7 +412,7 @@ def fleet_installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path)
         agent_image=backend.agent_image,
         digests={fleet.name: fleet_digest(fleet, site.url, site.sources)},
         docker_url=backend.docker_url,
-        log_dir=private_dir(state_dir, "logs", "install"),
+        log_dir=install_log_dir(state_dir, fleet.name),
     )
 
 
@@ -747,9 +747,11 @@ def report(
 
 
 def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
-    """Delete every resource of the fleet, its state rows and its keys."""
+    """Delete every resource of the fleet, its state rows, its install logs and locks, and
+    its keys."""
     from engine.diff import DiffOptions, diff_fleet
     from engine.install.deploykey import deploy_key_path
+    from engine.install.seam import forget_install_files
     from engine.install.sharing import forget_sharing
     from engine.preview import recorded_digest
     from engine.tokens import fleet_id_path, key_path
@@ -792,6 +794,7 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
         ):
             path.unlink(missing_ok=True)
         forget_sharing(options.state_dir, fleet.name)
+        forget_install_files(options.state_dir, fleet.name)
         board.note(
             f"Destroyed fleet {fleet.name}: {len(actual)} server(s), its networks and state."
         )

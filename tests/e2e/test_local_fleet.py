@@ -102,6 +102,9 @@ def nothing_left(client: Any, fleet: Fleet, name: str) -> None:
         assert store.servers.all(name) == () and store.events.all(name) == ()
         assert store.locks.all() == () and store.fleets.get(name) is None
     assert not list((fleet.state_dir / "keys").glob(f"{name}*"))
+    # Nor its servers' install locks and logs.
+    assert not (fleet.state_dir / "locks" / name).exists()
+    assert not list((fleet.state_dir / "logs" / "install").rglob("*.log"))
 
 
 def host_memory_gb() -> float:
@@ -594,6 +597,7 @@ def agent_image(docker_client: Any, server: str) -> str:
 
 
 def test_destroy_leaves_nothing_behind(fleet: Fleet, docker_client: Any) -> None:
+    assert (fleet.state_dir / "locks" / "e2e").is_dir()  # the installs' locks, until now
     result = fleet.run("destroy", "--yes")
     assert result.returncode == 0, result.stderr
     nothing_left(docker_client, fleet, "e2e")
