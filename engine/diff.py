@@ -71,7 +71,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.catalog import Catalog
 from engine.cost import load_balancer_price, monthly_price, server_usage
@@ -102,7 +102,7 @@ from engine.plan import (
     estimate_writes,
     total_usage,
 )
-from engine.providers import ActualServer, CloudResource, ResourceKind
+from engine.providers import ActualServer, CloudResource, ResourceKind, Snapshot
 from engine.quota import check_limits
 from engine.state import ServerRecord
 
@@ -1041,6 +1041,36 @@ def diff_resources(
         warnings=tuple(warnings),
         replaced_servers=replaced,
     )
+
+
+def plan_snapshots(
+    plan: Plan, fleet: Fleet, snapshots: Sequence[Snapshot], *, delete: bool, spec: str
+) -> Plan:
+    """`engine destroy`'s plan with the fleet's `snapshots`: each a deletion when `delete`
+    (--delete-snapshots), else kept, with a warning that says so and how to delete them.
+    Snapshots are backups: destroying a fleet never deletes them unasked. Pure."""
+    if not snapshots:
+        return plan
+    if delete:
+        gone = tuple(
+            ResourceChange(
+                action=Action.DELETE,
+                kind="snapshot",
+                name=s.name,
+                reasons=(f"{_destroyed(fleet)}, with its snapshots (--delete-snapshots)",),
+            )
+            for s in snapshots
+        )
+        return replace(plan, resources=(*plan.resources, *gone))
+    kept = tuple(
+        f"snapshot {s.name}"
+        + (f" of {s.server}" if s.server else "")
+        + (f" ({s.size_gb:.1f} GB)" if s.size_gb else "")
+        + f" is kept: snapshots are backups (the provider keeps and may bill them); "
+        f"`engine destroy {spec} --delete-snapshots` deletes them"
+        for s in snapshots
+    )
+    return replace(plan, warnings=(*plan.warnings, *kept))
 
 
 def _exposure_problem(exposure: Exposure) -> Problem:

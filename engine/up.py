@@ -746,10 +746,18 @@ def report(
     return 0 if not stuck and not failed_apps else 1
 
 
-def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
+def destroy(
+    spec: Path,
+    options: RunOptions,
+    out: TextIO,
+    confirm: Confirm,
+    *,
+    delete_snapshots: bool = False,
+) -> int:
     """Delete every resource of the fleet, its state rows, its install logs and locks, and
-    its keys."""
-    from engine.diff import DiffOptions, diff_fleet
+    its keys. Its snapshots are backups: the plan lists them and they are kept, unless
+    `delete_snapshots`."""
+    from engine.diff import DiffOptions, diff_fleet, plan_snapshots
     from engine.install.deploykey import deploy_key_path
     from engine.install.seam import forget_install_files
     from engine.install.sharing import forget_sharing
@@ -778,6 +786,8 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
             ),
             listed=reader.read_resources(actual),  # all of them go too
         )
+        snapshots = session.backend.snapshots()
+        plan = plan_snapshots(plan, fleet, snapshots, delete=delete_snapshots, spec=str(spec))
         _show_plan(plan, board, out)
         if plan.is_blocked:  # another state directory's servers are never destroyed from here
             return 1
@@ -785,6 +795,8 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
             board.note("Nothing changed.")
             return 1
         session.backend.teardown()
+        if delete_snapshots:
+            session.backend.delete_snapshots(snapshots)
         store.forget_fleet(fleet.name)
         for path in (
             key_path(options.state_dir, fleet.name),
@@ -795,7 +807,8 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
             path.unlink(missing_ok=True)
         forget_sharing(options.state_dir, fleet.name)
         forget_install_files(options.state_dir, fleet.name)
-        board.note(
-            f"Destroyed fleet {fleet.name}: {len(actual)} server(s), its networks and state."
-        )
+        said = f"Destroyed fleet {fleet.name}: {len(actual)} server(s), its networks and state"
+        if snapshots:
+            said += f", {len(snapshots)} snapshot(s) " + ("deleted" if delete_snapshots else "kept")
+        board.note(said + ".")
     return 0
