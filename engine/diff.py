@@ -71,7 +71,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.catalog import Catalog
 from engine.cost import load_balancer_price, monthly_price, server_usage
@@ -102,7 +102,7 @@ from engine.plan import (
     estimate_writes,
     total_usage,
 )
-from engine.providers import ActualServer, CloudResource, ResourceKind
+from engine.providers import ActualServer, CloudResource, ResourceKind, Snapshot
 from engine.quota import check_limits
 from engine.state import ServerRecord
 
@@ -117,7 +117,8 @@ class DiffOptions:
     `install_hash` is the digest of everything the install would put on a server now
     (engine.install.digest.install_digest, computed by the orchestrator); "" compares none.
     `fleet_id` is this state directory's id of the fleet (None: it has none yet); servers
-    carrying another one are another engine's, taken over only with `adopt`.
+    carrying another one are another engine's, taken over only with `adopt`. `destroying`
+    says the plan is `engine destroy`'s: everything goes because the fleet does.
     """
 
     delete_orphans: bool = False
@@ -128,6 +129,7 @@ class DiffOptions:
     install_hash: str = ""
     fleet_id: str | None = None
     adopt: bool = False
+    destroying: bool = False
 
 
 def is_same_image(desired: Image, actual: Image | None) -> bool:
@@ -819,7 +821,9 @@ class _Differ:
             record is not None and (is_duplicate or record.provider_id in ("", server.provider_id))
         )
         group = dict(server.labels).get(LABEL_GROUP, "")
-        if is_duplicate:
+        if self.options.destroying:
+            reason = _destroyed(self.fleet)
+        elif is_duplicate:
             reason = (
                 f"a second server named {server.name} (created twice, e.g. by an interrupted "
                 "run); the engine keeps one"
@@ -922,10 +926,18 @@ def _servers(names: Iterable[str]) -> str:
     return ", ".join(shown[:10]) + more
 
 
+_UNDECLARED = "the spec no longer declares it"
+
+
+def _destroyed(fleet: Fleet) -> str:
+    return f"fleet {fleet.name} is being destroyed"
+
+
 def _resource_change(
-    declared: CloudResource | None, listed: CloudResource | None
+    declared: CloudResource | None, listed: CloudResource | None, undeclared: str
 ) -> tuple[Action, tuple[FieldChange, ...], tuple[str, ...]] | None:
-    """What to do with one resource, the fields that differ and why; None: nothing."""
+    """What to do with one resource, the fields that differ and why (`undeclared`: why one
+    listed and not declared goes); None: nothing."""
     if listed is None:
         assert declared is not None
         return (
@@ -934,7 +946,7 @@ def _resource_change(
             ("the spec declares it and the provider has none",),
         )
     if declared is None:
-        return Action.DELETE, (), ("the spec no longer declares it",)
+        return Action.DELETE, (), (undeclared,)
     # Only what the declared side says is compared: what it cannot know here (the engine's
     # addresses, before any run recorded them) it leaves out.
     wanted, have = dict(declared.properties), dict(listed.properties)
@@ -966,9 +978,14 @@ class ResourceDiff:
 
 
 def diff_resources(
-    catalog: Catalog, declared: Sequence[CloudResource], listed: Sequence[CloudResource]
+    catalog: Catalog,
+    declared: Sequence[CloudResource],
+    listed: Sequence[CloudResource],
+    *,
+    undeclared: str = _UNDECLARED,
 ) -> ResourceDiff:
-    """The changes that make the `listed` resources the `declared` ones. Pure."""
+    """The changes that make the `listed` resources the `declared` ones (`undeclared` says why
+    a listed one that is not declared goes). Pure."""
     wanted = {(r.kind, r.name): r for r in declared}
     have = {(r.kind, r.name): r for r in listed}
     changes: list[ResourceChange] = []
@@ -983,7 +1000,7 @@ def diff_resources(
         cost_after = _resource_cost(catalog, want, warnings)
         before += cost_before
         after += cost_after
-        found = _resource_change(want, got)
+        found = _resource_change(want, got, undeclared)
         if found is None:
             continue
         action, fields, reasons = found
@@ -1026,6 +1043,36 @@ def diff_resources(
     )
 
 
+def plan_snapshots(
+    plan: Plan, fleet: Fleet, snapshots: Sequence[Snapshot], *, delete: bool, spec: str
+) -> Plan:
+    """`engine destroy`'s plan with the fleet's `snapshots`: each a deletion when `delete`
+    (--delete-snapshots), else kept, with a warning that says so and how to delete them.
+    Snapshots are backups: destroying a fleet never deletes them unasked. Pure."""
+    if not snapshots:
+        return plan
+    if delete:
+        gone = tuple(
+            ResourceChange(
+                action=Action.DELETE,
+                kind="snapshot",
+                name=s.name,
+                reasons=(f"{_destroyed(fleet)}, with its snapshots (--delete-snapshots)",),
+            )
+            for s in snapshots
+        )
+        return replace(plan, resources=(*plan.resources, *gone))
+    kept = tuple(
+        f"snapshot {s.name}"
+        + (f" of {s.server}" if s.server else "")
+        + (f" ({s.size_gb:.1f} GB)" if s.size_gb else "")
+        + f" is kept: snapshots are backups (the provider keeps and may bill them); "
+        f"`engine destroy {spec} --delete-snapshots` deletes them"
+        for s in snapshots
+    )
+    return replace(plan, warnings=(*plan.warnings, *kept))
+
+
 def _exposure_problem(exposure: Exposure) -> Problem:
     return Problem(
         code="open_to_the_world",
@@ -1061,7 +1108,8 @@ def diff_fleet(
         # Taken over from another state directory: its stack holds the firewalls, networks
         # and balancers listed, this one makes its own.
         listed = ()
-    found = diff_resources(catalog, declared, listed)
+    undeclared = _destroyed(fleet) if options.destroying else _UNDECLARED
+    found = diff_resources(catalog, declared, listed, undeclared=undeclared)
     differ = _Differ(fleet, catalog, records, unowned, options, agents or {}, failures or {})
     differ.replaced_with = found.replaced_servers
     differ.run(actual)

@@ -16,7 +16,9 @@ state store: a `server.<signal>.started` event, then `.succeeded` or `.failed` w
                         does: a local machine is made again and a Hetzner server rebuilt, both
                         with fresh user_data and a new one-time token; DigitalOcean rebuilds
                         from the droplet's first user_data, whose token is spent, so the
-                        droplet is found by polling (an SSH check and a key scan)
+                        droplet is found by polling (an SSH check and a key scan); once it
+                        is ready, the apps of its group are rolled out on it as `engine up`
+                        rolls them out (engine.apps.deploy.roll_fleet_apps)
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ if TYPE_CHECKING:
 
 def signal_server(spec: Path, name: str, signal: Signal, options: RunOptions, out: TextIO) -> int:
     """Send `signal` to server `name` of the fleet in `spec`; 0 when it is done (a rebuilt
-    server: when it is ready again)."""
+    server: when it is ready again and its apps are back on it)."""
+    from engine.apps.deploy import check_environment, roll_fleet_apps
+
     started = time.monotonic()
     command = f"engine server {signal} {spec} {name}"
     rebuild = signal is Signal.REBUILD
@@ -59,6 +63,7 @@ def signal_server(spec: Path, name: str, signal: Signal, options: RunOptions, ou
                 servers = placed_servers(fleet, store, options.state_dir)
                 if name not in servers:
                     raise EngineError(f"{name} is no longer in the spec; nothing to rebuild")
+                check_environment(fleet)  # the apps' secrets, before the disk is gone
                 with serving(fleet, store, backend, options, board, servers) as run:
                     backend.rebuild(servers[name], record, run, options.timeout_s)
                     store.events.record(
@@ -68,8 +73,13 @@ def signal_server(spec: Path, name: str, signal: Signal, options: RunOptions, ou
                         server=name,
                     )
                     final = run.wait([name], options.timeout_s)
+                # Its disk is new: the apps its groups run go back on it, as `engine up` puts
+                # them on a new server.
+                rolled = roll_fleet_apps(
+                    fleet, store, options.state_dir, board, [servers[name]], backend.docker_url
+                )
                 seconds = time.monotonic() - started
-                return report(store, fleet, [name], final, board, out, seconds)
+                return report(store, fleet, [name], final, board, out, seconds, apps=rolled)
             outcome = backend.signal(record, signal, options.timeout_s)
         except EngineError as error:
             store.events.record(

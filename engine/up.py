@@ -401,8 +401,8 @@ def serving(
 def fleet_installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path) -> FleetInstaller:
     """The installer of `fleet`'s servers, agents reporting to `site`."""
     from engine.install.installer import FleetInstaller
+    from engine.install.seam import install_log_dir
     from engine.preview import fleet_digest
-    from engine.state.files import private_dir
 
     return FleetInstaller(
         state_dir=state_dir,
@@ -412,7 +412,7 @@ def fleet_installer(fleet: Fleet, backend: Backend, site: Site, state_dir: Path)
         agent_image=backend.agent_image,
         digests={fleet.name: fleet_digest(fleet, site.url, site.sources)},
         docker_url=backend.docker_url,
-        log_dir=private_dir(state_dir, "logs", "install"),
+        log_dir=install_log_dir(state_dir, fleet.name),
     )
 
 
@@ -746,10 +746,20 @@ def report(
     return 0 if not stuck and not failed_apps else 1
 
 
-def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> int:
-    """Delete every resource of the fleet, its state rows and its keys."""
-    from engine.diff import DiffOptions, diff_fleet
+def destroy(
+    spec: Path,
+    options: RunOptions,
+    out: TextIO,
+    confirm: Confirm,
+    *,
+    delete_snapshots: bool = False,
+) -> int:
+    """Delete every resource of the fleet, its state rows, its install logs and locks, and
+    its keys. Its snapshots are backups: the plan lists them and they are kept, unless
+    `delete_snapshots`."""
+    from engine.diff import DiffOptions, diff_fleet, plan_snapshots
     from engine.install.deploykey import deploy_key_path
+    from engine.install.seam import forget_install_files
     from engine.install.sharing import forget_sharing
     from engine.preview import recorded_digest
     from engine.tokens import fleet_id_path, key_path
@@ -769,12 +779,15 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
             store.servers.all(fleet.name),
             options=DiffOptions(
                 delete_orphans=True,
+                destroying=True,
                 compared_with=f"{fleet.provider.name} (read just now)",
                 fleet_id=find_fleet_id(options.state_dir, fleet.name),
                 install_hash=recorded_digest(fleet, store.fleets.get(fleet.name)),
             ),
             listed=reader.read_resources(actual),  # all of them go too
         )
+        snapshots = session.backend.snapshots()
+        plan = plan_snapshots(plan, fleet, snapshots, delete=delete_snapshots, spec=str(spec))
         _show_plan(plan, board, out)
         if plan.is_blocked:  # another state directory's servers are never destroyed from here
             return 1
@@ -782,6 +795,8 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
             board.note("Nothing changed.")
             return 1
         session.backend.teardown()
+        if delete_snapshots:
+            session.backend.delete_snapshots(snapshots)
         store.forget_fleet(fleet.name)
         for path in (
             key_path(options.state_dir, fleet.name),
@@ -791,7 +806,9 @@ def destroy(spec: Path, options: RunOptions, out: TextIO, confirm: Confirm) -> i
         ):
             path.unlink(missing_ok=True)
         forget_sharing(options.state_dir, fleet.name)
-        board.note(
-            f"Destroyed fleet {fleet.name}: {len(actual)} server(s), its networks and state."
-        )
+        forget_install_files(options.state_dir, fleet.name)
+        said = f"Destroyed fleet {fleet.name}: {len(actual)} server(s), its networks and state"
+        if snapshots:
+            said += f", {len(snapshots)} snapshot(s) " + ("deleted" if delete_snapshots else "kept")
+        board.note(said + ".")
     return 0

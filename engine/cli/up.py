@@ -1,7 +1,7 @@
 """engine up SPEC [--yes] [--dry-run] [--format text|json] [--timeout DURATION]
                [--attempts N] [--delete-orphans] [--adopt] [--listen HOST:PORT]
                [--engine-address ADDRESS]...
-engine destroy SPEC [--yes] [--format text|json]"""
+engine destroy SPEC [--yes] [--delete-snapshots] [--format text|json]"""
 
 from __future__ import annotations
 
@@ -94,10 +94,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="delete every server of the fleet, its network, state and keys",
         description="Delete everything the fleet owns (found by its labels), its rows in the "
-        "state store and its keys. Asks first unless --yes.",
+        "state store, its install logs and its keys. Its snapshots (`engine server snapshot`) "
+        "are backups: the plan lists them and they are kept unless --delete-snapshots. Asks "
+        "first unless --yes.",
     )
     destroy.add_argument("spec", metavar="SPEC", type=spec_file, help="the fleet spec (YAML)")
     destroy.add_argument("--yes", action="store_true", help="destroy without asking")
+    destroy.add_argument(
+        "--delete-snapshots",
+        action="store_true",
+        help="delete the fleet's snapshots too (kept otherwise: they are backups)",
+    )
     destroy.add_argument("--format", choices=("text", "json"), default="text")
     destroy.set_defaults(run=run_destroy, changes=True)
 
@@ -148,4 +155,10 @@ def run_up(args: argparse.Namespace) -> int:
 def run_destroy(args: argparse.Namespace) -> int:
     from engine.up import destroy
 
-    return destroy(Path(args.spec), run_options(args, yes=args.yes), sys.stdout, ask)
+    return destroy(
+        Path(args.spec),
+        run_options(args, yes=args.yes),
+        sys.stdout,
+        ask,
+        delete_snapshots=args.delete_snapshots,
+    )

@@ -23,7 +23,7 @@ from engine.install.agent import (
 from engine.install.deploykey import ensure_deploy_key
 from engine.install.model import AgentFile, AgentRun, HostResult, InstallHost, InstallSettings
 from engine.install.runner import install_hosts
-from engine.install.seam import InstallResult, InstallTarget
+from engine.install.seam import InstallResult, InstallTarget, install_lock_dir
 from engine.install.sharing import fleet_sharing
 from engine.model import Fleet
 from engine.state import FleetSettings
@@ -105,7 +105,7 @@ class FleetInstaller:
             log_dir=self.log_dir,
             # Per server, for as long as its install process lives: a run resumed after the
             # engine died waits for the install of the dead one to end.
-            lock_dir=self.state_dir / "locks" / spec.name,
+            lock_dir=install_lock_dir(self.state_dir, spec.name),
             # A copied image goes from the engine to one server, then from server to server.
             sharing=None if spec.install.agent.image else fleet_sharing(self.state_dir, spec.name),
         )

@@ -4,10 +4,14 @@ Installer       the entry point: install one server (FleetInstaller in installer
 InstallTarget   one server to install: where it is, how to log in, the host keys it pins
 InstallResult   what the install reports for it
 install_target  the InstallTarget of a server's record (at its engine.addresses.ssh_address)
+install_log_dir, install_lock_dir
+                where a fleet's install logs and install locks live in the state directory
+                (forget_install_files removes both with the fleet)
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -69,3 +73,21 @@ def install_target(
         private_key=private_key,
         peer_address=record.private_ips[0] if record.private_ips else address,
     )
+
+
+def install_log_dir(state_dir: Path, fleet: str) -> Path:
+    """Where the last install log of each of `fleet`'s servers is kept (`<server>.log`): a
+    folder per fleet, so fleets sharing a state directory keep their own."""
+    return state_dir / "logs" / "install" / fleet
+
+
+def install_lock_dir(state_dir: Path, fleet: str) -> Path:
+    """Where the install process of each of `fleet`'s servers holds its lock
+    (`<server>.lock`) for as long as it lives."""
+    return state_dir / "locks" / fleet
+
+
+def forget_install_files(state_dir: Path, fleet: str) -> None:
+    """Remove `fleet`'s install logs and install locks (a destroyed fleet's)."""
+    for folder in (install_log_dir(state_dir, fleet), install_lock_dir(state_dir, fleet)):
+        shutil.rmtree(folder, ignore_errors=True)

@@ -130,3 +130,15 @@ class CloudResource:
     def value(self, key: str) -> str:
         """One property's text ("" when it has none)."""
         return dict(self.properties).get(key, "")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """An image `engine server snapshot` made of one of the fleet's servers, found by the
+    fleet's ownership labels: `id` is what its provider deletes it by, `name` what a user
+    knows it as (a local image's reference), `size_gb` its size (0 when not known)."""
+
+    id: str
+    name: str
+    server: str
+    size_gb: float = 0.0

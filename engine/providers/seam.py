@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from engine.model import Fleet, ProviderName, Server
 from engine.plan import Change, Plan, Problem
-from engine.providers import ActualServer, CloudResource, InventoryPage
+from engine.providers import ActualServer, CloudResource, InventoryPage, Snapshot
 from engine.providers.retry import ApiCalls
 from engine.state import FleetSettings, ServerRecord
 
@@ -232,7 +232,16 @@ class Backend(Protocol):
         ...
 
     def teardown(self) -> None:
-        """Delete every resource of the fleet."""
+        """Delete every resource of the fleet but its snapshots (backups: kept unless
+        `delete_snapshots` is asked to delete them)."""
+        ...
+
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        """The fleet's snapshots (made by `signal`), found by its ownership labels."""
+        ...
+
+    def delete_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
+        """Delete the snapshots (`engine destroy --delete-snapshots`)."""
         ...
 
     def signal(self, record: ServerRecord, signal: Signal, timeout_s: float) -> str:

@@ -25,6 +25,8 @@ from engine.errors import EngineError
 from engine.model import Stage
 from engine.preview import plan_preview
 from engine.providers.cloud.backend import CloudBackend, engine_sources, resolved_sources
+from engine.providers.seam import Signal
+from engine.signals import signal_server
 from engine.state.store import open_state, open_store
 from engine.up import destroy
 from tests.cloud.world import World
@@ -227,6 +229,40 @@ def test_destroy_runs_the_program_destroy_and_forgets_the_fleet(world: World) ->
         assert store.servers.all(world.fleet) == () and store.fleets.get(world.fleet) is None
         assert store.locks.all() == ()
     assert not list((world.state_dir / "keys").glob(f"{world.fleet}*"))
+
+
+def test_destroy_lists_the_fleets_snapshots_and_keeps_them_unless_asked(world: World) -> None:
+    world.up()
+    assert (
+        signal_server(world.spec, "worker-1", Signal.SNAPSHOT, world.options(), io.StringIO()) == 0
+    )
+
+    def destroyed(**asked: bool) -> tuple[list[str], list[str], str]:
+        out = io.StringIO()
+        assert destroy(world.spec, world.options(), out, lambda _: False, **asked) == 0
+        events = [json.loads(line) for line in out.getvalue().splitlines()]
+        (shown,) = [e["plan"] for e in events if e["event"] == "plan"]
+        gone = [r["name"] for r in shown["resources"] if r["kind"] == "snapshot"]
+        return gone, shown["warnings"], events[-1]["message"]
+
+    snapshots = [i for i in world.fake.images if i["type"] == "snapshot"]
+    gone, warnings, said = destroyed()
+    if world.provider == "hcloud":  # found by the fleet's labels: listed and kept
+        ((image),) = snapshots
+        name = f"{image['description']} (id {image['id']})"
+        assert gone == [] and said.endswith(", 1 snapshot(s) kept.")
+        assert warnings == [
+            f"snapshot {name} of worker-1 is kept: snapshots are backups (the provider keeps "
+            f"and may bill them); `engine destroy {world.spec} --delete-snapshots` deletes them"
+        ]
+        assert world.fake.images.count(image) == 1
+        gone, warnings, said = destroyed(delete_snapshots=True)
+        assert gone == [name] and warnings == [] and said.endswith(", 1 snapshot(s) deleted.")
+        assert image not in world.fake.images
+    else:  # a droplet snapshot takes no tags: nothing tells the fleet's, none is touched
+        assert gone == [] and warnings == [] and said.endswith("its networks and state.")
+        destroyed(delete_snapshots=True)
+        assert world.fake.action_requests[-1][1]["type"] == "snapshot"
 
 
 # --- Pulumi and pyinfra never share a process ----------------------------------------------

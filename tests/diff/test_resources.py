@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
 
 from engine.catalog import load_catalog
-from engine.diff import as_built, as_recorded, diff_fleet, diff_resources
+from engine.diff import (
+    DiffOptions,
+    as_built,
+    as_recorded,
+    diff_fleet,
+    diff_resources,
+    plan_snapshots,
+)
 from engine.model import Fleet
 from engine.placement import expand_fleet
 from engine.plan import Action
-from engine.providers import CloudResource, ResourceKind
+from engine.providers import CloudResource, ResourceKind, Snapshot
+from engine.render import render_json
 from stacks.declared import declared_resources
+from tests.diff.model import digest_of
 from tests.stacks.harness import fleet_from
 
 CATALOG = load_catalog("hcloud")
+SCHEMA = json.loads(Path("schemas/plan.v2.schema.json").read_text())
 
 
 def _network(ip_range: str, **more: object) -> CloudResource:
@@ -130,3 +144,55 @@ def test_a_new_vpc_range_replaces_the_droplets_in_it() -> None:
         old, catalog, actual, records, declared=declared(old), listed=declared(old)
     )
     assert not unchanged.has_changes
+
+
+def test_destroys_plan_says_the_fleet_is_being_destroyed() -> None:
+    fleet = fleet_from("specs/hetzner.yaml")
+    servers = expand_fleet(fleet, CATALOG)
+    actual = [as_built(fleet, s, CATALOG, provider_id=str(n)) for n, s in enumerate(servers, 1)]
+    records = [as_recorded(fleet, a, s.group) for a, s in zip(actual, servers, strict=True)]
+    listed = declared_resources(fleet, servers, CATALOG, engine_sources=(), ssh_public_keys=())
+    # What `engine destroy` diffs: the fleet without its groups, every server and resource.
+    plan = diff_fleet(
+        dataclasses.replace(fleet, groups=()),
+        CATALOG,
+        actual,
+        records,
+        options=DiffOptions(delete_orphans=True, destroying=True),
+        listed=listed,
+    )
+    changes = [*plan.changes, *plan.resources]
+    assert len(plan.changes) == len(servers) and plan.resources
+    assert {c.action for c in changes} == {Action.DELETE}
+    assert {c.reasons[0] for c in changes} == {"fleet web-prod is being destroyed"}
+
+
+def test_destroy_keeps_the_fleets_snapshots_unless_asked_and_says_so() -> None:
+    fleet = fleet_from("specs/hetzner.yaml")
+    options = DiffOptions(install_hash=digest_of(fleet), destroying=True)
+    plan = diff_fleet(dataclasses.replace(fleet, groups=()), CATALOG, (), options=options)
+    assert plan_snapshots(plan, fleet, (), delete=False, spec="f.yaml") == plan
+    shots = (
+        Snapshot(id="91", name="web-prod-web-1-20260101-120000 (id 91)", server="web-1",
+                 size_gb=0.795),
+        Snapshot(id="92", name="web-prod-db-1-20260101-120000 (id 92)", server="db-1"),
+    )  # fmt: skip
+    kept = plan_snapshots(plan, fleet, shots, delete=False, spec="f.yaml")
+    assert kept.resources == () and not kept.has_changes
+    assert kept.warnings == (
+        "snapshot web-prod-web-1-20260101-120000 (id 91) of web-1 (0.8 GB) is kept: snapshots "
+        "are backups (the provider keeps and may bill them); `engine destroy f.yaml "
+        "--delete-snapshots` deletes them",
+        "snapshot web-prod-db-1-20260101-120000 (id 92) of db-1 is kept: snapshots are backups "
+        "(the provider keeps and may bill them); `engine destroy f.yaml --delete-snapshots` "
+        "deletes them",
+    )
+    deleted = plan_snapshots(plan, fleet, shots, delete=True, spec="f.yaml")
+    assert deleted.warnings == () and deleted.resource_counts() == {Action.DELETE: 2}
+    assert {(r.kind, r.reasons) for r in deleted.resources} == {
+        (
+            "snapshot",
+            ("fleet web-prod is being destroyed, with its snapshots (--delete-snapshots)",),
+        )
+    }
+    Draft202012Validator(SCHEMA).validate(render_json(deleted))

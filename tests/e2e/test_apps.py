@@ -2,7 +2,8 @@
 busybox on three servers, put there by `engine up` through the agents (the images copied
 from the engine's Docker: no registry), an env change rolled one server at a time, an image
 that never gets healthy stopped on the first server and put back, its output read with
-`engine logs`, the servers' packages updated through their agents, and the secret the app
+`engine logs`, the servers' packages updated through their agents, a rebuilt server given its
+app again, and the secret the app
 gets from the engine's environment written nowhere the engine writes.
 """
 
@@ -350,6 +351,23 @@ def test_a_deploy_killed_mid_rollout_is_taken_up_where_it_stopped(apps: Apps) ->
     assert ("web-1", "switched") in steps
     assert all(apps.get(server) == "hello-v3" for server in SERVERS)
     assert {s["health"] for s in apps.status().values()} == {"healthy"}
+
+
+def test_a_rebuilt_server_gets_its_apps_back(apps: Apps, docker_client: Any) -> None:
+    machine = docker_client.containers.get("apps-web-2").id
+    serving = apps.get("web-1")
+    events = apps.events("server rebuild", "web-2")
+    done = events[-1]
+    assert done["event"] == "done" and done["ready"] == ["web-2"], done
+    assert docker_client.containers.get("apps-web-2").id != machine  # a new disk
+    # Rolled out on web-2 alone, as `engine up` rolls it out on a new server.
+    assert done["apps"]["web"]["phase"] == "succeeded"
+    assert done["apps"]["web"]["servers"] == {"web-2": "switched"}
+    status = apps.fleet.status()
+    apps.addresses = {s["name"]: s["addresses"]["ipv4"] for s in status["servers"]}
+    assert all(apps.get(server) == serving for server in SERVERS)
+    assert {s["health"] for s in apps.status().values()} == {"healthy"}
+    assert apps.plan() == []
 
 
 def test_the_secret_is_written_nowhere_the_engine_writes(apps: Apps, docker_client: Any) -> None:

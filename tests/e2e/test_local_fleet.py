@@ -104,6 +104,9 @@ def nothing_left(client: Any, fleet: Fleet, name: str) -> None:
         assert store.servers.all(name) == () and store.events.all(name) == ()
         assert store.locks.all() == () and store.fleets.get(name) is None
     assert not list((fleet.state_dir / "keys").glob(f"{name}*"))
+    # Nor its servers' install locks and logs.
+    assert not (fleet.state_dir / "locks" / name).exists()
+    assert not list((fleet.state_dir / "logs" / "install").rglob("*.log"))
 
 
 def host_memory_gb() -> float:
@@ -618,7 +621,27 @@ def agent_image(docker_client: Any, server: str) -> str:
     ).strip()
 
 
-def test_destroy_leaves_nothing_behind(fleet: Fleet, docker_client: Any) -> None:
+def test_destroy_leaves_nothing_behind_but_the_snapshots_it_says_it_keeps(
+    fleet: Fleet, docker_client: Any
+) -> None:
+    said = signalled(fleet, "snapshot", "web-2").stdout.splitlines()[-1]
+    snapshot = json.loads(said)["message"].split("snapshot ")[-1]
+    assert (fleet.state_dir / "locks" / "e2e").is_dir()  # the installs' locks, until now
     result = fleet.run("destroy", "--yes")
     assert result.returncode == 0, result.stderr
+    assert "the group" not in result.stdout and "no longer" not in result.stdout
+    assert "fleet e2e is being destroyed" in result.stdout
+    # A snapshot is a backup: listed, kept, and how to delete it said.
+    assert f"snapshot {snapshot} of web-2 (" in result.stdout
+    assert "is kept: snapshots are backups" in result.stdout
+    assert "--delete-snapshots` deletes them" in result.stdout
+    assert "1 snapshot(s) kept." in result.stdout
+    assert docker_client.images.get(snapshot).labels["fleet"] == "e2e"
+    nothing_left(docker_client, fleet, "e2e")
+    # Asked to, destroy deletes it (the fleet's servers are gone already).
+    result = fleet.run("destroy", "--yes", "--delete-snapshots")
+    assert result.returncode == 0, result.stderr
+    assert f"- snapshot {snapshot}  delete" in result.stdout, result.stdout
+    assert "1 snapshot(s) deleted." in result.stdout
+    assert not [i for i in docker_client.images.list() if snapshot in i.tags]
     nothing_left(docker_client, fleet, "e2e")

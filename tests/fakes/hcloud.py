@@ -6,7 +6,8 @@ selector language: `k=v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`, comm
 `name`; `POST /servers` creates one (409 `uniqueness_error` for a name in use);
 `POST /servers/{id}/actions/{reboot,poweroff,poweron,rebuild,create_image}` and
 `DELETE /servers/{id}` start an action that `GET /actions/{id}` reports running (with its
-progress), then success or error (tests.fakes.common.ActionScript); errors are
+progress), then success or error (tests.fakes.common.ActionScript); `GET /images` filters by
+`type` and `label_selector` too, and `DELETE /images/{id}` deletes a snapshot; errors are
 `{"error": {"code", "message", "details"}}` with an `X-Correlation-Id` header; every request
 needs `Authorization: Bearer <token>`.
 
@@ -30,7 +31,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine.catalog import load_catalog
@@ -703,6 +704,20 @@ class FakeHcloud(FakeApi):
         action = self._action("delete_server", server["id"], lambda: self.servers.remove(server))
         return JSONResponse({"action": action}, headers=self.rate_headers())
 
+    async def _delete_image(self, request: Request) -> Response:
+        """DELETE /images/{id} ("Delete an Image"): a snapshot or backup goes, answered 204
+        with no body; a system image cannot be deleted."""
+        refused = await self.admit(request)
+        if refused is not None:
+            return refused
+        image = next((i for i in self.images if i["id"] == request.path_params["id"]), None)
+        if image is None:
+            return self.error(404, "not_found", "image not found")
+        if image["type"] not in ("snapshot", "backup"):
+            return self.error(422, "invalid_input", "only snapshots and backups can be deleted")
+        self.images.remove(image)
+        return Response(status_code=204, headers=self.rate_headers())
+
     async def _get_action(self, request: Request) -> JSONResponse:
         """GET /actions/{id}: each read moves a running action on (progress, then its end)."""
         refused = await self.admit(request)
@@ -762,6 +777,7 @@ class FakeHcloud(FakeApi):
                     "/v1/servers/{id:int}/actions/{action}", self._server_action, methods=["POST"]
                 ),
                 Route("/v1/servers/{id:int}", self._delete_server, methods=["DELETE"]),
+                Route("/v1/images/{id:int}", self._delete_image, methods=["DELETE"]),
                 Route("/v1/actions/{id:int}", self._get_action),
             ]
         )

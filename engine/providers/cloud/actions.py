@@ -16,6 +16,8 @@ ends or the timeout passes; its clock and sleep are injectable.
     poweron    Hetzner `poweron`, DigitalOcean `power_on`
     rebuild    the disk made anew from an image; Hetzner also takes new user_data
     snapshot   Hetzner `create_image` (type snapshot, with labels), DigitalOcean `snapshot`
+               (listed by the fleet's labels and deleted on Hetzner; a DigitalOcean snapshot
+               takes no tags, so the engine cannot tell which are the fleet's)
     delete     a server the fleet's stack does not hold (an orphan the plan deletes)
 
 Requests go through each provider's client like the readers' (engine.providers.retry: rate
@@ -32,6 +34,7 @@ from typing import Protocol
 
 from engine.errors import EngineError
 from engine.model import Image, Labels, ProviderName
+from engine.providers import Snapshot
 from engine.providers.seam import Signal
 
 POLL_S = 1.0
@@ -90,6 +93,15 @@ class ProviderActions(Protocol):
 
     def delete(self, provider_id: str) -> ActionState | None:
         """Delete the server; the action to wait on, where the provider gives one."""
+        ...
+
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        """The fleet's snapshots, found by its ownership labels (none where the provider
+        cannot label a snapshot)."""
+        ...
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Delete one snapshot."""
         ...
 
 

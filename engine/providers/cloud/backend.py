@@ -34,6 +34,7 @@ from engine.catalog import load_catalog
 from engine.errors import EngineError
 from engine.model import Fleet, Server, Stage, ownership_labels
 from engine.plan import Action, Change, Plan, RetryBy
+from engine.providers import Snapshot
 from engine.providers.registry import inventory_reader, provider_actions
 from engine.providers.seam import InventoryReader, Provisioned, Signal, Site
 from engine.secrets import read_token
@@ -424,6 +425,14 @@ class CloudBackend:
                 self.say(f"  delete   {step.name}: {step.status}")
 
         destroy(self.fleet, token=self.token, state_dir=self.state_dir, on_progress=show)
+
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        return provider_actions(self.fleet, self.token).snapshots()
+
+    def delete_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
+        actions = provider_actions(self.fleet, self.token)
+        for snapshot in snapshots:
+            actions.delete_snapshot(snapshot.id)
 
     def signal(self, record: ServerRecord, signal: Signal, timeout_s: float) -> str:
         """The provider's action for `signal`, waited on; a snapshot is labelled (Hetzner) and

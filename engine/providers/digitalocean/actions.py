@@ -5,7 +5,8 @@
     poweron    `power_on`
     rebuild    `rebuild` from a slug or the newest private image with the tags (or the name);
                the droplet keeps its first user_data
-    snapshot   `snapshot`, named
+    snapshot   `snapshot`, named `<fleet>-<server>-<UTC time>`; the action takes no tags, so
+               `engine destroy` cannot list the fleet's snapshots (they are kept)
     delete     the droplet (an orphan the plan deletes)
 
 An action is `in-progress`, then `completed` or `errored` (`GET /v2/actions/{id}`);
@@ -18,6 +19,7 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.model import Fleet, Image, ImageKind, Labels, ProviderName
+from engine.providers import Snapshot
 from engine.providers.cloud.actions import ActionState, ActionStatus
 from engine.providers.digitalocean.client import DigitalOceanApi, provider_errors
 from engine.providers.retry import ApiCalls, RetryPolicy
@@ -83,6 +85,12 @@ class DigitalOceanActions:
     def delete(self, provider_id: str) -> None:
         with provider_errors(self.fleet.provider.token_env):
             self.api.client.droplets.destroy(int(provider_id), **self.api.insecure)
+
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        return ()  # a droplet snapshot takes no tags: nothing says which are the fleet's
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        raise EngineError("DigitalOcean snapshots carry no fleet tags; the engine lists none")
 
     def _image(self, image: Image) -> str | int:
         """A slug, or the id of the newest private image with the tags (or the name)."""

@@ -5,7 +5,8 @@
     poweron    `poweron`
     rebuild    `rebuild` from a system image or the newest snapshot with the labels; it takes
                new user_data
-    snapshot   `create_image` (type snapshot, with the fleet's labels)
+    snapshot   `create_image` (type snapshot, with the fleet's labels); listed by them
+               (`engine destroy` shows them) and deleted (`--delete-snapshots`)
     delete     the server (an orphan the plan deletes)
 
 An action is `running` (with a progress percentage), then `success` or `error`
@@ -18,7 +19,18 @@ import datetime as dt
 from typing import Any
 
 from engine.errors import EngineError
-from engine.model import Fleet, Image, ImageKind, Labels, ProviderName
+from engine.model import (
+    LABEL_FLEET,
+    LABEL_MANAGED_BY,
+    LABEL_SERVER,
+    MANAGED_BY,
+    Fleet,
+    Image,
+    ImageKind,
+    Labels,
+    ProviderName,
+)
+from engine.providers import Snapshot
 from engine.providers.cloud.actions import ActionState, ActionStatus
 from engine.providers.hcloud.client import hcloud_client, provider_errors
 from engine.providers.retry import ApiCalls, RetryPolicy
@@ -91,6 +103,26 @@ class HcloudActions:
 
         with provider_errors(self.fleet.provider.token_env):
             return _hcloud_state(self.client.servers.delete(Server(id=int(provider_id))))
+
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        selector = f"{LABEL_FLEET}={self.fleet.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
+        with provider_errors(self.fleet.provider.token_env):
+            found = self.client.images.get_all(label_selector=selector, type=["snapshot"])
+        return tuple(
+            Snapshot(
+                id=str(image.id),
+                name=f"{image.description} (id {image.id})",
+                server=(image.labels or {}).get(LABEL_SERVER, ""),
+                size_gb=float(image.image_size or 0),
+            )
+            for image in sorted(found, key=lambda i: str(i.description))
+        )
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        from hcloud.images import Image as HcloudImage
+
+        with provider_errors(self.fleet.provider.token_env):
+            self.client.images.delete(HcloudImage(id=int(snapshot_id)))
 
     def _image(self, image: Image) -> Any:
         """A system image by name, or the newest available snapshot with the labels."""

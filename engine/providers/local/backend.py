@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import EngineError
 from engine.model import Fleet, Server
 from engine.plan import Action, Plan, RetryBy
+from engine.providers import Snapshot
 from engine.providers.local.driver import LocalDriver
 from engine.providers.local.inventory import actual_server
 from engine.providers.seam import Provisioned, Provisioner, Signal, Site
@@ -188,6 +189,13 @@ class LocalBackend:
 
     def teardown(self) -> None:
         self.driver.teardown()
+
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        return self.driver.snapshots()
+
+    def delete_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
+        for snapshot in snapshots:
+            self.driver.delete_snapshot(snapshot.id)
 
     def signal(self, record: ServerRecord, signal: Signal, timeout_s: float) -> str:
         """Docker does each at once: restart, stop, start, or commit the container."""

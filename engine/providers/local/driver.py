@@ -27,6 +27,7 @@ from engine.model import (
     MANAGED_BY,
     Server,
 )
+from engine.providers import Snapshot
 from engine.providers.local.dockerd import uplink_mtu
 from engine.providers.local.machines import CPU_PERIOD_US, MachineSpec, create_machine, write_seed
 from engine.state.files import private_dir, private_file
@@ -254,6 +255,32 @@ class LocalDriver:
         )
         return f"{repository}:{tag}"
 
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        """Every snapshot of the fleet: the images in `fleet-snapshot/<fleet>` with its
+        ownership labels."""
+        repository = f"{SNAPSHOT_REPOSITORY}/{self.fleet}:"
+        found = []
+        for image in self.client.images.list(filters=_owner_filter(self.fleet)):
+            for reference in image.tags:
+                if reference.startswith(repository):
+                    found.append(
+                        Snapshot(
+                            id=reference,
+                            name=reference,
+                            server=(image.labels or {}).get(LABEL_SERVER, ""),
+                            size_gb=int(image.attrs.get("Size") or 0) / 1e9,
+                        )
+                    )
+        return tuple(sorted(found, key=lambda s: s.name))
+
+    def delete_snapshot(self, reference: str) -> None:
+        """Remove the snapshot's reference (the image goes with its last one)."""
+        try:
+            self.client.images.remove(reference)
+        except Exception as exc:
+            if not _is_missing(exc):
+                raise
+
     def delete(self, server: str) -> None:
         """Remove the machine, its Docker volume and its seed; nothing of it is left."""
         if self.find(server) is not None:
@@ -266,7 +293,8 @@ class LocalDriver:
         shutil.rmtree(self.seeds / server, ignore_errors=True)
 
     def teardown(self) -> None:
-        """Delete every machine of the fleet, then its network and seed directory."""
+        """Delete every machine of the fleet, then its network and seed directory (its
+        snapshots are kept: `delete_snapshot` deletes one)."""
         for machine in self.machines():
             self.delete(machine.name)
         for network in self.client.networks.list(filters=_owner_filter(self.fleet)):
