@@ -1044,33 +1044,46 @@ def diff_resources(
 
 
 def plan_snapshots(
-    plan: Plan, fleet: Fleet, snapshots: Sequence[Snapshot], *, delete: bool, spec: str
-) -> Plan:
-    """`engine destroy`'s plan with the fleet's `snapshots`: each a deletion when `delete`
-    (--delete-snapshots), else kept, with a warning that says so and how to delete them.
-    Snapshots are backups: destroying a fleet never deletes them unasked. Pure."""
-    if not snapshots:
-        return plan
-    if delete:
-        gone = tuple(
-            ResourceChange(
-                action=Action.DELETE,
-                kind="snapshot",
-                name=s.name,
-                reasons=(f"{_destroyed(fleet)}, with its snapshots (--delete-snapshots)",),
-            )
-            for s in snapshots
+    plan: Plan,
+    fleet: Fleet,
+    snapshots: Sequence[Snapshot],
+    *,
+    delete: bool,
+    spec: str,
+    fleet_id: str | None,
+) -> tuple[Plan, tuple[Snapshot, ...]]:
+    """`engine destroy`'s plan with the fleet's `snapshots`, and those it deletes: with
+    `delete` (--delete-snapshots), each snapshot this state directory made (its `fleet_id`);
+    every other one is kept, with a warning that says so and how to delete it. Snapshots are
+    backups: destroying a fleet never deletes them unasked, nor those of a fleet of the same
+    name another state directory runs (or whose maker is not known). Pure."""
+    ours = tuple(s for s in snapshots if delete and fleet_id and s.fleet_id == fleet_id)
+    gone = tuple(
+        ResourceChange(
+            action=Action.DELETE,
+            kind="snapshot",
+            name=s.name,
+            reasons=(f"{_destroyed(fleet)}, with its snapshots (--delete-snapshots)",),
         )
-        return replace(plan, resources=(*plan.resources, *gone))
+        for s in ours
+    )
     kept = tuple(
         f"snapshot {s.name}"
         + (f" of {s.server}" if s.server else "")
         + (f" ({s.size_gb:.1f} GB)" if s.size_gb else "")
-        + f" is kept: snapshots are backups (the provider keeps and may bill them); "
-        f"`engine destroy {spec} --delete-snapshots` deletes them"
+        + (
+            " is kept: it carries no fleet id of this state directory (another one made it, "
+            "or it is older than fleet ids on snapshots); delete it with the provider's tools "
+            "if nobody needs it"
+            if delete
+            else " is kept: snapshots are backups (the provider keeps and may bill them); "
+            f"`engine destroy {spec} --delete-snapshots` deletes them"
+        )
         for s in snapshots
+        if s not in ours
     )
-    return replace(plan, warnings=(*plan.warnings, *kept))
+    planned = replace(plan, resources=(*plan.resources, *gone), warnings=(*plan.warnings, *kept))
+    return planned, ours
 
 
 def _exposure_problem(exposure: Exposure) -> Problem:

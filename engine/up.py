@@ -768,6 +768,7 @@ def destroy(
         spec, options, out, f"engine destroy {spec}", tools=True, full=False
     ) as session:
         fleet, board, store = session.fleet, session.board, session.store
+        fleet_id = find_fleet_id(options.state_dir, fleet.name)
         reader = session.backend.reader()
         actual = reader.read_servers()
         empty = dataclasses.replace(fleet, groups=())
@@ -781,13 +782,15 @@ def destroy(
                 delete_orphans=True,
                 destroying=True,
                 compared_with=f"{fleet.provider.name} (read just now)",
-                fleet_id=find_fleet_id(options.state_dir, fleet.name),
+                fleet_id=fleet_id,
                 install_hash=recorded_digest(fleet, store.fleets.get(fleet.name)),
             ),
             listed=reader.read_resources(actual),  # all of them go too
         )
         snapshots = session.backend.snapshots()
-        plan = plan_snapshots(plan, fleet, snapshots, delete=delete_snapshots, spec=str(spec))
+        plan, deleted = plan_snapshots(
+            plan, fleet, snapshots, delete=delete_snapshots, spec=str(spec), fleet_id=fleet_id
+        )
         _show_plan(plan, board, out)
         if plan.is_blocked:  # another state directory's servers are never destroyed from here
             return 1
@@ -795,12 +798,14 @@ def destroy(
             board.note("Nothing changed.")
             return 1
         session.backend.teardown()
-        if delete_snapshots:
-            session.backend.delete_snapshots(snapshots)
+        session.backend.delete_snapshots(deleted)
         store.forget_fleet(fleet.name)
+        # The fleet id stays while snapshots that carry it are kept: it is what tells them
+        # from another state directory's, for a later --delete-snapshots.
+        kept_ours = any(s.fleet_id == fleet_id for s in snapshots if fleet_id and s not in deleted)
         for path in (
             key_path(options.state_dir, fleet.name),
-            fleet_id_path(options.state_dir, fleet.name),
+            *(() if kept_ours else (fleet_id_path(options.state_dir, fleet.name),)),
             deploy_key_path(options.state_dir, fleet.name),
             deploy_key_path(options.state_dir, fleet.name).with_suffix(".pub"),
         ):
@@ -808,7 +813,9 @@ def destroy(
         forget_sharing(options.state_dir, fleet.name)
         forget_install_files(options.state_dir, fleet.name)
         said = f"Destroyed fleet {fleet.name}: {len(actual)} server(s), its networks and state"
-        if snapshots:
-            said += f", {len(snapshots)} snapshot(s) " + ("deleted" if delete_snapshots else "kept")
+        if deleted:
+            said += f", {len(deleted)} snapshot(s) deleted"
+        if len(snapshots) > len(deleted):
+            said += f", {len(snapshots) - len(deleted)} snapshot(s) kept"
         board.note(said + ".")
     return 0

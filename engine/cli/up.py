@@ -103,7 +103,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     destroy.add_argument(
         "--delete-snapshots",
         action="store_true",
-        help="delete the fleet's snapshots too (kept otherwise: they are backups)",
+        help="delete the snapshots this state directory made of the fleet too (kept "
+        "otherwise: they are backups)",
     )
     destroy.add_argument("--format", choices=("text", "json"), default="text")
     destroy.set_defaults(run=run_destroy, changes=True)

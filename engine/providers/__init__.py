@@ -136,9 +136,12 @@ class CloudResource:
 class Snapshot:
     """An image `engine server snapshot` made of one of the fleet's servers, found by the
     fleet's ownership labels: `id` is what its provider deletes it by, `name` what a user
-    knows it as (a local image's reference), `size_gb` its size (0 when not known)."""
+    knows it as (a local image's reference), `size_gb` its size (0 when not known),
+    `fleet_id` the fleet id of the state directory that made it ("" for a snapshot made before
+    snapshots carried one, or by a provider without labels)."""
 
     id: str
     name: str
     server: str
     size_gb: float = 0.0
+    fleet_id: str = ""

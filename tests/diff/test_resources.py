@@ -171,14 +171,15 @@ def test_destroy_keeps_the_fleets_snapshots_unless_asked_and_says_so() -> None:
     fleet = fleet_from("specs/hetzner.yaml")
     options = DiffOptions(install_hash=digest_of(fleet), destroying=True)
     plan = diff_fleet(dataclasses.replace(fleet, groups=()), CATALOG, (), options=options)
-    assert plan_snapshots(plan, fleet, (), delete=False, spec="f.yaml") == plan
+    assert plan_snapshots(plan, fleet, (), delete=False, spec="f.yaml", fleet_id="f1") == (plan, ())
     shots = (
         Snapshot(id="91", name="web-prod-web-1-20260101-120000 (id 91)", server="web-1",
-                 size_gb=0.795),
-        Snapshot(id="92", name="web-prod-db-1-20260101-120000 (id 92)", server="db-1"),
+                 size_gb=0.795, fleet_id="f1"),
+        Snapshot(id="92", name="web-prod-db-1-20260101-120000 (id 92)", server="db-1",
+                 fleet_id="f1"),
     )  # fmt: skip
-    kept = plan_snapshots(plan, fleet, shots, delete=False, spec="f.yaml")
-    assert kept.resources == () and not kept.has_changes
+    kept, none = plan_snapshots(plan, fleet, shots, delete=False, spec="f.yaml", fleet_id="f1")
+    assert kept.resources == () and not kept.has_changes and none == ()
     assert kept.warnings == (
         "snapshot web-prod-web-1-20260101-120000 (id 91) of web-1 (0.8 GB) is kept: snapshots "
         "are backups (the provider keeps and may bill them); `engine destroy f.yaml "
@@ -187,8 +188,9 @@ def test_destroy_keeps_the_fleets_snapshots_unless_asked_and_says_so() -> None:
         "(the provider keeps and may bill them); `engine destroy f.yaml --delete-snapshots` "
         "deletes them",
     )
-    deleted = plan_snapshots(plan, fleet, shots, delete=True, spec="f.yaml")
+    deleted, gone = plan_snapshots(plan, fleet, shots, delete=True, spec="f.yaml", fleet_id="f1")
     assert deleted.warnings == () and deleted.resource_counts() == {Action.DELETE: 2}
+    assert gone == shots
     assert {(r.kind, r.reasons) for r in deleted.resources} == {
         (
             "snapshot",
@@ -196,3 +198,25 @@ def test_destroy_keeps_the_fleets_snapshots_unless_asked_and_says_so() -> None:
         )
     }
     Draft202012Validator(SCHEMA).validate(render_json(deleted))
+
+
+def test_delete_snapshots_deletes_only_the_snapshots_this_state_directory_made() -> None:
+    # Found by the fleet's name alone, another state directory's fleet of the same name (or a
+    # snapshot older than fleet ids on snapshots) was deleted with --delete-snapshots.
+    fleet = fleet_from("specs/hetzner.yaml")
+    options = DiffOptions(install_hash=digest_of(fleet), destroying=True)
+    plan = diff_fleet(dataclasses.replace(fleet, groups=()), CATALOG, (), options=options)
+    ours = Snapshot(id="91", name="ours", server="web-1", fleet_id="f1")
+    theirs = Snapshot(id="92", name="theirs", server="web-1", fleet_id="f2")
+    older = Snapshot(id="93", name="older", server="db-1")
+    shots = (ours, theirs, older)
+    planned, gone = plan_snapshots(plan, fleet, shots, delete=True, spec="f.yaml", fleet_id="f1")
+    assert gone == (ours,)
+    assert [r.name for r in planned.resources] == ["ours"]
+    assert [w.split(" is kept: ")[0] for w in planned.warnings] == [
+        "snapshot theirs of web-1",
+        "snapshot older of db-1",
+    ]
+    assert all("carries no fleet id of this state directory" in w for w in planned.warnings)
+    unknown, none = plan_snapshots(plan, fleet, shots, delete=True, spec="f.yaml", fleet_id=None)
+    assert none == () and len(unknown.warnings) == 3

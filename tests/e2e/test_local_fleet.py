@@ -96,14 +96,16 @@ def containers(client: Any, fleet: str) -> dict[str, str]:
     return {c.name: c.id for c in found}
 
 
-def nothing_left(client: Any, fleet: Fleet, name: str) -> None:
+def nothing_left(client: Any, fleet: Fleet, name: str, *, kept: tuple[str, ...] = ()) -> None:
+    """Nothing of fleet `name` is left, but the files of its state directory named `kept`."""
     assert containers(client, name) == {}
     assert client.networks.list(names=[f"fleet-{name}"]) == []
     assert [v.name for v in client.volumes.list() if v.name.startswith(f"{name}-")] == []
     with open_store(f"sqlite:///{fleet.state_dir / 'state.db'}") as store:
         assert store.servers.all(name) == () and store.events.all(name) == ()
         assert store.locks.all() == () and store.fleets.get(name) is None
-    assert not list((fleet.state_dir / "keys").glob(f"{name}*"))
+    keys = fleet.state_dir / "keys"
+    assert sorted(str(p.relative_to(fleet.state_dir)) for p in keys.glob(f"{name}*")) == [*kept]
     # Nor its servers' install locks and logs.
     assert not (fleet.state_dir / "locks" / name).exists()
     assert not list((fleet.state_dir / "logs" / "install").rglob("*.log"))
@@ -636,8 +638,11 @@ def test_destroy_leaves_nothing_behind_but_the_snapshots_it_says_it_keeps(
     assert "is kept: snapshots are backups" in result.stdout
     assert "--delete-snapshots` deletes them" in result.stdout
     assert "1 snapshot(s) kept." in result.stdout
-    assert docker_client.images.get(snapshot).labels["fleet"] == "e2e"
-    nothing_left(docker_client, fleet, "e2e")
+    labels = docker_client.images.get(snapshot).labels
+    fleet_id = (fleet.state_dir / "keys" / "e2e.id").read_text().strip()
+    assert (labels["fleet"], labels["fleet-id"]) == ("e2e", fleet_id)
+    # The fleet id stays with the snapshot it tells from another state directory's.
+    nothing_left(docker_client, fleet, "e2e", kept=("keys/e2e.id",))
     # Asked to, destroy deletes it (the fleet's servers are gone already).
     result = fleet.run("destroy", "--yes", "--delete-snapshots")
     assert result.returncode == 0, result.stderr

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from engine.catalog import load_catalog
 from engine.errors import EngineError
-from engine.model import Fleet, Server, Stage, ownership_labels
+from engine.model import LABEL_FLEET_ID, Fleet, Server, Stage, ownership_labels
 from engine.plan import Action, Change, Plan, RetryBy
 from engine.providers import Snapshot
 from engine.providers.registry import inventory_reader, provider_actions
@@ -438,14 +438,17 @@ class CloudBackend:
         """The provider's action for `signal`, waited on; a snapshot is labelled (Hetzner) and
         named after the fleet and the server."""
 
+        from engine.tokens import find_fleet_id
+
         actions = provider_actions(self.fleet, self.token)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-        group = record.group
+        labels = ownership_labels(self.fleet.name, record.group, record.name)
+        fleet_id = find_fleet_id(self.state_dir, self.fleet.name)
         started = actions.start(
             record.provider_id,
             signal,
             snapshot=f"{self.fleet.name}-{record.name}-{stamp}",
-            labels=ownership_labels(self.fleet.name, group, record.name),
+            labels=(*labels, (LABEL_FLEET_ID, fleet_id)) if fleet_id else labels,
         )
         done = self._waited(actions, started, record.name, timeout_s)
         return f"{record.name}: {signal} done" + (f", image {done.image}" if done.image else "")

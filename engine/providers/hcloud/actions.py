@@ -21,6 +21,7 @@ from typing import Any
 from engine.errors import EngineError
 from engine.model import (
     LABEL_FLEET,
+    LABEL_FLEET_ID,
     LABEL_MANAGED_BY,
     LABEL_SERVER,
     MANAGED_BY,
@@ -114,6 +115,7 @@ class HcloudActions:
                 name=f"{image.description} (id {image.id})",
                 server=(image.labels or {}).get(LABEL_SERVER, ""),
                 size_gb=float(image.image_size or 0),
+                fleet_id=(image.labels or {}).get(LABEL_FLEET_ID, ""),
             )
             for image in sorted(found, key=lambda i: str(i.description))
         )

@@ -247,7 +247,9 @@ class LocalDriver:
         container = self._container(server)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
         repository, tag = f"{SNAPSHOT_REPOSITORY}/{self.fleet}", f"{server}-{stamp}"
-        owned = {k: v for k, v in container.labels.items() if k in OWNERSHIP_LABELS}
+        owned = {
+            k: v for k, v in container.labels.items() if k in OWNERSHIP_LABELS | {LABEL_FLEET_ID}
+        }
         container.commit(
             repository=repository,
             tag=tag,
@@ -269,6 +271,7 @@ class LocalDriver:
                             name=reference,
                             server=(image.labels or {}).get(LABEL_SERVER, ""),
                             size_gb=int(image.attrs.get("Size") or 0) / 1e9,
+                            fleet_id=(image.labels or {}).get(LABEL_FLEET_ID, ""),
                         )
                     )
         return tuple(sorted(found, key=lambda s: s.name))
