@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.agent.client import AgentClient
 from engine.agent.endpoint import AgentEndpoint, stored_endpoints
-from engine.apps.diff import diff_apps
+from engine.apps.diff import AppsObserved, diff_apps
 from engine.apps.observe import observe_apps
 from engine.apps.rollout import (
     Phase,
@@ -43,6 +43,7 @@ from engine.apps.rollout import (
 )
 from engine.apps.servers import AppOnServer, ImageCopies
 from engine.apps.versions import AppDefinition, app_definition, container_name
+from engine.diff import natural_key
 from engine.errors import EngineError
 from engine.lifecycle import median_durations
 from engine.model import App, AppUpdate, Fleet, ProviderName, RollbackMode, Server, Stage
@@ -58,16 +59,16 @@ AGENT_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AppsOutcome:
-    """What became of a run's rollouts: `ok` unless one failed or was rolled back. `waiting`
-    names, per app, the servers it should go to that are not ready (it goes there once they
-    are)."""
+    """What became of a run's rollouts: `ok` unless one failed or was rolled back, or an app
+    waits. `waiting` names, per app, the servers it should go to (or be checked on) that are
+    not ready or whose agent did not answer just now (it goes there once they are and do)."""
 
     rollouts: tuple[Rollout, ...] = ()
     waiting: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def ok(self) -> bool:
-        return all(r.phase is Phase.SUCCEEDED for r in self.rollouts)
+        return not self.waiting and all(r.phase is Phase.SUCCEEDED for r in self.rollouts)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,13 +193,26 @@ def roll_apps(
     records = {r.name: r for r in stored}
     existing = {name for name, record in records.items() if record.provider_id}
     plan = diff_apps(fleet, servers, existing, observed, only=only)
-    ready = {name for name, record in records.items() if record.stage is Stage.READY}
+    for warning in plan.warnings:
+        board.note(warning)
+    # A server takes a rollout when the store says it is ready and its agent answered just
+    # now: one powered off, or whose agent is gone, is waited for, never called.
+    unanswered = set(observed.unreachable)
+    ready = {
+        name
+        for name, record in records.items()
+        if record.stage is Stage.READY and name in observed.running and name not in unanswered
+    }
     endpoints = stored_endpoints(state_dir, fleet, store, stored)
     names = [r.app for r in plan.rollouts]
     for app in fleet.apps:
         wanted = app.name not in names and (only is None or app.name == only)
         if wanted and store.apps.open_rollout(fleet.name, app.name) is not None:
             names.append(app.name)
+    # What the store says of a server whose agent did not answer is not checked: its apps
+    # wait there even when the plan, from that record, has nothing to do.
+    unchecked = _apps_on(fleet, servers, observed, only=only)
+    names += [n for n in unchecked if n not in names and unchecked[n] & unanswered]
     runner = _Runner(
         fleet=fleet,
         store=store,
@@ -223,16 +237,34 @@ def roll_apps(
             for c in plan.changes
             if c.app == name and c.group == group.group and c.server in group.servers
         ]
-        waiting = [t.server for t in targets if t.server not in ready]
+        waiting = sorted(
+            {t.server for t in targets if t.server not in ready}
+            | (unchecked.get(name, set()) & unanswered),
+            key=natural_key,
+        )
         if waiting:
-            board.note(
-                f"{name}: {', '.join(waiting)} not ready; the app goes there on the next run"
+            why = ", ".join(
+                f"{s} ({'its agent did not answer' if s in unanswered else 'not ready'})"
+                for s in waiting
             )
+            board.note(f"{name}: waits for {why}; it goes there once they are ready and answer")
             waits.append((name, tuple(waiting)))
         done = runner.roll(name, [t for t in targets if t.server in ready])
         if done is not None:
             rollouts.append(done)
     return AppsOutcome(rollouts=tuple(rollouts), waiting=tuple(waits))
+
+
+def _apps_on(
+    fleet: Fleet, servers: Sequence[Server], observed: AppsObserved, *, only: str | None
+) -> dict[str, set[str]]:
+    """The servers each app (or the one named `only`) should run on or is recorded on."""
+    found: dict[str, set[str]] = {}
+    for app in fleet.apps:
+        found[app.name] = {s.name for s in servers if s.group in app.on}
+    for app_name, server in observed.recorded:
+        found.setdefault(app_name, set()).add(server)
+    return {name: on for name, on in found.items() if only is None or name == only}
 
 
 def roll_back(

@@ -2,8 +2,10 @@
 busybox on three servers, put there by `engine up` through the agents (the images copied
 from the engine's Docker: no registry), an env change rolled one server at a time, an image
 that never gets healthy stopped on the first server and put back, its output read with
-`engine logs`, the servers' packages updated through their agents, and the secret the app
-gets from the engine's environment written nowhere the engine writes.
+`engine logs`, the servers' packages updated through their agents, the secret the app gets
+from the engine's environment written nowhere the engine writes, and, last (they leave the
+fleet broken), servers that cannot be asked now waited for, never called up to date: one
+whose agent is gone, one that is off.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from engine.model import LABEL_APP
 from engine.providers.local.dockerd import PrivateDaemon
 from tests.e2e.test_local_fleet import Fleet
 from tests.support.cli import ROOT, engine
@@ -364,3 +367,46 @@ def test_the_secret_is_written_nowhere_the_engine_writes(apps: Apps, docker_clie
         assert code == 0 and b"/v1/containers" in audit and SECRET.encode() not in audit
         code, said = machine.exec_run("docker logs fleet-agent")  # the agent's own log
         assert code == 0 and b"fleet-agent:" in said and SECRET.encode() not in said
+
+
+def done_event(events: list[dict[str, Any]]) -> dict[str, Any]:
+    (done,) = [e for e in events if e["event"] == "done"]
+    return done
+
+
+def test_a_server_whose_agent_is_gone_is_waited_for_not_called_up_to_date(
+    apps: Apps, docker_client: Any
+) -> None:
+    machine = docker_client.containers.get("apps-web-1")
+    for command in (
+        "docker rm -f fleet-agent",
+        f"docker ps -aq --filter label={LABEL_APP} | xargs docker rm -f",
+    ):
+        code, said = machine.exec_run(["sh", "-c", command])
+        assert code == 0, said
+    # The store still says web-1 is ready and runs the spec's version: only its agent could
+    # tell, and it does not answer.
+    said = apps.run("deploy", ok=False)
+    assert said.returncode == 1
+    assert "Nothing to do" not in said.stdout
+    assert "the agent of web-1 did not answer" in said.stdout
+    assert "web: waits for web-1 (its agent did not answer)" in said.stdout
+    assert said.stderr.startswith("error: not deployed: web on web-1, whose servers are not ")
+    assert f"`engine up {apps.fleet.spec_path}` makes them ready" in said.stderr
+    done = done_event(apps.events("deploy", ok=False))
+    assert done == {"event": "done", "ok": False, "apps": {}, "waiting": {"web": ["web-1"]}}
+
+
+def test_a_server_that_is_off_waits_while_the_others_get_the_new_version(
+    apps: Apps, docker_client: Any
+) -> None:
+    docker_client.containers.get("apps-web-2").stop()
+    apps.write(env={"GREETING": "hello-v4"})
+    events = apps.events("deploy", ok=False)
+    steps = [(e["server"], e["step"]) for e in events if e["event"] == "app"]
+    # web-1 (its agent gone) and web-2 (off) are never called, so never "put back".
+    assert steps == [("web-3", "switching"), ("web-3", "watching"), ("web-3", "switched")]
+    done = done_event(events)
+    assert done["ok"] is False and done["waiting"] == {"web": ["web-1", "web-2"]}
+    assert done["apps"]["web"]["phase"] == "succeeded"
+    assert apps.get("web-3") == "hello-v4"
