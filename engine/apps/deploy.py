@@ -230,6 +230,7 @@ def roll_apps(
                 group=c.group,
                 from_version=c.before or None,
                 to_version=c.after or None,
+                replaces=tuple((r.app, r.version) for r in c.replaces),
             )
             for rollout in plan.rollouts
             if rollout.app == name
@@ -305,9 +306,8 @@ def roll_back(
         f"{app}: putting back what ran before {rollout.version or 'its removal'}",
         data={"app": app, "version": rollout.version, "rollout": record.id},
     )
-    spec_app = next((a for a in fleet.apps if a.name == app), None)
     runner.announce(turned)
-    done = runner.carry_out(turned, record.id, spec_app, None)
+    done = runner.carry_out(turned, record.id, None)
     runner.conclude(done, record.id)
     return AppsOutcome(rollouts=(done,))
 
@@ -361,7 +361,7 @@ class _Runner:
         if definition is not None:
             self.store.apps.save_version(self.fleet.name, name, version, definition.to_json())
         self.announce(rollout)
-        rollout = self.carry_out(rollout, rollout_id, app, definition)
+        rollout = self.carry_out(rollout, rollout_id, definition)
         self.conclude(rollout, rollout_id)
         return rollout
 
@@ -397,7 +397,6 @@ class _Runner:
         self,
         rollout: Rollout,
         rollout_id: int,
-        app: App | None,
         definition: AppDefinition | None,
     ) -> Rollout:
         definitions = {
@@ -414,7 +413,7 @@ class _Runner:
             stop = threading.Event()
             if entry.step is Step.WATCHING:
                 watches[entry.server] = stop
-            work = pool.submit(self.step, entry, rollout.app, app, definition, definitions, stop)
+            work = pool.submit(self.step, entry, rollout.app, definition, definitions, stop)
             futures[work] = (entry.server, entry.step)
 
         try:
@@ -453,7 +452,6 @@ class _Runner:
         self,
         entry: ServerRollout,
         name: str,
-        app: App | None,
         definition: AppDefinition | None,
         definitions: Mapping[tuple[str, str], AppDefinition],
         stop: threading.Event,
@@ -463,19 +461,26 @@ class _Runner:
         endpoint = self.endpoints.get(entry.server)
         if endpoint is None:
             return False, f"the engine has no record of how to reach {entry.server}'s agent", {}
+        timings: dict[str, float] = {}
         with AgentClient(endpoint, timeout_s=AGENT_TIMEOUT_S) as client:
-            work = AppOnServer(
-                fleet=self.fleet.name,
-                server=entry.server,
-                app=name,
-                client=client,
-                health=app.health if app is not None else None,
-                update=app.update if app is not None else AppUpdate(),
-                secrets=self.secrets,
-                copies=self.copies,
-                auth=self.auths.get(name),
-                stop=stop,
-            )
+
+            def on_server(app_name: str) -> AppOnServer:
+                spec_app = next((a for a in self.fleet.apps if a.name == app_name), None)
+                return AppOnServer(
+                    fleet=self.fleet.name,
+                    server=entry.server,
+                    app=app_name,
+                    client=client,
+                    health=spec_app.health if spec_app is not None else None,
+                    update=spec_app.update if spec_app is not None else AppUpdate(),
+                    secrets=self.secrets,
+                    copies=self.copies,
+                    auth=self.auths.get(app_name),
+                    stop=stop,
+                    timings=timings,
+                )
+
+            work = on_server(name)
             try:
                 if entry.step is Step.WATCHING:
                     if entry.to_version is not None:  # else a removal: nothing to watch
@@ -483,13 +488,15 @@ class _Runner:
                 elif entry.step is Step.REVERTING:
                     old = entry.from_version
                     work.revert(definitions.get((name, old or "")), old)
+                    for replaced, version in entry.replaces:  # the ports are free again
+                        on_server(replaced).revert(definitions.get((replaced, version)), version)
                 elif entry.to_version is None or definition is None:
                     work.remove()
                 else:
-                    work.switch(definition)
+                    work.switch(definition, replacing=[replaced for replaced, _ in entry.replaces])
             except EngineError as error:
-                return False, str(error), work.timings
-            return True, "", work.timings
+                return False, str(error), timings
+            return True, "", timings
 
     def save(self, rollout: Rollout, rollout_id: int, server: str) -> None:
         """Store the rollout and what runs where, and show the server's step."""
@@ -497,17 +504,23 @@ class _Runner:
         entry = rollout.server(server)
         if entry.step is Step.WATCHING:
             self.store.apps.set_deployed(self.fleet.name, rollout.app, server, entry.to_version)
+            for replaced, _ in entry.replaces:
+                self.store.apps.set_deployed(self.fleet.name, replaced, server, None)
         elif entry.step is Step.REVERTED:
             self.store.apps.set_deployed(self.fleet.name, rollout.app, server, entry.from_version)
+            for replaced, version in entry.replaces:
+                self.store.apps.set_deployed(self.fleet.name, replaced, server, version)
         self.show(rollout, entry)
 
     def show(self, rollout: Rollout, entry: ServerRollout) -> None:
         took = ""
         if entry.finished_at and entry.started_at:
             took = f" in {(entry.finished_at - entry.started_at).total_seconds():.1f} s"
+        replacing = ", ".join(f"{app} {version}" for app, version in entry.replaces)
         said = {
             Step.SWITCHING: f"switching {entry.from_version or '(none)'} -> "
-            f"{entry.to_version or '(removed)'}",
+            f"{entry.to_version or '(removed)'}"
+            + (f", in place of {replacing}" if replacing else ""),
             Step.WATCHING: f"serving {entry.to_version or '(removed)'}{took}, watched",
             Step.SWITCHED: f"switched{took}",
             Step.FAILED: f"failed{took}: {entry.reason}",

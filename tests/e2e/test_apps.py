@@ -2,8 +2,9 @@
 busybox on three servers, put there by `engine up` through the agents (the images copied
 from the engine's Docker: no registry), an env change rolled one server at a time, an image
 that never gets healthy stopped on the first server and put back, its output read with
-`engine logs`, the servers' packages updated through their agents, the secret the app gets
-from the engine's environment written nowhere the engine writes, and, last (they leave the
+`engine logs`, the servers' packages updated through their agents, the app renamed (the new
+name taking its port over server by server), the secret the app gets from the engine's
+environment written nowhere the engine writes, and, last (they leave the
 fleet broken), servers that cannot be asked now waited for, never called up to date: one
 whose agent is gone, one that is off.
 """
@@ -352,6 +353,58 @@ def test_a_deploy_killed_mid_rollout_is_taken_up_where_it_stopped(apps: Apps) ->
     assert [s for s, step in steps if step == "switching"] == ["web-2", "web-3"]
     assert ("web-1", "switched") in steps
     assert all(apps.get(server) == "hello-v3" for server in SERVERS)
+    assert {s["health"] for s in apps.status().values()} == {"healthy"}
+
+
+def apps_on(docker_client: Any, server: str) -> dict[str, str]:
+    """The app containers on a server, by name -> app, as its own Docker has them."""
+    machine = docker_client.containers.get(f"apps-{server}")
+    code, said = machine.exec_run(
+        ["docker", "ps", "-a", "--filter", f"label={LABEL_APP}",
+         "--format", f'{{{{.Names}}}} {{{{.Label "{LABEL_APP}"}}}}']
+    )  # fmt: skip
+    assert code == 0, said
+    return dict(line.split() for line in said.decode().splitlines())
+
+
+def test_a_renamed_app_takes_the_port_over_server_by_server(apps: Apps, docker_client: Any) -> None:
+    serving = {server: apps.get(server) for server in SERVERS}
+    apps.write(
+        name="www",
+        env={"GREETING": "hello-v3"},
+        image="fleet-test/web:broken",
+        update={"max_unavailable": 1, "health_timeout": "5s", "monitor": "2s"},
+    )
+    preview = apps.run("preview").stdout
+    assert "takes port 80/tcp over from web, which leaves web-1" in preview
+    assert "no longer in the spec" not in preview  # no removal of web of its own
+    events = apps.events("deploy", ok=False)
+    steps = [(e["app"], e["server"], e["step"]) for e in events if e["event"] == "app"]
+    # www never gets healthy on web-1: web, which it was to replace there, is put back, and
+    # removed nowhere.
+    assert steps == [
+        ("www", "web-1", "switching"),
+        ("www", "web-1", "failed"),
+        ("www", "web-1", "reverting"),
+        ("www", "web-1", "reverted"),
+    ]
+    assert {server: apps.get(server) for server in SERVERS} == serving
+    assert {app for s in SERVERS for app in apps_on(docker_client, s).values()} == {"web"}
+    for name in ("www", "web"):  # renamed, then back again
+        apps.write(name=name, env={"GREETING": "hello-v3"})
+        events = apps.events("deploy")
+        steps = [(e["app"], e["server"], e["step"]) for e in events if e["event"] == "app"]
+        for server in SERVERS:
+            assert [step for a, s, step in steps if s == server] == [
+                "switching",
+                "watching",
+                "switched",
+            ]
+        assert {a for a, _, _ in steps} == {name}  # no rollout of the removal of its own
+        assert all(apps.get(server) == "hello-v3" for server in SERVERS)
+        for server in SERVERS:
+            assert set(apps_on(docker_client, server).values()) == {name}
+        assert apps.plan() == []
     assert {s["health"] for s in apps.status().values()} == {"healthy"}
 
 
