@@ -152,10 +152,22 @@ APP_ACTIONS = (AppAction.DEPLOY, AppAction.UPDATE, AppAction.REMOVE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReplacedApp:
+    """An app leaving a server whose host `ports` (`80/tcp`) an app starting there needs: it
+    is not removed on its own but in that app's step, stopped just before the new one starts
+    and removed once it is healthy (put back if it is not)."""
+
+    app: str
+    version: str
+    ports: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppChange:
     """One app on one server: what runs there (`before`, a version, "" for none) and what
     the spec wants (`after`, "" for nothing). Env fields carry no values, only that they
-    change (engine.apps.diff)."""
+    change (engine.apps.diff). `replaces` are the apps leaving the server that it takes
+    ports over from."""
 
     action: AppAction
     app: str
@@ -165,6 +177,7 @@ class AppChange:
     before: str = ""
     after: str = ""
     fields: tuple[FieldChange, ...] = ()
+    replaces: tuple[ReplacedApp, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

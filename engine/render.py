@@ -35,6 +35,7 @@ from engine.plan import (
     FieldChange,
     Plan,
     Problem,
+    ReplacedApp,
     ResourceChange,
     RetryBy,
     RolloutGroup,
@@ -597,6 +598,10 @@ def _json_apps(plan: Plan) -> dict[str, Any]:
                 "fields": [
                     {"field": f.field, "before": f.before, "after": f.after} for f in change.fields
                 ],
+                "replaces": [
+                    {"app": r.app, "version": r.version, "ports": list(r.ports)}
+                    for r in change.replaces
+                ],
             }
             for change in plan.apps
         ],
@@ -856,6 +861,10 @@ def plan_from_json(document: Any) -> Plan:
                 before=a["before"],
                 after=a["after"],
                 fields=_fields(a["fields"]),
+                replaces=tuple(
+                    ReplacedApp(app=r["app"], version=r["version"], ports=tuple(r["ports"]))
+                    for r in a.get("replaces", ())
+                ),
             )
             for a in apps["changes"]
         ),

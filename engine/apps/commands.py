@@ -84,17 +84,18 @@ def deploy(spec: Path, app: str | None, options: RunOptions, out: TextIO) -> int
                 copies=copies,
                 only=app,
             )
-        # An app that waits for servers that are not ready is not deployed: say so, and fail,
-        # rather than call it up to date.
-        ok = outcome.ok and not outcome.waiting
-        _finish(board, outcome, ok=ok, nothing=f"{app or 'every app'} is up to date")
+        # An app that waits for servers is not deployed: say so, and fail, rather than call
+        # it up to date.
+        _finish(board, outcome, ok=outcome.ok, nothing=f"{app or 'every app'} is up to date")
         if outcome.waiting:
             waits = "; ".join(f"{name} on {', '.join(on)}" for name, on in outcome.waiting)
             raise EngineError(
-                f"not deployed: {waits}, whose servers are not ready; `engine up {spec}` makes "
-                "them ready (and rolls the apps out there), or `engine status` says why not"
+                f"not deployed: {waits}, whose servers are not ready or whose agents did not "
+                f"answer; `engine up {spec}` makes them ready (it starts a server that is off "
+                "and installs an agent that is gone again) and rolls the apps out there, or "
+                "`engine status` says why not"
             )
-        return 0 if ok else 1
+        return 0 if outcome.ok else 1
 
 
 def rollback(spec: Path, app: str, options: RunOptions, out: TextIO) -> int:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.agent.client import AgentClient
 from engine.agent.endpoint import AgentEndpoint, stored_endpoints
-from engine.apps.diff import diff_apps
+from engine.apps.diff import AppsObserved, diff_apps
 from engine.apps.observe import observe_apps
 from engine.apps.rollout import (
     Phase,
@@ -43,6 +43,7 @@ from engine.apps.rollout import (
 )
 from engine.apps.servers import AppOnServer, ImageCopies
 from engine.apps.versions import AppDefinition, app_definition, container_name
+from engine.diff import natural_key
 from engine.errors import EngineError
 from engine.lifecycle import median_durations
 from engine.model import App, AppUpdate, Fleet, ProviderName, RollbackMode, Server, Stage
@@ -58,16 +59,16 @@ AGENT_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AppsOutcome:
-    """What became of a run's rollouts: `ok` unless one failed or was rolled back. `waiting`
-    names, per app, the servers it should go to that are not ready (it goes there once they
-    are)."""
+    """What became of a run's rollouts: `ok` unless one failed or was rolled back, or an app
+    waits. `waiting` names, per app, the servers it should go to (or be checked on) that are
+    not ready or whose agent did not answer just now (it goes there once they are and do)."""
 
     rollouts: tuple[Rollout, ...] = ()
     waiting: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def ok(self) -> bool:
-        return all(r.phase is Phase.SUCCEEDED for r in self.rollouts)
+        return not self.waiting and all(r.phase is Phase.SUCCEEDED for r in self.rollouts)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,13 +193,26 @@ def roll_apps(
     records = {r.name: r for r in stored}
     existing = {name for name, record in records.items() if record.provider_id}
     plan = diff_apps(fleet, servers, existing, observed, only=only)
-    ready = {name for name, record in records.items() if record.stage is Stage.READY}
+    for warning in plan.warnings:
+        board.note(warning)
+    # A server takes a rollout when the store says it is ready and its agent answered just
+    # now: one powered off, or whose agent is gone, is waited for, never called.
+    unanswered = set(observed.unreachable)
+    ready = {
+        name
+        for name, record in records.items()
+        if record.stage is Stage.READY and name in observed.running and name not in unanswered
+    }
     endpoints = stored_endpoints(state_dir, fleet, store, stored)
     names = [r.app for r in plan.rollouts]
     for app in fleet.apps:
         wanted = app.name not in names and (only is None or app.name == only)
         if wanted and store.apps.open_rollout(fleet.name, app.name) is not None:
             names.append(app.name)
+    # What the store says of a server whose agent did not answer is not checked: its apps
+    # wait there even when the plan, from that record, has nothing to do.
+    unchecked = _apps_on(fleet, servers, observed, only=only)
+    names += [n for n in unchecked if n not in names and unchecked[n] & unanswered]
     runner = _Runner(
         fleet=fleet,
         store=store,
@@ -216,6 +230,7 @@ def roll_apps(
                 group=c.group,
                 from_version=c.before or None,
                 to_version=c.after or None,
+                replaces=tuple((r.app, r.version) for r in c.replaces),
             )
             for rollout in plan.rollouts
             if rollout.app == name
@@ -223,16 +238,34 @@ def roll_apps(
             for c in plan.changes
             if c.app == name and c.group == group.group and c.server in group.servers
         ]
-        waiting = [t.server for t in targets if t.server not in ready]
+        waiting = sorted(
+            {t.server for t in targets if t.server not in ready}
+            | (unchecked.get(name, set()) & unanswered),
+            key=natural_key,
+        )
         if waiting:
-            board.note(
-                f"{name}: {', '.join(waiting)} not ready; the app goes there on the next run"
+            why = ", ".join(
+                f"{s} ({'its agent did not answer' if s in unanswered else 'not ready'})"
+                for s in waiting
             )
+            board.note(f"{name}: waits for {why}; it goes there once they are ready and answer")
             waits.append((name, tuple(waiting)))
         done = runner.roll(name, [t for t in targets if t.server in ready])
         if done is not None:
             rollouts.append(done)
     return AppsOutcome(rollouts=tuple(rollouts), waiting=tuple(waits))
+
+
+def _apps_on(
+    fleet: Fleet, servers: Sequence[Server], observed: AppsObserved, *, only: str | None
+) -> dict[str, set[str]]:
+    """The servers each app (or the one named `only`) should run on or is recorded on."""
+    found: dict[str, set[str]] = {}
+    for app in fleet.apps:
+        found[app.name] = {s.name for s in servers if s.group in app.on}
+    for app_name, server in observed.recorded:
+        found.setdefault(app_name, set()).add(server)
+    return {name: on for name, on in found.items() if only is None or name == only}
 
 
 def roll_back(
@@ -273,9 +306,8 @@ def roll_back(
         f"{app}: putting back what ran before {rollout.version or 'its removal'}",
         data={"app": app, "version": rollout.version, "rollout": record.id},
     )
-    spec_app = next((a for a in fleet.apps if a.name == app), None)
     runner.announce(turned)
-    done = runner.carry_out(turned, record.id, spec_app, None)
+    done = runner.carry_out(turned, record.id, None)
     runner.conclude(done, record.id)
     return AppsOutcome(rollouts=(done,))
 
@@ -329,7 +361,7 @@ class _Runner:
         if definition is not None:
             self.store.apps.save_version(self.fleet.name, name, version, definition.to_json())
         self.announce(rollout)
-        rollout = self.carry_out(rollout, rollout_id, app, definition)
+        rollout = self.carry_out(rollout, rollout_id, definition)
         self.conclude(rollout, rollout_id)
         return rollout
 
@@ -365,7 +397,6 @@ class _Runner:
         self,
         rollout: Rollout,
         rollout_id: int,
-        app: App | None,
         definition: AppDefinition | None,
     ) -> Rollout:
         definitions = {
@@ -382,7 +413,7 @@ class _Runner:
             stop = threading.Event()
             if entry.step is Step.WATCHING:
                 watches[entry.server] = stop
-            work = pool.submit(self.step, entry, rollout.app, app, definition, definitions, stop)
+            work = pool.submit(self.step, entry, rollout.app, definition, definitions, stop)
             futures[work] = (entry.server, entry.step)
 
         try:
@@ -421,7 +452,6 @@ class _Runner:
         self,
         entry: ServerRollout,
         name: str,
-        app: App | None,
         definition: AppDefinition | None,
         definitions: Mapping[tuple[str, str], AppDefinition],
         stop: threading.Event,
@@ -431,19 +461,26 @@ class _Runner:
         endpoint = self.endpoints.get(entry.server)
         if endpoint is None:
             return False, f"the engine has no record of how to reach {entry.server}'s agent", {}
+        timings: dict[str, float] = {}
         with AgentClient(endpoint, timeout_s=AGENT_TIMEOUT_S) as client:
-            work = AppOnServer(
-                fleet=self.fleet.name,
-                server=entry.server,
-                app=name,
-                client=client,
-                health=app.health if app is not None else None,
-                update=app.update if app is not None else AppUpdate(),
-                secrets=self.secrets,
-                copies=self.copies,
-                auth=self.auths.get(name),
-                stop=stop,
-            )
+
+            def on_server(app_name: str) -> AppOnServer:
+                spec_app = next((a for a in self.fleet.apps if a.name == app_name), None)
+                return AppOnServer(
+                    fleet=self.fleet.name,
+                    server=entry.server,
+                    app=app_name,
+                    client=client,
+                    health=spec_app.health if spec_app is not None else None,
+                    update=spec_app.update if spec_app is not None else AppUpdate(),
+                    secrets=self.secrets,
+                    copies=self.copies,
+                    auth=self.auths.get(app_name),
+                    stop=stop,
+                    timings=timings,
+                )
+
+            work = on_server(name)
             try:
                 if entry.step is Step.WATCHING:
                     if entry.to_version is not None:  # else a removal: nothing to watch
@@ -451,13 +488,15 @@ class _Runner:
                 elif entry.step is Step.REVERTING:
                     old = entry.from_version
                     work.revert(definitions.get((name, old or "")), old)
+                    for replaced, version in entry.replaces:  # the ports are free again
+                        on_server(replaced).revert(definitions.get((replaced, version)), version)
                 elif entry.to_version is None or definition is None:
                     work.remove()
                 else:
-                    work.switch(definition)
+                    work.switch(definition, replacing=[replaced for replaced, _ in entry.replaces])
             except EngineError as error:
-                return False, str(error), work.timings
-            return True, "", work.timings
+                return False, str(error), timings
+            return True, "", timings
 
     def save(self, rollout: Rollout, rollout_id: int, server: str) -> None:
         """Store the rollout and what runs where, and show the server's step."""
@@ -465,17 +504,23 @@ class _Runner:
         entry = rollout.server(server)
         if entry.step is Step.WATCHING:
             self.store.apps.set_deployed(self.fleet.name, rollout.app, server, entry.to_version)
+            for replaced, _ in entry.replaces:
+                self.store.apps.set_deployed(self.fleet.name, replaced, server, None)
         elif entry.step is Step.REVERTED:
             self.store.apps.set_deployed(self.fleet.name, rollout.app, server, entry.from_version)
+            for replaced, version in entry.replaces:
+                self.store.apps.set_deployed(self.fleet.name, replaced, server, version)
         self.show(rollout, entry)
 
     def show(self, rollout: Rollout, entry: ServerRollout) -> None:
         took = ""
         if entry.finished_at and entry.started_at:
             took = f" in {(entry.finished_at - entry.started_at).total_seconds():.1f} s"
+        replacing = ", ".join(f"{app} {version}" for app, version in entry.replaces)
         said = {
             Step.SWITCHING: f"switching {entry.from_version or '(none)'} -> "
-            f"{entry.to_version or '(removed)'}",
+            f"{entry.to_version or '(removed)'}"
+            + (f", in place of {replacing}" if replacing else ""),
             Step.WATCHING: f"serving {entry.to_version or '(removed)'}{took}, watched",
             Step.SWITCHED: f"switched{took}",
             Step.FAILED: f"failed{took}: {entry.reason}",

@@ -12,6 +12,13 @@ and what the store last deployed where. Rules, per app and server:
                                                  container removed or stopped by hand)
     running, not wanted (app or group gone) .... remove
 
+An app leaving a server that holds a host port an app starting (or updated) there needs is
+not removed on its own: the new app's change `replaces` it there, so that it stops just
+before the new one starts, in the new app's step on that server, and is removed once that
+one is healthy (put back if it is not). Removed first, everywhere, it would leave the port
+served nowhere; removed after, the new app could not start. An app leaving is replaced by the
+first app of the spec that needs its ports.
+
 Env and secret changes name the variable, never a value. The rollout goes one group after
 the other (in the spec's order), servers in name order, `update.max_unavailable` at a time.
 """
@@ -19,12 +26,12 @@ the other (in the spec's order), servers in name order, `update.max_unavailable`
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.apps.versions import AppDefinition, app_definition, container_name
 from engine.diff import natural_key
-from engine.model import Fleet, Server
-from engine.plan import AppAction, AppChange, AppRollout, FieldChange, RolloutGroup
+from engine.model import AppPort, Fleet, Server
+from engine.plan import AppAction, AppChange, AppRollout, FieldChange, ReplacedApp, RolloutGroup
 from engine.secrets import MASK
 
 
@@ -147,34 +154,44 @@ def diff_apps(
     for server in desired:
         by_group.setdefault(server.group, []).append(server)
     group_of = {s.name: s.group for s in desired}
-    changes: list[AppChange] = []
-    rollouts: list[AppRollout] = []
+    # Every app's removals, whichever `only` names: an app leaving may hold the ports of
+    # the one rolled out.
+    definitions = {app.name: app_definition(app) for app in fleet.apps}
+    starting: dict[str, list[AppChange]] = {}
+    leaving: dict[str, list[AppChange]] = {}
     for app in fleet.apps:
-        if only is not None and app.name != only:
-            continue
-        definition = app_definition(app)
-        version = definition.version
+        definition = definitions[app.name]
         wanted: list[Server] = [
             server for group in fleet.groups if group.name in app.on
             for server in by_group.get(group.name, ())
         ]  # fmt: skip
-        app_changes: list[AppChange] = []
-        for server in wanted:
-            change = _wanted(app.name, server, version, definition, existing, observed)
-            if change is not None:
-                app_changes.append(change)
+        if only is None or app.name == only:
+            found = (
+                _wanted(app.name, server, definition.version, definition, existing, observed)
+                for server in wanted
+            )
+            starting[app.name] = [change for change in found if change is not None]
         wanted_names = {s.name for s in wanted}
-        app_changes += _removals(app.name, observed, wanted_names, group_of, existing)
-        changes += app_changes
-        if app_changes:
-            rollouts.append(_rollout(fleet, app.name, version, app_changes))
+        leaving[app.name] = _removals(app.name, observed, wanted_names, group_of, existing)
     for name in sorted(_apps_not_in_spec(fleet, observed)):
+        leaving[name] = _removals(name, observed, set(), group_of, existing)
+    taken: set[tuple[str, str]] = set()
+    for name, found_changes in starting.items():
+        starting[name] = [
+            _taking_ports_over(change, definitions[name], leaving, observed, taken)
+            for change in found_changes
+        ]
+    changes: list[AppChange] = []
+    rollouts: list[AppRollout] = []
+    for name in [*definitions, *sorted(leaving.keys() - definitions.keys())]:
         if only is not None and name != only:
             continue
-        removals = _removals(name, observed, set(), group_of, existing)
-        changes += removals
-        if removals:
-            rollouts.append(_rollout(fleet, name, "", removals))
+        removals = [c for c in leaving[name] if (c.app, c.server) not in taken]
+        app_changes = [*starting.get(name, ()), *removals]
+        changes += app_changes
+        if app_changes:
+            version = definitions[name].version if name in definitions else ""
+            rollouts.append(_rollout(fleet, name, version, app_changes))
     warnings = tuple(
         f"the agent of {server} did not answer: its apps are as the state store last recorded"
         for server in observed.unreachable
@@ -257,6 +274,50 @@ def _removals(
             )
         )
     return out
+
+
+def _taking_ports_over(
+    change: AppChange,
+    definition: AppDefinition,
+    leaving: Mapping[str, Sequence[AppChange]],
+    observed: AppsObserved,
+    taken: set[tuple[str, str]],
+) -> AppChange:
+    """`change`, replacing the apps leaving its server that hold host ports `definition`
+    needs (each then `taken`)."""
+    replaces = []
+    for removals in leaving.values():
+        for removal in removals:
+            if removal.server != change.server or (removal.app, removal.server) in taken:
+                continue
+            old = observed.definitions.get((removal.app, removal.before))
+            ports = _shared_ports(definition.ports, old.ports) if old is not None else ()
+            if ports:
+                taken.add((removal.app, removal.server))
+                replaces.append(ReplacedApp(app=removal.app, version=removal.before, ports=ports))
+    if not replaces:
+        return change
+    reasons = tuple(
+        f"takes {'port' if len(r.ports) == 1 else 'ports'} {', '.join(r.ports)} over from "
+        f"{r.app}, which leaves {change.server}: {r.app} stops just before {change.app} "
+        f"starts, and is removed once {change.app} is healthy (put back if it is not)"
+        for r in replaces
+    )
+    return replace(change, reasons=(*change.reasons, *reasons), replaces=tuple(replaces))
+
+
+def _shared_ports(new: Sequence[AppPort], old: Sequence[AppPort]) -> tuple[str, ...]:
+    """The host ports (`80/tcp`) both publish, on addresses that overlap."""
+    every = (None, "0.0.0.0", "::")  # noqa: S104 - addresses compared, nothing bound
+    return tuple(
+        dict.fromkeys(
+            f"{p.host_port}/{p.protocol}"
+            for p in new
+            for q in old
+            if (p.host_port, p.protocol) == (q.host_port, q.protocol)
+            and (p.host_ip in every or q.host_ip in every or p.host_ip == q.host_ip)
+        )
+    )
 
 
 def _apps_not_in_spec(fleet: Fleet, observed: AppsObserved) -> set[str]:

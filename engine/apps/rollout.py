@@ -11,7 +11,9 @@ caller passes `now`), so every transition can be tested and replayed.
 Each server goes pending -> switching -> watching -> switched (or failed): watching, it
 serves the new version and is checked for update.monitor before it counts as switched. A
 rolling back puts every server it changed (watching, switched or failed) back on the version
-it ran before: reverting -> reverted (or revert_failed). Groups go one after the other in
+it ran before: reverting -> reverted (or revert_failed). A server's `replaces` (apps leaving
+it whose ports the new version takes) go with it: they stop as it starts, and are put back
+with it. Groups go one after the other in
 the order given; inside a group at most `max_unavailable` servers switch at once (a server
 watched serves, so it is not unavailable: the next one switches while it is watched, as
 Swarm's update monitor does), and the next group starts only when every server of the one
@@ -72,12 +74,15 @@ class RolloutError(Exception):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Target:
     """One server a rollout changes: from the version it runs (None: the app does not run
-    there) to the one it should (None: the app goes)."""
+    there) to the one it should (None: the app goes). `replaces` are the apps leaving the
+    server (app, version) whose ports the new version takes: they stop as it starts, and are
+    put back with it."""
 
     server: str
     group: str
     from_version: str | None
     to_version: str | None
+    replaces: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,6 +93,7 @@ class ServerRollout:
     group: str
     from_version: str | None
     to_version: str | None
+    replaces: tuple[tuple[str, str], ...] = ()
     step: Step = Step.PENDING
     reason: str = ""
     started_at: dt.datetime | None = None
@@ -153,6 +159,7 @@ def new_rollout(
                 group=t.group,
                 from_version=t.from_version,
                 to_version=t.to_version,
+                replaces=t.replaces,
             )
             for t in targets
         ),
@@ -334,6 +341,7 @@ def to_json(rollout: Rollout) -> dict[str, Any]:
                 "group": s.group,
                 "from_version": s.from_version,
                 "to_version": s.to_version,
+                "replaces": [{"app": app, "version": version} for app, version in s.replaces],
                 "step": str(s.step),
                 "reason": s.reason,
                 "started_at": _time(s.started_at),
@@ -363,6 +371,7 @@ def from_json(data: Mapping[str, Any]) -> Rollout:
                 group=s["group"],
                 from_version=s["from_version"],
                 to_version=s["to_version"],
+                replaces=tuple((r["app"], r["version"]) for r in s.get("replaces", ())),
                 step=Step(s["step"]),
                 reason=s["reason"],
                 started_at=_parse_time(s["started_at"]),

@@ -12,10 +12,11 @@ takes there.
     remove   every container of the app stopped and removed
 
 Ports: a server port is held by one container at a time. When the version running holds the
-app's ports, the new one is first tried on the side, without published ports (the
-`-check` container): only once it is healthy there does the old one stop, and the new one
-start with the ports and be checked again. The gap is a stop and a start; a version that
-never gets healthy never takes a server out.
+app's ports, or an app leaving the server does (the plan's `replaces`), the new one is first
+tried on the side, without published ports (the `-check` container): only once it is healthy
+there do the holders stop, and the new one start with the ports and be checked again. The gap
+is a stop and a start; a version that never gets healthy never takes a server out. An app
+left behind is removed once the new one is healthy; putting back starts it again.
 
 After a switch the version before is kept, stopped: putting it back is a start. Older ones
 are removed. Each step checks what is there first, so doing one again (after a crash) is
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -113,9 +114,11 @@ class AppOnServer:
 
     # --- switching -------------------------------------------------------------------------
 
-    def switch(self, definition: AppDefinition) -> None:
-        """Run `definition` in place of whatever version of the app runs (StepFailed if it
-        does not get healthy; what ran before is then left running or stopped, for `revert`)."""
+    def switch(self, definition: AppDefinition, *, replacing: Collection[str] = ()) -> None:
+        """Run `definition` in place of whatever version of the app runs, and of the apps
+        `replacing` names (apps leaving the server whose ports it takes: removed once it is
+        healthy). StepFailed if it does not get healthy; what ran before is then left running
+        or stopped, for `revert`."""
         body = self.body(definition)  # a missing secret stops it before anything happens
         final = container_name(self.app, definition.version)
         check = container_name(self.app, definition.version, check=True)
@@ -126,17 +129,23 @@ class AppOnServer:
             for c in mine
             if c.state == "running" and c.name != final and not c.name.endswith(CHECK_SUFFIX)
         ]
+        leaving = [
+            c.name
+            for app in replacing
+            for c in app_containers(self.client, self.fleet, app)
+            if c.state == "running" and not c.name.endswith(CHECK_SUFFIX)
+        ]
         if any(c.name == final and c.state == "running" for c in mine):
             self.wait_healthy(final)  # a switch done before (a resumed rollout)
         else:
             self.ensure_image(definition.image)
             for leftover in (c for c in mine if c.name in (final, check)):
                 self.client.remove_container(leftover.name)
-            if definition.ports and holders:
+            if definition.ports and (holders or leaving):
                 self.try_on_the_side(definition)
                 with self.timed("start"):
                     self.client.run_container(body | {"start": False})
-                    for name in holders:
+                    for name in [*holders, *leaving]:
                         self.client.stop_container(name, timeout_s=STOP_TIMEOUT_S)
                     self.client.start_container(final)
             else:
@@ -145,6 +154,9 @@ class AppOnServer:
             self.wait_healthy(final)
         self.stop_others(keep=final)
         self.tidy(keep=final, previous=holders)
+        for app in replacing:
+            for container in app_containers(self.client, self.fleet, app):
+                self.client.remove_container(container.name)
 
     def try_on_the_side(self, definition: AppDefinition) -> None:
         """Run the new version without ports next to the running one until it is healthy."""

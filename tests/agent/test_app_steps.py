@@ -1,10 +1,11 @@
 """One app's steps on one server (engine.apps.servers), against the real agent and Docker:
 a first start, a switch that tries the new version on the side while the old one holds the
 port, watching, a version that never gets healthy leaving the old one serving, putting back,
-tidying and removing."""
+tidying and removing, and an app taking the port of one leaving the server over."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -46,6 +47,15 @@ def steps(client: AgentClient, docker_client: Any) -> Iterator[AppOnServer]:
     )
     yield work
     for container in work.containers():
+        docker_client.api.remove_container(container.name, force=True)
+
+
+@pytest.fixture
+def leaving(steps: AppOnServer, docker_client: Any) -> Iterator[AppOnServer]:
+    """Another app on the same server (one the spec drops)."""
+    other = dataclasses.replace(steps, app="t-leaving", timings={})
+    yield other
+    for container in other.containers():
         docker_client.api.remove_container(container.name, force=True)
 
 
@@ -169,3 +179,24 @@ def test_a_switch_done_again_after_a_crash_clears_the_try_on_the_side_it_left(
         container_name("t-steps", two.version): "running",
         container_name("t-steps", one.version): "exited",
     }
+
+
+def test_an_app_taking_the_port_of_one_leaving_stops_it_only_once_healthy_on_the_side(
+    steps: AppOnServer, leaving: AppOnServer, busybox_image: str, port: int
+) -> None:
+    old = version(busybox_image, port, "old")
+    leaving.switch(old)
+    broken = version(busybox_image, port, "broken", healthy=False)
+    with pytest.raises(StepFailed, match="was not healthy within 10 s"):
+        steps.switch(broken, replacing=["t-leaving"])
+    assert answer(port) == "old"  # never stopped
+    new = version(busybox_image, port, "new")
+    steps.switch(new, replacing=["t-leaving"])
+    assert answer(port) == "new"
+    assert states(leaving) == {}  # removed once the new one was healthy
+    # Putting the server back (a rollback): the new app goes, the one it replaced is made
+    # again from its definition.
+    steps.revert(None, None)
+    leaving.revert(old, old.version)
+    assert answer(port) == "old"
+    assert states(steps) == {}

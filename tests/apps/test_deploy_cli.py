@@ -57,9 +57,10 @@ def test_an_app_whose_servers_are_not_ready_is_not_deployed_and_it_says_so(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "up to date" not in result.stdout
     assert result.stderr.strip() == (
-        "error: not deployed: site on web-1, whose servers are not ready; "
-        f"`engine up {spec}` makes them ready (and rolls the apps out there), "
-        "or `engine status` says why not"
+        "error: not deployed: site on web-1, whose servers are not ready or whose agents did "
+        f"not answer; `engine up {spec}` makes them ready (it starts a server that is off and "
+        "installs an agent that is gone again) and rolls the apps out there, or `engine status` "
+        "says why not"
     )
     if format == "json":
         (done,) = [e for e in map(json.loads, result.stdout.splitlines()) if e["event"] == "done"]

@@ -1,5 +1,6 @@
-"""App changes against what runs: deploy, update (fields, values masked), remove, drift, the
-rollout order, and how text, markdown and JSON show them."""
+"""App changes against what runs: deploy, update (fields, values masked), remove, drift, an
+app taking the ports of one leaving over, the rollout order, and how text, markdown and JSON
+show them."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from engine.catalog import load_catalog
 from engine.diff import DiffOptions, as_built, as_recorded, diff_fleet
 from engine.model import Fleet
 from engine.placement import expand_fleet
-from engine.plan import AppAction, FieldChange
+from engine.plan import AppAction, FieldChange, ReplacedApp
 from engine.preview import with_apps
-from engine.render import render_json, render_markdown, render_text
+from engine.render import plan_from_json, render_json, render_markdown, render_text
 from engine.spec import parse_spec
 from tests.diff.model import digest_of
 
@@ -206,3 +207,46 @@ def test_markdown_has_a_table_per_app_with_its_rollout_order() -> None:
     assert "Rollout: web: web-1, web-2, web-3, 1 at a time" in body
     assert body.count("| `~` | `web-") == 3
     assert "changes pending" in body
+
+
+def test_a_renamed_app_takes_the_ports_over_server_by_server_in_its_own_rollout() -> None:
+    old = fleet_of(SPEC)
+    new = fleet_of(changed(name="www"))
+    plan = plan_of(new, running(old))
+    replaced = ReplacedApp(
+        app="web", version=app_definition(old.app("web")).version, ports=("80/tcp",)
+    )
+    # No removal of web on its own: on each server it stops as www starts, in www's step.
+    assert [(c.action, c.app, c.server, c.replaces) for c in plan.apps] == [
+        (AppAction.DEPLOY, "www", server, (replaced,)) for server in ("web-1", "web-2", "web-3")
+    ]
+    assert [r.app for r in plan.app_rollouts] == ["www"]
+    text = render_text(plan)
+    assert (
+        "takes port 80/tcp over from web, which leaves web-1: web stops just before www "
+        "starts, and is removed once www is healthy (put back if it is not)"
+    ) in text
+    document = render_json(plan)
+    Draft202012Validator(SCHEMA).validate(document)
+    assert document["apps"]["changes"][0]["replaces"] == [
+        {"app": "web", "version": replaced.version, "ports": ["80/tcp"]}
+    ]
+    assert plan_from_json(json.loads(json.dumps(document))).apps == plan.apps
+    # Deploying www alone takes the ports over just the same; removing web alone removes it.
+    servers = expand_fleet(new, load_catalog("local"))
+    alone = diff_apps(new, servers, {s.name for s in servers}, running(old), only="www")
+    assert [c.replaces for c in alone.changes] == [(replaced,)] * 3
+    gone = diff_apps(new, servers, {s.name for s in servers}, running(old), only="web")
+    assert [(c.action, c.server) for c in gone.changes] == [
+        (AppAction.REMOVE, s) for s in ("web-1", "web-2", "web-3")
+    ]
+
+
+def test_an_app_leaving_that_holds_no_port_the_new_one_needs_is_removed_on_its_own() -> None:
+    old = fleet_of(SPEC)
+    plan = plan_of(fleet_of(changed(name="www", ports=["81:8080"])), running(old))
+    assert [(c.action, c.app, c.replaces) for c in plan.apps] == [
+        *[(AppAction.DEPLOY, "www", ())] * 3,
+        *[(AppAction.REMOVE, "web", ())] * 3,
+    ]
+    assert [r.app for r in plan.app_rollouts] == ["www", "web"]

@@ -295,3 +295,17 @@ def test_random_runs_keep_the_invariants(seed: int) -> None:
         assert steps <= {Step.REVERTED, Step.PENDING}
     else:
         assert Step.REVERT_FAILED in steps
+
+
+def test_the_apps_a_server_takes_ports_over_from_are_kept_in_the_stored_document() -> None:
+    taking = Target(
+        server="web-1", group="web", from_version=None, to_version="v2", replaces=(("old", "v1"),)
+    )
+    rollout = new_rollout(
+        "prod", "www", "v2", [taking], max_unavailable=1, rollback=RollbackMode.AUTO, now=T0
+    )
+    assert stored(rollout).server("web-1").replaces == (("old", "v1"),)
+    # A document stored before servers took ports over reads back with none.
+    document = to_json(rollout)
+    del document["servers"][0]["replaces"]
+    assert from_json(document).server("web-1").replaces == ()

@@ -3,8 +3,10 @@ busybox on three servers, put there by `engine up` through the agents (the image
 from the engine's Docker: no registry), an env change rolled one server at a time, an image
 that never gets healthy stopped on the first server and put back, its output read with
 `engine logs`, the servers' packages updated through their agents, a rebuilt server given its
-app again, and the secret the app
-gets from the engine's environment written nowhere the engine writes.
+app again, the app renamed (the new name taking its port over server by server), the secret
+the app gets from the engine's environment written nowhere the engine writes, and, last (they
+leave the fleet broken), servers that cannot be asked now waited for, never called up to date:
+one whose agent is gone, one that is off.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from engine.model import LABEL_APP
 from engine.providers.local.dockerd import PrivateDaemon
 from tests.e2e.test_local_fleet import Fleet
 from tests.support.cli import ROOT, engine
@@ -370,6 +373,58 @@ def test_a_rebuilt_server_gets_its_apps_back(apps: Apps, docker_client: Any) -> 
     assert apps.plan() == []
 
 
+def apps_on(docker_client: Any, server: str) -> dict[str, str]:
+    """The app containers on a server, by name -> app, as its own Docker has them."""
+    machine = docker_client.containers.get(f"apps-{server}")
+    code, said = machine.exec_run(
+        ["docker", "ps", "-a", "--filter", f"label={LABEL_APP}",
+         "--format", f'{{{{.Names}}}} {{{{.Label "{LABEL_APP}"}}}}']
+    )  # fmt: skip
+    assert code == 0, said
+    return dict(line.split() for line in said.decode().splitlines())
+
+
+def test_a_renamed_app_takes_the_port_over_server_by_server(apps: Apps, docker_client: Any) -> None:
+    serving = {server: apps.get(server) for server in SERVERS}
+    apps.write(
+        name="www",
+        env={"GREETING": "hello-v3"},
+        image="fleet-test/web:broken",
+        update={"max_unavailable": 1, "health_timeout": "5s", "monitor": "2s"},
+    )
+    preview = apps.run("preview").stdout
+    assert "takes port 80/tcp over from web, which leaves web-1" in preview
+    assert "no longer in the spec" not in preview  # no removal of web of its own
+    events = apps.events("deploy", ok=False)
+    steps = [(e["app"], e["server"], e["step"]) for e in events if e["event"] == "app"]
+    # www never gets healthy on web-1: web, which it was to replace there, is put back, and
+    # removed nowhere.
+    assert steps == [
+        ("www", "web-1", "switching"),
+        ("www", "web-1", "failed"),
+        ("www", "web-1", "reverting"),
+        ("www", "web-1", "reverted"),
+    ]
+    assert {server: apps.get(server) for server in SERVERS} == serving
+    assert {app for s in SERVERS for app in apps_on(docker_client, s).values()} == {"web"}
+    for name in ("www", "web"):  # renamed, then back again
+        apps.write(name=name, env={"GREETING": "hello-v3"})
+        events = apps.events("deploy")
+        steps = [(e["app"], e["server"], e["step"]) for e in events if e["event"] == "app"]
+        for server in SERVERS:
+            assert [step for a, s, step in steps if s == server] == [
+                "switching",
+                "watching",
+                "switched",
+            ]
+        assert {a for a, _, _ in steps} == {name}  # no rollout of the removal of its own
+        assert all(apps.get(server) == "hello-v3" for server in SERVERS)
+        for server in SERVERS:
+            assert set(apps_on(docker_client, server).values()) == {name}
+        assert apps.plan() == []
+    assert {s["health"] for s in apps.status().values()} == {"healthy"}
+
+
 def test_the_secret_is_written_nowhere_the_engine_writes(apps: Apps, docker_client: Any) -> None:
     outputs = "\n".join(apps.outputs)
     assert SECRET not in outputs
@@ -382,3 +437,46 @@ def test_the_secret_is_written_nowhere_the_engine_writes(apps: Apps, docker_clie
         assert code == 0 and b"/v1/containers" in audit and SECRET.encode() not in audit
         code, said = machine.exec_run("docker logs fleet-agent")  # the agent's own log
         assert code == 0 and b"fleet-agent:" in said and SECRET.encode() not in said
+
+
+def done_event(events: list[dict[str, Any]]) -> dict[str, Any]:
+    (done,) = [e for e in events if e["event"] == "done"]
+    return done
+
+
+def test_a_server_whose_agent_is_gone_is_waited_for_not_called_up_to_date(
+    apps: Apps, docker_client: Any
+) -> None:
+    machine = docker_client.containers.get("apps-web-1")
+    for command in (
+        "docker rm -f fleet-agent",
+        f"docker ps -aq --filter label={LABEL_APP} | xargs docker rm -f",
+    ):
+        code, said = machine.exec_run(["sh", "-c", command])
+        assert code == 0, said
+    # The store still says web-1 is ready and runs the spec's version: only its agent could
+    # tell, and it does not answer.
+    said = apps.run("deploy", ok=False)
+    assert said.returncode == 1
+    assert "Nothing to do" not in said.stdout
+    assert "the agent of web-1 did not answer" in said.stdout
+    assert "web: waits for web-1 (its agent did not answer)" in said.stdout
+    assert said.stderr.startswith("error: not deployed: web on web-1, whose servers are not ")
+    assert f"`engine up {apps.fleet.spec_path}` makes them ready" in said.stderr
+    done = done_event(apps.events("deploy", ok=False))
+    assert done == {"event": "done", "ok": False, "apps": {}, "waiting": {"web": ["web-1"]}}
+
+
+def test_a_server_that_is_off_waits_while_the_others_get_the_new_version(
+    apps: Apps, docker_client: Any
+) -> None:
+    docker_client.containers.get("apps-web-2").stop()
+    apps.write(env={"GREETING": "hello-v4"})
+    events = apps.events("deploy", ok=False)
+    steps = [(e["server"], e["step"]) for e in events if e["event"] == "app"]
+    # web-1 (its agent gone) and web-2 (off) are never called, so never "put back".
+    assert steps == [("web-3", "switching"), ("web-3", "watching"), ("web-3", "switched")]
+    done = done_event(events)
+    assert done["ok"] is False and done["waiting"] == {"web": ["web-1", "web-2"]}
+    assert done["apps"]["web"]["phase"] == "succeeded"
+    assert apps.get("web-3") == "hello-v4"
