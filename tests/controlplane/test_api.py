@@ -24,7 +24,9 @@ from tests.support.http import serve
 from tests.support.wait import wait_until
 
 
-def _heartbeat(plane: Plane, server: str, token: str) -> httpx.Response:
+def _heartbeat(
+    plane: Plane, server: str, token: str, metrics: Mapping[str, Any] | None = None
+) -> httpx.Response:
     return plane.client.post(
         f"{plane.url}/v1/heartbeat",
         json={
@@ -32,7 +34,7 @@ def _heartbeat(plane: Plane, server: str, token: str) -> httpx.Response:
             "fleet": "web-prod",
             "server": server,
             "sequence": 1,
-            "metrics": {"cpu_percent": 3.5},
+            "metrics": {"cpu_percent": 3.5} if metrics is None else metrics,
             "containers": {"running": 1},
             "tls_fingerprint": "sha256:ab",
         },
@@ -301,23 +303,13 @@ def test_heartbeats_are_kept_as_metric_history_served_per_step(plane: Plane) -> 
     token = derive_token(key, "heartbeat", "web-prod", "web-1")
     # Byte counters as they stand: the history keeps the rate between two heartbeats.
     for second, cpu, received in ((0, 10.0, 1000), (10, 30.0, 21000)):
-        document = {
-            "version": 1,
-            "fleet": "web-prod",
-            "server": "web-1",
-            "sequence": 1,
-            "metrics": {
-                "collected_at": f"2026-12-01T10:00:{second:02d}.000Z",
-                "cpu": {"percent": cpu},
-                "disks": [{"percent": 40.0}],
-                "network": [{"interface": "eth0", "bytes_recv": received, "bytes_sent": 0}],
-            },
-            "containers": {"running": 0},
-            "tls_fingerprint": "sha256:ab",
+        metrics = {
+            "collected_at": f"2026-12-01T10:00:{second:02d}.000Z",
+            "cpu": {"percent": cpu},
+            "disks": [{"percent": 40.0}],
+            "network": [{"interface": "eth0", "bytes_recv": received, "bytes_sent": 0}],
         }
-        answer = plane.client.post(
-            f"{plane.url}/v1/heartbeat", json=document, headers={"Authorization": f"Bearer {token}"}
-        )
+        answer = _heartbeat(plane, "web-1", token, metrics)
         assert answer.status_code == 200, answer.text
     api = {"Authorization": f"Bearer {create_api_key(plane.store, plane.state_dir, 'ops')}"}
     metrics = f"{plane.url}/v1/fleets/web-prod/servers/web-1/metrics"
@@ -370,21 +362,13 @@ def test_readings_out_of_range_leave_the_metric_history_finite(plane: Plane) -> 
     assert key is not None
     token = derive_token(key, "heartbeat", "web-prod", "web-1")
     for second, received in ((0, 0), (10, 10**400)):
-        document = {
-            "fleet": "web-prod",
-            "server": "web-1",
-            "metrics": {
-                "collected_at": f"2026-12-01T10:00:{second:02d}.000Z",
-                "cpu": {"percent": 1.7e308},
-                "memory": {"percent": 50.0},
-                "network": [{"interface": "eth0", "bytes_recv": received, "bytes_sent": 0}],
-            },
-            "containers": {},
-            "tls_fingerprint": "sha256:ab",
+        metrics = {
+            "collected_at": f"2026-12-01T10:00:{second:02d}.000Z",
+            "cpu": {"percent": 1.7e308},
+            "memory": {"percent": 50.0},
+            "network": [{"interface": "eth0", "bytes_recv": received, "bytes_sent": 0}],
         }
-        answer = plane.client.post(
-            f"{plane.url}/v1/heartbeat", json=document, headers={"Authorization": f"Bearer {token}"}
-        )
+        answer = _heartbeat(plane, "web-1", token, metrics)
         assert answer.status_code == 200, answer.text
     api = {"Authorization": f"Bearer {create_api_key(plane.store, plane.state_dir, 'ops')}"}
     metrics = f"{plane.url}/v1/fleets/web-prod/servers/web-1/metrics"
