@@ -74,7 +74,7 @@ def deploy(spec: Path, app: str | None, options: RunOptions, out: TextIO) -> int
         if app is not None:
             _app_named(fleet, store, app)
         servers = placed_servers(fleet, store, options.state_dir)
-        with image_copies(fleet, _docker_url(fleet, board)) as copies:
+        with image_copies(fleet, _docker_url(fleet, board), board.note) as copies:
             outcome = roll_apps(
                 fleet,
                 store,
@@ -103,7 +103,7 @@ def rollback(spec: Path, app: str, options: RunOptions, out: TextIO) -> int:
     command = f"engine apps rollback {spec} {app}"
     with _fleet_store(spec, options, out, command) as (fleet, board, store):
         _app_named(fleet, store, app)
-        with image_copies(fleet, _docker_url(fleet, board)) as copies:
+        with image_copies(fleet, _docker_url(fleet, board), board.note) as copies:
             outcome = roll_back(fleet, store, options.state_dir, board, app, copies=copies)
         ok = all(r.phase is Phase.ROLLED_BACK for r in outcome.rollouts)
         _finish(board, outcome, ok=ok, nothing="")

@@ -142,9 +142,12 @@ class _Copies:
 
 
 @contextmanager
-def image_copies(fleet: Fleet, docker_url: str | None) -> Iterator[ImageCopies | None]:
+def image_copies(
+    fleet: Fleet, docker_url: str | None, say: Callable[[str], None]
+) -> Iterator[ImageCopies | None]:
     """On the local provider, the apps' images that the engine's Docker has, to copy to the
-    servers (no registry needed); elsewhere none: servers pull."""
+    servers (no registry needed), and a word on each it has not; elsewhere none: servers
+    pull."""
     if fleet.provider.name is not ProviderName.LOCAL or not fleet.apps:
         yield None
         return
@@ -152,6 +155,11 @@ def image_copies(fleet: Fleet, docker_url: str | None) -> Iterator[ImageCopies |
 
     images = sorted({app.image for app in fleet.apps})
     with image_sources(docker_url, images, missing_ok=True) as sources:
+        for reference in (r for r in images if r not in sources):
+            say(
+                f"the image {reference} is not in the engine's Docker, so the servers pull it "
+                "from its registry; if it is in none, build or tag it in the engine's Docker"
+            )
         yield _Copies(sources)
 
 
@@ -165,7 +173,7 @@ def roll_fleet_apps(
 ) -> AppsOutcome:
     """The apps step of `engine up`: every app rolled out on the servers that are ready,
     images copied from the engine's Docker (`docker_url`) where the provider is local."""
-    with image_copies(fleet, docker_url) as copies:
+    with image_copies(fleet, docker_url, board.note) as copies:
         return roll_apps(fleet, store, state_dir, board, servers, copies=copies)
 
 

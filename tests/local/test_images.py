@@ -137,3 +137,29 @@ def test_a_machine_starts_with_the_preloaded_images_in_its_own_docker(
     finally:
         container.remove(force=True, v=True)
         docker_client.volumes.get("boot-2-docker").remove()
+
+
+def test_an_app_image_the_engines_docker_lacks_is_named_before_the_servers_pull_it(
+    dockerd: PrivateDaemon, busybox_image: str, tmp_path: Path
+) -> None:
+    # The only word was the server's failure to reach Docker Hub for it.
+    from engine.apps.deploy import image_copies
+    from engine.spec import load_spec
+
+    spec = tmp_path / "fleet.yaml"
+    demo = (Path(__file__).parents[2] / "specs" / "demo.yaml").read_text()
+    spec.write_text(
+        demo
+        + "apps:\n"
+        + f"  - {{ name: here, image: '{busybox_image}', on: [web] }}\n"
+        + "  - { name: gone, image: 'fleet-test/nowhere:1', on: [web] }\n"
+    )
+    said: list[str] = []
+    with image_copies(load_spec(spec), dockerd.url, said.append) as copies:
+        assert copies is not None
+        assert copies.source(busybox_image) is not None
+        assert copies.source("fleet-test/nowhere:1") is None
+    assert said == [
+        "the image fleet-test/nowhere:1 is not in the engine's Docker, so the servers pull it "
+        "from its registry; if it is in none, build or tag it in the engine's Docker"
+    ]
