@@ -105,7 +105,19 @@ def read_secrets(apps: Iterable[App], *, optional: Iterable[str] = ()) -> dict[s
         value = os.environ.get(name)
         if value:
             found[name] = register_secret(value)
+    for name in wanted:  # the agent would refuse it on every server, after changes began
+        size = len(found[name].encode())
+        if size > MAX_SECRET_BYTES:
+            raise EngineError(
+                f"the secret {name} in the engine's environment is {size // 1024} KB; an app's "
+                "settings reach its agent in at most 64 KB, so keep each secret under "
+                f"{MAX_SECRET_BYTES // 1024} KB (nothing was changed)"
+            )
     return found
+
+
+# The agent takes a container's settings in one body of at most 64 KB (its max_body_bytes).
+MAX_SECRET_BYTES = 32 * 1024
 
 
 def registry_auth(app: App) -> dict[str, str] | None:

@@ -66,3 +66,24 @@ def test_an_app_whose_servers_are_not_ready_is_not_deployed_and_it_says_so(
         (done,) = [e for e in map(json.loads, result.stdout.splitlines()) if e["event"] == "done"]
         assert done["ok"] is False
         assert done["waiting"] == {"site": ["web-1"]}
+
+
+def test_a_secret_the_agent_cannot_take_is_refused_before_anything_changes(
+    tmp_path: Path,
+) -> None:
+    # A 70 KB secret failed on each server with the agent's "request body larger than 65536
+    # bytes", naming no variable.
+    value = "x" * (70 * 1024)
+    spec = tmp_path / "shop.yaml"
+    spec.write_text(SPEC.replace("    on: [web]\n", "    secret_env: [SITE_KEY]\n    on: [web]\n"))
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    with open_store(state):
+        pass  # a store, so deploy gets as far as the secrets
+    result = engine(
+        "deploy", str(spec), "--state", state, "--state-dir", str(tmp_path),
+        env={"SITE_KEY": value},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = "the secret SITE_KEY in the engine's environment is 70 KB"
+    assert said in result.stderr and "(nothing was changed)" in result.stderr
+    assert value[:100] not in result.stdout + result.stderr
