@@ -341,7 +341,7 @@ def preview_fleet(
     reader = inventory_reader(fleet, token=_token(fleet, spec), policy=policy)
     known, apps = _stored(fleet, state_dir, state)
     observed = observe(fleet, reader, known, state_dir=state_dir)
-    return plan_fleet(
+    plan = plan_fleet(
         fleet,
         catalog,
         observed,
@@ -353,6 +353,24 @@ def preview_fleet(
         ssh_public_keys=fleet_keys(fleet, state_dir),
         apps=apps,
     )
+    return _with_unset_secrets(plan, fleet)
+
+
+def _with_unset_secrets(plan: Plan, fleet: Fleet) -> Plan:
+    """`plan`, warning of the secrets its app rollouts need that this environment lacks (a
+    deploy or an up from here refuses them until they are exported)."""
+    from engine.apps.deploy import missing_secrets
+
+    rolled = {rollout.app for rollout in plan.app_rollouts}
+    missing = missing_secrets(app for app in fleet.apps if app.name in rolled)
+    if not missing:
+        return plan
+    warning = (
+        f"the app rollouts need {', '.join(missing)} from the engine's environment, which "
+        f"{'is' if len(missing) == 1 else 'are'} not set here: `engine deploy` and `engine up` "
+        "refuse them until exported"
+    )
+    return dataclasses.replace(plan, warnings=(*plan.warnings, warning))
 
 
 def fleet_keys(fleet: Fleet, state_dir: Path) -> tuple[str, ...]:

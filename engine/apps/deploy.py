@@ -91,8 +91,9 @@ def read_secrets(apps: Iterable[App], *, optional: Iterable[str] = ()) -> dict[s
     """The values of the apps' secret variables from the engine's environment, each
     registered as a secret (masked wherever the engine writes). `optional` names are read if
     set (those of versions a rollback may need). EngineError names the missing ones."""
+    apps = tuple(apps)
     wanted = sorted({name for app in apps for name in app.secret_env})
-    missing = [name for name in wanted if not os.environ.get(name)]
+    missing = missing_secrets(apps)
     if missing:
         exports = " ".join(f"{name}=..." for name in missing)
         raise EngineError(
@@ -118,6 +119,11 @@ def read_secrets(apps: Iterable[App], *, optional: Iterable[str] = ()) -> dict[s
 
 # The agent takes a container's settings in one body of at most 64 KB (its max_body_bytes).
 MAX_SECRET_BYTES = 32 * 1024
+
+
+def missing_secrets(apps: Iterable[App]) -> list[str]:
+    """The apps' secret variables the engine's environment does not have, by name."""
+    return sorted({name for app in apps for name in app.secret_env if not os.environ.get(name)})
 
 
 def registry_auth(app: App) -> dict[str, str] | None:

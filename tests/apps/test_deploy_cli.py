@@ -10,7 +10,9 @@ import pytest
 from engine.model import Stage
 from engine.state import ServerRecord
 from engine.state.store import open_store
+from tests.fakes.hcloud import FakeHcloud
 from tests.support.cli import engine
+from tests.support.http import serve
 
 SPEC = """\
 apiVersion: fleet/v1
@@ -87,3 +89,29 @@ def test_a_secret_the_agent_cannot_take_is_refused_before_anything_changes(
     said = "the secret SITE_KEY in the engine's environment is 70 KB"
     assert said in result.stderr and "(nothing was changed)" in result.stderr
     assert value[:100] not in result.stdout + result.stderr
+
+
+def test_a_preview_says_which_secrets_its_rollouts_need_that_are_not_set(tmp_path: Path) -> None:
+    # The preview was clean; only `engine deploy` (or `up`) then said the secret was missing.
+    fake = FakeHcloud()
+    with serve(fake.app()) as url:
+        spec = tmp_path / "shop.yaml"
+        needs = SPEC.replace("    on: [web]\n", "    secret_env: [SITE_KEY]\n    on: [web]\n")
+        spec.write_text(
+            needs.replace(
+                "token_env: HCLOUD_TOKEN", f'token_env: HCLOUD_TOKEN, endpoint: "{url}/v1"'
+            )
+        )
+        shown = {}
+        for env in ({}, {"SITE_KEY": "k" * 20}):
+            result = engine(
+                "preview", str(spec), "--format", "json", "--state-dir", str(tmp_path / "s"),
+                env={"HCLOUD_TOKEN": fake.token, **env},
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            shown[bool(env)] = json.loads(result.stdout)["warnings"]
+    said = (
+        "the app rollouts need SITE_KEY from the engine's environment, which is not set here: "
+        "`engine deploy` and `engine up` refuse them until exported"
+    )
+    assert said in shown[False] and said not in shown[True]
