@@ -50,7 +50,7 @@ from engine.providers import ActualServer, CloudResource
 from engine.providers.registry import inventory_reader, require_reader
 from engine.providers.retry import RetryPolicy
 from engine.providers.seam import InventoryReader
-from engine.secrets import token_from_env
+from engine.secrets import token_from_env, unset_variables
 from engine.spec import load_spec, parse_spec
 from engine.state import AgentReport, FleetSettings, ServerRecord, Transition
 
@@ -359,10 +359,8 @@ def preview_fleet(
 def _with_unset_secrets(plan: Plan, fleet: Fleet) -> Plan:
     """`plan`, warning of the secrets its app rollouts need that this environment lacks (a
     deploy or an up from here refuses them until they are exported)."""
-    from engine.apps.deploy import missing_secrets
-
     rolled = {rollout.app for rollout in plan.app_rollouts}
-    missing = missing_secrets(app for app in fleet.apps if app.name in rolled)
+    missing = unset_variables(n for a in fleet.apps if a.name in rolled for n in a.secret_env)
     if not missing:
         return plan
     warning = (

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterable
 
 from engine.errors import EngineError
 
@@ -126,6 +127,11 @@ def _odd_character(token: str) -> str:
         if not c.isascii():
             return "a non-ASCII character"
     return ""
+
+
+def unset_variables(names: Iterable[str]) -> list[str]:
+    """Of the environment variables `names`, those unset or empty, in order."""
+    return sorted({name for name in names if not os.environ.get(name)})
 
 
 def read_token(env_name: str) -> str:

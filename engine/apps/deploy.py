@@ -48,7 +48,7 @@ from engine.errors import EngineError
 from engine.lifecycle import median_durations
 from engine.model import App, AppUpdate, Fleet, ProviderName, RollbackMode, Server, Stage
 from engine.progress import StageBoard, render_timings
-from engine.secrets import register_secret
+from engine.secrets import register_secret, unset_variables
 
 if TYPE_CHECKING:
     from engine.state.store import Store
@@ -91,9 +91,8 @@ def read_secrets(apps: Iterable[App], *, optional: Iterable[str] = ()) -> dict[s
     """The values of the apps' secret variables from the engine's environment, each
     registered as a secret (masked wherever the engine writes). `optional` names are read if
     set (those of versions a rollback may need). EngineError names the missing ones."""
-    apps = tuple(apps)
     wanted = sorted({name for app in apps for name in app.secret_env})
-    missing = missing_secrets(apps)
+    missing = unset_variables(wanted)
     if missing:
         exports = " ".join(f"{name}=..." for name in missing)
         raise EngineError(
@@ -119,11 +118,6 @@ def read_secrets(apps: Iterable[App], *, optional: Iterable[str] = ()) -> dict[s
 
 # The agent takes a container's settings in one body of at most 64 KB (its max_body_bytes).
 MAX_SECRET_BYTES = 32 * 1024
-
-
-def missing_secrets(apps: Iterable[App]) -> list[str]:
-    """The apps' secret variables the engine's environment does not have, by name."""
-    return sorted({name for app in apps for name in app.secret_env if not os.environ.get(name)})
 
 
 def registry_auth(app: App) -> dict[str, str] | None:
