@@ -265,9 +265,13 @@ class FleetWatch:
         taken (an `engine destroy` holding it, say)."""
         from engine.controlplane.fleets import register_fleet
         from engine.tokens import ensure_fleet_id
-        from engine.up import FleetRun, placed_servers
+        from engine.up import FleetRun, hold_fleet_lock, placed_servers
 
-        with self.store.locks.hold(self.name, command=f"engine serve (reconcile {self.name})"):
+        board = StageBoard(_LogStream(self.name))
+        command = f"engine serve (reconcile {self.name})"
+        # A lock whose holder died on this host (`kill -9`) is taken over, as `engine up`
+        # takes it over: skipped, it would stop every repair until someone ran engine unlock.
+        with hold_fleet_lock(self.store, self.fleet, command, board):
             if not self.wanted():
                 return False
             settings = register_fleet(
@@ -278,7 +282,7 @@ class FleetWatch:
                 self.fleet,
                 self.store,
                 self.state_dir,
-                StageBoard(_LogStream(self.name)),
+                board,
                 settings,
                 self.site,
                 provisions=self.backend.provisioner(self.store, servers) is not None,

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -235,3 +239,34 @@ def test_a_removed_fleet_loses_its_loop_and_lease_and_one_put_back_has_one_loop(
         wait_until(lambda: model.calls.requests["GET /servers"] == 2, what="a run after put")
         threads = [t.name for t in threading.enumerate() if t.is_alive()]
         assert threads.count(f"reconcile-{watch.name}") == 1
+
+
+_DIES_HOLDING_THE_LOCK = """
+import os, sys
+from engine.state.store import open_store
+store = open_store(sys.argv[1])
+store.locks.acquire(sys.argv[2], command="engine up web.yaml")
+os._exit(0)  # killed: the lock is never given back
+"""
+
+
+def test_repair_takes_over_a_lock_whose_holder_died_on_this_host(
+    store: Store, tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It skipped every repair ("locked: engine up web.yaml") until someone ran engine unlock.
+    watch, model = _watch(store, tmp_path, clock, ReconcileMode.REPAIR)
+    died = subprocess.run(
+        [sys.executable, "-c", _DIES_HOLDING_THE_LOCK, store.url, watch.name],
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        timeout=60,
+    )
+    assert died.returncode == 0 and len(store.locks.all()) == 1
+    _off(model, "web-2")
+    with caplog.at_level(logging.INFO):
+        outcome = watch.reconcile()
+    assert outcome.skipped == "" and [d["server"] for d in outcome.repaired] == ["web-2"]
+    assert model.servers["web-2"].status == "running"
+    assert (
+        "taking over the lock" in caplog.text and "which died without releasing it" in caplog.text
+    )
+    assert store.locks.all() == ()
