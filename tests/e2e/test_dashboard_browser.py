@@ -165,6 +165,20 @@ def test_sign_in_see_the_fleet_chart_a_server_reboot_it_and_watch_it_live(
                 "table.alerts"
             )
             browser.screenshot("alerts")
+
+            # A fleet gone while its page is open: the page says why its updates stopped
+            # (a 403 or 404 read as "Signed out", and a 404 was retried every 5 s for ever).
+            browser.open(f"{base}/fleets/demo/servers/web-2")
+            wait_until(lambda: browser.text("#live-status") == "Live", what="live updates")
+            store.forget_fleet(FLEET)
+            wait_until(
+                lambda: (
+                    browser.text("#live-status")
+                    == "Live updates stopped: this control plane serves no fleet demo."
+                ),
+                timeout_s=45,  # the poll under way answers within its 25 s wait
+                what="the live updates to stop, saying why",
+            )
     assert sorted(p.name for p in shots.iterdir()) == [
         "alerts.png",
         "events.png",

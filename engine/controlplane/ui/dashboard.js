@@ -66,8 +66,19 @@
       });
       say("Live");
       const answer = await pending;
-      if (answer.status === 401 || answer.status === 403) {
+      if (answer.status === 401) {
         say("Signed out: reload to sign in again.");
+        return;
+      }
+      if (answer.status >= 400 && answer.status < 500 && answer.status !== 429) {
+        // Refused for good (the fleet is gone, or no longer granted): say why, and stop.
+        let why = "HTTP " + answer.status;
+        try {
+          why = (await answer.json()).error.message || why;
+        } catch (unreadable) {
+          // the status says it
+        }
+        say("Live updates stopped: " + why + ".");
         return;
       }
       if (!answer.ok) throw new Error("HTTP " + answer.status);
