@@ -150,9 +150,10 @@ def test_a_snapshot_names_the_fleet_and_server(world: World) -> None:
     if world.provider == "hcloud":
         ((_, _, body),) = world.fake.action_requests
         assert body["type"] == "snapshot" and body["description"].startswith("web-prod-worker-1-")
+        fleet_id = (world.state_dir / "keys" / "web-prod.id").read_text().strip()
         assert body["labels"] == {
             "fleet": "web-prod", "fleet-group": "worker", "fleet-server": "worker-1",
-            "managed-by": "fleet-engine",
+            "managed-by": "fleet-engine", "fleet-id": fleet_id,
         }  # fmt: skip
         image = next(i for i in world.fake.images if i["type"] == "snapshot")
         assert f"image {image['id']}" in out and image["status"] == "available"
