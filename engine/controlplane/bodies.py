@@ -45,7 +45,7 @@ _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _DNS_LABEL = {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"}
 # The largest number an INTEGER column holds on PostgreSQL (SQLite's hold up to 2^63 - 1):
 # every whole number a body brings to the store is at most this.
-INTEGER_MAX = 2**31 - 1
+COLUMN_INT_MAX = 2**31 - 1
 
 HEARTBEAT: dict[str, Any] = {
     "type": "object",
@@ -53,7 +53,7 @@ HEARTBEAT: dict[str, Any] = {
     "properties": {
         "fleet": _DNS_LABEL,
         "server": _DNS_LABEL,
-        "sequence": {"type": "integer", "minimum": 0, "maximum": INTEGER_MAX},
+        "sequence": {"type": "integer", "minimum": 0, "maximum": COLUMN_INT_MAX},
         "metrics": {"type": "object"},
         "containers": {"type": ["object", "null"]},
         "tls_fingerprint": {"type": "string", "maxLength": 200},
@@ -79,8 +79,8 @@ AGENT_EVENT: dict[str, Any] = {
         },
         "exit_code": {
             "type": ["integer", "null"],
-            "minimum": -INTEGER_MAX - 1,
-            "maximum": INTEGER_MAX,
+            "minimum": -COLUMN_INT_MAX - 1,
+            "maximum": COLUMN_INT_MAX,
         },
     },
 }

@@ -186,7 +186,7 @@ def _holder(lock: Lock) -> Holder:
     except ProcessLookupError:
         return Holder.GONE
     except PermissionError:
-        pass  # another user's process: it runs
+        return Holder.RUNNING  # another user's process
     return Holder.RUNNING
 
 

@@ -79,8 +79,7 @@ def test_a_secret_the_agent_cannot_take_is_refused_before_anything_changes(
     spec = tmp_path / "shop.yaml"
     spec.write_text(SPEC.replace("    on: [web]\n", "    secret_env: [SITE_KEY]\n    on: [web]\n"))
     state = f"sqlite:///{tmp_path / 'state.db'}"
-    with open_store(state):
-        pass  # a store, so deploy gets as far as the secrets
+    open_store(state).close()  # a store, so deploy gets as far as the secrets
     result = engine(
         "deploy", str(spec), "--state", state, "--state-dir", str(tmp_path),
         env={"SITE_KEY": value},

@@ -305,7 +305,7 @@ class LockingHandler:
         return Done()
 
     def give_up(self, job: Job, error: str) -> None:
-        pass
+        """Nothing to undo: a probe's job is not tried again."""
 
 
 def test_jobs_holding_their_fleets_lock_run_one_after_another_and_other_fleets_meanwhile(
